@@ -1,0 +1,113 @@
+//! Database rows to API types.
+
+use std::collections::HashMap;
+
+use plinth_db::PgConnection;
+use plinth_types::Error;
+use plinth_types::api::{BmcInfo, Machine, Nic};
+use uuid::Uuid;
+
+use crate::{DbResult, Result};
+
+fn parse<T: std::str::FromStr<Err = String>>(what: &str, s: &str) -> Result<T> {
+    s.parse().map_err(|e: String| {
+        tracing::error!(what, value = s, error = %e, "unparseable value in the database");
+        Error::internal()
+    })
+}
+
+/// Loads machines with their NICs and BMCs in three queries, keeping `rows`' order.
+pub(crate) async fn machines(
+    conn: &mut PgConnection,
+    rows: Vec<plinth_db::machines::MachineRow>,
+) -> Result<Vec<Machine>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let mut nics: HashMap<Uuid, Vec<Nic>> = HashMap::new();
+    for n in plinth_db::nics::for_machines(conn, &ids).await.db()? {
+        nics.entry(n.machine_id).or_default().push(Nic {
+            mac: n.mac.parse().map_err(|e| {
+                tracing::error!(mac = %n.mac, error = %e, "unparseable MAC in the database");
+                Error::internal()
+            })?,
+            ipv4: n
+                .ipv4
+                .as_deref()
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(|_| Error::internal())?,
+            pxe: n.pxe,
+        });
+    }
+    let mut bmcs: HashMap<Uuid, BmcInfo> = HashMap::new();
+    for b in plinth_db::bmcs::for_machines(conn, &ids).await.db()? {
+        bmcs.insert(
+            b.machine_id,
+            BmcInfo {
+                protocol: parse("bmc protocol", &b.protocol)?,
+                address: b.address,
+                username: b.username,
+                verify_tls: b.verify_tls,
+            },
+        );
+    }
+    rows.into_iter()
+        .map(|r| {
+            Ok(Machine {
+                nics: nics.remove(&r.id).unwrap_or_default(),
+                bmc: bmcs.remove(&r.id),
+                id: r.id,
+                hostname: r.hostname,
+                rack: r.rack_name,
+                rack_unit: r.rack_unit,
+                size_u: r.size_u,
+                pool: r.pool,
+                tags: r.tags,
+                arch: r.arch.as_deref().map(|a| parse("arch", a)).transpose()?,
+                facts: r.facts,
+                state: parse("state", &r.state)?,
+                state_version: r.state_version,
+                state_changed_at: r.state_changed_at,
+                state_reason: r.state_reason,
+                maintenance: r.maintenance,
+                maintenance_reason: r.maintenance_reason,
+                allocation_id: r.allocation_id,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn machine(
+    conn: &mut PgConnection,
+    row: plinth_db::machines::MachineRow,
+) -> Result<Machine> {
+    machines(conn, vec![row])
+        .await?
+        .pop()
+        .ok_or_else(Error::internal)
+}
+
+pub(crate) fn event(e: plinth_db::events::EventRow) -> Result<plinth_types::api::Event> {
+    Ok(plinth_types::api::Event {
+        id: e.id,
+        at: e.at,
+        actor: e.actor,
+        machine_id: e.machine_id,
+        kind: e.kind,
+        from_state: e
+            .from_state
+            .as_deref()
+            .map(|s| parse("state", s))
+            .transpose()?,
+        to_state: e
+            .to_state
+            .as_deref()
+            .map(|s| parse("state", s))
+            .transpose()?,
+        details: e.details,
+    })
+}

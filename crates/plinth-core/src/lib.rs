@@ -1,0 +1,72 @@
+//! plinth-core: the application. Every operation the API, the CLI and (later) the DHCP
+//! server and workers perform on the inventory lives here: validation, authorization,
+//! lifecycle transitions with their events, allocations, BMC secret handling.
+//!
+//! It decides; plinth-db executes SQL. It opens no protocol sockets and knows nothing of
+//! HTTP: it returns [`plinth_types::Error`], which plinth-api maps to a status.
+
+pub mod allocations;
+pub mod auth;
+mod convert;
+pub mod events;
+pub mod lifecycle;
+pub mod machines;
+pub mod racks;
+pub mod secrets;
+pub mod tokens;
+pub mod validate;
+
+use plinth_db::PgPool;
+use plinth_types::Error;
+
+pub use auth::Principal;
+pub use secrets::BmcKey;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The application: a handle to the inventory database and the BMC secret key. Cheap to
+/// clone; every plinth task shares one.
+#[derive(Clone)]
+pub struct App {
+    pool: PgPool,
+    bmc_key: BmcKey,
+}
+
+impl App {
+    pub fn new(pool: PgPool, bmc_key: BmcKey) -> Self {
+        App { pool, bmc_key }
+    }
+
+    /// For health checks: can we reach the database?
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn().await?;
+        sqlx::query("select 1")
+            .execute(&mut *conn)
+            .await
+            .map_err(plinth_db::classify)?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        self.pool.acquire().await.map_err(plinth_db::classify)
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.pool.begin().await.map_err(plinth_db::classify)
+    }
+}
+
+/// Shorthand for `.map_err(plinth_db::classify)`.
+pub(crate) trait DbResult<T> {
+    fn db(self) -> Result<T>;
+}
+
+impl<T> DbResult<T> for std::result::Result<T, sqlx::Error> {
+    fn db(self) -> Result<T> {
+        self.map_err(plinth_db::classify)
+    }
+}

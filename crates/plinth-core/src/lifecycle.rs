@@ -1,0 +1,323 @@
+//! Running lifecycle verbs. A verb is one transaction: the guarded UPDATE (allowed states
+//! from plinth-types' table, expected version), its event, and its side effects on NICs,
+//! rack slot and allocation.
+//!
+//! Seam for later issues: where a transition needs work outside the database (power on for
+//! inspection, wipe disks for cleaning), the job rows are inserted in [`App::apply`]'s
+//! transaction, next to the event, so a transition and its work commit together (DESIGN.md).
+
+use plinth_db::PgConnection;
+use plinth_db::machines::TransitionEffects;
+use plinth_types::api::{InspectionReport, Machine};
+use plinth_types::{Error, MachineState, Verb};
+use uuid::Uuid;
+
+use crate::auth::Permission;
+use crate::machines::not_found;
+use crate::{App, DbResult, Principal, Result, convert, validate};
+
+/// What the caller asked for: a verb, optionally pinned to a version (If-Match).
+#[derive(Debug, Clone)]
+pub struct Action {
+    pub verb: Verb,
+    pub expected_version: Option<i64>,
+    pub reason: Option<String>,
+}
+
+/// The outcome of one transition.
+#[derive(Debug, Clone, Copy)]
+pub struct Moved {
+    pub from: MachineState,
+    pub to: MachineState,
+    pub version: i64,
+}
+
+impl App {
+    /// Applies `verb` to machine `id` inside `tx`; writes the event. On refusal explains why
+    /// with the machine's current state and version.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        who: &Principal,
+        id: Uuid,
+        verb: Verb,
+        expected_version: Option<i64>,
+        reason: Option<&str>,
+        effects: TransitionEffects,
+        mut details: serde_json::Value,
+    ) -> Result<Moved> {
+        let from: Vec<String> = verb
+            .allowed_from()
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        let to = verb.target();
+        let moved = plinth_db::machines::transition(
+            tx,
+            id,
+            &from,
+            to.as_str(),
+            expected_version,
+            reason,
+            who.is_automation(),
+            &effects,
+        )
+        .await
+        .db()?;
+        let Some((old, version)) = moved else {
+            return Err(self.refusal(tx, id, verb, expected_version, who).await);
+        };
+        let old: MachineState = old.parse().map_err(|_| Error::internal())?;
+        if effects.unrack {
+            plinth_db::nics::deactivate_for_machine(tx, id).await.db()?;
+        }
+        if let Some(obj) = details.as_object_mut() {
+            if let Some(r) = reason {
+                obj.insert("reason".into(), r.into());
+            }
+            obj.insert("state_version".into(), version.into());
+        }
+        plinth_db::events::insert(
+            tx,
+            plinth_db::events::NewEvent {
+                actor: &who.name,
+                machine_id: Some(id),
+                kind: verb.as_str(),
+                from_state: Some(old.as_str()),
+                to_state: Some(to.as_str()),
+                details,
+            },
+        )
+        .await
+        .db()?;
+        tracing::info!(machine_id = %id, from = %old, to = %to, %verb, actor = %who.name, "state changed");
+        Ok(Moved {
+            from: old,
+            to,
+            version,
+        })
+    }
+
+    async fn refusal(
+        &self,
+        conn: &mut PgConnection,
+        id: Uuid,
+        verb: Verb,
+        expected: Option<i64>,
+        who: &Principal,
+    ) -> Error {
+        let (state, version) = match plinth_db::machines::state_of(conn, id).await {
+            Ok(Some(sv)) => sv,
+            Ok(None) => return not_found(id),
+            Err(e) => return plinth_db::classify(e),
+        };
+        let Ok(state) = state.parse::<MachineState>() else {
+            return Error::internal();
+        };
+        let err = if expected.is_some_and(|v| v != version) {
+            Error::conflict(
+                "stale_version",
+                format!(
+                    "the machine changed: it is at version {version}, not {}",
+                    expected.unwrap_or_default()
+                ),
+            )
+        } else if verb.allowed_from().contains(&state) && who.is_automation() {
+            Error::conflict(
+                "in_maintenance",
+                "the machine is in maintenance: automation leaves it alone",
+            )
+        } else {
+            let allowed: Vec<&str> = verb.allowed_from().iter().map(|s| s.as_str()).collect();
+            Error::conflict(
+                "invalid_transition",
+                format!(
+                    "cannot {verb} a machine that is {state} (allowed from: {})",
+                    allowed.join(", ")
+                ),
+            )
+        };
+        err.with_state(state, version)
+    }
+
+    /// `POST /machines/{id}/actions/{verb}`.
+    pub async fn act(&self, who: &Principal, id: Uuid, action: Action) -> Result<Machine> {
+        let verb = action.verb;
+        if !verb.is_action() {
+            let hint = match verb {
+                Verb::Allocate => "machines are allocated with POST /api/v1/allocations",
+                Verb::InspectComplete => {
+                    "inspection results are sent to POST /api/v1/machines/{id}/inspection"
+                }
+                _ => "machines are enrolled with POST /api/v1/machines",
+            };
+            return Err(Error::invalid(
+                "not_an_action",
+                format!("{verb} is not an action: {hint}"),
+            ));
+        }
+        validate::reason(action.reason.as_deref())?;
+        who.require(Permission::Act(verb))?;
+        let mut tx = self.begin().await?;
+        let row = self.visible_row(&mut tx, who, id).await?;
+        let mut effects = TransitionEffects::default();
+        if verb == Verb::Release {
+            effects.clear_allocation = true;
+        }
+        if verb == Verb::DecommissionComplete {
+            effects.unrack = true;
+        }
+        let details = serde_json::json!({ "rack": row.rack_name, "rack_unit": row.rack_unit });
+        self.apply(
+            &mut tx,
+            who,
+            id,
+            verb,
+            action.expected_version,
+            action.reason.as_deref(),
+            effects,
+            details,
+        )
+        .await?;
+        if verb == Verb::Release {
+            if let Some(alloc) = row.allocation_id {
+                plinth_db::allocations::close_if_empty(&mut tx, alloc)
+                    .await
+                    .db()?;
+            }
+        }
+        let row = plinth_db::machines::get(&mut tx, id)
+            .await
+            .db()?
+            .ok_or_else(Error::internal)?;
+        let machine = convert::machine(&mut tx, row).await?;
+        tx.commit().await.db()?;
+        Ok(machine)
+    }
+
+    /// Maintenance on or off: orthogonal to the state; bumps the version and is recorded.
+    pub async fn set_maintenance(
+        &self,
+        who: &Principal,
+        id: Uuid,
+        on: bool,
+        reason: Option<String>,
+        expected_version: Option<i64>,
+    ) -> Result<Machine> {
+        who.require(Permission::ManageMachines)?;
+        validate::reason(reason.as_deref())?;
+        let mut tx = self.begin().await?;
+        let row = plinth_db::machines::get_for_update(&mut tx, id)
+            .await
+            .db()?
+            .ok_or_else(|| not_found(id))?;
+        let state: MachineState = row.state.parse().map_err(|_| Error::internal())?;
+        if state == MachineState::Decommissioned {
+            return Err(Error::conflict(
+                "decommissioned",
+                "a decommissioned machine cannot change",
+            )
+            .with_state(state, row.state_version));
+        }
+        let version = plinth_db::machines::set_maintenance(
+            &mut tx,
+            id,
+            on,
+            reason.as_deref(),
+            expected_version,
+        )
+        .await
+        .db()?
+        .ok_or_else(|| {
+            Error::conflict(
+                "stale_version",
+                format!(
+                    "the machine changed: it is at version {}",
+                    row.state_version
+                ),
+            )
+            .with_state(state, row.state_version)
+        })?;
+        plinth_db::events::insert(
+            &mut tx,
+            plinth_db::events::NewEvent {
+                actor: &who.name,
+                machine_id: Some(id),
+                kind: if on {
+                    "maintenance_on"
+                } else {
+                    "maintenance_off"
+                },
+                from_state: None,
+                to_state: None,
+                details: serde_json::json!({ "reason": reason, "state_version": version }),
+            },
+        )
+        .await
+        .db()?;
+        let row = plinth_db::machines::get(&mut tx, id)
+            .await
+            .db()?
+            .ok_or_else(Error::internal)?;
+        let machine = convert::machine(&mut tx, row).await?;
+        tx.commit().await.db()?;
+        tracing::info!(machine_id = %id, maintenance = on, actor = %who.name, "maintenance changed");
+        Ok(machine)
+    }
+
+    /// `POST /machines/{id}/inspection`: stores the facts and moves inspecting → ready.
+    pub async fn submit_inspection(
+        &self,
+        who: &Principal,
+        id: Uuid,
+        report: InspectionReport,
+    ) -> Result<Machine> {
+        who.require(Permission::ManageMachines)?;
+        validate_report(&report)?;
+        let mut tx = self.begin().await?;
+        let facts = serde_json::to_value(&report).map_err(|_| Error::internal())?;
+        let summary = serde_json::json!({
+            "cpu_threads": report.cpu.threads, "memory_mib": report.memory_mib,
+            "disks": report.disks.len(), "serial": report.system.serial,
+        });
+        self.apply(
+            &mut tx,
+            who,
+            id,
+            Verb::InspectComplete,
+            None,
+            None,
+            TransitionEffects::default(),
+            summary,
+        )
+        .await?;
+        plinth_db::machines::set_facts(&mut tx, id, &facts, report.arch.as_str())
+            .await
+            .db()?;
+        let row = plinth_db::machines::get(&mut tx, id)
+            .await
+            .db()?
+            .ok_or_else(Error::internal)?;
+        let machine = convert::machine(&mut tx, row).await?;
+        tx.commit().await.db()?;
+        Ok(machine)
+    }
+}
+
+fn validate_report(r: &InspectionReport) -> Result<()> {
+    let bad = |m: &str| Err(Error::invalid("invalid_inspection", m.to_owned()));
+    if r.cpu.cores == 0 || r.cpu.threads < r.cpu.cores {
+        return bad("cpu.cores must be at least 1 and cpu.threads at least cpu.cores");
+    }
+    if r.memory_mib == 0 {
+        return bad("memory_mib must be positive");
+    }
+    if r.disks.iter().any(|d| d.size_bytes > i64::MAX as u64) || r.memory_mib > i64::MAX as u64 {
+        return bad("sizes must fit in a signed 64-bit integer");
+    }
+    if r.system.serial.len() > 256 || r.cpu.model.len() > 256 {
+        return bad("text fields are at most 256 bytes");
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! API token management: create (the secret is returned once), list, revoke.
+
+use plinth_types::api::{TokenCreated, TokenInfo};
+use plinth_types::{Error, Role};
+
+use crate::auth::{Permission, generate_secret, hash_secret};
+use crate::{App, DbResult, Principal, Result, validate};
+
+fn info(row: plinth_db::tokens::TokenRow) -> Result<TokenInfo> {
+    Ok(TokenInfo {
+        id: row.id,
+        role: row.role.parse().map_err(|_| Error::internal())?,
+        name: row.name,
+        created_at: row.created_at,
+        last_used_at: row.last_used_at,
+        revoked_at: row.revoked_at,
+    })
+}
+
+impl App {
+    pub async fn create_token(
+        &self,
+        who: &Principal,
+        name: &str,
+        role: Role,
+    ) -> Result<TokenCreated> {
+        who.require(Permission::ManageTokens)?;
+        validate::token_name(name)?;
+        let secret = generate_secret();
+        let mut tx = self.begin().await?;
+        let row = plinth_db::tokens::insert(&mut tx, name, role.as_str(), &hash_secret(&secret))
+            .await
+            .db()?;
+        plinth_db::events::insert(
+            &mut tx,
+            plinth_db::events::NewEvent {
+                actor: &who.name,
+                machine_id: None,
+                kind: "token_created",
+                from_state: None,
+                to_state: None,
+                details: serde_json::json!({ "token": name, "role": role }),
+            },
+        )
+        .await
+        .db()?;
+        tx.commit().await.db()?;
+        tracing::info!(token = name, %role, actor = %who.name, "API token created");
+        Ok(TokenCreated {
+            token: info(row)?,
+            secret,
+        })
+    }
+
+    pub async fn list_tokens(&self, who: &Principal) -> Result<Vec<TokenInfo>> {
+        who.require(Permission::ManageTokens)?;
+        let mut conn = self.conn().await?;
+        plinth_db::tokens::list(&mut conn)
+            .await
+            .db()?
+            .into_iter()
+            .map(info)
+            .collect()
+    }
+
+    pub async fn revoke_token(&self, who: &Principal, name: &str) -> Result<TokenInfo> {
+        who.require(Permission::ManageTokens)?;
+        let mut tx = self.begin().await?;
+        let row = plinth_db::tokens::revoke(&mut tx, name)
+            .await
+            .db()?
+            .ok_or_else(|| Error::not_found(format!("no token named {name:?}")))?;
+        plinth_db::events::insert(
+            &mut tx,
+            plinth_db::events::NewEvent {
+                actor: &who.name,
+                machine_id: None,
+                kind: "token_revoked",
+                from_state: None,
+                to_state: None,
+                details: serde_json::json!({ "token": name }),
+            },
+        )
+        .await
+        .db()?;
+        tx.commit().await.db()?;
+        tracing::info!(token = name, actor = %who.name, "API token revoked");
+        info(row)
+    }
+}

@@ -1,0 +1,66 @@
+//! events: the append-only audit log. The table refuses UPDATE, DELETE and TRUNCATE.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub machine_id: Option<Uuid>,
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub details: serde_json::Value,
+}
+
+pub struct NewEvent<'a> {
+    pub actor: &'a str,
+    pub machine_id: Option<Uuid>,
+    pub kind: &'a str,
+    pub from_state: Option<&'a str>,
+    pub to_state: Option<&'a str>,
+    pub details: serde_json::Value,
+}
+
+pub async fn insert(conn: &mut PgConnection, e: NewEvent<'_>) -> Result<i64, sqlx::Error> {
+    let id = sqlx::query_scalar!(
+        "insert into events (actor, machine_id, kind, from_state, to_state, details)
+         values ($1, $2, $3, $4, $5, $6) returning id",
+        e.actor,
+        e.machine_id,
+        e.kind,
+        e.from_state,
+        e.to_state,
+        e.details
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(id)
+}
+
+/// Events in id order, filtered by machine and/or time, after the id `after`.
+pub async fn list(
+    conn: &mut PgConnection,
+    machine_id: Option<Uuid>,
+    since: Option<DateTime<Utc>>,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<EventRow>, sqlx::Error> {
+    sqlx::query_as!(
+        EventRow,
+        "select id, at, actor, machine_id, kind, from_state, to_state, details from events
+         where ($1::uuid is null or machine_id = $1)
+           and ($2::timestamptz is null or at >= $2)
+           and ($3::bigint is null or id > $3)
+         order by id limit $4",
+        machine_id,
+        since,
+        after,
+        limit
+    )
+    .fetch_all(conn)
+    .await
+}

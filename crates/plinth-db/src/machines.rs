@@ -1,0 +1,368 @@
+//! machines: the inventory's core table and its lifecycle column.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct MachineRow {
+    pub id: Uuid,
+    pub hostname: Option<String>,
+    pub rack_id: Option<Uuid>,
+    pub rack_name: Option<String>,
+    pub rack_unit: Option<i32>,
+    pub size_u: i32,
+    pub pool: String,
+    pub tags: Vec<String>,
+    pub arch: Option<String>,
+    pub facts: serde_json::Value,
+    pub state: String,
+    pub state_version: i64,
+    pub state_changed_at: DateTime<Utc>,
+    pub state_reason: Option<String>,
+    pub maintenance: bool,
+    pub maintenance_reason: Option<String>,
+    pub allocation_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The columns a technician sets (on enroll or edit).
+pub struct MachineFields<'a> {
+    pub hostname: Option<&'a str>,
+    pub rack_id: Option<Uuid>,
+    pub rack_unit: Option<i32>,
+    pub size_u: i32,
+    pub pool: &'a str,
+    pub tags: &'a [String],
+    pub arch: Option<&'a str>,
+}
+
+pub async fn insert(
+    conn: &mut PgConnection,
+    f: &MachineFields<'_>,
+    state: &str,
+) -> Result<Uuid, sqlx::Error> {
+    sqlx::query_scalar!(
+        "insert into machines (hostname, rack_id, rack_unit, size_u, pool, tags, arch, state)
+         values ($1, $2, $3, $4, $5, $6, $7, $8) returning id",
+        f.hostname,
+        f.rack_id,
+        f.rack_unit,
+        f.size_u,
+        f.pool,
+        f.tags,
+        f.arch,
+        state
+    )
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn update_fields(
+    conn: &mut PgConnection,
+    id: Uuid,
+    f: &MachineFields<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update machines set hostname = $2, rack_id = $3, rack_unit = $4, size_u = $5, pool = $6,
+                tags = $7, arch = $8, updated_at = now()
+         where id = $1",
+        id,
+        f.hostname,
+        f.rack_id,
+        f.rack_unit,
+        f.size_u,
+        f.pool,
+        f.tags,
+        f.arch
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<MachineRow>, sqlx::Error> {
+    sqlx::query_as!(
+        MachineRow,
+        r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
+                  m.tags, m.arch, m.facts, m.state, m.state_version, m.state_changed_at, m.state_reason,
+                  m.maintenance, m.maintenance_reason, m.allocation_id, m.created_at, m.updated_at
+           from machines m left join racks r on r.id = m.rack_id
+           where m.id = $1"#,
+        id
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Locks the machine row for the rest of the transaction.
+pub async fn get_for_update(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<MachineRow>, sqlx::Error> {
+    sqlx::query_as!(
+        MachineRow,
+        r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
+                  m.tags, m.arch, m.facts, m.state, m.state_version, m.state_changed_at, m.state_reason,
+                  m.maintenance, m.maintenance_reason, m.allocation_id, m.created_at, m.updated_at
+           from machines m left join racks r on r.id = m.rack_id
+           where m.id = $1
+           for update of m"#,
+        id
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn get_many(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<MachineRow>, sqlx::Error> {
+    sqlx::query_as!(
+        MachineRow,
+        r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
+                  m.tags, m.arch, m.facts, m.state, m.state_version, m.state_changed_at, m.state_reason,
+                  m.maintenance, m.maintenance_reason, m.allocation_id, m.created_at, m.updated_at
+           from machines m left join racks r on r.id = m.rack_id
+           where m.id = any($1)
+           order by m.id"#,
+        ids
+    )
+    .fetch_all(conn)
+    .await
+}
+
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    pub state: Option<String>,
+    pub rack: Option<String>,
+    pub pool: Option<String>,
+    pub tag: Option<String>,
+    /// Free text: matched against hostname (substring), serial (exact) and MAC (exact, canonical).
+    pub q: Option<String>,
+    pub q_mac: Option<String>,
+    /// Only machines in allocations made by this token.
+    pub owner_token_id: Option<Uuid>,
+    /// Only machines whose id sorts after this one (the page cursor).
+    pub after: Option<Uuid>,
+    pub limit: i64,
+}
+
+pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<MachineRow>, sqlx::Error> {
+    let q_like =
+        f.q.as_deref()
+            .map(|q| format!("%{}%", crate::like_escape(q)));
+    sqlx::query_as!(
+        MachineRow,
+        r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
+                  m.tags, m.arch, m.facts, m.state, m.state_version, m.state_changed_at, m.state_reason,
+                  m.maintenance, m.maintenance_reason, m.allocation_id, m.created_at, m.updated_at
+           from machines m left join racks r on r.id = m.rack_id
+           where ($1::text is null or m.state = $1)
+             and ($2::text is null or r.name = $2)
+             and ($3::text is null or m.pool = $3)
+             and ($4::text is null or m.tags @> array[$4])
+             and ($5::text is null
+                  or m.hostname ilike $5
+                  or m.facts -> 'system' ->> 'serial' = $6
+                  or ($7::text is not null and exists (
+                        select 1 from nics n where n.machine_id = m.id and n.active and n.mac = $7::text::macaddr)))
+             and ($8::uuid is null or m.allocation_id in (select a.id from allocations a where a.owner_token_id = $8))
+             and ($9::uuid is null or m.id > $9)
+           order by m.id
+           limit $10"#,
+        f.state,
+        f.rack,
+        f.pool,
+        f.tag,
+        q_like,
+        f.q,
+        f.q_mac,
+        f.owner_token_id,
+        f.after,
+        f.limit
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// What a lifecycle transition writes besides the state itself.
+#[derive(Debug, Default)]
+pub struct TransitionEffects {
+    /// Join this allocation (allocate).
+    pub set_allocation: Option<Uuid>,
+    /// Leave the allocation (release).
+    pub clear_allocation: bool,
+    /// Free the rack slot (decommission_complete).
+    pub unrack: bool,
+}
+
+/// The one lifecycle UPDATE: moves machine `id` to `to` only if it is in one of `from` and,
+/// when `expected_version` is given, still at that version; `automated` transitions also
+/// leave machines in maintenance alone. Returns the state it left and the new version, or
+/// `None` when the machine was not in an allowed state (or the version was stale).
+#[allow(clippy::too_many_arguments)]
+pub async fn transition(
+    conn: &mut PgConnection,
+    id: Uuid,
+    from: &[String],
+    to: &str,
+    expected_version: Option<i64>,
+    reason: Option<&str>,
+    automated: bool,
+    effects: &TransitionEffects,
+) -> Result<Option<(String, i64)>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"with old as (select id, state from machines where id = $1 for update)
+         update machines m set
+             state = $4,
+             state_version = m.state_version + 1,
+             state_changed_at = now(),
+             state_reason = $5,
+             allocation_id = case when $7 then null else coalesce($6, m.allocation_id) end,
+             rack_id = case when $8 then null else m.rack_id end,
+             rack_unit = case when $8 then null else m.rack_unit end,
+             updated_at = now()
+         from old
+         where m.id = old.id and m.state = any($2) and ($3::bigint is null or m.state_version = $3)
+           and not ($9 and m.maintenance)
+         returning old.state as "from_state!", m.state_version"#,
+        id,
+        from,
+        expected_version,
+        to,
+        reason,
+        effects.set_allocation,
+        effects.clear_allocation,
+        effects.unrack,
+        automated
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (r.from_state, r.state_version)))
+}
+
+/// Current state and version, for explaining a refused transition.
+pub async fn state_of(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<(String, i64)>, sqlx::Error> {
+    let row = sqlx::query!(
+        "select state, state_version from machines where id = $1",
+        id
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (r.state, r.state_version)))
+}
+
+/// Sets or clears maintenance; bumps state_version so that If-Match sees the change.
+pub async fn set_maintenance(
+    conn: &mut PgConnection,
+    id: Uuid,
+    on: bool,
+    reason: Option<&str>,
+    expected_version: Option<i64>,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "update machines set maintenance = $2, maintenance_reason = case when $2 then $3 else null end,
+                state_version = state_version + 1, updated_at = now()
+         where id = $1 and ($4::bigint is null or state_version = $4)
+         returning state_version",
+        id,
+        on,
+        reason,
+        expected_version
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn set_facts(
+    conn: &mut PgConnection,
+    id: Uuid,
+    facts: &serde_json::Value,
+    arch: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update machines set facts = $2, arch = $3, updated_at = now() where id = $1",
+        id,
+        facts,
+        arch
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Constraints an allocation request puts on machines.
+#[derive(Debug, Default)]
+pub struct AllocationFilter {
+    pub arch: Option<String>,
+    pub min_cpus: Option<i64>,
+    pub min_memory_mib: Option<i64>,
+    pub min_disk_bytes: Option<i64>,
+    pub tags: Vec<String>,
+    pub pool: Option<String>,
+    pub rack: Option<String>,
+    pub count: i64,
+}
+
+/// Picks and locks up to `count` ready, non-maintenance machines that match. Rows another
+/// transaction holds are skipped, so concurrent allocations never wait on each other and
+/// never pick the same machine.
+pub async fn pick_for_allocation(
+    conn: &mut PgConnection,
+    f: &AllocationFilter,
+) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"select m.id, m.state_version from machines m
+           where m.state = 'ready' and not m.maintenance
+             and ($1::text is null or m.arch = $1)
+             and ($2::bigint is null or (m.facts -> 'cpu' ->> 'threads')::bigint >= $2)
+             and ($3::bigint is null or (m.facts ->> 'memory_mib')::bigint >= $3)
+             and ($4::bigint is null or exists (
+                   select 1 from jsonb_array_elements(m.facts -> 'disks') d
+                   where (d ->> 'size_bytes')::bigint >= $4))
+             and m.tags @> $5
+             and ($6::text is null or m.pool = $6)
+             and ($7::text is null or m.rack_id = (select id from racks where name = $7))
+           order by m.id
+           limit $8
+           for update of m skip locked"#,
+        f.arch,
+        f.min_cpus,
+        f.min_memory_mib,
+        f.min_disk_bytes,
+        &f.tags,
+        f.pool,
+        f.rack,
+        f.count
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.state_version)).collect())
+}
+
+/// Test and benchmark support: puts a machine straight into `state` (with an allocation when
+/// the state needs one), bypassing the lifecycle. Never called by the service.
+pub async fn force_state(
+    conn: &mut PgConnection,
+    id: Uuid,
+    state: &str,
+    allocation_id: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update machines set state = $2, allocation_id = $3, state_version = state_version + 1,
+                rack_id = case when $2 = 'decommissioned' then null else rack_id end,
+                rack_unit = case when $2 = 'decommissioned' then null else rack_unit end
+         where id = $1",
+        id,
+        state,
+        allocation_id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}

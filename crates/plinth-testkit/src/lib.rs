@@ -1,0 +1,110 @@
+//! plinth-testkit: what plinth's tests stand on (dev-dependency only).
+//!
+//! [`TestDb`] gives every test a fresh, migrated database on a real PostgreSQL server:
+//! the one named by `PLINTH_TEST_DATABASE_URL` (the test command starts one), or else a
+//! scratch cluster this crate starts under the system temp dir and leaves running for the
+//! next test binary.
+
+use std::sync::OnceLock;
+
+use anyhow::Context;
+use sqlx::PgPool;
+
+/// A fresh database with the schema applied. Dropped with the scratch server, not per test,
+/// so a failing test leaves its data to look at.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub url: String,
+    pub name: String,
+}
+
+fn server_url() -> anyhow::Result<String> {
+    static URL: OnceLock<Result<String, String>> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("PLINTH_TEST_DATABASE_URL") {
+            return Ok(url);
+        }
+        // Start (or adopt) a scratch cluster on a thread with its own runtime, since each
+        // #[tokio::test] has a runtime of its own.
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let dir = std::env::temp_dir().join("plinth-testkit");
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                let pg = plinth_db::embedded::EmbeddedPostgres::start(&dir)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                Ok(pg.url().replace("/plinth?", "/postgres?"))
+            })
+        })
+        .join()
+        .map_err(|_| "scratch PostgreSQL start panicked".to_string())?
+    })
+    .clone()
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "no test PostgreSQL: set PLINTH_TEST_DATABASE_URL or install postgresql ({e})"
+        )
+    })
+}
+
+/// `url` with its database (the path) replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{db}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+impl TestDb {
+    pub async fn new() -> anyhow::Result<TestDb> {
+        let server = server_url()?;
+        let name = format!("plinth_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = plinth_db::connect(&server, 1)
+            .await
+            .context("connecting to the test PostgreSQL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+            .execute(&admin)
+            .await
+            .context("creating the test database")?;
+        admin.close().await;
+        let url = with_database(&server, &name);
+        let pool = plinth_db::connect(&url, 40)
+            .await
+            .context("connecting to the test database")?;
+        plinth_db::migrate(&pool)
+            .await
+            .context("migrating the test database")?;
+        Ok(TestDb { pool, url, name })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_database_in_urls() {
+        assert_eq!(
+            with_database("postgres://u@localhost/postgres?host=/tmp/x", "t1"),
+            "postgres://u@localhost/t1?host=/tmp/x"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/db", "t2"),
+            "postgres://u:p@h:5432/t2"
+        );
+        assert_eq!(with_database("postgres://h", "t3"), "postgres://h/t3");
+    }
+}

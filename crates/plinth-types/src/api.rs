@@ -1,0 +1,476 @@
+//! Request and response bodies of the REST API (`/api/v1`).
+//!
+//! Requests reject unknown fields, so a typo is an error rather than a silently ignored
+//! setting. The OpenAPI document is generated from these types.
+
+use std::net::Ipv4Addr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{MacAddr, MachineState, Role};
+
+/// For PATCH bodies: absent → `None` (leave alone), `null` → `Some(None)` (clear),
+/// a value → `Some(Some(v))` (set).
+fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+// ---------------------------------------------------------------- racks
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RackCreate {
+    /// Unique name, e.g. `r12`.
+    pub name: String,
+    pub site: Option<String>,
+    pub room: Option<String>,
+    pub row: Option<String>,
+    /// Usable height in rack units.
+    pub height_u: i32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RackPatch {
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub site: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub room: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub row: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height_u: Option<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Rack {
+    pub id: Uuid,
+    pub name: String,
+    pub site: Option<String>,
+    pub room: Option<String>,
+    pub row: Option<String>,
+    pub height_u: i32,
+    /// Machines currently mounted in the rack.
+    pub machine_count: i64,
+    /// Rack units occupied by those machines.
+    pub used_u: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+// ---------------------------------------------------------------- machines
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BmcProtocol {
+    Redfish,
+    Ipmi,
+}
+
+impl BmcProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BmcProtocol::Redfish => "redfish",
+            BmcProtocol::Ipmi => "ipmi",
+        }
+    }
+}
+
+impl std::str::FromStr for BmcProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "redfish" => Ok(BmcProtocol::Redfish),
+            "ipmi" => Ok(BmcProtocol::Ipmi),
+            _ => Err(format!(
+                "unknown BMC protocol {s:?}: expected redfish or ipmi"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "x86_64" => Ok(Arch::X86_64),
+            "aarch64" => Ok(Arch::Aarch64),
+            _ => Err(format!(
+                "unknown architecture {s:?}: expected x86_64 or aarch64"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    pub mac: MacAddr,
+    /// A reserved IPv4 address: DHCP always hands this NIC exactly this address.
+    #[schema(value_type = Option<String>, format = Ipv4)]
+    pub ipv4: Option<Ipv4Addr>,
+    /// Boot this NIC from the network. When no NIC says, the first one does.
+    pub pxe: Option<bool>,
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BmcSpec {
+    pub protocol: BmcProtocol,
+    /// `host` or `host:port`.
+    pub address: String,
+    pub username: String,
+    /// Stored encrypted; never returned.
+    pub password: String,
+    pub verify_tls: Option<bool>,
+}
+
+impl std::fmt::Debug for BmcSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BmcSpec")
+            .field("protocol", &self.protocol)
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("verify_tls", &self.verify_tls)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MachineCreate {
+    pub hostname: Option<String>,
+    /// Rack name.
+    pub rack: Option<String>,
+    /// Lowest rack unit the machine occupies (1 = bottom).
+    pub rack_unit: Option<i32>,
+    /// Height in rack units (default 1).
+    pub size_u: Option<i32>,
+    pub pool: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub arch: Option<Arch>,
+    pub nics: Vec<NicSpec>,
+    pub bmc: Option<BmcSpec>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MachinePatch {
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub hostname: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Rack name; `null` takes the machine out of its rack (then omit rack_unit).
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub rack: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rack_unit: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_u: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
+    /// A new BMC (replaces the old one); `null` removes it.
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<BmcSpec>)]
+    pub bmc: Option<Option<BmcSpec>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Nic {
+    pub mac: MacAddr,
+    #[schema(value_type = Option<String>, format = Ipv4)]
+    pub ipv4: Option<Ipv4Addr>,
+    pub pxe: bool,
+}
+
+/// A machine's BMC as the API shows it: never with the password.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BmcInfo {
+    pub protocol: BmcProtocol,
+    pub address: String,
+    pub username: String,
+    pub verify_tls: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Machine {
+    pub id: Uuid,
+    pub hostname: Option<String>,
+    pub rack: Option<String>,
+    pub rack_unit: Option<i32>,
+    pub size_u: i32,
+    pub pool: String,
+    pub tags: Vec<String>,
+    pub arch: Option<Arch>,
+    /// Hardware facts from the last inspection (an [`InspectionReport`]), or `{}`.
+    #[schema(value_type = Object)]
+    pub facts: serde_json::Value,
+    pub state: MachineState,
+    /// Increases with every state or maintenance change; send it in `If-Match`.
+    pub state_version: i64,
+    pub state_changed_at: DateTime<Utc>,
+    pub state_reason: Option<String>,
+    pub maintenance: bool,
+    pub maintenance_reason: Option<String>,
+    pub allocation_id: Option<Uuid>,
+    pub nics: Vec<Nic>,
+    pub bmc: Option<BmcInfo>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MachinePage {
+    pub machines: Vec<Machine>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    /// Why: recorded in the machine's state_reason and its event.
+    pub reason: Option<String>,
+}
+
+// ---------------------------------------------------------------- inspection
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CpuFacts {
+    pub model: String,
+    pub cores: u32,
+    pub threads: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskFacts {
+    pub name: String,
+    pub size_bytes: u64,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub rotational: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NicFacts {
+    pub name: String,
+    pub mac: MacAddr,
+    pub speed_mbps: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemFacts {
+    pub vendor: String,
+    pub product: String,
+    pub serial: String,
+    pub uuid: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+/// What the inspection agent found on a machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InspectionReport {
+    pub cpu: CpuFacts,
+    pub memory_mib: u64,
+    pub disks: Vec<DiskFacts>,
+    pub nics: Vec<NicFacts>,
+    pub system: SystemFacts,
+    pub firmware: Firmware,
+    pub arch: Arch,
+}
+
+// ---------------------------------------------------------------- allocations
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationRequest {
+    /// How many machines (default 1). All or nothing.
+    pub count: Option<u32>,
+    pub arch: Option<Arch>,
+    /// Minimum logical CPUs (inspected `cpu.threads`).
+    pub min_cpus: Option<u32>,
+    pub min_memory_mib: Option<u64>,
+    /// Minimum size of the machine's largest disk, in GiB.
+    pub min_disk_gib: Option<u64>,
+    /// The machine must carry all of these tags.
+    pub tags: Option<Vec<String>>,
+    pub pool: Option<String>,
+    /// Rack name.
+    pub rack: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Allocation {
+    pub id: Uuid,
+    /// Name of the token that made it.
+    pub owner: String,
+    #[schema(value_type = Object)]
+    pub request: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub released_at: Option<DateTime<Utc>>,
+    pub machines: Vec<Machine>,
+}
+
+// ---------------------------------------------------------------- events
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// Name of the token (or `system`, or `cli:...`) that caused it.
+    pub actor: String,
+    pub machine_id: Option<Uuid>,
+    pub kind: String,
+    pub from_state: Option<MachineState>,
+    pub to_state: Option<MachineState>,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    /// Pass as `after` to continue.
+    pub last_id: Option<i64>,
+}
+
+// ---------------------------------------------------------------- tokens
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    pub name: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Returned once when a token is made: the secret is not stored and cannot be shown again.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    pub token: TokenInfo,
+    pub secret: String,
+}
+
+// ---------------------------------------------------------------- errors
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_state: Option<MachineState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_distinguishes_absent_null_and_value() {
+        let p: MachinePatch = serde_json::from_str(r#"{"hostname": null}"#).unwrap();
+        assert_eq!(p.hostname, Some(None));
+        let p: MachinePatch = serde_json::from_str(r#"{"hostname": "n1"}"#).unwrap();
+        assert_eq!(p.hostname, Some(Some("n1".into())));
+        let p: MachinePatch = serde_json::from_str("{}").unwrap();
+        assert_eq!(p.hostname, None);
+    }
+
+    #[test]
+    fn requests_reject_unknown_fields() {
+        let e =
+            serde_json::from_str::<MachineCreate>(r#"{"nics": [], "hostnme": "x"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `hostnme`"), "{e}");
+    }
+
+    #[test]
+    fn bmc_debug_hides_password() {
+        let b = BmcSpec {
+            protocol: BmcProtocol::Ipmi,
+            address: "10.0.0.1".into(),
+            username: "admin".into(),
+            password: "hunter2".into(),
+            verify_tls: None,
+        };
+        assert!(!format!("{b:?}").contains("hunter2"));
+    }
+}

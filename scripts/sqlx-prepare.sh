@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Regenerates the offline query cache (.sqlx/) that lets plinth build without a database.
+# Run after changing a query or a migration; commit the result.
+#   scripts/sqlx-prepare.sh           uses a scratch cluster under target/sqlx-pg
+#   scripts/sqlx-prepare.sh --check   fails if the committed cache is out of date
+set -euo pipefail
+cd "$(dirname "$0")/.."
+server=$(scripts/pg-scratch.sh "$PWD/target/sqlx-pg")
+db=plinth_sqlx_prepare
+admin_psql() { psql "$server" -v ON_ERROR_STOP=1 -qAt "$@"; }
+admin_psql -c "drop database if exists $db" -c "create database $db"
+url=${server/\/postgres\?//$db?}
+for f in migrations/*.sql; do psql "$url" -v ON_ERROR_STOP=1 -q -f "$f" >/dev/null; done
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+touch crates/plinth-db/src/*.rs
+DATABASE_URL=$url SQLX_OFFLINE=false SQLX_OFFLINE_DIR=$out cargo check -q -p plinth-db
+if [ "${1:-}" = --check ]; then
+  diff -r "$out" .sqlx >/dev/null || { echo ".sqlx/ is out of date: run scripts/sqlx-prepare.sh" >&2; exit 1; }
+  echo ".sqlx/ is up to date"
+else
+  rm -rf .sqlx && mkdir .sqlx && cp "$out"/*.json .sqlx/
+  echo "wrote $(ls .sqlx | wc -l) queries to .sqlx/"
+fi

@@ -120,7 +120,8 @@ create trigger racks_height before update of height_u on racks
     for each row execute function racks_check_height();
 
 create table nics (
-    id uuid primary key default gen_random_uuid(),
+    -- an identity, so a machine's NICs keep the order they were enrolled in
+    id bigint generated always as identity primary key,
     machine_id uuid not null references machines (id),
     mac macaddr not null,
     ipv4 inet check (family(ipv4) = 4 and masklen(ipv4) = 32),

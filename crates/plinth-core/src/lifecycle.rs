@@ -180,12 +180,12 @@ impl App {
             details,
         )
         .await?;
-        if verb == Verb::Release {
-            if let Some(alloc) = row.allocation_id {
-                plinth_db::allocations::close_if_empty(&mut tx, alloc)
-                    .await
-                    .db()?;
-            }
+        if verb == Verb::Release
+            && let Some(alloc) = row.allocation_id
+        {
+            plinth_db::allocations::close_if_empty(&mut tx, alloc)
+                .await
+                .db()?;
         }
         let row = plinth_db::machines::get(&mut tx, id)
             .await

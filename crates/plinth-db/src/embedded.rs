@@ -41,6 +41,7 @@ pub struct EmbeddedPostgres {
     socket_dir: PathBuf,
     log: PathBuf,
     run_as: Option<(u32, u32)>,
+    adopted: bool,
 }
 
 const DATABASE: &str = "plinth";
@@ -105,7 +106,9 @@ impl EmbeddedPostgres {
             socket_dir: root.join("run"),
             log: root.join("server.log"),
             run_as,
+            adopted: false,
         };
+        let mut pg = pg;
         std::fs::create_dir_all(&pg.socket_dir).map_err(io(&pg.socket_dir))?;
         // The cluster's owner must be able to pass through the state directory.
         let meta = std::fs::metadata(state_dir).map_err(io(state_dir))?;
@@ -142,6 +145,7 @@ impl EmbeddedPostgres {
             .await?;
         }
         if pg.is_running().await {
+            pg.adopted = true;
             tracing::info!(data_dir = %pg.data_dir.display(), "adopting the embedded PostgreSQL that is already running");
         } else {
             let opts = format!(
@@ -170,6 +174,11 @@ impl EmbeddedPostgres {
         }
         pg.ensure_database().await?;
         Ok(pg)
+    }
+
+    /// Whether the cluster was already running (another plinth process owns it).
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// The URL of the `plinth` database.

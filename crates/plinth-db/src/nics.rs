@@ -42,7 +42,7 @@ pub async fn for_machines(
         NicRow,
         r#"select machine_id, mac::text as "mac!", host(ipv4) as ipv4, pxe
            from nics where machine_id = any($1) and active
-           order by machine_id, created_at, id"#,
+           order by machine_id, id"#,
         ids
     )
     .fetch_all(conn)

@@ -46,18 +46,17 @@ pub async fn authenticate(
     )
     .fetch_optional(&mut *conn)
     .await?;
-    if let Some(t) = &row {
-        if t.revoked_at.is_none()
-            && t.last_used_at
-                .is_none_or(|at| at < Utc::now() - chrono::Duration::minutes(1))
-        {
-            sqlx::query!(
-                "update api_tokens set last_used_at = now() where id = $1",
-                t.id
-            )
-            .execute(conn)
-            .await?;
-        }
+    if let Some(t) = &row
+        && t.revoked_at.is_none()
+        && t.last_used_at
+            .is_none_or(|at| at < Utc::now() - chrono::Duration::minutes(1))
+    {
+        sqlx::query!(
+            "update api_tokens set last_used_at = now() where id = $1",
+            t.id
+        )
+        .execute(conn)
+        .await?;
     }
     Ok(row)
 }

@@ -1,0 +1,34 @@
+//! Bearer-token authentication as an extractor: handlers that take [`Caller`] need a token.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use plinth_core::{App, Principal};
+use plinth_types::Error;
+
+use crate::error::ApiError;
+
+/// The authenticated caller.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<App> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| Error::unauthorized("missing Authorization: Bearer <token> header"))?;
+        let value = header
+            .to_str()
+            .map_err(|_| Error::unauthorized("malformed Authorization header"))?;
+        let secret = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                Error::unauthorized("the Authorization header must be: Bearer <token>")
+            })?;
+        let principal = app.authenticate(secret.trim()).await?;
+        tracing::Span::current().record("actor", principal.name.as_str());
+        Ok(Caller(principal))
+    }
+}

@@ -1,0 +1,372 @@
+//! The `/api/v1` handlers. Each one extracts, calls one plinth-core operation, and shapes
+//! the response; the decisions are made in plinth-core.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use plinth_core::App;
+use plinth_core::events::EventQuery;
+use plinth_core::lifecycle::Action;
+use plinth_core::machines::MachineQuery;
+use plinth_types::api::*;
+use plinth_types::{Error, MachineState, Verb};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, Json, Path, Query};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn with_etag(m: Machine, status: StatusCode) -> Response {
+    let etag = HeaderValue::from_str(&format!("\"{}\"", m.state_version)).ok();
+    let mut resp = (status, Json(m)).into_response();
+    if let Some(v) = etag {
+        resp.headers_mut().insert(axum::http::header::ETAG, v);
+    }
+    resp
+}
+
+/// `If-Match: "7"` (or `7`, `W/"7"`) → Some(7); `*` or absent → None.
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
+    let Some(v) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || {
+        Error::invalid(
+            "invalid_if_match",
+            "If-Match must carry the machine's state_version, e.g. \"7\"",
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
+    Ok(Some(s.parse::<i64>().map_err(|_| bad())?))
+}
+
+// ------------------------------------------------------------------ racks
+
+#[utoipa::path(post, path = "/api/v1/racks", request_body = RackCreate, tag = "racks",
+    responses((status = 201, body = Rack), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_rack(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Json(req): Json<RackCreate>,
+) -> ApiResult<(StatusCode, Json<Rack>)> {
+    Ok((StatusCode::CREATED, Json(app.create_rack(&who, req).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/racks", tag = "racks", responses((status = 200, body = Vec<Rack>)))]
+pub async fn list_racks(State(app): State<App>, Caller(who): Caller) -> ApiResult<Json<Vec<Rack>>> {
+    Ok(Json(app.list_racks(&who).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/racks/{name}", tag = "racks", params(("name" = String, Path)),
+    responses((status = 200, body = Rack), (status = 404, body = ErrorBody)))]
+pub async fn get_rack(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Rack>> {
+    Ok(Json(app.get_rack(&who, &name).await?))
+}
+
+#[utoipa::path(patch, path = "/api/v1/racks/{name}", tag = "racks", params(("name" = String, Path)), request_body = RackPatch,
+    responses((status = 200, body = Rack), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_rack(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(name): Path<String>,
+    Json(patch): Json<RackPatch>,
+) -> ApiResult<Json<Rack>> {
+    Ok(Json(app.update_rack(&who, &name, patch).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/racks/{name}", tag = "racks", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_rack(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    app.delete_rack(&who, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------ machines
+
+#[utoipa::path(post, path = "/api/v1/machines", request_body = MachineCreate, tag = "machines",
+    responses((status = 201, body = Machine), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn enroll_machine(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Json(req): Json<MachineCreate>,
+) -> ApiResult<Response> {
+    Ok(with_etag(
+        app.enroll_machine(&who, req).await?,
+        StatusCode::CREATED,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MachineListParams {
+    state: Option<MachineState>,
+    /// Rack name.
+    rack: Option<String>,
+    pool: Option<String>,
+    tag: Option<String>,
+    /// Matches hostname (substring), MAC or serial.
+    q: Option<String>,
+    /// 1-1000, default 100.
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/machines", tag = "machines", params(MachineListParams),
+    responses((status = 200, body = MachinePage), (status = 400, body = ErrorBody)))]
+pub async fn list_machines(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Query(p): Query<MachineListParams>,
+) -> ApiResult<Json<MachinePage>> {
+    let q = MachineQuery {
+        state: p.state,
+        rack: p.rack,
+        pool: p.pool,
+        tag: p.tag,
+        q: p.q,
+        limit: p.limit,
+        cursor: p.cursor,
+    };
+    Ok(Json(app.list_machines(&who, q).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/machines/{id}", tag = "machines", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Machine, headers(("ETag" = String, description = "the state_version"))), (status = 404, body = ErrorBody)))]
+pub async fn get_machine(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Response> {
+    Ok(with_etag(app.get_machine(&who, id).await?, StatusCode::OK))
+}
+
+#[utoipa::path(patch, path = "/api/v1/machines/{id}", tag = "machines", params(("id" = Uuid, Path)), request_body = MachinePatch,
+    responses((status = 200, body = Machine), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_machine(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+    Json(patch): Json<MachinePatch>,
+) -> ApiResult<Response> {
+    Ok(with_etag(
+        app.update_machine(&who, id, patch).await?,
+        StatusCode::OK,
+    ))
+}
+
+/// Runs a lifecycle verb (`inspect`, `deploy`, `release`, `decommission`, ...), or
+/// `maintenance_on` / `maintenance_off`. `If-Match` pins the state_version.
+#[utoipa::path(post, path = "/api/v1/machines/{id}/actions/{verb}", tag = "machines",
+    params(("id" = Uuid, Path), ("verb" = String, Path), ("If-Match" = Option<String>, Header, description = "expected state_version")),
+    request_body(content = Option<ActionRequest>),
+    responses((status = 200, body = Machine), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "invalid transition or stale version; carries current_state")))]
+pub async fn machine_action(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path((id, verb)): Path<(Uuid, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let req: ActionRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ActionRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            let code = if e.is_syntax() || e.is_eof() {
+                "malformed_json"
+            } else {
+                "invalid_value"
+            };
+            Error::invalid(
+                code,
+                format!("the body must be {{\"reason\": \"...\"}}: {e}"),
+            )
+        })?
+    };
+    let expected = if_match(&headers)?;
+    let m = match verb.as_str() {
+        "maintenance_on" => {
+            app.set_maintenance(&who, id, true, req.reason, expected)
+                .await?
+        }
+        "maintenance_off" => app.set_maintenance(&who, id, false, None, expected).await?,
+        other => {
+            let verb: Verb = other.parse().map_err(|_| {
+                Error::invalid(
+                    "unknown_verb",
+                    format!("unknown verb {other:?}; see docs/lifecycle.md for the verbs"),
+                )
+            })?;
+            app.act(
+                &who,
+                id,
+                Action {
+                    verb,
+                    expected_version: expected,
+                    reason: req.reason,
+                },
+            )
+            .await?
+        }
+    };
+    Ok(with_etag(m, StatusCode::OK))
+}
+
+#[utoipa::path(post, path = "/api/v1/machines/{id}/inspection", tag = "machines", params(("id" = Uuid, Path)),
+    request_body = InspectionReport,
+    responses((status = 200, body = Machine), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn submit_inspection(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+    Json(report): Json<InspectionReport>,
+) -> ApiResult<Response> {
+    Ok(with_etag(
+        app.submit_inspection(&who, id, report).await?,
+        StatusCode::OK,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventParams {
+    /// Only events at or after this time (RFC 3339).
+    since: Option<DateTime<Utc>>,
+    /// Only events with an id above this (`last_id` of the previous page).
+    after: Option<i64>,
+    /// 1-1000, default 1000.
+    limit: Option<u32>,
+}
+
+impl From<EventParams> for EventQuery {
+    fn from(p: EventParams) -> Self {
+        EventQuery {
+            since: p.since,
+            after: p.after,
+            limit: p.limit,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/machines/{id}/events", tag = "events", params(("id" = Uuid, Path), EventParams),
+    responses((status = 200, body = EventPage), (status = 404, body = ErrorBody)))]
+pub async fn machine_events(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+    Query(p): Query<EventParams>,
+) -> ApiResult<Json<EventPage>> {
+    Ok(Json(app.events(&who, Some(id), p.into()).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(EventParams), responses((status = 200, body = EventPage)))]
+pub async fn events(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Query(p): Query<EventParams>,
+) -> ApiResult<Json<EventPage>> {
+    Ok(Json(app.events(&who, None, p.into()).await?))
+}
+
+// ------------------------------------------------------------------ allocations
+
+#[utoipa::path(post, path = "/api/v1/allocations", request_body = AllocationRequest, tag = "allocations",
+    responses((status = 201, body = Allocation), (status = 400, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "insufficient_capacity: nothing was allocated")))]
+pub async fn allocate(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Json(req): Json<AllocationRequest>,
+) -> ApiResult<(StatusCode, Json<Allocation>)> {
+    Ok((StatusCode::CREATED, Json(app.allocate(&who, req).await?)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationListParams {
+    /// Include released allocations (default false).
+    all: Option<bool>,
+}
+
+#[utoipa::path(get, path = "/api/v1/allocations", tag = "allocations", params(AllocationListParams),
+    responses((status = 200, body = Vec<Allocation>)))]
+pub async fn list_allocations(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Query(p): Query<AllocationListParams>,
+) -> ApiResult<Json<Vec<Allocation>>> {
+    Ok(Json(
+        app.list_allocations(&who, p.all.unwrap_or(false)).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/allocations/{id}", tag = "allocations", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Allocation), (status = 404, body = ErrorBody)))]
+pub async fn get_allocation(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Allocation>> {
+    Ok(Json(app.get_allocation(&who, id).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/allocations/{id}", tag = "allocations", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Allocation, description = "released; its machines are cleaning"),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn release_allocation(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Allocation>> {
+    Ok(Json(app.release_allocation(&who, id).await?))
+}
+
+// ------------------------------------------------------------------ tokens
+
+#[utoipa::path(post, path = "/api/v1/tokens", request_body = TokenCreate, tag = "tokens",
+    responses((status = 201, body = TokenCreated, description = "the secret is shown only here"), (status = 409, body = ErrorBody)))]
+pub async fn create_token(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Json(req): Json<TokenCreate>,
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(app.create_token(&who, &req.name, req.role).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = Vec<TokenInfo>)))]
+pub async fn list_tokens(
+    State(app): State<App>,
+    Caller(who): Caller,
+) -> ApiResult<Json<Vec<TokenInfo>>> {
+    Ok(Json(app.list_tokens(&who).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path)),
+    responses((status = 200, body = TokenInfo), (status = 404, body = ErrorBody)))]
+pub async fn revoke_token(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<TokenInfo>> {
+    Ok(Json(app.revoke_token(&who, &name).await?))
+}

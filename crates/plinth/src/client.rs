@@ -1,0 +1,830 @@
+//! The command-line client: every subcommand here is one or two REST calls. Tables for
+//! people, `-o json` for scripts; an API error prints its message and exits non-zero.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use plinth_types::api::*;
+use plinth_types::{MacAddr, MachineState};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// The plinth API.
+    #[arg(
+        long,
+        env = "PLINTH_API_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    api_url: String,
+    /// An API token (see `plinth admin create-token`).
+    #[arg(long, env = "PLINTH_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Racks.
+    Rack {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: RackCommand,
+    },
+    /// Machines.
+    Machine {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: MachineCommand,
+    },
+    /// Allocate ready machines.
+    Allocate {
+        #[command(flatten)]
+        global: Global,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long)]
+        min_cpus: Option<u32>,
+        #[arg(long)]
+        min_memory_mib: Option<u64>,
+        #[arg(long)]
+        min_disk_gib: Option<u64>,
+        /// Required tag (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        rack: Option<String>,
+    },
+    /// Release an allocation: its machines go to cleaning.
+    Release {
+        #[command(flatten)]
+        global: Global,
+        allocation: Uuid,
+    },
+    /// List allocations.
+    Allocations {
+        #[command(flatten)]
+        global: Global,
+        /// Include released allocations.
+        #[arg(long)]
+        all: bool,
+    },
+    /// The audit log.
+    Events {
+        #[command(flatten)]
+        global: Global,
+        /// RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RackCommand {
+    Add {
+        name: String,
+        #[arg(long)]
+        height_u: i32,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        room: Option<String>,
+        #[arg(long)]
+        row: Option<String>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MachineCommand {
+    /// Enroll a machine.
+    Enroll {
+        #[arg(long)]
+        hostname: Option<String>,
+        /// A NIC: MAC[,ipv4=ADDR][,pxe] (repeatable; the first is the PXE NIC unless one says pxe).
+        #[arg(long = "nic", required = true)]
+        nics: Vec<String>,
+        #[arg(long)]
+        rack: Option<String>,
+        #[arg(long)]
+        rack_unit: Option<i32>,
+        #[arg(long)]
+        size_u: Option<i32>,
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        arch: Option<String>,
+        /// redfish or ipmi.
+        #[arg(long, requires_all = ["bmc_address", "bmc_username"])]
+        bmc_protocol: Option<String>,
+        #[arg(long)]
+        bmc_address: Option<String>,
+        #[arg(long)]
+        bmc_username: Option<String>,
+        /// The BMC password (prefer the environment variable: it stays out of shell history).
+        #[arg(long, env = "PLINTH_BMC_PASSWORD", hide_env_values = true)]
+        bmc_password: Option<String>,
+        #[arg(long)]
+        bmc_insecure: bool,
+    },
+    /// List machines.
+    List {
+        #[arg(long)]
+        state: Option<MachineStateArg>,
+        #[arg(long)]
+        rack: Option<String>,
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        /// Hostname, MAC or serial.
+        #[arg(long)]
+        q: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Follow next_cursor until the end.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one machine.
+    Show { id: Uuid },
+    /// Change a machine's hostname, tags, pool or rack position.
+    Edit {
+        id: Uuid,
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Replace the tags (repeatable).
+        #[arg(long = "tag")]
+        tags: Option<Vec<String>>,
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        rack: Option<String>,
+        #[arg(long)]
+        rack_unit: Option<i32>,
+        #[arg(long)]
+        size_u: Option<i32>,
+        /// Take the machine out of its rack.
+        #[arg(long, conflicts_with_all = ["rack", "rack_unit"])]
+        unrack: bool,
+    },
+    /// Run a lifecycle verb (inspect, deploy, release, decommission, maintenance_on, ...).
+    Action {
+        id: Uuid,
+        verb: String,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only if the machine is still at this state_version.
+        #[arg(long)]
+        if_version: Option<i64>,
+    },
+    /// A machine's events.
+    Events { id: Uuid },
+}
+
+/// `MachineState` for clap.
+#[derive(Clone, Copy, Debug)]
+pub struct MachineStateArg(MachineState);
+
+impl std::str::FromStr for MachineStateArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse().map(MachineStateArg)
+    }
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    output: Output,
+}
+
+impl Api {
+    fn new(g: &Global) -> anyhow::Result<Api> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()?;
+        Ok(Api {
+            http,
+            base: g.api_url.trim_end_matches('/').to_owned(),
+            token: g.token.clone(),
+            output: g.output,
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the plinth API at {}", self.base))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if !status.is_success() {
+            if let Ok(e) = serde_json::from_slice::<ErrorBody>(&bytes) {
+                bail!(
+                    "{} ({}, HTTP {})",
+                    e.error.message,
+                    e.error.code,
+                    status.as_u16()
+                );
+            }
+            bail!("HTTP {status} from {url}");
+        }
+        let bytes = if status == StatusCode::NO_CONTENT {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(bytes).with_context(|| format!("unexpected response from {url}"))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    fn print_json(&self, v: &impl Serialize) -> anyhow::Result<()> {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        Ok(())
+    }
+}
+
+/// Prints rows as aligned columns.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn dash(v: Option<impl ToString>) -> String {
+    v.map_or_else(|| "-".into(), |x| x.to_string())
+}
+
+fn machine_rows(ms: &[Machine]) -> Vec<Vec<String>> {
+    ms.iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                dash(m.hostname.as_ref()),
+                format!("{}{}", m.state, if m.maintenance { " (maint)" } else { "" }),
+                m.rack.as_ref().map_or("-".into(), |r| {
+                    format!("{r}/U{}", m.rack_unit.unwrap_or_default())
+                }),
+                m.pool.clone(),
+                m.nics.first().map_or("-".into(), |n| n.mac.to_string()),
+                m.tags.join(","),
+            ]
+        })
+        .collect()
+}
+
+const MACHINE_HEADERS: &[&str] = &["ID", "HOSTNAME", "STATE", "RACK", "POOL", "MAC", "TAGS"];
+
+fn print_machine(m: &Machine) {
+    let kv = |k: &str, v: String| println!("{k:<18} {v}");
+    kv("id", m.id.to_string());
+    kv("hostname", dash(m.hostname.as_ref()));
+    kv(
+        "state",
+        format!(
+            "{} (version {}, since {})",
+            m.state,
+            m.state_version,
+            m.state_changed_at.to_rfc3339()
+        ),
+    );
+    if let Some(r) = &m.state_reason {
+        kv("state reason", r.clone());
+    }
+    kv(
+        "maintenance",
+        if m.maintenance {
+            format!("yes: {}", dash(m.maintenance_reason.as_ref()))
+        } else {
+            "no".into()
+        },
+    );
+    kv(
+        "rack",
+        m.rack.as_ref().map_or("-".into(), |r| {
+            format!("{r} U{} ({}U)", m.rack_unit.unwrap_or_default(), m.size_u)
+        }),
+    );
+    kv("pool", m.pool.clone());
+    kv("tags", m.tags.join(", "));
+    kv("arch", dash(m.arch.map(|a| a.as_str())));
+    kv("allocation", dash(m.allocation_id));
+    for n in &m.nics {
+        kv(
+            "nic",
+            format!(
+                "{}{}{}",
+                n.mac,
+                n.ipv4.map(|i| format!(" {i}")).unwrap_or_default(),
+                if n.pxe { " pxe" } else { "" }
+            ),
+        );
+    }
+    if let Some(b) = &m.bmc {
+        kv(
+            "bmc",
+            format!(
+                "{} {} user {}{}",
+                b.protocol.as_str(),
+                b.address,
+                b.username,
+                if b.verify_tls {
+                    ""
+                } else {
+                    " (TLS not verified)"
+                }
+            ),
+        );
+    }
+    if m.facts.as_object().is_some_and(|o| !o.is_empty()) {
+        kv("facts", m.facts.to_string());
+    }
+}
+
+fn print_events(events: &[Event]) {
+    table(
+        &["ID", "AT", "ACTOR", "MACHINE", "KIND", "FROM", "TO"],
+        events
+            .iter()
+            .map(|e| {
+                vec![
+                    e.id.to_string(),
+                    e.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    e.actor.clone(),
+                    dash(e.machine_id),
+                    e.kind.clone(),
+                    dash(e.from_state),
+                    dash(e.to_state),
+                ]
+            })
+            .collect(),
+    );
+}
+
+fn parse_nic(s: &str) -> anyhow::Result<NicSpec> {
+    let mut parts = s.split(',');
+    let mac: MacAddr = parts
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--nic {s}: {e}"))?;
+    let mut nic = NicSpec {
+        mac,
+        ipv4: None,
+        pxe: None,
+    };
+    for p in parts {
+        match p.split_once('=') {
+            Some(("ipv4", ip)) => {
+                nic.ipv4 = Some(
+                    ip.parse::<Ipv4Addr>()
+                        .with_context(|| format!("--nic {s}: invalid IPv4 {ip}"))?,
+                )
+            }
+            None if p == "pxe" => nic.pxe = Some(true),
+            _ => bail!("--nic {s}: expected MAC[,ipv4=ADDR][,pxe]"),
+        }
+    }
+    Ok(nic)
+}
+
+fn query_string(pairs: &[(&str, Option<String>)]) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let q: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
+        .collect();
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    }
+}
+
+pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClientCommand::Rack { global, command } => rack(&Api::new(&global)?, command).await,
+        ClientCommand::Machine { global, command } => machine(&Api::new(&global)?, command).await,
+        ClientCommand::Allocate {
+            global,
+            count,
+            arch,
+            min_cpus,
+            min_memory_mib,
+            min_disk_gib,
+            tags,
+            pool,
+            rack,
+        } => {
+            let api = Api::new(&global)?;
+            let arch = arch
+                .map(|a| a.parse::<Arch>().map_err(anyhow::Error::msg))
+                .transpose()?;
+            let req = AllocationRequest {
+                count: Some(count),
+                arch,
+                min_cpus,
+                min_memory_mib,
+                min_disk_gib,
+                tags: (!tags.is_empty()).then_some(tags),
+                pool,
+                rack,
+            };
+            let a: Allocation = api.call(Method::POST, "/allocations", Some(&req)).await?;
+            if api.output == Output::Json {
+                return api.print_json(&a);
+            }
+            println!("allocation {}", a.id);
+            table(MACHINE_HEADERS, machine_rows(&a.machines));
+            Ok(())
+        }
+        ClientCommand::Release { global, allocation } => {
+            let api = Api::new(&global)?;
+            let a: Allocation = api
+                .call(
+                    Method::DELETE,
+                    &format!("/allocations/{allocation}"),
+                    None::<&()>,
+                )
+                .await?;
+            if api.output == Output::Json {
+                return api.print_json(&a);
+            }
+            println!(
+                "allocation {} released; {} machine(s) cleaning",
+                a.id,
+                a.machines.len()
+            );
+            Ok(())
+        }
+        ClientCommand::Allocations { global, all } => {
+            let api = Api::new(&global)?;
+            let list: Vec<Allocation> = api
+                .get(&format!(
+                    "/allocations{}",
+                    query_string(&[("all", all.then(|| "true".into()))])
+                ))
+                .await?;
+            if api.output == Output::Json {
+                return api.print_json(&list);
+            }
+            table(
+                &["ID", "OWNER", "CREATED", "RELEASED", "MACHINES"],
+                list.iter()
+                    .map(|a| {
+                        vec![
+                            a.id.to_string(),
+                            a.owner.clone(),
+                            a.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            dash(
+                                a.released_at
+                                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+                            ),
+                            a.machines
+                                .iter()
+                                .map(|m| m.hostname.clone().unwrap_or_else(|| m.id.to_string()))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+        ClientCommand::Events {
+            global,
+            since,
+            limit,
+        } => {
+            let api = Api::new(&global)?;
+            let page: EventPage = api
+                .get(&format!(
+                    "/events{}",
+                    query_string(&[("since", since), ("limit", limit.map(|l| l.to_string()))])
+                ))
+                .await?;
+            if api.output == Output::Json {
+                return api.print_json(&page);
+            }
+            print_events(&page.events);
+            Ok(())
+        }
+    }
+}
+
+async fn rack(api: &Api, cmd: RackCommand) -> anyhow::Result<()> {
+    let rack_rows = |rs: &[Rack]| -> Vec<Vec<String>> {
+        rs.iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    dash(r.site.as_ref()),
+                    dash(r.room.as_ref()),
+                    dash(r.row.as_ref()),
+                    format!("{}/{}U", r.used_u, r.height_u),
+                    r.machine_count.to_string(),
+                ]
+            })
+            .collect()
+    };
+    const H: &[&str] = &["NAME", "SITE", "ROOM", "ROW", "USED", "MACHINES"];
+    match cmd {
+        RackCommand::Add {
+            name,
+            height_u,
+            site,
+            room,
+            row,
+        } => {
+            let r: Rack = api
+                .call(
+                    Method::POST,
+                    "/racks",
+                    Some(&RackCreate {
+                        name,
+                        site,
+                        room,
+                        row,
+                        height_u,
+                    }),
+                )
+                .await?;
+            if api.output == Output::Json {
+                return api.print_json(&r);
+            }
+            table(H, rack_rows(&[r]));
+        }
+        RackCommand::List => {
+            let rs: Vec<Rack> = api.get("/racks").await?;
+            if api.output == Output::Json {
+                return api.print_json(&rs);
+            }
+            table(H, rack_rows(&rs));
+        }
+        RackCommand::Show { name } => {
+            let r: Rack = api.get(&format!("/racks/{name}")).await?;
+            let ms: MachinePage = api
+                .get(&format!(
+                    "/machines{}",
+                    query_string(&[("rack", Some(name)), ("limit", Some("1000".into()))])
+                ))
+                .await?;
+            if api.output == Output::Json {
+                return api.print_json(&serde_json::json!({ "rack": r, "machines": ms.machines }));
+            }
+            table(H, rack_rows(&[r]));
+            println!();
+            table(MACHINE_HEADERS, machine_rows(&ms.machines));
+        }
+        RackCommand::Delete { name } => {
+            let _: serde_json::Value = api
+                .call(Method::DELETE, &format!("/racks/{name}"), None::<&()>)
+                .await?;
+            eprintln!("rack {name} deleted");
+        }
+    }
+    Ok(())
+}
+
+async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
+    let show = |m: &Machine| -> anyhow::Result<()> {
+        if api.output == Output::Json {
+            api.print_json(m)
+        } else {
+            print_machine(m);
+            Ok(())
+        }
+    };
+    match cmd {
+        MachineCommand::Enroll {
+            hostname,
+            nics,
+            rack,
+            rack_unit,
+            size_u,
+            pool,
+            tags,
+            arch,
+            bmc_protocol,
+            bmc_address,
+            bmc_username,
+            bmc_password,
+            bmc_insecure,
+        } => {
+            let nics = nics
+                .iter()
+                .map(|n| parse_nic(n))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let arch = arch
+                .map(|a| a.parse::<Arch>().map_err(anyhow::Error::msg))
+                .transpose()?;
+            let bmc = match bmc_protocol {
+                Some(p) => Some(BmcSpec {
+                    protocol: p.parse().map_err(anyhow::Error::msg)?,
+                    address: bmc_address.unwrap_or_default(),
+                    username: bmc_username.unwrap_or_default(),
+                    password: bmc_password.context(
+                        "--bmc-password or PLINTH_BMC_PASSWORD is required with --bmc-protocol",
+                    )?,
+                    verify_tls: Some(!bmc_insecure),
+                }),
+                None => None,
+            };
+            let req = MachineCreate {
+                hostname,
+                rack,
+                rack_unit,
+                size_u,
+                pool,
+                tags: (!tags.is_empty()).then_some(tags),
+                arch,
+                nics,
+                bmc,
+            };
+            let m: Machine = api.call(Method::POST, "/machines", Some(&req)).await?;
+            show(&m)
+        }
+        MachineCommand::List {
+            state,
+            rack,
+            pool,
+            tag,
+            q,
+            limit,
+            all,
+        } => {
+            let mut cursor: Option<String> = None;
+            let mut out = Vec::new();
+            loop {
+                let qs = query_string(&[
+                    ("state", state.map(|s| s.0.to_string())),
+                    ("rack", rack.clone()),
+                    ("pool", pool.clone()),
+                    ("tag", tag.clone()),
+                    ("q", q.clone()),
+                    ("limit", limit.map(|l| l.to_string())),
+                    ("cursor", cursor.clone()),
+                ]);
+                let page: MachinePage = api.get(&format!("/machines{qs}")).await?;
+                out.extend(page.machines);
+                cursor = page.next_cursor;
+                if !all || cursor.is_none() {
+                    break;
+                }
+            }
+            if api.output == Output::Json {
+                return api.print_json(&MachinePage {
+                    machines: out,
+                    next_cursor: cursor,
+                });
+            }
+            table(MACHINE_HEADERS, machine_rows(&out));
+            if let Some(c) = cursor {
+                eprintln!("(more: --all, or the API's cursor={c})");
+            }
+            Ok(())
+        }
+        MachineCommand::Show { id } => show(&api.get::<Machine>(&format!("/machines/{id}")).await?),
+        MachineCommand::Edit {
+            id,
+            hostname,
+            tags,
+            pool,
+            rack,
+            rack_unit,
+            size_u,
+            unrack,
+        } => {
+            let patch = MachinePatch {
+                hostname: hostname.map(Some),
+                tags,
+                pool,
+                rack: if unrack { Some(None) } else { rack.map(Some) },
+                rack_unit,
+                size_u,
+                arch: None,
+                bmc: None,
+            };
+            show(
+                &api.call::<Machine>(Method::PATCH, &format!("/machines/{id}"), Some(&patch))
+                    .await?,
+            )
+        }
+        MachineCommand::Action {
+            id,
+            verb,
+            reason,
+            if_version,
+        } => {
+            let url = format!("{}/api/v1/machines/{id}/actions/{verb}", api.base);
+            let mut req = api.http.post(&url).json(&ActionRequest { reason });
+            if let Some(t) = &api.token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(v) = if_version {
+                req = req.header("If-Match", format!("\"{v}\""));
+            }
+            let resp = req
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the plinth API at {}", api.base))?;
+            let status = resp.status();
+            let bytes = resp.bytes().await?;
+            if !status.is_success() {
+                let e: ErrorBody =
+                    serde_json::from_slice(&bytes).with_context(|| format!("HTTP {status}"))?;
+                let current = e
+                    .error
+                    .current_state
+                    .map(|s| format!("; the machine is {s}"))
+                    .unwrap_or_default();
+                bail!(
+                    "{} ({}, HTTP {}){current}",
+                    e.error.message,
+                    e.error.code,
+                    status.as_u16()
+                );
+            }
+            show(&serde_json::from_slice(&bytes)?)
+        }
+        MachineCommand::Events { id } => {
+            let page: EventPage = api.get(&format!("/machines/{id}/events")).await?;
+            if api.output == Output::Json {
+                return api.print_json(&page);
+            }
+            print_events(&page.events);
+            Ok(())
+        }
+    }
+}

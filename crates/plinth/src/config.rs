@@ -1,0 +1,332 @@
+//! Configuration: one TOML file plus `PLINTH_<SECTION>__<KEY>` environment variables.
+//! Unknown keys are errors; secrets are never printed (their Debug is redacted).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where plinth keeps its files: the embedded database, the generated BMC key.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub bmc: BmcConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL; unset: the embedded database under state_dir.
+    pub url: Option<String>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BmcConfig {
+    /// 32 bytes, base64: the key BMC passwords are encrypted with.
+    pub secret_key: Option<String>,
+    /// A file holding that key; default `<state_dir>/bmc-secret.key`, made on first start.
+    pub secret_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `plinth=debug,info`, ...
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+}
+
+fn default_state_dir() -> PathBuf {
+    if crate::is_root() {
+        return PathBuf::from("/var/lib/plinth");
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("plinth")
+}
+fn default_max_connections() -> u32 {
+    32
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            max_connections: default_max_connections(),
+        }
+    }
+}
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+        }
+    }
+}
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+            format: default_log_format(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A URL may carry a password.
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for BmcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BmcConfig")
+            .field(
+                "secret_key",
+                &self.secret_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("secret_key_file", &self.secret_key_file)
+            .finish()
+    }
+}
+
+/// Top-level keys, settable as `PLINTH_<KEY>` (no section).
+const TOP_LEVEL: &[&str] = &["state_dir"];
+
+/// Reads `file` (if any) and overlays the environment.
+pub fn load(
+    file: Option<&Path>,
+    env: impl Iterator<Item = (String, String)>,
+) -> anyhow::Result<Config> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<toml::Table>(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    let mut env: Vec<(String, String)> = env.filter(|(k, _)| k.starts_with("PLINTH_")).collect();
+    env.sort();
+    for (key, value) in env {
+        let rest = &key["PLINTH_".len()..];
+        let value = parse_env_value(&value);
+        if let Some((section, field)) = rest.split_once("__") {
+            let (section, field) = (section.to_ascii_lowercase(), field.to_ascii_lowercase());
+            if section.is_empty() || field.is_empty() {
+                bail!("environment variable {key}: expected PLINTH_<SECTION>__<KEY>");
+            }
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(t) = entry else {
+                bail!("environment variable {key}: {section} is not a section");
+            };
+            t.insert(field, value);
+        } else if TOP_LEVEL.contains(&rest.to_ascii_lowercase().as_str()) {
+            table.insert(rest.to_ascii_lowercase(), value);
+        }
+        // Other PLINTH_ variables (PLINTH_TOKEN, PLINTH_API_URL, ...) belong to the CLI.
+    }
+    let origin = file.map_or_else(
+        || "the environment".to_owned(),
+        |p| format!("{} and the environment", p.display()),
+    );
+    let config: Config = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            anyhow::anyhow!("invalid configuration in {origin}: {}", e.message())
+        })?;
+    if !matches!(config.log.format.as_str(), "text" | "json") {
+        bail!("invalid configuration: log.format must be \"text\" or \"json\"");
+    }
+    Ok(config)
+}
+
+/// An environment value in TOML syntax (`["eth1"]`, `true`, `42`), or else a plain string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+impl Config {
+    /// The BMC key: configured, or read from (and on first start written to) the key file.
+    pub fn bmc_key(&self) -> anyhow::Result<plinth_core::BmcKey> {
+        if let Some(k) = &self.bmc.secret_key {
+            return plinth_core::BmcKey::from_base64(k).context("bmc.secret_key");
+        }
+        let path = self
+            .bmc
+            .secret_key_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("bmc-secret.key"));
+        if !path.exists() {
+            if self.bmc.secret_key_file.is_some() {
+                bail!("bmc.secret_key_file {} does not exist", path.display());
+            }
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            writeln!(f, "{}", plinth_core::BmcKey::generate_base64())?;
+            tracing::warn!(path = %path.display(), "generated a new BMC secret key: back it up, BMC passwords cannot be read without it");
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        plinth_core::BmcKey::from_base64(&text)
+            .with_context(|| format!("the key in {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plinth.toml");
+        std::fs::write(
+            &file,
+            "state_dir = \"/srv/plinth\"\n[http]\nlisten = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        let c = load(
+            Some(&file),
+            env(&[
+                ("PLINTH_DATABASE__URL", "postgres://db/plinth"),
+                ("PLINTH_HTTP__LISTEN", "127.0.0.1:9100"),
+                ("PLINTH_TOKEN", "ignored: a CLI variable"),
+                ("PLINTH_DATABASE__MAX_CONNECTIONS", "8"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/srv/plinth"));
+        assert_eq!(c.http.listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(c.database.url.as_deref(), Some("postgres://db/plinth"));
+        assert_eq!(c.database.max_connections, 8);
+        assert!(
+            !format!("{c:?}").contains("postgres://db"),
+            "the URL may hold a password"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = load(None, env(&[("PLINTH_HTTP__LISTN", "x")])).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field `listn`"), "{e:#}");
+        let e = load(None, env(&[("PLINTH_NOPE__X", "1")])).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field `nope`"), "{e:#}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, "[database]\nurl = \"x\"\npassword = \"y\"\n").unwrap();
+        assert!(
+            format!("{:#}", load(Some(&file), env(&[])).unwrap_err())
+                .contains("unknown field `password`")
+        );
+        let e = load(None, env(&[("PLINTH_HTTP__LISTEN", "not an address")])).unwrap_err();
+        assert!(format!("{e:#}").contains("invalid"), "{e:#}");
+    }
+
+    #[test]
+    fn env_values_use_toml_syntax() {
+        assert_eq!(
+            parse_env_value("[\"eth1\", \"eth2\"]")
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(parse_env_value("8").as_integer(), Some(8));
+        assert_eq!(
+            parse_env_value("0.0.0.0:8080").as_str(),
+            Some("0.0.0.0:8080")
+        );
+        assert_eq!(
+            parse_env_value("postgres://u@h/db?host=/run").as_str(),
+            Some("postgres://u@h/db?host=/run")
+        );
+    }
+
+    #[test]
+    fn bmc_key_file_is_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = load(
+            None,
+            env(&[("PLINTH_STATE_DIR", dir.path().to_str().unwrap())]),
+        )
+        .unwrap();
+        c.bmc_key().unwrap();
+        let first = std::fs::read_to_string(dir.path().join("bmc-secret.key")).unwrap();
+        c.bmc_key().unwrap();
+        assert_eq!(
+            first,
+            std::fs::read_to_string(dir.path().join("bmc-secret.key")).unwrap()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("bmc-secret.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,186 @@
+//! `plinth serve`, `plinth migrate` and `plinth admin`: configuration, the database (given
+//! or embedded), tracing, and the tasks of the service under one cancellation token.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use plinth_core::{App, Principal};
+use plinth_db::embedded::EmbeddedPostgres;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::ServerArgs;
+use crate::config::{self, Config};
+
+fn load_config(args: &ServerArgs) -> anyhow::Result<Config> {
+    let mut c = config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(url) = &args.database_url {
+        c.database.url = Some(url.clone());
+    }
+    Ok(c)
+}
+
+fn init_tracing(c: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_new(&c.log.level).with_context(|| format!("log.level {:?}", c.log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let res = if c.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    res.map_err(|e| anyhow::anyhow!("tracing: {e}"))
+}
+
+/// The database plinth talks to, and the embedded cluster behind it if there is one.
+struct Database {
+    pool: plinth_db::PgPool,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+async fn open_database(c: &Config) -> anyhow::Result<Database> {
+    let (url, embedded) = match &c.database.url {
+        Some(url) => (url.clone(), None),
+        None => {
+            std::fs::create_dir_all(&c.state_dir)
+                .with_context(|| format!("creating state_dir {}", c.state_dir.display()))?;
+            let pg = EmbeddedPostgres::start(&c.state_dir)
+                .await
+                .context("starting the embedded database")?;
+            (pg.url(), Some(pg))
+        }
+    };
+    let pool = plinth_db::connect(&url, c.database.max_connections)
+        .await
+        .context("connecting to PostgreSQL")?;
+    plinth_db::migrate(&pool)
+        .await
+        .context("applying database migrations")?;
+    Ok(Database { pool, embedded })
+}
+
+impl Database {
+    /// Closes the pool; stops the embedded cluster if `always` or if this process started it.
+    async fn close(self, always: bool) {
+        self.pool.close().await;
+        if let Some(pg) = self.embedded
+            && (always || !pg.adopted())
+            && let Err(e) = pg.stop().await
+        {
+            tracing::error!(error = %format!("{e:#}"), "stopping the embedded database");
+        }
+    }
+}
+
+pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let mut c = load_config(args)?;
+    if let Some(l) = listen {
+        c.http.listen = l;
+    }
+    init_tracing(&c)?;
+    std::fs::create_dir_all(&c.state_dir)
+        .with_context(|| format!("creating state_dir {}", c.state_dir.display()))?;
+    let bmc_key = c.bmc_key()?;
+    let db = open_database(&c).await?;
+    let app = App::new(db.pool.clone(), bmc_key);
+    let listener = tokio::net::TcpListener::bind(c.http.listen)
+        .await
+        .with_context(|| format!("listening on {}", c.http.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, embedded_db = db.embedded.is_some(), "plinth is serving");
+
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    {
+        let cancel = cancel.clone();
+        let app = app.clone();
+        tasks.spawn(async move {
+            let shutdown = cancel.clone().cancelled_owned();
+            plinth_api::serve(listener, app, shutdown)
+                .await
+                .context("HTTP server")
+        });
+    }
+    let mut result = Ok(());
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        Some(done) = tasks.join_next() => {
+            result = done.context("a task panicked").and_then(|r| r);
+            if let Err(e) = &result { tracing::error!(error = %format!("{e:#}"), "a task failed; shutting down"); }
+        }
+    }
+    cancel.cancel();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::error!(error = %format!("{e:#}"), "task ended with an error");
+        }
+    }
+    db.close(true).await;
+    tracing::info!("plinth stopped");
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers there is nothing to wait for but the tasks themselves.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+pub async fn migrate_only(args: &ServerArgs) -> anyhow::Result<()> {
+    let c = load_config(args)?;
+    init_tracing(&c)?;
+    let db = open_database(&c).await?;
+    eprintln!("migrations applied");
+    db.close(false).await;
+    Ok(())
+}
+
+/// The principal for commands run by whoever can reach the database directly.
+fn local_admin() -> Principal {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    Principal {
+        token_id: None,
+        name: format!("cli:{user}"),
+        role: plinth_types::Role::Admin,
+    }
+}
+
+pub async fn create_token(
+    args: &ServerArgs,
+    name: &str,
+    role: plinth_types::Role,
+) -> anyhow::Result<()> {
+    let c = load_config(args)?;
+    let db = open_database(&c).await?;
+    let app = App::new(db.pool.clone(), c.bmc_key()?);
+    let res = app.create_token(&local_admin(), name, role).await;
+    db.close(false).await;
+    let created = res.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    println!("{}", created.secret);
+    Ok(())
+}
+
+pub async fn revoke_token(args: &ServerArgs, name: &str) -> anyhow::Result<()> {
+    let c = load_config(args)?;
+    let db = open_database(&c).await?;
+    let app = App::new(db.pool.clone(), c.bmc_key()?);
+    let res = app.revoke_token(&local_admin(), name).await;
+    db.close(false).await;
+    res.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    eprintln!("token {name} revoked");
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! Cross-process end-to-end tests: the real `plinth` binary, its CLI, and its embedded
+//! PostgreSQL, the way an operator runs them.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_plinth");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `plinth serve`; SIGTERM and wait on drop.
+struct Serve {
+    child: Option<Child>,
+    url: String,
+    log: std::path::PathBuf,
+}
+
+impl Serve {
+    fn start(state_dir: &Path, database_url: Option<&str>) -> Serve {
+        let port = free_port();
+        let log = state_dir.join(format!("serve-{port}.log"));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"));
+        if let Some(u) = database_url {
+            cmd.arg("--database-url").arg(u);
+        }
+        cmd.env("PLINTH_STATE_DIR", state_dir)
+            .env_remove("PLINTH_DATABASE__URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().unwrap();
+        let s = Serve {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        s.wait_healthy();
+        s
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(out) = Command::new("curl")
+                .args(["-sf", &format!("{}/healthz", self.url)])
+                .output()
+            {
+                if out.status.success() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "plinth serve did not become healthy:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                assert!(
+                    st.success(),
+                    "plinth serve exited with {st}:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plinth serve did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn cli(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("PLINTH_API_URL", &self.url)
+            .env("PLINTH_TOKEN", token)
+            .output()
+            .unwrap()
+    }
+
+    fn cli_ok(&self, token: &str, args: &[&str]) -> String {
+        let out = self.cli(token, args);
+        assert!(
+            out.status.success(),
+            "plinth {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status()
+                .ok();
+            c.wait().ok();
+        }
+    }
+}
+
+fn create_token(state_dir: &Path, database_url: Option<&str>, name: &str, role: &str) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["admin", "create-token", "--name", name, "--role", role])
+        .env("PLINTH_STATE_DIR", state_dir);
+    if let Some(u) = database_url {
+        cmd.arg("--database-url").arg(u);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "create-token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(secret.lines().count(), 1, "only the secret goes to stdout");
+    secret.trim().to_owned()
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn postmaster_running(state_dir: &Path) -> bool {
+    let pid_file = state_dir.join("postgres/data/postmaster.pid");
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return false;
+    };
+    let pid = text.lines().next().unwrap_or_default().trim().to_owned();
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn embedded_database_starts_from_nothing_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let mut serve = Serve::start(state, None);
+    assert!(
+        postmaster_running(state),
+        "the embedded cluster runs under the state dir"
+    );
+    let token = create_token(state, None, "tech", "operator");
+    let m = json(&serve.cli_ok(
+        &token,
+        &[
+            "machine",
+            "enroll",
+            "--hostname",
+            "keep-me",
+            "--nic",
+            "52:54:00:12:00:01",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(m["state"], "enrolled");
+    serve.stop();
+    assert!(
+        !postmaster_running(state),
+        "plinth serve stops its embedded database on shutdown"
+    );
+
+    let serve = Serve::start(state, None);
+    let list = json(&serve.cli_ok(&token, &["machine", "list", "-o", "json"]));
+    assert_eq!(
+        list["machines"][0]["hostname"], "keep-me",
+        "data and tokens survive the restart"
+    );
+    // The cluster listens on no TCP port: only a Unix socket in the state dir.
+    let conf = std::fs::read_to_string(state.join("postgres/data/postmaster.pid")).unwrap();
+    assert!(
+        conf.contains(&state.join("postgres/run").display().to_string()),
+        "{conf}"
+    );
+}
+
+#[test]
+fn cli_tour_against_a_real_server() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(plinth_testkit::TestDb::new()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let serve = Serve::start(state, Some(&db.url));
+    let admin = create_token(state, Some(&db.url), "ops-lead", "admin");
+
+    let out = serve.cli_ok(
+        &admin,
+        &["rack", "add", "r7", "--height-u", "42", "--site", "fra2"],
+    );
+    assert!(out.contains("r7") && out.contains("0/42U"), "{out}");
+    let m = json(&serve.cli_ok(
+        &admin,
+        &[
+            "machine",
+            "enroll",
+            "--hostname",
+            "db-01",
+            "--nic",
+            "52:54:00:77:00:01,ipv4=10.7.0.1",
+            "--rack",
+            "r7",
+            "--rack-unit",
+            "5",
+            "--size-u",
+            "2",
+            "--tag",
+            "ssd",
+            "-o",
+            "json",
+        ],
+    ));
+    let id = m["id"].as_str().unwrap().to_owned();
+    let table = serve.cli_ok(&admin, &["machine", "list"]);
+    assert!(
+        table.lines().next().unwrap().starts_with("ID")
+            && table.contains("db-01")
+            && table.contains("r7/U5"),
+        "{table}"
+    );
+
+    // A refused transition: the API's message, non-zero exit.
+    let out = serve.cli(&admin, &["machine", "action", &id, "deploy"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot deploy a machine that is enrolled")
+            && err.contains("invalid_transition"),
+        "{err}"
+    );
+
+    // A slot clash is refused with the API's message.
+    let out = serve.cli(
+        &admin,
+        &[
+            "machine",
+            "enroll",
+            "--nic",
+            "52:54:00:77:00:02",
+            "--rack",
+            "r7",
+            "--rack-unit",
+            "6",
+        ],
+    );
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("rack_slot_taken")
+    );
+
+    serve.cli_ok(
+        &admin,
+        &[
+            "machine",
+            "action",
+            &id,
+            "inspect",
+            "--reason",
+            "new hardware",
+            "--if-version",
+            "1",
+        ],
+    );
+    let report = r#"{"cpu":{"model":"Xeon","cores":16,"threads":32},"memory_mib":131072,
+        "disks":[{"name":"sda","size_bytes":1000000000000}],"nics":[{"name":"eno1","mac":"52:54:00:77:00:01"}],
+        "system":{"vendor":"Acme","product":"S1","serial":"ACME-0001","uuid":"00000000-0000-0000-0000-000000000001"},
+        "firmware":"bios","arch":"x86_64"}"#;
+    let st = Command::new("curl")
+        .args([
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer {admin}"),
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args([
+            "-d",
+            report,
+            &format!("{}/api/v1/machines/{id}/inspection", serve.url),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let shown = serve.cli_ok(
+        &admin,
+        &["machine", "list", "--q", "ACME-0001", "-o", "json"],
+    );
+    assert_eq!(json(&shown)["machines"][0]["state"], "ready");
+
+    let client = create_token(state, Some(&db.url), "ci-runner", "client");
+    let a = json(&serve.cli_ok(
+        &client,
+        &["allocate", "--min-cpus", "16", "--tag", "ssd", "-o", "json"],
+    ));
+    assert_eq!(a["machines"][0]["hostname"], "db-01");
+    let out = serve.cli(&client, &["allocate"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("insufficient_capacity")
+    );
+    let out = serve.cli_ok(&client, &["release", a["id"].as_str().unwrap()]);
+    assert!(out.contains("released"), "{out}");
+    let shown = json(&serve.cli_ok(&admin, &["machine", "show", &id, "-o", "json"]));
+    assert_eq!(shown["state"], "cleaning");
+
+    let events = serve.cli_ok(&admin, &["machine", "events", &id]);
+    for kind in [
+        "enroll",
+        "inspect",
+        "inspect_complete",
+        "allocate",
+        "release",
+    ] {
+        assert!(events.contains(kind), "{kind} missing from\n{events}");
+    }
+    assert!(
+        events.contains("ci-runner") && events.contains("ops-lead"),
+        "actors are token names:\n{events}"
+    );
+
+    let out = serve.cli("not-a-token", &["rack", "list"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
+}

@@ -55,10 +55,9 @@ impl Serve {
             if let Ok(out) = Command::new("curl")
                 .args(["-sf", &format!("{}/healthz", self.url)])
                 .output()
+                && out.status.success()
             {
-                if out.status.success() {
-                    return;
-                }
+                return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -248,6 +248,18 @@ impl Api {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> anyhow::Result<T> {
+        self.call_if_match(method, path, body, None).await
+    }
+
+    /// One API call; `if_match` pins a machine's state_version. An API error becomes the
+    /// API's message, its code and status, and the machine's current state when it says.
+    async fn call_if_match<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        if_match: Option<i64>,
+    ) -> anyhow::Result<T> {
         let url = format!("{}/api/v1{path}", self.base);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -255,6 +267,9 @@ impl Api {
         }
         if let Some(b) = body {
             req = req.json(b);
+        }
+        if let Some(v) = if_match {
+            req = req.header("If-Match", format!("\"{v}\""));
         }
         let resp = req
             .send()
@@ -264,8 +279,13 @@ impl Api {
         let bytes = resp.bytes().await?;
         if !status.is_success() {
             if let Ok(e) = serde_json::from_slice::<ErrorBody>(&bytes) {
+                let current = e
+                    .error
+                    .current_state
+                    .map(|s| format!("; the machine is {s}"))
+                    .unwrap_or_default();
                 bail!(
-                    "{} ({}, HTTP {})",
+                    "{} ({}, HTTP {}){current}",
                     e.error.message,
                     e.error.code,
                     status.as_u16()
@@ -787,36 +807,12 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             reason,
             if_version,
         } => {
-            let url = format!("{}/api/v1/machines/{id}/actions/{verb}", api.base);
-            let mut req = api.http.post(&url).json(&ActionRequest { reason });
-            if let Some(t) = &api.token {
-                req = req.bearer_auth(t);
-            }
-            if let Some(v) = if_version {
-                req = req.header("If-Match", format!("\"{v}\""));
-            }
-            let resp = req
-                .send()
-                .await
-                .with_context(|| format!("cannot reach the plinth API at {}", api.base))?;
-            let status = resp.status();
-            let bytes = resp.bytes().await?;
-            if !status.is_success() {
-                let e: ErrorBody =
-                    serde_json::from_slice(&bytes).with_context(|| format!("HTTP {status}"))?;
-                let current = e
-                    .error
-                    .current_state
-                    .map(|s| format!("; the machine is {s}"))
-                    .unwrap_or_default();
-                bail!(
-                    "{} ({}, HTTP {}){current}",
-                    e.error.message,
-                    e.error.code,
-                    status.as_u16()
-                );
-            }
-            show(&serde_json::from_slice(&bytes)?)
+            let path = format!("/machines/{id}/actions/{verb}");
+            let body = ActionRequest { reason };
+            show(
+                &api.call_if_match::<Machine>(Method::POST, &path, Some(&body), if_version)
+                    .await?,
+            )
         }
         MachineCommand::Events { id } => {
             let page: EventPage = api.get(&format!("/machines/{id}/events")).await?;

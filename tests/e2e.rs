@@ -217,6 +217,14 @@ fn cli_tour_against_a_real_server() {
         &["rack", "add", "r7", "--height-u", "42", "--site", "fra2"],
     );
     assert!(out.contains("r7") && out.contains("0/42U"), "{out}");
+    let out = serve.cli_ok(
+        &admin,
+        &["rack", "edit", "r7", "--room", "b2", "-o", "json"],
+    );
+    assert_eq!(
+        (json(&out)["room"].as_str(), json(&out)["site"].as_str()),
+        (Some("b2"), Some("fra2"))
+    );
     let m = json(&serve.cli_ok(
         &admin,
         &[

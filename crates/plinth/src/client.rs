@@ -117,6 +117,18 @@ pub enum RackCommand {
     Show {
         name: String,
     },
+    /// Change a rack's site, room, row or height.
+    Edit {
+        name: String,
+        #[arg(long)]
+        height_u: Option<i32>,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        room: Option<String>,
+        #[arg(long)]
+        row: Option<String>,
+    },
     Delete {
         name: String,
     },
@@ -666,6 +678,27 @@ async fn rack(api: &Api, cmd: RackCommand) -> anyhow::Result<()> {
             table(H, rack_rows(&[r]));
             println!();
             table(MACHINE_HEADERS, machine_rows(&ms.machines));
+        }
+        RackCommand::Edit {
+            name,
+            height_u,
+            site,
+            room,
+            row,
+        } => {
+            let patch = RackPatch {
+                site: site.map(Some),
+                room: room.map(Some),
+                row: row.map(Some),
+                height_u,
+            };
+            let r: Rack = api
+                .call(Method::PATCH, &format!("/racks/{name}"), Some(&patch))
+                .await?;
+            if api.output == Output::Json {
+                return api.print_json(&r);
+            }
+            table(H, rack_rows(&[r]));
         }
         RackCommand::Delete { name } => {
             let _: serde_json::Value = api

@@ -29,6 +29,7 @@ use crate::error::ApiError;
         v1::submit_inspection, v1::machine_events, v1::events,
         v1::allocate, v1::list_allocations, v1::get_allocation, v1::release_allocation,
         v1::create_token, v1::list_tokens, v1::revoke_token,
+        v1::create_subnet, v1::list_subnets, v1::get_subnet, v1::update_subnet, v1::delete_subnet, v1::list_leases,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -112,6 +113,14 @@ pub fn router(app: App) -> Router {
         )
         .route("/tokens", p(v1::create_token).get(v1::list_tokens))
         .route("/tokens/{name}", axum::routing::delete(v1::revoke_token))
+        .route("/subnets", p(v1::create_subnet).get(v1::list_subnets))
+        .route(
+            "/subnets/{id}",
+            g(v1::get_subnet)
+                .patch(v1::update_subnet)
+                .delete(v1::delete_subnet),
+        )
+        .route("/leases", g(v1::list_leases))
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest("/api/v1", v1)

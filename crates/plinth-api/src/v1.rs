@@ -370,3 +370,76 @@ pub async fn revoke_token(
 ) -> ApiResult<Json<TokenInfo>> {
     Ok(Json(app.revoke_token(&who, &name).await?))
 }
+
+// ------------------------------------------------------------------ subnets and leases
+
+#[utoipa::path(post, path = "/api/v1/subnets", request_body = SubnetCreate, tag = "dhcp",
+    responses((status = 201, body = Subnet), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_subnet(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Json(req): Json<SubnetCreate>,
+) -> ApiResult<(StatusCode, Json<Subnet>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(app.create_subnet(&who, req).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/subnets", tag = "dhcp", responses((status = 200, body = Vec<Subnet>)))]
+pub async fn list_subnets(
+    State(app): State<App>,
+    Caller(who): Caller,
+) -> ApiResult<Json<Vec<Subnet>>> {
+    Ok(Json(app.list_subnets(&who).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/subnets/{id}", tag = "dhcp", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Subnet), (status = 404, body = ErrorBody)))]
+pub async fn get_subnet(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Subnet>> {
+    Ok(Json(app.get_subnet(&who, id).await?))
+}
+
+#[utoipa::path(patch, path = "/api/v1/subnets/{id}", tag = "dhcp", params(("id" = Uuid, Path)), request_body = SubnetPatch,
+    responses((status = 200, body = Subnet), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update_subnet(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+    Json(patch): Json<SubnetPatch>,
+) -> ApiResult<Json<Subnet>> {
+    Ok(Json(app.update_subnet(&who, id, patch).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/subnets/{id}", tag = "dhcp", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_subnet(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<StatusCode> {
+    app.delete_subnet(&who, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseParams {
+    subnet: Option<Uuid>,
+    #[param(value_type = Option<String>)]
+    mac: Option<plinth_types::MacAddr>,
+}
+
+/// Live leases: offered, bound and declined addresses that have not expired.
+#[utoipa::path(get, path = "/api/v1/leases", tag = "dhcp", params(LeaseParams), responses((status = 200, body = Vec<Lease>)))]
+pub async fn list_leases(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Query(p): Query<LeaseParams>,
+) -> ApiResult<Json<Vec<Lease>>> {
+    Ok(Json(app.list_leases(&who, p.subnet, p.mac).await?))
+}

@@ -1021,3 +1021,88 @@ async fn if_match_and_maintenance() {
     let (st, e) = act("inspect", None, json!({ "reason": 5 })).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
 }
+
+#[tokio::test]
+async fn subnets_and_leases_over_http() {
+    let s = Server::start().await;
+    let (st, n) = s
+        .post("/api/v1/subnets", json!({ "cidr": "10.40.0.0/24", "ranges": [{ "start": "10.40.0.100", "end": "10.40.0.149" }], "router": "10.40.0.1", "dns_servers": ["10.40.0.53"], "lease_time": 900 }))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{n}");
+    assert_eq!(
+        (n["pool_size"].as_i64(), n["lease_time"].as_i64()),
+        (Some(50), Some(900))
+    );
+    let id = n["id"].as_str().unwrap().to_owned();
+    for (body, status, code) in [
+        (
+            json!({ "cidr": "10.40.0.0/23", "ranges": [] }),
+            StatusCode::CONFLICT,
+            "subnet_overlap",
+        ),
+        (
+            json!({ "cidr": "10.41.0.0/24", "ranges": [{ "start": "10.42.0.1", "end": "10.42.0.9" }] }),
+            StatusCode::BAD_REQUEST,
+            "range_outside_subnet",
+        ),
+        (
+            json!({ "cidr": "10.41.0.0/24", "ranges": [], "router": "10.9.9.9" }),
+            StatusCode::BAD_REQUEST,
+            "invalid_router",
+        ),
+        (
+            json!({ "cidr": "banana", "ranges": [] }),
+            StatusCode::BAD_REQUEST,
+            "invalid_cidr",
+        ),
+        (
+            json!({ "cidr": "10.41.0.0/24", "ranges": [{ "start": "10.41.0.9" }] }),
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+        ),
+    ] {
+        let (st, e) = s.post("/api/v1/subnets", body).await;
+        assert_eq!(
+            (st, e["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{e}"
+        );
+    }
+    let (st, p) = s
+        .call(reqwest::Method::PATCH, &format!("/api/v1/subnets/{id}"), Some(&s.admin), Some(json!({ "ranges": [{ "start": "10.40.0.10", "end": "10.40.0.19" }], "domain": "r1.example" })))
+        .await;
+    assert_eq!(
+        (st, p["pool_size"].as_i64(), p["domain"].as_str()),
+        (StatusCode::OK, Some(10), Some("r1.example")),
+        "{p}"
+    );
+    let (st, leases) = s.get("/api/v1/leases").await;
+    assert_eq!(
+        (st, leases.as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0))
+    );
+    let viewer = s.token("v", Role::Viewer).await;
+    let (st, _) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/subnets",
+            Some(&viewer),
+            Some(json!({ "cidr": "10.50.0.0/24", "ranges": [] })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = s
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/subnets/{id}"),
+            Some(&s.admin),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, list) = s.get("/api/v1/subnets").await;
+    assert_eq!(
+        (st, list.as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0))
+    );
+}

@@ -43,6 +43,8 @@ pub enum Permission {
     /// See the whole inventory: machines, racks, events, allocations.
     ReadInventory,
     ManageRacks,
+    /// Subnets and their pools.
+    ManageNetworks,
     /// Enroll and edit machines, submit inspection reports.
     ManageMachines,
     /// Run a lifecycle verb on a machine.
@@ -139,6 +141,7 @@ mod tests {
         let all = [
             ReadInventory,
             ManageRacks,
+            ManageNetworks,
             ManageMachines,
             Act(Verb::Inspect),
             Act(Verb::Deploy),
@@ -156,6 +159,7 @@ mod tests {
             &[
                 ReadInventory,
                 ManageRacks,
+                ManageNetworks,
                 ManageMachines,
                 Act(Verb::Inspect),
                 Act(Verb::Deploy),

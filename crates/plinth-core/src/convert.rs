@@ -74,6 +74,9 @@ pub(crate) async fn machines(
                 maintenance: r.maintenance,
                 maintenance_reason: r.maintenance_reason,
                 allocation_id: r.allocation_id,
+                boot_file: r.boot_file,
+                pxe_arch: r.pxe_arch,
+                pxe_uuid: r.pxe_uuid,
                 created_at: r.created_at,
                 updated_at: r.updated_at,
             })

@@ -8,11 +8,13 @@
 pub mod allocations;
 pub mod auth;
 mod convert;
+pub mod dhcp;
 pub mod events;
 pub mod lifecycle;
 pub mod machines;
 pub mod racks;
 pub mod secrets;
+pub mod subnets;
 pub mod tokens;
 pub mod validate;
 

@@ -97,6 +97,7 @@ impl App {
             pool: &pool,
             tags: &tags,
             arch: req.arch.map(|a| a.as_str()),
+            boot_file: None,
         };
         let to = Verb::Enroll.target();
         let id = plinth_db::machines::insert(&mut tx, &fields, to.as_str())
@@ -329,6 +330,11 @@ impl App {
             .arch
             .map(|a| a.as_str().to_owned())
             .or(cur.arch.clone());
+        let boot_file = match &patch.boot_file {
+            Some(Some(f)) => Some(validate::boot_file(f)?),
+            Some(None) => None,
+            None => cur.boot_file.clone(),
+        };
         let fields = MachineFields {
             hostname: hostname.as_deref(),
             rack_id,
@@ -337,6 +343,7 @@ impl App {
             pool: &pool,
             tags: &tags,
             arch: arch.as_deref(),
+            boot_file: boot_file.as_deref(),
         };
         plinth_db::machines::update_fields(&mut tx, id, &fields)
             .await

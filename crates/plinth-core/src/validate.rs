@@ -174,6 +174,23 @@ pub fn bmc_credentials(username: &str, password: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// A boot file override: a TFTP path (no spaces, no `..`) or an http(s):// URL.
+pub fn boot_file(s: &str) -> Result<String, Error> {
+    let s = s.trim();
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && !s.contains("..")
+        && s.chars().all(|c| c.is_ascii_graphic());
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(Error::invalid(
+            "invalid_boot_file",
+            "boot_file must be a TFTP path or an http:// URL of at most 255 printable characters, without '..'",
+        ))
+    }
+}
+
 pub fn reason(r: Option<&str>) -> Result<(), Error> {
     match r {
         Some(r) if r.len() > 1024 => Err(Error::invalid(

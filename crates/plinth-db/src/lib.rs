@@ -8,9 +8,11 @@ pub mod allocations;
 pub mod bmcs;
 pub mod embedded;
 pub mod events;
+pub mod leases;
 pub mod machines;
 pub mod nics;
 pub mod racks;
+pub mod subnets;
 pub mod tokens;
 
 use std::str::FromStr;
@@ -74,6 +76,17 @@ pub fn classify(err: sqlx::Error) -> Error {
                 "duplicate_rack",
                 "a rack with this name already exists",
             )),
+            "subnets_overlap" => Some(Error::conflict(
+                "subnet_overlap",
+                "the subnet overlaps an existing subnet",
+            )),
+            "subnet_ranges_inside" => Some(Error::invalid(
+                "range_outside_subnet",
+                db.message().to_owned(),
+            )),
+            "subnet_ranges_overlap" => {
+                Some(Error::invalid("ranges_overlap", db.message().to_owned()))
+            }
             "api_tokens_name_key" => Some(Error::conflict(
                 "duplicate_token",
                 "a token with this name already exists",

@@ -23,6 +23,9 @@ pub struct MachineRow {
     pub maintenance: bool,
     pub maintenance_reason: Option<String>,
     pub allocation_id: Option<Uuid>,
+    pub boot_file: Option<String>,
+    pub pxe_arch: Option<i32>,
+    pub pxe_uuid: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -36,6 +39,7 @@ pub struct MachineFields<'a> {
     pub pool: &'a str,
     pub tags: &'a [String],
     pub arch: Option<&'a str>,
+    pub boot_file: Option<&'a str>,
 }
 
 pub async fn insert(
@@ -44,8 +48,8 @@ pub async fn insert(
     state: &str,
 ) -> Result<Uuid, sqlx::Error> {
     sqlx::query_scalar!(
-        "insert into machines (hostname, rack_id, rack_unit, size_u, pool, tags, arch, state)
-         values ($1, $2, $3, $4, $5, $6, $7, $8) returning id",
+        "insert into machines (hostname, rack_id, rack_unit, size_u, pool, tags, arch, boot_file, state)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning id",
         f.hostname,
         f.rack_id,
         f.rack_unit,
@@ -53,6 +57,7 @@ pub async fn insert(
         f.pool,
         f.tags,
         f.arch,
+        f.boot_file,
         state
     )
     .fetch_one(conn)
@@ -66,7 +71,7 @@ pub async fn update_fields(
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "update machines set hostname = $2, rack_id = $3, rack_unit = $4, size_u = $5, pool = $6,
-                tags = $7, arch = $8, updated_at = now()
+                tags = $7, arch = $8, boot_file = $9, updated_at = now()
          where id = $1",
         id,
         f.hostname,
@@ -75,7 +80,8 @@ pub async fn update_fields(
         f.size_u,
         f.pool,
         f.tags,
-        f.arch
+        f.arch,
+        f.boot_file
     )
     .execute(conn)
     .await?;
@@ -87,7 +93,8 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<MachineRow>
         MachineRow,
         r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
                   m.tags, m.arch, m.facts, m.state, m.state_version, m.state_changed_at, m.state_reason,
-                  m.maintenance, m.maintenance_reason, m.allocation_id, m.created_at, m.updated_at
+                  m.maintenance, m.maintenance_reason, m.allocation_id, m.boot_file, m.pxe_arch, m.pxe_uuid,
+                  m.created_at, m.updated_at
            from machines m left join racks r on r.id = m.rack_id
            where m.id = $1"#,
         id
@@ -105,7 +112,8 @@ pub async fn get_for_update(
         MachineRow,
         r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
                   m.tags, m.arch, m.facts, m.state, m.state_version, m.state_changed_at, m.state_reason,
-                  m.maintenance, m.maintenance_reason, m.allocation_id, m.created_at, m.updated_at
+                  m.maintenance, m.maintenance_reason, m.allocation_id, m.boot_file, m.pxe_arch, m.pxe_uuid,
+                  m.created_at, m.updated_at
            from machines m left join racks r on r.id = m.rack_id
            where m.id = $1
            for update of m"#,
@@ -123,7 +131,8 @@ pub async fn get_many(
         MachineRow,
         r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
                   m.tags, m.arch, m.facts, m.state, m.state_version, m.state_changed_at, m.state_reason,
-                  m.maintenance, m.maintenance_reason, m.allocation_id, m.created_at, m.updated_at
+                  m.maintenance, m.maintenance_reason, m.allocation_id, m.boot_file, m.pxe_arch, m.pxe_uuid,
+                  m.created_at, m.updated_at
            from machines m left join racks r on r.id = m.rack_id
            where m.id = any($1)
            order by m.id"#,
@@ -157,7 +166,8 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<Machine
         MachineRow,
         r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
                   m.tags, m.arch, m.facts, m.state, m.state_version, m.state_changed_at, m.state_reason,
-                  m.maintenance, m.maintenance_reason, m.allocation_id, m.created_at, m.updated_at
+                  m.maintenance, m.maintenance_reason, m.allocation_id, m.boot_file, m.pxe_arch, m.pxe_uuid,
+                  m.created_at, m.updated_at
            from machines m left join racks r on r.id = m.rack_id
            where ($1::text is null or m.state = $1)
              and ($2::text is null or r.name = $2)
@@ -365,4 +375,73 @@ pub async fn force_state(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Records what a machine's PXE firmware said about itself, writing only when it changed.
+pub async fn note_pxe_client(
+    conn: &mut PgConnection,
+    id: Uuid,
+    arch: Option<i32>,
+    uuid: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update machines set pxe_arch = coalesce($2, pxe_arch), pxe_uuid = coalesce($3, pxe_uuid)
+         where id = $1 and (($2::int is not null and pxe_arch is distinct from $2) or ($3::uuid is not null and pxe_uuid is distinct from $3))",
+        id,
+        arch,
+        uuid
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Creates a `discovered` machine for an unknown MAC. Returns `None` when the MAC is already in
+/// the inventory (another packet or instance got there first): one record per MAC.
+pub async fn insert_discovered(
+    conn: &mut PgConnection,
+    mac: &str,
+    arch: Option<&str>,
+    pxe_arch: Option<i32>,
+    pxe_uuid: Option<Uuid>,
+    subnet_id: Option<Uuid>,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let id = sqlx::query_scalar!(
+        "insert into machines (state, arch, pxe_arch, pxe_uuid, discovered_subnet_id)
+         select 'discovered', $2, $3, $4, $5
+         where not exists (select 1 from nics where mac = $1::text::macaddr and active)
+         returning id",
+        mac,
+        arch,
+        pxe_arch,
+        pxe_uuid,
+        subnet_id
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(id) = id {
+        sqlx::query!(
+            "insert into nics (machine_id, mac, pxe) values ($1, $2::text::macaddr, true)",
+            id,
+            mac
+        )
+        .execute(conn)
+        .await?;
+    }
+    Ok(id)
+}
+
+/// The machine behind an active NIC: (id, state, boot_file override).
+pub async fn boot_info_by_mac(
+    conn: &mut PgConnection,
+    mac: &str,
+) -> Result<Option<(Uuid, String, Option<String>)>, sqlx::Error> {
+    let row = sqlx::query!(
+        "select m.id, m.state, m.boot_file from nics n join machines m on m.id = n.machine_id
+         where n.mac = $1::text::macaddr and n.active",
+        mac
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (r.id, r.state, r.boot_file)))
 }

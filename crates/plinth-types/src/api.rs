@@ -226,6 +226,14 @@ pub struct MachinePatch {
     )]
     #[schema(value_type = Option<BmcSpec>)]
     pub bmc: Option<Option<BmcSpec>>,
+    /// Per-machine boot file override (a TFTP file name or an http:// URL); `null` restores the default.
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub boot_file: Option<Option<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -268,6 +276,12 @@ pub struct Machine {
     pub allocation_id: Option<Uuid>,
     pub nics: Vec<Nic>,
     pub bmc: Option<BmcInfo>,
+    /// Boot file handed to this machine's PXE firmware instead of the default for its architecture.
+    pub boot_file: Option<String>,
+    /// Client architecture (DHCP option 93) from the machine's last PXE request.
+    pub pxe_arch: Option<i32>,
+    /// Client UUID (DHCP option 97) from the machine's last PXE request.
+    pub pxe_uuid: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -473,4 +487,117 @@ mod tests {
         };
         assert!(!format!("{b:?}").contains("hunter2"));
     }
+}
+
+// ---------------------------------------------------------------- subnets and leases
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressRange {
+    #[schema(value_type = String, format = Ipv4)]
+    pub start: Ipv4Addr,
+    #[schema(value_type = String, format = Ipv4)]
+    pub end: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetCreate {
+    /// Network in CIDR notation, e.g. `10.20.0.0/24`.
+    pub cidr: String,
+    /// The dynamic pool: addresses DHCP may hand to clients without a reservation.
+    pub ranges: Vec<AddressRange>,
+    #[schema(value_type = Option<String>, format = Ipv4)]
+    pub router: Option<Ipv4Addr>,
+    #[schema(value_type = Option<Vec<String>>)]
+    pub dns_servers: Option<Vec<Ipv4Addr>>,
+    pub domain: Option<String>,
+    /// Seconds (default 3600).
+    pub lease_time: Option<u32>,
+    /// Where clients on this subnet fetch boot files (TFTP/HTTP); default: the DHCP config's boot_server.
+    #[schema(value_type = Option<String>, format = Ipv4)]
+    pub boot_server: Option<Ipv4Addr>,
+    /// Relay agent addresses (giaddr) that serve this subnet, besides addresses inside it.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub relay_addresses: Option<Vec<Ipv4Addr>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<Vec<AddressRange>>,
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub router: Option<Option<Ipv4Addr>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub dns_servers: Option<Vec<Ipv4Addr>>,
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub domain: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_time: Option<u32>,
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub boot_server: Option<Option<Ipv4Addr>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub relay_addresses: Option<Vec<Ipv4Addr>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Subnet {
+    pub id: Uuid,
+    pub cidr: String,
+    pub ranges: Vec<AddressRange>,
+    #[schema(value_type = Option<String>)]
+    pub router: Option<Ipv4Addr>,
+    #[schema(value_type = Vec<String>)]
+    pub dns_servers: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub lease_time: u32,
+    #[schema(value_type = Option<String>)]
+    pub boot_server: Option<Ipv4Addr>,
+    #[schema(value_type = Vec<String>)]
+    pub relay_addresses: Vec<Ipv4Addr>,
+    /// Addresses in the dynamic pool.
+    pub pool_size: i64,
+    /// Leases offered or bound and not expired.
+    pub active_leases: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseState {
+    Offered,
+    Bound,
+    Declined,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Lease {
+    #[schema(value_type = String)]
+    pub address: Ipv4Addr,
+    pub subnet_id: Uuid,
+    pub state: LeaseState,
+    pub mac: Option<MacAddr>,
+    pub hostname: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    /// The inventory machine behind the MAC, if any.
+    pub machine_id: Option<Uuid>,
 }

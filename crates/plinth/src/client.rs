@@ -88,6 +88,20 @@ pub enum ClientCommand {
         #[arg(long)]
         all: bool,
     },
+    /// DHCP subnets and their address pools.
+    Subnet {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: SubnetCommand,
+    },
+    /// DHCP leases.
+    Lease {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: LeaseCommand,
+    },
     /// The audit log.
     Events {
         #[command(flatten)]
@@ -131,6 +145,71 @@ pub enum RackCommand {
     },
     Delete {
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SubnetCommand {
+    /// Add a subnet: `plinth subnet add 10.20.0.0/24 --range 10.20.0.100-10.20.0.199 --router 10.20.0.1`.
+    Add {
+        cidr: String,
+        /// START-END (repeatable).
+        #[arg(long = "range", required = true)]
+        ranges: Vec<String>,
+        #[arg(long)]
+        router: Option<Ipv4Addr>,
+        /// Repeatable.
+        #[arg(long = "dns")]
+        dns_servers: Vec<Ipv4Addr>,
+        #[arg(long)]
+        domain: Option<String>,
+        /// Seconds.
+        #[arg(long)]
+        lease_time: Option<u32>,
+        #[arg(long)]
+        boot_server: Option<Ipv4Addr>,
+        /// A relay agent address (giaddr) serving this subnet (repeatable).
+        #[arg(long = "relay")]
+        relay_addresses: Vec<Ipv4Addr>,
+    },
+    List,
+    /// Show a subnet (by id or CIDR).
+    Show {
+        subnet: String,
+    },
+    /// Change a subnet (by id or CIDR); given lists replace the old ones.
+    Edit {
+        subnet: String,
+        #[arg(long = "range")]
+        ranges: Vec<String>,
+        #[arg(long)]
+        router: Option<Ipv4Addr>,
+        #[arg(long = "dns")]
+        dns_servers: Vec<Ipv4Addr>,
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long)]
+        lease_time: Option<u32>,
+        #[arg(long)]
+        boot_server: Option<Ipv4Addr>,
+        #[arg(long = "relay")]
+        relay_addresses: Vec<Ipv4Addr>,
+    },
+    /// Delete a subnet (by id or CIDR); refused while it has live leases.
+    Delete {
+        subnet: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LeaseCommand {
+    /// Live leases.
+    List {
+        /// Subnet id or CIDR.
+        #[arg(long)]
+        subnet: Option<String>,
+        #[arg(long)]
+        mac: Option<String>,
     },
 }
 
@@ -208,6 +287,12 @@ pub enum MachineCommand {
         /// Take the machine out of its rack.
         #[arg(long, conflicts_with_all = ["rack", "rack_unit"])]
         unrack: bool,
+        /// Boot file for this machine's PXE firmware (TFTP path or http:// URL).
+        #[arg(long)]
+        boot_file: Option<String>,
+        /// Go back to the default boot file for the machine's architecture.
+        #[arg(long, conflicts_with = "boot_file")]
+        default_boot_file: bool,
     },
     /// Run a lifecycle verb (inspect, deploy, release, decommission, maintenance_on, ...).
     Action {
@@ -594,6 +679,8 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        ClientCommand::Subnet { global, command } => subnet(&Api::new(&global)?, command).await,
+        ClientCommand::Lease { global, command } => lease(&Api::new(&global)?, command).await,
         ClientCommand::Events {
             global,
             since,
@@ -818,8 +905,15 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             rack_unit,
             size_u,
             unrack,
+            boot_file,
+            default_boot_file,
         } => {
             let patch = MachinePatch {
+                boot_file: if default_boot_file {
+                    Some(None)
+                } else {
+                    boot_file.map(Some)
+                },
                 hostname: hostname.map(Some),
                 tags,
                 pool,
@@ -853,6 +947,183 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
                 return api.print_json(&page);
             }
             print_events(&page.events);
+            Ok(())
+        }
+    }
+}
+
+fn parse_range(s: &str) -> anyhow::Result<AddressRange> {
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("--range {s}: expected START-END"))?;
+    Ok(AddressRange {
+        start: a
+            .trim()
+            .parse()
+            .with_context(|| format!("--range {s}: invalid start address"))?,
+        end: b
+            .trim()
+            .parse()
+            .with_context(|| format!("--range {s}: invalid end address"))?,
+    })
+}
+
+/// A subnet named by id or by CIDR.
+async fn subnet_id(api: &Api, s: &str) -> anyhow::Result<Uuid> {
+    if let Ok(id) = s.parse::<Uuid>() {
+        return Ok(id);
+    }
+    let all: Vec<Subnet> = api.get("/subnets").await?;
+    all.iter()
+        .find(|n| n.cidr == s)
+        .map(|n| n.id)
+        .with_context(|| format!("no subnet {s}"))
+}
+
+fn subnet_rows(ns: &[Subnet]) -> Vec<Vec<String>> {
+    ns.iter()
+        .map(|n| {
+            vec![
+                n.id.to_string(),
+                n.cidr.clone(),
+                n.ranges
+                    .iter()
+                    .map(|r| format!("{}-{}", r.start, r.end))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                dash(n.router),
+                format!("{}/{}", n.active_leases, n.pool_size),
+                n.lease_time.to_string(),
+            ]
+        })
+        .collect()
+}
+
+const SUBNET_HEADERS: &[&str] = &["ID", "CIDR", "RANGES", "ROUTER", "LEASES", "LEASE_TIME"];
+
+async fn subnet(api: &Api, cmd: SubnetCommand) -> anyhow::Result<()> {
+    let show = |n: Subnet| -> anyhow::Result<()> {
+        if api.output == Output::Json {
+            return api.print_json(&n);
+        }
+        table(SUBNET_HEADERS, subnet_rows(&[n]));
+        Ok(())
+    };
+    match cmd {
+        SubnetCommand::Add {
+            cidr,
+            ranges,
+            router,
+            dns_servers,
+            domain,
+            lease_time,
+            boot_server,
+            relay_addresses,
+        } => {
+            let req = SubnetCreate {
+                cidr,
+                ranges: ranges
+                    .iter()
+                    .map(|r| parse_range(r))
+                    .collect::<anyhow::Result<_>>()?,
+                router,
+                dns_servers: (!dns_servers.is_empty()).then_some(dns_servers),
+                domain,
+                lease_time,
+                boot_server,
+                relay_addresses: (!relay_addresses.is_empty()).then_some(relay_addresses),
+            };
+            show(api.call(Method::POST, "/subnets", Some(&req)).await?)
+        }
+        SubnetCommand::List => {
+            let all: Vec<Subnet> = api.get("/subnets").await?;
+            if api.output == Output::Json {
+                return api.print_json(&all);
+            }
+            table(SUBNET_HEADERS, subnet_rows(&all));
+            Ok(())
+        }
+        SubnetCommand::Show { subnet } => {
+            let id = subnet_id(api, &subnet).await?;
+            show(api.get(&format!("/subnets/{id}")).await?)
+        }
+        SubnetCommand::Edit {
+            subnet,
+            ranges,
+            router,
+            dns_servers,
+            domain,
+            lease_time,
+            boot_server,
+            relay_addresses,
+        } => {
+            let id = subnet_id(api, &subnet).await?;
+            let patch = SubnetPatch {
+                ranges: if ranges.is_empty() {
+                    None
+                } else {
+                    Some(
+                        ranges
+                            .iter()
+                            .map(|r| parse_range(r))
+                            .collect::<anyhow::Result<_>>()?,
+                    )
+                },
+                router: router.map(Some),
+                dns_servers: (!dns_servers.is_empty()).then_some(dns_servers),
+                domain: domain.map(Some),
+                lease_time,
+                boot_server: boot_server.map(Some),
+                relay_addresses: (!relay_addresses.is_empty()).then_some(relay_addresses),
+            };
+            show(
+                api.call(Method::PATCH, &format!("/subnets/{id}"), Some(&patch))
+                    .await?,
+            )
+        }
+        SubnetCommand::Delete { subnet } => {
+            let id = subnet_id(api, &subnet).await?;
+            let _: serde_json::Value = api
+                .call(Method::DELETE, &format!("/subnets/{id}"), None::<&()>)
+                .await?;
+            eprintln!("subnet {subnet} deleted");
+            Ok(())
+        }
+    }
+}
+
+async fn lease(api: &Api, cmd: LeaseCommand) -> anyhow::Result<()> {
+    match cmd {
+        LeaseCommand::List { subnet, mac } => {
+            let subnet = match subnet {
+                Some(s) => Some(subnet_id(api, &s).await?.to_string()),
+                None => None,
+            };
+            let leases: Vec<Lease> = api
+                .get(&format!(
+                    "/leases{}",
+                    query_string(&[("subnet", subnet), ("mac", mac)])
+                ))
+                .await?;
+            if api.output == Output::Json {
+                return api.print_json(&leases);
+            }
+            table(
+                &["ADDRESS", "STATE", "MAC", "HOSTNAME", "EXPIRES", "MACHINE"],
+                leases
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            l.address.to_string(),
+                            format!("{:?}", l.state).to_lowercase(),
+                            dash(l.mac),
+                            dash(l.hostname.as_ref()),
+                            l.expires_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            dash(l.machine_id),
+                        ]
+                    })
+                    .collect(),
+            );
             Ok(())
         }
     }

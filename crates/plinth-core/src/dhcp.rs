@@ -1,0 +1,549 @@
+//! DHCP decisions for plinth-dhcp: which address a client gets (one database call per
+//! packet, see `plinth_db::leases::decide`) and what it boots ([`boot_decision`], a pure
+//! function of the machine's lifecycle state and the client's kind). Unknown PXE clients are
+//! recorded as `discovered` machines.
+
+use std::net::Ipv4Addr;
+
+use plinth_types::{Error, MacAddr, MachineState};
+use uuid::Uuid;
+
+use crate::{App, DbResult, Result};
+
+/// What to do with PXE clients that are in no inventory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownPolicy {
+    /// Record them as `discovered` and network-boot them (into the inspection image).
+    Boot,
+    /// Record them as `discovered`, give them an address, but no boot file.
+    Record,
+}
+
+/// Boot files and URLs, from the `[dhcp]` configuration.
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    /// For BIOS PXE (arch 0).
+    pub bios_binary: String,
+    /// For x86-64 UEFI PXE (arch 7, 9) and UEFI HTTP boot (arch 16): `ipxe.efi` or `snponly.efi`.
+    pub efi_binary: String,
+    /// For ARM64 UEFI (arch 11, 19), when one is configured.
+    pub arm64_binary: Option<String>,
+    /// Base of the HTTP boot URLs, e.g. `http://10.0.0.2:8080`; default `http://<boot server>:<http_port>`.
+    pub http_base: Option<String>,
+    pub http_port: u16,
+    pub unknown_machines: UnknownPolicy,
+}
+
+/// What the client told us about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// Option 93 (RFC 4578 client system architecture).
+    pub arch: Option<u16>,
+    /// Option 60 starts with `PXEClient`.
+    pub pxe: bool,
+    /// Option 60 starts with `HTTPClient` (UEFI HTTP boot).
+    pub http_client: bool,
+    /// iPXE (option 77 `iPXE` or option 175).
+    pub ipxe: bool,
+    /// Option 97.
+    pub uuid: Option<Uuid>,
+}
+
+impl ClientInfo {
+    pub fn wants_boot(&self) -> bool {
+        self.pxe || self.http_client || self.ipxe
+    }
+
+    /// The machine architecture the firmware implies.
+    pub fn machine_arch(&self) -> Option<&'static str> {
+        match self.arch {
+            Some(0 | 6 | 7 | 9 | 16) => Some("x86_64"),
+            Some(11 | 19) => Some("aarch64"),
+            _ => None,
+        }
+    }
+}
+
+/// What a network-booting client is handed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootAction {
+    /// No boot file: the firmware moves on to its next boot device.
+    None,
+    /// A file on plinth's TFTP server.
+    Tftp { file: String },
+    /// A URL (iPXE, UEFI HTTP boot).
+    Http { url: String },
+}
+
+/// States in which plinth network-boots a machine: it has work for the machine to do there
+/// (discovery and inspection, cleaning, deployment). In every other state the firmware gets no
+/// boot file and falls through to its local disk.
+fn netboots(state: MachineState, unknown: UnknownPolicy) -> bool {
+    match state {
+        MachineState::Discovered => unknown == UnknownPolicy::Boot,
+        MachineState::Inspecting | MachineState::Cleaning | MachineState::Deploying => true,
+        _ => false,
+    }
+}
+
+/// The boot decision, as a pure function. `state` is `None` for a MAC in no inventory.
+pub fn boot_decision(
+    state: Option<MachineState>,
+    client: &ClientInfo,
+    override_file: Option<&str>,
+    cfg: &BootConfig,
+    boot_server: Ipv4Addr,
+) -> BootAction {
+    if !client.wants_boot()
+        || !netboots(
+            state.unwrap_or(MachineState::Discovered),
+            cfg.unknown_machines,
+        )
+    {
+        return BootAction::None;
+    }
+    let base = cfg
+        .http_base
+        .clone()
+        .unwrap_or_else(|| format!("http://{boot_server}:{}", cfg.http_port));
+    let base = base.trim_end_matches('/');
+    if client.ipxe {
+        // iPXE already runs: hand it its script, never the binary again, so the chain cannot loop.
+        return BootAction::Http {
+            url: format!("{base}/boot/ipxe?mac=${{net0/mac}}"),
+        };
+    }
+    let is_url = |f: &str| f.starts_with("http://") || f.starts_with("https://");
+    if let Some(f) = override_file {
+        return if is_url(f) {
+            BootAction::Http { url: f.to_owned() }
+        } else {
+            BootAction::Tftp { file: f.to_owned() }
+        };
+    }
+    let binary = match client.arch {
+        None | Some(0) => Some(cfg.bios_binary.clone()),
+        Some(7 | 9 | 16) => Some(cfg.efi_binary.clone()),
+        Some(11 | 19) => cfg.arm64_binary.clone(),
+        Some(_) => None,
+    };
+    let Some(binary) = binary else {
+        return BootAction::None;
+    };
+    if client.http_client {
+        BootAction::Http {
+            url: format!("{base}/boot/{binary}"),
+        }
+    } else {
+        BootAction::Tftp { file: binary }
+    }
+}
+
+/// The DHCP exchange step a packet asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseOp {
+    Discover {
+        requested: Option<Ipv4Addr>,
+    },
+    /// REQUEST in SELECTING, naming this server.
+    Select {
+        requested: Ipv4Addr,
+    },
+    /// REQUEST in SELECTING, naming another server.
+    SelectOther,
+    InitReboot {
+        requested: Ipv4Addr,
+    },
+    /// RENEWING or REBINDING.
+    Renew {
+        ciaddr: Ipv4Addr,
+    },
+    Release {
+        ciaddr: Ipv4Addr,
+    },
+    Decline {
+        requested: Ipv4Addr,
+    },
+    Inform,
+}
+
+impl LeaseOp {
+    fn parts(self) -> (&'static str, Option<Ipv4Addr>) {
+        match self {
+            LeaseOp::Discover { requested } => ("discover", requested),
+            LeaseOp::Select { requested } => ("select", Some(requested)),
+            LeaseOp::SelectOther => ("select_other", None),
+            LeaseOp::InitReboot { requested } => ("init_reboot", Some(requested)),
+            LeaseOp::Renew { ciaddr } => ("renew", Some(ciaddr)),
+            LeaseOp::Release { ciaddr } => ("release", Some(ciaddr)),
+            LeaseOp::Decline { requested } => ("decline", Some(requested)),
+            LeaseOp::Inform => ("inform", None),
+        }
+    }
+}
+
+/// One request, as plinth-dhcp hands it over.
+#[derive(Debug, Clone)]
+pub struct DhcpRequest<'a> {
+    pub op: LeaseOp,
+    /// giaddr for relayed requests, else the receiving interface's address.
+    pub match_addr: Ipv4Addr,
+    pub relayed: bool,
+    pub mac: MacAddr,
+    pub client_id: Option<&'a [u8]>,
+    pub hostname: Option<&'a str>,
+    pub client: ClientInfo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Offer,
+    Ack,
+    Nak,
+    /// Send nothing.
+    Ignore,
+}
+
+/// Network settings for the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// None for INFORM.
+    pub address: Option<Ipv4Addr>,
+    pub lease_secs: Option<u32>,
+    pub prefix_len: u8,
+    pub router: Option<Ipv4Addr>,
+    pub dns_servers: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpDecision {
+    pub outcome: Outcome,
+    pub lease: Option<LeaseInfo>,
+    pub boot: BootAction,
+    /// The subnet's boot server, if it names one.
+    pub boot_server: Option<Ipv4Addr>,
+    /// Why a NAK or an Ignore (for the log and option 56).
+    pub reason: Option<String>,
+    /// The inventory machine, if the MAC belongs to one (a new `discovered` one included).
+    pub machine_id: Option<Uuid>,
+}
+
+/// Timers of the lease engine.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTimers {
+    /// How long an OFFER holds its address.
+    pub offer_secs: u32,
+    /// How long a DECLINEd address stays out of the pool.
+    pub quarantine_secs: u32,
+}
+
+fn ip(s: &str) -> Result<Ipv4Addr> {
+    s.parse().map_err(|_| Error::internal())
+}
+
+impl App {
+    /// Decides one DHCP request: the lease change is committed before this returns.
+    pub async fn dhcp_decide(
+        &self,
+        req: &DhcpRequest<'_>,
+        timers: LeaseTimers,
+        boot: &BootConfig,
+        default_boot_server: Ipv4Addr,
+    ) -> Result<DhcpDecision> {
+        let (op, addr) = req.op.parts();
+        let mac = req.mac.to_string();
+        let match_addr = req.match_addr.to_string();
+        let addr = addr.map(|a| a.to_string());
+        let mut conn = self.conn().await?;
+        let d = plinth_db::leases::decide(
+            &mut conn,
+            &plinth_db::leases::LeaseCall {
+                op,
+                match_addr: &match_addr,
+                relayed: req.relayed,
+                mac: &mac,
+                addr: addr.as_deref(),
+                client_id: req.client_id,
+                hostname: req.hostname,
+                offer_secs: timers.offer_secs as i32,
+                quarantine_secs: timers.quarantine_secs as i32,
+            },
+        )
+        .await
+        .db()?;
+        let outcome = match d.outcome.as_deref() {
+            Some("offer") => Outcome::Offer,
+            Some("ack") => Outcome::Ack,
+            Some("nak") => Outcome::Nak,
+            _ => Outcome::Ignore,
+        };
+        let mut reason = d.reason.clone();
+        if d.outcome.as_deref() == Some("exhausted") {
+            tracing::warn!(%mac, subnet = ?d.cidr, "address pool exhausted");
+        }
+        let boot_server = d.boot_server.as_deref().map(ip).transpose()?;
+        let mut machine_id = d.machine_id;
+        let mut state = d
+            .machine_state
+            .as_deref()
+            .map(|s| s.parse::<MachineState>().map_err(|_| Error::internal()))
+            .transpose()?;
+        if matches!(outcome, Outcome::Offer | Outcome::Ack) && req.client.wants_boot() {
+            match machine_id {
+                Some(id) => {
+                    plinth_db::machines::note_pxe_client(
+                        &mut conn,
+                        id,
+                        req.client.arch.map(i32::from),
+                        req.client.uuid,
+                    )
+                    .await
+                    .db()?;
+                }
+                None => {
+                    if let Some(id) = self
+                        .discover_machine(&req.mac, &req.client, d.subnet_id)
+                        .await?
+                    {
+                        machine_id = Some(id);
+                        state = Some(MachineState::Discovered);
+                    } else {
+                        reason.get_or_insert_with(|| "MAC enrolled meanwhile".into());
+                    }
+                }
+            }
+        }
+        let lease = match (outcome, &d.cidr) {
+            (Outcome::Offer | Outcome::Ack, Some(cidr)) => {
+                let prefix_len = cidr
+                    .split_once('/')
+                    .and_then(|(_, l)| l.parse().ok())
+                    .ok_or_else(Error::internal)?;
+                Some(LeaseInfo {
+                    address: d.address.as_deref().map(ip).transpose()?,
+                    lease_secs: d.lease_secs.map(|s| s as u32),
+                    prefix_len,
+                    router: d.router.as_deref().map(ip).transpose()?,
+                    dns_servers: d
+                        .dns_servers
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|s| ip(s))
+                        .collect::<Result<_>>()?,
+                    domain: d.domain.clone(),
+                })
+            }
+            _ => None,
+        };
+        let boot_action =
+            if matches!(outcome, Outcome::Offer | Outcome::Ack) && req.op != LeaseOp::Inform {
+                boot_decision(
+                    state,
+                    &req.client,
+                    d.boot_file.as_deref(),
+                    boot,
+                    boot_server.unwrap_or(default_boot_server),
+                )
+            } else {
+                BootAction::None
+            };
+        Ok(DhcpDecision {
+            outcome,
+            lease,
+            boot: boot_action,
+            boot_server,
+            reason,
+            machine_id,
+        })
+    }
+
+    /// ProxyDHCP: boot information only; another server owns the addresses.
+    pub async fn dhcp_proxy_boot(
+        &self,
+        mac: MacAddr,
+        client: &ClientInfo,
+        boot: &BootConfig,
+        boot_server: Ipv4Addr,
+    ) -> Result<BootAction> {
+        if !client.wants_boot() {
+            return Ok(BootAction::None);
+        }
+        let mut conn = self.conn().await?;
+        let found = plinth_db::machines::boot_info_by_mac(&mut conn, &mac.to_string())
+            .await
+            .db()?;
+        drop(conn);
+        let (state, file) = match found {
+            Some((id, state, file)) => {
+                let mut conn = self.conn().await?;
+                plinth_db::machines::note_pxe_client(
+                    &mut conn,
+                    id,
+                    client.arch.map(i32::from),
+                    client.uuid,
+                )
+                .await
+                .db()?;
+                (
+                    Some(
+                        state
+                            .parse::<MachineState>()
+                            .map_err(|_| Error::internal())?,
+                    ),
+                    file,
+                )
+            }
+            None => {
+                self.discover_machine(&mac, client, None).await?;
+                (Some(MachineState::Discovered), None)
+            }
+        };
+        Ok(boot_decision(
+            state,
+            client,
+            file.as_deref(),
+            boot,
+            boot_server,
+        ))
+    }
+
+    /// Records an unknown network-booting MAC as a `discovered` machine, once per MAC.
+    pub async fn discover_machine(
+        &self,
+        mac: &MacAddr,
+        client: &ClientInfo,
+        subnet_id: Option<Uuid>,
+    ) -> Result<Option<Uuid>> {
+        let mut tx = self.begin().await?;
+        let inserted = plinth_db::machines::insert_discovered(
+            &mut tx,
+            &mac.to_string(),
+            client.machine_arch(),
+            client.arch.map(i32::from),
+            client.uuid,
+            subnet_id,
+        )
+        .await;
+        let id = match inserted {
+            Ok(Some(id)) => id,
+            Ok(None) => return Ok(None),
+            // Another instance recorded the same MAC at the same moment.
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("nics_mac_key") => {
+                return Ok(None);
+            }
+            Err(e) => return Err(plinth_db::classify(e)),
+        };
+        plinth_db::events::insert(
+            &mut tx,
+            plinth_db::events::NewEvent {
+                actor: "system",
+                machine_id: Some(id),
+                kind: plinth_types::Verb::Discover.as_str(),
+                from_state: None,
+                to_state: Some(MachineState::Discovered.as_str()),
+                details: serde_json::json!({ "mac": mac.to_string(), "pxe_arch": client.arch, "subnet_id": subnet_id }),
+            },
+        )
+        .await
+        .db()?;
+        tx.commit().await.db()?;
+        tracing::info!(%mac, machine_id = %id, "unknown network-booting machine discovered");
+        Ok(Some(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(unknown: UnknownPolicy) -> BootConfig {
+        BootConfig {
+            bios_binary: "undionly.kpxe".into(),
+            efi_binary: "ipxe.efi".into(),
+            arm64_binary: None,
+            http_base: None,
+            http_port: 8080,
+            unknown_machines: unknown,
+        }
+    }
+
+    const SRV: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    fn pxe(arch: u16) -> ClientInfo {
+        ClientInfo {
+            arch: Some(arch),
+            pxe: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_boot_table() {
+        use MachineState as S;
+        let tftp = |f: &str| BootAction::Tftp { file: f.into() };
+        let http = |u: &str| BootAction::Http { url: u.into() };
+        let ipxe = ClientInfo {
+            arch: Some(0),
+            pxe: true,
+            ipxe: true,
+            ..Default::default()
+        };
+        let httpc = ClientInfo {
+            arch: Some(16),
+            http_client: true,
+            ..Default::default()
+        };
+        let arm = pxe(11);
+        let plain = ClientInfo::default();
+        let script = http("http://10.0.0.2:8080/boot/ipxe?mac=${net0/mac}");
+        let boot = cfg(UnknownPolicy::Boot);
+        #[rustfmt::skip]
+        let table: Vec<(Option<S>, ClientInfo, Option<&str>, BootAction)> = vec![
+            (Some(S::Inspecting), pxe(0), None, tftp("undionly.kpxe")),
+            (Some(S::Inspecting), pxe(7), None, tftp("ipxe.efi")),
+            (Some(S::Cleaning), pxe(9), None, tftp("ipxe.efi")),
+            (Some(S::Deploying), ipxe.clone(), None, script.clone()),
+            (Some(S::Inspecting), httpc.clone(), None, http("http://10.0.0.2:8080/boot/ipxe.efi")),
+            (Some(S::Inspecting), arm.clone(), None, BootAction::None),
+            (Some(S::Inspecting), pxe(6), None, BootAction::None),
+            (Some(S::Inspecting), plain.clone(), None, BootAction::None),
+            (Some(S::Inspecting), pxe(0), Some("custom.kpxe"), tftp("custom.kpxe")),
+            (Some(S::Inspecting), pxe(7), Some("http://x/y.efi"), http("http://x/y.efi")),
+            (Some(S::Inspecting), ipxe.clone(), Some("custom.kpxe"), script.clone()),
+            (Some(S::Ready), pxe(0), None, BootAction::None),
+            (Some(S::Deployed), ipxe.clone(), None, BootAction::None),
+            (Some(S::Enrolled), pxe(0), None, BootAction::None),
+            (Some(S::Decommissioned), pxe(0), None, BootAction::None),
+            (Some(S::Discovered), pxe(0), None, tftp("undionly.kpxe")),
+            (None, pxe(7), None, tftp("ipxe.efi")),
+        ];
+        for (state, client, over, want) in table {
+            assert_eq!(
+                boot_decision(state, &client, over, &boot, SRV),
+                want,
+                "{state:?} {client:?} {over:?}"
+            );
+        }
+        let record = cfg(UnknownPolicy::Record);
+        assert_eq!(
+            boot_decision(None, &pxe(0), None, &record, SRV),
+            BootAction::None
+        );
+        assert_eq!(
+            boot_decision(Some(S::Discovered), &pxe(0), None, &record, SRV),
+            BootAction::None
+        );
+        let mut arm_cfg = cfg(UnknownPolicy::Boot);
+        arm_cfg.arm64_binary = Some("arm64/ipxe.efi".into());
+        arm_cfg.efi_binary = "snponly.efi".into();
+        assert_eq!(
+            boot_decision(None, &arm, None, &arm_cfg, SRV),
+            tftp("arm64/ipxe.efi")
+        );
+        assert_eq!(
+            boot_decision(None, &pxe(7), None, &arm_cfg, SRV),
+            tftp("snponly.efi")
+        );
+    }
+}

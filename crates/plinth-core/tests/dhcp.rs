@@ -1,0 +1,560 @@
+//! The lease engine and discovery against a real PostgreSQL, through the same calls the DHCP
+//! server makes (`App::dhcp_decide`).
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use plinth_core::dhcp::*;
+use plinth_core::{App, BmcKey, Principal};
+use plinth_testkit::TestDb;
+use plinth_types::api::*;
+use plinth_types::{MacAddr, MachineState};
+
+const SRV: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 2);
+const TIMERS: LeaseTimers = LeaseTimers {
+    offer_secs: 30,
+    quarantine_secs: 600,
+};
+
+fn boot() -> BootConfig {
+    BootConfig {
+        bios_binary: "undionly.kpxe".into(),
+        efi_binary: "ipxe.efi".into(),
+        arm64_binary: None,
+        http_base: None,
+        http_port: 8080,
+        unknown_machines: UnknownPolicy::Boot,
+    }
+}
+
+fn admin() -> Principal {
+    Principal::system()
+}
+
+fn mac(n: u32) -> MacAddr {
+    let b = n.to_be_bytes();
+    MacAddr([0x52, 0x54, b[0], b[1], b[2], b[3]])
+}
+
+async fn setup(first: u8, last: u8) -> (App, TestDb) {
+    let db = TestDb::new().await.unwrap();
+    let app = App::new(
+        db.pool.clone(),
+        BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
+    );
+    app.create_subnet(
+        &admin(),
+        SubnetCreate {
+            cidr: "10.30.0.0/24".into(),
+            ranges: vec![AddressRange {
+                start: Ipv4Addr::new(10, 30, 0, first),
+                end: Ipv4Addr::new(10, 30, 0, last),
+            }],
+            router: Some(Ipv4Addr::new(10, 30, 0, 1)),
+            dns_servers: Some(vec![Ipv4Addr::new(10, 30, 0, 53)]),
+            domain: Some("lab.example".into()),
+            lease_time: Some(600),
+            boot_server: None,
+            relay_addresses: Some(vec![Ipv4Addr::new(192, 168, 77, 1)]),
+        },
+    )
+    .await
+    .unwrap();
+    (app, db)
+}
+
+fn req(op: LeaseOp, m: MacAddr) -> DhcpRequest<'static> {
+    DhcpRequest {
+        op,
+        match_addr: SRV,
+        relayed: false,
+        mac: m,
+        client_id: None,
+        hostname: None,
+        client: ClientInfo::default(),
+    }
+}
+
+async fn dora(app: &App, m: MacAddr) -> Ipv4Addr {
+    let offer = app
+        .dhcp_decide(
+            &req(LeaseOp::Discover { requested: None }, m),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(offer.outcome, Outcome::Offer, "{offer:?}");
+    let ip = offer.lease.unwrap().address.unwrap();
+    let ack = app
+        .dhcp_decide(
+            &req(LeaseOp::Select { requested: ip }, m),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack.outcome, Outcome::Ack, "{ack:?}");
+    ip
+}
+
+#[tokio::test]
+async fn full_exchange_renew_release_decline() {
+    let (app, _db) = setup(100, 110).await;
+    let m = mac(1);
+    let offer = app
+        .dhcp_decide(
+            &req(LeaseOp::Discover { requested: None }, m),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    let lease = offer.lease.clone().unwrap();
+    assert_eq!(lease.address, Some(Ipv4Addr::new(10, 30, 0, 100)));
+    assert_eq!(
+        (lease.lease_secs, lease.prefix_len, lease.router),
+        (Some(600), 24, Some(Ipv4Addr::new(10, 30, 0, 1)))
+    );
+    assert_eq!(
+        (lease.dns_servers.clone(), lease.domain.as_deref()),
+        (vec![Ipv4Addr::new(10, 30, 0, 53)], Some("lab.example"))
+    );
+    assert_eq!(offer.boot, BootAction::None, "not a network-booting client");
+    let ip = dora(&app, m).await;
+    assert_eq!(
+        ip,
+        Ipv4Addr::new(10, 30, 0, 100),
+        "a client keeps its address"
+    );
+    let leases = app.list_leases(&admin(), None, Some(m)).await.unwrap();
+    assert_eq!((leases.len(), leases[0].state), (1, LeaseState::Bound));
+
+    let renew = app
+        .dhcp_decide(&req(LeaseOp::Renew { ciaddr: ip }, m), TIMERS, &boot(), SRV)
+        .await
+        .unwrap();
+    assert_eq!(renew.outcome, Outcome::Ack);
+    // Someone else asking for that address is refused.
+    let other = app
+        .dhcp_decide(
+            &req(LeaseOp::Select { requested: ip }, mac(2)),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(other.outcome, Outcome::Nak);
+    let wrong_net = app
+        .dhcp_decide(
+            &req(
+                LeaseOp::InitReboot {
+                    requested: Ipv4Addr::new(10, 99, 0, 5),
+                },
+                m,
+            ),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(wrong_net.outcome, Outcome::Nak);
+    let unknown = app
+        .dhcp_decide(
+            &req(
+                LeaseOp::InitReboot {
+                    requested: Ipv4Addr::new(10, 30, 0, 20),
+                },
+                mac(9),
+            ),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        unknown.outcome,
+        Outcome::Ignore,
+        "no record of the client: stay silent"
+    );
+
+    app.dhcp_decide(
+        &req(LeaseOp::Release { ciaddr: ip }, m),
+        TIMERS,
+        &boot(),
+        SRV,
+    )
+    .await
+    .unwrap();
+    assert!(
+        app.list_leases(&admin(), None, Some(m))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // DECLINE quarantines the address: the next client gets another one.
+    let ip2 = dora(&app, mac(3)).await;
+    app.dhcp_decide(
+        &req(LeaseOp::Decline { requested: ip2 }, mac(3)),
+        TIMERS,
+        &boot(),
+        SRV,
+    )
+    .await
+    .unwrap();
+    let ip3 = dora(&app, mac(3)).await;
+    assert_ne!(ip2, ip3);
+    let declined = app.list_leases(&admin(), None, None).await.unwrap();
+    assert!(
+        declined
+            .iter()
+            .any(|l| l.address == ip2 && l.state == LeaseState::Declined)
+    );
+
+    let inform = app
+        .dhcp_decide(&req(LeaseOp::Inform, mac(4)), TIMERS, &boot(), SRV)
+        .await
+        .unwrap();
+    assert_eq!(
+        (inform.outcome, inform.lease.unwrap().address),
+        (Outcome::Ack, None)
+    );
+
+    // A relayed request is matched by giaddr (here a configured relay address).
+    let mut relayed = req(LeaseOp::Discover { requested: None }, mac(5));
+    relayed.match_addr = Ipv4Addr::new(192, 168, 77, 1);
+    relayed.relayed = true;
+    assert_eq!(
+        app.dhcp_decide(&relayed, TIMERS, &boot(), SRV)
+            .await
+            .unwrap()
+            .outcome,
+        Outcome::Offer
+    );
+    relayed.match_addr = Ipv4Addr::new(172, 16, 0, 1);
+    assert_eq!(
+        app.dhcp_decide(&relayed, TIMERS, &boot(), SRV)
+            .await
+            .unwrap()
+            .outcome,
+        Outcome::Ignore,
+        "no subnet"
+    );
+}
+
+#[tokio::test]
+async fn reservations_win_and_are_never_given_away() {
+    let (app, _db) = setup(100, 101).await;
+    let reserved = Ipv4Addr::new(10, 30, 0, 100);
+    let owner = app
+        .enroll_machine(
+            &admin(),
+            MachineCreate {
+                hostname: Some("res".into()),
+                rack: None,
+                rack_unit: None,
+                size_u: None,
+                pool: None,
+                tags: None,
+                arch: None,
+                nics: vec![NicSpec {
+                    mac: mac(10),
+                    ipv4: Some(reserved),
+                    pxe: None,
+                }],
+                bmc: None,
+            },
+        )
+        .await
+        .unwrap();
+    // Two other clients exhaust the rest of the pool but never get the reserved address.
+    assert_eq!(dora(&app, mac(11)).await, Ipv4Addr::new(10, 30, 0, 101));
+    let third = app
+        .dhcp_decide(
+            &req(
+                LeaseOp::Discover {
+                    requested: Some(reserved),
+                },
+                mac(12),
+            ),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(third.outcome, Outcome::Ignore, "pool exhausted: {third:?}");
+    let steal = app
+        .dhcp_decide(
+            &req(
+                LeaseOp::Select {
+                    requested: reserved,
+                },
+                mac(12),
+            ),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(steal.outcome, Outcome::Nak);
+    // The owner always gets exactly its address, even asking for another.
+    let offer = app
+        .dhcp_decide(
+            &req(
+                LeaseOp::Discover {
+                    requested: Some(Ipv4Addr::new(10, 30, 0, 101)),
+                },
+                mac(10),
+            ),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(offer.lease.unwrap().address, Some(reserved));
+    assert_eq!(offer.machine_id, Some(owner.id));
+    assert_eq!(dora(&app, mac(10)).await, reserved);
+    let wrong = app
+        .dhcp_decide(
+            &req(
+                LeaseOp::Select {
+                    requested: Ipv4Addr::new(10, 30, 0, 101),
+                },
+                mac(10),
+            ),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(wrong.outcome, Outcome::Nak);
+}
+
+#[tokio::test]
+async fn two_instances_never_share_an_address() {
+    let (app, db) = setup(10, 250).await;
+    let other = App::new(
+        db.pool.clone(),
+        BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
+    );
+    let apps = [app.clone(), other];
+    let tasks = (0..200u32).map(|n| {
+        let app = apps[n as usize % 2].clone();
+        tokio::spawn(async move { dora(&app, mac(1000 + n)).await })
+    });
+    let ips: Vec<Ipv4Addr> = futures_join(tasks).await;
+    let unique: HashSet<_> = ips.iter().collect();
+    assert_eq!(unique.len(), 200);
+    assert_eq!(
+        app.list_leases(&admin(), None, None).await.unwrap().len(),
+        200
+    );
+}
+
+async fn futures_join<T: Send + 'static>(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in tasks.collect::<Vec<_>>() {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn unknown_pxe_clients_are_discovered_once() {
+    let (app, _db) = setup(100, 150).await;
+    let m = mac(77);
+    let mut r = req(LeaseOp::Discover { requested: None }, m);
+    r.client = ClientInfo {
+        arch: Some(7),
+        pxe: true,
+        uuid: Some(uuid::Uuid::from_u128(0xabc)),
+        ..Default::default()
+    };
+    let tasks = (0..8).map(|_| {
+        let (app, r) = (app.clone(), r.clone());
+        tokio::spawn(async move { app.dhcp_decide(&r, TIMERS, &boot(), SRV).await.unwrap() })
+    });
+    let decisions = futures_join(tasks).await;
+    assert!(decisions.iter().any(|d| d.boot
+        == BootAction::Tftp {
+            file: "ipxe.efi".into()
+        }));
+    let page = app
+        .list_machines(
+            &admin(),
+            plinth_core::machines::MachineQuery {
+                q: Some(m.to_string()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.machines.len(), 1, "one record per MAC");
+    let found = &page.machines[0];
+    assert_eq!(found.state, MachineState::Discovered);
+    assert_eq!(
+        (found.pxe_arch, found.pxe_uuid),
+        (Some(7), Some(uuid::Uuid::from_u128(0xabc)))
+    );
+    assert_eq!(found.arch, Some(Arch::X86_64));
+    // A decommissioned machine's MAC gets an address but no boot file.
+    for verb in [
+        plinth_types::Verb::Decommission,
+        plinth_types::Verb::DecommissionComplete,
+    ] {
+        app.act(
+            &admin(),
+            found.id,
+            plinth_core::lifecycle::Action {
+                verb,
+                expected_version: None,
+                reason: None,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let mut r2 = r.clone();
+    r2.mac = mac(78);
+    let enrolled = app
+        .enroll_machine(
+            &admin(),
+            MachineCreate {
+                hostname: None,
+                rack: None,
+                rack_unit: None,
+                size_u: None,
+                pool: None,
+                tags: None,
+                arch: None,
+                nics: vec![NicSpec {
+                    mac: mac(78),
+                    ipv4: None,
+                    pxe: None,
+                }],
+                bmc: None,
+            },
+        )
+        .await
+        .unwrap();
+    let d = app.dhcp_decide(&r2, TIMERS, &boot(), SRV).await.unwrap();
+    assert_eq!(
+        (d.outcome, d.boot.clone(), d.machine_id),
+        (Outcome::Offer, BootAction::None, Some(enrolled.id)),
+        "enrolled: nothing to boot"
+    );
+    let mut rec = boot();
+    rec.unknown_machines = UnknownPolicy::Record;
+    let mut r3 = r.clone();
+    r3.mac = mac(79);
+    let d = app.dhcp_decide(&r3, TIMERS, &rec, SRV).await.unwrap();
+    assert_eq!(
+        (d.outcome, d.boot.clone()),
+        (Outcome::Offer, BootAction::None),
+        "record only"
+    );
+    assert!(d.machine_id.is_some(), "but recorded");
+}
+
+#[tokio::test]
+async fn subnet_rules_and_reclaim() {
+    let (app, db) = setup(100, 101).await;
+    let mk = |cidr: &str, a: [u8; 4], b: [u8; 4]| SubnetCreate {
+        cidr: cidr.into(),
+        ranges: vec![AddressRange {
+            start: Ipv4Addr::from(a),
+            end: Ipv4Addr::from(b),
+        }],
+        router: None,
+        dns_servers: None,
+        domain: None,
+        lease_time: None,
+        boot_server: None,
+        relay_addresses: None,
+    };
+    let e = app
+        .create_subnet(
+            &admin(),
+            mk("10.30.0.128/25", [10, 30, 0, 130], [10, 30, 0, 140]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "subnet_overlap");
+    let e = app
+        .create_subnet(&admin(), mk("10.31.0.0/24", [10, 31, 1, 1], [10, 31, 1, 5]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "range_outside_subnet");
+    let e = app
+        .create_subnet(&admin(), mk("10.31.0.1/24", [10, 31, 0, 1], [10, 31, 0, 5]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "invalid_cidr");
+    let ok = app
+        .create_subnet(
+            &admin(),
+            mk("10.31.0.0/24", [10, 31, 0, 10], [10, 31, 0, 19]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.pool_size, 10);
+
+    let ip = dora(&app, mac(1)).await;
+    sqlx::query(
+        "update leases set expires_at = now() - interval '1 second' where address = $1::text::inet",
+    )
+    .bind(ip.to_string())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        app.list_leases(&admin(), None, None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "expired leases are not shown"
+    );
+    assert_eq!(app.reclaim_leases().await.unwrap(), 1);
+    assert_eq!(app.reclaim_leases().await.unwrap(), 0, "idempotent");
+    let subnets = app.list_subnets(&admin()).await.unwrap();
+    let first = subnets.iter().find(|s| s.cidr == "10.30.0.0/24").unwrap();
+    assert_eq!(first.active_leases, 0);
+    // Shrinking the pool and deleting.
+    let patched = app
+        .update_subnet(
+            &admin(),
+            first.id,
+            SubnetPatch {
+                ranges: Some(vec![AddressRange {
+                    start: Ipv4Addr::new(10, 30, 0, 100),
+                    end: Ipv4Addr::new(10, 30, 0, 100),
+                }]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.pool_size, 1);
+    dora(&app, mac(2)).await;
+    assert_eq!(
+        app.delete_subnet(&admin(), first.id)
+            .await
+            .unwrap_err()
+            .code,
+        "subnet_in_use"
+    );
+    app.delete_subnet(&admin(), ok.id).await.unwrap();
+}

@@ -5,6 +5,9 @@
 //! scratch cluster this crate starts under the system temp dir and leaves running for the
 //! next test binary.
 
+pub mod dhcp_clients;
+pub mod netns;
+
 use std::sync::OnceLock;
 
 use anyhow::Context;

@@ -2,4 +2,6 @@
 //! owns sockets, spans and counters. It writes no SQL: lease and boot decisions come from
 //! plinth-core.
 
+pub mod server;
+mod sys;
 pub mod wire;

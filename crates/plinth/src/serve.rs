@@ -86,6 +86,7 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
     let bmc_key = c.bmc_key()?;
     let db = open_database(&c).await?;
     let app = App::new(db.pool.clone(), bmc_key);
+    let dhcp = c.dhcp.server_config(c.http.listen.port())?;
     let listener = tokio::net::TcpListener::bind(c.http.listen)
         .await
         .with_context(|| format!("listening on {}", c.http.listen))?;
@@ -102,6 +103,32 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
             plinth_api::serve(listener, app, shutdown)
                 .await
                 .context("HTTP server")
+        });
+    }
+    if let Some(dhcp) = dhcp {
+        let (app, cancel) = (app.clone(), cancel.clone());
+        let counters = std::sync::Arc::new(plinth_dhcp::server::Counters::default());
+        tasks.spawn(async move {
+            plinth_dhcp::server::run(app, dhcp, counters, cancel)
+                .await
+                .context("DHCP server")
+        });
+    }
+    {
+        // Reconciler: expired leases go back to the pool (safe on every instance at once).
+        let (app, cancel) = (app.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tick.tick() => {
+                        if let Err(e) = app.reclaim_leases().await {
+                            tracing::warn!(error = %e, "lease reclaim pass failed");
+                        }
+                    }
+                }
+            }
         });
     }
     let mut result = Ok(());

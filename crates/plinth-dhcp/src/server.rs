@@ -1,0 +1,470 @@
+//! The DHCP server: one UDP socket per configured interface (SO_BINDTODEVICE, so a request
+//! is matched to the interface it arrived on), a task per packet bounded by a semaphore, and
+//! the reply sent as RFC 2131 §4.1 says. Decisions come from plinth-core; bytes from `wire`.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use plinth_core::App;
+use plinth_core::dhcp::{
+    BootAction, BootConfig, ClientInfo, DhcpRequest, LeaseOp, LeaseTimers, Outcome,
+};
+use plinth_types::MacAddr;
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::sys;
+use crate::wire::{
+    self, BootParams, Destination, LeaseParams, MessageType, ReplyKind, ReplyPlan, Request,
+};
+
+pub const SERVER_PORT: u16 = 67;
+pub const CLIENT_PORT: u16 = 68;
+pub const PROXY_PORT: u16 = 4011;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Hand out addresses and boot information.
+    Server,
+    /// ProxyDHCP: boot information only, beside another server that owns the addresses.
+    Proxy,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub interfaces: Vec<String>,
+    pub mode: Mode,
+    /// Where clients fetch boot files, unless their subnet names another.
+    pub boot_server: Ipv4Addr,
+    pub timers: LeaseTimers,
+    pub boot: BootConfig,
+    /// Packets handled at once; beyond this, new packets are dropped (and counted).
+    pub max_in_flight: usize,
+    /// Packets accepted per client MAC per second; beyond this they are dropped.
+    pub per_client_rate: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("interface {0} has no IPv4 address")]
+    NoAddress(String),
+    #[error("DHCP socket on {iface}")]
+    Socket {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters, kept in one place so a /metrics endpoint can expose them.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub received: AtomicU64,
+    pub replies: AtomicU64,
+    pub offers: AtomicU64,
+    pub acks: AtomicU64,
+    pub naks: AtomicU64,
+    pub dropped_malformed: AtomicU64,
+    pub dropped_rate_limited: AtomicU64,
+    pub dropped_overload: AtomicU64,
+    pub dropped_ignored: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A listening interface.
+struct Iface {
+    name: String,
+    addr: Ipv4Addr,
+    socket: Arc<UdpSocket>,
+    port: u16,
+}
+
+fn bind(iface: &str, port: u16) -> Result<UdpSocket, Error> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |source| Error::Socket {
+        iface: iface.to_owned(),
+        source,
+    };
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    s.set_broadcast(true).map_err(err)?;
+    s.bind_device(Some(iface.as_bytes())).map_err(err)?;
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+        .map_err(err)?;
+    UdpSocket::from_std(s.into()).map_err(err)
+}
+
+/// Per-MAC token bucket against floods from one client.
+struct RateLimiter {
+    per_sec: u32,
+    seen: Mutex<HashMap<MacAddr, (Instant, u32)>>,
+}
+
+impl RateLimiter {
+    fn allow(&self, mac: MacAddr) -> bool {
+        let now = Instant::now();
+        let Ok(mut seen) = self.seen.lock() else {
+            return true;
+        };
+        if seen.len() > 100_000 {
+            seen.retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(1));
+        }
+        let e = seen.entry(mac).or_insert((now, 0));
+        if now.duration_since(e.0) >= Duration::from_secs(1) {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        e.1 <= self.per_sec
+    }
+}
+
+struct Shared {
+    app: App,
+    cfg: Config,
+    counters: Arc<Counters>,
+    limiter: RateLimiter,
+    in_flight: Semaphore,
+    /// Rate limit for debug logs of bad packets.
+    last_bad_log: Mutex<Option<Instant>>,
+}
+
+/// Runs until `cancel` fires. Fails at start if an interface cannot be opened.
+pub async fn run(
+    app: App,
+    cfg: Config,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
+    let mut ifaces = Vec::new();
+    for name in &cfg.interfaces {
+        let (addr, _) = sys::interface_ipv4(name)
+            .map_err(|source| Error::Socket {
+                iface: name.clone(),
+                source,
+            })?
+            .ok_or_else(|| Error::NoAddress(name.clone()))?;
+        ifaces.push(Iface {
+            name: name.clone(),
+            addr,
+            socket: Arc::new(bind(name, SERVER_PORT)?),
+            port: SERVER_PORT,
+        });
+        if cfg.mode == Mode::Proxy {
+            ifaces.push(Iface {
+                name: name.clone(),
+                addr,
+                socket: Arc::new(bind(name, PROXY_PORT)?),
+                port: PROXY_PORT,
+            });
+        }
+        info!(interface = %name, %addr, mode = ?cfg.mode, "DHCP listening");
+    }
+    let shared = Arc::new(Shared {
+        limiter: RateLimiter {
+            per_sec: cfg.per_client_rate,
+            seen: Mutex::new(HashMap::new()),
+        },
+        in_flight: Semaphore::new(cfg.max_in_flight),
+        app,
+        cfg,
+        counters,
+        last_bad_log: Mutex::new(None),
+    });
+    let mut set = tokio::task::JoinSet::new();
+    for iface in ifaces {
+        let (shared, cancel) = (shared.clone(), cancel.clone());
+        set.spawn(async move { listen(shared, Arc::new(iface), cancel).await });
+    }
+    while set.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn listen(shared: Arc<Shared>, iface: Arc<Iface>, cancel: CancellationToken) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, from) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = iface.socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(interface = %iface.name, error = %e, "DHCP receive failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        bump(&shared.counters.received);
+        let Ok(permit) = shared.in_flight.try_acquire() else {
+            bump(&shared.counters.dropped_overload);
+            continue;
+        };
+        let packet = buf[..n].to_vec();
+        let (shared2, iface2) = (shared.clone(), iface.clone());
+        permit.forget();
+        tokio::spawn(async move {
+            handle(&shared2, &iface2, &packet, from).await;
+            shared2.in_flight.add_permits(1);
+        });
+    }
+}
+
+impl Shared {
+    fn bad_packet(&self, why: &dyn std::fmt::Display, from: SocketAddr) {
+        bump(&self.counters.dropped_malformed);
+        let Ok(mut last) = self.last_bad_log.lock() else {
+            return;
+        };
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            debug!(%from, reason = %why, dropped = self.counters.dropped_malformed.load(Ordering::Relaxed), "malformed DHCP packet dropped");
+        }
+    }
+}
+
+fn client_info(req: &Request) -> ClientInfo {
+    ClientInfo {
+        arch: req.client_arch,
+        pxe: req.is_pxe(),
+        http_client: req.is_http_client(),
+        ipxe: req.is_ipxe(),
+        uuid: req.client_uuid.map(uuid::Uuid::from_bytes),
+    }
+}
+
+/// Which lease operation a request asks for (RFC 2131 §4.3.2 tells the REQUEST states apart).
+fn lease_op(req: &Request, server: Ipv4Addr) -> Option<LeaseOp> {
+    let unspecified = Ipv4Addr::UNSPECIFIED;
+    Some(match req.msg_type {
+        MessageType::Discover => LeaseOp::Discover {
+            requested: req.requested_ip,
+        },
+        MessageType::Request => match (req.server_id, req.requested_ip) {
+            (Some(id), Some(requested)) if id == server => LeaseOp::Select { requested },
+            (Some(id), _) if id != server => LeaseOp::SelectOther,
+            (None, Some(requested)) if req.ciaddr == unspecified => {
+                LeaseOp::InitReboot { requested }
+            }
+            (None, _) if req.ciaddr != unspecified => LeaseOp::Renew { ciaddr: req.ciaddr },
+            _ => return None,
+        },
+        MessageType::Release if req.server_id.is_none_or(|id| id == server) => {
+            LeaseOp::Release { ciaddr: req.ciaddr }
+        }
+        MessageType::Decline if req.server_id.is_none_or(|id| id == server) => LeaseOp::Decline {
+            requested: req.requested_ip?,
+        },
+        MessageType::Inform => LeaseOp::Inform,
+        _ => return None,
+    })
+}
+
+fn mask(prefix: u8) -> Ipv4Addr {
+    Ipv4Addr::from(if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    })
+}
+
+fn boot_params(action: &BootAction, req: &Request, next_server: Ipv4Addr) -> Option<BootParams> {
+    match action {
+        BootAction::None => None,
+        BootAction::Tftp { file } => Some(BootParams {
+            next_server,
+            file: file.clone(),
+            vendor_class: req.is_pxe().then(|| "PXEClient".to_owned()),
+            pxe_discovery_control: req.is_pxe(),
+        }),
+        BootAction::Http { url } => Some(BootParams {
+            next_server,
+            file: url.clone(),
+            vendor_class: if req.is_http_client() {
+                Some("HTTPClient".to_owned())
+            } else {
+                req.is_pxe().then(|| "PXEClient".to_owned())
+            },
+            pxe_discovery_control: req.is_pxe() && !req.is_ipxe(),
+        }),
+    }
+}
+
+async fn handle(shared: &Shared, iface: &Iface, packet: &[u8], from: SocketAddr) {
+    let req = match wire::parse(packet) {
+        Ok(r) => r,
+        Err(e) => return shared.bad_packet(&e, from),
+    };
+    if !shared.limiter.allow(req.chaddr) {
+        bump(&shared.counters.dropped_rate_limited);
+        return;
+    }
+    let span = tracing::debug_span!("dhcp", xid = format_args!("{:08x}", req.xid), mac = %req.chaddr, msg = ?req.msg_type);
+    async {
+        let plan = match shared.cfg.mode {
+            Mode::Server => server_reply(shared, iface, &req).await,
+            Mode::Proxy => proxy_reply(shared, iface, &req).await,
+        };
+        let Some(plan) = plan else {
+            bump(&shared.counters.dropped_ignored);
+            return;
+        };
+        send(shared, iface, &req, &plan, from).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn server_reply(shared: &Shared, iface: &Iface, req: &Request) -> Option<ReplyPlan> {
+    if iface.port != SERVER_PORT {
+        return None;
+    }
+    let op = lease_op(req, iface.addr)?;
+    let relayed = req.giaddr != Ipv4Addr::UNSPECIFIED;
+    let request = DhcpRequest {
+        op,
+        match_addr: if relayed { req.giaddr } else { iface.addr },
+        relayed,
+        mac: req.chaddr,
+        client_id: req.client_id.as_deref(),
+        hostname: req.hostname.as_deref(),
+        client: client_info(req),
+    };
+    let d = match shared
+        .app
+        .dhcp_decide(
+            &request,
+            shared.cfg.timers,
+            &shared.cfg.boot,
+            shared.cfg.boot_server,
+        )
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            bump(&shared.counters.errors);
+            warn!(error = %e, "DHCP decision failed; no reply");
+            return None;
+        }
+    };
+    debug!(outcome = ?d.outcome, lease = ?d.lease, boot = ?d.boot, reason = ?d.reason, "decided");
+    let kind = match d.outcome {
+        Outcome::Offer => ReplyKind::Offer,
+        Outcome::Ack => ReplyKind::Ack,
+        Outcome::Nak => ReplyKind::Nak,
+        Outcome::Ignore => return None,
+    };
+    let lease = d.lease.as_ref().map(|l| {
+        let yiaddr = l.address.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        LeaseParams {
+            yiaddr,
+            lease_secs: l.lease_secs,
+            subnet_mask: mask(l.prefix_len),
+            routers: l.router.into_iter().collect(),
+            dns_servers: l.dns_servers.clone(),
+            domain: l.domain.clone(),
+            broadcast_addr: l
+                .address
+                .map(|a| Ipv4Addr::from(u32::from(a) | !u32::from(mask(l.prefix_len)))),
+        }
+    });
+    let next_server = d.boot_server.unwrap_or(shared.cfg.boot_server);
+    Some(ReplyPlan {
+        kind,
+        server_id: iface.addr,
+        lease,
+        boot: boot_params(&d.boot, req, next_server),
+        message: if kind == ReplyKind::Nak {
+            d.reason.clone()
+        } else {
+            None
+        },
+    })
+}
+
+/// ProxyDHCP (PXE spec §2.2.3): answer PXE clients' DISCOVER on port 67 with a boot-only OFFER,
+/// and their REQUEST to port 4011 with a boot-only ACK. Never hand out an address.
+async fn proxy_reply(shared: &Shared, iface: &Iface, req: &Request) -> Option<ReplyPlan> {
+    let kind = match (req.msg_type, iface.port) {
+        (MessageType::Discover, SERVER_PORT) => ReplyKind::Offer,
+        (MessageType::Request, PROXY_PORT) => ReplyKind::Ack,
+        _ => return None,
+    };
+    let client = client_info(req);
+    if !(client.pxe || client.http_client) {
+        return None;
+    }
+    let action = match shared
+        .app
+        .dhcp_proxy_boot(
+            req.chaddr,
+            &client,
+            &shared.cfg.boot,
+            shared.cfg.boot_server,
+        )
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            bump(&shared.counters.errors);
+            warn!(error = %e, "ProxyDHCP decision failed; no reply");
+            return None;
+        }
+    };
+    let boot = boot_params(&action, req, shared.cfg.boot_server)?;
+    Some(ReplyPlan {
+        kind,
+        server_id: iface.addr,
+        lease: None,
+        boot: Some(boot),
+        message: None,
+    })
+}
+
+async fn send(shared: &Shared, iface: &Iface, req: &Request, plan: &ReplyPlan, from: SocketAddr) {
+    let bytes = wire::build_reply(req, plan);
+    let to = if iface.port == PROXY_PORT {
+        // A client talking to port 4011 has an address: answer where it asked from.
+        from
+    } else {
+        match wire::destination(req, plan) {
+            Destination::Relay(ip) => SocketAddrV4::new(ip, SERVER_PORT).into(),
+            Destination::Unicast(ip) => SocketAddrV4::new(ip, CLIENT_PORT).into(),
+            Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT).into(),
+            Destination::Hardware { ip, mac } => {
+                // The client cannot answer ARP yet: tell the kernel its MAC, or else broadcast.
+                match sys::set_arp(iface.socket.as_raw_fd(), &iface.name, ip, mac) {
+                    Ok(()) => SocketAddrV4::new(ip, CLIENT_PORT).into(),
+                    Err(e) => {
+                        debug!(error = %e, "cannot add an ARP entry; broadcasting the reply");
+                        SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT).into()
+                    }
+                }
+            }
+        }
+    };
+    match iface.socket.send_to(&bytes, to).await {
+        Ok(_) => {
+            bump(&shared.counters.replies);
+            match plan.kind {
+                ReplyKind::Offer => bump(&shared.counters.offers),
+                ReplyKind::Ack => bump(&shared.counters.acks),
+                ReplyKind::Nak => bump(&shared.counters.naks),
+            }
+            debug!(%to, kind = ?plan.kind, "reply sent");
+        }
+        Err(e) => {
+            bump(&shared.counters.errors);
+            warn!(%to, error = %e, "DHCP send failed");
+        }
+    }
+}

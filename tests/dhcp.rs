@@ -1,0 +1,600 @@
+//! The DHCP server with real clients, in network namespaces this test creates and removes:
+//! `plinth serve` runs in a server namespace on one end of a veth pair, dhclient, udhcpc and
+//! dhcpcd (and dhcrelay, dnsmasq, perfdhcp) on the other. PXE firmware is imitated by
+//! replaying packets captured from QEMU's iPXE and OVMF (tests/support/dhcp_probe.py).
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use plinth_core::{App, BmcKey, Principal};
+use plinth_testkit::TestDb;
+use plinth_testkit::dhcp_clients::{self, Client, Options};
+use plinth_testkit::netns::{Lab, Ns, Proc};
+use plinth_types::api::*;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_plinth");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+struct Env {
+    rt: tokio::runtime::Runtime,
+    db: TestDb,
+    app: App,
+}
+
+impl Env {
+    fn new() -> Env {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let db = rt.block_on(TestDb::new()).unwrap();
+        let app = App::new(
+            db.pool.clone(),
+            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
+        );
+        Env { rt, db, app }
+    }
+
+    fn subnet(&self, cidr: &str, first: &str, last: &str, router: &str, relays: &[&str]) -> Subnet {
+        let req = SubnetCreate {
+            cidr: cidr.into(),
+            ranges: vec![AddressRange {
+                start: first.parse().unwrap(),
+                end: last.parse().unwrap(),
+            }],
+            router: Some(router.parse().unwrap()),
+            dns_servers: Some(vec![router.parse().unwrap()]),
+            domain: Some("lab.example".into()),
+            lease_time: Some(600),
+            boot_server: None,
+            relay_addresses: Some(relays.iter().map(|r| r.parse().unwrap()).collect()),
+        };
+        self.rt
+            .block_on(self.app.create_subnet(&Principal::system(), req))
+            .unwrap()
+    }
+
+    fn leases(&self) -> Vec<Lease> {
+        self.rt
+            .block_on(self.app.list_leases(&Principal::system(), None, None))
+            .unwrap()
+    }
+
+    fn machines(&self, q: &str) -> Vec<Machine> {
+        let query = plinth_core::machines::MachineQuery {
+            q: Some(q.into()),
+            ..Default::default()
+        };
+        self.rt
+            .block_on(self.app.list_machines(&Principal::system(), query))
+            .unwrap()
+            .machines
+    }
+}
+
+/// Starts `plinth serve` with DHCP on `iface` inside `ns`, and waits until it listens.
+fn plinth(
+    lab: &mut Lab,
+    ns: &Ns,
+    iface: &str,
+    db_url: &str,
+    boot_server: &str,
+    mode: &str,
+) -> Proc {
+    let state = lab.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--database-url",
+        db_url,
+        "--listen",
+        "127.0.0.1:8080",
+    ])
+    .env("PLINTH_STATE_DIR", &state)
+    .env("PLINTH_DHCP__ENABLED", "true")
+    .env("PLINTH_DHCP__INTERFACES", format!("[\"{iface}\"]"))
+    .env("PLINTH_DHCP__BOOT_SERVER", boot_server)
+    .env("PLINTH_DHCP__MODE", mode)
+    .env("PLINTH_LOG__LEVEL", "plinth_dhcp=debug,info")
+    .env("NO_COLOR", "1");
+    let proc = lab.spawn_named(ns, "plinth", cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !proc.log_text().contains("DHCP listening") {
+        assert!(
+            proc.is_running(),
+            "plinth serve exited:\n{}",
+            proc.log_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "plinth serve did not start DHCP:\n{}",
+            proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    proc
+}
+
+/// Two namespaces joined by a veth pair; the server end has `server_cidr`.
+fn pair(lab: &mut Lab, server_cidr: &str) -> (Ns, String, Ns, String) {
+    let srv = lab.namespace("srv").unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let (s, c) = lab.link(&srv, &cli).unwrap();
+    lab.addr(&srv, &s, server_cidr).unwrap();
+    (srv, s, cli, c)
+}
+
+#[test]
+fn real_clients_obtain_renew_and_release() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, cif) = pair(&mut lab, "10.61.0.2/24");
+    env.subnet(
+        "10.61.0.0/24",
+        "10.61.0.100",
+        "10.61.0.149",
+        "10.61.0.1",
+        &[],
+    );
+    let _server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.61.0.2", "server");
+    for (n, client) in Client::ALL.into_iter().enumerate() {
+        let mac = format!("52:54:00:61:00:{:02x}", n + 1);
+        let opts = Options {
+            mac: Some(mac.clone()),
+            ..Default::default()
+        };
+        let lease = dhcp_clients::obtain_with(&mut lab, &cli, &cif, client, &opts)
+            .unwrap_or_else(|e| panic!("{client}: {e:#}\n{}", _server.log_text()));
+        let octets = lease.ip.octets();
+        assert!(
+            octets[..3] == [10, 61, 0] && (100..=149).contains(&octets[3]),
+            "{client}: {lease:?}"
+        );
+        assert_eq!(lease.prefix, 24, "{client}");
+        assert_eq!(lease.router, Some(Ipv4Addr::new(10, 61, 0, 1)), "{client}");
+        assert_eq!(lease.dns, vec![Ipv4Addr::new(10, 61, 0, 1)], "{client}");
+        assert_eq!(
+            lease.server_id,
+            Some(Ipv4Addr::new(10, 61, 0, 2)),
+            "{client}"
+        );
+        assert_eq!(lease.lease_secs, Some(600), "{client}");
+        let held: Vec<Lease> = env
+            .leases()
+            .into_iter()
+            .filter(|l| l.mac.map(|m| m.to_string()) == Some(mac.clone()))
+            .collect();
+        assert_eq!(
+            (held.len(), held[0].address, held[0].state),
+            (1, lease.ip, LeaseState::Bound),
+            "{client}"
+        );
+        let first_expiry = held[0].expires_at;
+        std::thread::sleep(Duration::from_millis(1100));
+
+        let renewed = dhcp_clients::renew(&mut lab, &cli, &cif, client, &lease).unwrap();
+        assert_eq!(renewed.ip, lease.ip, "{client} keeps its address on renew");
+        let held: Vec<Lease> = env
+            .leases()
+            .into_iter()
+            .filter(|l| l.address == lease.ip)
+            .collect();
+        assert!(
+            held[0].expires_at > first_expiry,
+            "{client}: the renewal extended the lease"
+        );
+
+        dhcp_clients::release(&mut lab, &cli, &cif, client, &renewed).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while env.leases().iter().any(|l| l.address == lease.ip) {
+            assert!(
+                Instant::now() < deadline,
+                "{client}: RELEASE did not free {}",
+                lease.ip
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Flush the address the harness configured so the next client starts clean.
+        lab.run(&cli, "ip", &["addr", "flush", "dev", &cif])
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_reservation_is_honoured() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, cif) = pair(&mut lab, "10.63.0.2/24");
+    env.subnet(
+        "10.63.0.0/24",
+        "10.63.0.100",
+        "10.63.0.101",
+        "10.63.0.1",
+        &[],
+    );
+    let machine = env
+        .rt
+        .block_on(env.app.enroll_machine(
+            &Principal::system(),
+            MachineCreate {
+                hostname: Some("reserved".into()),
+                rack: None,
+                rack_unit: None,
+                size_u: None,
+                pool: None,
+                tags: None,
+                arch: None,
+                nics: vec![NicSpec {
+                    mac: "52:54:00:63:00:07".parse().unwrap(),
+                    ipv4: Some("10.63.0.7".parse().unwrap()),
+                    pxe: None,
+                }],
+                bmc: None,
+            },
+        ))
+        .unwrap();
+    let _server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.63.0.2", "server");
+    let opts = Options {
+        mac: Some("52:54:00:63:00:07".into()),
+        ..Default::default()
+    };
+    let lease = dhcp_clients::obtain_with(&mut lab, &cli, &cif, Client::Udhcpc, &opts).unwrap();
+    assert_eq!(
+        lease.ip,
+        Ipv4Addr::new(10, 63, 0, 7),
+        "the reserved address, outside the pool"
+    );
+    let held = env.leases();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        (held[0].machine_id, held[0].state),
+        (Some(machine.id), LeaseState::Bound)
+    );
+}
+
+#[test]
+fn a_relayed_request_lands_in_the_relay_subnet() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let srv = lab.namespace("srv").unwrap();
+    let rly = lab.namespace("rly").unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let (s_up, r_up) = lab.link(&srv, &rly).unwrap();
+    let (r_down, c_if) = lab.link(&rly, &cli).unwrap();
+    lab.addr(&srv, &s_up, "10.64.0.2/24").unwrap();
+    lab.addr(&rly, &r_up, "10.64.0.1/24").unwrap();
+    lab.addr(&rly, &r_down, "10.64.9.1/24").unwrap();
+    lab.sysctl(&rly, "net.ipv4.ip_forward", "1").unwrap();
+    lab.route(&srv, &["10.64.9.0/24", "via", "10.64.0.1"])
+        .unwrap();
+    env.subnet(
+        "10.64.0.0/24",
+        "10.64.0.100",
+        "10.64.0.149",
+        "10.64.0.1",
+        &[],
+    );
+    env.subnet(
+        "10.64.9.0/24",
+        "10.64.9.100",
+        "10.64.9.149",
+        "10.64.9.1",
+        &[],
+    );
+    let _server = plinth(&mut lab, &srv, &s_up, &env.db.url, "10.64.0.2", "server");
+    let _relay =
+        dhcp_clients::relay(&mut lab, &rly, &r_down, &r_up, Ipv4Addr::new(10, 64, 0, 2)).unwrap();
+    let lease = dhcp_clients::obtain(&mut lab, &cli, &c_if, Client::Dhclient).unwrap();
+    assert_eq!(&lease.ip.octets()[..3], &[10, 64, 9], "{lease:?}");
+    assert_eq!(lease.router, Some(Ipv4Addr::new(10, 64, 9, 1)));
+    assert_eq!(lease.server_id, Some(Ipv4Addr::new(10, 64, 0, 2)));
+    assert!(
+        _server.log_text().contains("to=10.64.9.1:67"),
+        "replies go to the relay:\n{}",
+        _server.log_text()
+    );
+}
+
+/// Runs dhcp_probe.py in `ns`; returns the replies.
+fn probe(lab: &Lab, ns: &Ns, iface: &str, capture: &str, mac: &str, extra: &[&str]) -> Vec<Value> {
+    let script = root().join("tests/support/dhcp_probe.py");
+    let capture = root()
+        .join("crates/plinth-dhcp/tests/captures")
+        .join(capture);
+    let mut args = vec![
+        script.to_str().unwrap(),
+        "--iface",
+        iface,
+        "--capture",
+        capture.to_str().unwrap(),
+        "--mac",
+        mac,
+    ];
+    args.extend_from_slice(extra);
+    let out = lab
+        .run_timeout(ns, "python3", &args, Duration::from_secs(20))
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "probe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn text_option(reply: &Value, code: &str) -> Option<String> {
+    let hex = reply["options"][code].as_str()?;
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    Some(
+        String::from_utf8_lossy(&bytes)
+            .trim_end_matches('\0')
+            .to_owned(),
+    )
+}
+
+#[test]
+fn unknown_pxe_clients_are_discovered_and_booted() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, cif) = pair(&mut lab, "10.65.0.2/24");
+    lab.addr(&cli, &cif, "0.0.0.0/0").ok();
+    env.subnet(
+        "10.65.0.0/24",
+        "10.65.0.100",
+        "10.65.0.149",
+        "10.65.0.1",
+        &[],
+    );
+    let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.65.0.2", "server");
+    let cases = [
+        (
+            "seabios_ipxe_discover.hex",
+            "52:54:00:65:00:01",
+            "http://10.65.0.2:8080/boot/ipxe?mac=${net0/mac}",
+            Some("PXEClient"),
+        ),
+        (
+            "ovmf_edk2_pxe_discover.hex",
+            "52:54:00:65:00:02",
+            "ipxe.efi",
+            Some("PXEClient"),
+        ),
+        (
+            "ovmf_edk2_http_discover.hex",
+            "52:54:00:65:00:03",
+            "http://10.65.0.2:8080/boot/ipxe.efi",
+            Some("HTTPClient"),
+        ),
+    ];
+    for (capture, mac, file, vendor) in cases {
+        let replies = probe(&lab, &cli, &cif, capture, mac, &["--wait", "2"]);
+        assert_eq!(
+            replies.len(),
+            1,
+            "{capture}: {replies:?}\n{}",
+            server.log_text()
+        );
+        let offer = &replies[0];
+        assert_eq!(offer["options"]["53"], "02", "{capture}: an OFFER");
+        assert!(
+            offer["yiaddr"].as_str().unwrap().starts_with("10.65.0."),
+            "{capture}: {offer}"
+        );
+        assert_eq!(
+            text_option(offer, "67").as_deref(),
+            Some(file),
+            "{capture}: {offer}"
+        );
+        assert_eq!(offer["siaddr"], "10.65.0.2");
+        assert!(offer["len"].as_u64().unwrap() >= 300);
+        assert_eq!(text_option(offer, "60").as_deref(), vendor, "{capture}");
+        let found = env.machines(mac);
+        assert_eq!(found.len(), 1, "{capture}: one discovered machine");
+        assert_eq!(found[0].state, plinth_types::MachineState::Discovered);
+        assert!(found[0].pxe_arch.is_some(), "{capture}: option 93 recorded");
+    }
+    // Repeated packets from the same MAC make no second record.
+    probe(
+        &lab,
+        &cli,
+        &cif,
+        "ovmf_edk2_pxe_discover.hex",
+        "52:54:00:65:00:02",
+        &["--wait", "1"],
+    );
+    assert_eq!(env.machines("52:54:00:65:00:02").len(), 1);
+    // A plain client (udhcpc) on the same network gets an address and no boot file, and no record.
+    let opts = Options {
+        mac: Some("52:54:00:65:00:09".into()),
+        ..Default::default()
+    };
+    let lease = dhcp_clients::obtain_with(&mut lab, &cli, &cif, Client::Udhcpc, &opts).unwrap();
+    assert_eq!(lease.boot_file, None);
+    assert!(env.machines("52:54:00:65:00:09").is_empty());
+}
+
+#[test]
+fn proxy_dhcp_beside_dnsmasq() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    // One segment: a switch namespace bridging dnsmasq's, plinth's and the client's links.
+    let sw = lab.namespace("sw").unwrap();
+    let dns = lab.namespace("dnsm").unwrap();
+    let srv = lab.namespace("srv").unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let (d_if, sw_d) = lab.link(&dns, &sw).unwrap();
+    let (s_if, sw_s) = lab.link(&srv, &sw).unwrap();
+    let (c_if, sw_c) = lab.link(&cli, &sw).unwrap();
+    lab.bridge(&sw, &[&sw_d, &sw_s, &sw_c]).unwrap();
+    lab.addr(&dns, &d_if, "10.66.0.1/24").unwrap();
+    lab.addr(&srv, &s_if, "10.66.0.2/24").unwrap();
+    let _dnsmasq = dhcp_clients::dnsmasq(
+        &mut lab,
+        &dns,
+        &d_if,
+        "10.66.0.100".parse().unwrap(),
+        "10.66.0.149".parse().unwrap(),
+        &[],
+    )
+    .unwrap();
+    let server = plinth(&mut lab, &srv, &s_if, &env.db.url, "10.66.0.2", "proxy");
+
+    // A BIOS PXE client: dnsmasq offers an address, plinth only boot information.
+    let mac = "52:54:00:66:00:01";
+    let replies = probe(
+        &lab,
+        &cli,
+        &c_if,
+        "ovmf_edk2_pxe_discover.hex",
+        mac,
+        &["--wait", "2"],
+    );
+    let from = |ip: &str| {
+        replies
+            .iter()
+            .find(|r| r["from"].as_str().unwrap().starts_with(ip))
+            .cloned()
+    };
+    let address =
+        from("10.66.0.1:").unwrap_or_else(|| panic!("no offer from dnsmasq: {replies:?}"));
+    let proxy = from("10.66.0.2:")
+        .unwrap_or_else(|| panic!("no ProxyDHCP offer: {replies:?}\n{}", server.log_text()));
+    assert!(
+        address["yiaddr"].as_str().unwrap().starts_with("10.66.0.1"),
+        "{address}"
+    );
+    assert_eq!(
+        proxy["yiaddr"], "0.0.0.0",
+        "ProxyDHCP never hands out an address"
+    );
+    assert_eq!(text_option(&proxy, "60").as_deref(), Some("PXEClient"));
+    assert_eq!(text_option(&proxy, "67").as_deref(), Some("ipxe.efi"));
+    assert_eq!(
+        proxy["options"]["43"], "060108ff",
+        "PXE discovery control: boot from the file given"
+    );
+    assert_eq!(proxy["siaddr"], "10.66.0.2");
+    assert!(
+        proxy["options"].get("51").is_none(),
+        "no lease time from a proxy"
+    );
+
+    // Then, holding dnsmasq's address, it asks plinth on port 4011.
+    let ip = address["yiaddr"].as_str().unwrap().to_owned();
+    lab.addr(&cli, &c_if, &format!("{ip}/24")).unwrap();
+    let acks = probe(
+        &lab,
+        &cli,
+        &c_if,
+        "ovmf_edk2_pxe_discover.hex",
+        mac,
+        &[
+            "--msg-type",
+            "3",
+            "--to",
+            "10.66.0.2",
+            "--port",
+            "4011",
+            "--ciaddr",
+            &ip,
+            "--bind",
+            &ip,
+            "--wait",
+            "2",
+        ],
+    );
+    assert_eq!(acks.len(), 1, "{acks:?}\n{}", server.log_text());
+    assert_eq!(acks[0]["options"]["53"], "05");
+    assert_eq!(text_option(&acks[0], "67").as_deref(), Some("ipxe.efi"));
+    assert!(
+        env.leases().is_empty(),
+        "plinth holds no lease in proxy mode"
+    );
+    assert_eq!(
+        env.machines(mac).len(),
+        1,
+        "the unknown PXE client is recorded"
+    );
+}
+
+#[test]
+fn two_instances_on_one_database_hand_out_distinct_addresses() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let sw = lab.namespace("sw").unwrap();
+    let srv1 = lab.namespace("srv1").unwrap();
+    let srv2 = lab.namespace("srv2").unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let (a, sw_a) = lab.link(&srv1, &sw).unwrap();
+    let (b, sw_b) = lab.link(&srv2, &sw).unwrap();
+    let (c, sw_c) = lab.link(&cli, &sw).unwrap();
+    lab.bridge(&sw, &[&sw_a, &sw_b, &sw_c]).unwrap();
+    lab.addr(&srv1, &a, "10.67.0.2/16").unwrap();
+    lab.addr(&srv2, &b, "10.67.0.3/16").unwrap();
+    lab.addr(&cli, &c, "10.67.0.9/16").unwrap();
+    env.subnet("10.67.0.0/16", "10.67.1.0", "10.67.2.255", "10.67.0.1", &[]);
+    let p1 = plinth(&mut lab, &srv1, &a, &env.db.url, "10.67.0.2", "server");
+    let p2 = plinth(&mut lab, &srv2, &b, &env.db.url, "10.67.0.3", "server");
+    // Two perfdhcp runs at once, one against each instance (perfdhcp sends as a relay from the
+    // address it is given), 100 distinct clients each, all from one pool in one database.
+    lab.addr(&cli, &c, "10.67.0.10/16").unwrap();
+    let perf = |lab: &mut Lab, from: &str, server: &str, base: &str| {
+        let dir = lab.dir().display().to_string();
+        let mut cmd = Command::new("env");
+        cmd.args([
+            &format!("KEA_LOCKFILE_DIR={dir}"),
+            &format!("KEA_PIDFILE_DIR={dir}"),
+            "perfdhcp",
+            "-4",
+            "-l",
+            from,
+        ])
+        .args(["-r", "50", "-R", "100", "-p", "4", "-b", base, server]);
+        lab.spawn_named(&cli, "perfdhcp", cmd).unwrap()
+    };
+    let runs = [
+        perf(&mut lab, "10.67.0.9", "10.67.0.2", "mac=02:00:00:01:00:00"),
+        perf(&mut lab, "10.67.0.10", "10.67.0.3", "mac=02:00:00:02:00:00"),
+    ];
+    let mut acked = 0;
+    for run in &runs {
+        run.wait_timeout(Duration::from_secs(30))
+            .expect("perfdhcp finished");
+        let r = dhcp_clients::parse_perfdhcp(&run.log_text()).unwrap();
+        assert_eq!(r.request_ack.non_unique_addresses, 0, "{}", r.output);
+        assert!(r.request_ack.received > 0, "{}", r.output);
+        acked += r.request_ack.received;
+    }
+    let leases = env.leases();
+    let bound: Vec<&Lease> = leases
+        .iter()
+        .filter(|l| l.state == LeaseState::Bound)
+        .collect();
+    let macs: HashSet<_> = bound.iter().map(|l| l.mac).collect();
+    let addrs: HashSet<_> = bound.iter().map(|l| l.address).collect();
+    assert!(
+        bound.len() >= 150,
+        "most of the 200 clients are bound: {} of them ({acked} ACKs)",
+        bound.len()
+    );
+    assert_eq!(macs.len(), bound.len(), "one lease per client");
+    assert_eq!(addrs.len(), bound.len(), "one client per address");
+    let acks = |p: &Proc| p.log_text().matches("kind=Ack").count();
+    assert!(
+        acks(&p1) > 0 && acks(&p2) > 0,
+        "both instances served: {} and {}",
+        acks(&p1),
+        acks(&p2)
+    );
+}

@@ -130,9 +130,14 @@ begin
         return;
     end if;
 
-    select mm.id, mm.state, mm.boot_file, n.ipv4 into m_id, m_state, m_boot, m_ip
+    -- The machine behind the MAC: the live one, or else the last decommissioned one (so that
+    -- a decommissioned machine's MAC is neither booted nor discovered again).
+    select mm.id, mm.state, mm.boot_file, case when n.active then n.ipv4 end
+    into m_id, m_state, m_boot, m_ip
     from nics n join machines mm on mm.id = n.machine_id
-    where n.mac = p_mac and n.active;
+    where n.mac = p_mac and (n.active or mm.state = 'decommissioned')
+    order by n.active desc, n.id desc
+    limit 1;
     if m_ip is not null and m_ip << s.cidr then
         reserved := m_ip;
     end if;

@@ -3,7 +3,8 @@
 #   scripts/pg-scratch.sh DIR     start (or reuse) a cluster under DIR
 #   scripts/pg-scratch.sh DIR stop
 # It listens only on a Unix socket in DIR/run; as root the server runs as the
-# unprivileged 'postgres' user (PostgreSQL refuses to run as root).
+# unprivileged 'postgres' user (PostgreSQL refuses to run as root). Durability is off (tests
+# need speed, not crash safety); PG_SCRATCH_OPTS replaces those server options.
 set -euo pipefail
 dir=${1:?usage: pg-scratch.sh DIR [stop]}
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
@@ -22,7 +23,7 @@ if [ ! -f "$dir/data/PG_VERSION" ]; then
 fi
 if ! "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
   "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/data" -w -t 60 -l "$dir/server.log" \
-    -o "-c listen_addresses='' -k $dir/run -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+    -o "-c listen_addresses='' -k $dir/run -c max_connections=400 ${PG_SCRATCH_OPTS--c fsync=off -c synchronous_commit=off -c full_page_writes=off}" \
     start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
 fi
 echo "postgres://plinth@localhost/postgres?host=$dir/run"

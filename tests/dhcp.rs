@@ -598,3 +598,90 @@ fn two_instances_on_one_database_hand_out_distinct_addresses() {
         acks(&p2)
     );
 }
+
+#[test]
+fn hostile_packets_never_break_the_server() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, cif) = pair(&mut lab, "10.68.0.2/24");
+    env.subnet(
+        "10.68.0.0/24",
+        "10.68.0.100",
+        "10.68.0.199",
+        "10.68.0.1",
+        &[],
+    );
+    let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.68.0.2", "server");
+    let script = root().join("tests/support/dhcp_fuzz.py");
+    let capture = root().join("crates/plinth-dhcp/tests/captures/seabios_ipxe_discover.hex");
+    let out = lab
+        .run_timeout(
+            &cli,
+            "python3",
+            &[
+                script.to_str().unwrap(),
+                "--iface",
+                &cif,
+                "--capture",
+                capture.to_str().unwrap(),
+                "--count",
+                "3000",
+            ],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        server.is_running(),
+        "the server survived:\n{}",
+        server.log_text()
+    );
+    // It still serves a real client, promptly, and gave nobody else's address away.
+    let opts = Options {
+        mac: Some("52:54:00:68:00:01".into()),
+        ..Default::default()
+    };
+    let lease = dhcp_clients::obtain_with(&mut lab, &cli, &cif, Client::Udhcpc, &opts).unwrap();
+    assert_eq!(&lease.ip.octets()[..3], &[10, 68, 0]);
+    let leases = env.leases();
+    let addrs: HashSet<_> = leases.iter().map(|l| l.address).collect();
+    assert_eq!(addrs.len(), leases.len());
+    assert!(leases.iter().all(|l| l.mac.is_some()));
+    assert!(
+        server.log_text().contains("malformed DHCP packet dropped"),
+        "bad packets are counted and logged"
+    );
+}
+
+#[test]
+fn leases_survive_a_restart() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, cif) = pair(&mut lab, "10.69.0.2/24");
+    env.subnet(
+        "10.69.0.0/24",
+        "10.69.0.100",
+        "10.69.0.199",
+        "10.69.0.1",
+        &[],
+    );
+    let mut first = plinth(&mut lab, &srv, &sif, &env.db.url, "10.69.0.2", "server");
+    let opts = Options {
+        mac: Some("52:54:00:69:00:01".into()),
+        ..Default::default()
+    };
+    let lease = dhcp_clients::obtain_with(&mut lab, &cli, &cif, Client::Udhcpc, &opts).unwrap();
+    first.kill();
+    let _second = plinth(&mut lab, &srv, &sif, &env.db.url, "10.69.0.2", "server");
+    let renewed = dhcp_clients::renew(&mut lab, &cli, &cif, Client::Udhcpc, &lease).unwrap();
+    assert_eq!(renewed.ip, lease.ip, "the restarted server knows the lease");
+    let held = env.leases();
+    assert_eq!(
+        (held.len(), held[0].address, held[0].state),
+        (1, lease.ip, LeaseState::Bound)
+    );
+}

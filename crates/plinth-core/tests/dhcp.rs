@@ -410,7 +410,7 @@ async fn unknown_pxe_clients_are_discovered_once() {
         (Some(7), Some(uuid::Uuid::from_u128(0xabc)))
     );
     assert_eq!(found.arch, Some(Arch::X86_64));
-    // A decommissioned machine's MAC gets an address but no boot file.
+    // A decommissioned machine's MAC gets an address but no boot file, and no new record.
     for verb in [
         plinth_types::Verb::Decommission,
         plinth_types::Verb::DecommissionComplete,
@@ -427,6 +427,24 @@ async fn unknown_pxe_clients_are_discovered_once() {
         .await
         .unwrap();
     }
+    let d = app.dhcp_decide(&r, TIMERS, &boot(), SRV).await.unwrap();
+    assert_eq!(
+        (d.outcome, d.boot.clone(), d.machine_id),
+        (Outcome::Offer, BootAction::None, Some(found.id))
+    );
+    let all = app
+        .list_machines(&admin(), Default::default())
+        .await
+        .unwrap()
+        .machines;
+    assert_eq!(all.len(), 1, "no second discovery of a decommissioned MAC");
+    assert_eq!(
+        app.dhcp_proxy_boot(m, &r.client, &boot(), SRV)
+            .await
+            .unwrap(),
+        BootAction::None,
+        "nor in proxy mode"
+    );
     let mut r2 = r.clone();
     r2.mac = mac(78);
     let enrolled = app

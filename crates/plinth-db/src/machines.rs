@@ -431,14 +431,16 @@ pub async fn insert_discovered(
     Ok(id)
 }
 
-/// The machine behind an active NIC: (id, state, boot_file override).
+/// The machine behind a MAC: the one with the active NIC, or else the last decommissioned one
+/// (its MAC must not be booted nor discovered again). (id, state, boot_file override).
 pub async fn boot_info_by_mac(
     conn: &mut PgConnection,
     mac: &str,
 ) -> Result<Option<(Uuid, String, Option<String>)>, sqlx::Error> {
     let row = sqlx::query!(
         "select m.id, m.state, m.boot_file from nics n join machines m on m.id = n.machine_id
-         where n.mac = $1::text::macaddr and n.active",
+         where n.mac = $1::text::macaddr and (n.active or m.state = 'decommissioned')
+         order by n.active desc, n.id desc limit 1",
         mac
     )
     .fetch_optional(conn)

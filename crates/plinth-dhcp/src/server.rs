@@ -238,7 +238,9 @@ fn client_info(req: &Request) -> ClientInfo {
         pxe: req.is_pxe(),
         http_client: req.is_http_client(),
         ipxe: req.is_ipxe(),
-        uuid: req.client_uuid.map(uuid::Uuid::from_bytes),
+        // Firmware sends the SMBIOS UUID with its first three fields little-endian; read it so
+        // that it matches what dmidecode and the BMC report.
+        uuid: req.client_uuid.map(uuid::Uuid::from_bytes_le),
     }
 }
 

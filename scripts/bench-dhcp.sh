@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# The DHCP benchmark of docs/benchmarks.md: perfdhcp (full DORA, as a relay from a client
+# namespace through a veth pair) against Kea 2.2 (memfile, persist=true), dnsmasq (lease file)
+# and plinth (release build; every lease committed to PostgreSQL before the ACK), one after
+# the other on the same setup, at the same offered rates.
+#   scripts/bench-dhcp.sh [SECONDS_PER_RATE] [RATES...]     default: 10 s at 1000 2000 4000 8000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+shift || true
+rates=${*:-1000 2000 4000 8000}
+scripts/ensure-packages.sh postgresql kea-dhcp4-server kea-admin dnsmasq-base iproute2
+export SQLX_OFFLINE=true
+cargo build --release --locked -q -p plinth
+bin=${CARGO_TARGET_DIR:-target}/release/plinth
+
+work=$(mktemp -d /tmp/plinth-bench-dhcp.XXXXXX)
+chmod 755 "$work"
+tag=$$
+srv=pbd${tag}s; cli=pbd${tag}c; sif=pbd${tag}a; cif=pbd${tag}b
+pids=()
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=(); }
+cleanup() {
+  stop_all
+  ip netns del "$srv" 2>/dev/null || true
+  ip netns del "$cli" 2>/dev/null || true
+  scripts/pg-scratch.sh "$work/pg" stop
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ip netns add "$srv"; ip netns add "$cli"
+ip link add "$sif" netns "$srv" type veth peer name "$cif" netns "$cli"
+ip -n "$srv" addr add 10.70.0.2/15 dev "$sif"; ip -n "$cli" addr add 10.70.0.9/15 dev "$cif"
+for ns in "$srv" "$cli"; do ip -n "$ns" link set lo up; done
+ip -n "$srv" link set "$sif" up; ip -n "$cli" link set "$cif" up
+export KEA_PIDFILE_DIR=$work KEA_LOCKFILE_DIR=$work KEA_LFC_EXECUTABLE=/bin/true
+
+# 10.70.0.0/15 with a pool of 130,815 addresses for every server.
+first=10.70.1.0; last=10.71.255.254
+
+perf() { # rate → one table row
+  local name=$1 rate=$2 out
+  out=$(ip netns exec "$cli" perfdhcp -4 -l 10.70.0.9 -r "$rate" -R 100000 -p "$secs" 10.70.0.2 2>&1 || true)
+  python3 - "$name" "$rate" "$out" <<'PY'
+import re, sys
+name, rate, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def ex(label):
+    m = re.search(label + r".*?sent packets: (\d+).*?received packets: (\d+).*?drops: (\d+).*?avg delay: ([\d.]+) ms", out, re.S)
+    return tuple(float(x) for x in m.groups()) if m else (0, 0, 0, 0)
+s1, r1, d1, a1 = ex(r"\*\*\*\*\* Stats for: DISCOVER-OFFER")
+s2, r2, d2, a2 = ex(r"\*\*\*\*\* Stats for: REQUEST-ACK")
+m = re.search(r"Rate: ([\d.]+) 4-way exchanges/second", out)
+achieved = float(m.group(1)) if m else 0.0
+drops = (d1 + d2) / max(s1 + s2, 1) * 100
+print(f"| {name} | {rate} | {achieved:.0f} | {drops:.2f} % | {a1:.2f} ms / {a2:.2f} ms |")
+PY
+}
+
+echo "| server | offered DORA/s | achieved DORA/s | drops (both exchanges) | avg delay DISCOVER-OFFER / REQUEST-ACK |"
+echo "|---|---|---|---|---|"
+
+for rate in $rates; do
+  rm -f "$work"/kea-leases4.csv*
+  cat > "$work/kea.conf" <<JSON
+{"Dhcp4": {"interfaces-config": {"interfaces": ["$sif"], "dhcp-socket-type": "udp"},
+  "lease-database": {"type": "memfile", "persist": true, "name": "$work/kea-leases4.csv", "lfc-interval": 0},
+  "valid-lifetime": 3600, "renew-timer": 1800, "rebind-timer": 3150,
+  "subnet4": [{"id": 1, "subnet": "10.70.0.0/15", "pools": [{"pool": "$first - $last"}],
+               "option-data": [{"name": "routers", "data": "10.70.0.1"}]}],
+  "loggers": [{"name": "kea-dhcp4", "severity": "WARN", "output_options": [{"output": "$work/kea.log"}]}]}}
+JSON
+  ip netns exec "$srv" kea-dhcp4 -c "$work/kea.conf" >"$work/kea.out" 2>&1 &
+  pids+=($!); sleep 1
+  perf "Kea $(kea-dhcp4 -v 2>/dev/null | head -1) memfile persist" "$rate"
+  stop_all
+done
+
+for rate in $rates; do
+  rm -f "$work/dnsmasq.leases"
+  ip netns exec "$srv" dnsmasq -d --port=0 --conf-file=/dev/null --no-resolv --no-hosts --no-ping \
+    --interface="$sif" --bind-interfaces --dhcp-authoritative --dhcp-lease-max=200000 \
+    --dhcp-range="$first,$last,255.254.0.0,1h" --dhcp-leasefile="$work/dnsmasq.leases" \
+    --pid-file="$work/dnsmasq.pid" >"$work/dnsmasq.out" 2>&1 &
+  pids+=($!); sleep 1
+  perf "dnsmasq $(dnsmasq --version | head -1 | awk '{print $3}') lease file" "$rate"
+  stop_all
+done
+
+server=$(PG_SCRATCH_OPTS="-c synchronous_commit=off -c shared_buffers=256MB" scripts/pg-scratch.sh "$work/pg")
+plinth_rss=
+for rate in $rates; do
+  psql "$server" -qc "drop database if exists dhcpbench" -c "create database dhcpbench"
+  url=${server/\/postgres\?//dhcpbench?}
+  mkdir -p "$work/state"
+  "$bin" migrate --database-url "$url" 2>/dev/null
+  ip netns exec "$srv" env PLINTH_STATE_DIR="$work/state" PLINTH_LOG__LEVEL=warn PLINTH_DHCP__ENABLED=true \
+    PLINTH_DHCP__INTERFACES="[\"$sif\"]" PLINTH_DHCP__BOOT_SERVER=10.70.0.2 PLINTH_DHCP__CLIENT_RATE_LIMIT=1000 \
+    "$bin" serve --database-url "$url" --listen 127.0.0.1:8080 >"$work/plinth.out" 2>&1 &
+  pid=$!; pids+=($pid); sleep 1
+  token=$(ip netns exec "$srv" env PLINTH_STATE_DIR="$work/state" "$bin" admin create-token --database-url "$url" --name bench --role admin)
+  ip netns exec "$srv" env PLINTH_TOKEN="$token" PLINTH_API_URL=http://127.0.0.1:8080 \
+    "$bin" subnet add 10.70.0.0/15 --range "$first-$last" --router 10.70.0.1 --lease-time 3600 >/dev/null
+  perf "plinth $(git rev-parse --short HEAD) PostgreSQL 15" "$rate"
+  leases=$(psql "$url" -qAtc "select count(*) from leases where state = 'bound'")
+  plinth_rss="$plinth_rss
+plinth RSS after ${rate}/s: $(awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$pid/status) with $leases bound leases"
+  stop_all
+done
+# Memory with 100,000 leases: bind 100,000 addresses to distinct clients, then serve 4000/s for
+# $secs s more and read the process's resident memory.
+psql "$server" -qc "drop database if exists dhcpbench" -c "create database dhcpbench"
+url=${server/\/postgres\?//dhcpbench?}
+"$bin" migrate --database-url "$url" 2>/dev/null
+ip netns exec "$srv" env PLINTH_STATE_DIR="$work/state" PLINTH_LOG__LEVEL=warn PLINTH_DHCP__ENABLED=true \
+  PLINTH_DHCP__INTERFACES="[\"$sif\"]" PLINTH_DHCP__BOOT_SERVER=10.70.0.2 PLINTH_DHCP__CLIENT_RATE_LIMIT=1000 \
+  "$bin" serve --database-url "$url" --listen 127.0.0.1:8080 >"$work/plinth.out" 2>&1 &
+pid=$!; pids+=($pid); sleep 1
+token=$(ip netns exec "$srv" env PLINTH_STATE_DIR="$work/state" "$bin" admin create-token --database-url "$url" --name bench --role admin)
+ip netns exec "$srv" env PLINTH_TOKEN="$token" PLINTH_API_URL=http://127.0.0.1:8080 \
+  "$bin" subnet add 10.70.0.0/15 --range "$first-$last" --router 10.70.0.1 --lease-time 3600 >/dev/null
+psql "$url" -qc "update leases set state = 'bound', expires_at = now() + interval '1 hour',
+    mac = ('06:00:' || rtrim(regexp_replace(lpad(to_hex((address - '10.70.0.0'::inet)::int), 8, '0'), '(..)', '\\1:', 'g'), ':'))::macaddr
+  where address < '10.70.1.0'::inet + 100000"
+perf "plinth, 100,000 leases bound" 4000
+leases=$(psql "$url" -qAtc "select count(*) from leases where state = 'bound'")
+plinth_rss="$plinth_rss
+plinth RSS after 4000/s with 100,000 leases preloaded: $(awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$pid/status) with $leases bound leases"
+stop_all
+echo "$plinth_rss"

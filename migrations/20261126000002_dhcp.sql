@@ -114,6 +114,8 @@ declare
     m_ip inet;
     reserved inet;
     target inet;
+    start inet;
+    previous inet;
     l leases%rowtype;
 begin
     if p_relayed then
@@ -171,6 +173,7 @@ begin
               and not exists (select 1 from nics n where n.active and n.ipv4 = lx.address and n.mac <> p_mac)
             order by (lx.state in ('offered', 'bound')) desc, lx.updated_at desc
             limit 1;
+            previous := target;
             if target is null and p_addr is not null then
                 select lx.address into target from leases lx
                 where lx.address = p_addr and lx.subnet_id = s.id and lx.pool
@@ -179,12 +182,24 @@ begin
                 for update skip locked;
             end if;
             if target is null then
+                -- The first free address at or after a random point of the subnet: concurrent
+                -- pickers rarely meet on the same rows, and no scan walks the index entries that
+                -- churn at the low end of the pool before vacuum removes them.
+                start := set_masklen(s.cidr::inet + floor(random() * (2 ^ (32 - masklen(s.cidr))))::bigint, 32);
                 select lx.address into target from leases lx
-                where lx.subnet_id = s.id and lx.state = 'free' and lx.pool
+                where lx.subnet_id = s.id and lx.state = 'free' and lx.pool and lx.address >= start
                   and not exists (select 1 from nics n where n.active and n.ipv4 = lx.address)
                 order by lx.address
                 limit 1
                 for update skip locked;
+                if target is null then
+                    select lx.address into target from leases lx
+                    where lx.subnet_id = s.id and lx.state = 'free' and lx.pool and lx.address < start
+                      and not exists (select 1 from nics n where n.active and n.ipv4 = lx.address)
+                    order by lx.address
+                    limit 1
+                    for update skip locked;
+                end if;
             end if;
             if target is null then
                 select lx.address into target from leases lx
@@ -200,11 +215,16 @@ begin
                 return;
             end if;
         end if;
-        begin
+        -- A race with another instance answering the same client ends in a unique violation
+        -- on leases_client_key; the caller treats it as "answered elsewhere".
+        if reserved is not null or previous is distinct from target then
+            -- The client moves to another address: its old one goes back to the pool. (A new
+            -- client has none, so the hot path skips this.)
             update leases set state = 'free', expires_at = null, updated_at = now()
             where leases.subnet_id = s.id and leases.mac = p_mac and leases.address <> target
               and leases.state in ('offered', 'bound');
-            insert into leases as lx (address, subnet_id, pool, state, mac, client_id, hostname, expires_at)
+        end if;
+        insert into leases as lx (address, subnet_id, pool, state, mac, client_id, hostname, expires_at)
             values (target, s.id, false, 'offered', p_mac, p_client_id, p_hostname,
                     now() + make_interval(secs => p_offer_secs))
             on conflict (address) do update set
@@ -214,12 +234,6 @@ begin
                 expires_at = case when lx.state = 'bound' and lx.mac = p_mac and lx.expires_at > now()
                                   then lx.expires_at else now() + make_interval(secs => p_offer_secs) end,
                 mac = p_mac, client_id = p_client_id, hostname = p_hostname, updated_at = now();
-        exception when unique_violation then
-            -- Another plinth instance is answering this client right now.
-            return query select 'ignore'::text, null::inet, null::integer, s.id, s.cidr, s.router, s.dns_servers,
-                s.domain, s.boot_server, m_id, m_state, m_boot, 'answered by another instance';
-            return;
-        end;
         return query select 'offer'::text, target, s.lease_time, s.id, s.cidr, s.router, s.dns_servers, s.domain,
             s.boot_server, m_id, m_state, m_boot, null::text;
         return;
@@ -256,21 +270,17 @@ begin
                 end if;
             end if;
             if outcome is null then
-                begin
+                if l.mac is distinct from p_mac then
                     update leases set state = 'free', expires_at = null, updated_at = now()
                     where leases.subnet_id = s.id and leases.mac = p_mac and leases.address <> target
                       and leases.state in ('offered', 'bound');
-                    insert into leases as lx (address, subnet_id, pool, state, mac, client_id, hostname, expires_at)
-                    values (target, s.id, false, 'bound', p_mac, p_client_id, p_hostname,
-                            now() + make_interval(secs => s.lease_time))
-                    on conflict (address) do update set state = 'bound', mac = p_mac, client_id = p_client_id,
-                        hostname = coalesce(p_hostname, lx.hostname),
-                        expires_at = now() + make_interval(secs => s.lease_time), updated_at = now();
-                exception when unique_violation then
-                    return query select 'ignore'::text, null::inet, null::integer, s.id, s.cidr, s.router,
-                        s.dns_servers, s.domain, s.boot_server, m_id, m_state, m_boot, 'answered by another instance';
-                    return;
-                end;
+                end if;
+                insert into leases as lx (address, subnet_id, pool, state, mac, client_id, hostname, expires_at)
+                values (target, s.id, false, 'bound', p_mac, p_client_id, p_hostname,
+                        now() + make_interval(secs => s.lease_time))
+                on conflict (address) do update set state = 'bound', mac = p_mac, client_id = p_client_id,
+                    hostname = coalesce(p_hostname, lx.hostname),
+                    expires_at = now() + make_interval(secs => s.lease_time), updated_at = now();
                 return query select 'ack'::text, target, s.lease_time, s.id, s.cidr, s.router, s.dns_servers,
                     s.domain, s.boot_server, m_id, m_state, m_boot, null::text;
                 return;

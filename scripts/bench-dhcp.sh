@@ -47,8 +47,8 @@ name, rate, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def ex(label):
     m = re.search(label + r".*?sent packets: (\d+).*?received packets: (\d+).*?drops: (\d+).*?avg delay: ([\d.]+) ms", out, re.S)
     return tuple(float(x) for x in m.groups()) if m else (0, 0, 0, 0)
-s1, r1, d1, a1 = ex(r"\*\*\*\*\* Stats for: DISCOVER-OFFER")
-s2, r2, d2, a2 = ex(r"\*\*\*\*\* Stats for: REQUEST-ACK")
+s1, r1, d1, a1 = ex(r"Statistics for: DISCOVER-OFFER")
+s2, r2, d2, a2 = ex(r"Statistics for: REQUEST-ACK")
 m = re.search(r"Rate: ([\d.]+) 4-way exchanges/second", out)
 achieved = float(m.group(1)) if m else 0.0
 drops = (d1 + d2) / max(s1 + s2, 1) * 100

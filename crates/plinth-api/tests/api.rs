@@ -238,6 +238,40 @@ async fn racks_and_machines_round_trip() {
         ),
         (Some(20), json!(["b"]), json!("ipmi"))
     );
+    // A per-machine boot file override, and back to the default.
+    let (st, m) = s
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/machines/{id}"),
+            Some(&s.admin),
+            Some(json!({ "boot_file": "custom/snponly.efi" })),
+        )
+        .await;
+    assert_eq!(
+        (st, m["boot_file"].as_str()),
+        (StatusCode::OK, Some("custom/snponly.efi"))
+    );
+    let (st, e) = s
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/machines/{id}"),
+            Some(&s.admin),
+            Some(json!({ "boot_file": "../etc/passwd" })),
+        )
+        .await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_boot_file"))
+    );
+    let (_, m) = s
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/machines/{id}"),
+            Some(&s.admin),
+            Some(json!({ "boot_file": null })),
+        )
+        .await;
+    assert!(m["boot_file"].is_null());
     let (_, r) = s.get("/api/v1/racks/r12").await;
     assert_eq!(
         (r["machine_count"].as_i64(), r["used_u"].as_i64()),
@@ -269,7 +303,7 @@ async fn racks_and_machines_round_trip() {
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
 
-    // events of the machine: enroll, update
+    // events of the machine: enroll, then three accepted edits (the refused one wrote nothing)
     let (_, ev) = s.get(&format!("/api/v1/machines/{id}/events")).await;
     let kinds: Vec<&str> = ev["events"]
         .as_array()
@@ -277,7 +311,7 @@ async fn racks_and_machines_round_trip() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["enroll", "update"]);
+    assert_eq!(kinds, ["enroll", "update", "update", "update"]);
     assert!(!ev.to_string().contains("p2"), "no BMC password in events");
     let (_, all) = s.get("/api/v1/events?since=2000-01-01T00:00:00Z").await;
     assert!(all["events"].as_array().unwrap().len() >= 4);

@@ -256,7 +256,7 @@ impl App {
         let match_addr = req.match_addr.to_string();
         let addr = addr.map(|a| a.to_string());
         let mut conn = self.conn().await?;
-        let d = plinth_db::leases::decide(
+        let decided = plinth_db::leases::decide(
             &mut conn,
             &plinth_db::leases::LeaseCall {
                 op,
@@ -270,8 +270,23 @@ impl App {
                 quarantine_secs: timers.quarantine_secs as i32,
             },
         )
-        .await
-        .db()?;
+        .await;
+        let d = match decided {
+            Ok(d) => d,
+            // Another instance is answering this client at this moment: let it.
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("leases_client_key") => {
+                tracing::debug!(%mac, "lease race with another instance; not answering");
+                return Ok(DhcpDecision {
+                    outcome: Outcome::Ignore,
+                    lease: None,
+                    boot: BootAction::None,
+                    boot_server: None,
+                    reason: Some("answered by another instance".into()),
+                    machine_id: None,
+                });
+            }
+            Err(e) => return Err(plinth_db::classify(e)),
+        };
         let outcome = match d.outcome.as_deref() {
             Some("offer") => Outcome::Offer,
             Some("ack") => Outcome::Ack,

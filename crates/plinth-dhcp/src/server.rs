@@ -137,7 +137,7 @@ struct Shared {
     cfg: Config,
     counters: Arc<Counters>,
     limiter: RateLimiter,
-    in_flight: Semaphore,
+    in_flight: Arc<Semaphore>,
     /// Decisions running in the database at once. More than a few per core only adds
     /// context switches between PostgreSQL backends (measured on two cores: 8 beat 32).
     deciding: Semaphore,
@@ -181,7 +181,7 @@ pub async fn run(
             per_sec: cfg.per_client_rate,
             seen: Mutex::new(HashMap::new()),
         },
-        in_flight: Semaphore::new(cfg.max_in_flight),
+        in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
         deciding: Semaphore::new(DB_CONCURRENCY),
         app,
         cfg,
@@ -212,16 +212,16 @@ async fn listen(shared: Arc<Shared>, iface: Arc<Iface>, cancel: CancellationToke
             },
         };
         bump(&shared.counters.received);
-        let Ok(permit) = shared.in_flight.try_acquire() else {
+        // The permit travels with the task and is returned when it ends, however it ends.
+        let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
             bump(&shared.counters.dropped_overload);
             continue;
         };
         let packet = buf[..n].to_vec();
         let (shared2, iface2) = (shared.clone(), iface.clone());
-        permit.forget();
         tokio::spawn(async move {
             handle(&shared2, &iface2, &packet, from).await;
-            shared2.in_flight.add_permits(1);
+            drop(permit);
         });
     }
 }

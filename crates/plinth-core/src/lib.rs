@@ -62,6 +62,29 @@ impl App {
     }
 }
 
+/// Records a change that concerns no single machine (racks, subnets, tokens) in the audit log.
+pub(crate) async fn record_event(
+    tx: &mut plinth_db::PgConnection,
+    who: &Principal,
+    kind: &str,
+    details: serde_json::Value,
+) -> Result<()> {
+    plinth_db::events::insert(
+        tx,
+        plinth_db::events::NewEvent {
+            actor: &who.name,
+            machine_id: None,
+            kind,
+            from_state: None,
+            to_state: None,
+            details,
+        },
+    )
+    .await
+    .db()?;
+    Ok(())
+}
+
 /// Shorthand for `.map_err(plinth_db::classify)`.
 pub(crate) trait DbResult<T> {
     fn db(self) -> Result<T>;

@@ -38,28 +38,6 @@ fn not_found(name: &str) -> Error {
     Error::not_found(format!("no rack named {name:?}"))
 }
 
-async fn record(
-    tx: &mut plinth_db::PgConnection,
-    who: &Principal,
-    kind: &str,
-    details: serde_json::Value,
-) -> Result<()> {
-    plinth_db::events::insert(
-        tx,
-        plinth_db::events::NewEvent {
-            actor: &who.name,
-            machine_id: None,
-            kind,
-            from_state: None,
-            to_state: None,
-            details,
-        },
-    )
-    .await
-    .db()?;
-    Ok(())
-}
-
 impl App {
     pub async fn create_rack(&self, who: &Principal, req: RackCreate) -> Result<Rack> {
         who.require(Permission::ManageRacks)?;
@@ -78,7 +56,7 @@ impl App {
         plinth_db::racks::insert(&mut tx, &req.name, &fields)
             .await
             .db()?;
-        record(
+        crate::record_event(
             &mut tx,
             who,
             "rack_created",
@@ -141,7 +119,7 @@ impl App {
             height_u,
         };
         plinth_db::racks::update(&mut tx, id, &fields).await.db()?;
-        record(
+        crate::record_event(
             &mut tx,
             who,
             "rack_updated",
@@ -177,7 +155,7 @@ impl App {
             ));
         }
         plinth_db::racks::delete(&mut tx, id).await.db()?;
-        record(
+        crate::record_event(
             &mut tx,
             who,
             "rack_deleted",

@@ -159,28 +159,6 @@ fn range_strings(v: &[AddressRange]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn record(
-    tx: &mut plinth_db::PgConnection,
-    who: &Principal,
-    kind: &str,
-    details: serde_json::Value,
-) -> Result<()> {
-    plinth_db::events::insert(
-        tx,
-        plinth_db::events::NewEvent {
-            actor: &who.name,
-            machine_id: None,
-            kind,
-            from_state: None,
-            to_state: None,
-            details,
-        },
-    )
-    .await
-    .db()?;
-    Ok(())
-}
-
 impl App {
     pub async fn create_subnet(&self, who: &Principal, req: SubnetCreate) -> Result<Subnet> {
         who.require(Permission::ManageNetworks)?;
@@ -217,7 +195,7 @@ impl App {
         plinth_db::subnets::set_ranges(&mut tx, id, &range_strings(&req.ranges))
             .await
             .db()?;
-        record(
+        crate::record_event(
             &mut tx,
             who,
             "subnet_created",
@@ -318,7 +296,7 @@ impl App {
                 .await
                 .db()?;
         }
-        record(
+        crate::record_event(
             &mut tx,
             who,
             "subnet_updated",
@@ -356,7 +334,7 @@ impl App {
             .db()?
             .ok_or_else(Error::internal)?;
         plinth_db::subnets::delete(&mut tx, id).await.db()?;
-        record(
+        crate::record_event(
             &mut tx,
             who,
             "subnet_deleted",

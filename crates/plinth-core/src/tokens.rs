@@ -31,19 +31,13 @@ impl App {
         let row = plinth_db::tokens::insert(&mut tx, name, role.as_str(), &hash_secret(&secret))
             .await
             .db()?;
-        plinth_db::events::insert(
+        crate::record_event(
             &mut tx,
-            plinth_db::events::NewEvent {
-                actor: &who.name,
-                machine_id: None,
-                kind: "token_created",
-                from_state: None,
-                to_state: None,
-                details: serde_json::json!({ "token": name, "role": role }),
-            },
+            who,
+            "token_created",
+            serde_json::json!({ "token": name, "role": role }),
         )
-        .await
-        .db()?;
+        .await?;
         tx.commit().await.db()?;
         tracing::info!(token = name, %role, actor = %who.name, "API token created");
         Ok(TokenCreated {
@@ -70,19 +64,13 @@ impl App {
             .await
             .db()?
             .ok_or_else(|| Error::not_found(format!("no token named {name:?}")))?;
-        plinth_db::events::insert(
+        crate::record_event(
             &mut tx,
-            plinth_db::events::NewEvent {
-                actor: &who.name,
-                machine_id: None,
-                kind: "token_revoked",
-                from_state: None,
-                to_state: None,
-                details: serde_json::json!({ "token": name }),
-            },
+            who,
+            "token_revoked",
+            serde_json::json!({ "token": name }),
         )
-        .await
-        .db()?;
+        .await?;
         tx.commit().await.db()?;
         tracing::info!(token = name, actor = %who.name, "API token revoked");
         info(row)

@@ -134,7 +134,8 @@ pub async fn ranges(
     Ok(rows.into_iter().map(|r| (r.first, r.last)).collect())
 }
 
-pub async fn list(conn: &mut PgConnection) -> Result<Vec<SubnetRow>, sqlx::Error> {
+/// All subnets, or the one with `id`, with their pool size and live lease count.
+async fn select(conn: &mut PgConnection, id: Option<Uuid>) -> Result<Vec<SubnetRow>, sqlx::Error> {
     sqlx::query_as!(
         SubnetRow,
         r#"select s.id, s.cidr::text as "cidr!", host(s.router) as router,
@@ -145,28 +146,19 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<SubnetRow>, sqlx::Error
                   (select count(*) from leases l where l.subnet_id = s.id and l.state in ('offered', 'bound')
                       and l.expires_at > now()) as "active_leases!",
                   s.created_at, s.updated_at
-           from subnets s order by s.cidr"#
+           from subnets s where ($1::uuid is null or s.id = $1) order by s.cidr"#,
+        id
     )
     .fetch_all(conn)
     .await
 }
 
+pub async fn list(conn: &mut PgConnection) -> Result<Vec<SubnetRow>, sqlx::Error> {
+    select(conn, None).await
+}
+
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<SubnetRow>, sqlx::Error> {
-    sqlx::query_as!(
-        SubnetRow,
-        r#"select s.id, s.cidr::text as "cidr!", host(s.router) as router,
-                  array(select host(d) from unnest(s.dns_servers) d) as "dns_servers!",
-                  s.domain, s.lease_time, host(s.boot_server) as boot_server,
-                  array(select host(r) from unnest(s.relay_addresses) r) as "relay_addresses!",
-                  (select count(*) from leases l where l.subnet_id = s.id and l.pool) as "pool_size!",
-                  (select count(*) from leases l where l.subnet_id = s.id and l.state in ('offered', 'bound')
-                      and l.expires_at > now()) as "active_leases!",
-                  s.created_at, s.updated_at
-           from subnets s where s.id = $1"#,
-        id
-    )
-    .fetch_optional(conn)
-    .await
+    Ok(select(conn, Some(id)).await?.pop())
 }
 
 /// Locks the subnet row.

@@ -685,3 +685,157 @@ fn leases_survive_a_restart() {
         (1, lease.ip, LeaseState::Bound)
     );
 }
+
+/// Real firmware: a QEMU virtual machine (SeaBIOS and its iPXE network ROM, under TCG) boots
+/// from the network through plinth. iPXE sends no broadcast flag, so this also proves the
+/// unicast reply to a client without an address.
+#[test]
+fn a_bios_ipxe_vm_is_discovered_and_handed_its_script() {
+    if plinth_testkit::netns::which("qemu-system-x86_64").is_none() {
+        panic!(
+            "qemu-system-x86_64 not found: the test command installs qemu-system-x86 and ipxe-qemu"
+        );
+    }
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, cif) = pair(&mut lab, "10.72.0.2/24");
+    let tap = lab.tap(&cli).unwrap();
+    lab.bridge(&cli, &[&cif, &tap]).unwrap();
+    env.subnet(
+        "10.72.0.0/24",
+        "10.72.0.100",
+        "10.72.0.149",
+        "10.72.0.1",
+        &[],
+    );
+    let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.72.0.2", "server");
+    let mac = "52:54:00:72:00:10";
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-nographic",
+        "-machine",
+        "pc,accel=tcg",
+        "-m",
+        "256",
+        "-boot",
+        "n",
+        "-no-reboot",
+    ])
+    .args([
+        "-netdev",
+        &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+    ])
+    .args(["-device", &format!("e1000,netdev=n0,mac={mac}")]);
+    let vm = lab.spawn_named(&cli, "qemu", qemu).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let bound = loop {
+        let leases = env.leases();
+        if let Some(l) = leases.iter().find(|l| {
+            l.mac.map(|m| m.to_string()).as_deref() == Some(mac) && l.state == LeaseState::Bound
+        }) {
+            break l.clone();
+        }
+        assert!(vm.is_running(), "the VM stopped:\n{}", vm.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "the VM got no lease in 90 s:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(&bound.address.octets()[..3], &[10, 72, 0]);
+    let found = env.machines(mac);
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (found[0].state, found[0].pxe_arch),
+        (plinth_types::MachineState::Discovered, Some(0))
+    );
+    assert_eq!(bound.machine_id, Some(found[0].id));
+    let log = server.log_text();
+    assert!(
+        log.contains("boot=Http { url: \"http://10.72.0.2:8080/boot/ipxe?mac=${net0/mac}\" }"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("to={}:68", bound.address)),
+        "unicast to the offered address:\n{log}"
+    );
+}
+
+/// ProxyDHCP with real firmware: dnsmasq owns the addresses, plinth only says what to boot, and
+/// the VM's iPXE takes its address from one and its boot instructions from the other.
+#[test]
+fn a_vm_boots_through_proxy_dhcp_beside_dnsmasq() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let sw = lab.namespace("sw").unwrap();
+    let dns = lab.namespace("dnsm").unwrap();
+    let srv = lab.namespace("srv").unwrap();
+    let (d_if, sw_d) = lab.link(&dns, &sw).unwrap();
+    let (s_if, sw_s) = lab.link(&srv, &sw).unwrap();
+    let tap = lab.tap(&sw).unwrap();
+    lab.bridge(&sw, &[&sw_d, &sw_s, &tap]).unwrap();
+    lab.addr(&dns, &d_if, "10.73.0.1/24").unwrap();
+    lab.addr(&srv, &s_if, "10.73.0.2/24").unwrap();
+    let dnsmasq = dhcp_clients::dnsmasq(
+        &mut lab,
+        &dns,
+        &d_if,
+        "10.73.0.100".parse().unwrap(),
+        "10.73.0.149".parse().unwrap(),
+        &[],
+    )
+    .unwrap();
+    let server = plinth(&mut lab, &srv, &s_if, &env.db.url, "10.73.0.2", "proxy");
+    let mac = "52:54:00:73:00:10";
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-nographic",
+        "-machine",
+        "pc,accel=tcg",
+        "-m",
+        "256",
+        "-boot",
+        "n",
+        "-no-reboot",
+    ])
+    .args([
+        "-netdev",
+        &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+    ])
+    .args(["-device", &format!("e1000,netdev=n0,mac={mac}")]);
+    let vm = lab.spawn_named(&sw, "qemu", qemu).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let leased = dhcp_clients::dnsmasq_leases(&dnsmasq)
+            .iter()
+            .any(|l| format!("{:?}", l).to_lowercase().contains(mac));
+        let answered = server.log_text().contains("kind=Offer");
+        if leased && answered {
+            break;
+        }
+        assert!(vm.is_running(), "the VM stopped:\n{}", vm.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no proxy boot in 90 s:\n{}\n{}",
+            server.log_text(),
+            dnsmasq.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        env.leases().is_empty(),
+        "plinth hands out no address in proxy mode"
+    );
+    let found = env.machines(mac);
+    assert_eq!(
+        (found.len(), found[0].pxe_arch),
+        (1, Some(0)),
+        "the VM is discovered"
+    );
+    assert!(
+        server.log_text().contains("/boot/ipxe?mac=${net0/mac}"),
+        "{}",
+        server.log_text()
+    );
+}

@@ -369,12 +369,7 @@ impl App {
                         "declined" => LeaseState::Declined,
                         _ => return Err(Error::internal()),
                     },
-                    mac: r
-                        .mac
-                        .as_deref()
-                        .map(|m| m.parse())
-                        .transpose()
-                        .map_err(|_| Error::internal())?,
+                    mac: r.mac.as_deref().and_then(MacAddr::parse_any),
                     hostname: r.hostname,
                     expires_at: r.expires_at.ok_or_else(Error::internal)?,
                     machine_id: r.machine_id,

@@ -313,6 +313,12 @@ async fn handle(shared: &Shared, iface: &Iface, packet: &[u8], from: SocketAddr)
         Ok(r) => r,
         Err(e) => return shared.bad_packet(&e, from),
     };
+    if !req.chaddr.is_unicast() {
+        return shared.bad_packet(
+            &format_args!("client hardware address {} is not a NIC's", req.chaddr),
+            from,
+        );
+    }
     if !shared.limiter.allow(req.chaddr) {
         bump(&shared.counters.dropped_rate_limited);
         return;
@@ -430,6 +436,7 @@ async fn proxy_reply(shared: &Shared, iface: &Iface, req: &Request) -> Option<Re
             return None;
         }
     };
+    debug!(boot = ?action, "decided (proxy)");
     let boot = boot_params(&action, req, shared.cfg.boot_server)?;
     Some(ReplyPlan {
         kind,

@@ -23,6 +23,28 @@ impl MacAddr {
     pub fn octets(&self) -> [u8; 6] {
         self.0
     }
+
+    /// Whether this can be a NIC's own address (not multicast, not all zero).
+    pub fn is_unicast(&self) -> bool {
+        self.0 != [0; 6] && self.0[0] & 1 == 0
+    }
+
+    /// Parses the syntax only, accepting any address: for values read back from the database
+    /// or the wire, where a multicast address is odd but must not be an error.
+    pub fn parse_any(s: &str) -> Option<MacAddr> {
+        match s.parse::<MacAddr>() {
+            Ok(m) => Some(m),
+            Err(MacParseError::Multicast(_) | MacParseError::Zero(_)) => {
+                let mut o = [0u8; 6];
+                let hex: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+                for (i, b) in o.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+                }
+                Some(MacAddr(o))
+            }
+            Err(MacParseError::Syntax(_)) => None,
+        }
+    }
 }
 
 impl FromStr for MacAddr {

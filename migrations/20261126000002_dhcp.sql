@@ -67,6 +67,9 @@ create index leases_free_idx on leases (subnet_id, address) where state = 'free'
 create index leases_expiry_idx on leases (expires_at) where state <> 'free';
 create index leases_mac_idx on leases (mac);
 
+-- DHCP looks a MAC up among all NICs, the inactive ones of decommissioned machines included.
+create index nics_mac_all_idx on nics (mac);
+
 -- What DHCP learned about a machine, and how to boot it.
 alter table machines
     add column pxe_arch integer,
@@ -170,7 +173,7 @@ begin
             -- The address this client had before, if nobody else holds it now.
             select lx.address into target from leases lx
             where lx.subnet_id = s.id and lx.mac = p_mac and lx.pool and lx.state <> 'declined'
-              and not exists (select 1 from nics n where n.active and n.ipv4 = lx.address and n.mac <> p_mac)
+              and coalesce((select n.mac from nics n where n.active and n.ipv4 = lx.address), p_mac) = p_mac
             order by (lx.state in ('offered', 'bound')) desc, lx.updated_at desc
             limit 1;
             previous := target;
@@ -178,24 +181,26 @@ begin
                 select lx.address into target from leases lx
                 where lx.address = p_addr and lx.subnet_id = s.id and lx.pool
                   and (lx.state = 'free' or (lx.expires_at < now() and lx.state <> 'declined'))
-                  and not exists (select 1 from nics n where n.active and n.ipv4 = lx.address and n.mac <> p_mac)
+                  and coalesce((select n.mac from nics n where n.active and n.ipv4 = lx.address), p_mac) = p_mac
                 for update skip locked;
             end if;
             if target is null then
+                -- (Reservations are probed per candidate through the unique index, a subplan the
+                -- planner cannot turn into a scan of every reservation.)
                 -- The first free address at or after a random point of the subnet: concurrent
                 -- pickers rarely meet on the same rows, and no scan walks the index entries that
                 -- churn at the low end of the pool before vacuum removes them.
                 start := set_masklen(s.cidr::inet + floor(random() * (2 ^ (32 - masklen(s.cidr))))::bigint, 32);
                 select lx.address into target from leases lx
                 where lx.subnet_id = s.id and lx.state = 'free' and lx.pool and lx.address >= start
-                  and not exists (select 1 from nics n where n.active and n.ipv4 = lx.address)
+                  and (select n.id from nics n where n.active and n.ipv4 = lx.address) is null
                 order by lx.address
                 limit 1
                 for update skip locked;
                 if target is null then
                     select lx.address into target from leases lx
                     where lx.subnet_id = s.id and lx.state = 'free' and lx.pool and lx.address < start
-                      and not exists (select 1 from nics n where n.active and n.ipv4 = lx.address)
+                      and (select n.id from nics n where n.active and n.ipv4 = lx.address) is null
                     order by lx.address
                     limit 1
                     for update skip locked;
@@ -204,7 +209,7 @@ begin
             if target is null then
                 select lx.address into target from leases lx
                 where lx.subnet_id = s.id and lx.state <> 'free' and lx.expires_at < now() and lx.pool
-                  and not exists (select 1 from nics n where n.active and n.ipv4 = lx.address)
+                  and (select n.id from nics n where n.active and n.ipv4 = lx.address) is null
                 order by lx.expires_at
                 limit 1
                 for update skip locked;

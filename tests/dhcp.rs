@@ -686,30 +686,13 @@ fn leases_survive_a_restart() {
     );
 }
 
-/// Real firmware: a QEMU virtual machine (SeaBIOS and its iPXE network ROM, under TCG) boots
-/// from the network through plinth. iPXE sends no broadcast flag, so this also proves the
-/// unicast reply to a client without an address.
-#[test]
-fn a_bios_ipxe_vm_is_discovered_and_handed_its_script() {
-    if plinth_testkit::netns::which("qemu-system-x86_64").is_none() {
-        panic!(
-            "qemu-system-x86_64 not found: the test command installs qemu-system-x86 and ipxe-qemu"
-        );
-    }
-    let env = Env::new();
-    let mut lab = Lab::new().unwrap();
-    let (srv, sif, cli, cif) = pair(&mut lab, "10.72.0.2/24");
-    let tap = lab.tap(&cli).unwrap();
-    lab.bridge(&cli, &[&cif, &tap]).unwrap();
-    env.subnet(
-        "10.72.0.0/24",
-        "10.72.0.100",
-        "10.72.0.149",
-        "10.72.0.1",
-        &[],
+/// A QEMU virtual machine with SeaBIOS and its iPXE ROM (under TCG), booting from the network
+/// through `tap` in `ns`.
+fn bios_vm(lab: &mut Lab, ns: &Ns, tap: &str, mac: &str) -> Proc {
+    assert!(
+        plinth_testkit::netns::which("qemu-system-x86_64").is_some(),
+        "qemu-system-x86_64 not found: the test command installs qemu-system-x86 and ipxe-qemu"
     );
-    let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.72.0.2", "server");
-    let mac = "52:54:00:72:00:10";
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args([
         "-nographic",
@@ -726,7 +709,29 @@ fn a_bios_ipxe_vm_is_discovered_and_handed_its_script() {
         &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
     ])
     .args(["-device", &format!("e1000,netdev=n0,mac={mac}")]);
-    let vm = lab.spawn_named(&cli, "qemu", qemu).unwrap();
+    lab.spawn_named(ns, "qemu", qemu).unwrap()
+}
+
+/// Real firmware: a QEMU virtual machine (SeaBIOS and its iPXE network ROM, under TCG) boots
+/// from the network through plinth. iPXE sends no broadcast flag, so this also proves the
+/// unicast reply to a client without an address.
+#[test]
+fn a_bios_ipxe_vm_is_discovered_and_handed_its_script() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, cif) = pair(&mut lab, "10.72.0.2/24");
+    let tap = lab.tap(&cli).unwrap();
+    lab.bridge(&cli, &[&cif, &tap]).unwrap();
+    env.subnet(
+        "10.72.0.0/24",
+        "10.72.0.100",
+        "10.72.0.149",
+        "10.72.0.1",
+        &[],
+    );
+    let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.72.0.2", "server");
+    let mac = "52:54:00:72:00:10";
+    let vm = bios_vm(&mut lab, &cli, &tap, mac);
     let deadline = Instant::now() + Duration::from_secs(90);
     let bound = loop {
         let leases = env.leases();
@@ -788,23 +793,7 @@ fn a_vm_boots_through_proxy_dhcp_beside_dnsmasq() {
     .unwrap();
     let server = plinth(&mut lab, &srv, &s_if, &env.db.url, "10.73.0.2", "proxy");
     let mac = "52:54:00:73:00:10";
-    let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args([
-        "-nographic",
-        "-machine",
-        "pc,accel=tcg",
-        "-m",
-        "256",
-        "-boot",
-        "n",
-        "-no-reboot",
-    ])
-    .args([
-        "-netdev",
-        &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-    ])
-    .args(["-device", &format!("e1000,netdev=n0,mac={mac}")]);
-    let vm = lab.spawn_named(&sw, "qemu", qemu).unwrap();
+    let vm = bios_vm(&mut lab, &sw, &tap, mac);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let leased = dhcp_clients::dnsmasq_leases(&dnsmasq)

@@ -159,6 +159,25 @@ fn range_strings(v: &[AddressRange]) -> Vec<(String, String)> {
         .collect()
 }
 
+fn check_router(net: (Ipv4Addr, u8), router: Option<Ipv4Addr>) -> Result<()> {
+    match router {
+        Some(r) if !contains(net, r) => Err(Error::invalid(
+            "invalid_router",
+            format!("router {r} is not in {}/{}", net.0, net.1),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The subnet with its ranges, as the API shows it.
+async fn load(conn: &mut plinth_db::PgConnection, id: Uuid) -> Result<Option<Subnet>> {
+    let Some(row) = plinth_db::subnets::get(conn, id).await.db()? else {
+        return Ok(None);
+    };
+    let ranges = plinth_db::subnets::ranges(conn, id).await.db()?;
+    subnet(row, ranges).map(Some)
+}
+
 impl App {
     pub async fn create_subnet(&self, who: &Principal, req: SubnetCreate) -> Result<Subnet> {
         who.require(Permission::ManageNetworks)?;
@@ -167,14 +186,7 @@ impl App {
         let lease_time = req.lease_time.unwrap_or(3600);
         check_lease_time(lease_time)?;
         check_domain(req.domain.as_deref())?;
-        if let Some(r) = req.router
-            && !contains(net, r)
-        {
-            return Err(Error::invalid(
-                "invalid_router",
-                format!("router {r} is not in {}", req.cidr),
-            ));
-        }
+        check_router(net, req.router)?;
         let cidr = format!("{}/{}", net.0, net.1);
         let router = req.router.map(|r| r.to_string());
         let dns = strings(req.dns_servers.as_deref().unwrap_or_default());
@@ -202,14 +214,10 @@ impl App {
             serde_json::to_value(&req).unwrap_or_default(),
         )
         .await?;
-        let row = plinth_db::subnets::get(&mut tx, id)
-            .await
-            .db()?
-            .ok_or_else(Error::internal)?;
-        let ranges = plinth_db::subnets::ranges(&mut tx, id).await.db()?;
+        let created = load(&mut tx, id).await?.ok_or_else(Error::internal)?;
         tx.commit().await.db()?;
         tracing::info!(subnet = %cidr, actor = %who.name, "subnet created");
-        subnet(row, ranges)
+        Ok(created)
     }
 
     pub async fn list_subnets(&self, who: &Principal) -> Result<Vec<Subnet>> {
@@ -227,12 +235,9 @@ impl App {
     pub async fn get_subnet(&self, who: &Principal, id: Uuid) -> Result<Subnet> {
         who.require(Permission::ReadInventory)?;
         let mut conn = self.conn().await?;
-        let row = plinth_db::subnets::get(&mut conn, id)
-            .await
-            .db()?
-            .ok_or_else(|| Error::not_found(format!("no subnet {id}")))?;
-        let ranges = plinth_db::subnets::ranges(&mut conn, id).await.db()?;
-        subnet(row, ranges)
+        load(&mut conn, id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no subnet {id}")))
     }
 
     pub async fn update_subnet(
@@ -246,11 +251,7 @@ impl App {
         if !plinth_db::subnets::lock(&mut tx, id).await.db()? {
             return Err(Error::not_found(format!("no subnet {id}")));
         }
-        let cur = plinth_db::subnets::get(&mut tx, id)
-            .await
-            .db()?
-            .ok_or_else(Error::internal)?;
-        let cur = subnet(cur, plinth_db::subnets::ranges(&mut tx, id).await.db()?)?;
+        let cur = load(&mut tx, id).await?.ok_or_else(Error::internal)?;
         let net = parse_cidr(&cur.cidr)?;
         if let Some(ranges) = &patch.ranges {
             check_ranges(net, ranges)?;
@@ -260,14 +261,7 @@ impl App {
         let domain = patch.domain.clone().unwrap_or(cur.domain.clone());
         check_domain(domain.as_deref())?;
         let router = patch.router.unwrap_or(cur.router);
-        if let Some(r) = router
-            && !contains(net, r)
-        {
-            return Err(Error::invalid(
-                "invalid_router",
-                format!("router {r} is not in {}", cur.cidr),
-            ));
-        }
+        check_router(net, router)?;
         let router = router.map(|r| r.to_string());
         let dns = strings(patch.dns_servers.as_deref().unwrap_or(&cur.dns_servers));
         let relays = strings(
@@ -303,13 +297,9 @@ impl App {
             serde_json::json!({ "subnet": cur.cidr, "changes": patch }),
         )
         .await?;
-        let row = plinth_db::subnets::get(&mut tx, id)
-            .await
-            .db()?
-            .ok_or_else(Error::internal)?;
-        let ranges = plinth_db::subnets::ranges(&mut tx, id).await.db()?;
+        let updated = load(&mut tx, id).await?.ok_or_else(Error::internal)?;
         tx.commit().await.db()?;
-        subnet(row, ranges)
+        Ok(updated)
     }
 
     pub async fn delete_subnet(&self, who: &Principal, id: Uuid) -> Result<()> {

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # The DHCP benchmark of docs/benchmarks.md: perfdhcp (full DORA, as a relay from a client
 # namespace through a veth pair) against Kea 2.2 (memfile, persist=true), dnsmasq (lease file)
-# and plinth (release build; every lease committed to PostgreSQL before the ACK), one after
-# the other on the same setup, at the same offered rates.
+# and plinth (release build; every lease committed to PostgreSQL before the ACK) on the same
+# setup, at the same offered rates. The servers take turns at each rate (Kea, dnsmasq, plinth,
+# then the next rate), BENCH_ROUNDS times over, so that a slow spell of the shared machine
+# falls on all of them rather than on whichever ran last. Then plinth's memory with 100,000 leases.
 #   scripts/bench-dhcp.sh [SECONDS_PER_RATE] [RATES...]     default: 10 s at 1000 2000 4000 8000
+# BENCH_SERVERS picks the servers (default "kea dnsmasq plinth memory"); BENCH_ROUNDS (default 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 shift || true
 rates=${*:-1000 2000 4000 8000}
+servers=" ${BENCH_SERVERS:-kea dnsmasq plinth memory} "
+rounds=${BENCH_ROUNDS:-1}
 scripts/ensure-packages.sh postgresql kea-dhcp4-server kea-admin dnsmasq-base iproute2
 export SQLX_OFFLINE=true
 cargo build --release --locked -q -p plinth
@@ -56,10 +61,7 @@ print(f"| {name} | {rate} | {achieved:.0f} | {drops:.2f} % | {a1:.2f} ms / {a2:.
 PY
 }
 
-echo "| server | offered DORA/s | achieved DORA/s | drops (both exchanges) | avg delay DISCOVER-OFFER / REQUEST-ACK |"
-echo "|---|---|---|---|---|"
-
-for rate in $rates; do
+kea() { # rate
   rm -f "$work"/kea-leases4.csv*
   cat > "$work/kea.conf" <<JSON
 {"Dhcp4": {"interfaces-config": {"interfaces": ["$sif"], "dhcp-socket-type": "udp"},
@@ -71,25 +73,24 @@ for rate in $rates; do
 JSON
   ip netns exec "$srv" kea-dhcp4 -c "$work/kea.conf" >"$work/kea.out" 2>&1 &
   pids+=($!); sleep 1
-  perf "Kea $(kea-dhcp4 -v 2>/dev/null | head -1) memfile persist" "$rate"
+  perf "Kea $(kea-dhcp4 -v 2>/dev/null | head -1) memfile persist" "$1"
   stop_all
-done
+}
 
-for rate in $rates; do
+dnsmasq_() { # rate
   rm -f "$work/dnsmasq.leases"
   ip netns exec "$srv" dnsmasq -d --port=0 --conf-file=/dev/null --no-resolv --no-hosts --no-ping \
     --interface="$sif" --bind-interfaces --dhcp-authoritative --dhcp-lease-max=200000 \
     --dhcp-range="$first,$last,255.254.0.0,1h" --dhcp-leasefile="$work/dnsmasq.leases" \
     --pid-file="$work/dnsmasq.pid" >"$work/dnsmasq.out" 2>&1 &
   pids+=($!); sleep 1
-  perf "dnsmasq $(dnsmasq --version | head -1 | awk '{print $3}') lease file" "$rate"
+  perf "dnsmasq $(dnsmasq --version | head -1 | awk '{print $3}') lease file" "$1"
   stop_all
-done
+}
 
 server=$(PG_SCRATCH_OPTS="-c synchronous_commit=off -c shared_buffers=256MB" scripts/pg-scratch.sh "$work/pg")
-plinth_rss=
-for rate in $rates; do
-  psql "$server" -qc "drop database if exists dhcpbench" -c "create database dhcpbench"
+start_plinth() { # an empty database, plinth serving the bench subnet
+  psql "$server" -qc "drop database if exists dhcpbench" -c "create database dhcpbench" 2>/dev/null
   url=${server/\/postgres\?//dhcpbench?}
   mkdir -p "$work/state"
   "$bin" migrate --database-url "$url" 2>/dev/null
@@ -100,30 +101,38 @@ for rate in $rates; do
   token=$(ip netns exec "$srv" env PLINTH_STATE_DIR="$work/state" "$bin" admin create-token --database-url "$url" --name bench --role admin)
   ip netns exec "$srv" env PLINTH_TOKEN="$token" PLINTH_API_URL=http://127.0.0.1:8080 \
     "$bin" subnet add 10.70.0.0/15 --range "$first-$last" --router 10.70.0.1 --lease-time 3600 >/dev/null
-  perf "plinth $(git rev-parse --short HEAD) PostgreSQL 15" "$rate"
-  leases=$(psql "$url" -qAtc "select count(*) from leases where state = 'bound'")
+}
+rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$pid/status"; }
+bound() { psql "$url" -qAtc "select count(*) from leases where state = 'bound'"; }
+plinth_rss=
+plinth() { # rate
+  start_plinth
+  perf "plinth $(git rev-parse --short HEAD) PostgreSQL 15" "$1"
   plinth_rss="$plinth_rss
-plinth RSS after ${rate}/s: $(awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$pid/status) with $leases bound leases"
+plinth RSS after $1/s: $(rss) with $(bound) bound leases"
   stop_all
+}
+
+echo "| server | offered DORA/s | achieved DORA/s | drops (both exchanges) | avg delay DISCOVER-OFFER / REQUEST-ACK |"
+echo "|---|---|---|---|---|"
+for round in $(seq "$rounds"); do
+  for rate in $rates; do
+    [[ $servers != *" kea "* ]] || kea "$rate"
+    [[ $servers != *" dnsmasq "* ]] || dnsmasq_ "$rate"
+    [[ $servers != *" plinth "* ]] || plinth "$rate"
+  done
 done
+
 # Memory with 100,000 leases: bind 100,000 addresses to distinct clients, then serve 4000/s for
 # $secs s more and read the process's resident memory.
-psql "$server" -qc "drop database if exists dhcpbench" -c "create database dhcpbench"
-url=${server/\/postgres\?//dhcpbench?}
-"$bin" migrate --database-url "$url" 2>/dev/null
-ip netns exec "$srv" env PLINTH_STATE_DIR="$work/state" PLINTH_LOG__LEVEL=warn PLINTH_DHCP__ENABLED=true \
-  PLINTH_DHCP__INTERFACES="[\"$sif\"]" PLINTH_DHCP__BOOT_SERVER=10.70.0.2 PLINTH_DHCP__CLIENT_RATE_LIMIT=1000 \
-  "$bin" serve --database-url "$url" --listen 127.0.0.1:8080 >"$work/plinth.out" 2>&1 &
-pid=$!; pids+=($pid); sleep 1
-token=$(ip netns exec "$srv" env PLINTH_STATE_DIR="$work/state" "$bin" admin create-token --database-url "$url" --name bench --role admin)
-ip netns exec "$srv" env PLINTH_TOKEN="$token" PLINTH_API_URL=http://127.0.0.1:8080 \
-  "$bin" subnet add 10.70.0.0/15 --range "$first-$last" --router 10.70.0.1 --lease-time 3600 >/dev/null
-psql "$url" -qc "update leases set state = 'bound', expires_at = now() + interval '1 hour',
-    mac = ('06:00:' || rtrim(regexp_replace(lpad(to_hex((address - '10.70.0.0'::inet)::int), 8, '0'), '(..)', '\\1:', 'g'), ':'))::macaddr
-  where address < '10.70.1.0'::inet + 100000"
-perf "plinth, 100,000 leases bound" 4000
-leases=$(psql "$url" -qAtc "select count(*) from leases where state = 'bound'")
-plinth_rss="$plinth_rss
-plinth RSS after 4000/s with 100,000 leases preloaded: $(awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$pid/status) with $leases bound leases"
-stop_all
+if [[ $servers == *" memory "* ]]; then
+  start_plinth
+  psql "$url" -qc "update leases set state = 'bound', expires_at = now() + interval '1 hour',
+      mac = ('06:00:' || rtrim(regexp_replace(lpad(to_hex((address - '10.70.0.0'::inet)::int), 8, '0'), '(..)', '\\1:', 'g'), ':'))::macaddr
+    where address < '10.70.1.0'::inet + 100000"
+  perf "plinth, 100,000 leases bound" 4000
+  plinth_rss="$plinth_rss
+plinth RSS after 4000/s with 100,000 leases preloaded: $(rss) with $(bound) bound leases"
+  stop_all
+fi
 echo "$plinth_rss"

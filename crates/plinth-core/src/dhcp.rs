@@ -1,5 +1,5 @@
-//! DHCP decisions for plinth-dhcp: which address a client gets (one database call per
-//! packet, see `plinth_db::leases::decide`) and what it boots ([`boot_decision`], a pure
+//! DHCP decisions for plinth-dhcp: which address a client gets (one database call per batch
+//! of packets, see `plinth_db::leases::decide_batch`) and what it boots ([`boot_decision`], a pure
 //! function of the machine's lifecycle state and the client's kind). Unknown PXE clients are
 //! recorded as `discovered` machines.
 
@@ -238,8 +238,56 @@ pub struct LeaseTimers {
     pub quarantine_secs: u32,
 }
 
+/// An address as PostgreSQL prints an inet (`10.0.0.1` or `10.0.0.1/32`).
 fn ip(s: &str) -> Result<Ipv4Addr> {
-    s.parse().map_err(|_| Error::internal())
+    s.split('/')
+        .next()
+        .unwrap_or(s)
+        .parse()
+        .map_err(|_| Error::internal())
+}
+
+/// Whether a failed batch is worth retrying item by item: it hit a constraint or a deadlock
+/// because another batch (of this or another instance) was answering the same client.
+fn batch_conflict(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.constraint() == Some("leases_client_key")
+                || matches!(d.code().as_deref(), Some("40P01" | "40001" | "23505"))
+        }
+        _ => false,
+    }
+}
+
+/// What the database said about one item of a batch.
+#[derive(Debug, Clone)]
+enum Decided {
+    Lease(Box<plinth_db::leases::LeaseDecision>),
+    /// Another instance is answering this client at this moment: let it.
+    Race,
+    Failed(Error),
+}
+
+impl From<sqlx::Error> for Decided {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(d) if d.constraint() == Some("leases_client_key") => {
+                Decided::Race
+            }
+            _ => Decided::Failed(plinth_db::classify(e)),
+        }
+    }
+}
+
+fn answered_elsewhere() -> DhcpDecision {
+    DhcpDecision {
+        outcome: Outcome::Ignore,
+        lease: None,
+        boot: BootAction::None,
+        boot_server: None,
+        reason: Some("answered by another instance".into()),
+        machine_id: None,
+    }
 }
 
 impl App {
@@ -251,42 +299,138 @@ impl App {
         boot: &BootConfig,
         default_boot_server: Ipv4Addr,
     ) -> Result<DhcpDecision> {
-        let (op, addr) = req.op.parts();
-        let mac = req.mac.to_string();
-        let match_addr = req.match_addr.to_string();
-        let addr = addr.map(|a| a.to_string());
-        let mut conn = self.conn().await?;
-        let decided = plinth_db::leases::decide(
-            &mut conn,
-            &plinth_db::leases::LeaseCall {
-                op,
-                match_addr: &match_addr,
-                relayed: req.relayed,
-                mac: &mac,
-                addr: addr.as_deref(),
-                client_id: req.client_id,
-                hostname: req.hostname,
-                offer_secs: timers.offer_secs as i32,
-                quarantine_secs: timers.quarantine_secs as i32,
-            },
-        )
-        .await;
-        let d = match decided {
-            Ok(d) => d,
-            // Another instance is answering this client at this moment: let it.
-            Err(sqlx::Error::Database(e)) if e.constraint() == Some("leases_client_key") => {
-                tracing::debug!(%mac, "lease race with another instance; not answering");
-                return Ok(DhcpDecision {
-                    outcome: Outcome::Ignore,
-                    lease: None,
-                    boot: BootAction::None,
-                    boot_server: None,
-                    reason: Some("answered by another instance".into()),
-                    machine_id: None,
-                });
-            }
-            Err(e) => return Err(plinth_db::classify(e)),
+        self.dhcp_decide_batch(std::slice::from_ref(req), timers, boot, default_boot_server)
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(Error::internal()))
+    }
+
+    /// Decides a batch of DHCP requests in one database round trip and one transaction,
+    /// committed before this returns. Answers are in the order of `reqs`, each exactly what
+    /// [`App::dhcp_decide`] would have answered for it had the requests come one after the other.
+    pub async fn dhcp_decide_batch(
+        &self,
+        reqs: &[DhcpRequest<'_>],
+        timers: LeaseTimers,
+        boot: &BootConfig,
+        default_boot_server: Ipv4Addr,
+    ) -> Vec<Result<DhcpDecision>> {
+        let texts: Vec<(String, String, Option<String>)> = reqs
+            .iter()
+            .map(|r| {
+                (
+                    r.mac.to_string(),
+                    r.match_addr.to_string(),
+                    r.op.parts().1.map(|a| a.to_string()),
+                )
+            })
+            .collect();
+        let calls: Vec<plinth_db::leases::LeaseCall<'_>> = reqs
+            .iter()
+            .zip(&texts)
+            .map(
+                |(r, (mac, match_addr, addr))| plinth_db::leases::LeaseCall {
+                    op: r.op.parts().0,
+                    match_addr,
+                    relayed: r.relayed,
+                    mac,
+                    addr: addr.as_deref(),
+                    client_id: r.client_id,
+                    hostname: r.hostname,
+                    offer_secs: timers.offer_secs as i32,
+                    quarantine_secs: timers.quarantine_secs as i32,
+                },
+            )
+            .collect();
+        let mut conn = match self.conn().await {
+            Ok(c) => c,
+            Err(e) => return reqs.iter().map(|_| Err(e.clone())).collect(),
         };
+        let decided: Vec<Decided> = match plinth_db::leases::decide_batch(&mut conn, &calls).await {
+            Ok(d) => d.into_iter().map(|d| Decided::Lease(Box::new(d))).collect(),
+            Err(e) if batch_conflict(&e) && calls.len() > 1 => {
+                // Another batch was answering one of these clients at this moment: decide
+                // them one by one, so that only that client is left to the other batch.
+                tracing::debug!(error = %e, items = calls.len(), "lease batch conflict; deciding one by one");
+                let mut out = Vec::with_capacity(calls.len());
+                for call in &calls {
+                    out.push(
+                        match plinth_db::leases::decide_batch(&mut conn, std::slice::from_ref(call))
+                            .await
+                        {
+                            Ok(mut d) => d.pop().map_or_else(
+                                || Decided::Failed(Error::internal()),
+                                |d| Decided::Lease(Box::new(d)),
+                            ),
+                            Err(e) => Decided::from(e),
+                        },
+                    );
+                }
+                out
+            }
+            Err(e) => {
+                let d = Decided::from(e);
+                reqs.iter().map(|_| d.clone()).collect()
+            }
+        };
+        drop(conn);
+
+        let mut answers = Vec::with_capacity(reqs.len());
+        let mut notes = (Vec::new(), Vec::new(), Vec::new());
+        let mut discovered: std::collections::HashMap<MacAddr, Uuid> = Default::default();
+        for (req, d) in reqs.iter().zip(decided) {
+            let d = match d {
+                Decided::Lease(d) => d,
+                Decided::Race => {
+                    tracing::debug!(mac = %req.mac, "lease race with another instance; not answering");
+                    answers.push(Ok(answered_elsewhere()));
+                    continue;
+                }
+                Decided::Failed(e) => {
+                    answers.push(Err(e));
+                    continue;
+                }
+            };
+            answers.push(
+                self.finish_decision(
+                    req,
+                    *d,
+                    boot,
+                    default_boot_server,
+                    &mut notes,
+                    &mut discovered,
+                )
+                .await,
+            );
+        }
+        if !notes.0.is_empty() {
+            let noted = match self.conn().await {
+                Ok(mut conn) => {
+                    plinth_db::machines::note_pxe_clients(&mut conn, &notes.0, &notes.1, &notes.2)
+                        .await
+                        .db()
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = noted {
+                // Only a record of what the firmware said; the answers stand.
+                tracing::warn!(error = %e.message, "cannot record PXE client details");
+            }
+        }
+        answers
+    }
+
+    /// Turns one lease decision into the answer: network settings, the boot action, and the
+    /// machine (recording an unknown network-booting MAC as `discovered`).
+    async fn finish_decision(
+        &self,
+        req: &DhcpRequest<'_>,
+        d: plinth_db::leases::LeaseDecision,
+        boot: &BootConfig,
+        default_boot_server: Ipv4Addr,
+        notes: &mut (Vec<Uuid>, Vec<Option<i32>>, Vec<Option<Uuid>>),
+        discovered: &mut std::collections::HashMap<MacAddr, Uuid>,
+    ) -> Result<DhcpDecision> {
         let outcome = match d.outcome.as_deref() {
             Some("offer") => Outcome::Offer,
             Some("ack") => Outcome::Ack,
@@ -295,7 +439,7 @@ impl App {
         };
         let mut reason = d.reason.clone();
         if d.outcome.as_deref() == Some("exhausted") {
-            tracing::warn!(%mac, subnet = ?d.cidr, "address pool exhausted");
+            tracing::warn!(mac = %req.mac, subnet = ?d.cidr, "address pool exhausted");
         }
         let boot_server = d.boot_server.as_deref().map(ip).transpose()?;
         let mut machine_id = d.machine_id;
@@ -307,20 +451,19 @@ impl App {
         if matches!(outcome, Outcome::Offer | Outcome::Ack) && req.client.wants_boot() {
             match machine_id {
                 Some(id) => {
-                    plinth_db::machines::note_pxe_client(
-                        &mut conn,
-                        id,
-                        req.client.arch.map(i32::from),
-                        req.client.uuid,
-                    )
-                    .await
-                    .db()?;
+                    notes.0.push(id);
+                    notes.1.push(req.client.arch.map(i32::from));
+                    notes.2.push(req.client.uuid);
                 }
                 None => {
-                    if let Some(id) = self
+                    if let Some(id) = discovered.get(&req.mac) {
+                        machine_id = Some(*id);
+                        state = Some(MachineState::Discovered);
+                    } else if let Some(id) = self
                         .discover_machine(&req.mac, &req.client, d.subnet_id)
                         .await?
                     {
+                        discovered.insert(req.mac, id);
                         machine_id = Some(id);
                         state = Some(MachineState::Discovered);
                     } else {
@@ -392,11 +535,11 @@ impl App {
         let (state, file) = match found {
             Some((id, state, file)) => {
                 let mut conn = self.conn().await?;
-                plinth_db::machines::note_pxe_client(
+                plinth_db::machines::note_pxe_clients(
                     &mut conn,
-                    id,
-                    client.arch.map(i32::from),
-                    client.uuid,
+                    &[id],
+                    &[client.arch.map(i32::from)],
+                    &[client.uuid],
                 )
                 .await
                 .db()?;

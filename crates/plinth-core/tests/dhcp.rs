@@ -341,6 +341,186 @@ async fn reservations_win_and_are_never_given_away() {
     assert_eq!(wrong.outcome, Outcome::Nak);
 }
 
+fn addr(d: &DhcpDecision) -> Option<Ipv4Addr> {
+    d.lease.as_ref().and_then(|l| l.address)
+}
+
+async fn decide_all(app: &App, reqs: &[DhcpRequest<'_>]) -> Vec<DhcpDecision> {
+    app.dhcp_decide_batch(reqs, TIMERS, &boot(), SRV)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// A batch is answered as if its requests had come one after the other: new clients get
+/// distinct addresses, a client sending twice gets one address, offers are acknowledged, and
+/// the requests that take the one-by-one path (a reservation, someone else's address, the pool
+/// running dry in mid-batch, INFORM, an unknown network) get their usual answers in the same batch.
+#[tokio::test]
+async fn batches_answer_like_single_requests() {
+    let (app, _db) = setup(100, 109).await;
+    let reserved = Ipv4Addr::new(10, 30, 0, 200);
+    app.enroll_machine(
+        &admin(),
+        MachineCreate {
+            hostname: Some("res".into()),
+            rack: None,
+            rack_unit: None,
+            size_u: None,
+            pool: None,
+            tags: None,
+            arch: None,
+            nics: vec![NicSpec {
+                mac: mac(50),
+                ipv4: Some(reserved),
+                pxe: None,
+            }],
+            bmc: None,
+        },
+    )
+    .await
+    .unwrap();
+    let discover = |m| req(LeaseOp::Discover { requested: None }, m);
+    let pool = |a: Option<Ipv4Addr>| a.is_some_and(|a| (100..=109).contains(&a.octets()[3]));
+
+    let mut first: Vec<DhcpRequest> = (1..=8).map(|n| discover(mac(n))).collect();
+    first.push(discover(mac(1)));
+    first.push(discover(mac(50)));
+    first.push(req(LeaseOp::Inform, mac(60)));
+    let mut elsewhere = discover(mac(61));
+    elsewhere.match_addr = Ipv4Addr::new(10, 99, 0, 1);
+    first.push(elsewhere);
+    let d = decide_all(&app, &first).await;
+    assert!(d[..10].iter().all(|d| d.outcome == Outcome::Offer), "{d:?}");
+    let offers: Vec<Ipv4Addr> = d[..8].iter().map(|d| addr(d).unwrap()).collect();
+    assert!(offers.iter().all(|a| pool(Some(*a))), "{offers:?}");
+    assert_eq!(offers.iter().collect::<HashSet<_>>().len(), 8, "{offers:?}");
+    assert_eq!(
+        addr(&d[8]),
+        Some(offers[0]),
+        "a client sending twice gets one address"
+    );
+    assert_eq!(addr(&d[9]), Some(reserved));
+    assert_eq!(d[10].outcome, Outcome::Ack, "INFORM: {:?}", d[10]);
+    assert_eq!(addr(&d[10]), None);
+    assert_eq!(
+        d[11].outcome,
+        Outcome::Ignore,
+        "unknown network: {:?}",
+        d[11]
+    );
+
+    // The eight take their offers; three newcomers share the two addresses left; a ninth
+    // client asks for an address already offered to another; the reserved client binds.
+    let mut second: Vec<DhcpRequest> = (1..=8)
+        .map(|n| {
+            req(
+                LeaseOp::Select {
+                    requested: offers[n as usize - 1],
+                },
+                mac(n),
+            )
+        })
+        .collect();
+    second.extend((20..23).map(|n| discover(mac(n))));
+    second.push(req(
+        LeaseOp::Select {
+            requested: offers[1],
+        },
+        mac(9),
+    ));
+    second.push(req(
+        LeaseOp::Select {
+            requested: reserved,
+        },
+        mac(50),
+    ));
+    let d = decide_all(&app, &second).await;
+    for (n, d) in d[..8].iter().enumerate() {
+        assert_eq!(d.outcome, Outcome::Ack, "{d:?}");
+        assert_eq!(addr(d), Some(offers[n]));
+        assert_eq!(d.lease.as_ref().unwrap().lease_secs, Some(600));
+    }
+    let late: Vec<&DhcpDecision> = d[8..11].iter().collect();
+    let late_offers: HashSet<Ipv4Addr> = late.iter().filter_map(|d| addr(d)).collect();
+    assert_eq!(late_offers.len(), 2, "{late:?}");
+    assert!(
+        late_offers
+            .iter()
+            .all(|a| pool(Some(*a)) && !offers.contains(a))
+    );
+    assert_eq!(
+        late.iter().filter(|d| d.outcome == Outcome::Ignore).count(),
+        1,
+        "the pool ran dry for one of them: {late:?}"
+    );
+    assert_eq!(d[11].outcome, Outcome::Nak, "{:?}", d[11]);
+    assert_eq!(d[12].outcome, Outcome::Ack);
+    assert_eq!(addr(&d[12]), Some(reserved));
+
+    // The bound clients come back: each is offered its address again and renews it.
+    let third: Vec<DhcpRequest> = (1..=8)
+        .map(|n| discover(mac(n)))
+        .chain((1..=8).map(|n| {
+            req(
+                LeaseOp::Renew {
+                    ciaddr: offers[n as usize - 1],
+                },
+                mac(n),
+            )
+        }))
+        .collect();
+    let d = decide_all(&app, &third).await;
+    for (n, d) in d.iter().enumerate() {
+        assert_eq!(addr(d), Some(offers[n % 8]), "{d:?}");
+    }
+    assert!(d[8..].iter().all(|d| d.outcome == Outcome::Ack));
+    let leases = app.list_leases(&admin(), None, None).await.unwrap();
+    let bound = leases
+        .iter()
+        .filter(|l| l.state == LeaseState::Bound)
+        .count();
+    assert_eq!(bound, 9, "{leases:?}");
+}
+
+/// Two instances deciding batches for the same clients at the same moment: every client ends
+/// with at most one address, no address goes to two clients, and nothing fails.
+#[tokio::test]
+async fn concurrent_batches_for_the_same_clients() {
+    let (app, db) = setup(10, 250).await;
+    let other = App::new(
+        db.pool.clone(),
+        BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
+    );
+    for round in 0..4u32 {
+        let batch = |app: App| {
+            tokio::spawn(async move {
+                let reqs: Vec<DhcpRequest> = (0..50)
+                    .map(|n| req(LeaseOp::Discover { requested: None }, mac(round * 1000 + n)))
+                    .collect();
+                decide_all(&app, &reqs).await
+            })
+        };
+        let (a, b) = (batch(app.clone()), batch(other.clone()));
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        for (x, y) in a.iter().zip(&b) {
+            // Each client is offered one address, or one instance stays silent for it.
+            match (addr(x), addr(y)) {
+                (Some(p), Some(q)) => assert_eq!(p, q, "{x:?} {y:?}"),
+                (None, None) => panic!("nobody answered: {x:?} {y:?}"),
+                _ => {}
+            }
+        }
+    }
+    let leases = app.list_leases(&admin(), None, None).await.unwrap();
+    let addrs: HashSet<_> = leases.iter().map(|l| l.address).collect();
+    let macs: HashSet<_> = leases.iter().map(|l| l.mac).collect();
+    assert_eq!(leases.len(), 200, "{leases:?}");
+    assert_eq!(addrs.len(), 200);
+    assert_eq!(macs.len(), 200);
+}
+
 #[tokio::test]
 async fn two_instances_never_share_an_address() {
     let (app, db) = setup(10, 250).await;

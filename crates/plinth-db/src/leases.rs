@@ -1,5 +1,5 @@
-//! leases: what DHCP handed out. `dhcp_lease` (a database function, see the migration) makes
-//! each decision in one round trip.
+//! leases: what DHCP handed out. `dhcp_lease_batch` (a database function, see the migrations)
+//! makes the decisions for a whole batch of packets in one round trip and one transaction.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -36,28 +36,74 @@ pub struct LeaseDecision {
     pub reason: Option<String>,
 }
 
-pub async fn decide(
+/// Decides a batch of lease calls in one statement (one transaction, committed when this
+/// returns). Answers are in the order of `calls`. `offer_secs` and `quarantine_secs` are taken
+/// from the first call.
+pub async fn decide_batch(
     conn: &mut PgConnection,
-    c: &LeaseCall<'_>,
-) -> Result<LeaseDecision, sqlx::Error> {
-    sqlx::query_as!(
-        LeaseDecision,
-        r#"select outcome, host(address) as address, lease_secs, subnet_id, cidr::text as cidr,
-                  host(router) as router, array(select host(d) from unnest(dns_servers) d) as dns_servers,
+    calls: &[LeaseCall<'_>],
+) -> Result<Vec<LeaseDecision>, sqlx::Error> {
+    let Some(first) = calls.first() else {
+        return Ok(Vec::new());
+    };
+    let ops: Vec<&str> = calls.iter().map(|c| c.op).collect();
+    let matches: Vec<&str> = calls.iter().map(|c| c.match_addr).collect();
+    let relayed: Vec<bool> = calls.iter().map(|c| c.relayed).collect();
+    let macs: Vec<&str> = calls.iter().map(|c| c.mac).collect();
+    let addrs: Vec<Option<&str>> = calls.iter().map(|c| c.addr).collect();
+    let client_ids: Vec<Option<&[u8]>> = calls.iter().map(|c| c.client_id).collect();
+    let hostnames: Vec<Option<&str>> = calls.iter().map(|c| c.hostname).collect();
+    let rows = sqlx::query!(
+        r#"select i as "i!", outcome, host(address) as address, lease_secs, subnet_id, cidr::text as cidr,
+                  host(router) as router, dns_servers::text[] as dns_servers,
                   domain, host(boot_server) as boot_server, machine_id, machine_state, boot_file, reason
-           from dhcp_lease($1, $2::text::inet, $3, $4::text::macaddr, $5::text::inet, $6, $7, $8, $9)"#,
-        c.op,
-        c.match_addr,
-        c.relayed,
-        c.mac,
-        c.addr,
-        c.client_id,
-        c.hostname,
-        c.offer_secs,
-        c.quarantine_secs
+           from dhcp_lease_batch($1::text[], $2::text[]::inet[], $3::bool[], $4::text[]::macaddr[],
+                                 $5::text[]::inet[], $6::bytea[], $7::text[], $8, $9)"#,
+        &ops as &[&str],
+        &matches as &[&str],
+        &relayed,
+        &macs as &[&str],
+        &addrs as &[Option<&str>],
+        &client_ids as &[Option<&[u8]>],
+        &hostnames as &[Option<&str>],
+        first.offer_secs,
+        first.quarantine_secs
     )
-    .fetch_one(conn)
-    .await
+    .fetch_all(conn)
+    .await?;
+    let mut out: Vec<Option<LeaseDecision>> = vec![None; calls.len()];
+    for r in rows {
+        let slot = usize::try_from(r.i)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| out.get_mut(i))
+            .ok_or_else(|| {
+                sqlx::Error::Protocol(format!("dhcp_lease_batch: item {} out of range", r.i))
+            })?;
+        *slot = Some(LeaseDecision {
+            outcome: r.outcome,
+            address: r.address,
+            lease_secs: r.lease_secs,
+            subnet_id: r.subnet_id,
+            cidr: r.cidr,
+            router: r.router,
+            dns_servers: r.dns_servers,
+            domain: r.domain,
+            boot_server: r.boot_server,
+            machine_id: r.machine_id,
+            machine_state: r.machine_state,
+            boot_file: r.boot_file,
+            reason: r.reason,
+        });
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            d.ok_or_else(|| {
+                sqlx::Error::Protocol(format!("dhcp_lease_batch: no answer for item {}", i + 1))
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone)]

@@ -378,18 +378,23 @@ pub async fn force_state(
 }
 
 /// Records what a machine's PXE firmware said about itself, writing only when it changed.
-pub async fn note_pxe_client(
+pub async fn note_pxe_clients(
     conn: &mut PgConnection,
-    id: Uuid,
-    arch: Option<i32>,
-    uuid: Option<Uuid>,
+    ids: &[Uuid],
+    archs: &[Option<i32>],
+    uuids: &[Option<Uuid>],
 ) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
     sqlx::query!(
-        "update machines set pxe_arch = coalesce($2, pxe_arch), pxe_uuid = coalesce($3, pxe_uuid)
-         where id = $1 and (($2::int is not null and pxe_arch is distinct from $2) or ($3::uuid is not null and pxe_uuid is distinct from $3))",
-        id,
-        arch,
-        uuid
+        "update machines m set pxe_arch = coalesce(t.arch, m.pxe_arch), pxe_uuid = coalesce(t.uuid, m.pxe_uuid)
+         from (select distinct on (id) id, arch, uuid from unnest($1::uuid[], $2::int[], $3::uuid[]) as u(id, arch, uuid)) t
+         where m.id = t.id
+           and ((t.arch is not null and m.pxe_arch is distinct from t.arch) or (t.uuid is not null and m.pxe_uuid is distinct from t.uuid))",
+        ids,
+        archs as &[Option<i32>],
+        uuids as &[Option<Uuid>]
     )
     .execute(conn)
     .await?;

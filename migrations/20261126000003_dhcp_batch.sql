@@ -57,7 +57,6 @@ declare
     v_want integer;
     v_start inet;
     v_free inet[];
-    v_key integer;
     v_i integer[];
     v_mac macaddr[];
     v_client_id bytea[];
@@ -75,11 +74,8 @@ begin
     -- One batch at a time per client, across instances: two instances on one segment both
     -- answer every broadcast, and the second must find the first one's offer rather than race
     -- it into a unique violation. Taken in one order everywhere, these locks cannot deadlock.
-    foreach v_key in array (
-        select array_agg(k order by k) from (select distinct hashtext(m::text) as k from unnest(p_mac) m) x
-    ) loop
-        perform pg_advisory_xact_lock(1346, v_key);  -- 1346: plinth's DHCP client locks
-    end loop;
+    perform pg_advisory_xact_lock(1346, x.k)  -- 1346: plinth's DHCP client locks
+    from (select distinct hashtext(m::text) as k from unnest(p_mac) m order by 1) x;
 
     -- Classify every item: its subnet, the machine behind its MAC, and which step answers it.
     select array_agg(kind order by x.i), array_agg(s.id order by x.i), array_agg(m.id order by x.i),
@@ -138,7 +134,6 @@ begin
              as t(kind, prev, mac, client_id, hostname, i)
         where t.kind = 'again' and l.address = t.prev and l.mac = t.mac
           and case when l.state <> 'declined' then true else false end
-          and l.address = any(c_prev)  -- (an index condition whatever the statistics say)
         returning t.i::integer as i, l.address
     )
     select array_agg(u.i), array_agg(u.address) into got_i, got_addr from u;
@@ -178,7 +173,6 @@ begin
                 expires_at = now() + make_interval(secs => p_offer_secs), updated_at = now()
             from unnest(v_free, v_i, v_mac, v_client_id, v_hostname) as z(address, i, mac, client_id, hostname)
             where l.address = z.address and z.i is not null
-              and l.address = any(v_free)  -- (an index condition whatever the statistics say)
             returning z.i, l.address
         )
         select array_agg(u.i), array_agg(u.address) into got_i, got_addr from u;
@@ -202,7 +196,6 @@ begin
           -- the state column are always stale, and it would scan one of them instead of the key)
           and case when l.state in ('offered', 'bound') then true else false end
           and (l.pool or l.address = t.reserved)
-          and l.address = any(p_addr)  -- (an index condition whatever the statistics say)
         returning t.i::integer as i, l.address
     )
     select array_agg(u.i), array_agg(u.address) into got_i, got_addr from u;
@@ -219,12 +212,10 @@ begin
         join subnets sn on sn.id = c_sid[d.i];
 
     -- Everything else, one at a time, in arrival order.
-    for k in 1..n loop
-        if not (k = any(d_i)) then
-            return query
-                select k, f.* from dhcp_lease(p_op[k], p_match[k], p_relayed[k], p_mac[k], p_addr[k],
-                    p_client_id[k], p_hostname[k], p_offer_secs, p_quarantine_secs) f;
-        end if;
+    for k in select g from generate_series(1, n) g where not (g = any(d_i)) order by g loop
+        return query
+            select k, f.* from dhcp_lease(p_op[k], p_match[k], p_relayed[k], p_mac[k], p_addr[k],
+                p_client_id[k], p_hostname[k], p_offer_secs, p_quarantine_secs) f;
     end loop;
 end
 $$;

@@ -35,6 +35,8 @@ pub const PROXY_PORT: u16 = 4011;
 /// packets. One beat two and three at every rate (measured on two cores: larger batches, and
 /// no two batches of one instance competing for the same pages).
 const BATCHES_IN_FLIGHT: usize = 1;
+/// Receive buffer of each socket: a burst of some 3,000 requests.
+const RECEIVE_BUFFER: usize = 4 << 20;
 /// The most packets decided in one batch (one transaction).
 const MAX_BATCH: usize = 128;
 
@@ -109,6 +111,9 @@ fn bind(iface: &str, port: u16) -> Result<UdpSocket, Error> {
     s.set_reuse_address(true).map_err(err)?;
     s.set_broadcast(true).map_err(err)?;
     s.bind_device(Some(iface.as_bytes())).map_err(err)?;
+    if let Err(e) = sys::set_receive_buffer(s.as_raw_fd(), RECEIVE_BUFFER) {
+        warn!(interface = %iface, error = %e, "cannot enlarge the DHCP receive buffer");
+    }
     s.set_nonblocking(true).map_err(err)?;
     s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
         .map_err(err)?;
@@ -158,6 +163,7 @@ struct Pending {
     from: SocketAddr,
     op: LeaseOp,
     client: ClientInfo,
+    received: Instant,
     /// The permit of [`Shared::in_flight`] this request holds until its reply is sent.
     _permit: OwnedSemaphorePermit,
 }
@@ -215,8 +221,19 @@ async fn decide_batches(
         let decided: Vec<(Pending, plinth_core::Result<DhcpDecision>)> =
             batch.drain(..).zip(answers).collect();
         let shared = shared.clone();
+        let done = Instant::now();
         tokio::spawn(async move {
+            // The replies leave spaced as their requests came in, not all at once: a burst of a
+            // whole batch overflows the receive buffer of a relay (or of perfdhcp) that is
+            // busy for a moment. The last one leaves no later than the next batch is decided.
+            let first = decided.first().map(|(p, _)| p.received);
             for (p, answer) in decided {
+                if let Some(first) = first {
+                    let due = done + p.received.saturating_duration_since(first);
+                    if due > Instant::now() + Duration::from_millis(1) {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                }
                 let span = tracing::debug_span!("dhcp", xid = format_args!("{:08x}", p.req.xid), mac = %p.req.chaddr, msg = ?p.req.msg_type);
                 let plan = {
                     let _e = span.enter();
@@ -353,6 +370,7 @@ fn accept(
                 return;
             };
             let pending = Pending {
+                received: Instant::now(),
                 client: client_info(&req),
                 req,
                 iface: iface.clone(),

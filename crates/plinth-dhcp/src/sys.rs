@@ -90,3 +90,28 @@ pub fn set_arp(fd: std::os::fd::RawFd, ifname: &str, ip: Ipv4Addr, mac: MacAddr)
     }
     Ok(())
 }
+
+/// Sets a socket's receive buffer to `bytes`, past `net.core.rmem_max` when the process may
+/// (CAP_NET_ADMIN: SO_RCVBUFFORCE), else as far as that limit allows. A boot storm arrives in
+/// bursts; the default buffer (about 200 KiB, some 150 packets) overflows while the server
+/// is busy for a few milliseconds.
+pub fn set_receive_buffer(fd: std::os::fd::RawFd, bytes: usize) -> io::Result<()> {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: fd is an open socket; the option value is a c_int of the given length.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &size as *const libc::c_int as *const libc::c_void,
+                len,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+    }
+    Err(io::Error::last_os_error())
+}

@@ -37,6 +37,8 @@ pub const PROXY_PORT: u16 = 4011;
 const BATCHES_IN_FLIGHT: usize = 1;
 /// Receive buffer of each socket: a burst of some 3,000 requests.
 const RECEIVE_BUFFER: usize = 4 << 20;
+/// Replies sent back to back at most; a larger batch's replies are spaced out.
+const BURST: usize = 32;
 /// The most packets decided in one batch (one transaction).
 const MAX_BATCH: usize = 128;
 
@@ -223,10 +225,13 @@ async fn decide_batches(
         let shared = shared.clone();
         let done = Instant::now();
         tokio::spawn(async move {
-            // The replies leave spaced as their requests came in, not all at once: a burst of a
-            // whole batch overflows the receive buffer of a relay (or of perfdhcp) that is
-            // busy for a moment. The last one leaves no later than the next batch is decided.
-            let first = decided.first().map(|(p, _)| p.received);
+            // The replies of a large batch leave spaced as their requests came in, not all at
+            // once: such a burst overflows the receive buffer of a relay (or of perfdhcp) that
+            // is busy for a moment. The last one leaves no later than the next batch is decided.
+            let first = decided
+                .first()
+                .filter(|_| decided.len() > BURST)
+                .map(|(p, _)| p.received);
             for (p, answer) in decided {
                 if let Some(first) = first {
                     let due = done + p.received.saturating_duration_since(first);

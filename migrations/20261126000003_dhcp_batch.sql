@@ -48,11 +48,9 @@ declare
     c_mboot text[];
     c_res inet[];
     c_prev inet[];
+    -- the items the set-based steps answered, and their addresses
     d_i integer[] := '{}';
-    d_outcome text[] := '{}';
     d_addr inet[] := '{}';
-    got_i integer[];
-    got_addr inet[];
     v_sid uuid;
     v_want integer;
     v_start inet;
@@ -136,12 +134,8 @@ begin
           and case when l.state <> 'declined' then true else false end
         returning t.i::integer as i, l.address
     )
-    select array_agg(u.i), array_agg(u.address) into got_i, got_addr from u;
-    if got_i is not null then
-        d_i := d_i || got_i;
-        d_addr := d_addr || got_addr;
-        d_outcome := d_outcome || array_fill('offer'::text, array[cardinality(got_i)]);
-    end if;
+    select d_i || coalesce(array_agg(u.i), '{}'), d_addr || coalesce(array_agg(u.address), '{}')
+    into d_i, d_addr from u;
 
     -- new: the next free addresses of the subnet from a random point, as many as there are
     -- new clients; those left over (the pool ran out past that point) go through dhcp_lease.
@@ -175,12 +169,8 @@ begin
             where l.address = z.address and z.i is not null
             returning z.i, l.address
         )
-        select array_agg(u.i), array_agg(u.address) into got_i, got_addr from u;
-        if got_i is not null then
-            d_i := d_i || got_i;
-            d_addr := d_addr || got_addr;
-            d_outcome := d_outcome || array_fill('offer'::text, array[cardinality(got_i)]);
-        end if;
+        select d_i || coalesce(array_agg(u.i), '{}'), d_addr || coalesce(array_agg(u.address), '{}')
+        into d_i, d_addr from u;
     end loop;
 
     -- bind: the client asks for the address it was offered or holds.
@@ -198,17 +188,14 @@ begin
           and (l.pool or l.address = t.reserved)
         returning t.i::integer as i, l.address
     )
-    select array_agg(u.i), array_agg(u.address) into got_i, got_addr from u;
-    if got_i is not null then
-        d_i := d_i || got_i;
-        d_addr := d_addr || got_addr;
-        d_outcome := d_outcome || array_fill('ack'::text, array[cardinality(got_i)]);
-    end if;
+    select d_i || coalesce(array_agg(u.i), '{}'), d_addr || coalesce(array_agg(u.address), '{}')
+    into d_i, d_addr from u;
 
     return query
-        select d.i, d.outcome, d.addr, sn.lease_time, sn.id, sn.cidr, sn.router, sn.dns_servers, sn.domain,
-               sn.boot_server, c_mid[d.i], c_mstate[d.i], c_mboot[d.i], null::text
-        from unnest(d_i, d_outcome, d_addr) as d(i, outcome, addr)
+        select d.i, case c_kind[d.i] when 'bind' then 'ack' else 'offer' end, d.addr, sn.lease_time,
+               sn.id, sn.cidr, sn.router, sn.dns_servers, sn.domain, sn.boot_server,
+               c_mid[d.i], c_mstate[d.i], c_mboot[d.i], null::text
+        from unnest(d_i, d_addr) as d(i, addr)
         join subnets sn on sn.id = c_sid[d.i];
 
     -- Everything else, one at a time, in arrival order.

@@ -337,16 +337,23 @@ impl App {
                     addr: addr.as_deref(),
                     client_id: r.client_id,
                     hostname: r.hostname,
-                    offer_secs: timers.offer_secs as i32,
-                    quarantine_secs: timers.quarantine_secs as i32,
                 },
             )
             .collect();
+        let offer_secs = i32::try_from(timers.offer_secs).unwrap_or(i32::MAX);
+        let quarantine_secs = i32::try_from(timers.quarantine_secs).unwrap_or(i32::MAX);
         let mut conn = match self.conn().await {
             Ok(c) => c,
             Err(e) => return reqs.iter().map(|_| Err(e.clone())).collect(),
         };
-        let decided: Vec<Decided> = match plinth_db::leases::decide_batch(&mut conn, &calls).await {
+        let decided: Vec<Decided> = match plinth_db::leases::decide_batch(
+            &mut conn,
+            &calls,
+            offer_secs,
+            quarantine_secs,
+        )
+        .await
+        {
             Ok(d) => d.into_iter().map(|d| Decided::Lease(Box::new(d))).collect(),
             Err(e) if batch_conflict(&e) && calls.len() > 1 => {
                 // Another batch was answering one of these clients at this moment: decide
@@ -355,8 +362,13 @@ impl App {
                 let mut out = Vec::with_capacity(calls.len());
                 for call in &calls {
                     out.push(
-                        match plinth_db::leases::decide_batch(&mut conn, std::slice::from_ref(call))
-                            .await
+                        match plinth_db::leases::decide_batch(
+                            &mut conn,
+                            std::slice::from_ref(call),
+                            offer_secs,
+                            quarantine_secs,
+                        )
+                        .await
                         {
                             Ok(mut d) => d.pop().map_or_else(
                                 || Decided::Failed(Error::internal()),
@@ -376,7 +388,7 @@ impl App {
         drop(conn);
 
         let mut answers = Vec::with_capacity(reqs.len());
-        let mut notes = (Vec::new(), Vec::new(), Vec::new());
+        let mut notes = Vec::new();
         let mut discovered: std::collections::HashMap<MacAddr, Uuid> = Default::default();
         for (req, d) in reqs.iter().zip(decided) {
             let d = match d {
@@ -403,13 +415,11 @@ impl App {
                 .await,
             );
         }
-        if !notes.0.is_empty() {
+        if !notes.is_empty() {
             let noted = match self.conn().await {
-                Ok(mut conn) => {
-                    plinth_db::machines::note_pxe_clients(&mut conn, &notes.0, &notes.1, &notes.2)
-                        .await
-                        .db()
-                }
+                Ok(mut conn) => plinth_db::machines::note_pxe_clients(&mut conn, &notes)
+                    .await
+                    .db(),
                 Err(e) => Err(e),
             };
             if let Err(e) = noted {
@@ -428,7 +438,7 @@ impl App {
         d: plinth_db::leases::LeaseDecision,
         boot: &BootConfig,
         default_boot_server: Ipv4Addr,
-        notes: &mut (Vec<Uuid>, Vec<Option<i32>>, Vec<Option<Uuid>>),
+        notes: &mut Vec<(Uuid, Option<i32>, Option<Uuid>)>,
         discovered: &mut std::collections::HashMap<MacAddr, Uuid>,
     ) -> Result<DhcpDecision> {
         let outcome = match d.outcome.as_deref() {
@@ -451,9 +461,7 @@ impl App {
         if matches!(outcome, Outcome::Offer | Outcome::Ack) && req.client.wants_boot() {
             match machine_id {
                 Some(id) => {
-                    notes.0.push(id);
-                    notes.1.push(req.client.arch.map(i32::from));
-                    notes.2.push(req.client.uuid);
+                    notes.push((id, req.client.arch.map(i32::from), req.client.uuid));
                 }
                 None => {
                     if let Some(id) = discovered.get(&req.mac) {
@@ -537,9 +545,7 @@ impl App {
                 let mut conn = self.conn().await?;
                 plinth_db::machines::note_pxe_clients(
                     &mut conn,
-                    &[id],
-                    &[client.arch.map(i32::from)],
-                    &[client.uuid],
+                    &[(id, client.arch.map(i32::from), client.uuid)],
                 )
                 .await
                 .db()?;

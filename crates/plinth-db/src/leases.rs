@@ -15,8 +15,6 @@ pub struct LeaseCall<'a> {
     pub addr: Option<&'a str>,
     pub client_id: Option<&'a [u8]>,
     pub hostname: Option<&'a str>,
-    pub offer_secs: i32,
-    pub quarantine_secs: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -37,15 +35,17 @@ pub struct LeaseDecision {
 }
 
 /// Decides a batch of lease calls in one statement (one transaction, committed when this
-/// returns). Answers are in the order of `calls`. `offer_secs` and `quarantine_secs` are taken
-/// from the first call.
+/// returns). Answers are in the order of `calls`. An offer holds its address for `offer_secs`;
+/// a declined address stays out of the pool for `quarantine_secs`.
 pub async fn decide_batch(
     conn: &mut PgConnection,
     calls: &[LeaseCall<'_>],
+    offer_secs: i32,
+    quarantine_secs: i32,
 ) -> Result<Vec<LeaseDecision>, sqlx::Error> {
-    let Some(first) = calls.first() else {
+    if calls.is_empty() {
         return Ok(Vec::new());
-    };
+    }
     let ops: Vec<&str> = calls.iter().map(|c| c.op).collect();
     let matches: Vec<&str> = calls.iter().map(|c| c.match_addr).collect();
     let relayed: Vec<bool> = calls.iter().map(|c| c.relayed).collect();
@@ -66,8 +66,8 @@ pub async fn decide_batch(
         &addrs as &[Option<&str>],
         &client_ids as &[Option<&[u8]>],
         &hostnames as &[Option<&str>],
-        first.offer_secs,
-        first.quarantine_secs
+        offer_secs,
+        quarantine_secs
     )
     .fetch_all(conn)
     .await?;

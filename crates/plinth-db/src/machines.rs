@@ -377,24 +377,26 @@ pub async fn force_state(
     Ok(())
 }
 
-/// Records what a machine's PXE firmware said about itself, writing only when it changed.
+/// Records what machines' PXE firmware said about them (machine id, option 93 architecture,
+/// option 97 UUID), writing only what changed.
 pub async fn note_pxe_clients(
     conn: &mut PgConnection,
-    ids: &[Uuid],
-    archs: &[Option<i32>],
-    uuids: &[Option<Uuid>],
+    clients: &[(Uuid, Option<i32>, Option<Uuid>)],
 ) -> Result<(), sqlx::Error> {
-    if ids.is_empty() {
+    if clients.is_empty() {
         return Ok(());
     }
+    let ids: Vec<Uuid> = clients.iter().map(|c| c.0).collect();
+    let archs: Vec<Option<i32>> = clients.iter().map(|c| c.1).collect();
+    let uuids: Vec<Option<Uuid>> = clients.iter().map(|c| c.2).collect();
     sqlx::query!(
         "update machines m set pxe_arch = coalesce(t.arch, m.pxe_arch), pxe_uuid = coalesce(t.uuid, m.pxe_uuid)
          from (select distinct on (id) id, arch, uuid from unnest($1::uuid[], $2::int[], $3::uuid[]) as u(id, arch, uuid)) t
          where m.id = t.id
            and ((t.arch is not null and m.pxe_arch is distinct from t.arch) or (t.uuid is not null and m.pxe_uuid is distinct from t.uuid))",
-        ids,
-        archs as &[Option<i32>],
-        uuids as &[Option<Uuid>]
+        &ids,
+        &archs as &[Option<i32>],
+        &uuids as &[Option<Uuid>]
     )
     .execute(conn)
     .await?;

@@ -30,11 +30,6 @@ pub const SERVER_PORT: u16 = 67;
 pub const CLIENT_PORT: u16 = 68;
 pub const PROXY_PORT: u16 = 4011;
 
-/// Batches of lease decisions in the database at once per instance. While one batch is in
-/// the database the next one gathers, so under load each round trip and commit carries many
-/// packets. One beat two and three at every rate (measured on two cores: larger batches, and
-/// no two batches of one instance competing for the same pages).
-const BATCHES_IN_FLIGHT: usize = 1;
 /// Receive buffer of each socket: a burst of some 3,000 requests.
 const RECEIVE_BUFFER: usize = 4 << 20;
 /// Replies sent back to back at most; a larger batch's replies are spaced out.
@@ -191,22 +186,21 @@ impl Pending {
 
 /// Takes the requests that are waiting (all of them, up to [`MAX_BATCH`]) and decides them in
 /// one database round trip; the replies go out from a task of their own while the next batch
-/// is decided. [`BATCHES_IN_FLIGHT`] of these run at once, sharing the queue.
+/// gathers. One batch in the database at a time per instance: under load each round trip and
+/// commit then carries many packets (measured on two cores, one batch in flight beat two and
+/// three at every rate).
 async fn decide_batches(
     shared: Arc<Shared>,
-    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Pending>>>,
+    mut queue: mpsc::Receiver<Pending>,
     cancel: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
-        {
-            let mut queue = queue.lock().await;
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                n = queue.recv_many(&mut batch, MAX_BATCH) => if n == 0 {
-                    return;
-                },
-            }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            n = queue.recv_many(&mut batch, MAX_BATCH) => if n == 0 {
+                return;
+            },
         }
         let reqs: Vec<DhcpRequest<'_>> = batch.iter().map(Pending::request).collect();
         let answers = shared
@@ -239,7 +233,7 @@ async fn decide_batches(
                         tokio::time::sleep_until(due.into()).await;
                     }
                 }
-                let span = tracing::debug_span!("dhcp", xid = format_args!("{:08x}", p.req.xid), mac = %p.req.chaddr, msg = ?p.req.msg_type);
+                let span = transaction_span(&p.req);
                 let plan = {
                     let _e = span.enter();
                     server_reply(&shared, &p, answer)
@@ -302,14 +296,7 @@ pub async fn run(
         last_bad_log: Mutex::new(None),
     });
     let mut set = tokio::task::JoinSet::new();
-    let queue = Arc::new(tokio::sync::Mutex::new(queue));
-    for _ in 0..BATCHES_IN_FLIGHT {
-        set.spawn(decide_batches(
-            shared.clone(),
-            queue.clone(),
-            cancel.clone(),
-        ));
-    }
+    set.spawn(decide_batches(shared.clone(), queue, cancel.clone()));
     for iface in ifaces {
         let (shared, cancel) = (shared.clone(), cancel.clone());
         set.spawn(async move { listen(shared, Arc::new(iface), cancel).await });
@@ -341,6 +328,11 @@ async fn listen(shared: Arc<Shared>, iface: Arc<Iface>, cancel: CancellationToke
         };
         accept(&shared, &iface, &buf[..n], from, permit);
     }
+}
+
+/// The span of one DHCP transaction (DESIGN.md: xid and MAC on every line about it).
+fn transaction_span(req: &Request) -> tracing::Span {
+    tracing::debug_span!("dhcp", xid = format_args!("{:08x}", req.xid), mac = %req.chaddr, msg = ?req.msg_type)
 }
 
 /// Takes one packet in: a lease request joins the batch queue, a ProxyDHCP request gets a task.
@@ -390,7 +382,7 @@ fn accept(
         Mode::Proxy => {
             let (shared, iface) = (shared.clone(), iface.clone());
             tokio::spawn(async move {
-                let span = tracing::debug_span!("dhcp", xid = format_args!("{:08x}", req.xid), mac = %req.chaddr, msg = ?req.msg_type);
+                let span = transaction_span(&req);
                 async {
                     match proxy_reply(&shared, &iface, &req).await {
                         Some(plan) => send(&shared, &iface, &req, &plan, from).await,

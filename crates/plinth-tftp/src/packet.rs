@@ -255,21 +255,17 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 fn put_options(out: &mut Vec<u8>, o: &Options) {
-    if let Some(v) = o.blksize {
-        put_str(out, "blksize");
-        put_str(out, &v.to_string());
-    }
-    if let Some(v) = o.timeout {
-        put_str(out, "timeout");
-        put_str(out, &v.to_string());
-    }
-    if let Some(v) = o.tsize {
-        put_str(out, "tsize");
-        put_str(out, &v.to_string());
-    }
-    if let Some(v) = o.windowsize {
-        put_str(out, "windowsize");
-        put_str(out, &v.to_string());
+    let options = [
+        ("blksize", o.blksize.map(u64::from)),
+        ("timeout", o.timeout.map(u64::from)),
+        ("tsize", o.tsize),
+        ("windowsize", o.windowsize.map(u64::from)),
+    ];
+    for (name, value) in options {
+        if let Some(v) = value {
+            put_str(out, name);
+            put_str(out, &v.to_string());
+        }
     }
 }
 

@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# images/build.sh [ROOT] - fill plinth's images root with the boot artefacts it serves:
+#   ROOT/undionly.kpxe ROOT/ipxe.efi ROOT/snponly.efi   iPXE, from Debian's ipxe package
+#   ROOT/plinth/vmlinuz                                  kernel of Debian's linux-image-amd64
+#   ROOT/plinth/initrd.img                               busybox + NIC/disk modules + images/ramdisk/init
+#   ROOT/SHA256SUMS
+# Debian packages only (missing ones are installed by scripts/ensure-packages.sh); idempotent;
+# work whose output is up to date is skipped. See images/README.md.
+#
+# ROOT defaults to $PLINTH_IMAGES__ROOT, else /var/lib/plinth/images as root, else
+# ${XDG_STATE_HOME:-$HOME/.local/state}/plinth/images.
+# Environment: PLINTH_KERNEL_VERSION=6.1.0-NN-amd64 picks the kernel (default: the one the
+# linux-image-amd64 package depends on, else the newest /lib/modules/V with a /boot/vmlinuz-V);
+# PLINTH_RAMDISK_EXTRA_MODULES="mod1 mod2" adds modules to the ramdisk.
+set -euo pipefail
+
+start=$SECONDS
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+self="$here/$(basename "${BASH_SOURCE[0]}")"
+ramdisk_src="$here/ramdisk"
+ipxe_dir=/usr/lib/ipxe
+ipxe_files=(undionly.kpxe ipxe.efi snponly.efi)
+max_initrd=$((30 * 1024 * 1024))
+
+log() { printf 'images: %s\n' "$*"; }
+warn() { printf 'images: WARNING: %s\n' "$*" >&2; }
+die() { printf 'images: ERROR: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+	cat <<EOF
+usage: images/build.sh [ROOT]
+Builds plinth's boot artefacts (iPXE binaries, ramdisk kernel and initrd) into ROOT.
+ROOT defaults to \$PLINTH_IMAGES__ROOT, else /var/lib/plinth/images (root), else
+\${XDG_STATE_HOME:-\$HOME/.local/state}/plinth/images.
+EOF
+}
+
+case "${1:-}" in -h | --help) usage; exit 0 ;; esac
+[ $# -le 1 ] || { usage >&2; exit 2; }
+
+if [ $# -eq 1 ]; then
+	[ -n "$1" ] || die "ROOT is empty"
+	ROOT=$1
+elif [ -n "${PLINTH_IMAGES__ROOT:-}" ]; then
+	ROOT=$PLINTH_IMAGES__ROOT
+elif [ "$(id -u)" = 0 ]; then
+	ROOT=/var/lib/plinth/images
+else
+	ROOT=${XDG_STATE_HOME:-$HOME/.local/state}/plinth/images
+fi
+mkdir -p "$ROOT/plinth"
+ROOT=$(cd "$ROOT" && pwd)
+log "images root: $ROOT"
+
+# One build at a time per ROOT.
+exec 9>"$ROOT/.build.lock"
+flock -n 9 || { log "another build holds $ROOT/.build.lock; waiting"; flock 9; }
+
+rm -rf "$ROOT"/.initrd-stage.* "$ROOT"/*.tmp "$ROOT"/plinth/*.tmp # left by an interrupted run
+
+# ---- packages --------------------------------------------------------------------------------
+"$repo/scripts/ensure-packages.sh" ipxe linux-image-amd64 busybox-static cpio kmod
+for tool in cpio gzip depmod modprobe modinfo sha256sum; do
+	command -v "$tool" >/dev/null || PATH=$PATH:/usr/sbin:/sbin
+	command -v "$tool" >/dev/null || die "$tool not found (packages cpio, gzip, kmod, coreutils)"
+done
+
+# install_file SRC DST: copy unless DST already has the same content.
+install_file() {
+	local src=$1 dst=$2 rel=${2#"$ROOT"/}
+	[ -r "$src" ] || die "cannot read $src"
+	if [ -f "$dst" ] && [ ! "$src" -nt "$dst" ] && cmp -s "$src" "$dst"; then
+		log "up to date: $rel"
+		return
+	fi
+	install -m 0644 "$src" "$dst.tmp"
+	mv -f "$dst.tmp" "$dst"
+	log "installed:  $rel (from $src)"
+}
+
+# ---- 1. iPXE -----------------------------------------------------------------------------------
+for f in "${ipxe_files[@]}"; do
+	install_file "$ipxe_dir/$f" "$ROOT/$f"
+done
+
+# ---- 2. kernel -------------------------------------------------------------------------------
+has_kernel() { [ -f "/boot/vmlinuz-$1" ] && [ -f "/lib/modules/$1/modules.dep" ]; }
+kver=${PLINTH_KERNEL_VERSION:-}
+if [ -n "$kver" ]; then
+	has_kernel "$kver" || die "PLINTH_KERNEL_VERSION=$kver: need /boot/vmlinuz-$kver and /lib/modules/$kver"
+else
+	# The version linux-image-amd64 depends on (linux-image-6.1.0-NN-amd64), when it is complete.
+	dep=$(dpkg-query -W -f='${Depends}' linux-image-amd64 2>/dev/null | grep -o 'linux-image-[^ ,|]*' | head -n1 || true)
+	dep=${dep#linux-image-}
+	if [ -n "$dep" ] && has_kernel "$dep"; then
+		kver=$dep
+	else
+		for d in /lib/modules/*/; do
+			v=$(basename "$d")
+			has_kernel "$v" && echo "$v"
+		done | sort -V | tail -n1 >"$ROOT/.kver.tmp" || true
+		kver=$(cat "$ROOT/.kver.tmp")
+		rm -f "$ROOT/.kver.tmp"
+	fi
+	[ -n "$kver" ] || die "no kernel: no /lib/modules/V with a matching /boot/vmlinuz-V (install linux-image-amd64)"
+fi
+[ "$kver" = "$(uname -r)" ] || log "kernel $kver (the running kernel, $(uname -r), is not used)"
+log "kernel version: $kver"
+install_file "/boot/vmlinuz-$kver" "$ROOT/plinth/vmlinuz"
+
+# ---- 3. initrd -------------------------------------------------------------------------------
+moddir=/lib/modules/$kver
+busybox=/bin/busybox
+[ -x "$busybox" ] || die "$busybox missing (package busybox-static)"
+file -L "$busybox" 2>/dev/null | grep -q 'statically linked' ||
+	ldd "$busybox" 2>&1 | grep -q 'not a dynamic executable' ||
+	die "$busybox is not statically linked: install busybox-static (it replaces busybox)"
+for f in init udhcpc.script modules.list; do
+	[ -f "$ramdisk_src/$f" ] || die "missing $ramdisk_src/$f"
+done
+
+# Requested modules: images/ramdisk/modules.list plus $PLINTH_RAMDISK_EXTRA_MODULES.
+mapfile -t wanted < <(
+	sed -e 's/#.*//' "$ramdisk_src/modules.list" | awk 'NF >= 2 { print $1, $2 }'
+	for m in ${PLINTH_RAMDISK_EXTRA_MODULES:-}; do echo "extra $m"; done
+)
+mod_files=() present=() missing=()
+for line in "${wanted[@]}"; do
+	name=${line#* }
+	if ! deps=$(modprobe -S "$kver" --show-depends "$name" 2>/dev/null); then
+		warn "module $name is not in kernel $kver: skipped"
+		missing+=("$name")
+		continue
+	fi
+	present+=("$line")
+	while read -r kind path _; do
+		[ "$kind" = insmod ] && mod_files+=("$path")
+	done <<<"$deps"
+done
+mapfile -t mod_files < <(printf '%s\n' "${mod_files[@]}" | LC_ALL=C sort -u)
+
+# Firmware the modules ask for, when it is installed (Debian's non-free firmware-* packages).
+fw_files=() fw_missing=0
+while read -r fw; do
+	[ -n "$fw" ] || continue
+	if [ -f "/lib/firmware/$fw" ]; then fw_files+=("/lib/firmware/$fw"); else fw_missing=$((fw_missing + 1)); fi
+done < <(modinfo -F firmware "${mod_files[@]}" 2>/dev/null | LC_ALL=C sort -u)
+
+# Everything the initrd is made of; it is rebuilt when this list or any mtime/size changes.
+inputs=("$self" "$busybox" "$ramdisk_src"/* "$moddir/modules.order" "$moddir/modules.builtin"
+	"$moddir/modules.builtin.modinfo" "${mod_files[@]}" "${fw_files[@]}")
+manifest=$(
+	echo "kernel $kver"
+	echo "modules ${present[*]// /:}"
+	stat -L -c '%n %s %Y' "${inputs[@]}"
+)
+initrd=$ROOT/plinth/initrd.img
+stamp=$ROOT/plinth/.initrd.inputs
+
+if [ -f "$initrd" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$manifest" ] && [ ! "$self" -nt "$initrd" ]; then
+	log "up to date: plinth/initrd.img (${#mod_files[@]} module files, kernel $kver)"
+else
+	log "building plinth/initrd.img: kernel $kver, ${#present[@]} modules requested, ${#mod_files[@]} module files with dependencies"
+	stage=$(mktemp -d "$ROOT/.initrd-stage.XXXXXX")
+	trap 'rm -rf "$stage" "$initrd.tmp"' EXIT
+	mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,etc/udhcpc,etc/plinth,proc,sys,run,tmp,root,lib/firmware}
+
+	# busybox and its applet links
+	install -m 0755 "$busybox" "$stage/bin/busybox"
+	while read -r applet; do
+		[ -n "$applet" ] && [ "$applet" != bin/busybox ] || continue
+		[ -e "$stage/$applet" ] || [ -L "$stage/$applet" ] || ln -s /bin/busybox "$stage/$applet"
+	done < <("$stage/bin/busybox" --list-full)
+
+	# /init and friends
+	install -m 0755 "$ramdisk_src/init" "$stage/init"
+	install -m 0755 "$ramdisk_src/udhcpc.script" "$stage/etc/udhcpc/default.script"
+	printf '%s\n' "# class module (present in kernel $kver)" "${present[@]}" >"$stage/etc/plinth/modules"
+	printf 'kernel=%s\nbuilt=%s\n' "$kver" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$stage/etc/plinth/ramdisk-release"
+	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"
+	printf 'root:x:0:\n' >"$stage/etc/group"
+	ln -s /proc/mounts "$stage/etc/mtab"
+
+	# modules, then a modules.dep/alias/... for exactly those modules
+	for f in "${mod_files[@]}"; do
+		install -D -m 0644 "$f" "$stage$f"
+	done
+	for f in modules.order modules.builtin modules.builtin.modinfo; do
+		install -m 0644 "$moddir/$f" "$stage$moddir/$f"
+	done
+	depmod -b "$stage" "$kver"
+	for f in "${fw_files[@]}"; do
+		install -D -m 0644 "$f" "$stage$f"
+	done
+
+	# /dev/console must exist in the archive so the kernel can give /init a console; cpio can
+	# only copy real device nodes (root only), so this one newc entry is written by hand.
+	newc() { # NAME MODE(octal) RDEV_MAJOR RDEV_MINOR
+		local n=$((${#1} + 1))
+		printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X' \
+			0 "$((8#$2))" 0 0 1 0 0 0 0 "$3" "$4" "$n" 0
+		printf '%s\0' "$1"
+		head -c $(((4 - (110 + n) % 4) % 4)) /dev/zero
+	}
+	{
+		newc dev 040755 0 0
+		newc dev/console 020600 5 1
+		(cd "$stage" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
+			cpio --quiet -o -H newc -R 0:0 --reproducible)
+	} | gzip -n -6 >"$initrd.tmp"
+	mv -f "$initrd.tmp" "$initrd"
+	printf '%s\n' "$manifest" >"$stamp"
+	rm -rf "$stage"
+	trap - EXIT
+	log "built: plinth/initrd.img ($(du -sh --apparent-size "$ROOT/plinth/initrd.img" | cut -f1) compressed)"
+fi
+[ ${#missing[@]} -eq 0 ] || warn "not in kernel $kver, left out: ${missing[*]}"
+[ "$fw_missing" -eq 0 ] || log "note: $fw_missing firmware files the modules may ask for are not installed (Debian non-free firmware-* packages); drivers that need them will not work"
+size=$(stat -c %s "$initrd")
+log "initrd size: $size bytes ($(numfmt --to=iec-i --suffix=B "$size"))"
+[ "$size" -le "$max_initrd" ] || warn "initrd is larger than $(numfmt --to=iec-i --suffix=B $max_initrd)"
+
+# ---- SHA256SUMS and summary -----------------------------------------------------------------
+# Checksums of files not changed since the last SHA256SUMS are reused (large OS images).
+sums=$ROOT/SHA256SUMS
+declare -A old=()
+if [ -f "$sums" ]; then
+	while read -r h n; do old[${n#\*}]=$h; done <"$sums"
+fi
+mapfile -t files < <(cd "$ROOT" && find . -type f ! -name SHA256SUMS ! -name '.*' ! -path '*/.*' -printf '%P\n' | LC_ALL=C sort)
+new_sums=""
+printf '\n%-24s %12s  %s\n' NAME SIZE SHA256
+for f in "${files[@]}"; do
+	if [ -n "${old[$f]:-}" ] && [ ! "$ROOT/$f" -nt "$sums" ]; then
+		h=${old[$f]}
+	else
+		h=$(sha256sum "$ROOT/$f" | cut -d' ' -f1)
+	fi
+	new_sums+="$h  $f"$'\n'
+	printf '%-24s %12s  %s\n' "$f" "$(numfmt --to=iec-i --suffix=B "$(stat -c %s "$ROOT/$f")")" "$h"
+done
+echo
+if [ -f "$sums" ] && [ "$(cat "$sums")"$'\n' = "$new_sums" ]; then
+	log "up to date: SHA256SUMS"
+else
+	printf '%s' "$new_sums" >"$sums.tmp"
+	mv -f "$sums.tmp" "$sums"
+	log "wrote SHA256SUMS"
+fi
+log "done in $((SECONDS - start)) s"

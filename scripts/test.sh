@@ -3,7 +3,8 @@
 # missing, starts a scratch PostgreSQL, then format, lints, every test, and the query cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-packages.sh postgresql curl python3 qemu-system-x86 ipxe-qemu $(grep -v "^#" crates/plinth-testkit/PACKAGES)
+scripts/ensure-packages.sh postgresql curl python3 qemu-system-x86 ipxe-qemu ovmf \
+  ipxe linux-image-amd64 busybox-static cpio kmod $(grep -v "^#" crates/plinth-testkit/PACKAGES)
 export SQLX_OFFLINE=true
 unset DATABASE_URL
 

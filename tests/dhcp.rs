@@ -361,7 +361,7 @@ fn unknown_pxe_clients_are_discovered_and_booted() {
         (
             "seabios_ipxe_discover.hex",
             "52:54:00:65:00:01",
-            "http://10.65.0.2:8080/boot/ipxe?mac=${net0/mac}",
+            "http://10.65.0.2:8080/boot/ipxe?mac=${net0/mac}&platform=${platform}",
             Some("PXEClient"),
         ),
         (
@@ -758,7 +758,7 @@ fn a_bios_ipxe_vm_is_discovered_and_handed_its_script() {
     assert_eq!(bound.machine_id, Some(found[0].id));
     let log = server.log_text();
     assert!(
-        log.contains("boot=Http { url: \"http://10.72.0.2:8080/boot/ipxe?mac=${net0/mac}\" }"),
+        log.contains("boot=Http { url: \"http://10.72.0.2:8080/boot/ipxe?mac=${net0/mac}&platform=${platform}\" }"),
         "{log}"
     );
     assert!(
@@ -823,7 +823,9 @@ fn a_vm_boots_through_proxy_dhcp_beside_dnsmasq() {
         "the VM is discovered"
     );
     assert!(
-        server.log_text().contains("/boot/ipxe?mac=${net0/mac}"),
+        server
+            .log_text()
+            .contains("/boot/ipxe?mac=${net0/mac}&platform=${platform}"),
         "{}",
         server.log_text()
     );

@@ -360,3 +360,91 @@ fn cli_tour_against_a_real_server() {
     let out = serve.cli("not-a-token", &["rack", "list"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
 }
+
+#[test]
+fn image_catalog_from_the_cli() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(plinth_testkit::TestDb::new()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let root = state.join("images");
+    std::fs::create_dir_all(root.join("plinth")).unwrap();
+    std::fs::write(root.join("plinth/vmlinuz"), b"a kernel").unwrap();
+    let serve = Serve::start(state, Some(&db.url));
+    let admin = create_token(state, Some(&db.url), "ops", "admin");
+
+    let k = json(&serve.cli_ok(
+        &admin,
+        &[
+            "image",
+            "add",
+            "kern",
+            "--kind",
+            "kernel",
+            "--path",
+            "plinth/vmlinuz",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(k["size"], 8);
+    assert_eq!(k["source"], "registered");
+
+    // An upload of a few MiB, streamed; the CLI hashes it first and the server checks.
+    let local = state.join("disk.raw");
+    let data: Vec<u8> = (0..(3u32 << 20) + 5).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&local, &data).unwrap();
+    let d = json(&serve.cli_ok(
+        &admin,
+        &[
+            "image",
+            "add",
+            "disk",
+            "--kind",
+            "disk-image",
+            "--arch",
+            "any",
+            "--file",
+            local.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(d["path"], "uploads/disk");
+    assert!(std::fs::read(root.join("uploads/disk")).unwrap() == data);
+    let bad = serve.cli(
+        &admin,
+        &[
+            "image",
+            "add",
+            "disk2",
+            "--kind",
+            "disk-image",
+            "--file",
+            local.to_str().unwrap(),
+            "--sha256",
+            &"0".repeat(64),
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("checksum_mismatch"),
+        "{bad:?}"
+    );
+    assert!(!root.join("uploads/disk2").exists());
+
+    let list = serve.cli_ok(&admin, &["image", "list"]);
+    assert!(
+        list.contains("kern") && list.contains("disk") && list.contains("3.0 MiB"),
+        "{list}"
+    );
+    let show = serve.cli_ok(&admin, &["image", "show", "disk"]);
+    assert!(
+        show.contains("disk-image") && show.contains("uploaded"),
+        "{show}"
+    );
+    serve.cli_ok(&admin, &["image", "rm", "disk"]);
+    assert!(!root.join("uploads/disk").exists());
+    let gone = serve.cli(&admin, &["image", "show", "disk"]);
+    assert!(!gone.status.success());
+}

@@ -5,6 +5,7 @@
 //! the one place errors become HTTP statuses (see [`error`]). It holds no database pool.
 
 mod auth;
+pub mod boot;
 pub mod error;
 mod v1;
 
@@ -30,6 +31,7 @@ use crate::error::ApiError;
         v1::allocate, v1::list_allocations, v1::get_allocation, v1::release_allocation,
         v1::create_token, v1::list_tokens, v1::revoke_token,
         v1::create_subnet, v1::list_subnets, v1::get_subnet, v1::update_subnet, v1::delete_subnet, v1::list_leases,
+        v1::list_images, v1::register_image, v1::upload_image, v1::get_image, v1::delete_image,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -121,10 +123,19 @@ pub fn router(app: App) -> Router {
                 .delete(v1::delete_subnet),
         )
         .route("/leases", g(v1::list_leases))
+        .route("/images", g(v1::list_images).post(v1::register_image))
+        .route(
+            "/images/{name}",
+            g(v1::get_image)
+                .put(v1::upload_image)
+                .delete(v1::delete_image),
+        )
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest("/api/v1", v1)
         .route("/healthz", get(healthz))
+        .route("/boot/ipxe", get(boot::ipxe_script))
+        .route("/boot/{*path}", get(boot::file))
         .fallback(not_found)
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), actor = tracing::field::Empty)
@@ -138,7 +149,10 @@ pub async fn serve(
     app: App,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

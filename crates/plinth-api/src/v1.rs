@@ -443,3 +443,91 @@ pub async fn list_leases(
 ) -> ApiResult<Json<Vec<Lease>>> {
     Ok(Json(app.list_leases(&who, p.subnet, p.mac).await?))
 }
+
+// ------------------------------------------------------------------ images
+
+#[utoipa::path(get, path = "/api/v1/images", tag = "images", responses((status = 200, body = Vec<Image>)))]
+pub async fn list_images(
+    State(app): State<App>,
+    Caller(who): Caller,
+) -> ApiResult<Json<Vec<Image>>> {
+    Ok(Json(app.list_images(&who).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/images", request_body = ImageRegister, tag = "images",
+    responses((status = 201, body = Image), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn register_image(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Json(req): Json<ImageRegister>,
+) -> ApiResult<(StatusCode, Json<Image>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(app.register_image(&who, req).await?),
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UploadParams {
+    /// ipxe, kernel, initrd, rootfs or disk-image.
+    kind: String,
+    /// x86_64 (default), aarch64 or any.
+    arch: Option<String>,
+    /// Where under the images root; default `uploads/<name>`.
+    path: Option<String>,
+    /// Expected SHA-256 (hex); the upload is refused and removed if it differs.
+    sha256: Option<String>,
+}
+
+#[utoipa::path(put, path = "/api/v1/images/{name}", tag = "images", params(("name" = String, Path), UploadParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = Image), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn upload_image(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(name): Path<String>,
+    Query(p): Query<UploadParams>,
+    body: axum::body::Body,
+) -> ApiResult<(StatusCode, Json<Image>)> {
+    use futures::TryStreamExt;
+    let kind = p
+        .kind
+        .parse()
+        .map_err(|m: String| Error::invalid("invalid_image_kind", m))?;
+    let reader = tokio_util::io::StreamReader::new(
+        body.into_data_stream()
+            .map_err(|e| std::io::Error::other(e.to_string())),
+    );
+    let meta = plinth_core::images::UploadMeta {
+        name,
+        kind,
+        arch: p.arch,
+        path: p.path,
+        sha256: p.sha256,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(app.upload_image(&who, meta, reader).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/images/{name}", tag = "images", params(("name" = String, Path)),
+    responses((status = 200, body = Image), (status = 404, body = ErrorBody)))]
+pub async fn get_image(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Image>> {
+    Ok(Json(app.get_image(&who, &name).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/images/{name}", tag = "images", params(("name" = String, Path)),
+    responses((status = 200, body = Image), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_image(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Image>> {
+    Ok(Json(app.delete_image(&who, &name).await?))
+}

@@ -52,6 +52,8 @@ pub enum Permission {
     /// Request and release allocations.
     Allocate,
     ManageTokens,
+    /// Register, upload and delete boot images.
+    ManageImages,
 }
 
 /// The one place roles are mapped to permissions. A client's permissions apply only to its
@@ -147,6 +149,7 @@ mod tests {
             Act(Verb::Deploy),
             Allocate,
             ManageTokens,
+            ManageImages,
         ];
         let expect = |role, granted: &[Permission]| {
             for p in all {
@@ -164,6 +167,7 @@ mod tests {
                 Act(Verb::Inspect),
                 Act(Verb::Deploy),
                 Allocate,
+                ManageImages,
             ],
         );
         expect(Role::Client, &[Act(Verb::Deploy), Allocate]);

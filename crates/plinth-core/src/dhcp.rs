@@ -110,7 +110,7 @@ pub fn boot_decision(
     if client.ipxe {
         // iPXE already runs: hand it its script, never the binary again, so the chain cannot loop.
         return BootAction::Http {
-            url: format!("{base}/boot/ipxe?mac=${{net0/mac}}"),
+            url: format!("{base}/boot/ipxe?mac=${{net0/mac}}&platform=${{platform}}"),
         };
     }
     let is_url = |f: &str| f.starts_with("http://") || f.starts_with("https://");
@@ -660,7 +660,7 @@ mod tests {
         };
         let arm = pxe(11);
         let plain = ClientInfo::default();
-        let script = http("http://10.0.0.2:8080/boot/ipxe?mac=${net0/mac}");
+        let script = http("http://10.0.0.2:8080/boot/ipxe?mac=${net0/mac}&platform=${platform}");
         let boot = cfg(UnknownPolicy::Boot);
         #[rustfmt::skip]
         let table: Vec<(Option<S>, ClientInfo, Option<&str>, BootAction)> = vec![

@@ -7,9 +7,12 @@
 
 pub mod allocations;
 pub mod auth;
+pub mod boot;
 mod convert;
 pub mod dhcp;
 pub mod events;
+pub mod files;
+pub mod images;
 pub mod lifecycle;
 pub mod machines;
 pub mod racks;
@@ -32,11 +35,54 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct App {
     pool: PgPool,
     bmc_key: BmcKey,
+    boot: std::sync::Arc<BootEnv>,
+}
+
+/// The boot chain's settings and templates, fixed at start.
+#[derive(Debug)]
+pub struct BootEnv {
+    pub settings: boot::BootSettings,
+    pub templates: boot::Templates,
+    /// [`boot::script_decision`] for every state, as the database's `boot_request` takes it.
+    pub table: plinth_db::boot::StateTable,
+    /// The batch worker's queue, started on first use (see [`boot::BootQueue`]).
+    queue: std::sync::OnceLock<boot::BootQueue>,
+}
+
+impl BootEnv {
+    fn new(settings: boot::BootSettings, templates: boot::Templates) -> BootEnv {
+        let table = boot::state_table(&settings);
+        BootEnv {
+            settings,
+            templates,
+            table,
+            queue: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 impl App {
+    /// An application with the default boot settings (images under `./images`).
     pub fn new(pool: PgPool, bmc_key: BmcKey) -> Self {
-        App { pool, bmc_key }
+        let templates = boot::Templates::load(None).expect("the shipped boot templates parse");
+        App {
+            pool,
+            bmc_key,
+            boot: std::sync::Arc::new(BootEnv::new(
+                boot::BootSettings::with_root("images".into()),
+                templates,
+            )),
+        }
+    }
+
+    /// The same application with these boot settings and templates.
+    pub fn with_boot(mut self, settings: boot::BootSettings, templates: boot::Templates) -> Self {
+        self.boot = std::sync::Arc::new(BootEnv::new(settings, templates));
+        self
+    }
+
+    pub fn boot_env(&self) -> &BootEnv {
+        &self.boot
     }
 
     /// For health checks: can we reach the database?

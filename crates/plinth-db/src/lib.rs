@@ -6,8 +6,10 @@
 
 pub mod allocations;
 pub mod bmcs;
+pub mod boot;
 pub mod embedded;
 pub mod events;
+pub mod images;
 pub mod leases;
 pub mod machines;
 pub mod nics;
@@ -90,6 +92,14 @@ pub fn classify(err: sqlx::Error) -> Error {
             "api_tokens_name_key" => Some(Error::conflict(
                 "duplicate_token",
                 "a token with this name already exists",
+            )),
+            "images_name_key" => Some(Error::conflict(
+                "duplicate_image",
+                "an image with this name already exists",
+            )),
+            "images_path_key" => Some(Error::conflict(
+                "duplicate_image_path",
+                "another image already names this file",
             )),
             "machines_rack_id_fkey" => Some(Error::conflict(
                 "rack_not_empty",

@@ -234,8 +234,13 @@ pub fn parse(b: &[u8]) -> Result<Packet, ParseError> {
         5 => {
             let message = match strings(&b[4..]) {
                 Ok(s) => s.first().copied().unwrap_or("").to_owned(),
-                // Some clients forget the NUL; the message is only for the log.
-                Err(_) => String::from_utf8_lossy(&b[4..]).into_owned(),
+                // Some clients forget the NUL or send another encoding; the message is only
+                // for the log. It ends at its first NUL, as an encoded one does.
+                Err(_) => {
+                    let m = &b[4..];
+                    let end = m.iter().position(|&c| c == 0).unwrap_or(m.len());
+                    String::from_utf8_lossy(&m[..end]).into_owned()
+                }
             };
             Packet::Error {
                 code: ErrorCode::from_u16(word),
@@ -477,6 +482,14 @@ mod tests {
         for (bytes, want) in cases {
             assert_eq!(parse(bytes), Err(want), "{bytes:?}");
         }
+        // An ERROR whose message is not UTF-8 still parses, up to its NUL like any other.
+        assert_eq!(
+            parse(b"\x00\x05\x00\x01no\xff\x00\xfe"),
+            Ok(Packet::Error {
+                code: ErrorCode::FileNotFound,
+                message: "no\u{fffd}".into()
+            })
+        );
         let long = [b"\x00\x01".as_slice(), &[b'a'; 256], b"\x00octet\x00"].concat();
         assert_eq!(parse(&long), Err(ParseError::FilenameTooLong));
     }

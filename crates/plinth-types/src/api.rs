@@ -601,3 +601,76 @@ pub struct Lease {
     /// The inventory machine behind the MAC, if any.
     pub machine_id: Option<Uuid>,
 }
+
+// ---------------------------------------------------------------- images
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageKind {
+    Ipxe,
+    Kernel,
+    Initrd,
+    Rootfs,
+    DiskImage,
+}
+
+impl ImageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageKind::Ipxe => "ipxe",
+            ImageKind::Kernel => "kernel",
+            ImageKind::Initrd => "initrd",
+            ImageKind::Rootfs => "rootfs",
+            ImageKind::DiskImage => "disk-image",
+        }
+    }
+}
+
+impl std::str::FromStr for ImageKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "ipxe" => ImageKind::Ipxe,
+            "kernel" => ImageKind::Kernel,
+            "initrd" => ImageKind::Initrd,
+            "rootfs" => ImageKind::Rootfs,
+            "disk-image" => ImageKind::DiskImage,
+            other => {
+                return Err(format!(
+                    "unknown image kind {other:?} (ipxe, kernel, initrd, rootfs, disk-image)"
+                ));
+            }
+        })
+    }
+}
+
+/// Register a file that is already under the images root.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRegister {
+    /// Unique name: letters, digits, `.`, `_`, `-`; at most 128.
+    pub name: String,
+    pub kind: ImageKind,
+    /// `x86_64`, `aarch64` or `any` (default `x86_64`).
+    pub arch: Option<String>,
+    /// Path relative to the images root.
+    pub path: String,
+    /// Expected SHA-256 (hex); the file is hashed and must match.
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Image {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: ImageKind,
+    pub arch: String,
+    /// Relative to the images root; served at `/boot/<path>`.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    /// `registered` or `uploaded`.
+    pub source: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}

@@ -12,6 +12,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+mod images;
+
 #[derive(Args, Clone)]
 pub struct Global {
     /// The plinth API.
@@ -101,6 +103,13 @@ pub enum ClientCommand {
         global: Global,
         #[command(subcommand)]
         command: LeaseCommand,
+    },
+    /// Boot images: the catalog of files plinth serves to booting machines.
+    Image {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: images::ImageCommand,
     },
     /// The audit log.
     Events {
@@ -372,6 +381,15 @@ impl Api {
             .send()
             .await
             .with_context(|| format!("cannot reach the plinth API at {}", self.base))?;
+        self.decode(resp, &url).await
+    }
+
+    /// A response's body, or its API error as the error.
+    async fn decode<T: DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+        url: &str,
+    ) -> anyhow::Result<T> {
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if !status.is_success() {
@@ -681,6 +699,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         }
         ClientCommand::Subnet { global, command } => subnet(&Api::new(&global)?, command).await,
         ClientCommand::Lease { global, command } => lease(&Api::new(&global)?, command).await,
+        ClientCommand::Image { global, command } => images::run(&Api::new(&global)?, command).await,
         ClientCommand::Events {
             global,
             since,

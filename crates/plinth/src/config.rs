@@ -23,6 +23,170 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub dhcp: DhcpConfig,
+    #[serde(default)]
+    pub tftp: TftpConfig,
+    #[serde(default)]
+    pub images: ImagesConfig,
+    #[serde(default)]
+    pub boot: BootConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Where boot images live (iPXE binaries, ramdisk, OS images); default `<state_dir>/images`.
+    pub root: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TftpConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_tftp_listen")]
+    pub listen: SocketAddr,
+    /// Largest block size granted (RFC 2348 allows up to 65464).
+    #[serde(default = "default_max_blksize")]
+    pub max_blksize: u16,
+    /// Largest window granted (RFC 7440).
+    #[serde(default = "default_max_windowsize")]
+    pub max_windowsize: u16,
+    /// Transfers at once; more are refused with "server busy".
+    #[serde(default = "default_max_transfers")]
+    pub max_transfers: usize,
+    /// Retransmissions of one packet before a transfer is abandoned.
+    #[serde(default = "default_tftp_retries")]
+    pub retries: u32,
+    /// First retransmission timeout when the client sets none (doubles with each retry).
+    #[serde(default = "default_tftp_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_tftp_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 69))
+}
+fn default_max_blksize() -> u16 {
+    65464
+}
+fn default_max_windowsize() -> u16 {
+    64
+}
+fn default_max_transfers() -> usize {
+    512
+}
+fn default_tftp_retries() -> u32 {
+    5
+}
+fn default_tftp_timeout_ms() -> u64 {
+    1000
+}
+
+impl Default for TftpConfig {
+    fn default() -> Self {
+        TftpConfig {
+            enabled: false,
+            listen: default_tftp_listen(),
+            max_blksize: default_max_blksize(),
+            max_windowsize: default_max_windowsize(),
+            max_transfers: default_max_transfers(),
+            retries: default_tftp_retries(),
+            timeout_ms: default_tftp_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    /// Base URL machines reach plinth's HTTP server at (e.g. `http://10.0.0.2:8080`); default:
+    /// the Host the request came in on.
+    pub public_url: Option<String>,
+    /// A directory whose `*.ipxe` files replace the shipped boot templates of the same name.
+    pub templates: Option<PathBuf>,
+    /// The ramdisk's kernel and initrd, relative to the images root.
+    #[serde(default = "default_kernel")]
+    pub kernel: String,
+    #[serde(default = "default_initrd")]
+    pub initrd: String,
+    #[serde(default = "default_console")]
+    pub console: String,
+    /// More kernel arguments for the ramdisk. The default `loglevel=4` keeps the kernel from
+    /// printing its command line, agent token included, on the console.
+    #[serde(default = "default_kernel_args")]
+    pub kernel_args: String,
+    #[serde(default = "default_local_boot_bios")]
+    pub local_boot_bios: String,
+    #[serde(default = "default_local_boot_efi")]
+    pub local_boot_efi: String,
+    /// What `ready` and `allocated` machines do when they network-boot: `local` or `poweroff`.
+    #[serde(default = "default_idle")]
+    pub idle: String,
+    /// Seconds an agent token stays valid.
+    #[serde(default = "default_token_ttl")]
+    pub agent_token_ttl: u64,
+    /// Seconds a script that boots nothing waits before handing back to the firmware.
+    #[serde(default = "default_retry_secs")]
+    pub retry_secs: u32,
+    /// Boot-loop guard: more than `loop_max` script requests within `loop_window` seconds is
+    /// flagged on the machine.
+    #[serde(default = "default_loop_max")]
+    pub loop_max: u32,
+    #[serde(default = "default_loop_window")]
+    pub loop_window: u64,
+}
+
+fn default_kernel() -> String {
+    "plinth/vmlinuz".into()
+}
+fn default_initrd() -> String {
+    "plinth/initrd.img".into()
+}
+fn default_console() -> String {
+    "console=tty0 console=ttyS0,115200n8".into()
+}
+fn default_kernel_args() -> String {
+    "loglevel=4".into()
+}
+fn default_local_boot_bios() -> String {
+    "sanboot --no-describe --drive 0x80".into()
+}
+fn default_local_boot_efi() -> String {
+    "exit".into()
+}
+fn default_idle() -> String {
+    "local".into()
+}
+fn default_token_ttl() -> u64 {
+    3600
+}
+fn default_retry_secs() -> u32 {
+    60
+}
+fn default_loop_max() -> u32 {
+    10
+}
+fn default_loop_window() -> u64 {
+    600
+}
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        BootConfig {
+            public_url: None,
+            templates: None,
+            kernel: default_kernel(),
+            initrd: default_initrd(),
+            console: default_console(),
+            kernel_args: default_kernel_args(),
+            local_boot_bios: default_local_boot_bios(),
+            local_boot_efi: default_local_boot_efi(),
+            idle: default_idle(),
+            agent_token_ttl: default_token_ttl(),
+            retry_secs: default_retry_secs(),
+            loop_max: default_loop_max(),
+            loop_window: default_loop_window(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +270,7 @@ impl DhcpConfig {
     pub fn server_config(
         &self,
         http_port: u16,
+        public_url: Option<&str>,
     ) -> anyhow::Result<Option<plinth_dhcp::server::Config>> {
         use plinth_core::dhcp::{BootConfig, LeaseTimers, UnknownPolicy};
         use plinth_dhcp::server::Mode;
@@ -146,7 +311,10 @@ impl DhcpConfig {
                 bios_binary: self.bios_binary.clone(),
                 efi_binary: self.efi_binary.clone(),
                 arm64_binary: self.arm64_binary.clone(),
-                http_base: self.boot_url.clone(),
+                http_base: self
+                    .boot_url
+                    .clone()
+                    .or_else(|| public_url.map(str::to_owned)),
                 http_port,
                 unknown_machines,
             },
@@ -327,7 +495,116 @@ fn parse_env_value(raw: &str) -> toml::Value {
     }
 }
 
+/// A kernel argument string: printable ASCII on one line, nothing iPXE would expand.
+fn check_kernel_args(what: &str, v: &str) -> anyhow::Result<()> {
+    if v.len() > 1024 || v.chars().any(|c| !(' '..='~').contains(&c) || c == '$') {
+        bail!("boot.{what} must be printable ASCII on one line, without `$`, at most 1024 bytes");
+    }
+    Ok(())
+}
+
 impl Config {
+    pub fn images_root(&self) -> PathBuf {
+        self.images
+            .root
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("images"))
+    }
+
+    /// The TFTP server's configuration, checked; `None` when TFTP is disabled.
+    pub fn tftp_config(&self) -> anyhow::Result<Option<plinth_tftp::server::Config>> {
+        let t = &self.tftp;
+        if !t.enabled {
+            return Ok(None);
+        }
+        if !(512..=65464).contains(&t.max_blksize) {
+            bail!("tftp.max_blksize must be between 512 and 65464");
+        }
+        if !(1..=1024).contains(&t.max_windowsize) {
+            bail!("tftp.max_windowsize must be between 1 and 1024");
+        }
+        if t.max_transfers == 0 || t.retries == 0 {
+            bail!("tftp.max_transfers and tftp.retries must be positive");
+        }
+        if !(100..=60_000).contains(&t.timeout_ms) {
+            bail!("tftp.timeout_ms must be between 100 and 60000");
+        }
+        Ok(Some(plinth_tftp::server::Config {
+            listen: t.listen,
+            max_blksize: t.max_blksize,
+            max_windowsize: t.max_windowsize,
+            max_transfers: t.max_transfers,
+            retries: t.retries,
+            timeout: std::time::Duration::from_millis(t.timeout_ms),
+        }))
+    }
+
+    /// The unknown-machine policy the DHCP and boot script paths share.
+    fn unknown_policy(&self) -> anyhow::Result<plinth_core::dhcp::UnknownPolicy> {
+        use plinth_core::dhcp::UnknownPolicy;
+        match self.dhcp.unknown_machines.as_str() {
+            "boot" => Ok(UnknownPolicy::Boot),
+            "record" => Ok(UnknownPolicy::Record),
+            other => bail!("dhcp.unknown_machines must be \"boot\" or \"record\", not {other:?}"),
+        }
+    }
+
+    /// The boot chain's settings, checked.
+    pub fn boot_settings(&self) -> anyhow::Result<plinth_core::boot::BootSettings> {
+        use plinth_core::boot::{BootSettings, IdleBoot};
+        let b = &self.boot;
+        let mut s = BootSettings::with_root(self.images_root());
+        if let Some(url) = &b.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.contains(char::is_whitespace)
+            {
+                bail!("boot.public_url must be an http:// or https:// URL, not {url:?}");
+            }
+            s.public_url = Some(url.trim_end_matches('/').to_owned());
+        }
+        for (what, v) in [("kernel", &b.kernel), ("initrd", &b.initrd)] {
+            plinth_core::files::check_name(v)
+                .map_err(|e| anyhow::anyhow!("boot.{what} {v:?}: {e}"))?;
+        }
+        check_kernel_args("console", &b.console)?;
+        check_kernel_args("kernel_args", &b.kernel_args)?;
+        s.kernel = b.kernel.clone();
+        s.initrd = b.initrd.clone();
+        s.console = b.console.clone();
+        s.kernel_args = b.kernel_args.clone();
+        s.local_boot_bios = b.local_boot_bios.clone();
+        s.local_boot_efi = b.local_boot_efi.clone();
+        s.idle = match b.idle.as_str() {
+            "local" => IdleBoot::LocalDisk,
+            "poweroff" => IdleBoot::PowerOff,
+            other => bail!("boot.idle must be \"local\" or \"poweroff\", not {other:?}"),
+        };
+        s.unknown_machines = self.unknown_policy()?;
+        if !(60..=7 * 86_400).contains(&b.agent_token_ttl) {
+            bail!("boot.agent_token_ttl must be between 60 seconds and 7 days");
+        }
+        s.agent_token_ttl = std::time::Duration::from_secs(b.agent_token_ttl);
+        if !(5..=3600).contains(&b.retry_secs) {
+            bail!("boot.retry_secs must be between 5 and 3600");
+        }
+        s.retry_secs = b.retry_secs;
+        if b.loop_max == 0 || b.loop_window == 0 {
+            bail!("boot.loop_max and boot.loop_window must be positive");
+        }
+        s.loop_max = b.loop_max;
+        s.loop_window = std::time::Duration::from_secs(b.loop_window);
+        s.in_use = [
+            Some(&self.dhcp.bios_binary),
+            Some(&self.dhcp.efi_binary),
+            self.dhcp.arm64_binary.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        Ok(s)
+    }
+
     /// The BMC key: configured, or read from (and on first start written to) the key file.
     pub fn bmc_key(&self) -> anyhow::Result<plinth_core::BmcKey> {
         if let Some(k) = &self.bmc.secret_key {
@@ -434,7 +711,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        let s = c.dhcp.server_config(8080).unwrap().unwrap();
+        let s = c.dhcp.server_config(8080, None).unwrap().unwrap();
         assert_eq!(s.interfaces, ["eth1", "eth2"]);
         assert_eq!(s.mode, plinth_dhcp::server::Mode::Proxy);
         let bad = load(
@@ -445,7 +722,10 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert!(format!("{:#}", bad.dhcp.server_config(8080).unwrap_err()).contains("boot_server"));
+        assert!(
+            format!("{:#}", bad.dhcp.server_config(8080, None).unwrap_err())
+                .contains("boot_server")
+        );
         let bad = load(
             None,
             env(&[
@@ -456,12 +736,14 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert!(format!("{:#}", bad.dhcp.server_config(8080).unwrap_err()).contains("dhcp.mode"));
+        assert!(
+            format!("{:#}", bad.dhcp.server_config(8080, None).unwrap_err()).contains("dhcp.mode")
+        );
         assert!(
             load(None, env(&[]))
                 .unwrap()
                 .dhcp
-                .server_config(8080)
+                .server_config(8080, None)
                 .unwrap()
                 .is_none()
         );

@@ -5,6 +5,7 @@
 mod client;
 mod config;
 mod serve;
+mod tftp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,7 +36,7 @@ pub struct ServerArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the service: REST API (and, in later releases, DHCP, TFTP and workers).
+    /// Run the service: REST API, boot endpoints, DHCP and TFTP (as configured).
     Serve {
         #[command(flatten)]
         server: ServerArgs,

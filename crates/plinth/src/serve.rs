@@ -85,8 +85,22 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
         .with_context(|| format!("creating state_dir {}", c.state_dir.display()))?;
     let bmc_key = c.bmc_key()?;
     let db = open_database(&c).await?;
-    let app = App::new(db.pool.clone(), bmc_key);
-    let dhcp = c.dhcp.server_config(c.http.listen.port())?;
+    let boot = c.boot_settings()?;
+    let templates = plinth_core::boot::Templates::load(c.boot.templates.as_deref())
+        .context("loading the boot templates")?;
+    for (name, origin) in &templates.origins {
+        if origin != "shipped" {
+            tracing::info!(template = %name, %origin, "boot template overridden");
+        }
+    }
+    if !boot.images_root.is_dir() {
+        tracing::warn!(root = %boot.images_root.display(), "the images root does not exist: run images/build.sh to fill it");
+    }
+    let app = App::new(db.pool.clone(), bmc_key).with_boot(boot, templates);
+    let dhcp = c
+        .dhcp
+        .server_config(c.http.listen.port(), c.boot.public_url.as_deref())?;
+    let tftp = c.tftp_config()?;
     let listener = tokio::net::TcpListener::bind(c.http.listen)
         .await
         .with_context(|| format!("listening on {}", c.http.listen))?;
@@ -114,8 +128,23 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
                 .context("DHCP server")
         });
     }
+    if let Some(cfg) = tftp {
+        let http_base = c.boot.public_url.clone().or_else(|| {
+            c.dhcp
+                .boot_server
+                .map(|ip| format!("http://{ip}:{}", c.http.listen.port()))
+        });
+        let source = crate::tftp::source(app.clone(), c.images_root(), http_base);
+        let server = plinth_tftp::server::Server::bind(cfg.clone(), source)
+            .await
+            .with_context(|| format!("TFTP: listening on {}", cfg.listen))?;
+        tracing::info!(addr = %cfg.listen, root = %c.images_root().display(), "TFTP is serving");
+        let cancel = cancel.clone();
+        tasks.spawn(async move { server.serve(cancel).await.context("TFTP server") });
+    }
     {
-        // Reconciler: expired leases go back to the pool (safe on every instance at once).
+        // Reconciler: expired leases go back to the pool, long-expired agent tokens are forgotten
+        // (safe on every instance at once).
         let (app, cancel) = (app.clone(), cancel.clone());
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
@@ -125,6 +154,9 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
                     _ = tick.tick() => {
                         if let Err(e) = app.reclaim_leases().await {
                             tracing::warn!(error = %e, "lease reclaim pass failed");
+                        }
+                        if let Err(e) = app.purge_agent_tokens().await {
+                            tracing::warn!(error = %e, "agent token purge failed");
                         }
                     }
                 }

@@ -1,0 +1,825 @@
+//! The boot endpoints and the image catalog over real HTTP, against a real PostgreSQL: the
+//! iPXE script of every lifecycle state (golden files), agent tokens, boot events and the
+//! boot-loop guard, bad input, template errors, image files with ranges and validators, and
+//! image registration and upload.
+
+use std::path::{Path, PathBuf};
+
+use plinth_core::boot::{BootSettings, Templates};
+use plinth_core::{App, BmcKey, Principal};
+use plinth_testkit::TestDb;
+use plinth_types::Role;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Digest;
+
+const PUBLIC: &str = "http://10.0.0.2:8080";
+
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    app: App,
+    db: TestDb,
+    admin: String,
+    root: tempfile::TempDir,
+}
+
+fn settings(root: &Path) -> BootSettings {
+    let mut s = BootSettings::with_root(root.to_owned());
+    s.public_url = Some(PUBLIC.into());
+    s
+}
+
+impl Server {
+    async fn start() -> Server {
+        Server::start_with(|_| {}, None).await
+    }
+
+    async fn start_with(tune: impl FnOnce(&mut BootSettings), templates: Option<&Path>) -> Server {
+        let db = TestDb::new().await.unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let mut s = settings(root.path());
+        tune(&mut s);
+        let app = App::new(
+            db.pool.clone(),
+            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
+        )
+        .with_boot(s, Templates::load(templates).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(plinth_api::serve(
+            listener,
+            app.clone(),
+            std::future::pending(),
+        ));
+        let admin = app
+            .create_token(&Principal::system(), "root", Role::Admin)
+            .await
+            .unwrap()
+            .secret;
+        Server {
+            base,
+            http: reqwest::Client::new(),
+            app,
+            db,
+            admin,
+            root,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.admin);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let (s, v) = self.call(reqwest::Method::POST, path, Some(body)).await;
+        assert!(s.is_success(), "POST {path}: {s} {v}");
+        v
+    }
+
+    async fn act(&self, id: &str, verb: &str) {
+        self.post(&format!("/api/v1/machines/{id}/actions/{verb}"), json!({}))
+            .await;
+    }
+
+    async fn enroll(&self, n: u32) -> String {
+        let m = self
+            .post(
+                "/api/v1/machines",
+                json!({ "hostname": format!("node{n}"), "pool": format!("p{n}"), "nics": [{ "mac": mac(n) }] }),
+            )
+            .await;
+        m["id"].as_str().unwrap().to_owned()
+    }
+
+    /// GET /boot/ipxe as iPXE would (or not), returning status and body.
+    async fn script(&self, query: &str, ipxe: bool) -> (StatusCode, String) {
+        let mut req = self.http.get(format!("{}/boot/ipxe{query}", self.base));
+        if ipxe {
+            req = req.header("user-agent", "iPXE/1.20.1+ (g4bd064de)");
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    }
+
+    async fn events(&self, id: &str, kind: &str) -> Vec<Value> {
+        let (s, page) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/machines/{id}/events"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .cloned()
+            .collect()
+    }
+}
+
+fn mac(n: u32) -> String {
+    let b = n.to_be_bytes();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[1], b[2], b[3])
+}
+
+fn report(n: u32) -> Value {
+    json!({
+        "cpu": { "model": "Xeon", "cores": 4, "threads": 8 },
+        "memory_mib": 16384,
+        "disks": [{ "name": "sda", "size_bytes": 480_000_000_000u64 }],
+        "nics": [{ "name": "eth0", "mac": mac(n) }],
+        "system": { "vendor": "QEMU", "product": "Standard PC", "serial": format!("S{n}"), "uuid": "4c4c4544-0000-0000-0000-000000000000" },
+        "firmware": "uefi",
+        "arch": "x86_64",
+    })
+}
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/boot")
+}
+
+/// Compares with the golden file, or writes it when `UPDATE_GOLDEN=1`.
+fn golden(name: &str, actual: &str) {
+    let path = golden_dir().join(name);
+    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::create_dir_all(golden_dir()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(actual, expected, "{name} differs from its golden file");
+}
+
+/// The script with the parts that differ per run (ids, tokens) replaced by placeholders.
+fn normalize(script: &str, id: &str) -> String {
+    let mut out = script.replace(id, "<machine-id>");
+    while let Some(i) = out.find("plinth.token=plinth_") {
+        let start = i + "plinth.token=".len();
+        let end = out[start..]
+            .find(|c: char| c.is_whitespace())
+            .map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "<token>");
+    }
+    out
+}
+
+fn token_of(script: &str) -> Option<String> {
+    let i = script.find("plinth.token=")? + "plinth.token=".len();
+    Some(script[i..].split_whitespace().next()?.to_owned())
+}
+
+#[tokio::test]
+async fn every_state_gets_its_script() {
+    let s = Server::start().await;
+    // Machines walked through the lifecycle by the API, one per state of interest.
+    let mut machines: Vec<(&str, String, u32)> = Vec::new();
+    let enrolled = s.enroll(1).await;
+    machines.push(("enrolled", enrolled, 1));
+    let inspecting = s.enroll(2).await;
+    s.act(&inspecting, "inspect").await;
+    machines.push(("inspecting", inspecting, 2));
+    let mut ready = Vec::new();
+    for n in 3..=7 {
+        let id = s.enroll(n).await;
+        s.act(&id, "inspect").await;
+        s.post(&format!("/api/v1/machines/{id}/inspection"), report(n))
+            .await;
+        ready.push((id, n));
+    }
+    let (r, n) = ready.pop().unwrap();
+    machines.push(("ready", r, n));
+    // allocated, deploying, deployed, cleaning
+    for (label, verbs) in [
+        ("allocated", &[][..]),
+        ("deploying", &["deploy"][..]),
+        ("deployed", &["deploy", "deploy_complete"][..]),
+        ("cleaning", &["release"][..]),
+    ] {
+        let (id, n) = ready.pop().unwrap();
+        let alloc = s
+            .post("/api/v1/allocations", json!({ "pool": format!("p{n}") }))
+            .await;
+        assert_eq!(alloc["machines"][0]["id"], id.as_str());
+        for v in verbs {
+            if *v == "release" {
+                let path = format!("/api/v1/allocations/{}", alloc["id"].as_str().unwrap());
+                let (st, b) = s.call(reqwest::Method::DELETE, &path, None).await;
+                assert!(st.is_success(), "{b}");
+            } else {
+                s.act(&id, v).await;
+            }
+        }
+        machines.push((label, id, n));
+    }
+    let decom = s.enroll(8).await;
+    s.act(&decom, "decommission").await;
+    if s.app
+        .get_machine(&Principal::system(), decom.parse().unwrap())
+        .await
+        .unwrap()
+        .state
+        != plinth_types::MachineState::Decommissioned
+    {
+        s.act(&decom, "decommission_complete").await;
+    }
+    machines.push(("decommissioned", decom, 8));
+
+    for (label, id, n) in &machines {
+        let m = s
+            .app
+            .get_machine(&Principal::system(), id.parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            m.state.as_str(),
+            *label,
+            "the test walked {id} to the wrong state"
+        );
+        for platform in ["pcbios", "efi"] {
+            let (st, script) = s
+                .script(
+                    &format!("?mac={}&platform={platform}&buildarch=x86_64", mac(*n)),
+                    true,
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK, "{label}: {script}");
+            assert!(script.starts_with("#!ipxe\n"), "{script}");
+            golden(&format!("{label}-{platform}.ipxe"), &normalize(&script, id));
+        }
+        let boots = s.events(id, "boot").await;
+        assert_eq!(boots.len(), 2, "one boot event per request: {boots:?}");
+        assert_eq!(boots[1]["details"]["firmware"], "efi");
+    }
+
+    // Unknown MAC: discovered on the spot and sent to inspection.
+    let (st, script) = s
+        .script(&format!("?mac={}&platform=efi", mac(99)), true)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let found = s
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/machines?q={}", mac(99)),
+            None,
+        )
+        .await
+        .1;
+    let id = found["machines"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{found}"))
+        .to_owned();
+    assert_eq!(found["machines"][0]["state"], "discovered");
+    golden("discovered-efi.ipxe", &normalize(&script, &id));
+    let boot = &s.events(&id, "boot").await[0];
+    assert_eq!(boot["details"]["message"], "booted inspection image");
+    assert_eq!(boot["actor"], "ipxe@127.0.0.1");
+}
+
+#[tokio::test]
+async fn agent_tokens_are_one_machine_one_mode_and_expire() {
+    let s = Server::start_with(
+        |b| b.agent_token_ttl = std::time::Duration::from_secs(60),
+        None,
+    )
+    .await;
+    let a = s.enroll(1).await;
+    let b = s.enroll(2).await;
+    s.act(&a, "inspect").await;
+    let (_, script) = s.script(&format!("?mac={}", mac(1)), true).await;
+    let token = token_of(&script).expect("the inspection script carries a token");
+    let (_, again) = s.script(&format!("?mac={}", mac(1)), true).await;
+    assert_ne!(
+        token_of(&again).unwrap(),
+        token,
+        "every boot gets a fresh token"
+    );
+    assert!(
+        script.contains(&format!("plinth.api={PUBLIC} ")),
+        "{script}"
+    );
+    assert!(script.contains("plinth.mode=inspect "), "{script}");
+    assert!(
+        script.contains("console=tty0 console=ttyS0,115200n8"),
+        "{script}"
+    );
+
+    let row = s
+        .app
+        .check_agent_token(&token, a.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(row.mode, "inspect");
+    let e = s
+        .app
+        .check_agent_token(&token, b.parse().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, plinth_types::ErrorKind::Forbidden, "{e:?}");
+    let e = s
+        .app
+        .check_agent_token("plinth_nope", a.parse().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, plinth_types::ErrorKind::Unauthorized);
+    // Only the hash is stored; an expired token is refused.
+    let stored: i64 = sqlx::query_scalar(
+        "select count(*) from agent_tokens where position($1::bytea in secret_sha256) > 0",
+    )
+    .bind(token.as_bytes())
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, 0);
+    sqlx::query("update agent_tokens set expires_at = now() - interval '1 second'")
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    let e = s
+        .app
+        .check_agent_token(&token, a.parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("expired"), "{e:?}");
+    // A machine with nothing to run gets no token.
+    let (_, local) = s.script(&format!("?mac={}", mac(2)), true).await;
+    assert!(token_of(&local).is_none(), "{local}");
+}
+
+#[tokio::test]
+async fn a_boot_loop_is_flagged_once() {
+    let s = Server::start_with(|b| b.loop_max = 3, None).await;
+    let id = s.enroll(1).await;
+    s.act(&id, "inspect").await;
+    for _ in 0..8 {
+        let (st, _) = s.script(&format!("?mac={}", mac(1)), true).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    assert_eq!(s.events(&id, "boot").await.len(), 8);
+    let loops = s.events(&id, "boot_loop").await;
+    assert_eq!(loops.len(), 1, "{loops:?}");
+    assert_eq!(loops[0]["details"]["requests"], 4);
+    // A new window starts counting again.
+    sqlx::query("update boot_windows set started_at = now() - interval '1 hour'")
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        s.script(&format!("?mac={}", mac(1)), true).await;
+    }
+    assert_eq!(s.events(&id, "boot_loop").await.len(), 1);
+    s.script(&format!("?mac={}", mac(1)), true).await;
+    assert_eq!(
+        s.events(&id, "boot_loop").await.len(),
+        2,
+        "the next window's loop is flagged too"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_clear_answer() {
+    let s = Server::start().await;
+    for (q, code) in [
+        ("", "missing_mac"),
+        ("?mac=", "missing_mac"),
+        ("?mac=not-a-mac", "bad_mac"),
+        ("?mac=52:54:00:00:00:zz", "bad_mac"),
+        (
+            "?mac=52:54:00:00:00:01&platform=%07efi",
+            "bad_boot_parameter",
+        ),
+    ] {
+        // curl and friends: an HTTP error with a code.
+        let (st, body) = s.script(q, false).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{q}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], code, "{q}: {body}");
+        // iPXE: a script that says why and waits instead of retrying at once.
+        let (st, script) = s.script(q, true).await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(script.starts_with("#!ipxe\n"), "{script}");
+        assert!(
+            script.contains("sleep 60") && script.contains("\nexit\n"),
+            "{script}"
+        );
+        assert!(!script.contains("kernel "), "{script}");
+    }
+    let (_, script) = s.script("?mac=nonsense", true).await;
+    assert!(script.contains("is not a MAC address"), "{script}");
+    assert_eq!(
+        s.count_events().await,
+        0,
+        "bad requests record nothing (there is no machine to record them on)"
+    );
+}
+
+impl Server {
+    async fn count_events(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from events where kind in ('boot', 'discover')")
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_template_error_is_a_500_naming_the_template() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ramdisk.ipxe"),
+        "#!ipxe\nkernel {{ kernel_url }} {{ machine.no_such_field }}\n",
+    )
+    .unwrap();
+    let s = Server::start_with(|_| {}, Some(dir.path())).await;
+    let id = s.enroll(1).await;
+    s.act(&id, "inspect").await;
+    let (st, body) = s.script(&format!("?mac={}", mac(1)), true).await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(body.contains("ramdisk.ipxe"), "{body}");
+    assert!(!body.contains("#!ipxe"), "never half a script: {body}");
+    // The other templates are still the shipped ones and work.
+    s.act(&id, "inspect_fail").await;
+    let (st, body) = s.script(&format!("?mac={}", mac(1)), true).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+}
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn image_files_with_ranges_and_validators() {
+    let s = Server::start().await;
+    let data = random_bytes(3 * 1024 * 1024 + 17, 7);
+    std::fs::create_dir_all(s.root.path().join("plinth")).unwrap();
+    std::fs::write(s.root.path().join("plinth/vmlinuz"), &data).unwrap();
+    let url = format!("{}/boot/plinth/vmlinuz", s.base);
+
+    let resp = s.http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let h = resp.headers().clone();
+    assert_eq!(h["content-length"], data.len().to_string().as_str());
+    assert_eq!(h["accept-ranges"], "bytes");
+    let etag = h["etag"].to_str().unwrap().to_owned();
+    let modified = h["last-modified"].to_str().unwrap().to_owned();
+    assert!(modified.ends_with("GMT"));
+    assert!(resp.bytes().await.unwrap() == data, "byte-identical");
+
+    let range = |r: &str| s.http.get(&url).header("range", r.to_owned()).send();
+    let resp = range("bytes=1000-1999").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        resp.headers()["content-range"],
+        format!("bytes 1000-1999/{}", data.len()).as_str()
+    );
+    assert_eq!(resp.headers()["content-length"], "1000");
+    assert!(resp.bytes().await.unwrap() == data[1000..2000]);
+    let resp = range("bytes=-10").await.unwrap();
+    assert!(resp.bytes().await.unwrap() == data[data.len() - 10..]);
+    let resp = range(&format!("bytes={}-", data.len())).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        resp.headers()["content-range"],
+        format!("bytes */{}", data.len()).as_str()
+    );
+    // If-Range with a stale validator: the whole file.
+    let resp = s
+        .http
+        .get(&url)
+        .header("range", "bytes=0-9")
+        .header("if-range", "\"stale\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = s
+        .http
+        .get(&url)
+        .header("range", "bytes=0-9")
+        .header("if-range", etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    // Conditional requests.
+    let resp = s
+        .http
+        .get(&url)
+        .header("if-none-match", etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+    let resp = s
+        .http
+        .get(&url)
+        .header("if-modified-since", modified)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+    // HEAD: the length, no body.
+    let resp = s.http.head(&url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["content-length"],
+        data.len().to_string().as_str()
+    );
+    // A rewritten file gets a new ETag.
+    std::fs::write(s.root.path().join("plinth/vmlinuz"), b"new").unwrap();
+    let resp = s
+        .http
+        .get(&url)
+        .header("if-none-match", etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_ne!(resp.headers()["etag"].to_str().unwrap(), etag);
+
+    // Confinement: traversal (encoded, so the client does not normalise it), symlinks out.
+    std::os::unix::fs::symlink("/etc/passwd", s.root.path().join("passwd")).unwrap();
+    // (Raw requests: HTTP clients normalise `..` away before sending.)
+    for (path, status) in [
+        ("/boot/../../etc/passwd", 403),
+        ("/boot/%2e%2e/%2e%2e/etc/passwd", 403),
+        ("/boot/plinth/%2e%2e/%2e%2e/etc/passwd", 403),
+        ("/boot/plinth/..%2f..%2fetc/passwd", 403),
+        ("/boot/passwd", 403),
+        ("/boot/plinth%00x", 403),
+        ("/boot/missing", 404),
+        ("/boot/plinth", 404),
+    ] {
+        let (st, body) = raw_get(&s.base, path).await;
+        assert_eq!(st, status, "{path}: {body}");
+        assert!(!body.contains("root:"), "{path}: {body}");
+    }
+}
+
+/// A GET sent byte for byte as written, and the status and body of the answer.
+async fn raw_get(base: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    (status, out)
+}
+
+fn sha_hex(b: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+#[tokio::test]
+async fn the_image_catalog() {
+    let s = Server::start().await;
+    let kernel = random_bytes(100_000, 3);
+    std::fs::create_dir_all(s.root.path().join("plinth")).unwrap();
+    std::fs::write(s.root.path().join("plinth/vmlinuz"), &kernel).unwrap();
+
+    // Register a file already in the root: hashed by plinth, checked against the given sum.
+    let (st, e) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/images",
+            Some(json!({ "name": "k", "kind": "kernel", "path": "plinth/vmlinuz", "sha256": "0".repeat(64) })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["error"]["code"], "checksum_mismatch");
+    let img = s
+        .post(
+            "/api/v1/images",
+            json!({ "name": "plinth-kernel", "kind": "kernel", "path": "plinth/vmlinuz", "sha256": sha_hex(&kernel) }),
+        )
+        .await;
+    assert_eq!(img["size"], 100_000);
+    assert_eq!(img["sha256"], sha_hex(&kernel));
+    assert_eq!(img["source"], "registered");
+    for (body, code) in [
+        (
+            json!({ "name": "x", "kind": "kernel", "path": "../etc/passwd" }),
+            "invalid_image_path",
+        ),
+        (
+            json!({ "name": "x", "kind": "kernel", "path": "nope" }),
+            "image_file_missing",
+        ),
+        (
+            json!({ "name": "bad name", "kind": "kernel", "path": "plinth/vmlinuz" }),
+            "invalid_image_name",
+        ),
+        (
+            json!({ "name": "x", "kind": "kernel", "arch": "sparc", "path": "plinth/vmlinuz" }),
+            "invalid_arch",
+        ),
+    ] {
+        let (st, e) = s
+            .call(reqwest::Method::POST, "/api/v1/images", Some(body.clone()))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {e}");
+        assert_eq!(e["error"]["code"], code, "{body}: {e}");
+    }
+    let (st, e) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/images",
+            Some(json!({ "name": "k2", "kind": "kernel", "path": "plinth/vmlinuz" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{e}");
+
+    // Upload: streamed, verified, then in place; a bad checksum leaves nothing behind.
+    let disk = random_bytes(5 * 1024 * 1024 + 3, 11);
+    let upload = |name: &str, q: String, body: Vec<u8>| {
+        s.http
+            .put(format!("{}/api/v1/images/{name}?{q}", s.base))
+            .bearer_auth(&s.admin)
+            .body(body)
+            .send()
+    };
+    let resp = upload(
+        "disk",
+        format!("kind=disk-image&sha256={}", "1".repeat(64)),
+        disk.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(!s.root.path().join("uploads/disk").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(s.root.path().join("uploads"))
+        .unwrap()
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let resp = upload(
+        "disk",
+        format!("kind=disk-image&arch=any&sha256={}", sha_hex(&disk)),
+        disk.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let img: Value = resp.json().await.unwrap();
+    assert_eq!(img["path"], "uploads/disk");
+    assert_eq!(img["kind"], "disk-image");
+    assert!(std::fs::read(s.root.path().join("uploads/disk")).unwrap() == disk);
+    let resp = upload("disk", "kind=disk-image".into(), b"x".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let resp = upload("y", "kind=floppy".into(), b"x".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // Served like any boot file.
+    let got = s
+        .http
+        .get(format!("{}/boot/uploads/disk", s.base))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got == disk);
+
+    let (_, list) = s.call(reqwest::Method::GET, "/api/v1/images", None).await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["disk", "plinth-kernel"]);
+
+    // A viewer reads, never writes.
+    let viewer = s
+        .app
+        .create_token(&Principal::system(), "v", Role::Viewer)
+        .await
+        .unwrap()
+        .secret;
+    let resp = s
+        .http
+        .delete(format!("{}/api/v1/images/disk", s.base))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    // What plinth boots cannot be deleted; an uploaded image takes its file with it.
+    let (st, e) = s
+        .call(
+            reqwest::Method::DELETE,
+            "/api/v1/images/plinth-kernel",
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{e}");
+    assert_eq!(e["error"]["code"], "image_in_use");
+    let (st, _) = s
+        .call(reqwest::Method::DELETE, "/api/v1/images/disk", None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(!s.root.path().join("uploads/disk").exists());
+    let (st, _) = s
+        .call(reqwest::Method::GET, "/api/v1/images/disk", None)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+/// Requests arriving together are recorded in batches: every one answered for its own machine,
+/// one event each, a token for each ramdisk script and no other.
+#[tokio::test]
+async fn concurrent_requests_each_get_their_own_script() {
+    let s = Server::start().await;
+    let mut ids = Vec::new();
+    for n in 1..=40 {
+        let id = s.enroll(n).await;
+        if n % 2 == 1 {
+            s.act(&id, "inspect").await;
+        }
+        ids.push(id);
+    }
+    let mut tasks = Vec::new();
+    for round in 0..5 {
+        for n in 1..=40u32 {
+            let http = s.http.clone();
+            let url = format!("{}/boot/ipxe?mac={}&platform=efi", s.base, mac(n));
+            tasks.push(tokio::spawn(async move {
+                let r = http
+                    .get(url)
+                    .header("user-agent", "iPXE/1.21")
+                    .send()
+                    .await
+                    .unwrap();
+                (n, round, r.status(), r.text().await.unwrap())
+            }));
+        }
+    }
+    let mut tokens = std::collections::HashSet::new();
+    for t in tasks {
+        let (n, _, st, script) = t.await.unwrap();
+        assert_eq!(st, StatusCode::OK);
+        let id = &ids[n as usize - 1];
+        assert!(
+            script.contains(&format!("node{n} (")),
+            "machine {n} got another's script:\n{script}"
+        );
+        if n % 2 == 1 {
+            assert!(
+                script.contains(&format!("plinth.machine={id} ")),
+                "{script}"
+            );
+            assert!(
+                tokens.insert(token_of(&script).unwrap()),
+                "tokens are never reused"
+            );
+        } else {
+            assert!(token_of(&script).is_none(), "{script}");
+        }
+    }
+    let (events, stored): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from events where kind = 'boot'), (select count(*) from agent_tokens)",
+    )
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    assert_eq!((events, stored), (200, 100));
+}

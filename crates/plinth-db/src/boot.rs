@@ -1,0 +1,137 @@
+//! The boot chain's tables: agent_tokens, boot_windows (the boot-loop guard's counters), and
+//! the one-round-trip `boot_request` function behind every iPXE script request.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// What each lifecycle state's script does, as the database function needs it: parallel
+/// arrays indexed by state (mode: `None` when the state boots no ramdisk, so no token).
+#[derive(Debug, Clone, Default)]
+pub struct StateTable {
+    pub states: Vec<String>,
+    pub modes: Vec<Option<String>>,
+    pub messages: Vec<String>,
+    pub scripts: Vec<String>,
+}
+
+/// The machine behind the MAC and what was recorded for it; `None` when no machine has it.
+#[derive(Debug, Clone)]
+pub struct BootRow {
+    pub machine_id: Uuid,
+    pub state: String,
+    pub hostname: Option<String>,
+    pub pxe_arch: Option<i32>,
+    /// Script requests in the current boot-loop window, this one included.
+    pub requests: i32,
+    pub token_stored: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentTokenRow {
+    pub id: Uuid,
+    pub machine_id: Uuid,
+    pub mode: String,
+    pub expires_at: DateTime<Utc>,
+    pub used_at: Option<DateTime<Utc>>,
+}
+
+/// The agent token with this secret hash, if any (expired and used ones included: the caller
+/// tells the agent why it is refused).
+pub async fn agent_token(
+    conn: &mut PgConnection,
+    secret_sha256: &[u8],
+) -> Result<Option<AgentTokenRow>, sqlx::Error> {
+    sqlx::query_as!(
+        AgentTokenRow,
+        "select id, machine_id, mode, expires_at, used_at from agent_tokens where secret_sha256 = $1",
+        secret_sha256
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Marks a token used; false if it already was (another report raced this one).
+pub async fn use_agent_token(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query!(
+        "update agent_tokens set used_at = now() where id = $1 and used_at is null",
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Deletes tokens that expired more than a day ago (kept a day so a late agent hears
+/// "expired", not "unknown").
+pub async fn purge_agent_tokens(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query!("delete from agent_tokens where expires_at < now() - interval '1 day'")
+            .execute(conn)
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// One request of a batch.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    pub mac: String,
+    pub actor: String,
+    pub details: serde_json::Value,
+    pub token_sha256: Vec<u8>,
+}
+
+/// The settings every request of a batch shares.
+pub struct BatchParams<'a> {
+    pub table: &'a StateTable,
+    pub token_secs: f64,
+    pub loop_max: i32,
+    pub loop_window_secs: f64,
+}
+
+/// Many requests in one round trip and one transaction; the answer for `items[k]` is at `k`.
+pub async fn request_batch(
+    conn: &mut PgConnection,
+    items: &[BatchItem],
+    p: BatchParams<'_>,
+) -> Result<Vec<Option<BootRow>>, sqlx::Error> {
+    let macs: Vec<&str> = items.iter().map(|i| i.mac.as_str()).collect();
+    let actors: Vec<&str> = items.iter().map(|i| i.actor.as_str()).collect();
+    let details: Vec<serde_json::Value> = items.iter().map(|i| i.details.clone()).collect();
+    let hashes: Vec<&[u8]> = items.iter().map(|i| i.token_sha256.as_slice()).collect();
+    let rows = sqlx::query!(
+        r#"select i as "i!", machine_id as "machine_id!", state as "state!", hostname, pxe_arch,
+                  requests as "requests!", token_stored as "token_stored!"
+           from boot_request_batch($1::text[]::macaddr[], $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"#,
+        &macs as &[&str],
+        &actors as &[&str],
+        &details,
+        &p.table.states,
+        &p.table.modes as &[Option<String>],
+        &p.table.messages,
+        &p.table.scripts,
+        &hashes as &[&[u8]],
+        p.token_secs,
+        p.loop_max,
+        p.loop_window_secs,
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut out: Vec<Option<BootRow>> = (0..items.len()).map(|_| None).collect();
+    for r in rows {
+        let k = usize::try_from(r.i - 1).map_err(|_| sqlx::Error::RowNotFound)?;
+        if let Some(slot) = out.get_mut(k) {
+            *slot = Some(BootRow {
+                machine_id: r.machine_id,
+                state: r.state,
+                hostname: r.hostname,
+                pxe_arch: r.pxe_arch,
+                requests: r.requests,
+                token_stored: r.token_stored,
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,82 @@
+//! images: the catalog of boot images (files under the images root, known by name).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct ImageRow {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: String,
+    pub arch: String,
+    pub path: String,
+    pub size: i64,
+    pub sha256: String,
+    pub source: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+pub struct NewImage<'a> {
+    pub name: &'a str,
+    pub kind: &'a str,
+    pub arch: &'a str,
+    pub path: &'a str,
+    pub size: i64,
+    pub sha256: &'a str,
+    pub source: &'a str,
+    pub created_by: &'a str,
+}
+
+pub async fn insert(conn: &mut PgConnection, i: NewImage<'_>) -> Result<ImageRow, sqlx::Error> {
+    sqlx::query_as!(
+        ImageRow,
+        "insert into images (name, kind, arch, path, size, sha256, source, created_by)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)
+         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at",
+        i.name,
+        i.kind,
+        i.arch,
+        i.path,
+        i.size,
+        i.sha256,
+        i.source,
+        i.created_by
+    )
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn list(conn: &mut PgConnection) -> Result<Vec<ImageRow>, sqlx::Error> {
+    sqlx::query_as!(
+        ImageRow,
+        "select id, name, kind, arch, path, size, sha256, source, created_by, created_at
+         from images order by name"
+    )
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<ImageRow>, sqlx::Error> {
+    sqlx::query_as!(
+        ImageRow,
+        "select id, name, kind, arch, path, size, sha256, source, created_by, created_at
+         from images where name = $1",
+        name
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Deletes the entry (locked by the caller's transaction until it commits).
+pub async fn delete(conn: &mut PgConnection, name: &str) -> Result<Option<ImageRow>, sqlx::Error> {
+    sqlx::query_as!(
+        ImageRow,
+        "delete from images where name = $1
+         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at",
+        name
+    )
+    .fetch_optional(conn)
+    .await
+}

@@ -1,0 +1,696 @@
+//! The UDP side: a listening socket that takes read requests, and one task per transfer with
+//! its own socket (a fresh ephemeral port connected to the client: the TFTP transfer id),
+//! driving a [`Transfer`] with real packets and a real clock.
+//!
+//! Requests that cannot be served (writes, netascii, malformed requests, a full server) are
+//! answered with an ERROR from the listening socket; a refusal by the [`Source`] is answered
+//! from the transfer's socket, as the transfer has begun by then.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::packet::{self, ErrorCode, Limits, MAX_BLKSIZE, Mode, Options, Packet, ParseError};
+use crate::transfer::{Emit, Failure, Params, Step, Transfer, wire_block};
+
+/// Bytes read from a file at once: four windows, within these bounds (and at least one block).
+/// Reads stay few and large, a lock-step transfer holds 32 KiB, and none holds more than
+/// 128 KiB (or one block) whatever its window, so 512 transfers of 64 blocks of 65,464 bytes
+/// cannot take gigabytes.
+const READ_AHEAD: std::ops::RangeInclusive<usize> = 32 * 1024..=128 * 1024;
+
+/// The send buffer asked for on each transfer socket, so a window leaves in one go.
+const SEND_BUFFER: usize = 1024 * 1024;
+
+/// The largest request accepted: RFC 2347 keeps requests within 512 bytes, with some slack
+/// for clients that do not.
+const MAX_REQUEST: usize = 1500;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// The largest block size granted (RFC 2348 allows up to 65,464).
+    pub max_blksize: u16,
+    /// The largest window granted (RFC 7440).
+    pub max_windowsize: u16,
+    /// Transfers at once; beyond this, requests are answered "server busy".
+    pub max_transfers: usize,
+    /// Timeouts in a row before a transfer is abandoned.
+    pub retries: u32,
+    /// The first retransmit timeout when the client sets none (it doubles on each retry).
+    pub timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 69),
+            max_blksize: MAX_BLKSIZE,
+            max_windowsize: 64,
+            max_transfers: 512,
+            retries: 5,
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where the served content comes from: a directory through plinth-core's resolver, or
+/// content generated per client.
+pub trait Source: Send + Sync + 'static {
+    /// The content of `name` for `peer`, or why it is not served.
+    fn open(
+        &self,
+        name: &str,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Result<Content, Refusal>> + Send;
+}
+
+/// What a transfer sends.
+#[derive(Debug)]
+pub enum Content {
+    /// A file, read where it lies; `size` is what is sent (and announced as tsize).
+    File { file: std::fs::File, size: u64 },
+    /// Content generated for this client (a first-stage iPXE script, say).
+    Bytes(Vec<u8>),
+}
+
+impl Content {
+    pub fn size(&self) -> u64 {
+        match self {
+            Content::File { size, .. } => *size,
+            Content::Bytes(b) => b.len() as u64,
+        }
+    }
+}
+
+/// Why a name is not served: the ERROR sent to the client, and whether the request looks like
+/// an attack (logged as a warning rather than as a miss).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub code: ErrorCode,
+    /// Sent to the client: say nothing about the server's file system.
+    pub message: String,
+    pub hostile: bool,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+            hostile: false,
+        }
+    }
+
+    pub fn hostile(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            hostile: true,
+            ..Refusal::new(code, message)
+        }
+    }
+}
+
+/// Counters, kept in one place so a /metrics endpoint can expose them.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Datagrams on the listening socket.
+    pub requests: AtomicU64,
+    /// Transfers that began sending (after the source opened the file).
+    pub started: AtomicU64,
+    /// Transfers whose last block was acknowledged.
+    pub completed: AtomicU64,
+    /// Transfers that began and ended otherwise (timeout, client error, I/O error, shutdown).
+    pub failed: AtomicU64,
+    /// Requests refused: write, netascii, malformed, or refused by the source.
+    pub refused: AtomicU64,
+    /// The subset of `refused` that looked hostile (traversal, over-long names).
+    pub refused_hostile: AtomicU64,
+    /// Requests answered "server busy".
+    pub busy: AtomicU64,
+    /// Datagrams on the listening socket that are not requests.
+    pub stray: AtomicU64,
+    /// Payload bytes of completed transfers.
+    pub bytes: AtomicU64,
+    /// DATA and OACK packets sent again after a timeout.
+    pub retransmits: AtomicU64,
+    /// Transfers in progress (a gauge: permits taken).
+    pub active: AtomicU64,
+    /// The most transfers in progress at once so far.
+    pub peak_active: AtomicU64,
+}
+
+/// The counters' values at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub requests: u64,
+    pub started: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub refused: u64,
+    pub refused_hostile: u64,
+    pub busy: u64,
+    pub stray: u64,
+    pub bytes: u64,
+    pub retransmits: u64,
+    pub active: u64,
+    pub peak_active: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> Snapshot {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            requests: g(&self.requests),
+            started: g(&self.started),
+            completed: g(&self.completed),
+            failed: g(&self.failed),
+            refused: g(&self.refused),
+            refused_hostile: g(&self.refused_hostile),
+            busy: g(&self.busy),
+            stray: g(&self.stray),
+            bytes: g(&self.bytes),
+            retransmits: g(&self.retransmits),
+            active: g(&self.active),
+            peak_active: g(&self.peak_active),
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    add(c, 1);
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A transfer's slot; gives it back (and lowers the gauge) when the transfer task ends,
+/// whichever way.
+struct Permit {
+    _permit: OwnedSemaphorePermit,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.counters.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct Shared<S> {
+    cfg: Config,
+    source: Arc<S>,
+    counters: Arc<Counters>,
+    permits: Arc<Semaphore>,
+}
+
+/// A bound server: [`Server::local_addr`] tells where (tests bind port 0), [`Server::serve`]
+/// runs it.
+pub struct Server<S> {
+    socket: UdpSocket,
+    shared: Arc<Shared<S>>,
+}
+
+/// Binds `cfg.listen` and serves until `cancel` fires; returns bind errors.
+pub async fn run<S: Source>(
+    cfg: Config,
+    source: Arc<S>,
+    cancel: CancellationToken,
+) -> io::Result<()> {
+    Server::bind(cfg, source).await?.serve(cancel).await
+}
+
+impl<S: Source> Server<S> {
+    pub async fn bind(cfg: Config, source: Arc<S>) -> io::Result<Server<S>> {
+        let socket = UdpSocket::bind(cfg.listen).await?;
+        let shared = Arc::new(Shared {
+            permits: Arc::new(Semaphore::new(cfg.max_transfers)),
+            cfg,
+            source,
+            counters: Arc::new(Counters::default()),
+        });
+        Ok(Server { socket, shared })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    pub fn counters(&self) -> Arc<Counters> {
+        self.shared.counters.clone()
+    }
+
+    /// Serves until `cancel` fires, then ends the transfers in progress and waits for them.
+    pub async fn serve(self, cancel: CancellationToken) -> io::Result<()> {
+        let addr = self.local_addr()?;
+        info!(%addr, max_transfers = self.shared.cfg.max_transfers, "TFTP listening");
+        let tracker = TaskTracker::new();
+        let mut buf = vec![0u8; MAX_REQUEST];
+        loop {
+            let received = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = self.socket.recv_from(&mut buf) => r,
+            };
+            match received {
+                Ok((n, peer)) => self.request(&buf[..n], peer, &tracker, &cancel).await,
+                // ICMP errors from earlier replies, or a transient error: keep listening.
+                Err(e) => debug!(error = %e, "TFTP receive failed"),
+            }
+        }
+        tracker.close();
+        tracker.wait().await;
+        info!(%addr, "TFTP stopped");
+        Ok(())
+    }
+
+    async fn request(
+        &self,
+        datagram: &[u8],
+        peer: SocketAddr,
+        tracker: &TaskTracker,
+        cancel: &CancellationToken,
+    ) {
+        let counters = &self.shared.counters;
+        bump(&counters.requests);
+        let is_request = matches!(datagram, [0, 1 | 2, ..]);
+        let packet = match packet::parse(datagram) {
+            Ok(p) => p,
+            Err(e) if is_request => {
+                let (code, hostile) = match e {
+                    ParseError::FilenameTooLong => (ErrorCode::AccessViolation, true),
+                    ParseError::OptionValue { .. }
+                    | ParseError::OptionWithoutValue(_)
+                    | ParseError::DuplicateOption(_) => (ErrorCode::OptionsRefused, false),
+                    _ => (ErrorCode::IllegalOperation, false),
+                };
+                let refusal = Refusal {
+                    code,
+                    message: e.to_string(),
+                    hostile,
+                };
+                return self.refuse(peer, None, &refusal).await;
+            }
+            Err(e) => {
+                bump(&counters.stray);
+                debug!(%peer, error = %e, "TFTP: unreadable datagram on the listening port");
+                return;
+            }
+        };
+        let (filename, options) = match packet {
+            Packet::Rrq {
+                filename,
+                mode: Mode::Octet,
+                options,
+            } => (filename, options),
+            Packet::Rrq { filename, mode, .. } => {
+                let refusal = Refusal::new(
+                    ErrorCode::IllegalOperation,
+                    format!("{mode} mode is not served, only octet"),
+                );
+                return self.refuse(peer, Some(&filename), &refusal).await;
+            }
+            Packet::Wrq { filename, .. } => {
+                // Nobody has a reason to write to a boot server.
+                let refusal = Refusal::hostile(ErrorCode::AccessViolation, "read-only server");
+                return self.refuse(peer, Some(&filename), &refusal).await;
+            }
+            other => {
+                // DATA/ACK/ERROR/OACK belong on a transfer's port (RFC 1350: ignore them here).
+                bump(&counters.stray);
+                debug!(%peer, packet = ?kind(&other), "TFTP: not a request on the listening port");
+                return;
+            }
+        };
+        let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
+            bump(&counters.busy);
+            warn!(%peer, file = %filename, "TFTP: all transfer slots in use, answering busy");
+            let busy = Packet::Error {
+                code: ErrorCode::NotDefined,
+                message: "server busy".into(),
+            };
+            self.socket.send_to(&busy.encode(), peer).await.ok();
+            return;
+        };
+        let active = counters.active.fetch_add(1, Ordering::Relaxed) + 1;
+        counters.peak_active.fetch_max(active, Ordering::Relaxed);
+        let permit = Permit {
+            _permit: permit,
+            counters: counters.clone(),
+        };
+        let span = tracing::info_span!(
+            "tftp",
+            %peer,
+            file = %filename,
+            blksize = tracing::field::Empty,
+            windowsize = tracing::field::Empty,
+        );
+        let shared = self.shared.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(
+            async move {
+                transfer(&shared, peer, &filename, &options, &cancel).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Answers a request that is not served, from the listening socket.
+    async fn refuse(&self, peer: SocketAddr, file: Option<&str>, refusal: &Refusal) {
+        log_refusal(&self.shared.counters, peer, file, refusal);
+        let p = Packet::Error {
+            code: refusal.code,
+            message: refusal.message.clone(),
+        };
+        self.socket.send_to(&p.encode(), peer).await.ok();
+    }
+}
+
+fn log_refusal(counters: &Counters, peer: SocketAddr, file: Option<&str>, refusal: &Refusal) {
+    bump(&counters.refused);
+    let file = file.unwrap_or("");
+    if refusal.hostile {
+        bump(&counters.refused_hostile);
+        warn!(%peer, file, code = ?refusal.code, reason = %refusal.message, "TFTP request refused");
+    } else {
+        info!(%peer, file, code = ?refusal.code, reason = %refusal.message, "TFTP request refused");
+    }
+}
+
+fn kind(p: &Packet) -> &'static str {
+    match p {
+        Packet::Rrq { .. } => "RRQ",
+        Packet::Wrq { .. } => "WRQ",
+        Packet::Data { .. } => "DATA",
+        Packet::Ack { .. } => "ACK",
+        Packet::Error { .. } => "ERROR",
+        Packet::Oack { .. } => "OACK",
+    }
+}
+
+/// A fresh UDP socket on an ephemeral port of the listening address, connected to the client:
+/// the kernel then drops datagrams from anyone else, and reports the client's port closing
+/// (ICMP port unreachable) as an error on receive.
+fn transfer_socket(listen: IpAddr, peer: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(peer), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    // Best effort: the kernel caps it at net.core.wmem_max.
+    socket.set_send_buffer_size(SEND_BUFFER).ok();
+    let local = match (listen, peer) {
+        (IpAddr::V4(_), SocketAddr::V6(_)) => IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+        (IpAddr::V6(_), SocketAddr::V4(_)) => IpAddr::from(Ipv4Addr::UNSPECIFIED),
+        (ip, _) => ip,
+    };
+    socket.bind(&SocketAddr::new(local, 0).into())?;
+    socket.connect(&peer.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Why a transfer that had begun ended without success.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error(transparent)]
+    Protocol(#[from] Failure),
+    #[error("the client's port is closed (ICMP port unreachable)")]
+    Unreachable,
+    #[error("the server is shutting down")]
+    Shutdown,
+    #[error("reading the file")]
+    Read(#[source] io::Error),
+    #[error("socket error")]
+    Socket(#[source] io::Error),
+}
+
+async fn transfer<S: Source>(
+    shared: &Shared<S>,
+    peer: SocketAddr,
+    filename: &str,
+    options: &Options,
+    cancel: &CancellationToken,
+) {
+    let counters = &shared.counters;
+    let socket = match transfer_socket(shared.cfg.listen.ip(), peer) {
+        Ok(s) => s,
+        Err(e) => {
+            // Out of file descriptors or ports, most likely: the client will retry.
+            bump(&counters.failed);
+            warn!(error = %e, "TFTP: cannot open a transfer socket");
+            return;
+        }
+    };
+    let content = match shared.source.open(filename, peer).await {
+        Ok(c) => c,
+        Err(refusal) => {
+            log_refusal(counters, peer, Some(filename), &refusal);
+            let p = Packet::Error {
+                code: refusal.code,
+                message: refusal.message,
+            };
+            socket.send(&p.encode()).await.ok();
+            return;
+        }
+    };
+    let size = content.size();
+    let limits = Limits {
+        max_blksize: shared.cfg.max_blksize,
+        max_windowsize: shared.cfg.max_windowsize,
+    };
+    let n = packet::negotiate(options, limits, size);
+    let span = tracing::Span::current();
+    span.record("blksize", n.blksize);
+    span.record("windowsize", n.windowsize);
+    let timeout = n
+        .timeout
+        .map_or(shared.cfg.timeout, |s| Duration::from_secs(s.into()));
+    let mut t = Transfer::new(Params {
+        size,
+        blksize: n.blksize,
+        windowsize: n.windowsize,
+        oack: n.oack,
+        timeout,
+        retries: shared.cfg.retries,
+    });
+    bump(&counters.started);
+    debug!(size, ?options, "TFTP transfer starting");
+    let began = Instant::now();
+    let mut data = Data::new(content, usize::from(n.blksize), usize::from(n.windowsize));
+    let result = drive(&mut t, &socket, &mut data, cancel).await;
+    add(&counters.retransmits, t.retransmits());
+    let ms = began.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => {
+            bump(&counters.completed);
+            add(&counters.bytes, size);
+            info!(
+                bytes = size,
+                duration_ms = ms,
+                retransmits = t.retransmits(),
+                "TFTP transfer complete"
+            );
+        }
+        Err(err) => {
+            bump(&counters.failed);
+            let acked = t.bytes_acked();
+            match &err {
+                // A client that only wanted the size (UEFI firmware), or changed its mind.
+                Ended::Protocol(Failure::ClientError { .. }) | Ended::Shutdown => {
+                    info!(error = %err, bytes_acked = acked, duration_ms = ms, "TFTP transfer ended");
+                }
+                _ => {
+                    warn!(error = %err, bytes_acked = acked, duration_ms = ms, "TFTP transfer abandoned");
+                }
+            }
+            // Tell the client, when it is still there to hear it.
+            let message = match err {
+                Ended::Read(_) => "read error",
+                Ended::Shutdown => "server shutting down",
+                _ => return,
+            };
+            let p = Packet::Error {
+                code: ErrorCode::NotDefined,
+                message: message.into(),
+            };
+            socket.send(&p.encode()).await.ok();
+        }
+    }
+}
+
+/// Runs the state machine until it is over.
+async fn drive(
+    t: &mut Transfer,
+    socket: &UdpSocket,
+    data: &mut Data,
+    cancel: &CancellationToken,
+) -> Result<(), Ended> {
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let mut out = Vec::with_capacity(4 + usize::from(t.params().blksize));
+    // One timer, moved on each send (rather than a new one per packet).
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut step = t.start();
+    loop {
+        match step {
+            Step::Send { send, timeout } => {
+                send_step(t, socket, data, &send, &mut out).await?;
+                timer.as_mut().reset(Instant::now() + timeout);
+            }
+            Step::Wait => {}
+            Step::Done => return Ok(()),
+            Step::Failed(f) => return Err(f.into()),
+        }
+        step = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(Ended::Shutdown),
+            r = socket.recv(&mut buf) => match r {
+                Ok(n) => match packet::parse(&buf[..n]) {
+                    Ok(p) => t.on_packet(&p),
+                    Err(e) => {
+                        debug!(error = %e, "TFTP: unreadable datagram from the client");
+                        Step::Wait
+                    }
+                },
+                Err(e) => return Err(socket_error(e)),
+            },
+            () = &mut timer => t.on_timeout(),
+        };
+    }
+}
+
+fn socket_error(e: io::Error) -> Ended {
+    if e.kind() == io::ErrorKind::ConnectionRefused {
+        Ended::Unreachable
+    } else {
+        Ended::Socket(e)
+    }
+}
+
+async fn send_step(
+    t: &Transfer,
+    socket: &UdpSocket,
+    data: &mut Data,
+    send: &Emit,
+    out: &mut Vec<u8>,
+) -> Result<(), Ended> {
+    match send {
+        Emit::Oack(options) => {
+            let p = Packet::Oack {
+                options: options.clone(),
+            };
+            socket.send(&p.encode()).await.map_err(socket_error)?;
+        }
+        Emit::Blocks { first, count } => {
+            for index in *first..*first + *count {
+                // Usually already read: one read serves many blocks.
+                data.load(t.block_range(index)).await.map_err(Ended::Read)?;
+                out.clear();
+                out.extend_from_slice(&[0, 3]);
+                out.extend_from_slice(&wire_block(index).to_be_bytes());
+                out.extend_from_slice(data.get(t.block_range(index)));
+                socket.send(out).await.map_err(socket_error)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The content being sent, with a read-ahead buffer for files.
+enum Data {
+    File {
+        file: Arc<std::fs::File>,
+        /// Bytes of the file from `start`.
+        buf: Vec<u8>,
+        start: u64,
+        chunk: usize,
+    },
+    Bytes(Vec<u8>),
+}
+
+impl Data {
+    fn new(content: Content, blksize: usize, windowsize: usize) -> Data {
+        match content {
+            Content::File { file, .. } => Data::File {
+                file: Arc::new(file),
+                buf: Vec::new(),
+                start: 0,
+                chunk: (4 * blksize * windowsize)
+                    .clamp(*READ_AHEAD.start(), *READ_AHEAD.end())
+                    .max(blksize),
+            },
+            Content::Bytes(b) => Data::Bytes(b),
+        }
+    }
+
+    /// Makes `range` available to [`Data::get`]; reads ahead from its start if it is not.
+    async fn load(&mut self, range: Range<u64>) -> io::Result<()> {
+        let Data::File {
+            file,
+            buf,
+            start,
+            chunk,
+        } = self
+        else {
+            return Ok(());
+        };
+        if range.start >= *start && range.end <= *start + buf.len() as u64 {
+            return Ok(());
+        }
+        let len = (range.end - range.start).max(*chunk as u64) as usize;
+        let mut b = std::mem::take(buf);
+        let file = file.clone();
+        let at = range.start;
+        let need = (range.end - range.start) as usize;
+        let (b, result) = tokio::task::spawn_blocking(move || {
+            b.resize(len, 0);
+            let mut filled = 0;
+            let result = loop {
+                match file.read_at(&mut b[filled..], at + filled as u64) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == len {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            b.truncate(filled);
+            (b, result)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        result?;
+        let got = b.len();
+        *buf = b;
+        *start = at;
+        if got < need {
+            // The file shrank since it was opened.
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    fn get(&self, range: Range<u64>) -> &[u8] {
+        match self {
+            Data::File { buf, start, .. } => {
+                &buf[(range.start - start) as usize..(range.end - start) as usize]
+            }
+            Data::Bytes(b) => &b[range.start as usize..range.end as usize],
+        }
+    }
+}

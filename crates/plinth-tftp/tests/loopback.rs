@@ -1,0 +1,451 @@
+//! The server in this process on 127.0.0.1, against a client written here packet by packet:
+//! the behaviours no stock client shows on demand (aborting after the OACK as UEFI firmware
+//! does, vanishing mid-transfer, duplicate ACKs, a full server).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plinth_tftp::packet::{self, ErrorCode, Mode, Options, Packet};
+use plinth_tftp::{Config, Content, Counters, Refusal, Server, Snapshot, Source};
+use rand::RngCore;
+use tokio::net::UdpSocket;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+struct Mem(HashMap<String, Vec<u8>>);
+
+impl Source for Mem {
+    async fn open(&self, name: &str, _peer: SocketAddr) -> Result<Content, Refusal> {
+        match self.0.get(name) {
+            Some(b) => Ok(Content::Bytes(b.clone())),
+            None => Err(Refusal::new(ErrorCode::FileNotFound, "file not found")),
+        }
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
+    fn counters(&self) -> Snapshot {
+        self.counters.snapshot()
+    }
+
+    /// Waits until the counters satisfy `f` (transfers end asynchronously).
+    async fn wait_for(&self, what: &str, f: impl Fn(&Snapshot) -> bool) {
+        for _ in 0..500 {
+            if f(&self.counters()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what}: counters {:?}", self.counters());
+    }
+}
+
+async fn start(cfg: Config, files: &[(&str, Vec<u8>)]) -> Running {
+    let source = Mem(files
+        .iter()
+        .map(|(n, c)| ((*n).to_owned(), c.clone()))
+        .collect());
+    let server = Server::bind(
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..cfg
+        },
+        Arc::new(source),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let counters = server.counters();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(server.serve(cancel.clone()));
+    Running {
+        addr,
+        counters,
+        cancel,
+        task,
+    }
+}
+
+fn random(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::thread_rng().fill_bytes(&mut v);
+    v
+}
+
+fn rrq(name: &str, options: Options) -> Vec<u8> {
+    Packet::Rrq {
+        filename: name.into(),
+        mode: Mode::Octet,
+        options,
+    }
+    .encode()
+}
+
+async fn client() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").await.unwrap()
+}
+
+/// The next packet and where it came from, or a panic after `wait`.
+async fn recv(sock: &UdpSocket, wait: Duration) -> (Packet, SocketAddr) {
+    let mut buf = vec![0u8; 70_000];
+    let (n, from) = timeout(wait, sock.recv_from(&mut buf))
+        .await
+        .expect("no packet in time")
+        .unwrap();
+    (packet::parse(&buf[..n]).unwrap(), from)
+}
+
+/// Whether a packet arrives within `wait`.
+async fn quiet(sock: &UdpSocket, wait: Duration) -> Option<Packet> {
+    let mut buf = vec![0u8; 70_000];
+    match timeout(wait, sock.recv_from(&mut buf)).await {
+        Ok(r) => Some(packet::parse(&buf[..r.unwrap().0]).unwrap()),
+        Err(_) => None,
+    }
+}
+
+async fn send(sock: &UdpSocket, p: &Packet, to: SocketAddr) {
+    sock.send_to(&p.encode(), to).await.unwrap();
+}
+
+/// A complete RFC 7440 client: requests `name` with `options`, acknowledges every window
+/// (and, on a gap, the last block in order), returns the content.
+async fn fetch(server: SocketAddr, name: &str, options: Options) -> Vec<u8> {
+    let sock = client().await;
+    fetch_on(&sock, server, name, options).await
+}
+
+async fn fetch_on(sock: &UdpSocket, server: SocketAddr, name: &str, options: Options) -> Vec<u8> {
+    let wait = Duration::from_secs(5);
+    sock.send_to(&rrq(name, options.clone()), server)
+        .await
+        .unwrap();
+    let (mut p, tid) = recv(sock, wait).await;
+    let mut blksize = 512usize;
+    let mut window = 1u16;
+    if let Packet::Oack { options: granted } = &p {
+        blksize = granted.blksize.map_or(512, usize::from);
+        window = granted.windowsize.unwrap_or(1);
+        send(sock, &Packet::Ack { block: 0 }, tid).await;
+        p = recv(sock, wait).await.0;
+    }
+    let mut out = Vec::new();
+    let mut expected = 1u16;
+    let mut in_window = 0u16;
+    loop {
+        let Packet::Data { block, data } = p else {
+            panic!("expected DATA, got {p:?}");
+        };
+        if block == expected {
+            out.extend_from_slice(&data);
+            in_window += 1;
+            let last = data.len() < blksize;
+            if last || in_window == window {
+                send(sock, &Packet::Ack { block }, tid).await;
+                in_window = 0;
+            }
+            if last {
+                return out;
+            }
+            expected = expected.wrapping_add(1);
+        } else if block != expected.wrapping_sub(1) {
+            // A gap: acknowledge what arrived in order (RFC 7440).
+            send(
+                sock,
+                &Packet::Ack {
+                    block: expected.wrapping_sub(1),
+                },
+                tid,
+            )
+            .await;
+            in_window = 0;
+        }
+        p = recv(sock, wait).await.0;
+    }
+}
+
+fn uefi_options() -> Options {
+    Options {
+        blksize: Some(1468),
+        tsize: Some(0),
+        windowsize: Some(4),
+        timeout: None,
+    }
+}
+
+#[tokio::test]
+async fn aborted_after_oack_then_retried() {
+    let file = random(100_000);
+    let s = start(Config::default(), &[("snponly.efi", file.clone())]).await;
+    // EDK2: a tsize probe, the OACK, ERROR 8, then the real request from the same port.
+    let sock = client().await;
+    sock.send_to(&rrq("snponly.efi", uefi_options()), s.addr)
+        .await
+        .unwrap();
+    let (oack, tid) = recv(&sock, Duration::from_secs(5)).await;
+    assert_eq!(
+        oack,
+        Packet::Oack {
+            options: Options {
+                blksize: Some(1468),
+                tsize: Some(100_000),
+                windowsize: Some(4),
+                timeout: None,
+            }
+        }
+    );
+    assert_ne!(tid, s.addr, "the transfer runs on its own port");
+    let abort = Packet::Error {
+        code: ErrorCode::OptionsRefused,
+        message: "tsize probe".into(),
+    };
+    send(&sock, &abort, tid).await;
+    assert_eq!(
+        fetch_on(&sock, s.addr, "snponly.efi", uefi_options()).await,
+        file
+    );
+    s.wait_for("one ended by the client, one complete", |c| {
+        c.failed == 1 && c.completed == 1 && c.active == 0
+    })
+    .await;
+
+    // The same, but the firmware goes silent after the OACK and asks again from a new port.
+    let silent = client().await;
+    silent
+        .send_to(&rrq("snponly.efi", uefi_options()), s.addr)
+        .await
+        .unwrap();
+    assert!(matches!(
+        recv(&silent, Duration::from_secs(5)).await.0,
+        Packet::Oack { .. }
+    ));
+    assert_eq!(fetch(s.addr, "snponly.efi", uefi_options()).await, file);
+    s.wait_for("the second retry complete", |c| c.completed == 2)
+        .await;
+    assert_eq!(s.counters().active, 1, "the silent probe still waits");
+    drop(silent);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn silent_client_is_given_up_and_its_slot_returned() {
+    let cfg = Config {
+        max_transfers: 1,
+        retries: 2,
+        timeout: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let file = random(4096);
+    let s = start(cfg, &[("f", file.clone())]).await;
+    let sock = client().await;
+    sock.send_to(&rrq("f", Options::default()), s.addr)
+        .await
+        .unwrap();
+    let (first, _) = recv(&sock, Duration::from_secs(5)).await;
+    assert!(matches!(first, Packet::Data { block: 1, .. }));
+    // No ACK: DATA 1 again after 100 ms and 200 ms, then nothing.
+    for _ in 0..2 {
+        let (again, _) = recv(&sock, Duration::from_secs(2)).await;
+        assert_eq!(again, first);
+    }
+    assert_eq!(quiet(&sock, Duration::from_millis(600)).await, None);
+    s.wait_for("the transfer failed and its slot came back", |c| {
+        c.failed == 1 && c.active == 0 && c.retransmits == 2
+    })
+    .await;
+    // The only slot is free again.
+    assert_eq!(fetch(s.addr, "f", Options::default()).await, file);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn vanished_client_is_cleaned_up_at_once() {
+    let cfg = Config {
+        max_transfers: 1,
+        retries: 5,
+        timeout: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let file = random(4096);
+    let s = start(cfg, &[("f", file.clone())]).await;
+    let sock = client().await;
+    sock.send_to(&rrq("f", Options::default()), s.addr)
+        .await
+        .unwrap();
+    recv(&sock, Duration::from_secs(5)).await;
+    // The client's port closes: the first retransmission meets ICMP port unreachable, and the
+    // transfer ends long before its 5 retries (0.2 + 0.4 + ... = 12.6 s) would run out.
+    drop(sock);
+    s.wait_for("failed without waiting out the retries", |c| {
+        c.failed == 1 && c.active == 0
+    })
+    .await;
+    assert!(s.counters().retransmits <= 2, "{:?}", s.counters());
+    assert_eq!(fetch(s.addr, "f", Options::default()).await, file);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_acks_do_not_trigger_retransmission() {
+    let file = random(512 * 4 + 10);
+    let s = start(Config::default(), &[("f", file.clone())]).await;
+    let sock = client().await;
+    sock.send_to(&rrq("f", Options::default()), s.addr)
+        .await
+        .unwrap();
+    let (p, tid) = recv(&sock, Duration::from_secs(5)).await;
+    assert!(matches!(p, Packet::Data { block: 1, .. }));
+    send(&sock, &Packet::Ack { block: 1 }, tid).await;
+    send(&sock, &Packet::Ack { block: 1 }, tid).await;
+    send(&sock, &Packet::Ack { block: 1 }, tid).await;
+    assert!(matches!(
+        recv(&sock, Duration::from_secs(5)).await.0,
+        Packet::Data { block: 2, .. }
+    ));
+    // The retransmit timeout is 1 s: within half of it, nothing more may come.
+    assert_eq!(quiet(&sock, Duration::from_millis(500)).await, None);
+    assert_eq!(s.counters().retransmits, 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn full_server_answers_busy() {
+    let cfg = Config {
+        max_transfers: 1,
+        ..Config::default()
+    };
+    let file = random(2000);
+    let s = start(cfg, &[("f", file.clone())]).await;
+    let hog = client().await;
+    hog.send_to(&rrq("f", Options::default()), s.addr)
+        .await
+        .unwrap();
+    let (_, tid) = recv(&hog, Duration::from_secs(5)).await;
+    let other = client().await;
+    other
+        .send_to(&rrq("f", Options::default()), s.addr)
+        .await
+        .unwrap();
+    let (busy, from) = recv(&other, Duration::from_secs(5)).await;
+    assert_eq!(
+        busy,
+        Packet::Error {
+            code: ErrorCode::NotDefined,
+            message: "server busy".into()
+        }
+    );
+    assert_eq!(from, s.addr);
+    assert_eq!((s.counters().busy, s.counters().peak_active), (1, 1));
+    // The hog gives up; the slot returns.
+    send(
+        &hog,
+        &Packet::Error {
+            code: ErrorCode::NotDefined,
+            message: "bye".into(),
+        },
+        tid,
+    )
+    .await;
+    s.wait_for("the hog's slot returned", |c| c.active == 0)
+        .await;
+    assert_eq!(fetch(s.addr, "f", Options::default()).await, file);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn windowed_transfer_with_wrap_and_refusals() {
+    // More than 65,535 blocks of 8 bytes, 16 per window.
+    let big = random(70_000 * 8 + 5);
+    let exact = random(1024);
+    let s = start(
+        Config {
+            max_windowsize: 16,
+            ..Config::default()
+        },
+        &[("big", big.clone()), ("exact", exact.clone())],
+    )
+    .await;
+    let opts = Options {
+        blksize: Some(8),
+        windowsize: Some(64),
+        ..Options::default()
+    };
+    assert_eq!(fetch(s.addr, "big", opts).await, big);
+    // Exactly two blocks: a third, empty DATA ends the transfer.
+    assert_eq!(fetch(s.addr, "exact", Options::default()).await, exact);
+
+    let sock = client().await;
+    for (request, code) in [
+        (rrq("missing", Options::default()), ErrorCode::FileNotFound),
+        (
+            Packet::Wrq {
+                filename: "f".into(),
+                mode: Mode::Octet,
+            }
+            .encode(),
+            ErrorCode::AccessViolation,
+        ),
+        (
+            Packet::Rrq {
+                filename: "big".into(),
+                mode: Mode::Netascii,
+                options: Options::default(),
+            }
+            .encode(),
+            ErrorCode::IllegalOperation,
+        ),
+        (
+            b"\x00\x01big\x00octet\x00blksize\x007\x00".to_vec(),
+            ErrorCode::OptionsRefused,
+        ),
+    ] {
+        sock.send_to(&request, s.addr).await.unwrap();
+        let (p, _) = recv(&sock, Duration::from_secs(5)).await;
+        assert!(
+            matches!(p, Packet::Error { code: c, .. } if c == code),
+            "{p:?}"
+        );
+    }
+    let c = s.counters();
+    assert_eq!((c.completed, c.refused, c.failed), (2, 4, 0), "{c:?}");
+    assert_eq!(c.bytes, (big.len() + exact.len()) as u64);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_transfers_in_progress() {
+    let s = start(Config::default(), &[("f", random(10_000))]).await;
+    let sock = client().await;
+    sock.send_to(&rrq("f", Options::default()), s.addr)
+        .await
+        .unwrap();
+    recv(&sock, Duration::from_secs(5)).await;
+    let counters = s.counters.clone();
+    timeout(Duration::from_secs(5), s.stop())
+        .await
+        .expect("serve returns promptly on cancel");
+    let c = counters.snapshot();
+    assert_eq!((c.failed, c.active), (1, 0), "{c:?}");
+    // The client is told rather than left to time out.
+    assert_eq!(
+        recv(&sock, Duration::from_secs(1)).await.0,
+        Packet::Error {
+            code: ErrorCode::NotDefined,
+            message: "server shutting down".into()
+        }
+    );
+}

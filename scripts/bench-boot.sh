@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# Benchmarks of plinth's HTTP boot path, each beside nginx measured in the same run, through a
+# veth pair between two network namespaces this script creates and removes:
+#   1. a 64 MiB image: curl to /dev/null, plinth (GET /boot/<path>) vs nginx (sendfile);
+#   2. the iPXE script endpoint under load (wrk, 2,000 machines, half of them inspecting so
+#      their scripts mint agent tokens): plinth's GET /boot/ipxe vs nginx serving a static script.
+# Usage: scripts/bench-boot.sh   (BENCH_ROUNDS=5, BENCH_SECONDS=10, BENCH_CONNECTIONS=32;
+#        BENCH_ONLY=http measures the image download only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
+scripts/ensure-packages.sh postgresql nginx-light wrk curl iproute2
+# Installing nginx starts its service on the host; this benchmark runs its own.
+service nginx stop >/dev/null 2>&1 || true
+export SQLX_OFFLINE=true
+cargo build --release --locked -p plinth
+ROUNDS=${BENCH_ROUNDS:-5}
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+CONNS=${BENCH_CONNECTIONS:-32}
+MACHINES=2000
+
+work=$(mktemp -d /tmp/plinth-bench-boot.XXXXXX)
+chmod 755 "$work"
+srv=pbb-srv-$$
+cli=pbb-cli-$$
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  ip netns pids "$srv" 2>/dev/null | xargs -r kill 2>/dev/null || true
+  ip netns del "$srv" 2>/dev/null || true
+  ip netns del "$cli" 2>/dev/null || true
+  scripts/pg-scratch.sh "$work/pg" stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+ip netns add "$srv"
+ip netns add "$cli"
+ip link add vb-srv netns "$srv" type veth peer name vb-cli netns "$cli"
+ip -n "$srv" addr add 10.97.0.1/24 dev vb-srv
+ip -n "$cli" addr add 10.97.0.2/24 dev vb-cli
+for ns in "$srv" "$cli"; do ip -n "$ns" link set lo up; done
+ip -n "$srv" link set vb-srv up
+ip -n "$cli" link set vb-cli up
+
+server=$(scripts/pg-scratch.sh "$work/pg")
+psql "$server" -qAt -c "create database plinth_bench" >/dev/null
+db=${server/\/postgres\?//plinth_bench?}
+
+mkdir -p "$work/images/plinth" "$work/state" "$work/nginx"
+head -c $((64 << 20)) /dev/urandom >"$work/images/big.img"
+target/release/plinth migrate --database-url "$db" >/dev/null 2>&1
+
+# 2,000 machines: even ones ready (local-boot script), odd ones inspecting (ramdisk script
+# with a fresh agent token each time).
+psql "$db" -qAt >/dev/null <<'SQL'
+with m as (
+  insert into machines (hostname, state)
+  select 'bench-' || i, case when i % 2 = 0 then 'ready' else 'inspecting' end
+  from generate_series(1, 2000) i
+  returning id, hostname
+)
+insert into nics (machine_id, mac, pxe)
+select id, ('52:54:00:' || lpad(to_hex((n >> 16) & 255), 2, '0') || ':'
+            || lpad(to_hex((n >> 8) & 255), 2, '0') || ':' || lpad(to_hex(n & 255), 2, '0'))::macaddr, true
+from (select id, substr(hostname, 7)::int as n from m) x;
+SQL
+# As autovacuum would have by the time a rack boots: statistics for the planner.
+psql "$db" -qAt -c "analyze" >/dev/null
+
+PLINTH_STATE_DIR="$work/state" PLINTH_IMAGES__ROOT="$work/images" \
+  PLINTH_BOOT__PUBLIC_URL=http://10.97.0.1:8080 PLINTH_LOG__LEVEL=warn NO_COLOR=1 \
+  ip netns exec "$srv" target/release/plinth serve --database-url "$db" --listen 10.97.0.1:8080 \
+  >"$work/plinth.log" 2>&1 &
+pids+=($!)
+plinth_pid=$!
+
+cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes auto;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  sendfile on;
+  tcp_nopush on;
+  access_log off;
+  client_body_temp_path $work/nginx;
+  proxy_temp_path $work/nginx;
+  fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx;
+  scgi_temp_path $work/nginx;
+  server {
+    listen 10.97.0.1:8081;
+    root $work/images;
+    default_type application/octet-stream;
+  }
+}
+EOF
+ip netns exec "$srv" nginx -c "$work/nginx/nginx.conf" &
+pids+=($!)
+
+for _ in $(seq 100); do
+  ip netns exec "$cli" curl -sf -o /dev/null http://10.97.0.1:8080/healthz &&
+    ip netns exec "$cli" curl -sf -o /dev/null http://10.97.0.1:8081/big.img -r 0-0 && break
+  sleep 0.2
+done
+
+# nginx's peer for the script endpoint: a static file holding a rendered ramdisk script.
+ip netns exec "$cli" curl -sf -o "$work/images/script.ipxe" \
+  "http://10.97.0.1:8080/boot/ipxe?mac=52:54:00:00:00:01&platform=pcbios"
+
+# Nanoseconds on CPU of every thread of these processes (schedstat: precise, unlike ticks).
+cpu_ns() {
+  local total=0 t
+  for pid in "$@"; do
+    for f in /proc/"$pid"/task/*/schedstat; do
+      t=$(awk '{print $1}' "$f" 2>/dev/null || echo 0)
+      total=$((total + t))
+    done
+  done
+  echo "$total"
+}
+nginx_pids() { pgrep -f "nginx: worker process" | tr '\n' ' '; }
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+# Servers on CPU 0, the client on CPU 1: the comparison is one core's worth of serving each,
+# without the scheduler mixing the client into it. (Undone for the script benchmark.)
+taskset -a -p -c 0 "$plinth_pid" >/dev/null
+for p in $(pgrep -f "nginx: "); do taskset -p -c 0 "$p" >/dev/null; done
+echo "== 64 MiB image over HTTP (curl to /dev/null), $ROUNDS rounds, servers alternating"
+: >"$work/http-plinth"; : >"$work/http-nginx"; : >"$work/cpu-plinth"; : >"$work/cpu-nginx"
+for _ in $(seq "$ROUNDS"); do
+  for s in plinth nginx; do
+    port=8080; path=boot/big.img; who=$plinth_pid
+    [ $s = nginx ] && { port=8081; path=big.img; who=$(nginx_pids); }
+    # shellcheck disable=SC2086
+    c0=$(cpu_ns $who)
+    bps=$(ip netns exec "$cli" taskset -c 1 curl -sf -o /dev/null -w '%{speed_download}' "http://10.97.0.1:$port/$path")
+    # shellcheck disable=SC2086
+    c1=$(cpu_ns $who)
+    awk -v b="$bps" 'BEGIN {printf "%.1f\n", b / 1048576}' >>"$work/http-$s"
+    echo $(((c1 - c0) / 1000000)) >>"$work/cpu-$s"
+  done
+done
+taskset -a -p -c 0-1 "$plinth_pid" >/dev/null
+for p in $(pgrep -f "nginx: "); do taskset -p -c 0-1 "$p" >/dev/null; done
+cpu_plinth=$(median <"$work/cpu-plinth")
+cpu_nginx=$(median <"$work/cpu-nginx")
+http_plinth=$(median <"$work/http-plinth")
+http_nginx=$(median <"$work/http-nginx")
+
+cat >"$work/ipxe.lua" <<'EOF'
+math.randomseed(os.time())
+request = function()
+  local n = math.random(1, 2000)
+  local mac = string.format("52:54:00:%02x:%02x:%02x", math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+  return wrk.format("GET", "/boot/ipxe?mac=" .. mac .. "&platform=pcbios&buildarch=x86_64")
+end
+EOF
+cat >"$work/static.lua" <<'EOF'
+request = function() return wrk.format("GET", "/script.ipxe") end
+EOF
+
+rps() { # URL SCRIPT -> requests/s
+  ip netns exec "$cli" wrk -t1 -c"$CONNS" -d"${SECONDS_PER_RUN}s" -s "$2" "$1" 2>&1 |
+    awk '/Requests\/sec/ {print $2} /Non-2xx/ {print "non-2xx answers: " $NF > "/dev/stderr"; bad = 1}
+         END {if (bad) exit 1}'
+}
+# CPU ticks (user + system) of processes: `plinth` (the server) or `pg` (postmaster + backends).
+cpu_of() { # plinth | pg
+  local total=0 t pids
+  if [ "$1" = plinth ]; then
+    pids=$plinth_pid
+  else
+    local pm
+    pm=$(head -n1 "$work/pg/data/postmaster.pid")
+    pids="$pm $(pgrep -P "$pm" | tr '\n' ' ')"
+  fi
+  for pid in $pids; do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "$total"
+}
+tick=$(getconf CLK_TCK)
+if [ "${BENCH_ONLY:-}" = http ]; then
+  echo "HTTP plinth $(paste -sd' ' "$work/http-plinth") / nginx $(paste -sd' ' "$work/http-nginx") MiB/s: median $http_plinth / $http_nginx; server CPU ms per 64 MiB: $cpu_plinth / $cpu_nginx"
+  exit 0
+fi
+echo "== GET /boot/ipxe, wrk -c$CONNS for ${SECONDS_PER_RUN}s, $ROUNDS rounds, alternating"
+: >"$work/rps-plinth"; : >"$work/rps-nginx"
+plinth_cpu=0; pg_cpu=0; served=0
+for _ in $(seq "$ROUNDS"); do
+  before_events=$(psql "$db" -qAt -c "select count(*) from events where kind = 'boot'")
+  p0=$(cpu_of plinth); g0=$(cpu_of pg)
+  rps http://10.97.0.1:8080 "$work/ipxe.lua" >>"$work/rps-plinth"
+  p1=$(cpu_of plinth); g1=$(cpu_of pg)
+  after_events=$(psql "$db" -qAt -c "select count(*) from events where kind = 'boot'")
+  plinth_cpu=$((plinth_cpu + p1 - p0)); pg_cpu=$((pg_cpu + g1 - g0)); served=$((served + after_events - before_events))
+  rps http://10.97.0.1:8081 "$work/static.lua" >>"$work/rps-nginx"
+done
+rps_plinth=$(median <"$work/rps-plinth")
+rps_nginx=$(median <"$work/rps-nginx")
+events=$(psql "$db" -qAt -c "select count(*) from events where kind = 'boot'")
+tokens=$(psql "$db" -qAt -c "select count(*) from agent_tokens")
+hwm=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$plinth_pid/status" 2>/dev/null || echo "?")
+if grep -q "ERROR" "$work/plinth.log"; then
+  echo "plinth logged errors:" >&2
+  grep ERROR "$work/plinth.log" | head -5 >&2
+fi
+
+echo
+echo "| measurement | plinth | nginx (same run) | plinth / nginx |"
+echo "|---|---|---|---|"
+awk -v p="$http_plinth" -v n="$http_nginx" 'BEGIN {printf "| 64 MiB image over HTTP, MiB/s (median of %d) | %.0f | %.0f | %.0f %% |\n", '"$ROUNDS"', p, n, 100 * p / n}'
+awk -v p="$rps_plinth" -v n="$rps_nginx" 'BEGIN {printf "| GET /boot/ipxe, requests/s (median of %d; nginx: a static script) | %.0f | %.0f | %.0f %% |\n", '"$ROUNDS"', p, n, 100 * p / n}'
+echo
+echo "all rounds: HTTP plinth $(paste -sd' ' "$work/http-plinth") / nginx $(paste -sd' ' "$work/http-nginx") MiB/s;" \
+  "scripts plinth $(paste -sd' ' "$work/rps-plinth") / nginx $(paste -sd' ' "$work/rps-nginx") req/s"
+awk -v p="$plinth_cpu" -v g="$pg_cpu" -v n="$served" -v t="$tick" 'BEGIN {printf "CPU per script request: plinth %.0f us, PostgreSQL %.0f us (%d requests)\n", p / t / n * 1e6, g / t / n * 1e6, n}'
+echo "boot events recorded: $events; agent tokens minted: $tokens; plinth peak RSS: $hwm MiB"

@@ -1,0 +1,683 @@
+//! The boot chain with real clients and real firmware, in network namespaces this test creates
+//! and removes: `plinth serve` (DHCP, TFTP, HTTP) in a server namespace; tftp-hpa, atftp and
+//! curl, or QEMU virtual machines (SeaBIOS + iPXE ROM, OVMF + iPXE ROM, OVMF's own PXE client)
+//! on the other side. The VMs boot the kernel and ramdisk that `images/build.sh` builds and
+//! plinth chooses for their lifecycle state; the ramdisk's placeholder /init prints a
+//! `PLINTH-RAMDISK mode=... machine=...` line on the serial console, which the tests read.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use plinth_core::{App, BmcKey, Principal};
+use plinth_testkit::TestDb;
+use plinth_testkit::netns::{Lab, Ns, Proc};
+use plinth_types::MachineState;
+use plinth_types::api::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_plinth");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The images root built by `images/build.sh` once per test run (it is idempotent and skips
+/// what is up to date), copied per test so that tests can add files of their own.
+fn built_images() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images");
+        let out = Command::new("bash")
+            .arg(repo().join("images/build.sh"))
+            .arg(&dir)
+            .output()
+            .expect("running images/build.sh");
+        assert!(
+            out.status.success(),
+            "images/build.sh failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+fn images_for(lab: &Lab) -> PathBuf {
+    let root = lab.path("images");
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(built_images())
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    root
+}
+
+struct Env {
+    rt: tokio::runtime::Runtime,
+    db: TestDb,
+    app: App,
+}
+
+impl Env {
+    fn new() -> Env {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let db = rt.block_on(TestDb::new()).unwrap();
+        let app = App::new(
+            db.pool.clone(),
+            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
+        );
+        Env { rt, db, app }
+    }
+
+    fn subnet(&self, prefix: &str) {
+        let req = SubnetCreate {
+            cidr: format!("{prefix}.0/24"),
+            ranges: vec![AddressRange {
+                start: format!("{prefix}.100").parse().unwrap(),
+                end: format!("{prefix}.149").parse().unwrap(),
+            }],
+            router: None,
+            dns_servers: None,
+            domain: None,
+            lease_time: Some(600),
+            boot_server: None,
+            relay_addresses: None,
+        };
+        self.rt
+            .block_on(self.app.create_subnet(&Principal::system(), req))
+            .unwrap();
+    }
+
+    fn enroll(&self, mac: &str) -> Machine {
+        let req: MachineCreate = serde_json::from_value(serde_json::json!({
+            "nics": [{ "mac": mac }],
+        }))
+        .unwrap();
+        self.rt
+            .block_on(self.app.enroll_machine(&Principal::system(), req))
+            .unwrap()
+    }
+
+    fn act(&self, id: uuid::Uuid, verb: &str) -> Machine {
+        let action = plinth_core::lifecycle::Action {
+            verb: verb.parse().unwrap(),
+            expected_version: None,
+            reason: None,
+        };
+        self.rt
+            .block_on(self.app.act(&Principal::system(), id, action))
+            .unwrap()
+    }
+
+    fn machine_by_mac(&self, mac: &str) -> Option<Machine> {
+        let query = plinth_core::machines::MachineQuery {
+            q: Some(mac.into()),
+            ..Default::default()
+        };
+        self.rt
+            .block_on(self.app.list_machines(&Principal::system(), query))
+            .unwrap()
+            .machines
+            .into_iter()
+            .next()
+    }
+
+    fn events(&self, id: uuid::Uuid, kind: &str) -> Vec<Event> {
+        let q = plinth_core::events::EventQuery::default();
+        self.rt
+            .block_on(self.app.events(&Principal::system(), Some(id), q))
+            .unwrap()
+            .events
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .collect()
+    }
+}
+
+/// `plinth serve` in `ns` with DHCP on `iface`, TFTP and HTTP on the namespace's addresses.
+fn plinth(
+    lab: &mut Lab,
+    ns: &Ns,
+    iface: &str,
+    db_url: &str,
+    server_ip: &str,
+    root: &Path,
+    extra: &[(&str, &str)],
+) -> Proc {
+    let state = lab.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--database-url",
+        db_url,
+        "--listen",
+        "0.0.0.0:8080",
+    ])
+    .env("PLINTH_STATE_DIR", &state)
+    .env("PLINTH_IMAGES__ROOT", root)
+    .env("PLINTH_DHCP__ENABLED", "true")
+    .env("PLINTH_DHCP__INTERFACES", format!("[\"{iface}\"]"))
+    .env("PLINTH_DHCP__BOOT_SERVER", server_ip)
+    .env("PLINTH_TFTP__ENABLED", "true")
+    .env("PLINTH_TFTP__LISTEN", format!("{server_ip}:69"))
+    .env(
+        "PLINTH_LOG__LEVEL",
+        "plinth_tftp=debug,plinth_api=debug,info",
+    )
+    .env("NO_COLOR", "1");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let proc = lab.spawn_named(ns, "plinth", cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(proc.log_text().contains("DHCP listening")
+        && proc.log_text().contains("TFTP is serving"))
+    {
+        assert!(
+            proc.is_running(),
+            "plinth serve exited:\n{}",
+            proc.log_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "plinth serve did not start:\n{}",
+            proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    proc
+}
+
+/// A server namespace and a client namespace joined by a veth pair; with `vm`, the client end
+/// is bridged to a tap for a VM. Returns (srv, server iface, cli, client iface or tap).
+fn network(lab: &mut Lab, prefix: &str, vm: bool) -> (Ns, String, Ns, String) {
+    let srv = lab.namespace("srv").unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let (s, c) = lab.link(&srv, &cli).unwrap();
+    lab.addr(&srv, &s, &format!("{prefix}.2/24")).unwrap();
+    if vm {
+        let tap = lab.tap(&cli).unwrap();
+        lab.bridge(&cli, &[&c, &tap]).unwrap();
+        (srv, s, cli, tap)
+    } else {
+        lab.addr(&cli, &c, &format!("{prefix}.50/24")).unwrap();
+        (srv, s, cli, c)
+    }
+}
+
+fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+#[test]
+fn tftp_and_http_clients_get_byte_identical_files() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, _) = network(&mut lab, "10.81.0", false);
+    let root = lab.path("root");
+    let big = random_file(&root.join("plinth/big.img"), 3 * 1024 * 1024 + 123, 1);
+    let block = random_file(&root.join("exact-512"), 512, 2);
+    let empty = random_file(&root.join("empty"), 0, 3);
+    // The real iPXE binaries, as images/build.sh puts them in place.
+    for f in ["undionly.kpxe", "ipxe.efi", "snponly.efi"] {
+        std::fs::copy(built_images().join(f), root.join(f)).unwrap();
+    }
+    std::fs::write(lab.dir().join("outside-secret"), b"secret").unwrap();
+    std::os::unix::fs::symlink(lab.dir().join("outside-secret"), root.join("escape")).unwrap();
+    let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.81.0.2", &root, &[]);
+    let out = lab.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let outs = out.to_str().unwrap();
+
+    // tftp-hpa, lock-step with 512-byte blocks.
+    for (name, data) in [
+        ("plinth/big.img", &big),
+        ("exact-512", &block),
+        ("empty", &empty),
+    ] {
+        let dest = format!("{outs}/hpa-{}", name.replace('/', "_"));
+        let o = lab
+            .run_timeout(
+                &cli,
+                "tftp",
+                &["10.81.0.2", "-m", "binary", "-c", "get", name, &dest],
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "tftp get {name}: {o:?}\n{}",
+            server.log_text()
+        );
+        assert!(
+            std::fs::read(&dest).unwrap() == *data,
+            "tftp-hpa: {name} differs"
+        );
+    }
+    // atftp with options: blksize, tsize, windowsize.
+    for opts in [
+        &["--option", "blksize 1468", "--option", "tsize 0"][..],
+        &[
+            "--option",
+            "blksize 1468",
+            "--option",
+            "windowsize 32",
+            "--option",
+            "tsize 0",
+        ][..],
+        &["--option", "blksize 65464", "--option", "windowsize 8"][..],
+    ] {
+        let dest = format!("{outs}/atftp-{}", opts.len());
+        let mut args: Vec<&str> = opts.to_vec();
+        args.extend(["-g", "-r", "plinth/big.img", "-l", &dest, "10.81.0.2"]);
+        let o = lab
+            .run_timeout(&cli, "atftp", &args, Duration::from_secs(60))
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "atftp {opts:?}: {o:?}\n{}",
+            server.log_text()
+        );
+        assert!(
+            std::fs::read(&dest).unwrap() == big,
+            "atftp {opts:?}: differs"
+        );
+    }
+    // The BIOS loader by TFTP, as PXE firmware fetches it.
+    let dest = format!("{outs}/undionly.kpxe");
+    let o = lab
+        .run_timeout(
+            &cli,
+            "atftp",
+            &[
+                "--option",
+                "tsize 0",
+                "--option",
+                "blksize 1468",
+                "-g",
+                "-r",
+                "undionly.kpxe",
+                "-l",
+                &dest,
+                "10.81.0.2",
+            ],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(std::fs::read(&dest).unwrap() == std::fs::read(root.join("undionly.kpxe")).unwrap());
+    // Refused: traversal, absolute paths, a symlink out of the root, writes, netascii.
+    for name in [
+        "../outside-secret",
+        "plinth/../../outside-secret",
+        "/etc/passwd",
+        "escape",
+        "missing",
+    ] {
+        let dest = format!("{outs}/refused");
+        let o = lab
+            .run_timeout(
+                &cli,
+                "tftp",
+                &["10.81.0.2", "-m", "binary", "-c", "get", name, &dest],
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(text.contains("Error code"), "{name}: {text}");
+        let got = std::fs::read(&dest).unwrap_or_default();
+        assert!(got.is_empty() || got != b"secret", "{name} leaked");
+        std::fs::remove_file(&dest).ok();
+    }
+    let log = server.log_text();
+    assert!(
+        log.contains("WARN") && log.contains("outside-secret"),
+        "hostile names are logged:\n{log}"
+    );
+    let upload = lab.path("upload");
+    std::fs::write(&upload, b"x").unwrap();
+    let o = lab
+        .run_timeout(
+            &cli,
+            "tftp",
+            &[
+                "10.81.0.2",
+                "-m",
+                "binary",
+                "-c",
+                "put",
+                upload.to_str().unwrap(),
+                "new",
+            ],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains("Error code 2"), "writes are refused: {text}");
+    assert!(!root.join("new").exists());
+    let o = lab
+        .run_timeout(
+            &cli,
+            "tftp",
+            &[
+                "10.81.0.2",
+                "-m",
+                "ascii",
+                "-c",
+                "get",
+                "exact-512",
+                &format!("{outs}/ascii"),
+            ],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains("Error code"), "netascii is refused: {text}");
+
+    // The generated first-stage script chains to the HTTP script.
+    let dest = format!("{outs}/boot.ipxe");
+    let o = lab
+        .run_timeout(
+            &cli,
+            "tftp",
+            &["10.81.0.2", "-m", "binary", "-c", "get", "boot.ipxe", &dest],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let script = std::fs::read_to_string(&dest).unwrap();
+    assert!(script.starts_with("#!ipxe\n"), "{script}");
+    assert!(
+        script.contains("chain http://10.81.0.2:8080/boot/ipxe?mac=${net0/mac}"),
+        "{script}"
+    );
+
+    // curl over HTTP: whole, and a range.
+    let dest = format!("{outs}/curl");
+    let o = lab
+        .run_timeout(
+            &cli,
+            "curl",
+            &[
+                "-sSf",
+                "-o",
+                &dest,
+                "http://10.81.0.2:8080/boot/plinth/big.img",
+            ],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(std::fs::read(&dest).unwrap() == big);
+    let o = lab
+        .run_timeout(
+            &cli,
+            "curl",
+            &[
+                "-sSf",
+                "-r",
+                "1000-1999",
+                "-o",
+                &dest,
+                "http://10.81.0.2:8080/boot/plinth/big.img",
+            ],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(std::fs::read(&dest).unwrap() == big[1000..2000]);
+    let o = lab
+        .run_timeout(
+            &cli,
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--path-as-is",
+                "http://10.81.0.2:8080/boot/../escape",
+            ],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "403");
+}
+
+/// Waits for the VM's serial console to show the ramdisk's line, and returns it.
+fn ramdisk_line(vm: &Proc, server: &Proc, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = vm.log_text();
+        if let Some(line) = log.lines().find(|l| l.starts_with("PLINTH-RAMDISK ")) {
+            return line.trim().to_owned();
+        }
+        assert!(
+            vm.is_running(),
+            "the VM stopped:\n{log}\n--- plinth:\n{}",
+            server.log_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no ramdisk line in {timeout:?}:\n{log}\n--- plinth:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+enum Firmware {
+    /// SeaBIOS; QEMU's iPXE ROM on an e1000.
+    Bios,
+    /// OVMF; QEMU's iPXE EFI ROM on a virtio-net.
+    UefiIpxe,
+    /// OVMF's own PXE client (no option ROM): snponly.efi by TFTP first.
+    UefiPxe,
+}
+
+fn vm(lab: &mut Lab, ns: &Ns, tap: &str, mac: &str, fw: Firmware) -> Proc {
+    assert!(
+        plinth_testkit::netns::which("qemu-system-x86_64").is_some(),
+        "qemu-system-x86_64 not found: the test command installs qemu-system-x86 and ipxe-qemu"
+    );
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-nographic", "-m", "512", "-no-reboot"]).args([
+        "-netdev",
+        &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+    ]);
+    match fw {
+        Firmware::Bios => {
+            qemu.args(["-machine", "pc,accel=tcg", "-boot", "n"])
+                .args(["-device", &format!("e1000,netdev=n0,mac={mac}")]);
+        }
+        Firmware::UefiIpxe | Firmware::UefiPxe => {
+            let vars = lab.path("OVMF_VARS.fd");
+            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+            qemu.args(["-machine", "q35,accel=tcg"])
+                .args([
+                    "-drive",
+                    "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+                ])
+                .args([
+                    "-drive",
+                    &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                ]);
+            let rom = if matches!(fw, Firmware::UefiPxe) {
+                ",romfile="
+            } else {
+                ""
+            };
+            qemu.args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1{rom}"),
+            ]);
+        }
+    }
+    lab.spawn_named(ns, "qemu", qemu).unwrap()
+}
+
+/// Parses `PLINTH-RAMDISK mode=inspect machine=<id> api=<url> healthz=ok`.
+fn fields(line: &str) -> std::collections::HashMap<String, String> {
+    line.split_whitespace()
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// SeaBIOS + iPXE: an enrolled machine asked to inspect boots the inspection ramdisk, which
+/// reaches plinth's API.
+#[test]
+fn a_bios_vm_boots_the_inspection_ramdisk() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, tap) = network(&mut lab, "10.82.0", true);
+    env.subnet("10.82.0");
+    let root = images_for(&lab);
+    let mac = "52:54:00:82:00:10";
+    let m = env.enroll(mac);
+    let m = env.act(m.id, "inspect");
+    assert_eq!(m.state, MachineState::Inspecting);
+    let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.82.0.2", &root, &[]);
+    let vm = vm(&mut lab, &cli, &tap, mac, Firmware::Bios);
+    let line = ramdisk_line(&vm, &server, Duration::from_secs(240));
+    let f = fields(&line);
+    assert_eq!(f["mode"], "inspect", "{line}");
+    assert_eq!(f["machine"], m.id.to_string(), "{line}");
+    assert_eq!(f["api"], "http://10.82.0.2:8080", "{line}");
+    assert_eq!(
+        f["healthz"], "ok",
+        "the ramdisk reached plinth's API: {line}"
+    );
+    let boots = env.events(m.id, "boot");
+    assert!(!boots.is_empty());
+    assert_eq!(boots[0].details["message"], "booted inspection image");
+    assert_eq!(boots[0].details["firmware"], "bios");
+    let log = vm.log_text();
+    assert!(
+        !log.contains("plinth.token=plinth_"),
+        "the token stays off the console"
+    );
+}
+
+/// OVMF + iPXE EFI ROM: an unknown machine is discovered by DHCP and sent to inspection.
+#[test]
+fn a_uefi_vm_is_discovered_and_inspected() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, tap) = network(&mut lab, "10.83.0", true);
+    env.subnet("10.83.0");
+    let root = images_for(&lab);
+    let mac = "52:54:00:83:00:10";
+    let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.83.0.2", &root, &[]);
+    let vm = vm(&mut lab, &cli, &tap, mac, Firmware::UefiIpxe);
+    let line = ramdisk_line(&vm, &server, Duration::from_secs(300));
+    let m = env.machine_by_mac(mac).expect("the VM was discovered");
+    assert_eq!(m.state, MachineState::Discovered);
+    let f = fields(&line);
+    assert_eq!(
+        (f["mode"].as_str(), f["machine"].clone()),
+        ("inspect", m.id.to_string()),
+        "{line}"
+    );
+    assert_eq!(f["healthz"], "ok", "{line}");
+    let boots = env.events(m.id, "boot");
+    assert_eq!(boots[0].details["firmware"], "efi");
+}
+
+/// OVMF's own PXE client: DHCP hands it snponly.efi, which it fetches by TFTP (with tsize,
+/// blksize and windowsize); iPXE then asks for its script, and a machine being cleaned boots
+/// the ramdisk in clean mode.
+#[test]
+fn uefi_firmware_pxe_fetches_snponly_by_tftp_then_cleans() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, tap) = network(&mut lab, "10.84.0", true);
+    env.subnet("10.84.0");
+    let root = images_for(&lab);
+    let mac = "52:54:00:84:00:10";
+    // enrolled → inspecting → ready (a report) → allocated → released: cleaning.
+    let m = env.enroll(mac);
+    env.act(m.id, "inspect");
+    let report: InspectionReport = serde_json::from_value(serde_json::json!({
+        "cpu": { "model": "QEMU", "cores": 1, "threads": 1 },
+        "memory_mib": 512,
+        "disks": [{ "name": "vda", "size_bytes": 1u64 << 30 }],
+        "nics": [{ "name": "eth0", "mac": mac }],
+        "system": { "vendor": "QEMU", "product": "q35", "serial": "S1", "uuid": "4c4c4544-0000-0000-0000-000000000001" },
+        "firmware": "uefi",
+        "arch": "x86_64"
+    }))
+    .unwrap();
+    env.rt
+        .block_on(
+            env.app
+                .submit_inspection(&Principal::system(), m.id, report),
+        )
+        .unwrap();
+    let alloc = env
+        .rt
+        .block_on(
+            env.app
+                .allocate(&Principal::system(), AllocationRequest::default()),
+        )
+        .unwrap();
+    env.rt
+        .block_on(env.app.release_allocation(&Principal::system(), alloc.id))
+        .unwrap();
+    let server = plinth(
+        &mut lab,
+        &srv,
+        &sif,
+        &env.db.url,
+        "10.84.0.2",
+        &root,
+        &[("PLINTH_DHCP__EFI_BINARY", "snponly.efi")],
+    );
+    let vm = vm(&mut lab, &cli, &tap, mac, Firmware::UefiPxe);
+    let line = ramdisk_line(&vm, &server, Duration::from_secs(300));
+    let f = fields(&line);
+    assert_eq!(
+        (f["mode"].as_str(), f["machine"].clone()),
+        ("clean", m.id.to_string()),
+        "{line}"
+    );
+    let log = server.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("snponly.efi") && l.contains("TFTP transfer complete")),
+        "snponly.efi went out by TFTP:\n{log}"
+    );
+    assert_eq!(
+        env.events(m.id, "boot")[0].details["message"],
+        "booted cleaning image"
+    );
+}

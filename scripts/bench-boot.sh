@@ -220,5 +220,6 @@ awk -v p="$rps_plinth" -v n="$rps_nginx" 'BEGIN {printf "| GET /boot/ipxe, reque
 echo
 echo "all rounds: HTTP plinth $(paste -sd' ' "$work/http-plinth") / nginx $(paste -sd' ' "$work/http-nginx") MiB/s;" \
   "scripts plinth $(paste -sd' ' "$work/rps-plinth") / nginx $(paste -sd' ' "$work/rps-nginx") req/s"
+echo "server CPU per 64 MiB download (median): plinth $cpu_plinth ms, nginx $cpu_nginx ms"
 awk -v p="$plinth_cpu" -v g="$pg_cpu" -v n="$served" -v t="$tick" 'BEGIN {printf "CPU per script request: plinth %.0f us, PostgreSQL %.0f us (%d requests)\n", p / t / n * 1e6, g / t / n * 1e6, n}'
 echo "boot events recorded: $events; agent tokens minted: $tokens; plinth peak RSS: $hwm MiB"

@@ -43,8 +43,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
         Ok(Peer(
             parts
                 .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
+                .get::<ConnectInfo<crate::fastpath::ClientAddr>>()
+                .map(|c| c.0.0),
         ))
     }
 }
@@ -161,6 +161,21 @@ pub async fn file(
 }
 
 fn refusal(path: &str, peer: Option<SocketAddr>, r: Refusal) -> Response {
+    let (status, text) = refusal_parts(path, peer, &r);
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+/// Status and body for a refused file request; logged (as a warning when hostile).
+pub(crate) fn refusal_parts(
+    path: &str,
+    peer: Option<SocketAddr>,
+    r: &Refusal,
+) -> (StatusCode, String) {
     let status = match r {
         Refusal::NotFound | Refusal::NotAFile => StatusCode::NOT_FOUND,
         Refusal::Unreadable => StatusCode::INTERNAL_SERVER_ERROR,
@@ -171,17 +186,12 @@ fn refusal(path: &str, peer: Option<SocketAddr>, r: Refusal) -> Response {
     } else {
         tracing::debug!(peer = ?peer, path = %path.escape_debug(), reason = %r, "boot file not served");
     }
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("{r}\n"),
-    )
-        .into_response()
+    (status, format!("{r}\n"))
 }
 
 /// A byte range of a file of `len` bytes, as asked in a Range header.
 #[derive(Debug, PartialEq, Eq)]
-enum RangeAsk {
+pub(crate) enum RangeAsk {
     /// No (usable) Range header: the whole file.
     Whole,
     /// Inclusive start and end.
@@ -330,10 +340,20 @@ fn file_stream(
     })
 }
 
-async fn serve_file(path: &std::path::Path, headers: &HeaderMap) -> std::io::Result<Response> {
+/// The answer to a request for a file with this metadata: status, headers and the byte range
+/// to send (none for 304, 416). Shared by the axum handler and the sendfile path.
+pub(crate) struct FilePlan {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// (start, count) of the body.
+    pub body: Option<(u64, u64)>,
+}
+
+pub(crate) fn plan_file(
+    meta: &std::fs::Metadata,
+    headers: &HeaderMap,
+) -> std::io::Result<FilePlan> {
     use std::os::unix::fs::MetadataExt;
-    let f = tokio::fs::File::open(path).await?;
-    let meta = f.metadata().await?;
     let len = meta.len();
     let mtime = meta.modified()?;
     // Strong validator: changes when the file is replaced or rewritten.
@@ -355,15 +375,19 @@ async fn serve_file(path: &std::path::Path, headers: &HeaderMap) -> std::io::Res
             .and_then(parse_http_date)
             .is_some_and(|since| secs(mtime) <= secs(since)),
     };
-    let mut common = HeaderMap::new();
-    common.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii"));
-    common.insert(
+    let mut h = HeaderMap::new();
+    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii"));
+    h.insert(
         header::LAST_MODIFIED,
         HeaderValue::from_str(&last_modified).expect("ascii"),
     );
-    common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if not_modified {
-        return Ok((StatusCode::NOT_MODIFIED, common).into_response());
+        return Ok(FilePlan {
+            status: StatusCode::NOT_MODIFIED,
+            headers: h,
+            body: None,
+        });
     }
     // If-Range: the range applies only to the representation the client already has.
     let range_applies = match get(header::IF_RANGE) {
@@ -375,33 +399,51 @@ async fn serve_file(path: &std::path::Path, headers: &HeaderMap) -> std::io::Res
         Some(r) if range_applies => parse_range(r, len),
         _ => RangeAsk::Whole,
     };
-    common.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
     let (status, start, count) = match ask {
         RangeAsk::Whole => (StatusCode::OK, 0, len),
         RangeAsk::Part(a, b) => {
-            common.insert(
+            h.insert(
                 header::CONTENT_RANGE,
                 HeaderValue::from_str(&format!("bytes {a}-{b}/{len}")).expect("ascii"),
             );
             (StatusCode::PARTIAL_CONTENT, a, b - a + 1)
         }
         RangeAsk::Unsatisfiable => {
-            common.insert(
+            h.insert(
                 header::CONTENT_RANGE,
                 HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
             );
-            common.remove(header::CONTENT_TYPE);
-            return Ok((StatusCode::RANGE_NOT_SATISFIABLE, common).into_response());
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+            return Ok(FilePlan {
+                status: StatusCode::RANGE_NOT_SATISFIABLE,
+                headers: h,
+                body: None,
+            });
         }
     };
-    common.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-    let stream = file_stream(f.into_std().await, start, count);
-    let mut resp = Response::new(Body::from_stream(stream));
-    *resp.status_mut() = status;
-    *resp.headers_mut() = common;
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    Ok(FilePlan {
+        status,
+        headers: h,
+        body: Some((start, count)),
+    })
+}
+
+async fn serve_file(path: &std::path::Path, headers: &HeaderMap) -> std::io::Result<Response> {
+    let f = tokio::fs::File::open(path).await?;
+    let meta = f.metadata().await?;
+    let plan = plan_file(&meta, headers)?;
+    let body = match plan.body {
+        Some((start, count)) => Body::from_stream(file_stream(f.into_std().await, start, count)),
+        None => Body::empty(),
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = plan.status;
+    *resp.headers_mut() = plan.headers;
     Ok(resp)
 }
 

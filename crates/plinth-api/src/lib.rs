@@ -7,6 +7,8 @@
 mod auth;
 pub mod boot;
 pub mod error;
+mod fastpath;
+mod sys;
 mod v1;
 
 use axum::Router;
@@ -149,9 +151,10 @@ pub async fn serve(
     app: App,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Files under /boot/ are sent with sendfile by the listener itself (see `fastpath`).
     axum::serve(
-        listener,
-        router(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        fastpath::BootListener::new(listener, app.clone()),
+        router(app).into_make_service_with_connect_info::<fastpath::ClientAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -823,3 +823,90 @@ async fn concurrent_requests_each_get_their_own_script() {
     .unwrap();
     assert_eq!((events, stored), (200, 100));
 }
+
+/// Files go out by sendfile on the listener's own path; on one keep-alive connection a file, a
+/// range of it, and then an API request (handed over to axum mid-connection) all get their
+/// answers, pipelined.
+#[tokio::test]
+async fn file_requests_and_api_requests_share_a_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start().await;
+    let data = random_bytes(300_000, 5);
+    std::fs::write(s.root.path().join("initrd.img"), &data).unwrap();
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(
+        format!(
+            "GET /boot/initrd.img HTTP/1.1\r\nHost: {addr}\r\n\r\n\
+             GET /boot/initrd.img HTTP/1.1\r\nHost: {addr}\r\nRange: bytes=10-19\r\n\r\n\
+             HEAD /boot/initrd.img HTTP/1.1\r\nHost: {addr}\r\n\r\n\
+             GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut out))
+        .await
+        .expect("the server closes after Connection: close")
+        .unwrap();
+    // Split the stream into responses by their Content-Length.
+    let mut rest = &out[..];
+    let mut responses = Vec::new();
+    for head_only in [false, false, true, false] {
+        let end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&rest[..end]).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let body_len = if head_only { 0 } else { len };
+        responses.push((head, rest[end..end + body_len].to_vec()));
+        rest = &rest[end + body_len..];
+    }
+    assert!(rest.is_empty(), "{} bytes left over", rest.len());
+    assert!(
+        responses[0].0.starts_with("http/1.1 200"),
+        "{}",
+        responses[0].0
+    );
+    assert!(responses[0].1 == data, "the file, byte-identical");
+    assert!(
+        responses[1].0.starts_with("http/1.1 206"),
+        "{}",
+        responses[1].0
+    );
+    assert!(responses[1].0.contains("content-range: bytes 10-19/300000"));
+    assert!(responses[1].1 == data[10..20]);
+    assert!(
+        responses[2].0.starts_with("http/1.1 200")
+            && responses[2].0.contains("content-length: 300000")
+    );
+    assert!(
+        responses[3].0.starts_with("http/1.1 200"),
+        "{}",
+        responses[3].0
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&responses[3].1).unwrap()["status"],
+        "ok",
+        "the API request after the files went to axum"
+    );
+    // HTTP/1.0 without keep-alive: one answer, then the connection closes.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(b"GET /boot/initrd.img HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(String::from_utf8_lossy(&out[..end]).contains("connection: close"));
+    assert!(out[end..] == data[..]);
+}

@@ -537,7 +537,7 @@ async fn drive(
     cancel: &CancellationToken,
 ) -> Result<(), Ended> {
     let mut buf = vec![0u8; MAX_REQUEST];
-    let mut out = Vec::with_capacity(4 + usize::from(t.params().blksize));
+    let mut out = Out::new(socket, t.params().blksize, t.params().windowsize);
     // One timer, moved on each send (rather than a new one per packet).
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
@@ -578,12 +578,49 @@ fn socket_error(e: io::Error) -> Ended {
     }
 }
 
+/// How DATA leaves: one datagram per send, or — for windows of small blocks, where the kernel
+/// supports UDP segmentation offload — up to a window of DATA packets laid end to end in one
+/// buffer and one send, which the kernel cuts into datagrams of one packet each (every DATA
+/// packet but a file's last has the same size, 4 + blksize).
+struct Out {
+    buf: Vec<u8>,
+    /// The segment size set on the socket, while segmentation works.
+    gso: Option<usize>,
+}
+
+/// Bytes of DATA one segmented send may carry (a UDP datagram's limit, with room to spare).
+const GSO_BYTES: usize = 63 * 1024;
+/// The kernel's limit on segments per send.
+const GSO_SEGMENTS: usize = 64;
+
+impl Out {
+    fn new(socket: &UdpSocket, blksize: u16, windowsize: u16) -> Out {
+        let seg = 4 + usize::from(blksize);
+        // Only for windows (lock-step sends one packet at a time anyway) of packets that fit an
+        // Ethernet frame (a larger segment than the path MTU is refused by the kernel), and of
+        // at least the default block size: the option applies to every send on the socket, and
+        // an OACK or ERROR longer than one segment would be cut into pieces (ours are far
+        // shorter than 516 bytes).
+        let gso = (windowsize > 1 && (516..=1472).contains(&seg))
+            .then(|| {
+                use std::os::fd::AsFd;
+                crate::sys::set_udp_segment(socket.as_fd(), u16::try_from(seg).ok()?).ok()?;
+                Some(seg)
+            })
+            .flatten();
+        Out {
+            buf: Vec::with_capacity(if gso.is_some() { GSO_BYTES } else { seg }),
+            gso,
+        }
+    }
+}
+
 async fn send_step(
     t: &Transfer,
     socket: &UdpSocket,
     data: &mut Data,
     send: &Emit,
-    out: &mut Vec<u8>,
+    out: &mut Out,
 ) -> Result<(), Ended> {
     match send {
         Emit::Oack(options) => {
@@ -593,14 +630,47 @@ async fn send_step(
             socket.send(&p.encode()).await.map_err(socket_error)?;
         }
         Emit::Blocks { first, count } => {
-            for index in *first..*first + *count {
-                // Usually already read: one read serves many blocks.
-                data.load(t.block_range(index)).await.map_err(Ended::Read)?;
-                out.clear();
-                out.extend_from_slice(&[0, 3]);
-                out.extend_from_slice(&wire_block(index).to_be_bytes());
-                out.extend_from_slice(data.get(t.block_range(index)));
-                socket.send(out).await.map_err(socket_error)?;
+            let end = *first + *count;
+            let mut index = *first;
+            while index < end {
+                let batch_start = index;
+                out.buf.clear();
+                let per_send = out
+                    .gso
+                    .map_or(1, |seg| (GSO_BYTES / seg).clamp(1, GSO_SEGMENTS));
+                let mut n = 0;
+                while index < end && n < per_send {
+                    // Usually already read: one read serves many blocks.
+                    data.load(t.block_range(index)).await.map_err(Ended::Read)?;
+                    let block = data.get(t.block_range(index));
+                    out.buf.extend_from_slice(&[0, 3]);
+                    out.buf.extend_from_slice(&wire_block(index).to_be_bytes());
+                    out.buf.extend_from_slice(block);
+                    index += 1;
+                    n += 1;
+                    // A short block ends the file, and must be the last segment of a send.
+                    if Some(4 + block.len()) != out.gso {
+                        break;
+                    }
+                }
+                match socket.send(&out.buf).await {
+                    Ok(_) => {}
+                    // Segmentation refused on this path (a device or MTU that cannot take it):
+                    // send these blocks again one by one, and no longer segment.
+                    Err(e)
+                        if out.gso.is_some()
+                            && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO)) =>
+                    {
+                        debug!(error = %e, "TFTP: UDP segmentation refused; sending one datagram per block");
+                        out.gso = None;
+                        {
+                            use std::os::fd::AsFd;
+                            crate::sys::set_udp_segment(socket.as_fd(), 0).ok();
+                        }
+                        index = batch_start;
+                    }
+                    Err(e) => return Err(socket_error(e)),
+                }
             }
         }
     }

@@ -449,3 +449,24 @@ async fn shutdown_ends_transfers_in_progress() {
         }
     );
 }
+
+/// Windows of Ethernet-sized blocks leave in one segmented send each (UDP GSO, which loopback
+/// supports): the client must still see one DATA per datagram, in order, byte-identical, also
+/// when the file ends in a short block inside a window.
+#[tokio::test]
+async fn segmented_windows_arrive_as_single_packets() {
+    let data = random(3 * 1024 * 1024 + 777);
+    let s = start(Config::default(), &[("f", data.clone())]).await;
+    for (blksize, windowsize) in [(1428, 16), (1468, 64), (512, 8), (1024, 3)] {
+        let opts = Options {
+            blksize: Some(blksize),
+            windowsize: Some(windowsize),
+            tsize: Some(0),
+            ..Options::default()
+        };
+        assert!(
+            fetch(s.addr, "f", opts).await == data,
+            "blksize {blksize} windowsize {windowsize}"
+        );
+    }
+}

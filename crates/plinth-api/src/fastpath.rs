@@ -1,0 +1,484 @@
+//! Image files with sendfile(2). hyper can only send a body it has in memory, so every byte of
+//! a kernel or disk image would be copied from the page cache into user space and back out
+//! (measured: twice nginx's CPU per byte). The listener here reads each connection's first
+//! request line: a `GET`/`HEAD` of a file under `/boot/` is answered on this connection with
+//! the same headers the axum handler would send (the same `plan_file`, the same resolver) and
+//! a sendfile body; anything else — and any later request on a keep-alive connection that is
+//! not a file — is handed to axum with the bytes already read put back in front.
+
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use bytes::{Buf, Bytes, BytesMut};
+use plinth_core::App;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::boot::{plan_file, refusal_parts};
+
+/// The longest request head read here; longer ones go to axum, which answers them.
+const MAX_HEAD: usize = 16 * 1024;
+/// How long a client may take to send a request head, or to take more of a body.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The client's address, as the handlers' `ConnectInfo`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, BootListener>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, BootListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// A connection handed to axum: the bytes already read, then the socket.
+pub struct Conn {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Accepts TCP connections, serves file requests itself, and yields the rest to axum.
+pub struct BootListener {
+    tcp: TcpListener,
+    app: App,
+    tx: mpsc::Sender<(Conn, SocketAddr)>,
+    rx: mpsc::Receiver<(Conn, SocketAddr)>,
+}
+
+impl BootListener {
+    pub fn new(tcp: TcpListener, app: App) -> BootListener {
+        let (tx, rx) = mpsc::channel(256);
+        BootListener { tcp, app, tx, rx }
+    }
+}
+
+impl axum::serve::Listener for BootListener {
+    type Io = Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, SocketAddr) {
+        loop {
+            tokio::select! {
+                Some(handed) = self.rx.recv() => return handed,
+                accepted = self.tcp.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        stream.set_nodelay(true).ok();
+                        tokio::spawn(connection(stream, peer, self.app.clone(), self.tx.clone()));
+                    }
+                    Err(e) => {
+                        // As axum's own listener does: per-connection errors are the client's;
+                        // anything else (EMFILE) gets a pause rather than a spin.
+                        if !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionRefused
+                                | std::io::ErrorKind::ConnectionAborted
+                                | std::io::ErrorKind::ConnectionReset
+                        ) {
+                            tracing::error!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A request line that is a file under `/boot/` (not the script endpoint): (is HEAD, path).
+fn file_request(line: &[u8]) -> Option<(bool, &[u8])> {
+    let mut parts = line.split(|&b| b == b' ');
+    let method = parts.next()?;
+    let target = parts.next()?;
+    let head = match method {
+        b"GET" => false,
+        b"HEAD" => true,
+        _ => return None,
+    };
+    let path = target.split(|&b| b == b'?').next()?;
+    let rest = path.strip_prefix(b"/boot/")?;
+    (rest != b"ipxe").then_some((head, rest))
+}
+
+/// `%xx` decoding, as axum's Path extractor does; `None` for bad escapes or non-UTF-8.
+fn percent_decode(raw: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hex = raw.get(i + 1..i + 3)?;
+            let v = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    buf.reserve(4096);
+    match tokio::time::timeout(IO_TIMEOUT, stream.read_buf(buf)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// One client connection: file requests served here until one is not.
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    app: App,
+    handoff: mpsc::Sender<(Conn, SocketAddr)>,
+) {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        // Enough to see the request line.
+        let line_end = loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                break Some(i);
+            }
+            if buf.len() >= MAX_HEAD {
+                break None;
+            }
+            match read_more(&mut stream, &mut buf).await {
+                Ok(0) | Err(_) if buf.is_empty() => return,
+                Ok(0) | Err(_) => break None,
+                Ok(_) => {}
+            }
+        };
+        let is_file = line_end.and_then(|i| file_request(&buf[..i])).is_some();
+        if !is_file {
+            handoff
+                .send((
+                    Conn {
+                        prefix: buf.freeze(),
+                        stream,
+                    },
+                    peer,
+                ))
+                .await
+                .ok();
+            return;
+        }
+        // The whole head.
+        let head_len = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break Some(i + 4);
+            }
+            if buf.len() >= MAX_HEAD {
+                break None;
+            }
+            match read_more(&mut stream, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        let Some(head_len) = head_len else {
+            // Too long for here: axum answers it (431).
+            handoff
+                .send((
+                    Conn {
+                        prefix: buf.freeze(),
+                        stream,
+                    },
+                    peer,
+                ))
+                .await
+                .ok();
+            return;
+        };
+        let served = serve_one(&mut stream, peer, &app, &buf[..head_len])
+            .instrument(tracing::info_span!("http", %peer))
+            .await;
+        match served {
+            Ok(Next::KeepAlive) => buf.advance(head_len),
+            Ok(Next::HandOff) => {
+                handoff
+                    .send((
+                        Conn {
+                            prefix: buf.freeze(),
+                            stream,
+                        },
+                        peer,
+                    ))
+                    .await
+                    .ok();
+                return;
+            }
+            Ok(Next::Close) => {
+                stream.shutdown().await.ok();
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "boot file connection ended");
+                return;
+            }
+        }
+    }
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+    /// Not a request this path answers after all (a body, an odd version): axum's.
+    HandOff,
+}
+
+async fn serve_one(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    app: &App,
+    head: &[u8],
+) -> std::io::Result<Next> {
+    let mut raw_headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut raw_headers);
+    let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
+        return Ok(Next::HandOff);
+    };
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Ok(Next::HandOff);
+    };
+    let mut headers = HeaderMap::new();
+    for h in req.headers.iter() {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    // A request with a body is unusual for GET; axum knows how to read (and ignore) it.
+    if headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+    {
+        return Ok(Next::HandOff);
+    }
+    let Some((is_head, raw_path)) =
+        file_request(format!("{method} {target}").as_bytes()).map(|(h, p)| (h, p.to_vec()))
+    else {
+        return Ok(Next::HandOff);
+    };
+    let connection = headers
+        .get(axum::http::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let keep_alive = if version == 1 {
+        !connection.contains("close")
+    } else {
+        connection.contains("keep-alive")
+    };
+    let started = Instant::now();
+
+    let Some(path) = percent_decode(&raw_path) else {
+        let text = "the path is not valid percent-encoded UTF-8\n";
+        write_head(
+            stream,
+            StatusCode::BAD_REQUEST,
+            &text_headers(text.len()),
+            keep_alive,
+        )
+        .await?;
+        stream.write_all(text.as_bytes()).await?;
+        return Ok(if keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        });
+    };
+    let root = &app.boot_env().settings.images_root;
+    let opened = plinth_core::files::resolve(root, &path).and_then(|real| {
+        let f = std::fs::File::open(&real).map_err(|_| plinth_core::files::Refusal::Unreadable)?;
+        let meta = f
+            .metadata()
+            .map_err(|_| plinth_core::files::Refusal::Unreadable)?;
+        Ok((f, meta))
+    });
+    let (file, meta) = match opened {
+        Ok(x) => x,
+        Err(r) => {
+            let (status, text) = refusal_parts(&path, Some(peer), &r);
+            write_head(stream, status, &text_headers(text.len()), keep_alive).await?;
+            if !is_head {
+                stream.write_all(text.as_bytes()).await?;
+            }
+            return Ok(if keep_alive {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            });
+        }
+    };
+    let plan = plan_file(&meta, &headers)?;
+    write_head(stream, plan.status, &plan.headers, keep_alive).await?;
+    let mut sent = 0;
+    if let (Some((start, count)), false) = (plan.body, is_head) {
+        sent = send_file(stream, &file, start, count).await?;
+    }
+    tracing::debug!(method, path = %target, status = plan.status.as_u16(), bytes = sent, duration_ms = started.elapsed().as_millis() as u64, "boot file sent");
+    Ok(if keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
+}
+
+fn text_headers(len: usize) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(axum::http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    h
+}
+
+async fn write_head(
+    stream: &mut TcpStream,
+    status: StatusCode,
+    headers: &HeaderMap,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )
+        .as_bytes(),
+    );
+    for (k, v) in headers {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT");
+    out.extend_from_slice(format!("date: {date}\r\n").as_bytes());
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    match tokio::time::timeout(IO_TIMEOUT, stream.write_all(&out)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// `count` bytes of `file` from `start`, page cache to socket. Returns the bytes sent; an
+/// error if the file shrank (the connection is then closed: the client sees the short body).
+async fn send_file(
+    stream: &mut TcpStream,
+    file: &std::fs::File,
+    start: u64,
+    count: u64,
+) -> std::io::Result<u64> {
+    let mut off = start;
+    let end = start + count;
+    while off < end {
+        match tokio::time::timeout(IO_TIMEOUT, stream.writable()).await {
+            Ok(r) => r?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+        let want = usize::try_from((end - off).min(1 << 30)).unwrap_or(1 << 30);
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            crate::sys::sendfile(stream.as_fd(), file.as_fd(), &mut off, want)
+        }) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_requests_are_files() {
+        assert_eq!(
+            file_request(b"GET /boot/plinth/vmlinuz HTTP/1.1"),
+            Some((false, &b"plinth/vmlinuz"[..]))
+        );
+        assert_eq!(
+            file_request(b"HEAD /boot/ipxe.efi?x=1 HTTP/1.1"),
+            Some((true, &b"ipxe.efi"[..]))
+        );
+        assert_eq!(file_request(b"GET /boot/ipxe?mac=x HTTP/1.1"), None);
+        assert_eq!(file_request(b"GET /boot/ipxe HTTP/1.1"), None);
+        assert_eq!(file_request(b"POST /boot/x HTTP/1.1"), None);
+        assert_eq!(file_request(b"GET /api/v1/machines HTTP/1.1"), None);
+        assert_eq!(file_request(b"GET"), None);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode(b"a%2e%2E/b").as_deref(), Some("a../b"));
+        assert_eq!(percent_decode(b"x%00").as_deref(), Some("x\0"));
+        assert_eq!(percent_decode(b"bad%2"), None);
+        assert_eq!(percent_decode(b"bad%zz"), None);
+        assert_eq!(percent_decode(b"%ff"), None);
+    }
+}

@@ -19,17 +19,16 @@ create table images (
 
 -- A secret handed to the agent of one machine, for one mode, until it expires. Only its
 -- SHA-256 is stored. `used_at` is set when the agent's final report consumes it.
+-- Keyed by the hash itself, with one more index only: a row is written on every ramdisk boot.
 create table agent_tokens (
-    id uuid primary key default gen_random_uuid(),
+    secret_sha256 bytea primary key check (length(secret_sha256) = 32),
     machine_id uuid not null references machines (id) on delete cascade,
     mode text not null check (mode in ('inspect', 'clean', 'deploy')),
-    secret_sha256 bytea not null unique,
     created_at timestamptz not null default now(),
     expires_at timestamptz not null,
     used_at timestamptz
 );
 create index agent_tokens_machine_idx on agent_tokens (machine_id);
-create index agent_tokens_expiry_idx on agent_tokens (expires_at);
 
 -- Boot-loop guard: script requests per machine in the current window. A table of its own (not
 -- columns of machines) so that counting is a small HOT update, not a rewrite of a wide row and
@@ -40,75 +39,15 @@ create table boot_windows (
     requests integer not null check (requests >= 1)
 );
 
--- One iPXE script request in one round trip: find the machine behind the MAC, and for it record
--- the `boot` event, store the agent token's hash when its state boots the ramdisk, and count the
--- request in its boot-loop window (a `boot_loop` event when the count first passes p_loop_max).
--- What each state does comes from the caller as a table (p_states[i] → p_modes[i],
--- p_messages[i], p_scripts[i]), computed from plinth-core's pure boot decision, so that the
--- decision is written down in one place only. No row: the MAC belongs to no machine.
-create function boot_request(
-    p_mac macaddr,
-    p_actor text,
-    p_details jsonb,
-    p_states text[],
-    p_modes text[],
-    p_messages text[],
-    p_scripts text[],
-    p_token_sha256 bytea,
-    p_token_secs double precision,
-    p_loop_max integer,
-    p_loop_window_secs double precision
-) returns table (
-    machine_id uuid,
-    state text,
-    hostname text,
-    pxe_arch integer,
-    requests integer,
-    token_stored boolean
-) language plpgsql set jit = off as $$
-declare
-    m record;
-    i integer;
-    v_mode text;
-    n integer;
-begin
-    select mm.id, mm.state, mm.hostname, mm.pxe_arch into m
-    from nics nn join machines mm on mm.id = nn.machine_id
-    where nn.mac = p_mac and (nn.active or mm.state = 'decommissioned')
-    order by nn.active desc, nn.id desc limit 1;
-    if not found then
-        return;
-    end if;
-    i := array_position(p_states, m.state);
-    v_mode := p_modes[i];
-    insert into boot_windows as w (machine_id, started_at, requests)
-    values (m.id, now(), 1)
-    on conflict on constraint boot_windows_pkey do update set
-        started_at = case when w.started_at < now() - make_interval(secs => p_loop_window_secs)
-                          then now() else w.started_at end,
-        requests = case when w.started_at < now() - make_interval(secs => p_loop_window_secs)
-                        then 1 else w.requests + 1 end
-    returning w.requests into n;
-    insert into events (actor, machine_id, kind, details)
-    values (p_actor, m.id, 'boot',
-            p_details || jsonb_build_object('message', p_messages[i], 'script', p_scripts[i]));
-    if n = p_loop_max + 1 then
-        insert into events (actor, machine_id, kind, details)
-        values ('system', m.id, 'boot_loop',
-                jsonb_build_object('requests', n, 'window_secs', p_loop_window_secs));
-    end if;
-    if v_mode is not null then
-        insert into agent_tokens (machine_id, mode, secret_sha256, expires_at)
-        values (m.id, v_mode, p_token_sha256, now() + make_interval(secs => p_token_secs));
-    end if;
-    return query select m.id, m.state, m.hostname, m.pxe_arch, n, v_mode is not null;
-end
-$$;
-
--- Many script requests in one round trip and one transaction (the HTTP server batches what
--- arrives together): boot_request for each, in order; `i` is the 1-based index of the request a
--- row answers (no row: that MAC belongs to no machine). The caller orders the batch by MAC so
--- that concurrent batches lock boot_windows rows in the same order.
+-- iPXE script requests, many in one round trip and one transaction (the HTTP server batches
+-- what arrives together), set-based: for each request find the machine behind its MAC; record a
+-- `boot` event per request; store the agent token's hash when the machine's state boots the
+-- ramdisk; count the requests in each machine's boot-loop window, with a `boot_loop` event when
+-- a batch takes the count past p_loop_max. What each state does comes from the caller as a table
+-- (p_states[k] → p_modes[k], p_messages[k], p_scripts[k]) computed from plinth-core's pure boot
+-- decision, so that the decision is written down in one place only. One row per request whose
+-- MAC belongs to a machine; `i` is the request's 1-based index. Machines are locked in id order,
+-- so concurrent batches (other instances) do not deadlock.
 create function boot_request_batch(
     p_macs macaddr[],
     p_actors text[],
@@ -128,15 +67,63 @@ create function boot_request_batch(
     hostname text,
     pxe_arch integer,
     requests integer,
+    loop_flagged boolean,
     token_stored boolean
-) language plpgsql set jit = off as $$
+) language plpgsql set jit = off set plan_cache_mode = force_generic_plan as $$
+#variable_conflict use_column
 begin
-    for k in 1 .. coalesce(array_length(p_macs, 1), 0) loop
-        return query
-            select k, r.machine_id, r.state, r.hostname, r.pxe_arch, r.requests, r.token_stored
-            from boot_request(p_macs[k], p_actors[k], p_details[k], p_states, p_modes, p_messages,
-                              p_scripts, p_token_sha256[k], p_token_secs, p_loop_max,
-                              p_loop_window_secs) r;
-    end loop;
+    -- plpgsql, not a SQL function: its plan is prepared once per connection, not per call.
+    return query
+    with input as (
+        select k as i, p_macs[k] as mac, p_actors[k] as actor, p_details[k] as details,
+               p_token_sha256[k] as hash
+        from generate_subscripts(p_macs, 1) as k
+    ), found as (
+        -- One index lookup per request (a join would be planned for the thousand rows the
+        -- planner assumes a set-returning function yields: seq scans and hashes per batch).
+        select x.i, x.actor, x.details, x.hash, m.id, m.state, m.hostname, m.pxe_arch,
+               array_position(p_states, m.state) as si
+        from input x
+        cross join lateral (
+            select mm.id, mm.state, mm.hostname, mm.pxe_arch
+            from nics n join machines mm on mm.id = n.machine_id
+            where n.mac = x.mac and (n.active or mm.state = 'decommissioned')
+            order by n.active desc, n.id desc
+            limit 1
+        ) m
+    ), counts as (
+        select f.id, count(*)::integer as c from found f group by f.id
+    ), win as (
+        insert into boot_windows as w (machine_id, started_at, requests)
+        select c.id, now(), c.c from counts c order by c.id
+        on conflict on constraint boot_windows_pkey do update set
+            started_at = case when w.started_at < now() - make_interval(secs => p_loop_window_secs)
+                              then now() else w.started_at end,
+            requests = case when w.started_at < now() - make_interval(secs => p_loop_window_secs)
+                            then excluded.requests else w.requests + excluded.requests end
+        returning w.machine_id, w.requests
+    ), flagged as (
+        select w.machine_id, w.requests,
+               w.requests > p_loop_max and w.requests - c.c <= p_loop_max as crossed
+        from win w join counts c on c.id = w.machine_id
+    ), ev as (
+        insert into events (actor, machine_id, kind, details)
+        select f.actor, f.id, 'boot',
+               f.details || jsonb_build_object('message', p_messages[f.si], 'script', p_scripts[f.si])
+        from found f order by f.i
+    ), lp as (
+        insert into events (actor, machine_id, kind, details)
+        select 'system', g.machine_id, 'boot_loop',
+               jsonb_build_object('requests', g.requests, 'window_secs', p_loop_window_secs)
+        from flagged g where g.crossed
+    ), tok as (
+        insert into agent_tokens (secret_sha256, machine_id, mode, expires_at)
+        select f.hash, f.id, p_modes[f.si], now() + make_interval(secs => p_token_secs)
+        from found f where p_modes[f.si] is not null
+    )
+    select f.i, f.id, f.state, f.hostname, f.pxe_arch, g.requests, g.crossed,
+           p_modes[f.si] is not null
+    from found f join flagged g on g.machine_id = f.id
+    order by f.i;
 end
 $$;

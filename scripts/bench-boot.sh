@@ -71,7 +71,7 @@ SQL
 psql "$db" -qAt -c "analyze" >/dev/null
 
 PLINTH_STATE_DIR="$work/state" PLINTH_IMAGES__ROOT="$work/images" \
-  PLINTH_BOOT__PUBLIC_URL=http://10.97.0.1:8080 PLINTH_LOG__LEVEL=warn NO_COLOR=1 \
+  PLINTH_BOOT__PUBLIC_URL=http://10.97.0.1:8080 NO_COLOR=1 \
   ip netns exec "$srv" target/release/plinth serve --database-url "$db" --listen 10.97.0.1:8080 \
   >"$work/plinth.log" 2>&1 &
 pids+=($!)

@@ -396,6 +396,23 @@ async fn a_boot_loop_is_flagged_once() {
         2,
         "the next window's loop is flagged too"
     );
+    // Requests arriving together (recorded in one batch) cross the limit once too.
+    sqlx::query("update boot_windows set started_at = now() - interval '1 hour'")
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let http = s.http.clone();
+            let url = format!("{}/boot/ipxe?mac={}", s.base, mac(1));
+            tokio::spawn(async move { http.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    for b in burst {
+        assert_eq!(b.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(s.events(&id, "boot").await.len(), 8 + 4 + 20);
+    assert_eq!(s.events(&id, "boot_loop").await.len(), 3);
 }
 
 #[tokio::test]

@@ -621,7 +621,6 @@ impl App {
             self.discover_machine(&mac, &client, None).await?;
             row = self.boot_record(item(details)).await?;
         }
-        let loop_max = i32::try_from(s.loop_max).unwrap_or(i32::MAX - 1);
         let Some(row) = row else {
             // Unknown and not to be booted: nothing to record it on.
             let ctx = refusal_context(
@@ -637,11 +636,12 @@ impl App {
         let state: MachineState = row.state.parse().map_err(|_| Error::internal())?;
         let action = script_decision(Some(state), s.unknown_machines, s.idle);
         let firmware = Firmware::detect(platform.as_deref(), row.pxe_arch);
-        if row.requests == loop_max + 1 {
+        if row.loop_flagged {
             tracing::warn!(machine_id = %row.machine_id, %mac, requests = row.requests, window_secs = s.loop_window.as_secs(), "boot loop: the machine keeps asking for its script");
         }
         let message = event_message(&action);
-        tracing::info!(machine_id = %row.machine_id, %mac, state = %row.state, firmware = firmware.as_str(), "{message}");
+        // The boot event is the record; the log line is for debugging.
+        tracing::debug!(machine_id = %row.machine_id, %mac, state = %row.state, firmware = firmware.as_str(), "{message}");
         let label = row
             .hostname
             .clone()

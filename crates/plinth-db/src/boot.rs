@@ -22,14 +22,15 @@ pub struct BootRow {
     pub state: String,
     pub hostname: Option<String>,
     pub pxe_arch: Option<i32>,
-    /// Script requests in the current boot-loop window, this one included.
+    /// Script requests in the machine's current boot-loop window, this batch's included.
     pub requests: i32,
+    /// This batch took the machine past the boot-loop limit (a `boot_loop` event was added).
+    pub loop_flagged: bool,
     pub token_stored: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct AgentTokenRow {
-    pub id: Uuid,
     pub machine_id: Uuid,
     pub mode: String,
     pub expires_at: DateTime<Utc>,
@@ -44,7 +45,7 @@ pub async fn agent_token(
 ) -> Result<Option<AgentTokenRow>, sqlx::Error> {
     sqlx::query_as!(
         AgentTokenRow,
-        "select id, machine_id, mode, expires_at, used_at from agent_tokens where secret_sha256 = $1",
+        "select machine_id, mode, expires_at, used_at from agent_tokens where secret_sha256 = $1",
         secret_sha256
     )
     .fetch_optional(conn)
@@ -52,10 +53,13 @@ pub async fn agent_token(
 }
 
 /// Marks a token used; false if it already was (another report raced this one).
-pub async fn use_agent_token(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn use_agent_token(
+    conn: &mut PgConnection,
+    secret_sha256: &[u8],
+) -> Result<bool, sqlx::Error> {
     let n = sqlx::query!(
-        "update agent_tokens set used_at = now() where id = $1 and used_at is null",
-        id
+        "update agent_tokens set used_at = now() where secret_sha256 = $1 and used_at is null",
+        secret_sha256
     )
     .execute(conn)
     .await?
@@ -91,7 +95,8 @@ pub struct BatchParams<'a> {
     pub loop_window_secs: f64,
 }
 
-/// Many requests in one round trip and one transaction; the answer for `items[k]` is at `k`.
+/// Many requests in one round trip and one transaction (the `boot_request_batch` function);
+/// the answer for `items[k]` is at `k`, `None` when its MAC belongs to no machine.
 pub async fn request_batch(
     conn: &mut PgConnection,
     items: &[BatchItem],
@@ -103,7 +108,8 @@ pub async fn request_batch(
     let hashes: Vec<&[u8]> = items.iter().map(|i| i.token_sha256.as_slice()).collect();
     let rows = sqlx::query!(
         r#"select i as "i!", machine_id as "machine_id!", state as "state!", hostname, pxe_arch,
-                  requests as "requests!", token_stored as "token_stored!"
+                  requests as "requests!", loop_flagged as "loop_flagged!",
+                  token_stored as "token_stored!"
            from boot_request_batch($1::text[]::macaddr[], $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"#,
         &macs as &[&str],
         &actors as &[&str],
@@ -129,6 +135,7 @@ pub async fn request_batch(
                 hostname: r.hostname,
                 pxe_arch: r.pxe_arch,
                 requests: r.requests,
+                loop_flagged: r.loop_flagged,
                 token_stored: r.token_stored,
             });
         }

@@ -107,7 +107,9 @@ done
 echo
 echo "| server | lock-step MiB/s | lock-step server CPU | windowsize 32 MiB/s | windowsize 32 server CPU |"
 echo "|---|---|---|---|---|"
-label=("plinth $(git rev-parse --short HEAD 2>/dev/null || echo '?') + working tree" "tftpd-hpa $hpa_version" "atftpd $atftpd_version")
+rev="$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+[ -z "$(git status --porcelain 2>/dev/null)" ] || rev="$rev + working tree"
+label=("plinth $rev" "tftpd-hpa $hpa_version" "atftpd $atftpd_version")
 for i in 0 1 2; do
   row="| ${label[$i]} |"
   for ws in 1 32; do

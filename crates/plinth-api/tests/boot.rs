@@ -234,6 +234,37 @@ async fn every_state_gets_its_script() {
         }
         machines.push((label, id, n));
     }
+    // The failure states, and decommissioning on its way out.
+    for (n, label, verbs) in [
+        (20, "deploy_failed", &["deploy", "deploy_fail"][..]),
+        (21, "clean_failed", &["release", "clean_fail"][..]),
+    ] {
+        let id = s.enroll(n).await;
+        s.act(&id, "inspect").await;
+        s.post(&format!("/api/v1/machines/{id}/inspection"), report(n))
+            .await;
+        let alloc = s
+            .post("/api/v1/allocations", json!({ "pool": format!("p{n}") }))
+            .await;
+        for v in verbs {
+            if *v == "release" {
+                let path = format!("/api/v1/allocations/{}", alloc["id"].as_str().unwrap());
+                let (st, b) = s.call(reqwest::Method::DELETE, &path, None).await;
+                assert!(st.is_success(), "{b}");
+            } else {
+                s.act(&id, v).await;
+            }
+        }
+        machines.push((label, id, n));
+    }
+    let failed = s.enroll(22).await;
+    s.act(&failed, "inspect").await;
+    s.act(&failed, "inspect_fail").await;
+    machines.push(("inspect_failed", failed, 22));
+    let leaving = s.enroll(23).await;
+    s.act(&leaving, "decommission").await;
+    machines.push(("decommissioning", leaving, 23));
+
     let decom = s.enroll(8).await;
     s.act(&decom, "decommission").await;
     if s.app
@@ -247,6 +278,15 @@ async fn every_state_gets_its_script() {
     }
     machines.push(("decommissioned", decom, 8));
 
+    let mut covered: Vec<&str> = machines.iter().map(|(l, _, _)| *l).collect();
+    covered.push("discovered"); // below: an unknown MAC
+    covered.sort();
+    let mut all: Vec<&str> = plinth_types::MachineState::ALL
+        .iter()
+        .map(|st| st.as_str())
+        .collect();
+    all.sort();
+    assert_eq!(covered, all, "a golden script for every lifecycle state");
     for (label, id, n) in &machines {
         let m = s
             .app

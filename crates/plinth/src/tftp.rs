@@ -43,7 +43,7 @@ impl Source for ImagesSource {
                 ));
             };
             let url = format!(
-                "{base}/boot/ipxe?mac=${{net0/mac}}&platform=${{platform}}&buildarch=${{buildarch}}"
+                "{base}/boot/ipxe?mac=${{net0/mac}}&platform=${{platform}}&buildarch=${{buildarch}}&uuid=${{uuid}}&serial=${{serial:uristring}}"
             );
             let env = self.app.boot_env();
             let ctx = ChainContext {

@@ -10,11 +10,14 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use plinth_core::{App, BmcKey, Principal};
-use plinth_testkit::TestDb;
+use plinth_core::Principal;
 use plinth_testkit::netns::{Lab, Ns, Proc};
 use plinth_types::MachineState;
 use plinth_types::api::*;
+
+#[path = "support/env.rs"]
+mod env;
+use env::Env;
 
 const BIN: &str = env!("CARGO_BIN_EXE_plinth");
 
@@ -55,40 +58,24 @@ fn images_for(lab: &Lab) -> PathBuf {
     root
 }
 
-struct Env {
-    rt: tokio::runtime::Runtime,
-    db: TestDb,
-    app: App,
+/// What these tests add to the shared Env.
+trait BootEnv {
+    fn subnet24(&self, prefix: &str);
+    fn enroll(&self, mac: &str) -> Machine;
+    fn act(&self, id: uuid::Uuid, verb: &str) -> Machine;
+    fn machine_by_mac(&self, mac: &str) -> Option<Machine>;
+    fn events(&self, id: uuid::Uuid, kind: &str) -> Vec<Event>;
 }
 
-impl Env {
-    fn new() -> Env {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let db = rt.block_on(TestDb::new()).unwrap();
-        let app = App::new(
-            db.pool.clone(),
-            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
+impl BootEnv for Env {
+    fn subnet24(&self, prefix: &str) {
+        self.subnet(
+            &format!("{prefix}.0/24"),
+            &format!("{prefix}.100"),
+            &format!("{prefix}.149"),
+            None,
+            &[],
         );
-        Env { rt, db, app }
-    }
-
-    fn subnet(&self, prefix: &str) {
-        let req = SubnetCreate {
-            cidr: format!("{prefix}.0/24"),
-            ranges: vec![AddressRange {
-                start: format!("{prefix}.100").parse().unwrap(),
-                end: format!("{prefix}.149").parse().unwrap(),
-            }],
-            router: None,
-            dns_servers: None,
-            domain: None,
-            lease_time: Some(600),
-            boot_server: None,
-            relay_addresses: None,
-        };
-        self.rt
-            .block_on(self.app.create_subnet(&Principal::system(), req))
-            .unwrap();
     }
 
     fn enroll(&self, mac: &str) -> Machine {
@@ -113,16 +100,7 @@ impl Env {
     }
 
     fn machine_by_mac(&self, mac: &str) -> Option<Machine> {
-        let query = plinth_core::machines::MachineQuery {
-            q: Some(mac.into()),
-            ..Default::default()
-        };
-        self.rt
-            .block_on(self.app.list_machines(&Principal::system(), query))
-            .unwrap()
-            .machines
-            .into_iter()
-            .next()
+        self.machines(mac).into_iter().next()
     }
 
     fn events(&self, id: uuid::Uuid, kind: &str) -> Vec<Event> {
@@ -244,6 +222,23 @@ fn tftp_and_http_clients_get_byte_identical_files() {
     std::fs::create_dir_all(&out).unwrap();
     let outs = out.to_str().unwrap();
 
+    // A client in the client namespace: (succeeded, stdout and stderr).
+    let run = |program: &str, args: &[&str]| {
+        let o = lab
+            .run_timeout(&cli, program, args, Duration::from_secs(60))
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.success(), text)
+    };
+    let tftp = |mode: &str, verb: &str, name: &str, dest: &str| {
+        run("tftp", &["10.81.0.2", "-m", mode, "-c", verb, name, dest])
+    };
+    let same = |dest: &str, data: &[u8]| std::fs::read(dest).unwrap() == data;
+
     // tftp-hpa, lock-step with 512-byte blocks.
     for (name, data) in [
         ("plinth/big.img", &big),
@@ -251,76 +246,29 @@ fn tftp_and_http_clients_get_byte_identical_files() {
         ("empty", &empty),
     ] {
         let dest = format!("{outs}/hpa-{}", name.replace('/', "_"));
-        let o = lab
-            .run_timeout(
-                &cli,
-                "tftp",
-                &["10.81.0.2", "-m", "binary", "-c", "get", name, &dest],
-                Duration::from_secs(60),
-            )
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "tftp get {name}: {o:?}\n{}",
-            server.log_text()
-        );
-        assert!(
-            std::fs::read(&dest).unwrap() == *data,
-            "tftp-hpa: {name} differs"
-        );
+        let (ok, text) = tftp("binary", "get", name, &dest);
+        assert!(ok, "tftp get {name}: {text}\n{}", server.log_text());
+        assert!(same(&dest, data), "tftp-hpa: {name} differs");
     }
-    // atftp with options: blksize, tsize, windowsize.
-    for opts in [
-        &["--option", "blksize 1468", "--option", "tsize 0"][..],
-        &[
-            "--option",
-            "blksize 1468",
-            "--option",
-            "windowsize 32",
-            "--option",
-            "tsize 0",
-        ][..],
-        &["--option", "blksize 65464", "--option", "windowsize 8"][..],
+    // atftp with options: blksize, tsize, windowsize; and the BIOS loader as PXE firmware
+    // fetches it.
+    let kpxe = std::fs::read(root.join("undionly.kpxe")).unwrap();
+    for (opts, name, data) in [
+        ("blksize 1468,tsize 0", "plinth/big.img", &big),
+        ("blksize 1468,windowsize 32,tsize 0", "plinth/big.img", &big),
+        ("blksize 65464,windowsize 8", "plinth/big.img", &big),
+        ("tsize 0,blksize 1468", "undionly.kpxe", &kpxe),
     ] {
-        let dest = format!("{outs}/atftp-{}", opts.len());
-        let mut args: Vec<&str> = opts.to_vec();
-        args.extend(["-g", "-r", "plinth/big.img", "-l", &dest, "10.81.0.2"]);
-        let o = lab
-            .run_timeout(&cli, "atftp", &args, Duration::from_secs(60))
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "atftp {opts:?}: {o:?}\n{}",
-            server.log_text()
-        );
-        assert!(
-            std::fs::read(&dest).unwrap() == big,
-            "atftp {opts:?}: differs"
-        );
+        let dest = format!("{outs}/atftp");
+        let mut args = Vec::new();
+        for o in opts.split(',') {
+            args.extend(["--option", o]);
+        }
+        args.extend(["-g", "-r", name, "-l", &dest, "10.81.0.2"]);
+        let (ok, text) = run("atftp", &args);
+        assert!(ok, "atftp {opts}: {text}\n{}", server.log_text());
+        assert!(same(&dest, data), "atftp {opts}: {name} differs");
     }
-    // The BIOS loader by TFTP, as PXE firmware fetches it.
-    let dest = format!("{outs}/undionly.kpxe");
-    let o = lab
-        .run_timeout(
-            &cli,
-            "atftp",
-            &[
-                "--option",
-                "tsize 0",
-                "--option",
-                "blksize 1468",
-                "-g",
-                "-r",
-                "undionly.kpxe",
-                "-l",
-                &dest,
-                "10.81.0.2",
-            ],
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    assert!(std::fs::read(&dest).unwrap() == std::fs::read(root.join("undionly.kpxe")).unwrap());
     // Refused: traversal, absolute paths, a symlink out of the root, writes, netascii.
     for name in [
         "../outside-secret",
@@ -330,19 +278,7 @@ fn tftp_and_http_clients_get_byte_identical_files() {
         "missing",
     ] {
         let dest = format!("{outs}/refused");
-        let o = lab
-            .run_timeout(
-                &cli,
-                "tftp",
-                &["10.81.0.2", "-m", "binary", "-c", "get", name, &dest],
-                Duration::from_secs(30),
-            )
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let (_, text) = tftp("binary", "get", name, &dest);
         assert!(text.contains("Error code"), "{name}: {text}");
         let got = std::fs::read(&dest).unwrap_or_default();
         assert!(got.is_empty() || got != b"secret", "{name} leaked");
@@ -355,63 +291,16 @@ fn tftp_and_http_clients_get_byte_identical_files() {
     );
     let upload = lab.path("upload");
     std::fs::write(&upload, b"x").unwrap();
-    let o = lab
-        .run_timeout(
-            &cli,
-            "tftp",
-            &[
-                "10.81.0.2",
-                "-m",
-                "binary",
-                "-c",
-                "put",
-                upload.to_str().unwrap(),
-                "new",
-            ],
-            Duration::from_secs(30),
-        )
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let (_, text) = tftp("binary", "put", upload.to_str().unwrap(), "new");
     assert!(text.contains("Error code 2"), "writes are refused: {text}");
     assert!(!root.join("new").exists());
-    let o = lab
-        .run_timeout(
-            &cli,
-            "tftp",
-            &[
-                "10.81.0.2",
-                "-m",
-                "ascii",
-                "-c",
-                "get",
-                "exact-512",
-                &format!("{outs}/ascii"),
-            ],
-            Duration::from_secs(30),
-        )
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let (_, text) = tftp("ascii", "get", "exact-512", &format!("{outs}/ascii"));
     assert!(text.contains("Error code"), "netascii is refused: {text}");
 
     // The generated first-stage script chains to the HTTP script.
     let dest = format!("{outs}/boot.ipxe");
-    let o = lab
-        .run_timeout(
-            &cli,
-            "tftp",
-            &["10.81.0.2", "-m", "binary", "-c", "get", "boot.ipxe", &dest],
-            Duration::from_secs(30),
-        )
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
+    let (ok, text) = tftp("binary", "get", "boot.ipxe", &dest);
+    assert!(ok, "{text}");
     let script = std::fs::read_to_string(&dest).unwrap();
     assert!(script.starts_with("#!ipxe\n"), "{script}");
     assert!(
@@ -419,57 +308,32 @@ fn tftp_and_http_clients_get_byte_identical_files() {
         "{script}"
     );
 
-    // curl over HTTP: whole, and a range.
+    // curl over HTTP: whole, a range, the UEFI HTTP boot binary, and a traversal.
+    let big_url = "http://10.81.0.2:8080/boot/plinth/big.img";
     let dest = format!("{outs}/curl");
-    let o = lab
-        .run_timeout(
-            &cli,
-            "curl",
-            &[
-                "-sSf",
-                "-o",
-                &dest,
-                "http://10.81.0.2:8080/boot/plinth/big.img",
-            ],
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    assert!(std::fs::read(&dest).unwrap() == big);
-    let o = lab
-        .run_timeout(
-            &cli,
-            "curl",
-            &[
-                "-sSf",
-                "-r",
-                "1000-1999",
-                "-o",
-                &dest,
-                "http://10.81.0.2:8080/boot/plinth/big.img",
-            ],
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert!(o.status.success(), "{o:?}");
-    assert!(std::fs::read(&dest).unwrap() == big[1000..2000]);
-    let o = lab
-        .run_timeout(
-            &cli,
-            "curl",
-            &[
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--path-as-is",
-                "http://10.81.0.2:8080/boot/../escape",
-            ],
-            Duration::from_secs(30),
-        )
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "403");
+    let (ok, text) = run("curl", &["-sSf", "-o", &dest, big_url]);
+    assert!(ok && same(&dest, &big), "{text}");
+    let (ok, text) = run("curl", &["-sSf", "-r", "1000-1999", "-o", &dest, big_url]);
+    assert!(ok && same(&dest, &big[1000..2000]), "{text}");
+    let efi = std::fs::read(root.join("ipxe.efi")).unwrap();
+    let (ok, text) = run(
+        "curl",
+        &["-sSf", "-o", &dest, "http://10.81.0.2:8080/boot/ipxe.efi"],
+    );
+    assert!(ok && same(&dest, &efi), "{text}");
+    let (_, code) = run(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--path-as-is",
+            "http://10.81.0.2:8080/boot/../escape",
+        ],
+    );
+    assert_eq!(code, "403");
 }
 
 /// Waits for the VM's serial console to show the ramdisk's line, and returns it.
@@ -560,7 +424,7 @@ fn a_bios_vm_boots_the_inspection_ramdisk() {
     let env = Env::new();
     let mut lab = Lab::new().unwrap();
     let (srv, sif, cli, tap) = network(&mut lab, "10.82.0", true);
-    env.subnet("10.82.0");
+    env.subnet24("10.82.0");
     let root = images_for(&lab);
     let mac = "52:54:00:82:00:10";
     let m = env.enroll(mac);
@@ -594,7 +458,7 @@ fn a_uefi_vm_is_discovered_and_inspected() {
     let env = Env::new();
     let mut lab = Lab::new().unwrap();
     let (srv, sif, cli, tap) = network(&mut lab, "10.83.0", true);
-    env.subnet("10.83.0");
+    env.subnet24("10.83.0");
     let root = images_for(&lab);
     let mac = "52:54:00:83:00:10";
     let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.83.0.2", &root, &[]);
@@ -621,7 +485,7 @@ fn uefi_firmware_pxe_fetches_snponly_by_tftp_then_cleans() {
     let env = Env::new();
     let mut lab = Lab::new().unwrap();
     let (srv, sif, cli, tap) = network(&mut lab, "10.84.0", true);
-    env.subnet("10.84.0");
+    env.subnet24("10.84.0");
     let root = images_for(&lab);
     let mac = "52:54:00:84:00:10";
     // enrolled → inspecting → ready (a report) → allocated → released: cleaning.

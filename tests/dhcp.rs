@@ -9,71 +9,20 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use plinth_core::{App, BmcKey, Principal};
-use plinth_testkit::TestDb;
+use plinth_core::Principal;
 use plinth_testkit::dhcp_clients::{self, Client, Options};
 use plinth_testkit::netns::{Lab, Ns, Proc};
 use plinth_types::api::*;
 use serde_json::Value;
 
+#[path = "support/env.rs"]
+mod env;
+use env::Env;
+
 const BIN: &str = env!("CARGO_BIN_EXE_plinth");
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-struct Env {
-    rt: tokio::runtime::Runtime,
-    db: TestDb,
-    app: App,
-}
-
-impl Env {
-    fn new() -> Env {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let db = rt.block_on(TestDb::new()).unwrap();
-        let app = App::new(
-            db.pool.clone(),
-            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
-        );
-        Env { rt, db, app }
-    }
-
-    fn subnet(&self, cidr: &str, first: &str, last: &str, router: &str, relays: &[&str]) -> Subnet {
-        let req = SubnetCreate {
-            cidr: cidr.into(),
-            ranges: vec![AddressRange {
-                start: first.parse().unwrap(),
-                end: last.parse().unwrap(),
-            }],
-            router: Some(router.parse().unwrap()),
-            dns_servers: Some(vec![router.parse().unwrap()]),
-            domain: Some("lab.example".into()),
-            lease_time: Some(600),
-            boot_server: None,
-            relay_addresses: Some(relays.iter().map(|r| r.parse().unwrap()).collect()),
-        };
-        self.rt
-            .block_on(self.app.create_subnet(&Principal::system(), req))
-            .unwrap()
-    }
-
-    fn leases(&self) -> Vec<Lease> {
-        self.rt
-            .block_on(self.app.list_leases(&Principal::system(), None, None))
-            .unwrap()
-    }
-
-    fn machines(&self, q: &str) -> Vec<Machine> {
-        let query = plinth_core::machines::MachineQuery {
-            q: Some(q.into()),
-            ..Default::default()
-        };
-        self.rt
-            .block_on(self.app.list_machines(&Principal::system(), query))
-            .unwrap()
-            .machines
-    }
 }
 
 /// Starts `plinth serve` with DHCP on `iface` inside `ns`, and waits until it listens.
@@ -138,7 +87,7 @@ fn real_clients_obtain_renew_and_release() {
         "10.61.0.0/24",
         "10.61.0.100",
         "10.61.0.149",
-        "10.61.0.1",
+        Some("10.61.0.1"),
         &[],
     );
     let _server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.61.0.2", "server");
@@ -214,7 +163,7 @@ fn a_reservation_is_honoured() {
         "10.63.0.0/24",
         "10.63.0.100",
         "10.63.0.101",
-        "10.63.0.1",
+        Some("10.63.0.1"),
         &[],
     );
     let machine = env
@@ -276,14 +225,14 @@ fn a_relayed_request_lands_in_the_relay_subnet() {
         "10.64.0.0/24",
         "10.64.0.100",
         "10.64.0.149",
-        "10.64.0.1",
+        Some("10.64.0.1"),
         &[],
     );
     env.subnet(
         "10.64.9.0/24",
         "10.64.9.100",
         "10.64.9.149",
-        "10.64.9.1",
+        Some("10.64.9.1"),
         &[],
     );
     let _server = plinth(&mut lab, &srv, &s_up, &env.db.url, "10.64.0.2", "server");
@@ -353,7 +302,7 @@ fn unknown_pxe_clients_are_discovered_and_booted() {
         "10.65.0.0/24",
         "10.65.0.100",
         "10.65.0.149",
-        "10.65.0.1",
+        Some("10.65.0.1"),
         &[],
     );
     let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.65.0.2", "server");
@@ -543,7 +492,13 @@ fn two_instances_on_one_database_hand_out_distinct_addresses() {
     lab.addr(&srv1, &a, "10.67.0.2/16").unwrap();
     lab.addr(&srv2, &b, "10.67.0.3/16").unwrap();
     lab.addr(&cli, &c, "10.67.0.9/16").unwrap();
-    env.subnet("10.67.0.0/16", "10.67.1.0", "10.67.2.255", "10.67.0.1", &[]);
+    env.subnet(
+        "10.67.0.0/16",
+        "10.67.1.0",
+        "10.67.2.255",
+        Some("10.67.0.1"),
+        &[],
+    );
     let p1 = plinth(&mut lab, &srv1, &a, &env.db.url, "10.67.0.2", "server");
     let p2 = plinth(&mut lab, &srv2, &b, &env.db.url, "10.67.0.3", "server");
     // Two perfdhcp runs at once, one against each instance (perfdhcp sends as a relay from the
@@ -608,7 +563,7 @@ fn hostile_packets_never_break_the_server() {
         "10.68.0.0/24",
         "10.68.0.100",
         "10.68.0.199",
-        "10.68.0.1",
+        Some("10.68.0.1"),
         &[],
     );
     let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.68.0.2", "server");
@@ -666,7 +621,7 @@ fn leases_survive_a_restart() {
         "10.69.0.0/24",
         "10.69.0.100",
         "10.69.0.199",
-        "10.69.0.1",
+        Some("10.69.0.1"),
         &[],
     );
     let mut first = plinth(&mut lab, &srv, &sif, &env.db.url, "10.69.0.2", "server");
@@ -726,7 +681,7 @@ fn a_bios_ipxe_vm_is_discovered_and_handed_its_script() {
         "10.72.0.0/24",
         "10.72.0.100",
         "10.72.0.149",
-        "10.72.0.1",
+        Some("10.72.0.1"),
         &[],
     );
     let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.72.0.2", "server");

@@ -179,6 +179,21 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Resul
     }
 }
 
+/// Gives the connection to axum, the bytes already read in front.
+async fn hand_off(
+    to: &mpsc::Sender<(Conn, SocketAddr)>,
+    read: BytesMut,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let conn = Conn {
+        prefix: read.freeze(),
+        stream,
+    };
+    // Fails only when the server is shutting down: the connection is dropped.
+    to.send((conn, peer)).await.ok();
+}
+
 /// One client connection: file requests served here until one is not.
 async fn connection(
     mut stream: TcpStream,
@@ -204,16 +219,7 @@ async fn connection(
         };
         let is_file = line_end.and_then(|i| file_request(&buf[..i])).is_some();
         if !is_file {
-            handoff
-                .send((
-                    Conn {
-                        prefix: buf.freeze(),
-                        stream,
-                    },
-                    peer,
-                ))
-                .await
-                .ok();
+            hand_off(&handoff, buf, stream, peer).await;
             return;
         }
         // The whole head.
@@ -231,16 +237,7 @@ async fn connection(
         };
         let Some(head_len) = head_len else {
             // Too long for here: axum answers it (431).
-            handoff
-                .send((
-                    Conn {
-                        prefix: buf.freeze(),
-                        stream,
-                    },
-                    peer,
-                ))
-                .await
-                .ok();
+            hand_off(&handoff, buf, stream, peer).await;
             return;
         };
         let served = serve_one(&mut stream, peer, &app, &buf[..head_len])
@@ -249,16 +246,7 @@ async fn connection(
         match served {
             Ok(Next::KeepAlive) => buf.advance(head_len),
             Ok(Next::HandOff) => {
-                handoff
-                    .send((
-                        Conn {
-                            prefix: buf.freeze(),
-                            stream,
-                        },
-                        peer,
-                    ))
-                    .await
-                    .ok();
+                hand_off(&handoff, buf, stream, peer).await;
                 return;
             }
             Ok(Next::Close) => {

@@ -201,51 +201,31 @@ async fn every_state_gets_its_script() {
     let inspecting = s.enroll(2).await;
     s.act(&inspecting, "inspect").await;
     machines.push(("inspecting", inspecting, 2));
-    let mut ready = Vec::new();
-    for n in 3..=7 {
-        let id = s.enroll(n).await;
-        s.act(&id, "inspect").await;
-        s.post(&format!("/api/v1/machines/{id}/inspection"), report(n))
-            .await;
-        ready.push((id, n));
-    }
-    let (r, n) = ready.pop().unwrap();
-    machines.push(("ready", r, n));
-    // allocated, deploying, deployed, cleaning
-    for (label, verbs) in [
-        ("allocated", &[][..]),
-        ("deploying", &["deploy"][..]),
-        ("deployed", &["deploy", "deploy_complete"][..]),
-        ("cleaning", &["release"][..]),
+    let ready = |n: u32| {
+        let s = &s;
+        async move {
+            let id = s.enroll(n).await;
+            s.act(&id, "inspect").await;
+            s.post(&format!("/api/v1/machines/{id}/inspection"), report(n))
+                .await;
+            id
+        }
+    };
+    machines.push(("ready", ready(7).await, 7));
+    // Allocated (each machine alone in its pool, so the allocation takes it), then on.
+    for (n, label, verbs) in [
+        (6, "allocated", &[][..]),
+        (5, "deploying", &["deploy"][..]),
+        (4, "deployed", &["deploy", "deploy_complete"][..]),
+        (3, "cleaning", &["release"][..]),
+        (20, "deploy_failed", &["deploy", "deploy_fail"][..]),
+        (21, "clean_failed", &["release", "clean_fail"][..]),
     ] {
-        let (id, n) = ready.pop().unwrap();
+        let id = ready(n).await;
         let alloc = s
             .post("/api/v1/allocations", json!({ "pool": format!("p{n}") }))
             .await;
         assert_eq!(alloc["machines"][0]["id"], id.as_str());
-        for v in verbs {
-            if *v == "release" {
-                let path = format!("/api/v1/allocations/{}", alloc["id"].as_str().unwrap());
-                let (st, b) = s.call(reqwest::Method::DELETE, &path, None).await;
-                assert!(st.is_success(), "{b}");
-            } else {
-                s.act(&id, v).await;
-            }
-        }
-        machines.push((label, id, n));
-    }
-    // The failure states, and decommissioning on its way out.
-    for (n, label, verbs) in [
-        (20, "deploy_failed", &["deploy", "deploy_fail"][..]),
-        (21, "clean_failed", &["release", "clean_fail"][..]),
-    ] {
-        let id = s.enroll(n).await;
-        s.act(&id, "inspect").await;
-        s.post(&format!("/api/v1/machines/{id}/inspection"), report(n))
-            .await;
-        let alloc = s
-            .post("/api/v1/allocations", json!({ "pool": format!("p{n}") }))
-            .await;
         for v in verbs {
             if *v == "release" {
                 let path = format!("/api/v1/allocations/{}", alloc["id"].as_str().unwrap());

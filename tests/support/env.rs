@@ -1,0 +1,72 @@
+//! What the cross-process tests share: a fresh database and an `App` on it, driven from plain
+//! (non-async) tests through one runtime. Each test binary uses what it needs of it.
+#![allow(dead_code)]
+
+use plinth_core::{App, BmcKey, Principal};
+use plinth_testkit::TestDb;
+use plinth_types::api::*;
+
+pub struct Env {
+    pub rt: tokio::runtime::Runtime,
+    pub db: TestDb,
+    pub app: App,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let db = rt.block_on(TestDb::new()).unwrap();
+        let app = App::new(
+            db.pool.clone(),
+            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
+        );
+        Env { rt, db, app }
+    }
+
+    /// A subnet with one range; with a router, that router is also its DNS server.
+    pub fn subnet(
+        &self,
+        cidr: &str,
+        first: &str,
+        last: &str,
+        router: Option<&str>,
+        relays: &[&str],
+    ) -> Subnet {
+        let router = router.map(|r| r.parse().unwrap());
+        let req = SubnetCreate {
+            cidr: cidr.into(),
+            ranges: vec![AddressRange {
+                start: first.parse().unwrap(),
+                end: last.parse().unwrap(),
+            }],
+            router,
+            dns_servers: router.map(|r| vec![r]),
+            domain: router.map(|_| "lab.example".into()),
+            lease_time: Some(600),
+            boot_server: None,
+            relay_addresses: (!relays.is_empty())
+                .then(|| relays.iter().map(|r| r.parse().unwrap()).collect()),
+        };
+        self.rt
+            .block_on(self.app.create_subnet(&Principal::system(), req))
+            .unwrap()
+    }
+
+    pub fn leases(&self) -> Vec<Lease> {
+        self.rt
+            .block_on(self.app.list_leases(&Principal::system(), None, None))
+            .unwrap()
+    }
+
+    /// Machines matching `q` (hostname, MAC or serial).
+    pub fn machines(&self, q: &str) -> Vec<Machine> {
+        let query = plinth_core::machines::MachineQuery {
+            q: Some(q.into()),
+            ..Default::default()
+        };
+        self.rt
+            .block_on(self.app.list_machines(&Principal::system(), query))
+            .unwrap()
+            .machines
+    }
+}

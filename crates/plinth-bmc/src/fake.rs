@@ -1,0 +1,316 @@
+//! A BMC in memory, for tests: it keeps a power state and a boot override like a real one (a
+//! one-time override is used up when the machine boots), records every call, and can be told
+//! to misbehave: fail the next calls, answer slowly, be unreachable, or silently keep its old
+//! boot override.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::{
+    Bmc, BmcError, BootDevice, BootMode, BootOverride, Identity, PowerAction, PowerState, Result,
+};
+
+/// A call the fake received, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    PowerState,
+    Power(PowerAction),
+    SetBoot {
+        device: BootDevice,
+        persistent: bool,
+        mode: Option<BootMode>,
+    },
+    BootOverride,
+    Identity,
+}
+
+#[derive(Debug)]
+struct State {
+    power: PowerState,
+    boot: BootOverride,
+    identity: Identity,
+    calls: Vec<Call>,
+    /// Errors for the next calls, in order.
+    failures: VecDeque<BmcError>,
+    unreachable: bool,
+    /// Accept boot overrides, and keep the old one.
+    reverts_boot: bool,
+    delay: Duration,
+    /// Times the machine started (power on from off, cycle, reset).
+    boots: u32,
+}
+
+#[derive(Debug)]
+pub struct FakeBmc {
+    state: Mutex<State>,
+}
+
+impl FakeBmc {
+    pub fn new(identity: Identity) -> FakeBmc {
+        FakeBmc {
+            state: Mutex::new(State {
+                power: PowerState::Off,
+                boot: BootOverride {
+                    device: None,
+                    persistent: false,
+                    mode: Some(BootMode::Uefi),
+                },
+                identity,
+                calls: Vec::new(),
+                failures: VecDeque::new(),
+                unreachable: false,
+                reverts_boot: false,
+                delay: Duration::ZERO,
+                boots: 0,
+            }),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().expect("fake BMC state"))
+    }
+
+    /// The next calls fail with these errors, one each.
+    pub fn fail_next(&self, errors: impl IntoIterator<Item = BmcError>) {
+        self.with(|s| s.failures.extend(errors));
+    }
+    pub fn set_unreachable(&self, yes: bool) {
+        self.with(|s| s.unreachable = yes);
+    }
+    /// Accept boot overrides but keep the old one, as some BMCs do.
+    pub fn set_reverts_boot(&self, yes: bool) {
+        self.with(|s| s.reverts_boot = yes);
+    }
+    /// Every call takes this long.
+    pub fn set_delay(&self, d: Duration) {
+        self.with(|s| s.delay = d);
+    }
+    pub fn calls(&self) -> Vec<Call> {
+        self.with(|s| s.calls.clone())
+    }
+    pub fn power_now(&self) -> PowerState {
+        self.with(|s| s.power)
+    }
+    pub fn boot_now(&self) -> BootOverride {
+        self.with(|s| s.boot)
+    }
+    /// Times the machine has started.
+    pub fn boots(&self) -> u32 {
+        self.with(|s| s.boots)
+    }
+
+    /// Records the call, waits the delay, then fails or runs `f`.
+    fn call<T: Send + 'static>(
+        &self,
+        call: Call,
+        f: impl FnOnce(&mut State) -> Result<T> + Send + 'static,
+    ) -> BoxFuture<'_, Result<T>> {
+        let delay = self.with(|s| {
+            s.calls.push(call);
+            s.delay
+        });
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            self.with(|s| {
+                if s.unreachable {
+                    return Err(BmcError::Unreachable("connection refused".into()));
+                }
+                if let Some(e) = s.failures.pop_front() {
+                    return Err(e);
+                }
+                f(s)
+            })
+        })
+    }
+}
+
+/// The machine starts: a one-time boot override is used up.
+fn boot(s: &mut State) {
+    s.power = PowerState::On;
+    s.boots += 1;
+    if !s.boot.persistent {
+        s.boot.device = None;
+    }
+}
+
+impl Bmc for FakeBmc {
+    fn power_state(&self) -> BoxFuture<'_, Result<PowerState>> {
+        self.call(Call::PowerState, |s| Ok(s.power))
+    }
+
+    fn power(&self, action: PowerAction) -> BoxFuture<'_, Result<()>> {
+        self.call(Call::Power(action), move |s| {
+            match action {
+                PowerAction::On => {
+                    if s.power != PowerState::On {
+                        boot(s);
+                    }
+                }
+                PowerAction::Off { .. } => s.power = PowerState::Off,
+                PowerAction::Cycle => boot(s),
+                PowerAction::Reset => {
+                    if s.power != PowerState::On {
+                        return Err(BmcError::Rejected(
+                            "a reset needs the machine to be on".into(),
+                        ));
+                    }
+                    boot(s);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn set_boot(
+        &self,
+        device: BootDevice,
+        persistent: bool,
+        mode: Option<BootMode>,
+    ) -> BoxFuture<'_, Result<()>> {
+        self.call(
+            Call::SetBoot {
+                device,
+                persistent,
+                mode,
+            },
+            move |s| {
+                if !s.reverts_boot {
+                    s.boot = BootOverride {
+                        device: Some(device),
+                        persistent,
+                        mode: mode.or(s.boot.mode),
+                    };
+                }
+                Ok(())
+            },
+        )
+    }
+
+    fn boot_override(&self) -> BoxFuture<'_, Result<BootOverride>> {
+        self.call(Call::BootOverride, |s| Ok(s.boot))
+    }
+
+    fn identity(&self) -> BoxFuture<'_, Result<Identity>> {
+        self.call(Call::Identity, |s| Ok(s.identity.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::set_boot_verified;
+
+    fn fake() -> FakeBmc {
+        FakeBmc::new(Identity {
+            manufacturer: Some("Acme".into()),
+            model: Some("X1".into()),
+            serial: Some("SN1".into()),
+            uuid: Some(uuid::Uuid::nil()),
+            macs: vec!["52:54:00:00:00:01".parse().unwrap()],
+        })
+    }
+
+    #[tokio::test]
+    async fn power_and_one_time_boot_overrides() {
+        let b = fake();
+        assert_eq!(b.power_state().await.unwrap(), PowerState::Off);
+        set_boot_verified(&b, BootDevice::Pxe, false, Some(BootMode::Uefi))
+            .await
+            .unwrap();
+        b.power(PowerAction::On).await.unwrap();
+        assert_eq!(b.power_now(), PowerState::On);
+        assert_eq!(
+            b.boot_now().device,
+            None,
+            "a one-time override is used up by the boot"
+        );
+        // Persistent overrides stay; on twice boots once.
+        b.set_boot(BootDevice::Disk, true, None).await.unwrap();
+        b.power(PowerAction::On).await.unwrap();
+        b.power(PowerAction::Cycle).await.unwrap();
+        assert_eq!(b.boot_now().device, Some(BootDevice::Disk));
+        assert_eq!(b.boots(), 2);
+        b.power(PowerAction::Off { force: true }).await.unwrap();
+        assert!(matches!(
+            b.power(PowerAction::Reset).await,
+            Err(BmcError::Rejected(_))
+        ));
+        assert_eq!(b.identity().await.unwrap().serial.as_deref(), Some("SN1"));
+        let calls = b.calls();
+        assert_eq!(calls.len(), 10);
+        assert_eq!(
+            calls[1..4],
+            [
+                Call::SetBoot {
+                    device: BootDevice::Pxe,
+                    persistent: false,
+                    mode: Some(BootMode::Uefi)
+                },
+                Call::BootOverride,
+                Call::Power(PowerAction::On)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reverted_override_is_caught() {
+        let b = fake();
+        b.set_reverts_boot(true);
+        let e = set_boot_verified(&b, BootDevice::Pxe, false, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, BmcError::Reverted { got, .. } if got.device.is_none()),
+            "{e:?}"
+        );
+        assert!(e.is_transient());
+        // A mode the BMC reports differently counts as reverted too.
+        b.set_reverts_boot(false);
+        assert!(
+            set_boot_verified(&b, BootDevice::Pxe, true, Some(BootMode::Bios))
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_and_unreachable_bmcs() {
+        let b = fake();
+        b.fail_next([BmcError::Busy("503".into()), BmcError::Auth]);
+        let e1 = b.power_state().await.unwrap_err();
+        let e2 = b.power_state().await.unwrap_err();
+        assert!(e1.is_transient() && !e2.is_transient());
+        assert!(b.power_state().await.is_ok());
+        b.set_unreachable(true);
+        assert!(matches!(
+            b.power(PowerAction::On).await,
+            Err(BmcError::Unreachable(_))
+        ));
+        assert_eq!(b.power_now(), PowerState::Off, "nothing happened");
+        assert!(!BmcError::Unsupported("cdrom".into()).is_transient());
+        assert!(
+            !BmcError::Auth.to_string().contains("password"),
+            "messages carry no credentials"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_bmcs_are_slow() {
+        let b = fake();
+        b.set_delay(Duration::from_secs(30));
+        let t = tokio::time::Instant::now();
+        b.power_state().await.unwrap();
+        assert!(t.elapsed() >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_trait_is_object_safe() {
+        let b: Box<dyn Bmc> = Box::new(fake());
+        drop(b);
+    }
+}

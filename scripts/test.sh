@@ -5,6 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-packages.sh postgresql curl python3 qemu-system-x86 ipxe-qemu ovmf \
   ipxe linux-image-amd64 busybox-static cpio kmod $(grep -v "^#" crates/plinth-testkit/PACKAGES)
+# Python test tools (sushy-tools' Redfish emulator) in a venv outside the clone.
+venv=${PLINTH_VENV:-/var/cache/plinth-venv}
+if [ ! -x "$venv/bin/sushy-emulator" ]; then
+  scripts/ensure-packages.sh python3-venv
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "sushy-tools==2.2.0"
+fi
+export PLINTH_SUSHY_EMULATOR=$venv/bin/sushy-emulator
 export SQLX_OFFLINE=true
 unset DATABASE_URL
 

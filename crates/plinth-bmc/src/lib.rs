@@ -7,6 +7,7 @@
 //! plinth-core decide what to ask, and record what happened.
 
 pub mod fake;
+pub mod redfish;
 
 use futures::future::BoxFuture;
 use plinth_types::MacAddr;
@@ -139,7 +140,9 @@ pub trait Bmc: Send + Sync {
 }
 
 /// Sets the boot override and reads it back: some BMCs answer success and keep (or restore)
-/// the old one. A mode the BMC does not report is not held against it.
+/// the old one. A mode the BMC does not report is not held against it, nor an override kept
+/// for every boot when the next one was asked for (some BMCs only do persistent overrides;
+/// plinth sets the disk back when it is done).
 pub async fn set_boot_verified(
     bmc: &dyn Bmc,
     device: BootDevice,
@@ -157,7 +160,8 @@ pub async fn set_boot_verified(
         (Some(w), Some(g)) => w == g,
         _ => true,
     };
-    if got.device == wanted.device && got.persistent == persistent && mode_ok {
+    let persistence_ok = got.persistent == persistent || (got.persistent && !persistent);
+    if got.device == wanted.device && persistence_ok && mode_ok {
         Ok(())
     } else {
         Err(BmcError::Reverted { wanted, got })

@@ -1,0 +1,615 @@
+//! The Redfish driver (DSP0266): reqwest with rustls, plinth's own serde views of the few
+//! resources it touches (ServiceRoot, the Systems collection, ComputerSystem, its
+//! EthernetInterfaces, SessionService), each tolerant of unknown fields and of enum values a
+//! vendor adds (kept as strings, mapped where plinth understands them). See docs/decisions.md.
+//!
+//! - The ComputerSystem is the configured one, or the first member of `Systems`.
+//! - Authentication: a session (`POST SessionService/Sessions`, `X-Auth-Token`) when the service
+//!   has one, HTTP Basic otherwise; a 401 on a session logs in again once.
+//! - Reset: the first ResetType plinth would use for the action that the BMC advertises in
+//!   `ResetType@Redfish.AllowableValues` (or all of them, when it advertises none).
+//! - Boot override: a PATCH of `Boot`, with `If-Match` when the resource has an ETag (one retry
+//!   on 412), read back by the caller ([`crate::set_boot_verified`]).
+//! - Errors carry the BMC's `error.@Message.ExtendedInfo` messages, never credentials.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::{
+    Bmc, BmcError, BootDevice, BootMode, BootOverride, Identity, PowerAction, PowerState, Result,
+};
+
+/// How to reach one BMC.
+#[derive(Clone)]
+pub struct RedfishConfig {
+    /// `https://10.1.0.21` (or with a port; `http://` for emulators).
+    pub base_url: String,
+    pub username: String,
+    pub password: String,
+    /// Self-signed BMC certificates are the norm: off unless a CA is configured.
+    pub verify_tls: bool,
+    /// A PEM CA to trust for this BMC.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The ComputerSystem, e.g. `/redfish/v1/Systems/1`; default: the first in `Systems`.
+    pub system: Option<String>,
+    /// Per request.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedfishConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedfishConfig")
+            .field("base_url", &self.base_url)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("verify_tls", &self.verify_tls)
+            .field("system", &self.system)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Auth {
+    /// Not decided yet: try a session first.
+    Unknown,
+    Session(String),
+    Basic,
+}
+
+pub struct Redfish {
+    http: reqwest::Client,
+    cfg: RedfishConfig,
+    auth: Mutex<Auth>,
+    system: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Link {
+    #[serde(rename = "@odata.id")]
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServiceRoot {
+    #[serde(rename = "Systems")]
+    systems: Option<Link>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Collection {
+    #[serde(rename = "Members", default)]
+    members: Vec<Link>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct System {
+    power_state: Option<String>,
+    manufacturer: Option<String>,
+    model: Option<String>,
+    serial_number: Option<String>,
+    #[serde(rename = "UUID")]
+    uuid: Option<String>,
+    boot: Option<Boot>,
+    actions: Option<Actions>,
+    ethernet_interfaces: Option<Link>,
+    #[serde(rename = "@odata.etag")]
+    etag: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Boot {
+    #[serde(rename = "BootSourceOverrideTarget")]
+    target: Option<String>,
+    #[serde(rename = "BootSourceOverrideEnabled")]
+    enabled: Option<String>,
+    #[serde(rename = "BootSourceOverrideMode")]
+    mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Actions {
+    #[serde(rename = "#ComputerSystem.Reset")]
+    reset: Option<ResetAction>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ResetAction {
+    target: Option<String>,
+    #[serde(rename = "ResetType@Redfish.AllowableValues", default)]
+    allowed: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EthernetInterface {
+    #[serde(rename = "MACAddress")]
+    mac: Option<String>,
+    #[serde(rename = "PermanentMACAddress")]
+    permanent_mac: Option<String>,
+}
+
+/// The messages of a Redfish error body (`error.message` and `@Message.ExtendedInfo`).
+fn error_message(body: &Value) -> Option<String> {
+    let e = body.get("error")?;
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(infos) = e.get("@Message.ExtendedInfo").and_then(Value::as_array) {
+        for i in infos {
+            if let Some(m) = i.get("Message").and_then(Value::as_str) {
+                parts.push(m.to_owned());
+            }
+        }
+    }
+    if parts.is_empty()
+        && let Some(m) = e.get("message").and_then(Value::as_str)
+    {
+        parts.push(m.to_owned());
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+fn status_error(status: StatusCode, body: &Value) -> BmcError {
+    let msg = error_message(body).unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
+    match status.as_u16() {
+        401 | 403 => BmcError::Auth,
+        500..=599 => BmcError::Busy(format!("HTTP {}: {msg}", status.as_u16())),
+        _ => BmcError::Rejected(format!("HTTP {}: {msg}", status.as_u16())),
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> BmcError {
+    if e.is_timeout() {
+        BmcError::Timeout
+    } else if e.is_connect() {
+        BmcError::Unreachable("connection failed".into())
+    } else {
+        BmcError::Unreachable("the request failed".into())
+    }
+}
+
+/// ResetTypes for an action, in plinth's order of preference.
+fn reset_preferences(action: PowerAction, power: Option<PowerState>) -> &'static [&'static str] {
+    match action {
+        PowerAction::On => &["On", "ForceOn"],
+        PowerAction::Off { force: false } => &["GracefulShutdown", "ForceOff"],
+        PowerAction::Off { force: true } => &["ForceOff"],
+        PowerAction::Cycle if power == Some(PowerState::Off) => &["On", "ForceOn"],
+        PowerAction::Cycle => &["PowerCycle", "ForceRestart", "GracefulRestart"],
+        PowerAction::Reset => &["ForceRestart", "GracefulRestart", "PowerCycle"],
+    }
+}
+
+/// The first preferred ResetType the BMC allows (any, when it lists none).
+fn choose_reset(prefs: &[&'static str], allowed: &[String]) -> Option<&'static str> {
+    if allowed.is_empty() {
+        return prefs.first().copied();
+    }
+    prefs
+        .iter()
+        .find(|p| allowed.iter().any(|a| a == *p))
+        .copied()
+}
+
+fn target_name(d: BootDevice) -> &'static str {
+    match d {
+        BootDevice::Pxe => "Pxe",
+        BootDevice::Disk => "Hdd",
+        BootDevice::BiosSetup => "BiosSetup",
+        BootDevice::Cdrom => "Cd",
+    }
+}
+
+fn parse_override(b: &Boot) -> BootOverride {
+    let enabled = b.enabled.as_deref().unwrap_or("Disabled");
+    let device = match (enabled, b.target.as_deref()) {
+        ("Disabled", _) => None,
+        (_, Some("Pxe")) => Some(BootDevice::Pxe),
+        (_, Some("Hdd")) => Some(BootDevice::Disk),
+        (_, Some("BiosSetup")) => Some(BootDevice::BiosSetup),
+        (_, Some("Cd")) => Some(BootDevice::Cdrom),
+        // None, or a target plinth never sets (Usb, Floppy, an OEM value).
+        _ => None,
+    };
+    BootOverride {
+        device,
+        persistent: enabled == "Continuous",
+        mode: match b.mode.as_deref() {
+            Some("UEFI") => Some(BootMode::Uefi),
+            Some("Legacy") => Some(BootMode::Bios),
+            _ => None,
+        },
+    }
+}
+
+fn parse_power(s: &str) -> Result<PowerState> {
+    match s {
+        "On" => Ok(PowerState::On),
+        "Off" => Ok(PowerState::Off),
+        "PoweringOn" => Ok(PowerState::PoweringOn),
+        "PoweringOff" => Ok(PowerState::PoweringOff),
+        other => Err(BmcError::Protocol(format!("unknown PowerState {other:?}"))),
+    }
+}
+
+impl Redfish {
+    pub fn new(cfg: RedfishConfig) -> Result<Redfish> {
+        let mut b = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)));
+        if let Some(pem) = &cfg.ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem)
+                .map_err(|_| BmcError::Protocol("the configured CA is not PEM".into()))?;
+            b = b.add_root_certificate(ca);
+        } else if !cfg.verify_tls {
+            b = b.danger_accept_invalid_certs(true);
+        }
+        let http = b
+            .build()
+            .map_err(|_| BmcError::Protocol("cannot build an HTTP client".into()))?;
+        Ok(Redfish {
+            system: Mutex::new(cfg.system.clone()),
+            http,
+            cfg,
+            auth: Mutex::new(Auth::Unknown),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.cfg.base_url.trim_end_matches('/'))
+    }
+
+    /// Logs in with a session when the service offers one; Basic otherwise.
+    async fn login(&self) -> Result<Auth> {
+        let resp = self
+            .http
+            .post(self.url("/redfish/v1/SessionService/Sessions"))
+            .json(&json!({ "UserName": self.cfg.username, "Password": self.cfg.password }))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = resp.status();
+        if status.is_success()
+            && let Some(token) = resp
+                .headers()
+                .get("x-auth-token")
+                .and_then(|v| v.to_str().ok())
+        {
+            return Ok(Auth::Session(token.to_owned()));
+        }
+        // No session service (404, 405, 501, a 2xx without a token, or a 401 from a service
+        // that wants Basic even to create sessions): HTTP Basic, which then succeeds or is
+        // refused on its own.
+        tracing::debug!(
+            status = status.as_u16(),
+            "no Redfish session: using HTTP Basic"
+        );
+        Ok(Auth::Basic)
+    }
+
+    /// One request, authenticated; a 401 with a session logs in again once.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Value)> {
+        for attempt in 0..2 {
+            let auth = {
+                let mut a = self.auth.lock().await;
+                if matches!(*a, Auth::Unknown) || attempt == 1 {
+                    *a = self.login().await?;
+                }
+                a.clone()
+            };
+            let mut req = self.http.request(method.clone(), self.url(path));
+            req = match &auth {
+                Auth::Session(t) => req.header("X-Auth-Token", t),
+                _ => req.basic_auth(&self.cfg.username, Some(&self.cfg.password)),
+            };
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            if let Some(e) = if_match {
+                req = req.header("If-Match", e);
+            }
+            let resp = req.send().await.map_err(transport_error)?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = resp.bytes().await.map_err(transport_error)?;
+            let value: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+            };
+            if status == StatusCode::UNAUTHORIZED
+                && attempt == 0
+                && matches!(auth, Auth::Session(_))
+            {
+                continue; // the session expired: log in again
+            }
+            return Ok((status, headers, value));
+        }
+        Err(BmcError::Auth)
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<(T, Option<String>)> {
+        let (status, headers, body) = self.call(Method::GET, path, None, None).await?;
+        if !status.is_success() {
+            return Err(status_error(status, &body));
+        }
+        let etag = headers
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let v =
+            serde_json::from_value(body).map_err(|e| BmcError::Protocol(format!("{path}: {e}")))?;
+        Ok((v, etag))
+    }
+
+    /// The ComputerSystem's path: configured, or found from the service root.
+    async fn system_path(&self) -> Result<String> {
+        if let Some(p) = self.system.lock().await.clone() {
+            return Ok(p);
+        }
+        let (root, _) = self.get::<ServiceRoot>("/redfish/v1").await?;
+        let systems = root
+            .systems
+            .ok_or_else(|| BmcError::Unsupported("a Systems collection".into()))?;
+        let (c, _) = self.get::<Collection>(&systems.id).await?;
+        let first = c
+            .members
+            .into_iter()
+            .next()
+            .ok_or_else(|| BmcError::Protocol("the Systems collection is empty".into()))?;
+        *self.system.lock().await = Some(first.id.clone());
+        Ok(first.id)
+    }
+
+    async fn system(&self) -> Result<(String, System, Option<String>)> {
+        let path = self.system_path().await?;
+        let (s, etag) = self.get::<System>(&path).await?;
+        let etag = s.etag.clone().or(etag);
+        Ok((path, s, etag))
+    }
+
+    async fn do_power(&self, action: PowerAction) -> Result<()> {
+        let (path, s, _) = self.system().await?;
+        let power = s
+            .power_state
+            .as_deref()
+            .map(parse_power)
+            .transpose()
+            .ok()
+            .flatten();
+        let reset = s.actions.and_then(|a| a.reset).unwrap_or_default();
+        let prefs = reset_preferences(action, power);
+        let kind = choose_reset(prefs, &reset.allowed).ok_or_else(|| {
+            BmcError::Unsupported(format!(
+                "{} (it allows {})",
+                prefs.join(" or "),
+                reset.allowed.join(", ")
+            ))
+        })?;
+        let target = reset
+            .target
+            .unwrap_or_else(|| format!("{path}/Actions/ComputerSystem.Reset"));
+        let (status, _, body) = self
+            .call(
+                Method::POST,
+                &target,
+                Some(&json!({ "ResetType": kind })),
+                None,
+            )
+            .await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(status_error(status, &body))
+        }
+    }
+
+    async fn do_set_boot(
+        &self,
+        device: BootDevice,
+        persistent: bool,
+        mode: Option<BootMode>,
+    ) -> Result<()> {
+        let mut boot = json!({
+            "BootSourceOverrideTarget": target_name(device),
+            "BootSourceOverrideEnabled": if persistent { "Continuous" } else { "Once" },
+        });
+        if let Some(m) = mode {
+            boot["BootSourceOverrideMode"] = json!(match m {
+                BootMode::Uefi => "UEFI",
+                BootMode::Bios => "Legacy",
+            });
+        }
+        let body = json!({ "Boot": boot });
+        for attempt in 0..2 {
+            let (path, _, etag) = self.system().await?;
+            let (status, _, resp) = self
+                .call(Method::PATCH, &path, Some(&body), etag.as_deref())
+                .await?;
+            if status.is_success() {
+                return Ok(());
+            }
+            // The resource changed between our GET and PATCH (or the BMC wants If-Match and
+            // gave no ETag with the GET): read it again, once.
+            if (status == StatusCode::PRECONDITION_FAILED
+                || status == StatusCode::PRECONDITION_REQUIRED)
+                && attempt == 0
+            {
+                continue;
+            }
+            return Err(status_error(status, &resp));
+        }
+        Err(BmcError::Busy(
+            "the boot override kept changing under plinth".into(),
+        ))
+    }
+
+    async fn do_identity(&self) -> Result<Identity> {
+        let (_, s, _) = self.system().await?;
+        let mut macs = Vec::new();
+        if let Some(link) = &s.ethernet_interfaces
+            && let Ok((c, _)) = self.get::<Collection>(&link.id).await
+        {
+            for m in c.members {
+                if let Ok((nic, _)) = self.get::<EthernetInterface>(&m.id).await
+                    && let Some(mac) = nic.permanent_mac.or(nic.mac)
+                    && let Ok(mac) = mac.parse()
+                {
+                    macs.push(mac);
+                }
+            }
+        }
+        Ok(Identity {
+            manufacturer: s.manufacturer,
+            model: s.model,
+            serial: s.serial_number,
+            uuid: s.uuid.as_deref().and_then(|u| u.parse().ok()),
+            macs,
+        })
+    }
+}
+
+impl Bmc for Redfish {
+    fn power_state(&self) -> BoxFuture<'_, Result<PowerState>> {
+        Box::pin(async move {
+            let (_, s, _) = self.system().await?;
+            parse_power(
+                s.power_state
+                    .as_deref()
+                    .ok_or_else(|| BmcError::Protocol("no PowerState".into()))?,
+            )
+        })
+    }
+
+    fn power(&self, action: PowerAction) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.do_power(action))
+    }
+
+    fn set_boot(
+        &self,
+        device: BootDevice,
+        persistent: bool,
+        mode: Option<BootMode>,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.do_set_boot(device, persistent, mode))
+    }
+
+    fn boot_override(&self) -> BoxFuture<'_, Result<BootOverride>> {
+        Box::pin(async move {
+            let (_, s, _) = self.system().await?;
+            Ok(parse_override(&s.boot.unwrap_or_default()))
+        })
+    }
+
+    fn identity(&self) -> BoxFuture<'_, Result<Identity>> {
+        Box::pin(self.do_identity())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_from_real_bmcs_parse() {
+        // Trimmed from an iDRAC-style ComputerSystem: OEM fields, values plinth has no enum for.
+        let s: System = serde_json::from_value(json!({
+            "@odata.id": "/redfish/v1/Systems/System.Embedded.1",
+            "@odata.etag": "W/\"abc\"",
+            "Id": "System.Embedded.1",
+            "PowerState": "On",
+            "Manufacturer": "Dell Inc.",
+            "SerialNumber": "CN123",
+            "UUID": "4c4c4544-0047-3010-8030-b4c04f4e4a32",
+            "Boot": {
+                "BootSourceOverrideTarget": "UefiHttp",
+                "BootSourceOverrideEnabled": "Once",
+                "BootSourceOverrideMode": "UEFI",
+                "BootSourceOverrideTarget@Redfish.AllowableValues": ["None", "Pxe", "Hdd"]
+            },
+            "Actions": { "#ComputerSystem.Reset": {
+                "target": "/redfish/v1/Systems/System.Embedded.1/Actions/ComputerSystem.Reset",
+                "ResetType@Redfish.AllowableValues": ["On", "ForceOff", "GracefulShutdown", "PushPowerButton", "Nmi"]
+            }},
+            "Oem": { "Dell": { "DellSystem": { "BIOSReleaseDate": "x" } } }
+        }))
+        .unwrap();
+        assert_eq!(s.etag.as_deref(), Some("W/\"abc\""));
+        assert_eq!(
+            parse_override(s.boot.as_ref().unwrap()),
+            BootOverride {
+                device: None,
+                persistent: false,
+                mode: Some(BootMode::Uefi)
+            },
+            "an override plinth does not set reads as none"
+        );
+        let allowed = s.actions.unwrap().reset.unwrap().allowed;
+        // No PowerCycle nor ForceRestart advertised: a cycle of a running machine is refused
+        // clearly rather than sent as a ResetType the BMC rejects.
+        assert_eq!(
+            choose_reset(
+                reset_preferences(PowerAction::Cycle, Some(PowerState::On)),
+                &allowed
+            ),
+            None
+        );
+        assert_eq!(
+            choose_reset(
+                reset_preferences(PowerAction::Off { force: false }, None),
+                &allowed
+            ),
+            Some("GracefulShutdown")
+        );
+        assert_eq!(
+            choose_reset(
+                reset_preferences(PowerAction::Cycle, Some(PowerState::Off)),
+                &allowed
+            ),
+            Some("On")
+        );
+        assert_eq!(choose_reset(&["On"], &[]), Some("On"));
+    }
+
+    #[test]
+    fn error_bodies_become_messages() {
+        let body = json!({ "error": {
+            "code": "Base.1.8.GeneralError",
+            "message": "A general error has occurred.",
+            "@Message.ExtendedInfo": [
+                { "MessageId": "Base.1.8.PropertyValueNotInList", "Message": "The value Floppy for the property BootSourceOverrideTarget is not in the list of acceptable values." },
+                { "Message": "Retry the operation." }
+            ]
+        }});
+        let e = status_error(StatusCode::BAD_REQUEST, &body);
+        assert!(
+            matches!(&e, BmcError::Rejected(m) if m.contains("Floppy") && m.contains("Retry")),
+            "{e:?}"
+        );
+        assert!(status_error(StatusCode::SERVICE_UNAVAILABLE, &Value::Null).is_transient());
+        assert_eq!(
+            status_error(StatusCode::UNAUTHORIZED, &Value::Null),
+            BmcError::Auth
+        );
+        let cfg = RedfishConfig {
+            base_url: "https://bmc".into(),
+            username: "root".into(),
+            password: "calvin".into(),
+            verify_tls: false,
+            ca_pem: None,
+            system: None,
+            timeout: Duration::from_secs(30),
+        };
+        assert!(!format!("{cfg:?}").contains("calvin"));
+    }
+}

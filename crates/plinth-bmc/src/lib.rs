@@ -7,6 +7,7 @@
 //! plinth-core decide what to ask, and record what happened.
 
 pub mod fake;
+pub mod ipmi;
 pub mod redfish;
 
 use futures::future::BoxFuture;

@@ -53,6 +53,13 @@ impl Ipmi {
         Err(BmcError::Timeout)
     }
 
+    /// Closes the session, if one is open (best effort).
+    pub async fn close(&self) {
+        if let Some(s) = self.session.lock().await.take() {
+            s.close().await;
+        }
+    }
+
     async fn chassis_power(&self) -> Result<PowerState> {
         let d = self.command(NETFN_CHASSIS, 0x01, &[]).await?;
         let b = d

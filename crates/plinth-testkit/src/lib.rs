@@ -7,6 +7,7 @@
 
 pub mod dhcp_clients;
 pub mod netns;
+pub mod redfish;
 
 use std::sync::OnceLock;
 

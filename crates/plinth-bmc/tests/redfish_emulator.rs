@@ -1,0 +1,111 @@
+//! The Redfish driver against plinth's own misbehaving emulator (plinth-testkit): sessions that
+//! expire, a BMC that requires If-Match, one that accepts a boot override and keeps the old
+//! one, 503s with ExtendedInfo messages, slowness, and ResetTypes chosen from what the BMC
+//! allows.
+
+use std::time::Duration;
+
+use plinth_bmc::redfish::{Redfish, RedfishConfig};
+use plinth_bmc::{Bmc, BmcError, BootDevice, BootMode, PowerAction, PowerState, set_boot_verified};
+use plinth_testkit::redfish::RedfishEmulator;
+
+fn driver(emu: &RedfishEmulator, password: &str, timeout: Duration) -> Redfish {
+    Redfish::new(RedfishConfig {
+        base_url: emu.url(),
+        username: "root".into(),
+        password: password.into(),
+        verify_tls: true,
+        ca_pem: None,
+        system: None,
+        timeout,
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn sessions_are_renewed_when_they_expire() {
+    let emu = RedfishEmulator::start("root", "calvin").await.unwrap();
+    let bmc = driver(&emu, "calvin", Duration::from_secs(5));
+    assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
+    assert_eq!(emu.logins(), 1);
+    bmc.power_state().await.unwrap();
+    assert_eq!(emu.logins(), 1, "the session is reused");
+    emu.expire_sessions();
+    assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
+    assert_eq!(emu.logins(), 2, "a 401 on the session logs in again");
+    let id = bmc.identity().await.unwrap();
+    assert_eq!(
+        (id.manufacturer.as_deref(), id.serial.as_deref()),
+        (Some("Plinth Labs"), Some("PL-0001"))
+    );
+    // Wrong password: refused at login and with Basic alike.
+    let bad = driver(&emu, "wrong", Duration::from_secs(5));
+    assert_eq!(bad.power_state().await.unwrap_err(), BmcError::Auth);
+}
+
+#[tokio::test]
+async fn boot_overrides_honour_if_match_and_reverts_are_caught() {
+    let emu = RedfishEmulator::start("root", "calvin").await.unwrap();
+    emu.knobs(|k| k.require_if_match = true);
+    let bmc = driver(&emu, "calvin", Duration::from_secs(5));
+    set_boot_verified(&bmc, BootDevice::Pxe, false, Some(BootMode::Uefi))
+        .await
+        .unwrap();
+    assert_eq!(emu.boot(), ("Pxe".to_owned(), "Once".to_owned()));
+    // The one-time override is used up by the next boot.
+    bmc.power(PowerAction::On).await.unwrap();
+    assert_eq!(emu.boot().1, "Disabled");
+
+    emu.knobs(|k| k.revert_boot = true);
+    let e = set_boot_verified(&bmc, BootDevice::Disk, true, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, BmcError::Reverted { .. }), "{e:?}");
+    assert!(e.is_transient(), "worth another try");
+}
+
+#[tokio::test]
+async fn reset_types_come_from_what_the_bmc_allows() {
+    let emu = RedfishEmulator::start("root", "calvin").await.unwrap();
+    let bmc = driver(&emu, "calvin", Duration::from_secs(5));
+    // A cycle of a machine that is off: On.
+    bmc.power(PowerAction::Cycle).await.unwrap();
+    assert_eq!(emu.power(), "On");
+    // Of a running one: the emulator offers ForceRestart, not PowerCycle.
+    bmc.power(PowerAction::Cycle).await.unwrap();
+    bmc.power(PowerAction::Off { force: false }).await.unwrap();
+    assert_eq!(emu.power(), "Off");
+    // It does not offer PowerCycle nor GracefulRestart for a reset of a machine that is off:
+    // ForceRestart is sent, and the BMC's own message comes back.
+    let e = bmc.power(PowerAction::Reset).await.unwrap_err();
+    assert!(
+        matches!(&e, BmcError::Rejected(m) if m.contains("not supported in the current state")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn failing_and_slow_bmcs() {
+    let emu = RedfishEmulator::start("root", "calvin").await.unwrap();
+    let bmc = driver(&emu, "calvin", Duration::from_millis(500));
+    bmc.power_state().await.unwrap();
+    emu.knobs(|k| k.fail_next = 1);
+    let e = bmc.power_state().await.unwrap_err();
+    assert!(
+        matches!(&e, BmcError::Busy(m) if m.contains("503") && m.contains("temporarily unavailable")),
+        "{e:?}"
+    );
+    assert!(e.is_transient());
+    emu.knobs(|k| k.delay = Duration::from_secs(2));
+    assert_eq!(bmc.power_state().await.unwrap_err(), BmcError::Timeout);
+}
+
+#[tokio::test]
+async fn basic_auth_when_there_is_no_session_service() {
+    let emu = RedfishEmulator::start("root", "calvin").await.unwrap();
+    emu.knobs(|k| k.sessions = false);
+    let bmc = driver(&emu, "calvin", Duration::from_secs(5));
+    assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
+    assert_eq!(emu.logins(), 0);
+    assert!(emu.requests().iter().any(|r| r == "POST sessions"));
+}

@@ -1,0 +1,358 @@
+//! A Redfish BMC that misbehaves on purpose, for the driver's and the job system's tests: a
+//! ComputerSystem with power and a boot override, a SessionService whose sessions can be
+//! expired at will, and knobs to require If-Match, revert boot overrides, answer slowly, or
+//! answer 503 with an ExtendedInfo message. Served by axum on 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+/// How the emulator behaves; change it through [`RedfishEmulator::knobs`].
+#[derive(Debug, Clone, Default)]
+pub struct Knobs {
+    /// PATCH without a matching If-Match gets 428 (none) or 412 (stale).
+    pub require_if_match: bool,
+    /// Accept boot override PATCHes (200) and keep the old override.
+    pub revert_boot: bool,
+    /// Every request waits this long.
+    pub delay: Duration,
+    /// The next this-many requests get 503 with an ExtendedInfo message.
+    pub fail_next: u32,
+    /// Offer a SessionService (else HTTP Basic only).
+    pub sessions: bool,
+}
+
+#[derive(Debug)]
+struct Bmc {
+    knobs: Knobs,
+    user: String,
+    password: String,
+    tokens: Vec<String>,
+    power: &'static str,
+    target: String,
+    enabled: String,
+    version: u64,
+    /// Requests seen, for assertions (method and path).
+    log: Vec<String>,
+    logins: u32,
+}
+
+type Shared = Arc<Mutex<Bmc>>;
+
+pub struct RedfishEmulator {
+    pub addr: SocketAddr,
+    state: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RedfishEmulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RedfishEmulator {
+    /// Starts one on an ephemeral port of 127.0.0.1, with sessions offered.
+    pub async fn start(user: &str, password: &str) -> anyhow::Result<RedfishEmulator> {
+        let state = Arc::new(Mutex::new(Bmc {
+            knobs: Knobs {
+                sessions: true,
+                ..Knobs::default()
+            },
+            user: user.into(),
+            password: password.into(),
+            tokens: Vec::new(),
+            power: "Off",
+            target: "None".into(),
+            enabled: "Disabled".into(),
+            version: 1,
+            log: Vec::new(),
+            logins: 0,
+        }));
+        let app = Router::new()
+            .route("/redfish/v1", get(root))
+            .route("/redfish/v1/Systems", get(systems))
+            .route("/redfish/v1/Systems/1", get(system).patch(patch_system))
+            .route(
+                "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+                post(reset),
+            )
+            .route("/redfish/v1/SessionService/Sessions", post(login))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.ok();
+        });
+        Ok(RedfishEmulator { addr, state, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn knobs(&self, f: impl FnOnce(&mut Knobs)) {
+        f(&mut self.state.lock().expect("emulator state").knobs);
+    }
+
+    /// Forgets every session (as a BMC does when sessions time out).
+    pub fn expire_sessions(&self) {
+        self.state.lock().expect("emulator state").tokens.clear();
+    }
+
+    pub fn power(&self) -> &'static str {
+        self.state.lock().expect("emulator state").power
+    }
+
+    /// (BootSourceOverrideTarget, BootSourceOverrideEnabled).
+    pub fn boot(&self) -> (String, String) {
+        let s = self.state.lock().expect("emulator state");
+        (s.target.clone(), s.enabled.clone())
+    }
+
+    /// "METHOD path" of every request so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().expect("emulator state").log.clone()
+    }
+
+    pub fn logins(&self) -> u32 {
+        self.state.lock().expect("emulator state").logins
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": {
+            "code": "Base.1.8.GeneralError",
+            "message": "A general error has occurred. See ExtendedInfo for more information.",
+            "@Message.ExtendedInfo": [{ "MessageId": "Base.1.8.InternalError", "Message": message }]
+        }})),
+    )
+        .into_response()
+}
+
+/// Logging, delay, injected failures and authentication, before every handler.
+async fn gate(s: &Shared, headers: &HeaderMap, what: &str, auth: bool) -> Option<Response> {
+    let delay = {
+        let mut b = s.lock().expect("emulator state");
+        b.log.push(what.to_owned());
+        b.knobs.delay
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut b = s.lock().expect("emulator state");
+    if b.knobs.fail_next > 0 {
+        b.knobs.fail_next -= 1;
+        return Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The service is temporarily unavailable.",
+        ));
+    }
+    if !auth {
+        return None;
+    }
+    let token_ok = headers
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| b.tokens.iter().any(|k| k == t));
+    let basic_ok = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .is_some_and(|v| v == base64_encode(format!("{}:{}", b.user, b.password).as_bytes()));
+    (!(token_ok || basic_ok))
+        .then(|| error(StatusCode::UNAUTHORIZED, "Authentication is required."))
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+async fn root(State(s): State<Shared>, h: HeaderMap) -> Response {
+    if let Some(r) = gate(&s, &h, "GET /redfish/v1", false).await {
+        return r;
+    }
+    let sessions = s.lock().expect("emulator state").knobs.sessions;
+    let mut v = json!({ "@odata.id": "/redfish/v1", "Id": "RootService", "RedfishVersion": "1.11.0",
+        "Systems": { "@odata.id": "/redfish/v1/Systems" }, "Oem": { "Plinth": { "Misbehaves": true } } });
+    if sessions {
+        v["SessionService"] = json!({ "@odata.id": "/redfish/v1/SessionService" });
+    }
+    axum::Json(v).into_response()
+}
+
+async fn systems(State(s): State<Shared>, h: HeaderMap) -> Response {
+    if let Some(r) = gate(&s, &h, "GET /redfish/v1/Systems", true).await {
+        return r;
+    }
+    axum::Json(
+        json!({ "Members": [{ "@odata.id": "/redfish/v1/Systems/1" }], "Members@odata.count": 1 }),
+    )
+    .into_response()
+}
+
+fn etag(b: &Bmc) -> String {
+    format!("W/\"{}\"", b.version)
+}
+
+async fn system(State(s): State<Shared>, h: HeaderMap) -> Response {
+    if let Some(r) = gate(&s, &h, "GET /redfish/v1/Systems/1", true).await {
+        return r;
+    }
+    let b = s.lock().expect("emulator state");
+    let body: Value = json!({
+        "@odata.id": "/redfish/v1/Systems/1",
+        "@odata.etag": etag(&b),
+        "Id": "1",
+        "Manufacturer": "Plinth Labs",
+        "Model": "Misbehaving BMC",
+        "SerialNumber": "PL-0001",
+        "UUID": "0a0b0c0d-0000-4000-8000-000000000001",
+        "PowerState": b.power,
+        "Boot": {
+            "BootSourceOverrideTarget": b.target,
+            "BootSourceOverrideEnabled": b.enabled,
+            "BootSourceOverrideMode": "UEFI",
+            "BootSourceOverrideTarget@Redfish.AllowableValues": ["None", "Pxe", "Hdd", "Cd", "BiosSetup", "UefiHttp"]
+        },
+        "Actions": { "#ComputerSystem.Reset": {
+            "target": "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+            "ResetType@Redfish.AllowableValues": ["On", "ForceOff", "GracefulShutdown", "ForceRestart", "Nmi"]
+        }}
+    });
+    ([("etag", etag(&b))], axum::Json(body)).into_response()
+}
+
+async fn patch_system(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    if let Some(r) = gate(&s, &h, "PATCH /redfish/v1/Systems/1", true).await {
+        return r;
+    }
+    let mut b = s.lock().expect("emulator state");
+    if b.knobs.require_if_match {
+        match h.get("if-match").and_then(|v| v.to_str().ok()) {
+            None => {
+                return error(StatusCode::PRECONDITION_REQUIRED, "If-Match is required.");
+            }
+            Some(e) if e != etag(&b) => {
+                return error(StatusCode::PRECONDITION_FAILED, "The ETag does not match.");
+            }
+            Some(_) => {}
+        }
+    }
+    let Some(boot) = body.get("Boot") else {
+        return error(StatusCode::BAD_REQUEST, "Only Boot can be changed.");
+    };
+    let target = boot.get("BootSourceOverrideTarget").and_then(Value::as_str);
+    if let Some(t) = target
+        && !["None", "Pxe", "Hdd", "Cd", "BiosSetup", "UefiHttp"].contains(&t)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "The value {t} for the property BootSourceOverrideTarget is not in the list of acceptable values."
+            ),
+        );
+    }
+    if !b.knobs.revert_boot {
+        if let Some(t) = target {
+            b.target = t.to_owned();
+        }
+        if let Some(e) = boot
+            .get("BootSourceOverrideEnabled")
+            .and_then(Value::as_str)
+        {
+            b.enabled = e.to_owned();
+        }
+    }
+    b.version += 1;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn reset(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    if let Some(r) = gate(&s, &h, "POST reset", true).await {
+        return r;
+    }
+    let mut b = s.lock().expect("emulator state");
+    match body.get("ResetType").and_then(Value::as_str) {
+        Some("On") => b.power = "On",
+        Some("ForceOff" | "GracefulShutdown") => b.power = "Off",
+        Some("ForceRestart") if b.power == "On" => {}
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("The ResetType {other} is not supported in the current state."),
+            );
+        }
+        None => return error(StatusCode::BAD_REQUEST, "ResetType is required."),
+    }
+    if b.enabled == "Once" && b.power == "On" {
+        b.enabled = "Disabled".into();
+        b.target = "None".into();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn login(
+    State(s): State<Shared>,
+    h: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    if let Some(r) = gate(&s, &h, "POST sessions", false).await {
+        return r;
+    }
+    let mut b = s.lock().expect("emulator state");
+    if !b.knobs.sessions {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let ok = body.get("UserName").and_then(Value::as_str) == Some(&b.user)
+        && body.get("Password").and_then(Value::as_str) == Some(&b.password);
+    if !ok {
+        return error(StatusCode::UNAUTHORIZED, "Invalid username or password.");
+    }
+    b.logins += 1;
+    let token = format!("token-{}-{}", b.logins, uuid::Uuid::new_v4());
+    b.tokens.push(token.clone());
+    (
+        StatusCode::CREATED,
+        [
+            ("x-auth-token", token),
+            (
+                "location",
+                format!("/redfish/v1/SessionService/Sessions/{}", b.logins),
+            ),
+        ],
+        axum::Json(json!({ "Id": b.logins.to_string(), "UserName": b.user })),
+    )
+        .into_response()
+}

@@ -260,86 +260,6 @@ fn secs(t: std::time::SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Bytes read per chunk (small enough to stay in cache between the read and the send).
-const CHUNK: usize = 256 * 1024;
-
-/// Chunk buffers, reused: a fresh allocation per chunk costs a page fault per 4 KiB once the
-/// allocator has given the memory back, which was a quarter of the CPU of a download.
-static BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-/// Enough for a few hundred concurrent downloads' chunks in flight.
-const POOLED: usize = 256;
-
-/// A chunk whose buffer goes back to [`BUFFERS`] when hyper is done with it.
-struct Pooled(Vec<u8>);
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.0);
-        if let Ok(mut pool) = BUFFERS.lock()
-            && pool.len() < POOLED
-        {
-            pool.push(buf);
-        }
-    }
-}
-
-fn buffer() -> Vec<u8> {
-    let mut b = BUFFERS
-        .lock()
-        .ok()
-        .and_then(|mut p| p.pop())
-        .unwrap_or_else(|| Vec::with_capacity(CHUNK));
-    b.clear();
-    b
-}
-
-/// `count` bytes of `file` from `start`, in chunks read as the socket takes them. The images
-/// are read from the page cache in the normal case; one chunk at a time keeps a cold read
-/// short.
-fn file_stream(
-    file: std::fs::File,
-    start: u64,
-    count: u64,
-) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> {
-    use std::io::{Read, Seek};
-    let mut file = file;
-    let mut left = count;
-    let mut first = Some(start);
-    futures::stream::poll_fn(move |_cx| {
-        if let Some(s) = first.take()
-            && let Err(e) = file.seek(std::io::SeekFrom::Start(s))
-        {
-            left = 0;
-            return std::task::Poll::Ready(Some(Err(e)));
-        }
-        if left == 0 {
-            return std::task::Poll::Ready(None);
-        }
-        let n = left.min(CHUNK as u64);
-        let mut buf = buffer();
-        // read_to_end fills the spare capacity: no zeroing pass over each chunk.
-        std::task::Poll::Ready(match (&file).take(n).read_to_end(&mut buf) {
-            // The file shrank under us: end the body early (the client sees a short read
-            // against Content-Length, which is the truth).
-            Ok(0) => None,
-            Ok(k) => {
-                left -= k as u64;
-                Some(Ok(bytes::Bytes::from_owner(Pooled(buf))))
-            }
-            Err(e) => {
-                left = 0;
-                Some(Err(e))
-            }
-        })
-    })
-}
-
 /// The answer to a request for a file with this metadata: status, headers and the byte range
 /// to send (none for 304, 416). Shared by the axum handler and the sendfile path.
 pub(crate) struct FilePlan {
@@ -433,12 +353,21 @@ pub(crate) fn plan_file(
     })
 }
 
+/// The axum path for files: only requests the listener's sendfile path hands over (a request
+/// with a body, odd framing) come here, so a plain stream is enough.
 async fn serve_file(path: &std::path::Path, headers: &HeaderMap) -> std::io::Result<Response> {
-    let f = tokio::fs::File::open(path).await?;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await?;
     let meta = f.metadata().await?;
     let plan = plan_file(&meta, headers)?;
     let body = match plan.body {
-        Some((start, count)) => Body::from_stream(file_stream(f.into_std().await, start, count)),
+        Some((start, count)) => {
+            f.seek(std::io::SeekFrom::Start(start)).await?;
+            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                f.take(count),
+                256 * 1024,
+            ))
+        }
         None => Body::empty(),
     };
     let mut resp = Response::new(body);

@@ -35,10 +35,10 @@ impl Ipmi {
     async fn command(&self, netfn: u8, cmd: u8, data: &[u8]) -> Result<Vec<u8>> {
         let mut guard = self.session.lock().await;
         for attempt in 0..2 {
-            if guard.is_none() {
-                *guard = Some(lan::Session::open(&self.cfg).await?);
-            }
-            let s = guard.as_mut().expect("a session");
+            let s = match guard.as_mut() {
+                Some(s) => s,
+                None => guard.insert(lan::Session::open(&self.cfg).await?),
+            };
             match s.command(netfn, cmd, data).await {
                 Ok(d) => return Ok(d),
                 Err(e @ (BmcError::Timeout | BmcError::Protocol(_))) => {

@@ -257,13 +257,11 @@ impl Templates {
         name: &str,
         ctx: &impl Serialize,
     ) -> std::result::Result<String, TemplateError> {
-        let origin = self
-            .origins
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| name.to_owned());
         let err = |e: minijinja::Error| TemplateError {
-            template: format!("{name} ({origin})"),
+            template: format!(
+                "{name} ({})",
+                self.origins.get(name).map_or("unknown", String::as_str)
+            ),
             message: template_message(&e),
         };
         self.env

@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use base64::Engine;
 use serde_json::{Value, json};
 
 /// How the emulator behaves; change it through [`RedfishEmulator::knobs`].
@@ -168,27 +169,12 @@ async fn gate(s: &Shared, headers: &HeaderMap, what: &str, auth: bool) -> Option
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .is_some_and(|v| v == base64_encode(format!("{}:{}", b.user, b.password).as_bytes()));
+        .is_some_and(|v| {
+            v == base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", b.user, b.password))
+        });
     (!(token_ok || basic_ok))
         .then(|| error(StatusCode::UNAUTHORIZED, "Authentication is required."))
-}
-
-fn base64_encode(b: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 async fn root(State(s): State<Shared>, h: HeaderMap) -> Response {

@@ -266,13 +266,23 @@ impl Default for DhcpConfig {
 }
 
 impl DhcpConfig {
+    /// The unknown-machine policy the DHCP and boot script paths share.
+    fn unknown_policy(&self) -> anyhow::Result<plinth_core::dhcp::UnknownPolicy> {
+        use plinth_core::dhcp::UnknownPolicy;
+        match self.unknown_machines.as_str() {
+            "boot" => Ok(UnknownPolicy::Boot),
+            "record" => Ok(UnknownPolicy::Record),
+            other => bail!("dhcp.unknown_machines must be \"boot\" or \"record\", not {other:?}"),
+        }
+    }
+
     /// The DHCP server's configuration, checked; `None` when DHCP is disabled.
     pub fn server_config(
         &self,
         http_port: u16,
         public_url: Option<&str>,
     ) -> anyhow::Result<Option<plinth_dhcp::server::Config>> {
-        use plinth_core::dhcp::{BootConfig, LeaseTimers, UnknownPolicy};
+        use plinth_core::dhcp::{BootConfig, LeaseTimers};
         use plinth_dhcp::server::Mode;
         if !self.enabled {
             return Ok(None);
@@ -285,11 +295,7 @@ impl DhcpConfig {
             "proxy" => Mode::Proxy,
             other => bail!("dhcp.mode must be \"server\" or \"proxy\", not {other:?}"),
         };
-        let unknown_machines = match self.unknown_machines.as_str() {
-            "boot" => UnknownPolicy::Boot,
-            "record" => UnknownPolicy::Record,
-            other => bail!("dhcp.unknown_machines must be \"boot\" or \"record\", not {other:?}"),
-        };
+        let unknown_machines = self.unknown_policy()?;
         if !matches!(self.efi_binary.as_str(), "ipxe.efi" | "snponly.efi") {
             tracing::warn!(efi_binary = %self.efi_binary, "dhcp.efi_binary is neither ipxe.efi nor snponly.efi");
         }
@@ -539,16 +545,6 @@ impl Config {
         }))
     }
 
-    /// The unknown-machine policy the DHCP and boot script paths share.
-    fn unknown_policy(&self) -> anyhow::Result<plinth_core::dhcp::UnknownPolicy> {
-        use plinth_core::dhcp::UnknownPolicy;
-        match self.dhcp.unknown_machines.as_str() {
-            "boot" => Ok(UnknownPolicy::Boot),
-            "record" => Ok(UnknownPolicy::Record),
-            other => bail!("dhcp.unknown_machines must be \"boot\" or \"record\", not {other:?}"),
-        }
-    }
-
     /// The boot chain's settings, checked.
     pub fn boot_settings(&self) -> anyhow::Result<plinth_core::boot::BootSettings> {
         use plinth_core::boot::{BootSettings, IdleBoot};
@@ -579,7 +575,7 @@ impl Config {
             "poweroff" => IdleBoot::PowerOff,
             other => bail!("boot.idle must be \"local\" or \"poweroff\", not {other:?}"),
         };
-        s.unknown_machines = self.unknown_policy()?;
+        s.unknown_machines = self.dhcp.unknown_policy()?;
         if !(60..=7 * 86_400).contains(&b.agent_token_ttl) {
             bail!("boot.agent_token_ttl must be between 60 seconds and 7 days");
         }

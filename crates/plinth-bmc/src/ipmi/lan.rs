@@ -112,10 +112,10 @@ async fn exchange<T: Send>(
 
 impl Session {
     pub async fn open(cfg: &IpmiConfig) -> Result<Session> {
-        let bind: SocketAddr = if cfg.addr.is_ipv4() {
-            "0.0.0.0:0".parse().expect("address")
+        let bind = if cfg.addr.is_ipv4() {
+            SocketAddr::from(([0u8; 4], 0))
         } else {
-            "[::]:0".parse().expect("address")
+            SocketAddr::from(([0u16; 8], 0))
         };
         let sock = UdpSocket::bind(bind)
             .await
@@ -163,11 +163,13 @@ impl Session {
                     payload_type: payload::OPEN_SESSION_RESPONSE,
                     payload: r,
                     ..
-                }) if r.len() >= 12 && r[4..8] == console_sid.to_le_bytes() => Some(if r[1] == 0 {
-                    Ok(u32::from_le_bytes(r[8..12].try_into().expect("4 bytes")))
-                } else {
-                    Err(status_error("Open Session", r[1]))
-                }),
+                }) if r.get(4..8) == Some(&console_sid.to_le_bytes()[..]) => {
+                    Some(match (r[1], r.get(8..12)) {
+                        (0, Some(sid)) => Ok(u32::from_le_bytes([sid[0], sid[1], sid[2], sid[3]])),
+                        (0, None) => Err(BmcError::Protocol("short Open Session response".into())),
+                        (status, _) => Err(status_error("Open Session", status)),
+                    })
+                }
                 _ => None,
             },
         )
@@ -192,14 +194,15 @@ impl Session {
                     ..
                 }) if r.len() >= 8 => Some(if r[1] != 0 {
                     Err(status_error("RAKP 1", r[1]))
-                } else if r.len() < 60 {
-                    Err(BmcError::Protocol("short RAKP 2".into()))
                 } else {
-                    Ok((
-                        <[u8; 16]>::try_from(&r[8..24]).expect("16"),
-                        <[u8; 16]>::try_from(&r[24..40]).expect("16"),
-                        r[40..60].to_vec(),
-                    ))
+                    match (
+                        r.get(8..24).and_then(|b| <[u8; 16]>::try_from(b).ok()),
+                        r.get(24..40).and_then(|b| <[u8; 16]>::try_from(b).ok()),
+                        r.get(40..60),
+                    ) {
+                        (Some(rc), Some(guid), Some(code)) => Ok((rc, guid, code.to_vec())),
+                        _ => Err(BmcError::Protocol("short RAKP 2".into())),
+                    }
                 }),
                 _ => None,
             },

@@ -531,3 +531,86 @@ pub async fn delete_image(
 ) -> ApiResult<Json<Image>> {
     Ok(Json(app.delete_image(&who, &name).await?))
 }
+
+// ------------------------------------------------------------------ BMC jobs
+
+fn accepted(job: Job) -> Response {
+    let mut resp = (StatusCode::ACCEPTED, Json(job.clone())).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/jobs/{}", job.id)) {
+        resp.headers_mut().insert(axum::http::header::LOCATION, v);
+    }
+    resp
+}
+
+#[utoipa::path(post, path = "/api/v1/machines/{id}/power", tag = "jobs", params(("id" = Uuid, Path)),
+    request_body = PowerRequest,
+    responses((status = 202, body = Job, description = "queued; follow it at Location"),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "no_bmc or decommissioned")))]
+pub async fn power(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+    Json(req): Json<PowerRequest>,
+) -> ApiResult<Response> {
+    Ok(accepted(app.request_power(&who, id, req).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/machines/{id}/boot-device", tag = "jobs", params(("id" = Uuid, Path)),
+    request_body = BootDeviceRequest,
+    responses((status = 202, body = Job, description = "queued; follow it at Location"),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "no_bmc or decommissioned")))]
+pub async fn boot_device(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+    Json(req): Json<BootDeviceRequest>,
+) -> ApiResult<Response> {
+    Ok(accepted(app.request_boot_device(&who, id, req).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+pub async fn get_job(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Job>> {
+    Ok(Json(app.job(&who, id).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct JobParams {
+    /// Only this machine's jobs.
+    machine: Option<Uuid>,
+    /// queued, running, succeeded, failed or cancelled.
+    state: Option<String>,
+    /// 1-1000, default 100.
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobParams),
+    responses((status = 200, body = JobPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_jobs(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Query(p): Query<JobParams>,
+) -> ApiResult<Json<JobPage>> {
+    let state = p
+        .state
+        .as_deref()
+        .map(|s| s.parse::<JobState>())
+        .transpose()
+        .map_err(|e| Error::invalid("invalid_state", e))?;
+    let q = plinth_core::jobs::JobQuery {
+        machine: p.machine,
+        state,
+        limit: p.limit,
+        cursor: p.cursor,
+    };
+    Ok(Json(app.jobs(&who, q).await?))
+}

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use plinth_bmc::Bmc;
-use plinth_bmc::ipmi::{Ipmi, IpmiConfig};
+use plinth_bmc::ipmi::{CipherSuite, Ipmi, IpmiConfig};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,6 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             password: password.clone(),
             timeout: Duration::from_secs(1),
             retries: 2,
+            cipher_suite: CipherSuite::Three,
         });
         last = Some(bmc.power_state().await?);
         bmc.close().await;

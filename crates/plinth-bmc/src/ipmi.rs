@@ -1,7 +1,8 @@
 //! The IPMI 2.0 (RMCP+, "lanplus") driver: [`wire`] is the sans-IO codec with the RAKP and
-//! cipher suite 3 cryptography, [`lan`] the session over UDP, and [`Ipmi`] the [`crate::Bmc`]
-//! on top: one session per BMC, opened on first use and again after a failure (BMCs close idle
-//! sessions).
+//! session cryptography of cipher suites 3 (SHA-1) and 17 (SHA-256), [`lan`] the session over
+//! UDP, and [`Ipmi`] the [`crate::Bmc`] on top: one session per BMC, opened on first use and
+//! again after a failure (BMCs close idle sessions). The suite is
+//! [`IpmiConfig::cipher_suite`]; 3 unless configured.
 
 pub mod lan;
 pub mod wire;
@@ -13,6 +14,7 @@ use crate::{
     Bmc, BmcError, BootDevice, BootMode, BootOverride, Identity, PowerAction, PowerState, Result,
 };
 pub use lan::IpmiConfig;
+pub use wire::CipherSuite;
 
 pub struct Ipmi {
     cfg: IpmiConfig,
@@ -99,13 +101,16 @@ impl Ipmi {
         mode: Option<BootMode>,
     ) -> Result<()> {
         // Set in progress (parameter 0); BMCs without it answer 0x80 (not supported) or, like
-        // ipmi_sim, 0xcc (invalid data): then the flags are set without it.
-        let in_progress = self.command(NETFN_CHASSIS, 0x08, &[0x00, 0x01]).await;
-        if let Err(e) = &in_progress
-            && !matches!(e, BmcError::Rejected(m) if m.contains("0x80") || m.contains("0xcc"))
-        {
-            return Err(e.clone());
-        }
+        // ipmi_sim, 0xcc (invalid data): then the flags are set without it. 0x81 (already in
+        // progress) is what a retransmission gets when the BMC's first answer was lost, or what
+        // a client that died half way left behind: the flags are written all the same, and the
+        // set marked complete after.
+        let in_progress = match self.command(NETFN_CHASSIS, 0x08, &[0x00, 0x01]).await {
+            Ok(_) => true,
+            Err(BmcError::Rejected(m)) if m.contains("0x81") => true,
+            Err(BmcError::Rejected(m)) if m.contains("0x80") || m.contains("0xcc") => false,
+            Err(e) => return Err(e),
+        };
         let mut flags = 0x80u8;
         if persistent {
             flags |= 0x40;
@@ -122,7 +127,7 @@ impl Ipmi {
         let set = self
             .command(NETFN_CHASSIS, 0x08, &[0x05, flags, dev, 0x00, 0x00, 0x00])
             .await;
-        if in_progress.is_ok() {
+        if in_progress {
             self.command(NETFN_CHASSIS, 0x08, &[0x00, 0x00]).await.ok();
         }
         set.map(|_| ())

@@ -138,6 +138,11 @@ pub trait Bmc: Send + Sync {
     /// The boot override as the BMC reports it now.
     fn boot_override(&self) -> BoxFuture<'_, Result<BootOverride>>;
     fn identity(&self) -> BoxFuture<'_, Result<Identity>>;
+    /// Ends the session with the BMC, if the driver keeps one (BMCs allow only a few).
+    /// Best effort; the driver opens a new one if it is used again.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Sets the boot override and reads it back: some BMCs answer success and keep (or restore)

@@ -57,7 +57,8 @@ impl std::fmt::Debug for RedfishConfig {
 enum Auth {
     /// Not decided yet: try a session first.
     Unknown,
-    Session(String),
+    /// The token, and the session's URI (to log out) when the service said it.
+    Session(String, Option<String>),
     Basic,
 }
 
@@ -259,6 +260,29 @@ impl Redfish {
         })
     }
 
+    /// Logs out of the session, if there is one (BMCs allow only a few at a time). Best
+    /// effort: a session that cannot be deleted expires on the BMC.
+    pub async fn logout(&self) {
+        let auth = std::mem::replace(&mut *self.auth.lock().await, Auth::Unknown);
+        if let Auth::Session(token, Some(uri)) = auth {
+            let url = if uri.starts_with("http://") || uri.starts_with("https://") {
+                uri
+            } else {
+                self.url(&uri)
+            };
+            let res = self
+                .http
+                .delete(url)
+                .header("X-Auth-Token", token)
+                .timeout(self.cfg.timeout.min(Duration::from_secs(5)))
+                .send()
+                .await;
+            if let Err(e) = res {
+                tracing::debug!(error = %transport_error(e), "Redfish logout failed");
+            }
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.cfg.base_url.trim_end_matches('/'))
     }
@@ -279,7 +303,21 @@ impl Redfish {
                 .get("x-auth-token")
                 .and_then(|v| v.to_str().ok())
         {
-            return Ok(Auth::Session(token.to_owned()));
+            let token = token.to_owned();
+            let uri = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let uri = match uri {
+                Some(u) => Some(u),
+                None => resp
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["@odata.id"].as_str().map(str::to_owned)),
+            };
+            return Ok(Auth::Session(token, uri));
         }
         // No session service (404, 405, 501, a 2xx without a token, or a 401 from a service
         // that wants Basic even to create sessions): HTTP Basic, which then succeeds or is
@@ -309,7 +347,7 @@ impl Redfish {
             };
             let mut req = self.http.request(method.clone(), self.url(path));
             req = match &auth {
-                Auth::Session(t) => req.header("X-Auth-Token", t),
+                Auth::Session(t, _) => req.header("X-Auth-Token", t),
                 _ => req.basic_auth(&self.cfg.username, Some(&self.cfg.password)),
             };
             if let Some(b) = body {
@@ -329,7 +367,7 @@ impl Redfish {
             };
             if status == StatusCode::UNAUTHORIZED
                 && attempt == 0
-                && matches!(auth, Auth::Session(_))
+                && matches!(auth, Auth::Session(..))
             {
                 continue; // the session expired: log in again
             }
@@ -513,6 +551,10 @@ impl Bmc for Redfish {
 
     fn identity(&self) -> BoxFuture<'_, Result<Identity>> {
         Box::pin(self.do_identity())
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.logout())
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use plinth_bmc::ipmi::{Ipmi, IpmiConfig};
+use plinth_bmc::ipmi::{CipherSuite, Ipmi, IpmiConfig};
 use plinth_bmc::{Bmc, BmcError, BootDevice, BootMode, PowerAction, PowerState};
 
 struct Sim {
@@ -124,6 +124,7 @@ fn driver(sim: &Sim, password: &str) -> Ipmi {
         password: password.into(),
         timeout: Duration::from_millis(500),
         retries: 2,
+        cipher_suite: CipherSuite::Three,
     })
 }
 
@@ -179,6 +180,7 @@ async fn a_silent_or_closed_bmc_is_transient() {
         password: "password".into(),
         timeout: Duration::from_millis(200),
         retries: 1,
+        cipher_suite: CipherSuite::Three,
     });
     let e = bmc.power_state().await.unwrap_err();
     assert!(e.is_transient(), "{e:?}");
@@ -190,6 +192,7 @@ async fn a_silent_or_closed_bmc_is_transient() {
         password: "password".into(),
         timeout: Duration::from_millis(200),
         retries: 1,
+        cipher_suite: CipherSuite::Three,
     });
     let t = Instant::now();
     assert_eq!(bmc.power_state().await.unwrap_err(), BmcError::Timeout);

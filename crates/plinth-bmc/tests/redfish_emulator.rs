@@ -38,6 +38,11 @@ async fn sessions_are_renewed_when_they_expire() {
         (id.manufacturer.as_deref(), id.serial.as_deref()),
         (Some("Plinth Labs"), Some("PL-0001"))
     );
+    // Closing logs out (BMCs allow only a few sessions); the next call logs in again.
+    bmc.close().await;
+    assert_eq!(emu.logouts(), 1);
+    bmc.power_state().await.unwrap();
+    assert_eq!(emu.logins(), 3);
     // Wrong password: refused at login and with Basic alike.
     let bad = driver(&emu, "wrong", Duration::from_secs(5));
     assert_eq!(bad.power_state().await.unwrap_err(), BmcError::Auth);
@@ -96,7 +101,20 @@ async fn failing_and_slow_bmcs() {
         "{e:?}"
     );
     assert!(e.is_transient());
+    emu.knobs(|k| k.fail_status = Some(500));
+    emu.knobs(|k| k.fail_next = 1);
+    let e = bmc.power_state().await.unwrap_err();
+    assert!(
+        matches!(&e, BmcError::Busy(m) if m.contains("500")),
+        "{e:?}"
+    );
     emu.knobs(|k| k.delay = Duration::from_secs(2));
+    assert_eq!(bmc.power_state().await.unwrap_err(), BmcError::Timeout);
+    // A BMC that takes the connection and never answers: the same timeout.
+    emu.knobs(|k| {
+        k.delay = Duration::ZERO;
+        k.hang = true;
+    });
     assert_eq!(bmc.power_state().await.unwrap_err(), BmcError::Timeout);
 }
 

@@ -2,100 +2,15 @@
 //! htpasswd file. The test command installs sushy-tools into a venv (`PLINTH_SUSHY_EMULATOR`
 //! names its `sushy-emulator`). sushy applies power changes after a delay, so the test polls.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use plinth_bmc::redfish::{Redfish, RedfishConfig};
 use plinth_bmc::{Bmc, BmcError, BootDevice, BootMode, PowerAction, PowerState, set_boot_verified};
 
-const UUID: &str = "27946b59-9e44-4fa7-8e91-f3527a1ef094";
-const MAC: &str = "52:54:00:12:34:56";
-
-fn emulator() -> PathBuf {
-    let p = std::env::var_os("PLINTH_SUSHY_EMULATOR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/plinth-venv/bin/sushy-emulator"));
-    assert!(
-        p.exists(),
-        "{} not found: the test command installs sushy-tools into a venv",
-        p.display()
-    );
-    p
-}
-
-struct Sushy {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Sushy {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-/// A python helper for the bcrypt htpasswd entry, from the same venv.
-fn bcrypt_hash(password: &str) -> String {
-    let python = emulator().with_file_name("python");
-    let out = Command::new(python)
-        .args([
-            "-c",
-            "import bcrypt, sys; print(bcrypt.hashpw(sys.argv[1].encode(), bcrypt.gensalt()).decode())",
-            password,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use plinth_testkit::sushy::{MAC, Sushy, UUID};
 
 fn start(auth: Option<(&str, &str)>) -> Sushy {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut conf = format!(
-        "SUSHY_EMULATOR_FAKE_DRIVER = True\n\
-         SUSHY_EMULATOR_FAKE_SYSTEMS = [{{'uuid': '{UUID}', 'name': 'vm1', 'power_state': 'Off', \
-         'nics': [{{'mac': '{MAC}', 'ip': '10.0.0.5'}}]}}]\n\
-         SUSHY_EMULATOR_STATE_DIR = '{}'\n\
-         SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\n\
-         SUSHY_EMULATOR_LISTEN_PORT = {port}\n",
-        dir.path().join("state").display()
-    );
-    if let Some((user, pw)) = auth {
-        let file = dir.path().join("htpasswd");
-        std::fs::write(&file, format!("{user}:{}\n", bcrypt_hash(pw))).unwrap();
-        conf.push_str(&format!(
-            "SUSHY_EMULATOR_AUTH_FILE = '{}'\n",
-            file.display()
-        ));
-    }
-    let conf_file = dir.path().join("conf.py");
-    std::fs::write(&conf_file, conf).unwrap();
-    let child = Command::new(emulator())
-        .arg("--config")
-        .arg(&conf_file)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
-        .spawn()
-        .unwrap();
-    let s = Sushy {
-        child,
-        port,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "sushy-emulator did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    s
+    Sushy::start(auth).unwrap()
 }
 
 fn driver(port: u16, user: &str, pw: &str) -> Redfish {

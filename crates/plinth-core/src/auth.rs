@@ -54,6 +54,8 @@ pub enum Permission {
     ManageTokens,
     /// Register, upload and delete boot images.
     ManageImages,
+    /// Power a machine and set its boot device through its BMC.
+    ControlPower,
 }
 
 /// The one place roles are mapped to permissions. A client's permissions apply only to its
@@ -64,7 +66,9 @@ pub fn allows(role: Role, p: Permission) -> bool {
         Role::Operator => p != Permission::ManageTokens,
         Role::Client => matches!(
             p,
-            Permission::Allocate | Permission::Act(Verb::Deploy | Verb::Release)
+            Permission::Allocate
+                | Permission::Act(Verb::Deploy | Verb::Release)
+                | Permission::ControlPower
         ),
         Role::Viewer => p == Permission::ReadInventory,
     }
@@ -150,6 +154,7 @@ mod tests {
             Allocate,
             ManageTokens,
             ManageImages,
+            ControlPower,
         ];
         let expect = |role, granted: &[Permission]| {
             for p in all {
@@ -168,9 +173,10 @@ mod tests {
                 Act(Verb::Deploy),
                 Allocate,
                 ManageImages,
+                ControlPower,
             ],
         );
-        expect(Role::Client, &[Act(Verb::Deploy), Allocate]);
+        expect(Role::Client, &[Act(Verb::Deploy), Allocate, ControlPower]);
         expect(Role::Viewer, &[ReadInventory]);
     }
 

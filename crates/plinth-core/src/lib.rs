@@ -13,6 +13,7 @@ pub mod dhcp;
 pub mod events;
 pub mod files;
 pub mod images;
+pub mod jobs;
 pub mod lifecycle;
 pub mod machines;
 pub mod racks;
@@ -20,6 +21,7 @@ pub mod secrets;
 pub mod subnets;
 pub mod tokens;
 pub mod validate;
+pub mod workers;
 
 use plinth_db::PgPool;
 use plinth_types::Error;

@@ -72,11 +72,21 @@ impl App {
         if effects.unrack {
             plinth_db::nics::deactivate_for_machine(tx, id).await.db()?;
         }
+        // The BMC work of the transition commits with it (DESIGN.md).
+        let jobs = self.queue_transition_jobs(tx, id, verb, who).await?;
         if let Some(obj) = details.as_object_mut() {
             if let Some(r) = reason {
                 obj.insert("reason".into(), r.into());
             }
             obj.insert("state_version".into(), version.into());
+            if !jobs.is_empty() {
+                obj.insert("jobs".into(), serde_json::json!(jobs));
+            } else if !crate::jobs::transition_jobs(verb, None).is_empty() {
+                obj.insert(
+                    "bmc".into(),
+                    "none: plinth cannot power this machine; do it by hand".into(),
+                );
+            }
         }
         plinth_db::events::insert(
             tx,

@@ -111,12 +111,15 @@ impl App {
                 .await
                 .db()?;
         }
+        let mut identify = None;
         if let Some(b) = &req.bmc {
             self.store_bmc(&mut tx, id, b).await?;
+            identify = Some(self.queue_identify(&mut tx, id, who).await?);
         }
         let details = serde_json::json!({
             "hostname": hostname, "rack": req.rack, "rack_unit": req.rack_unit,
             "macs": req.nics.iter().map(|n| n.mac.to_string()).collect::<Vec<_>>(),
+            "bmc_check_job": identify,
         });
         plinth_db::events::insert(
             &mut tx,
@@ -166,6 +169,17 @@ impl App {
 
     /// The decrypted BMC password of a machine, for the BMC drivers (issue 5). Never sent to
     /// API clients.
+    /// Queues the check of a new BMC: credentials, identity, power state.
+    async fn queue_identify(
+        &self,
+        tx: &mut plinth_db::PgConnection,
+        id: Uuid,
+        who: &Principal,
+    ) -> Result<Uuid> {
+        let rows = crate::jobs::queue(tx, id, &[crate::jobs::JobSpec::Identify], &who.name).await?;
+        rows.first().map(|r| r.id).ok_or_else(Error::internal)
+    }
+
     pub async fn bmc_password(&self, id: Uuid) -> Result<Option<String>> {
         let mut conn = self.conn().await?;
         let Some((nonce, ct)) = plinth_db::bmcs::secret(&mut conn, id).await.db()? else {
@@ -349,7 +363,10 @@ impl App {
             .await
             .db()?;
         match &patch.bmc {
-            Some(Some(b)) => self.store_bmc(&mut tx, id, b).await?,
+            Some(Some(b)) => {
+                self.store_bmc(&mut tx, id, b).await?;
+                self.queue_identify(&mut tx, id, who).await?;
+            }
             Some(None) => plinth_db::bmcs::delete(&mut tx, id).await.db()?,
             None => {}
         }
@@ -383,7 +400,10 @@ impl App {
 }
 
 fn validate_bmc(b: &BmcSpec) -> Result<()> {
-    validate::bmc_address(&b.address)?;
+    match b.protocol {
+        plinth_types::api::BmcProtocol::Redfish => validate::redfish_address(&b.address)?,
+        plinth_types::api::BmcProtocol::Ipmi => validate::bmc_address(&b.address)?,
+    }
     validate::bmc_credentials(&b.username, &b.password)
 }
 

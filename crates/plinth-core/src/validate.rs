@@ -158,6 +158,25 @@ pub fn bmc_address(s: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// A Redfish BMC may also be given as a URL, `https://host[:port]` (or `http://` for an
+/// emulator or a BMC behind a proxy on a trusted network).
+pub fn redfish_address(s: &str) -> Result<(), Error> {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    match rest {
+        Some(r) => bmc_address(r.strip_suffix('/').unwrap_or(r)).map_err(|_| {
+            Error::invalid(
+                "invalid_bmc_address",
+                format!(
+                    "invalid Redfish address {s:?}: expected host, host:port or https://host[:port]"
+                ),
+            )
+        }),
+        None => bmc_address(s),
+    }
+}
+
 pub fn bmc_credentials(username: &str, password: &str) -> Result<(), Error> {
     if username.is_empty() || username.len() > 64 || username.chars().any(|c| c.is_control()) {
         return Err(Error::invalid(
@@ -227,6 +246,26 @@ mod tests {
             "a:b:c",
         ] {
             assert!(bmc_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redfish_addresses() {
+        for ok in [
+            "10.0.0.1",
+            "https://10.0.0.1",
+            "http://127.0.0.1:8000/",
+            "https://[fd00::1]:443",
+        ] {
+            assert!(redfish_address(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ftp://10.0.0.1",
+            "https://",
+            "https://a/b",
+            "https://bad host",
+        ] {
+            assert!(redfish_address(bad).is_err(), "{bad}");
         }
     }
 

@@ -10,6 +10,7 @@ pub mod boot;
 pub mod embedded;
 pub mod events;
 pub mod images;
+pub mod jobs;
 pub mod leases;
 pub mod machines;
 pub mod nics;

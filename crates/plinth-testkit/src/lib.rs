@@ -6,8 +6,10 @@
 //! next test binary.
 
 pub mod dhcp_clients;
+pub mod ipmi;
 pub mod netns;
 pub mod redfish;
+pub mod sushy;
 
 use std::sync::OnceLock;
 

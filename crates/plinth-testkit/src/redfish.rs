@@ -28,6 +28,10 @@ pub struct Knobs {
     pub fail_next: u32,
     /// Offer a SessionService (else HTTP Basic only).
     pub sessions: bool,
+    /// The status of the injected failures (`fail_next`): 503 unless set.
+    pub fail_status: Option<u16>,
+    /// Accept connections and never answer.
+    pub hang: bool,
 }
 
 #[derive(Debug)]
@@ -43,6 +47,11 @@ struct Bmc {
     /// Requests seen, for assertions (method and path).
     log: Vec<String>,
     logins: u32,
+    /// Session id → token, for logout.
+    sessions: Vec<(u32, String)>,
+    logouts: u32,
+    in_flight: u32,
+    max_in_flight: u32,
 }
 
 type Shared = Arc<Mutex<Bmc>>;
@@ -76,6 +85,10 @@ impl RedfishEmulator {
             version: 1,
             log: Vec::new(),
             logins: 0,
+            sessions: Vec::new(),
+            logouts: 0,
+            in_flight: 0,
+            max_in_flight: 0,
         }));
         let app = Router::new()
             .route("/redfish/v1", get(root))
@@ -86,6 +99,11 @@ impl RedfishEmulator {
                 post(reset),
             )
             .route("/redfish/v1/SessionService/Sessions", post(login))
+            .route(
+                "/redfish/v1/SessionService/Sessions/{id}",
+                axum::routing::delete(logout),
+            )
+            .layer(axum::middleware::from_fn_with_state(state.clone(), track))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -126,6 +144,61 @@ impl RedfishEmulator {
     pub fn logins(&self) -> u32 {
         self.state.lock().expect("emulator state").logins
     }
+
+    /// Sessions deleted by their client.
+    pub fn logouts(&self) -> u32 {
+        self.state.lock().expect("emulator state").logouts
+    }
+
+    /// The most requests this BMC has had in flight at once.
+    pub fn max_in_flight(&self) -> u32 {
+        self.state.lock().expect("emulator state").max_in_flight
+    }
+}
+
+/// Counts requests in flight (and the most at once); a hanging BMC never answers.
+async fn track(
+    State(s): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let hang = {
+        let mut b = s.lock().expect("emulator state");
+        b.in_flight += 1;
+        b.max_in_flight = b.max_in_flight.max(b.in_flight);
+        b.knobs.hang
+    };
+    struct Done(Shared);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            if let Ok(mut b) = self.0.lock() {
+                b.in_flight -= 1;
+            }
+        }
+    }
+    let _done = Done(s.clone());
+    if hang {
+        std::future::pending::<()>().await;
+    }
+    next.run(req).await
+}
+
+async fn logout(
+    State(s): State<Shared>,
+    axum::extract::Path(id): axum::extract::Path<u32>,
+    h: HeaderMap,
+) -> Response {
+    if let Some(r) = gate(&s, &h, "DELETE session", true).await {
+        return r;
+    }
+    let mut b = s.lock().expect("emulator state");
+    let Some(i) = b.sessions.iter().position(|(n, _)| *n == id) else {
+        return error(StatusCode::NOT_FOUND, "No such session.");
+    };
+    let (_, token) = b.sessions.remove(i);
+    b.tokens.retain(|t| *t != token);
+    b.logouts += 1;
+    StatusCode::NO_CONTENT.into_response()
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -153,10 +226,12 @@ async fn gate(s: &Shared, headers: &HeaderMap, what: &str, auth: bool) -> Option
     let mut b = s.lock().expect("emulator state");
     if b.knobs.fail_next > 0 {
         b.knobs.fail_next -= 1;
-        return Some(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The service is temporarily unavailable.",
-        ));
+        let status = b
+            .knobs
+            .fail_status
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return Some(error(status, "The service is temporarily unavailable."));
     }
     if !auth {
         return None;
@@ -329,6 +404,8 @@ async fn login(
     b.logins += 1;
     let token = format!("token-{}-{}", b.logins, uuid::Uuid::new_v4());
     b.tokens.push(token.clone());
+    let id = b.logins;
+    b.sessions.push((id, token.clone()));
     (
         StatusCode::CREATED,
         [

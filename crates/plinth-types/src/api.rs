@@ -153,7 +153,7 @@ pub struct NicSpec {
 #[serde(deny_unknown_fields)]
 pub struct BmcSpec {
     pub protocol: BmcProtocol,
-    /// `host` or `host:port`.
+    /// `host` or `host:port`; for Redfish also `https://host[:port]` (`http://` for emulators).
     pub address: String,
     pub username: String,
     /// Stored encrypted; never returned.
@@ -251,6 +251,17 @@ pub struct BmcInfo {
     pub address: String,
     pub username: String,
     pub verify_tls: bool,
+    /// The power state plinth last read from the BMC (`on`, `off`, `powering_on`,
+    /// `powering_off`), and when.
+    pub power_state: Option<String>,
+    pub power_checked_at: Option<DateTime<Utc>>,
+    /// `None` until plinth has talked to the BMC; false after repeated failures.
+    pub reachable: Option<bool>,
+    /// Why the last call failed, when it did.
+    pub last_error: Option<String>,
+    /// What the BMC reports about the machine: manufacturer, model, serial, uuid, macs.
+    #[schema(value_type = Option<Object>)]
+    pub identity: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -673,4 +684,139 @@ pub struct Image {
     pub source: String,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
+}
+
+// ---------------------------------------------------------------- BMC jobs
+
+/// `POST /machines/{id}/power`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerOp {
+    On,
+    /// Graceful (ACPI) unless `force`.
+    Off,
+    /// Off then on; on for a machine that is off.
+    Cycle,
+    /// Hard reset of a running machine.
+    Reset,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PowerRequest {
+    pub action: PowerOp,
+    /// With `off`: cut the power instead of asking the OS to shut down.
+    pub force: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BootTarget {
+    Pxe,
+    Disk,
+    BiosSetup,
+    Cdrom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FirmwareMode {
+    Bios,
+    Uefi,
+}
+
+/// `POST /machines/{id}/boot-device`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BootDeviceRequest {
+    pub device: BootTarget,
+    /// Every boot rather than the next one only (default false).
+    pub persistent: Option<bool>,
+    /// BIOS or UEFI; omitted: as the BMC has it.
+    pub mode: Option<FirmwareMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    /// Not run: an earlier job of the same action failed.
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "queued" => JobState::Queued,
+            "running" => JobState::Running,
+            "succeeded" => JobState::Succeeded,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            _ => {
+                return Err(format!(
+                    "unknown job state {s:?}: expected queued, running, succeeded, failed or cancelled"
+                ));
+            }
+        })
+    }
+}
+
+/// A BMC action, durable in the database.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: Uuid,
+    pub machine_id: Uuid,
+    /// `power`, `boot_device` or `identify` (read identity and check the credentials).
+    pub kind: String,
+    /// What was asked: `{action, force}` or `{device, persistent, mode}`.
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub state: JobState,
+    /// Attempts started so far.
+    pub attempts: i32,
+    pub max_attempts: i32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// What the BMC answered, for jobs that read something.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// Who asked (a person, a client, or `system` for lifecycle work).
+    pub requested_by: String,
+    /// Jobs queued by one lifecycle action share a chain; a failure cancels the rest.
+    pub chain: Option<Uuid>,
+    /// A queued job waits until then (backoff after a transient failure).
+    pub not_before: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` to get older jobs; absent on the last page.
+    pub next_cursor: Option<String>,
 }

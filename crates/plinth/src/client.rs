@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 mod images;
+mod jobs;
 
 #[derive(Args, Clone)]
 pub struct Global {
@@ -110,6 +111,13 @@ pub enum ClientCommand {
         global: Global,
         #[command(subcommand)]
         command: images::ImageCommand,
+    },
+    /// BMC jobs: power and boot device changes, BMC checks.
+    Job {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: jobs::JobCommand,
     },
     /// The audit log.
     Events {
@@ -315,6 +323,31 @@ pub enum MachineCommand {
     },
     /// A machine's events.
     Events { id: Uuid },
+    /// Power a machine on, off, cycle or reset it through its BMC (a job; see `plinth job`).
+    Power {
+        id: Uuid,
+        #[arg(value_enum)]
+        action: jobs::PowerArg,
+        /// With off: cut the power instead of asking the OS to shut down.
+        #[arg(long)]
+        force: bool,
+        /// Wait for the job to finish; exit 1 when it failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Set the device a machine boots from next (or always, with --persistent).
+    BootDevice {
+        id: Uuid,
+        #[arg(value_enum)]
+        device: jobs::DeviceArg,
+        #[arg(long)]
+        persistent: bool,
+        #[arg(long, value_enum)]
+        mode: Option<jobs::ModeArg>,
+        /// Wait for the job to finish; exit 1 when it failed.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 /// `MachineState` for clap.
@@ -532,6 +565,27 @@ fn print_machine(m: &Machine) {
                 }
             ),
         );
+        kv(
+            "power",
+            format!(
+                "{}{}",
+                dash(b.power_state.as_ref()),
+                b.power_checked_at
+                    .map(|t| format!(" (read {})", t.format("%Y-%m-%d %H:%M:%S")))
+                    .unwrap_or_default()
+            ),
+        );
+        kv(
+            "bmc reachable",
+            match (b.reachable, &b.last_error) {
+                (None, _) => "not checked yet".into(),
+                (Some(true), _) => "yes".into(),
+                (Some(false), e) => format!("no: {}", dash(e.as_ref())),
+            },
+        );
+        if let Some(i) = &b.identity {
+            kv("bmc identity", i.to_string());
+        }
     }
     if m.facts.as_object().is_some_and(|o| !o.is_empty()) {
         kv("facts", m.facts.to_string());
@@ -700,6 +754,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Subnet { global, command } => subnet(&Api::new(&global)?, command).await,
         ClientCommand::Lease { global, command } => lease(&Api::new(&global)?, command).await,
         ClientCommand::Image { global, command } => images::run(&Api::new(&global)?, command).await,
+        ClientCommand::Job { global, command } => jobs::run(&Api::new(&global)?, command).await,
         ClientCommand::Events {
             global,
             since,
@@ -959,6 +1014,27 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
                 &api.call_if_match::<Machine>(Method::POST, &path, Some(&body), if_version)
                     .await?,
             )
+        }
+        MachineCommand::Power {
+            id,
+            action,
+            force,
+            wait,
+        } => {
+            let body = jobs::power_request(action, force);
+            let wait = wait.then_some(std::time::Duration::from_secs(600));
+            jobs::submit(api, &format!("/machines/{id}/power"), &body, wait).await
+        }
+        MachineCommand::BootDevice {
+            id,
+            device,
+            persistent,
+            mode,
+            wait,
+        } => {
+            let body = jobs::boot_request(device, persistent, mode);
+            let wait = wait.then_some(std::time::Duration::from_secs(600));
+            jobs::submit(api, &format!("/machines/{id}/boot-device"), &body, wait).await
         }
         MachineCommand::Events { id } => {
             let page: EventPage = api.get(&format!("/machines/{id}/events")).await?;

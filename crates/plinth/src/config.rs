@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -346,13 +347,141 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
 }
 
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BmcConfig {
     /// 32 bytes, base64: the key BMC passwords are encrypted with.
     pub secret_key: Option<String>,
     /// A file holding that key; default `<state_dir>/bmc-secret.key`, made on first start.
     pub secret_key_file: Option<PathBuf>,
+    /// BMC jobs running at once on this instance (each on a different BMC).
+    #[serde(default = "default_job_concurrency")]
+    pub concurrency: usize,
+    /// The longest one BMC call may take (a Redfish call can take 30 s on a busy BMC).
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout_secs: u64,
+    /// IPMI: datagrams sent per request before the BMC counts as unreachable.
+    #[serde(default = "default_ipmi_retries")]
+    pub ipmi_retries: u32,
+    /// How long a power change may take to show in the power state.
+    #[serde(default = "default_power_wait")]
+    pub power_wait_secs: u64,
+    /// A running job's lease: a job whose plinth died is run again this long after.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u64,
+    /// Backoff after a transient failure: base * 2^(attempt-1), at most max.
+    #[serde(default = "default_backoff_base")]
+    pub backoff_base_secs: u64,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_secs: u64,
+    /// Power sync: each BMC's power state is read about this often (jittered ±20 %); 0: off.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval_secs: u64,
+    /// Consecutive failed polls before a BMC is marked unreachable.
+    #[serde(default = "default_sync_failures")]
+    pub unreachable_after: i32,
+    /// Power polls in flight at once on this instance.
+    #[serde(default = "default_sync_concurrency")]
+    pub sync_concurrency: usize,
+}
+
+fn default_job_concurrency() -> usize {
+    64
+}
+fn default_call_timeout() -> u64 {
+    60
+}
+fn default_ipmi_retries() -> u32 {
+    3
+}
+fn default_power_wait() -> u64 {
+    180
+}
+fn default_lease() -> u64 {
+    30
+}
+fn default_backoff_base() -> u64 {
+    5
+}
+fn default_backoff_max() -> u64 {
+    300
+}
+fn default_sync_interval() -> u64 {
+    60
+}
+fn default_sync_failures() -> i32 {
+    3
+}
+fn default_sync_concurrency() -> usize {
+    32
+}
+
+impl Default for BmcConfig {
+    fn default() -> Self {
+        BmcConfig {
+            secret_key: None,
+            secret_key_file: None,
+            concurrency: default_job_concurrency(),
+            call_timeout_secs: default_call_timeout(),
+            ipmi_retries: default_ipmi_retries(),
+            power_wait_secs: default_power_wait(),
+            lease_secs: default_lease(),
+            backoff_base_secs: default_backoff_base(),
+            backoff_max_secs: default_backoff_max(),
+            sync_interval_secs: default_sync_interval(),
+            unreachable_after: default_sync_failures(),
+            sync_concurrency: default_sync_concurrency(),
+        }
+    }
+}
+
+impl BmcConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.concurrency == 0 || self.sync_concurrency == 0 {
+            bail!("bmc.concurrency and bmc.sync_concurrency must be at least 1");
+        }
+        if self.call_timeout_secs == 0 || self.lease_secs < 3 || self.power_wait_secs == 0 {
+            bail!(
+                "bmc.call_timeout_secs and bmc.power_wait_secs must be positive, bmc.lease_secs at least 3"
+            );
+        }
+        if self.unreachable_after < 1 {
+            bail!("bmc.unreachable_after must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn drivers(&self) -> plinth_core::workers::Drivers {
+        plinth_core::workers::Drivers {
+            timeout: Duration::from_secs(self.call_timeout_secs),
+            ipmi_retries: self.ipmi_retries,
+        }
+    }
+
+    pub fn job_settings(&self) -> plinth_core::workers::JobSettings {
+        plinth_core::workers::JobSettings {
+            concurrency: self.concurrency,
+            call_timeout: Duration::from_secs(self.call_timeout_secs),
+            power_wait: Duration::from_secs(self.power_wait_secs),
+            power_poll: Duration::from_secs(2),
+            lease: Duration::from_secs(self.lease_secs),
+            backoff_base: Duration::from_secs(self.backoff_base_secs),
+            backoff_max: Duration::from_secs(self.backoff_max_secs.max(self.backoff_base_secs)),
+            idle_poll: Duration::from_secs(2),
+        }
+    }
+
+    /// `None` when the power sync is off.
+    pub fn sync_settings(&self) -> Option<plinth_core::workers::SyncSettings> {
+        (self.sync_interval_secs > 0).then(|| plinth_core::workers::SyncSettings {
+            interval: Duration::from_secs(self.sync_interval_secs),
+            jitter: 0.2,
+            failures_before_unreachable: self.unreachable_after,
+            concurrency: self.sync_concurrency,
+            call_timeout: Duration::from_secs(self.call_timeout_secs),
+            tick: Duration::from_secs(1),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -433,7 +562,11 @@ impl std::fmt::Debug for BmcConfig {
                 &self.secret_key.as_ref().map(|_| "<redacted>"),
             )
             .field("secret_key_file", &self.secret_key_file)
-            .finish()
+            .field("concurrency", &self.concurrency)
+            .field("call_timeout_secs", &self.call_timeout_secs)
+            .field("lease_secs", &self.lease_secs)
+            .field("sync_interval_secs", &self.sync_interval_secs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -488,6 +621,7 @@ pub fn load(
     if !matches!(config.log.format.as_str(), "text" | "json") {
         bail!("invalid configuration: log.format must be \"text\" or \"json\"");
     }
+    config.bmc.validate().context("invalid configuration")?;
     Ok(config)
 }
 

@@ -143,6 +143,32 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
         tasks.spawn(async move { server.serve(cancel).await.context("TFTP server") });
     }
     {
+        // BMC jobs, and the power sync: every instance runs them; the database shares the work.
+        let connector: std::sync::Arc<dyn plinth_core::workers::Connector> =
+            std::sync::Arc::new(c.bmc.drivers());
+        let runner = plinth_core::workers::JobRunner::new(
+            app.clone(),
+            connector.clone(),
+            c.bmc.job_settings(),
+        );
+        let cancel_jobs = cancel.clone();
+        tasks.spawn(async move {
+            runner
+                .run(cancel_jobs)
+                .await
+                .map_err(|e| anyhow::anyhow!("BMC job runner: {}", e.message))
+        });
+        if let Some(sync) = c.bmc.sync_settings() {
+            let sync = plinth_core::workers::PowerSync::new(app.clone(), connector, sync);
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                sync.run(cancel)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("power sync: {}", e.message))
+            });
+        }
+    }
+    {
         // Reconciler: expired leases go back to the pool, long-expired agent tokens are forgotten
         // (safe on every instance at once).
         let (app, cancel) = (app.clone(), cancel.clone());

@@ -1,6 +1,7 @@
 //! The RMCP+ session over UDP: open (Get Channel Authentication Capabilities, Open Session,
 //! RAKP 1-4, Set Session Privilege Level to administrator), commands with sequence numbers and
-//! retransmission, completion codes as errors, Close Session. Cipher suite 3.
+//! retransmission, completion codes as errors, Close Session. Cipher suite 3 or 17, as
+//! configured.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use rand::RngCore;
 use tokio::net::UdpSocket;
 
-use super::wire::{self, Rakp, SessionKeys, payload};
+use super::wire::{self, CipherSuite, Rakp, SessionKeys, payload};
 use crate::{BmcError, Result};
 
 /// How to reach one BMC over IPMI.
@@ -20,6 +21,11 @@ pub struct IpmiConfig {
     /// Per attempt; a request is sent `retries + 1` times before the BMC counts as unreachable.
     pub timeout: Duration,
     pub retries: u32,
+    /// The RMCP+ cipher suite. [`CipherSuite::Three`] by default (`CipherSuite::default()`),
+    /// since every IPMI 2.0 BMC has it; choose [`CipherSuite::Seventeen`] (SHA-256) for BMCs
+    /// that offer it or allow nothing else. plinth does not negotiate: a BMC without the
+    /// suite makes the session fail with [`BmcError::Unsupported`].
+    pub cipher_suite: CipherSuite,
 }
 
 impl std::fmt::Debug for IpmiConfig {
@@ -28,6 +34,9 @@ impl std::fmt::Debug for IpmiConfig {
             .field("addr", &self.addr)
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("cipher_suite", &self.cipher_suite.id())
             .finish()
     }
 }
@@ -69,9 +78,13 @@ fn completion_error(cc: u8) -> BmcError {
 }
 
 /// RMCP+ status codes of the session set-up messages (13.24).
-fn status_error(step: &str, status: u8) -> BmcError {
+fn status_error(step: &str, status: u8, suite: CipherSuite) -> BmcError {
     match status {
         0x0d | 0x0e | 0x12 | 0x0f => BmcError::Auth,
+        // Invalid authentication, integrity or confidentiality algorithm; no matching suite.
+        0x04 | 0x05 | 0x10 | 0x11 => {
+            BmcError::Unsupported(format!("{suite} (RMCP+ status {status:#04x})"))
+        }
         _ => BmcError::Rejected(format!("{step} refused (RMCP+ status {status:#04x})")),
     }
 }
@@ -147,13 +160,13 @@ impl Session {
         )
         .await?;
 
-        // Open Session, suite 3.
+        // Open Session with the configured suite.
+        let suite = cfg.cipher_suite;
         let console_sid = u32::from_le_bytes(random::<4>()) | 1;
         let mut open = vec![0x00, 0x04, 0, 0];
         open.extend_from_slice(&console_sid.to_le_bytes());
-        open.extend_from_slice(&[
-            0, 0, 0, 8, 1, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0,
-        ]);
+        let algorithms = suite.open_session_payloads();
+        open.extend_from_slice(&algorithms);
         let bmc_sid = exchange(
             &sock,
             cfg,
@@ -164,10 +177,16 @@ impl Session {
                     payload: r,
                     ..
                 }) if r.get(4..8) == Some(&console_sid.to_le_bytes()[..]) => {
-                    Some(match (r[1], r.get(8..12)) {
-                        (0, Some(sid)) => Ok(u32::from_le_bytes([sid[0], sid[1], sid[2], sid[3]])),
-                        (0, None) => Err(BmcError::Protocol("short Open Session response".into())),
-                        (status, _) => Err(status_error("Open Session", status)),
+                    Some(match (r[1], r.get(8..12), r.get(12..36)) {
+                        (0, Some(sid), Some(chosen)) if chosen == algorithms => {
+                            Ok(u32::from_le_bytes([sid[0], sid[1], sid[2], sid[3]]))
+                        }
+                        // A BMC must take the algorithms as proposed or refuse them.
+                        (0, Some(_), Some(_)) => Err(BmcError::Protocol(format!(
+                            "the BMC answered Open Session for {suite} with other algorithms"
+                        ))),
+                        (0, _, _) => Err(BmcError::Protocol("short Open Session response".into())),
+                        (status, _, _) => Err(status_error("Open Session", status, suite)),
                     })
                 }
                 _ => None,
@@ -193,12 +212,12 @@ impl Session {
                     payload: r,
                     ..
                 }) if r.len() >= 8 => Some(if r[1] != 0 {
-                    Err(status_error("RAKP 1", r[1]))
+                    Err(status_error("RAKP 1", r[1], suite))
                 } else {
                     match (
                         r.get(8..24).and_then(|b| <[u8; 16]>::try_from(b).ok()),
                         r.get(24..40).and_then(|b| <[u8; 16]>::try_from(b).ok()),
-                        r.get(40..60),
+                        r.get(40..40 + suite.hmac_len()),
                     ) {
                         (Some(rc), Some(guid), Some(code)) => Ok((rc, guid, code.to_vec())),
                         _ => Err(BmcError::Protocol("short RAKP 2".into())),
@@ -209,6 +228,7 @@ impl Session {
         )
         .await?;
         let rakp = Rakp {
+            suite,
             console_sid,
             bmc_sid,
             rm,
@@ -238,8 +258,8 @@ impl Session {
                     payload: r,
                     ..
                 }) if r.len() >= 8 => Some(if r[1] != 0 {
-                    Err(status_error("RAKP 3", r[1]))
-                } else if r.get(8..20) != Some(&icv[..]) {
+                    Err(status_error("RAKP 3", r[1], suite))
+                } else if r.get(8..8 + icv.len()) != Some(&icv[..]) {
                     Err(BmcError::Protocol("RAKP 4 integrity check failed".into()))
                 } else {
                     Ok(())

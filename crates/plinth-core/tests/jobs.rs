@@ -1,0 +1,862 @@
+//! BMC jobs and the power sync against a real PostgreSQL, with in-memory BMCs
+//! ([`plinth_bmc::fake::FakeBmc`]) behind a connector that also checks the decrypted password.
+//! The drivers themselves are tested against real emulators in plinth-bmc and in the API tests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use plinth_bmc::fake::{Call, FakeBmc};
+use plinth_bmc::{Bmc, BmcError, BootDevice, Identity, PowerAction, PowerState};
+use plinth_core::jobs::JobQuery;
+use plinth_core::lifecycle::Action;
+use plinth_core::workers::{BmcTarget, Connector, JobRunner, JobSettings, PowerSync, SyncSettings};
+use plinth_core::{App, BmcKey, Principal};
+use plinth_testkit::TestDb;
+use plinth_types::api::*;
+use plinth_types::{ErrorKind, MachineState, Verb};
+use uuid::Uuid;
+
+const PASSWORD: &str = "calvin-Secr3t!";
+
+/// The BMCs of the test, by machine; refuses any password but [`PASSWORD`].
+#[derive(Default)]
+struct Fakes {
+    bmcs: Mutex<HashMap<Uuid, Arc<FakeBmc>>>,
+    connects: Mutex<u32>,
+}
+
+impl Fakes {
+    fn add(&self, id: Uuid) -> Arc<FakeBmc> {
+        let f = Arc::new(FakeBmc::new(Identity {
+            manufacturer: Some("Acme".into()),
+            model: Some("R640".into()),
+            serial: Some(format!("SN-{}", &id.to_string()[..8])),
+            uuid: Some(id),
+            macs: vec![],
+        }));
+        self.bmcs.lock().unwrap().insert(id, f.clone());
+        f
+    }
+}
+
+struct FakeConnector(Arc<Fakes>);
+
+impl Connector for FakeConnector {
+    fn connect<'a>(&'a self, t: &'a BmcTarget) -> BoxFuture<'a, Result<Arc<dyn Bmc>, BmcError>> {
+        Box::pin(async move {
+            *self.0.connects.lock().unwrap() += 1;
+            if t.password != PASSWORD {
+                return Err(BmcError::Auth);
+            }
+            let bmc = self.0.bmcs.lock().unwrap().get(&t.machine_id).cloned();
+            bmc.map(|b| b as Arc<dyn Bmc>)
+                .ok_or_else(|| BmcError::Unreachable("no route to host".into()))
+        })
+    }
+}
+
+fn settings() -> JobSettings {
+    JobSettings {
+        concurrency: 8,
+        call_timeout: Duration::from_secs(2),
+        power_wait: Duration::from_secs(2),
+        power_poll: Duration::from_millis(10),
+        lease: Duration::from_secs(30),
+        backoff_base: Duration::ZERO,
+        backoff_max: Duration::ZERO,
+        idle_poll: Duration::from_millis(50),
+    }
+}
+
+fn admin() -> Principal {
+    Principal {
+        token_id: None,
+        name: "tech-anna".into(),
+        role: plinth_types::Role::Admin,
+    }
+}
+
+fn mac(n: u32) -> plinth_types::MacAddr {
+    let b = n.to_be_bytes();
+    plinth_types::MacAddr([0x52, 0x54, b[0], b[1], b[2], b[3]])
+}
+
+struct World {
+    app: App,
+    fakes: Arc<Fakes>,
+    runner: Arc<JobRunner>,
+    _db: TestDb,
+}
+
+async fn world(s: JobSettings) -> World {
+    let db = TestDb::new().await.unwrap();
+    let key = BmcKey::from_base64(&BmcKey::generate_base64()).unwrap();
+    let app = App::new(db.pool.clone(), key);
+    let fakes = Arc::new(Fakes::default());
+    let runner = JobRunner::new(app.clone(), Arc::new(FakeConnector(fakes.clone())), s);
+    World {
+        app,
+        fakes,
+        runner,
+        _db: db,
+    }
+}
+
+impl World {
+    /// Enrolls machine `n` with a BMC (the right password unless `password` says otherwise)
+    /// and gives it a fake BMC.
+    async fn enroll(&self, n: u32, password: &str) -> (Uuid, Arc<FakeBmc>) {
+        let m = self
+            .app
+            .enroll_machine(
+                &admin(),
+                MachineCreate {
+                    hostname: Some(format!("node-{n}")),
+                    rack: None,
+                    rack_unit: None,
+                    size_u: None,
+                    pool: None,
+                    tags: None,
+                    arch: Some(Arch::X86_64),
+                    nics: vec![NicSpec {
+                        mac: mac(n),
+                        ipv4: None,
+                        pxe: None,
+                    }],
+                    bmc: Some(BmcSpec {
+                        protocol: BmcProtocol::Redfish,
+                        address: format!("10.9.0.{n}"),
+                        username: "root".into(),
+                        password: password.into(),
+                        verify_tls: Some(false),
+                    }),
+                },
+            )
+            .await
+            .unwrap();
+        (m.id, self.fakes.add(m.id))
+    }
+
+    async fn jobs_of(&self, id: Uuid) -> Vec<Job> {
+        let mut jobs = self
+            .app
+            .jobs(
+                &admin(),
+                JobQuery {
+                    machine: Some(id),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .jobs;
+        jobs.reverse(); // oldest first
+        jobs
+    }
+
+    async fn event_kinds(&self, id: Uuid) -> Vec<String> {
+        self.app
+            .events(&admin(), Some(id), Default::default())
+            .await
+            .unwrap()
+            .events
+            .into_iter()
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    async fn events_of_kind(&self, id: Uuid, kind: &str) -> Vec<Event> {
+        self.app
+            .events(&admin(), Some(id), Default::default())
+            .await
+            .unwrap()
+            .events
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn enrollment_checks_the_bmc_and_reads_its_identity() {
+    let w = world(settings()).await;
+    let (id, fake) = w.enroll(1, PASSWORD).await;
+    let jobs = w.jobs_of(id).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].kind, "identify");
+    assert_eq!(jobs[0].state, JobState::Queued);
+    assert_eq!(jobs[0].requested_by, "tech-anna");
+
+    assert_eq!(w.runner.drain().await.unwrap(), 1);
+    let job = w.app.job(&admin(), jobs[0].id).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(job.attempts, 1);
+    assert!(fake.calls().contains(&Call::Identity));
+
+    let m = w.app.get_machine(&admin(), id).await.unwrap();
+    let bmc = m.bmc.unwrap();
+    let identity = bmc.identity.expect("identity stored");
+    assert_eq!(identity["serial"], format!("SN-{}", &id.to_string()[..8]));
+    assert_eq!(identity["model"], "R640");
+    assert_eq!(identity["uuid"], id.to_string());
+    assert_eq!(bmc.power_state.as_deref(), Some("off"));
+    assert_eq!(bmc.reachable, Some(true));
+    assert!(
+        w.event_kinds(id)
+            .await
+            .contains(&"bmc_job_succeeded".to_string())
+    );
+}
+
+#[tokio::test]
+async fn wrong_credentials_and_unreachable_bmcs_are_clear_events() {
+    let w = world(settings()).await;
+    let (wrong, _) = w.enroll(1, "not-the-password").await;
+    let (gone, _) = w.enroll(2, PASSWORD).await;
+    w.fakes.bmcs.lock().unwrap().remove(&gone); // no BMC answers at its address
+    w.runner.drain().await.unwrap();
+
+    // Wrong credentials are final at once: retrying would only lock the account.
+    let job = &w.jobs_of(wrong).await[0];
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.attempts, 1);
+    assert_eq!(
+        job.last_error.as_deref(),
+        Some("the BMC refused the credentials")
+    );
+    let ev = w.events_of_kind(wrong, "bmc_auth_failed").await;
+    assert_eq!(ev.len(), 1, "{:?}", w.event_kinds(wrong).await);
+    assert_eq!(ev[0].details["error_kind"], "auth");
+
+    // Unreachable is transient: retried up to the identify limit, then a clear event.
+    let job = &w.jobs_of(gone).await[0];
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.attempts, plinth_core::jobs::IDENTIFY_ATTEMPTS);
+    assert!(
+        job.last_error
+            .as_deref()
+            .unwrap()
+            .contains("cannot be reached"),
+        "{job:?}"
+    );
+    assert_eq!(w.events_of_kind(gone, "bmc_unreachable").await.len(), 1);
+}
+
+#[tokio::test]
+async fn power_and_boot_device_requests_run_in_order_one_per_bmc() {
+    let w = world(settings()).await;
+    let (a, fa) = w.enroll(1, PASSWORD).await;
+    let (b, fb) = w.enroll(2, PASSWORD).await;
+    w.runner.drain().await.unwrap();
+
+    let boot = w
+        .app
+        .request_boot_device(
+            &admin(),
+            a,
+            BootDeviceRequest {
+                device: BootTarget::Pxe,
+                persistent: None,
+                mode: Some(FirmwareMode::Uefi),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(boot.state, JobState::Queued);
+    assert_eq!(boot.kind, "boot_device");
+    let on = w
+        .app
+        .request_power(
+            &admin(),
+            a,
+            PowerRequest {
+                action: PowerOp::On,
+                force: None,
+            },
+        )
+        .await
+        .unwrap();
+    let off = w
+        .app
+        .request_power(
+            &admin(),
+            a,
+            PowerRequest {
+                action: PowerOp::Off,
+                force: Some(true),
+            },
+        )
+        .await
+        .unwrap();
+    w.app
+        .request_power(
+            &admin(),
+            b,
+            PowerRequest {
+                action: PowerOp::Cycle,
+                force: None,
+            },
+        )
+        .await
+        .unwrap();
+
+    // One pass runs one job per machine (a's oldest, and b's), however many slots are free.
+    assert_eq!(w.runner.run_once().await.unwrap(), 2);
+    assert_eq!(
+        w.app.job(&admin(), boot.id).await.unwrap().state,
+        JobState::Succeeded
+    );
+    assert_eq!(
+        w.app.job(&admin(), on.id).await.unwrap().state,
+        JobState::Queued
+    );
+    assert_eq!(w.runner.run_once().await.unwrap(), 1);
+    assert_eq!(w.runner.run_once().await.unwrap(), 1);
+    assert_eq!(w.runner.run_once().await.unwrap(), 0);
+    for j in [boot.id, on.id, off.id] {
+        assert_eq!(
+            w.app.job(&admin(), j).await.unwrap().state,
+            JobState::Succeeded
+        );
+    }
+    // The override was set before the machine started, and the start used it up.
+    let calls: Vec<Call> = fa
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::SetBoot { .. } | Call::Power(_)))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            Call::SetBoot {
+                device: BootDevice::Pxe,
+                persistent: false,
+                mode: Some(plinth_bmc::BootMode::Uefi)
+            },
+            Call::Power(PowerAction::On),
+            Call::Power(PowerAction::Off { force: true }),
+        ]
+    );
+    assert_eq!(fa.boots(), 1);
+    assert_eq!(fa.power_now(), PowerState::Off);
+    // A cycle of a machine that is off starts it.
+    assert!(fb.calls().contains(&Call::Power(PowerAction::On)));
+    assert_eq!(fb.power_now(), PowerState::On);
+    let on = w.app.job(&admin(), on.id).await.unwrap();
+    assert_eq!(on.result.as_ref().unwrap()["after"], "on");
+    assert_eq!(
+        w.app
+            .get_machine(&admin(), a)
+            .await
+            .unwrap()
+            .bmc
+            .unwrap()
+            .power_state
+            .as_deref(),
+        Some("off")
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_anything_is_queued() {
+    let w = world(settings()).await;
+    let (a, _) = w.enroll(1, PASSWORD).await;
+    let err = w
+        .app
+        .request_power(
+            &admin(),
+            a,
+            PowerRequest {
+                action: PowerOp::On,
+                force: Some(true),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "force_needs_off");
+    let err = w
+        .app
+        .request_power(
+            &admin(),
+            Uuid::new_v4(),
+            PowerRequest {
+                action: PowerOp::On,
+                force: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound);
+    // A machine without a BMC.
+    w.app
+        .update_machine(
+            &admin(),
+            a,
+            MachinePatch {
+                bmc: Some(None),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let err = w
+        .app
+        .request_power(
+            &admin(),
+            a,
+            PowerRequest {
+                action: PowerOp::On,
+                force: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!((err.kind, err.code), (ErrorKind::Conflict, "no_bmc"));
+    // A viewer may look but not touch.
+    let viewer = Principal {
+        token_id: None,
+        name: "v".into(),
+        role: plinth_types::Role::Viewer,
+    };
+    let err = w
+        .app
+        .request_power(
+            &viewer,
+            a,
+            PowerRequest {
+                action: PowerOp::On,
+                force: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Forbidden);
+    assert_eq!(w.jobs_of(a).await.len(), 1, "only the enrollment check");
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_final_ones_are_not() {
+    let w = world(settings()).await;
+    let (a, fa) = w.enroll(1, PASSWORD).await;
+    w.runner.drain().await.unwrap();
+    fa.fail_next([BmcError::Busy("503: try later".into()), BmcError::Timeout]);
+    let job = w
+        .app
+        .request_power(
+            &admin(),
+            a,
+            PowerRequest {
+                action: PowerOp::On,
+                force: None,
+            },
+        )
+        .await
+        .unwrap();
+    w.runner.drain().await.unwrap();
+    let job = w.app.job(&admin(), job.id).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.attempts, 3);
+    assert_eq!(fa.power_now(), PowerState::On);
+
+    fa.fail_next([BmcError::Rejected("PropertyValueNotInList: Cdrom".into())]);
+    let job = w
+        .app
+        .request_boot_device(
+            &admin(),
+            a,
+            BootDeviceRequest {
+                device: BootTarget::Cdrom,
+                persistent: Some(true),
+                mode: None,
+            },
+        )
+        .await
+        .unwrap();
+    w.runner.drain().await.unwrap();
+    let job = w.app.job(&admin(), job.id).await.unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.attempts, 1);
+    assert!(job.last_error.unwrap().contains("PropertyValueNotInList"));
+}
+
+#[tokio::test]
+async fn lifecycle_verbs_queue_their_bmc_work_and_a_failure_stops_the_chain() {
+    let w = world(settings()).await;
+    let (a, fa) = w.enroll(1, PASSWORD).await;
+    let (b, fb) = w.enroll(2, PASSWORD).await;
+    w.runner.drain().await.unwrap();
+    let who = admin();
+    let inspect = |id| {
+        w.app.act(
+            &who,
+            id,
+            Action {
+                verb: Verb::Inspect,
+                expected_version: None,
+                reason: None,
+            },
+        )
+    };
+    inspect(a).await.unwrap();
+    // b's BMC answers 200 to the boot override and keeps the old one.
+    fb.set_reverts_boot(true);
+    inspect(b).await.unwrap();
+    let ev = w.events_of_kind(a, "inspect").await;
+    assert_eq!(ev[0].details["jobs"].as_array().unwrap().len(), 2);
+
+    w.runner.drain().await.unwrap();
+    let ja = w.jobs_of(a).await;
+    assert_eq!(
+        ja.iter()
+            .map(|j| (j.kind.as_str(), j.state))
+            .collect::<Vec<_>>(),
+        vec![
+            ("identify", JobState::Succeeded),
+            ("boot_device", JobState::Succeeded),
+            ("power", JobState::Succeeded)
+        ]
+    );
+    assert_eq!(ja[1].chain, ja[2].chain);
+    assert!(ja[1].chain.is_some());
+    assert_eq!(fa.boots(), 1, "powered on once, into PXE");
+    assert!(fa.calls().contains(&Call::SetBoot {
+        device: BootDevice::Pxe,
+        persistent: false,
+        mode: None
+    }));
+
+    // The reverted override was retried, then failed; the power job never ran.
+    let jb = w.jobs_of(b).await;
+    assert_eq!(jb[1].state, JobState::Failed);
+    assert_eq!(jb[1].attempts, plinth_core::jobs::MAX_ATTEMPTS);
+    assert!(
+        jb[1]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("accepted the boot override")
+    );
+    assert_eq!(jb[2].state, JobState::Cancelled);
+    assert!(jb[2].last_error.as_deref().unwrap().starts_with("not run"));
+    assert_eq!(fb.boots(), 0);
+    assert!(!fb.calls().iter().any(|c| matches!(c, Call::Power(_))));
+
+    // Facts say UEFI: the next override asks for UEFI. Decommission powers off.
+    let mac_a = w.app.get_machine(&admin(), a).await.unwrap().nics[0].mac;
+    let mut report = InspectionReport {
+        cpu: CpuFacts {
+            model: "Xeon".into(),
+            cores: 4,
+            threads: 8,
+        },
+        memory_mib: 8192,
+        disks: vec![],
+        nics: vec![NicFacts {
+            name: "eno1".into(),
+            mac: mac_a,
+            speed_mbps: None,
+        }],
+        system: SystemFacts {
+            vendor: "Acme".into(),
+            product: "R640".into(),
+            serial: "SN".into(),
+            uuid: a.to_string(),
+        },
+        firmware: Firmware::Uefi,
+        arch: Arch::X86_64,
+    };
+    report.disks.clear();
+    w.app.submit_inspection(&admin(), a, report).await.unwrap();
+    w.app
+        .act(
+            &admin(),
+            a,
+            Action {
+                verb: Verb::Inspect,
+                expected_version: None,
+                reason: None,
+            },
+        )
+        .await
+        .unwrap();
+    w.runner.drain().await.unwrap();
+    assert_eq!(
+        fa.calls()
+            .iter()
+            .filter(|c| matches!(
+                c,
+                Call::SetBoot {
+                    mode: Some(plinth_bmc::BootMode::Uefi),
+                    ..
+                }
+            ))
+            .count(),
+        1
+    );
+    assert_eq!(fa.boots(), 2, "the running machine was cycled");
+    w.app
+        .act(
+            &admin(),
+            a,
+            Action {
+                verb: Verb::Decommission,
+                expected_version: None,
+                reason: None,
+            },
+        )
+        .await
+        .unwrap_err(); // inspecting cannot be decommissioned
+    let m = w.app.get_machine(&admin(), a).await.unwrap();
+    assert_eq!(m.state, MachineState::Inspecting);
+    let mac_a = m.nics[0].mac;
+    w.app
+        .submit_inspection(
+            &admin(),
+            a,
+            InspectionReport {
+                cpu: CpuFacts {
+                    model: "Xeon".into(),
+                    cores: 4,
+                    threads: 8,
+                },
+                memory_mib: 8192,
+                disks: vec![],
+                nics: vec![NicFacts {
+                    name: "eno1".into(),
+                    mac: mac_a,
+                    speed_mbps: None,
+                }],
+                system: SystemFacts {
+                    vendor: "Acme".into(),
+                    product: "R640".into(),
+                    serial: "SN".into(),
+                    uuid: a.to_string(),
+                },
+                firmware: Firmware::Uefi,
+                arch: Arch::X86_64,
+            },
+        )
+        .await
+        .unwrap();
+    w.app
+        .act(
+            &admin(),
+            a,
+            Action {
+                verb: Verb::Decommission,
+                expected_version: None,
+                reason: None,
+            },
+        )
+        .await
+        .unwrap();
+    w.runner.drain().await.unwrap();
+    assert_eq!(fa.power_now(), PowerState::Off);
+    assert_eq!(
+        fa.calls().last(),
+        Some(&Call::PowerState),
+        "the job waited for the power state to read off"
+    );
+    assert!(
+        fa.calls()
+            .contains(&Call::Power(PowerAction::Off { force: true }))
+    );
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_died_is_run_again() {
+    let w = world(settings()).await;
+    let (a, fa) = w.enroll(1, PASSWORD).await;
+    // A worker claims the check and dies before recording anything.
+    let mut conn = w.app.pool().acquire().await.unwrap();
+    let claimed = plinth_db::jobs::claim(&mut conn, "dead-worker", 10, 0.05)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // While it holds the job, nobody else runs a job on that BMC.
+    assert_eq!(w.runner.run_once().await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(w.runner.requeue_stale(false).await.unwrap(), 1);
+    let job = &w.jobs_of(a).await[0];
+    assert_eq!(job.state, JobState::Queued);
+    assert!(job.last_error.as_deref().unwrap().contains("dead-worker"));
+    assert_eq!(w.runner.drain().await.unwrap(), 1);
+    let job = &w.jobs_of(a).await[0];
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.attempts, 2);
+    assert!(fa.calls().contains(&Call::Identity));
+    // The dead worker's late answer is not recorded over the newer attempt.
+    assert!(
+        !plinth_db::jobs::succeed(&mut conn, job.id, 1, &serde_json::json!({}))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_bmc_that_never_answers_delays_no_other_machine() {
+    let mut s = settings();
+    s.call_timeout = Duration::from_millis(300);
+    let w = world(s).await;
+    let mut machines = Vec::new();
+    for n in 1..=12 {
+        machines.push(w.enroll(n, PASSWORD).await);
+    }
+    w.runner.drain().await.unwrap();
+    let (stuck, fs) = &machines[0];
+    fs.set_delay(Duration::from_secs(3600));
+    for (id, _) in &machines {
+        w.app
+            .request_power(
+                &admin(),
+                *id,
+                PowerRequest {
+                    action: PowerOp::On,
+                    force: None,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // The first pass takes the oldest eight (the stuck one among them): seven finish and the
+    // stuck one gives up after one call timeout; nothing waits for it.
+    assert_eq!(w.runner.run_once().await.unwrap(), 8);
+    let job = w.jobs_of(*stuck).await.pop().unwrap();
+    assert_eq!(job.state, JobState::Queued, "a timeout is retried");
+    assert!(job.last_error.unwrap().contains("no answer within"));
+    w.runner.drain().await.unwrap();
+    for (id, f) in &machines[1..] {
+        assert_eq!(f.power_now(), PowerState::On, "{id}");
+    }
+    let job = w.jobs_of(*stuck).await.pop().unwrap();
+    assert_eq!(
+        (job.state, job.attempts),
+        (JobState::Failed, plinth_core::jobs::MAX_ATTEMPTS)
+    );
+    assert_eq!(w.events_of_kind(*stuck, "bmc_unreachable").await.len(), 1);
+}
+
+#[tokio::test]
+async fn jobs_survive_a_runner_that_stops() {
+    let w = world(settings()).await;
+    let (a, fa) = w.enroll(1, PASSWORD).await;
+    w.runner.drain().await.unwrap();
+    fa.set_delay(Duration::from_secs(3600));
+    let job = w
+        .app
+        .request_power(
+            &admin(),
+            a,
+            PowerRequest {
+                action: PowerOp::On,
+                force: None,
+            },
+        )
+        .await
+        .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(w.runner.clone().run(cancel.clone()));
+    // Wait until it runs.
+    for _ in 0..200 {
+        if w.app.job(&admin(), job.id).await.unwrap().state == JobState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        w.app.job(&admin(), job.id).await.unwrap().state,
+        JobState::Running
+    );
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    // Stopping handed it back; a new runner (a restarted plinth) runs it.
+    let j = w.app.job(&admin(), job.id).await.unwrap();
+    assert_eq!(j.state, JobState::Queued);
+    fa.set_delay(Duration::ZERO);
+    let again = JobRunner::new(
+        w.app.clone(),
+        Arc::new(FakeConnector(w.fakes.clone())),
+        settings(),
+    );
+    assert_eq!(again.drain().await.unwrap(), 1);
+    let j = w.app.job(&admin(), job.id).await.unwrap();
+    assert_eq!((j.state, j.attempts), (JobState::Succeeded, 2));
+    assert_eq!(fa.power_now(), PowerState::On);
+}
+
+#[tokio::test]
+async fn power_sync_records_changes_and_reachability() {
+    let w = world(settings()).await;
+    let (a, fa) = w.enroll(1, PASSWORD).await;
+    let (b, fb) = w.enroll(2, PASSWORD).await;
+    let sync = PowerSync::new(
+        w.app.clone(),
+        Arc::new(FakeConnector(w.fakes.clone())),
+        SyncSettings {
+            interval: Duration::from_secs(60),
+            jitter: 0.2,
+            failures_before_unreachable: 3,
+            concurrency: 4,
+            call_timeout: Duration::from_millis(300),
+            tick: Duration::from_millis(50),
+        },
+    );
+    let r = sync.run_once().await.unwrap();
+    assert_eq!((r.polled, r.changed, r.failed), (2, 0, 0));
+    // Not due again for about a minute.
+    assert_eq!(sync.run_once().await.unwrap().polled, 0);
+
+    // Someone pressed a's power button.
+    fa.power(PowerAction::On).await.unwrap();
+    w.app.poll_bmc_now(None).await.unwrap();
+    let r = sync.run_once().await.unwrap();
+    assert_eq!((r.polled, r.changed), (2, 1));
+    let ev = w.events_of_kind(a, "power_changed").await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        (ev[0].details["from"].as_str(), ev[0].details["to"].as_str()),
+        (Some("off"), Some("on"))
+    );
+
+    // b stops answering (slowly, longer than the call timeout): unreachable after three
+    // failures, once; a is polled every time all the same.
+    fb.set_delay(Duration::from_secs(3600));
+    for round in 1..=4 {
+        w.app.poll_bmc_now(None).await.unwrap();
+        let r = sync.run_once().await.unwrap();
+        assert_eq!((r.polled, r.failed), (2, 1), "round {round}");
+        assert_eq!(
+            r.marked_unreachable,
+            usize::from(round == 3),
+            "round {round}"
+        );
+    }
+    let bmc = w.app.get_machine(&admin(), b).await.unwrap().bmc.unwrap();
+    assert_eq!(bmc.reachable, Some(false));
+    assert!(bmc.last_error.unwrap().contains("no answer within"));
+    assert_eq!(w.events_of_kind(b, "bmc_unreachable").await.len(), 1);
+    fb.set_delay(Duration::ZERO);
+    w.app.poll_bmc_now(Some(b)).await.unwrap();
+    let r = sync.run_once().await.unwrap();
+    assert_eq!((r.polled, r.failed), (1, 0));
+    assert_eq!(w.events_of_kind(b, "bmc_reachable").await.len(), 1);
+    let bmc = w.app.get_machine(&admin(), b).await.unwrap().bmc.unwrap();
+    assert_eq!((bmc.reachable, bmc.last_error), (Some(true), None));
+
+    // The loop polls on its own.
+    fa.power(PowerAction::Off { force: true }).await.unwrap();
+    w.app.poll_bmc_now(Some(a)).await.unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(sync.clone().run(cancel.clone()));
+    for _ in 0..200 {
+        if w.events_of_kind(a, "power_changed").await.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(w.events_of_kind(a, "power_changed").await.len(), 2);
+}

@@ -1,0 +1,323 @@
+//! BMC control end to end: the real `plinth serve` runs jobs and the power sync against
+//! sushy-tools' Redfish emulator and against the test kit's misbehaving one; everything is
+//! driven through the CLI and the HTTP API, and asserted on jobs, events and the BMCs' state.
+
+use std::time::{Duration, Instant};
+
+use plinth_testkit::redfish::RedfishEmulator;
+use plinth_testkit::sushy::{self, Sushy};
+
+#[path = "support/serve.rs"]
+mod serve;
+use serve::{Serve, create_token, json};
+
+const PASSWORD: &str = "Bmc-Pa55w0rd-7f3e";
+
+/// Fast retries and a quick power sync, so the test does not wait on production timings.
+const FAST: &[(&str, &str)] = &[
+    ("PLINTH_BMC__BACKOFF_BASE_SECS", "1"),
+    ("PLINTH_BMC__BACKOFF_MAX_SECS", "2"),
+    ("PLINTH_BMC__SYNC_INTERVAL_SECS", "2"),
+    ("PLINTH_BMC__LEASE_SECS", "3"),
+];
+
+fn enroll(serve: &Serve, token: &str, n: u8, address: &str, password: &str) -> String {
+    let out = serve.cli_env(
+        token,
+        &[
+            "machine",
+            "enroll",
+            "--hostname",
+            &format!("bmc-test-{n}"),
+            "--nic",
+            &format!("52:54:00:aa:00:{n:02x}"),
+            "--bmc-protocol",
+            "redfish",
+            "--bmc-address",
+            address,
+            "--bmc-username",
+            "admin",
+            "-o",
+            "json",
+        ],
+        &[("PLINTH_BMC_PASSWORD", password)],
+    );
+    assert!(
+        out.status.success(),
+        "enroll: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json(&String::from_utf8(out.stdout).unwrap())["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The machine's jobs, oldest first, once `done` says so (or panics after a minute).
+fn wait_jobs(
+    serve: &Serve,
+    token: &str,
+    id: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = json(&serve.cli_ok(token, &["job", "list", "--machine", id, "-o", "json"]));
+        let mut jobs = page["jobs"].as_array().unwrap().clone();
+        jobs.reverse();
+        if done(&jobs) {
+            return jobs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "jobs of {id} never got there: {jobs:#?}\n{}",
+            serve.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn all_finished(jobs: &[serde_json::Value]) -> bool {
+    !jobs.is_empty()
+        && jobs
+            .iter()
+            .all(|j| ["succeeded", "failed", "cancelled"].contains(&j["state"].as_str().unwrap()))
+}
+
+/// `curl` a JSON request: (status, headers and body as one text).
+fn curl(serve: &Serve, token: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "-X",
+            method,
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            body,
+            &format!("{}{path}", serve.url),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn power_and_boot_device_through_plinth_against_sushy() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(plinth_testkit::TestDb::new()).unwrap();
+    let bmc = Sushy::start(Some(("admin", PASSWORD))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start_with(dir.path(), Some(&db.url), FAST);
+    let token = create_token(dir.path(), Some(&db.url), "tech", "admin");
+
+    // Enrollment checks the BMC and reads what it says about the machine.
+    let id = enroll(&serve, &token, 1, &bmc.url(), PASSWORD);
+    let jobs = wait_jobs(&serve, &token, &id, all_finished);
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0]["kind"].as_str(), jobs[0]["state"].as_str()),
+        (Some("identify"), Some("succeeded")),
+        "{jobs:#?}"
+    );
+    let m = json(&serve.cli_ok(&token, &["machine", "show", &id, "-o", "json"]));
+    assert_eq!(m["bmc"]["identity"]["uuid"], sushy::UUID);
+    assert_eq!(m["bmc"]["identity"]["macs"][0], sushy::MAC);
+    assert_eq!(m["bmc"]["reachable"], true);
+    assert_eq!(m["bmc"]["power_state"], "off");
+
+    // Boot device and power from the CLI, waiting for the jobs.
+    let out = serve.cli_ok(
+        &token,
+        &[
+            "machine",
+            "boot-device",
+            &id,
+            "pxe",
+            "--mode",
+            "uefi",
+            "--wait",
+        ],
+    );
+    assert!(
+        out.contains("succeeded") && out.contains("boot pxe once uefi"),
+        "{out}"
+    );
+    let out = serve.cli_ok(&token, &["machine", "power", &id, "on", "--wait"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let m = json(&serve.cli_ok(&token, &["machine", "show", &id, "-o", "json"]));
+    assert_eq!(m["bmc"]["power_state"], "on");
+
+    // The API: 202 with the job at Location, refusals before anything is queued.
+    let (status, text) = curl(
+        &serve,
+        &token,
+        "POST",
+        &format!("/api/v1/machines/{id}/power"),
+        r#"{"action": "off", "force": true}"#,
+    );
+    assert_eq!(status, 202, "{text}");
+    let job_id = text.rsplit("\r\n\r\n").next().map(json).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        text.to_ascii_lowercase()
+            .contains(&format!("location: /api/v1/jobs/{job_id}")),
+        "{text}"
+    );
+    let out = serve.cli_ok(&token, &["job", "show", &job_id, "--wait"]);
+    assert!(out.contains("power off (forced)"), "{out}");
+    for (body, code) in [
+        (r#"{"action": "explode"}"#, "400"),
+        (r#"{"action": "on", "force": true}"#, "force_needs_off"),
+        (r#"{"action": "on", "extra": 1}"#, "400"),
+    ] {
+        let (status, text) = curl(
+            &serve,
+            &token,
+            "POST",
+            &format!("/api/v1/machines/{id}/power"),
+            body,
+        );
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains(code) || code == "400", "{text}");
+    }
+    let (status, text) = curl(
+        &serve,
+        &token,
+        "POST",
+        &format!("/api/v1/machines/{id}/boot-device"),
+        r#"{"device": "floppy"}"#,
+    );
+    assert_eq!(status, 400, "{text}");
+
+    // The lifecycle: inspect sets PXE once and powers the (off) machine on: jobs 5 and 6
+    // after the check, boot device, on and off above.
+    serve.cli_ok(&token, &["machine", "action", &id, "inspect"]);
+    let jobs = wait_jobs(&serve, &token, &id, |j| j.len() == 6 && all_finished(j));
+    let tail: Vec<_> = jobs[4..]
+        .iter()
+        .map(|j| (j["kind"].as_str().unwrap(), j["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(tail, [("boot_device", "succeeded"), ("power", "succeeded")]);
+    assert_eq!(jobs[4]["chain"], jobs[5]["chain"]);
+    assert_eq!(jobs[5]["result"]["after"], "on");
+
+    // The power sync notices a change plinth did not make (the power button).
+    let direct = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-u",
+            &format!("admin:{PASSWORD}"),
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            r#"{"ResetType": "ForceOff"}"#,
+            &format!(
+                "{}/redfish/v1/Systems/{}/Actions/ComputerSystem.Reset",
+                bmc.url(),
+                sushy::UUID
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(direct.status.success(), "{direct:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ev = json(&serve.cli_ok(&token, &["machine", "events", &id, "-o", "json"]));
+        let seen = ev["events"].as_array().unwrap().iter().any(|e| {
+            e["kind"] == "power_changed"
+                && e["details"]["from"] == "on"
+                && e["details"]["to"] == "off"
+        });
+        if seen {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no power_changed event: {ev:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Wrong credentials: a clear event at enrollment, a clear error on request, no retries.
+    let bad = enroll(&serve, &token, 2, &bmc.url(), "not-the-password");
+    let jobs = wait_jobs(&serve, &token, &bad, all_finished);
+    assert_eq!(jobs[0]["state"], "failed");
+    assert_eq!(jobs[0]["attempts"], 1);
+    let ev = json(&serve.cli_ok(&token, &["machine", "events", &bad, "-o", "json"]));
+    assert!(
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "bmc_auth_failed"),
+        "{ev:#}"
+    );
+    let out = serve.cli(&token, &["machine", "power", &bad, "on", "--wait"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused the credentials"), "{err}");
+
+    // The passwords went to plinth and never came back out.
+    let mut everything = serve.log_text();
+    for args in [
+        vec!["machine", "show", &id, "-o", "json"],
+        vec!["machine", "show", &bad, "-o", "json"],
+        vec!["machine", "events", &id, "-o", "json"],
+        vec!["machine", "events", &bad, "-o", "json"],
+        vec!["job", "list", "-o", "json"],
+        vec!["events", "-o", "json"],
+    ] {
+        everything.push_str(&serve.cli_ok(&token, &args));
+    }
+    assert!(everything.contains(&id));
+    for secret in [PASSWORD, "not-the-password"] {
+        assert!(!everything.contains(secret), "{secret} leaked");
+    }
+}
+
+#[test]
+fn a_job_running_when_plinth_dies_is_run_again_after_restart() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(plinth_testkit::TestDb::new()).unwrap();
+    let bmc = rt
+        .block_on(RedfishEmulator::start("admin", PASSWORD))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Serve::start_with(dir.path(), Some(&db.url), FAST);
+    let token = create_token(dir.path(), Some(&db.url), "tech", "admin");
+    let id = enroll(&serve, &token, 1, &bmc.url(), PASSWORD);
+    wait_jobs(&serve, &token, &id, all_finished);
+
+    // The BMC becomes very slow; plinth dies (SIGKILL) while the power job is in its call.
+    bmc.knobs(|k| k.delay = Duration::from_secs(3600));
+    let job = json(&serve.cli_ok(&token, &["machine", "power", &id, "on", "-o", "json"]));
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    wait_jobs(&serve, &token, &id, |j| {
+        j.last().is_some_and(|j| j["state"] == "running")
+    });
+    serve.kill();
+    bmc.knobs(|k| k.delay = Duration::ZERO);
+    assert_eq!(bmc.power(), "Off");
+
+    // A new plinth takes the job over once its lease has run out, and finishes it.
+    let serve = Serve::start_with(dir.path(), Some(&db.url), FAST);
+    let out = serve.cli_ok(&token, &["job", "show", &job_id, "--wait", "-o", "json"]);
+    let job = json(&out);
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["attempts"], 2);
+    assert_eq!(bmc.power(), "On");
+    assert!(
+        serve.log_text().contains("the worker running it stopped"),
+        "{}",
+        serve.log_text()
+    );
+}

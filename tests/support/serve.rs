@@ -1,0 +1,182 @@
+//! The real `plinth serve` as a child process, its CLI, and admin tokens: shared by the
+//! cross-process tests.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_plinth");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `plinth serve`; SIGTERM and wait on drop.
+pub struct Serve {
+    child: Option<Child>,
+    pub url: String,
+    pub log: std::path::PathBuf,
+}
+
+impl Serve {
+    pub fn start(state_dir: &Path, database_url: Option<&str>) -> Serve {
+        Serve::start_with(state_dir, database_url, &[])
+    }
+
+    /// With extra environment variables (`PLINTH_BMC__LEASE_SECS`, ...).
+    pub fn start_with(state_dir: &Path, database_url: Option<&str>, env: &[(&str, &str)]) -> Serve {
+        let port = free_port();
+        let log = state_dir.join(format!("serve-{port}.log"));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"));
+        if let Some(u) = database_url {
+            cmd.arg("--database-url").arg(u);
+        }
+        cmd.env("PLINTH_STATE_DIR", state_dir)
+            .env_remove("PLINTH_DATABASE__URL")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().unwrap();
+        let s = Serve {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        s.wait_healthy();
+        s
+    }
+
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(out) = Command::new("curl")
+                .args(["-sf", &format!("{}/healthz", self.url)])
+                .output()
+                && out.status.success()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "plinth serve did not become healthy:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                assert!(
+                    st.success(),
+                    "plinth serve exited with {st}:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plinth serve did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn cli(&self, token: &str, args: &[&str]) -> Output {
+        self.cli_env(token, args, &[])
+    }
+
+    pub fn cli_env(&self, token: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("PLINTH_API_URL", &self.url)
+            .env("PLINTH_TOKEN", token)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+
+    pub fn cli_ok(&self, token: &str, args: &[&str]) -> String {
+        let out = self.cli(token, args);
+        assert!(
+            out.status.success(),
+            "plinth {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Serve {
+    /// SIGKILL: the process dies with whatever it had in flight.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status()
+                .ok();
+            c.wait().ok();
+        }
+    }
+}
+
+pub fn create_token(
+    state_dir: &Path,
+    database_url: Option<&str>,
+    name: &str,
+    role: &str,
+) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["admin", "create-token", "--name", name, "--role", role])
+        .env("PLINTH_STATE_DIR", state_dir);
+    if let Some(u) = database_url {
+        cmd.arg("--database-url").arg(u);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "create-token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(secret.lines().count(), 1, "only the secret goes to stdout");
+    secret.trim().to_owned()
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}

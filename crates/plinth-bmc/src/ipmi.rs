@@ -18,7 +18,14 @@ pub use wire::CipherSuite;
 
 pub struct Ipmi {
     cfg: IpmiConfig,
-    session: Mutex<Option<lan::Session>>,
+    state: Mutex<State>,
+}
+
+struct State {
+    session: Option<lan::Session>,
+    suite: CipherSuite,
+    /// Try suite 3 when the BMC refuses suite 17 (see [`Ipmi::strongest`]).
+    fallback: bool,
 }
 
 const NETFN_CHASSIS: u8 = 0x00;
@@ -27,24 +34,72 @@ const NETFN_APP: u8 = 0x06;
 impl Ipmi {
     pub fn new(cfg: IpmiConfig) -> Ipmi {
         Ipmi {
+            state: Mutex::new(State {
+                session: None,
+                suite: cfg.cipher_suite,
+                fallback: false,
+            }),
             cfg,
-            session: Mutex::new(None),
+        }
+    }
+
+    /// Cipher suite 17 (SHA-256) where the BMC offers it, else 3: what plinth uses for BMCs
+    /// whose suite is not configured. The suite that worked is kept for later sessions.
+    pub fn strongest(cfg: IpmiConfig) -> Ipmi {
+        Ipmi {
+            state: Mutex::new(State {
+                session: None,
+                suite: CipherSuite::Seventeen,
+                fallback: true,
+            }),
+            cfg,
+        }
+    }
+
+    /// The suite this driver opens sessions with now.
+    pub async fn cipher_suite(&self) -> CipherSuite {
+        self.state.lock().await.suite
+    }
+
+    async fn open(&self, st: &mut State) -> Result<lan::Session> {
+        let mut cfg = self.cfg.clone();
+        cfg.cipher_suite = st.suite;
+        match lan::Session::open(&cfg).await {
+            Err(BmcError::Unsupported(why))
+                if st.fallback && st.suite == CipherSuite::Seventeen =>
+            {
+                tracing::debug!(bmc = %cfg.addr, %why, "cipher suite 17 refused: trying 3");
+                st.suite = CipherSuite::Three;
+                st.fallback = false;
+                cfg.cipher_suite = CipherSuite::Three;
+                lan::Session::open(&cfg).await
+            }
+            other => {
+                if other.is_ok() {
+                    st.fallback = false;
+                }
+                other
+            }
         }
     }
 
     /// A command in the session, opening one when there is none; a command that fails for a
     /// reason a new session may cure is tried once more in a new session.
     async fn command(&self, netfn: u8, cmd: u8, data: &[u8]) -> Result<Vec<u8>> {
-        let mut guard = self.session.lock().await;
+        let mut guard = self.state.lock().await;
+        let st = &mut *guard;
         for attempt in 0..2 {
-            let s = match guard.as_mut() {
-                Some(s) => s,
-                None => guard.insert(lan::Session::open(&self.cfg).await?),
+            if st.session.is_none() {
+                let s = self.open(st).await?;
+                st.session = Some(s);
+            }
+            let Some(s) = st.session.as_mut() else {
+                continue;
             };
             match s.command(netfn, cmd, data).await {
                 Ok(d) => return Ok(d),
                 Err(e @ (BmcError::Timeout | BmcError::Protocol(_))) => {
-                    *guard = None;
+                    st.session = None;
                     if attempt == 1 {
                         return Err(e);
                     }
@@ -57,7 +112,8 @@ impl Ipmi {
 
     /// Closes the session, if one is open (best effort).
     pub async fn close(&self) {
-        if let Some(s) = self.session.lock().await.take() {
+        let session = self.state.lock().await.session.take();
+        if let Some(s) = session {
             s.close().await;
         }
     }
@@ -201,5 +257,9 @@ impl Bmc for Ipmi {
     }
     fn identity(&self) -> BoxFuture<'_, Result<Identity>> {
         Box::pin(self.do_identity())
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(Ipmi::close(self))
     }
 }

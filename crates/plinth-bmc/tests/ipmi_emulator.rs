@@ -226,6 +226,33 @@ async fn a_bmc_without_suite_17_is_unsupported() {
             .unwrap(),
         PowerState::Off
     );
+    // What plinth uses when no suite is configured: 17 where offered, else 3, remembered.
+    let auto = Ipmi::strongest(config(
+        emu.addr(),
+        CipherSuite::Three,
+        "admin",
+        "password",
+        Duration::from_millis(500),
+        2,
+    ));
+    assert_eq!(auto.power_state().await.unwrap(), PowerState::Off);
+    assert_eq!(auto.cipher_suite().await, CipherSuite::Three);
+    auto.close().await;
+    assert_eq!(auto.power_state().await.unwrap(), PowerState::Off);
+    assert_eq!(auto.cipher_suite().await, CipherSuite::Three);
+    let both = IpmiEmulator::start(IpmiEmulatorConfig::new("admin", "password"))
+        .await
+        .unwrap();
+    let auto = Ipmi::strongest(config(
+        both.addr(),
+        CipherSuite::Three,
+        "admin",
+        "password",
+        Duration::from_millis(500),
+        2,
+    ));
+    assert_eq!(auto.power_state().await.unwrap(), PowerState::Off);
+    assert_eq!(auto.cipher_suite().await, CipherSuite::Seventeen);
 }
 
 /// A session's worth of commands, through whatever the network does.

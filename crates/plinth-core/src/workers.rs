@@ -123,13 +123,14 @@ impl Connector for Drivers {
                         .ok_or_else(|| {
                             BmcError::Unreachable(format!("{} has no address", t.address))
                         })?;
-                    let i = ipmi::Ipmi::new(ipmi::lan::IpmiConfig {
+                    let i = ipmi::Ipmi::strongest(ipmi::lan::IpmiConfig {
                         addr,
                         username: t.username.clone(),
                         password: t.password.clone(),
                         timeout: self.timeout.min(Duration::from_secs(2)),
                         retries: self.ipmi_retries,
-                        cipher_suite: Default::default(),
+                        // 17 where the BMC offers it, else 3
+                        cipher_suite: ipmi::CipherSuite::Seventeen,
                     });
                     Ok(Arc::new(i) as Arc<dyn Bmc>)
                 }

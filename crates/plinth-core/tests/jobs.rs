@@ -860,3 +860,117 @@ async fn power_sync_records_changes_and_reachability() {
     task.await.unwrap().unwrap();
     assert_eq!(w.events_of_kind(a, "power_changed").await.len(), 2);
 }
+
+/// The real IPMI driver under the job runner, against the test kit's IPMI BMC: the
+/// enrollment check, a lifecycle action, and jobs through a network that loses datagrams.
+#[tokio::test]
+async fn ipmi_bmcs_through_the_real_driver() {
+    use plinth_testkit::ipmi::{BootSelector, IpmiEmulator, IpmiEmulatorConfig, Loss};
+    let db = TestDb::new().await.unwrap();
+    let key = BmcKey::from_base64(&BmcKey::generate_base64()).unwrap();
+    let app = App::new(db.pool.clone(), key);
+    let drivers = plinth_core::workers::Drivers {
+        timeout: Duration::from_millis(300),
+        ipmi_retries: 6,
+    };
+    let mut s = settings();
+    s.call_timeout = Duration::from_secs(10);
+    let runner = JobRunner::new(app.clone(), Arc::new(drivers), s);
+    let guid = Uuid::new_v4();
+    let mut cfg = IpmiEmulatorConfig::new("admin", PASSWORD);
+    cfg.guid = guid;
+    let emu = IpmiEmulator::start(cfg).await.unwrap();
+    let who = admin();
+    let enroll = |n: u32, password: &str| {
+        app.enroll_machine(
+            &who,
+            MachineCreate {
+                hostname: Some(format!("ipmi-{n}")),
+                rack: None,
+                rack_unit: None,
+                size_u: None,
+                pool: None,
+                tags: None,
+                arch: None,
+                nics: vec![NicSpec {
+                    mac: mac(n),
+                    ipv4: None,
+                    pxe: None,
+                }],
+                bmc: Some(BmcSpec {
+                    protocol: BmcProtocol::Ipmi,
+                    address: emu.addr().to_string(),
+                    username: "admin".into(),
+                    password: password.into(),
+                    verify_tls: None,
+                }),
+            },
+        )
+    };
+    let m = enroll(1, PASSWORD).await.unwrap();
+    let wrong = enroll(2, "wrong-password").await.unwrap();
+    runner.drain().await.unwrap();
+    let bmc = app.get_machine(&admin(), m.id).await.unwrap().bmc.unwrap();
+    assert_eq!(bmc.identity.unwrap()["uuid"], guid.to_string());
+    assert_eq!(bmc.power_state.as_deref(), Some("off"));
+    let events = app
+        .events(&admin(), Some(wrong.id), Default::default())
+        .await
+        .unwrap();
+    assert!(events.events.iter().any(|e| e.kind == "bmc_auth_failed"));
+
+    // inspect: PXE once, then the (off) machine is powered on and boots from the network.
+    app.act(
+        &admin(),
+        m.id,
+        Action {
+            verb: Verb::Inspect,
+            expected_version: None,
+            reason: None,
+        },
+    )
+    .await
+    .unwrap();
+    runner.drain().await.unwrap();
+    assert!(emu.power());
+    let boots = emu.boots();
+    assert_eq!(boots.len(), 1);
+    assert_eq!(boots[0].selector(), BootSelector::Pxe);
+    assert!(!boots[0].persistent());
+
+    // A quarter of the datagrams lost: the jobs still complete, by retransmission.
+    emu.set_loss(Loss::Spread { drop: 1, of: 4 });
+    let job = app
+        .request_boot_device(
+            &admin(),
+            m.id,
+            BootDeviceRequest {
+                device: BootTarget::Disk,
+                persistent: Some(true),
+                mode: Some(FirmwareMode::Uefi),
+            },
+        )
+        .await
+        .unwrap();
+    let off = app
+        .request_power(
+            &admin(),
+            m.id,
+            PowerRequest {
+                action: PowerOp::Off,
+                force: Some(true),
+            },
+        )
+        .await
+        .unwrap();
+    runner.drain().await.unwrap();
+    for id in [job.id, off.id] {
+        let j = app.job(&admin(), id).await.unwrap();
+        assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    }
+    assert!(!emu.power());
+    let flags = emu.boot_flags();
+    assert_eq!(flags.selector(), BootSelector::Disk);
+    assert!(flags.persistent() && flags.efi());
+    assert!(emu.stats().dropped > 0);
+}

@@ -112,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
 
     let settings = JobSettings {
         concurrency,
+        cluster_concurrency: None,
         call_timeout,
         power_wait: Duration::from_secs(30),
         power_poll: Duration::from_millis(500),

@@ -144,6 +144,9 @@ impl Connector for Drivers {
 pub struct JobSettings {
     /// Jobs running at once on this instance (each on a different BMC).
     pub concurrency: usize,
+    /// Jobs running at once across every instance sharing the database; `None`: no cap beyond
+    /// each instance's `concurrency`.
+    pub cluster_concurrency: Option<usize>,
     /// The longest one BMC call may take before it counts as a timeout.
     pub call_timeout: Duration,
     /// How long a power change may take to show in the BMC's power state.
@@ -163,6 +166,7 @@ impl Default for JobSettings {
     fn default() -> Self {
         JobSettings {
             concurrency: 64,
+            cluster_concurrency: None,
             call_timeout: Duration::from_secs(60),
             power_wait: Duration::from_secs(180),
             power_poll: Duration::from_secs(2),
@@ -442,14 +446,28 @@ impl JobRunner {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut conn = self.app.conn().await?;
+        let mut tx = self.app.begin().await?;
+        let mut limit = limit as i64;
+        if let Some(cap) = self.settings.cluster_concurrency {
+            let running = plinth_db::jobs::lock_and_count_running(&mut tx)
+                .await
+                .db()?;
+            limit = limit.min(cap as i64 - running);
+            if limit <= 0 {
+                return Ok(Vec::new());
+            }
+        }
         let claimed = plinth_db::jobs::claim(
-            &mut conn,
+            &mut tx,
             &self.worker,
-            limit as i64,
+            limit,
             self.settings.lease.as_secs_f64(),
         )
         .await;
+        let claimed = match claimed {
+            Ok(c) => tx.commit().await.map(|()| c),
+            Err(e) => Err(e),
+        };
         match claimed {
             Ok(c) => Ok(c),
             // Two instances raced for one machine: the unique index said no; try again later.

@@ -60,6 +60,7 @@ impl Connector for FakeConnector {
 fn settings() -> JobSettings {
     JobSettings {
         concurrency: 8,
+        cluster_concurrency: None,
         call_timeout: Duration::from_secs(2),
         power_wait: Duration::from_secs(2),
         power_poll: Duration::from_millis(10),
@@ -973,4 +974,31 @@ async fn ipmi_bmcs_through_the_real_driver() {
     assert_eq!(flags.selector(), BootSelector::Disk);
     assert!(flags.persistent() && flags.efi());
     assert!(emu.stats().dropped > 0);
+}
+
+#[tokio::test]
+async fn a_cluster_wide_cap_holds_across_instances() {
+    let mut s = settings();
+    s.cluster_concurrency = Some(3);
+    let w = world(s.clone()).await;
+    let mut fakes = Vec::new();
+    for n in 1..=8 {
+        fakes.push(w.enroll(n, PASSWORD).await);
+    }
+    for (_, f) in &fakes {
+        f.set_delay(Duration::from_millis(300));
+    }
+    // A second plinth instance on the same database.
+    let other = JobRunner::new(w.app.clone(), Arc::new(FakeConnector(w.fakes.clone())), s);
+    let (a, b) = tokio::join!(w.runner.run_once(), other.run_once());
+    assert_eq!(
+        a.unwrap() + b.unwrap(),
+        3,
+        "at most three jobs at once, in all"
+    );
+    let (a, b) = tokio::join!(w.runner.drain(), other.drain());
+    assert_eq!(a.unwrap() + b.unwrap(), 5);
+    for (id, _) in &fakes {
+        assert_eq!(w.jobs_of(*id).await[0].state, JobState::Succeeded);
+    }
 }

@@ -346,3 +346,19 @@ pub async fn bmc_firmware(
     .await?;
     Ok(row.map(|r| r.mode))
 }
+
+/// For a cap on running jobs across every instance: serializes claims for the rest of the
+/// caller's transaction (an advisory lock) and returns how many jobs are running now. Claim in
+/// the same transaction.
+pub async fn lock_and_count_running(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    // "plinth jobs" as a number: one advisory lock for every instance's claims
+    sqlx::query!("select pg_advisory_xact_lock(7001527451)")
+        .execute(&mut *conn)
+        .await?;
+    let n = sqlx::query_scalar!(
+        r#"select count(*) as "n!" from jobs where state = 'running' and lease_until > now()"#
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(n)
+}

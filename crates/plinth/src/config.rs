@@ -357,6 +357,10 @@ pub struct BmcConfig {
     /// BMC jobs running at once on this instance (each on a different BMC).
     #[serde(default = "default_job_concurrency")]
     pub concurrency: usize,
+    /// BMC jobs running at once across every instance sharing the database; 0: no cap beyond
+    /// each instance's `concurrency`.
+    #[serde(default)]
+    pub cluster_concurrency: usize,
     /// The longest one BMC call may take (a Redfish call can take 30 s on a busy BMC).
     #[serde(default = "default_call_timeout")]
     pub call_timeout_secs: u64,
@@ -422,6 +426,7 @@ impl Default for BmcConfig {
             secret_key: None,
             secret_key_file: None,
             concurrency: default_job_concurrency(),
+            cluster_concurrency: 0,
             call_timeout_secs: default_call_timeout(),
             ipmi_retries: default_ipmi_retries(),
             power_wait_secs: default_power_wait(),
@@ -461,6 +466,7 @@ impl BmcConfig {
     pub fn job_settings(&self) -> plinth_core::workers::JobSettings {
         plinth_core::workers::JobSettings {
             concurrency: self.concurrency,
+            cluster_concurrency: (self.cluster_concurrency > 0).then_some(self.cluster_concurrency),
             call_timeout: Duration::from_secs(self.call_timeout_secs),
             power_wait: Duration::from_secs(self.power_wait_secs),
             power_poll: Duration::from_secs(2),

@@ -31,9 +31,10 @@ pub struct RedfishConfig {
     pub base_url: String,
     pub username: String,
     pub password: String,
-    /// Self-signed BMC certificates are the norm: off unless a CA is configured.
+    /// Verify the BMC's certificate (self-signed BMC certificates are the norm: plinth's
+    /// per-BMC switch turns this off).
     pub verify_tls: bool,
-    /// A PEM CA to trust for this BMC.
+    /// PEM CA certificates to trust for this BMC, besides the system's (when verifying).
     pub ca_pem: Option<Vec<u8>>,
     /// The ComputerSystem, e.g. `/redfish/v1/Systems/1`; default: the first in `Systems`.
     pub system: Option<String>,
@@ -242,12 +243,20 @@ impl Redfish {
         let mut b = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)));
-        if let Some(pem) = &cfg.ca_pem {
-            let ca = reqwest::Certificate::from_pem(pem)
-                .map_err(|_| BmcError::Protocol("the configured CA is not PEM".into()))?;
-            b = b.add_root_certificate(ca);
-        } else if !cfg.verify_tls {
+        if !cfg.verify_tls {
             b = b.danger_accept_invalid_certs(true);
+        } else if let Some(pem) = &cfg.ca_pem {
+            // A bundle may hold several CAs.
+            let cas = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|_| BmcError::Protocol("the configured CA is not PEM".into()))?;
+            if cas.is_empty() {
+                return Err(BmcError::Protocol(
+                    "the configured CA file holds no certificate".into(),
+                ));
+            }
+            for ca in cas {
+                b = b.add_root_certificate(ca);
+            }
         }
         let http = b
             .build()

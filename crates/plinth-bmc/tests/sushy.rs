@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use plinth_bmc::redfish::{Redfish, RedfishConfig};
 use plinth_bmc::{Bmc, BmcError, BootDevice, BootMode, PowerAction, PowerState, set_boot_verified};
 
-use plinth_testkit::sushy::{MAC, Sushy, UUID};
+use plinth_testkit::sushy::{MAC, Sushy, TestCa, UUID};
 
 fn start(auth: Option<(&str, &str)>) -> Sushy {
     Sushy::start(auth).unwrap()
@@ -96,4 +96,52 @@ async fn without_authentication() {
     let s = start(None);
     let bmc = driver(s.port, "anyone", "anything");
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
+}
+
+#[tokio::test]
+async fn tls_verification_and_a_custom_ca() {
+    let ca = TestCa::new().unwrap();
+    let s = Sushy::start_with(Some(("admin", "s3cret")), Some(&ca)).unwrap();
+    let with = |verify_tls: bool, ca_pem: Option<Vec<u8>>| {
+        Redfish::new(RedfishConfig {
+            base_url: s.url(),
+            username: "admin".into(),
+            password: "s3cret".into(),
+            verify_tls,
+            ca_pem,
+            system: None,
+            timeout: Duration::from_secs(30),
+        })
+        .unwrap()
+    };
+    assert!(s.url().starts_with("https://"));
+    // Verifying against the system's CAs only: the BMC's certificate is refused.
+    let e = with(true, None).power_state().await.unwrap_err();
+    assert!(matches!(e, BmcError::Unreachable(_)), "{e:?}");
+    // With the CA that signed it: trusted.
+    assert_eq!(
+        with(true, Some(ca.ca_pem.clone()))
+            .power_state()
+            .await
+            .unwrap(),
+        PowerState::Off
+    );
+    // Verification off (the per-BMC switch for self-signed certificates), CA or not.
+    assert_eq!(
+        with(false, None).power_state().await.unwrap(),
+        PowerState::Off
+    );
+    // A CA file that is not PEM is a clear error, before any request.
+    let e = Redfish::new(RedfishConfig {
+        base_url: s.url(),
+        username: "admin".into(),
+        password: "s3cret".into(),
+        verify_tls: true,
+        ca_pem: Some(b"not a certificate".to_vec()),
+        system: None,
+        timeout: Duration::from_secs(5),
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(e, BmcError::Protocol(m) if m.contains("CA")));
 }

@@ -126,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(Drivers {
             timeout: call_timeout,
             ipmi_retries: 3,
+            ca_pem: None,
         }),
         settings,
     );

@@ -62,6 +62,8 @@ pub struct Drivers {
     pub timeout: Duration,
     /// IPMI datagrams are sent `ipmi_retries + 1` times before the BMC counts as unreachable.
     pub ipmi_retries: u32,
+    /// PEM CA certificates trusted for Redfish BMCs whose certificate is verified.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for Drivers {
@@ -69,6 +71,7 @@ impl Default for Drivers {
         Drivers {
             timeout: Duration::from_secs(30),
             ipmi_retries: 3,
+            ca_pem: None,
         }
     }
 }
@@ -96,7 +99,7 @@ impl Connector for Drivers {
                         username: t.username.clone(),
                         password: t.password.clone(),
                         verify_tls: t.verify_tls,
-                        ca_pem: None,
+                        ca_pem: self.ca_pem.clone(),
                         system: None,
                         timeout: self.timeout,
                     })?;

@@ -873,6 +873,7 @@ async fn ipmi_bmcs_through_the_real_driver() {
     let drivers = plinth_core::workers::Drivers {
         timeout: Duration::from_millis(300),
         ipmi_retries: 6,
+        ca_pem: None,
     };
     let mut s = settings();
     s.call_timeout = Duration::from_secs(10);

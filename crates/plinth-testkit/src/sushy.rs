@@ -30,6 +30,86 @@ pub struct Sushy {
     child: Child,
     pub port: u16,
     dir: tempfile::TempDir,
+    tls: bool,
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, made with openssl.
+pub struct TestCa {
+    pub ca_pem: Vec<u8>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new() -> anyhow::Result<TestCa> {
+        let dir = tempfile::tempdir()?;
+        let p = |n: &str| dir.path().join(n);
+        let run = |args: &[&str]| -> anyhow::Result<()> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()?;
+            if !out.status.success() {
+                bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=plinth test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ])?;
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "bmc.key",
+            "-out",
+            "bmc.csr",
+        ])?;
+        std::fs::write(
+            p("ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "bmc.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+            "-out",
+            "bmc.pem",
+        ])?;
+        Ok(TestCa {
+            ca_pem: std::fs::read(p("ca.pem"))?,
+            cert: p("bmc.pem"),
+            key: p("bmc.key"),
+            _dir: dir,
+        })
+    }
 }
 
 impl Drop for Sushy {
@@ -58,6 +138,11 @@ fn bcrypt_hash(password: &str) -> anyhow::Result<String> {
 impl Sushy {
     /// Starts the emulator with one system, powered off; `auth`: (user, password) required.
     pub fn start(auth: Option<(&str, &str)>) -> anyhow::Result<Sushy> {
+        Sushy::start_with(auth, None)
+    }
+
+    /// With `tls`, over HTTPS with that CA's certificate for 127.0.0.1.
+    pub fn start_with(auth: Option<(&str, &str)>, tls: Option<&TestCa>) -> anyhow::Result<Sushy> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -79,6 +164,13 @@ impl Sushy {
                 file.display()
             ));
         }
+        if let Some(ca) = tls {
+            conf.push_str(&format!(
+                "SUSHY_EMULATOR_SSL_CERT = '{}'\nSUSHY_EMULATOR_SSL_KEY = '{}'\n",
+                ca.cert.display(),
+                ca.key.display()
+            ));
+        }
         let conf_file = dir.path().join("conf.py");
         std::fs::write(&conf_file, conf)?;
         let child = Command::new(emulator()?)
@@ -88,7 +180,12 @@ impl Sushy {
             .stderr(std::fs::File::create(dir.path().join("log"))?)
             .spawn()
             .context("starting sushy-emulator")?;
-        let s = Sushy { child, port, dir };
+        let s = Sushy {
+            child,
+            port,
+            dir,
+            tls: tls.is_some(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
@@ -100,7 +197,8 @@ impl Sushy {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// What the emulator wrote to stderr (its request log).

@@ -354,6 +354,9 @@ pub struct BmcConfig {
     pub secret_key: Option<String>,
     /// A file holding that key; default `<state_dir>/bmc-secret.key`, made on first start.
     pub secret_key_file: Option<PathBuf>,
+    /// PEM CA certificates to trust for Redfish BMCs whose TLS is verified (besides the
+    /// system's); a BMC enrolled with `verify_tls: false` is not verified at all.
+    pub ca_file: Option<PathBuf>,
     /// BMC jobs running at once on this instance (each on a different BMC).
     #[serde(default = "default_job_concurrency")]
     pub concurrency: usize,
@@ -425,6 +428,7 @@ impl Default for BmcConfig {
         BmcConfig {
             secret_key: None,
             secret_key_file: None,
+            ca_file: None,
             concurrency: default_job_concurrency(),
             cluster_concurrency: 0,
             call_timeout_secs: default_call_timeout(),
@@ -456,11 +460,23 @@ impl BmcConfig {
         Ok(())
     }
 
-    pub fn drivers(&self) -> plinth_core::workers::Drivers {
-        plinth_core::workers::Drivers {
+    pub fn drivers(&self) -> anyhow::Result<plinth_core::workers::Drivers> {
+        let ca_pem = match &self.ca_file {
+            Some(p) => {
+                let pem =
+                    std::fs::read(p).with_context(|| format!("bmc.ca_file {}", p.display()))?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    bail!("bmc.ca_file {}: no PEM certificate in it", p.display());
+                }
+                Some(pem)
+            }
+            None => None,
+        };
+        Ok(plinth_core::workers::Drivers {
             timeout: Duration::from_secs(self.call_timeout_secs),
             ipmi_retries: self.ipmi_retries,
-        }
+            ca_pem,
+        })
     }
 
     pub fn job_settings(&self) -> plinth_core::workers::JobSettings {
@@ -568,6 +584,7 @@ impl std::fmt::Debug for BmcConfig {
                 &self.secret_key.as_ref().map(|_| "<redacted>"),
             )
             .field("secret_key_file", &self.secret_key_file)
+            .field("ca_file", &self.ca_file)
             .field("concurrency", &self.concurrency)
             .field("call_timeout_secs", &self.call_timeout_secs)
             .field("lease_secs", &self.lease_secs)
@@ -903,6 +920,42 @@ mod tests {
             parse_env_value("postgres://u@h/db?host=/run").as_str(),
             Some("postgres://u@h/db?host=/run")
         );
+    }
+
+    #[test]
+    fn bmc_job_settings_and_ca_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = load(
+            None,
+            env(&[
+                ("PLINTH_BMC__CONCURRENCY", "8"),
+                ("PLINTH_BMC__SYNC_INTERVAL_SECS", "0"),
+                ("PLINTH_BMC__CLUSTER_CONCURRENCY", "100"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.bmc.job_settings().concurrency, 8);
+        assert_eq!(c.bmc.job_settings().cluster_concurrency, Some(100));
+        assert!(
+            c.bmc.sync_settings().is_none(),
+            "0 turns the power sync off"
+        );
+        assert!(c.bmc.drivers().unwrap().ca_pem.is_none());
+        let e = load(None, env(&[("PLINTH_BMC__CONCURRENCY", "0")])).unwrap_err();
+        assert!(format!("{e:#}").contains("bmc.concurrency"), "{e:#}");
+
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "hello").unwrap();
+        let c = load(None, env(&[("PLINTH_BMC__CA_FILE", bad.to_str().unwrap())])).unwrap();
+        let e = c.bmc.drivers().unwrap_err();
+        assert!(format!("{e:#}").contains("no PEM certificate"), "{e:#}");
+        let missing = dir.path().join("missing.pem");
+        let c = load(
+            None,
+            env(&[("PLINTH_BMC__CA_FILE", missing.to_str().unwrap())]),
+        )
+        .unwrap();
+        assert!(format!("{:#}", c.bmc.drivers().unwrap_err()).contains("missing.pem"));
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
     {
         // BMC jobs, and the power sync: every instance runs them; the database shares the work.
         let connector: std::sync::Arc<dyn plinth_core::workers::Connector> =
-            std::sync::Arc::new(c.bmc.drivers());
+            std::sync::Arc::new(c.bmc.drivers()?);
         let runner = plinth_core::workers::JobRunner::new(
             app.clone(),
             connector.clone(),

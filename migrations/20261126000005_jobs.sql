@@ -59,3 +59,5 @@ alter table bmcs
     add column identity_at timestamptz;
 
 create index bmcs_next_poll_idx on bmcs (next_poll_at);
+-- a technician searches by the serial on the sticker, before any inspection
+create index bmcs_serial_idx on bmcs ((identity ->> 'serial'));

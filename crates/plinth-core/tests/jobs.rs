@@ -209,6 +209,52 @@ async fn enrollment_checks_the_bmc_and_reads_its_identity() {
             .await
             .contains(&"bmc_job_succeeded".to_string())
     );
+    // The serial on the sticker finds the machine before any inspection.
+    let found = w
+        .app
+        .list_machines(
+            &admin(),
+            plinth_core::machines::MachineQuery {
+                q: Some(format!("SN-{}", &id.to_string()[..8])),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .machines;
+    assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
+}
+
+#[tokio::test]
+async fn no_transaction_stays_open_while_a_bmc_is_called() {
+    let w = world(settings()).await;
+    let (a, fa) = w.enroll(1, PASSWORD).await;
+    fa.set_delay(Duration::from_millis(1500));
+    let runner = w.runner.clone();
+    let run = tokio::spawn(async move { runner.run_once().await });
+    // Wait until the job is in its BMC call, then look at every session of the database.
+    for _ in 0..100 {
+        if !fa.calls().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fa.calls(), vec![Call::Identity]);
+    assert_eq!(w.jobs_of(a).await[0].state, JobState::Running);
+    let open: Vec<(String, Option<String>)> = sqlx::query_as(
+        "select state, query from pg_stat_activity
+         where datname = current_database() and pid <> pg_backend_pid()
+           and state like 'idle in transaction%'",
+    )
+    .fetch_all(w.app.pool())
+    .await
+    .unwrap();
+    assert!(
+        open.is_empty(),
+        "transactions open during a BMC call: {open:?}"
+    );
+    assert_eq!(run.await.unwrap().unwrap(), 1);
+    assert_eq!(w.jobs_of(a).await[0].state, JobState::Succeeded);
 }
 
 #[tokio::test]

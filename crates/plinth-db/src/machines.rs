@@ -148,7 +148,8 @@ pub struct ListFilter {
     pub rack: Option<String>,
     pub pool: Option<String>,
     pub tag: Option<String>,
-    /// Free text: matched against hostname (substring), serial (exact) and MAC (exact, canonical).
+    /// Free text: matched against hostname (substring), serial (exact: inspected, or as the BMC
+    /// reports it) and MAC (exact, canonical).
     pub q: Option<String>,
     pub q_mac: Option<String>,
     /// Only machines in allocations made by this token.
@@ -176,6 +177,7 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<Machine
              and ($5::text is null
                   or m.hostname ilike $5
                   or m.facts -> 'system' ->> 'serial' = $6
+                  or exists (select 1 from bmcs b where b.machine_id = m.id and b.identity ->> 'serial' = $6)
                   or ($7::text is not null and exists (
                         select 1 from nics n where n.machine_id = m.id and n.active and n.mac = $7::text::macaddr)))
              and ($8::uuid is null or m.allocation_id in (select a.id from allocations a where a.owner_token_id = $8))

@@ -159,6 +159,25 @@ async fn power_and_boot_against_ipmi_sim() {
     assert!(id.uuid.is_some(), "{id:?}");
 }
 
+/// What plinth's workers use: suite 17 first. ipmi_sim has no SHA-256 and says so in Open
+/// Session; the driver falls back to suite 3 and keeps it.
+#[tokio::test]
+async fn the_strongest_suite_falls_back_to_3_on_ipmi_sim() {
+    let sim = start();
+    let bmc = Ipmi::strongest(IpmiConfig {
+        addr: format!("127.0.0.1:{}", sim.port).parse().unwrap(),
+        username: "admin".into(),
+        password: "password".into(),
+        timeout: Duration::from_millis(500),
+        retries: 2,
+        cipher_suite: CipherSuite::Seventeen,
+    });
+    assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
+    assert_eq!(bmc.cipher_suite().await, CipherSuite::Three);
+    bmc.power(PowerAction::On).await.unwrap();
+    assert_eq!(file(sim.dir.path(), "power"), "1");
+}
+
 #[tokio::test]
 async fn a_wrong_password_is_an_auth_error() {
     let sim = start();

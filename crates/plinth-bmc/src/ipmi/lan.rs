@@ -163,7 +163,10 @@ impl Session {
         // Open Session with the configured suite.
         let suite = cfg.cipher_suite;
         let console_sid = u32::from_le_bytes(random::<4>()) | 1;
-        let mut open = vec![0x00, 0x04, 0, 0];
+        // The message tag matches an answer to this request even where a BMC leaves the
+        // console session ID out of an error answer (ipmi_sim does, refusing suite 17).
+        let tag = random::<1>()[0] | 1;
+        let mut open = vec![tag, 0x04, 0, 0];
         open.extend_from_slice(&console_sid.to_le_bytes());
         let algorithms = suite.open_session_payloads();
         open.extend_from_slice(&algorithms);
@@ -176,7 +179,9 @@ impl Session {
                     payload_type: payload::OPEN_SESSION_RESPONSE,
                     payload: r,
                     ..
-                }) if r.get(4..8) == Some(&console_sid.to_le_bytes()[..]) => {
+                }) if r.get(4..8) == Some(&console_sid.to_le_bytes()[..])
+                    || (r.len() >= 2 && r[0] == tag && r[1] != 0) =>
+                {
                     Some(match (r[1], r.get(8..12), r.get(12..36)) {
                         (0, Some(sid), Some(chosen)) if chosen == algorithms => {
                             Ok(u32::from_le_bytes([sid[0], sid[1], sid[2], sid[3]]))

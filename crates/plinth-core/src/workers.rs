@@ -806,6 +806,8 @@ pub struct SyncSettings {
     pub call_timeout: Duration,
     /// How often the loop looks for due BMCs.
     pub tick: Duration,
+    /// After wrong credentials, the next poll waits this long (unless the credentials change).
+    pub auth_hold: Duration,
 }
 
 impl Default for SyncSettings {
@@ -817,6 +819,7 @@ impl Default for SyncSettings {
             concurrency: 32,
             call_timeout: Duration::from_secs(30),
             tick: Duration::from_secs(1),
+            auth_hold: Duration::from_secs(3600),
         }
     }
 }
@@ -956,11 +959,15 @@ impl PowerSync {
             }
             Err(f) => {
                 out.failed = true;
+                // Wrong credentials: not again every interval (BMCs lock the account after a
+                // few failures); a change of credentials makes the BMC due at once.
+                let hold = (f.kind == "auth").then_some(self.settings.auth_hold.as_secs_f64());
                 let marked = plinth_db::bmcs::record_failure(
                     &mut tx,
                     b.machine_id,
                     &f.message,
                     self.settings.failures_before_unreachable,
+                    hold,
                 )
                 .await
                 .db()?;

@@ -848,6 +848,7 @@ async fn power_sync_records_changes_and_reachability() {
             concurrency: 4,
             call_timeout: Duration::from_millis(300),
             tick: Duration::from_millis(50),
+            auth_hold: Duration::from_secs(3600),
         },
     );
     let r = sync.run_once().await.unwrap();
@@ -1048,4 +1049,56 @@ async fn a_cluster_wide_cap_holds_across_instances() {
     for (id, _) in &fakes {
         assert_eq!(w.jobs_of(*id).await[0].state, JobState::Succeeded);
     }
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_not_polled_every_minute() {
+    let w = world(settings()).await;
+    let (good, _) = w.enroll(1, PASSWORD).await;
+    let (bad, _) = w.enroll(2, "locked-out-soon").await;
+    let sync = PowerSync::new(
+        w.app.clone(),
+        Arc::new(FakeConnector(w.fakes.clone())),
+        SyncSettings::default(),
+    );
+    let r = sync.run_once().await.unwrap();
+    assert_eq!((r.polled, r.failed), (2, 1));
+    let next = |id: Uuid| {
+        let pool = w.app.pool().clone();
+        async move {
+            let secs: f64 = sqlx::query_scalar(
+                "select extract(epoch from next_poll_at - now())::float8 from bmcs where machine_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            secs
+        }
+    };
+    let g = next(good).await;
+    assert!((40.0..=80.0).contains(&g), "a minute, jittered: {g}");
+    let b = next(bad).await;
+    assert!(b > 3000.0, "an hour after wrong credentials: {b}");
+    // New credentials make it due at once.
+    w.app
+        .update_machine(
+            &admin(),
+            bad,
+            MachinePatch {
+                bmc: Some(Some(BmcSpec {
+                    protocol: BmcProtocol::Redfish,
+                    address: "10.9.0.2".into(),
+                    username: "root".into(),
+                    password: PASSWORD.into(),
+                    verify_tls: Some(false),
+                })),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(next(bad).await <= 0.0);
+    let r = sync.run_once().await.unwrap();
+    assert_eq!((r.polled, r.failed), (1, 0));
 }

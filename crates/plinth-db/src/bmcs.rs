@@ -178,23 +178,29 @@ pub async fn record_ok(
     Ok(row.map(|r| (r.old_power, r.old_reachable)))
 }
 
-/// Records a failed poll. When the failures reach `threshold` and the BMC was not already
-/// marked unreachable, marks it so and returns true (the caller records the event).
+/// Records a failed poll; with `hold_secs`, the next poll waits that long (wrong credentials
+/// are not tried every minute: BMCs lock accounts). When the failures reach `threshold` and the
+/// BMC was not already marked unreachable, marks it so and returns true (the caller records
+/// the event).
 pub async fn record_failure(
     conn: &mut PgConnection,
     machine_id: Uuid,
     error: &str,
     threshold: i32,
+    hold_secs: Option<f64>,
 ) -> Result<bool, sqlx::Error> {
     let row = sqlx::query!(
         r#"with old as (select reachable from bmcs where machine_id = $1 for update)
            update bmcs set consecutive_failures = consecutive_failures + 1, last_error = $2,
-               reachable = case when consecutive_failures + 1 >= $3 then false else bmcs.reachable end
+               reachable = case when consecutive_failures + 1 >= $3 then false else bmcs.reachable end,
+               next_poll_at = case when $4::float8 is null then bmcs.next_poll_at
+                                   else now() + make_interval(secs => $4::float8) end
            from old where bmcs.machine_id = $1
            returning bmcs.reachable as "now?", old.reachable as "old?""#,
         machine_id,
         error,
-        threshold
+        threshold,
+        hold_secs
     )
     .fetch_optional(conn)
     .await?;

@@ -502,6 +502,7 @@ impl BmcConfig {
             concurrency: self.sync_concurrency,
             call_timeout: Duration::from_secs(self.call_timeout_secs),
             tick: Duration::from_secs(1),
+            auth_hold: Duration::from_secs(3600),
         })
     }
 }

@@ -22,6 +22,24 @@ const FAST: &[(&str, &str)] = &[
 ];
 
 fn enroll(serve: &Serve, token: &str, n: u8, address: &str, password: &str) -> String {
+    enroll_mac(
+        serve,
+        token,
+        n,
+        &format!("52:54:00:aa:00:{n:02x}"),
+        address,
+        password,
+    )
+}
+
+fn enroll_mac(
+    serve: &Serve,
+    token: &str,
+    n: u8,
+    mac: &str,
+    address: &str,
+    password: &str,
+) -> String {
     let out = serve.cli_env(
         token,
         &[
@@ -30,7 +48,7 @@ fn enroll(serve: &Serve, token: &str, n: u8, address: &str, password: &str) -> S
             "--hostname",
             &format!("bmc-test-{n}"),
             "--nic",
-            &format!("52:54:00:aa:00:{n:02x}"),
+            mac,
             "--bmc-protocol",
             "redfish",
             "--bmc-address",
@@ -121,7 +139,7 @@ fn power_and_boot_device_through_plinth_against_sushy() {
     let token = create_token(dir.path(), Some(&db.url), "tech", "admin");
 
     // Enrollment checks the BMC and reads what it says about the machine.
-    let id = enroll(&serve, &token, 1, &bmc.url(), PASSWORD);
+    let id = enroll_mac(&serve, &token, 1, sushy::MAC, &bmc.url(), PASSWORD);
     let jobs = wait_jobs(&serve, &token, &id, all_finished);
     assert_eq!(jobs.len(), 1);
     assert_eq!(
@@ -134,6 +152,21 @@ fn power_and_boot_device_through_plinth_against_sushy() {
     assert_eq!(m["bmc"]["identity"]["macs"][0], sushy::MAC);
     assert_eq!(m["bmc"]["reachable"], true);
     assert_eq!(m["bmc"]["power_state"], "off");
+    // Its NIC is the one enrolled: no mismatch. A machine enrolled with another NIC behind the
+    // same BMC gets the warning.
+    let other = enroll(&serve, &token, 3, &bmc.url(), PASSWORD);
+    wait_jobs(&serve, &token, &other, all_finished);
+    let kinds = |id: &str| -> Vec<String> {
+        let ev = json(&serve.cli_ok(&token, &["machine", "events", id, "-o", "json"]));
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(!kinds(&id).contains(&"bmc_identity_mismatch".to_owned()));
+    assert!(kinds(&other).contains(&"bmc_identity_mismatch".to_owned()));
 
     // Boot device and power from the CLI, waiting for the jobs.
     let out = serve.cli_ok(

@@ -536,6 +536,7 @@ impl JobRunner {
                     plinth_db::bmcs::set_identity(&mut tx, j.machine_id, identity)
                         .await
                         .db()?;
+                    check_identity_macs(&mut tx, j.machine_id, identity).await?;
                 }
                 let old =
                     plinth_db::bmcs::record_ok(&mut tx, j.machine_id, done.power.map(power_str))
@@ -747,6 +748,46 @@ impl JobRunner {
         }
         Ok(())
     }
+}
+
+/// A BMC that reports NICs none of which is enrolled for the machine is probably another
+/// machine's (a swapped address or cable): worth an event before anything is powered.
+async fn check_identity_macs(
+    tx: &mut plinth_db::PgConnection,
+    machine_id: Uuid,
+    identity: &serde_json::Value,
+) -> Result<()> {
+    let reported: Vec<String> = identity["macs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.as_str().map(str::to_ascii_lowercase))
+                .collect()
+        })
+        .unwrap_or_default();
+    if reported.is_empty() {
+        return Ok(());
+    }
+    let enrolled: Vec<String> = plinth_db::nics::for_machines(tx, &[machine_id])
+        .await
+        .db()?
+        .into_iter()
+        .map(|n| n.mac)
+        .collect();
+    if enrolled.is_empty() || enrolled.iter().any(|m| reported.contains(m)) {
+        return Ok(());
+    }
+    tracing::warn!(%machine_id, ?reported, ?enrolled, "the BMC reports none of the machine's enrolled MACs");
+    event(
+        tx,
+        machine_id,
+        "bmc_identity_mismatch",
+        json!({
+            "bmc_macs": reported, "enrolled_macs": enrolled,
+            "hint": "the BMC at this address reports none of the machine's enrolled NICs: is it this machine's BMC?",
+        }),
+    )
+    .await
 }
 
 /// LISTEN jobs: each NOTIFY wakes the runner. Reconnects after errors.

@@ -1102,3 +1102,31 @@ async fn wrong_credentials_are_not_polled_every_minute() {
     let r = sync.run_once().await.unwrap();
     assert_eq!((r.polled, r.failed), (1, 0));
 }
+
+#[tokio::test]
+async fn a_bmc_reporting_another_machines_nics_is_flagged() {
+    let w = world(settings()).await;
+    let (right, _) = w.enroll(1, PASSWORD).await;
+    let (swapped, _) = w.enroll(2, PASSWORD).await;
+    // The first BMC reports the machine's own NIC (and another); the second, a stranger's.
+    for (id, macs) in [(right, vec![mac(9), mac(1)]), (swapped, vec![mac(7)])] {
+        let f = Arc::new(FakeBmc::new(Identity {
+            manufacturer: None,
+            model: None,
+            serial: None,
+            uuid: None,
+            macs,
+        }));
+        w.fakes.bmcs.lock().unwrap().insert(id, f);
+    }
+    w.runner.drain().await.unwrap();
+    assert!(
+        w.events_of_kind(right, "bmc_identity_mismatch")
+            .await
+            .is_empty()
+    );
+    let ev = w.events_of_kind(swapped, "bmc_identity_mismatch").await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].details["bmc_macs"][0], mac(7).to_string());
+    assert_eq!(ev[0].details["enrolled_macs"][0], mac(2).to_string());
+}

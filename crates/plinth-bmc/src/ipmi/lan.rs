@@ -80,7 +80,12 @@ fn completion_error(cc: u8) -> BmcError {
 /// RMCP+ status codes of the session set-up messages (13.24).
 fn status_error(step: &str, status: u8, suite: CipherSuite) -> BmcError {
     match status {
-        0x0d | 0x0e | 0x12 | 0x0f => BmcError::Auth,
+        // Unauthorized name or GUID; an integrity check value that does not match (the
+        // password).
+        0x0d..=0x0f => BmcError::Auth,
+        0x09..=0x0b => BmcError::Rejected(format!(
+            "{step}: the user may not have the administrator role (RMCP+ status {status:#04x})"
+        )),
         // Invalid authentication, integrity or confidentiality algorithm; no matching suite.
         0x04 | 0x05 | 0x10 | 0x11 => {
             BmcError::Unsupported(format!("{suite} (RMCP+ status {status:#04x})"))

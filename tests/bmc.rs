@@ -337,6 +337,13 @@ fn a_job_running_when_plinth_dies_is_run_again_after_restart() {
     wait_jobs(&serve, &token, &id, |j| {
         j.last().is_some_and(|j| j["state"] == "running")
     });
+    // A running job is not cancelled half-way.
+    let out = serve.cli(&token, &["job", "cancel", &job_id]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("job_running"),
+        "{out:?}"
+    );
     serve.kill();
     bmc.knobs(|k| k.delay = Duration::ZERO);
     assert_eq!(bmc.power(), "Off");

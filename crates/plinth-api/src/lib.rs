@@ -34,7 +34,7 @@ use crate::error::ApiError;
         v1::create_token, v1::list_tokens, v1::revoke_token,
         v1::create_subnet, v1::list_subnets, v1::get_subnet, v1::update_subnet, v1::delete_subnet, v1::list_leases,
         v1::list_images, v1::register_image, v1::upload_image, v1::get_image, v1::delete_image,
-        v1::power, v1::boot_device, v1::get_job, v1::list_jobs,
+        v1::power, v1::boot_device, v1::get_job, v1::list_jobs, v1::cancel_job,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -114,6 +114,7 @@ pub fn router(app: App) -> Router {
         .route("/machines/{id}/boot-device", p(v1::boot_device))
         .route("/jobs", g(v1::list_jobs))
         .route("/jobs/{id}", g(v1::get_job))
+        .route("/jobs/{id}/cancel", p(v1::cancel_job))
         .route("/events", g(v1::events))
         .route("/allocations", p(v1::allocate).get(v1::list_allocations))
         .route(

@@ -580,6 +580,18 @@ pub async fn get_job(
     Ok(Json(app.job(&who, id).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Job, description = "cancelled, with the later jobs of its chain"),
+              (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "job_running or job_finished")))]
+pub async fn cancel_job(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Job>> {
+    Ok(Json(app.cancel_job(&who, id).await?))
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct JobParams {

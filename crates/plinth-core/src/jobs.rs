@@ -284,6 +284,53 @@ impl App {
         to_api(row)
     }
 
+    /// `POST /jobs/{id}/cancel`: a queued job (and the later jobs of its chain) will not run.
+    /// A running job is not interrupted (a BMC half-way through a change is worse than one
+    /// that finishes it); it ends within its call timeout.
+    pub async fn cancel_job(&self, who: &Principal, id: Uuid) -> Result<Job> {
+        who.require(Permission::ControlPower)?;
+        let mut tx = self.begin().await?;
+        let job = self.job(who, id).await?;
+        let reason = format!("cancelled by {}", who.name);
+        let Some(later) = plinth_db::jobs::cancel_queued(&mut tx, id, &reason)
+            .await
+            .db()?
+        else {
+            let (code, msg) = if job.state == JobState::Running {
+                (
+                    "job_running",
+                    "the job is running: it cannot be stopped half-way, and ends within its call timeout",
+                )
+            } else {
+                ("job_finished", "the job has already finished")
+            };
+            return Err(Error::conflict(
+                code,
+                format!("{msg} (state {})", job.state.as_str()),
+            ));
+        };
+        plinth_db::events::insert(
+            &mut tx,
+            plinth_db::events::NewEvent {
+                actor: &who.name,
+                machine_id: Some(job.machine_id),
+                kind: "bmc_job_cancelled",
+                from_state: None,
+                to_state: None,
+                details: json!({ "job": id, "kind": job.kind, "params": job.params, "cancelled_after_it": later }),
+            },
+        )
+        .await
+        .db()?;
+        let row = plinth_db::jobs::get(&mut tx, id)
+            .await
+            .db()?
+            .ok_or_else(Error::internal)?;
+        tx.commit().await.db()?;
+        tracing::info!(job_id = %id, actor = %who.name, "job cancelled");
+        to_api(row)
+    }
+
     /// `GET /jobs?machine=&state=&limit=&cursor=`, newest first.
     pub async fn jobs(&self, who: &Principal, q: JobQuery) -> Result<JobPage> {
         let mut conn = self.conn().await?;

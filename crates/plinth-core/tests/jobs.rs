@@ -1130,3 +1130,79 @@ async fn a_bmc_reporting_another_machines_nics_is_flagged() {
     assert_eq!(ev[0].details["bmc_macs"][0], mac(7).to_string());
     assert_eq!(ev[0].details["enrolled_macs"][0], mac(2).to_string());
 }
+
+#[tokio::test]
+async fn queued_jobs_can_be_cancelled_running_ones_finish() {
+    let w = world(settings()).await;
+    let (a, fa) = w.enroll(1, PASSWORD).await;
+    w.runner.drain().await.unwrap();
+    w.app
+        .act(
+            &admin(),
+            a,
+            Action {
+                verb: Verb::Inspect,
+                expected_version: None,
+                reason: None,
+            },
+        )
+        .await
+        .unwrap();
+    let jobs = w.jobs_of(a).await;
+    let (boot, power) = (&jobs[1], &jobs[2]);
+    let c = w.app.cancel_job(&admin(), boot.id).await.unwrap();
+    assert_eq!(c.state, JobState::Cancelled);
+    assert_eq!(c.last_error.as_deref(), Some("cancelled by tech-anna"));
+    assert_eq!(
+        w.app.job(&admin(), power.id).await.unwrap().state,
+        JobState::Cancelled,
+        "the rest of the action goes with it"
+    );
+    assert_eq!(w.runner.drain().await.unwrap(), 0);
+    assert!(
+        !fa.calls()
+            .iter()
+            .any(|c| matches!(c, Call::SetBoot { .. } | Call::Power(_)))
+    );
+    let ev = w.events_of_kind(a, "bmc_job_cancelled").await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].actor, "tech-anna");
+
+    let err = w.app.cancel_job(&admin(), boot.id).await.unwrap_err();
+    assert_eq!((err.kind, err.code), (ErrorKind::Conflict, "job_finished"));
+    // A running job is not interrupted.
+    fa.set_delay(Duration::from_millis(800));
+    let on = w
+        .app
+        .request_power(
+            &admin(),
+            a,
+            PowerRequest {
+                action: PowerOp::On,
+                force: None,
+            },
+        )
+        .await
+        .unwrap();
+    let runner = w.runner.clone();
+    let run = tokio::spawn(async move { runner.run_once().await });
+    for _ in 0..100 {
+        if w.app.job(&admin(), on.id).await.unwrap().state == JobState::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let err = w.app.cancel_job(&admin(), on.id).await.unwrap_err();
+    assert_eq!(err.code, "job_running");
+    run.await.unwrap().unwrap();
+    assert_eq!(
+        w.app.job(&admin(), on.id).await.unwrap().state,
+        JobState::Succeeded
+    );
+    let err = w
+        .app
+        .cancel_job(&admin(), Uuid::new_v4())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound);
+}

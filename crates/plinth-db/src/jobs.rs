@@ -362,3 +362,39 @@ pub async fn lock_and_count_running(conn: &mut PgConnection) -> Result<i64, sqlx
     .await?;
     Ok(n)
 }
+
+/// Cancels a queued job (and the queued jobs after it in its chain). `None` when the job is
+/// not queued (any more).
+pub async fn cancel_queued(
+    conn: &mut PgConnection,
+    id: Uuid,
+    reason: &str,
+) -> Result<Option<Vec<Uuid>>, sqlx::Error> {
+    let row = sqlx::query!(
+        "update jobs set state = 'cancelled', finished_at = now(), updated_at = now(),
+             last_error = $2
+         where id = $1 and state = 'queued'
+         returning chain, seq",
+        id,
+        reason
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let Some(chain) = row.chain else {
+        return Ok(Some(Vec::new()));
+    };
+    let later = sqlx::query_scalar!(
+        "update jobs set state = 'cancelled', finished_at = now(), updated_at = now(),
+             last_error = 'not run: an earlier job of the same action was cancelled'
+         where chain = $1 and state = 'queued' and seq > $2
+         returning id",
+        chain,
+        row.seq
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(Some(later))
+}

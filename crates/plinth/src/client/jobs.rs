@@ -25,6 +25,8 @@ pub enum JobCommand {
         #[arg(long)]
         limit: Option<u32>,
     },
+    /// Cancel a queued job (and the later jobs of its action); a running job ends on its own.
+    Cancel { id: Uuid },
     /// Show one job.
     Show {
         id: Uuid,
@@ -253,6 +255,16 @@ pub async fn run(api: &Api, cmd: JobCommand) -> anyhow::Result<()> {
                     })
                     .collect(),
             );
+            Ok(())
+        }
+        JobCommand::Cancel { id } => {
+            let job: Job = api
+                .call(Method::POST, &format!("/jobs/{id}/cancel"), None::<&()>)
+                .await?;
+            if api.output == Output::Json {
+                return api.print_json(&job);
+            }
+            print_job(&job);
             Ok(())
         }
         JobCommand::Show { id, wait, timeout } => {

@@ -10,24 +10,39 @@ use crate::error::ApiError;
 /// The authenticated caller.
 pub struct Caller(pub Principal);
 
+/// The bearer secret itself, for endpoints that take an agent token as well as an API token
+/// (plinth-core decides which it is).
+pub struct Bearer(pub String);
+
+fn bearer(parts: &Parts) -> Result<String, Error> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| Error::unauthorized("missing Authorization: Bearer <token> header"))?;
+    let value = header
+        .to_str()
+        .map_err(|_| Error::unauthorized("malformed Authorization header"))?;
+    let secret = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| Error::unauthorized("the Authorization header must be: Bearer <token>"))?;
+    Ok(secret.trim().to_owned())
+}
+
+impl FromRequestParts<App> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _app: &App) -> Result<Self, Self::Rejection> {
+        Ok(Bearer(bearer(parts)?))
+    }
+}
+
 impl FromRequestParts<App> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| Error::unauthorized("missing Authorization: Bearer <token> header"))?;
-        let value = header
-            .to_str()
-            .map_err(|_| Error::unauthorized("malformed Authorization header"))?;
-        let secret = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| {
-                Error::unauthorized("the Authorization header must be: Bearer <token>")
-            })?;
-        let principal = app.authenticate(secret.trim()).await?;
+        let secret = bearer(parts)?;
+        let principal = app.authenticate(&secret).await?;
         tracing::Span::current().record("actor", principal.name.as_str());
         Ok(Caller(principal))
     }

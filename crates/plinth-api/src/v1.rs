@@ -15,7 +15,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::auth::Caller;
+use crate::auth::{Bearer, Caller};
 use crate::error::{ApiError, Json, Path, Query};
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -231,15 +231,34 @@ pub async fn machine_action(
 
 #[utoipa::path(post, path = "/api/v1/machines/{id}/inspection", tag = "machines", params(("id" = Uuid, Path)),
     request_body = InspectionReport,
-    responses((status = 200, body = Machine), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Machine, description = "inspecting → ready; bearer: the agent's token (mode inspect, used up here) or an API token"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
 pub async fn submit_inspection(
     State(app): State<App>,
-    Caller(who): Caller,
+    Bearer(secret): Bearer,
     Path(id): Path<Uuid>,
     Json(report): Json<InspectionReport>,
 ) -> ApiResult<Response> {
     Ok(with_etag(
-        app.submit_inspection(&who, id, report).await?,
+        app.report_inspection(&secret, id, report).await?,
+        StatusCode::OK,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/machines/{id}/clean", tag = "machines", params(("id" = Uuid, Path)),
+    request_body = CleanReport,
+    responses((status = 200, body = Machine, description = "cleaning → ready (complete) or clean_failed"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub async fn submit_clean(
+    State(app): State<App>,
+    Bearer(secret): Bearer,
+    Path(id): Path<Uuid>,
+    Json(report): Json<CleanReport>,
+) -> ApiResult<Response> {
+    Ok(with_etag(
+        app.report_clean(&secret, id, report).await?,
         StatusCode::OK,
     ))
 }

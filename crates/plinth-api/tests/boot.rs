@@ -964,3 +964,134 @@ async fn file_requests_and_api_requests_share_a_connection() {
     assert!(String::from_utf8_lossy(&out[..end]).contains("connection: close"));
     assert!(out[end..] == data[..]);
 }
+
+impl Server {
+    /// A POST with this bearer secret (an agent token).
+    async fn post_as(&self, secret: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(secret)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+#[tokio::test]
+async fn the_agent_reports_once_with_its_own_token() {
+    let s = Server::start().await;
+    let a = s.enroll(1).await;
+    let b = s.enroll(2).await;
+    s.act(&a, "inspect").await;
+    let (_, script) = s.script(&format!("?mac={}", mac(1)), true).await;
+    let token = token_of(&script).unwrap();
+
+    // Another machine's report, or a report of another kind, with this token: refused, and
+    // both machines' timelines say so.
+    let (st, v) = s
+        .post_as(
+            &token,
+            &format!("/api/v1/machines/{b}/inspection"),
+            report(2),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let clean = json!({ "result": "complete", "disks": [] });
+    let (st, v) = s
+        .post_as(
+            &token,
+            &format!("/api/v1/machines/{a}/clean"),
+            clean.clone(),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("inspect mode"),
+        "{v}"
+    );
+    assert_eq!(s.events(&a, "agent_token_refused").await.len(), 2);
+    let refused = s.events(&b, "agent_token_refused").await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["details"]["token_machine"], a);
+
+    // Its own report: stored, ready; the token is used up.
+    let (st, m) = s
+        .post_as(
+            &token,
+            &format!("/api/v1/machines/{a}/inspection"),
+            report(1),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{m}");
+    assert_eq!(m["state"], "ready");
+    assert_eq!(m["facts"]["memory_mib"], 16384);
+    let done = s.events(&a, "inspect_complete").await;
+    assert_eq!(done[0]["actor"], "agent:inspect");
+    let (st, v) = s
+        .post_as(
+            &token,
+            &format!("/api/v1/machines/{a}/inspection"),
+            report(1),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already used")
+    );
+    assert_eq!(s.events(&a, "agent_token_refused").await.len(), 3);
+    // Neither a made-up token nor none at all.
+    let (st, _) = s
+        .post_as(
+            "plinth_madeup",
+            &format!("/api/v1/machines/{a}/inspection"),
+            report(1),
+        )
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    // Cleaning: allocate, release, the clean ramdisk's token reports.
+    let alloc = s.post("/api/v1/allocations", json!({ "count": 1 })).await;
+    let (st, _) = s
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/allocations/{}", alloc["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, script) = s.script(&format!("?mac={}", mac(1)), true).await;
+    assert!(script.contains("plinth.mode=clean "), "{script}");
+    let token = token_of(&script).unwrap();
+    // An inconsistent report is refused before the token is spent.
+    let bad = json!({ "result": "complete", "disks": [
+        { "name": "sda", "size_bytes": 1000, "zeroed_bytes": 10, "full": false, "error": "EIO" } ] });
+    let (st, v) = s
+        .post_as(&token, &format!("/api/v1/machines/{a}/clean"), bad)
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let failed = json!({ "result": "failed", "reason": "sdb: write error at 4096", "disks": [
+        { "name": "sda", "size_bytes": 1048576000u64, "zeroed_bytes": 2097152, "full": false, "error": null },
+        { "name": "sdb", "size_bytes": 1048576000u64, "zeroed_bytes": 0, "full": false, "error": "EIO" } ] });
+    let (st, m) = s
+        .post_as(&token, &format!("/api/v1/machines/{a}/clean"), failed)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{m}");
+    assert_eq!(m["state"], "clean_failed");
+    assert_eq!(m["state_reason"], "sdb: write error at 4096");
+    let ev = s.events(&a, "clean_fail").await;
+    assert_eq!(ev[0]["details"]["disks"][1]["error"], "EIO");
+}

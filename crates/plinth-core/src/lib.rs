@@ -5,6 +5,7 @@
 //! It decides; plinth-db executes SQL. It opens no protocol sockets and knows nothing of
 //! HTTP: it returns [`plinth_types::Error`], which plinth-api maps to a status.
 
+pub mod agent;
 pub mod allocations;
 pub mod auth;
 pub mod boot;

@@ -286,13 +286,26 @@ impl App {
         who.require(Permission::ManageMachines)?;
         validate_report(&report)?;
         let mut tx = self.begin().await?;
+        let machine = self.inspection_in(&mut tx, who, id, report).await?;
+        tx.commit().await.db()?;
+        Ok(machine)
+    }
+
+    /// Stores an inspection report in `tx` (validated by the caller): inspecting → ready.
+    pub(crate) async fn inspection_in(
+        &self,
+        tx: &mut PgConnection,
+        who: &Principal,
+        id: Uuid,
+        report: InspectionReport,
+    ) -> Result<Machine> {
         let facts = serde_json::to_value(&report).map_err(|_| Error::internal())?;
         let summary = serde_json::json!({
             "cpu_threads": report.cpu.threads, "memory_mib": report.memory_mib,
             "disks": report.disks.len(), "serial": report.system.serial,
         });
         self.apply(
-            &mut tx,
+            tx,
             who,
             id,
             Verb::InspectComplete,
@@ -302,20 +315,18 @@ impl App {
             summary,
         )
         .await?;
-        plinth_db::machines::set_facts(&mut tx, id, &facts, report.arch.as_str())
+        plinth_db::machines::set_facts(tx, id, &facts, report.arch.as_str())
             .await
             .db()?;
-        let row = plinth_db::machines::get(&mut tx, id)
+        let row = plinth_db::machines::get(tx, id)
             .await
             .db()?
             .ok_or_else(Error::internal)?;
-        let machine = convert::machine(&mut tx, row).await?;
-        tx.commit().await.db()?;
-        Ok(machine)
+        convert::machine(tx, row).await
     }
 }
 
-fn validate_report(r: &InspectionReport) -> Result<()> {
+pub(crate) fn validate_report(r: &InspectionReport) -> Result<()> {
     let bad = |m: &str| Err(Error::invalid("invalid_inspection", m.to_owned()));
     if r.cpu.cores == 0 || r.cpu.threads < r.cpu.cores {
         return bad("cpu.cores must be at least 1 and cpu.threads at least cpu.cores");

@@ -604,6 +604,7 @@ async fn lifecycle_verbs_queue_their_bmc_work_and_a_failure_stops_the_chain() {
             name: "eno1".into(),
             mac: mac_a,
             speed_mbps: None,
+            link: None,
         }],
         system: SystemFacts {
             vendor: "Acme".into(),
@@ -674,6 +675,7 @@ async fn lifecycle_verbs_queue_their_bmc_work_and_a_failure_stops_the_chain() {
                     name: "eno1".into(),
                     mac: mac_a,
                     speed_mbps: None,
+                    link: None,
                 }],
                 system: SystemFacts {
                     vendor: "Acme".into(),

@@ -66,6 +66,7 @@ fn report(m: plinth_types::MacAddr) -> InspectionReport {
             name: "eno1".into(),
             mac: m,
             speed_mbps: Some(10000),
+            link: None,
         }],
         system: SystemFacts {
             vendor: "Acme".into(),

@@ -337,6 +337,9 @@ pub struct NicFacts {
     pub name: String,
     pub mac: MacAddr,
     pub speed_mbps: Option<u32>,
+    /// Carrier seen when the agent looked.
+    #[serde(default)]
+    pub link: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -366,6 +369,37 @@ pub struct InspectionReport {
     pub system: SystemFacts,
     pub firmware: Firmware,
     pub arch: Arch,
+}
+
+/// `POST /machines/{id}/clean`: what the cleaning agent did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CleanReport {
+    /// `complete` moves the machine to `ready`, `failed` to `clean_failed`.
+    pub result: CleanResult,
+    /// Why it failed, for the machine's state reason.
+    pub reason: Option<String>,
+    pub disks: Vec<WipedDisk>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanResult {
+    Complete,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WipedDisk {
+    pub name: String,
+    pub size_bytes: u64,
+    /// Bytes written with zeros: the first and last MiB at least, the whole disk for a full wipe.
+    pub zeroed_bytes: u64,
+    /// Whether the whole disk was zeroed.
+    pub full: bool,
+    /// Why this disk could not be wiped.
+    pub error: Option<String>,
 }
 
 // ---------------------------------------------------------------- allocations

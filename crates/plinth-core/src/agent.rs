@@ -1,0 +1,237 @@
+//! What the ramdisk agent reports: its inspection facts and the outcome of cleaning. The agent
+//! authenticates with the one-time token its boot script carried: valid for one machine, one
+//! mode and a limited time, used up by the final report (in the report's transaction). A
+//! token presented for another machine or mode, again, or late is refused and recorded as an
+//! `agent_token_refused` event. People and automation with an API token may report too.
+
+use chrono::Utc;
+use plinth_types::api::{CleanReport, CleanResult, InspectionReport, Machine};
+use plinth_types::{Error, Verb};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::auth::{Permission, hash_secret};
+use crate::lifecycle::validate_report;
+use crate::machines::not_found;
+use crate::{App, DbResult, Principal, Result, convert};
+
+/// Who is reporting.
+enum Reporter {
+    /// The agent, with its token's hash (used up with the report).
+    Agent {
+        hash: [u8; 32],
+        principal: Principal,
+    },
+    Person(Principal),
+}
+
+impl App {
+    async fn reporter(&self, secret: &str, id: Uuid, mode: &str) -> Result<Reporter> {
+        if secret.is_empty() || secret.len() > 256 {
+            return Err(Error::unauthorized("invalid token"));
+        }
+        let hash = hash_secret(secret);
+        let row = {
+            let mut conn = self.conn().await?;
+            plinth_db::boot::agent_token(&mut conn, &hash).await.db()?
+        };
+        let Some(row) = row else {
+            let p = self.authenticate(secret).await?;
+            p.require(Permission::ManageMachines)?;
+            return Ok(Reporter::Person(p));
+        };
+        let refusal = if row.machine_id != id {
+            Some(Error::forbidden(
+                "this agent token belongs to another machine",
+            ))
+        } else if row.mode != mode {
+            Some(Error::forbidden(format!(
+                "this agent token is for {} mode, not {mode}",
+                row.mode
+            )))
+        } else if row.used_at.is_some() {
+            Some(Error::unauthorized("this agent token was already used"))
+        } else if row.expires_at < Utc::now() {
+            Some(Error::unauthorized("this agent token has expired"))
+        } else {
+            None
+        };
+        if let Some(err) = refusal {
+            self.record_refusal(row.machine_id, id, mode, &err.message)
+                .await;
+            return Err(err);
+        }
+        Ok(Reporter::Agent {
+            hash,
+            principal: Principal {
+                token_id: None,
+                name: format!("agent:{mode}"),
+                role: plinth_types::Role::Operator,
+            },
+        })
+    }
+
+    /// Records a refused agent token on the token's machine and, when another machine was
+    /// named, on that one too. Best effort: the refusal stands whatever happens here.
+    async fn record_refusal(&self, owner: Uuid, presented_for: Uuid, mode: &str, why: &str) {
+        let res: Result<()> = async {
+            let mut tx = self.begin().await?;
+            let mut machines = vec![owner];
+            if presented_for != owner
+                && plinth_db::machines::state_of(&mut tx, presented_for)
+                    .await
+                    .db()?
+                    .is_some()
+            {
+                machines.push(presented_for);
+            }
+            for m in machines {
+                plinth_db::events::insert(
+                    &mut tx,
+                    plinth_db::events::NewEvent {
+                        actor: "agent",
+                        machine_id: Some(m),
+                        kind: "agent_token_refused",
+                        from_state: None,
+                        to_state: None,
+                        details: json!({
+                            "reason": why, "mode": mode,
+                            "token_machine": owner, "presented_for": presented_for,
+                        }),
+                    },
+                )
+                .await
+                .db()?;
+            }
+            tx.commit().await.db()?;
+            Ok(())
+        }
+        .await;
+        tracing::warn!(machine_id = %presented_for, token_machine = %owner, mode, reason = why, "agent token refused");
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "recording an agent token refusal failed");
+        }
+    }
+
+    /// Uses up the agent's token in `tx`; refused if another report got there first.
+    async fn spend(
+        &self,
+        tx: &mut plinth_db::PgConnection,
+        hash: &[u8; 32],
+        id: Uuid,
+        mode: &str,
+    ) -> Result<()> {
+        if plinth_db::boot::use_agent_token(tx, hash).await.db()? {
+            return Ok(());
+        }
+        let why = "this agent token was already used";
+        self.record_refusal(id, id, mode, why).await;
+        Err(Error::unauthorized(why))
+    }
+
+    /// `POST /machines/{id}/inspection` with a bearer secret: the agent's token (mode inspect)
+    /// or an API token allowed to manage machines.
+    pub async fn report_inspection(
+        &self,
+        secret: &str,
+        id: Uuid,
+        report: InspectionReport,
+    ) -> Result<Machine> {
+        match self.reporter(secret, id, "inspect").await? {
+            Reporter::Person(p) => self.submit_inspection(&p, id, report).await,
+            Reporter::Agent { hash, principal } => {
+                validate_report(&report)?;
+                let mut tx = self.begin().await?;
+                self.spend(&mut tx, &hash, id, "inspect").await?;
+                let m = self.inspection_in(&mut tx, &principal, id, report).await?;
+                tx.commit().await.db()?;
+                tracing::info!(machine_id = %id, "inspection reported by the agent");
+                Ok(m)
+            }
+        }
+    }
+
+    /// `POST /machines/{id}/clean`: the cleaning agent's outcome (its token, mode clean, or an
+    /// API token allowed to manage machines). `complete` → ready, `failed` → clean_failed.
+    pub async fn report_clean(
+        &self,
+        secret: &str,
+        id: Uuid,
+        report: CleanReport,
+    ) -> Result<Machine> {
+        validate_clean(&report)?;
+        let (principal, hash) = match self.reporter(secret, id, "clean").await? {
+            Reporter::Person(p) => (p, None),
+            Reporter::Agent { hash, principal } => (principal, Some(hash)),
+        };
+        let mut tx = self.begin().await?;
+        if let Some(hash) = &hash {
+            self.spend(&mut tx, hash, id, "clean").await?;
+        }
+        let (verb, reason) = match report.result {
+            CleanResult::Complete => (Verb::CleanComplete, None),
+            CleanResult::Failed => (
+                Verb::CleanFail,
+                Some(
+                    report
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "the cleaning agent reported a failure".into()),
+                ),
+            ),
+        };
+        let details = json!({ "disks": report.disks });
+        self.apply(
+            &mut tx,
+            &principal,
+            id,
+            verb,
+            None,
+            reason.as_deref(),
+            plinth_db::machines::TransitionEffects::default(),
+            details,
+        )
+        .await?;
+        let row = plinth_db::machines::get(&mut tx, id)
+            .await
+            .db()?
+            .ok_or_else(|| not_found(id))?;
+        let machine = convert::machine(&mut tx, row).await?;
+        tx.commit().await.db()?;
+        tracing::info!(machine_id = %id, result = ?report.result, disks = report.disks.len(), "cleaning reported");
+        Ok(machine)
+    }
+}
+
+fn validate_clean(r: &CleanReport) -> Result<()> {
+    let bad = |m: String| Err(Error::invalid("invalid_clean_report", m));
+    if r.disks.len() > 256 {
+        return bad("at most 256 disks".into());
+    }
+    for d in &r.disks {
+        if d.name.is_empty() || d.name.len() > 64 || d.name.chars().any(|c| c.is_control()) {
+            return bad(format!("bad disk name {:?}", d.name));
+        }
+        if d.zeroed_bytes > d.size_bytes || d.size_bytes > i64::MAX as u64 {
+            return bad(format!(
+                "disk {}: zeroed_bytes is more than size_bytes",
+                d.name
+            ));
+        }
+        if r.result == CleanResult::Complete && d.error.is_some() {
+            return bad(format!(
+                "disk {} has an error: a clean with errors is `failed`",
+                d.name
+            ));
+        }
+    }
+    if let Some(reason) = &r.reason
+        && (reason.len() > 1024 || reason.chars().any(|c| c.is_control() && c != '\n'))
+    {
+        return bad("reason: at most 1024 bytes of text".into());
+    }
+    if r.result == CleanResult::Complete && r.reason.is_some() {
+        return bad("reason is for a failed clean".into());
+    }
+    Ok(())
+}

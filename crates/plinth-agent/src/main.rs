@@ -1,0 +1,261 @@
+//! plinth-agent: runs in plinth's ramdisk (started by its /init once the network is up). It
+//! reads its mode, plinth's API URL, the machine and its one-time token from the kernel command
+//! line; in inspect mode it reports the machine's hardware, in clean mode it wipes every disk
+//! and reports the outcome. It prints what it does on the console, retries the API with
+//! backoff, and exits 0 when plinth took its report (the /init then powers off or waits).
+//!
+//!   plinth-agent [--root DIR] [--dev DIR] [--cmdline FILE]
+//!
+//! `--root` (default /) is where /proc and /sys are read, `--dev` (default /dev) where disks
+//! are opened, `--cmdline` (default /proc/cmdline): for tests.
+
+mod cmdline;
+mod facts;
+mod wipe;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cmdline::{Mode, Params};
+use plinth_types::api::{CleanReport, CleanResult};
+
+fn say(msg: impl AsRef<str>) {
+    println!("plinth-agent: {}", msg.as_ref());
+}
+
+struct Args {
+    root: PathBuf,
+    dev: PathBuf,
+    cmdline: PathBuf,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        root: "/".into(),
+        dev: "/dev".into(),
+        cmdline: "/proc/cmdline".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--root" => a.root = value()?.into(),
+            "--dev" => a.dev = value()?.into(),
+            "--cmdline" => a.cmdline = value()?.into(),
+            "-h" | "--help" => {
+                println!("usage: plinth-agent [--root DIR] [--dev DIR] [--cmdline FILE]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Why a report did not go through.
+enum Failure {
+    /// plinth said no (4xx): trying again will not help.
+    Refused(String),
+    /// plinth could not be reached, or failed (5xx), until the deadline.
+    GaveUp(String),
+}
+
+/// POSTs `body` to `path`, retrying transport errors and 5xx with backoff (1 s doubling to
+/// 30 s) until `p.api_timeout_secs` have passed.
+fn post(p: &Params, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, Failure> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .build();
+    let url = format!("{}{path}", p.api);
+    let deadline = Instant::now() + Duration::from_secs(p.api_timeout_secs);
+    let mut wait = Duration::from_secs(1);
+    let mut attempt = 1;
+    loop {
+        let res = agent
+            .post(&url)
+            .set("Authorization", &format!("Bearer {}", p.token))
+            .send_json(body);
+        let why = match res {
+            Ok(resp) => {
+                return resp
+                    .into_json()
+                    .map_err(|e| Failure::GaveUp(format!("unreadable answer: {e}")));
+            }
+            Err(ureq::Error::Status(code, resp)) if code < 500 => {
+                let body: serde_json::Value = resp.into_json().unwrap_or_default();
+                let msg = body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("no message")
+                    .to_owned();
+                return Err(Failure::Refused(format!("HTTP {code}: {msg}")));
+            }
+            Err(ureq::Error::Status(code, _)) => format!("HTTP {code}"),
+            Err(ureq::Error::Transport(t)) => t.to_string(),
+        };
+        if Instant::now() + wait > deadline {
+            return Err(Failure::GaveUp(format!(
+                "{url}: {why} (gave up after {attempt} attempts)"
+            )));
+        }
+        say(format!(
+            "{url}: {why}; attempt {attempt} failed, trying again in {} s",
+            wait.as_secs()
+        ));
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_secs(30));
+        attempt += 1;
+    }
+}
+
+fn inspect(a: &Args, p: &Params) -> Result<(), String> {
+    say("collecting hardware facts");
+    let report = facts::collect(&a.root)?;
+    say(format!(
+        "cpu: {} ({} cores, {} threads); memory: {} MiB; firmware: {:?}; {} {} serial {}",
+        report.cpu.model,
+        report.cpu.cores,
+        report.cpu.threads,
+        report.memory_mib,
+        report.firmware,
+        report.system.vendor,
+        report.system.product,
+        report.system.serial
+    ));
+    for d in &report.disks {
+        say(format!(
+            "disk {}: {} bytes{}{}",
+            d.name,
+            d.size_bytes,
+            d.model
+                .as_deref()
+                .map(|m| format!(", {m}"))
+                .unwrap_or_default(),
+            d.serial
+                .as_deref()
+                .map(|s| format!(", serial {s}"))
+                .unwrap_or_default()
+        ));
+    }
+    for n in &report.nics {
+        say(format!(
+            "nic {}: {} link {}",
+            n.name,
+            n.mac,
+            if n.link == Some(true) { "up" } else { "down" }
+        ));
+    }
+    let body = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+    say("reporting to plinth");
+    match post(
+        p,
+        &format!("/api/v1/machines/{}/inspection", p.machine),
+        &body,
+    ) {
+        Ok(m) => {
+            say(format!(
+                "plinth took the report: the machine is {}",
+                m["state"].as_str().unwrap_or("?")
+            ));
+            Ok(())
+        }
+        Err(Failure::Refused(e)) => Err(format!("plinth refused the report: {e}")),
+        Err(Failure::GaveUp(e)) => Err(format!("could not report: {e}")),
+    }
+}
+
+fn clean(a: &Args, p: &Params) -> Result<(), String> {
+    let names = facts::disk_names(&a.root);
+    say(format!(
+        "cleaning {} disk(s){}: {}",
+        names.len(),
+        if p.full_wipe {
+            ", whole disks"
+        } else {
+            ", first and last MiB"
+        },
+        names.join(" ")
+    ));
+    let mut disks = Vec::new();
+    for name in &names {
+        let path = a.dev.join(name);
+        say(format!("wiping {}", path.display()));
+        let w = wipe::wipe(name, &path, p.full_wipe, |done, total| {
+            say(format!(
+                "{name}: {} of {} MiB zeroed",
+                done / (1024 * 1024),
+                total / (1024 * 1024)
+            ))
+        });
+        match &w.error {
+            Some(e) => say(format!("{name}: FAILED: {e}")),
+            None => say(format!("{name}: done ({} bytes zeroed)", w.zeroed_bytes)),
+        }
+        disks.push(w);
+    }
+    let failed: Vec<String> = disks
+        .iter()
+        .filter_map(|d| d.error.as_ref().map(|e| format!("{}: {e}", d.name)))
+        .collect();
+    let report = CleanReport {
+        result: if failed.is_empty() {
+            CleanResult::Complete
+        } else {
+            CleanResult::Failed
+        },
+        reason: (!failed.is_empty()).then(|| failed.join("; ")),
+        disks,
+    };
+    let body = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+    say("reporting to plinth");
+    match post(p, &format!("/api/v1/machines/{}/clean", p.machine), &body) {
+        Ok(m) => {
+            say(format!(
+                "plinth took the report: the machine is {}",
+                m["state"].as_str().unwrap_or("?")
+            ));
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("cleaning failed: {}", failed.join("; ")))
+            }
+        }
+        Err(Failure::Refused(e)) => Err(format!("plinth refused the report: {e}")),
+        Err(Failure::GaveUp(e)) => Err(format!("could not report: {e}")),
+    }
+}
+
+fn run() -> Result<Mode, (Option<Mode>, String)> {
+    let a = args().map_err(|e| (None, e))?;
+    let text = std::fs::read_to_string(&a.cmdline)
+        .map_err(|e| (None, format!("{}: {e}", a.cmdline.display())))?;
+    let p = cmdline::parse(&text).map_err(|e| (None, e))?;
+    say(format!(
+        "mode {}, machine {}, api {}",
+        p.mode.as_str(),
+        p.machine,
+        p.api
+    ));
+    let res = match p.mode {
+        Mode::Inspect => inspect(&a, &p),
+        Mode::Clean => clean(&a, &p),
+        Mode::Deploy => Err("deploy mode is not supported by this agent yet".into()),
+    };
+    res.map(|()| p.mode).map_err(|e| (Some(p.mode), e))
+}
+
+fn main() {
+    match run() {
+        Ok(mode) => {
+            println!("PLINTH-AGENT mode={} result=ok", mode.as_str());
+        }
+        Err((mode, e)) => {
+            say(format!("ERROR: {e}"));
+            println!(
+                "PLINTH-AGENT mode={} result=failed",
+                mode.map_or("unknown", |m| m.as_str())
+            );
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The agent binary against a real plinth API (in process, on a real PostgreSQL), with a machine
+//! laid out as files: `--root` holds its /proc and /sys, `--dev` its disks (regular files).
+//! The token comes from the boot script plinth serves the machine, as in the ramdisk.
+
+use std::path::Path;
+use std::process::Command;
+
+use plinth_core::{App, BmcKey, Principal};
+use plinth_testkit::TestDb;
+use plinth_types::Role;
+use serde_json::{Value, json};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_plinth-agent");
+const MIB: usize = 1024 * 1024;
+
+struct Api {
+    base: String,
+    admin: String,
+    http: reqwest::Client,
+    _db: TestDb,
+}
+
+impl Api {
+    async fn start() -> Api {
+        let db = TestDb::new().await.unwrap();
+        let app = App::new(
+            db.pool.clone(),
+            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(plinth_api::serve(
+            listener,
+            app.clone(),
+            std::future::pending(),
+        ));
+        let admin = app
+            .create_token(&Principal::system(), "root", Role::Admin)
+            .await
+            .unwrap()
+            .secret;
+        Api {
+            base,
+            admin,
+            http: reqwest::Client::new(),
+            _db: db,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.admin);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or_default();
+        assert!(status.is_success(), "{path}: {status} {v}");
+        v
+    }
+
+    /// The ramdisk command line of the machine's next boot (with a fresh token).
+    async fn cmdline(&self, mac: &str) -> String {
+        let script = self
+            .http
+            .get(format!("{}/boot/ipxe?mac={mac}", self.base))
+            .header("user-agent", "iPXE/1.21.1")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = script
+            .lines()
+            .find(|l| l.starts_with("kernel "))
+            .unwrap_or_else(|| panic!("no kernel line: {script}"));
+        // (the caller appends its own plinth.api=: the last one counts)
+        line.trim_start_matches("kernel ")
+            .split(" || ")
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+fn write(root: &Path, rel: &str, content: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+/// A two-disk, one-NIC machine; its disks full of 0xa5.
+fn machine(root: &Path, dev: &Path, mac: &str) {
+    write(
+        root,
+        "proc/cpuinfo",
+        "processor : 0\nmodel name : QEMU Virtual CPU\nphysical id : 0\ncore id : 0\n\n\
+         processor : 1\nmodel name : QEMU Virtual CPU\nphysical id : 0\ncore id : 1\n\n",
+    );
+    write(root, "proc/meminfo", "MemTotal: 1999000 kB\n");
+    for (name, mib) in [("vda", 8), ("vdb", 3)] {
+        write(
+            root,
+            &format!("sys/block/{name}/size"),
+            &format!("{}\n", mib * 2048),
+        );
+        write(
+            root,
+            &format!("sys/block/{name}/serial"),
+            &format!("serial-{name}\n"),
+        );
+        std::fs::write(dev.join(name), vec![0xa5u8; mib * MIB]).unwrap();
+    }
+    write(root, "sys/class/net/ens3/address", &format!("{mac}\n"));
+    write(root, "sys/class/net/ens3/carrier", "1\n");
+    write(root, "sys/class/net/ens3/device/vendor", "0x1af4\n");
+    write(root, "sys/class/dmi/id/sys_vendor", "QEMU\n");
+    write(
+        root,
+        "sys/class/dmi/id/product_name",
+        "Standard PC (Q35 + ICH9, 2009)\n",
+    );
+    write(root, "sys/class/dmi/id/product_serial", "VM-0001\n");
+    write(
+        root,
+        "sys/class/dmi/id/product_uuid",
+        "0a0b0c0d-0000-4000-8000-000000000001\n",
+    );
+    write(root, "sys/firmware/efi/fw_platform_size", "64\n");
+}
+
+fn run_agent(root: &Path, dev: &Path, cmdline: &str) -> (bool, String) {
+    let file = root.join("cmdline");
+    std::fs::write(&file, cmdline).unwrap();
+    let out = Command::new(AGENT)
+        .arg("--root")
+        .arg(root)
+        .arg("--dev")
+        .arg(dev)
+        .arg("--cmdline")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inspect_then_clean_through_the_real_api() {
+    let api = Api::start().await;
+    let mac = "52:54:00:0a:00:01";
+    let m = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/machines",
+            Some(json!({ "hostname": "vm1", "nics": [{ "mac": mac }] })),
+        )
+        .await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    api.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/machines/{id}/actions/inspect"),
+        Some(json!({})),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (root, dev) = (dir.path().join("root"), dir.path().join("dev"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&dev).unwrap();
+    machine(&root, &dev, mac);
+
+    let cmdline = format!("{} plinth.api={}", api.cmdline(mac).await, api.base);
+    assert!(cmdline.contains("plinth.mode=inspect"), "{cmdline}");
+    let (ok, out) = run_agent(&root, &dev, &cmdline);
+    assert!(ok, "{out}");
+    assert!(out.contains("PLINTH-AGENT mode=inspect result=ok"), "{out}");
+    let token = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("plinth.token="))
+        .unwrap();
+    assert!(!out.contains(token), "the agent never prints its token");
+    let m = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/machines/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(m["state"], "ready", "{m}");
+    let f = &m["facts"];
+    assert_eq!(
+        (f["cpu"]["cores"].as_u64(), f["cpu"]["threads"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(f["memory_mib"], 1952);
+    assert_eq!(f["disks"][0]["size_bytes"], 8 * MIB);
+    assert_eq!(f["disks"][1]["serial"], "serial-vdb");
+    assert_eq!(f["nics"][0]["mac"], mac);
+    assert_eq!(f["nics"][0]["link"], true);
+    assert_eq!(f["firmware"], "uefi");
+    assert_eq!(f["system"]["serial"], "VM-0001");
+
+    // The same command line again (a replayed token): refused, a non-zero exit, an event.
+    let (ok, out) = run_agent(&root, &dev, &cmdline);
+    assert!(!ok);
+    assert!(
+        out.contains("already used") && out.contains("result=failed"),
+        "{out}"
+    );
+
+    // Release → cleaning: the clean ramdisk wipes both disks and reports.
+    let alloc = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/allocations",
+            Some(json!({ "count": 1 })),
+        )
+        .await;
+    api.call(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/allocations/{}", alloc["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    let cmdline = format!("{} plinth.api={}", api.cmdline(mac).await, api.base);
+    assert!(cmdline.contains("plinth.mode=clean"), "{cmdline}");
+    let (ok, out) = run_agent(&root, &dev, &cmdline);
+    assert!(ok, "{out}");
+    for name in ["vda", "vdb"] {
+        let data = std::fs::read(dev.join(name)).unwrap();
+        assert!(data[..MIB].iter().all(|b| *b == 0), "{name}: first MiB");
+        assert!(
+            data[data.len() - MIB..].iter().all(|b| *b == 0),
+            "{name}: last MiB"
+        );
+    }
+    assert_eq!(std::fs::read(dev.join("vda")).unwrap()[4 * MIB], 0xa5);
+    let m = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/machines/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(m["state"], "ready", "{m}");
+    let ev = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/machines/{id}/events"),
+            None,
+        )
+        .await;
+    let events = ev["events"].as_array().unwrap();
+    let done = events
+        .iter()
+        .find(|e| e["kind"] == "clean_complete")
+        .unwrap();
+    assert_eq!(done["actor"], "agent:clean");
+    assert_eq!(done["details"]["disks"][0]["zeroed_bytes"], 2 * MIB);
+    assert!(events.iter().any(|e| e["kind"] == "agent_token_refused"));
+
+    // A disk that cannot be written: the machine goes to clean_failed with the reason.
+    api.call(
+        reqwest::Method::POST,
+        "/api/v1/allocations",
+        Some(json!({ "count": 1 })),
+    )
+    .await;
+    let allocs = api
+        .call(reqwest::Method::GET, "/api/v1/allocations", None)
+        .await;
+    let live = allocs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["released_at"].is_null())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.call(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/allocations/{live}"),
+        None,
+    )
+    .await;
+    std::fs::remove_file(dev.join("vdb")).unwrap();
+    let cmdline = format!("{} plinth.api={}", api.cmdline(mac).await, api.base);
+    let (ok, out) = run_agent(&root, &dev, &cmdline);
+    assert!(!ok, "{out}");
+    assert!(out.contains("vdb: FAILED"), "{out}");
+    let m = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/machines/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(m["state"], "clean_failed", "{m}");
+    assert!(m["state_reason"].as_str().unwrap().contains("vdb"), "{m}");
+}
+
+#[test]
+fn an_unreachable_api_is_retried_then_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, dev) = (dir.path().join("root"), dir.path().join("dev"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&dev).unwrap();
+    machine(&root, &dev, "52:54:00:0a:00:02");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cmdline = format!(
+        "plinth.mode=inspect plinth.api=http://127.0.0.1:{port} plinth.machine=m \
+         plinth.token=plinth_x plinth.api_timeout=4"
+    );
+    let (ok, out) = run_agent(&root, &dev, &cmdline);
+    assert!(!ok);
+    assert!(out.contains("trying again in 1 s"), "{out}");
+    assert!(out.contains("gave up after 3 attempts"), "{out}");
+    let (ok, out) = run_agent(&root, &dev, "plinth.mode=inspect");
+    assert!(!ok);
+    assert!(out.contains("no plinth.api="), "{out}");
+}

@@ -2,7 +2,7 @@
 # images/build.sh [ROOT] - fill plinth's images root with the boot artefacts it serves:
 #   ROOT/undionly.kpxe ROOT/ipxe.efi ROOT/snponly.efi   iPXE, from Debian's ipxe package
 #   ROOT/plinth/vmlinuz                                  kernel of Debian's linux-image-amd64
-#   ROOT/plinth/initrd.img                               busybox + NIC/disk modules + images/ramdisk/init
+#   ROOT/plinth/initrd.img                               busybox + plinth-agent + NIC/disk modules + images/ramdisk/init
 #   ROOT/SHA256SUMS
 # Debian packages only (missing ones are installed by scripts/ensure-packages.sh); idempotent;
 # work whose output is up to date is skipped. See images/README.md.
@@ -120,6 +120,21 @@ for f in init udhcpc.script modules.list; do
 	[ -f "$ramdisk_src/$f" ] || die "missing $ramdisk_src/$f"
 done
 
+# The agent: built from the workspace (release), or taken from $PLINTH_AGENT_BIN; with the shared
+# libraries it needs (glibc's loader, libc, libgcc_s), copied from this system.
+if [ -n "${PLINTH_AGENT_BIN:-}" ]; then
+	agent=$PLINTH_AGENT_BIN
+else
+	command -v cargo >/dev/null || die "cargo not found: the agent is built from the workspace (or set PLINTH_AGENT_BIN)"
+	log "building plinth-agent (cargo build --release -p plinth-agent)"
+	(cd "$repo" && SQLX_OFFLINE=true cargo build --release --quiet -p plinth-agent) ||
+		die "building plinth-agent failed"
+	agent=${CARGO_TARGET_DIR:-$repo/target}/release/plinth-agent
+	case "$agent" in /*) ;; *) agent=$repo/$agent ;; esac
+fi
+[ -x "$agent" ] || die "$agent is not an executable"
+mapfile -t agent_libs < <(ldd "$agent" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | LC_ALL=C sort -u)
+
 # Requested modules: images/ramdisk/modules.list plus $PLINTH_RAMDISK_EXTRA_MODULES.
 mapfile -t wanted < <(
 	sed -e 's/#.*//' "$ramdisk_src/modules.list" | awk 'NF >= 2 { print $1, $2 }'
@@ -148,7 +163,7 @@ while read -r fw; do
 done < <(modinfo -F firmware "${mod_files[@]}" 2>/dev/null | LC_ALL=C sort -u)
 
 # Everything the initrd is made of; it is rebuilt when this list or any mtime/size changes.
-inputs=("$self" "$busybox" "$ramdisk_src"/* "$moddir/modules.order" "$moddir/modules.builtin"
+inputs=("$self" "$busybox" "$agent" "${agent_libs[@]}" "$ramdisk_src"/* "$moddir/modules.order" "$moddir/modules.builtin"
 	"$moddir/modules.builtin.modinfo" "${mod_files[@]}" "${fw_files[@]}")
 manifest=$(
 	echo "kernel $kver"
@@ -176,6 +191,12 @@ else
 	# /init and friends
 	install -m 0755 "$ramdisk_src/init" "$stage/init"
 	install -m 0755 "$ramdisk_src/udhcpc.script" "$stage/etc/udhcpc/default.script"
+	install -m 0755 "$agent" "$stage/bin/plinth-agent"
+	if command -v strip >/dev/null; then strip "$stage/bin/plinth-agent"; fi
+	for lib in "${agent_libs[@]}"; do
+		install -D -m 0755 "$(readlink -f "$lib")" "$stage$lib"
+	done
+	printf 'hosts: files dns\n' >"$stage/etc/nsswitch.conf"
 	printf '%s\n' "# class module (present in kernel $kver)" "${present[@]}" >"$stage/etc/plinth/modules"
 	printf 'kernel=%s\nbuilt=%s\n' "$kver" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$stage/etc/plinth/ramdisk-release"
 	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"

@@ -31,9 +31,20 @@ fn built_images() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images");
+        // The agent the workspace's test build made, next to this package's binary (building
+        // it here would wait on the lock cargo holds while tests run).
+        let agent = std::env::var_os("PLINTH_AGENT_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(BIN).with_file_name("plinth-agent"));
+        assert!(
+            agent.exists(),
+            "{} missing: build it first (cargo build -p plinth-agent; scripts/test.sh does) or set PLINTH_AGENT_BIN",
+            agent.display()
+        );
         let out = Command::new("bash")
             .arg(repo().join("images/build.sh"))
             .arg(&dir)
+            .env("PLINTH_AGENT_BIN", &agent)
             .output()
             .expect("running images/build.sh");
         assert!(
@@ -368,6 +379,18 @@ enum Firmware {
 }
 
 fn vm(lab: &mut Lab, ns: &Ns, tap: &str, mac: &str, fw: Firmware) -> Proc {
+    vm_with_disk(lab, ns, tap, mac, fw, None)
+}
+
+/// With `disk`, a raw virtio disk from that file.
+fn vm_with_disk(
+    lab: &mut Lab,
+    ns: &Ns,
+    tap: &str,
+    mac: &str,
+    fw: Firmware,
+    disk: Option<&Path>,
+) -> Proc {
     assert!(
         plinth_testkit::netns::which("qemu-system-x86_64").is_some(),
         "qemu-system-x86_64 not found: the test command installs qemu-system-x86 and ipxe-qemu"
@@ -405,7 +428,22 @@ fn vm(lab: &mut Lab, ns: &Ns, tap: &str, mac: &str, fw: Firmware) -> Proc {
             ]);
         }
     }
+    if let Some(d) = disk {
+        qemu.args([
+            "-drive",
+            &format!("file={},format=raw,if=none,id=d0", d.display()),
+            "-device",
+            "virtio-blk-pci,drive=d0,serial=plinth-disk-0",
+        ]);
+    }
     lab.spawn_named(ns, "qemu", qemu).unwrap()
+}
+
+/// A raw disk of `mib` MiB filled with 0xa5.
+fn disk(lab: &Lab, name: &str, mib: usize) -> PathBuf {
+    let p = lab.path(name);
+    std::fs::write(&p, vec![0xa5u8; mib << 20]).unwrap();
+    p
 }
 
 /// Parses `PLINTH-RAMDISK mode=inspect machine=<id> api=<url> healthz=ok`.
@@ -431,7 +469,8 @@ fn a_bios_vm_boots_the_inspection_ramdisk() {
     let m = env.act(m.id, "inspect");
     assert_eq!(m.state, MachineState::Inspecting);
     let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.82.0.2", &root, &[]);
-    let vm = vm(&mut lab, &cli, &tap, mac, Firmware::Bios);
+    let d = disk(&lab, "vda.raw", 24);
+    let vm = vm_with_disk(&mut lab, &cli, &tap, mac, Firmware::Bios, Some(&d));
     let line = ramdisk_line(&vm, &server, Duration::from_secs(240));
     let f = fields(&line);
     assert_eq!(f["mode"], "inspect", "{line}");
@@ -449,6 +488,28 @@ fn a_bios_vm_boots_the_inspection_ramdisk() {
     assert!(
         !log.contains("plinth.token=plinth_"),
         "the token stays off the console"
+    );
+    // The agent reported what it found: the machine is ready with the VM's facts.
+    assert_eq!(f["agent"], "ok", "{line}\n{log}");
+    let m = env.machine_by_mac(mac).unwrap();
+    assert_eq!(m.state, MachineState::Ready);
+    let facts = &m.facts;
+    assert_eq!(facts["firmware"], "bios");
+    let mem = facts["memory_mib"].as_u64().unwrap();
+    assert!((448..=512).contains(&mem), "-m 512: {mem} MiB");
+    assert_eq!(facts["disks"][0]["size_bytes"], 24u64 << 20, "{facts}");
+    assert_eq!(facts["disks"][0]["serial"], "plinth-disk-0");
+    assert!(
+        facts["nics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["mac"] == mac && n["link"] == true),
+        "{facts}"
+    );
+    assert_eq!(
+        env.events(m.id, "inspect_complete")[0].actor,
+        "agent:inspect"
     );
 }
 
@@ -475,6 +536,12 @@ fn a_uefi_vm_is_discovered_and_inspected() {
     assert_eq!(f["healthz"], "ok", "{line}");
     let boots = env.events(m.id, "boot");
     assert_eq!(boots[0].details["firmware"], "efi");
+    // The agent's facts wait with the machine for a technician to adopt it.
+    assert_eq!(f["agent"], "ok", "{line}");
+    let m = env.machine_by_mac(mac).unwrap();
+    assert_eq!(m.state, MachineState::Discovered);
+    assert_eq!(m.facts["firmware"], "uefi");
+    assert_eq!(env.events(m.id, "discovered_inspected").len(), 1);
 }
 
 /// OVMF's own PXE client: DHCP hands it snponly.efi, which it fetches by TFTP (with tsize,
@@ -526,7 +593,8 @@ fn uefi_firmware_pxe_fetches_snponly_by_tftp_then_cleans() {
         &root,
         &[("PLINTH_DHCP__EFI_BINARY", "snponly.efi")],
     );
-    let vm = vm(&mut lab, &cli, &tap, mac, Firmware::UefiPxe);
+    let d = disk(&lab, "vda.raw", 16);
+    let vm = vm_with_disk(&mut lab, &cli, &tap, mac, Firmware::UefiPxe, Some(&d));
     let line = ramdisk_line(&vm, &server, Duration::from_secs(300));
     let f = fields(&line);
     assert_eq!(
@@ -534,6 +602,18 @@ fn uefi_firmware_pxe_fetches_snponly_by_tftp_then_cleans() {
         ("clean", m.id.to_string()),
         "{line}"
     );
+    // The agent wiped the disk's ends and reported: ready again.
+    assert_eq!(f["agent"], "ok", "{line}\n{}", vm.log_text());
+    let data = std::fs::read(&d).unwrap();
+    assert!(data[..1 << 20].iter().all(|b| *b == 0), "first MiB zeroed");
+    assert!(
+        data[data.len() - (1 << 20)..].iter().all(|b| *b == 0),
+        "last MiB zeroed"
+    );
+    assert_eq!(data[8 << 20], 0xa5, "a quick wipe leaves the middle");
+    let after = env.machine_by_mac(mac).unwrap();
+    assert_eq!(after.state, MachineState::Ready);
+    assert_eq!(env.events(m.id, "clean_complete")[0].actor, "agent:clean");
     let log = server.log_text();
     assert!(
         log.lines()

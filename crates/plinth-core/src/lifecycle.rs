@@ -304,6 +304,36 @@ impl App {
             "cpu_threads": report.cpu.threads, "memory_mib": report.memory_mib,
             "disks": report.disks.len(), "serial": report.system.serial,
         });
+        // A discovered machine (unknown, booted under the discovery policy) keeps its state:
+        // its facts wait with it for a technician to adopt it.
+        let current = plinth_db::machines::get_for_update(tx, id)
+            .await
+            .db()?
+            .ok_or_else(|| not_found(id))?;
+        if current.state == MachineState::Discovered.as_str() {
+            plinth_db::machines::set_facts(tx, id, &facts, report.arch.as_str())
+                .await
+                .db()?;
+            plinth_db::events::insert(
+                tx,
+                plinth_db::events::NewEvent {
+                    actor: &who.name,
+                    machine_id: Some(id),
+                    kind: "discovered_inspected",
+                    from_state: None,
+                    to_state: None,
+                    details: summary,
+                },
+            )
+            .await
+            .db()?;
+            tracing::info!(machine_id = %id, "facts of a discovered machine stored");
+            let row = plinth_db::machines::get(tx, id)
+                .await
+                .db()?
+                .ok_or_else(Error::internal)?;
+            return convert::machine(tx, row).await;
+        }
         self.apply(
             tx,
             who,

@@ -147,10 +147,13 @@ pub fn transition_jobs(verb: Verb, mode: Option<FirmwareMode>) -> Vec<JobSpec> {
             persistent: true,
             mode,
         }],
-        Verb::Decommission => vec![JobSpec::Power {
-            op: PowerOp::Off,
-            force: true,
-        }],
+        // The ramdisk has done its work and holds nothing: off, until the machine is wanted.
+        Verb::Decommission | Verb::InspectComplete | Verb::CleanComplete => {
+            vec![JobSpec::Power {
+                op: PowerOp::Off,
+                force: true,
+            }]
+        }
         _ => Vec::new(),
     }
 }
@@ -462,18 +465,25 @@ mod tests {
                 mode: None
             }]
         );
-        assert_eq!(
-            transition_jobs(Verb::Decommission, None),
-            vec![JobSpec::Power {
-                op: PowerOp::Off,
-                force: true
-            }]
-        );
+        for verb in [
+            Verb::Decommission,
+            Verb::InspectComplete,
+            Verb::CleanComplete,
+        ] {
+            assert_eq!(
+                transition_jobs(verb, None),
+                vec![JobSpec::Power {
+                    op: PowerOp::Off,
+                    force: true
+                }],
+                "{verb}"
+            );
+        }
         for verb in [
             Verb::Enroll,
-            Verb::InspectComplete,
+            Verb::InspectFail,
             Verb::Allocate,
-            Verb::CleanComplete,
+            Verb::CleanFail,
         ] {
             assert!(transition_jobs(verb, None).is_empty(), "{verb}");
         }

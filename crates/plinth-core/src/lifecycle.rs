@@ -16,6 +16,22 @@ use crate::auth::Permission;
 use crate::machines::not_found;
 use crate::{App, DbResult, Principal, Result, convert, validate};
 
+/// How long a machine may wait in a state that waits on its ramdisk agent.
+#[derive(Debug, Clone, Copy)]
+pub struct StuckTimeouts {
+    pub inspect: std::time::Duration,
+    pub clean: std::time::Duration,
+}
+
+impl Default for StuckTimeouts {
+    fn default() -> Self {
+        StuckTimeouts {
+            inspect: std::time::Duration::from_secs(1800),
+            clean: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
 /// What the caller asked for: a verb, optionally pinned to a version (If-Match).
 #[derive(Debug, Clone)]
 pub struct Action {
@@ -353,6 +369,60 @@ impl App {
             .db()?
             .ok_or_else(Error::internal)?;
         convert::machine(tx, row).await
+    }
+}
+
+impl App {
+    /// A reconciler pass: machines inspecting or cleaning for longer than allowed fail, with
+    /// the reason. Safe on every instance at once (each move is pinned to the version seen).
+    pub async fn fail_stuck(&self, t: &StuckTimeouts) -> Result<usize> {
+        let mut failed = 0;
+        for (state, verb, limit, what) in [
+            (
+                MachineState::Inspecting,
+                Verb::InspectFail,
+                t.inspect,
+                "inspection",
+            ),
+            (MachineState::Cleaning, Verb::CleanFail, t.clean, "cleaning"),
+        ] {
+            let stuck = {
+                let mut conn = self.conn().await?;
+                plinth_db::machines::stuck(&mut conn, state.as_str(), limit.as_secs_f64(), 100)
+                    .await
+                    .db()?
+            };
+            for (id, version) in stuck {
+                let reason = format!(
+                    "no {what} report within {} s: did the machine boot the ramdisk? (its events and console tell)",
+                    limit.as_secs()
+                );
+                let mut tx = self.begin().await?;
+                let res = self
+                    .apply(
+                        &mut tx,
+                        &Principal::system(),
+                        id,
+                        verb,
+                        Some(version),
+                        Some(&reason),
+                        TransitionEffects::default(),
+                        serde_json::json!({ "timeout_secs": limit.as_secs() }),
+                    )
+                    .await;
+                match res {
+                    Ok(_) => {
+                        tx.commit().await.db()?;
+                        failed += 1;
+                        tracing::warn!(machine_id = %id, %state, "{reason}");
+                    }
+                    // It moved meanwhile (a report arrived, another instance got there).
+                    Err(e) if e.kind == plinth_types::ErrorKind::Conflict => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(failed)
     }
 }
 

@@ -1208,3 +1208,50 @@ async fn queued_jobs_can_be_cancelled_running_ones_finish() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::NotFound);
 }
+
+#[tokio::test]
+async fn machines_waiting_too_long_on_their_agent_fail_with_the_reason() {
+    let w = world(settings()).await;
+    let (a, _) = w.enroll(1, PASSWORD).await;
+    let (b, _) = w.enroll(2, PASSWORD).await;
+    for id in [a, b] {
+        w.app
+            .act(
+                &admin(),
+                id,
+                Action {
+                    verb: Verb::Inspect,
+                    expected_version: None,
+                    reason: None,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let t = plinth_core::lifecycle::StuckTimeouts {
+        inspect: Duration::from_secs(600),
+        clean: Duration::from_secs(600),
+    };
+    assert_eq!(w.app.fail_stuck(&t).await.unwrap(), 0, "not yet");
+    sqlx::query(
+        "update machines set state_changed_at = now() - interval '11 minutes' where id = $1",
+    )
+    .bind(a)
+    .execute(w.app.pool())
+    .await
+    .unwrap();
+    assert_eq!(w.app.fail_stuck(&t).await.unwrap(), 1);
+    let m = w.app.get_machine(&admin(), a).await.unwrap();
+    assert_eq!(m.state, MachineState::InspectFailed);
+    assert!(
+        m.state_reason
+            .unwrap()
+            .contains("no inspection report within 600 s")
+    );
+    assert_eq!(w.events_of_kind(a, "inspect_fail").await[0].actor, "system");
+    assert_eq!(
+        w.app.get_machine(&admin(), b).await.unwrap().state,
+        MachineState::Inspecting
+    );
+    assert_eq!(w.app.fail_stuck(&t).await.unwrap(), 0, "once");
+}

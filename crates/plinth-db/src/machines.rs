@@ -456,3 +456,24 @@ pub async fn boot_info_by_mac(
     .await?;
     Ok(row.map(|r| (r.id, r.state, r.boot_file)))
 }
+
+/// Machines in `state` for longer than `secs` (not in maintenance): (id, state_version).
+pub async fn stuck(
+    conn: &mut PgConnection,
+    state: &str,
+    secs: f64,
+    limit: i64,
+) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "select id, state_version from machines
+         where state = $1 and not maintenance
+           and state_changed_at < now() - make_interval(secs => $2)
+         order by state_changed_at limit $3",
+        state,
+        secs,
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.state_version)).collect())
+}

@@ -134,6 +134,12 @@ pub struct BootConfig {
     pub loop_max: u32,
     #[serde(default = "default_loop_window")]
     pub loop_window: u64,
+    /// A machine inspecting (cleaning) this long without the agent's report fails, with the
+    /// reason.
+    #[serde(default = "default_inspect_timeout")]
+    pub inspect_timeout_secs: u64,
+    #[serde(default = "default_clean_timeout")]
+    pub clean_timeout_secs: u64,
 }
 
 fn default_kernel() -> String {
@@ -166,6 +172,12 @@ fn default_retry_secs() -> u32 {
 fn default_loop_max() -> u32 {
     10
 }
+fn default_inspect_timeout() -> u64 {
+    1800
+}
+fn default_clean_timeout() -> u64 {
+    3600
+}
 fn default_loop_window() -> u64 {
     600
 }
@@ -186,6 +198,8 @@ impl Default for BootConfig {
             retry_secs: default_retry_secs(),
             loop_max: default_loop_max(),
             loop_window: default_loop_window(),
+            inspect_timeout_secs: default_inspect_timeout(),
+            clean_timeout_secs: default_clean_timeout(),
         }
     }
 }

@@ -169,9 +169,13 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
         }
     }
     {
-        // Reconciler: expired leases go back to the pool, long-expired agent tokens are forgotten
-        // (safe on every instance at once).
+        // Reconciler: expired leases go back to the pool, long-expired agent tokens are forgotten,
+        // machines waiting too long on their agent fail (safe on every instance at once).
         let (app, cancel) = (app.clone(), cancel.clone());
+        let stuck = plinth_core::lifecycle::StuckTimeouts {
+            inspect: std::time::Duration::from_secs(c.boot.inspect_timeout_secs.max(60)),
+            clean: std::time::Duration::from_secs(c.boot.clean_timeout_secs.max(60)),
+        };
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
             loop {
@@ -183,6 +187,9 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
                         }
                         if let Err(e) = app.purge_agent_tokens().await {
                             tracing::warn!(error = %e, "agent token purge failed");
+                        }
+                        if let Err(e) = app.fail_stuck(&stuck).await {
+                            tracing::warn!(error = %e, "failing stuck machines failed");
                         }
                     }
                 }

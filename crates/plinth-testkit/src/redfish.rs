@@ -15,6 +15,18 @@ use axum::routing::{get, post};
 use base64::Engine;
 use serde_json::{Value, json};
 
+/// What the emulated BMC controls when it is not only two fields in memory: a machine (a QEMU
+/// process, see [`crate::vm`]). The emulator asks it for the power state and tells it to power
+/// on, off or reset, booting the device of the boot override in effect (`Pxe`, `Hdd`, `Cd`,
+/// `BiosSetup`, or `None` for the machine's own order). Calls are made without the emulator's
+/// lock held; they may take a moment (starting a process).
+pub trait Host: Send + Sync + 'static {
+    fn is_on(&self) -> bool;
+    fn power_on(&self, boot: &str);
+    fn power_off(&self);
+    fn reset(&self, boot: &str);
+}
+
 /// How the emulator behaves; change it through [`RedfishEmulator::knobs`].
 #[derive(Debug, Clone, Default)]
 pub struct Knobs {
@@ -52,6 +64,13 @@ struct Bmc {
     logouts: u32,
     in_flight: u32,
     max_in_flight: u32,
+    host: Option<std::sync::Arc<dyn Host>>,
+}
+
+impl std::fmt::Debug for dyn Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Host")
+    }
 }
 
 type Shared = Arc<Mutex<Bmc>>;
@@ -71,6 +90,26 @@ impl Drop for RedfishEmulator {
 impl RedfishEmulator {
     /// Starts one on an ephemeral port of 127.0.0.1, with sessions offered.
     pub async fn start(user: &str, password: &str) -> anyhow::Result<RedfishEmulator> {
+        RedfishEmulator::start_inner(user, password, None, "127.0.0.1:0").await
+    }
+
+    /// A BMC of `host` (a VM), listening on `listen` (e.g. an address in a lab namespace's
+    /// reach, or 127.0.0.1:0).
+    pub async fn start_for(
+        user: &str,
+        password: &str,
+        host: std::sync::Arc<dyn Host>,
+        listen: &str,
+    ) -> anyhow::Result<RedfishEmulator> {
+        RedfishEmulator::start_inner(user, password, Some(host), listen).await
+    }
+
+    async fn start_inner(
+        user: &str,
+        password: &str,
+        host: Option<std::sync::Arc<dyn Host>>,
+        listen: &str,
+    ) -> anyhow::Result<RedfishEmulator> {
         let state = Arc::new(Mutex::new(Bmc {
             knobs: Knobs {
                 sessions: true,
@@ -89,6 +128,7 @@ impl RedfishEmulator {
             logouts: 0,
             in_flight: 0,
             max_in_flight: 0,
+            host,
         }));
         let app = Router::new()
             .route("/redfish/v1", get(root))
@@ -105,7 +145,7 @@ impl RedfishEmulator {
             )
             .layer(axum::middleware::from_fn_with_state(state.clone(), track))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.ok();
@@ -127,7 +167,17 @@ impl RedfishEmulator {
     }
 
     pub fn power(&self) -> &'static str {
-        self.state.lock().expect("emulator state").power
+        let host = self.state.lock().expect("emulator state").host.clone();
+        match host {
+            Some(h) => {
+                if h.is_on() {
+                    "On"
+                } else {
+                    "Off"
+                }
+            }
+            None => self.state.lock().expect("emulator state").power,
+        }
     }
 
     /// (BootSourceOverrideTarget, BootSourceOverrideEnabled).
@@ -283,6 +333,8 @@ async fn system(State(s): State<Shared>, h: HeaderMap) -> Response {
     if let Some(r) = gate(&s, &h, "GET /redfish/v1/Systems/1", true).await {
         return r;
     }
+    let host = s.lock().expect("emulator state").host.clone();
+    let host_power = host.map(|h| if h.is_on() { "On" } else { "Off" });
     let b = s.lock().expect("emulator state");
     let body: Value = json!({
         "@odata.id": "/redfish/v1/Systems/1",
@@ -292,7 +344,7 @@ async fn system(State(s): State<Shared>, h: HeaderMap) -> Response {
         "Model": "Misbehaving BMC",
         "SerialNumber": "PL-0001",
         "UUID": "0a0b0c0d-0000-4000-8000-000000000001",
-        "PowerState": b.power,
+        "PowerState": host_power.unwrap_or(b.power),
         "Boot": {
             "BootSourceOverrideTarget": b.target,
             "BootSourceOverrideEnabled": b.enabled,
@@ -363,6 +415,42 @@ async fn reset(
 ) -> Response {
     if let Some(r) = gate(&s, &h, "POST reset", true).await {
         return r;
+    }
+    let host = s.lock().expect("emulator state").host.clone();
+    if let Some(h) = host {
+        // The override in effect for a boot this reset starts; a one-time one is used up.
+        let boot = {
+            let mut b = s.lock().expect("emulator state");
+            let target = if b.enabled == "Disabled" {
+                "None".to_owned()
+            } else {
+                b.target.clone()
+            };
+            let boots = matches!(
+                body.get("ResetType").and_then(Value::as_str),
+                Some("On" | "ForceRestart" | "PowerCycle" | "ForceOn")
+            );
+            if boots && b.enabled == "Once" {
+                b.enabled = "Disabled".into();
+                b.target = "None".into();
+            }
+            target
+        };
+        let on = h.is_on();
+        match body.get("ResetType").and_then(Value::as_str) {
+            Some("On" | "ForceOn") if !on => h.power_on(&boot),
+            Some("On" | "ForceOn") => {}
+            Some("ForceOff" | "GracefulShutdown") => h.power_off(),
+            Some("ForceRestart" | "PowerCycle") if on => h.reset(&boot),
+            Some(other) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("The ResetType {other} is not supported in the current state."),
+                );
+            }
+            None => return error(StatusCode::BAD_REQUEST, "ResetType is required."),
+        }
+        return StatusCode::NO_CONTENT.into_response();
     }
     let mut b = s.lock().expect("emulator state");
     match body.get("ResetType").and_then(Value::as_str) {

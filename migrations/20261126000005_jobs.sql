@@ -10,7 +10,8 @@ create table jobs (
     -- creation order: the jobs of one machine run one at a time, in this order
     seq bigint generated always as identity unique,
     machine_id uuid not null references machines (id),
-    kind text not null check (kind in ('power', 'boot_device', 'identify')),
+    -- retire: power off for good, then forget the BMC's credentials (decommission)
+    kind text not null check (kind in ('power', 'boot_device', 'identify', 'retire')),
     params jsonb not null default '{}',
     state text not null default 'queued'
         check (state in ('queued', 'running', 'succeeded', 'failed', 'cancelled')),

@@ -181,6 +181,52 @@ impl App {
             ),
         };
         let details = json!({ "disks": report.disks });
+        // A machine being decommissioned is wiped on its way out: a clean report completes
+        // the decommission (its NICs, addresses and rack slot freed; the BMC retired).
+        let current = plinth_db::machines::get_for_update(&mut tx, id)
+            .await
+            .db()?
+            .ok_or_else(|| not_found(id))?;
+        if current.state == plinth_types::MachineState::Decommissioning.as_str() {
+            if report.result == CleanResult::Complete {
+                self.apply(
+                    &mut tx,
+                    &principal,
+                    id,
+                    Verb::DecommissionComplete,
+                    None,
+                    None,
+                    plinth_db::machines::TransitionEffects {
+                        unrack: true,
+                        ..Default::default()
+                    },
+                    json!({ "disks": report.disks, "rack": current.rack_name, "rack_unit": current.rack_unit }),
+                )
+                .await?;
+            } else {
+                plinth_db::events::insert(
+                    &mut tx,
+                    plinth_db::events::NewEvent {
+                        actor: &principal.name,
+                        machine_id: Some(id),
+                        kind: "decommission_clean_failed",
+                        from_state: None,
+                        to_state: None,
+                        details: json!({ "reason": reason, "disks": report.disks }),
+                    },
+                )
+                .await
+                .db()?;
+                tracing::warn!(machine_id = %id, reason = ?reason, "wiping a machine being decommissioned failed");
+            }
+            let row = plinth_db::machines::get(&mut tx, id)
+                .await
+                .db()?
+                .ok_or_else(|| not_found(id))?;
+            let machine = convert::machine(&mut tx, row).await?;
+            tx.commit().await.db()?;
+            return Ok(machine);
+        }
         self.apply(
             &mut tx,
             &principal,

@@ -118,7 +118,8 @@ pub fn script_decision(
         Some(S::DeployFailed) => wait("deployment failed; an operator has to look at it"),
         Some(S::Cleaning) => ScriptAction::Ramdisk(AgentMode::Clean),
         Some(S::CleanFailed) => wait("cleaning failed; an operator has to look at it"),
-        Some(S::Decommissioning) => wait("this machine is being decommissioned"),
+        // Wiped before it leaves: the clean ramdisk; its report completes the decommission.
+        Some(S::Decommissioning) => ScriptAction::Ramdisk(AgentMode::Clean),
         Some(S::Decommissioned) => wait("this machine is decommissioned; plinth boots nothing"),
     }
 }
@@ -715,6 +716,7 @@ mod tests {
             (Some(S::Discovered), ram(AgentMode::Inspect)),
             (Some(S::Inspecting), ram(AgentMode::Inspect)),
             (Some(S::Cleaning), ram(AgentMode::Clean)),
+            (Some(S::Decommissioning), ram(AgentMode::Clean)),
             (Some(S::Deploying), ram(AgentMode::Deploy)),
             (Some(S::Deployed), ScriptAction::LocalBoot),
             (Some(S::Ready), ScriptAction::LocalBoot),

@@ -28,6 +28,8 @@ pub enum JobSpec {
     },
     /// Check the credentials and read the machine's identity (after enrollment).
     Identify,
+    /// Power off for good, then forget the BMC's credentials (the end of a decommission).
+    Retire,
 }
 
 /// Attempts before a job fails for good (transient failures only are retried).
@@ -41,6 +43,7 @@ impl JobSpec {
             JobSpec::Power { .. } => "power",
             JobSpec::BootDevice { .. } => "boot_device",
             JobSpec::Identify => "identify",
+            JobSpec::Retire => "retire",
         }
     }
 
@@ -52,7 +55,7 @@ impl JobSpec {
                 persistent,
                 mode,
             } => json!({ "device": device, "persistent": persistent, "mode": mode }),
-            JobSpec::Identify => json!({}),
+            JobSpec::Identify | JobSpec::Retire => json!({}),
         }
     }
 
@@ -83,6 +86,7 @@ impl JobSpec {
                 mode: field(kind, params, "mode")?,
             }),
             "identify" => Ok(JobSpec::Identify),
+            "retire" => Ok(JobSpec::Retire),
             other => Err(format!("unknown job kind {other:?}")),
         }
     }
@@ -141,14 +145,16 @@ pub fn transition_jobs(verb: Verb, mode: Option<FirmwareMode>) -> Vec<JobSpec> {
         ]
     };
     match verb {
-        Verb::Inspect | Verb::Deploy | Verb::Release => pxe_then_cycle(),
+        // Decommission boots the clean ramdisk too: the machine is wiped before it leaves.
+        Verb::Inspect | Verb::Deploy | Verb::Release | Verb::Decommission => pxe_then_cycle(),
+        Verb::DecommissionComplete => vec![JobSpec::Retire],
         Verb::DeployComplete => vec![JobSpec::BootDevice {
             device: BootTarget::Disk,
             persistent: true,
             mode,
         }],
         // The ramdisk has done its work and holds nothing: off, until the machine is wanted.
-        Verb::Decommission | Verb::InspectComplete | Verb::CleanComplete => {
+        Verb::InspectComplete | Verb::CleanComplete => {
             vec![JobSpec::Power {
                 op: PowerOp::Off,
                 force: true,
@@ -429,6 +435,7 @@ mod tests {
                 mode: None,
             },
             JobSpec::Identify,
+            JobSpec::Retire,
         ];
         for s in all {
             assert_eq!(JobSpec::parse(s.kind(), &s.params()), Ok(s));
@@ -440,7 +447,12 @@ mod tests {
     #[test]
     fn lifecycle_verbs_and_their_jobs() {
         let uefi = Some(FirmwareMode::Uefi);
-        for verb in [Verb::Inspect, Verb::Deploy, Verb::Release] {
+        for verb in [
+            Verb::Inspect,
+            Verb::Deploy,
+            Verb::Release,
+            Verb::Decommission,
+        ] {
             assert_eq!(
                 transition_jobs(verb, uefi),
                 vec![
@@ -465,11 +477,11 @@ mod tests {
                 mode: None
             }]
         );
-        for verb in [
-            Verb::Decommission,
-            Verb::InspectComplete,
-            Verb::CleanComplete,
-        ] {
+        assert_eq!(
+            transition_jobs(Verb::DecommissionComplete, None),
+            vec![JobSpec::Retire]
+        );
+        for verb in [Verb::InspectComplete, Verb::CleanComplete] {
             assert_eq!(
                 transition_jobs(verb, None),
                 vec![JobSpec::Power {

@@ -284,6 +284,25 @@ struct Done {
     identity: Option<serde_json::Value>,
 }
 
+/// Forgets a retired machine's BMC (its credentials above all), with an event.
+async fn scrub_bmc(
+    tx: &mut plinth_db::PgConnection,
+    machine_id: Uuid,
+    job: Uuid,
+    powered_off: bool,
+) -> Result<()> {
+    plinth_db::bmcs::delete(tx, machine_id).await.db()?;
+    event(
+        tx,
+        machine_id,
+        "bmc_scrubbed",
+        json!({ "job": job, "powered_off": powered_off }),
+    )
+    .await?;
+    tracing::info!(%machine_id, powered_off, "BMC credentials of a decommissioned machine scrubbed");
+    Ok(())
+}
+
 async fn execute(
     bmc: &dyn Bmc,
     spec: JobSpec,
@@ -291,7 +310,12 @@ async fn execute(
 ) -> std::result::Result<Done, Failure> {
     let t = s.call_timeout;
     match spec {
-        JobSpec::Power { op, force } => {
+        JobSpec::Power { .. } | JobSpec::Retire => {
+            let (op, force) = match spec {
+                JobSpec::Power { op, force } => (op, force),
+                // Powering off for good is a forced off; the scrub follows when it is recorded.
+                _ => (PowerOp::Off, true),
+            };
             let before = call(t, "read power state", bmc.power_state()).await?;
             let off = matches!(before, PowerState::Off | PowerState::PoweringOff);
             let (action, want) = match op {
@@ -551,6 +575,9 @@ impl JobRunner {
                     )
                     .await?;
                 }
+                if j.kind == "retire" {
+                    scrub_bmc(&mut tx, j.machine_id, j.id, true).await?;
+                }
                 event(
                     &mut tx,
                     j.machine_id,
@@ -590,6 +617,10 @@ impl JobRunner {
                     }),
                 )
                 .await?;
+                if j.kind == "retire" {
+                    // The machine is gone from plinth's care all the same: its credentials go.
+                    scrub_bmc(&mut tx, j.machine_id, j.id, false).await?;
+                }
                 tracing::warn!(job_id = %j.id, machine_id = %j.machine_id, error = %f.message, cancelled = cancelled.len(), "job failed");
             }
         }

@@ -702,16 +702,22 @@ async fn lifecycle_verbs_queue_their_bmc_work_and_a_failure_stops_the_chain() {
         .await
         .unwrap();
     w.runner.drain().await.unwrap();
-    assert_eq!(fa.power_now(), PowerState::Off);
-    assert_eq!(
-        fa.calls().last(),
-        Some(&Call::PowerState),
-        "the job waited for the power state to read off"
-    );
-    assert!(
-        fa.calls()
-            .contains(&Call::Power(PowerAction::Off { force: true }))
-    );
+    // The inspection report powered it off (forced: the ramdisk holds nothing), the job waiting
+    // for the power state to read off; decommission then booted it into the clean ramdisk.
+    let calls = fa.calls();
+    let off = calls
+        .iter()
+        .position(|c| *c == Call::Power(PowerAction::Off { force: true }))
+        .expect("powered off after the report");
+    assert_eq!(calls[off + 1], Call::PowerState);
+    assert!(calls[off + 1..].iter().any(|c| matches!(
+        c,
+        Call::SetBoot {
+            device: BootDevice::Pxe,
+            ..
+        }
+    )));
+    assert_eq!(fa.power_now(), PowerState::On);
 }
 
 #[tokio::test]
@@ -1254,4 +1260,87 @@ async fn machines_waiting_too_long_on_their_agent_fail_with_the_reason() {
         MachineState::Inspecting
     );
     assert_eq!(w.app.fail_stuck(&t).await.unwrap(), 0, "once");
+}
+
+#[tokio::test]
+async fn decommission_wipes_then_retires_the_machine_and_scrubs_its_bmc() {
+    let w = world(settings()).await;
+    let (a, fa) = w.enroll(1, PASSWORD).await;
+    w.runner.drain().await.unwrap();
+    let system = Principal::system();
+    let act = |verb| {
+        w.app.act(
+            &system,
+            a,
+            Action {
+                verb,
+                expected_version: None,
+                reason: None,
+            },
+        )
+    };
+    // enrolled → decommissioning: the machine boots the clean ramdisk (PXE once + power on).
+    let m = act(Verb::Decommission).await.unwrap();
+    assert_eq!(m.state, MachineState::Decommissioning);
+    w.runner.drain().await.unwrap();
+    assert_eq!(fa.boots(), 1);
+    assert!(fa.calls().contains(&Call::SetBoot {
+        device: BootDevice::Pxe,
+        persistent: false,
+        mode: None
+    }));
+
+    // The clean agent's report completes it: decommissioned, NICs freed, then the BMC powers
+    // the machine off for good and its credentials are forgotten.
+    let secret = w
+        .app
+        .create_token(&Principal::system(), "ops", plinth_types::Role::Operator)
+        .await
+        .unwrap()
+        .secret;
+    let report = CleanReport {
+        result: CleanResult::Complete,
+        reason: None,
+        disks: vec![WipedDisk {
+            name: "vda".into(),
+            size_bytes: 8 << 20,
+            zeroed_bytes: 2 << 20,
+            full: false,
+            error: None,
+        }],
+    };
+    let m = w.app.report_clean(&secret, a, report).await.unwrap();
+    assert_eq!(m.state, MachineState::Decommissioned);
+    assert!(m.nics.is_empty(), "its MACs are free again: {:?}", m.nics);
+    assert!(m.bmc.is_some(), "the BMC is still needed for the power off");
+    w.runner.drain().await.unwrap();
+    assert_eq!(fa.power_now(), PowerState::Off);
+    let m = w.app.get_machine(&admin(), a).await.unwrap();
+    assert!(m.bmc.is_none(), "credentials scrubbed");
+    let scrubbed = w.events_of_kind(a, "bmc_scrubbed").await;
+    assert_eq!(scrubbed[0].details["powered_off"], true);
+    let (_, ct): (i64, i64) =
+        sqlx::query_as("select count(*), count(*) from bmcs where machine_id = $1")
+            .bind(a)
+            .fetch_one(w.app.pool())
+            .await
+            .unwrap();
+    assert_eq!(ct, 0);
+    // A decommissioned machine takes no BMC requests.
+    let err = w
+        .app
+        .request_power(
+            &admin(),
+            a,
+            PowerRequest {
+                action: PowerOp::On,
+                force: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, "decommissioned");
+    // The MAC can be enrolled again, for another machine.
+    let (b, _) = w.enroll(1, PASSWORD).await;
+    assert_ne!(a, b);
 }

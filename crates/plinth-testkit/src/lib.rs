@@ -10,6 +10,7 @@ pub mod ipmi;
 pub mod netns;
 pub mod redfish;
 pub mod sushy;
+pub mod vm;
 
 use std::sync::OnceLock;
 

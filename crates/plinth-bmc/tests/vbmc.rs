@@ -1,0 +1,246 @@
+//! The Redfish driver against a virtual BMC of a real QEMU machine (plinth-testkit's Redfish
+//! emulator in front of a `VirtualMachine`): power and boot overrides reach the VM's process,
+//! and its serial console shows the firmware booting the device the override asked for.
+//!
+//! Needs root (a network namespace and a tap), qemu-system-x86, ipxe-qemu and ovmf.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plinth_bmc::redfish::{Redfish, RedfishConfig};
+use plinth_bmc::{Bmc, BootDevice, PowerAction, PowerState, set_boot_verified};
+use plinth_testkit::netns::Lab;
+use plinth_testkit::redfish::RedfishEmulator;
+use plinth_testkit::vm::{Firmware, Nic, VirtualMachine, VmSpec};
+
+/// TCG is slow, and other builds share the machine.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn driver(emu: &RedfishEmulator) -> Redfish {
+    Redfish::new(RedfishConfig {
+        base_url: emu.url(),
+        username: "admin".into(),
+        password: "pw".into(),
+        verify_tls: true,
+        ca_pem: None,
+        system: None,
+        timeout: Duration::from_secs(30),
+    })
+    .unwrap()
+}
+
+/// Polls the console of the VM's current boot until it contains `needle`; returns that text.
+async fn wait_console(vm: &VirtualMachine, needle: &str) -> String {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    loop {
+        let text = vm.boot_console();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not on the console within {BOOT_TIMEOUT:?}; this boot printed:\n{text}\n\
+             QEMU said:\n{}",
+            vm.qemu_stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// SeaBIOS's first "Booting from X..." of a boot.
+fn first_boot_device(console: &str) -> Option<&str> {
+    let at = console.find("Booting from ")? + "Booting from ".len();
+    let rest = &console[at..];
+    Some(&rest[..rest.find("...")?])
+}
+
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// The `-device` argument that boots first.
+fn first_boot_entry(args: &[String]) -> String {
+    args.iter()
+        .find(|a| a.split(',').any(|p| p == "bootindex=1"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no bootindex=1 in {args:?}"))
+}
+
+fn gone(pid: u32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bios_vm_follows_its_redfish_bmc() {
+    let mut lab = Lab::new().unwrap();
+    let ns = lab.namespace("vbmc").unwrap();
+    let tap = lab.tap(&ns).unwrap();
+    let mac = "52:54:00:7b:00:01";
+    let mut spec = VmSpec::new("vbmc-bios", Firmware::Bios, Nic::E1000, mac);
+    spec.memory_mib = 256;
+    spec.disks = vec![16];
+    let vm = VirtualMachine::new(&ns.name, &tap, spec, &lab.dir().join("vm")).unwrap();
+    assert_eq!(
+        std::fs::metadata(&vm.disks()[0]).unwrap().len(),
+        16 << 20,
+        "the disk is created at its size"
+    );
+    let emu = RedfishEmulator::start_for("admin", "pw", vm.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let bmc = driver(&emu);
+
+    // Off: no process.
+    assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
+    assert_eq!(vm.qemu_pid(), None);
+
+    // PXE once, on: SeaBIOS boots the NIC's iPXE ROM, which asks for an address with our MAC.
+    let t = Instant::now();
+    set_boot_verified(&bmc, BootDevice::Pxe, false, None)
+        .await
+        .unwrap();
+    bmc.power(PowerAction::On).await.unwrap();
+    let pid1 = vm.qemu_pid().expect("QEMU runs after power on");
+    assert_eq!(bmc.power_state().await.unwrap(), PowerState::On);
+    let console = wait_console(&vm, &format!("Configuring (net0 {mac})")).await;
+    eprintln!(
+        "BIOS: power on to iPXE configuring its NIC: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(first_boot_device(&console), Some("ROM"), "{console}");
+    assert!(
+        console.contains("iPXE (PCI 00:03.0) starting execution"),
+        "{console}"
+    );
+    assert!(first_boot_entry(&cmdline(pid1)).starts_with("e1000,"));
+    let boot = bmc.boot_override().await.unwrap();
+    assert_eq!(boot.device, None, "the one-time override is used up");
+
+    // Forced off: the process is gone (and reaped).
+    let t = Instant::now();
+    bmc.power(PowerAction::Off { force: true }).await.unwrap();
+    assert_eq!(vm.qemu_pid(), None);
+    assert!(gone(pid1), "QEMU {pid1} is gone, not a zombie");
+    assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
+    eprintln!("BIOS: power off: {:?}", t.elapsed());
+
+    // Disk, persistent: the disk boots first (and, blank, fails over to the network).
+    set_boot_verified(&bmc, BootDevice::Disk, true, None)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    bmc.power(PowerAction::On).await.unwrap();
+    let pid2 = vm.qemu_pid().expect("QEMU runs after power on");
+    assert_ne!(pid2, pid1);
+    let args = cmdline(pid2);
+    let first = first_boot_entry(&args);
+    assert!(first.starts_with("virtio-blk-pci,drive=d0,"), "{args:?}");
+    let disk_at = args.iter().position(|a| a.starts_with("virtio-blk-pci"));
+    let nic_at = args.iter().position(|a| a.starts_with("e1000,"));
+    assert!(disk_at < nic_at, "the disk comes first: {args:?}");
+    let console = wait_console(&vm, "Booting from Hard Disk...").await;
+    eprintln!("BIOS: power on to booting the disk: {:?}", t.elapsed());
+    assert_eq!(first_boot_device(&console), Some("Hard Disk"), "{console}");
+    let boot = bmc.boot_override().await.unwrap();
+    assert_eq!(
+        (boot.device, boot.persistent),
+        (Some(BootDevice::Disk), true),
+        "a persistent override stays"
+    );
+
+    // PXE once and a power cycle: the order changes, so a new process boots the network.
+    set_boot_verified(&bmc, BootDevice::Pxe, false, None)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    bmc.power(PowerAction::Cycle).await.unwrap();
+    let pid3 = vm.qemu_pid().expect("QEMU runs after the cycle");
+    assert_ne!(pid3, pid2, "a different boot order means a new process");
+    assert!(gone(pid2));
+    let console = wait_console(&vm, &format!("Configuring (net0 {mac})")).await;
+    eprintln!("BIOS: cycle to iPXE configuring its NIC: {:?}", t.elapsed());
+    assert_eq!(first_boot_device(&console), Some("ROM"), "{console}");
+    assert!(first_boot_entry(&cmdline(pid3)).starts_with("e1000,"));
+    assert_eq!(bmc.boot_override().await.unwrap().device, None);
+
+    // PXE once again and a reset: the same order, so the same process resets (QMP).
+    set_boot_verified(&bmc, BootDevice::Pxe, false, None)
+        .await
+        .unwrap();
+    bmc.power(PowerAction::Reset).await.unwrap();
+    assert_eq!(vm.qemu_pid(), Some(pid3), "a reset in the same order");
+    let console = wait_console(&vm, &format!("Configuring (net0 {mac})")).await;
+    assert_eq!(
+        console.matches("SeaBIOS (version").count(),
+        1,
+        "this boot's console is this boot's only: {console}"
+    );
+    assert_eq!(first_boot_device(&console), Some("ROM"), "{console}");
+    let whole = vm.console();
+    assert_eq!(
+        whole.matches("SeaBIOS (version").count(),
+        4,
+        "the console keeps every boot"
+    );
+
+    // A QEMU that exits by itself (as when the guest powers off) is a machine that is off.
+    let out = std::process::Command::new("kill")
+        .args(["-s", "KILL", &pid3.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bmc.power_state().await.unwrap() != PowerState::Off {
+        assert!(Instant::now() < deadline, "still On after QEMU died");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(vm.qemu_pid(), None);
+    assert!(gone(pid3), "reaped");
+    drop(emu);
+    drop(vm);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uefi_vm_network_boots_on_a_pxe_override() {
+    let mut lab = Lab::new().unwrap();
+    let ns = lab.namespace("vbmcuefi").unwrap();
+    let tap = lab.tap(&ns).unwrap();
+    let mac = "52:54:00:7b:00:02";
+    let mut spec = VmSpec::new("vbmc-uefi", Firmware::Uefi, Nic::VirtioNet, mac);
+    spec.disks = vec![16];
+    let vm = VirtualMachine::new(&ns.name, &tap, spec, &lab.dir().join("vm")).unwrap();
+    let emu = RedfishEmulator::start_for("admin", "pw", vm.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let bmc: Arc<dyn Bmc> = Arc::new(driver(&emu));
+
+    set_boot_verified(bmc.as_ref(), BootDevice::Pxe, false, None)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    bmc.power(PowerAction::On).await.unwrap();
+    let pid = vm.qemu_pid().expect("QEMU runs after power on");
+    let args = cmdline(pid);
+    assert!(
+        first_boot_entry(&args).starts_with("virtio-net-pci,"),
+        "{args:?}"
+    );
+    assert!(args.iter().any(|a| a.contains("OVMF_CODE")), "{args:?}");
+    let console = wait_console(&vm, &format!("Configuring (net0 {mac})")).await;
+    eprintln!(
+        "UEFI: power on to iPXE configuring its NIC: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        console.contains("Open Source Network Boot Firmware"),
+        "{console}"
+    );
+    bmc.power(PowerAction::Off { force: true }).await.unwrap();
+    assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
+    assert!(gone(pid));
+}

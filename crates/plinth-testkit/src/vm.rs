@@ -1,0 +1,691 @@
+//! A QEMU virtual machine that a BMC emulator can drive: it implements [`crate::redfish::Host`].
+//!
+//! Powered off means no QEMU process. Powering on starts
+//! `ip netns exec NS qemu-system-x86_64 -nographic -machine pc|q35,accel=tcg ...` on a tap of a
+//! lab namespace (see [`crate::netns::Lab::tap`]), with the boot order of that boot; powering off
+//! asks QEMU to quit over QMP (and kills it if it does not). A guest reboot stays on (no
+//! `-no-reboot`); a guest that powers itself off ends the process, and the machine is off.
+//!
+//! Everything lives in the VM's directory: the raw disks (`disk0.raw`, ...), the UEFI variable
+//! store (`OVMF_VARS.fd`, a per-VM copy), the QMP socket (`qmp.sock`), the serial console
+//! (`console.log`, appended across power cycles with a [`SEPARATOR`] line per power-on, reset
+//! and power-off, each placed between the output of the boots it separates) and QEMU's own
+//! messages (`qemu.err`).
+//!
+//! The API is synchronous: [`crate::redfish::Host`]'s methods are, and each call takes at most a
+//! few seconds (starting a process and waiting for its QMP socket, or waiting for it to exit).
+//! The process is reaped on every call that looks at it and when the VM is dropped (which kills
+//! it), so a guest that powered itself off is a zombie only until the next look.
+//!
+//! Boot order per Redfish `BootSourceOverrideTarget` (see [`BootOrder::for_target`]): `Pxe`
+//! boots the network first; `Hdd`, `None` (the machine's own order), `Cd` (there is no CD drive)
+//! and `BiosSetup` (neither SeaBIOS nor OVMF can be told to enter setup from the command line)
+//! boot the disks first and then the network, as a server's own order usually does.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use serde_json::{Value, json};
+
+/// Every line the VM (not the guest) writes to the console log starts with this.
+pub const SEPARATOR: &str = "===== plinth-testkit vm ";
+
+/// OVMF's code (read-only, shared) and the variable store template copied per VM.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// How long QEMU gets to open its QMP socket after starting.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long QEMU gets to exit after a QMP `quit` before it is killed.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read/write timeout of one QMP exchange.
+const QMP_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS on `-machine pc`.
+    Bios,
+    /// OVMF on `-machine q35`.
+    Uefi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nic {
+    E1000,
+    VirtioNet,
+}
+
+impl Nic {
+    fn device(self) -> &'static str {
+        match self {
+            Nic::E1000 => "e1000",
+            Nic::VirtioNet => "virtio-net-pci",
+        }
+    }
+}
+
+/// What the machine is made of.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// For `-name` and the console's separator lines.
+    pub name: String,
+    pub firmware: Firmware,
+    pub nic: Nic,
+    /// The NIC's MAC address, `52:54:00:..`.
+    pub mac: String,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Raw virtio disks, sizes in MiB; serials `plinth-disk-0`, `plinth-disk-1`, ...
+    pub disks: Vec<u64>,
+    /// The NIC carries QEMU's iPXE option ROM (the default). Off (`romfile=`), a UEFI machine
+    /// network-boots with EDK2's own PXE client; a BIOS machine cannot network-boot at all.
+    pub ipxe_rom: bool,
+}
+
+impl VmSpec {
+    /// One CPU, 256 MiB, no disks, the iPXE ROM on the NIC.
+    pub fn new(name: &str, firmware: Firmware, nic: Nic, mac: &str) -> VmSpec {
+        VmSpec {
+            name: name.into(),
+            firmware,
+            nic,
+            mac: mac.into(),
+            memory_mib: 256,
+            cpus: 1,
+            disks: Vec::new(),
+            ipxe_rom: true,
+        }
+    }
+}
+
+/// The device order a boot uses, expressed as `bootindex` properties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootOrder {
+    /// The NIC (`bootindex=1`), then the disks.
+    NetworkFirst,
+    /// The disks in order (`bootindex=1..`), then the NIC.
+    DiskFirst,
+}
+
+impl BootOrder {
+    /// The order for a Redfish `BootSourceOverrideTarget` (see the module docs).
+    pub fn for_target(target: &str) -> BootOrder {
+        match target {
+            "Pxe" | "UefiHttp" => BootOrder::NetworkFirst,
+            // "Hdd", "None", "Cd", "BiosSetup" and anything else: the machine's own order.
+            _ => BootOrder::DiskFirst,
+        }
+    }
+}
+
+/// A QEMU machine; see the module docs.
+pub struct VirtualMachine {
+    ns: String,
+    tap: String,
+    spec: VmSpec,
+    dir: PathBuf,
+    disks: Vec<PathBuf>,
+    vars: Option<PathBuf>,
+    console: PathBuf,
+    qemu_err: PathBuf,
+    qmp: PathBuf,
+    qemu: PathBuf,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for VirtualMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtualMachine")
+            .field("name", &self.spec.name)
+            .field("ns", &self.ns)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// The running QEMU (`ip netns exec` execs it, so this is QEMU itself).
+    child: Option<Child>,
+    /// The boot order it was started with.
+    order: Option<BootOrder>,
+    /// Power-ons and resets so far, for the separator lines.
+    events: u32,
+}
+
+impl VirtualMachine {
+    /// Creates the VM's files in `dir` (created if missing): the raw disks (sparse; an existing
+    /// file is kept, and grown if it is smaller) and a fresh copy of the OVMF variable store.
+    /// Does not start QEMU. `ns` is a lab namespace's name and `tap` a tap in it.
+    pub fn new(
+        ns: &str,
+        tap: &str,
+        spec: VmSpec,
+        dir: &Path,
+    ) -> anyhow::Result<Arc<VirtualMachine>> {
+        let qemu = crate::netns::which("qemu-system-x86_64").context(
+            "qemu-system-x86_64 not found: apt-get install qemu-system-x86 ipxe-qemu (and ovmf)",
+        )?;
+        let out = Command::new("ip")
+            .args(["-n", ns, "link", "show", "dev", tap])
+            .stdin(Stdio::null())
+            .output()
+            .context("running ip")?;
+        ensure!(
+            out.status.success(),
+            "no interface {tap} in namespace {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let qmp = dir.join("qmp.sock");
+        // sun_path holds 108 bytes with the terminating NUL.
+        ensure!(
+            qmp.as_os_str().len() < 108,
+            "{} is too long for a unix socket path",
+            qmp.display()
+        );
+        let mut disks = Vec::new();
+        for (i, mib) in spec.disks.iter().enumerate() {
+            let path = dir.join(format!("disk{i}.raw"));
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let size = mib << 20;
+            if file.metadata()?.len() < size {
+                file.set_len(size)?;
+            }
+            disks.push(path);
+        }
+        let vars = match spec.firmware {
+            Firmware::Bios => None,
+            Firmware::Uefi => {
+                ensure!(
+                    Path::new(OVMF_CODE).is_file(),
+                    "{OVMF_CODE} not found: apt-get install ovmf"
+                );
+                let vars = dir.join("OVMF_VARS.fd");
+                fs::copy(OVMF_VARS, &vars)
+                    .with_context(|| format!("copying {OVMF_VARS} (apt-get install ovmf)"))?;
+                Some(vars)
+            }
+        };
+        Ok(Arc::new(VirtualMachine {
+            ns: ns.into(),
+            tap: tap.into(),
+            spec,
+            dir: dir.to_path_buf(),
+            disks,
+            vars,
+            console: dir.join("console.log"),
+            qemu_err: dir.join("qemu.err"),
+            qmp,
+            qemu,
+            state: Mutex::new(State::default()),
+        }))
+    }
+
+    pub fn spec(&self) -> &VmSpec {
+        &self.spec
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The raw disk files, in the order of [`VmSpec::disks`].
+    pub fn disks(&self) -> &[PathBuf] {
+        &self.disks
+    }
+
+    pub fn console_path(&self) -> &Path {
+        &self.console
+    }
+
+    /// The whole serial console since the VM was created, all boots.
+    pub fn console(&self) -> String {
+        read_lossy(&self.console)
+    }
+
+    /// The console since the last power-on or reset (after the last [`SEPARATOR`] line).
+    pub fn boot_console(&self) -> String {
+        let all = self.console();
+        match all.rfind(SEPARATOR) {
+            Some(i) => {
+                let rest = &all[i..];
+                rest.find('\n')
+                    .map_or(String::new(), |n| rest[n + 1..].to_owned())
+            }
+            None => all,
+        }
+    }
+
+    /// Polls [`VirtualMachine::boot_console`] until it contains `needle`; returns it. Blocks.
+    pub fn wait_console(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.boot_console();
+            if text.contains(needle) {
+                return Ok(text);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "vm {}: {needle:?} not on the console within {timeout:?}; this boot printed:\n{text}",
+                    self.spec.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What QEMU itself printed on stderr (all runs).
+    pub fn qemu_stderr(&self) -> String {
+        read_lossy(&self.qemu_err)
+    }
+
+    /// The running QEMU's pid.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        let mut s = self.lock();
+        reap(&mut s);
+        s.child.as_ref().map(Child::id)
+    }
+
+    /// The boot order of the running QEMU.
+    pub fn boot_order(&self) -> Option<BootOrder> {
+        let mut s = self.lock();
+        reap(&mut s);
+        s.order
+    }
+
+    /// QMP `query-status`'s `status` ("running", "paused", "shutdown", ...), or `None` when off.
+    pub fn run_status(&self) -> anyhow::Result<Option<String>> {
+        let mut s = self.lock();
+        reap(&mut s);
+        if s.child.is_none() {
+            return Ok(None);
+        }
+        let v = Qmp::connect(&self.qmp)?.execute("query-status")?;
+        Ok(v.get("status").and_then(Value::as_str).map(str::to_owned))
+    }
+
+    /// Starts QEMU booting in the order for `boot` (a Redfish BootSourceOverrideTarget), and
+    /// waits for its QMP socket. Nothing happens if it is already on.
+    pub fn try_power_on(&self, boot: &str) -> anyhow::Result<()> {
+        let mut s = self.lock();
+        reap(&mut s);
+        if s.child.is_some() {
+            return Ok(());
+        }
+        self.start(&mut s, boot)
+    }
+
+    /// QMP `quit`, or a kill if QEMU does not exit in time; waits until it is gone.
+    pub fn try_power_off(&self) -> anyhow::Result<()> {
+        let mut s = self.lock();
+        self.stop(&mut s)
+    }
+
+    /// A reset booting in the order for `boot`: QMP `system_reset` when the running order is
+    /// that one, else a power cycle (a new process). Powers on a machine that is off.
+    pub fn try_reset(&self, boot: &str) -> anyhow::Result<()> {
+        let mut s = self.lock();
+        reap(&mut s);
+        let order = BootOrder::for_target(boot);
+        if s.child.is_none() {
+            return self.start(&mut s, boot);
+        }
+        if s.order != Some(order) {
+            self.stop(&mut s)?;
+            return self.start(&mut s, boot);
+        }
+        s.events += 1;
+        let what = format!("reset #{} boot={boot} order={order:?}", s.events);
+        // Paused around the separator, so that the guest's output lands on the right side.
+        let reset = Qmp::connect(&self.qmp).and_then(|mut q| {
+            q.execute("stop")?;
+            let written = self.separator(&what);
+            q.execute("system_reset")?;
+            q.execute("cont")?;
+            written
+        });
+        if let Err(err) = reset {
+            eprintln!(
+                "plinth-testkit vm {}: system_reset failed ({err:#}); power cycling",
+                self.spec.name
+            );
+            self.stop(&mut s)?;
+            return self.start(&mut s, boot);
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves a state that is still fine to use.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends a line of ours to the console log.
+    fn separator(&self, what: &str) -> anyhow::Result<()> {
+        let mut f = append(&self.console)?;
+        writeln!(f, "\n{SEPARATOR}{}: {what} =====", self.spec.name)?;
+        Ok(())
+    }
+
+    /// The QEMU arguments for a boot in `order`.
+    pub fn qemu_args(&self, order: BootOrder) -> Vec<String> {
+        let spec = &self.spec;
+        let machine = match spec.firmware {
+            Firmware::Bios => "pc,accel=tcg",
+            Firmware::Uefi => "q35,accel=tcg",
+        };
+        let mut a: Vec<String> = [
+            "-name",
+            &spec.name,
+            "-nographic",
+            "-machine",
+            machine,
+            "-m",
+            &spec.memory_mib.to_string(),
+            "-smp",
+            &spec.cpus.max(1).to_string(),
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", self.qmp.display()),
+        ]
+        .map(str::to_owned)
+        .into();
+        if let Some(vars) = &self.vars {
+            a.push("-drive".into());
+            a.push(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ));
+            a.push("-drive".into());
+            a.push(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+        }
+        let (nic_index, first_disk_index) = match order {
+            BootOrder::NetworkFirst => (1, 2),
+            BootOrder::DiskFirst => (self.disks.len() + 1, 1),
+        };
+        let rom = if spec.ipxe_rom { "" } else { ",romfile=" };
+        let nic = [
+            "-netdev".to_owned(),
+            format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap),
+            "-device".to_owned(),
+            format!(
+                "{},netdev=n0,mac={},bootindex={nic_index}{rom}",
+                spec.nic.device(),
+                spec.mac
+            ),
+        ];
+        let mut disks = Vec::new();
+        for (i, d) in self.disks.iter().enumerate() {
+            disks.push("-drive".to_owned());
+            disks.push(format!("file={},format=raw,if=none,id=d{i}", d.display()));
+            disks.push("-device".to_owned());
+            disks.push(format!(
+                "virtio-blk-pci,drive=d{i},serial=plinth-disk-{i},bootindex={}",
+                first_disk_index + i
+            ));
+        }
+        // Devices in boot order on the command line too, which makes it easy to read.
+        match order {
+            BootOrder::NetworkFirst => {
+                a.extend(nic);
+                a.extend(disks);
+            }
+            BootOrder::DiskFirst => {
+                a.extend(disks);
+                a.extend(nic);
+            }
+        }
+        a
+    }
+
+    fn start(&self, s: &mut State, boot: &str) -> anyhow::Result<()> {
+        let order = BootOrder::for_target(boot);
+        // A socket left by a QEMU that was killed would accept nothing.
+        fs::remove_file(&self.qmp).ok();
+        s.events += 1;
+        self.separator(&format!(
+            "power on #{} boot={boot} order={order:?}",
+            s.events
+        ))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns])
+            .arg(&self.qemu)
+            .args(self.qemu_args(order))
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(append(&self.console)?)
+            .stderr(append(&self.qemu_err)?);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting QEMU for vm {}", self.spec.name))?;
+        s.child = Some(child);
+        s.order = Some(order);
+        // Wait for QMP, so that what follows (a reset, a power-off) can use it, and so that a
+        // QEMU that fails at once (a busy tap, a bad argument) is an error here.
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                s.child = None;
+                s.order = None;
+                bail!(
+                    "QEMU for vm {} exited at once ({status}); it said:\n{}",
+                    self.spec.name,
+                    tail(&self.qemu_stderr(), 2000)
+                );
+            }
+            match Qmp::connect(&self.qmp) {
+                Ok(_) => return Ok(()),
+                Err(err) if Instant::now() >= deadline => {
+                    self.kill(s);
+                    return Err(err.context(format!(
+                        "QEMU for vm {} did not open its QMP socket within {START_TIMEOUT:?}",
+                        self.spec.name
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn stop(&self, s: &mut State) -> anyhow::Result<()> {
+        reap(s);
+        let Some(child) = s.child.as_mut() else {
+            return Ok(());
+        };
+        let quit = Qmp::connect(&self.qmp).and_then(|mut q| q.execute("quit"));
+        if let Err(err) = quit {
+            eprintln!(
+                "plinth-testkit vm {}: QMP quit failed ({err:#}); killing QEMU",
+                self.spec.name
+            );
+        } else {
+            let deadline = Instant::now() + QUIT_TIMEOUT;
+            while Instant::now() < deadline {
+                if child.try_wait()?.is_some() {
+                    s.child = None;
+                    s.order = None;
+                    // Written once QEMU is gone, after the last of its output.
+                    return self.separator("power off");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.kill(s);
+        self.separator("power off (killed)")
+    }
+
+    /// SIGKILL and reap.
+    fn kill(&self, s: &mut State) {
+        if let Some(mut child) = s.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+        s.order = None;
+    }
+}
+
+impl crate::redfish::Host for VirtualMachine {
+    /// The process is alive and QMP does not say the guest has shut down (QEMU exits right
+    /// after). A QMP socket that does not answer counts as on: the process is there.
+    fn is_on(&self) -> bool {
+        let mut s = self.lock();
+        reap(&mut s);
+        if s.child.is_none() {
+            return false;
+        }
+        let status = Qmp::connect(&self.qmp).and_then(|mut q| q.execute("query-status"));
+        !matches!(status, Ok(v) if v.get("status").and_then(Value::as_str) == Some("shutdown"))
+    }
+
+    fn power_on(&self, boot: &str) {
+        if let Err(err) = self.try_power_on(boot) {
+            eprintln!("plinth-testkit vm {}: power on: {err:#}", self.spec.name);
+        }
+    }
+
+    fn power_off(&self) {
+        if let Err(err) = self.try_power_off() {
+            eprintln!("plinth-testkit vm {}: power off: {err:#}", self.spec.name);
+        }
+    }
+
+    fn reset(&self, boot: &str) {
+        if let Err(err) = self.try_reset(boot) {
+            eprintln!("plinth-testkit vm {}: reset: {err:#}", self.spec.name);
+        }
+    }
+}
+
+impl Drop for VirtualMachine {
+    fn drop(&mut self) {
+        let mut s = self.lock();
+        self.kill(&mut s);
+    }
+}
+
+/// Forgets (and reaps) a QEMU that has exited by itself.
+fn reap(s: &mut State) {
+    if let Some(child) = s.child.as_mut()
+        && !matches!(child.try_wait(), Ok(None))
+    {
+        s.child = None;
+        s.order = None;
+    }
+}
+
+fn append(path: &Path) -> anyhow::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+fn read_lossy(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// A QMP client: one connection per use, capabilities negotiated, JSON lines.
+struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    fn connect(path: &Path) -> anyhow::Result<Qmp> {
+        let stream = UnixStream::connect(path)
+            .with_context(|| format!("connecting to QMP at {}", path.display()))?;
+        stream.set_read_timeout(Some(QMP_TIMEOUT))?;
+        stream.set_write_timeout(Some(QMP_TIMEOUT))?;
+        let writer = stream.try_clone()?;
+        let mut qmp = Qmp {
+            reader: BufReader::new(stream),
+            writer,
+        };
+        let greeting = qmp.read()?.context("QMP closed before its greeting")?;
+        ensure!(
+            greeting.get("QMP").is_some(),
+            "not a QMP greeting: {greeting}"
+        );
+        qmp.execute("qmp_capabilities")?;
+        Ok(qmp)
+    }
+
+    /// The next message, `None` at end of stream.
+    fn read(&mut self) -> anyhow::Result<Option<Value>> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(
+            serde_json::from_str(&line).with_context(|| format!("bad QMP message {line:?}"))?,
+        ))
+    }
+
+    /// Runs a command and returns its `return` value. Events in between are skipped. For
+    /// `quit`, QEMU closing the connection counts as done.
+    fn execute(&mut self, command: &str) -> anyhow::Result<Value> {
+        let mut msg = json!({ "execute": command }).to_string();
+        msg.push('\n');
+        self.writer.write_all(msg.as_bytes())?;
+        loop {
+            let Some(v) = self.read().with_context(|| format!("QMP {command}"))? else {
+                if command == "quit" {
+                    return Ok(Value::Null);
+                }
+                bail!("QMP closed during {command}");
+            };
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                bail!("QMP {command}: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redfish_targets_map_to_boot_orders() {
+        assert_eq!(BootOrder::for_target("Pxe"), BootOrder::NetworkFirst);
+        for t in ["Hdd", "None", "Cd", "BiosSetup"] {
+            assert_eq!(BootOrder::for_target(t), BootOrder::DiskFirst, "{t}");
+        }
+    }
+
+    #[test]
+    fn tails_cut_on_character_boundaries() {
+        assert_eq!(tail("abcdef", 3), "def");
+        assert_eq!(tail("ab", 3), "ab");
+        assert_eq!(tail("aé", 1), "");
+    }
+}

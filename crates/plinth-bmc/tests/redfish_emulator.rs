@@ -60,6 +60,14 @@ async fn boot_overrides_honour_if_match_and_reverts_are_caught() {
     // The one-time override is used up by the next boot.
     bmc.power(PowerAction::On).await.unwrap();
     assert_eq!(emu.boot().1, "Disabled");
+    // The mode goes with the override (Legacy for BIOS), and is read back.
+    set_boot_verified(&bmc, BootDevice::Pxe, false, Some(BootMode::Bios))
+        .await
+        .unwrap();
+    assert_eq!(
+        bmc.boot_override().await.unwrap().mode,
+        Some(BootMode::Bios)
+    );
 
     emu.knobs(|k| k.revert_boot = true);
     let e = set_boot_verified(&bmc, BootDevice::Disk, true, None)

@@ -76,12 +76,15 @@ pub enum BootAction {
 }
 
 /// States in which plinth network-boots a machine: it has work for the machine to do there
-/// (discovery and inspection, cleaning, deployment). In every other state the firmware gets no
+/// (discovery and inspection, cleaning (also on the way out), deployment). In every other state the firmware gets no
 /// boot file and falls through to its local disk.
 fn netboots(state: MachineState, unknown: UnknownPolicy) -> bool {
     match state {
         MachineState::Discovered => unknown == UnknownPolicy::Boot,
-        MachineState::Inspecting | MachineState::Cleaning | MachineState::Deploying => true,
+        MachineState::Inspecting
+        | MachineState::Cleaning
+        | MachineState::Decommissioning
+        | MachineState::Deploying => true,
         _ => false,
     }
 }
@@ -667,6 +670,7 @@ mod tests {
             (Some(S::Inspecting), pxe(0), None, tftp("undionly.kpxe")),
             (Some(S::Inspecting), pxe(7), None, tftp("ipxe.efi")),
             (Some(S::Cleaning), pxe(9), None, tftp("ipxe.efi")),
+            (Some(S::Decommissioning), pxe(0), None, tftp("undionly.kpxe")),
             (Some(S::Deploying), ipxe.clone(), None, script.clone()),
             (Some(S::Inspecting), httpc.clone(), None, http("http://10.0.0.2:8080/boot/ipxe.efi")),
             (Some(S::Inspecting), arm.clone(), None, BootAction::None),

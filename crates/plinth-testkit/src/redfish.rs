@@ -55,6 +55,8 @@ struct Bmc {
     power: &'static str,
     target: String,
     enabled: String,
+    /// BootSourceOverrideMode: `UEFI` or `Legacy`.
+    mode: String,
     version: u64,
     /// Requests seen, for assertions (method and path).
     log: Vec<String>,
@@ -121,6 +123,7 @@ impl RedfishEmulator {
             power: "Off",
             target: "None".into(),
             enabled: "Disabled".into(),
+            mode: "UEFI".into(),
             version: 1,
             log: Vec::new(),
             logins: 0,
@@ -348,7 +351,7 @@ async fn system(State(s): State<Shared>, h: HeaderMap) -> Response {
         "Boot": {
             "BootSourceOverrideTarget": b.target,
             "BootSourceOverrideEnabled": b.enabled,
-            "BootSourceOverrideMode": "UEFI",
+            "BootSourceOverrideMode": b.mode,
             "BootSourceOverrideTarget@Redfish.AllowableValues": ["None", "Pxe", "Hdd", "Cd", "BiosSetup", "UefiHttp"]
         },
         "Actions": { "#ComputerSystem.Reset": {
@@ -402,6 +405,18 @@ async fn patch_system(
             .and_then(Value::as_str)
         {
             b.enabled = e.to_owned();
+        }
+        match boot.get("BootSourceOverrideMode").and_then(Value::as_str) {
+            Some(m @ ("UEFI" | "Legacy")) => b.mode = m.to_owned(),
+            Some(other) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "The value {other} for the property BootSourceOverrideMode is not in the list of acceptable values."
+                    ),
+                );
+            }
+            None => {}
         }
     }
     b.version += 1;

@@ -1,0 +1,458 @@
+//! A virtual rack: QEMU VMs, each behind a virtual BMC (the test kit's Redfish BMC driving the
+//! VM's QEMU process: power, reset, boot device), and `plinth serve` with DHCP, TFTP and HTTP on
+//! their network, all in namespaces this test creates and removes. plinth powers the VMs through
+//! their BMCs; they PXE-boot its ramdisk; the agent inspects, cleans and wipes them; every step
+//! is asserted on plinth's API (state, facts, jobs, events), never on sleeps.
+//!
+//! Each virtual BMC runs in the server namespace (next to plinth, like a management network),
+//! as this test binary re-run in the ignored `vbmc_child` entry with its VM in the environment.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use plinth_core::Principal;
+use plinth_core::lifecycle::Action;
+use plinth_testkit::netns::{Lab, Ns, Proc};
+use plinth_types::api::*;
+use plinth_types::{MachineState, Verb};
+use serde_json::{Value, json};
+
+#[path = "support/env.rs"]
+mod env;
+use env::Env;
+#[path = "support/lab.rs"]
+mod lab_support;
+use lab_support::{images_for, plinth};
+
+const PASSWORD: &str = "vbmc-Pa55";
+const MIB: usize = 1 << 20;
+
+/// The virtual BMC process: serves the test kit's Redfish BMC for one VM until killed.
+#[test]
+#[ignore = "the virtual BMC of the rack tests; they run it in a namespace"]
+fn vbmc_child() {
+    let spec: Value = serde_json::from_str(
+        &std::env::var("PLINTH_VBMC").expect("PLINTH_VBMC: the VM and BMC to serve"),
+    )
+    .unwrap();
+    use plinth_testkit::vm::{Firmware, Nic, VirtualMachine, VmSpec};
+    let s = |k: &str| spec[k].as_str().unwrap().to_owned();
+    let mut vm = VmSpec::new(
+        &s("name"),
+        if s("firmware") == "uefi" {
+            Firmware::Uefi
+        } else {
+            Firmware::Bios
+        },
+        if s("nic") == "virtio" {
+            Nic::VirtioNet
+        } else {
+            Nic::E1000
+        },
+        &s("mac"),
+    );
+    vm.memory_mib = spec["memory_mib"].as_u64().unwrap() as u32;
+    vm.disks = spec["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap())
+        .collect();
+    let machine = VirtualMachine::new(&s("ns"), &s("tap"), vm, Path::new(&s("dir"))).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let bmc = plinth_testkit::redfish::RedfishEmulator::start_for(
+            "admin",
+            &s("password"),
+            machine,
+            "127.0.0.1:0",
+        )
+        .await
+        .unwrap();
+        // (on a line of its own: the test harness has written "test vbmc_child ... ")
+        println!("\nVBMC-LISTENING {}", bmc.url());
+        std::future::pending::<()>().await;
+    });
+}
+
+struct VmDef {
+    name: &'static str,
+    firmware: &'static str,
+    nic: &'static str,
+    mac: &'static str,
+    memory_mib: u64,
+    disks: &'static [u64],
+}
+
+/// Starts a VM's virtual BMC in `srv`; returns (its URL, its process, the VM's directory).
+fn vbmc(lab: &mut Lab, srv: &Ns, cli: &Ns, tap: &str, vm: &VmDef) -> (String, Proc, PathBuf) {
+    let dir = lab.path(vm.name);
+    let spec = json!({
+        "name": vm.name, "firmware": vm.firmware, "nic": vm.nic, "mac": vm.mac,
+        "memory_mib": vm.memory_mib, "disks": vm.disks,
+        "ns": cli.name, "tap": tap, "dir": dir, "password": PASSWORD,
+    });
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "vbmc_child",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env("PLINTH_VBMC", spec.to_string());
+    let proc = lab
+        .spawn_named(srv, &format!("vbmc-{}", vm.name), cmd)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(url) = proc
+            .log_text()
+            .lines()
+            .find_map(|l| l.split_once("VBMC-LISTENING ").map(|(_, url)| url))
+        {
+            return (url.trim().to_owned(), proc, dir);
+        }
+        assert!(
+            proc.is_running() && Instant::now() < deadline,
+            "the virtual BMC of {} did not start:\n{}",
+            vm.name,
+            proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn admin() -> Principal {
+    Principal {
+        token_id: None,
+        name: "tech".into(),
+        role: plinth_types::Role::Admin,
+    }
+}
+
+fn enroll(env: &Env, vm: &VmDef, url: &str, password: &str) -> uuid::Uuid {
+    let req = MachineCreate {
+        hostname: Some(vm.name.into()),
+        rack: None,
+        rack_unit: None,
+        size_u: None,
+        pool: None,
+        tags: None,
+        arch: Some(Arch::X86_64),
+        nics: vec![NicSpec {
+            mac: vm.mac.parse().unwrap(),
+            ipv4: None,
+            pxe: None,
+        }],
+        bmc: Some(BmcSpec {
+            protocol: BmcProtocol::Redfish,
+            address: url.into(),
+            username: "admin".into(),
+            password: password.into(),
+            verify_tls: Some(false),
+        }),
+    };
+    env.rt
+        .block_on(env.app.enroll_machine(&admin(), req))
+        .unwrap()
+        .id
+}
+
+fn act(env: &Env, id: uuid::Uuid, verb: Verb) {
+    env.rt
+        .block_on(env.app.act(
+            &admin(),
+            id,
+            Action {
+                verb,
+                expected_version: None,
+                reason: None,
+            },
+        ))
+        .unwrap_or_else(|e| panic!("{verb} {id}: {e:?}"));
+}
+
+fn machine(env: &Env, id: uuid::Uuid) -> Machine {
+    env.rt.block_on(env.app.get_machine(&admin(), id)).unwrap()
+}
+
+fn events(env: &Env, id: uuid::Uuid) -> Vec<Event> {
+    env.rt
+        .block_on(env.app.events(&admin(), Some(id), Default::default()))
+        .unwrap()
+        .events
+}
+
+/// Waits until every machine is in `want` (with its BMC jobs done), or panics with what the
+/// machines, their events, plinth and the VM consoles say.
+fn wait_state(
+    env: &Env,
+    ids: &[uuid::Uuid],
+    want: MachineState,
+    timeout: Duration,
+    server: &Proc,
+    dirs: &[&Path],
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let states: Vec<MachineState> = ids.iter().map(|id| machine(env, *id).state).collect();
+        let busy = ids.iter().any(|id| {
+            env.rt
+                .block_on(env.app.jobs(
+                    &admin(),
+                    plinth_core::jobs::JobQuery {
+                        machine: Some(*id),
+                        ..Default::default()
+                    },
+                ))
+                .unwrap()
+                .jobs
+                .iter()
+                .any(|j| !j.state.is_finished())
+        });
+        if states.iter().all(|s| *s == want) && !busy {
+            return;
+        }
+        if Instant::now() > deadline {
+            let mut report = format!("wanted {want}, got {states:?} (jobs busy: {busy})\n");
+            for id in ids {
+                report += &format!("--- events of {id}:\n");
+                for e in events(env, *id) {
+                    report += &format!("{} {} {}\n", e.kind, e.actor, e.details);
+                }
+            }
+            for d in dirs {
+                let console = std::fs::read_to_string(d.join("console.log")).unwrap_or_default();
+                let tail: String = console
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                report += &format!("--- console of {}:\n{tail}\n", d.display());
+            }
+            panic!("{report}--- plinth:\n{}", server.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn fill(path: &Path) {
+    let len = std::fs::metadata(path).unwrap().len() as usize;
+    std::fs::write(path, vec![0xa5u8; len]).unwrap();
+}
+
+fn ends_zeroed(path: &Path) -> bool {
+    let data = std::fs::read(path).unwrap();
+    data[..MIB].iter().all(|b| *b == 0) && data[data.len() - MIB..].iter().all(|b| *b == 0)
+}
+
+#[test]
+fn a_virtual_rack_from_power_on_to_decommissioned() {
+    let mut env = Env::new();
+    // plinth serve and this test's App share the BMC secret key (enrollment encrypts with it).
+    let key = plinth_core::BmcKey::generate_base64();
+    env.app = plinth_core::App::new(
+        env.db.pool.clone(),
+        plinth_core::BmcKey::from_base64(&key).unwrap(),
+    );
+    let mut lab = Lab::new().unwrap();
+    let srv = lab.namespace("srv").unwrap();
+    let cli = lab.namespace("rack").unwrap();
+    let (s, c) = lab.link(&srv, &cli).unwrap();
+    lab.addr(&srv, &s, "10.86.0.2/24").unwrap();
+    let vms = [
+        VmDef {
+            name: "bios1",
+            firmware: "bios",
+            nic: "e1000",
+            mac: "52:54:00:86:00:01",
+            memory_mib: 512,
+            disks: &[32],
+        },
+        VmDef {
+            name: "uefi2",
+            firmware: "uefi",
+            nic: "virtio",
+            mac: "52:54:00:86:00:02",
+            memory_mib: 768,
+            disks: &[16, 24],
+        },
+        VmDef {
+            name: "badcreds3",
+            firmware: "bios",
+            nic: "e1000",
+            mac: "52:54:00:86:00:03",
+            memory_mib: 256,
+            disks: &[8],
+        },
+    ];
+    let taps: Vec<String> = vms.iter().map(|_| lab.tap(&cli).unwrap()).collect();
+    let mut members: Vec<&str> = vec![&c];
+    members.extend(taps.iter().map(String::as_str));
+    lab.bridge(&cli, &members).unwrap();
+    let root = images_for(&lab);
+    env.rt
+        .block_on(env.app.create_subnet(
+            &Principal::system(),
+            SubnetCreate {
+                cidr: "10.86.0.0/24".into(),
+                ranges: vec![AddressRange {
+                    start: "10.86.0.100".parse().unwrap(),
+                    end: "10.86.0.200".parse().unwrap(),
+                }],
+                router: None,
+                dns_servers: None,
+                domain: None,
+                lease_time: Some(600),
+                boot_server: None,
+                relay_addresses: None,
+            },
+        ))
+        .unwrap();
+    let mut bmcs = Vec::new();
+    for (vm, tap) in vms.iter().zip(&taps) {
+        bmcs.push(vbmc(&mut lab, &srv, &cli, tap, vm));
+    }
+    let server = plinth(
+        &mut lab,
+        &srv,
+        &s,
+        &env.db.url,
+        "10.86.0.2",
+        &root,
+        &[
+            ("PLINTH_BMC__BACKOFF_BASE_SECS", "1"),
+            ("PLINTH_BMC__BACKOFF_MAX_SECS", "2"),
+            ("PLINTH_BMC__POWER_WAIT_SECS", "60"),
+            ("PLINTH_BMC__SYNC_INTERVAL_SECS", "5"),
+            ("PLINTH_BMC__SECRET_KEY", &key),
+        ],
+    );
+    let dirs: Vec<&Path> = bmcs.iter().map(|b| b.2.as_path()).collect();
+    // The disks start full of 0xa5, so the wipes show.
+    for (vm, b) in vms.iter().zip(&bmcs) {
+        for i in 0..vm.disks.len() {
+            fill(&b.2.join(format!("disk{i}.raw")));
+        }
+    }
+
+    // Enroll: the BMC check reads each VM's BMC; the third has the wrong password.
+    let a = enroll(&env, &vms[0], &bmcs[0].0, PASSWORD);
+    let b = enroll(&env, &vms[1], &bmcs[1].0, PASSWORD);
+    let bad = enroll(&env, &vms[2], &bmcs[2].0, "not-the-password");
+
+    // inspect → PXE once + power on through the BMCs → the agent reports → ready, powered off.
+    for id in [a, b, bad] {
+        act(&env, id, Verb::Inspect);
+    }
+    wait_state(
+        &env,
+        &[a, b],
+        MachineState::Ready,
+        Duration::from_secs(600),
+        &server,
+        &dirs,
+    );
+    let fa = machine(&env, a).facts;
+    assert_eq!(fa["firmware"], "bios");
+    let mem = fa["memory_mib"].as_u64().unwrap();
+    assert!((448..=512).contains(&mem), "{fa}");
+    assert_eq!(fa["disks"][0]["size_bytes"], 32u64 << 20);
+    assert_eq!(fa["nics"][0]["mac"], vms[0].mac);
+    let fb = machine(&env, b).facts;
+    assert_eq!(fb["firmware"], "uefi");
+    let mem = fb["memory_mib"].as_u64().unwrap();
+    assert!((704..=768).contains(&mem), "{fb}");
+    let sizes: Vec<u64> = fb["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["size_bytes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [16 << 20, 24 << 20]);
+    for id in [a, b] {
+        let m = machine(&env, id);
+        assert_eq!(
+            m.bmc.as_ref().unwrap().power_state.as_deref(),
+            Some("off"),
+            "powered off after inspection"
+        );
+    }
+    // The wrong password: clear events, no boot, the machine waits in inspecting.
+    let bad_events = events(&env, bad);
+    assert!(
+        bad_events
+            .iter()
+            .filter(|e| e.kind == "bmc_auth_failed")
+            .count()
+            >= 2,
+        "the enrollment check and the inspect job: {bad_events:?}"
+    );
+    assert_eq!(machine(&env, bad).state, MachineState::Inspecting);
+    assert!(!bad_events.iter().any(|e| e.kind == "boot"));
+
+    // allocate → release → cleaning: the clean agent wipes every disk's ends → ready.
+    let alloc = env
+        .rt
+        .block_on(env.app.allocate(
+            &admin(),
+            AllocationRequest {
+                count: Some(2),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    env.rt
+        .block_on(env.app.release_allocation(&admin(), alloc.id))
+        .unwrap();
+    wait_state(
+        &env,
+        &[a, b],
+        MachineState::Ready,
+        Duration::from_secs(600),
+        &server,
+        &dirs,
+    );
+    for (vm, bm) in vms[..2].iter().zip(&bmcs) {
+        for i in 0..vm.disks.len() {
+            assert!(
+                ends_zeroed(&bm.2.join(format!("disk{i}.raw"))),
+                "{} disk {i}",
+                vm.name
+            );
+        }
+    }
+    for id in [a, b] {
+        assert!(events(&env, id).iter().any(|e| e.kind == "clean_complete"));
+    }
+
+    // decommission → wiped again → decommissioned, powered off for good, BMC scrubbed.
+    for id in [a, b] {
+        act(&env, id, Verb::Decommission);
+    }
+    wait_state(
+        &env,
+        &[a, b],
+        MachineState::Decommissioned,
+        Duration::from_secs(600),
+        &server,
+        &dirs,
+    );
+    for id in [a, b] {
+        let m = machine(&env, id);
+        assert!(m.bmc.is_none(), "credentials scrubbed");
+        assert!(m.nics.is_empty(), "MACs freed");
+        let ev = events(&env, id);
+        assert!(
+            ev.iter()
+                .any(|e| e.kind == "bmc_scrubbed" && e.details["powered_off"] == true)
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! What the tests with VMs and `plinth serve` in namespaces share: the images root that
+//! `images/build.sh` builds (with the agent the workspace's test build made) and a launcher
+//! for plinth with DHCP and TFTP on a lab interface.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use plinth_testkit::netns::{Lab, Ns, Proc};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_plinth");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The images root built by `images/build.sh` once per test run (it is idempotent and skips
+/// what is up to date), copied per test so that tests can add files of their own.
+pub fn built_images() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("images");
+        // The agent the workspace's test build made, next to this package's binary (building
+        // it here would wait on the lock cargo holds while tests run).
+        let agent = std::env::var_os("PLINTH_AGENT_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(BIN).with_file_name("plinth-agent"));
+        assert!(
+            agent.exists(),
+            "{} missing: build it first (cargo build -p plinth-agent; scripts/test.sh does) or set PLINTH_AGENT_BIN",
+            agent.display()
+        );
+        let out = Command::new("bash")
+            .arg(repo().join("images/build.sh"))
+            .arg(&dir)
+            .env("PLINTH_AGENT_BIN", &agent)
+            .output()
+            .expect("running images/build.sh");
+        assert!(
+            out.status.success(),
+            "images/build.sh failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+pub fn images_for(lab: &Lab) -> PathBuf {
+    let root = lab.path("images");
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(built_images())
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    root
+}
+
+pub fn plinth(
+    lab: &mut Lab,
+    ns: &Ns,
+    iface: &str,
+    db_url: &str,
+    server_ip: &str,
+    root: &Path,
+    extra: &[(&str, &str)],
+) -> Proc {
+    let state = lab.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--database-url",
+        db_url,
+        "--listen",
+        "0.0.0.0:8080",
+    ])
+    .env("PLINTH_STATE_DIR", &state)
+    .env("PLINTH_IMAGES__ROOT", root)
+    .env("PLINTH_DHCP__ENABLED", "true")
+    .env("PLINTH_DHCP__INTERFACES", format!("[\"{iface}\"]"))
+    .env("PLINTH_DHCP__BOOT_SERVER", server_ip)
+    .env("PLINTH_TFTP__ENABLED", "true")
+    .env("PLINTH_TFTP__LISTEN", format!("{server_ip}:69"))
+    .env(
+        "PLINTH_LOG__LEVEL",
+        "plinth_tftp=debug,plinth_api=debug,info",
+    )
+    .env("NO_COLOR", "1");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let proc = lab.spawn_named(ns, "plinth", cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(proc.log_text().contains("DHCP listening")
+        && proc.log_text().contains("TFTP is serving"))
+    {
+        assert!(
+            proc.is_running(),
+            "plinth serve exited:\n{}",
+            proc.log_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "plinth serve did not start:\n{}",
+            proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    proc
+}

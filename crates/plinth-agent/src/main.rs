@@ -244,16 +244,33 @@ fn run() -> Result<Mode, (Option<Mode>, String)> {
     res.map(|()| p.mode).map_err(|e| (Some(p.mode), e))
 }
 
+/// The most memory this process has used (VmHWM), in KiB: what the ramdisk must leave free.
+fn peak_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn main() {
     match run() {
         Ok(mode) => {
-            println!("PLINTH-AGENT mode={} result=ok", mode.as_str());
+            println!(
+                "PLINTH-AGENT mode={} result=ok peak_kib={}",
+                mode.as_str(),
+                peak_kib()
+            );
         }
         Err((mode, e)) => {
             say(format!("ERROR: {e}"));
             println!(
-                "PLINTH-AGENT mode={} result=failed",
-                mode.map_or("unknown", |m| m.as_str())
+                "PLINTH-AGENT mode={} result=failed peak_kib={}",
+                mode.map_or("unknown", |m| m.as_str()),
+                peak_kib()
             );
             std::process::exit(1);
         }

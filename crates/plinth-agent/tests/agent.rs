@@ -178,7 +178,20 @@ async fn inspect_then_clean_through_the_real_api() {
     assert!(cmdline.contains("plinth.mode=inspect"), "{cmdline}");
     let (ok, out) = run_agent(&root, &dev, &cmdline);
     assert!(ok, "{out}");
-    assert!(out.contains("PLINTH-AGENT mode=inspect result=ok"), "{out}");
+    assert!(
+        out.contains("PLINTH-AGENT mode=inspect result=ok peak_kib="),
+        "{out}"
+    );
+    let peak: u64 = out
+        .split("peak_kib=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        peak > 0 && peak < 64 * 1024,
+        "the agent's peak memory: {peak} KiB"
+    );
     let token = cmdline
         .split_whitespace()
         .find_map(|w| w.strip_prefix("plinth.token="))

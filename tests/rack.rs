@@ -5,7 +5,8 @@
 //! is asserted on plinth's API (state, facts, jobs, events), never on sleeps.
 //!
 //! Each virtual BMC runs in the server namespace (next to plinth, like a management network),
-//! as this test binary re-run in the ignored `vbmc_child` entry with its VM in the environment.
+//! as this test binary re-run in the ignored `vbmc_child` entry with its VM in the environment:
+//! Redfish for two VMs, IPMI (RMCP+, the test kit's IPMI BMC) for the UEFI one.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,6 +63,9 @@ fn vbmc_child() {
     let machine = VirtualMachine::new(&s("ns"), &s("tap"), vm, Path::new(&s("dir"))).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
+        if s("protocol") == "ipmi" {
+            ipmi_bmc(machine, &s("password")).await;
+        }
         let bmc = plinth_testkit::redfish::RedfishEmulator::start_for(
             "admin",
             &s("password"),
@@ -76,8 +80,54 @@ fn vbmc_child() {
     });
 }
 
+/// The test kit's IPMI BMC in front of the VM: each accepted Chassis Control is played on the
+/// VM, booting the device of the boot flags that boot saw; the power state follows the VM.
+async fn ipmi_bmc(
+    machine: std::sync::Arc<plinth_testkit::vm::VirtualMachine>,
+    password: &str,
+) -> ! {
+    use plinth_testkit::ipmi::{BootSelector, ChassisControl, IpmiEmulator, IpmiEmulatorConfig};
+    use plinth_testkit::redfish::Host;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut cfg = IpmiEmulatorConfig::new("admin", password);
+    cfg.power_hook = Some(tx);
+    let emu = std::sync::Arc::new(IpmiEmulator::start(cfg).await.unwrap());
+    println!("\nVBMC-LISTENING {}", emu.addr());
+    let target = |emu: &IpmiEmulator| {
+        let flags = emu.boots().last().copied().unwrap_or_default();
+        match (flags.valid(), flags.selector()) {
+            (true, BootSelector::Pxe) => "Pxe",
+            (true, BootSelector::Disk) => "Hdd",
+            _ => "None",
+        }
+    };
+    loop {
+        tokio::select! {
+            Some(action) = rx.recv() => {
+                let (vm, emu) = (machine.clone(), emu.clone());
+                tokio::task::spawn_blocking(move || match action {
+                    ChassisControl::PowerUp if !vm.is_on() => vm.power_on(target(&emu)),
+                    ChassisControl::PowerDown | ChassisControl::SoftShutdown => vm.power_off(),
+                    ChassisControl::PowerCycle | ChassisControl::HardReset => vm.reset(target(&emu)),
+                    _ => {}
+                })
+                .await
+                .unwrap();
+            }
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        let vm = machine.clone();
+        let on = tokio::task::spawn_blocking(move || vm.is_on())
+            .await
+            .unwrap();
+        emu.set_power(on);
+    }
+}
+
 struct VmDef {
     name: &'static str,
+    /// `redfish` or `ipmi`.
+    protocol: &'static str,
     firmware: &'static str,
     nic: &'static str,
     mac: &'static str,
@@ -91,7 +141,7 @@ fn vbmc(lab: &mut Lab, srv: &Ns, cli: &Ns, tap: &str, vm: &VmDef) -> (String, Pr
     let spec = json!({
         "name": vm.name, "firmware": vm.firmware, "nic": vm.nic, "mac": vm.mac,
         "memory_mib": vm.memory_mib, "disks": vm.disks,
-        "ns": cli.name, "tap": tap, "dir": dir, "password": PASSWORD,
+        "ns": cli.name, "tap": tap, "dir": dir, "password": PASSWORD, "protocol": vm.protocol,
     });
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
@@ -148,7 +198,11 @@ fn enroll(env: &Env, vm: &VmDef, url: &str, password: &str) -> uuid::Uuid {
             pxe: None,
         }],
         bmc: Some(BmcSpec {
-            protocol: BmcProtocol::Redfish,
+            protocol: if vm.protocol == "ipmi" {
+                BmcProtocol::Ipmi
+            } else {
+                BmcProtocol::Redfish
+            },
             address: url.into(),
             username: "admin".into(),
             password: password.into(),
@@ -270,6 +324,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
     let vms = [
         VmDef {
             name: "bios1",
+            protocol: "redfish",
             firmware: "bios",
             nic: "e1000",
             mac: "52:54:00:86:00:01",
@@ -278,6 +333,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
         },
         VmDef {
             name: "uefi2",
+            protocol: "ipmi",
             firmware: "uefi",
             nic: "virtio",
             mac: "52:54:00:86:00:02",
@@ -286,6 +342,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
         },
         VmDef {
             name: "badcreds3",
+            protocol: "redfish",
             firmware: "bios",
             nic: "e1000",
             mac: "52:54:00:86:00:03",

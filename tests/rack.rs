@@ -513,3 +513,233 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
         );
     }
 }
+
+/// Seconds until `needle` shows in the VM's console (polled every 100 ms), from `t0`.
+fn until_console(dir: &Path, needle: &str, t0: Instant, timeout: Duration) -> f64 {
+    loop {
+        let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+        if console.contains(needle) {
+            return t0.elapsed().as_secs_f64();
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "no {needle:?} in {}:\n{console}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The benchmark of docs/benchmarks.md (scripts/bench-rack.sh): seconds from `inspect` to
+/// `ready` for one VM, and for `PLINTH_BENCH_VMS` (default 8) at once; next to the boot chain
+/// alone with dnsmasq serving the same files (DHCP and TFTP) to the same VM, in the same run.
+#[test]
+#[ignore = "benchmark: run by scripts/bench-rack.sh"]
+fn bench_inspect_to_ready() {
+    use plinth_testkit::redfish::Host;
+    use plinth_testkit::vm::{Firmware, Nic, VirtualMachine, VmSpec};
+    let n: usize = std::env::var("PLINTH_BENCH_VMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let marker = "lease of"; // udhcpc in the ramdisk: the boot chain is done
+
+    // The peer: dnsmasq (DHCP + TFTP) hands the same VM the same iPXE, kernel and ramdisk.
+    let peer = {
+        let mut lab = Lab::new().unwrap();
+        let srv = lab.namespace("srv").unwrap();
+        let cli = lab.namespace("rack").unwrap();
+        let (s, c) = lab.link(&srv, &cli).unwrap();
+        lab.addr(&srv, &s, "10.87.0.2/24").unwrap();
+        let tap = lab.tap(&cli).unwrap();
+        lab.bridge(&cli, &[&c, &tap]).unwrap();
+        let root = images_for(&lab);
+        std::fs::write(
+            root.join("boot.ipxe"),
+            "#!ipxe\nkernel tftp://10.87.0.2/plinth/vmlinuz initrd=initrd.img console=ttyS0,115200n8 \
+             plinth.mode=inspect plinth.api=http://10.87.0.2:9 plinth.machine=peer plinth.token=none loglevel=4\n\
+             initrd tftp://10.87.0.2/plinth/initrd.img\nboot\n",
+        )
+        .unwrap();
+        let _dnsmasq = plinth_testkit::dhcp_clients::dnsmasq(
+            &mut lab,
+            &srv,
+            &s,
+            "10.87.0.100".parse().unwrap(),
+            "10.87.0.200".parse().unwrap(),
+            &[
+                "--enable-tftp",
+                &format!("--tftp-root={}", root.display()),
+                "--dhcp-match=set:ipxe,175",
+                "--dhcp-boot=tag:!ipxe,undionly.kpxe",
+                "--dhcp-boot=tag:ipxe,boot.ipxe",
+            ],
+        )
+        .unwrap();
+        let mut spec = VmSpec::new("peer", Firmware::Bios, Nic::E1000, "52:54:00:87:00:01");
+        spec.memory_mib = 512;
+        let vm = VirtualMachine::new(&cli.name, &tap, spec, &lab.path("peer")).unwrap();
+        let t0 = Instant::now();
+        vm.power_on("Pxe");
+        let kernel = until_console(
+            vm.dir(),
+            "ramdisk init starting",
+            t0,
+            Duration::from_secs(300),
+        );
+        let lease = until_console(vm.dir(), marker, t0, Duration::from_secs(300));
+        vm.power_off();
+        (kernel, lease)
+    };
+
+    // plinth: the same VM spec, inspected through its virtual BMC.
+    let mut env = Env::new();
+    let key = plinth_core::BmcKey::generate_base64();
+    env.app = plinth_core::App::new(
+        env.db.pool.clone(),
+        plinth_core::BmcKey::from_base64(&key).unwrap(),
+    );
+    let mut lab = Lab::new().unwrap();
+    let srv = lab.namespace("srv").unwrap();
+    let cli = lab.namespace("rack").unwrap();
+    let (s, c) = lab.link(&srv, &cli).unwrap();
+    lab.addr(&srv, &s, "10.88.0.2/24").unwrap();
+    let macs: Vec<&'static str> = (0..=n)
+        .map(|i| &*Box::leak(format!("52:54:00:88:00:{:02x}", i + 1).into_boxed_str()))
+        .collect();
+    let taps: Vec<String> = macs.iter().map(|_| lab.tap(&cli).unwrap()).collect();
+    let mut members: Vec<&str> = vec![&c];
+    members.extend(taps.iter().map(String::as_str));
+    lab.bridge(&cli, &members).unwrap();
+    let root = images_for(&lab);
+    let initrd_bytes = std::fs::metadata(root.join("plinth/initrd.img"))
+        .unwrap()
+        .len();
+    env.rt
+        .block_on(env.app.create_subnet(
+            &Principal::system(),
+            SubnetCreate {
+                cidr: "10.88.0.0/24".into(),
+                ranges: vec![AddressRange {
+                    start: "10.88.0.100".parse().unwrap(),
+                    end: "10.88.0.200".parse().unwrap(),
+                }],
+                router: None,
+                dns_servers: None,
+                domain: None,
+                lease_time: Some(600),
+                boot_server: None,
+                relay_addresses: None,
+            },
+        ))
+        .unwrap();
+    let defs: Vec<VmDef> = macs
+        .iter()
+        .enumerate()
+        .map(|(i, mac)| VmDef {
+            name: Box::leak(format!("vm{i}").into_boxed_str()),
+            protocol: "redfish",
+            firmware: "bios",
+            nic: "e1000",
+            mac,
+            memory_mib: if i == 0 { 512 } else { 384 },
+            disks: &[8],
+        })
+        .collect();
+    let mut bmcs = Vec::new();
+    for (vm, tap) in defs.iter().zip(&taps) {
+        bmcs.push(vbmc(&mut lab, &srv, &cli, tap, vm));
+    }
+    let server = plinth(
+        &mut lab,
+        &srv,
+        &s,
+        &env.db.url,
+        "10.88.0.2",
+        &root,
+        &[
+            ("PLINTH_BMC__SECRET_KEY", &key),
+            ("PLINTH_BMC__SYNC_INTERVAL_SECS", "0"),
+            ("PLINTH_LOG__LEVEL", "info"),
+        ],
+    );
+    let ids: Vec<uuid::Uuid> = defs
+        .iter()
+        .zip(&bmcs)
+        .map(|(d, b)| enroll(&env, d, &b.0, PASSWORD))
+        .collect();
+    let dirs: Vec<&Path> = bmcs.iter().map(|b| b.2.as_path()).collect();
+    // Let the enrollment checks finish first: they are not what is measured.
+    wait_state(
+        &env,
+        &ids,
+        MachineState::Enrolled,
+        Duration::from_secs(60),
+        &server,
+        &dirs,
+    );
+
+    // One VM.
+    let t0 = Instant::now();
+    act(&env, ids[0], Verb::Inspect);
+    let kernel = until_console(
+        bmcs[0].2.as_path(),
+        "ramdisk init starting",
+        t0,
+        Duration::from_secs(300),
+    );
+    let chain = until_console(bmcs[0].2.as_path(), marker, t0, Duration::from_secs(300));
+    wait_state(
+        &env,
+        &ids[..1],
+        MachineState::Ready,
+        Duration::from_secs(300),
+        &server,
+        &dirs,
+    );
+    let one = t0.elapsed().as_secs_f64();
+    let console = std::fs::read_to_string(bmcs[0].2.join("console.log")).unwrap();
+    let peak_kib = console
+        .split("peak memory ")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or("?")
+        .to_owned();
+
+    // n VMs at once.
+    let t0 = Instant::now();
+    for id in &ids[1..] {
+        act(&env, *id, Verb::Inspect);
+    }
+    let mut each = Vec::new();
+    let mut left: Vec<usize> = (1..=n).collect();
+    while !left.is_empty() {
+        left.retain(|&i| {
+            if machine(&env, ids[i]).state == MachineState::Ready {
+                each.push(t0.elapsed().as_secs_f64());
+                false
+            } else {
+                true
+            }
+        });
+        assert!(
+            t0.elapsed() < Duration::from_secs(1200),
+            "{} VMs not ready",
+            left.len()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    each.sort_by(f64::total_cmp);
+    println!(
+        "BENCH power on → ramdisk init: dnsmasq {:.1} s, plinth {kernel:.1} s (after inspect); \
+         → ramdisk DHCP lease: dnsmasq {:.1} s, plinth {chain:.1} s; \
+         inspect → ready, 1 VM: {one:.1} s; {n} VMs at once: first {:.1} s, median {:.1} s, last {:.1} s; \
+         agent peak memory {peak_kib} KiB; initrd {:.1} MiB",
+        peer.0,
+        peer.1,
+        each[0],
+        each[each.len() / 2],
+        each[each.len() - 1],
+        initrd_bytes as f64 / (1 << 20) as f64
+    );
+}

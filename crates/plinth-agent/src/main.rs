@@ -146,6 +146,8 @@ fn inspect(a: &Args, p: &Params) -> Result<(), String> {
         ));
     }
     let body = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+    // (before the report: plinth may power the machine off as soon as it has it)
+    say(format!("peak memory {} KiB", peak_kib()));
     say("reporting to plinth");
     match post(
         p,
@@ -207,6 +209,8 @@ fn clean(a: &Args, p: &Params) -> Result<(), String> {
         disks,
     };
     let body = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+    // (before the report: plinth may power the machine off as soon as it has it)
+    say(format!("peak memory {} KiB", peak_kib()));
     say("reporting to plinth");
     match post(p, &format!("/api/v1/machines/{}/clean", p.machine), &body) {
         Ok(m) => {

@@ -4,6 +4,14 @@
 //! the one named by `PLINTH_TEST_DATABASE_URL` (the test command starts one), or else a
 //! scratch cluster this crate starts under the system temp dir and leaves running for the
 //! next test binary.
+//!
+//! The rest is the world plinth talks to, for real:
+//! - [`netns`]: network namespaces, veth pairs, bridges and taps, and processes inside them;
+//! - [`dhcp_clients`]: dhclient, udhcpc, dhcpcd, dnsmasq, dhcrelay and friends in a namespace;
+//! - [`redfish`]: a Redfish BMC that misbehaves on purpose, or drives a machine (a [`redfish::Host`]);
+//! - [`ipmi`]: an IPMI 2.0 (RMCP+) BMC, cipher suites 3 and 17, with packet loss on demand;
+//! - [`sushy`]: sushy-tools' Redfish emulator as a child process;
+//! - [`vm`]: QEMU virtual machines a BMC powers and boots (the virtual rack).
 
 pub mod dhcp_clients;
 pub mod ipmi;

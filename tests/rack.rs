@@ -125,19 +125,19 @@ async fn ipmi_bmc(
 }
 
 struct VmDef {
-    name: &'static str,
+    name: String,
     /// `redfish` or `ipmi`.
     protocol: &'static str,
     firmware: &'static str,
     nic: &'static str,
-    mac: &'static str,
+    mac: String,
     memory_mib: u64,
     disks: &'static [u64],
 }
 
 /// Starts a VM's virtual BMC in `srv`; returns (its URL, its process, the VM's directory).
 fn vbmc(lab: &mut Lab, srv: &Ns, cli: &Ns, tap: &str, vm: &VmDef) -> (String, Proc, PathBuf) {
-    let dir = lab.path(vm.name);
+    let dir = lab.path(&vm.name);
     let spec = json!({
         "name": vm.name, "firmware": vm.firmware, "nic": vm.nic, "mac": vm.mac,
         "memory_mib": vm.memory_mib, "disks": vm.disks,
@@ -185,7 +185,7 @@ fn admin() -> Principal {
 
 fn enroll(env: &Env, vm: &VmDef, url: &str, password: &str) -> uuid::Uuid {
     let req = MachineCreate {
-        hostname: Some(vm.name.into()),
+        hostname: Some(vm.name.clone()),
         rack: None,
         rack_unit: None,
         size_u: None,
@@ -307,62 +307,38 @@ fn ends_zeroed(path: &Path) -> bool {
     data[..MIB].iter().all(|b| *b == 0) && data[data.len() - MIB..].iter().all(|b| *b == 0)
 }
 
-#[test]
-fn a_virtual_rack_from_power_on_to_decommissioned() {
+/// A rack's network: the server namespace (with `prefix.2/24` on its link) and a rack
+/// namespace whose bridge joins that link and `taps` taps. Returns (srv, its interface, rack,
+/// the taps).
+fn rack_network(lab: &mut Lab, prefix: &str, taps: usize) -> (Ns, String, Ns, Vec<String>) {
+    let srv = lab.namespace("srv").unwrap();
+    let cli = lab.namespace("rack").unwrap();
+    let (s, c) = lab.link(&srv, &cli).unwrap();
+    lab.addr(&srv, &s, &format!("{prefix}.2/24")).unwrap();
+    let taps: Vec<String> = (0..taps).map(|_| lab.tap(&cli).unwrap()).collect();
+    let mut members: Vec<&str> = vec![&c];
+    members.extend(taps.iter().map(String::as_str));
+    lab.bridge(&cli, &members).unwrap();
+    (srv, s, cli, taps)
+}
+
+/// A database and an App whose BMC key the `plinth serve` of the test shares (enrollment
+/// encrypts with it), with the subnet `prefix.0/24` (addresses .100 to .200). Returns the key.
+fn keyed_env(prefix: &str) -> (Env, String) {
     let mut env = Env::new();
-    // plinth serve and this test's App share the BMC secret key (enrollment encrypts with it).
     let key = plinth_core::BmcKey::generate_base64();
     env.app = plinth_core::App::new(
         env.db.pool.clone(),
         plinth_core::BmcKey::from_base64(&key).unwrap(),
     );
-    let mut lab = Lab::new().unwrap();
-    let srv = lab.namespace("srv").unwrap();
-    let cli = lab.namespace("rack").unwrap();
-    let (s, c) = lab.link(&srv, &cli).unwrap();
-    lab.addr(&srv, &s, "10.86.0.2/24").unwrap();
-    let vms = [
-        VmDef {
-            name: "bios1",
-            protocol: "redfish",
-            firmware: "bios",
-            nic: "e1000",
-            mac: "52:54:00:86:00:01",
-            memory_mib: 512,
-            disks: &[32],
-        },
-        VmDef {
-            name: "uefi2",
-            protocol: "ipmi",
-            firmware: "uefi",
-            nic: "virtio",
-            mac: "52:54:00:86:00:02",
-            memory_mib: 768,
-            disks: &[16, 24],
-        },
-        VmDef {
-            name: "badcreds3",
-            protocol: "redfish",
-            firmware: "bios",
-            nic: "e1000",
-            mac: "52:54:00:86:00:03",
-            memory_mib: 256,
-            disks: &[8],
-        },
-    ];
-    let taps: Vec<String> = vms.iter().map(|_| lab.tap(&cli).unwrap()).collect();
-    let mut members: Vec<&str> = vec![&c];
-    members.extend(taps.iter().map(String::as_str));
-    lab.bridge(&cli, &members).unwrap();
-    let root = images_for(&lab);
     env.rt
         .block_on(env.app.create_subnet(
             &Principal::system(),
             SubnetCreate {
-                cidr: "10.86.0.0/24".into(),
+                cidr: format!("{prefix}.0/24"),
                 ranges: vec![AddressRange {
-                    start: "10.86.0.100".parse().unwrap(),
-                    end: "10.86.0.200".parse().unwrap(),
+                    start: format!("{prefix}.100").parse().unwrap(),
+                    end: format!("{prefix}.200").parse().unwrap(),
                 }],
                 router: None,
                 dns_servers: None,
@@ -373,6 +349,44 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
             },
         ))
         .unwrap();
+    (env, key)
+}
+
+#[test]
+fn a_virtual_rack_from_power_on_to_decommissioned() {
+    let (env, key) = keyed_env("10.86.0");
+    let mut lab = Lab::new().unwrap();
+    let vms = [
+        VmDef {
+            name: "bios1".into(),
+            protocol: "redfish",
+            firmware: "bios",
+            nic: "e1000",
+            mac: "52:54:00:86:00:01".into(),
+            memory_mib: 512,
+            disks: &[32],
+        },
+        VmDef {
+            name: "uefi2".into(),
+            protocol: "ipmi",
+            firmware: "uefi",
+            nic: "virtio",
+            mac: "52:54:00:86:00:02".into(),
+            memory_mib: 768,
+            disks: &[16, 24],
+        },
+        VmDef {
+            name: "badcreds3".into(),
+            protocol: "redfish",
+            firmware: "bios",
+            nic: "e1000",
+            mac: "52:54:00:86:00:03".into(),
+            memory_mib: 256,
+            disks: &[8],
+        },
+    ];
+    let (srv, s, cli, taps) = rack_network(&mut lab, "10.86.0", vms.len());
+    let root = images_for(&lab);
     let mut bmcs = Vec::new();
     for (vm, tap) in vms.iter().zip(&taps) {
         bmcs.push(vbmc(&mut lab, &srv, &cli, tap, vm));
@@ -547,12 +561,8 @@ fn bench_inspect_to_ready() {
     // The peer: dnsmasq (DHCP + TFTP) hands the same VM the same iPXE, kernel and ramdisk.
     let peer = {
         let mut lab = Lab::new().unwrap();
-        let srv = lab.namespace("srv").unwrap();
-        let cli = lab.namespace("rack").unwrap();
-        let (s, c) = lab.link(&srv, &cli).unwrap();
-        lab.addr(&srv, &s, "10.87.0.2/24").unwrap();
-        let tap = lab.tap(&cli).unwrap();
-        lab.bridge(&cli, &[&c, &tap]).unwrap();
+        let (srv, s, cli, taps) = rack_network(&mut lab, "10.87.0", 1);
+        let tap = &taps[0];
         let root = images_for(&lab);
         std::fs::write(
             root.join("boot.ipxe"),
@@ -578,7 +588,7 @@ fn bench_inspect_to_ready() {
         .unwrap();
         let mut spec = VmSpec::new("peer", Firmware::Bios, Nic::E1000, "52:54:00:87:00:01");
         spec.memory_mib = 512;
-        let vm = VirtualMachine::new(&cli.name, &tap, spec, &lab.path("peer")).unwrap();
+        let vm = VirtualMachine::new(&cli.name, tap, spec, &lab.path("peer")).unwrap();
         let t0 = Instant::now();
         vm.power_on("Pxe");
         let kernel = until_console(
@@ -593,55 +603,20 @@ fn bench_inspect_to_ready() {
     };
 
     // plinth: the same VM spec, inspected through its virtual BMC.
-    let mut env = Env::new();
-    let key = plinth_core::BmcKey::generate_base64();
-    env.app = plinth_core::App::new(
-        env.db.pool.clone(),
-        plinth_core::BmcKey::from_base64(&key).unwrap(),
-    );
+    let (env, key) = keyed_env("10.88.0");
     let mut lab = Lab::new().unwrap();
-    let srv = lab.namespace("srv").unwrap();
-    let cli = lab.namespace("rack").unwrap();
-    let (s, c) = lab.link(&srv, &cli).unwrap();
-    lab.addr(&srv, &s, "10.88.0.2/24").unwrap();
-    let macs: Vec<&'static str> = (0..=n)
-        .map(|i| &*Box::leak(format!("52:54:00:88:00:{:02x}", i + 1).into_boxed_str()))
-        .collect();
-    let taps: Vec<String> = macs.iter().map(|_| lab.tap(&cli).unwrap()).collect();
-    let mut members: Vec<&str> = vec![&c];
-    members.extend(taps.iter().map(String::as_str));
-    lab.bridge(&cli, &members).unwrap();
+    let (srv, s, cli, taps) = rack_network(&mut lab, "10.88.0", n + 1);
     let root = images_for(&lab);
     let initrd_bytes = std::fs::metadata(root.join("plinth/initrd.img"))
         .unwrap()
         .len();
-    env.rt
-        .block_on(env.app.create_subnet(
-            &Principal::system(),
-            SubnetCreate {
-                cidr: "10.88.0.0/24".into(),
-                ranges: vec![AddressRange {
-                    start: "10.88.0.100".parse().unwrap(),
-                    end: "10.88.0.200".parse().unwrap(),
-                }],
-                router: None,
-                dns_servers: None,
-                domain: None,
-                lease_time: Some(600),
-                boot_server: None,
-                relay_addresses: None,
-            },
-        ))
-        .unwrap();
-    let defs: Vec<VmDef> = macs
-        .iter()
-        .enumerate()
-        .map(|(i, mac)| VmDef {
-            name: Box::leak(format!("vm{i}").into_boxed_str()),
+    let defs: Vec<VmDef> = (0..=n)
+        .map(|i| VmDef {
+            name: format!("vm{i}"),
             protocol: "redfish",
             firmware: "bios",
             nic: "e1000",
-            mac,
+            mac: format!("52:54:00:88:00:{:02x}", i + 1),
             memory_mib: if i == 0 { 512 } else { 384 },
             disks: &[8],
         })

@@ -348,19 +348,19 @@ async fn agent_tokens_are_one_machine_one_mode_and_expire() {
 
     let row = s
         .app
-        .check_agent_token(&token, a.parse().unwrap())
+        .check_agent_token(&token, a.parse().unwrap(), "inspect")
         .await
         .unwrap();
     assert_eq!(row.mode, "inspect");
     let e = s
         .app
-        .check_agent_token(&token, b.parse().unwrap())
+        .check_agent_token(&token, b.parse().unwrap(), "inspect")
         .await
         .unwrap_err();
     assert_eq!(e.kind, plinth_types::ErrorKind::Forbidden, "{e:?}");
     let e = s
         .app
-        .check_agent_token("plinth_nope", a.parse().unwrap())
+        .check_agent_token("plinth_nope", a.parse().unwrap(), "inspect")
         .await
         .unwrap_err();
     assert_eq!(e.kind, plinth_types::ErrorKind::Unauthorized);
@@ -379,7 +379,7 @@ async fn agent_tokens_are_one_machine_one_mode_and_expire() {
         .unwrap();
     let e = s
         .app
-        .check_agent_token(&token, a.parse().unwrap())
+        .check_agent_token(&token, a.parse().unwrap(), "inspect")
         .await
         .unwrap_err();
     assert!(e.message.contains("expired"), "{e:?}");

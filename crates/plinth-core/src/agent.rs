@@ -15,6 +15,27 @@ use crate::lifecycle::validate_report;
 use crate::machines::not_found;
 use crate::{App, DbResult, Principal, Result, convert};
 
+/// Why an agent token may not report for machine `id` in `mode`: another machine's, another
+/// mode's, used, or expired. `None`: it may.
+pub(crate) fn refusal(row: &plinth_db::boot::AgentTokenRow, id: Uuid, mode: &str) -> Option<Error> {
+    if row.machine_id != id {
+        Some(Error::forbidden(
+            "this agent token belongs to another machine",
+        ))
+    } else if row.mode != mode {
+        Some(Error::forbidden(format!(
+            "this agent token is for {} mode, not {mode}",
+            row.mode
+        )))
+    } else if row.used_at.is_some() {
+        Some(Error::unauthorized("this agent token was already used"))
+    } else if row.expires_at < Utc::now() {
+        Some(Error::unauthorized("this agent token has expired"))
+    } else {
+        None
+    }
+}
+
 /// Who is reporting.
 enum Reporter {
     /// The agent, with its token's hash (used up with the report).
@@ -40,23 +61,7 @@ impl App {
             p.require(Permission::ManageMachines)?;
             return Ok(Reporter::Person(p));
         };
-        let refusal = if row.machine_id != id {
-            Some(Error::forbidden(
-                "this agent token belongs to another machine",
-            ))
-        } else if row.mode != mode {
-            Some(Error::forbidden(format!(
-                "this agent token is for {} mode, not {mode}",
-                row.mode
-            )))
-        } else if row.used_at.is_some() {
-            Some(Error::unauthorized("this agent token was already used"))
-        } else if row.expires_at < Utc::now() {
-            Some(Error::unauthorized("this agent token has expired"))
-        } else {
-            None
-        };
-        if let Some(err) = refusal {
+        if let Some(err) = refusal(&row, id, mode) {
             self.record_refusal(row.machine_id, id, mode, &err.message)
                 .await;
             return Err(err);

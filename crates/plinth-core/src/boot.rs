@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::Utc;
 use plinth_types::{Error, MacAddr, MachineState};
 use serde::Serialize;
 use uuid::Uuid;
@@ -667,29 +666,23 @@ impl App {
         })
     }
 
-    /// The agent token behind a secret, if it is live: for this machine, unused, unexpired.
+    /// The agent token behind a secret, if it is live for this machine and mode (see
+    /// [`crate::agent::refusal`], the one place the rules are written).
     pub async fn check_agent_token(
         &self,
         secret: &str,
         machine_id: Uuid,
+        mode: &str,
     ) -> Result<plinth_db::boot::AgentTokenRow> {
         let mut conn = self.conn().await?;
         let row = plinth_db::boot::agent_token(&mut conn, &hash_secret(secret))
             .await
             .db()?
             .ok_or_else(|| Error::unauthorized("unknown agent token"))?;
-        if row.machine_id != machine_id {
-            return Err(Error::forbidden(
-                "this agent token belongs to another machine",
-            ));
+        match crate::agent::refusal(&row, machine_id, mode) {
+            Some(e) => Err(e),
+            None => Ok(row),
         }
-        if row.used_at.is_some() {
-            return Err(Error::unauthorized("this agent token was already used"));
-        }
-        if row.expires_at < Utc::now() {
-            return Err(Error::unauthorized("this agent token has expired"));
-        }
-        Ok(row)
     }
 
     /// Forgets agent tokens long expired (a reconciler pass).

@@ -50,25 +50,13 @@ pub(crate) async fn machines(
                 address: b.address,
                 username: b.username,
                 verify_tls: b.verify_tls,
-                power_state: None,
-                power_checked_at: None,
-                reachable: None,
-                last_error: None,
-                identity: None,
+                power_state: b.power_state,
+                power_checked_at: b.power_checked_at,
+                reachable: b.reachable,
+                last_error: b.last_error,
+                identity: b.identity,
             },
         );
-    }
-    for s in plinth_db::bmcs::status_for_machines(conn, &ids)
-        .await
-        .db()?
-    {
-        if let Some(b) = bmcs.get_mut(&s.machine_id) {
-            b.power_state = s.power_state;
-            b.power_checked_at = s.power_checked_at;
-            b.reachable = s.reachable;
-            b.last_error = s.last_error;
-            b.identity = s.identity;
-        }
     }
     rows.into_iter()
         .map(|r| {

@@ -513,12 +513,12 @@ impl JobRunner {
         use tracing::Instrument;
         let span = tracing::info_span!("job", job_id = %j.id, machine_id = %j.machine_id, kind = %j.kind, attempt = j.attempts);
         async {
-            self.running.lock().expect("running set").insert(j.id);
+            self.running_set().insert(j.id);
             let outcome = self.attempt(&j).await;
             if let Err(e) = self.record(&j, outcome).await {
                 tracing::warn!(error = %e, "recording the job's outcome failed; its lease will bring it back");
             }
-            self.running.lock().expect("running set").remove(&j.id);
+            self.running_set().remove(&j.id);
         }
         .instrument(span)
         .await
@@ -628,13 +628,15 @@ impl JobRunner {
         Ok(())
     }
 
-    /// Claims what is runnable now, runs it, and waits for all of it: for tests and tools.
-    /// Returns the number of jobs run.
-    pub async fn run_once(self: &Arc<Self>) -> Result<usize> {
-        let free = self.slots.available_permits();
-        let jobs = self.claim(free).await?;
-        let n = jobs.len();
-        let mut set = JoinSet::new();
+    /// The jobs this runner is running (the set holds ids only: a poisoned lock is still good).
+    fn running_set(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs claimed jobs in `set`, each holding one of this runner's slots.
+    async fn spawn_all(self: &Arc<Self>, jobs: Vec<Claimed>, set: &mut JoinSet<()>) -> Result<()> {
         for j in jobs {
             let permit = self
                 .slots
@@ -648,6 +650,17 @@ impl JobRunner {
                 drop(permit);
             });
         }
+        Ok(())
+    }
+
+    /// Claims what is runnable now, runs it, and waits for all of it: for tests and tools.
+    /// Returns the number of jobs run.
+    pub async fn run_once(self: &Arc<Self>) -> Result<usize> {
+        let free = self.slots.available_permits();
+        let jobs = self.claim(free).await?;
+        let n = jobs.len();
+        let mut set = JoinSet::new();
+        self.spawn_all(jobs, &mut set).await?;
         while set.join_next().await.is_some() {}
         Ok(n)
     }
@@ -695,13 +708,7 @@ impl JobRunner {
     }
 
     async fn renew(&self) -> Result<()> {
-        let ids: Vec<Uuid> = self
-            .running
-            .lock()
-            .expect("running set")
-            .iter()
-            .copied()
-            .collect();
+        let ids: Vec<Uuid> = self.running_set().iter().copied().collect();
         if ids.is_empty() {
             return Ok(());
         }
@@ -733,21 +740,7 @@ impl JobRunner {
         loop {
             let free = self.slots.available_permits();
             match self.claim(free).await {
-                Ok(jobs) => {
-                    for j in jobs {
-                        let permit = self
-                            .slots
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .map_err(|_| Error::internal())?;
-                        let me = self.clone();
-                        tasks.spawn(async move {
-                            me.run_job(j).await;
-                            drop(permit);
-                        });
-                    }
-                }
+                Ok(jobs) => self.spawn_all(jobs, &mut tasks).await?,
                 Err(e) => tracing::warn!(error = %e, "claiming jobs failed"),
             }
             tokio::select! {

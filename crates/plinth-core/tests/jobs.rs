@@ -105,7 +105,49 @@ async fn world(s: JobSettings) -> World {
     }
 }
 
+/// An inspection report of a UEFI machine with one NIC.
+fn uefi_report(id: Uuid, mac: plinth_types::MacAddr) -> InspectionReport {
+    InspectionReport {
+        cpu: CpuFacts {
+            model: "Xeon".into(),
+            cores: 4,
+            threads: 8,
+        },
+        memory_mib: 8192,
+        disks: vec![],
+        nics: vec![NicFacts {
+            name: "eno1".into(),
+            mac,
+            speed_mbps: None,
+            link: None,
+        }],
+        system: SystemFacts {
+            vendor: "Acme".into(),
+            product: "R640".into(),
+            serial: "SN".into(),
+            uuid: id.to_string(),
+        },
+        firmware: Firmware::Uefi,
+        arch: Arch::X86_64,
+    }
+}
+
 impl World {
+    /// Applies a lifecycle verb as the technician.
+    async fn act(&self, id: Uuid, verb: Verb) -> Result<Machine, plinth_types::Error> {
+        self.app
+            .act(
+                &admin(),
+                id,
+                Action {
+                    verb,
+                    expected_version: None,
+                    reason: None,
+                },
+            )
+            .await
+    }
+
     /// Enrolls machine `n` with a BMC (the right password unless `password` says otherwise)
     /// and gives it a fake BMC.
     async fn enroll(&self, n: u32, password: &str) -> (Uuid, Arc<FakeBmc>) {
@@ -534,22 +576,10 @@ async fn lifecycle_verbs_queue_their_bmc_work_and_a_failure_stops_the_chain() {
     let (a, fa) = w.enroll(1, PASSWORD).await;
     let (b, fb) = w.enroll(2, PASSWORD).await;
     w.runner.drain().await.unwrap();
-    let who = admin();
-    let inspect = |id| {
-        w.app.act(
-            &who,
-            id,
-            Action {
-                verb: Verb::Inspect,
-                expected_version: None,
-                reason: None,
-            },
-        )
-    };
-    inspect(a).await.unwrap();
+    w.act(a, Verb::Inspect).await.unwrap();
     // b's BMC answers 200 to the boot override and keeps the old one.
     fb.set_reverts_boot(true);
-    inspect(b).await.unwrap();
+    w.act(b, Verb::Inspect).await.unwrap();
     let ev = w.events_of_kind(a, "inspect").await;
     assert_eq!(ev[0].details["jobs"].as_array().unwrap().len(), 2);
 
@@ -592,43 +622,11 @@ async fn lifecycle_verbs_queue_their_bmc_work_and_a_failure_stops_the_chain() {
 
     // Facts say UEFI: the next override asks for UEFI. Decommission powers off.
     let mac_a = w.app.get_machine(&admin(), a).await.unwrap().nics[0].mac;
-    let mut report = InspectionReport {
-        cpu: CpuFacts {
-            model: "Xeon".into(),
-            cores: 4,
-            threads: 8,
-        },
-        memory_mib: 8192,
-        disks: vec![],
-        nics: vec![NicFacts {
-            name: "eno1".into(),
-            mac: mac_a,
-            speed_mbps: None,
-            link: None,
-        }],
-        system: SystemFacts {
-            vendor: "Acme".into(),
-            product: "R640".into(),
-            serial: "SN".into(),
-            uuid: a.to_string(),
-        },
-        firmware: Firmware::Uefi,
-        arch: Arch::X86_64,
-    };
-    report.disks.clear();
-    w.app.submit_inspection(&admin(), a, report).await.unwrap();
     w.app
-        .act(
-            &admin(),
-            a,
-            Action {
-                verb: Verb::Inspect,
-                expected_version: None,
-                reason: None,
-            },
-        )
+        .submit_inspection(&admin(), a, uefi_report(a, mac_a))
         .await
         .unwrap();
+    w.act(a, Verb::Inspect).await.unwrap();
     w.runner.drain().await.unwrap();
     assert_eq!(
         fa.calls()
@@ -644,63 +642,15 @@ async fn lifecycle_verbs_queue_their_bmc_work_and_a_failure_stops_the_chain() {
         1
     );
     assert_eq!(fa.boots(), 2, "the running machine was cycled");
-    w.app
-        .act(
-            &admin(),
-            a,
-            Action {
-                verb: Verb::Decommission,
-                expected_version: None,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap_err(); // inspecting cannot be decommissioned
+    w.act(a, Verb::Decommission).await.unwrap_err(); // inspecting cannot be decommissioned
     let m = w.app.get_machine(&admin(), a).await.unwrap();
     assert_eq!(m.state, MachineState::Inspecting);
     let mac_a = m.nics[0].mac;
     w.app
-        .submit_inspection(
-            &admin(),
-            a,
-            InspectionReport {
-                cpu: CpuFacts {
-                    model: "Xeon".into(),
-                    cores: 4,
-                    threads: 8,
-                },
-                memory_mib: 8192,
-                disks: vec![],
-                nics: vec![NicFacts {
-                    name: "eno1".into(),
-                    mac: mac_a,
-                    speed_mbps: None,
-                    link: None,
-                }],
-                system: SystemFacts {
-                    vendor: "Acme".into(),
-                    product: "R640".into(),
-                    serial: "SN".into(),
-                    uuid: a.to_string(),
-                },
-                firmware: Firmware::Uefi,
-                arch: Arch::X86_64,
-            },
-        )
+        .submit_inspection(&admin(), a, uefi_report(a, mac_a))
         .await
         .unwrap();
-    w.app
-        .act(
-            &admin(),
-            a,
-            Action {
-                verb: Verb::Decommission,
-                expected_version: None,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap();
+    w.act(a, Verb::Decommission).await.unwrap();
     w.runner.drain().await.unwrap();
     // The inspection report powered it off (forced: the ramdisk holds nothing), the job waiting
     // for the power state to read off; decommission then booted it into the clean ramdisk.
@@ -1144,18 +1094,7 @@ async fn queued_jobs_can_be_cancelled_running_ones_finish() {
     let w = world(settings()).await;
     let (a, fa) = w.enroll(1, PASSWORD).await;
     w.runner.drain().await.unwrap();
-    w.app
-        .act(
-            &admin(),
-            a,
-            Action {
-                verb: Verb::Inspect,
-                expected_version: None,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap();
+    w.act(a, Verb::Inspect).await.unwrap();
     let jobs = w.jobs_of(a).await;
     let (boot, power) = (&jobs[1], &jobs[2]);
     let c = w.app.cancel_job(&admin(), boot.id).await.unwrap();
@@ -1221,18 +1160,7 @@ async fn machines_waiting_too_long_on_their_agent_fail_with_the_reason() {
     let (a, _) = w.enroll(1, PASSWORD).await;
     let (b, _) = w.enroll(2, PASSWORD).await;
     for id in [a, b] {
-        w.app
-            .act(
-                &admin(),
-                id,
-                Action {
-                    verb: Verb::Inspect,
-                    expected_version: None,
-                    reason: None,
-                },
-            )
-            .await
-            .unwrap();
+        w.act(id, Verb::Inspect).await.unwrap();
     }
     let t = plinth_core::lifecycle::StuckTimeouts {
         inspect: Duration::from_secs(600),
@@ -1267,20 +1195,8 @@ async fn decommission_wipes_then_retires_the_machine_and_scrubs_its_bmc() {
     let w = world(settings()).await;
     let (a, fa) = w.enroll(1, PASSWORD).await;
     w.runner.drain().await.unwrap();
-    let system = Principal::system();
-    let act = |verb| {
-        w.app.act(
-            &system,
-            a,
-            Action {
-                verb,
-                expected_version: None,
-                reason: None,
-            },
-        )
-    };
     // enrolled → decommissioning: the machine boots the clean ramdisk (PXE once + power on).
-    let m = act(Verb::Decommission).await.unwrap();
+    let m = w.act(a, Verb::Decommission).await.unwrap();
     assert_eq!(m.state, MachineState::Decommissioning);
     w.runner.drain().await.unwrap();
     assert_eq!(fa.boots(), 1);

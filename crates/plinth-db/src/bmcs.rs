@@ -4,6 +4,7 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+/// A BMC without its secret, and what plinth last learned from it.
 #[derive(Debug, Clone)]
 pub struct BmcRow {
     pub machine_id: Uuid,
@@ -11,6 +12,11 @@ pub struct BmcRow {
     pub address: String,
     pub username: String,
     pub verify_tls: bool,
+    pub power_state: Option<String>,
+    pub power_checked_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub reachable: Option<bool>,
+    pub last_error: Option<String>,
+    pub identity: Option<serde_json::Value>,
 }
 
 pub struct NewBmc<'a> {
@@ -63,7 +69,9 @@ pub async fn for_machines(
 ) -> Result<Vec<BmcRow>, sqlx::Error> {
     sqlx::query_as!(
         BmcRow,
-        "select machine_id, protocol, address, username, verify_tls from bmcs where machine_id = any($1)",
+        "select machine_id, protocol, address, username, verify_tls, power_state, power_checked_at,
+                reachable, last_error, identity
+         from bmcs where machine_id = any($1)",
         ids
     )
     .fetch_all(conn)
@@ -82,31 +90,6 @@ pub async fn secret(
     .fetch_optional(conn)
     .await?;
     Ok(row.map(|r| (r.password_nonce, r.password_ciphertext)))
-}
-
-/// What plinth last learned from a BMC, for the API.
-#[derive(Debug, Clone)]
-pub struct BmcStatus {
-    pub machine_id: Uuid,
-    pub power_state: Option<String>,
-    pub power_checked_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub reachable: Option<bool>,
-    pub last_error: Option<String>,
-    pub identity: Option<serde_json::Value>,
-}
-
-pub async fn status_for_machines(
-    conn: &mut PgConnection,
-    ids: &[Uuid],
-) -> Result<Vec<BmcStatus>, sqlx::Error> {
-    sqlx::query_as!(
-        BmcStatus,
-        "select machine_id, power_state, power_checked_at, reachable, last_error, identity
-         from bmcs where machine_id = any($1)",
-        ids
-    )
-    .fetch_all(conn)
-    .await
 }
 
 /// A BMC due for a power poll, with its encrypted password.

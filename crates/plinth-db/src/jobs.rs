@@ -314,20 +314,6 @@ pub async fn requeue_stale(
     .await
 }
 
-/// Whether the machine has a job queued or running.
-pub async fn pending_for_machine(
-    conn: &mut PgConnection,
-    machine_id: Uuid,
-) -> Result<i64, sqlx::Error> {
-    let n = sqlx::query_scalar!(
-        r#"select count(*) as "n!" from jobs where machine_id = $1 and state in ('queued', 'running')"#,
-        machine_id
-    )
-    .fetch_one(conn)
-    .await?;
-    Ok(n)
-}
-
 /// For a machine with a BMC: its firmware mode as far as plinth knows (`uefi` or `bios`, from
 /// the inspection facts, else from the architecture its PXE firmware announced). `None` when
 /// the machine has no BMC.

@@ -5,174 +5,61 @@
 //! is asserted on plinth's API (state, facts, jobs, events), never on sleeps.
 //!
 //! Each virtual BMC runs in the server namespace (next to plinth, like a management network),
-//! as this test binary re-run in the ignored `vbmc_child` entry with its VM in the environment:
-//! Redfish for two VMs, IPMI (RMCP+, the test kit's IPMI BMC) for the UEFI one.
+//! as a `plinth-lab vbmc` process (plinth_testkit::rack): Redfish for two VMs, IPMI (RMCP+, the
+//! test kit's IPMI BMC) for the UEFI one.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use plinth_core::Principal;
 use plinth_core::lifecycle::Action;
 use plinth_testkit::netns::{Lab, Ns, Proc};
-use plinth_types::api::*;
+use plinth_testkit::rack::{
+    BmcProtocol, VirtualBmc, VirtualBmcSpec, plinth_lab_beside, rack_network, start_virtual_bmc,
+};
+use plinth_testkit::vm::{Firmware, Nic, VmSpec};
+use plinth_types::api::{
+    AddressRange, AllocationRequest, Arch, BmcSpec, Event, Machine, MachineCreate, NicSpec,
+    SubnetCreate,
+};
 use plinth_types::{MachineState, Verb};
-use serde_json::{Value, json};
 
 #[path = "support/env.rs"]
 mod env;
 use env::Env;
 #[path = "support/lab.rs"]
 mod lab_support;
-use lab_support::{images_for, plinth};
+use lab_support::{BIN, images_for, plinth};
 
 const PASSWORD: &str = "vbmc-Pa55";
 const MIB: usize = 1 << 20;
 
-/// The virtual BMC process: serves the test kit's Redfish BMC for one VM until killed.
-#[test]
-#[ignore = "the virtual BMC of the rack tests; they run it in a namespace"]
-fn vbmc_child() {
-    let spec: Value = serde_json::from_str(
-        &std::env::var("PLINTH_VBMC").expect("PLINTH_VBMC: the VM and BMC to serve"),
-    )
-    .unwrap();
-    use plinth_testkit::vm::{Firmware, Nic, VirtualMachine, VmSpec};
-    let s = |k: &str| spec[k].as_str().unwrap().to_owned();
-    let mut vm = VmSpec::new(
-        &s("name"),
-        if s("firmware") == "uefi" {
-            Firmware::Uefi
-        } else {
-            Firmware::Bios
-        },
-        if s("nic") == "virtio" {
-            Nic::VirtioNet
-        } else {
-            Nic::E1000
-        },
-        &s("mac"),
-    );
-    vm.memory_mib = spec["memory_mib"].as_u64().unwrap() as u32;
-    vm.disks = spec["disks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_u64().unwrap())
-        .collect();
-    let machine = VirtualMachine::new(&s("ns"), &s("tap"), vm, Path::new(&s("dir"))).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        if s("protocol") == "ipmi" {
-            ipmi_bmc(machine, &s("password")).await;
-        }
-        let bmc = plinth_testkit::redfish::RedfishEmulator::start_for(
-            "admin",
-            &s("password"),
-            machine,
-            "127.0.0.1:0",
-        )
-        .await
-        .unwrap();
-        // (on a line of its own: the test harness has written "test vbmc_child ... ")
-        println!("\nVBMC-LISTENING {}", bmc.url());
-        std::future::pending::<()>().await;
-    });
-}
-
-/// The test kit's IPMI BMC in front of the VM: each accepted Chassis Control is played on the
-/// VM, booting the device of the boot flags that boot saw; the power state follows the VM.
-async fn ipmi_bmc(
-    machine: std::sync::Arc<plinth_testkit::vm::VirtualMachine>,
-    password: &str,
-) -> ! {
-    use plinth_testkit::ipmi::{BootSelector, ChassisControl, IpmiEmulator, IpmiEmulatorConfig};
-    use plinth_testkit::redfish::Host;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut cfg = IpmiEmulatorConfig::new("admin", password);
-    cfg.power_hook = Some(tx);
-    let emu = std::sync::Arc::new(IpmiEmulator::start(cfg).await.unwrap());
-    println!("\nVBMC-LISTENING {}", emu.addr());
-    let target = |emu: &IpmiEmulator| {
-        let flags = emu.boots().last().copied().unwrap_or_default();
-        match (flags.valid(), flags.selector()) {
-            (true, BootSelector::Pxe) => "Pxe",
-            (true, BootSelector::Disk) => "Hdd",
-            _ => "None",
-        }
-    };
-    loop {
-        tokio::select! {
-            Some(action) = rx.recv() => {
-                let (vm, emu) = (machine.clone(), emu.clone());
-                tokio::task::spawn_blocking(move || match action {
-                    ChassisControl::PowerUp if !vm.is_on() => vm.power_on(target(&emu)),
-                    ChassisControl::PowerDown | ChassisControl::SoftShutdown => vm.power_off(),
-                    ChassisControl::PowerCycle | ChassisControl::HardReset => vm.reset(target(&emu)),
-                    _ => {}
-                })
-                .await
-                .unwrap();
-            }
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-        }
-        let vm = machine.clone();
-        let on = tokio::task::spawn_blocking(move || vm.is_on())
-            .await
-            .unwrap();
-        emu.set_power(on);
-    }
-}
-
 struct VmDef {
     name: String,
-    /// `redfish` or `ipmi`.
-    protocol: &'static str,
-    firmware: &'static str,
-    nic: &'static str,
+    protocol: BmcProtocol,
+    firmware: Firmware,
+    nic: Nic,
     mac: String,
-    memory_mib: u64,
+    memory_mib: u32,
     disks: &'static [u64],
 }
 
-/// Starts a VM's virtual BMC in `srv`; returns (its URL, its process, the VM's directory).
-fn vbmc(lab: &mut Lab, srv: &Ns, cli: &Ns, tap: &str, vm: &VmDef) -> (String, Proc, PathBuf) {
-    let dir = lab.path(&vm.name);
-    let spec = json!({
-        "name": vm.name, "firmware": vm.firmware, "nic": vm.nic, "mac": vm.mac,
-        "memory_mib": vm.memory_mib, "disks": vm.disks,
-        "ns": cli.name, "tap": tap, "dir": dir, "password": PASSWORD, "protocol": vm.protocol,
-    });
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "vbmc_child",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads",
-        "1",
-    ])
-    .env("PLINTH_VBMC", spec.to_string());
-    let proc = lab
-        .spawn_named(srv, &format!("vbmc-{}", vm.name), cmd)
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(url) = proc
-            .log_text()
-            .lines()
-            .find_map(|l| l.split_once("VBMC-LISTENING ").map(|(_, url)| url))
-        {
-            return (url.trim().to_owned(), proc, dir);
-        }
-        assert!(
-            proc.is_running() && Instant::now() < deadline,
-            "the virtual BMC of {} did not start:\n{}",
-            vm.name,
-            proc.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Starts a VM's virtual BMC (`plinth-lab vbmc`, built next to plinth) in `srv`.
+fn vbmc(lab: &mut Lab, srv: &Ns, rack: &Ns, tap: &str, vm: &VmDef) -> VirtualBmc {
+    let mut spec = VmSpec::new(&vm.name, vm.firmware, vm.nic, &vm.mac);
+    spec.memory_mib = vm.memory_mib;
+    spec.disks = vm.disks.to_vec();
+    let spec = VirtualBmcSpec {
+        vm: spec,
+        protocol: vm.protocol,
+        username: "admin".into(),
+        password: PASSWORD.into(),
+        ns: rack.name.clone(),
+        tap: tap.into(),
+        dir: lab.path(&vm.name),
+    };
+    start_virtual_bmc(lab, srv, &plinth_lab_beside(Path::new(BIN)), &spec)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn admin() -> Principal {
@@ -198,11 +85,7 @@ fn enroll(env: &Env, vm: &VmDef, url: &str, password: &str) -> uuid::Uuid {
             pxe: None,
         }],
         bmc: Some(BmcSpec {
-            protocol: if vm.protocol == "ipmi" {
-                BmcProtocol::Ipmi
-            } else {
-                BmcProtocol::Redfish
-            },
+            protocol: vm.protocol,
             address: url.into(),
             username: "admin".into(),
             password: password.into(),
@@ -307,21 +190,6 @@ fn ends_zeroed(path: &Path) -> bool {
     data[..MIB].iter().all(|b| *b == 0) && data[data.len() - MIB..].iter().all(|b| *b == 0)
 }
 
-/// A rack's network: the server namespace (with `prefix.2/24` on its link) and a rack
-/// namespace whose bridge joins that link and `taps` taps. Returns (srv, its interface, rack,
-/// the taps).
-fn rack_network(lab: &mut Lab, prefix: &str, taps: usize) -> (Ns, String, Ns, Vec<String>) {
-    let srv = lab.namespace("srv").unwrap();
-    let cli = lab.namespace("rack").unwrap();
-    let (s, c) = lab.link(&srv, &cli).unwrap();
-    lab.addr(&srv, &s, &format!("{prefix}.2/24")).unwrap();
-    let taps: Vec<String> = (0..taps).map(|_| lab.tap(&cli).unwrap()).collect();
-    let mut members: Vec<&str> = vec![&c];
-    members.extend(taps.iter().map(String::as_str));
-    lab.bridge(&cli, &members).unwrap();
-    (srv, s, cli, taps)
-}
-
 /// A database and an App whose BMC key the `plinth serve` of the test shares (enrollment
 /// encrypts with it), with the subnet `prefix.0/24` (addresses .100 to .200). Returns the key.
 fn keyed_env(prefix: &str) -> (Env, String) {
@@ -359,33 +227,34 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
     let vms = [
         VmDef {
             name: "bios1".into(),
-            protocol: "redfish",
-            firmware: "bios",
-            nic: "e1000",
+            protocol: BmcProtocol::Redfish,
+            firmware: Firmware::Bios,
+            nic: Nic::E1000,
             mac: "52:54:00:86:00:01".into(),
             memory_mib: 512,
             disks: &[32],
         },
         VmDef {
             name: "uefi2".into(),
-            protocol: "ipmi",
-            firmware: "uefi",
-            nic: "virtio",
+            protocol: BmcProtocol::Ipmi,
+            firmware: Firmware::Uefi,
+            nic: Nic::VirtioNet,
             mac: "52:54:00:86:00:02".into(),
             memory_mib: 768,
             disks: &[16, 24],
         },
         VmDef {
             name: "badcreds3".into(),
-            protocol: "redfish",
-            firmware: "bios",
-            nic: "e1000",
+            protocol: BmcProtocol::Redfish,
+            firmware: Firmware::Bios,
+            nic: Nic::E1000,
             mac: "52:54:00:86:00:03".into(),
             memory_mib: 256,
             disks: &[8],
         },
     ];
-    let (srv, s, cli, taps) = rack_network(&mut lab, "10.86.0", vms.len());
+    let net = rack_network(&mut lab, "10.86.0", vms.len()).unwrap();
+    let (srv, s, cli, taps) = (net.srv, net.srv_iface, net.rack, net.taps);
     let root = images_for(&lab);
     let mut bmcs = Vec::new();
     for (vm, tap) in vms.iter().zip(&taps) {
@@ -406,18 +275,18 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
             ("PLINTH_BMC__SECRET_KEY", &key),
         ],
     );
-    let dirs: Vec<&Path> = bmcs.iter().map(|b| b.2.as_path()).collect();
+    let dirs: Vec<&Path> = bmcs.iter().map(|b| b.dir.as_path()).collect();
     // The disks start full of 0xa5, so the wipes show.
     for (vm, b) in vms.iter().zip(&bmcs) {
         for i in 0..vm.disks.len() {
-            fill(&b.2.join(format!("disk{i}.raw")));
+            fill(&b.dir.join(format!("disk{i}.raw")));
         }
     }
 
     // Enroll: the BMC check reads each VM's BMC; the third has the wrong password.
-    let a = enroll(&env, &vms[0], &bmcs[0].0, PASSWORD);
-    let b = enroll(&env, &vms[1], &bmcs[1].0, PASSWORD);
-    let bad = enroll(&env, &vms[2], &bmcs[2].0, "not-the-password");
+    let a = enroll(&env, &vms[0], &bmcs[0].address, PASSWORD);
+    let b = enroll(&env, &vms[1], &bmcs[1].address, PASSWORD);
+    let bad = enroll(&env, &vms[2], &bmcs[2].address, "not-the-password");
 
     // inspect → PXE once + power on through the BMCs → the agent reports → ready, powered off.
     for id in [a, b, bad] {
@@ -494,7 +363,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
     for (vm, bm) in vms[..2].iter().zip(&bmcs) {
         for i in 0..vm.disks.len() {
             assert!(
-                ends_zeroed(&bm.2.join(format!("disk{i}.raw"))),
+                ends_zeroed(&bm.dir.join(format!("disk{i}.raw"))),
                 "{} disk {i}",
                 vm.name
             );
@@ -561,7 +430,8 @@ fn bench_inspect_to_ready() {
     // The peer: dnsmasq (DHCP + TFTP) hands the same VM the same iPXE, kernel and ramdisk.
     let peer = {
         let mut lab = Lab::new().unwrap();
-        let (srv, s, cli, taps) = rack_network(&mut lab, "10.87.0", 1);
+        let net = rack_network(&mut lab, "10.87.0", 1).unwrap();
+        let (srv, s, cli, taps) = (net.srv, net.srv_iface, net.rack, net.taps);
         let tap = &taps[0];
         let root = images_for(&lab);
         std::fs::write(
@@ -605,7 +475,8 @@ fn bench_inspect_to_ready() {
     // plinth: the same VM spec, inspected through its virtual BMC.
     let (env, key) = keyed_env("10.88.0");
     let mut lab = Lab::new().unwrap();
-    let (srv, s, cli, taps) = rack_network(&mut lab, "10.88.0", n + 1);
+    let net = rack_network(&mut lab, "10.88.0", n + 1).unwrap();
+    let (srv, s, cli, taps) = (net.srv, net.srv_iface, net.rack, net.taps);
     let root = images_for(&lab);
     let initrd_bytes = std::fs::metadata(root.join("plinth/initrd.img"))
         .unwrap()
@@ -613,9 +484,9 @@ fn bench_inspect_to_ready() {
     let defs: Vec<VmDef> = (0..=n)
         .map(|i| VmDef {
             name: format!("vm{i}"),
-            protocol: "redfish",
-            firmware: "bios",
-            nic: "e1000",
+            protocol: BmcProtocol::Redfish,
+            firmware: Firmware::Bios,
+            nic: Nic::E1000,
             mac: format!("52:54:00:88:00:{:02x}", i + 1),
             memory_mib: if i == 0 { 512 } else { 384 },
             disks: &[8],
@@ -641,9 +512,9 @@ fn bench_inspect_to_ready() {
     let ids: Vec<uuid::Uuid> = defs
         .iter()
         .zip(&bmcs)
-        .map(|(d, b)| enroll(&env, d, &b.0, PASSWORD))
+        .map(|(d, b)| enroll(&env, d, &b.address, PASSWORD))
         .collect();
-    let dirs: Vec<&Path> = bmcs.iter().map(|b| b.2.as_path()).collect();
+    let dirs: Vec<&Path> = bmcs.iter().map(|b| b.dir.as_path()).collect();
     // Let the enrollment checks finish first: they are not what is measured.
     wait_state(
         &env,
@@ -658,12 +529,12 @@ fn bench_inspect_to_ready() {
     let t0 = Instant::now();
     act(&env, ids[0], Verb::Inspect);
     let kernel = until_console(
-        bmcs[0].2.as_path(),
+        bmcs[0].dir.as_path(),
         "ramdisk init starting",
         t0,
         Duration::from_secs(300),
     );
-    let chain = until_console(bmcs[0].2.as_path(), marker, t0, Duration::from_secs(300));
+    let chain = until_console(bmcs[0].dir.as_path(), marker, t0, Duration::from_secs(300));
     wait_state(
         &env,
         &ids[..1],
@@ -673,7 +544,7 @@ fn bench_inspect_to_ready() {
         &dirs,
     );
     let one = t0.elapsed().as_secs_f64();
-    let console = std::fs::read_to_string(bmcs[0].2.join("console.log")).unwrap();
+    let console = std::fs::read_to_string(bmcs[0].dir.join("console.log")).unwrap();
     let peak_kib = console
         .split("peak memory ")
         .nth(1)

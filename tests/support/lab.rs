@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use plinth_testkit::netns::{Lab, Ns, Proc};
 
@@ -70,46 +69,27 @@ pub fn plinth(
     extra: &[(&str, &str)],
 ) -> Proc {
     let state = lab.path("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--database-url",
-        db_url,
-        "--listen",
-        "0.0.0.0:8080",
-    ])
-    .env("PLINTH_STATE_DIR", &state)
-    .env("PLINTH_IMAGES__ROOT", root)
-    .env("PLINTH_DHCP__ENABLED", "true")
-    .env("PLINTH_DHCP__INTERFACES", format!("[\"{iface}\"]"))
-    .env("PLINTH_DHCP__BOOT_SERVER", server_ip)
-    .env("PLINTH_TFTP__ENABLED", "true")
-    .env("PLINTH_TFTP__LISTEN", format!("{server_ip}:69"))
-    .env(
-        "PLINTH_LOG__LEVEL",
-        "plinth_tftp=debug,plinth_api=debug,info",
+    let mut env = vec![(
+        "PLINTH_LOG__LEVEL".to_owned(),
+        "plinth_tftp=debug,plinth_api=debug,info".to_owned(),
+    )];
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    plinth_testkit::rack::start_plinth(
+        lab,
+        ns,
+        &plinth_testkit::rack::ServeSpec {
+            bin: Path::new(BIN),
+            iface,
+            server_ip,
+            images_root: root,
+            state_dir: &state,
+            database_url: Some(db_url),
+            env,
+        },
     )
-    .env("NO_COLOR", "1");
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let proc = lab.spawn_named(ns, "plinth", cmd).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(proc.log_text().contains("DHCP listening")
-        && proc.log_text().contains("TFTP is serving"))
-    {
-        assert!(
-            proc.is_running(),
-            "plinth serve exited:\n{}",
-            proc.log_text()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "plinth serve did not start:\n{}",
-            proc.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    proc
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }

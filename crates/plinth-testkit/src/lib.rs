@@ -11,11 +11,14 @@
 //! - [`redfish`]: a Redfish BMC that misbehaves on purpose, or drives a machine (a [`redfish::Host`]);
 //! - [`ipmi`]: an IPMI 2.0 (RMCP+) BMC, cipher suites 3 and 17, with packet loss on demand;
 //! - [`sushy`]: sushy-tools' Redfish emulator as a child process;
-//! - [`vm`]: QEMU virtual machines a BMC powers and boots (the virtual rack).
+//! - [`vm`]: QEMU virtual machines a BMC powers and boots;
+//! - [`rack`]: the virtual rack: VMs behind virtual BMCs and `plinth serve` on their network
+//!   (the rack tests and the `plinth-lab demo` binary stand on it).
 
 pub mod dhcp_clients;
 pub mod ipmi;
 pub mod netns;
+pub mod rack;
 pub mod redfish;
 pub mod sushy;
 pub mod vm;

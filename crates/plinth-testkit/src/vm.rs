@@ -47,7 +47,8 @@ const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read/write timeout of one QMP exchange.
 const QMP_TIMEOUT: Duration = Duration::from_secs(3);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Firmware {
     /// SeaBIOS on `-machine pc`.
     Bios,
@@ -55,7 +56,8 @@ pub enum Firmware {
     Uefi,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Nic {
     E1000,
     VirtioNet,
@@ -71,7 +73,7 @@ impl Nic {
 }
 
 /// What the machine is made of.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VmSpec {
     /// For `-name` and the console's separator lines.
     pub name: String,

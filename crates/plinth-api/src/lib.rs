@@ -9,6 +9,7 @@ pub mod boot;
 pub mod error;
 mod fastpath;
 mod sys;
+mod ui;
 mod v1;
 
 use axum::Router;
@@ -145,6 +146,7 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(healthz))
         .route("/boot/ipxe", get(boot::ipxe_script))
         .route("/boot/{*path}", get(boot::file))
+        .merge(ui::routes())
         .fallback(not_found)
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), actor = tracing::field::Empty)

@@ -14,6 +14,7 @@ pub mod dhcp;
 pub mod events;
 pub mod files;
 pub mod images;
+pub mod inventory;
 pub mod jobs;
 pub mod lifecycle;
 pub mod machines;
@@ -21,6 +22,7 @@ pub mod racks;
 pub mod secrets;
 pub mod subnets;
 pub mod tokens;
+pub mod users;
 pub mod validate;
 pub mod workers;
 

@@ -36,6 +36,11 @@ pub fn token_name(s: &str) -> Result<(), Error> {
     name_like("token name", s, 128, &['@'])
 }
 
+/// A web UI user's name (the message says '@' is allowed too).
+pub fn username(s: &str) -> Result<(), Error> {
+    name_like("username", s, 64, &['@'])
+}
+
 /// Tags: deduplicated, order kept.
 pub fn tags(tags: &[String]) -> Result<Vec<String>, Error> {
     if tags.len() > 64 {

@@ -64,3 +64,20 @@ pub async fn list(
     .fetch_all(conn)
     .await
 }
+
+/// The newest `limit` events of a machine, newest first.
+pub async fn latest(
+    conn: &mut PgConnection,
+    machine_id: Uuid,
+    limit: i64,
+) -> Result<Vec<EventRow>, sqlx::Error> {
+    sqlx::query_as!(
+        EventRow,
+        "select id, at, actor, machine_id, kind, from_state, to_state, details from events
+         where machine_id = $1 order by id desc limit $2",
+        machine_id,
+        limit
+    )
+    .fetch_all(conn)
+    .await
+}

@@ -10,6 +10,7 @@ pub mod boot;
 pub mod embedded;
 pub mod events;
 pub mod images;
+pub mod inventory;
 pub mod jobs;
 pub mod leases;
 pub mod machines;
@@ -17,6 +18,7 @@ pub mod nics;
 pub mod racks;
 pub mod subnets;
 pub mod tokens;
+pub mod users;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -13,8 +13,10 @@
 //! - [`sushy`]: sushy-tools' Redfish emulator as a child process;
 //! - [`vm`]: QEMU virtual machines a BMC powers and boots;
 //! - [`rack`]: the virtual rack: VMs behind virtual BMCs and `plinth serve` on their network
-//!   (the rack tests and the `plinth-lab demo` binary stand on it).
+//!   (the rack tests and the `plinth-lab demo` binary stand on it);
+//! - [`browser`]: headless Chromium over WebDriver (chromedriver), for tests of the web UI.
 
+pub mod browser;
 pub mod dhcp_clients;
 pub mod ipmi;
 pub mod netns;

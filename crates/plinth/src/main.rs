@@ -70,6 +70,20 @@ enum AdminCommand {
         #[arg(long)]
         role: plinth_types::Role,
     },
+    /// Create a web UI user, or set the role and password of an existing one (which ends its
+    /// sessions). Without --password it is asked for (twice) on the terminal, or read as one
+    /// line from standard input when that is not a terminal.
+    CreateUser {
+        #[arg(long)]
+        username: String,
+        /// admin, operator, client or viewer.
+        #[arg(long)]
+        role: plinth_types::Role,
+        /// The password (visible to other users of this machine while plinth runs; prefer the
+        /// prompt or the environment variable).
+        #[arg(long, env = "PLINTH_USER_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
     /// Revoke an API token.
     RevokeToken {
         #[arg(long)]
@@ -103,6 +117,11 @@ fn main() -> ExitCode {
                 AdminCommand::CreateToken { name, role } => {
                     serve::create_token(&server, &name, role).await
                 }
+                AdminCommand::CreateUser {
+                    username,
+                    role,
+                    password,
+                } => serve::create_user(&server, &username, role, password).await,
                 AdminCommand::RevokeToken { name } => serve::revoke_token(&server, &name).await,
             },
             Command::Client(c) => client::run(*c).await,

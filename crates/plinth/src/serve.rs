@@ -266,6 +266,59 @@ pub async fn create_token(
     Ok(())
 }
 
+pub async fn create_user(
+    args: &ServerArgs,
+    username: &str,
+    role: plinth_types::Role,
+    password: Option<String>,
+) -> anyhow::Result<()> {
+    // Checked before asking for a password or opening the database.
+    plinth_core::users::validate_username(username)
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let password = match password {
+        Some(p) => p,
+        None => read_password(username)?,
+    };
+    plinth_core::users::validate_password(&password)
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let c = load_config(args)?;
+    let db = open_database(&c).await?;
+    let app = App::new(db.pool.clone(), c.bmc_key()?);
+    let res = app
+        .set_user(&local_admin(), username, role, &password)
+        .await;
+    db.close(false).await;
+    let (user, created) = res.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    eprintln!(
+        "user {} {} with role {}",
+        user.username,
+        if created {
+            "created"
+        } else {
+            "updated (its sessions ended)"
+        },
+        user.role
+    );
+    Ok(())
+}
+
+/// The new password: asked twice on the terminal, or one line of standard input.
+fn read_password(username: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("password for {username}: "))?;
+        let again = rpassword::prompt_password("again: ")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        Ok(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let p = line.trim_end_matches(['\r', '\n']).to_owned();
+        anyhow::ensure!(!p.is_empty(), "no password on standard input");
+        Ok(p)
+    }
+}
+
 pub async fn revoke_token(args: &ServerArgs, name: &str) -> anyhow::Result<()> {
     let c = load_config(args)?;
     let db = open_database(&c).await?;

@@ -1,0 +1,232 @@
+//! Read models for people looking at the fleet (the web UI): one page of the machine table
+//! with what a row shows (power, first MAC, address, serial, size) in one query, the racks with
+//! their occupants, and counts. Sorting is by a fixed set of columns; the SQL text is chosen
+//! from that set, never built from input.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Columns the machine table sorts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortKey {
+    #[default]
+    Hostname,
+    State,
+    Rack,
+    Power,
+    Changed,
+}
+
+impl SortKey {
+    pub const ALL: [SortKey; 5] = [
+        SortKey::Hostname,
+        SortKey::State,
+        SortKey::Rack,
+        SortKey::Power,
+        SortKey::Changed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SortKey::Hostname => "hostname",
+            SortKey::State => "state",
+            SortKey::Rack => "rack",
+            SortKey::Power => "power",
+            SortKey::Changed => "changed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SortKey> {
+        SortKey::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The ORDER BY of each key, in the output columns' names (the page query and the
+    /// query around it both have them); `id` last keeps pages stable.
+    fn order(self, desc: bool) -> &'static str {
+        match (self, desc) {
+            (SortKey::Hostname, false) => "hostname asc nulls last, id",
+            (SortKey::Hostname, true) => "hostname desc nulls last, id",
+            (SortKey::State, false) => "state asc, hostname nulls last, id",
+            (SortKey::State, true) => "state desc, hostname nulls last, id",
+            (SortKey::Rack, false) => "rack asc nulls last, rack_unit desc, id",
+            (SortKey::Rack, true) => "rack desc nulls last, rack_unit asc, id",
+            (SortKey::Power, false) => "power_state asc nulls last, hostname nulls last, id",
+            (SortKey::Power, true) => "power_state desc nulls last, hostname nulls last, id",
+            (SortKey::Changed, false) => "state_changed_at asc, id",
+            (SortKey::Changed, true) => "state_changed_at desc, id",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TableQuery {
+    pub state: Option<String>,
+    pub rack: Option<String>,
+    pub pool: Option<String>,
+    pub tag: Option<String>,
+    /// `on`, `off`, or `unknown` (no BMC, or not read yet).
+    pub power: Option<String>,
+    /// Hostname (substring), MAC, serial or IPv4 address.
+    pub q: Option<String>,
+    /// Set when `q` parses as a MAC / an IPv4 address.
+    pub q_mac: Option<String>,
+    pub q_ip: Option<String>,
+    /// Clients see only the machines of their allocations.
+    pub owner_token_id: Option<Uuid>,
+    pub sort: SortKey,
+    pub desc: bool,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TableRow {
+    pub id: Uuid,
+    pub hostname: Option<String>,
+    pub state: String,
+    pub state_changed_at: DateTime<Utc>,
+    pub maintenance: bool,
+    pub rack: Option<String>,
+    pub rack_unit: Option<i32>,
+    pub size_u: i32,
+    pub pool: String,
+    pub tags: Vec<String>,
+    pub power_state: Option<String>,
+    pub bmc_reachable: Option<bool>,
+    pub mac: Option<String>,
+    pub ip: Option<String>,
+    pub serial: Option<String>,
+    pub cpu_threads: Option<i64>,
+    pub memory_mib: Option<i64>,
+}
+
+/// One page of machines and how many match in all.
+pub async fn table(
+    conn: &mut PgConnection,
+    q: &TableQuery,
+) -> Result<(Vec<TableRow>, i64), sqlx::Error> {
+    let filters = r#"
+        from machines m
+        left join racks r on r.id = m.rack_id
+        left join bmcs b on b.machine_id = m.id
+        where ($1::text is null or m.state = $1)
+          and ($2::text is null or r.name = $2)
+          and ($3::text is null or m.pool = $3)
+          and ($4::text is null or m.tags @> array[$4])
+          and ($5::text is null
+               or ($5 = 'unknown' and b.power_state is null)
+               or b.power_state = $5)
+          and ($6::text is null
+               or m.hostname ilike $6
+               or m.facts -> 'system' ->> 'serial' = $7
+               or b.identity ->> 'serial' = $7
+               or ($8::text is not null and exists (
+                     select 1 from nics n where n.machine_id = m.id and n.mac = $8::text::macaddr))
+               or ($9::text is not null and (
+                     exists (select 1 from nics n where n.machine_id = m.id and n.ipv4 = $9::text::inet)
+                     or exists (select 1 from nics n join leases l on l.mac = n.mac
+                                where n.machine_id = m.id and n.active and l.state = 'bound'
+                                  and l.address = $9::text::inet))))
+          and ($10::uuid is null or m.allocation_id in
+               (select a.id from allocations a where a.owner_token_id = $10))"#;
+    let like =
+        q.q.as_deref()
+            .map(|s| format!("%{}%", crate::like_escape(s)));
+    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) {filters}")))
+        .bind(&q.state)
+        .bind(&q.rack)
+        .bind(&q.pool)
+        .bind(&q.tag)
+        .bind(&q.power)
+        .bind(&like)
+        .bind(&q.q)
+        .bind(&q.q_mac)
+        .bind(&q.q_ip)
+        .bind(q.owner_token_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    // Audited: `filters` is a literal and `order` comes from SortKey::order's literals.
+    let sql = format!(
+        r#"with page as (
+            select m.id, m.hostname, m.state, m.state_changed_at, m.maintenance, r.name as rack,
+                   m.rack_unit, m.size_u, m.pool, m.tags, b.power_state, b.reachable as bmc_reachable,
+                   coalesce(m.facts -> 'system' ->> 'serial', b.identity ->> 'serial') as serial,
+                   (m.facts -> 'cpu' ->> 'threads')::bigint as cpu_threads,
+                   (m.facts ->> 'memory_mib')::bigint as memory_mib
+            {filters}
+            order by {order}
+            limit $11 offset $12)
+        select p.*, nic.mac, lease.ip
+        from page p
+        left join lateral (
+            select n.mac::text as mac from nics n
+            where n.machine_id = p.id and (n.active or p.state = 'decommissioned')
+            order by n.pxe desc, n.id limit 1) nic on true
+        left join lateral (
+            select coalesce(host(n.ipv4), host(l.address)) as ip
+            from nics n left join leases l on l.mac = n.mac and l.state = 'bound'
+            where n.machine_id = p.id and n.active and (n.ipv4 is not null or l.address is not null)
+            order by n.pxe desc, n.id, l.updated_at desc limit 1) lease on true
+        order by {outer}"#,
+        order = q.sort.order(q.desc),
+        outer = q.sort.order(q.desc),
+    );
+    let rows = sqlx::query_as::<_, TableRow>(sqlx::AssertSqlSafe(sql))
+        .bind(&q.state)
+        .bind(&q.rack)
+        .bind(&q.pool)
+        .bind(&q.tag)
+        .bind(&q.power)
+        .bind(&like)
+        .bind(&q.q)
+        .bind(&q.q_mac)
+        .bind(&q.q_ip)
+        .bind(q.owner_token_id)
+        .bind(q.limit)
+        .bind(q.offset)
+        .fetch_all(conn)
+        .await?;
+    Ok((rows, total))
+}
+
+/// Machines per state (the filters' counts and the discovered inbox's badge).
+pub async fn state_counts(conn: &mut PgConnection) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"select state, count(*) as "n!" from machines group by state order by state"#
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.state, r.n)).collect())
+}
+
+/// A rack's occupant, as the elevation draws it.
+#[derive(Debug, Clone)]
+pub struct Occupant {
+    pub id: Uuid,
+    pub rack_id: Uuid,
+    pub hostname: Option<String>,
+    pub state: String,
+    pub maintenance: bool,
+    pub rack_unit: i32,
+    pub size_u: i32,
+    pub power_state: Option<String>,
+}
+
+/// The machines in the given racks (all racks when `None`), by rack then from the top.
+pub async fn occupants(
+    conn: &mut PgConnection,
+    racks: Option<&[Uuid]>,
+) -> Result<Vec<Occupant>, sqlx::Error> {
+    sqlx::query_as!(
+        Occupant,
+        r#"select m.id, m.rack_id as "rack_id!", m.hostname, m.state, m.maintenance,
+                  m.rack_unit as "rack_unit!", m.size_u, b.power_state
+           from machines m left join bmcs b on b.machine_id = m.id
+           where m.rack_id is not null and ($1::uuid[] is null or m.rack_id = any($1))
+           order by m.rack_id, m.rack_unit desc"#,
+        racks as Option<&[Uuid]>
+    )
+    .fetch_all(conn)
+    .await
+}

@@ -1,0 +1,93 @@
+// plinth web UI: small progressive enhancements; every page works without them.
+"use strict";
+
+document.addEventListener("DOMContentLoaded", () => {
+  bulkSelection();
+  liveTimeline();
+  freeSlots();
+  confirmButtons();
+});
+
+// The machine table: "select all", the count, bulk buttons enabled only with a selection.
+function bulkSelection() {
+  const form = document.getElementById("bulk-form");
+  if (!form) return;
+  const boxes = () => Array.from(form.querySelectorAll('input[name="id"]'));
+  const all = document.getElementById("select-all");
+  const count = document.getElementById("selected-count");
+  const update = () => {
+    const n = boxes().filter((b) => b.checked).length;
+    if (count) count.textContent = String(n);
+    form.querySelectorAll("[data-needs-selection]").forEach((b) => { b.disabled = n === 0; });
+    if (all) all.checked = n > 0 && n === boxes().length;
+  };
+  if (all) all.addEventListener("change", () => { boxes().forEach((b) => { b.checked = all.checked; }); update(); });
+  form.addEventListener("change", update);
+  update();
+}
+
+// A machine page while something happens: the timeline refreshes every 2 s; when the state
+// changes, the whole page does (its actions change with it).
+function liveTimeline() {
+  const box = document.getElementById("timeline");
+  if (!box || !box.dataset.src) return;
+  const first = box.querySelector("ul.timeline");
+  const state = first ? first.dataset.state : "";
+  let busy = false;
+  const tick = async () => {
+    if (busy || document.hidden) return;
+    busy = true;
+    try {
+      const res = await fetch(box.dataset.src, { credentials: "same-origin", headers: { "Accept": "text/html" } });
+      if (res.status === 401) { window.location.reload(); return; }
+      if (!res.ok) return;
+      const html = await res.text();
+      const tmp = document.createElement("div");
+      tmp.innerHTML = html;
+      const list = tmp.querySelector("ul.timeline");
+      if (!list) return;
+      if (list.dataset.state !== state) { window.location.reload(); return; }
+      box.replaceChildren(list);
+    } catch (e) {
+      // the server is away for a moment: try again on the next tick
+    } finally {
+      busy = false;
+    }
+  };
+  setInterval(tick, box.dataset.live === "yes" ? 2000 : 10000);
+}
+
+// The enrollment form: the positions offered follow the rack and the height chosen.
+function freeSlots() {
+  const rack = document.getElementById("rack");
+  const size = document.getElementById("size_u");
+  const unit = document.getElementById("unit");
+  if (!rack || !size || !unit || !rack.dataset.freeSlots) return;
+  const refresh = async () => {
+    const keep = unit.value;
+    unit.replaceChildren();
+    if (!rack.value) {
+      unit.append(new Option("choose a rack first", ""));
+      return;
+    }
+    const q = new URLSearchParams({ rack: rack.value, size_u: size.value || "1" });
+    try {
+      const res = await fetch(rack.dataset.freeSlots + "?" + q, { credentials: "same-origin" });
+      const units = res.ok ? await res.json() : [];
+      if (units.length === 0) unit.append(new Option("no free position of this height", ""));
+      for (const u of units) unit.append(new Option("U" + u, String(u), false, String(u) === keep));
+    } catch (e) {
+      unit.append(new Option("could not load the free positions", ""));
+    }
+  };
+  rack.addEventListener("change", refresh);
+  size.addEventListener("change", refresh);
+}
+
+function confirmButtons() {
+  document.querySelectorAll("button[data-confirm]").forEach((b) => {
+    b.addEventListener("click", (ev) => {
+      if (!window.confirm(b.dataset.confirm)) ev.preventDefault();
+    });
+  });
+}

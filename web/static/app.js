@@ -63,21 +63,28 @@ function freeSlots() {
   const size = document.getElementById("size_u");
   const unit = document.getElementById("unit");
   if (!rack || !size || !unit || !rack.dataset.freeSlots) return;
-  const refresh = async () => {
+  // The options change only when the answer is there, keeping what the user picked meanwhile
+  // if it is still free; an answer that a newer request overtook is dropped.
+  let seq = 0;
+  const fill = (units, empty) => {
     const keep = unit.value;
     unit.replaceChildren();
+    if (units.length === 0) unit.append(new Option(empty, ""));
+    for (const u of units) unit.append(new Option("U" + u, String(u), false, String(u) === keep));
+  };
+  const refresh = async () => {
+    const mine = ++seq;
     if (!rack.value) {
-      unit.append(new Option("choose a rack first", ""));
+      fill([], "choose a rack first");
       return;
     }
     const q = new URLSearchParams({ rack: rack.value, size_u: size.value || "1" });
     try {
       const res = await fetch(rack.dataset.freeSlots + "?" + q, { credentials: "same-origin" });
       const units = res.ok ? await res.json() : [];
-      if (units.length === 0) unit.append(new Option("no free position of this height", ""));
-      for (const u of units) unit.append(new Option("U" + u, String(u), false, String(u) === keep));
+      if (mine === seq) fill(units, "no free position of this height");
     } catch (e) {
-      unit.append(new Option("could not load the free positions", ""));
+      if (mine === seq) fill([], "could not load the free positions");
     }
   };
   rack.addEventListener("change", refresh);

@@ -69,6 +69,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../../../web/static/app.css"),
     },
     Asset {
+        name: "icon.svg",
+        content_type: "image/svg+xml",
+        body: include_bytes!("../../../../web/static/icon.svg"),
+    },
+    Asset {
         name: "app.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../../../../web/static/app.js"),

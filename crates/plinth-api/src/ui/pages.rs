@@ -130,10 +130,16 @@ pub(crate) async fn login(State(app): State<App>, headers: HeaderMap, body: Byte
             );
             resp
         }
-        Err(e) => {
-            let status = crate::error::status(e.kind);
-            login_page(&headers, status, &next, &username, Some(e.message), None)
-        }
+        // The form again, with the reason, as a page that loaded fine (a 4xx would put an error
+        // in the browser's console for every mistyped password).
+        Err(e) => login_page(
+            &headers,
+            StatusCode::OK,
+            &next,
+            &username,
+            Some(e.message),
+            None,
+        ),
     }
 }
 
@@ -503,16 +509,21 @@ fn timeline_entry(e: &Event) -> minijinja::Value {
                 )
             }
             kind => {
-                let text = if d.is_object() && d.as_object().is_some_and(|o| !o.is_empty()) {
-                    let mut t = d.to_string();
-                    if t.len() > 200 {
-                        t.truncate(t.floor_char_boundary(199));
-                        t.push('…');
-                    }
-                    t
-                } else {
-                    String::new()
-                };
+                // The details as `key: value`, the bookkeeping left out.
+                let mut text = d
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .filter(|(k, v)| !v.is_null() && k.as_str() != "state_version")
+                            .map(|(k, v)| format!("{}: {}", k.replace('_', " "), s(v)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                if text.len() > 200 {
+                    text.truncate(text.floor_char_boundary(199));
+                    text.push('…');
+                }
                 (kind.replace('_', " "), text)
             }
         },
@@ -521,9 +532,14 @@ fn timeline_entry(e: &Event) -> minijinja::Value {
 }
 
 /// The verbs a person runs from a machine page, in order, with how the button looks.
-const PAGE_VERBS: &[(Verb, &str, &str)] = &[
-    (Verb::Inspect, "Inspect now", ""),
-    (Verb::Decommission, "Decommission", "danger"),
+const PAGE_VERBS: &[(Verb, &str, &str, &str)] = &[
+    (Verb::Inspect, "Inspect now", "", ""),
+    (
+        Verb::Decommission,
+        "Decommission",
+        "danger",
+        "Decommission this machine? Its disks are wiped, its BMC credentials, addresses and rack slot released.",
+    ),
 ];
 
 fn live(state: MachineState) -> bool {
@@ -570,9 +586,9 @@ pub(crate) async fn machine(
     }
     let mut actions = Vec::new();
     if user.can.act {
-        for (verb, label, style) in PAGE_VERBS {
+        for (verb, label, style, confirm) in PAGE_VERBS {
             if verb.allowed_from().contains(&m.state) {
-                actions.push(context! { verb => verb.as_str(), label => label, style => style });
+                actions.push(context! { verb => verb.as_str(), label => label, style => style, confirm => confirm });
             }
         }
     }
@@ -1110,7 +1126,8 @@ pub(crate) async fn enroll(
         }
     };
     if !errors.is_empty() {
-        return enroll_page(&app, &user, StatusCode::BAD_REQUEST, form.echo(), errors).await;
+        // The form again, filled in, with the errors at their fields (200, as for a login).
+        return enroll_page(&app, &user, StatusCode::OK, form.echo(), errors).await;
     }
     let tags = split_list(form.get("tags").unwrap_or(""));
     let req = MachineCreate {
@@ -1135,10 +1152,9 @@ pub(crate) async fn enroll(
             ),
         )),
         Err(e) => {
-            let status = crate::error::status(e.kind);
             let mut errors = HashMap::new();
             errors.insert(field_of(e.code).to_owned(), e.message);
-            enroll_page(&app, &user, status, form.echo(), errors).await
+            enroll_page(&app, &user, StatusCode::OK, form.echo(), errors).await
         }
     }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark of docs/benchmarks.md: a 10,000-machine inventory on a scratch PostgreSQL,
-# `plinth serve` (release build) measured over HTTP by plinth-bench, and the peer: the same
-# SQL run by pgbench straight on the database, in the same run.
+# `plinth serve` (release build) measured over HTTP by plinth-bench (the API) and
+# plinth-bench-ui (the web UI's pages, next to the JSON list as their peer), and the API's peer:
+# the same SQL run by pgbench straight on the database, in the same run.
 #   scripts/bench.sh            prints the tables to paste into docs/benchmarks.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,9 @@ mkdir -p "$state"
 PLINTH_STATE_DIR=$state "$bin/plinth" migrate --database-url "$url" 2>/dev/null
 psql "$url" -v ON_ERROR_STOP=1 -q -f bench/seed.sql
 token=$(PLINTH_STATE_DIR=$state "$bin/plinth" admin create-token --database-url "$url" --name bench --role admin)
+ui_password=bench-password-$RANDOM
+PLINTH_STATE_DIR=$state PLINTH_USER_PASSWORD=$ui_password "$bin/plinth" admin create-user \
+  --database-url "$url" --username bench --role viewer 2>/dev/null
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 PLINTH_STATE_DIR=$state PLINTH_LOG__LEVEL=warn "$bin/plinth" serve --database-url "$url" --listen "127.0.0.1:$port" &
@@ -39,6 +43,9 @@ rss_start=$(rss)
 
 machines=$(psql "$url" -qAtc "select count(*) from machines")
 echo "inventory: $machines machines; $(nproc) cores; $(date -u +%Y-%m-%d)"
+echo
+PLINTH_TOKEN=$token PLINTH_UI_PASSWORD=$ui_password "$bin/plinth-bench-ui" \
+  --api-url "http://127.0.0.1:$port" --user bench --samples 200
 echo
 echo "| plinth (HTTP, one client) | median | p99 |"
 echo "|---|---|---|"

@@ -101,64 +101,124 @@ pub struct TableRow {
     pub memory_mib: Option<i64>,
 }
 
+/// The WHERE of the table's queries: a fragment per filter that is set, each naming its own
+/// parameter ($1..$10, bound in that order whether used or not), and the joins they need.
+/// Only these literals ever reach the SQL text.
+fn filters(q: &TableQuery) -> (bool, bool, String) {
+    let mut conds = vec!["true"];
+    let (mut racks, mut bmcs) = (false, false);
+    if q.state.is_some() {
+        conds.push("m.state = $1");
+    }
+    if q.rack.is_some() {
+        conds.push("r.name = $2");
+        racks = true;
+    }
+    if q.pool.is_some() {
+        conds.push("m.pool = $3");
+    }
+    if q.tag.is_some() {
+        conds.push("m.tags @> array[$4::text]");
+    }
+    if let Some(p) = &q.power {
+        conds.push(if p == "unknown" {
+            "b.power_state is null and $5::text is not null"
+        } else {
+            "b.power_state = $5"
+        });
+        bmcs = true;
+    }
+    if q.q.is_some() {
+        // Each way of finding a machine by its own index, then the union.
+        conds.push(
+            "m.id in (
+                select id from machines where hostname ilike $6
+                union select id from machines where facts -> 'system' ->> 'serial' = $7
+                union select machine_id from bmcs where identity ->> 'serial' = $7
+                union select machine_id from nics where $8::text is not null and mac = $8::text::macaddr
+                union select machine_id from nics where $9::text is not null and ipv4 = $9::text::inet
+                union select n.machine_id from leases l join nics n on n.mac = l.mac and n.active
+                      where $9::text is not null and l.state = 'bound' and l.address = $9::text::inet)",
+        );
+    }
+    if q.owner_token_id.is_some() {
+        conds.push(
+            "m.allocation_id in (select a.id from allocations a where a.owner_token_id = $10)",
+        );
+    }
+    (racks, bmcs, conds.join(" and "))
+}
+
 /// One page of machines and how many match in all.
 pub async fn table(
     conn: &mut PgConnection,
     q: &TableQuery,
 ) -> Result<(Vec<TableRow>, i64), sqlx::Error> {
-    let filters = r#"
-        from machines m
-        left join racks r on r.id = m.rack_id
-        left join bmcs b on b.machine_id = m.id
-        where ($1::text is null or m.state = $1)
-          and ($2::text is null or r.name = $2)
-          and ($3::text is null or m.pool = $3)
-          and ($4::text is null or m.tags @> array[$4])
-          and ($5::text is null
-               or ($5 = 'unknown' and b.power_state is null)
-               or b.power_state = $5)
-          and ($6::text is null
-               or m.hostname ilike $6
-               or m.facts -> 'system' ->> 'serial' = $7
-               or b.identity ->> 'serial' = $7
-               or ($8::text is not null and exists (
-                     select 1 from nics n where n.machine_id = m.id and n.mac = $8::text::macaddr))
-               or ($9::text is not null and (
-                     exists (select 1 from nics n where n.machine_id = m.id and n.ipv4 = $9::text::inet)
-                     or exists (select 1 from nics n join leases l on l.mac = n.mac
-                                where n.machine_id = m.id and n.active and l.state = 'bound'
-                                  and l.address = $9::text::inet))))
-          and ($10::uuid is null or m.allocation_id in
-               (select a.id from allocations a where a.owner_token_id = $10))"#;
+    let (racks, bmcs, conds) = filters(q);
+    let sort_racks = q.sort == SortKey::Rack;
+    let sort_bmcs = q.sort == SortKey::Power;
+    let join = |racks: bool, bmcs: bool| {
+        format!(
+            "{}{}",
+            if racks {
+                " left join racks r on r.id = m.rack_id"
+            } else {
+                ""
+            },
+            if bmcs {
+                " left join bmcs b on b.machine_id = m.id"
+            } else {
+                ""
+            }
+        )
+    };
     let like =
         q.q.as_deref()
             .map(|s| format!("%{}%", crate::like_escape(s)));
-    let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) {filters}")))
-        .bind(&q.state)
-        .bind(&q.rack)
-        .bind(&q.pool)
-        .bind(&q.tag)
-        .bind(&q.power)
-        .bind(&like)
-        .bind(&q.q)
-        .bind(&q.q_mac)
-        .bind(&q.q_ip)
-        .bind(q.owner_token_id)
+    macro_rules! bind_filters {
+        ($query:expr) => {
+            $query
+                .bind(&q.state)
+                .bind(&q.rack)
+                .bind(&q.pool)
+                .bind(&q.tag)
+                .bind(&q.power)
+                .bind(&like)
+                .bind(&q.q)
+                .bind(&q.q_mac)
+                .bind(&q.q_ip)
+                .bind(q.owner_token_id)
+        };
+    }
+    // Audited: every piece below is one of the literals of `filters`, `join` and
+    // `SortKey::order`.
+    let count_sql = format!(
+        "select count(*) from machines m{} where {conds}",
+        join(racks, bmcs)
+    );
+    let total: i64 = bind_filters!(sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql)))
         .fetch_one(&mut *conn)
         .await?;
-    // Audited: `filters` is a literal and `order` comes from SortKey::order's literals.
+    // The page is chosen on narrow rows (the sort keys only); what a row shows is read for
+    // those rows alone.
     let sql = format!(
         r#"with page as (
-            select m.id, m.hostname, m.state, m.state_changed_at, m.maintenance, r.name as rack,
-                   m.rack_unit, m.size_u, m.pool, m.tags, b.power_state, b.reachable as bmc_reachable,
-                   coalesce(m.facts -> 'system' ->> 'serial', b.identity ->> 'serial') as serial,
-                   (m.facts -> 'cpu' ->> 'threads')::bigint as cpu_threads,
-                   (m.facts ->> 'memory_mib')::bigint as memory_mib
-            {filters}
+            select m.id, m.hostname, m.state, m.state_changed_at, m.rack_unit,
+                   {rack} as rack, {power} as power_state
+            from machines m{joins}
+            where {conds}
             order by {order}
             limit $11 offset $12)
-        select p.*, nic.mac, lease.ip
+        select p.id, p.hostname, p.state, p.state_changed_at, m.maintenance, r.name as rack,
+               p.rack_unit, m.size_u, m.pool, m.tags, b.power_state, b.reachable as bmc_reachable,
+               coalesce(m.facts -> 'system' ->> 'serial', b.identity ->> 'serial') as serial,
+               (m.facts -> 'cpu' ->> 'threads')::bigint as cpu_threads,
+               (m.facts ->> 'memory_mib')::bigint as memory_mib,
+               nic.mac, lease.ip
         from page p
+        join machines m on m.id = p.id
+        left join racks r on r.id = m.rack_id
+        left join bmcs b on b.machine_id = m.id
         left join lateral (
             select n.mac::text as mac from nics n
             where n.machine_id = p.id and (n.active or p.state = 'decommissioned')
@@ -168,21 +228,21 @@ pub async fn table(
             from nics n left join leases l on l.mac = n.mac and l.state = 'bound'
             where n.machine_id = p.id and n.active and (n.ipv4 is not null or l.address is not null)
             order by n.pxe desc, n.id, l.updated_at desc limit 1) lease on true
-        order by {outer}"#,
+        order by {order}"#,
+        rack = if racks || sort_racks {
+            "r.name"
+        } else {
+            "null::text"
+        },
+        power = if bmcs || sort_bmcs {
+            "b.power_state"
+        } else {
+            "null::text"
+        },
+        joins = join(racks || sort_racks, bmcs || sort_bmcs),
         order = q.sort.order(q.desc),
-        outer = q.sort.order(q.desc),
     );
-    let rows = sqlx::query_as::<_, TableRow>(sqlx::AssertSqlSafe(sql))
-        .bind(&q.state)
-        .bind(&q.rack)
-        .bind(&q.pool)
-        .bind(&q.tag)
-        .bind(&q.power)
-        .bind(&like)
-        .bind(&q.q)
-        .bind(&q.q_mac)
-        .bind(&q.q_ip)
-        .bind(q.owner_token_id)
+    let rows = bind_filters!(sqlx::query_as::<_, TableRow>(sqlx::AssertSqlSafe(sql)))
         .bind(q.limit)
         .bind(q.offset)
         .fetch_all(conn)

@@ -181,11 +181,13 @@ fn env() -> &'static Environment<'static> {
             env.add_template(name, src)
                 .unwrap_or_else(|e| panic!("web/templates/{name}: {e:#}"));
         }
-        env.add_function("asset", |name: &str| -> String {
-            match asset_versions().get(name) {
+        // Our own URLs, made of safe characters: not HTML-escaped (which would turn every '/'
+        // into an entity).
+        env.add_function("asset", |name: &str| -> minijinja::Value {
+            minijinja::Value::from_safe_string(match asset_versions().get(name) {
                 Some(v) => format!("/static/{name}?v={v}"),
-                None => format!("/static/{name}"),
-            }
+                None => format!("/static/{}", url_encode(name)),
+            })
         });
         env.add_filter("when", |s: String| -> String {
             match chrono::DateTime::parse_from_rfc3339(&s) {

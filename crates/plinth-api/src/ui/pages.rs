@@ -213,8 +213,14 @@ impl MachinesQuery {
 struct Column {
     label: &'static str,
     sort: bool,
-    href: String,
+    href: minijinja::Value,
     current: bool,
+}
+
+/// A link this module built from `url_encode`d parts, for an attribute: only its `&` needs
+/// escaping.
+fn href(s: String) -> minijinja::Value {
+    minijinja::Value::from_safe_string(s.replace('&', "&amp;"))
 }
 
 pub(crate) async fn machines(
@@ -284,7 +290,7 @@ pub(crate) async fn machines(
     query.sort = Some(sort.as_str().to_owned());
     query.dir = Some(if desc { "desc" } else { "asc" }.to_owned());
     let column = |label: &'static str, key: Option<SortKey>| {
-        let (href, current) = match key {
+        let (href_s, current) = match key {
             Some(k) => {
                 let mut c = query.clone();
                 c.page = None;
@@ -297,7 +303,7 @@ pub(crate) async fn machines(
         Column {
             label,
             sort: key.is_some(),
-            href,
+            href: href(href_s),
             current,
         }
     };
@@ -341,9 +347,9 @@ pub(crate) async fn machines(
         context! {
             machines => machines, total => total, columns => columns, states => states,
             racks => racks, query => query, first => first, last => last,
-            self_url => page_href(page),
-            prev_href => (page > 1).then(|| page_href(page - 1)),
-            next_href => (last < total).then(|| page_href(page + 1)),
+            self_url => href(page_href(page)),
+            prev_href => (page > 1).then(|| href(page_href(page - 1))),
+            next_href => (last < total).then(|| href(page_href(page + 1))),
         },
     );
     Ok(shown(&user, &headers, render("machines.html", ctx)))
@@ -857,13 +863,13 @@ pub(crate) async fn racks(
                 .iter()
                 .map(|r| rack_view(r, by_rack.get(&r.id).unwrap_or(&empty)))
                 .collect();
-            let href = format!(
+            let link = format!(
                 "/racks?site={}&room={}&row={}",
                 url_encode(&site),
                 url_encode(&room),
                 url_encode(&row)
             );
-            context! { site => site, room => room, row => row, racks => views, drawn => draw_all, href => href }
+            context! { site => site, room => room, row => row, racks => views, drawn => draw_all, href => href(link) }
         })
         .collect();
     let discovered = discovered_count(&app, &user).await;

@@ -1,0 +1,325 @@
+//! The web UI's rules over real HTTP (no browser): pages need a session, every form needs the
+//! session's CSRF token and this site's origin, the login form its own token, `next` never
+//! leaves the site, a session ends at logout, static files are cached for good.
+
+use plinth_core::{App, BmcKey, Principal};
+use plinth_testkit::TestDb;
+use plinth_types::Role;
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
+
+struct Ui {
+    base: String,
+    http: reqwest::Client,
+    app: App,
+    _db: TestDb,
+}
+
+/// What a browser keeps for the site: its cookies.
+#[derive(Default, Clone)]
+struct Jar(Vec<(String, String)>);
+
+impl Jar {
+    fn take(&mut self, headers: &HeaderMap) {
+        for v in headers.get_all(SET_COOKIE) {
+            let v = v.to_str().unwrap();
+            let (kv, attrs) = v.split_once(';').unwrap_or((v, ""));
+            let (k, val) = kv.split_once('=').unwrap();
+            self.0.retain(|(n, _)| n != k);
+            if !attrs.contains("Max-Age=0") {
+                self.0.push((k.to_owned(), val.to_owned()));
+            }
+        }
+    }
+
+    fn header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let rest = html
+        .split_once(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        .1;
+    rest.split('"').next().unwrap().to_owned()
+}
+
+impl Ui {
+    async fn start() -> Ui {
+        let db = TestDb::new().await.unwrap();
+        let app = App::new(
+            db.pool.clone(),
+            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(plinth_api::serve(
+            listener,
+            app.clone(),
+            std::future::pending(),
+        ));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        app.set_user(
+            &Principal::system(),
+            "tech",
+            Role::Operator,
+            "tech-password-1",
+        )
+        .await
+        .unwrap();
+        Ui {
+            base,
+            http,
+            app,
+            _db: db,
+        }
+    }
+
+    async fn get(&self, jar: &mut Jar, path: &str) -> (StatusCode, HeaderMap, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", jar.header())
+            .send()
+            .await
+            .unwrap();
+        jar.take(r.headers());
+        (r.status(), r.headers().clone(), r.text().await.unwrap())
+    }
+
+    async fn post(
+        &self,
+        jar: &mut Jar,
+        path: &str,
+        form: &[(&str, &str)],
+        origin: Option<&str>,
+    ) -> (StatusCode, HeaderMap, String) {
+        let body: Vec<String> = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .collect();
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", jar.header())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.join("&"));
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        let r = req.send().await.unwrap();
+        jar.take(r.headers());
+        (r.status(), r.headers().clone(), r.text().await.unwrap())
+    }
+
+    /// Logs in as `tech`; returns the jar and the session's CSRF token.
+    async fn login(&self) -> (Jar, String) {
+        let mut jar = Jar::default();
+        let (_, _, html) = self.get(&mut jar, "/login").await;
+        let token = hidden(&html, "_csrf");
+        let (status, headers, _) = self
+            .post(
+                &mut jar,
+                "/login",
+                &[
+                    ("_csrf", &token),
+                    ("username", "tech"),
+                    ("password", "tech-password-1"),
+                    ("next", "/machines"),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(headers[LOCATION], "/machines");
+        let (_, _, html) = self.get(&mut jar, "/machines").await;
+        let csrf = hidden(&html, "_csrf");
+        (jar, csrf)
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pages_need_a_session_and_static_files_are_cached_for_good() {
+    let ui = Ui::start().await;
+    let mut jar = Jar::default();
+    let (status, headers, _) = ui.get(&mut jar, "/machines?state=ready").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[LOCATION], "/login?next=%2Fmachines%3Fstate%3Dready");
+    let (status, headers, css) = ui.get(&mut jar, "/static/app.css").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers["cache-control"],
+        "public, max-age=31536000, immutable"
+    );
+    assert!(css.contains("--st-ready"));
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    let r = ui
+        .http
+        .get(format!("{}/static/app.css", ui.base))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    // Pages link their assets by content version.
+    let (_, _, html) = ui.get(&mut jar, "/login").await;
+    assert!(
+        html.contains(&format!("/static/app.css?v={}", etag.trim_matches('"'))),
+        "{html}"
+    );
+    let (status, _, _) = ui.get(&mut jar, "/static/../Cargo.toml").await;
+    assert_ne!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn forms_without_the_sessions_token_or_from_elsewhere_change_nothing() {
+    let ui = Ui::start().await;
+    let (mut jar, csrf) = ui.login().await;
+    let rack = |name: &'static str| [("name", name), ("height_u", "42")];
+    // No token, a wrong one, another site's form: refused, nothing written.
+    let (status, _, page) = ui.post(&mut jar, "/racks", &rack("r1"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("reload the page"), "{page}");
+    let mut bad = rack("r1").to_vec();
+    bad.push(("_csrf", "plinth_not-the-token-of-this-session-at-all-0000"));
+    let (status, _, _) = ui.post(&mut jar, "/racks", &bad, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let mut good = rack("r1").to_vec();
+    good.push(("_csrf", &csrf));
+    let (status, _, _) = ui
+        .post(&mut jar, "/racks", &good, Some("http://evil.example"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        ui.app
+            .list_racks(&Principal::system())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The right token from this site: done.
+    let origin = ui.base.clone();
+    let (status, headers, _) = ui.post(&mut jar, "/racks", &good, Some(&origin)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[LOCATION], "/racks/r1");
+    assert_eq!(
+        ui.app.list_racks(&Principal::system()).await.unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_login_form_has_its_own_token_and_next_stays_on_this_site() {
+    let ui = Ui::start().await;
+    // Without the login form's cookie: refused before the password is looked at.
+    let mut jar = Jar::default();
+    let (status, _, page) = ui
+        .post(
+            &mut jar,
+            "/login",
+            &[
+                ("_csrf", "plinth_forged-token-forged-token-forged-token-00"),
+                ("username", "tech"),
+                ("password", "tech-password-1"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(page.contains("expired"), "{page}");
+    assert!(jar.get("plinth_session").is_none());
+    for next in [
+        "//evil.example/x",
+        "https://evil.example/",
+        "/\\evil.example",
+    ] {
+        let mut jar = Jar::default();
+        let (_, _, html) = ui.get(&mut jar, "/login").await;
+        let token = hidden(&html, "_csrf");
+        let (status, headers, _) = ui
+            .post(
+                &mut jar,
+                "/login",
+                &[
+                    ("_csrf", &token),
+                    ("username", "tech"),
+                    ("password", "tech-password-1"),
+                    ("next", next),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(headers[LOCATION], "/racks", "{next}");
+    }
+}
+
+#[tokio::test]
+async fn a_session_ends_at_logout_and_wrong_passwords_are_counted() {
+    let ui = Ui::start().await;
+    let (mut jar, csrf) = ui.login().await;
+    let kept = jar.clone();
+    let (status, headers, _) = ui
+        .post(&mut jar, "/logout", &[("_csrf", &csrf)], None)
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[LOCATION], "/login?bye=1");
+    assert!(jar.get("plinth_session").is_none(), "the cookie is deleted");
+    // The old cookie, replayed: no longer a session.
+    let mut replay = kept;
+    let (status, headers, _) = ui.get(&mut replay, "/racks").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(headers[LOCATION].to_str().unwrap().starts_with("/login"));
+
+    // Wrong passwords: the same message each time, then the account waits.
+    for i in 0..6 {
+        let mut jar = Jar::default();
+        let (_, _, html) = ui.get(&mut jar, "/login").await;
+        let token = hidden(&html, "_csrf");
+        let (status, _, page) = ui
+            .post(
+                &mut jar,
+                "/login",
+                &[
+                    ("_csrf", &token),
+                    ("username", "tech"),
+                    ("password", "wrong-wrong-wrong"),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "the form again");
+        let want = if i < 5 {
+            "wrong username or password"
+        } else {
+            "too many wrong passwords for tech"
+        };
+        assert!(page.contains(want), "attempt {i}: {page}");
+        assert!(jar.get("plinth_session").is_none());
+    }
+}

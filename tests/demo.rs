@@ -211,6 +211,15 @@ fn the_demo_inspects_a_virtual_rack_and_ctrl_c_removes_it() {
         assert_eq!(sizes, disks, "{name}");
         assert_eq!(m["bmc"]["reachable"], true, "{m}");
     }
+    // The web UI is there too, with the user the demo printed.
+    let ui_password = demo.value("password ").trim_end_matches(')').to_owned();
+    assert!(ui_password.starts_with("demo-"), "{ui_password}");
+    let login = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{addr}/login"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&login.stdout), "200");
     let rack = cli(&addr, &token, &["rack", "show", "demo-r1"]);
     assert!(rack.contains("node-02"), "{rack}");
     assert!(!processes_mentioning(&lab_dir).is_empty());

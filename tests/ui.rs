@@ -13,7 +13,7 @@ use plinth_testkit::browser::Browser;
 
 #[path = "support/serve.rs"]
 mod serve;
-use serve::{BIN, Serve};
+use serve::{BIN, Serve, create_token};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -168,7 +168,7 @@ fn a_technician_enrolls_a_machine_and_a_viewer_only_looks() {
         .unwrap();
     b.find("#enroll-submit").unwrap().click().unwrap();
     b.wait_until(WAIT, |b| {
-        Ok(b.find_all("#machine-title").map(|v| !v.is_empty())?)
+        b.find_all("#machine-title").map(|v| !v.is_empty())
     })
     .unwrap();
     let machine_url = b.current_url().unwrap();
@@ -223,6 +223,69 @@ fn a_technician_enrolls_a_machine_and_a_viewer_only_looks() {
     assert!(timeline.contains("maintenance"), "{timeline}");
     b.screenshot(shots.join("machine-page.png")).unwrap();
     no_console_errors(&b, "machine page");
+
+    // Bulk, from the table: the buttons wait for a selection.
+    b.goto(&format!("{url}/machines")).unwrap();
+    let off = "button[value=maintenance_off]";
+    assert!(
+        !b.find(off).unwrap().is_enabled().unwrap(),
+        "nothing selected"
+    );
+    b.find("#select-all").unwrap().click().unwrap();
+    assert_eq!(b.find("#selected-count").unwrap().text().unwrap(), "1");
+    b.find(off).unwrap().click().unwrap();
+    let flash = b.wait_for("#flash", WAIT).unwrap().text().unwrap();
+    assert_eq!(flash, "maintenance off: done for 1 machine(s).");
+    no_console_errors(&b, "bulk");
+
+    // Inspect from the machine page; the report arrives while the page is open, and the page
+    // follows by itself (its timeline polls, a new state reloads it).
+    b.goto(&machine_url).unwrap();
+    b.find("#action-inspect").unwrap().click().unwrap();
+    b.wait_until(WAIT, |b| Ok(b.find("#state")?.text()? == "inspecting"))
+        .unwrap();
+    assert_eq!(
+        b.find("#timeline")
+            .unwrap()
+            .attr("data-live")
+            .unwrap()
+            .as_deref(),
+        Some("yes")
+    );
+    let id = machine_url.rsplit('/').next().unwrap().to_owned();
+    let token = create_token(state.path(), Some(&db.url), "agent-stand-in", "operator");
+    let report = serde_json::json!({
+        "cpu": { "model": "EPYC 9124", "cores": 16, "threads": 32 },
+        "memory_mib": 65536,
+        "disks": [{ "name": "nvme0n1", "size_bytes": 960197124096u64, "model": "PM9A3", "serial": "S64X", "rotational": false }],
+        "nics": [{ "name": "eno1", "mac": "52:54:00:aa:00:07", "speed_mbps": 25000, "link": true }],
+        "system": { "vendor": "Acme", "product": "R7", "serial": "ACME-0007", "uuid": "4c4c4544-0000-1000-8000-000000000007" },
+        "firmware": "uefi",
+        "arch": "x86_64"
+    });
+    let out = Command::new("curl")
+        .args(["-sf", "-X", "POST", "-H", "content-type: application/json"])
+        .arg("-H")
+        .arg(format!("authorization: Bearer {token}"))
+        .arg("--data")
+        .arg(report.to_string())
+        .arg(format!("{url}/api/v1/machines/{id}/inspection"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    b.wait_until(Duration::from_secs(20), |b| {
+        Ok(b.find("#state")?.text()? == "ready")
+    })
+    .unwrap();
+    assert_eq!(b.find("#fact-memory").unwrap().text().unwrap(), "65536 MiB");
+    assert!(
+        b.find("#facts")
+            .unwrap()
+            .text()
+            .unwrap()
+            .contains("EPYC 9124")
+    );
+    no_console_errors(&b, "live machine page");
 
     // The machine table finds it by MAC, whatever the case.
     b.goto(&format!("{url}/machines?q=52%3A54%3A00%3Aaa%3A00%3A07"))

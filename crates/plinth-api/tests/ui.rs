@@ -128,24 +128,24 @@ impl Ui {
         (r.status(), r.headers().clone(), r.text().await.unwrap())
     }
 
-    /// Logs in as `tech`; returns the jar and the session's CSRF token.
-    async fn login(&self) -> (Jar, String) {
+    /// A fresh browser fills in the login form as `tech`: its jar and the answer.
+    async fn try_login(&self, password: &str, next: &str) -> (Jar, StatusCode, HeaderMap, String) {
         let mut jar = Jar::default();
         let (_, _, html) = self.get(&mut jar, "/login").await;
         let token = hidden(&html, "_csrf");
-        let (status, headers, _) = self
-            .post(
-                &mut jar,
-                "/login",
-                &[
-                    ("_csrf", &token),
-                    ("username", "tech"),
-                    ("password", "tech-password-1"),
-                    ("next", "/machines"),
-                ],
-                None,
-            )
-            .await;
+        let form = [
+            ("_csrf", token.as_str()),
+            ("username", "tech"),
+            ("password", password),
+            ("next", next),
+        ];
+        let (status, headers, page) = self.post(&mut jar, "/login", &form, None).await;
+        (jar, status, headers, page)
+    }
+
+    /// Logs in as `tech`; returns the jar and the session's CSRF token.
+    async fn login(&self) -> (Jar, String) {
+        let (mut jar, status, headers, _) = self.try_login("tech-password-1", "/machines").await;
         assert_eq!(status, StatusCode::SEE_OTHER);
         assert_eq!(headers[LOCATION], "/machines");
         let (_, _, html) = self.get(&mut jar, "/machines").await;
@@ -298,21 +298,7 @@ async fn a_session_ends_at_logout_and_wrong_passwords_are_counted() {
 
     // Wrong passwords: the same message each time, then the account waits.
     for i in 0..6 {
-        let mut jar = Jar::default();
-        let (_, _, html) = ui.get(&mut jar, "/login").await;
-        let token = hidden(&html, "_csrf");
-        let (status, _, page) = ui
-            .post(
-                &mut jar,
-                "/login",
-                &[
-                    ("_csrf", &token),
-                    ("username", "tech"),
-                    ("password", "wrong-wrong-wrong"),
-                ],
-                None,
-            )
-            .await;
+        let (jar, status, _, page) = ui.try_login("wrong-wrong-wrong", "/racks").await;
         assert_eq!(status, StatusCode::OK, "the form again");
         let want = if i < 5 {
             "wrong username or password"
@@ -322,4 +308,101 @@ async fn a_session_ends_at_logout_and_wrong_passwords_are_counted() {
         assert!(page.contains(want), "attempt {i}: {page}");
         assert!(jar.get("plinth_session").is_none());
     }
+}
+
+#[tokio::test]
+async fn a_discovered_machine_is_adopted_into_a_free_slot() {
+    let ui = Ui::start().await;
+    let (mut jar, csrf) = ui.login().await;
+    let admin = Principal::system();
+    ui.app
+        .create_rack(
+            &admin,
+            plinth_types::api::RackCreate {
+                name: "r9".into(),
+                site: None,
+                room: None,
+                row: None,
+                height_u: 42,
+            },
+        )
+        .await
+        .unwrap();
+    let client = plinth_core::dhcp::ClientInfo {
+        arch: Some(7),
+        pxe: true,
+        http_client: false,
+        ipxe: false,
+        uuid: None,
+    };
+    let mac: plinth_types::MacAddr = "52:54:00:d1:5c:01".parse().unwrap();
+    let id = ui
+        .app
+        .discover_machine(&mac, &client, None)
+        .await
+        .unwrap()
+        .expect("a new discovered machine");
+    let (status, _, page) = ui.get(&mut jar, "/discovered").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("52:54:00:d1:5c:01"), "{page}");
+    assert!(
+        page.contains("Discovered (1)"),
+        "the badge in the menu: {page}"
+    );
+
+    // A taken slot: refused with the reason, the machine still waits.
+    ui.app
+        .enroll_machine(
+            &admin,
+            plinth_types::api::MachineCreate {
+                hostname: Some("there".into()),
+                rack: Some("r9".into()),
+                rack_unit: Some(5),
+                size_u: None,
+                pool: None,
+                tags: None,
+                arch: None,
+                nics: vec![plinth_types::api::NicSpec {
+                    mac: "52:54:00:d1:5c:02".parse().unwrap(),
+                    ipv4: None,
+                    pxe: None,
+                }],
+                bmc: None,
+            },
+        )
+        .await
+        .unwrap();
+    let path = format!("/discovered/{id}/adopt");
+    let form = |unit: &'static str| {
+        [
+            ("_csrf", csrf.clone()),
+            ("hostname", "found-1".to_owned()),
+            ("rack", "r9".to_owned()),
+            ("unit", unit.to_owned()),
+            ("size_u", "1".to_owned()),
+        ]
+    };
+    let taken = form("5");
+    let taken: Vec<(&str, &str)> = taken.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, headers, _) = ui.post(&mut jar, &path, &taken, None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[LOCATION], "/discovered");
+    let (_, _, page) = ui.get(&mut jar, "/discovered").await;
+    assert!(page.contains("already occupies"), "{page}");
+    let m = ui.app.get_machine(&admin, id).await.unwrap();
+    assert_eq!(m.state, plinth_types::MachineState::Discovered);
+
+    let free = form("6");
+    let free: Vec<(&str, &str)> = free.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, headers, _) = ui.post(&mut jar, &path, &free, None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[LOCATION], format!("/machines/{id}").as_str());
+    let m = ui.app.get_machine(&admin, id).await.unwrap();
+    assert_eq!(m.state, plinth_types::MachineState::Enrolled);
+    assert_eq!(
+        (m.hostname.as_deref(), m.rack.as_deref(), m.rack_unit),
+        (Some("found-1"), Some("r9"), Some(6))
+    );
+    let (_, _, page) = ui.get(&mut jar, "/discovered").await;
+    assert!(page.contains("Nothing discovered."), "{page}");
 }

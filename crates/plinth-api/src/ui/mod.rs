@@ -378,6 +378,42 @@ impl User {
     }
 }
 
+/// A form posted by a signed-in user, its CSRF token and origin checked: what every POST
+/// handler but the login's takes (last, as it reads the body).
+pub(crate) struct Posted {
+    pub user: User,
+    pub headers: HeaderMap,
+    pub form: Form,
+}
+
+/// Forms are small; anything bigger is not one of plinth's.
+const MAX_FORM: usize = 256 * 1024;
+
+impl axum::extract::FromRequest<App> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, app: &App) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let user = User::from_request_parts(&mut parts, app).await?;
+        let bytes = axum::body::to_bytes(body, MAX_FORM).await.map_err(|_| {
+            error_page(
+                Some(&user),
+                &Error::invalid(
+                    "form_too_large",
+                    "this form is larger than plinth's forms can be",
+                ),
+            )
+        })?;
+        let form = Form(parse_form(&bytes));
+        check_csrf(&user, &parts.headers, form.get("_csrf"))?;
+        Ok(Posted {
+            user,
+            headers: parts.headers,
+            form,
+        })
+    }
+}
+
 /// Checks a form's CSRF token (and the Origin, when the browser sent one).
 pub(crate) fn check_csrf(
     user: &User,

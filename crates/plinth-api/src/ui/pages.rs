@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    Form, LOGIN_CSRF_COOKIE, SESSION_COOKIE, User, check_csrf, cookie, error_page, parse_form,
+    Form, LOGIN_CSRF_COOKIE, Posted, SESSION_COOKIE, User, cookie, error_page, parse_form,
     redirect_with, render, same_origin, set_cookie, shown, url_encode,
 };
 
@@ -145,12 +145,12 @@ pub(crate) async fn login(State(app): State<App>, headers: HeaderMap, body: Byte
 
 pub(crate) async fn logout(
     State(app): State<App>,
-    user: User,
-    headers: HeaderMap,
-    body: Bytes,
+    Posted {
+        user,
+        headers,
+        form: _,
+    }: Posted,
 ) -> Page {
-    let form = Form(parse_form(&body));
-    check_csrf(&user, &headers, form.get("_csrf"))?;
     app.logout(&user.secret).await.map_err(fail(&user))?;
     let mut resp = Redirect::to("/login?bye=1").into_response();
     resp.headers_mut().append(
@@ -359,12 +359,12 @@ pub(crate) async fn machines(
 /// worked and why the others did not.
 pub(crate) async fn bulk(
     State(app): State<App>,
-    user: User,
-    headers: HeaderMap,
-    body: Bytes,
+    Posted {
+        user,
+        headers,
+        form,
+    }: Posted,
 ) -> Page {
-    let form = Form(parse_form(&body));
-    check_csrf(&user, &headers, form.get("_csrf"))?;
     let back = local_path(form.get("back"), "/machines");
     let op = form.get("op").unwrap_or("").to_owned();
     let ids: Vec<Uuid> = form
@@ -649,13 +649,13 @@ pub(crate) async fn timeline(State(app): State<App>, user: User, Path(id): Path<
 
 pub(crate) async fn action(
     State(app): State<App>,
-    user: User,
-    headers: HeaderMap,
     Path(id): Path<Uuid>,
-    body: Bytes,
+    Posted {
+        user,
+        headers,
+        form,
+    }: Posted,
 ) -> Page {
-    let form = Form(parse_form(&body));
-    check_csrf(&user, &headers, form.get("_csrf"))?;
     let back = format!("/machines/{id}");
     let version = form.get("version").and_then(|v| v.parse().ok());
     let verb = form.get("verb").unwrap_or("");
@@ -698,13 +698,13 @@ pub(crate) async fn action(
 
 pub(crate) async fn power(
     State(app): State<App>,
-    user: User,
-    headers: HeaderMap,
     Path(id): Path<Uuid>,
-    body: Bytes,
+    Posted {
+        user,
+        headers,
+        form,
+    }: Posted,
 ) -> Page {
-    let form = Form(parse_form(&body));
-    check_csrf(&user, &headers, form.get("_csrf"))?;
     let back = format!("/machines/{id}");
     let who = user.who();
     let op = form.get("op").unwrap_or("");
@@ -887,12 +887,12 @@ pub(crate) async fn racks(
 
 pub(crate) async fn add_rack(
     State(app): State<App>,
-    user: User,
-    headers: HeaderMap,
-    body: Bytes,
+    Posted {
+        user,
+        headers,
+        form,
+    }: Posted,
 ) -> Page {
-    let form = Form(parse_form(&body));
-    check_csrf(&user, &headers, form.get("_csrf"))?;
     let name = form.text("name").unwrap_or_default();
     let height = form.get("height_u").unwrap_or("").trim().parse::<i32>();
     let Ok(height_u) = height else {
@@ -1041,12 +1041,12 @@ fn split_list(s: &str) -> Vec<String> {
 
 pub(crate) async fn enroll(
     State(app): State<App>,
-    user: User,
-    headers: HeaderMap,
-    body: Bytes,
+    Posted {
+        user,
+        headers,
+        form,
+    }: Posted,
 ) -> Page {
-    let form = Form(parse_form(&body));
-    check_csrf(&user, &headers, form.get("_csrf"))?;
     let mut errors: HashMap<String, String> = HashMap::new();
     let mut nics = Vec::new();
     let macs = split_list(form.get("macs").unwrap_or(""));
@@ -1219,13 +1219,13 @@ pub(crate) async fn discovered(State(app): State<App>, user: User, headers: Head
 /// Adopting a discovered machine: its place (and name) first, then `adopt` → enrolled.
 pub(crate) async fn adopt(
     State(app): State<App>,
-    user: User,
-    headers: HeaderMap,
     Path(id): Path<Uuid>,
-    body: Bytes,
+    Posted {
+        user,
+        headers,
+        form,
+    }: Posted,
 ) -> Page {
-    let form = Form(parse_form(&body));
-    check_csrf(&user, &headers, form.get("_csrf"))?;
     let who = user.who();
     let parse = |name: &str| -> Result<Option<i32>, String> {
         match form.text(name) {

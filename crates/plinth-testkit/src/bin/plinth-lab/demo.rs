@@ -278,6 +278,32 @@ fn demo(
         );
         String::from_utf8(out.stdout)?.trim().to_owned()
     };
+    // A person for the web UI.
+    let ui_password = format!("demo-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    {
+        let mut cmd = Command::new(plinth);
+        clean_env(&mut cmd);
+        let out = cmd
+            .args([
+                "admin",
+                "create-user",
+                "--username",
+                "demo",
+                "--role",
+                "admin",
+            ])
+            .env("PLINTH_STATE_DIR", &state)
+            .env("PLINTH_USER_PASSWORD", &ui_password)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "plinth admin create-user: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    say(&format!(
+        "web UI: {url}/ (user demo, password {ui_password})"
+    ));
     let cli = PlinthCli {
         bin: plinth.to_owned(),
         url: url.clone(),
@@ -484,6 +510,7 @@ fn hints(cli: &PlinthCli, dir: &Path, log: &Path, id: Option<&str>) {
          \x20 plinth job list                      the BMC jobs (PXE once, power cycle, power off)\n\
          \x20 plinth lease list                    the DHCP leases the VMs took\n\
          \x20 curl -H \"Authorization: Bearer $PLINTH_TOKEN\" {url}/api/v1/machines\n\
+         \x20 {url}/                       the web UI: the rack, the machines, their timelines\n\
          \x20 curl {url}/api/v1/openapi.json      the API's description\n\
          \x20 tail -f {dir}/node-01/console.log   a VM's serial console (node-02, node-03 likewise)\n\
          \x20 less {log}\n\

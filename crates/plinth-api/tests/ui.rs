@@ -406,3 +406,145 @@ async fn a_discovered_machine_is_adopted_into_a_free_slot() {
     let (_, _, page) = ui.get(&mut jar, "/discovered").await;
     assert!(page.contains("Nothing discovered."), "{page}");
 }
+
+#[tokio::test]
+async fn enrollment_errors_land_at_their_fields_and_the_bmc_password_never_shows() {
+    let ui = Ui::start().await;
+    let (mut jar, csrf) = ui.login().await;
+    let admin = Principal::system();
+    ui.app
+        .create_rack(
+            &admin,
+            plinth_types::api::RackCreate {
+                name: "r1".into(),
+                site: None,
+                room: None,
+                row: None,
+                height_u: 42,
+            },
+        )
+        .await
+        .unwrap();
+    let enroll = |macs: &str, unit: &str, bmc_address: &str, hostname: &str| {
+        vec![
+            ("_csrf".to_owned(), csrf.clone()),
+            ("rack".to_owned(), "r1".to_owned()),
+            ("unit".to_owned(), unit.to_owned()),
+            ("size_u".to_owned(), "1".to_owned()),
+            ("macs".to_owned(), macs.to_owned()),
+            ("hostname".to_owned(), hostname.to_owned()),
+            ("bmc_protocol".to_owned(), "redfish".to_owned()),
+            ("bmc_address".to_owned(), bmc_address.to_owned()),
+            ("bmc_username".to_owned(), "root".to_owned()),
+            ("bmc_password".to_owned(), "Sekr1t-bmc-pw".to_owned()),
+            ("bmc_insecure".to_owned(), "1".to_owned()),
+        ]
+    };
+    let post = |form: Vec<(String, String)>| {
+        let ui = &ui;
+        let mut jar = jar.clone();
+        async move {
+            let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            ui.post(&mut jar, "/enroll", &f, None).await
+        }
+    };
+    let error_at = |page: &str, field: &str| -> String {
+        let marker = format!("id=\"error-{field}\">");
+        page.split_once(&marker)
+            .unwrap_or_else(|| panic!("no error at {field}: {page}"))
+            .1
+            .split('<')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+
+    let (status, headers, _) =
+        post(enroll("52:54:00:0e:00:01", "10", "https://10.1.0.21", "n1")).await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "enrolled");
+    let machine_path = headers[LOCATION].to_str().unwrap().to_owned();
+
+    // A MAC that is enrolled already (pasted second, in another spelling).
+    let (status, _, page) = post(enroll(
+        "52:54:00:0e:00:02 52-54-00-0E-00-01",
+        "11",
+        "https://10.1.0.22",
+        "n2",
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "the form again");
+    assert_eq!(
+        error_at(&page, "macs"),
+        "52:54:00:0e:00:01 is already enrolled, on n1."
+    );
+    assert!(
+        !page.contains("Sekr1t-bmc-pw"),
+        "the password is not sent back"
+    );
+    // A taken slot, a bad BMC address.
+    let (_, _, page) = post(enroll("52:54:00:0e:00:03", "10", "https://10.1.0.23", "n3")).await;
+    assert!(
+        error_at(&page, "unit").contains("already occupies"),
+        "{page}"
+    );
+    let (_, _, page) = post(enroll(
+        "52:54:00:0e:00:04",
+        "12",
+        "https://not a host",
+        "n4",
+    ))
+    .await;
+    assert!(!error_at(&page, "bmc_address").is_empty());
+    assert_eq!(
+        ui.app
+            .machine_table(
+                &admin,
+                plinth_db::inventory::TableQuery {
+                    limit: 10,
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap()
+            .1,
+        1,
+        "nothing but the first machine was enrolled"
+    );
+
+    // The machine page: BMC details, power buttons, never the password; a power action queues
+    // a BMC job.
+    let (_, _, page) = ui.get(&mut jar, &machine_path).await;
+    // (minijinja escapes '/' as an entity, as it does every character with a meaning in HTML.)
+    let text = page.replace("&#x2f;", "/");
+    assert!(
+        text.contains("https://10.1.0.21") && page.contains("id=\"power-cycle\""),
+        "{page}"
+    );
+    assert!(!page.contains("Sekr1t-bmc-pw"));
+    let (status, headers, _) = ui
+        .post(
+            &mut jar,
+            &format!("{machine_path}/power"),
+            &[("_csrf", &csrf), ("op", "cycle")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[LOCATION].to_str().unwrap(), machine_path);
+    let (_, _, page) = ui.get(&mut jar, &machine_path).await;
+    assert!(page.contains("power cycle: queued as BMC job"), "{page}");
+    let id: uuid::Uuid = machine_path.rsplit('/').next().unwrap().parse().unwrap();
+    let jobs = ui
+        .app
+        .jobs(
+            &admin,
+            plinth_core::jobs::JobQuery {
+                machine: Some(id),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .jobs;
+    assert!(jobs.iter().any(|j| j.kind == "power"), "{jobs:?}");
+}

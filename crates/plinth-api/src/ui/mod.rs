@@ -36,7 +36,7 @@ const FLASH_COOKIE: &str = "plinth_flash";
 /// The UI's routes (the API's live under /api/v1, the boot files under /boot).
 pub fn routes() -> Router<App> {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/racks") }))
+        .route("/", get(home))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/machines", get(pages::machines))
@@ -52,6 +52,16 @@ pub fn routes() -> Router<App> {
         .route("/discovered", get(pages::discovered))
         .route("/discovered/{id}/adopt", post(pages::adopt))
         .route("/static/{file}", get(static_file))
+}
+
+/// The racks for whoever may see the inventory; a client, who sees only its own machines,
+/// starts at the machine table.
+async fn home(user: User) -> Redirect {
+    if allows(user.who().role, Permission::ReadInventory) {
+        Redirect::to("/racks")
+    } else {
+        Redirect::to("/machines")
+    }
 }
 
 // ------------------------------------------------------------------ assets and templates

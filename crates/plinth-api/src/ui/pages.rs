@@ -1136,6 +1136,7 @@ pub(crate) async fn enroll(
         return enroll_page(&app, &user, StatusCode::OK, form.echo(), errors).await;
     }
     let tags = split_list(form.get("tags").unwrap_or(""));
+    let macs_given: Vec<MacAddr> = nics.iter().map(|n| n.mac).collect();
     let req = MachineCreate {
         hostname: form.text("hostname"),
         rack,
@@ -1158,8 +1159,33 @@ pub(crate) async fn enroll(
             ),
         )),
         Err(e) => {
+            let mut message = e.message;
+            if e.code == "duplicate_mac" && e.kind == plinth_types::ErrorKind::Conflict {
+                // Say which of the pasted MACs, and where it is enrolled.
+                for mac in &macs_given {
+                    let found = app
+                        .machine_table(
+                            user.who(),
+                            TableQuery {
+                                q: Some(mac.to_string()),
+                                limit: 1,
+                                ..Default::default()
+                            },
+                        )
+                        .await;
+                    if let Ok((rows, _)) = found
+                        && let Some(m) = rows.first()
+                    {
+                        message = format!(
+                            "{mac} is already enrolled, on {}.",
+                            m.hostname.clone().unwrap_or_else(|| m.id.to_string())
+                        );
+                        break;
+                    }
+                }
+            }
             let mut errors = HashMap::new();
-            errors.insert(field_of(e.code).to_owned(), e.message);
+            errors.insert(field_of(e.code).to_owned(), message);
             enroll_page(&app, &user, StatusCode::OK, form.echo(), errors).await
         }
     }

@@ -242,6 +242,8 @@ size=$(stat -c %s "$initrd")
 log "initrd size: $size bytes ($(numfmt --to=iec-i --suffix=B "$size"))"
 [ "$size" -le "$max_initrd" ] || warn "initrd is larger than $(numfmt --to=iec-i --suffix=B $max_initrd)"
 
+"$here/build-disks.sh" "$ROOT"
+
 # ---- SHA256SUMS and summary -----------------------------------------------------------------
 # Checksums of files not changed since the last SHA256SUMS are reused (large OS images).
 sums=$ROOT/SHA256SUMS

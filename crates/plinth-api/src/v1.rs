@@ -185,6 +185,30 @@ pub async fn machine_action(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
+    let expected = if_match(&headers)?;
+    if verb == "deploy" {
+        // The one verb with a body of its own: what to write to the machine.
+        let empty = body.iter().all(u8::is_ascii_whitespace);
+        let req: DeployRequest = if empty {
+            // Checked after the state, so that deploying an unallocated machine says so.
+            DeployRequest::default()
+        } else {
+            serde_json::from_slice(&body).map_err(|e| {
+                Error::invalid(
+                    if e.is_syntax() || e.is_eof() {
+                        "malformed_json"
+                    } else {
+                        "invalid_value"
+                    },
+                    format!(
+                        "the body must be {{\"image\": \"...\", \"root_device\"?, \"hostname\"?, \"user_data\"?, \"ssh_authorized_keys\"?, \"network_config\"?}}: {e}"
+                    ),
+                )
+            })?
+        };
+        let m = app.deploy(&who, id, req, expected).await?;
+        return Ok(with_etag(m, StatusCode::OK));
+    }
     let req: ActionRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ActionRequest::default()
     } else {
@@ -200,7 +224,6 @@ pub async fn machine_action(
             )
         })?
     };
-    let expected = if_match(&headers)?;
     let m = match verb.as_str() {
         "maintenance_on" => {
             app.set_maintenance(&who, id, true, req.reason, expected)

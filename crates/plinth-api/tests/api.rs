@@ -761,9 +761,10 @@ async fn authentication_and_roles() {
             Some(json!({})),
         )
         .await;
+    // The client may deploy its machine (no 403 or 404): what it sent lacks an image.
     assert_eq!(
-        (st, m["state"].as_str()),
-        (StatusCode::OK, Some("deploying"))
+        (st, m["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("missing_image"))
     );
     let (st, _) = s
         .call(

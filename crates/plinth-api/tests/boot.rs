@@ -96,8 +96,34 @@ impl Server {
     }
 
     async fn act(&self, id: &str, verb: &str) {
-        self.post(&format!("/api/v1/machines/{id}/actions/{verb}"), json!({}))
+        let body = if verb == "deploy" {
+            json!({ "image": self.disk_image().await })
+        } else {
+            json!({})
+        };
+        self.post(&format!("/api/v1/machines/{id}/actions/{verb}"), body)
             .await;
+    }
+
+    /// A small disk image in the catalog, for deploys (registered on first use).
+    async fn disk_image(&self) -> &'static str {
+        const NAME: &str = "test-disk.raw";
+        let (status, _) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/images/{NAME}"),
+                None,
+            )
+            .await;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            std::fs::write(self.root.path().join(NAME), vec![0u8; 4096]).unwrap();
+            self.post(
+                "/api/v1/images",
+                json!({ "name": NAME, "kind": "disk-image", "path": NAME }),
+            )
+            .await;
+        }
+        NAME
     }
 
     async fn enroll(&self, n: u32) -> String {

@@ -10,6 +10,7 @@ pub mod allocations;
 pub mod auth;
 pub mod boot;
 mod convert;
+pub mod deploy;
 pub mod dhcp;
 pub mod events;
 pub mod files;

@@ -88,6 +88,13 @@ impl App {
         if effects.unrack {
             plinth_db::nics::deactivate_for_machine(tx, id).await.db()?;
         }
+        // What the allocation's user gave (image choice, user data, keys) ends with it.
+        if verb == Verb::Release
+            && plinth_db::deployments::delete(tx, id).await.db()?
+            && let Some(obj) = details.as_object_mut()
+        {
+            obj.insert("deployment_deleted".into(), true.into());
+        }
         // The BMC work of the transition commits with it (DESIGN.md).
         let jobs = self.queue_transition_jobs(tx, id, verb, who).await?;
         if let Some(obj) = details.as_object_mut() {
@@ -125,7 +132,7 @@ impl App {
         })
     }
 
-    async fn refusal(
+    pub(crate) async fn refusal(
         &self,
         conn: &mut PgConnection,
         id: Uuid,

@@ -7,6 +7,7 @@
 pub mod allocations;
 pub mod bmcs;
 pub mod boot;
+pub mod deployments;
 pub mod embedded;
 pub mod events;
 pub mod images;
@@ -95,6 +96,10 @@ pub fn classify(err: sqlx::Error) -> Error {
             "api_tokens_name_key" => Some(Error::conflict(
                 "duplicate_token",
                 "a token with this name already exists",
+            )),
+            "deployments_image_id_fkey" => Some(Error::conflict(
+                "image_in_use",
+                "a deployment uses this image; release its machine first",
             )),
             "images_name_key" => Some(Error::conflict(
                 "duplicate_image",

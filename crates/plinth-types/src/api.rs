@@ -311,6 +311,55 @@ pub struct ActionRequest {
     pub reason: Option<String>,
 }
 
+/// `POST /machines/{id}/actions/deploy`: what to write to the allocated machine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// A `disk-image` of the image catalog (required; checked after the machine's state).
+    #[serde(default)]
+    pub image: String,
+    /// Which disk of the machine's facts gets the image; default: the smallest that holds it.
+    pub root_device: Option<RootDeviceHint>,
+    /// The OS's hostname (cloud-init `local-hostname`); default: the machine's.
+    pub hostname: Option<String>,
+    /// cloud-init user data, as given (at most 64 KiB).
+    pub user_data: Option<String>,
+    pub ssh_authorized_keys: Option<Vec<String>>,
+    /// cloud-init network-config (version 1 or 2 YAML), as given (at most 64 KiB).
+    pub network_config: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// A disk of the machine's facts: by name, by serial, or the smallest / largest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RootDeviceHint {
+    pub name: Option<String>,
+    pub serial: Option<String>,
+    pub size: Option<DiskSize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskSize {
+    Smallest,
+    Largest,
+}
+
+/// A machine's deployment as the API shows it (user data and keys are not shown back).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Deployment {
+    pub image: String,
+    pub root_device: String,
+    pub instance_id: Uuid,
+    pub hostname: Option<String>,
+    pub has_user_data: bool,
+    pub ssh_authorized_keys: usize,
+    pub has_network_config: bool,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
 // ---------------------------------------------------------------- inspection
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -321,6 +321,31 @@ pub enum MachineCommand {
         #[arg(long)]
         if_version: Option<i64>,
     },
+    /// Deploy an allocated machine: write IMAGE (a disk-image of the catalog) to one of its
+    /// disks, with its cloud-init data, and boot it from that disk.
+    Deploy {
+        id: Uuid,
+        #[arg(long)]
+        image: String,
+        /// Which disk: name=sda, serial=S123, size=smallest|largest (comma-separated to combine).
+        #[arg(long)]
+        root_device: Option<String>,
+        #[arg(long)]
+        hostname: Option<String>,
+        /// A file with the cloud-init user data.
+        #[arg(long)]
+        user_data: Option<std::path::PathBuf>,
+        /// A file of SSH public keys, one per line (repeatable).
+        #[arg(long = "ssh-keys")]
+        ssh_keys: Vec<std::path::PathBuf>,
+        /// A file with the cloud-init network-config.
+        #[arg(long)]
+        network_config: Option<std::path::PathBuf>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        if_version: Option<i64>,
+    },
     /// A machine's events.
     Events { id: Uuid },
     /// Power a machine on, off, cycle or reset it through its BMC (a job; see `plinth job`).
@@ -1015,6 +1040,45 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
                     .await?,
             )
         }
+        MachineCommand::Deploy {
+            id,
+            image,
+            root_device,
+            hostname,
+            user_data,
+            ssh_keys,
+            network_config,
+            reason,
+            if_version,
+        } => {
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            let mut keys = Vec::new();
+            for f in &ssh_keys {
+                keys.extend(
+                    read(f)?
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_owned),
+                );
+            }
+            let body = DeployRequest {
+                image,
+                root_device: root_device.as_deref().map(parse_root_device).transpose()?,
+                hostname,
+                user_data: user_data.as_deref().map(read).transpose()?,
+                ssh_authorized_keys: (!ssh_keys.is_empty()).then_some(keys),
+                network_config: network_config.as_deref().map(read).transpose()?,
+                reason,
+            };
+            let path = format!("/machines/{id}/actions/deploy");
+            show(
+                &api.call_if_match::<Machine>(Method::POST, &path, Some(&body), if_version)
+                    .await?,
+            )
+        }
         MachineCommand::Power {
             id,
             action,
@@ -1045,6 +1109,23 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `name=sda,serial=S1,size=largest` (any of them).
+fn parse_root_device(s: &str) -> anyhow::Result<RootDeviceHint> {
+    let mut h = RootDeviceHint::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            Some(("name", v)) => h.name = Some(v.to_owned()),
+            Some(("serial", v)) => h.serial = Some(v.to_owned()),
+            Some(("size", "smallest")) => h.size = Some(DiskSize::Smallest),
+            Some(("size", "largest")) => h.size = Some(DiskSize::Largest),
+            _ => anyhow::bail!(
+                "--root-device {part:?}: use name=DISK, serial=SERIAL, size=smallest or size=largest"
+            ),
+        }
+    }
+    Ok(h)
 }
 
 fn parse_range(s: &str) -> anyhow::Result<AddressRange> {

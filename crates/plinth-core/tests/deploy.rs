@@ -1,0 +1,333 @@
+//! `deploy` against a real PostgreSQL and a real images root: every refusal happens before
+//! anything moves (the machine stays allocated, no deployment is recorded); an accepted deploy
+//! records the disk chosen from the facts and moves the machine to deploying; release forgets
+//! the deployment, user data and keys included.
+
+use plinth_core::boot::{BootSettings, Templates};
+use plinth_core::lifecycle::Action;
+use plinth_core::{App, BmcKey, Principal};
+use plinth_testkit::TestDb;
+use plinth_types::api::*;
+use plinth_types::{ErrorKind, MachineState, Role, Verb};
+use uuid::Uuid;
+
+struct World {
+    app: App,
+    db: TestDb,
+    root: tempfile::TempDir,
+}
+
+fn admin() -> Principal {
+    Principal {
+        token_id: None,
+        name: "test".into(),
+        role: Role::Admin,
+    }
+}
+
+async fn world() -> World {
+    let db = TestDb::new().await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let app = App::new(
+        db.pool.clone(),
+        BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
+    )
+    .with_boot(
+        BootSettings::with_root(root.path().to_owned()),
+        Templates::load(None).unwrap(),
+    );
+    World { app, db, root }
+}
+
+impl World {
+    async fn image(&self, name: &str, kind: ImageKind, bytes: usize) {
+        std::fs::write(self.root.path().join(name), vec![7u8; bytes]).unwrap();
+        self.app
+            .register_image(
+                &admin(),
+                ImageRegister {
+                    name: name.into(),
+                    kind,
+                    arch: Some("x86_64".into()),
+                    path: name.into(),
+                    sha256: None,
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    /// An inspected, allocated machine with the given disks (name, GiB, serial).
+    async fn allocated(&self, disks: &[(&str, u64, &str)], firmware: &str) -> Uuid {
+        let m = self
+            .app
+            .enroll_machine(
+                &admin(),
+                MachineCreate {
+                    hostname: Some("node-1".into()),
+                    rack: None,
+                    rack_unit: None,
+                    size_u: None,
+                    pool: None,
+                    tags: None,
+                    arch: Some(Arch::X86_64),
+                    nics: vec![NicSpec {
+                        mac: "52:54:00:de:00:01".parse().unwrap(),
+                        ipv4: None,
+                        pxe: None,
+                    }],
+                    bmc: None,
+                },
+            )
+            .await
+            .unwrap();
+        self.app
+            .act(
+                &admin(),
+                m.id,
+                Action {
+                    verb: Verb::Inspect,
+                    expected_version: None,
+                    reason: None,
+                },
+            )
+            .await
+            .unwrap();
+        let report: InspectionReport = serde_json::from_value(serde_json::json!({
+            "cpu": { "model": "x", "cores": 4, "threads": 8 },
+            "memory_mib": 8192,
+            "disks": disks.iter().map(|(n, gib, s)| serde_json::json!({
+                "name": n, "size_bytes": gib << 30, "model": null, "serial": s, "rotational": false
+            })).collect::<Vec<_>>(),
+            "nics": [{ "name": "eth0", "mac": "52:54:00:de:00:01", "speed_mbps": 1000, "link": true }],
+            "system": { "vendor": "v", "product": "p", "serial": "s", "uuid": "u" },
+            "firmware": firmware,
+            "arch": "x86_64"
+        }))
+        .unwrap();
+        self.app
+            .submit_inspection(&admin(), m.id, report)
+            .await
+            .unwrap();
+        self.app
+            .allocate(
+                &admin(),
+                AllocationRequest {
+                    count: Some(1),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        m.id
+    }
+
+    async fn deployments(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from deployments")
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+}
+
+fn req(image: &str) -> DeployRequest {
+    DeployRequest {
+        image: image.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn bad_deploys_are_refused_before_anything_moves() {
+    let w = world().await;
+    w.image("debian.raw", ImageKind::DiskImage, 4096).await;
+    w.image("vmlinuz-x", ImageKind::Kernel, 100).await;
+    let id = w.allocated(&[("sda", 100, "S1")], "uefi").await;
+    let cases: Vec<(DeployRequest, &str)> = vec![
+        (req(""), "missing_image"),
+        (req("nope"), "unknown_image"),
+        (req("vmlinuz-x"), "not_a_disk_image"),
+        (
+            DeployRequest {
+                root_device: Some(RootDeviceHint {
+                    serial: Some("NOPE".into()),
+                    ..Default::default()
+                }),
+                ..req("debian.raw")
+            },
+            "no_matching_disk",
+        ),
+        (
+            DeployRequest {
+                hostname: Some("Not_A_Host!".into()),
+                ..req("debian.raw")
+            },
+            "invalid_hostname",
+        ),
+        (
+            DeployRequest {
+                ssh_authorized_keys: Some(vec!["not a key".into()]),
+                ..req("debian.raw")
+            },
+            "invalid_ssh_key",
+        ),
+        (
+            DeployRequest {
+                user_data: Some("x".repeat(70_000)),
+                ..req("debian.raw")
+            },
+            "invalid_cloud_init",
+        ),
+    ];
+    for (r, code) in cases {
+        let e = w.app.deploy(&admin(), id, r, None).await.unwrap_err();
+        assert_eq!(e.code, code, "{e:?}");
+    }
+    // The image's file gone from the images root: unusable.
+    std::fs::remove_file(w.root.path().join("debian.raw")).unwrap();
+    let e = w
+        .app
+        .deploy(&admin(), id, req("debian.raw"), None)
+        .await
+        .unwrap_err();
+    assert_eq!((e.kind, e.code), (ErrorKind::Conflict, "image_unavailable"));
+    // Firmware: a BIOS-only image on a UEFI machine.
+    w.image("bios-only.raw", ImageKind::DiskImage, 4096).await;
+    sqlx::query("update images set firmware = 'bios' where name = 'bios-only.raw'")
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    let e = w
+        .app
+        .deploy(&admin(), id, req("bios-only.raw"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "image_firmware_mismatch");
+
+    let m = w.app.get_machine(&admin(), id).await.unwrap();
+    assert_eq!(m.state, MachineState::Allocated, "nothing moved");
+    assert_eq!(w.deployments().await, 0);
+}
+
+#[tokio::test]
+async fn a_deploy_records_its_disk_and_release_forgets_it() {
+    let w = world().await;
+    w.image("debian.raw", ImageKind::DiskImage, 4096).await;
+    let id = w
+        .allocated(
+            &[
+                ("nvme0n1", 960, "N1"),
+                ("sda", 240, "S1"),
+                ("sdb", 480, "S2"),
+            ],
+            "uefi",
+        )
+        .await;
+    let m = w
+        .app
+        .deploy(
+            &admin(),
+            id,
+            DeployRequest {
+                image: "debian.raw".into(),
+                root_device: Some(RootDeviceHint {
+                    size: Some(DiskSize::Largest),
+                    ..Default::default()
+                }),
+                hostname: Some("web-01".into()),
+                user_data: Some("#cloud-config\npackages: [nginx]\n".into()),
+                ssh_authorized_keys: Some(vec![
+                    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 me@laptop".into(),
+                ]),
+                network_config: None,
+                reason: Some("web tier".into()),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.state, MachineState::Deploying);
+    let d = w
+        .app
+        .deployment(&admin(), id)
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(d.image, "debian.raw");
+    assert_eq!(d.root_device, "nvme0n1", "the largest");
+    assert_eq!(d.hostname.as_deref(), Some("web-01"));
+    assert!(d.has_user_data);
+    assert_eq!(d.ssh_authorized_keys, 1);
+    // Deploying again from deploying: the state says no, the deployment is kept.
+    let e = w
+        .app
+        .deploy(&admin(), id, req("debian.raw"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "invalid_transition");
+    // An image in use stays in the catalog.
+    let e = w
+        .app
+        .delete_image(&admin(), "debian.raw")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "image_in_use", "{e:?}");
+
+    // The deploy fails (the agent's report) and the machine is released → cleaning: the
+    // deployment, user data and keys are gone.
+    for verb in [Verb::DeployFail, Verb::Release] {
+        w.app
+            .act(
+                &admin(),
+                id,
+                Action {
+                    verb,
+                    expected_version: None,
+                    reason: None,
+                },
+            )
+            .await
+            .unwrap();
+        let kept = w.app.deployment(&admin(), id).await.unwrap().is_some();
+        assert_eq!(kept, verb == Verb::DeployFail, "{verb}");
+    }
+    assert!(w.app.deployment(&admin(), id).await.unwrap().is_none());
+    assert_eq!(w.deployments().await, 0);
+    let leftover: i64 = sqlx::query_scalar(
+        "select count(*) from events where details::text like '%nginx%' or details::text like '%AAAAC3Nz%'",
+    )
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(leftover, 0, "user data and keys never went into events");
+}
+
+#[tokio::test]
+async fn a_client_deploys_only_its_own_machines() {
+    let w = world().await;
+    w.image("debian.raw", ImageKind::DiskImage, 4096).await;
+    let id = w.allocated(&[("sda", 100, "S1")], "bios").await;
+    let stranger = Principal {
+        token_id: Some(Uuid::new_v4()),
+        name: "someone".into(),
+        role: Role::Client,
+    };
+    let e = w
+        .app
+        .deploy(&stranger, id, req("debian.raw"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound, "not theirs: not even seen");
+    let viewer = Principal {
+        token_id: None,
+        name: "v".into(),
+        role: Role::Viewer,
+    };
+    let e = w
+        .app
+        .deploy(&viewer, id, req("debian.raw"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Forbidden);
+    assert_eq!(w.deployments().await, 0);
+}

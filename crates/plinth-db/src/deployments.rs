@@ -1,0 +1,90 @@
+//! deployments: what a deploy writes to a machine, kept while its allocation lives.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct DeploymentRow {
+    pub machine_id: Uuid,
+    pub allocation_id: Uuid,
+    pub image_id: Uuid,
+    pub image_name: String,
+    pub root_device: String,
+    pub root_device_hint: Option<serde_json::Value>,
+    pub instance_id: Uuid,
+    pub hostname: Option<String>,
+    pub user_data: Option<String>,
+    pub ssh_authorized_keys: Vec<String>,
+    pub network_config: Option<String>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+pub struct NewDeployment<'a> {
+    pub machine_id: Uuid,
+    pub allocation_id: Uuid,
+    pub image_id: Uuid,
+    pub root_device: &'a str,
+    pub root_device_hint: Option<serde_json::Value>,
+    pub hostname: Option<&'a str>,
+    pub user_data: Option<&'a str>,
+    pub ssh_authorized_keys: &'a [String],
+    pub network_config: Option<&'a str>,
+    pub created_by: &'a str,
+}
+
+/// Records a machine's deployment, replacing an earlier one (a failed deploy retried).
+pub async fn upsert(conn: &mut PgConnection, d: NewDeployment<'_>) -> Result<Uuid, sqlx::Error> {
+    sqlx::query_scalar!(
+        "insert into deployments (machine_id, allocation_id, image_id, root_device,
+             root_device_hint, hostname, user_data, ssh_authorized_keys, network_config, created_by)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         on conflict (machine_id) do update set allocation_id = excluded.allocation_id,
+             image_id = excluded.image_id, root_device = excluded.root_device,
+             root_device_hint = excluded.root_device_hint, instance_id = gen_random_uuid(),
+             hostname = excluded.hostname, user_data = excluded.user_data,
+             ssh_authorized_keys = excluded.ssh_authorized_keys,
+             network_config = excluded.network_config, created_by = excluded.created_by,
+             created_at = now()
+         returning instance_id",
+        d.machine_id,
+        d.allocation_id,
+        d.image_id,
+        d.root_device,
+        d.root_device_hint,
+        d.hostname,
+        d.user_data,
+        d.ssh_authorized_keys,
+        d.network_config,
+        d.created_by
+    )
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn get(
+    conn: &mut PgConnection,
+    machine_id: Uuid,
+) -> Result<Option<DeploymentRow>, sqlx::Error> {
+    sqlx::query_as!(
+        DeploymentRow,
+        "select d.machine_id, d.allocation_id, d.image_id, i.name as image_name, d.root_device,
+                d.root_device_hint, d.instance_id, d.hostname, d.user_data,
+                d.ssh_authorized_keys, d.network_config, d.created_by, d.created_at
+         from deployments d join images i on i.id = d.image_id
+         where d.machine_id = $1",
+        machine_id
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Forgets a machine's deployment (release): its user data and keys go with it.
+pub async fn delete(conn: &mut PgConnection, machine_id: Uuid) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query!("delete from deployments where machine_id = $1", machine_id)
+        .execute(conn)
+        .await?
+        .rows_affected();
+    Ok(n > 0)
+}

@@ -88,7 +88,12 @@ fn write_disks(dir: &Path, kind: &str, seed: Option<(&str, &str)>) -> Vec<u64> {
         .arg(&disk0)
         .arg(&zst));
     let size = raw_size(kind);
-    assert_eq!(fs::metadata(&disk0).unwrap().len(), size, "{}", zst.display());
+    assert_eq!(
+        fs::metadata(&disk0).unwrap().len(),
+        size,
+        "{}",
+        zst.display()
+    );
     assert_eq!(size % MIB, 0, "the image is a whole number of MiB");
     let mut sizes = vec![size / MIB];
     if let Some((meta_data, user_data)) = seed {
@@ -121,7 +126,7 @@ fn meta_data(hostname: &str) -> String {
 }
 
 /// Creates the VM on `tap` in `ns` with the image of `kind` and the seed, and powers it on
-/// from its disk.
+/// from its disk. Returns it and when it was powered on.
 fn boot(
     lab: &Lab,
     ns: &Ns,
@@ -129,17 +134,18 @@ fn boot(
     spec: VmSpec,
     kind: &str,
     seed: Option<(&str, &str)>,
-) -> Arc<VirtualMachine> {
+) -> (Arc<VirtualMachine>, Instant) {
     let dir = lab.path(&spec.name);
     let mut spec = spec;
     spec.disks = write_disks(&dir, kind, seed);
     let vm = VirtualMachine::new(&ns.name, tap, spec, &dir).unwrap_or_else(|e| panic!("{e:#}"));
+    let powered_on = Instant::now();
     vm.try_power_on("Hdd").unwrap_or_else(|e| panic!("{e:#}"));
-    vm
+    (vm, powered_on)
 }
 
-/// Waits for a console line that is exactly `line`; returns how long it took since `since`.
-fn wait_line(vm: &VirtualMachine, line: &str, since: Instant) -> Duration {
+/// Waits for a console line that is exactly `line`; prints how long it took since `since`.
+fn wait_line(vm: &VirtualMachine, line: &str, since: Instant) {
     let console = vm
         .wait_console(line, BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -149,7 +155,6 @@ fn wait_line(vm: &VirtualMachine, line: &str, since: Instant) -> Duration {
         "{line:?} is not a line of its own:\n{console}"
     );
     eprintln!("vm {}: {line:?} after {took:.1?}", vm.spec().name);
-    took
 }
 
 /// The guest powers itself off: QEMU exits.
@@ -172,8 +177,7 @@ fn deploys(kind: &str, firmware: Firmware, nic: Nic, mac: &str, hostname: &str) 
     let ns = lab.namespace("disk").unwrap();
     let tap = lab.tap(&ns).unwrap();
     let user_data = "#cloud-config\n";
-    let started = Instant::now();
-    let vm = boot(
+    let (vm, started) = boot(
         &lab,
         &ns,
         &tap,
@@ -186,11 +190,12 @@ fn deploys(kind: &str, firmware: Firmware, nic: Nic, mac: &str, hostname: &str) 
         &format!("PLINTH-DEPLOYED hostname={hostname}"),
         started,
     );
+    wait_poweroff(&vm);
     assert!(
         !vm.boot_console().contains("PLINTH-CALLBACK"),
-        "no callback without plinth_callback"
+        "no callback without plinth_callback:\n{}",
+        vm.boot_console()
     );
-    wait_poweroff(&vm);
 }
 
 #[test]
@@ -236,12 +241,16 @@ fn without_a_seed_the_image_says_so() {
     let mut lab = Lab::new().unwrap();
     let ns = lab.namespace("disk").unwrap();
     let tap = lab.tap(&ns).unwrap();
-    let started = Instant::now();
-    let vm = boot(
+    let (vm, started) = boot(
         &lab,
         &ns,
         &tap,
-        VmSpec::new("disk-noseed", Firmware::Bios, Nic::E1000, "52:54:00:d1:00:03"),
+        VmSpec::new(
+            "disk-noseed",
+            Firmware::Bios,
+            Nic::E1000,
+            "52:54:00:d1:00:03",
+        ),
         "bios",
         None,
     );
@@ -288,8 +297,7 @@ fn the_deployed_image_calls_back() {
     }
 
     let user_data = "#cloud-config\nplinth_callback: http://10.81.0.1:8080/callback\n";
-    let started = Instant::now();
-    let vm = boot(
+    let (vm, started) = boot(
         &lab,
         &net,
         &tap,
@@ -314,7 +322,9 @@ fn the_deployed_image_calls_back() {
         .wait_console("PLINTH-CALLBACK ", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e:#}\n{}", fail()));
     assert!(
-        console.lines().any(|l| l.trim_end() == "PLINTH-CALLBACK ok"),
+        console
+            .lines()
+            .any(|l| l.trim_end() == "PLINTH-CALLBACK ok"),
         "{}",
         fail()
     );

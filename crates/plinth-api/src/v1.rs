@@ -286,6 +286,61 @@ pub async fn submit_clean(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/machines/{id}/deployment", tag = "machines", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Deployment, description = "what the machine's deploy writes (user data and keys not shown)"),
+              (status = 404, body = ErrorBody)))]
+pub async fn get_deployment(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Deployment>> {
+    app.deployment(&who, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Error::not_found(format!("machine {id} has no deployment")).into())
+}
+
+#[utoipa::path(get, path = "/api/v1/machines/{id}/deployment/manifest", tag = "machines", params(("id" = Uuid, Path)),
+    responses((status = 200, body = DeployManifest, description = "for the deploy agent: bearer its token (mode deploy) or an API token"),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn deploy_manifest(
+    State(app): State<App>,
+    Bearer(secret): Bearer,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<DeployManifest>> {
+    Ok(Json(app.deploy_manifest(&secret, id).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/machines/{id}/deploy-progress", tag = "machines", params(("id" = Uuid, Path)),
+    request_body = DeployProgress,
+    responses((status = 204, description = "recorded as the state reason (and an event every 10 s)"),
+              (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn deploy_progress(
+    State(app): State<App>,
+    Bearer(secret): Bearer,
+    Path(id): Path<Uuid>,
+    Json(p): Json<DeployProgress>,
+) -> ApiResult<StatusCode> {
+    app.deploy_progress(&secret, id, p).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/machines/{id}/deploy-report", tag = "machines", params(("id" = Uuid, Path)),
+    request_body = DeployReport,
+    responses((status = 200, body = Machine, description = "deploying → deployed (complete) or deploy_failed"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn submit_deploy(
+    State(app): State<App>,
+    Bearer(secret): Bearer,
+    Path(id): Path<Uuid>,
+    Json(report): Json<DeployReport>,
+) -> ApiResult<Response> {
+    Ok(with_etag(
+        app.report_deploy(&secret, id, report).await?,
+        StatusCode::OK,
+    ))
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {

@@ -1121,3 +1121,145 @@ async fn the_agent_reports_once_with_its_own_token() {
     let ev = s.events(&a, "clean_fail").await;
     assert_eq!(ev[0]["details"]["disks"][1]["error"], "EIO");
 }
+
+impl Server {
+    /// A GET with this bearer secret (an agent token).
+    async fn get_as(&self, secret: &str, path: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(secret)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// An allocated machine (its own pool) deployed with the test disk image.
+    async fn deploying(&self, n: u32, body: Value) -> String {
+        let id = self.enroll(n).await;
+        self.act(&id, "inspect").await;
+        self.post(&format!("/api/v1/machines/{id}/inspection"), report(n))
+            .await;
+        let pool = format!("deploy{n}");
+        self.call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/machines/{id}"),
+            Some(json!({ "pool": pool })),
+        )
+        .await;
+        self.post("/api/v1/allocations", json!({ "pool": pool }))
+            .await;
+        let mut body = body;
+        body["image"] = self.disk_image().await.into();
+        self.post(&format!("/api/v1/machines/{id}/actions/deploy"), body)
+            .await;
+        id
+    }
+}
+
+#[tokio::test]
+async fn the_deploy_agent_gets_its_manifest_reports_progress_and_finishes_once() {
+    let s = Server::start().await;
+    let a = s
+        .deploying(
+            31,
+            json!({
+                "hostname": "web-31",
+                "user_data": "#cloud-config\nruncmd: [echo hi]\n",
+                "ssh_authorized_keys": ["ssh-ed25519 AAAAC3Nz me@laptop"],
+                "network_config": "version: 2\n"
+            }),
+        )
+        .await;
+    let b = s.deploying(32, json!({})).await;
+    let (_, script) = s.script(&format!("?mac={}", mac(31)), true).await;
+    assert!(script.contains("plinth.mode=deploy"), "{script}");
+    let token = token_of(&script).unwrap();
+
+    // The manifest: the image (served by the boot file server), the disk, the seed.
+    let (st, m) = s
+        .get_as(&token, &format!("/api/v1/machines/{a}/deployment/manifest"))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{m}");
+    assert_eq!(m["root_device"], "sda");
+    assert_eq!(m["compression"], "none");
+    assert_eq!(m["size"], 4096);
+    let meta = m["seed"]["meta_data"].as_str().unwrap();
+    assert!(meta.contains("local-hostname: \"web-31\""), "{meta}");
+    assert!(
+        meta.contains("  - \"ssh-ed25519 AAAAC3Nz me@laptop\""),
+        "{meta}"
+    );
+    assert_eq!(m["seed"]["user_data"], "#cloud-config\nruncmd: [echo hi]\n");
+    assert_eq!(m["seed"]["network_config"], "version: 2\n");
+    let image = s
+        .http
+        .get(format!("{}{}", s.base, m["url_path"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(image.status(), StatusCode::OK);
+    assert_eq!(image.bytes().await.unwrap().len(), 4096);
+    // Another machine's manifest with this token: refused, and recorded.
+    let (st, _) = s
+        .get_as(&token, &format!("/api/v1/machines/{b}/deployment/manifest"))
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    assert_eq!(s.events(&b, "agent_token_refused").await.len(), 1);
+
+    // Progress: the state reason says how far; one event within 10 s.
+    for written in [1024u64, 2048] {
+        let (st, v) = s
+            .post_as(
+                &token,
+                &format!("/api/v1/machines/{a}/deploy-progress"),
+                json!({ "bytes_written": written, "total_bytes": 4096, "bytes_per_sec": 104857600 }),
+            )
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    }
+    let (_, machine) = s
+        .call(reqwest::Method::GET, &format!("/api/v1/machines/{a}"), None)
+        .await;
+    assert_eq!(
+        machine["state_reason"],
+        "writing test-disk.raw to sda: 50%, 0.0 MiB at 100.0 MiB/s"
+    );
+    assert_eq!(s.events(&a, "deploy_progress").await.len(), 1);
+
+    // Done: deployed, once; the token is used up.
+    let done = json!({ "result": "complete", "bytes_written": 4096, "sha256": m["sha256"] });
+    let (st, v) = s
+        .post_as(
+            &token,
+            &format!("/api/v1/machines/{a}/deploy-report"),
+            done.clone(),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "deployed");
+    let (st, _) = s
+        .post_as(&token, &format!("/api/v1/machines/{a}/deploy-report"), done)
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "the token was used up");
+
+    // The other machine's agent fails: deploy_failed with its reason.
+    let (_, script) = s.script(&format!("?mac={}", mac(32)), true).await;
+    let token_b = token_of(&script).unwrap();
+    let (st, v) = s
+        .post_as(
+            &token_b,
+            &format!("/api/v1/machines/{b}/deploy-report"),
+            json!({ "result": "failed", "reason": "sha256 of what was written differs" }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "deploy_failed");
+    assert_eq!(v["state_reason"], "sha256 of what was written differs");
+}

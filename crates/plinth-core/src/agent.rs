@@ -286,3 +286,261 @@ fn validate_clean(r: &CleanReport) -> Result<()> {
     }
     Ok(())
 }
+
+/// A YAML double-quoted scalar.
+fn yaml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The NoCloud `meta-data` of a deployment: its instance id, hostname and SSH keys.
+pub fn meta_data(instance_id: Uuid, hostname: &str, keys: &[String]) -> String {
+    let mut m = format!(
+        "instance-id: {}\nlocal-hostname: {}\n",
+        yaml_str(&instance_id.to_string()),
+        yaml_str(hostname)
+    );
+    if !keys.is_empty() {
+        m.push_str("public-keys:\n");
+        for k in keys {
+            m.push_str(&format!("  - {}\n", yaml_str(k)));
+        }
+    }
+    m
+}
+
+fn compression(path: &str) -> plinth_types::api::Compression {
+    use plinth_types::api::Compression;
+    if path.ends_with(".gz") {
+        Compression::Gzip
+    } else if path.ends_with(".zst") || path.ends_with(".zstd") {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
+fn human(bytes: u64) -> String {
+    let gib = bytes as f64 / f64::from(1u32 << 30);
+    if gib >= 1.0 {
+        format!("{gib:.1} GiB")
+    } else {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+    }
+}
+
+impl App {
+    /// The deployment of a machine that is deploying, or why there is none.
+    async fn deploying(
+        &self,
+        conn: &mut plinth_db::PgConnection,
+        id: Uuid,
+    ) -> Result<plinth_db::deployments::DeploymentRow> {
+        let (state, _) = plinth_db::machines::state_of(conn, id)
+            .await
+            .db()?
+            .ok_or_else(|| not_found(id))?;
+        if state != plinth_types::MachineState::Deploying.as_str() {
+            return Err(Error::conflict(
+                "not_deploying",
+                format!("the machine is {state}, not deploying"),
+            ));
+        }
+        plinth_db::deployments::get(conn, id)
+            .await
+            .db()?
+            .ok_or_else(|| {
+                Error::conflict(
+                    "no_deployment",
+                    "the machine is deploying but has no deployment: deploy it with an image",
+                )
+            })
+    }
+
+    /// `GET /machines/{id}/deployment/manifest`: for the deploy agent (its token, mode deploy,
+    /// not used up) or an API token allowed to manage machines.
+    pub async fn deploy_manifest(
+        &self,
+        secret: &str,
+        id: Uuid,
+    ) -> Result<plinth_types::api::DeployManifest> {
+        self.reporter(secret, id, "deploy").await?;
+        let mut conn = self.conn().await?;
+        let d = self.deploying(&mut conn, id).await?;
+        let image = plinth_db::images::get(&mut conn, &d.image_name)
+            .await
+            .db()?
+            .ok_or_else(Error::internal)?;
+        let (_, raw_size) = plinth_db::images::disk_info(&mut conn, image.id)
+            .await
+            .db()?;
+        let hostname = d.hostname.clone().unwrap_or_else(|| id.to_string());
+        Ok(plinth_types::api::DeployManifest {
+            url_path: format!("/boot/{}", image.path),
+            compression: compression(&image.path),
+            image: image.name,
+            sha256: image.sha256,
+            size: u64::try_from(image.size).unwrap_or(0),
+            raw_size: raw_size.and_then(|r| u64::try_from(r).ok()),
+            root_device: d.root_device.clone(),
+            seed: plinth_types::api::NoCloudSeed {
+                meta_data: meta_data(d.instance_id, &hostname, &d.ssh_authorized_keys),
+                user_data: d
+                    .user_data
+                    .clone()
+                    .unwrap_or_else(|| "#cloud-config\n".into()),
+                network_config: d.network_config.clone(),
+            },
+        })
+    }
+
+    /// `POST /machines/{id}/deploy-progress`: shown as the machine's state reason, and as an
+    /// event at most every 10 seconds.
+    pub async fn deploy_progress(
+        &self,
+        secret: &str,
+        id: Uuid,
+        p: plinth_types::api::DeployProgress,
+    ) -> Result<()> {
+        let who = match self.reporter(secret, id, "deploy").await? {
+            Reporter::Agent { principal, .. } | Reporter::Person(principal) => principal,
+        };
+        let mut tx = self.begin().await?;
+        let d = self.deploying(&mut tx, id).await?;
+        let percent = p
+            .total_bytes
+            .filter(|t| *t > 0)
+            .map(|t| (p.bytes_written.min(t) * 100 / t) as u32);
+        let reason = format!(
+            "writing {} to {}: {}{} at {}/s",
+            d.image_name,
+            d.root_device,
+            percent.map(|p| format!("{p}%, ")).unwrap_or_default(),
+            human(p.bytes_written),
+            human(p.bytes_per_sec)
+        );
+        plinth_db::machines::set_state_reason(
+            &mut tx,
+            id,
+            plinth_types::MachineState::Deploying.as_str(),
+            &reason,
+        )
+        .await
+        .db()?;
+        let recent = plinth_db::events::latest(&mut tx, id, 1)
+            .await
+            .db()?
+            .first()
+            .is_some_and(|e| {
+                e.kind == "deploy_progress" && e.at > Utc::now() - chrono::Duration::seconds(10)
+            });
+        if !recent {
+            crate::record_machine_event(
+                &mut tx,
+                &who,
+                id,
+                "deploy_progress",
+                json!({
+                    "bytes_written": p.bytes_written, "total_bytes": p.total_bytes,
+                    "bytes_per_sec": p.bytes_per_sec, "percent": percent,
+                }),
+            )
+            .await?;
+        }
+        tx.commit().await.db()?;
+        Ok(())
+    }
+
+    /// `POST /machines/{id}/deploy-report`: `complete` → deployed (boot from disk, power
+    /// cycle), `failed` → deploy_failed with the reason. Uses up the agent's token.
+    pub async fn report_deploy(
+        &self,
+        secret: &str,
+        id: Uuid,
+        report: plinth_types::api::DeployReport,
+    ) -> Result<Machine> {
+        if let Some(r) = &report.reason
+            && r.len() > 1024
+        {
+            return Err(Error::invalid(
+                "invalid_reason",
+                "a reason has at most 1024 bytes",
+            ));
+        }
+        let (principal, hash) = match self.reporter(secret, id, "deploy").await? {
+            Reporter::Person(p) => (p, None),
+            Reporter::Agent { hash, principal } => (principal, Some(hash)),
+        };
+        let mut tx = self.begin().await?;
+        self.deploying(&mut tx, id).await?;
+        if let Some(hash) = &hash {
+            self.spend(&mut tx, hash, id, "deploy").await?;
+        }
+        let (verb, reason) = match report.result {
+            CleanResult::Complete => (Verb::DeployComplete, None),
+            CleanResult::Failed => (
+                Verb::DeployFail,
+                Some(
+                    report
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| "the deploy agent reported a failure".into()),
+                ),
+            ),
+        };
+        let details = json!({ "bytes_written": report.bytes_written, "sha256": report.sha256 });
+        self.apply(
+            &mut tx,
+            &principal,
+            id,
+            verb,
+            None,
+            reason.as_deref(),
+            Default::default(),
+            details,
+        )
+        .await?;
+        let row = plinth_db::machines::get(&mut tx, id)
+            .await
+            .db()?
+            .ok_or_else(Error::internal)?;
+        let m = convert::machine(&mut tx, row).await?;
+        tx.commit().await.db()?;
+        tracing::info!(machine_id = %id, result = ?report.result, "deploy reported");
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod seed_tests {
+    use super::*;
+
+    #[test]
+    fn meta_data_is_yaml_with_quoted_values() {
+        let id = Uuid::nil();
+        let m = meta_data(id, "web-01", &["ssh-ed25519 AAAA me@\"x\"".into()]);
+        assert_eq!(
+            m,
+            "instance-id: \"00000000-0000-0000-0000-000000000000\"\nlocal-hostname: \"web-01\"\npublic-keys:\n  - \"ssh-ed25519 AAAA me@\\\"x\\\"\"\n"
+        );
+        assert_eq!(
+            compression("d/x.raw.zst"),
+            plinth_types::api::Compression::Zstd
+        );
+        assert_eq!(
+            compression("x.raw.gz"),
+            plinth_types::api::Compression::Gzip
+        );
+        assert_eq!(compression("x.raw"), plinth_types::api::Compression::None);
+    }
+}

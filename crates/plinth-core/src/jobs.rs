@@ -148,11 +148,18 @@ pub fn transition_jobs(verb: Verb, mode: Option<FirmwareMode>) -> Vec<JobSpec> {
         // Decommission boots the clean ramdisk too: the machine is wiped before it leaves.
         Verb::Inspect | Verb::Deploy | Verb::Release | Verb::Decommission => pxe_then_cycle(),
         Verb::DecommissionComplete => vec![JobSpec::Retire],
-        Verb::DeployComplete => vec![JobSpec::BootDevice {
-            device: BootTarget::Disk,
-            persistent: true,
-            mode,
-        }],
+        // The image is written: boot it from its disk, for good.
+        Verb::DeployComplete => vec![
+            JobSpec::BootDevice {
+                device: BootTarget::Disk,
+                persistent: true,
+                mode,
+            },
+            JobSpec::Power {
+                op: PowerOp::Cycle,
+                force: false,
+            },
+        ],
         // The ramdisk has done its work and holds nothing: off, until the machine is wanted.
         Verb::InspectComplete | Verb::CleanComplete => {
             vec![JobSpec::Power {
@@ -471,11 +478,17 @@ mod tests {
         }
         assert_eq!(
             transition_jobs(Verb::DeployComplete, None),
-            vec![JobSpec::BootDevice {
-                device: BootTarget::Disk,
-                persistent: true,
-                mode: None
-            }]
+            vec![
+                JobSpec::BootDevice {
+                    device: BootTarget::Disk,
+                    persistent: true,
+                    mode: None
+                },
+                JobSpec::Power {
+                    op: PowerOp::Cycle,
+                    force: false
+                }
+            ]
         );
         assert_eq!(
             transition_jobs(Verb::DecommissionComplete, None),

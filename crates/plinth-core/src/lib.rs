@@ -137,6 +137,30 @@ pub(crate) async fn record_event(
     Ok(())
 }
 
+/// Records something that happened to one machine, without a state change.
+pub(crate) async fn record_machine_event(
+    tx: &mut plinth_db::PgConnection,
+    who: &Principal,
+    machine_id: uuid::Uuid,
+    kind: &str,
+    details: serde_json::Value,
+) -> Result<()> {
+    plinth_db::events::insert(
+        tx,
+        plinth_db::events::NewEvent {
+            actor: &who.name,
+            machine_id: Some(machine_id),
+            kind,
+            from_state: None,
+            to_state: None,
+            details,
+        },
+    )
+    .await
+    .db()?;
+    Ok(())
+}
+
 /// Shorthand for `.map_err(plinth_db::classify)`.
 pub(crate) trait DbResult<T> {
     fn db(self) -> Result<T>;

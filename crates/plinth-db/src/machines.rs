@@ -477,3 +477,23 @@ pub async fn stuck(
     .await?;
     Ok(rows.into_iter().map(|r| (r.id, r.state_version)).collect())
 }
+
+/// Sets a machine's state reason while it is in `state` (progress of a long step); no version
+/// change: the state is the same. Returns whether it was in that state.
+pub async fn set_state_reason(
+    conn: &mut PgConnection,
+    id: Uuid,
+    state: &str,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query!(
+        "update machines set state_reason = $3, updated_at = now() where id = $1 and state = $2",
+        id,
+        state,
+        reason
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}

@@ -360,6 +360,60 @@ pub struct Deployment {
     pub created_at: DateTime<Utc>,
 }
 
+/// `GET /machines/{id}/deployment/manifest`: what the deploy agent writes, and where from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeployManifest {
+    pub image: String,
+    /// The image file's path on plinth's HTTP server (under `/boot/`).
+    pub url_path: String,
+    /// SHA-256 of the file as served (compressed, if it is).
+    pub sha256: String,
+    pub size: u64,
+    pub compression: Compression,
+    /// Bytes once written (uncompressed), when the catalog knows.
+    pub raw_size: Option<u64>,
+    /// The disk to write, a name of the machine's facts (`/dev/<name>`).
+    pub root_device: String,
+    pub seed: NoCloudSeed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// The cloud-init NoCloud seed the agent writes beside the image (a `cidata` filesystem).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NoCloudSeed {
+    pub meta_data: String,
+    pub user_data: String,
+    pub network_config: Option<String>,
+}
+
+/// `POST /machines/{id}/deploy-progress`: how far the image is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployProgress {
+    pub bytes_written: u64,
+    pub total_bytes: Option<u64>,
+    pub bytes_per_sec: u64,
+}
+
+/// `POST /machines/{id}/deploy-report`: the deploy agent's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployReport {
+    /// `complete` → deployed (boot from disk, power cycle); `failed` → deploy_failed.
+    pub result: CleanResult,
+    pub reason: Option<String>,
+    pub bytes_written: Option<u64>,
+    /// SHA-256 of what was written, as the agent read it back.
+    pub sha256: Option<String>,
+}
+
 // ---------------------------------------------------------------- inspection
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

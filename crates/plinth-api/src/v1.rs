@@ -575,6 +575,8 @@ pub struct UploadParams {
     path: Option<String>,
     /// Expected SHA-256 (hex); the upload is refused and removed if it differs.
     sha256: Option<String>,
+    /// A disk image's firmware: bios, uefi or both.
+    firmware: Option<String>,
 }
 
 #[utoipa::path(put, path = "/api/v1/images/{name}", tag = "images", params(("name" = String, Path), UploadParams),
@@ -602,6 +604,7 @@ pub async fn upload_image(
         arch: p.arch,
         path: p.path,
         sha256: p.sha256,
+        firmware: p.firmware,
     };
     Ok((
         StatusCode::CREATED,

@@ -22,6 +22,8 @@ pub struct UploadMeta {
     /// Relative to the images root; default `uploads/<name>`.
     pub path: Option<String>,
     pub sha256: Option<String>,
+    /// For a disk image: `bios`, `uefi` or `both`.
+    pub firmware: Option<String>,
 }
 
 fn image(r: plinth_db::images::ImageRow) -> Result<Image> {
@@ -36,7 +38,59 @@ fn image(r: plinth_db::images::ImageRow) -> Result<Image> {
         source: r.source,
         created_by: r.created_by,
         created_at: r.created_at,
+        firmware: r.firmware,
+        raw_size: r.raw_size.and_then(|n| u64::try_from(n).ok()),
     })
+}
+
+fn check_firmware(kind: ImageKind, fw: Option<&str>) -> Result<Option<String>> {
+    match fw {
+        None => Ok(None),
+        Some(f) if kind != ImageKind::DiskImage => Err(Error::invalid(
+            "invalid_firmware",
+            format!("firmware {f:?} is for disk images only"),
+        )),
+        Some(f @ ("bios" | "uefi" | "both")) => Ok(Some(f.to_owned())),
+        Some(f) => Err(Error::invalid(
+            "invalid_firmware",
+            format!("firmware {f:?}: bios, uefi or both"),
+        )),
+    }
+}
+
+/// The size of a disk image once written: its own size, or what it decompresses to
+/// (gzip, zstd), read through once. An image that does not decompress is refused.
+async fn raw_size(path: PathBuf) -> Result<u64> {
+    tokio::task::spawn_blocking(move || -> Result<u64> {
+        let name = path.to_string_lossy().into_owned();
+        let bad = |e: std::io::Error| {
+            Error::invalid(
+                "corrupt_image",
+                format!("the image does not decompress: {e}"),
+            )
+        };
+        let file = std::fs::File::open(&path).map_err(|e| {
+            tracing::error!(error = %e, "opening an image");
+            Error::internal()
+        })?;
+        let file = std::io::BufReader::new(file);
+        if name.ends_with(".gz") {
+            std::io::copy(
+                &mut flate2::read::MultiGzDecoder::new(file),
+                &mut std::io::sink(),
+            )
+            .map_err(bad)
+        } else if name.ends_with(".zst") || name.ends_with(".zstd") {
+            let mut d = zstd::stream::read::Decoder::new(file).map_err(bad)?;
+            std::io::copy(&mut d, &mut std::io::sink()).map_err(bad)
+        } else {
+            Ok(std::fs::metadata(&path)
+                .map_err(|_| Error::internal())?
+                .len())
+        }
+    })
+    .await
+    .map_err(|_| Error::internal())?
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -165,25 +219,33 @@ impl App {
         check_name(&req.name)?;
         let arch = check_arch(req.arch.as_deref())?;
         let expected = check_sha(req.sha256.as_deref())?;
+        let firmware = check_firmware(req.kind, req.firmware.as_deref())?;
         let real =
             files::resolve(self.images_root(), &req.path).map_err(|r| path_error(&req.path, r))?;
-        let (sha, size) = hash_file(real).await?;
+        let (sha, size) = hash_file(real.clone()).await?;
         if let Some(e) = &expected
             && *e != sha
         {
             return Err(mismatch(e, &sha));
         }
-        self.insert_image(
-            who,
-            &req.name,
-            req.kind,
-            arch,
-            &req.path,
-            size,
-            &sha,
-            "registered",
-        )
-        .await
+        let raw = if req.kind == ImageKind::DiskImage {
+            Some(raw_size(real).await?)
+        } else {
+            None
+        };
+        let img = self
+            .insert_image(
+                who,
+                &req.name,
+                req.kind,
+                arch,
+                &req.path,
+                size,
+                &sha,
+                "registered",
+            )
+            .await?;
+        self.disk_info(img, firmware, raw).await
     }
 
     /// Streams `body` into the images root and registers it. The body is never held whole
@@ -198,6 +260,7 @@ impl App {
         check_name(&meta.name)?;
         let arch = check_arch(meta.arch.as_deref())?;
         let expected = check_sha(meta.sha256.as_deref())?;
+        let firmware = check_firmware(meta.kind, meta.firmware.as_deref())?;
         let rel = meta
             .path
             .clone()
@@ -290,18 +353,50 @@ impl App {
         .await;
         tokio::fs::remove_file(&tmp).await.ok();
         let (sha, size) = result?;
-        match self
-            .insert_image(
-                who, &meta.name, meta.kind, arch, &rel, size, &sha, "uploaded",
-            )
-            .await
-        {
-            Ok(i) => Ok(i),
-            Err(e) => {
-                tokio::fs::remove_file(&dest).await.ok();
-                Err(e)
-            }
+        let added = async {
+            let raw = if meta.kind == ImageKind::DiskImage {
+                Some(raw_size(dest.clone()).await?)
+            } else {
+                None
+            };
+            let img = self
+                .insert_image(
+                    who, &meta.name, meta.kind, arch, &rel, size, &sha, "uploaded",
+                )
+                .await?;
+            self.disk_info(img, firmware, raw).await
         }
+        .await;
+        if added.is_err() {
+            // A failed upload leaves nothing behind (an entry inserted before a failure of
+            // disk_info goes too).
+            let mut conn = self.conn().await?;
+            plinth_db::images::delete(&mut conn, &meta.name).await.ok();
+            tokio::fs::remove_file(&dest).await.ok();
+        }
+        added
+    }
+
+    /// Records a disk image's firmware and uncompressed size on its new entry.
+    async fn disk_info(
+        &self,
+        img: Image,
+        firmware: Option<String>,
+        raw: Option<u64>,
+    ) -> Result<Image> {
+        if img.kind != ImageKind::DiskImage {
+            return Ok(img);
+        }
+        let mut conn = self.conn().await?;
+        let row = plinth_db::images::set_disk_info(
+            &mut conn,
+            img.id,
+            firmware.as_deref(),
+            raw.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
+        )
+        .await
+        .db()?;
+        image(row)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -51,6 +51,7 @@ impl World {
                     arch: Some("x86_64".into()),
                     path: name.into(),
                     sha256: None,
+                    firmware: None,
                 },
             )
             .await
@@ -330,4 +331,64 @@ async fn a_client_deploys_only_its_own_machines() {
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Forbidden);
     assert_eq!(w.deployments().await, 0);
+}
+
+#[tokio::test]
+async fn disk_images_record_their_firmware_and_written_size() {
+    let w = world().await;
+    let raw = vec![0x5au8; 3 << 20];
+    std::fs::write(
+        w.root.path().join("os.raw.zst"),
+        zstd::encode_all(&raw[..], 3).unwrap(),
+    )
+    .unwrap();
+    let reg = |name: &str, path: &str, firmware: Option<&str>| ImageRegister {
+        name: name.into(),
+        kind: ImageKind::DiskImage,
+        arch: None,
+        path: path.into(),
+        sha256: None,
+        firmware: firmware.map(Into::into),
+    };
+    let img = w
+        .app
+        .register_image(&admin(), reg("os", "os.raw.zst", Some("uefi")))
+        .await
+        .unwrap();
+    assert_eq!(img.raw_size, Some(3 << 20), "the decompressed size");
+    assert!(img.size < 3 << 20, "the file is compressed");
+    assert_eq!(img.firmware.as_deref(), Some("uefi"));
+
+    // A file that claims to be zstd and is not, a firmware that is not one: refused.
+    std::fs::write(w.root.path().join("bad.raw.zst"), b"not zstd at all").unwrap();
+    let e = w
+        .app
+        .register_image(&admin(), reg("bad", "bad.raw.zst", None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "corrupt_image");
+    let e = w
+        .app
+        .register_image(&admin(), reg("os2", "os.raw.zst", Some("coreboot")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "invalid_firmware");
+    let names: Vec<String> = w
+        .app
+        .list_images(&admin())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["os"], "nothing recorded for the refused ones");
+
+    // The written size decides which disk holds it: a 2 MiB disk is too small.
+    let id = w.allocated(&[("tiny", 0, "T1")], "uefi").await;
+    let e = w
+        .app
+        .deploy(&admin(), id, req("os"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "disk_too_small");
 }

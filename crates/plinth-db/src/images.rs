@@ -16,6 +16,8 @@ pub struct ImageRow {
     pub source: String,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
+    pub firmware: Option<String>,
+    pub raw_size: Option<i64>,
 }
 
 pub struct NewImage<'a> {
@@ -34,7 +36,7 @@ pub async fn insert(conn: &mut PgConnection, i: NewImage<'_>) -> Result<ImageRow
         ImageRow,
         "insert into images (name, kind, arch, path, size, sha256, source, created_by)
          values ($1, $2, $3, $4, $5, $6, $7, $8)
-         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at",
+         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size",
         i.name,
         i.kind,
         i.arch,
@@ -51,7 +53,7 @@ pub async fn insert(conn: &mut PgConnection, i: NewImage<'_>) -> Result<ImageRow
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<ImageRow>, sqlx::Error> {
     sqlx::query_as!(
         ImageRow,
-        "select id, name, kind, arch, path, size, sha256, source, created_by, created_at
+        "select id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size
          from images order by name"
     )
     .fetch_all(conn)
@@ -61,7 +63,7 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<ImageRow>, sqlx::Error>
 pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<ImageRow>, sqlx::Error> {
     sqlx::query_as!(
         ImageRow,
-        "select id, name, kind, arch, path, size, sha256, source, created_by, created_at
+        "select id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size
          from images where name = $1",
         name
     )
@@ -74,7 +76,7 @@ pub async fn delete(conn: &mut PgConnection, name: &str) -> Result<Option<ImageR
     sqlx::query_as!(
         ImageRow,
         "delete from images where name = $1
-         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at",
+         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size",
         name
     )
     .fetch_optional(conn)
@@ -90,4 +92,23 @@ pub async fn disk_info(
         .fetch_one(conn)
         .await?;
     Ok((r.firmware, r.raw_size))
+}
+
+/// Records a disk image's firmware and uncompressed size.
+pub async fn set_disk_info(
+    conn: &mut PgConnection,
+    id: Uuid,
+    firmware: Option<&str>,
+    raw_size: Option<i64>,
+) -> Result<ImageRow, sqlx::Error> {
+    sqlx::query_as!(
+        ImageRow,
+        "update images set firmware = $2, raw_size = $3 where id = $1
+         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size",
+        id,
+        firmware,
+        raw_size
+    )
+    .fetch_one(conn)
+    .await
 }

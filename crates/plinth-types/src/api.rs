@@ -805,6 +805,9 @@ pub struct ImageRegister {
     pub path: String,
     /// Expected SHA-256 (hex); the file is hashed and must match.
     pub sha256: Option<String>,
+    /// For a disk image: the firmware it boots with, `bios`, `uefi` or `both`.
+    #[serde(default)]
+    pub firmware: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -821,6 +824,10 @@ pub struct Image {
     pub source: String,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
+    /// A disk image's firmware: `bios`, `uefi` or `both` (null: not said).
+    pub firmware: Option<String>,
+    /// A disk image's size once written (decompressed); null for other kinds.
+    pub raw_size: Option<u64>,
 }
 
 // ---------------------------------------------------------------- BMC jobs

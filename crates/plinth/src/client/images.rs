@@ -34,6 +34,9 @@ pub enum ImageCommand {
         /// The expected SHA-256; with --file it is computed when not given.
         #[arg(long)]
         sha256: Option<String>,
+        /// A disk image's firmware: bios, uefi or both.
+        #[arg(long)]
+        firmware: Option<String>,
     },
     /// List images.
     List,
@@ -150,6 +153,12 @@ fn print_image(api: &Api, i: &Image) -> anyhow::Result<()> {
     kv("size", format!("{} ({} bytes)", human(i.size), i.size));
     kv("sha256", i.sha256.clone());
     kv("source", i.source.clone());
+    if let Some(f) = &i.firmware {
+        kv("firmware", f.clone());
+    }
+    if let Some(r) = i.raw_size {
+        kv("written size", format!("{} ({r} bytes)", human(r)));
+    }
     kv(
         "created",
         format!(
@@ -170,6 +179,7 @@ pub async fn run(api: &Api, cmd: ImageCommand) -> anyhow::Result<()> {
             path,
             file,
             sha256,
+            firmware,
         } => {
             let kind: ImageKind = kind.parse().map_err(anyhow::Error::msg)?;
             let image: Image = match file {
@@ -185,10 +195,11 @@ pub async fn run(api: &Api, cmd: ImageCommand) -> anyhow::Result<()> {
                         arch,
                         path,
                         sha256,
+                        firmware,
                     };
                     api.call(Method::POST, "/images", Some(&req)).await?
                 }
-                Some(file) => upload(api, &name, kind, arch, path, &file, sha256).await?,
+                Some(file) => upload(api, &name, kind, arch, path, &file, sha256, firmware).await?,
             };
             print_image(api, &image)
         }
@@ -249,6 +260,7 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn upload(
     api: &Api,
     name: &str,
@@ -257,6 +269,7 @@ async fn upload(
     path: Option<String>,
     file: &Path,
     sha256: Option<String>,
+    firmware: Option<String>,
 ) -> anyhow::Result<Image> {
     use futures::StreamExt;
     let meta = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
@@ -285,6 +298,7 @@ async fn upload(
         ("arch", arch),
         ("path", path),
         ("sha256", Some(sha256)),
+        ("firmware", firmware),
     ]);
     let url = format!("{}/api/v1/images/{}{q}", api.base, encode(name));
     let mut req = api

@@ -26,3 +26,6 @@ create index deployments_image_idx on deployments (image_id);
 alter table images
     add column firmware text check (firmware in ('bios', 'uefi', 'both')),
     add column raw_size bigint check (raw_size >= 0);
+
+-- The metadata endpoint finds a deployment by its instance id.
+create unique index deployments_instance_key on deployments (instance_id);

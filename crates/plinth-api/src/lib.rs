@@ -150,6 +150,7 @@ pub fn router(app: App) -> Router {
         .nest("/api/v1", v1)
         .route("/healthz", get(healthz))
         .route("/boot/ipxe", get(boot::ipxe_script))
+        .route("/metadata/{instance}/{file}", get(v1::nocloud))
         .route("/boot/{*path}", get(boot::file))
         .merge(ui::routes())
         .fallback(not_found)

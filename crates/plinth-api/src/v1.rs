@@ -341,6 +341,25 @@ pub async fn submit_deploy(
     ))
 }
 
+/// `GET /metadata/{instance}/{file}`: NoCloud over HTTP (no token: the instance id is the key).
+pub async fn nocloud(
+    State(app): State<App>,
+    Path((instance, file)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let body = app.nocloud(&instance, &file).await?;
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {

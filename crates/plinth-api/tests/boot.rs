@@ -1263,3 +1263,61 @@ async fn the_deploy_agent_gets_its_manifest_reports_progress_and_finishes_once()
     assert_eq!(v["state"], "deploy_failed");
     assert_eq!(v["state_reason"], "sha256 of what was written differs");
 }
+
+#[tokio::test]
+async fn the_metadata_endpoint_serves_the_seed_until_release() {
+    let s = Server::start().await;
+    let id = s
+        .deploying(
+            41,
+            json!({ "hostname": "db-41", "user_data": "#cloud-config\nhostname: db-41\n" }),
+        )
+        .await;
+    let (st, d) = s
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/machines/{id}/deployment"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{d}");
+    assert_eq!(d["has_user_data"], true);
+    assert!(d.get("user_data").is_none(), "not shown back");
+    let instance = d["instance_id"].as_str().unwrap().to_owned();
+    let get = |file: String| {
+        let s = &s;
+        async move {
+            let r = s
+                .http
+                .get(format!("{}/metadata/{file}", s.base))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    let (st, meta) = get(format!("{instance}/meta-data")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        meta.contains(&format!("instance-id: \"{instance}\"")),
+        "{meta}"
+    );
+    assert!(meta.contains("local-hostname: \"db-41\""), "{meta}");
+    let (st, user) = get(format!("{instance}/user-data")).await;
+    assert_eq!(
+        (st, user.as_str()),
+        (StatusCode::OK, "#cloud-config\nhostname: db-41\n")
+    );
+    let (st, _) = get(format!("{instance}/network-config")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "none given");
+    let (st, _) = get(format!("{}/meta-data", uuid::Uuid::new_v4())).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = get("not-a-uuid/meta-data".into()).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    // Failed, then released: the seed is gone with the deployment.
+    s.act(&id, "deploy_fail").await;
+    s.act(&id, "release").await;
+    let (st, _) = get(format!("{instance}/user-data")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}

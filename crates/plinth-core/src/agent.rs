@@ -521,6 +521,36 @@ impl App {
     }
 }
 
+impl App {
+    /// `GET /metadata/{instance-id}/{meta-data|user-data|network-config}`: the NoCloud seed
+    /// over HTTP, for images that prefer a network datasource. The instance id (random, shown
+    /// to the deployment's owner) is the key; the data is gone once the machine is released.
+    pub async fn nocloud(&self, instance: &str, file: &str) -> Result<String> {
+        let gone = || Error::not_found("no such instance, or it was released");
+        let instance: Uuid = instance.parse().map_err(|_| gone())?;
+        let mut conn = self.conn().await?;
+        let d = plinth_db::deployments::by_instance(&mut conn, instance)
+            .await
+            .db()?
+            .ok_or_else(gone)?;
+        match file {
+            "meta-data" => Ok(meta_data(
+                d.instance_id,
+                d.hostname.as_deref().unwrap_or(&d.machine_id.to_string()),
+                &d.ssh_authorized_keys,
+            )),
+            "user-data" => Ok(d.user_data.unwrap_or_else(|| "#cloud-config\n".into())),
+            "network-config" => d
+                .network_config
+                .ok_or_else(|| Error::not_found("this deployment has no network-config")),
+            "vendor-data" => Ok(String::new()),
+            other => Err(Error::not_found(format!(
+                "no {other:?}: meta-data, user-data, network-config or vendor-data"
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod seed_tests {
     use super::*;

@@ -88,3 +88,21 @@ pub async fn delete(conn: &mut PgConnection, machine_id: Uuid) -> Result<bool, s
         .rows_affected();
     Ok(n > 0)
 }
+
+/// The deployment with this instance id (what the metadata endpoint serves).
+pub async fn by_instance(
+    conn: &mut PgConnection,
+    instance_id: Uuid,
+) -> Result<Option<DeploymentRow>, sqlx::Error> {
+    sqlx::query_as!(
+        DeploymentRow,
+        "select d.machine_id, d.allocation_id, d.image_id, i.name as image_name, d.root_device,
+                d.root_device_hint, d.instance_id, d.hostname, d.user_data,
+                d.ssh_authorized_keys, d.network_config, d.created_by, d.created_at
+         from deployments d join images i on i.id = d.image_id
+         where d.instance_id = $1",
+        instance_id
+    )
+    .fetch_optional(conn)
+    .await
+}

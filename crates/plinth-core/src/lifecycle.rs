@@ -21,6 +21,8 @@ use crate::{App, DbResult, Principal, Result, convert, validate};
 pub struct StuckTimeouts {
     pub inspect: std::time::Duration,
     pub clean: std::time::Duration,
+    /// Deploying without a progress report or a state change this long.
+    pub deploy: std::time::Duration,
 }
 
 impl Default for StuckTimeouts {
@@ -28,6 +30,7 @@ impl Default for StuckTimeouts {
         StuckTimeouts {
             inspect: std::time::Duration::from_secs(1800),
             clean: std::time::Duration::from_secs(3600),
+            deploy: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -392,12 +395,24 @@ impl App {
                 "inspection",
             ),
             (MachineState::Cleaning, Verb::CleanFail, t.clean, "cleaning"),
+            (
+                MachineState::Deploying,
+                Verb::DeployFail,
+                t.deploy,
+                "deploy progress",
+            ),
         ] {
             let stuck = {
                 let mut conn = self.conn().await?;
-                plinth_db::machines::stuck(&mut conn, state.as_str(), limit.as_secs_f64(), 100)
-                    .await
-                    .db()?
+                if state == MachineState::Deploying {
+                    plinth_db::machines::stuck_deploying(&mut conn, limit.as_secs_f64(), 100)
+                        .await
+                        .db()?
+                } else {
+                    plinth_db::machines::stuck(&mut conn, state.as_str(), limit.as_secs_f64(), 100)
+                        .await
+                        .db()?
+                }
             };
             for (id, version) in stuck {
                 let reason = format!(

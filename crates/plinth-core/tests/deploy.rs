@@ -392,3 +392,47 @@ async fn disk_images_record_their_firmware_and_written_size() {
         .unwrap_err();
     assert_eq!(e.code, "disk_too_small");
 }
+
+#[tokio::test]
+async fn a_deploy_without_progress_fails_after_its_timeout_and_progress_keeps_it_alive() {
+    let w = world().await;
+    w.image("debian.raw", ImageKind::DiskImage, 4096).await;
+    let quiet = w.allocated(&[("sda", 100, "S1")], "bios").await;
+    w.app
+        .deploy(&admin(), quiet, req("debian.raw"), None)
+        .await
+        .unwrap();
+    let t = plinth_core::lifecycle::StuckTimeouts {
+        deploy: std::time::Duration::from_secs(600),
+        ..Default::default()
+    };
+    assert_eq!(w.app.fail_stuck(&t).await.unwrap(), 0, "not yet");
+    // Eleven minutes without a sign of life.
+    sqlx::query(
+        "update machines set state_changed_at = now() - interval '11 minutes',
+             updated_at = now() - interval '11 minutes' where id = $1",
+    )
+    .bind(quiet)
+    .execute(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(w.app.fail_stuck(&t).await.unwrap(), 1);
+    let m = w.app.get_machine(&admin(), quiet).await.unwrap();
+    assert_eq!(m.state, MachineState::DeployFailed);
+    assert!(
+        m.state_reason
+            .unwrap()
+            .contains("no deploy progress report within 600 s"),
+        "the reason says why"
+    );
+    // Deploying for long but reporting progress (updated_at moves): left alone.
+    sqlx::query(
+        "update machines set state = 'deploying', state_changed_at = now() - interval '2 hours',
+             updated_at = now() where id = $1",
+    )
+    .bind(quiet)
+    .execute(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(w.app.fail_stuck(&t).await.unwrap(), 0);
+}

@@ -1165,6 +1165,7 @@ async fn machines_waiting_too_long_on_their_agent_fail_with_the_reason() {
     let t = plinth_core::lifecycle::StuckTimeouts {
         inspect: Duration::from_secs(600),
         clean: Duration::from_secs(600),
+        deploy: Duration::from_secs(600),
     };
     assert_eq!(w.app.fail_stuck(&t).await.unwrap(), 0, "not yet");
     sqlx::query(

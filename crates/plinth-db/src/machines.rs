@@ -478,6 +478,26 @@ pub async fn stuck(
     Ok(rows.into_iter().map(|r| (r.id, r.state_version)).collect())
 }
 
+/// Machines deploying with no sign of life (a state change or a progress report, which
+/// touches `updated_at`) for `secs`.
+pub async fn stuck_deploying(
+    conn: &mut PgConnection,
+    secs: f64,
+    limit: i64,
+) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "select id, state_version from machines
+         where state = 'deploying' and not maintenance
+           and greatest(state_changed_at, updated_at) < now() - make_interval(secs => $1)
+         order by updated_at limit $2",
+        secs,
+        limit
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.state_version)).collect())
+}
+
 /// Sets a machine's state reason while it is in `state` (progress of a long step); no version
 /// change: the state is the same. Returns whether it was in that state.
 pub async fn set_state_reason(

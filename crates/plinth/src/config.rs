@@ -140,6 +140,9 @@ pub struct BootConfig {
     pub inspect_timeout_secs: u64,
     #[serde(default = "default_clean_timeout")]
     pub clean_timeout_secs: u64,
+    /// A machine deploying this long without a progress report from its agent fails.
+    #[serde(default = "default_clean_timeout")]
+    pub deploy_timeout_secs: u64,
 }
 
 fn default_kernel() -> String {
@@ -200,6 +203,7 @@ impl Default for BootConfig {
             loop_window: default_loop_window(),
             inspect_timeout_secs: default_inspect_timeout(),
             clean_timeout_secs: default_clean_timeout(),
+            deploy_timeout_secs: default_clean_timeout(),
         }
     }
 }

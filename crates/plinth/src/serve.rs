@@ -175,6 +175,7 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
         let stuck = plinth_core::lifecycle::StuckTimeouts {
             inspect: std::time::Duration::from_secs(c.boot.inspect_timeout_secs.max(60)),
             clean: std::time::Duration::from_secs(c.boot.clean_timeout_secs.max(60)),
+            deploy: std::time::Duration::from_secs(c.boot.deploy_timeout_secs.max(60)),
         };
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));

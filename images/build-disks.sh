@@ -24,6 +24,8 @@ cmdline="console=ttyS0,115200n8"
 max_raw_mib=64
 
 log() { printf 'disks: %s\n' "$*"; }
+# shellcheck source=images/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 warn() { printf 'disks: WARNING: %s\n' "$*" >&2; }
 die() { printf 'disks: ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -60,30 +62,12 @@ busybox=/bin/busybox
 for f in "$mbr_bin" "$sdboot" "$busybox" "$udhcpc_script" "$disk_src/init" "$disk_src/modules"; do
 	[ -r "$f" ] || die "missing $f"
 done
-file -L "$busybox" 2>/dev/null | grep -q 'statically linked' ||
-	ldd "$busybox" 2>&1 | grep -q 'not a dynamic executable' ||
-	die "$busybox is not statically linked: install busybox-static (it replaces busybox)"
+require_static_busybox "$busybox"
 # mtools refuses FAT geometries that do not match a floppy's sectors per track otherwise.
 export MTOOLS_SKIP_CHECK=1
 
-# ---- kernel: the same choice as images/build.sh ----------------------------------------------
-has_kernel() { [ -f "/boot/vmlinuz-$1" ] && [ -f "/lib/modules/$1/modules.dep" ]; }
-kver=${PLINTH_KERNEL_VERSION:-}
-if [ -n "$kver" ]; then
-	has_kernel "$kver" || die "PLINTH_KERNEL_VERSION=$kver: need /boot/vmlinuz-$kver and /lib/modules/$kver"
-else
-	dep=$(dpkg-query -W -f='${Depends}' linux-image-amd64 2>/dev/null | grep -o 'linux-image-[^ ,|]*' | head -n1 || true)
-	dep=${dep#linux-image-}
-	if [ -n "$dep" ] && has_kernel "$dep"; then
-		kver=$dep
-	else
-		kver=$(for d in /lib/modules/*/; do
-			v=$(basename "$d")
-			if has_kernel "$v"; then echo "$v"; fi
-		done | sort -V | tail -n1)
-	fi
-	[ -n "$kver" ] || die "no kernel: no /lib/modules/V with a matching /boot/vmlinuz-V (install linux-image-amd64)"
-fi
+# ---- kernel: the same choice as images/build.sh (lib.sh) ---------------------------------------
+kver=$(pick_kernel)
 kernel=/boot/vmlinuz-$kver
 moddir=/lib/modules/$kver
 log "kernel version: $kver"
@@ -117,7 +101,7 @@ done
 mapfile -t mod_files < <(printf '%s\n' "${mod_files[@]}" | LC_ALL=C sort -u)
 
 initrd=$out/.initrd.img
-initrd_inputs=("$self" "$busybox" "$disk_src/init" "$disk_src/modules" "$udhcpc_script"
+initrd_inputs=("$self" "$(dirname "$self")/lib.sh" "$busybox" "$disk_src/init" "$disk_src/modules" "$udhcpc_script"
 	"$moddir/modules.order" "$moddir/modules.builtin" "$moddir/modules.builtin.modinfo" "${mod_files[@]}")
 initrd_manifest=$(
 	echo "kernel $kver"
@@ -133,11 +117,7 @@ else
 	log "building the initramfs: ${#present[@]} modules, ${#mod_files[@]} module files with dependencies"
 	stage=$(mktemp -d "$out/.stage.XXXXXX")
 	mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,etc/udhcpc,etc/disk,proc,sys,run,tmp,root,mnt}
-	install -m 0755 "$busybox" "$stage/bin/busybox"
-	while read -r applet; do
-		[ -n "$applet" ] && [ "$applet" != bin/busybox ] || continue
-		[ -e "$stage/$applet" ] || [ -L "$stage/$applet" ] || ln -s /bin/busybox "$stage/$applet"
-	done < <("$stage/bin/busybox" --list-full)
+	stage_busybox "$stage" "$busybox"
 	install -m 0755 "$disk_src/init" "$stage/init"
 	install -m 0755 "$udhcpc_script" "$stage/etc/udhcpc/default.script"
 	printf '%s\n' "${present[@]}" >"$stage/etc/disk/modules"
@@ -151,20 +131,7 @@ else
 		install -m 0644 "$moddir/$f" "$stage$moddir/$f"
 	done
 	depmod -b "$stage" "$kver"
-	# /dev/console in the archive, written by hand (cpio copies device nodes only as root).
-	newc() { # NAME MODE(octal) RDEV_MAJOR RDEV_MINOR
-		local n=$((${#1} + 1))
-		printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X' \
-			0 "$((8#$2))" 0 0 1 0 0 0 0 "$3" "$4" "$n" 0
-		printf '%s\0' "$1"
-		head -c $(((4 - (110 + n) % 4) % 4)) /dev/zero
-	}
-	{
-		newc dev 040755 0 0
-		newc dev/console 020600 5 1
-		(cd "$stage" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
-			cpio --quiet -o -H newc -R 0:0 --reproducible)
-	} | gzip -n -9 >"$initrd.tmp"
+	write_initramfs "$stage" "$initrd.tmp" 9
 	mv -f "$initrd.tmp" "$initrd"
 	printf '%s\n' "$initrd_manifest" >"$out/.initrd.inputs"
 	rm -rf "$stage"

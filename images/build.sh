@@ -24,6 +24,8 @@ ipxe_files=(undionly.kpxe ipxe.efi snponly.efi)
 max_initrd=$((30 * 1024 * 1024))
 
 log() { printf 'images: %s\n' "$*"; }
+# shellcheck source=images/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 warn() { printf 'images: WARNING: %s\n' "$*" >&2; }
 die() { printf 'images: ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -85,26 +87,7 @@ for f in "${ipxe_files[@]}"; do
 done
 
 # ---- 2. kernel -------------------------------------------------------------------------------
-has_kernel() { [ -f "/boot/vmlinuz-$1" ] && [ -f "/lib/modules/$1/modules.dep" ]; }
-kver=${PLINTH_KERNEL_VERSION:-}
-if [ -n "$kver" ]; then
-	has_kernel "$kver" || die "PLINTH_KERNEL_VERSION=$kver: need /boot/vmlinuz-$kver and /lib/modules/$kver"
-else
-	# The version linux-image-amd64 depends on (linux-image-6.1.0-NN-amd64), when it is complete.
-	dep=$(dpkg-query -W -f='${Depends}' linux-image-amd64 2>/dev/null | grep -o 'linux-image-[^ ,|]*' | head -n1 || true)
-	dep=${dep#linux-image-}
-	if [ -n "$dep" ] && has_kernel "$dep"; then
-		kver=$dep
-	else
-		for d in /lib/modules/*/; do
-			v=$(basename "$d")
-			has_kernel "$v" && echo "$v"
-		done | sort -V | tail -n1 >"$ROOT/.kver.tmp" || true
-		kver=$(cat "$ROOT/.kver.tmp")
-		rm -f "$ROOT/.kver.tmp"
-	fi
-	[ -n "$kver" ] || die "no kernel: no /lib/modules/V with a matching /boot/vmlinuz-V (install linux-image-amd64)"
-fi
+kver=$(pick_kernel)
 [ "$kver" = "$(uname -r)" ] || log "kernel $kver (the running kernel, $(uname -r), is not used)"
 log "kernel version: $kver"
 install_file "/boot/vmlinuz-$kver" "$ROOT/plinth/vmlinuz"
@@ -112,10 +95,7 @@ install_file "/boot/vmlinuz-$kver" "$ROOT/plinth/vmlinuz"
 # ---- 3. initrd -------------------------------------------------------------------------------
 moddir=/lib/modules/$kver
 busybox=/bin/busybox
-[ -x "$busybox" ] || die "$busybox missing (package busybox-static)"
-file -L "$busybox" 2>/dev/null | grep -q 'statically linked' ||
-	ldd "$busybox" 2>&1 | grep -q 'not a dynamic executable' ||
-	die "$busybox is not statically linked: install busybox-static (it replaces busybox)"
+require_static_busybox "$busybox"
 for f in init udhcpc.script modules.list; do
 	[ -f "$ramdisk_src/$f" ] || die "missing $ramdisk_src/$f"
 done
@@ -163,7 +143,7 @@ while read -r fw; do
 done < <(modinfo -F firmware "${mod_files[@]}" 2>/dev/null | LC_ALL=C sort -u)
 
 # Everything the initrd is made of; it is rebuilt when this list or any mtime/size changes.
-inputs=("$self" "$busybox" "$agent" "${agent_libs[@]}" "$ramdisk_src"/* "$moddir/modules.order" "$moddir/modules.builtin"
+inputs=("$self" "$here/lib.sh" "$busybox" "$agent" "${agent_libs[@]}" "$ramdisk_src"/* "$moddir/modules.order" "$moddir/modules.builtin"
 	"$moddir/modules.builtin.modinfo" "${mod_files[@]}" "${fw_files[@]}")
 manifest=$(
 	echo "kernel $kver"
@@ -181,12 +161,7 @@ else
 	trap 'rm -rf "$stage" "$initrd.tmp"' EXIT
 	mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,etc/udhcpc,etc/plinth,proc,sys,run,tmp,root,lib/firmware}
 
-	# busybox and its applet links
-	install -m 0755 "$busybox" "$stage/bin/busybox"
-	while read -r applet; do
-		[ -n "$applet" ] && [ "$applet" != bin/busybox ] || continue
-		[ -e "$stage/$applet" ] || [ -L "$stage/$applet" ] || ln -s /bin/busybox "$stage/$applet"
-	done < <("$stage/bin/busybox" --list-full)
+	stage_busybox "$stage" "$busybox"
 
 	# /init and friends
 	install -m 0755 "$ramdisk_src/init" "$stage/init"
@@ -215,21 +190,7 @@ else
 		install -D -m 0644 "$f" "$stage$f"
 	done
 
-	# /dev/console must exist in the archive so the kernel can give /init a console; cpio can
-	# only copy real device nodes (root only), so this one newc entry is written by hand.
-	newc() { # NAME MODE(octal) RDEV_MAJOR RDEV_MINOR
-		local n=$((${#1} + 1))
-		printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X' \
-			0 "$((8#$2))" 0 0 1 0 0 0 0 "$3" "$4" "$n" 0
-		printf '%s\0' "$1"
-		head -c $(((4 - (110 + n) % 4) % 4)) /dev/zero
-	}
-	{
-		newc dev 040755 0 0
-		newc dev/console 020600 5 1
-		(cd "$stage" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
-			cpio --quiet -o -H newc -R 0:0 --reproducible)
-	} | gzip -n -6 >"$initrd.tmp"
+	write_initramfs "$stage" "$initrd.tmp" 6
 	mv -f "$initrd.tmp" "$initrd"
 	printf '%s\n' "$manifest" >"$stamp"
 	rm -rf "$stage"

@@ -992,22 +992,33 @@ async fn file_requests_and_api_requests_share_a_connection() {
 }
 
 impl Server {
-    /// A POST with this bearer secret (an agent token).
-    async fn post_as(&self, secret: &str, path: &str, body: Value) -> (StatusCode, Value) {
-        let resp = self
+    /// A request with this bearer secret (an agent token).
+    async fn call_as(
+        &self,
+        method: reqwest::Method,
+        secret: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
             .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(secret)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(secret);
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.unwrap();
         let status = resp.status();
         let text = resp.text().await.unwrap();
         (
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+
+    async fn post_as(&self, secret: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call_as(reqwest::Method::POST, secret, path, Some(body))
+            .await
     }
 }
 
@@ -1123,21 +1134,8 @@ async fn the_agent_reports_once_with_its_own_token() {
 }
 
 impl Server {
-    /// A GET with this bearer secret (an agent token).
     async fn get_as(&self, secret: &str, path: &str) -> (StatusCode, Value) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(secret)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        self.call_as(reqwest::Method::GET, secret, path, None).await
     }
 
     /// An allocated machine (its own pool) deployed with the test disk image.

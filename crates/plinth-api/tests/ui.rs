@@ -112,7 +112,7 @@ impl Ui {
     ) -> (StatusCode, HeaderMap, String) {
         let body: Vec<String> = form
             .iter()
-            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .map(|(k, v)| format!("{k}={}", plinth_types::percent_encode(v)))
             .collect();
         let mut req = self
             .http
@@ -152,15 +152,6 @@ impl Ui {
         let csrf = hidden(&html, "_csrf");
         (jar, csrf)
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -319,6 +319,22 @@ pub fn meta_data(instance_id: Uuid, hostname: &str, keys: &[String]) -> String {
     m
 }
 
+/// A deployment's NoCloud seed, as the agent writes it and the metadata endpoint serves it.
+fn seed(d: &plinth_db::deployments::DeploymentRow) -> plinth_types::api::NoCloudSeed {
+    let hostname = d
+        .hostname
+        .clone()
+        .unwrap_or_else(|| d.machine_id.to_string());
+    plinth_types::api::NoCloudSeed {
+        meta_data: meta_data(d.instance_id, &hostname, &d.ssh_authorized_keys),
+        user_data: d
+            .user_data
+            .clone()
+            .unwrap_or_else(|| "#cloud-config\n".into()),
+        network_config: d.network_config.clone(),
+    }
+}
+
 fn compression(path: &str) -> plinth_types::api::Compression {
     use plinth_types::api::Compression;
     if path.ends_with(".gz") {
@@ -381,26 +397,15 @@ impl App {
             .await
             .db()?
             .ok_or_else(Error::internal)?;
-        let (_, raw_size) = plinth_db::images::disk_info(&mut conn, image.id)
-            .await
-            .db()?;
-        let hostname = d.hostname.clone().unwrap_or_else(|| id.to_string());
         Ok(plinth_types::api::DeployManifest {
             url_path: format!("/boot/{}", image.path),
             compression: compression(&image.path),
             image: image.name,
             sha256: image.sha256,
             size: u64::try_from(image.size).unwrap_or(0),
-            raw_size: raw_size.and_then(|r| u64::try_from(r).ok()),
+            raw_size: image.raw_size.and_then(|r| u64::try_from(r).ok()),
             root_device: d.root_device.clone(),
-            seed: plinth_types::api::NoCloudSeed {
-                meta_data: meta_data(d.instance_id, &hostname, &d.ssh_authorized_keys),
-                user_data: d
-                    .user_data
-                    .clone()
-                    .unwrap_or_else(|| "#cloud-config\n".into()),
-                network_config: d.network_config.clone(),
-            },
+            seed: seed(&d),
         })
     }
 
@@ -510,11 +515,7 @@ impl App {
             details,
         )
         .await?;
-        let row = plinth_db::machines::get(&mut tx, id)
-            .await
-            .db()?
-            .ok_or_else(Error::internal)?;
-        let m = convert::machine(&mut tx, row).await?;
+        let m = self.machine_in(&mut tx, id).await?;
         tx.commit().await.db()?;
         tracing::info!(machine_id = %id, result = ?report.result, "deploy reported");
         Ok(m)
@@ -533,14 +534,11 @@ impl App {
             .await
             .db()?
             .ok_or_else(gone)?;
+        let seed = seed(&d);
         match file {
-            "meta-data" => Ok(meta_data(
-                d.instance_id,
-                d.hostname.as_deref().unwrap_or(&d.machine_id.to_string()),
-                &d.ssh_authorized_keys,
-            )),
-            "user-data" => Ok(d.user_data.unwrap_or_else(|| "#cloud-config\n".into())),
-            "network-config" => d
+            "meta-data" => Ok(seed.meta_data),
+            "user-data" => Ok(seed.user_data),
+            "network-config" => seed
                 .network_config
                 .ok_or_else(|| Error::not_found("this deployment has no network-config")),
             "vendor-data" => Ok(String::new()),

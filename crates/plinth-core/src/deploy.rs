@@ -9,11 +9,11 @@
 //! included (see `lifecycle::apply`).
 
 use plinth_types::api::{DeployRequest, Deployment, DiskSize, Machine, RootDeviceHint};
-use plinth_types::{Error, MachineState, Verb};
+use plinth_types::{Error, Verb};
 use uuid::Uuid;
 
 use crate::auth::Permission;
-use crate::{App, DbResult, Principal, Result, convert, files, validate};
+use crate::{App, DbResult, Principal, Result, files, validate};
 
 const MAX_DATA: usize = 64 * 1024;
 const MAX_KEYS: usize = 64;
@@ -253,9 +253,8 @@ impl App {
                 ),
             ));
         }
-        let (firmware, raw_size) = plinth_db::images::disk_info(&mut tx, image.id).await.db()?;
         let machine_fw = row.facts["firmware"].as_str();
-        if let (Some(fw), Some(m)) = (firmware.as_deref(), machine_fw)
+        if let (Some(fw), Some(m)) = (image.firmware.as_deref(), machine_fw)
             && fw != "both"
             && fw != m
         {
@@ -281,7 +280,7 @@ impl App {
                 ),
             ));
         }
-        let min = u64::try_from(raw_size.unwrap_or(image.size)).unwrap_or(0);
+        let min = u64::try_from(image.raw_size.unwrap_or(image.size)).unwrap_or(0);
         let root = choose_root_device(&disks(&row.facts), req.root_device.as_ref(), min)?;
         let hostname = hostname.or(row.hostname.clone());
         plinth_db::deployments::upsert(
@@ -319,11 +318,7 @@ impl App {
             details,
         )
         .await?;
-        let row = plinth_db::machines::get(&mut tx, id)
-            .await
-            .db()?
-            .ok_or_else(Error::internal)?;
-        let machine = convert::machine(&mut tx, row).await?;
+        let machine = self.machine_in(&mut tx, id).await?;
         tx.commit().await.db()?;
         Ok(machine)
     }
@@ -345,14 +340,6 @@ impl App {
             created_at: d.created_at,
         }))
     }
-}
-
-/// The states in which a machine has (or may have) a deployment.
-pub fn has_deployment(state: MachineState) -> bool {
-    matches!(
-        state,
-        MachineState::Deploying | MachineState::Deployed | MachineState::DeployFailed
-    )
 }
 
 #[cfg(test)]

@@ -57,6 +57,19 @@ impl App {
         plinth_db::inventory::state_counts(&mut conn).await.db()
     }
 
+    /// How many machines are in `state`.
+    pub async fn count_in_state(
+        &self,
+        who: &Principal,
+        state: plinth_types::MachineState,
+    ) -> Result<i64> {
+        who.require(Permission::ReadInventory)?;
+        let mut conn = self.conn().await?;
+        plinth_db::inventory::count_in_state(&mut conn, state.as_str())
+            .await
+            .db()
+    }
+
     /// The machines mounted in `racks` (every rack when `None`), by rack, top down.
     pub async fn rack_occupants(
         &self,

@@ -223,13 +223,18 @@ impl App {
                 .await
                 .db()?;
         }
-        let row = plinth_db::machines::get(&mut tx, id)
+        let machine = self.machine_in(&mut tx, id).await?;
+        tx.commit().await.db()?;
+        Ok(machine)
+    }
+
+    /// A machine as the API shows it, read in `tx` (after a change, before it commits).
+    pub(crate) async fn machine_in(&self, tx: &mut PgConnection, id: Uuid) -> Result<Machine> {
+        let row = plinth_db::machines::get(tx, id)
             .await
             .db()?
             .ok_or_else(Error::internal)?;
-        let machine = convert::machine(&mut tx, row).await?;
-        tx.commit().await.db()?;
-        Ok(machine)
+        convert::machine(tx, row).await
     }
 
     /// Maintenance on or off: orthogonal to the state; bumps the version and is recorded.

@@ -83,17 +83,6 @@ pub async fn delete(conn: &mut PgConnection, name: &str) -> Result<Option<ImageR
     .await
 }
 
-/// A disk image's firmware (bios, uefi, both) and uncompressed size, where known.
-pub async fn disk_info(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> Result<(Option<String>, Option<i64>), sqlx::Error> {
-    let r = sqlx::query!("select firmware, raw_size from images where id = $1", id)
-        .fetch_one(conn)
-        .await?;
-    Ok((r.firmware, r.raw_size))
-}
-
 /// Records a disk image's firmware and uncompressed size.
 pub async fn set_disk_info(
     conn: &mut PgConnection,

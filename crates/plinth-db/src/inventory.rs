@@ -260,6 +260,16 @@ pub async fn state_counts(conn: &mut PgConnection) -> Result<Vec<(String, i64)>,
     Ok(rows.into_iter().map(|r| (r.state, r.n)).collect())
 }
 
+/// How many machines are in `state` (an index scan, for a badge on every page).
+pub async fn count_in_state(conn: &mut PgConnection, state: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"select count(*) as "n!" from machines where state = $1"#,
+        state
+    )
+    .fetch_one(conn)
+    .await
+}
+
 /// A rack's occupant, as the elevation draws it.
 #[derive(Debug, Clone)]
 pub struct Occupant {

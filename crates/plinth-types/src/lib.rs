@@ -14,3 +14,16 @@ pub use error::{Error, ErrorKind};
 pub use lifecycle::{MachineState, Verb};
 pub use mac::MacAddr;
 pub use role::Role;
+
+/// Percent-encodes everything but RFC 3986's unreserved characters: a safe path segment or
+/// query value (the CLI's queries, the web UI's links).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -229,16 +229,7 @@ pub(crate) fn human_bytes(n: u64) -> String {
     }
 }
 
-pub(crate) fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub(crate) use plinth_types::percent_encode as url_encode;
 
 /// Renders a template; a template error is a bug, logged and shown as a 500.
 fn render(name: &str, ctx: minijinja::Value) -> Response {

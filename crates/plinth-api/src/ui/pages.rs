@@ -36,12 +36,10 @@ fn fail(user: &User) -> impl Fn(Error) -> Response + '_ {
 }
 
 async fn discovered_count(app: &App, user: &User) -> i64 {
-    app.state_counts(user.who())
+    // A badge: whoever may not see the inventory sees none.
+    app.count_in_state(user.who(), MachineState::Discovered)
         .await
-        .unwrap_or_default()
-        .into_iter()
-        .find(|(s, _)| s == MachineState::Discovered.as_str())
-        .map_or(0, |(_, n)| n)
+        .unwrap_or(0)
 }
 
 /// Only paths of this site: `next` and `back` must not send anyone elsewhere.

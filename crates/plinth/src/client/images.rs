@@ -226,14 +226,16 @@ pub async fn run(api: &Api, cmd: ImageCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ImageCommand::Show { name } => {
-            let i: Image = api.get(&format!("/images/{}", encode(&name))).await?;
+            let i: Image = api
+                .get(&format!("/images/{}", plinth_types::percent_encode(&name)))
+                .await?;
             print_image(api, &i)
         }
         ImageCommand::Rm { name } => {
             let i: Image = api
                 .call(
                     Method::DELETE,
-                    &format!("/images/{}", encode(&name)),
+                    &format!("/images/{}", plinth_types::percent_encode(&name)),
                     None::<&()>,
                 )
                 .await?;
@@ -244,20 +246,6 @@ pub async fn run(api: &Api, cmd: ImageCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Image names are letters, digits, `.`, `_`, `-`; anything else is the server's to refuse,
-/// so it is sent percent-encoded rather than altering the path.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -300,7 +288,11 @@ async fn upload(
         ("sha256", Some(sha256)),
         ("firmware", firmware),
     ]);
-    let url = format!("{}/api/v1/images/{}{q}", api.base, encode(name));
+    let url = format!(
+        "{}/api/v1/images/{}{q}",
+        api.base,
+        plinth_types::percent_encode(name)
+    );
     let mut req = api
         .http
         .put(&url)

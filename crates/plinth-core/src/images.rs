@@ -40,6 +40,7 @@ fn image(r: plinth_db::images::ImageRow) -> Result<Image> {
         created_at: r.created_at,
         firmware: r.firmware,
         raw_size: r.raw_size.and_then(|n| u64::try_from(n).ok()),
+        raw_sha256: None,
     })
 }
 

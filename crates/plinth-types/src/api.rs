@@ -372,6 +372,10 @@ pub struct DeployManifest {
     pub compression: Compression,
     /// Bytes once written (uncompressed), when the catalog knows.
     pub raw_size: Option<u64>,
+    /// SHA-256 of the bytes once written (uncompressed), when the catalog knows: the agent
+    /// reads the disk back and compares.
+    #[serde(default)]
+    pub raw_sha256: Option<String>,
     /// The disk to write, a name of the machine's facts (`/dev/<name>`).
     pub root_device: String,
     pub seed: NoCloudSeed,
@@ -828,6 +832,10 @@ pub struct Image {
     pub firmware: Option<String>,
     /// A disk image's size once written (decompressed); null for other kinds.
     pub raw_size: Option<u64>,
+    /// SHA-256 of a disk image once written (decompressed); null for other kinds and for
+    /// images registered before plinth recorded it.
+    #[serde(default)]
+    pub raw_sha256: Option<String>,
 }
 
 // ---------------------------------------------------------------- BMC jobs

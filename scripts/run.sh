@@ -25,7 +25,7 @@ fi
 
 case $mode in
 serve)
-  scripts/ensure-packages.sh postgresql
+  scripts/ensure-packages.sh postgresql qemu-utils
   cargo build --release --locked -p plinth -p plinth-agent
   if [ "${PLINTH_SKIP_IMAGES:-}" != 1 ]; then
     PLINTH_AGENT_BIN=$target/release/plinth-agent images/build.sh

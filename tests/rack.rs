@@ -11,214 +11,20 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use plinth_core::Principal;
-use plinth_core::lifecycle::Action;
-use plinth_testkit::netns::{Lab, Ns, Proc};
-use plinth_testkit::rack::{
-    BmcProtocol, VirtualBmc, VirtualBmcSpec, plinth_lab_beside, rack_network, start_virtual_bmc,
-};
-use plinth_testkit::vm::{Firmware, Nic, VmSpec};
-use plinth_types::api::{
-    AddressRange, AllocationRequest, Arch, BmcSpec, Event, Machine, MachineCreate, NicSpec,
-    SubnetCreate,
-};
+use plinth_testkit::netns::Lab;
+use plinth_testkit::rack::{BmcProtocol, rack_network};
+use plinth_testkit::vm::{Firmware, Nic};
+use plinth_types::api::AllocationRequest;
 use plinth_types::{MachineState, Verb};
 
 #[path = "support/env.rs"]
 mod env;
-use env::Env;
 #[path = "support/lab.rs"]
 mod lab_support;
-use lab_support::{BIN, images_for, plinth};
-
-const PASSWORD: &str = "vbmc-Pa55";
-const MIB: usize = 1 << 20;
-
-struct VmDef {
-    name: String,
-    protocol: BmcProtocol,
-    firmware: Firmware,
-    nic: Nic,
-    mac: String,
-    memory_mib: u32,
-    disks: &'static [u64],
-}
-
-/// Starts a VM's virtual BMC (`plinth-lab vbmc`, built next to plinth) in `srv`.
-fn vbmc(lab: &mut Lab, srv: &Ns, rack: &Ns, tap: &str, vm: &VmDef) -> VirtualBmc {
-    let mut spec = VmSpec::new(&vm.name, vm.firmware, vm.nic, &vm.mac);
-    spec.memory_mib = vm.memory_mib;
-    spec.disks = vm.disks.to_vec();
-    let spec = VirtualBmcSpec {
-        vm: spec,
-        protocol: vm.protocol,
-        username: "admin".into(),
-        password: PASSWORD.into(),
-        ns: rack.name.clone(),
-        tap: tap.into(),
-        dir: lab.path(&vm.name),
-    };
-    start_virtual_bmc(lab, srv, &plinth_lab_beside(Path::new(BIN)), &spec)
-        .unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-fn admin() -> Principal {
-    Principal {
-        token_id: None,
-        name: "tech".into(),
-        role: plinth_types::Role::Admin,
-    }
-}
-
-fn enroll(env: &Env, vm: &VmDef, url: &str, password: &str) -> uuid::Uuid {
-    let req = MachineCreate {
-        hostname: Some(vm.name.clone()),
-        rack: None,
-        rack_unit: None,
-        size_u: None,
-        pool: None,
-        tags: None,
-        arch: Some(Arch::X86_64),
-        nics: vec![NicSpec {
-            mac: vm.mac.parse().unwrap(),
-            ipv4: None,
-            pxe: None,
-        }],
-        bmc: Some(BmcSpec {
-            protocol: vm.protocol,
-            address: url.into(),
-            username: "admin".into(),
-            password: password.into(),
-            verify_tls: Some(false),
-        }),
-    };
-    env.rt
-        .block_on(env.app.enroll_machine(&admin(), req))
-        .unwrap()
-        .id
-}
-
-fn act(env: &Env, id: uuid::Uuid, verb: Verb) {
-    env.rt
-        .block_on(env.app.act(
-            &admin(),
-            id,
-            Action {
-                verb,
-                expected_version: None,
-                reason: None,
-            },
-        ))
-        .unwrap_or_else(|e| panic!("{verb} {id}: {e:?}"));
-}
-
-fn machine(env: &Env, id: uuid::Uuid) -> Machine {
-    env.rt.block_on(env.app.get_machine(&admin(), id)).unwrap()
-}
-
-fn events(env: &Env, id: uuid::Uuid) -> Vec<Event> {
-    env.rt
-        .block_on(env.app.events(&admin(), Some(id), Default::default()))
-        .unwrap()
-        .events
-}
-
-/// Waits until every machine is in `want` (with its BMC jobs done), or panics with what the
-/// machines, their events, plinth and the VM consoles say.
-fn wait_state(
-    env: &Env,
-    ids: &[uuid::Uuid],
-    want: MachineState,
-    timeout: Duration,
-    server: &Proc,
-    dirs: &[&Path],
-) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let states: Vec<MachineState> = ids.iter().map(|id| machine(env, *id).state).collect();
-        let busy = ids.iter().any(|id| {
-            env.rt
-                .block_on(env.app.jobs(
-                    &admin(),
-                    plinth_core::jobs::JobQuery {
-                        machine: Some(*id),
-                        ..Default::default()
-                    },
-                ))
-                .unwrap()
-                .jobs
-                .iter()
-                .any(|j| !j.state.is_finished())
-        });
-        if states.iter().all(|s| *s == want) && !busy {
-            return;
-        }
-        if Instant::now() > deadline {
-            let mut report = format!("wanted {want}, got {states:?} (jobs busy: {busy})\n");
-            for id in ids {
-                report += &format!("--- events of {id}:\n");
-                for e in events(env, *id) {
-                    report += &format!("{} {} {}\n", e.kind, e.actor, e.details);
-                }
-            }
-            for d in dirs {
-                let console = std::fs::read_to_string(d.join("console.log")).unwrap_or_default();
-                let tail: String = console
-                    .lines()
-                    .rev()
-                    .take(40)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                report += &format!("--- console of {}:\n{tail}\n", d.display());
-            }
-            panic!("{report}--- plinth:\n{}", server.log_text());
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn fill(path: &Path) {
-    let len = std::fs::metadata(path).unwrap().len() as usize;
-    std::fs::write(path, vec![0xa5u8; len]).unwrap();
-}
-
-fn ends_zeroed(path: &Path) -> bool {
-    let data = std::fs::read(path).unwrap();
-    data[..MIB].iter().all(|b| *b == 0) && data[data.len() - MIB..].iter().all(|b| *b == 0)
-}
-
-/// A database and an App whose BMC key the `plinth serve` of the test shares (enrollment
-/// encrypts with it), with the subnet `prefix.0/24` (addresses .100 to .200). Returns the key.
-fn keyed_env(prefix: &str) -> (Env, String) {
-    let mut env = Env::new();
-    let key = plinth_core::BmcKey::generate_base64();
-    env.app = plinth_core::App::new(
-        env.db.pool.clone(),
-        plinth_core::BmcKey::from_base64(&key).unwrap(),
-    );
-    env.rt
-        .block_on(env.app.create_subnet(
-            &Principal::system(),
-            SubnetCreate {
-                cidr: format!("{prefix}.0/24"),
-                ranges: vec![AddressRange {
-                    start: format!("{prefix}.100").parse().unwrap(),
-                    end: format!("{prefix}.200").parse().unwrap(),
-                }],
-                router: None,
-                dns_servers: None,
-                domain: None,
-                lease_time: Some(600),
-                boot_server: None,
-                relay_addresses: None,
-            },
-        ))
-        .unwrap();
-    (env, key)
-}
+use lab_support::{images_for, plinth};
+#[path = "support/rack.rs"]
+mod rack_support;
+use rack_support::*;
 
 #[test]
 fn a_virtual_rack_from_power_on_to_decommissioned() {
@@ -394,22 +200,6 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
             ev.iter()
                 .any(|e| e.kind == "bmc_scrubbed" && e.details["powered_off"] == true)
         );
-    }
-}
-
-/// Seconds until `needle` shows in the VM's console (polled every 100 ms), from `t0`.
-fn until_console(dir: &Path, needle: &str, t0: Instant, timeout: Duration) -> f64 {
-    loop {
-        let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-        if console.contains(needle) {
-            return t0.elapsed().as_secs_f64();
-        }
-        assert!(
-            t0.elapsed() < timeout,
-            "no {needle:?} in {}:\n{console}",
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -1,8 +1,10 @@
 //! plinth-agent: runs in plinth's ramdisk (started by its /init once the network is up). It
 //! reads its mode, plinth's API URL, the machine and its one-time token from the kernel command
 //! line; in inspect mode it reports the machine's hardware, in clean mode it wipes every disk
-//! and reports the outcome. It prints what it does on the console, retries the API with
-//! backoff, and exits 0 when plinth took its report (the /init then powers off or waits).
+//! and reports the outcome, in deploy mode it writes the machine's OS image and its cloud-init
+//! seed to its root disk (see deploy.rs) and reports the outcome. It prints what it does on the
+//! console, retries the API with backoff, and exits 0 when plinth took its report (the /init
+//! then powers off or waits).
 //!
 //!   plinth-agent [--root DIR] [--dev DIR] [--cmdline FILE]
 //!
@@ -10,7 +12,11 @@
 //! are opened, `--cmdline` (default /proc/cmdline): for tests.
 
 mod cmdline;
+mod deploy;
 mod facts;
+mod partition;
+mod seed;
+mod sys;
 mod wipe;
 
 use std::path::PathBuf;
@@ -63,6 +69,16 @@ enum Failure {
 /// POSTs `body` to `path`, retrying transport errors and 5xx with backoff (1 s doubling to
 /// 30 s) until `p.api_timeout_secs` have passed.
 fn post(p: &Params, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, Failure> {
+    call(p, "POST", path, Some(body))
+}
+
+/// One API call with the machine's token, retried as [`post`] says.
+fn call(
+    p: &Params,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, Failure> {
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(10))
         .timeout(Duration::from_secs(60))
@@ -72,10 +88,13 @@ fn post(p: &Params, path: &str, body: &serde_json::Value) -> Result<serde_json::
     let mut wait = Duration::from_secs(1);
     let mut attempt = 1;
     loop {
-        let res = agent
-            .post(&url)
-            .set("Authorization", &format!("Bearer {}", p.token))
-            .send_json(body);
+        let req = agent
+            .request(method, &url)
+            .set("Authorization", &format!("Bearer {}", p.token));
+        let res = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
         let why = match res {
             Ok(resp) => {
                 return resp
@@ -243,7 +262,7 @@ fn run() -> Result<Mode, (Option<Mode>, String)> {
     let res = match p.mode {
         Mode::Inspect => inspect(&a, &p),
         Mode::Clean => clean(&a, &p),
-        Mode::Deploy => Err("deploy mode is not supported by this agent yet".into()),
+        Mode::Deploy => deploy::run(&a, &p),
     };
     res.map(|()| p.mode).map_err(|e| (Some(p.mode), e))
 }

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use plinth_core::boot::{BootSettings, Templates};
 use plinth_core::{App, BmcKey, Principal};
 use plinth_testkit::TestDb;
 use plinth_types::Role;
@@ -22,11 +23,22 @@ struct Api {
 
 impl Api {
     async fn start() -> Api {
+        Api::start_with(None).await
+    }
+
+    /// With `images` as the images root (boot files, disk images), when given.
+    async fn start_with(images: Option<&Path>) -> Api {
         let db = TestDb::new().await.unwrap();
-        let app = App::new(
+        let mut app = App::new(
             db.pool.clone(),
             BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
         );
+        if let Some(root) = images {
+            app = app.with_boot(
+                BootSettings::with_root(root.to_owned()),
+                Templates::load(None).unwrap(),
+            );
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(plinth_api::serve(
@@ -93,8 +105,13 @@ fn write(root: &Path, rel: &str, content: &str) {
     std::fs::write(p, content).unwrap();
 }
 
-/// A two-disk, one-NIC machine; its disks full of 0xa5.
+/// A two-disk (8 and 3 MiB), one-NIC machine; its disks full of 0xa5.
 fn machine(root: &Path, dev: &Path, mac: &str) {
+    machine_with(root, dev, mac, &[("vda", 8), ("vdb", 3)]);
+}
+
+/// A one-NIC machine with these disks (name, MiB), full of 0xa5.
+fn machine_with(root: &Path, dev: &Path, mac: &str, disks: &[(&str, usize)]) {
     write(
         root,
         "proc/cpuinfo",
@@ -102,7 +119,7 @@ fn machine(root: &Path, dev: &Path, mac: &str) {
          processor : 1\nmodel name : QEMU Virtual CPU\nphysical id : 0\ncore id : 1\n\n",
     );
     write(root, "proc/meminfo", "MemTotal: 1999000 kB\n");
-    for (name, mib) in [("vda", 8), ("vdb", 3)] {
+    for &(name, mib) in disks {
         write(
             root,
             &format!("sys/block/{name}/size"),
@@ -341,4 +358,252 @@ fn an_unreachable_api_is_retried_then_given_up() {
     let (ok, out) = run_agent(&root, &dev, "plinth.mode=inspect");
     assert!(!ok);
     assert!(out.contains("no plinth.api="), "{out}");
+}
+
+fn tool(cmd: &mut Command) -> std::process::Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (Debian packages fdisk, mtools, util-linux)"))
+}
+
+/// A disk image: an MBR with one partition from 1 MiB to its end, holding a pattern.
+fn os_image(path: &Path, mib: usize) -> Vec<u8> {
+    let mut data = vec![0u8; mib * MIB];
+    for (i, b) in data.iter_mut().enumerate().skip(MIB) {
+        *b = (i / 4096 % 251) as u8;
+    }
+    std::fs::write(path, &data).unwrap();
+    let mut sf = Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk (Debian package fdisk)");
+    use std::io::Write;
+    sf.stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\nstart=2048, type=83, bootable\n")
+        .unwrap();
+    assert!(sf.wait().unwrap().success());
+    std::fs::read(path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_writes_image_and_seed_clean_wipes_them_and_a_changed_image_fails() {
+    let images = tempfile::tempdir().unwrap();
+    let raw = os_image(&images.path().join("os.raw"), 8);
+    std::fs::write(
+        images.path().join("os.raw.zst"),
+        zstd::encode_all(&raw[..], 3).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(images.path().join("changed.raw"), &raw).unwrap();
+    let api = Api::start_with(Some(images.path())).await;
+    for (name, path) in [("os", "os.raw.zst"), ("changed", "changed.raw")] {
+        api.call(
+            reqwest::Method::POST,
+            "/api/v1/images",
+            Some(json!({ "name": name, "kind": "disk-image", "path": path, "firmware": "both" })),
+        )
+        .await;
+    }
+
+    let mac = "52:54:00:0a:00:03";
+    let m = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/machines",
+            Some(json!({ "hostname": "vm3", "nics": [{ "mac": mac }] })),
+        )
+        .await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    api.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/machines/{id}/actions/inspect"),
+        Some(json!({})),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (root, dev) = (dir.path().join("root"), dir.path().join("dev"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&dev).unwrap();
+    machine_with(&root, &dev, mac, &[("vda", 24), ("vdb", 3)]);
+    let agent = |cmdline: String| {
+        let cmdline = format!("{cmdline} plinth.api={}", api.base);
+        run_agent(&root, &dev, &cmdline)
+    };
+    let (ok, out) = agent(api.cmdline(mac).await);
+    assert!(ok, "{out}");
+
+    // allocate → deploy: the agent writes the image and the seed, reads back, reports.
+    let alloc = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/allocations",
+            Some(json!({ "count": 1 })),
+        )
+        .await;
+    let user_data = "#cloud-config\nruncmd: [echo deployed]\n";
+    let network = "version: 2\nethernets:\n  ens3:\n    dhcp4: true\n";
+    api.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/machines/{id}/actions/deploy"),
+        Some(json!({
+            "image": "os", "hostname": "db-01", "user_data": user_data,
+            "network_config": network,
+        })),
+    )
+    .await;
+    let cmdline = api.cmdline(mac).await;
+    assert!(cmdline.contains("plinth.mode=deploy"), "{cmdline}");
+    let (ok, out) = agent(cmdline);
+    assert!(ok, "{out}");
+    assert!(out.contains("PLINTH-AGENT mode=deploy result=ok"), "{out}");
+    assert!(out.contains("verified: /dev/vda holds sha256"), "{out}");
+    let m = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/machines/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(m["state"], "deployed", "{m}");
+    let vda = dev.join("vda");
+    let disk = std::fs::read(&vda).unwrap();
+    // The image, byte for byte, but for the MBR's partition table, which gained the seed.
+    assert_eq!(&disk[..446], &raw[..446]);
+    assert_eq!(&disk[512..raw.len()], &raw[512..], "the image");
+    assert!(
+        std::fs::read(dev.join("vdb"))
+            .unwrap()
+            .iter()
+            .all(|b| *b == 0xa5),
+        "the other disk is left alone"
+    );
+    let out = tool(Command::new("sfdisk").arg("--json").arg(&vda));
+    let table: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{table}");
+    assert_eq!(parts[0]["bootable"], true, "the image's table is kept");
+    assert_eq!(parts[1]["type"], "c");
+    let seed = parts[1]["start"].as_u64().unwrap() * 512;
+    assert_eq!(seed, 8 * MIB as u64, "right after the image");
+    let read = |name: &str| {
+        let out = tool(
+            Command::new("mtype")
+                .arg("-i")
+                .arg(format!("{}@@{seed}", vda.display()))
+                .arg(format!("::{name}")),
+        );
+        assert!(out.status.success(), "{name}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let meta = read("meta-data");
+    assert!(meta.contains("local-hostname: \"db-01\""), "{meta}");
+    assert!(meta.contains("instance-id: "), "{meta}");
+    assert_eq!(read("user-data"), user_data);
+    assert_eq!(read("network-config"), network);
+    let probe = |offset: u64| {
+        let out = tool(
+            Command::new("blkid")
+                .args(["-p", "-o", "export", "--offset", &offset.to_string()])
+                .arg(&vda),
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(probe(seed).contains("LABEL=cidata"), "{}", probe(seed));
+    let ev = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/machines/{id}/events"),
+            None,
+        )
+        .await;
+    let kinds: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"deploy_progress"), "{kinds:?}");
+    assert!(kinds.contains(&"deploy_complete"), "{kinds:?}");
+
+    // release → cleaning: the clean agent wipes the table, the image's partition and the seed.
+    api.call(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/allocations/{}", alloc["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    let (ok, out) = agent(api.cmdline(mac).await);
+    assert!(ok, "{out}");
+    let disk = std::fs::read(&vda).unwrap();
+    assert!(
+        disk[..2 * MIB].iter().all(|b| *b == 0),
+        "the start and the first partition's"
+    );
+    assert!(
+        disk[seed as usize..seed as usize + MIB]
+            .iter()
+            .all(|b| *b == 0),
+        "the seed"
+    );
+    assert_eq!(probe(seed), "");
+    let m = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/machines/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(m["state"], "ready", "{m}");
+
+    // An image whose file changed after it was registered: written, then refused by its
+    // checksum → deploy_failed, with the reason; the machine can be released.
+    let mut changed = raw.clone();
+    changed[5 * MIB] ^= 0xff;
+    std::fs::write(images.path().join("changed.raw"), &changed).unwrap();
+    let alloc = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/allocations",
+            Some(json!({ "count": 1 })),
+        )
+        .await;
+    api.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/machines/{id}/actions/deploy"),
+        Some(json!({ "image": "changed" })),
+    )
+    .await;
+    let (ok, out) = agent(api.cmdline(mac).await);
+    assert!(!ok, "{out}");
+    assert!(out.contains("sha256 mismatch"), "{out}");
+    let m = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/machines/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(m["state"], "deploy_failed", "{m}");
+    let reason = m["state_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("sha256 mismatch") && reason.contains("catalog says"),
+        "{reason}"
+    );
+    api.call(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/allocations/{}", alloc["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    let m = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/machines/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(m["state"], "cleaning", "{m}");
 }

@@ -590,9 +590,11 @@ pub struct UploadParams {
     kind: String,
     /// x86_64 (default), aarch64 or any.
     arch: Option<String>,
-    /// Where under the images root; default `uploads/<name>`.
+    /// Where under the images root; default `uploads/<name>`. A qcow2 disk image is converted
+    /// to raw and stored with `.raw` in place of `.qcow2` (or added).
     path: Option<String>,
-    /// Expected SHA-256 (hex); the upload is refused and removed if it differs.
+    /// Expected SHA-256 (hex) of the body as uploaded; the upload is refused and removed if
+    /// it differs.
     sha256: Option<String>,
     /// A disk image's firmware: bios, uefi or both.
     firmware: Option<String>,

@@ -844,6 +844,213 @@ async fn the_image_catalog() {
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
 
+/// Runs qemu-img (from qemu-utils) as a test's own tool; its absence fails the test.
+fn qemu_img(args: &[&str]) {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("qemu-img is needed to test qcow2 uploads: apt-get install qemu-utils ({e})")
+        });
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every file under `dir`, hidden ones (upload temporaries) included.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn qcow2_uploads_are_converted_to_raw_once() {
+    let s = Server::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let at = |name: &str| work.path().join(name).to_str().unwrap().to_owned();
+    let upload = |name: &str, q: String, body: Vec<u8>| {
+        s.http
+            .put(format!("{}/api/v1/images/{name}?{q}", s.base))
+            .bearer_auth(&s.admin)
+            .body(body)
+            .send()
+    };
+
+    // A 6 MiB disk, mostly zeros (qcow2 leaves those out), with data here and there.
+    let mut raw = vec![0u8; 6 << 20];
+    for (i, off) in [0usize, 65_536 + 513, 3 << 20, (6 << 20) - 4096]
+        .into_iter()
+        .enumerate()
+    {
+        raw[off..off + 4096].copy_from_slice(&random_bytes(4096, 40 + i as u64));
+    }
+    std::fs::write(at("disk.raw"), &raw).unwrap();
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        &at("disk.raw"),
+        &at("disk.qcow2"),
+    ]);
+    let qcow2 = std::fs::read(at("disk.qcow2")).unwrap();
+    assert!(qcow2.starts_with(b"QFI\xfb") && qcow2.len() < raw.len());
+
+    // The checksum given is of the qcow2 as uploaded: the raw's is refused.
+    let resp = upload(
+        "cloud",
+        format!("kind=disk-image&sha256={}", sha_hex(&raw)),
+        qcow2.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "checksum_mismatch", "{e}");
+    assert_eq!(files_under(s.root.path()), Vec::<PathBuf>::new());
+
+    // Known by its content: stored raw, byte for byte, as `<name>.raw`.
+    let resp = upload(
+        "cloud",
+        format!("kind=disk-image&firmware=uefi&sha256={}", sha_hex(&qcow2)),
+        qcow2.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let img: Value = resp.json().await.unwrap();
+    assert_eq!(img["path"], "uploads/cloud.raw", "{img}");
+    assert_eq!(img["size"], raw.len(), "{img}");
+    assert_eq!(img["sha256"], sha_hex(&raw), "{img}");
+    assert_eq!(img["raw_size"], raw.len(), "{img}");
+    assert_eq!(img["raw_sha256"], sha_hex(&raw), "{img}");
+    assert_eq!(img["firmware"], "uefi", "{img}");
+    assert!(std::fs::read(s.root.path().join("uploads/cloud.raw")).unwrap() == raw);
+    assert_eq!(
+        files_under(s.root.path()),
+        [s.root.path().join("uploads/cloud.raw")],
+        "no qcow2 and no temporaries left"
+    );
+    let (_, shown) = s
+        .call(reqwest::Method::GET, "/api/v1/images/cloud", None)
+        .await;
+    assert_eq!(shown, img);
+
+    // Known by its name, at a given path: `.qcow2` becomes `.raw`.
+    let resp = upload(
+        "cloud2",
+        "kind=disk-image&path=disks/cloud2.qcow2".into(),
+        qcow2.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let img: Value = resp.json().await.unwrap();
+    assert_eq!(img["path"], "disks/cloud2.raw", "{img}");
+    assert_eq!(img["raw_sha256"], sha_hex(&raw), "{img}");
+    assert!(std::fs::read(s.root.path().join("disks/cloud2.raw")).unwrap() == raw);
+    let converted = files_under(s.root.path());
+    assert_eq!(converted.len(), 2, "{converted:?}");
+
+    // Refused, with nothing left behind: a backing file (it could name any file on the
+    // server), an external data file, encryption, a disk larger than the free space, and a
+    // qcow2 that is not one.
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "/etc/hostname",
+        "-F",
+        "raw",
+        &at("backed.qcow2"),
+    ]);
+    let data_file = format!("data_file={}", at("data.img"));
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &data_file,
+        &at("external.qcow2"),
+        "1M",
+    ]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        "secret,id=sec0,data=hunter2",
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+        &at("encrypted.qcow2"),
+        "1M",
+    ]);
+    qemu_img(&["create", "-q", "-f", "qcow2", &at("huge.qcow2"), "64T"]);
+    let mut corrupt = b"QFI\xfb".to_vec();
+    corrupt.extend_from_slice(&random_bytes(65_536, 9));
+    for (file, body, code) in [
+        ("backed.qcow2", None, "unsupported_image"),
+        ("external.qcow2", None, "unsupported_image"),
+        ("encrypted.qcow2", None, "unsupported_image"),
+        ("huge.qcow2", None, "image_too_large"),
+        ("corrupt", Some(corrupt), "corrupt_image"),
+    ] {
+        let body = body.unwrap_or_else(|| std::fs::read(at(file)).unwrap());
+        let resp = upload("bad", "kind=disk-image".into(), body).await.unwrap();
+        let st = resp.status();
+        let e: Value = resp.json().await.unwrap();
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{file}: {e}");
+        assert_eq!(e["error"]["code"], code, "{file}: {e}");
+        let msg = e["error"]["message"].as_str().unwrap();
+        assert!(
+            !msg.contains(s.root.path().to_str().unwrap()),
+            "{file}: the server's paths stay on the server: {msg}"
+        );
+        assert_eq!(
+            files_under(s.root.path()),
+            converted,
+            "{file}: nothing left"
+        );
+    }
+    let (_, list) = s.call(reqwest::Method::GET, "/api/v1/images", None).await;
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cloud", "cloud2"]);
+
+    // A qcow2 already under the root is not registered (nor converted in place).
+    std::fs::copy(at("disk.qcow2"), s.root.path().join("disk.qcow2")).unwrap();
+    let (st, e) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/images",
+            Some(json!({ "name": "in-place", "kind": "disk-image", "path": "disk.qcow2" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["error"]["code"], "unsupported_image", "{e}");
+    assert!(std::fs::read(s.root.path().join("disk.qcow2")).unwrap() == qcow2);
+}
+
 /// Requests arriving together are recorded in batches: every one answered for its own machine,
 /// one event each, a token for each ramdisk script and no other.
 #[tokio::test]
@@ -1188,6 +1395,11 @@ async fn the_deploy_agent_gets_its_manifest_reports_progress_and_finishes_once()
     assert_eq!(m["root_device"], "sda");
     assert_eq!(m["compression"], "none");
     assert_eq!(m["size"], 4096);
+    assert_eq!(
+        m["raw_sha256"],
+        sha_hex(&[0u8; 4096]),
+        "what the agent reads back"
+    );
     let meta = m["seed"]["meta_data"].as_str().unwrap();
     assert!(meta.contains("local-hostname: \"web-31\""), "{meta}");
     assert!(

@@ -404,7 +404,7 @@ impl App {
             sha256: image.sha256,
             size: u64::try_from(image.size).unwrap_or(0),
             raw_size: image.raw_size.and_then(|r| u64::try_from(r).ok()),
-            raw_sha256: None,
+            raw_sha256: image.raw_sha256,
             root_device: d.root_device.clone(),
             seed: seed(&d),
         })

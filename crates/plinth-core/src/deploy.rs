@@ -71,6 +71,10 @@ fn listed(disks: &[Disk]) -> String {
         .join(", ")
 }
 
+/// Room the agent needs after the image: its cloud-init seed partition (4 MiB), aligned to
+/// 1 MiB, and a GPT's backup table at the disk's end.
+pub const SEED_RESERVE_BYTES: u64 = 6 << 20;
+
 /// The disk the image goes to: those matching the hint's name and serial (all of them when
 /// the hint has neither) and holding `min_bytes`, then the smallest (default) or largest.
 pub fn choose_root_device(
@@ -117,7 +121,7 @@ pub fn choose_root_device(
         return Err(Error::invalid(
             "disk_too_small",
             format!(
-                "the image needs {min_bytes} bytes; the matching disks are smaller: {}",
+                "the image and its cloud-init seed need {min_bytes} bytes; the matching disks are smaller: {}",
                 listed(&matching.into_iter().cloned().collect::<Vec<_>>())
             ),
         ));
@@ -280,7 +284,9 @@ impl App {
                 ),
             ));
         }
-        let min = u64::try_from(image.raw_size.unwrap_or(image.size)).unwrap_or(0);
+        let min = u64::try_from(image.raw_size.unwrap_or(image.size))
+            .unwrap_or(0)
+            .saturating_add(SEED_RESERVE_BYTES);
         let root = choose_root_device(&disks(&row.facts), req.root_device.as_ref(), min)?;
         let hostname = hostname.or(row.hostname.clone());
         plinth_db::deployments::upsert(

@@ -2,8 +2,16 @@
 //! Registering hashes a file already there; uploading streams the body to a temporary file
 //! beside its destination, hashing as it goes, and renames it into place only once the
 //! checksum holds, so a failed upload leaves nothing behind.
+//!
+//! Disk images are served as they will be written: raw, or raw compressed with gzip or zstd.
+//! A qcow2 upload is converted to raw once, by `qemu-img`, after checks that it reads no file
+//! but itself (no backing or external data file) and fits on the images root; a qcow2 file is
+//! never registered in place.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
 
 use plinth_types::Error;
 use plinth_types::api::{Image, ImageKind, ImageRegister};
@@ -19,7 +27,8 @@ pub struct UploadMeta {
     pub name: String,
     pub kind: ImageKind,
     pub arch: Option<String>,
-    /// Relative to the images root; default `uploads/<name>`.
+    /// Relative to the images root; default `uploads/<name>`. A qcow2 disk image is stored
+    /// converted, as this path with `.raw` instead of `.qcow2` (or `.raw` added).
     pub path: Option<String>,
     pub sha256: Option<String>,
     /// For a disk image: `bios`, `uefi` or `both`.
@@ -40,7 +49,7 @@ fn image(r: plinth_db::images::ImageRow) -> Result<Image> {
         created_at: r.created_at,
         firmware: r.firmware,
         raw_size: r.raw_size.and_then(|n| u64::try_from(n).ok()),
-        raw_sha256: None,
+        raw_sha256: r.raw_sha256,
     })
 }
 
@@ -59,11 +68,17 @@ fn check_firmware(kind: ImageKind, fw: Option<&str>) -> Result<Option<String>> {
     }
 }
 
-/// The size of a disk image once written: its own size, or what it decompresses to
-/// (gzip, zstd), read through once. An image that does not decompress is refused.
-async fn raw_size(path: PathBuf) -> Result<u64> {
-    tokio::task::spawn_blocking(move || -> Result<u64> {
-        let name = path.to_string_lossy().into_owned();
+/// A disk image as written, its size and SHA-256 (hex): for an uncompressed image, the file
+/// itself (`sha` and `size`, already known: not read again); a compressed one (gzip, zstd) is
+/// decompressed once, counting and hashing. An image that does not decompress is refused.
+async fn raw_info(path: PathBuf, sha: &str, size: u64) -> Result<(u64, String)> {
+    let name = path.to_string_lossy();
+    let gzip = name.ends_with(".gz");
+    let zstd = name.ends_with(".zst") || name.ends_with(".zstd");
+    if !gzip && !zstd {
+        return Ok((size, sha.to_owned()));
+    }
+    tokio::task::spawn_blocking(move || -> Result<(u64, String)> {
         let bad = |e: std::io::Error| {
             Error::invalid(
                 "corrupt_image",
@@ -75,23 +90,251 @@ async fn raw_size(path: PathBuf) -> Result<u64> {
             Error::internal()
         })?;
         let file = std::io::BufReader::new(file);
-        if name.ends_with(".gz") {
-            std::io::copy(
-                &mut flate2::read::MultiGzDecoder::new(file),
-                &mut std::io::sink(),
-            )
-            .map_err(bad)
-        } else if name.ends_with(".zst") || name.ends_with(".zstd") {
-            let mut d = zstd::stream::read::Decoder::new(file).map_err(bad)?;
-            std::io::copy(&mut d, &mut std::io::sink()).map_err(bad)
+        let mut h = Sha256::new();
+        let n = if gzip {
+            std::io::copy(&mut flate2::read::MultiGzDecoder::new(file), &mut h).map_err(bad)?
         } else {
-            Ok(std::fs::metadata(&path)
-                .map_err(|_| Error::internal())?
-                .len())
-        }
+            let mut d = zstd::stream::read::Decoder::new(file).map_err(bad)?;
+            std::io::copy(&mut d, &mut h).map_err(bad)?
+        };
+        Ok((n, hex::encode(h.finalize())))
     })
     .await
     .map_err(|_| Error::internal())?
+}
+
+/// The first bytes of every qcow2 file.
+const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+/// How long `qemu-img info` may take (it reads headers and tables only).
+const QEMU_INFO_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `qemu-img convert` may take (it writes the whole disk).
+const QEMU_CONVERT_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
+
+fn is_qcow2_name(path: &str) -> bool {
+    path.to_ascii_lowercase().ends_with(".qcow2")
+}
+
+/// Where a converted qcow2 goes: `.qcow2` becomes `.raw`, any other name gets `.raw` added
+/// (unless it has it already).
+fn raw_path(path: &str) -> String {
+    let stem = if is_qcow2_name(path) {
+        &path[..path.len() - ".qcow2".len()]
+    } else {
+        path
+    };
+    if stem.ends_with(".raw") {
+        stem.to_owned()
+    } else {
+        format!("{stem}.raw")
+    }
+}
+
+/// Whether a file starts with the qcow2 magic (unreadable: no; hashing reports that).
+async fn has_qcow2_magic(path: &Path) -> bool {
+    let mut head = [0u8; 4];
+    match tokio::fs::File::open(path).await {
+        Ok(mut f) => f.read_exact(&mut head).await.is_ok() && head == QCOW2_MAGIC,
+        Err(_) => false,
+    }
+}
+
+/// The `qemu-img` to run: `$PLINTH_QEMU_IMG`, or `qemu-img` on the PATH.
+fn qemu_img_program() -> std::ffi::OsString {
+    std::env::var_os("PLINTH_QEMU_IMG").unwrap_or_else(|| "qemu-img".into())
+}
+
+/// Runs `program` (qemu-img) with `args` (no shell, no stdin), killed if it outlives
+/// `timeout` or the request goes away. Its complaint goes to the client with the server's
+/// paths replaced by `names`. Returns its standard output.
+async fn qemu_img(
+    program: &OsStr,
+    args: &[&OsStr],
+    timeout: Duration,
+    names: &[(&Path, &str)],
+) -> Result<Vec<u8>> {
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::unavailable(format!(
+                    "qemu-img ({}) is not installed, and qcow2 images need it: install qemu-utils \
+                     (or set PLINTH_QEMU_IMG to its path)",
+                    program.to_string_lossy()
+                ))
+            } else {
+                tracing::error!(error = %e, program = %program.to_string_lossy(), "running qemu-img");
+                Error::internal()
+            }
+        })?;
+    // On timeout the child is dropped, and so killed.
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| {
+            tracing::warn!(?args, "qemu-img timed out");
+            Error::unavailable(format!(
+                "qemu-img did not finish within {} s; the image was not added",
+                timeout.as_secs()
+            ))
+        })?
+        .map_err(|e| {
+            tracing::error!(error = %e, "waiting for qemu-img");
+            Error::internal()
+        })?;
+    if !out.status.success() {
+        let mut msg = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        for (path, name) in names {
+            msg = msg.replace(&*path.to_string_lossy(), name);
+        }
+        tracing::warn!(status = %out.status, stderr = %msg, "qemu-img failed");
+        return Err(Error::invalid(
+            "corrupt_image",
+            format!("qemu-img cannot read the qcow2 image: {msg}"),
+        ));
+    }
+    Ok(out.stdout)
+}
+
+/// Checks what `qemu-img info --output=json` says of a qcow2 image: self-contained (no backing
+/// file, which could name any file on this server, and no external data file), not encrypted,
+/// not marked corrupt. Returns its virtual size.
+fn check_qcow2_info(info: &serde_json::Value) -> Result<u64> {
+    let unsupported = |what: &str| {
+        Error::invalid(
+            "unsupported_image",
+            format!(
+                "the qcow2 image {what}; only self-contained, unencrypted qcow2 images are converted"
+            ),
+        )
+    };
+    let data = info.pointer("/format-specific/data");
+    if info.get("backing-filename").is_some() || info.get("full-backing-filename").is_some() {
+        return Err(unsupported("has a backing file"));
+    }
+    if data.and_then(|d| d.get("data-file")).is_some() {
+        return Err(unsupported("has an external data file"));
+    }
+    if info.get("encrypted").and_then(|v| v.as_bool()) == Some(true)
+        || data.and_then(|d| d.get("encrypt")).is_some()
+    {
+        return Err(unsupported("is encrypted"));
+    }
+    if data
+        .and_then(|d| d.get("corrupt"))
+        .and_then(|v| v.as_bool())
+        == Some(true)
+    {
+        return Err(Error::invalid(
+            "corrupt_image",
+            "the qcow2 image is marked corrupt",
+        ));
+    }
+    info.get("virtual-size")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| {
+            tracing::warn!(%info, "qemu-img info without a virtual size");
+            Error::invalid("corrupt_image", "qemu-img reports no virtual size")
+        })
+}
+
+/// Bytes free to an unprivileged writer on the file system holding `dir` (`stat -f`: std has
+/// no statvfs, and this crate makes no system calls of its own).
+async fn free_space(dir: &Path) -> Result<u64> {
+    let fail = |what: String| {
+        tracing::error!(dir = %dir.display(), "measuring free space: {what}");
+        Error::internal()
+    };
+    let out = tokio::process::Command::new("stat")
+        .args([
+            OsStr::new("-f"),
+            OsStr::new("-c"),
+            OsStr::new("%a %S"),
+            OsStr::new("--"),
+        ])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), out)
+        .await
+        .map_err(|_| fail("stat -f timed out".into()))?
+        .map_err(|e| fail(format!("stat -f: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(str::parse::<u64>);
+    match (out.status.success(), it.next(), it.next()) {
+        (true, Some(Ok(blocks)), Some(Ok(bsize))) => Ok(blocks.saturating_mul(bsize)),
+        _ => Err(fail(format!(
+            "stat -f: {} {text:?} {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))),
+    }
+}
+
+/// Converts the qcow2 image `src` to a new raw file `dest` in `dir` once it passes
+/// [`check_qcow2_info`] and its virtual size fits the free space there. The format is always
+/// given (`-f qcow2`): qemu-img never guesses. Returns the virtual size.
+async fn qcow2_to_raw(src: &Path, dest: &Path, dir: &Path, label: &str) -> Result<u64> {
+    let program = qemu_img_program();
+    let names = [(src, label), (dest, label)];
+    let out = qemu_img(
+        &program,
+        &[
+            OsStr::new("info"),
+            OsStr::new("--output=json"),
+            OsStr::new("-f"),
+            OsStr::new("qcow2"),
+            src.as_os_str(),
+        ],
+        QEMU_INFO_TIMEOUT,
+        &names,
+    )
+    .await?;
+    let info: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {
+        tracing::error!(error = %e, "parsing qemu-img info");
+        Error::internal()
+    })?;
+    let virtual_size = check_qcow2_info(&info)?;
+    let free = free_space(dir).await?;
+    if virtual_size > free {
+        return Err(Error::invalid(
+            "image_too_large",
+            format!(
+                "the qcow2 image's disk is {virtual_size} bytes once raw; the images root has {free} bytes free"
+            ),
+        ));
+    }
+    qemu_img(
+        &program,
+        &[
+            OsStr::new("convert"),
+            OsStr::new("-f"),
+            OsStr::new("qcow2"),
+            OsStr::new("-O"),
+            OsStr::new("raw"),
+            src.as_os_str(),
+            dest.as_os_str(),
+        ],
+        QEMU_CONVERT_TIMEOUT,
+        &names,
+    )
+    .await?;
+    Ok(virtual_size)
+}
+
+/// A temporary file beside an image's destination, removed when dropped: after an error,
+/// a refusal, or the request going away alike (once linked into place, only its temporary
+/// name goes).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        std::fs::remove_file(&self.0).ok();
+    }
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -179,6 +422,22 @@ async fn hash_file(path: PathBuf) -> Result<(String, u64)> {
     })
 }
 
+/// Links a finished upload to its name, never replacing: a file that appeared meanwhile wins,
+/// and this upload fails.
+async fn place(tmp: &Path, dest: &Path, rel: &str) -> Result<()> {
+    tokio::fs::hard_link(tmp, dest).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::conflict(
+                "image_file_exists",
+                format!("{rel:?} already exists under the images root"),
+            )
+        } else {
+            tracing::error!(error = %e, "moving the upload into place");
+            Error::unavailable("the images root cannot be written (moving the upload into place)")
+        }
+    })
+}
+
 fn mismatch(expected: &str, got: &str) -> Error {
     Error::invalid(
         "checksum_mismatch",
@@ -214,7 +473,7 @@ impl App {
     }
 
     /// Registers a file already under the images root, hashing it (and checking the hash
-    /// when one is given).
+    /// when one is given). A qcow2 disk image is refused: files are never converted in place.
     pub async fn register_image(&self, who: &Principal, req: ImageRegister) -> Result<Image> {
         who.require(Permission::ManageImages)?;
         check_name(&req.name)?;
@@ -223,6 +482,20 @@ impl App {
         let firmware = check_firmware(req.kind, req.firmware.as_deref())?;
         let real =
             files::resolve(self.images_root(), &req.path).map_err(|r| path_error(&req.path, r))?;
+        if req.kind == ImageKind::DiskImage
+            && (is_qcow2_name(&req.path) || has_qcow2_magic(&real).await)
+        {
+            return Err(Error::invalid(
+                "unsupported_image",
+                format!(
+                    "{:?} is a qcow2 image, and disk images are served raw (or gzip/zstd-compressed raw): \
+                     upload it instead (PUT /api/v1/images/{{name}}, `plinth image add --file`), which \
+                     converts it to raw once, or convert it yourself with \
+                     `qemu-img convert -f qcow2 -O raw` and register the result",
+                    req.path
+                ),
+            ));
+        }
         let (sha, size) = hash_file(real.clone()).await?;
         if let Some(e) = &expected
             && *e != sha
@@ -230,7 +503,7 @@ impl App {
             return Err(mismatch(e, &sha));
         }
         let raw = if req.kind == ImageKind::DiskImage {
-            Some(raw_size(real).await?)
+            Some(raw_info(real, &sha, size).await?)
         } else {
             None
         };
@@ -250,7 +523,9 @@ impl App {
     }
 
     /// Streams `body` into the images root and registers it. The body is never held whole
-    /// in memory; the file appears under its name only when complete and verified.
+    /// in memory; the file appears under its name only when complete and verified. A qcow2
+    /// disk image (by its magic or its `.qcow2` name) is checked as uploaded, then converted
+    /// to raw and registered as that.
     pub async fn upload_image(
         &self,
         who: &Principal,
@@ -262,11 +537,16 @@ impl App {
         let arch = check_arch(meta.arch.as_deref())?;
         let expected = check_sha(meta.sha256.as_deref())?;
         let firmware = check_firmware(meta.kind, meta.firmware.as_deref())?;
-        let rel = meta
+        let mut rel = meta
             .path
             .clone()
             .unwrap_or_else(|| format!("uploads/{}", meta.name));
         files::check_name(&rel).map_err(|r| path_error(&rel, r))?;
+        let named_qcow2 = meta.kind == ImageKind::DiskImage && is_qcow2_name(&rel);
+        if named_qcow2 {
+            rel = raw_path(&rel);
+            files::check_name(&rel).map_err(|r| path_error(&rel, r))?;
+        }
         let dest = self.images_root().join(&rel);
         if tokio::fs::symlink_metadata(&dest).await.is_ok() {
             return Err(Error::conflict(
@@ -308,57 +588,79 @@ impl App {
         if !real_dir.starts_with(&root) {
             return Err(path_error(&rel, files::Refusal::OutsideRoot));
         }
-        let dest = real_dir.join(dest.file_name().ok_or_else(Error::internal)?);
-        let tmp = real_dir.join(format!(".{}.{}.part", meta.name, uuid::Uuid::new_v4()));
-        let result = async {
-            let mut f = tokio::fs::File::create(&tmp)
+        let mut dest = real_dir.join(dest.file_name().ok_or_else(Error::internal)?);
+        let tmp = Scratch(real_dir.join(format!(".{}.{}.part", meta.name, uuid::Uuid::new_v4())));
+        let mut f = tokio::fs::File::create(&tmp.0)
+            .await
+            .map_err(io_err("creating the upload file"))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut size = 0u64;
+        let mut head = Vec::with_capacity(QCOW2_MAGIC.len());
+        loop {
+            let n = body.read(&mut buf).await.map_err(|e| {
+                tracing::warn!(error = %e, "upload body");
+                Error::invalid("upload_interrupted", "the upload ended early or failed")
+            })?;
+            if n == 0 {
+                break;
+            }
+            let want = QCOW2_MAGIC.len().saturating_sub(head.len()).min(n);
+            head.extend_from_slice(&buf[..want]);
+            h.update(&buf[..n]);
+            f.write_all(&buf[..n])
                 .await
-                .map_err(io_err("creating the upload file"))?;
-            let mut h = Sha256::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut size = 0u64;
-            loop {
-                let n = body.read(&mut buf).await.map_err(|e| {
-                    tracing::warn!(error = %e, "upload body");
-                    Error::invalid("upload_interrupted", "the upload ended early or failed")
-                })?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-                f.write_all(&buf[..n])
-                    .await
-                    .map_err(io_err("writing the upload"))?;
-                size += n as u64;
-            }
-            f.sync_all().await.map_err(io_err("syncing the upload"))?;
-            let sha = hex::encode(h.finalize());
-            if let Some(e) = &expected
-                && *e != sha
-            {
-                return Err(mismatch(e, &sha));
-            }
-            // No replace: a file that appeared meanwhile wins, and this upload fails.
-            tokio::fs::hard_link(&tmp, &dest).await.map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    Error::conflict(
+                .map_err(io_err("writing the upload"))?;
+            size += n as u64;
+        }
+        f.sync_all().await.map_err(io_err("syncing the upload"))?;
+        drop(f);
+        let mut sha = hex::encode(h.finalize());
+        // The given checksum is of the file as uploaded (a qcow2 before conversion).
+        if let Some(e) = &expected
+            && *e != sha
+        {
+            return Err(mismatch(e, &sha));
+        }
+        let mut raw = None;
+        if meta.kind == ImageKind::DiskImage && (named_qcow2 || head[..] == QCOW2_MAGIC[..]) {
+            if !named_qcow2 {
+                rel = raw_path(&rel);
+                files::check_name(&rel).map_err(|r| path_error(&rel, r))?;
+                dest = real_dir.join(Path::new(&rel).file_name().ok_or_else(Error::internal)?);
+                // Before the work of converting (placing it checks again, without a race).
+                if tokio::fs::symlink_metadata(&dest).await.is_ok() {
+                    return Err(Error::conflict(
                         "image_file_exists",
                         format!("{rel:?} already exists under the images root"),
-                    )
-                } else {
-                    io_err("moving the upload into place")(e)
+                    ));
                 }
-            })?;
-            Ok((sha, size))
+            }
+            let converted =
+                Scratch(real_dir.join(format!(".{}.{}.raw.part", meta.name, uuid::Uuid::new_v4())));
+            let virtual_size = qcow2_to_raw(&tmp.0, &converted.0, &real_dir, &meta.name).await?;
+            // The qcow2 has served its purpose: its space is free before the raw is read.
+            drop(tmp);
+            tokio::fs::File::open(&converted.0)
+                .await
+                .map_err(io_err("opening the converted image"))?
+                .sync_all()
+                .await
+                .map_err(io_err("syncing the converted image"))?;
+            (sha, size) = hash_file(converted.0.clone()).await?;
+            raw = Some((size, sha.clone()));
+            tracing::info!(image = %meta.name, path = %rel, virtual_size, "qcow2 upload converted to raw");
+            place(&converted.0, &dest, &rel).await?;
+        } else {
+            place(&tmp.0, &dest, &rel).await?;
         }
-        .await;
-        tokio::fs::remove_file(&tmp).await.ok();
-        let (sha, size) = result?;
         let added = async {
-            let raw = if meta.kind == ImageKind::DiskImage {
-                Some(raw_size(dest.clone()).await?)
-            } else {
-                None
+            let raw = match raw {
+                Some(r) => Some(r),
+                None if meta.kind == ImageKind::DiskImage => {
+                    Some(raw_info(dest.clone(), &sha, size).await?)
+                }
+                None => None,
             };
             let img = self
                 .insert_image(
@@ -378,12 +680,12 @@ impl App {
         added
     }
 
-    /// Records a disk image's firmware and uncompressed size on its new entry.
+    /// Records a disk image's firmware, uncompressed size and SHA-256 on its new entry.
     async fn disk_info(
         &self,
         img: Image,
         firmware: Option<String>,
-        raw: Option<u64>,
+        raw: Option<(u64, String)>,
     ) -> Result<Image> {
         if img.kind != ImageKind::DiskImage {
             return Ok(img);
@@ -393,7 +695,9 @@ impl App {
             &mut conn,
             img.id,
             firmware.as_deref(),
-            raw.map(|r| i64::try_from(r).unwrap_or(i64::MAX)),
+            raw.as_ref()
+                .map(|(n, _)| i64::try_from(*n).unwrap_or(i64::MAX)),
+            raw.as_ref().map(|(_, h)| h.as_str()),
         )
         .await
         .db()?;
@@ -480,5 +784,91 @@ impl App {
         }
         tracing::info!(image = name, actor = %who.name, "image deleted");
         image(row)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converted_qcow2_paths() {
+        assert_eq!(raw_path("uploads/debian"), "uploads/debian.raw");
+        assert_eq!(raw_path("uploads/debian.qcow2"), "uploads/debian.raw");
+        assert_eq!(raw_path("d/Debian.QCOW2"), "d/Debian.raw");
+        assert_eq!(raw_path("d/debian.raw"), "d/debian.raw");
+        assert_eq!(raw_path("d/debian.raw.qcow2"), "d/debian.raw");
+    }
+
+    #[test]
+    fn qcow2_info_checks() {
+        let ok = serde_json::json!({
+            "virtual-size": 1048576, "format": "qcow2",
+            "format-specific": { "type": "qcow2", "data": { "corrupt": false } }
+        });
+        assert_eq!(check_qcow2_info(&ok).ok(), Some(1048576));
+        for (bad, code) in [
+            (
+                serde_json::json!({ "virtual-size": 1, "backing-filename": "/etc/shadow" }),
+                "unsupported_image",
+            ),
+            (
+                serde_json::json!({ "virtual-size": 1, "full-backing-filename": "/etc/shadow" }),
+                "unsupported_image",
+            ),
+            (
+                serde_json::json!({ "virtual-size": 1, "format-specific": { "data": { "data-file": "/dev/sda" } } }),
+                "unsupported_image",
+            ),
+            (
+                serde_json::json!({ "virtual-size": 1, "encrypted": true }),
+                "unsupported_image",
+            ),
+            (
+                serde_json::json!({ "virtual-size": 1, "format-specific": { "data": { "encrypt": {} } } }),
+                "unsupported_image",
+            ),
+            (
+                serde_json::json!({ "virtual-size": 1, "format-specific": { "data": { "corrupt": true } } }),
+                "corrupt_image",
+            ),
+            (serde_json::json!({ "format": "qcow2" }), "corrupt_image"),
+        ] {
+            assert_eq!(
+                check_qcow2_info(&bad).map_err(|e| e.code),
+                Err(code),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_qemu_img_says_what_to_install() {
+        let e = qemu_img(
+            OsStr::new("/nonexistent/qemu-img"),
+            &[OsStr::new("info")],
+            Duration::from_secs(5),
+            &[],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind, plinth_types::ErrorKind::Unavailable);
+        assert!(e.message.contains("install qemu-utils"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_qemu_img_that_hangs_is_stopped() {
+        let start = std::time::Instant::now();
+        let e = qemu_img(
+            OsStr::new("sleep"),
+            &[OsStr::new("30")],
+            Duration::from_millis(200),
+            &[],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind, plinth_types::ErrorKind::Unavailable);
+        assert!(e.message.contains("did not finish"), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(10));
     }
 }

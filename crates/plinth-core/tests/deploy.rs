@@ -393,6 +393,98 @@ async fn disk_images_record_their_firmware_and_written_size() {
     assert_eq!(e.code, "disk_too_small");
 }
 
+/// The SHA-256 of what a deploy writes: of the file itself when it is raw, of the decompressed
+/// bytes when it is gzip or zstd; the deploy manifest carries it to the agent.
+#[tokio::test]
+async fn disk_images_record_the_sha256_of_what_is_written() {
+    use sha2::Digest;
+    use std::io::Write;
+    let w = world().await;
+    // Not all zeros, not all one byte: a hash of the wrong bytes cannot match by chance.
+    let raw: Vec<u8> = (0..(2u32 << 20) + 517)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let want = hex::encode(sha2::Sha256::digest(&raw));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&raw).unwrap();
+    let files: [(&str, Vec<u8>); 3] = [
+        ("os.raw", raw.clone()),
+        ("os.raw.gz", gz.finish().unwrap()),
+        ("os.raw.zst", zstd::encode_all(&raw[..], 3).unwrap()),
+    ];
+    for (i, (path, bytes)) in files.iter().enumerate() {
+        std::fs::write(w.root.path().join(path), bytes).unwrap();
+        let img = w
+            .app
+            .register_image(
+                &admin(),
+                ImageRegister {
+                    name: format!("os{i}"),
+                    kind: ImageKind::DiskImage,
+                    arch: None,
+                    path: (*path).into(),
+                    sha256: None,
+                    firmware: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(img.raw_sha256.as_deref(), Some(want.as_str()), "{path}");
+        assert_eq!(img.raw_size, Some(raw.len() as u64), "{path}");
+        assert_eq!(
+            img.sha256,
+            hex::encode(sha2::Sha256::digest(bytes)),
+            "{path}"
+        );
+        let again = w.app.get_image(&admin(), &img.name).await.unwrap();
+        assert_eq!(again.raw_sha256, img.raw_sha256, "{path}: stored");
+    }
+
+    // The deploy manifest hands it to the agent.
+    let id = w.allocated(&[("sda", 100, "S1")], "bios").await;
+    w.app.deploy(&admin(), id, req("os1"), None).await.unwrap();
+    let operator = w
+        .app
+        .create_token(&Principal::system(), "ops", Role::Admin)
+        .await
+        .unwrap()
+        .secret;
+    let m = w.app.deploy_manifest(&operator, id).await.unwrap();
+    assert_eq!(m.raw_sha256.as_deref(), Some(want.as_str()));
+    assert_eq!(m.raw_size, Some(raw.len() as u64));
+
+    // A qcow2 is never registered in place, whether its name or its content says so.
+    std::fs::write(w.root.path().join("cloud.qcow2"), &raw).unwrap();
+    let mut qcow2 = b"QFI\xfb".to_vec();
+    qcow2.extend_from_slice(&raw[..4096]);
+    std::fs::write(w.root.path().join("cloud.raw"), &qcow2).unwrap();
+    for path in ["cloud.qcow2", "cloud.raw"] {
+        let e = w
+            .app
+            .register_image(
+                &admin(),
+                ImageRegister {
+                    name: "cloud".into(),
+                    kind: ImageKind::DiskImage,
+                    arch: None,
+                    path: path.into(),
+                    sha256: None,
+                    firmware: None,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "unsupported_image", "{path}: {e}");
+        assert!(e.message.contains("upload it"), "{path}: {e}");
+    }
+    assert_eq!(
+        std::fs::read(w.root.path().join("cloud.raw")).unwrap(),
+        qcow2,
+        "untouched"
+    );
+    assert!(w.app.get_image(&admin(), "cloud").await.is_err());
+}
+
 #[tokio::test]
 async fn a_deploy_without_progress_fails_after_its_timeout_and_progress_keeps_it_alive() {
     let w = world().await;

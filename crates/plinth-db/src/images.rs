@@ -18,6 +18,7 @@ pub struct ImageRow {
     pub created_at: DateTime<Utc>,
     pub firmware: Option<String>,
     pub raw_size: Option<i64>,
+    pub raw_sha256: Option<String>,
 }
 
 pub struct NewImage<'a> {
@@ -36,7 +37,7 @@ pub async fn insert(conn: &mut PgConnection, i: NewImage<'_>) -> Result<ImageRow
         ImageRow,
         "insert into images (name, kind, arch, path, size, sha256, source, created_by)
          values ($1, $2, $3, $4, $5, $6, $7, $8)
-         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size",
+         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256",
         i.name,
         i.kind,
         i.arch,
@@ -53,7 +54,7 @@ pub async fn insert(conn: &mut PgConnection, i: NewImage<'_>) -> Result<ImageRow
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<ImageRow>, sqlx::Error> {
     sqlx::query_as!(
         ImageRow,
-        "select id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size
+        "select id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256
          from images order by name"
     )
     .fetch_all(conn)
@@ -63,7 +64,7 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<ImageRow>, sqlx::Error>
 pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<ImageRow>, sqlx::Error> {
     sqlx::query_as!(
         ImageRow,
-        "select id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size
+        "select id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256
          from images where name = $1",
         name
     )
@@ -76,27 +77,29 @@ pub async fn delete(conn: &mut PgConnection, name: &str) -> Result<Option<ImageR
     sqlx::query_as!(
         ImageRow,
         "delete from images where name = $1
-         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size",
+         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256",
         name
     )
     .fetch_optional(conn)
     .await
 }
 
-/// Records a disk image's firmware and uncompressed size.
+/// Records a disk image's firmware, uncompressed size and SHA-256 of those bytes (hex).
 pub async fn set_disk_info(
     conn: &mut PgConnection,
     id: Uuid,
     firmware: Option<&str>,
     raw_size: Option<i64>,
+    raw_sha256: Option<&str>,
 ) -> Result<ImageRow, sqlx::Error> {
     sqlx::query_as!(
         ImageRow,
-        "update images set firmware = $2, raw_size = $3 where id = $1
-         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size",
+        "update images set firmware = $2, raw_size = $3, raw_sha256 = $4 where id = $1
+         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256",
         id,
         firmware,
-        raw_size
+        raw_size,
+        raw_sha256
     )
     .fetch_one(conn)
     .await

@@ -15,7 +15,8 @@ use super::{Api, Output, query_string, table};
 #[derive(Subcommand)]
 pub enum ImageCommand {
     /// Add an image: register a file already under the images root (--path), or upload one
-    /// (--file; streamed, checked against its SHA-256 on the server).
+    /// (--file; streamed, checked against its SHA-256 on the server). A qcow2 disk image is
+    /// uploaded as it is and converted to raw on the server (stored as `<path>.raw`).
     Add {
         name: String,
         /// ipxe, kernel, initrd, rootfs or disk-image.
@@ -158,6 +159,9 @@ fn print_image(api: &Api, i: &Image) -> anyhow::Result<()> {
     }
     if let Some(r) = i.raw_size {
         kv("written size", format!("{} ({r} bytes)", human(r)));
+    }
+    if let Some(h) = &i.raw_sha256 {
+        kv("written sha256", h.clone());
     }
     kv(
         "created",

@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-packages.sh qemu-system-x86 ipxe-qemu ovmf dnsmasq-base fdisk gzip zstd
 export SQLX_OFFLINE=true
+# The agent in the ramdisk as it ships (release); plinth and the test harness as tests build them.
+cargo build -q --release -p plinth-agent
 cargo build -q -p plinth-agent -p plinth
+export PLINTH_AGENT_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/plinth-agent
 echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores"
 cargo test -q -p plinth --test deploy bench_deploy -- --ignored --nocapture 2>&1 | grep -E '^BENCH|panicked|FAILED'

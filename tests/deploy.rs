@@ -500,6 +500,89 @@ fn bench_deploy() {
             ("PLINTH_LOG__LEVEL", "info"),
         ],
     );
+    // The peer: a VM of the same spec on its own tap, booted straight into plinth's ramdisk
+    // with a shell on the console; busybox wget | [gunzip |] dd of the same files.
+    let mut spec = VmSpec::new("peer", Firmware::Bios, Nic::E1000, "52:54:00:90:00:99");
+    spec.memory_mib = 512;
+    spec.disks = vec![320];
+    let vm = VirtualMachine::new(&cli.name, &taps[N], spec, &lab.path("peer")).unwrap();
+    let console = lab.path("peer/peer-console.log");
+    let mut args = vm.qemu_args(BootOrder::DiskFirst);
+    args.extend(
+        [
+            "-kernel",
+            &root.join("plinth/vmlinuz").display().to_string(),
+            "-initrd",
+            &root.join("plinth/initrd.img").display().to_string(),
+            "-append",
+            "console=ttyS0,115200n8 plinth.mode=inspect plinth.api=http://10.90.0.2:8080 \
+             plinth.machine=peer plinth.token=none plinth.api_timeout=1 plinth.shell=1",
+        ]
+        .map(str::to_owned),
+    );
+    let mut qemu = Command::new("ip")
+        .args(["netns", "exec", &cli.name, "qemu-system-x86_64"])
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&console).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let wait = |needle: &str| {
+        loop {
+            let text = std::fs::read_to_string(&console).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(600),
+                "no {needle:?} on the peer's console:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait("starting a shell on the console");
+    std::thread::sleep(Duration::from_secs(2));
+    let mut stdin = qemu.stdin.take().unwrap();
+    let url = "http://10.90.0.2:8080/boot/disks/bench.raw";
+    let mut peer = Vec::new();
+    for (tag, pipe) in [
+        ("RAW", format!("wget -q -O - {url}")),
+        ("GZ", format!("wget -q -O - {url}.gz | gunzip")),
+    ] {
+        writeln!(
+            stdin,
+            "read a x </proc/uptime; {pipe} | dd of=/dev/vda bs=1M conv=fsync 2>/dev/null; \
+             read b x </proc/uptime; echo \"PEER\" \"{tag}=$a:$b\""
+        )
+        .unwrap();
+        stdin.flush().unwrap();
+        // (the console echoes the command too: the result line is the one with numbers)
+        let prefix = format!("PEER {tag}=");
+        let result = |text: &str| {
+            text.lines().rev().find_map(|l| {
+                let (a, b) = l.trim().strip_prefix(&prefix)?.split_once(':')?;
+                Some((a.parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?))
+            })
+        };
+        let w = loop {
+            let text = std::fs::read_to_string(&console).unwrap_or_default();
+            if let Some(w) = result(&text) {
+                break w;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(600),
+                "no {prefix} result on the peer's console:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let w = [w.0, w.1];
+        peer.push(size as f64 / (w[1] - w[0]) / MIB as f64);
+    }
+    qemu.kill().ok();
+    qemu.wait().ok();
+
     let dirs: Vec<&Path> = bmcs.iter().map(|b| b.dir.as_path()).collect();
     let ids: Vec<uuid::Uuid> = defs
         .iter()
@@ -566,80 +649,6 @@ fn bench_deploy() {
         .collect();
     release(&env, alloc);
     wait_state(&env, &ids, MachineState::Ready, long, &server, &dirs);
-
-    // The peer: a VM of the same spec on its own tap, booted straight into plinth's ramdisk
-    // with a shell on the console; busybox wget | [gunzip |] dd of the same files.
-    let mut spec = VmSpec::new("peer", Firmware::Bios, Nic::E1000, "52:54:00:90:00:99");
-    spec.memory_mib = 512;
-    spec.disks = vec![320];
-    let vm = VirtualMachine::new(&cli.name, &taps[N], spec, &lab.path("peer")).unwrap();
-    let console = lab.path("peer/peer-console.log");
-    let mut args = vm.qemu_args(BootOrder::DiskFirst);
-    args.extend(
-        [
-            "-kernel",
-            &root.join("plinth/vmlinuz").display().to_string(),
-            "-initrd",
-            &root.join("plinth/initrd.img").display().to_string(),
-            "-append",
-            "console=ttyS0,115200n8 plinth.mode=inspect plinth.api=http://10.90.0.2:8080 \
-             plinth.machine=peer plinth.token=none plinth.api_timeout=1 plinth.shell=1",
-        ]
-        .map(str::to_owned),
-    );
-    let mut qemu = Command::new("ip")
-        .args(["netns", "exec", &cli.name, "qemu-system-x86_64"])
-        .args(&args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::fs::File::create(&console).unwrap())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    let wait = |needle: &str| {
-        loop {
-            let text = std::fs::read_to_string(&console).unwrap_or_default();
-            if text.contains(needle) {
-                return text;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(600),
-                "no {needle:?} on the peer's console:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    wait("starting a shell on the console");
-    std::thread::sleep(Duration::from_secs(2));
-    let mut stdin = qemu.stdin.take().unwrap();
-    let url = "http://10.90.0.2:8080/boot/disks/bench.raw";
-    let mut peer = Vec::new();
-    for (tag, pipe) in [
-        ("RAW", format!("wget -q -O - {url}")),
-        ("GZ", format!("wget -q -O - {url}.gz | gunzip")),
-    ] {
-        writeln!(
-            stdin,
-            "read a x </proc/uptime; {pipe} | dd of=/dev/vda bs=1M conv=fsync 2>/dev/null; \
-             read b x </proc/uptime; echo PEER-{tag} $a $b"
-        )
-        .unwrap();
-        stdin.flush().unwrap();
-        let text = wait(&format!("PEER-{tag} "));
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| l.starts_with(&format!("PEER-{tag} ")))
-            .unwrap();
-        let w: Vec<f64> = line
-            .split_whitespace()
-            .skip(1)
-            .map(|v| v.parse().unwrap())
-            .collect();
-        peer.push(size as f64 / (w[1] - w[0]) / MIB as f64);
-    }
-    qemu.kill().ok();
-    qemu.wait().ok();
 
     let rate = |name: &str| alone.iter().find(|a| a.0 == name).unwrap().2;
     println!(

@@ -1,8 +1,9 @@
-//! Writing a disk image: the HTTP body is hashed as it arrives (the catalog's sha256 is of the
-//! file as served), decompressed on the fly (gzip, zstd) on one thread and written to the disk
-//! on another, through a few 1 MiB buffers: the image is never held in memory or on the
-//! ramdisk. The written bytes are hashed too; after an fsync the disk is read back, past the
-//! page cache, and its hash must equal what was written (and the catalog's, when it has one).
+//! Writing a disk image: the HTTP body is decompressed on the fly (gzip, zstd) on one thread
+//! and written to the disk on another, through a few 1 MiB buffers: the image is never held in
+//! memory or on the ramdisk. After an fsync the disk is read back, past the page cache, and its
+//! SHA-256 must be the catalog's for the written image. (For catalog entries that predate that
+//! hash, the body is hashed as it arrives, against the catalog's hash of the file as served, and
+//! as it is written, for the read-back.) Then the seed partition goes after the image.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -28,13 +29,19 @@ const DEPTH: usize = 8;
 pub struct Written {
     /// Bytes written to the disk (the image decompressed).
     pub bytes: u64,
-    /// SHA-256 of those bytes, as they were written.
-    pub sha256: String,
-    /// Bytes received and their SHA-256: the file as plinth served it.
+    /// Bytes received: the file as plinth served it.
     pub served_bytes: u64,
-    pub served_sha256: String,
+    /// SHA-256 of the bytes received and of those written, when asked for (they are the same
+    /// for an uncompressed image, hashed once).
+    pub hashes: Option<Hashes>,
     /// Seconds from the first byte asked for to the fsync's end.
     pub secs: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashes {
+    pub served: String,
+    pub written: String,
 }
 
 /// Why a write failed: the class decides whether another attempt may help.
@@ -58,11 +65,11 @@ impl std::fmt::Display for WriteError {
     }
 }
 
-/// Hashes and counts what is read through it, and remembers whether the error it passed on
-/// was its own source's (the network's) rather than the decoder's.
+/// Counts (and hashes, if it has a hasher) what is read through it, and remembers whether the
+/// error it passed on was its own source's (the network's) rather than the decoder's.
 struct Tee<R> {
     inner: R,
-    hash: Sha256,
+    hash: Option<Sha256>,
     bytes: u64,
     failed: bool,
 }
@@ -71,7 +78,9 @@ impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.inner.read(buf) {
             Ok(n) => {
-                self.hash.update(&buf[..n]);
+                if let Some(h) = &mut self.hash {
+                    h.update(&buf[..n]);
+                }
                 self.bytes += n as u64;
                 Ok(n)
             }
@@ -98,15 +107,17 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Writes the image read from `src` to `disk` from its first byte, decompressing it as
-/// `compression` says. `written` follows the bytes on the disk, for progress reports, and
-/// `stop` (set by anyone) ends the write early with an error.
+/// `compression` says, hashing what it receives and writes if `hash` says so (SHA-256 costs
+/// more CPU than the rest: when the catalog knows the written image's hash, reading the disk
+/// back is the check, and the write does not hash). `written` follows the bytes on the disk,
+/// for progress reports.
 pub fn write_image(
     src: impl Read + Send,
     compression: Compression,
+    hash: bool,
     disk: &File,
     disk_name: &str,
     written: &AtomicU64,
-    stop: &AtomicBool,
 ) -> Result<Written, WriteError> {
     let started = Instant::now();
     (&*disk)
@@ -115,10 +126,10 @@ pub fn write_image(
     written.store(0, Ordering::Relaxed);
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(DEPTH);
     let (decoded, wrote) = std::thread::scope(|s| {
-        let reader = s.spawn(move || -> Result<(u64, String), WriteError> {
+        let reader = s.spawn(move || -> Result<(u64, Option<String>), WriteError> {
             let mut tee = Tee {
                 inner: src,
-                hash: Sha256::new(),
+                hash: hash.then(Sha256::new),
                 bytes: 0,
                 failed: false,
             };
@@ -160,40 +171,44 @@ pub fn write_image(
                 }
             }
             drop(tx);
-            Ok((tee.bytes, hex::encode(tee.hash.finalize())))
+            Ok((tee.bytes, tee.hash.map(|h| hex::encode(h.finalize()))))
         });
-        let wrote = (|| -> Result<(u64, String), WriteError> {
-            let mut hash = Sha256::new();
+        // (`move`: the receiver goes with the closure, so that a write error ends the reader's
+        // sends instead of leaving it blocked on a full channel)
+        // (an uncompressed image is hashed once, as it arrives)
+        let mut hasher = (hash && compression != Compression::None).then(Sha256::new);
+        let wrote = (move || -> Result<(u64, Option<String>), WriteError> {
             let mut out = disk;
             let mut bytes = 0u64;
             for buf in rx.iter() {
-                if stop.load(Ordering::Relaxed) {
-                    return Err(WriteError::Disk("stopped".into()));
-                }
                 out.write_all(&buf)
                     .map_err(|e| WriteError::Disk(format!("{disk_name} at byte {bytes}: {e}")))?;
-                hash.update(&buf);
+                if let Some(h) = &mut hasher {
+                    h.update(&buf);
+                }
                 bytes += buf.len() as u64;
                 written.store(bytes, Ordering::Relaxed);
             }
-            Ok((bytes, hex::encode(hash.finalize())))
+            Ok((bytes, hasher.map(|h| hex::encode(h.finalize()))))
         })();
-        // On a write error the receiver goes away here, which ends the reader too.
         let decoded = reader
             .join()
             .unwrap_or_else(|_| Err(WriteError::Decompress("the decoder panicked".into())));
         (decoded, wrote)
     });
     // A write error explains a reader that stopped early, not the other way round.
-    let (bytes, sha256) = wrote?;
-    let (served_bytes, served_sha256) = decoded?;
+    let (bytes, written_hash) = wrote?;
+    let (served_bytes, served_hash) = decoded?;
     disk.sync_all()
         .map_err(|e| WriteError::Disk(format!("{disk_name}: flushing: {e}")))?;
+    let hashes = served_hash.map(|served| Hashes {
+        written: written_hash.unwrap_or_else(|| served.clone()),
+        served,
+    });
     Ok(Written {
         bytes,
-        sha256,
         served_bytes,
-        served_sha256,
+        hashes,
         secs: started.elapsed().as_secs_f64(),
     })
 }
@@ -246,11 +261,11 @@ pub fn run(a: &Args, p: &Params) -> Result<(), String> {
     ));
     let outcome = deploy(a, p, &m);
     let report = match &outcome {
-        Ok(w) => DeployReport {
+        Ok((bytes, sha256)) => DeployReport {
             result: CleanResult::Complete,
             reason: None,
-            bytes_written: Some(w.bytes),
-            sha256: Some(w.sha256.clone()),
+            bytes_written: Some(*bytes),
+            sha256: Some(sha256.clone()),
         },
         Err(e) => {
             say(format!("FAILED: {e}"));
@@ -281,8 +296,9 @@ pub fn run(a: &Args, p: &Params) -> Result<(), String> {
         .map_err(|e| format!("deploy failed: {e}"))
 }
 
-/// Everything between the manifest and the report.
-fn deploy(a: &Args, p: &Params, m: &DeployManifest) -> Result<Written, String> {
+/// Everything between the manifest and the report: the bytes written and their SHA-256 as
+/// read back from the disk.
+fn deploy(a: &Args, p: &Params, m: &DeployManifest) -> Result<(u64, String), String> {
     let name = &m.root_device;
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         return Err(format!("root device {name:?} is not a disk name"));
@@ -304,11 +320,14 @@ fn deploy(a: &Args, p: &Params, m: &DeployManifest) -> Result<Written, String> {
         ));
     }
 
+    // What the disk must hold: the catalog's hash of the written image when it has one (then
+    // the write itself hashes nothing), else what the write hashed as it went.
+    let hash_while_writing = m.raw_sha256.is_none();
     let written = AtomicU64::new(0);
     let done = AtomicBool::new(false);
     let w = std::thread::scope(|s| {
         s.spawn(|| report_progress(p, m.raw_size, &written, &done));
-        let res = download(p, m, &disk, &written);
+        let res = download(p, m, &disk, hash_while_writing, &written);
         done.store(true, Ordering::Relaxed);
         res
     })?;
@@ -319,20 +338,26 @@ fn deploy(a: &Args, p: &Params, m: &DeployManifest) -> Result<Written, String> {
         w.bytes as f64 / w.secs.max(0.001) / (1024.0 * 1024.0),
         w.served_bytes
     ));
-    if w.served_sha256 != m.sha256 {
-        return Err(format!(
-            "sha256 mismatch: the image {} served by plinth ({} bytes) has sha256 {}, the catalog says {}: the file changed after it was registered",
-            m.image, w.served_bytes, w.served_sha256, m.sha256
-        ));
-    }
-    if let Some(raw) = &m.raw_sha256
-        && *raw != w.sha256
-    {
-        return Err(format!(
-            "sha256 mismatch: the image {} decompressed has sha256 {}, the catalog says {raw}",
-            m.image, w.sha256
-        ));
-    }
+    let mismatch = |what: &str, got: &str, want: &str| {
+        format!(
+            "sha256 mismatch: {what} has sha256 {got}, the catalog says {want} for image {}: its file changed after it was registered, or the disk does not keep what it is given",
+            m.image
+        )
+    };
+    let want = match (&m.raw_sha256, &w.hashes) {
+        (Some(raw), _) => raw.clone(),
+        (None, Some(h)) => {
+            if h.served != m.sha256 {
+                return Err(mismatch(
+                    &format!("the file plinth served ({} bytes)", w.served_bytes),
+                    &h.served,
+                    &m.sha256,
+                ));
+            }
+            h.written.clone()
+        }
+        (None, None) => return Err("nothing to check the written image against".into()),
+    };
 
     // Read back what the disk holds, from the disk rather than the page cache.
     let t = Instant::now();
@@ -342,10 +367,14 @@ fn deploy(a: &Args, p: &Params, m: &DeployManifest) -> Result<Written, String> {
         ));
     }
     let back = sha256_of(&disk, w.bytes).map_err(|e| format!("reading /dev/{name} back: {e}"))?;
-    if back != w.sha256 {
-        return Err(format!(
-            "read back: the first {} bytes of /dev/{name} have sha256 {back}, {} was written: the disk does not keep what it is given",
-            w.bytes, w.sha256
+    if back != want {
+        return Err(mismatch(
+            &format!(
+                "what /dev/{name} holds (the {} bytes written, read back)",
+                w.bytes
+            ),
+            &back,
+            &want,
         ));
     }
     say(format!(
@@ -360,7 +389,7 @@ fn deploy(a: &Args, p: &Params, m: &DeployManifest) -> Result<Written, String> {
         "cloud-init seed (cidata) in partition {} of /dev/{name}: {} bytes at {}",
         seed.number, seed.len, seed.start
     ));
-    Ok(w)
+    Ok((w.bytes, back))
 }
 
 /// Downloads and writes the image, trying again when the network fails part-way.
@@ -368,6 +397,7 @@ fn download(
     p: &Params,
     m: &DeployManifest,
     disk: &File,
+    hash: bool,
     written: &AtomicU64,
 ) -> Result<Written, String> {
     let agent = ureq::AgentBuilder::new()
@@ -375,7 +405,6 @@ fn download(
         .timeout_read(Duration::from_secs(60))
         .build();
     let url = format!("{}{}", p.api, m.url_path);
-    let stop = AtomicBool::new(false);
     let mut attempt = 1;
     loop {
         let res = match agent
@@ -386,10 +415,10 @@ fn download(
             Ok(resp) => write_image(
                 resp.into_reader(),
                 m.compression,
+                hash,
                 disk,
                 &m.root_device,
                 written,
-                &stop,
             ),
             Err(ureq::Error::Status(code, _)) if code < 500 => {
                 return Err(format!("downloading {url}: HTTP {code}"));
@@ -559,7 +588,7 @@ mod tests {
 
     fn write(served: &[u8], c: Compression, d: &File) -> Result<Written, WriteError> {
         let n = AtomicU64::new(0);
-        let w = write_image(served, c, d, "vda", &n, &AtomicBool::new(false));
+        let w = write_image(served, c, true, d, "vda", &n);
         if let Ok(w) = &w {
             assert_eq!(n.load(Ordering::Relaxed), w.bytes);
         }
@@ -584,13 +613,20 @@ mod tests {
             let d = disk(dir.path(), 16 * CHUNK as u64);
             let w = write(served, c, &d).unwrap();
             assert_eq!(w.bytes, raw.len() as u64, "{c:?}");
-            assert_eq!(w.sha256, sha(&raw));
+            let h = w.hashes.clone().unwrap();
+            assert_eq!(h.written, sha(&raw));
             assert_eq!(w.served_bytes, served.len() as u64);
-            assert_eq!(w.served_sha256, sha(served));
+            assert_eq!(h.served, sha(served));
             assert_eq!(sha256_of(&d, w.bytes).unwrap(), sha(&raw));
             let on_disk = std::fs::read(dir.path().join("vda")).unwrap();
             assert_eq!(&on_disk[..raw.len()], &raw[..]);
             assert!(on_disk[raw.len()..].iter().all(|b| *b == 0));
+            // Without hashing: the same bytes, no hashes.
+            let d = disk(dir.path(), 16 * CHUNK as u64);
+            let n = AtomicU64::new(0);
+            let w = write_image(&served[..], c, false, &d, "vda", &n).unwrap();
+            assert_eq!((w.bytes, w.hashes), (raw.len() as u64, None));
+            assert_eq!(sha256_of(&d, w.bytes).unwrap(), sha(&raw));
         }
     }
 
@@ -631,19 +667,18 @@ mod tests {
         let raw = image(3 * CHUNK);
         let d = disk(dir.path(), 8 * CHUNK as u64);
         let n = AtomicU64::new(0);
-        let stop = AtomicBool::new(false);
         let e = write_image(
             Broken(raw.clone(), 0),
             Compression::None,
+            true,
             &d,
             "vda",
             &n,
-            &stop,
         )
         .unwrap_err();
         assert!(matches!(e, WriteError::Download(_)), "{e:?}");
         let zst = zstd::encode_all(&raw[..], 1).unwrap();
-        let e = write_image(Broken(zst, 0), Compression::Zstd, &d, "vda", &n, &stop).unwrap_err();
+        let e = write_image(Broken(zst, 0), Compression::Zstd, false, &d, "vda", &n).unwrap_err();
         assert!(matches!(e, WriteError::Download(_)), "{e:?}");
     }
 
@@ -652,13 +687,15 @@ mod tests {
         // /dev/full refuses every write with ENOSPC, as a full block device does.
         let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
         let n = AtomicU64::new(0);
+        // More buffers than the channel holds: the reader must not wait forever for a writer
+        // that gave up.
         let e = write_image(
-            &image(2 * CHUNK)[..],
+            &image(4 * DEPTH * CHUNK)[..],
             Compression::None,
+            false,
             &full,
             "full",
             &n,
-            &AtomicBool::new(false),
         )
         .unwrap_err();
         assert!(matches!(e, WriteError::Disk(_)), "{e:?}");

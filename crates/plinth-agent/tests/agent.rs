@@ -18,7 +18,7 @@ struct Api {
     base: String,
     admin: String,
     http: reqwest::Client,
-    _db: TestDb,
+    db: TestDb,
 }
 
 impl Api {
@@ -55,7 +55,7 @@ impl Api {
             base,
             admin,
             http: reqwest::Client::new(),
-            _db: db,
+            db,
         }
     }
 
@@ -72,6 +72,34 @@ impl Api {
         let v: Value = resp.json().await.unwrap_or_default();
         assert!(status.is_success(), "{path}: {status} {v}");
         v
+    }
+
+    /// A machine enrolled with one NIC and sent to inspection: its id.
+    async fn inspecting(&self, hostname: &str, mac: &str) -> String {
+        let m = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/machines",
+                Some(json!({ "hostname": hostname, "nics": [{ "mac": mac }] })),
+            )
+            .await;
+        let id = m["id"].as_str().unwrap().to_owned();
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v1/machines/{id}/actions/inspect"),
+            Some(json!({})),
+        )
+        .await;
+        id
+    }
+
+    async fn machine(&self, id: &str) -> Value {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/api/v1/machines/{id}"),
+            None,
+        )
+        .await
     }
 
     /// The ramdisk command line of the machine's next boot (with a fresh token).
@@ -97,6 +125,15 @@ impl Api {
             .unwrap()
             .to_owned()
     }
+}
+
+/// A machine's files: (the temporary directory, its `--root`, its `--dev`).
+fn machine_dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, dev) = (dir.path().join("root"), dir.path().join("dev"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&dev).unwrap();
+    (dir, root, dev)
 }
 
 fn write(root: &Path, rel: &str, content: &str) {
@@ -171,24 +208,8 @@ fn run_agent(root: &Path, dev: &Path, cmdline: &str) -> (bool, String) {
 async fn inspect_then_clean_through_the_real_api() {
     let api = Api::start().await;
     let mac = "52:54:00:0a:00:01";
-    let m = api
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/machines",
-            Some(json!({ "hostname": "vm1", "nics": [{ "mac": mac }] })),
-        )
-        .await;
-    let id = m["id"].as_str().unwrap().to_owned();
-    api.call(
-        reqwest::Method::POST,
-        &format!("/api/v1/machines/{id}/actions/inspect"),
-        Some(json!({})),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let (root, dev) = (dir.path().join("root"), dir.path().join("dev"));
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::create_dir_all(&dev).unwrap();
+    let id = api.inspecting("vm1", mac).await;
+    let (_dir, root, dev) = machine_dirs();
     machine(&root, &dev, mac);
 
     let cmdline = format!("{} plinth.api={}", api.cmdline(mac).await, api.base);
@@ -214,13 +235,7 @@ async fn inspect_then_clean_through_the_real_api() {
         .find_map(|w| w.strip_prefix("plinth.token="))
         .unwrap();
     assert!(!out.contains(token), "the agent never prints its token");
-    let m = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/machines/{id}"),
-            None,
-        )
-        .await;
+    let m = api.machine(&id).await;
     assert_eq!(m["state"], "ready", "{m}");
     let f = &m["facts"];
     assert_eq!(
@@ -270,13 +285,7 @@ async fn inspect_then_clean_through_the_real_api() {
         );
     }
     assert_eq!(std::fs::read(dev.join("vda")).unwrap()[4 * MIB], 0xa5);
-    let m = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/machines/{id}"),
-            None,
-        )
-        .await;
+    let m = api.machine(&id).await;
     assert_eq!(m["state"], "ready", "{m}");
     let ev = api
         .call(
@@ -324,23 +333,14 @@ async fn inspect_then_clean_through_the_real_api() {
     let (ok, out) = run_agent(&root, &dev, &cmdline);
     assert!(!ok, "{out}");
     assert!(out.contains("vdb: FAILED"), "{out}");
-    let m = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/machines/{id}"),
-            None,
-        )
-        .await;
+    let m = api.machine(&id).await;
     assert_eq!(m["state"], "clean_failed", "{m}");
     assert!(m["state_reason"].as_str().unwrap().contains("vdb"), "{m}");
 }
 
 #[test]
 fn an_unreachable_api_is_retried_then_given_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let (root, dev) = (dir.path().join("root"), dir.path().join("dev"));
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::create_dir_all(&dev).unwrap();
+    let (_dir, root, dev) = machine_dirs();
     machine(&root, &dev, "52:54:00:0a:00:02");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -409,24 +409,8 @@ async fn deploy_writes_image_and_seed_clean_wipes_them_and_a_changed_image_fails
     }
 
     let mac = "52:54:00:0a:00:03";
-    let m = api
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/machines",
-            Some(json!({ "hostname": "vm3", "nics": [{ "mac": mac }] })),
-        )
-        .await;
-    let id = m["id"].as_str().unwrap().to_owned();
-    api.call(
-        reqwest::Method::POST,
-        &format!("/api/v1/machines/{id}/actions/inspect"),
-        Some(json!({})),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let (root, dev) = (dir.path().join("root"), dir.path().join("dev"));
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::create_dir_all(&dev).unwrap();
+    let id = api.inspecting("vm3", mac).await;
+    let (_dir, root, dev) = machine_dirs();
     machine_with(&root, &dev, mac, &[("vda", 24), ("vdb", 3)]);
     let agent = |cmdline: String| {
         let cmdline = format!("{cmdline} plinth.api={}", api.base);
@@ -460,13 +444,7 @@ async fn deploy_writes_image_and_seed_clean_wipes_them_and_a_changed_image_fails
     assert!(ok, "{out}");
     assert!(out.contains("PLINTH-AGENT mode=deploy result=ok"), "{out}");
     assert!(out.contains("verified: /dev/vda holds sha256"), "{out}");
-    let m = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/machines/{id}"),
-            None,
-        )
-        .await;
+    let m = api.machine(&id).await;
     assert_eq!(m["state"], "deployed", "{m}");
     let vda = dev.join("vda");
     let disk = std::fs::read(&vda).unwrap();
@@ -549,61 +527,66 @@ async fn deploy_writes_image_and_seed_clean_wipes_them_and_a_changed_image_fails
         "the seed"
     );
     assert_eq!(probe(seed), "");
-    let m = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/machines/{id}"),
-            None,
-        )
-        .await;
+    let m = api.machine(&id).await;
     assert_eq!(m["state"], "ready", "{m}");
 
     // An image whose file changed after it was registered: written, then refused by its
-    // checksum → deploy_failed, with the reason; the machine can be released.
+    // checksum → deploy_failed, with the reason; the machine can be released. Once with the
+    // catalog's hash of the written image (the read-back fails), once as an entry from before
+    // plinth recorded it (the download's hash fails).
     let mut changed = raw.clone();
     changed[5 * MIB] ^= 0xff;
     std::fs::write(images.path().join("changed.raw"), &changed).unwrap();
-    let alloc = api
-        .call(
+    let catalog = api
+        .call(reqwest::Method::GET, "/api/v1/images/changed", None)
+        .await;
+    let want = catalog["sha256"].as_str().unwrap().to_owned();
+    for (legacy, what) in [
+        (
+            false,
+            "what /dev/vda holds (the 8388608 bytes written, read back)",
+        ),
+        (true, "the file plinth served (8388608 bytes)"),
+    ] {
+        if legacy {
+            sqlx::query("update images set raw_sha256 = null where name = 'changed'")
+                .execute(&api.db.pool)
+                .await
+                .unwrap();
+        }
+        let alloc = api
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/allocations",
+                Some(json!({ "count": 1 })),
+            )
+            .await;
+        api.call(
             reqwest::Method::POST,
-            "/api/v1/allocations",
-            Some(json!({ "count": 1 })),
+            &format!("/api/v1/machines/{id}/actions/deploy"),
+            Some(json!({ "image": "changed" })),
         )
         .await;
-    api.call(
-        reqwest::Method::POST,
-        &format!("/api/v1/machines/{id}/actions/deploy"),
-        Some(json!({ "image": "changed" })),
-    )
-    .await;
-    let (ok, out) = agent(api.cmdline(mac).await);
-    assert!(!ok, "{out}");
-    assert!(out.contains("sha256 mismatch"), "{out}");
-    let m = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/machines/{id}"),
+        let (ok, out) = agent(api.cmdline(mac).await);
+        assert!(!ok, "{out}");
+        assert!(out.contains("sha256 mismatch"), "{out}");
+        let m = api.machine(&id).await;
+        assert_eq!(m["state"], "deploy_failed", "{m}");
+        let reason = m["state_reason"].as_str().unwrap();
+        assert!(
+            reason.contains(&format!("sha256 mismatch: {what}"))
+                && reason.contains(&format!("the catalog says {want}")),
+            "{reason}"
+        );
+        api.call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/allocations/{}", alloc["id"].as_str().unwrap()),
             None,
         )
         .await;
-    assert_eq!(m["state"], "deploy_failed", "{m}");
-    let reason = m["state_reason"].as_str().unwrap();
-    assert!(
-        reason.contains("sha256 mismatch") && reason.contains("catalog says"),
-        "{reason}"
-    );
-    api.call(
-        reqwest::Method::DELETE,
-        &format!("/api/v1/allocations/{}", alloc["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
-    let m = api
-        .call(
-            reqwest::Method::GET,
-            &format!("/api/v1/machines/{id}"),
-            None,
-        )
-        .await;
-    assert_eq!(m["state"], "cleaning", "{m}");
+        assert_eq!(api.machine(&id).await["state"], "cleaning");
+        let (ok, out) = agent(api.cmdline(mac).await);
+        assert!(ok, "{out}");
+        assert_eq!(api.machine(&id).await["state"], "ready");
+    }
 }

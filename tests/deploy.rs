@@ -186,10 +186,7 @@ fn bios_and_uefi_vms_are_deployed_booted_from_disk_and_released() {
         .args(["-q", "-d", "-f", "-o"])
         .arg(&bad)
         .arg(root.join("disks/test-disk-bios.raw.zst")));
-    let mut bmcs = Vec::new();
-    for (vm, tap) in vms.iter().zip(&taps) {
-        bmcs.push(vbmc(&mut lab, &srv, &cli, tap, vm));
-    }
+    let bmcs = vbmcs(&mut lab, &srv, &cli, &taps, &vms);
     let server = plinth(
         &mut lab,
         &srv,
@@ -197,13 +194,7 @@ fn bios_and_uefi_vms_are_deployed_booted_from_disk_and_released() {
         &env.db.url,
         "10.89.0.2",
         &root,
-        &[
-            ("PLINTH_BMC__BACKOFF_BASE_SECS", "1"),
-            ("PLINTH_BMC__BACKOFF_MAX_SECS", "2"),
-            ("PLINTH_BMC__POWER_WAIT_SECS", "60"),
-            ("PLINTH_BMC__SYNC_INTERVAL_SECS", "5"),
-            ("PLINTH_BMC__SECRET_KEY", &key),
-        ],
+        &lifecycle_settings(&key),
     );
     let dirs: Vec<&Path> = bmcs.iter().map(|b| b.dir.as_path()).collect();
     let disks: Vec<_> = bmcs.iter().map(|b| b.dir.join("disk0.raw")).collect();
@@ -483,10 +474,7 @@ fn bench_deploy() {
             disks: &[320],
         })
         .collect();
-    let mut bmcs = Vec::new();
-    for (vm, tap) in defs.iter().zip(&taps) {
-        bmcs.push(vbmc(&mut lab, &srv, &cli, tap, vm));
-    }
+    let bmcs = vbmcs(&mut lab, &srv, &cli, &taps, &defs);
     let server = plinth(
         &mut lab,
         &srv,

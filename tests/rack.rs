@@ -62,10 +62,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
     let net = rack_network(&mut lab, "10.86.0", vms.len()).unwrap();
     let (srv, s, cli, taps) = (net.srv, net.srv_iface, net.rack, net.taps);
     let root = images_for(&lab);
-    let mut bmcs = Vec::new();
-    for (vm, tap) in vms.iter().zip(&taps) {
-        bmcs.push(vbmc(&mut lab, &srv, &cli, tap, vm));
-    }
+    let bmcs = vbmcs(&mut lab, &srv, &cli, &taps, &vms);
     let server = plinth(
         &mut lab,
         &srv,
@@ -73,13 +70,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
         &env.db.url,
         "10.86.0.2",
         &root,
-        &[
-            ("PLINTH_BMC__BACKOFF_BASE_SECS", "1"),
-            ("PLINTH_BMC__BACKOFF_MAX_SECS", "2"),
-            ("PLINTH_BMC__POWER_WAIT_SECS", "60"),
-            ("PLINTH_BMC__SYNC_INTERVAL_SECS", "5"),
-            ("PLINTH_BMC__SECRET_KEY", &key),
-        ],
+        &lifecycle_settings(&key),
     );
     let dirs: Vec<&Path> = bmcs.iter().map(|b| b.dir.as_path()).collect();
     // The disks start full of 0xa5, so the wipes show.
@@ -282,10 +273,7 @@ fn bench_inspect_to_ready() {
             disks: &[8],
         })
         .collect();
-    let mut bmcs = Vec::new();
-    for (vm, tap) in defs.iter().zip(&taps) {
-        bmcs.push(vbmc(&mut lab, &srv, &cli, tap, vm));
-    }
+    let bmcs = vbmcs(&mut lab, &srv, &cli, &taps, &defs);
     let server = plinth(
         &mut lab,
         &srv,

@@ -34,6 +34,32 @@ pub struct VmDef {
     pub disks: &'static [u64],
 }
 
+/// Starts the virtual BMC of each VM, on its tap (see [`vbmc`]).
+pub fn vbmcs(
+    lab: &mut Lab,
+    srv: &Ns,
+    rack: &Ns,
+    taps: &[String],
+    vms: &[VmDef],
+) -> Vec<VirtualBmc> {
+    vms.iter()
+        .zip(taps)
+        .map(|(vm, tap)| vbmc(lab, srv, rack, tap, vm))
+        .collect()
+}
+
+/// plinth's settings for a lifecycle test on the rack: BMC jobs retried quickly, power
+/// synced every 5 s, and the BMC key the test's App shares.
+pub fn lifecycle_settings(key: &str) -> [(&'static str, &str); 5] {
+    [
+        ("PLINTH_BMC__BACKOFF_BASE_SECS", "1"),
+        ("PLINTH_BMC__BACKOFF_MAX_SECS", "2"),
+        ("PLINTH_BMC__POWER_WAIT_SECS", "60"),
+        ("PLINTH_BMC__SYNC_INTERVAL_SECS", "5"),
+        ("PLINTH_BMC__SECRET_KEY", key),
+    ]
+}
+
 /// Starts a VM's virtual BMC (`plinth-lab vbmc`, built next to plinth) in `srv`.
 pub fn vbmc(lab: &mut Lab, srv: &Ns, rack: &Ns, tap: &str, vm: &VmDef) -> VirtualBmc {
     let mut spec = VmSpec::new(&vm.name, vm.firmware, vm.nic, &vm.mac);

@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use plinth_types::api::{CleanResult, Compression, DeployManifest, DeployProgress, DeployReport};
+use plinth_types::api::{
+    CleanResult, Compression, DeployManifest, DeployProgress, DeployReport, SEED_PARTITION_BYTES,
+    SEED_RESERVE_BYTES,
+};
 use sha2::{Digest, Sha256};
 
 use crate::cmdline::Params;
@@ -234,8 +237,6 @@ pub fn sha256_of(disk: &File, len: u64) -> io::Result<String> {
     Ok(hex::encode(hash.finalize()))
 }
 
-/// Size of the seed partition added after the image's last partition.
-pub const SEED_BYTES: u64 = 4 * 1024 * 1024;
 /// How often progress goes to plinth while writing.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Attempts at downloading the image when the network fails part-way.
@@ -313,7 +314,7 @@ fn deploy(a: &Args, p: &Params, m: &DeployManifest) -> Result<(u64, String), Str
         .seek(SeekFrom::End(0))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if let Some(raw) = m.raw_size
-        && raw + SEED_BYTES + 2 * 1024 * 1024 > disk_size
+        && raw + SEED_RESERVE_BYTES > disk_size
     {
         return Err(format!(
             "/dev/{name} has {disk_size} bytes: too small for the image ({raw} bytes) and its seed"
@@ -497,7 +498,7 @@ fn write_seed(
             ));
         }
     }
-    let part = partition::add_partition(disk, disk_size, image_end, SEED_BYTES, "cidata")
+    let part = partition::add_partition(disk, disk_size, image_end, SEED_PARTITION_BYTES, "cidata")
         .map_err(|e| format!("adding the seed partition to /dev/{name}: {e}"))?;
     let mut files: Vec<(&str, &[u8])> = vec![
         ("meta-data", m.seed.meta_data.as_bytes()),

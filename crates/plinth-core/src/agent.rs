@@ -46,6 +46,32 @@ enum Reporter {
     Person(Principal),
 }
 
+impl Reporter {
+    /// Who reports, and the agent token's hash to use up with the report (none for a person).
+    fn into_parts(self) -> (Principal, Option<[u8; 32]>) {
+        match self {
+            Reporter::Person(p) => (p, None),
+            Reporter::Agent { hash, principal } => (principal, Some(hash)),
+        }
+    }
+}
+
+/// The verb of an agent's outcome, and the reason of a failure (`default` when it gave none).
+fn outcome(
+    result: CleanResult,
+    reason: &Option<String>,
+    (done, failed): (Verb, Verb),
+    default: &str,
+) -> (Verb, Option<String>) {
+    match result {
+        CleanResult::Complete => (done, None),
+        CleanResult::Failed => (
+            failed,
+            Some(reason.clone().unwrap_or_else(|| default.to_owned())),
+        ),
+    }
+}
+
 impl App {
     async fn reporter(&self, secret: &str, id: Uuid, mode: &str) -> Result<Reporter> {
         if secret.is_empty() || secret.len() > 256 {
@@ -165,26 +191,17 @@ impl App {
         report: CleanReport,
     ) -> Result<Machine> {
         validate_clean(&report)?;
-        let (principal, hash) = match self.reporter(secret, id, "clean").await? {
-            Reporter::Person(p) => (p, None),
-            Reporter::Agent { hash, principal } => (principal, Some(hash)),
-        };
+        let (principal, hash) = self.reporter(secret, id, "clean").await?.into_parts();
         let mut tx = self.begin().await?;
         if let Some(hash) = &hash {
             self.spend(&mut tx, hash, id, "clean").await?;
         }
-        let (verb, reason) = match report.result {
-            CleanResult::Complete => (Verb::CleanComplete, None),
-            CleanResult::Failed => (
-                Verb::CleanFail,
-                Some(
-                    report
-                        .reason
-                        .clone()
-                        .unwrap_or_else(|| "the cleaning agent reported a failure".into()),
-                ),
-            ),
-        };
+        let (verb, reason) = outcome(
+            report.result,
+            &report.reason,
+            (Verb::CleanComplete, Verb::CleanFail),
+            "the cleaning agent reported a failure",
+        );
         let details = json!({ "disks": report.disks });
         // A machine being decommissioned is wiped on its way out: a clean report completes
         // the decommission (its NICs, addresses and rack slot freed; the BMC retired).
@@ -209,26 +226,17 @@ impl App {
                 )
                 .await?;
             } else {
-                plinth_db::events::insert(
+                crate::record_event_as(
                     &mut tx,
-                    plinth_db::events::NewEvent {
-                        actor: &principal.name,
-                        machine_id: Some(id),
-                        kind: "decommission_clean_failed",
-                        from_state: None,
-                        to_state: None,
-                        details: json!({ "reason": reason, "disks": report.disks }),
-                    },
+                    &principal.name,
+                    Some(id),
+                    "decommission_clean_failed",
+                    json!({ "reason": reason, "disks": report.disks }),
                 )
-                .await
-                .db()?;
+                .await?;
                 tracing::warn!(machine_id = %id, reason = ?reason, "wiping a machine being decommissioned failed");
             }
-            let row = plinth_db::machines::get(&mut tx, id)
-                .await
-                .db()?
-                .ok_or_else(|| not_found(id))?;
-            let machine = convert::machine(&mut tx, row).await?;
+            let machine = self.machine_in(&mut tx, id).await?;
             tx.commit().await.db()?;
             return Ok(machine);
         }
@@ -451,10 +459,10 @@ impl App {
                 e.kind == "deploy_progress" && e.at > Utc::now() - chrono::Duration::seconds(10)
             });
         if !recent {
-            crate::record_machine_event(
+            crate::record_event_as(
                 &mut tx,
-                &who,
-                id,
+                &who.name,
+                Some(id),
                 "deploy_progress",
                 json!({
                     "bytes_written": p.bytes_written, "total_bytes": p.total_bytes,
@@ -483,27 +491,18 @@ impl App {
                 "a reason has at most 1024 bytes",
             ));
         }
-        let (principal, hash) = match self.reporter(secret, id, "deploy").await? {
-            Reporter::Person(p) => (p, None),
-            Reporter::Agent { hash, principal } => (principal, Some(hash)),
-        };
+        let (principal, hash) = self.reporter(secret, id, "deploy").await?.into_parts();
         let mut tx = self.begin().await?;
         self.deploying(&mut tx, id).await?;
         if let Some(hash) = &hash {
             self.spend(&mut tx, hash, id, "deploy").await?;
         }
-        let (verb, reason) = match report.result {
-            CleanResult::Complete => (Verb::DeployComplete, None),
-            CleanResult::Failed => (
-                Verb::DeployFail,
-                Some(
-                    report
-                        .reason
-                        .clone()
-                        .unwrap_or_else(|| "the deploy agent reported a failure".into()),
-                ),
-            ),
-        };
+        let (verb, reason) = outcome(
+            report.result,
+            &report.reason,
+            (Verb::DeployComplete, Verb::DeployFail),
+            "the deploy agent reported a failure",
+        );
         let details = json!({ "bytes_written": report.bytes_written, "sha256": report.sha256 });
         self.apply(
             &mut tx,

@@ -71,10 +71,6 @@ fn listed(disks: &[Disk]) -> String {
         .join(", ")
 }
 
-/// Room the agent needs after the image: its cloud-init seed partition (4 MiB), aligned to
-/// 1 MiB, and a GPT's backup table at the disk's end.
-pub const SEED_RESERVE_BYTES: u64 = 6 << 20;
-
 /// The disk the image goes to: those matching the hint's name and serial (all of them when
 /// the hint has neither) and holding `min_bytes`, then the smallest (default) or largest.
 pub fn choose_root_device(
@@ -286,7 +282,7 @@ impl App {
         }
         let min = u64::try_from(image.raw_size.unwrap_or(image.size))
             .unwrap_or(0)
-            .saturating_add(SEED_RESERVE_BYTES);
+            .saturating_add(plinth_types::api::SEED_RESERVE_BYTES);
         let root = choose_root_device(&disks(&row.facts), req.root_device.as_ref(), min)?;
         let hostname = hostname.or(row.hostname.clone());
         plinth_db::deployments::upsert(

@@ -121,35 +121,23 @@ pub(crate) async fn record_event(
     kind: &str,
     details: serde_json::Value,
 ) -> Result<()> {
-    plinth_db::events::insert(
-        tx,
-        plinth_db::events::NewEvent {
-            actor: &who.name,
-            machine_id: None,
-            kind,
-            from_state: None,
-            to_state: None,
-            details,
-        },
-    )
-    .await
-    .db()?;
-    Ok(())
+    record_event_as(tx, &who.name, None, kind, details).await
 }
 
-/// Records something that happened to one machine, without a state change.
-pub(crate) async fn record_machine_event(
+/// Records something that happened, without a state change: to one machine, or (None) to
+/// plinth as a whole.
+pub(crate) async fn record_event_as(
     tx: &mut plinth_db::PgConnection,
-    who: &Principal,
-    machine_id: uuid::Uuid,
+    actor: &str,
+    machine_id: Option<uuid::Uuid>,
     kind: &str,
     details: serde_json::Value,
 ) -> Result<()> {
     plinth_db::events::insert(
         tx,
         plinth_db::events::NewEvent {
-            actor: &who.name,
-            machine_id: Some(machine_id),
+            actor,
+            machine_id,
             kind,
             from_state: None,
             to_state: None,

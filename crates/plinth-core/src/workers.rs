@@ -842,20 +842,7 @@ async fn event(
     kind: &str,
     details: serde_json::Value,
 ) -> Result<()> {
-    plinth_db::events::insert(
-        tx,
-        plinth_db::events::NewEvent {
-            actor: "system",
-            machine_id: Some(machine_id),
-            kind,
-            from_state: None,
-            to_state: None,
-            details,
-        },
-    )
-    .await
-    .db()?;
-    Ok(())
+    crate::record_event_as(tx, "system", Some(machine_id), kind, details).await
 }
 
 /// How the power-sync reconciler behaves.

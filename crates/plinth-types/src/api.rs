@@ -389,6 +389,12 @@ pub enum Compression {
     Zstd,
 }
 
+/// Size of the partition the deploy agent adds after the image for the cloud-init seed.
+pub const SEED_PARTITION_BYTES: u64 = 4 << 20;
+/// Room a disk needs beyond the written image: the seed partition, its 1 MiB alignment, and a
+/// GPT's backup table at the disk's end.
+pub const SEED_RESERVE_BYTES: u64 = SEED_PARTITION_BYTES + (2 << 20);
+
 /// The cloud-init NoCloud seed the agent writes beside the image (a `cidata` filesystem).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NoCloudSeed {

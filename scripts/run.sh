@@ -38,7 +38,7 @@ demo)
       "plinth alone runs without: scripts/run.sh serve" >&2
     exit 1
   fi
-  scripts/ensure-packages.sh postgresql iproute2 qemu-system-x86 ipxe-qemu ovmf ipxe \
+  scripts/ensure-packages.sh postgresql qemu-utils iproute2 qemu-system-x86 ipxe-qemu ovmf ipxe \
     linux-image-amd64 busybox-static cpio kmod
   cargo build --release --locked -p plinth -p plinth-agent -p plinth-testkit
   PLINTH_AGENT_BIN=$target/release/plinth-agent images/build.sh "$target/demo-images"

@@ -3,15 +3,17 @@
 # missing, starts a scratch PostgreSQL, then format, lints, every test, and the query cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-packages.sh postgresql curl python3 qemu-system-x86 ipxe-qemu ovmf \
-  ipxe linux-image-amd64 busybox-static cpio kmod $(grep -v "^#" crates/plinth-testkit/PACKAGES)
+# One list, one apt transaction (ensure-packages.sh checks afterwards that all are installed).
+scripts/ensure-packages.sh postgresql curl python3 python3-venv qemu-system-x86 ipxe-qemu ovmf \
+  ipxe linux-image-amd64 busybox-static cpio kmod syslinux syslinux-common systemd-boot-efi \
+  $(grep -v "^#" crates/plinth-testkit/PACKAGES)
 # Python test tools (sushy-tools' Redfish emulator) in a venv outside the clone.
 venv=${PLINTH_VENV:-/var/cache/plinth-venv}
 if [ ! -x "$venv/bin/sushy-emulator" ]; then
-  scripts/ensure-packages.sh python3-venv
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "sushy-tools==2.2.0"
 fi
+[ -x "$venv/bin/sushy-emulator" ] || { echo "test.sh: sushy-emulator missing from $venv after pip install" >&2; exit 1; }
 export PLINTH_SUSHY_EMULATOR=$venv/bin/sushy-emulator
 export SQLX_OFFLINE=true
 unset DATABASE_URL
@@ -28,6 +30,7 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --locked --workspace
+# Every test binary runs even when one fails, so one failure does not hide the others.
+cargo test --locked --workspace --no-fail-fast
 echo "== offline query cache"
 SQLX_OFFLINE=false scripts/sqlx-prepare.sh --check

@@ -57,6 +57,7 @@ impl FakeBmc {
                     device: None,
                     persistent: false,
                     mode: Some(BootMode::Uefi),
+                    unconfirmed: None,
                 },
                 identity,
                 calls: Vec::new(),
@@ -184,6 +185,7 @@ impl Bmc for FakeBmc {
                         device: Some(device),
                         persistent,
                         mode: mode.or(s.boot.mode),
+                        unconfirmed: None,
                     };
                 }
                 Ok(())

@@ -59,7 +59,7 @@ pub enum BootMode {
 }
 
 /// A boot override as set or as read back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootOverride {
     /// `None`: no override, the machine follows its own boot order.
     pub device: Option<BootDevice>,
@@ -67,6 +67,24 @@ pub struct BootOverride {
     pub persistent: bool,
     /// `None`: the BMC does not say (or the override leaves the mode alone).
     pub mode: Option<BootMode>,
+    /// A device the BMC names without saying that an override is set: IPMI boot flags whose
+    /// "valid" bit is clear and whose flags byte is empty. OpenIPMI's `ipmi_sim` answers every
+    /// override it accepted this way; a real BMC does after the override was used or timed out.
+    /// Never an override by itself (`device` is `None`); see [`check_readback`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconfirmed: Option<BootDevice>,
+}
+
+/// How much of a boot override its read-back confirmed (see [`check_readback`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confirmed {
+    /// The override is set: its device, and its persistence and mode as far as the BMC
+    /// reports them.
+    Override,
+    /// The BMC names the device it was given but not whether the override is set (IPMI's
+    /// valid bit clear, with no other flag): persistence and mode are not confirmed.
+    DeviceOnly,
 }
 
 /// What the BMC knows about the machine.
@@ -145,31 +163,146 @@ pub trait Bmc: Send + Sync {
     }
 }
 
+/// The read-back rule: whether `got`, read right after setting `wanted`, shows the BMC took it.
+///
+/// - `got.device` is the device asked for: the override is set. Persistence must match, except
+///   that an override kept for every boot passes when the next one was asked for (some BMCs only
+///   do persistent overrides; plinth sets the disk back when it is done); a mode must match when
+///   both sides name one (a BMC that does not report the mode is not held against).
+/// - `got.device` is empty but the BMC names the device asked for as [`BootOverride::unconfirmed`]:
+///   accepted as [`Confirmed::DeviceOnly`]. `ipmi_sim` does this for every override (it hands the
+///   device to its chassis script and answers the flags byte as zero); a real BMC that keeps the
+///   valid bit never does it right after a set, since plinth disables the 60-second clearing
+///   first and reads back within the same second.
+/// - Anything else (no override, another device, the wrong persistence or mode) is
+///   [`BmcError::Reverted`]: the BMC said yes and did something else.
+pub fn check_readback(wanted: BootOverride, got: BootOverride) -> Result<Confirmed> {
+    let reverted = || BmcError::Reverted { wanted, got };
+    match (got.device, wanted.device) {
+        (Some(g), Some(w)) if g == w => {
+            let mode_ok = match (wanted.mode, got.mode) {
+                (Some(w), Some(g)) => w == g,
+                _ => true,
+            };
+            let persistence_ok = got.persistent || !wanted.persistent;
+            if mode_ok && persistence_ok {
+                Ok(Confirmed::Override)
+            } else {
+                Err(reverted())
+            }
+        }
+        (None, Some(w)) if got.unconfirmed == Some(w) => Ok(Confirmed::DeviceOnly),
+        _ => Err(reverted()),
+    }
+}
+
 /// Sets the boot override and reads it back: some BMCs answer success and keep (or restore)
-/// the old one. A mode the BMC does not report is not held against it, nor an override kept
-/// for every boot when the next one was asked for (some BMCs only do persistent overrides;
-/// plinth sets the disk back when it is done).
+/// the old one. Judged by [`check_readback`]; returns what was read and how much it confirmed.
 pub async fn set_boot_verified(
     bmc: &dyn Bmc,
     device: BootDevice,
     persistent: bool,
     mode: Option<BootMode>,
-) -> Result<()> {
+) -> Result<(BootOverride, Confirmed)> {
     bmc.set_boot(device, persistent, mode).await?;
     let got = bmc.boot_override().await?;
     let wanted = BootOverride {
         device: Some(device),
         persistent,
         mode,
+        unconfirmed: None,
     };
-    let mode_ok = match (mode, got.mode) {
-        (Some(w), Some(g)) => w == g,
-        _ => true,
-    };
-    let persistence_ok = got.persistent == persistent || (got.persistent && !persistent);
-    if got.device == wanted.device && persistence_ok && mode_ok {
-        Ok(())
-    } else {
-        Err(BmcError::Reverted { wanted, got })
+    check_readback(wanted, got).map(|c| (got, c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(device: Option<BootDevice>, persistent: bool, mode: Option<BootMode>) -> BootOverride {
+        BootOverride {
+            device,
+            persistent,
+            mode,
+            unconfirmed: None,
+        }
+    }
+
+    /// Every case of the rule, written out: (asked for, read back, outcome).
+    #[test]
+    fn the_read_back_rule() {
+        use BootDevice::*;
+        use BootMode::*;
+        let unconfirmed = |d| BootOverride {
+            unconfirmed: Some(d),
+            ..BootOverride::default()
+        };
+        let cases: &[(BootOverride, BootOverride, Option<Confirmed>)] = &[
+            // A BMC that keeps the valid bit: the same override.
+            (
+                o(Some(Pxe), false, Some(Uefi)),
+                o(Some(Pxe), false, Some(Uefi)),
+                Some(Confirmed::Override),
+            ),
+            (
+                o(Some(Disk), true, Some(Bios)),
+                o(Some(Disk), true, Some(Bios)),
+                Some(Confirmed::Override),
+            ),
+            // Persistent when once was asked for (sushy, some Redfish BMCs): fine.
+            (
+                o(Some(Pxe), false, None),
+                o(Some(Pxe), true, Some(Uefi)),
+                Some(Confirmed::Override),
+            ),
+            // Once when persistent was asked for: the next boot would lose it.
+            (o(Some(Disk), true, None), o(Some(Disk), false, None), None),
+            // A mode the BMC does not report, or none asked for: not held against it.
+            (
+                o(Some(BiosSetup), false, Some(Uefi)),
+                o(Some(BiosSetup), false, None),
+                Some(Confirmed::Override),
+            ),
+            (
+                o(Some(Pxe), false, None),
+                o(Some(Pxe), false, Some(Bios)),
+                Some(Confirmed::Override),
+            ),
+            // The wrong mode, another device, or no override: reverted.
+            (
+                o(Some(Pxe), false, Some(Uefi)),
+                o(Some(Pxe), false, Some(Bios)),
+                None,
+            ),
+            (o(Some(Pxe), false, None), o(Some(Disk), false, None), None),
+            (o(Some(Pxe), false, None), o(None, false, None), None),
+            // ipmi_sim: the device without the valid bit.
+            (
+                o(Some(Pxe), false, Some(Uefi)),
+                unconfirmed(Pxe),
+                Some(Confirmed::DeviceOnly),
+            ),
+            (
+                o(Some(Disk), true, Some(Bios)),
+                unconfirmed(Disk),
+                Some(Confirmed::DeviceOnly),
+            ),
+            // ... but another device without the valid bit is not the one asked for.
+            (o(Some(Pxe), false, None), unconfirmed(Disk), None),
+        ];
+        for (wanted, got, outcome) in cases {
+            let r = check_readback(*wanted, *got);
+            match outcome {
+                Some(c) => assert_eq!(r, Ok(*c), "{wanted:?} read back as {got:?}"),
+                None => assert_eq!(
+                    r,
+                    Err(BmcError::Reverted {
+                        wanted: *wanted,
+                        got: *got
+                    }),
+                    "{wanted:?} read back as {got:?}"
+                ),
+            }
+        }
     }
 }

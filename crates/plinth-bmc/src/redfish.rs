@@ -225,6 +225,7 @@ fn parse_override(b: &Boot) -> BootOverride {
             Some("Legacy") => Some(BootMode::Bios),
             _ => None,
         },
+        unconfirmed: None,
     }
 }
 
@@ -601,7 +602,8 @@ mod tests {
             BootOverride {
                 device: None,
                 persistent: false,
-                mode: Some(BootMode::Uefi)
+                mode: Some(BootMode::Uefi),
+                unconfirmed: None,
             },
             "an override plinth does not set reads as none"
         );

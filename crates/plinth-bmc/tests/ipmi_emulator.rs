@@ -11,7 +11,7 @@ use plinth_bmc::ipmi::{CipherSuite, Ipmi, IpmiConfig};
 use plinth_bmc::{
     Bmc, BmcError, BootDevice, BootMode, BootOverride, PowerAction, PowerState, set_boot_verified,
 };
-use plinth_testkit::ipmi::{BootSelector, IpmiEmulator, IpmiEmulatorConfig, Loss};
+use plinth_testkit::ipmi::{BootSelector, Fru, IpmiEmulator, IpmiEmulatorConfig, Loss};
 use tokio::net::UdpSocket;
 
 const SUITES: [CipherSuite; 2] = [CipherSuite::Three, CipherSuite::Seventeen];
@@ -46,7 +46,8 @@ fn driver(emu: &IpmiEmulator, suite: CipherSuite) -> Ipmi {
 }
 
 async fn emulator() -> (IpmiEmulator, uuid::Uuid) {
-    let cfg = IpmiEmulatorConfig::new("admin", "password");
+    let mut cfg = IpmiEmulatorConfig::new("admin", "password");
+    cfg.fru = Some(Fru::new("Emulated Co", "EM-1", "E-123").to_bytes());
     let guid = cfg.guid;
     (IpmiEmulator::start(cfg).await.unwrap(), guid)
 }
@@ -116,6 +117,7 @@ async fn power_boot_and_identity(suite: CipherSuite) {
                 persistent,
                 // No mode asked for is legacy (the efi bit clear), and reads back as BIOS.
                 mode: Some(mode.unwrap_or(BootMode::Bios)),
+                unconfirmed: None,
             }
         );
     }
@@ -126,9 +128,18 @@ async fn power_boot_and_identity(suite: CipherSuite) {
         .filter(|c| (c.netfn, c.cmd) == (0x00, 0x08))
         .map(|c| c.data)
         .collect();
-    assert_eq!(sets[0], [0x00, 0x01]);
-    assert_eq!(sets[1][0], 0x05);
-    assert_eq!(sets[2], [0x00, 0x00]);
+    // The 60-s valid-bit clearing is turned off first (parameter 3, bit 3), once: later
+    // overrides find it off already.
+    assert_eq!(sets[0], [0x03, 0x08]);
+    assert_eq!(sets[1], [0x00, 0x01]);
+    assert_eq!(sets[2][0], 0x05);
+    assert_eq!(sets[3], [0x00, 0x00]);
+    assert_eq!(
+        sets.iter().filter(|s| s[0] == 0x03).count(),
+        1,
+        "{sets:02x?}"
+    );
+    assert_eq!(emu.valid_bit_clearing(), 0x08);
     let in_progress = emu
         .commands()
         .iter()
@@ -153,6 +164,15 @@ async fn power_boot_and_identity(suite: CipherSuite) {
         id.uuid,
         Some(guid),
         "the system GUID, read least significant byte first"
+    );
+    // FRU data, read 32 bytes at a time: the product area's names and serial.
+    assert_eq!(
+        (
+            id.manufacturer.as_deref(),
+            id.model.as_deref(),
+            id.serial.as_deref()
+        ),
+        (Some("Emulated Co"), Some("EM-1"), Some("E-123"))
     );
 
     // One session served all of that; closing it ends it on the BMC.
@@ -255,6 +275,73 @@ async fn a_bmc_without_suite_17_is_unsupported() {
     assert_eq!(auto.cipher_suite().await, CipherSuite::Seventeen);
 }
 
+/// The specification's 60-s timer: flags set without parameter 3 lose their valid bit when no
+/// Chassis Control command follows within 60 s; plinth's overrides keep it, whatever parameter
+/// 3's other bits were; a BMC that refuses parameter 3 still gets the override.
+#[tokio::test]
+async fn overrides_outlive_the_60_second_timer() {
+    let (emu, _) = emulator().await;
+    let bmc = driver(&emu, CipherSuite::Seventeen);
+    // What any client that sets only parameter 5 gets (ipmitool's `chassis bootdev` does):
+    // after 60 s without a power action, no override.
+    emu.set_boot_flags([0x80, 0x04, 0, 0, 0]);
+    emu.advance(Duration::from_secs(59));
+    assert!(emu.boot_flags().valid());
+    emu.advance(Duration::from_secs(2));
+    assert!(!emu.boot_flags().valid(), "cleared at 60 s");
+    assert_eq!(bmc.boot_override().await.unwrap().device, None);
+    // A power action restarts the countdown.
+    emu.set_boot_flags([0xc0, 0x04, 0, 0, 0]);
+    emu.advance(Duration::from_secs(50));
+    bmc.power(PowerAction::On).await.unwrap();
+    emu.advance(Duration::from_secs(50));
+    assert!(emu.boot_flags().valid(), "50 s after the power action");
+
+    // plinth: parameter 3 bit 3 first, keeping a bit another tool set (bit 0).
+    emu.set_boot_flags([0; 5]);
+    let set3 = |emu: &IpmiEmulator| {
+        emu.commands()
+            .iter()
+            .filter(|c| (c.netfn, c.cmd) == (0x00, 0x08) && c.data.first() == Some(&0x03))
+            .count()
+    };
+    let before = set3(&emu);
+    // Parameter 3 = 0x01 (don't clear on a power-button start), as a vendor tool left it.
+    emu.set_valid_bit_clearing(0x01);
+    let (got, confirmed) = set_boot_verified(&bmc, BootDevice::Pxe, false, Some(BootMode::Uefi))
+        .await
+        .unwrap();
+    assert_eq!(confirmed, plinth_bmc::Confirmed::Override);
+    assert_eq!(got.device, Some(BootDevice::Pxe));
+    assert_eq!(set3(&emu), before + 1);
+    assert_eq!(emu.valid_bit_clearing(), 0x09, "bit 3 added, bit 0 kept");
+    emu.advance(Duration::from_secs(600));
+    assert!(emu.boot_flags().valid(), "kept past 60 s");
+    bmc.power(PowerAction::Cycle).await.unwrap();
+    let last = *emu.boots().last().unwrap();
+    assert_eq!((last.selector(), last.efi()), (BootSelector::Pxe, true));
+    assert!(
+        !emu.boot_flags().valid(),
+        "a one-time override is used by the boot"
+    );
+
+    // A BMC without parameter 3: the override is set all the same, no error.
+    let (emu, _) = emulator().await;
+    emu.set_refuse_valid_bit_clearing(true);
+    let bmc = driver(&emu, CipherSuite::Three);
+    for device in [BootDevice::Pxe, BootDevice::Disk] {
+        let (got, _) = set_boot_verified(&bmc, device, true, None).await.unwrap();
+        assert_eq!(got.device, Some(device));
+    }
+    let refused = emu
+        .commands()
+        .iter()
+        .filter(|c| c.data.first() == Some(&0x03) && c.completion == 0x80)
+        .count();
+    assert!(refused >= 2, "asked each time, refused each time");
+    assert_eq!(emu.boot_flags().selector(), BootSelector::Disk);
+}
+
 /// A session's worth of commands, through whatever the network does.
 async fn workload(bmc: &Ipmi, emu: &IpmiEmulator) {
     bmc.power(PowerAction::On).await.unwrap();
@@ -267,7 +354,8 @@ async fn workload(bmc: &Ipmi, emu: &IpmiEmulator) {
         BootOverride {
             device: Some(BootDevice::Pxe),
             persistent: true,
-            mode: Some(BootMode::Uefi)
+            mode: Some(BootMode::Uefi),
+            unconfirmed: None,
         }
     );
     bmc.power(PowerAction::Cycle).await.unwrap();

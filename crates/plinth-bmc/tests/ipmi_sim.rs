@@ -1,126 +1,21 @@
 //! The IPMI driver against OpenIPMI's `ipmi_sim` (cipher suite 3), with `ipmitool -I lanplus
-//! -C 3` as the reference client on the same simulator. The simulator's chassis control calls
-//! a script of this test, which keeps the power state and the last boot device in files.
+//! -C 3` as the reference client on the same simulator (plinth_testkit::ipmi_sim): power, every
+//! boot override read back by plinth's rule and by ipmitool, the GUID's byte order against
+//! `ipmitool mc guid`, and identity from FRU data against `ipmitool fru print`.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use plinth_bmc::ipmi::{CipherSuite, Ipmi, IpmiConfig};
-use plinth_bmc::{Bmc, BmcError, BootDevice, BootMode, PowerAction, PowerState};
+use plinth_bmc::{
+    Bmc, BmcError, BootDevice, BootMode, Confirmed, PowerAction, PowerState, set_boot_verified,
+};
+use plinth_testkit::ipmi::Fru;
+use plinth_testkit::ipmi_sim::{IpmiSim, PASSWORD, USER};
 
-struct Sim {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-fn which(p: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {p}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn start() -> Sim {
-    assert!(
-        which("ipmi_sim") && which("ipmitool"),
-        "ipmi_sim or ipmitool missing: the test command installs openipmi and ipmitool"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::fs::write(d.join("power"), "0\n").unwrap();
-    let script = d.join("chassis.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n\
-             # called as: SCRIPT <mc> get|set <item> [value]\n\
-             case \"$2 $3\" in\n\
-               \"get power\") echo \"power:$(cat {d}/power)\";;\n\
-               \"set power\") echo \"$4\" > {d}/power;;\n\
-               \"set boot\") echo \"$4\" > {d}/boot;;\n\
-             esac\n",
-            d = d.display()
-        ),
-    )
-    .unwrap();
-    Command::new("chmod")
-        .arg("+x")
-        .arg(&script)
-        .status()
-        .unwrap();
-    std::fs::write(
-        d.join("lan.conf"),
-        format!(
-            "name \"bmc\"\nset_working_mc 0x20\n  startlan 1\n    addr 127.0.0.1 {port}\n    priv_limit admin\n\
-             allowed_auths_callback none md2 md5 straight\n    allowed_auths_user none md2 md5 straight\n\
-             allowed_auths_operator none md2 md5 straight\n    allowed_auths_admin none md2 md5 straight\n\
-             guid a123456789abcdefa123456789abcdef\n  endlan\n  chassis_control \"{} 0x20\"\n\
-             user 2 true \"admin\" \"password\" admin 10 none md2 md5 straight\n",
-            script.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("bmc.emu"),
-        "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n\
-         sel_enable 0x20 1000 0x0a\nmc_enable 0x20\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(d.join("state")).unwrap();
-    let child = Command::new("ipmi_sim")
-        .arg("-c")
-        .arg(d.join("lan.conf"))
-        .arg("-f")
-        .arg(d.join("bmc.emu"))
-        .arg("-s")
-        .arg(d.join("state"))
-        .arg("-n")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(d.join("sim.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let sim = Sim { child, port, dir };
-    // Ready when ipmitool gets an answer.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ipmitool(&sim, &["chassis", "power", "status"]).is_none() {
-        assert!(Instant::now() < deadline, "ipmi_sim did not start");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    sim
-}
-
-fn ipmitool(sim: &Sim, args: &[&str]) -> Option<String> {
-    let out = Command::new("ipmitool")
-        .args(["-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p"])
-        .arg(sim.port.to_string())
-        .args(["-U", "admin", "-P", "password", "-N", "1", "-R", "1"])
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn driver(sim: &Sim, password: &str) -> Ipmi {
+fn driver(sim: &IpmiSim, password: &str) -> Ipmi {
     Ipmi::new(IpmiConfig {
-        addr: format!("127.0.0.1:{}", sim.port).parse().unwrap(),
-        username: "admin".into(),
+        addr: sim.addr(),
+        username: USER.into(),
         password: password.into(),
         timeout: Duration::from_millis(500),
         retries: 2,
@@ -128,46 +23,156 @@ fn driver(sim: &Sim, password: &str) -> Ipmi {
     })
 }
 
-fn file(dir: &Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(name))
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
+/// `ipmitool`'s "Key : value" line.
+fn field(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().to_owned())
+    })
 }
 
 #[tokio::test]
 async fn power_and_boot_against_ipmi_sim() {
-    let sim = start();
-    let bmc = driver(&sim, "password");
+    let sim = IpmiSim::start(None).unwrap();
+    let bmc = driver(&sim, PASSWORD);
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
     bmc.power(PowerAction::On).await.unwrap();
-    assert_eq!(file(sim.dir.path(), "power"), "1");
+    assert_eq!(sim.power(), "1");
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::On);
     assert!(
-        ipmitool(&sim, &["chassis", "power", "status"])
+        sim.ipmitool(&["chassis", "power", "status"])
             .unwrap()
-            .contains("on"),
+            .contains("Chassis Power is on"),
         "the reference client sees the same"
     );
+    // A cycle: off, then on a second later (ipmi_sim's own timer).
+    bmc.power(PowerAction::Cycle).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.power() != "1" || !sim.script_calls().iter().any(|c| c == "0x20 set power 0") {
+        assert!(Instant::now() < deadline, "{:?}", sim.script_calls());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     bmc.power(PowerAction::Off { force: true }).await.unwrap();
-    assert_eq!(file(sim.dir.path(), "power"), "0");
-    bmc.set_boot(BootDevice::Pxe, false, Some(BootMode::Uefi))
-        .await
-        .unwrap();
-    assert_eq!(file(sim.dir.path(), "boot"), "pxe");
-    let id = bmc.identity().await.unwrap();
-    assert!(id.uuid.is_some(), "{id:?}");
+    assert_eq!(sim.power(), "0");
+
+    // Every device, once and persistent, BIOS and UEFI: ipmi_sim keeps the device only and
+    // answers it with the valid bit clear, which plinth's rule takes as the device confirmed.
+    for (device, script, ipmitool_says) in [
+        (BootDevice::Pxe, "pxe", "Force PXE"),
+        (
+            BootDevice::Disk,
+            "default",
+            "Force Boot from default Hard-Drive",
+        ),
+        (BootDevice::BiosSetup, "bios", "Force Boot into BIOS Setup"),
+        (BootDevice::Cdrom, "cdrom", "Force Boot from CD/DVD"),
+    ] {
+        for persistent in [false, true] {
+            for mode in [None, Some(BootMode::Bios), Some(BootMode::Uefi)] {
+                let (got, confirmed) = set_boot_verified(&bmc, device, persistent, mode)
+                    .await
+                    .unwrap_or_else(|e| panic!("{device:?} {persistent} {mode:?}: {e}"));
+                assert_eq!(confirmed, Confirmed::DeviceOnly);
+                assert_eq!((got.device, got.unconfirmed), (None, Some(device)));
+                assert_eq!(sim.boot(), script);
+                let p5 = sim.ipmitool(&["chassis", "bootparam", "get", "5"]).unwrap();
+                assert!(p5.contains(ipmitool_says), "{device:?}: {p5}");
+                assert!(
+                    p5.contains("Boot Flag Invalid"),
+                    "ipmi_sim's own answer: {p5}"
+                );
+            }
+        }
+    }
+    // Parameter 3 went first each time: ipmi_sim takes it (and ignores it); none failed.
+    assert!(
+        sim.log().is_empty() || !sim.log().contains("rror"),
+        "{}",
+        sim.log()
+    );
+}
+
+#[tokio::test]
+async fn identity_matches_ipmitool() {
+    let fru = Fru::new("Plinth Test Systems", "RS-2000", "SN-4711");
+    let sim = IpmiSim::start(Some(&fru)).unwrap();
+    let id = driver(&sim, PASSWORD).identity().await.unwrap();
+
+    // The GUID: ipmitool decodes ipmi_sim's bytes as the "IPMI" encoding (least significant
+    // byte first), and plinth reads the same UUID.
+    let guid = sim.ipmitool(&["mc", "guid"]).unwrap();
+    assert_eq!(
+        field(&guid, "GUID Encoding").as_deref(),
+        Some("IPMI"),
+        "{guid}"
+    );
+    assert_eq!(
+        id.uuid.map(|u| u.to_string()),
+        field(&guid, "System GUID"),
+        "{guid}"
+    );
+    assert_eq!(
+        id.uuid.map(|u| u.to_string()).as_deref(),
+        Some("ffeeddcc-bbaa-4977-8866-554433221100")
+    );
+    // A BMC that sends SMBIOS order (ipmitool warns of it): the same UUID as ipmitool again.
+    let smbios = IpmiSim::start_with(None, "00112233445566477788aabbccddeeff").unwrap();
+    let guid = smbios.ipmitool(&["mc", "guid"]).unwrap();
+    assert!(
+        field(&guid, "GUID Encoding").is_some_and(|e| e.starts_with("SMBIOS")),
+        "{guid}"
+    );
+    let other = driver(&smbios, PASSWORD).identity().await.unwrap();
+    assert_eq!(
+        other.uuid.map(|u| u.to_string()),
+        field(&guid, "System GUID")
+    );
+
+    // FRU: the product area's manufacturer, name and serial, as ipmitool prints them.
+    let printed = sim.ipmitool(&["fru", "print", "0"]).unwrap();
+    assert_eq!(id.manufacturer, field(&printed, "Product Manufacturer"));
+    assert_eq!(id.model, field(&printed, "Product Name"));
+    assert_eq!(id.serial, field(&printed, "Product Serial"));
+    assert_eq!(
+        (
+            id.manufacturer.as_deref(),
+            id.model.as_deref(),
+            id.serial.as_deref()
+        ),
+        (
+            Some("Plinth Test Systems"),
+            Some("RS-2000"),
+            Some("SN-4711")
+        )
+    );
+    // The other areas' serials are there too, and not the ones taken.
+    assert_eq!(
+        field(&printed, "Chassis Serial").as_deref(),
+        Some("CH-SN-4711")
+    );
+    assert_eq!(
+        field(&printed, "Board Serial").as_deref(),
+        Some("BRD-SN-4711")
+    );
+
+    // A BMC without FRU data still has its GUID.
+    let bare = IpmiSim::start(None).unwrap();
+    let id = driver(&bare, PASSWORD).identity().await.unwrap();
+    assert!(
+        id.uuid.is_some() && id.serial.is_none() && id.manufacturer.is_none(),
+        "{id:?}"
+    );
 }
 
 /// What plinth's workers use: suite 17 first. ipmi_sim has no SHA-256 and says so in Open
 /// Session; the driver falls back to suite 3 and keeps it.
 #[tokio::test]
 async fn the_strongest_suite_falls_back_to_3_on_ipmi_sim() {
-    let sim = start();
+    let sim = IpmiSim::start(None).unwrap();
     let bmc = Ipmi::strongest(IpmiConfig {
-        addr: format!("127.0.0.1:{}", sim.port).parse().unwrap(),
-        username: "admin".into(),
-        password: "password".into(),
+        addr: sim.addr(),
+        username: USER.into(),
+        password: PASSWORD.into(),
         timeout: Duration::from_millis(500),
         retries: 2,
         cipher_suite: CipherSuite::Seventeen,
@@ -175,12 +180,12 @@ async fn the_strongest_suite_falls_back_to_3_on_ipmi_sim() {
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
     assert_eq!(bmc.cipher_suite().await, CipherSuite::Three);
     bmc.power(PowerAction::On).await.unwrap();
-    assert_eq!(file(sim.dir.path(), "power"), "1");
+    assert_eq!(sim.power(), "1");
 }
 
 #[tokio::test]
 async fn a_wrong_password_is_an_auth_error() {
-    let sim = start();
+    let sim = IpmiSim::start(None).unwrap();
     let e = driver(&sim, "nope").power_state().await.unwrap_err();
     assert_eq!(e, BmcError::Auth);
 }

@@ -357,15 +357,16 @@ async fn execute(
                 FirmwareMode::Bios => BootMode::Bios,
                 FirmwareMode::Uefi => BootMode::Uefi,
             });
-            call(
+            // The read-back of set_boot_verified is the result: what the BMC reports, and
+            // how much of the override that confirms (plinth_bmc::check_readback).
+            let (got, confirmed) = call(
                 t.saturating_mul(3),
                 "set boot device",
                 plinth_bmc::set_boot_verified(bmc, device, persistent, mode),
             )
             .await?;
-            let got = call(t, "read boot override", bmc.boot_override()).await?;
             Ok(Done {
-                result: json!({ "boot_override": got }),
+                result: json!({ "boot_override": got, "confirmed": confirmed }),
                 power: None,
                 identity: None,
             })

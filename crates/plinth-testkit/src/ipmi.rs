@@ -3,7 +3,12 @@
 //! RAKP 1-4 with cipher suites 3 (SHA-1) and 17 (SHA-256), one user, then sealed commands with
 //! privilege levels and a sequence number window: Set Session Privilege Level, Get Device ID,
 //! Get System GUID, Get Chassis Status, Chassis Control, Set/Get System Boot Options
-//! (parameters 0, 3, 4 and 5) and Close Session.
+//! (parameters 0, 3, 4 and 5), Get FRU Inventory Area Info, Read FRU Data and Close Session.
+//!
+//! Boot flags behave as the specification has them (28.12, 28.13): the valid bit is cleared
+//! by a boot that uses a one-time override, and 60 s after the flags were set when no Chassis
+//! Control command came in the meantime, unless parameter 3 bit 3 says not to. The emulator's
+//! clock can be moved on ([`IpmiEmulator::advance`]) so that a test sees the 60 s pass at once.
 //!
 //! Written from the specification (IPMI v2.0 rev 1.1 with errata, sections 13 and 22) and
 //! checked against ipmitool, not against plinth's own codec, so that a mistake shared by both
@@ -14,6 +19,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit, block_padding::NoPadding};
 use hmac::digest::KeyInit;
@@ -47,6 +53,86 @@ pub struct IpmiEmulatorConfig {
     pub apply_power: bool,
     /// Seed of [`Loss::Percent`]: the same traffic loses the same datagrams on every run.
     pub loss_seed: u64,
+    /// FRU device 0's contents (see [`Fru`]); `None`: the BMC has no FRU data.
+    pub fru: Option<Vec<u8>>,
+}
+
+/// How long boot flags stay valid without a Chassis Control command, unless parameter 3 bit 3
+/// is set.
+pub const VALID_BIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// FRU inventory data that names a machine, written as the FRU specification lays it out:
+/// common header, chassis, board and product info areas of 8-bit ASCII fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fru {
+    pub manufacturer: String,
+    pub product: String,
+    pub serial: String,
+}
+
+impl Fru {
+    pub fn new(manufacturer: &str, product: &str, serial: &str) -> Fru {
+        Fru {
+            manufacturer: manufacturer.into(),
+            product: product.into(),
+            serial: serial.into(),
+        }
+    }
+
+    /// The chassis area carries the serial with a `CH-` prefix and the board area with `BRD-`,
+    /// so that a reader that takes the wrong area's serial is caught.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        fn area(fixed: &[u8], fields: &[&str]) -> Vec<u8> {
+            let mut a = vec![0x01, 0x00];
+            a.extend_from_slice(fixed);
+            for f in fields {
+                let f = &f.as_bytes()[..f.len().min(63)];
+                a.push(0xc0 | f.len() as u8);
+                a.extend_from_slice(f);
+            }
+            a.push(0xc1);
+            while (a.len() + 1) % 8 != 0 {
+                a.push(0);
+            }
+            a[1] = ((a.len() + 1) / 8) as u8;
+            a.push(checksum(&a));
+            a
+        }
+        let chassis_serial = format!("CH-{}", self.serial);
+        let board_serial = format!("BRD-{}", self.serial);
+        let board_product = format!("{} board", self.product);
+        // Chassis type 0x17: rack mount chassis.
+        let chassis = area(&[0x17], &["CH-PART", &chassis_serial]);
+        // Language 0 (English), manufacturing date unspecified.
+        let board = area(
+            &[0x00, 0x00, 0x00, 0x00],
+            &[
+                &self.manufacturer,
+                &board_product,
+                &board_serial,
+                "BRD-PART",
+                "",
+            ],
+        );
+        let product = area(
+            &[0x00],
+            &[
+                &self.manufacturer,
+                &self.product,
+                "PART-1",
+                "1.0",
+                &self.serial,
+                "",
+                "",
+            ],
+        );
+        let mut header = vec![0x01, 0x00, 0x01];
+        header.push(1 + (chassis.len() / 8) as u8);
+        header.push(1 + ((chassis.len() + board.len()) / 8) as u8);
+        header.extend_from_slice(&[0x00, 0x00]);
+        header.push(checksum(&header));
+        [header, chassis, board, product].concat()
+    }
 }
 
 impl IpmiEmulatorConfig {
@@ -61,6 +147,7 @@ impl IpmiEmulatorConfig {
             power_hook: None,
             apply_power: true,
             loss_seed: 0x1f_2e_3d_4c,
+            fru: None,
         }
     }
 }
@@ -244,8 +331,35 @@ impl IpmiEmulator {
         }
     }
 
+    /// Sets the boot flags as a BMC's own console would: valid ones start the 60-s countdown.
     pub fn set_boot_flags(&self, raw: [u8; 5]) {
-        lock(&self.state).boot.flags = raw;
+        let mut b = lock(&self.state);
+        let now = b.now();
+        b.boot.flags = raw;
+        b.boot.armed_at = (raw[0] & 0x80 != 0).then_some(now);
+    }
+
+    /// Parameter 3 ("BMC boot flag valid bit clearing") as it stands.
+    pub fn valid_bit_clearing(&self) -> u8 {
+        lock(&self.state).boot.valid_bit_clearing
+    }
+
+    /// Sets parameter 3, as another tool would have left it.
+    pub fn set_valid_bit_clearing(&self, value: u8) {
+        lock(&self.state).boot.valid_bit_clearing = value & 0x1f;
+    }
+
+    /// Moves the BMC's clock on by `d` (the 60-s valid-bit timer sees it pass).
+    pub fn advance(&self, d: Duration) {
+        let mut b = lock(&self.state);
+        b.skew += d;
+        b.expire_boot_flags();
+    }
+
+    /// Refuse parameter 3 (Get and Set answer 0x80, "parameter not supported"), as BMCs that
+    /// lack it do.
+    pub fn set_refuse_valid_bit_clearing(&self, yes: bool) {
+        lock(&self.state).refuse_param3 = yes;
     }
 
     /// The boot flags each boot (power up, power cycle, hard reset) found, oldest first. A boot
@@ -516,6 +630,9 @@ mod cc {
     pub const INVALID_SESSION: u8 = 0x87;
     pub const INVALID_COMMAND: u8 = 0xc1;
     pub const LENGTH: u8 = 0xc7;
+    pub const PARAMETER_OUT_OF_RANGE: u8 = 0xc9;
+    pub const CANNOT_RETURN: u8 = 0xca;
+    pub const NOT_PRESENT: u8 = 0xcb;
     pub const INVALID_DATA: u8 = 0xcc;
     pub const PRIVILEGE: u8 = 0xd4;
     pub const NOT_IN_THIS_STATE: u8 = 0xd5;
@@ -531,6 +648,9 @@ struct BootOptions {
     acknowledge: u8,
     /// Parameter 5.
     flags: [u8; 5],
+    /// When the valid flags were set, or the last Chassis Control command since (the 60-s
+    /// countdown's start), on the emulator's clock.
+    armed_at: Option<Instant>,
 }
 
 struct Bmc {
@@ -543,6 +663,10 @@ struct Bmc {
     power: bool,
     boot: BootOptions,
     boots: Vec<BootFlags>,
+    /// How far [`IpmiEmulator::advance`] moved the clock.
+    skew: Duration,
+    refuse_param3: bool,
+    fru: Option<Vec<u8>>,
     sessions: HashMap<u32, Session>,
     born: u64,
     loss: Loss,
@@ -565,6 +689,9 @@ impl Bmc {
             power: cfg.power_on,
             boot: BootOptions::default(),
             boots: Vec::new(),
+            skew: Duration::ZERO,
+            refuse_param3: false,
+            fru: cfg.fru,
             sessions: HashMap::new(),
             born: 0,
             loss: Loss::None,
@@ -573,6 +700,27 @@ impl Bmc {
             loss_rng: StdRng::seed_from_u64(cfg.loss_seed),
             stats: IpmiStats::default(),
             log: Vec::new(),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::now() + self.skew
+    }
+
+    /// The 60-s timer: valid flags with no Chassis Control command for [`VALID_BIT_TIMEOUT`]
+    /// lose their valid bit, unless parameter 3 bit 3 keeps it.
+    fn expire_boot_flags(&mut self) {
+        if self.boot.valid_bit_clearing & 0x08 != 0 {
+            return;
+        }
+        let now = self.now();
+        if self
+            .boot
+            .armed_at
+            .is_some_and(|t| now.duration_since(t) >= VALID_BIT_TIMEOUT)
+        {
+            self.boot.flags[0] &= !0x80;
+            self.boot.armed_at = None;
         }
     }
 
@@ -957,6 +1105,7 @@ impl Bmc {
         if privilege < need {
             return (cc::PRIVILEGE, vec![], After::Nothing);
         }
+        self.expire_boot_flags();
         let d = &rq.data;
         let ok = |data: Vec<u8>| (cc::OK, data, After::Nothing);
         let fail = |code: u8| (code, vec![], After::Nothing);
@@ -1013,6 +1162,35 @@ impl Bmc {
                 Ok(data) => ok(data),
                 Err(code) => fail(code),
             },
+            // Get FRU Inventory Area Info: size, byte access.
+            (0x0a, 0x10) => match (&self.fru, d.first()) {
+                (_, None) => fail(cc::LENGTH),
+                (Some(f), Some(0)) => {
+                    let [lo, hi] = (f.len() as u16).to_le_bytes();
+                    ok(vec![lo, hi, 0x00])
+                }
+                _ => fail(cc::NOT_PRESENT),
+            },
+            // Read FRU Data: at most 32 bytes a read, as small BMCs allow.
+            (0x0a, 0x11) => {
+                let [id, lo, hi, count] = d[..] else {
+                    return fail(cc::LENGTH);
+                };
+                let (Some(f), 0) = (&self.fru, id) else {
+                    return fail(cc::NOT_PRESENT);
+                };
+                if count > 32 {
+                    return fail(cc::CANNOT_RETURN);
+                }
+                let at = usize::from(u16::from_le_bytes([lo, hi]));
+                if at >= f.len() {
+                    return fail(cc::PARAMETER_OUT_OF_RANGE);
+                }
+                let bytes = &f[at..(at + usize::from(count)).min(f.len())];
+                let mut out = vec![bytes.len() as u8];
+                out.extend_from_slice(bytes);
+                ok(out)
+            }
             _ => fail(cc::INVALID_COMMAND),
         }
     }
@@ -1049,6 +1227,10 @@ impl Bmc {
                 ChassisControl::DiagnosticInterrupt => {}
             }
         }
+        // A Chassis Control command restarts the 60-s countdown of valid flags.
+        if self.boot.armed_at.is_some() {
+            self.boot.armed_at = Some(self.now());
+        }
         if let Some(hook) = &self.power_hook {
             hook.send(action).ok();
         }
@@ -1063,6 +1245,7 @@ impl Bmc {
         self.boots.push(flags);
         if flags.valid() && !flags.persistent() {
             self.boot.flags[0] &= !0x80;
+            self.boot.armed_at = None;
         }
     }
 
@@ -1087,6 +1270,7 @@ impl Bmc {
                     _ => return Err(cc::INVALID_DATA),
                 }
             }
+            3 if self.refuse_param3 => return Err(cc::PARAMETER_NOT_SUPPORTED),
             3 => {
                 want(1)?;
                 self.boot.valid_bit_clearing = value[0] & 0x1f;
@@ -1099,6 +1283,7 @@ impl Bmc {
             5 => {
                 want(5)?;
                 self.boot.flags.copy_from_slice(value);
+                self.boot.armed_at = (value[0] & 0x80 != 0).then(|| self.now());
             }
             _ => return Err(cc::PARAMETER_NOT_SUPPORTED),
         }
@@ -1114,6 +1299,7 @@ impl Bmc {
         let mut out = vec![0x01, param];
         match param {
             0 => out.push(self.boot.in_progress),
+            3 if self.refuse_param3 => return Err(cc::PARAMETER_NOT_SUPPORTED),
             3 => out.push(self.boot.valid_bit_clearing),
             4 => out.extend_from_slice(&[0x00, self.boot.acknowledge]),
             5 => out.extend_from_slice(&self.boot.flags),

@@ -10,6 +10,7 @@
 //! - [`dhcp_clients`]: dhclient, udhcpc, dhcpcd, dnsmasq, dhcrelay and friends in a namespace;
 //! - [`redfish`]: a Redfish BMC that misbehaves on purpose, or drives a machine (a [`redfish::Host`]);
 //! - [`ipmi`]: an IPMI 2.0 (RMCP+) BMC, cipher suites 3 and 17, with packet loss on demand;
+//! - [`ipmi_sim`]: OpenIPMI's `ipmi_sim` as a child process, with ipmitool as its client;
 //! - [`sushy`]: sushy-tools' Redfish emulator as a child process;
 //! - [`vm`]: QEMU virtual machines a BMC powers and boots;
 //! - [`rack`]: the virtual rack: VMs behind virtual BMCs and `plinth serve` on their network
@@ -19,6 +20,7 @@
 pub mod browser;
 pub mod dhcp_clients;
 pub mod ipmi;
+pub mod ipmi_sim;
 pub mod netns;
 pub mod rack;
 pub mod redfish;

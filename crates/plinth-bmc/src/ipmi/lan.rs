@@ -60,7 +60,7 @@ fn random<const N: usize>() -> [u8; N] {
     b
 }
 
-fn completion_error(cc: u8) -> BmcError {
+pub(crate) fn completion_error(cc: u8) -> BmcError {
     let what = match cc {
         0xc0 => return BmcError::Busy("node busy (completion code 0xc0)".into()),
         0xc3 => return BmcError::Busy("timeout in the BMC (completion code 0xc3)".into()),

@@ -461,7 +461,8 @@ fn uefi_firmware_pxe_fetches_snponly_by_tftp_then_cleans() {
     let report: InspectionReport = serde_json::from_value(serde_json::json!({
         "cpu": { "model": "QEMU", "cores": 1, "threads": 1 },
         "memory_mib": 512,
-        "disks": [{ "name": "vda", "size_bytes": 1u64 << 30 }],
+        // The VM's one disk, as the clean report must account for it (16 MiB, below).
+        "disks": [{ "name": "vda", "size_bytes": 16u64 << 20 }],
         "nics": [{ "name": "eth0", "mac": mac }],
         "system": { "vendor": "QEMU", "product": "q35", "serial": "S1", "uuid": "4c4c4544-0000-0000-0000-000000000001" },
         "firmware": "uefi",

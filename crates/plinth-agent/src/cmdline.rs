@@ -1,6 +1,7 @@
 //! The kernel command line the boot script gave the ramdisk: `plinth.mode=`, `plinth.api=`,
 //! `plinth.machine=`, `plinth.token=` (see crates/plinth-core/templates/boot/ramdisk.ipxe),
-//! and the agent's own options `plinth.wipe=full` and `plinth.api_timeout=<seconds>`.
+//! and the agent's own options `plinth.wipe=<method>` (a floor under the method plinth's clean
+//! plan asks for: `quick`, `discard`, `secure` or `full`) and `plinth.api_timeout=<seconds>`.
 
 use std::fmt;
 
@@ -28,8 +29,8 @@ pub struct Params {
     pub api: String,
     pub machine: String,
     pub token: String,
-    /// Zero whole disks when cleaning, not only their first and last MiB.
-    pub full_wipe: bool,
+    /// The least a clean may do, whatever plinth's plan says (`plinth.wipe=`).
+    pub wipe_floor: Option<plinth_types::api::WipeMethod>,
     /// How long to keep trying to reach the API before giving up.
     pub api_timeout_secs: u64,
 }
@@ -41,7 +42,7 @@ impl fmt::Debug for Params {
             .field("api", &self.api)
             .field("machine", &self.machine)
             .field("token", &"<redacted>")
-            .field("full_wipe", &self.full_wipe)
+            .field("wipe_floor", &self.wipe_floor)
             .finish()
     }
 }
@@ -49,7 +50,7 @@ impl fmt::Debug for Params {
 /// Parses `/proc/cmdline`. Errors name what is missing or wrong, for the console.
 pub fn parse(cmdline: &str) -> Result<Params, String> {
     let (mut mode, mut api, mut machine, mut token) = (None, None, None, None);
-    let (mut full_wipe, mut api_timeout_secs) = (false, 600);
+    let (mut wipe_floor, mut api_timeout_secs) = (None, 600);
     for word in cmdline.split_ascii_whitespace() {
         let Some((key, value)) = word.split_once('=') else {
             continue;
@@ -75,7 +76,7 @@ pub fn parse(cmdline: &str) -> Result<Params, String> {
             }
             "plinth.machine" => machine = Some(value.to_owned()),
             "plinth.token" => token = Some(value.to_owned()),
-            "plinth.wipe" => full_wipe = value == "full",
+            "plinth.wipe" => wipe_floor = Some(value.parse()?),
             "plinth.api_timeout" => {
                 api_timeout_secs = value
                     .parse()
@@ -93,7 +94,7 @@ pub fn parse(cmdline: &str) -> Result<Params, String> {
         api: need(api, "plinth.api=")?,
         machine: need(machine, "plinth.machine=")?,
         token: need(token, "plinth.token=")?,
-        full_wipe,
+        wipe_floor,
         api_timeout_secs,
     })
 }
@@ -114,7 +115,7 @@ mod tests {
         assert_eq!(p.api, "http://10.0.0.1:8080");
         assert_eq!(p.machine, "0b7c");
         assert_eq!(p.token, "plinth_abc");
-        assert!(p.full_wipe);
+        assert_eq!(p.wipe_floor, Some(plinth_types::api::WipeMethod::Full));
         assert_eq!(p.api_timeout_secs, 600);
         assert!(
             !format!("{p:?}").contains("plinth_abc"),

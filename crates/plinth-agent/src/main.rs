@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cmdline::{Mode, Params};
-use plinth_types::api::{CleanReport, CleanResult};
+use plinth_types::api::{CleanPlan, CleanReport, CleanResult};
 
 fn say(msg: impl AsRef<str>) {
     println!("plinth-agent: {}", msg.as_ref());
@@ -186,31 +186,81 @@ fn inspect(a: &Args, p: &Params) -> Result<(), String> {
 }
 
 fn clean(a: &Args, p: &Params) -> Result<(), String> {
-    let names = facts::disk_names(&a.root);
+    // How to wipe: plinth's plan for this machine (its pool's method), raised to the kernel
+    // command line's floor.
+    let plan: CleanPlan = match call(
+        p,
+        "GET",
+        &format!("/api/v1/machines/{}/clean-plan", p.machine),
+        None,
+    ) {
+        Ok(v) => serde_json::from_value(v).map_err(|e| format!("unreadable clean plan: {e}"))?,
+        Err(Failure::Refused(e)) => return Err(format!("plinth refused the clean plan: {e}")),
+        Err(Failure::GaveUp(e)) => return Err(format!("could not get the clean plan: {e}")),
+    };
+    let method = match p.wipe_floor {
+        Some(floor) if floor.strength() > plan.method.strength() => floor,
+        _ => plan.method,
+    };
+    let wipe_plan = wipe::Plan {
+        method,
+        fallback: plan.fallback,
+    };
+    let found = facts::disks(&a.root);
     say(format!(
-        "cleaning {} disk(s){}: {}",
-        names.len(),
-        if p.full_wipe {
-            ", whole disks"
-        } else {
-            ", first and last MiB"
-        },
-        names.join(" ")
+        "cleaning {} disk(s), method {method} (fallback {:?}): {}",
+        found.len(),
+        plan.fallback,
+        found
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
     ));
-    let mut disks = Vec::new();
-    for name in &names {
-        let path = a.dev.join(name);
-        say(format!("wiping {}", path.display()));
-        let w = wipe::wipe(name, &path, p.full_wipe, |done, total| {
-            say(format!(
-                "{name}: {} of {} MiB zeroed",
-                done / (1024 * 1024),
-                total / (1024 * 1024)
-            ))
+    for expected in &plan.disks {
+        let seen = found.iter().any(|d| match (&expected.serial, &d.serial) {
+            (Some(e), Some(s)) => e == s,
+            _ => d.name == expected.name && d.size_bytes == expected.size_bytes,
         });
+        if !seen {
+            say(format!(
+                "WARNING: disk {} ({} bytes{}) of the machine's facts is not here",
+                expected.name,
+                expected.size_bytes,
+                expected
+                    .serial
+                    .as_deref()
+                    .map(|s| format!(", serial {s}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    let mut disks = Vec::new();
+    for d in &found {
+        let name = &d.name;
+        let path = a.dev.join(name);
+        say(format!("wiping {} ({method})", path.display()));
+        let w = wipe::wipe(
+            name,
+            d.serial.as_deref(),
+            &path,
+            wipe_plan,
+            |done, total| {
+                say(format!(
+                    "{name}: {} of {} MiB erased",
+                    done / (1024 * 1024),
+                    total / (1024 * 1024)
+                ))
+            },
+        );
         match &w.error {
             Some(e) => say(format!("{name}: FAILED: {e}")),
-            None => say(format!("{name}: done ({} bytes zeroed)", w.zeroed_bytes)),
+            None => say(format!(
+                "{name}: done, {} ({} bytes erased): {}",
+                w.method.map_or("?", |m| m.as_str()),
+                w.zeroed_bytes,
+                w.verification.as_deref().unwrap_or("")
+            )),
         }
         disks.push(w);
     }

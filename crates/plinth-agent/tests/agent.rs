@@ -338,6 +338,112 @@ async fn inspect_then_clean_through_the_real_api() {
     assert!(m["state_reason"].as_str().unwrap().contains("vdb"), "{m}");
 }
 
+/// Allocates the one ready machine and releases it again: it goes to cleaning.
+async fn allocate_and_release(api: &Api) {
+    let alloc = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/allocations",
+            Some(json!({ "count": 1 })),
+        )
+        .await;
+    api.call(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/allocations/{}", alloc["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+}
+
+/// The pool's wipe method reaches the agent through its clean plan, and the report says what
+/// was done; a disk the ramdisk does not see (pulled, or hidden by a hostile ramdisk) cannot be
+/// skipped: the machine goes to clean_failed naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pools_wipe_method_and_a_disk_left_out() {
+    let api = Api::start().await;
+    let mac = "52:54:00:0a:00:02";
+    let id = api.inspecting("vm2", mac).await;
+    let (_dir, root, dev) = machine_dirs();
+    machine(&root, &dev, mac);
+    let cmdline = format!("{} plinth.api={}", api.cmdline(mac).await, api.base);
+    let (ok, out) = run_agent(&root, &dev, &cmdline);
+    assert!(ok, "{out}");
+    // Its pool ("default") is wiped in full.
+    let pool = api
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/pools/default",
+            Some(json!({ "wipe_method": "full" })),
+        )
+        .await;
+    assert_eq!(pool["effective_wipe_method"], "full", "{pool}");
+    allocate_and_release(&api).await;
+    let cmdline = format!("{} plinth.api={}", api.cmdline(mac).await, api.base);
+    let (ok, out) = run_agent(&root, &dev, &cmdline);
+    assert!(ok, "{out}");
+    assert!(out.contains("method full"), "{out}");
+    for name in ["vda", "vdb"] {
+        let data = std::fs::read(dev.join(name)).unwrap();
+        assert!(data.iter().all(|b| *b == 0), "{name} is zero throughout");
+    }
+    let m = api.machine(&id).await;
+    assert_eq!(m["state"], "ready", "{m}");
+    let ev = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/api/v1/machines/{id}/events"),
+            None,
+        )
+        .await;
+    let done = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "clean_complete")
+        .unwrap()
+        .clone();
+    assert_eq!(done["details"]["method_required"], "full");
+    for d in done["details"]["disks"].as_array().unwrap() {
+        assert_eq!(d["method"], "full", "{d}");
+        assert_eq!(d["zeroed_bytes"], d["size_bytes"], "{d}");
+        assert!(
+            d["verification"].as_str().unwrap().contains("all zero"),
+            "{d}"
+        );
+        assert!(d["serial"].as_str().unwrap().starts_with("serial-"), "{d}");
+    }
+
+    // vdb vanishes from the ramdisk's view: the agent wipes what it sees and says complete,
+    // plinth knows better.
+    std::fs::write(dev.join("vda"), vec![0xa5u8; 8 * MIB]).unwrap();
+    std::fs::remove_dir_all(root.join("sys/block/vdb")).unwrap();
+    allocate_and_release(&api).await;
+    let cmdline = format!("{} plinth.api={}", api.cmdline(mac).await, api.base);
+    let (_, out) = run_agent(&root, &dev, &cmdline);
+    assert!(
+        out.contains("disk vdb") && out.contains("is not here"),
+        "{out}"
+    );
+    let m = api.machine(&id).await;
+    assert_eq!(m["state"], "clean_failed", "{m}");
+    let reason = m["state_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("vdb") && reason.contains("missing"),
+        "{reason}"
+    );
+
+    // Back to the default for the pool: quick.
+    let pool = api
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/pools/default",
+            Some(json!({ "wipe_method": null })),
+        )
+        .await;
+    assert_eq!(pool["effective_wipe_method"], "quick", "{pool}");
+    assert!(pool["wipe_method"].is_null(), "{pool}");
+}
+
 #[test]
 fn an_unreachable_api_is_retried_then_given_up() {
     let (_dir, root, dev) = machine_dirs();

@@ -32,6 +32,7 @@ use crate::error::ApiError;
         v1::enroll_machine, v1::list_machines, v1::get_machine, v1::update_machine, v1::machine_action,
         v1::submit_inspection, v1::submit_clean, v1::machine_events, v1::events,
         v1::get_deployment, v1::deploy_manifest, v1::deploy_progress, v1::submit_deploy,
+        v1::clean_plan, v1::list_pools, v1::update_pool,
         v1::allocate, v1::list_allocations, v1::get_allocation, v1::release_allocation,
         v1::create_token, v1::list_tokens, v1::revoke_token,
         v1::create_subnet, v1::list_subnets, v1::get_subnet, v1::update_subnet, v1::delete_subnet, v1::list_leases,
@@ -112,6 +113,7 @@ pub fn router(app: App) -> Router {
         .route("/machines/{id}/actions/{verb}", p(v1::machine_action))
         .route("/machines/{id}/inspection", p(v1::submit_inspection))
         .route("/machines/{id}/clean", p(v1::submit_clean))
+        .route("/machines/{id}/clean-plan", g(v1::clean_plan))
         .route("/machines/{id}/deployment", g(v1::get_deployment))
         .route("/machines/{id}/deployment/manifest", g(v1::deploy_manifest))
         .route("/machines/{id}/deploy-progress", p(v1::deploy_progress))
@@ -138,6 +140,8 @@ pub fn router(app: App) -> Router {
                 .delete(v1::delete_subnet),
         )
         .route("/leases", g(v1::list_leases))
+        .route("/pools", g(v1::list_pools))
+        .route("/pools/{name}", axum::routing::put(v1::update_pool))
         .route("/images", g(v1::list_images).post(v1::register_image))
         .route(
             "/images/{name}",

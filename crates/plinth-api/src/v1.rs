@@ -16,6 +16,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::auth::{Bearer, Caller};
+use crate::boot::Peer;
 use crate::error::{ApiError, Json, Path, Query};
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -237,16 +238,16 @@ pub async fn machine_action(
                     format!("unknown verb {other:?}; see docs/lifecycle.md for the verbs"),
                 )
             })?;
-            app.act(
-                &who,
-                id,
-                Action {
-                    verb,
-                    expected_version: expected,
-                    reason: req.reason,
-                },
-            )
-            .await?
+            let action = Action {
+                verb,
+                expected_version: expected,
+                reason: req.reason,
+            };
+            if req.force {
+                app.force_outcome(&who, id, action).await?
+            } else {
+                app.act(&who, id, action).await?
+            }
         }
     };
     Ok(with_etag(m, StatusCode::OK))
@@ -260,11 +261,13 @@ pub async fn machine_action(
 pub async fn submit_inspection(
     State(app): State<App>,
     Bearer(secret): Bearer,
+    Peer(peer): Peer,
     Path(id): Path<Uuid>,
     Json(report): Json<InspectionReport>,
 ) -> ApiResult<Response> {
     Ok(with_etag(
-        app.report_inspection(&secret, id, report).await?,
+        app.report_inspection(&secret, peer.map(|p| p.ip()), id, report)
+            .await?,
         StatusCode::OK,
     ))
 }
@@ -277,13 +280,47 @@ pub async fn submit_inspection(
 pub async fn submit_clean(
     State(app): State<App>,
     Bearer(secret): Bearer,
+    Peer(peer): Peer,
     Path(id): Path<Uuid>,
     Json(report): Json<CleanReport>,
 ) -> ApiResult<Response> {
     Ok(with_etag(
-        app.report_clean(&secret, id, report).await?,
+        app.report_clean(&secret, peer.map(|p| p.ip()), id, report)
+            .await?,
         StatusCode::OK,
     ))
+}
+
+#[utoipa::path(get, path = "/api/v1/machines/{id}/clean-plan", tag = "machines", params(("id" = Uuid, Path)),
+    responses((status = 200, body = CleanPlan, description = "for the cleaning agent: bearer its token (mode clean) or an operator's API token"),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn clean_plan(
+    State(app): State<App>,
+    Bearer(secret): Bearer,
+    Peer(peer): Peer,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<CleanPlan>> {
+    Ok(Json(
+        app.clean_plan(&secret, peer.map(|p| p.ip()), id).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/pools", tag = "pools",
+    responses((status = 200, body = Vec<Pool>, description = "pools with machines or settings, and the wipe method each is cleaned with")))]
+pub async fn list_pools(State(app): State<App>, Caller(who): Caller) -> ApiResult<Json<Vec<Pool>>> {
+    Ok(Json(app.list_pools(&who).await?))
+}
+
+#[utoipa::path(put, path = "/api/v1/pools/{name}", tag = "pools", params(("name" = String, Path)),
+    request_body = PoolUpdate,
+    responses((status = 200, body = Pool), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody, description = "admins only")))]
+pub async fn update_pool(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(name): Path<String>,
+    Json(u): Json<PoolUpdate>,
+) -> ApiResult<Json<Pool>> {
+    Ok(Json(app.update_pool(&who, &name, u).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/machines/{id}/deployment", tag = "machines", params(("id" = Uuid, Path)),
@@ -306,9 +343,13 @@ pub async fn get_deployment(
 pub async fn deploy_manifest(
     State(app): State<App>,
     Bearer(secret): Bearer,
+    Peer(peer): Peer,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<DeployManifest>> {
-    Ok(Json(app.deploy_manifest(&secret, id).await?))
+    Ok(Json(
+        app.deploy_manifest(&secret, peer.map(|p| p.ip()), id)
+            .await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/machines/{id}/deploy-progress", tag = "machines", params(("id" = Uuid, Path)),
@@ -318,10 +359,12 @@ pub async fn deploy_manifest(
 pub async fn deploy_progress(
     State(app): State<App>,
     Bearer(secret): Bearer,
+    Peer(peer): Peer,
     Path(id): Path<Uuid>,
     Json(p): Json<DeployProgress>,
 ) -> ApiResult<StatusCode> {
-    app.deploy_progress(&secret, id, p).await?;
+    app.deploy_progress(&secret, peer.map(|p| p.ip()), id, p)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -332,11 +375,13 @@ pub async fn deploy_progress(
 pub async fn submit_deploy(
     State(app): State<App>,
     Bearer(secret): Bearer,
+    Peer(peer): Peer,
     Path(id): Path<Uuid>,
     Json(report): Json<DeployReport>,
 ) -> ApiResult<Response> {
     Ok(with_etag(
-        app.report_deploy(&secret, id, report).await?,
+        app.report_deploy(&secret, peer.map(|p| p.ip()), id, report)
+            .await?,
         StatusCode::OK,
     ))
 }

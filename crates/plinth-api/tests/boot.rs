@@ -98,6 +98,9 @@ impl Server {
     async fn act(&self, id: &str, verb: &str) {
         let body = if verb == "deploy" {
             json!({ "image": self.disk_image().await })
+        } else if verb.ends_with("_complete") {
+            // An agent's outcome, without the agent: forced by the admin.
+            json!({ "force": true, "reason": "test: no agent" })
         } else {
             json!({})
         };
@@ -355,13 +358,17 @@ async fn agent_tokens_are_one_machine_one_mode_and_expire() {
     let b = s.enroll(2).await;
     s.act(&a, "inspect").await;
     let (_, script) = s.script(&format!("?mac={}", mac(1)), true).await;
-    let token = token_of(&script).expect("the inspection script carries a token");
+    let first = token_of(&script).expect("the inspection script carries a token");
     let (_, again) = s.script(&format!("?mac={}", mac(1)), true).await;
-    assert_ne!(
-        token_of(&again).unwrap(),
-        token,
-        "every boot gets a fresh token"
-    );
+    let token = token_of(&again).unwrap();
+    assert_ne!(token, first, "every boot gets a fresh token");
+    // ... which revokes the one before: one live token per machine and mode.
+    let e = s
+        .app
+        .check_agent_token(&first, a.parse().unwrap(), "inspect")
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("replaced by a newer token"), "{e:?}");
     assert!(
         script.contains(&format!("plinth.api={PUBLIC} ")),
         "{script}"
@@ -412,6 +419,119 @@ async fn agent_tokens_are_one_machine_one_mode_and_expire() {
     // A machine with nothing to run gets no token.
     let (_, local) = s.script(&format!("?mac={}", mac(2)), true).await;
     assert!(token_of(&local).is_none(), "{local}");
+}
+
+/// A client whose requests come from `127.0.0.x` (every address of 127/8 is the loopback's).
+fn client_from(x: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, x]))
+        .build()
+        .unwrap()
+}
+
+/// The script of `mac(n)` as iPXE at `127.0.0.x` asks for it.
+async fn script_from(s: &Server, x: u8, n: u32) -> String {
+    client_from(x)
+        .get(format!("{}/boot/ipxe?mac={}", s.base, mac(n)))
+        .header("user-agent", "iPXE/1.21")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Agent tokens: one live per machine and mode, bound to an address. Where plinth leased the
+/// MAC an address, only that address gets a token; elsewhere the first request binds it; agent
+/// calls from any other address are refused with an event; a state change revokes.
+#[tokio::test]
+async fn agent_tokens_are_bound_to_the_address_that_booted() {
+    let s = Server::start().await;
+    let a = s.enroll(1).await;
+    s.act(&a, "inspect").await;
+
+    // No lease (ProxyDHCP, another DHCP server): the first request binds the token.
+    let first = token_of(&script_from(&s, 2, 1).await).expect("a token for the first");
+    let other = script_from(&s, 3, 1).await;
+    assert!(token_of(&other).is_none(), "{other}");
+    assert!(other.contains("bound to another address"), "{other}");
+    let spoof = s.events(&a, "boot_spoof_suspected").await;
+    assert_eq!(spoof.len(), 1, "{spoof:#?}");
+    assert_eq!(spoof[0]["details"]["remote"], "127.0.0.3");
+    assert_eq!(spoof[0]["details"]["accepted"], json!(["127.0.0.2"]));
+    // The same address again (the machine rebooted): a new token, the old one revoked.
+    let second = token_of(&script_from(&s, 2, 1).await).expect("a token after a reboot");
+    assert_ne!(first, second);
+
+    // Agent calls: from the bound address only.
+    let post_report = |x: u8, token: String| {
+        let url = format!("{}/api/v1/machines/{a}/inspection", s.base);
+        async move {
+            let r = client_from(x)
+                .post(url)
+                .bearer_auth(token)
+                .json(&report(1))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (st, body) = post_report(2, first.clone()).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("replaced"),
+        "{body}"
+    );
+    let (st, body) = post_report(3, second.clone()).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    let refused = s.events(&a, "agent_token_refused").await;
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["details"]["remote"] == "127.0.0.3"),
+        "{refused:#?}"
+    );
+    let (st, body) = post_report(2, second.clone()).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "ready");
+
+    // A lease from plinth: only its address gets a token, from the first request on.
+    let b = s.enroll(2).await;
+    s.act(&b, "inspect").await;
+    sqlx::query(
+        "with sn as (insert into subnets (cidr) values ('127.0.0.0/24') returning id)
+         insert into leases (address, subnet_id, state, mac, expires_at)
+         select '127.0.0.20', sn.id, 'bound', $1::text::macaddr, now() + interval '1 hour' from sn",
+    )
+    .bind(mac(2))
+    .execute(&s.db.pool)
+    .await
+    .unwrap();
+    let stranger = script_from(&s, 4, 2).await;
+    assert!(token_of(&stranger).is_none(), "{stranger}");
+    let spoof = s.events(&b, "boot_spoof_suspected").await;
+    assert_eq!(
+        spoof[0]["details"]["accepted"],
+        json!(["127.0.0.20"]),
+        "{spoof:#?}"
+    );
+    let own = token_of(&script_from(&s, 20, 2).await).expect("the leased address gets it");
+    // A state change (here: the inspection failed) revokes it.
+    s.act(&b, "inspect_fail").await;
+    let e = s
+        .app
+        .check_agent_token(&own, b.parse().unwrap(), "inspect")
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("revoked") && e.message.contains("moved from inspecting"),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]
@@ -1052,7 +1172,7 @@ async fn qcow2_uploads_are_converted_to_raw_once() {
 }
 
 /// Requests arriving together are recorded in batches: every one answered for its own machine,
-/// one event each, a token for each ramdisk script and no other.
+/// one event each, a token only in ramdisk scripts, one live token per machine at the end.
 #[tokio::test]
 async fn concurrent_requests_each_get_their_own_script() {
     let s = Server::start().await;
@@ -1090,14 +1210,18 @@ async fn concurrent_requests_each_get_their_own_script() {
             "machine {n} got another's script:\n{script}"
         );
         if n % 2 == 1 {
-            assert!(
-                script.contains(&format!("plinth.machine={id} ")),
-                "{script}"
-            );
-            assert!(
-                tokens.insert(token_of(&script).unwrap()),
-                "tokens are never reused"
-            );
+            // A ramdisk script with its own token, or (a request of the same machine in the
+            // same batch took the token) a script that waits.
+            match token_of(&script) {
+                Some(t) => {
+                    assert!(
+                        script.contains(&format!("plinth.machine={id} ")),
+                        "{script}"
+                    );
+                    assert!(tokens.insert(t), "tokens are never reused");
+                }
+                None => assert!(script.contains("has the agent token"), "{script}"),
+            }
         } else {
             assert!(token_of(&script).is_none(), "{script}");
         }
@@ -1108,7 +1232,20 @@ async fn concurrent_requests_each_get_their_own_script() {
     .fetch_one(&s.db.pool)
     .await
     .unwrap();
-    assert_eq!((events, stored), (200, 100));
+    assert_eq!(events, 200);
+    assert_eq!(
+        stored as usize,
+        tokens.len(),
+        "one stored token per script that has one"
+    );
+    assert!(tokens.len() >= 20, "every machine got at least one");
+    let live: i64 = sqlx::query_scalar(
+        "select count(*) from agent_tokens where used_at is null and revoked_at is null",
+    )
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(live, 20, "one live token per inspecting machine");
 }
 
 /// Files go out by sendfile on the listener's own path; on one keep-alive connection a file, a

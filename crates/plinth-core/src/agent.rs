@@ -1,8 +1,14 @@
 //! What the ramdisk agent reports: its inspection facts and the outcome of cleaning. The agent
 //! authenticates with the one-time token its boot script carried: valid for one machine, one
-//! mode and a limited time, used up by the final report (in the report's transaction). A
-//! token presented for another machine or mode, again, or late is refused and recorded as an
-//! `agent_token_refused` event. People and automation with an API token may report too.
+//! mode and a limited time, used up by the final report (in the report's transaction), revoked
+//! by a newer token or by any state change, and bound to the address its script was served to
+//! (see boot.rs): a call from another address is refused, unless plinth leases that address to
+//! another NIC of the same machine (a ramdisk may route through another NIC than it booted
+//! from). A token presented for another machine or mode, again, late, revoked or from another
+//! address is refused and recorded as an `agent_token_refused` event. People and automation
+//! with an API token may report too.
+
+use std::net::IpAddr;
 
 use chrono::Utc;
 use plinth_types::api::{CleanReport, CleanResult, InspectionReport, Machine};
@@ -29,6 +35,13 @@ pub(crate) fn refusal(row: &plinth_db::boot::AgentTokenRow, id: Uuid, mode: &str
         )))
     } else if row.used_at.is_some() {
         Some(Error::unauthorized("this agent token was already used"))
+    } else if row.revoked_at.is_some() {
+        Some(Error::unauthorized(format!(
+            "this agent token was revoked: {}",
+            row.revoked_reason
+                .as_deref()
+                .unwrap_or("no reason recorded")
+        )))
     } else if row.expires_at < Utc::now() {
         Some(Error::unauthorized("this agent token has expired"))
     } else {
@@ -37,7 +50,7 @@ pub(crate) fn refusal(row: &plinth_db::boot::AgentTokenRow, id: Uuid, mode: &str
 }
 
 /// Who is reporting.
-enum Reporter {
+pub(crate) enum Reporter {
     /// The agent, with its token's hash (used up with the report).
     Agent {
         hash: [u8; 32],
@@ -72,8 +85,40 @@ fn outcome(
     }
 }
 
+/// An address as the database writes it (`host()`), IPv4-mapped IPv6 addresses as IPv4.
+pub(crate) fn ip_text(ip: IpAddr) -> String {
+    ip.to_canonical().to_string()
+}
+
 impl App {
-    async fn reporter(&self, secret: &str, id: Uuid, mode: &str) -> Result<Reporter> {
+    /// Whether a token bound to `row.bound_ip` may be used from `peer`: the same address (both
+    /// unknown only for a token minted without an address, in tests that call the router
+    /// directly), or one plinth leases to another NIC of the token's machine.
+    async fn address_ok(
+        &self,
+        row: &plinth_db::boot::AgentTokenRow,
+        peer: Option<IpAddr>,
+    ) -> Result<bool> {
+        let peer = peer.map(ip_text);
+        if row.bound_ip == peer {
+            return Ok(true);
+        }
+        let Some(peer) = peer else {
+            return Ok(false);
+        };
+        let mut conn = self.conn().await?;
+        plinth_db::boot::machine_holds_address(&mut conn, row.machine_id, &peer)
+            .await
+            .db()
+    }
+
+    pub(crate) async fn reporter(
+        &self,
+        secret: &str,
+        id: Uuid,
+        mode: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<Reporter> {
         if secret.is_empty() || secret.len() > 256 {
             return Err(Error::unauthorized("invalid token"));
         }
@@ -88,7 +133,13 @@ impl App {
             return Ok(Reporter::Person(p));
         };
         if let Some(err) = refusal(&row, id, mode) {
-            self.record_refusal(row.machine_id, id, mode, &err.message)
+            self.record_refusal(row.machine_id, id, mode, &err.message, peer)
+                .await;
+            return Err(err);
+        }
+        if !self.address_ok(&row, peer).await? {
+            let err = Error::forbidden("this agent token may not be used from this address");
+            self.record_refusal(row.machine_id, id, mode, &err.message, peer)
                 .await;
             return Err(err);
         }
@@ -104,7 +155,14 @@ impl App {
 
     /// Records a refused agent token on the token's machine and, when another machine was
     /// named, on that one too. Best effort: the refusal stands whatever happens here.
-    async fn record_refusal(&self, owner: Uuid, presented_for: Uuid, mode: &str, why: &str) {
+    async fn record_refusal(
+        &self,
+        owner: Uuid,
+        presented_for: Uuid,
+        mode: &str,
+        why: &str,
+        peer: Option<IpAddr>,
+    ) {
         let res: Result<()> = async {
             let mut tx = self.begin().await?;
             let mut machines = vec![owner];
@@ -128,6 +186,7 @@ impl App {
                         details: json!({
                             "reason": why, "mode": mode,
                             "token_machine": owner, "presented_for": presented_for,
+                            "remote": peer.map(ip_text),
                         }),
                     },
                 )
@@ -138,7 +197,7 @@ impl App {
             Ok(())
         }
         .await;
-        tracing::warn!(machine_id = %presented_for, token_machine = %owner, mode, reason = why, "agent token refused");
+        tracing::warn!(machine_id = %presented_for, token_machine = %owner, mode, reason = why, remote = ?peer, "agent token refused");
         if let Err(e) = res {
             tracing::warn!(error = %e, "recording an agent token refusal failed");
         }
@@ -156,7 +215,7 @@ impl App {
             return Ok(());
         }
         let why = "this agent token was already used";
-        self.record_refusal(id, id, mode, why).await;
+        self.record_refusal(id, id, mode, why, None).await;
         Err(Error::unauthorized(why))
     }
 
@@ -165,10 +224,11 @@ impl App {
     pub async fn report_inspection(
         &self,
         secret: &str,
+        peer: Option<IpAddr>,
         id: Uuid,
         report: InspectionReport,
     ) -> Result<Machine> {
-        match self.reporter(secret, id, "inspect").await? {
+        match self.reporter(secret, id, "inspect", peer).await? {
             Reporter::Person(p) => self.submit_inspection(&p, id, report).await,
             Reporter::Agent { hash, principal } => {
                 validate_report(&report)?;
@@ -187,30 +247,49 @@ impl App {
     pub async fn report_clean(
         &self,
         secret: &str,
+        peer: Option<IpAddr>,
         id: Uuid,
         report: CleanReport,
     ) -> Result<Machine> {
         validate_clean(&report)?;
-        let (principal, hash) = self.reporter(secret, id, "clean").await?.into_parts();
+        let (principal, hash) = self.reporter(secret, id, "clean", peer).await?.into_parts();
         let mut tx = self.begin().await?;
         if let Some(hash) = &hash {
             self.spend(&mut tx, hash, id, "clean").await?;
         }
-        let (verb, reason) = outcome(
-            report.result,
-            &report.reason,
-            (Verb::CleanComplete, Verb::CleanFail),
-            "the cleaning agent reported a failure",
-        );
-        let details = json!({ "disks": report.disks });
-        // A machine being decommissioned is wiped on its way out: a clean report completes
-        // the decommission (its NICs, addresses and rack slot freed; the BMC retired).
         let current = plinth_db::machines::get_for_update(&mut tx, id)
             .await
             .db()?
             .ok_or_else(|| not_found(id))?;
+        // What the agent says is checked against what plinth knows: every disk of the facts,
+        // wiped as the machine's pool requires. A report that falls short is a failure.
+        let required = self.wipe_method_of(&mut tx, &current.pool).await?;
+        let shortfall = match report.result {
+            CleanResult::Complete => crate::clean::check_clean_report(
+                &crate::clean::fact_disks(&current.facts),
+                &report.disks,
+                required,
+            )
+            .err(),
+            CleanResult::Failed => None,
+        };
+        if let Some(why) = &shortfall {
+            tracing::warn!(machine_id = %id, reason = %why, "a clean report that claims success falls short");
+        }
+        let (verb, reason) = match &shortfall {
+            Some(why) => (Verb::CleanFail, Some(why.clone())),
+            None => outcome(
+                report.result,
+                &report.reason,
+                (Verb::CleanComplete, Verb::CleanFail),
+                "the cleaning agent reported a failure",
+            ),
+        };
+        let details = json!({ "disks": report.disks, "method_required": required });
+        // A machine being decommissioned is wiped on its way out: a clean report completes
+        // the decommission (its NICs, addresses and rack slot freed; the BMC retired).
         if current.state == plinth_types::MachineState::Decommissioning.as_str() {
-            if report.result == CleanResult::Complete {
+            if verb == Verb::CleanComplete {
                 self.apply(
                     &mut tx,
                     &principal,
@@ -222,7 +301,7 @@ impl App {
                         unrack: true,
                         ..Default::default()
                     },
-                    json!({ "disks": report.disks, "rack": current.rack_name, "rack_unit": current.rack_unit }),
+                    json!({ "disks": report.disks, "method_required": required, "rack": current.rack_name, "rack_unit": current.rack_unit }),
                 )
                 .await?;
             } else {
@@ -231,7 +310,7 @@ impl App {
                     &principal.name,
                     Some(id),
                     "decommission_clean_failed",
-                    json!({ "reason": reason, "disks": report.disks }),
+                    json!({ "reason": reason, "disks": report.disks, "method_required": required }),
                 )
                 .await?;
                 tracing::warn!(machine_id = %id, reason = ?reason, "wiping a machine being decommissioned failed");
@@ -396,9 +475,10 @@ impl App {
     pub async fn deploy_manifest(
         &self,
         secret: &str,
+        peer: Option<IpAddr>,
         id: Uuid,
     ) -> Result<plinth_types::api::DeployManifest> {
-        self.reporter(secret, id, "deploy").await?;
+        self.reporter(secret, id, "deploy", peer).await?;
         let mut conn = self.conn().await?;
         let d = self.deploying(&mut conn, id).await?;
         let image = plinth_db::images::get(&mut conn, &d.image_name)
@@ -423,10 +503,11 @@ impl App {
     pub async fn deploy_progress(
         &self,
         secret: &str,
+        peer: Option<IpAddr>,
         id: Uuid,
         p: plinth_types::api::DeployProgress,
     ) -> Result<()> {
-        let who = match self.reporter(secret, id, "deploy").await? {
+        let who = match self.reporter(secret, id, "deploy", peer).await? {
             Reporter::Agent { principal, .. } | Reporter::Person(principal) => principal,
         };
         let mut tx = self.begin().await?;
@@ -480,6 +561,7 @@ impl App {
     pub async fn report_deploy(
         &self,
         secret: &str,
+        peer: Option<IpAddr>,
         id: Uuid,
         report: plinth_types::api::DeployReport,
     ) -> Result<Machine> {
@@ -491,7 +573,10 @@ impl App {
                 "a reason has at most 1024 bytes",
             ));
         }
-        let (principal, hash) = self.reporter(secret, id, "deploy").await?.into_parts();
+        let (principal, hash) = self
+            .reporter(secret, id, "deploy", peer)
+            .await?
+            .into_parts();
         let mut tx = self.begin().await?;
         self.deploying(&mut tx, id).await?;
         if let Some(hash) = &hash {

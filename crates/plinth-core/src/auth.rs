@@ -56,6 +56,8 @@ pub enum Permission {
     ManageImages,
     /// Power a machine and set its boot device through its BMC.
     ControlPower,
+    /// Pools' settings (their wipe method): a data-protection policy, admins only.
+    ManagePools,
 }
 
 /// The one place roles are mapped to permissions. A client's permissions apply only to its
@@ -63,7 +65,7 @@ pub enum Permission {
 pub fn allows(role: Role, p: Permission) -> bool {
     match role {
         Role::Admin => true,
-        Role::Operator => p != Permission::ManageTokens,
+        Role::Operator => !matches!(p, Permission::ManageTokens | Permission::ManagePools),
         Role::Client => matches!(
             p,
             Permission::Allocate
@@ -155,6 +157,7 @@ mod tests {
             ManageTokens,
             ManageImages,
             ControlPower,
+            ManagePools,
         ];
         let expect = |role, granted: &[Permission]| {
             for p in all {

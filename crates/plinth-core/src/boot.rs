@@ -149,6 +149,8 @@ pub struct BootSettings {
     /// initrd, e.g. the iPXE binaries DHCP hands out: catalog entries naming them cannot be
     /// deleted.
     pub in_use: Vec<String>,
+    /// How cleaning wipes disks where a pool does not say (`[clean]`).
+    pub clean: crate::clean::CleanSettings,
 }
 
 impl BootSettings {
@@ -170,6 +172,7 @@ impl BootSettings {
             retry_secs: 60,
             loop_max: 10,
             loop_window: Duration::from_secs(600),
+            clean: crate::clean::CleanSettings::default(),
             in_use: vec![
                 "undionly.kpxe".into(),
                 "ipxe.efi".into(),
@@ -600,8 +603,10 @@ impl App {
         let secret = generate_secret();
         let hash = hash_secret(&secret);
         let mac_text = mac.to_string();
+        let remote = req.remote.map(crate::agent::ip_text);
         let item = |details: serde_json::Value| plinth_db::boot::BatchItem {
             mac: mac_text.clone(),
+            remote: remote.clone(),
             actor: actor.clone(),
             details,
             token_sha256: hash.to_vec(),
@@ -632,7 +637,19 @@ impl App {
             });
         };
         let state: MachineState = row.state.parse().map_err(|_| Error::internal())?;
-        let action = script_decision(Some(state), s.unknown_machines, s.idle);
+        let mut action = script_decision(Some(state), s.unknown_machines, s.idle);
+        if matches!(action, ScriptAction::Ramdisk(_)) && !row.token_stored {
+            action = ScriptAction::Wait(if row.token_refused {
+                // Someone else's boot, or this machine from an address it was not given: no
+                // token. The machine's own boot, from its address, is not held up by this.
+                tracing::warn!(machine_id = %row.machine_id, %mac, remote = ?req.remote, "boot script request from an address the machine's token may not be bound to: no token");
+                "this boot is bound to another address: waiting (see the machine's events)"
+                    .to_owned()
+            } else {
+                // Requests of one machine that arrived together: the last one has the token.
+                "another request of this boot has the agent token: waiting".to_owned()
+            });
+        }
         let firmware = Firmware::detect(platform.as_deref(), row.pxe_arch);
         if row.loop_flagged {
             tracing::warn!(machine_id = %row.machine_id, %mac, requests = row.requests, window_secs = s.loop_window.as_secs(), "boot loop: the machine keeps asking for its script");

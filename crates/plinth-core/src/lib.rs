@@ -9,6 +9,7 @@ pub mod agent;
 pub mod allocations;
 pub mod auth;
 pub mod boot;
+pub mod clean;
 mod convert;
 pub mod deploy;
 pub mod dhcp;

@@ -183,9 +183,6 @@ impl App {
         if !verb.is_action() {
             let hint = match verb {
                 Verb::Allocate => "machines are allocated with POST /api/v1/allocations",
-                Verb::InspectComplete => {
-                    "inspection results are sent to POST /api/v1/machines/{id}/inspection"
-                }
                 _ => "machines are enrolled with POST /api/v1/machines",
             };
             return Err(Error::invalid(
@@ -193,6 +190,52 @@ impl App {
                 format!("{verb} is not an action: {hint}"),
             ));
         }
+        if verb.is_agent_outcome() {
+            return Err(Error::invalid(
+                "agent_outcome",
+                format!(
+                    "{verb} is what the ramdisk agent's report decides ({}); an admin may force it with {{\"force\": true, \"reason\": \"...\"}}",
+                    match verb {
+                        Verb::InspectComplete => "POST /api/v1/machines/{id}/inspection",
+                        Verb::DeployComplete => "POST /api/v1/machines/{id}/deploy-report",
+                        _ => "POST /api/v1/machines/{id}/clean",
+                    }
+                ),
+            ));
+        }
+        self.act_checked(who, id, action).await
+    }
+
+    /// An agent outcome without the agent: admins only, with a reason; the event says it was
+    /// forced and by whom.
+    pub async fn force_outcome(
+        &self,
+        who: &Principal,
+        id: Uuid,
+        action: Action,
+    ) -> Result<Machine> {
+        let verb = action.verb;
+        if !verb.is_agent_outcome() {
+            return Err(Error::invalid(
+                "not_forceable",
+                format!("{verb} is an ordinary action: run it without force"),
+            ));
+        }
+        if who.role != plinth_types::Role::Admin {
+            return Err(Error::forbidden(format!("only an admin may force {verb}")));
+        }
+        if action.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(Error::invalid(
+                "reason_required",
+                format!("forcing {verb} needs a reason; it is recorded"),
+            ));
+        }
+        tracing::warn!(machine_id = %id, %verb, actor = %who.name, reason = ?action.reason, "agent outcome forced");
+        self.act_checked(who, id, action).await
+    }
+
+    async fn act_checked(&self, who: &Principal, id: Uuid, action: Action) -> Result<Machine> {
+        let verb = action.verb;
         validate::reason(action.reason.as_deref())?;
         who.require(Permission::Act(verb))?;
         let mut tx = self.begin().await?;
@@ -204,7 +247,11 @@ impl App {
         if verb == Verb::DecommissionComplete {
             effects.unrack = true;
         }
-        let details = serde_json::json!({ "rack": row.rack_name, "rack_unit": row.rack_unit });
+        let details = if verb.is_agent_outcome() {
+            serde_json::json!({ "rack": row.rack_name, "rack_unit": row.rack_unit, "forced": true })
+        } else {
+            serde_json::json!({ "rack": row.rack_name, "rack_unit": row.rack_unit })
+        };
         self.apply(
             &mut tx,
             who,

@@ -449,7 +449,7 @@ async fn disk_images_record_the_sha256_of_what_is_written() {
         .await
         .unwrap()
         .secret;
-    let m = w.app.deploy_manifest(&operator, id).await.unwrap();
+    let m = w.app.deploy_manifest(&operator, None, id).await.unwrap();
     assert_eq!(m.raw_sha256.as_deref(), Some(want.as_str()));
     assert_eq!(m.raw_size, Some(raw.len() as u64));
 

@@ -591,22 +591,28 @@ async fn unknown_pxe_clients_are_discovered_once() {
     );
     assert_eq!(found.arch, Some(Arch::X86_64));
     // A decommissioned machine's MAC gets an address but no boot file, and no new record.
-    for verb in [
-        plinth_types::Verb::Decommission,
-        plinth_types::Verb::DecommissionComplete,
-    ] {
-        app.act(
-            &admin(),
-            found.id,
-            plinth_core::lifecycle::Action {
-                verb,
-                expected_version: None,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap();
-    }
+    app.act(
+        &admin(),
+        found.id,
+        plinth_core::lifecycle::Action {
+            verb: plinth_types::Verb::Decommission,
+            expected_version: None,
+            reason: None,
+        },
+    )
+    .await
+    .unwrap();
+    app.force_outcome(
+        &admin(),
+        found.id,
+        plinth_core::lifecycle::Action {
+            verb: plinth_types::Verb::DecommissionComplete,
+            expected_version: None,
+            reason: Some("test: no agent".into()),
+        },
+    )
+    .await
+    .unwrap();
     let d = app.dhcp_decide(&r, TIMERS, &boot(), SRV).await.unwrap();
     assert_eq!(
         (d.outcome, d.boot.clone(), d.machine_id),

@@ -1220,13 +1220,16 @@ async fn decommission_wipes_then_retires_the_machine_and_scrubs_its_bmc() {
         reason: None,
         disks: vec![WipedDisk {
             name: "vda".into(),
+            serial: None,
             size_bytes: 8 << 20,
             zeroed_bytes: 2 << 20,
             full: false,
+            method: Some(plinth_types::api::WipeMethod::Quick),
+            verification: None,
             error: None,
         }],
     };
-    let m = w.app.report_clean(&secret, a, report).await.unwrap();
+    let m = w.app.report_clean(&secret, None, a, report).await.unwrap();
     assert_eq!(m.state, MachineState::Decommissioned);
     assert!(m.nics.is_empty(), "its MACs are free again: {:?}", m.nics);
     assert!(m.bmc.is_some(), "the BMC is still needed for the power off");

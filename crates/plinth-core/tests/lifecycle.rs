@@ -116,6 +116,20 @@ async fn run(
                 assert_eq!(a.machines[0].id, id);
                 a.machines[0].state
             }),
+        // The agent's outcomes, forced by an admin (the agent's own reports are tested with
+        // the agent).
+        v if v.is_agent_outcome() => app
+            .force_outcome(
+                &who,
+                id,
+                Action {
+                    verb: v,
+                    expected_version: None,
+                    reason: Some("test".into()),
+                },
+            )
+            .await
+            .map(|x| x.state),
         v => app
             .act(
                 &who,
@@ -129,6 +143,76 @@ async fn run(
             .await
             .map(|x| x.state),
     }
+}
+
+/// The agent outcomes are not ordinary actions: refused as such, forced only by an admin with
+/// a reason, and the event says it was forced.
+#[tokio::test]
+async fn agent_outcomes_are_forced_by_admins_only() {
+    let (app, _db) = app().await;
+    let m = app.enroll_machine(&admin(), enroll_req(901)).await.unwrap();
+    let action = |verb, reason: Option<&str>| Action {
+        verb,
+        expected_version: None,
+        reason: reason.map(Into::into),
+    };
+    app.act(&admin(), m.id, action(Verb::Decommission, None))
+        .await
+        .unwrap();
+    let e = app
+        .act(
+            &admin(),
+            m.id,
+            action(Verb::DecommissionComplete, Some("done")),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "agent_outcome", "{e:?}");
+    let operator = app
+        .create_token(&admin(), "op", plinth_types::Role::Operator)
+        .await
+        .unwrap()
+        .secret;
+    let operator = app.authenticate(&operator).await.unwrap();
+    let e = app
+        .force_outcome(
+            &operator,
+            m.id,
+            action(Verb::DecommissionComplete, Some("done")),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, plinth_types::ErrorKind::Forbidden, "{e:?}");
+    let e = app
+        .force_outcome(&admin(), m.id, action(Verb::DecommissionComplete, None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "reason_required", "{e:?}");
+    let e = app
+        .force_outcome(&admin(), m.id, action(Verb::Inspect, Some("x")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "not_forceable", "{e:?}");
+    let done = app
+        .force_outcome(
+            &admin(),
+            m.id,
+            action(Verb::DecommissionComplete, Some("disks shredded on site")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.state, MachineState::Decommissioned);
+    let ev = app
+        .events(&admin(), Some(m.id), Default::default())
+        .await
+        .unwrap();
+    let forced = ev
+        .events
+        .iter()
+        .find(|e| e.kind == "decommission_complete")
+        .unwrap();
+    assert_eq!(forced.details["forced"], true);
+    assert_eq!(forced.details["reason"], "disks shredded on site");
 }
 
 #[tokio::test]
@@ -278,19 +362,28 @@ async fn decommission_frees_mac_ip_and_rack_slot_but_keeps_the_record() {
             .code,
         "duplicate_ipv4"
     );
-    for verb in [Verb::Decommission, Verb::DecommissionComplete] {
-        app.act(
-            &admin(),
-            m.id,
-            Action {
-                verb,
-                expected_version: None,
-                reason: None,
-            },
-        )
-        .await
-        .unwrap();
-    }
+    app.act(
+        &admin(),
+        m.id,
+        Action {
+            verb: Verb::Decommission,
+            expected_version: None,
+            reason: None,
+        },
+    )
+    .await
+    .unwrap();
+    app.force_outcome(
+        &admin(),
+        m.id,
+        Action {
+            verb: Verb::DecommissionComplete,
+            expected_version: None,
+            reason: Some("test: no agent".into()),
+        },
+    )
+    .await
+    .unwrap();
     let gone = app.get_machine(&admin(), m.id).await.unwrap();
     assert_eq!(gone.state, MachineState::Decommissioned);
     assert_eq!((gone.rack, gone.rack_unit), (None, None));

@@ -1,5 +1,6 @@
 //! The boot chain's tables: agent_tokens, boot_windows (the boot-loop guard's counters), and
-//! the one-round-trip `boot_request` function behind every iPXE script request.
+//! the one-round-trip `boot_request_batch` function behind every iPXE script request (which
+//! binds each agent token to the address that may use it: migration 10).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -27,6 +28,9 @@ pub struct BootRow {
     /// This batch took the machine past the boot-loop limit (a `boot_loop` event was added).
     pub loop_flagged: bool,
     pub token_stored: bool,
+    /// The state boots the ramdisk, but the request came from an address its token may not be
+    /// bound to (a `boot_spoof_suspected` event was added).
+    pub token_refused: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -35,21 +39,49 @@ pub struct AgentTokenRow {
     pub mode: String,
     pub expires_at: DateTime<Utc>,
     pub used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_reason: Option<String>,
+    /// The address the token may be used from (text, as PostgreSQL's `host()` writes it);
+    /// `None`: minted for a request whose address was not known.
+    pub bound_ip: Option<String>,
 }
 
-/// The agent token with this secret hash, if any (expired and used ones included: the caller
-/// tells the agent why it is refused).
+/// The agent token with this secret hash, if any (expired, used and revoked ones included: the
+/// caller tells the agent why it is refused).
 pub async fn agent_token(
     conn: &mut PgConnection,
     secret_sha256: &[u8],
 ) -> Result<Option<AgentTokenRow>, sqlx::Error> {
     sqlx::query_as!(
         AgentTokenRow,
-        "select machine_id, mode, expires_at, used_at from agent_tokens where secret_sha256 = $1",
+        r#"select machine_id, mode, expires_at, used_at, revoked_at, revoked_reason,
+                  host(bound_ip) as bound_ip
+           from agent_tokens where secret_sha256 = $1"#,
         secret_sha256
     )
     .fetch_optional(conn)
     .await
+}
+
+/// Whether `ip` is an address plinth leases to a NIC of the machine now (a bound, unexpired
+/// lease): a ramdisk may talk to plinth from another NIC than the one it booted from.
+pub async fn machine_holds_address(
+    conn: &mut PgConnection,
+    machine_id: Uuid,
+    ip: &str,
+) -> Result<bool, sqlx::Error> {
+    let found = sqlx::query_scalar!(
+        r#"select exists (
+               select 1 from leases l join nics n on n.mac = l.mac and n.active
+               where n.machine_id = $1 and l.address = $2::text::inet and l.state = 'bound'
+                 and l.expires_at > now()
+           ) as "found!""#,
+        machine_id,
+        ip
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(found)
 }
 
 /// Marks a token used; false if it already was (another report raced this one).
@@ -82,6 +114,8 @@ pub async fn purge_agent_tokens(conn: &mut PgConnection) -> Result<u64, sqlx::Er
 #[derive(Debug, Clone)]
 pub struct BatchItem {
     pub mac: String,
+    /// The address the request came from (canonical text), when known.
+    pub remote: Option<String>,
     pub actor: String,
     pub details: serde_json::Value,
     pub token_sha256: Vec<u8>,
@@ -103,15 +137,18 @@ pub async fn request_batch(
     p: BatchParams<'_>,
 ) -> Result<Vec<Option<BootRow>>, sqlx::Error> {
     let macs: Vec<&str> = items.iter().map(|i| i.mac.as_str()).collect();
+    let remotes: Vec<Option<&str>> = items.iter().map(|i| i.remote.as_deref()).collect();
     let actors: Vec<&str> = items.iter().map(|i| i.actor.as_str()).collect();
     let details: Vec<serde_json::Value> = items.iter().map(|i| i.details.clone()).collect();
     let hashes: Vec<&[u8]> = items.iter().map(|i| i.token_sha256.as_slice()).collect();
     let rows = sqlx::query!(
         r#"select i as "i!", machine_id as "machine_id!", state as "state!", hostname, pxe_arch,
                   requests as "requests!", loop_flagged as "loop_flagged!",
-                  token_stored as "token_stored!"
-           from boot_request_batch($1::text[]::macaddr[], $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"#,
+                  token_stored as "token_stored!", token_refused as "token_refused!"
+           from boot_request_batch($1::text[]::macaddr[], $2::text[]::inet[], $3, $4, $5, $6, $7,
+                                   $8, $9, $10, $11, $12)"#,
         &macs as &[&str],
+        &remotes as &[Option<&str>],
         &actors as &[&str],
         &details,
         &p.table.states,
@@ -137,6 +174,7 @@ pub async fn request_batch(
                 requests: r.requests,
                 loop_flagged: r.loop_flagged,
                 token_stored: r.token_stored,
+                token_refused: r.token_refused,
             });
         }
     }

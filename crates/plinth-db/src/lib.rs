@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod leases;
 pub mod machines;
 pub mod nics;
+pub mod pools;
 pub mod racks;
 pub mod subnets;
 pub mod tokens;

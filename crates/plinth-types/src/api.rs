@@ -309,6 +309,10 @@ pub struct MachinePage {
 pub struct ActionRequest {
     /// Why: recorded in the machine's state_reason and its event.
     pub reason: Option<String>,
+    /// Admins only, with a reason: run an agent outcome (`inspect_complete`, `clean_complete`,
+    /// `deploy_complete`, `decommission_complete`) without the agent's report.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// `POST /machines/{id}/actions/deploy`: what to write to the allocated machine.
@@ -506,13 +510,125 @@ pub enum CleanResult {
 #[serde(deny_unknown_fields)]
 pub struct WipedDisk {
     pub name: String,
+    /// The disk's serial number, as the agent read it: how plinth matches the report to the
+    /// disks of the machine's facts.
+    #[serde(default)]
+    pub serial: Option<String>,
     pub size_bytes: u64,
-    /// Bytes written with zeros: the first and last MiB at least, the whole disk for a full wipe.
+    /// Bytes erased: the first and last MiB at least (quick), the whole disk otherwise.
     pub zeroed_bytes: u64,
-    /// Whether the whole disk was zeroed.
+    /// Whether the whole disk was erased.
     pub full: bool,
+    /// The method used (the one asked for, or `full` when a secure or discard wipe fell back).
+    /// Absent from agents older than wipe methods: taken as `quick`.
+    #[serde(default)]
+    pub method: Option<WipeMethod>,
+    /// How the wipe was checked (samples read back, the NVMe command that erased it, a
+    /// fallback and why).
+    #[serde(default)]
+    pub verification: Option<String>,
     /// Why this disk could not be wiped.
     pub error: Option<String>,
+}
+
+/// How the cleaning agent wipes a machine's disks: chosen per pool (`clean.method` by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WipeMethod {
+    /// Partition tables and every partition's first and last MiB: the data between stays.
+    Quick,
+    /// The whole device discarded (secure discard where it has one), then read back as zeros.
+    Discard,
+    /// The drive's own erase (NVMe Format with user data erase); else the fallback.
+    Secure,
+    /// Every byte overwritten with zeros, then samples read back.
+    Full,
+}
+
+impl WipeMethod {
+    pub const ALL: [WipeMethod; 4] = [
+        WipeMethod::Quick,
+        WipeMethod::Discard,
+        WipeMethod::Secure,
+        WipeMethod::Full,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WipeMethod::Quick => "quick",
+            WipeMethod::Discard => "discard",
+            WipeMethod::Secure => "secure",
+            WipeMethod::Full => "full",
+        }
+    }
+
+    /// How much of a disk's old data it leaves unreadable: quick 0 (the data between the
+    /// partitions' ends stays), discard 1 (the device's own promise, checked on samples),
+    /// secure and full 2 (every block). A report satisfies a method when each disk's method is
+    /// at least as strong.
+    pub fn strength(self) -> u8 {
+        match self {
+            WipeMethod::Quick => 0,
+            WipeMethod::Discard => 1,
+            WipeMethod::Secure | WipeMethod::Full => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for WipeMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for WipeMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        WipeMethod::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown wipe method {s:?}: expected quick, discard, secure or full")
+            })
+    }
+}
+
+/// What a `secure` (or `discard`) wipe does on a disk that has no such erase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WipeFallback {
+    /// Overwrite the disk instead (`full`).
+    Full,
+    /// Fail the clean: the machine goes to clean_failed.
+    Fail,
+}
+
+/// `GET /machines/{id}/clean-plan`: how the cleaning agent is to wipe this machine's disks.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CleanPlan {
+    pub method: WipeMethod,
+    pub fallback: WipeFallback,
+    /// The disks of the machine's facts: the report must account for each.
+    pub disks: Vec<DiskFacts>,
+}
+
+/// A pool's settings (`GET /pools`, `PUT /pools/{name}`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Pool {
+    pub name: String,
+    /// Set for this pool; `None`: the default (`clean.method`).
+    pub wipe_method: Option<WipeMethod>,
+    /// What its machines are wiped with.
+    pub effective_wipe_method: WipeMethod,
+    /// Machines in the pool.
+    pub machines: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolUpdate {
+    /// `null`: back to the default.
+    pub wipe_method: Option<WipeMethod>,
 }
 
 // ---------------------------------------------------------------- allocations

@@ -206,12 +206,20 @@ impl Verb {
         self.transition().to
     }
 
-    /// Verbs that `POST /machines/{id}/actions/{verb}` accepts. Enroll, discover, allocate and
-    /// inspect_complete have their own endpoints because they carry data.
+    /// Verbs that `POST /machines/{id}/actions/{verb}` accepts. Enroll, discover and allocate
+    /// have their own endpoints because they carry data. The agent outcomes are actions only
+    /// when an admin forces them (see [`Verb::is_agent_outcome`]).
     pub fn is_action(self) -> bool {
-        !matches!(
+        !matches!(self, V::Enroll | V::Discover | V::Allocate)
+    }
+
+    /// What the ramdisk agent's report decides (the inspection's facts, a wipe, a written
+    /// image): not an ordinary action, since running one by hand would skip what the agent
+    /// proves. Only an admin may force one, with a reason; both are recorded.
+    pub fn is_agent_outcome(self) -> bool {
+        matches!(
             self,
-            V::Enroll | V::Discover | V::Allocate | V::InspectComplete
+            V::InspectComplete | V::CleanComplete | V::DeployComplete | V::DecommissionComplete
         )
     }
 }

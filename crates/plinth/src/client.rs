@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 mod images;
 mod jobs;
+mod pools;
 
 #[derive(Args, Clone)]
 pub struct Global {
@@ -111,6 +112,13 @@ pub enum ClientCommand {
         global: Global,
         #[command(subcommand)]
         command: images::ImageCommand,
+    },
+    /// Pools: their machines' wipe method.
+    Pool {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: pools::PoolCommand,
     },
     /// BMC jobs: power and boot device changes, BMC checks.
     Job {
@@ -317,6 +325,10 @@ pub enum MachineCommand {
         verb: String,
         #[arg(long)]
         reason: Option<String>,
+        /// Admins only, with --reason: run an agent outcome (inspect_complete, clean_complete,
+        /// deploy_complete, decommission_complete) without the agent's report. Recorded.
+        #[arg(long)]
+        force: bool,
         /// Only if the machine is still at this state_version.
         #[arg(long)]
         if_version: Option<i64>,
@@ -771,6 +783,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Lease { global, command } => lease(&Api::new(&global)?, command).await,
         ClientCommand::Image { global, command } => images::run(&Api::new(&global)?, command).await,
         ClientCommand::Job { global, command } => jobs::run(&Api::new(&global)?, command).await,
+        ClientCommand::Pool { global, command } => pools::run(&Api::new(&global)?, command).await,
         ClientCommand::Events {
             global,
             since,
@@ -1022,10 +1035,11 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             id,
             verb,
             reason,
+            force,
             if_version,
         } => {
             let path = format!("/machines/{id}/actions/{verb}");
-            let body = ActionRequest { reason };
+            let body = ActionRequest { reason, force };
             show(
                 &api.call_if_match::<Machine>(Method::POST, &path, Some(&body), if_version)
                     .await?,

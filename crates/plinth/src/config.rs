@@ -30,6 +30,37 @@ pub struct Config {
     pub images: ImagesConfig,
     #[serde(default)]
     pub boot: BootConfig,
+    #[serde(default)]
+    pub clean: CleanConfig,
+}
+
+/// `[clean]`: how cleaning wipes disks, for pools without a method of their own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanConfig {
+    /// quick, discard, secure or full.
+    #[serde(default = "default_wipe_method")]
+    pub method: String,
+    /// What secure (and discard) do on a disk without such an erase: full or fail.
+    #[serde(default = "default_wipe_fallback")]
+    pub secure_fallback: String,
+}
+
+impl Default for CleanConfig {
+    fn default() -> Self {
+        CleanConfig {
+            method: default_wipe_method(),
+            secure_fallback: default_wipe_fallback(),
+        }
+    }
+}
+
+fn default_wipe_method() -> String {
+    "quick".into()
+}
+
+fn default_wipe_fallback() -> String {
+    "full".into()
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -752,6 +783,18 @@ impl Config {
             other => bail!("boot.idle must be \"local\" or \"poweroff\", not {other:?}"),
         };
         s.unknown_machines = self.dhcp.unknown_policy()?;
+        s.clean = plinth_core::clean::CleanSettings {
+            method: self
+                .clean
+                .method
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("clean.method: {e}"))?,
+            fallback: match self.clean.secure_fallback.as_str() {
+                "full" => plinth_types::api::WipeFallback::Full,
+                "fail" => plinth_types::api::WipeFallback::Fail,
+                other => bail!("clean.secure_fallback must be \"full\" or \"fail\", not {other:?}"),
+            },
+        };
         if !(60..=7 * 86_400).contains(&b.agent_token_ttl) {
             bail!("boot.agent_token_ttl must be between 60 seconds and 7 days");
         }

@@ -165,6 +165,7 @@ fn bios_and_uefi_vms_are_deployed_booted_from_disk_and_released() {
             mac: "52:54:00:89:00:01".into(),
             memory_mib: 512,
             disks: &[64],
+            nvme_disks: &[],
         },
         VmDef {
             name: "duefi".into(),
@@ -174,6 +175,7 @@ fn bios_and_uefi_vms_are_deployed_booted_from_disk_and_released() {
             mac: "52:54:00:89:00:02".into(),
             memory_mib: 768,
             disks: &[64],
+            nvme_disks: &[],
         },
     ];
     let net = rack_network(&mut lab, "10.89.0", vms.len()).unwrap();
@@ -472,6 +474,7 @@ fn bench_deploy() {
             mac: format!("52:54:00:90:00:{:02x}", i + 1),
             memory_mib: 512,
             disks: &[320],
+            nvme_disks: &[],
         })
         .collect();
     let bmcs = vbmcs(&mut lab, &srv, &cli, &taps, &defs);

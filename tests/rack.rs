@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use plinth_testkit::netns::Lab;
 use plinth_testkit::rack::{BmcProtocol, rack_network};
 use plinth_testkit::vm::{Firmware, Nic};
-use plinth_types::api::AllocationRequest;
+use plinth_types::api::{AllocationRequest, PoolUpdate, WipeMethod};
 use plinth_types::{MachineState, Verb};
 
 #[path = "support/env.rs"]
@@ -39,6 +39,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
             mac: "52:54:00:86:00:01".into(),
             memory_mib: 512,
             disks: &[32],
+            nvme_disks: &[],
         },
         VmDef {
             name: "uefi2".into(),
@@ -48,6 +49,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
             mac: "52:54:00:86:00:02".into(),
             memory_mib: 768,
             disks: &[16, 24],
+            nvme_disks: &[16],
         },
         VmDef {
             name: "badcreds3".into(),
@@ -57,6 +59,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
             mac: "52:54:00:86:00:03".into(),
             memory_mib: 256,
             disks: &[8],
+            nvme_disks: &[],
         },
     ];
     let net = rack_network(&mut lab, "10.86.0", vms.len()).unwrap();
@@ -73,16 +76,35 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
         &lifecycle_settings(&key),
     );
     let dirs: Vec<&Path> = bmcs.iter().map(|b| b.dir.as_path()).collect();
-    // The disks start full of 0xa5, so the wipes show.
-    for (vm, b) in vms.iter().zip(&bmcs) {
-        for i in 0..vm.disks.len() {
-            fill(&b.dir.join(format!("disk{i}.raw")));
+    // The disks start full of 0xa5 with a marker in the middle, so the wipes show.
+    let disk_files = |i: usize| -> Vec<std::path::PathBuf> {
+        let vm = &vms[i];
+        (0..vm.disks.len())
+            .map(|k| bmcs[i].dir.join(format!("disk{k}.raw")))
+            .chain((0..vm.nvme_disks.len()).map(|k| bmcs[i].dir.join(format!("nvme{k}.raw"))))
+            .collect()
+    };
+    for i in 0..vms.len() {
+        for f in disk_files(i) {
+            fill(&f);
+            mark_middle(&f);
         }
     }
 
-    // Enroll: the BMC check reads each VM's BMC; the third has the wrong password.
+    // Enroll: the BMC check reads each VM's BMC; the third has the wrong password. The second
+    // is in a pool whose disks are wiped with the drives' own erase (NVMe Format), falling back
+    // to a full overwrite where there is none (its virtio disks).
+    env.rt
+        .block_on(env.app.update_pool(
+            &admin(),
+            "secure-wipe",
+            PoolUpdate {
+                wipe_method: Some(WipeMethod::Secure),
+            },
+        ))
+        .unwrap();
     let a = enroll(&env, &vms[0], &bmcs[0].address, PASSWORD);
-    let b = enroll(&env, &vms[1], &bmcs[1].address, PASSWORD);
+    let b = enroll_in(&env, &vms[1], &bmcs[1].address, PASSWORD, "secure-wipe");
     let bad = enroll(&env, &vms[2], &bmcs[2].address, "not-the-password");
 
     // inspect → PXE once + power on through the BMCs → the agent reports → ready, powered off.
@@ -107,13 +129,26 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
     assert_eq!(fb["firmware"], "uefi");
     let mem = fb["memory_mib"].as_u64().unwrap();
     assert!((704..=768).contains(&mem), "{fb}");
-    let sizes: Vec<u64> = fb["disks"]
+    let mut sizes: Vec<(String, u64)> = fb["disks"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| d["size_bytes"].as_u64().unwrap())
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap().to_owned(),
+                d["size_bytes"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(sizes, [16 << 20, 24 << 20]);
+    sizes.sort();
+    assert_eq!(
+        sizes,
+        [
+            ("nvme0n1".to_owned(), 16 << 20),
+            ("vda".to_owned(), 16 << 20),
+            ("vdb".to_owned(), 24 << 20)
+        ]
+    );
     for id in [a, b] {
         let m = machine(&env, id);
         assert_eq!(
@@ -157,17 +192,45 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
         &server,
         &dirs,
     );
-    for (vm, bm) in vms[..2].iter().zip(&bmcs) {
-        for i in 0..vm.disks.len() {
-            assert!(
-                ends_zeroed(&bm.dir.join(format!("disk{i}.raw"))),
-                "{} disk {i}",
-                vm.name
-            );
-        }
+    // The first (pool default, quick): its disk's ends are zero, the marker in its middle
+    // is still there.
+    for f in disk_files(0) {
+        assert!(ends_zeroed(&f), "{}", f.display());
+        assert!(
+            has_marker(&f),
+            "a quick wipe leaves the middle: {}",
+            f.display()
+        );
+    }
+    // The second (pool secure-wipe): every disk zero throughout, the markers gone: the NVMe
+    // disk by NVMe Format, the virtio disks by the fallback's overwrite.
+    for f in disk_files(1) {
+        let data = std::fs::read(&f).unwrap();
+        assert!(data.iter().all(|b| *b == 0), "{} is zero", f.display());
     }
     for id in [a, b] {
         assert!(events(&env, id).iter().any(|e| e.kind == "clean_complete"));
+    }
+    let done = events(&env, b)
+        .into_iter()
+        .find(|e| e.kind == "clean_complete")
+        .unwrap();
+    assert_eq!(done.details["method_required"], "secure");
+    for d in done.details["disks"].as_array().unwrap() {
+        let v = d["verification"].as_str().unwrap();
+        if d["name"] == "nvme0n1" {
+            assert_eq!(d["method"], "secure", "{d}");
+            assert!(
+                v.contains("NVMe Format NVM") && v.contains("all zero"),
+                "{v}"
+            );
+        } else {
+            assert_eq!(d["method"], "full", "{d}");
+            assert!(
+                v.contains("overwritten instead") && v.contains("all zero"),
+                "{v}"
+            );
+        }
     }
 
     // decommission → wiped again → decommissioned, powered off for good, BMC scrubbed.
@@ -271,6 +334,7 @@ fn bench_inspect_to_ready() {
             mac: format!("52:54:00:88:00:{:02x}", i + 1),
             memory_mib: if i == 0 { 512 } else { 384 },
             disks: &[8],
+            nvme_disks: &[],
         })
         .collect();
     let bmcs = vbmcs(&mut lab, &srv, &cli, &taps, &defs);

@@ -32,6 +32,8 @@ pub struct VmDef {
     pub mac: String,
     pub memory_mib: u32,
     pub disks: &'static [u64],
+    /// NVMe disks (after the virtio ones), MiB.
+    pub nvme_disks: &'static [u64],
 }
 
 /// Starts the virtual BMC of each VM, on its tap (see [`vbmc`]).
@@ -65,6 +67,7 @@ pub fn vbmc(lab: &mut Lab, srv: &Ns, rack: &Ns, tap: &str, vm: &VmDef) -> Virtua
     let mut spec = VmSpec::new(&vm.name, vm.firmware, vm.nic, &vm.mac);
     spec.memory_mib = vm.memory_mib;
     spec.disks = vm.disks.to_vec();
+    spec.nvme_disks = vm.nvme_disks.to_vec();
     let spec = VirtualBmcSpec {
         vm: spec,
         protocol: vm.protocol,
@@ -87,12 +90,27 @@ pub fn admin() -> Principal {
 }
 
 pub fn enroll(env: &Env, vm: &VmDef, url: &str, password: &str) -> uuid::Uuid {
+    enroll_with_pool(env, vm, url, password, None)
+}
+
+/// Enrolled into `pool`.
+pub fn enroll_in(env: &Env, vm: &VmDef, url: &str, password: &str, pool: &str) -> uuid::Uuid {
+    enroll_with_pool(env, vm, url, password, Some(pool))
+}
+
+fn enroll_with_pool(
+    env: &Env,
+    vm: &VmDef,
+    url: &str,
+    password: &str,
+    pool: Option<&str>,
+) -> uuid::Uuid {
     let req = MachineCreate {
         hostname: Some(vm.name.clone()),
         rack: None,
         rack_unit: None,
         size_u: None,
-        pool: None,
+        pool: pool.map(str::to_owned),
         tags: None,
         arch: Some(Arch::X86_64),
         nics: vec![NicSpec {
@@ -199,6 +217,27 @@ pub fn wait_state(
 pub fn fill(path: &Path) {
     let len = std::fs::metadata(path).unwrap().len() as usize;
     std::fs::write(path, vec![0xa5u8; len]).unwrap();
+}
+
+/// The marker [`mark_middle`] writes.
+pub const MARKER: &[u8] = b"PLINTH-WIPE-MARKER: a tenant's data in the middle of the disk";
+
+/// Writes [`MARKER`] at the middle of a disk file.
+pub fn mark_middle(path: &Path) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.write_all_at(MARKER, len / 2).unwrap();
+}
+
+/// Whether the marker is still at the middle of the disk file.
+pub fn has_marker(path: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut buf = vec![0u8; MARKER.len()];
+    f.read_exact_at(&mut buf, len / 2).unwrap();
+    buf == MARKER
 }
 
 pub fn ends_zeroed(path: &Path) -> bool {

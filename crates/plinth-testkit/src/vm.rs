@@ -85,6 +85,10 @@ pub struct VmSpec {
     pub cpus: u32,
     /// Raw virtio disks, sizes in MiB; serials `plinth-disk-0`, `plinth-disk-1`, ...
     pub disks: Vec<u64>,
+    /// Raw NVMe disks (QEMU's `nvme` controller, one namespace each), sizes in MiB, after the
+    /// virtio disks; files `nvme0.raw`, ...; serials `plinth-nvme-0`, ...
+    #[serde(default)]
+    pub nvme_disks: Vec<u64>,
     /// The NIC carries QEMU's iPXE option ROM (the default). Off (`romfile=`), a UEFI machine
     /// network-boots with EDK2's own PXE client; a BIOS machine cannot network-boot at all.
     pub ipxe_rom: bool,
@@ -101,6 +105,7 @@ impl VmSpec {
             memory_mib: 256,
             cpus: 1,
             disks: Vec::new(),
+            nvme_disks: Vec::new(),
             ipxe_rom: true,
         }
     }
@@ -193,8 +198,19 @@ impl VirtualMachine {
             qmp.display()
         );
         let mut disks = Vec::new();
-        for (i, mib) in spec.disks.iter().enumerate() {
-            let path = dir.join(format!("disk{i}.raw"));
+        let files = spec
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, mib)| (format!("disk{i}.raw"), mib))
+            .chain(
+                spec.nvme_disks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, mib)| (format!("nvme{i}.raw"), mib)),
+            );
+        for (name, mib) in files {
+            let path = dir.join(name);
             let file = OpenOptions::new()
                 .create(true)
                 .truncate(false)
@@ -243,7 +259,7 @@ impl VirtualMachine {
         &self.dir
     }
 
-    /// The raw disk files, in the order of [`VmSpec::disks`].
+    /// The raw disk files, in the order of [`VmSpec::disks`], then [`VmSpec::nvme_disks`].
     pub fn disks(&self) -> &[PathBuf] {
         &self.disks
     }
@@ -432,14 +448,27 @@ impl VirtualMachine {
             ),
         ];
         let mut disks = Vec::new();
+        let virtio = spec.disks.len();
         for (i, d) in self.disks.iter().enumerate() {
             disks.push("-drive".to_owned());
-            disks.push(format!("file={},format=raw,if=none,id=d{i}", d.display()));
-            disks.push("-device".to_owned());
+            // discard=unmap: a discard reaches the file (the clean agent's discard method).
             disks.push(format!(
-                "virtio-blk-pci,drive=d{i},serial=plinth-disk-{i},bootindex={}",
-                first_disk_index + i
+                "file={},format=raw,if=none,id=d{i},discard=unmap",
+                d.display()
             ));
+            disks.push("-device".to_owned());
+            disks.push(if i < virtio {
+                format!(
+                    "virtio-blk-pci,drive=d{i},serial=plinth-disk-{i},bootindex={}",
+                    first_disk_index + i
+                )
+            } else {
+                format!(
+                    "nvme,drive=d{i},serial=plinth-nvme-{},bootindex={}",
+                    i - virtio,
+                    first_disk_index + i
+                )
+            });
         }
         // Devices in boot order on the command line too, which makes it easy to read.
         match order {

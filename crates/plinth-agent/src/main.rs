@@ -7,9 +7,12 @@
 //! then powers off or waits).
 //!
 //!   plinth-agent [--root DIR] [--dev DIR] [--cmdline FILE]
+//!   plinth-agent --wipe DEVICE --method quick|discard|secure|full [--fallback full|fail]
 //!
 //! `--root` (default /) is where /proc and /sys are read, `--dev` (default /dev) where disks
-//! are opened, `--cmdline` (default /proc/cmdline): for tests.
+//! are opened, `--cmdline` (default /proc/cmdline): for tests. `--wipe` wipes one device as
+//! the clean mode would, without plinth, and prints the disk's report as JSON (a technician in
+//! the ramdisk's shell, and scripts/bench-wipe.sh).
 
 mod cmdline;
 mod deploy;
@@ -23,7 +26,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cmdline::{Mode, Params};
-use plinth_types::api::{CleanPlan, CleanReport, CleanResult};
+use plinth_types::api::{CleanPlan, CleanReport, CleanResult, WipeFallback, WipeMethod};
 
 fn say(msg: impl AsRef<str>) {
     println!("plinth-agent: {}", msg.as_ref());
@@ -33,6 +36,8 @@ struct Args {
     root: PathBuf,
     dev: PathBuf,
     cmdline: PathBuf,
+    /// `--wipe DEVICE`: wipe that device only, as `plan` says.
+    wipe: Option<(PathBuf, wipe::Plan)>,
 }
 
 fn args() -> Result<Args, String> {
@@ -40,7 +45,9 @@ fn args() -> Result<Args, String> {
         root: "/".into(),
         dev: "/dev".into(),
         cmdline: "/proc/cmdline".into(),
+        wipe: None,
     };
+    let (mut device, mut method, mut fallback) = (None, None, WipeFallback::Full);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -48,12 +55,30 @@ fn args() -> Result<Args, String> {
             "--root" => a.root = value()?.into(),
             "--dev" => a.dev = value()?.into(),
             "--cmdline" => a.cmdline = value()?.into(),
+            "--wipe" => device = Some(PathBuf::from(value()?)),
+            "--method" => method = Some(value()?.parse::<WipeMethod>()?),
+            "--fallback" => {
+                fallback = match value()?.as_str() {
+                    "full" => WipeFallback::Full,
+                    "fail" => WipeFallback::Fail,
+                    other => return Err(format!("--fallback {other}: want full or fail")),
+                }
+            }
             "-h" | "--help" => {
-                println!("usage: plinth-agent [--root DIR] [--dev DIR] [--cmdline FILE]");
+                println!(
+                    "usage: plinth-agent [--root DIR] [--dev DIR] [--cmdline FILE]\n       \
+                     plinth-agent --wipe DEVICE --method quick|discard|secure|full [--fallback full|fail]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    match (device, method) {
+        (Some(d), Some(method)) => a.wipe = Some((d, wipe::Plan { method, fallback })),
+        (Some(_), None) => return Err("--wipe needs --method".into()),
+        (None, Some(_)) => return Err("--method goes with --wipe".into()),
+        (None, None) => {}
     }
     Ok(a)
 }
@@ -298,8 +323,32 @@ fn clean(a: &Args, p: &Params) -> Result<(), String> {
     }
 }
 
+/// `--wipe DEVICE`: one device wiped as the clean mode would; the report as JSON on stdout.
+fn wipe_one(device: &std::path::Path, plan: wipe::Plan) -> ! {
+    let name = device
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let started = Instant::now();
+    let w = wipe::wipe(&name, None, device, plan, |done, total| {
+        eprintln!(
+            "plinth-agent: {name}: {} of {} MiB erased",
+            done >> 20,
+            total >> 20
+        )
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let mut v = serde_json::to_value(&w).unwrap_or_default();
+    v["seconds"] = serde_json::json!(secs);
+    println!("{v}");
+    std::process::exit(if w.error.is_none() { 0 } else { 1 });
+}
+
 fn run() -> Result<Mode, (Option<Mode>, String)> {
     let a = args().map_err(|e| (None, e))?;
+    if let Some((device, plan)) = &a.wipe {
+        wipe_one(device, *plan);
+    }
     let text = std::fs::read_to_string(&a.cmdline)
         .map_err(|e| (None, format!("{}: {e}", a.cmdline.display())))?;
     let p = cmdline::parse(&text).map_err(|e| (None, e))?;

@@ -478,6 +478,35 @@ pub(crate) async fn bulk(
 
 // ------------------------------------------------------------------ one machine
 
+/// How a clean report's disks were wiped, in a few words each: "vda full (fallback),
+/// verified; nvme0n1 secure (NVMe Format), verified". Empty for other events.
+fn wipe_summary(d: &serde_json::Value) -> String {
+    let Some(disks) = d["disks"].as_array() else {
+        return String::new();
+    };
+    disks
+        .iter()
+        .filter_map(|w| {
+            let name = w["name"].as_str()?;
+            let method = w["method"].as_str().unwrap_or("quick");
+            let v = w["verification"].as_str().unwrap_or("");
+            let mut out = format!("{name} {method}");
+            if v.contains("NVMe Format") {
+                out.push_str(" (NVMe Format)");
+            } else if v.contains("instead") {
+                out.push_str(" (fallback)");
+            }
+            if w["error"].is_string() {
+                out.push_str(", failed");
+            } else if v.contains("all zero") {
+                out.push_str(", verified");
+            }
+            Some(out)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// What the timeline shows of an event: a title and a short text.
 fn timeline_entry(e: &Event) -> minijinja::Value {
     let d = &e.details;
@@ -487,7 +516,14 @@ fn timeline_entry(e: &Event) -> minijinja::Value {
         other => other.to_string(),
     };
     let (title, text) = match (e.from_state, e.to_state) {
-        (Some(from), Some(to)) => (format!("{from} → {to}"), s(&d["reason"])),
+        (Some(from), Some(to)) => {
+            let text = [s(&d["reason"]), wipe_summary(d)]
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            (format!("{from} → {to}"), text)
+        }
         (None, Some(to)) => (format!("→ {to}"), String::new()),
         _ => match e.kind.as_str() {
             "boot" => ("Network boot".to_owned(), s(&d["message"])),
@@ -1303,4 +1339,23 @@ pub(crate) async fn adopt(
             Err(e) => redirect_with(&headers, "/discovered", "err", e.message),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeline_says_how_disks_were_wiped() {
+        let d = serde_json::json!({ "disks": [
+            { "name": "vda", "method": "full", "verification": "the device does not take discards: overwritten instead; 66 samples read back past the page cache: all zero" },
+            { "name": "nvme0n1", "method": "secure", "verification": "NVMe Format NVM, user data erase (SES=1), namespace 1 in 0.1 s; 66 samples read back: all zero" },
+            { "name": "sda", "error": "sda: I/O error" },
+        ]});
+        assert_eq!(
+            wipe_summary(&d),
+            "vda full (fallback), verified; nvme0n1 secure (NVMe Format), verified; sda quick, failed"
+        );
+        assert_eq!(wipe_summary(&serde_json::json!({ "reason": "x" })), "");
+    }
 }

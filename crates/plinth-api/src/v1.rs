@@ -386,12 +386,14 @@ pub async fn submit_deploy(
     ))
 }
 
-/// `GET /metadata/{instance}/{file}`: NoCloud over HTTP (no token: the instance id is the key).
+/// `GET /metadata/{instance}/{file}`: NoCloud over HTTP, to the machine's own address only (no
+/// token: the instance id is the key, shown to the deployment's tenant).
 pub async fn nocloud(
     State(app): State<App>,
+    Peer(peer): Peer,
     Path((instance, file)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let body = app.nocloud(&instance, &file).await?;
+    let body = app.nocloud(&instance, &file, peer.map(|p| p.ip())).await?;
     Ok((
         [
             (

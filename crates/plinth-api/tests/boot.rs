@@ -1629,13 +1629,16 @@ async fn the_metadata_endpoint_serves_the_seed_until_release() {
         .await;
     assert_eq!(st, StatusCode::OK, "{d}");
     assert_eq!(d["has_user_data"], true);
-    assert!(d.get("user_data").is_none(), "not shown back");
+    // The admin sees the tenant's data (so do the allocation's client and operators).
+    assert_eq!(d["data"]["user_data"], "#cloud-config\nhostname: db-41\n");
     let instance = d["instance_id"].as_str().unwrap().to_owned();
-    let get = |file: String| {
+    // The machine boots its deploy ramdisk from 127.0.0.41: the address its metadata is for.
+    let script = script_from(&s, 41, 41).await;
+    assert!(token_of(&script).is_some(), "{script}");
+    let get_from = |x: u8, file: String| {
         let s = &s;
         async move {
-            let r = s
-                .http
+            let r = client_from(x)
                 .get(format!("{}/metadata/{file}", s.base))
                 .send()
                 .await
@@ -1643,6 +1646,13 @@ async fn the_metadata_endpoint_serves_the_seed_until_release() {
             (r.status(), r.text().await.unwrap())
         }
     };
+    let get = |file: String| get_from(41, file);
+    // Anyone else with the instance id: the same 404 as for an unknown one, and an event.
+    let (st, _) = get_from(1, format!("{instance}/user-data")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let refused = s.events(&id, "metadata_refused").await;
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0]["details"]["remote"], "127.0.0.1");
     let (st, meta) = get(format!("{instance}/meta-data")).await;
     assert_eq!(st, StatusCode::OK);
     assert!(
@@ -1667,4 +1677,238 @@ async fn the_metadata_endpoint_serves_the_seed_until_release() {
     s.act(&id, "release").await;
     let (st, _) = get(format!("{instance}/user-data")).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+/// A tenant's data is its own, per role: the allocation's client sees its machines (BMC power
+/// state only), their events from its allocation on, and its deployment's data; another client
+/// sees none of it; a viewer sees that a deployment exists, not its instance id; operators and
+/// admins see all. What a client may do: deploy, power and release its own machines, nothing
+/// else. Allocation does not follow a client onto the machine it just released.
+#[tokio::test]
+async fn tenants_see_and_do_only_what_is_theirs() {
+    let s = Server::start().await;
+    let token = |name: &'static str, role: Role| {
+        let app = s.app.clone();
+        async move {
+            app.create_token(&Principal::system(), name, role)
+                .await
+                .unwrap()
+                .secret
+        }
+    };
+    let (alice, bob) = (
+        token("alice", Role::Client).await,
+        token("bob", Role::Client).await,
+    );
+    let (vera, otto) = (
+        token("vera", Role::Viewer).await,
+        token("otto", Role::Operator).await,
+    );
+    // Three ready machines with a BMC each, in pool "t".
+    let mut ids = Vec::new();
+    for n in 61..=63u32 {
+        let m = s
+            .post(
+                "/api/v1/machines",
+                json!({ "hostname": format!("t{n}"), "pool": "t", "nics": [{ "mac": mac(n) }],
+                        "bmc": { "protocol": "redfish", "address": format!("10.9.0.{n}"), "username": "root", "password": "Secret-Bmc-9" } }),
+            )
+            .await;
+        let id = m["id"].as_str().unwrap().to_owned();
+        s.act(&id, "inspect").await;
+        s.post(&format!("/api/v1/machines/{id}/inspection"), report(n))
+            .await;
+        ids.push(id);
+    }
+    let get = |who: &str, path: String| {
+        let (s, who) = (&s, who.to_owned());
+        async move { s.call_as(reqwest::Method::GET, &who, &path, None).await }
+    };
+
+    // Alice allocates one: the longest-ready, t61.
+    let (st, alloc) = s
+        .post_as(
+            &alice,
+            "/api/v1/allocations",
+            json!({ "count": 1, "pool": "t" }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{alloc}");
+    let mine = alloc["machines"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(mine, ids[0], "the longest-ready machine first");
+    let bmc = &alloc["machines"][0]["bmc"];
+    assert_eq!(bmc["protocol"], "redfish");
+    for hidden in ["address", "username", "identity", "last_error"] {
+        assert!(
+            bmc.get(hidden).is_none() || bmc[hidden].is_null(),
+            "{hidden}: {bmc}"
+        );
+    }
+    let (_, page) = get(&alice, "/api/v1/machines".into()).await;
+    let seen: Vec<&str> = page["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen, [mine.as_str()]);
+    let (st, m) = get(&alice, format!("/api/v1/machines/{mine}")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(m["bmc"].get("address").is_none(), "{m}");
+    let (_, m) = get(&otto, format!("/api/v1/machines/{mine}")).await;
+    assert_eq!(m["bmc"]["address"], "10.9.0.61", "operators see the BMC");
+    for other in [&bob, &alice] {
+        let target = if other == &bob { &mine } else { &ids[1] };
+        let (st, _) = get(other, format!("/api/v1/machines/{target}")).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "not theirs");
+    }
+
+    // Events: Alice's from her allocation on; everyone before her is not her business.
+    let (_, ev) = get(&alice, format!("/api/v1/machines/{mine}/events")).await;
+    let kinds: Vec<&str> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"allocate"), "{kinds:?}");
+    for before in ["enroll", "inspect", "inspect_complete"] {
+        assert!(!kinds.contains(&before), "{before} in {kinds:?}");
+    }
+    let (_, ev) = get(&otto, format!("/api/v1/machines/{mine}/events")).await;
+    assert!(
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "enroll")
+    );
+
+    // Deploy: Alice may; the deployment's data is hers (and the operators'), not a viewer's,
+    // nor Bob's.
+    let image = s.disk_image().await;
+    let (st, e) = s
+        .post_as(
+            &bob,
+            &format!("/api/v1/machines/{mine}/actions/deploy"),
+            json!({ "image": image }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{e}");
+    let (st, m) = s
+        .post_as(
+            &alice,
+            &format!("/api/v1/machines/{mine}/actions/deploy"),
+            json!({ "image": image, "user_data": "#cloud-config\nhostname: a\n", "ssh_authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop"] }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{m}");
+    assert!(m["bmc"].get("address").is_none(), "{m}");
+    let (_, d) = get(&alice, format!("/api/v1/machines/{mine}/deployment")).await;
+    assert!(d["instance_id"].is_string(), "{d}");
+    assert_eq!(d["data"]["user_data"], "#cloud-config\nhostname: a\n");
+    assert_eq!(
+        d["data"]["ssh_authorized_keys"].as_array().unwrap().len(),
+        1
+    );
+    let (_, d) = get(&otto, format!("/api/v1/machines/{mine}/deployment")).await;
+    assert!(d["data"]["user_data"].is_string(), "{d}");
+    let (st, d) = get(&vera, format!("/api/v1/machines/{mine}/deployment")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(d["instance_id"].is_null() && d["data"].is_null(), "{d}");
+    assert_eq!(d["image"], image);
+    let (st, _) = get(&bob, format!("/api/v1/machines/{mine}/deployment")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    // Power: her own machine, not another's; a viewer never.
+    let power = |who: &str, id: &str| {
+        let (s, who, path) = (&s, who.to_owned(), format!("/api/v1/machines/{id}/power"));
+        async move { s.post_as(&who, &path, json!({ "action": "on" })).await }
+    };
+    assert_eq!(power(&alice, &mine).await.0, StatusCode::ACCEPTED);
+    assert_eq!(power(&bob, &mine).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(power(&vera, &mine).await.0, StatusCode::FORBIDDEN);
+    // Nothing else: enroll, inspect her own machine, pools, force an outcome.
+    let (st, _) = s
+        .post_as(
+            &alice,
+            "/api/v1/machines",
+            json!({ "nics": [{ "mac": mac(69) }] }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = s
+        .post_as(
+            &alice,
+            &format!("/api/v1/machines/{mine}/actions/inspect"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = s
+        .call_as(
+            reqwest::Method::PUT,
+            &alice,
+            "/api/v1/pools/t",
+            Some(json!({ "wipe_method": "quick" })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = s
+        .call_as(
+            reqwest::Method::PUT,
+            &otto,
+            "/api/v1/pools/t",
+            Some(json!({ "wipe_method": "quick" })),
+        )
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::FORBIDDEN,
+        "pools' wipe methods are the admins'"
+    );
+    let (st, _) = s
+        .post_as(
+            &alice,
+            &format!("/api/v1/machines/{mine}/actions/deploy_complete"),
+            json!({ "force": true, "reason": "x" }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    // Release (the deploy finished: forced here, no agent): Bob may not release hers; she may.
+    s.act(&mine, "deploy_complete").await;
+    let alloc_id = alloc["id"].as_str().unwrap();
+    let (st, _) = s
+        .call_as(
+            reqwest::Method::DELETE,
+            &bob,
+            &format!("/api/v1/allocations/{alloc_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = s
+        .call_as(
+            reqwest::Method::DELETE,
+            &alice,
+            &format!("/api/v1/allocations/{alloc_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    // Her machine is cleaned (forced here: no agent) and ready again; Bob allocating next
+    // does not land on it, nor does Alice.
+    s.act(&mine, "clean_complete").await;
+    for who in [&bob, &alice] {
+        let (st, a) = s
+            .post_as(
+                who,
+                "/api/v1/allocations",
+                json!({ "count": 1, "pool": "t" }),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{a}");
+        assert_ne!(a["machines"][0]["id"], mine.as_str(), "{a}");
+    }
 }

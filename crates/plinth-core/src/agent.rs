@@ -611,7 +611,16 @@ impl App {
     /// `GET /metadata/{instance-id}/{meta-data|user-data|network-config}`: the NoCloud seed
     /// over HTTP, for images that prefer a network datasource. The instance id (random, shown
     /// to the deployment's owner) is the key; the data is gone once the machine is released.
-    pub async fn nocloud(&self, instance: &str, file: &str) -> Result<String> {
+    ///
+    /// Only the machine itself gets them: a request from an address that is not the machine's
+    /// (leased, reserved, or its deploy token's) gets the same 404 as an unknown instance, and
+    /// leaves a `metadata_refused` event on the machine.
+    pub async fn nocloud(
+        &self,
+        instance: &str,
+        file: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<String> {
         let gone = || Error::not_found("no such instance, or it was released");
         let instance: Uuid = instance.parse().map_err(|_| gone())?;
         let mut conn = self.conn().await?;
@@ -619,6 +628,22 @@ impl App {
             .await
             .db()?
             .ok_or_else(gone)?;
+        let remote = peer.map(ip_text);
+        let own = plinth_db::deployments::machine_addresses(&mut conn, d.machine_id)
+            .await
+            .db()?;
+        if !remote.as_ref().is_some_and(|r| own.contains(r)) {
+            tracing::warn!(machine_id = %d.machine_id, remote = ?remote, file, "metadata asked for from an address that is not the machine's");
+            crate::record_event_as(
+                &mut conn,
+                "metadata",
+                Some(d.machine_id),
+                "metadata_refused",
+                json!({ "remote": remote, "file": file.chars().take(64).collect::<String>() }),
+            )
+            .await?;
+            return Err(gone());
+        }
         let seed = seed(&d);
         match file {
             "meta-data" => Ok(seed.meta_data),

@@ -13,6 +13,12 @@ use crate::{App, DbResult, Principal, Result, convert, validate};
 
 pub const MAX_COUNT: u32 = 1000;
 
+fn seen(who: &Principal, ms: Vec<plinth_types::api::Machine>) -> Vec<plinth_types::api::Machine> {
+    ms.into_iter()
+        .map(|m| crate::machines::as_seen_by(who, m))
+        .collect()
+}
+
 impl App {
     pub async fn allocate(&self, who: &Principal, req: AllocationRequest) -> Result<Allocation> {
         who.require(Permission::Allocate)?;
@@ -81,7 +87,7 @@ impl App {
         }
         let ids: Vec<Uuid> = picked.iter().map(|(m, _)| *m).collect();
         let rows = plinth_db::machines::get_many(&mut tx, &ids).await.db()?;
-        let machines = convert::machines(&mut tx, rows).await?;
+        let machines = seen(who, convert::machines(&mut tx, rows).await?);
         let a = plinth_db::allocations::get(&mut tx, id)
             .await
             .db()?
@@ -120,8 +126,7 @@ impl App {
             .await
             .db()?;
         let mut machines: HashMap<Uuid, plinth_types::api::Machine> =
-            convert::machines(&mut conn, machine_rows)
-                .await?
+            seen(who, convert::machines(&mut conn, machine_rows).await?)
                 .into_iter()
                 .map(|m| (m.id, m))
                 .collect();
@@ -151,7 +156,7 @@ impl App {
             .await
             .db()?;
         let rows = plinth_db::machines::get_many(&mut conn, &ids).await.db()?;
-        let machines = convert::machines(&mut conn, rows).await?;
+        let machines = seen(who, convert::machines(&mut conn, rows).await?);
         Ok(Allocation {
             id,
             owner: a.owner,
@@ -224,7 +229,7 @@ impl App {
             .await
             .db()?;
         let rows = plinth_db::machines::get_many(&mut tx, &ids).await.db()?;
-        let machines = convert::machines(&mut tx, rows).await?;
+        let machines = seen(who, convert::machines(&mut tx, rows).await?);
         let a = plinth_db::allocations::get(&mut tx, id)
             .await
             .db()?

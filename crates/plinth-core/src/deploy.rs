@@ -322,24 +322,32 @@ impl App {
         .await?;
         let machine = self.machine_in(&mut tx, id).await?;
         tx.commit().await.db()?;
-        Ok(machine)
+        Ok(crate::machines::as_seen_by(who, machine))
     }
 
-    /// A machine's deployment, if it has one (user data and keys are not shown back).
+    /// A machine's deployment, if it has one, as `who` may see it (see [`Deployment`]).
     pub async fn deployment(&self, who: &Principal, id: Uuid) -> Result<Option<Deployment>> {
         let mut conn = self.conn().await?;
         self.visible_row(&mut conn, who, id).await?;
         let d = plinth_db::deployments::get(&mut conn, id).await.db()?;
+        // visible_row let a client through only to its own machines: the tenant's data is
+        // theirs, and the people who run the rack; a viewer sees that there is a deployment.
+        let tenant = who.role != plinth_types::Role::Viewer;
         Ok(d.map(|d| Deployment {
             image: d.image_name,
             root_device: d.root_device,
-            instance_id: d.instance_id,
+            instance_id: tenant.then_some(d.instance_id),
             hostname: d.hostname,
             has_user_data: d.user_data.is_some(),
             ssh_authorized_keys: d.ssh_authorized_keys.len(),
             has_network_config: d.network_config.is_some(),
             created_by: d.created_by,
             created_at: d.created_at,
+            data: tenant.then(|| plinth_types::api::DeploymentData {
+                user_data: d.user_data.clone(),
+                network_config: d.network_config.clone(),
+                ssh_authorized_keys: d.ssh_authorized_keys.clone(),
+            }),
         }))
     }
 }

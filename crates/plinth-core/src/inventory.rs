@@ -97,11 +97,13 @@ impl App {
     /// A machine's newest `limit` events, newest first.
     pub async fn latest_events(&self, who: &Principal, id: Uuid, limit: u32) -> Result<Vec<Event>> {
         let mut conn = self.conn().await?;
-        self.visible_row(&mut conn, who, id).await?;
+        let row = self.visible_row(&mut conn, who, id).await?;
+        let start = self.tenancy_start(&mut conn, who, &row).await?;
         plinth_db::events::latest(&mut conn, id, i64::from(limit.clamp(1, 1000)))
             .await
             .db()?
             .into_iter()
+            .filter(|e| start.is_none_or(|s| e.at >= s))
             .map(convert::event)
             .collect()
     }

@@ -272,7 +272,7 @@ impl App {
         }
         let machine = self.machine_in(&mut tx, id).await?;
         tx.commit().await.db()?;
-        Ok(machine)
+        Ok(crate::machines::as_seen_by(who, machine))
     }
 
     /// A machine as the API shows it, read in `tx` (after a change, before it commits).

@@ -29,6 +29,21 @@ pub(crate) fn not_found(id: Uuid) -> Error {
     Error::not_found(format!("no machine {id}"))
 }
 
+/// A machine as `who` may see it. A client (the tenant of the machine) sees its BMC's power
+/// state and whether it answers, never where the BMC is, who plinth logs in as, what it
+/// reports about the hardware, or its error messages (which name its address).
+pub fn as_seen_by(who: &Principal, mut m: Machine) -> Machine {
+    if who.owner_scope().is_some()
+        && let Some(b) = &mut m.bmc
+    {
+        b.address.clear();
+        b.username.clear();
+        b.identity = None;
+        b.last_error = None;
+    }
+    m
+}
+
 impl App {
     pub async fn enroll_machine(&self, who: &Principal, req: MachineCreate) -> Result<Machine> {
         who.require(Permission::ManageMachines)?;
@@ -237,7 +252,11 @@ impl App {
         } else {
             None
         };
-        let machines = convert::machines(&mut conn, rows).await?;
+        let machines = convert::machines(&mut conn, rows)
+            .await?
+            .into_iter()
+            .map(|m| as_seen_by(who, m))
+            .collect();
         Ok(MachinePage {
             machines,
             next_cursor,
@@ -281,7 +300,7 @@ impl App {
     pub async fn get_machine(&self, who: &Principal, id: Uuid) -> Result<Machine> {
         let mut conn = self.conn().await?;
         let row = self.visible_row(&mut conn, who, id).await?;
-        convert::machine(&mut conn, row).await
+        Ok(as_seen_by(who, convert::machine(&mut conn, row).await?))
     }
 
     pub async fn update_machine(

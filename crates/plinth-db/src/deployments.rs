@@ -106,3 +106,27 @@ pub async fn by_instance(
     .fetch_optional(conn)
     .await
 }
+
+/// The addresses a machine answers from: those plinth leases to its NICs now, their
+/// reservations, and the address its last deploy token was bound to (where plinth does not
+/// serve its DHCP). What the metadata endpoint accepts requests for its deployment from.
+pub async fn machine_addresses(
+    conn: &mut PgConnection,
+    machine_id: Uuid,
+) -> Result<Vec<String>, sqlx::Error> {
+    let rows = sqlx::query_scalar!(
+        r#"select host(l.address) as "a!" from leases l join nics n on n.mac = l.mac and n.active
+           where n.machine_id = $1 and l.state = 'bound' and l.expires_at > now()
+           union
+           select host(n.ipv4) from nics n
+           where n.machine_id = $1 and n.active and n.ipv4 is not null
+           union
+           (select host(t.bound_ip) from agent_tokens t
+            where t.machine_id = $1 and t.mode = 'deploy' and t.bound_ip is not null
+            order by t.created_at desc limit 1)"#,
+        machine_id
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows)
+}

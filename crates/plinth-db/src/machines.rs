@@ -340,7 +340,10 @@ pub async fn pick_for_allocation(
              and m.tags @> $5
              and ($6::text is null or m.pool = $6)
              and ($7::text is null or m.rack_id = (select id from racks where name = $7))
-           order by m.id
+           -- the longest-ready first: a machine released (and cleaned) a moment ago comes
+           -- last, so a client cannot steer an allocation onto the machine its last tenant
+           -- just left
+           order by m.state_changed_at, m.id
            limit $8
            for update of m skip locked"#,
         f.arch,

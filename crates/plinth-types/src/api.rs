@@ -248,7 +248,10 @@ pub struct Nic {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BmcInfo {
     pub protocol: BmcProtocol,
+    /// Absent for clients (see docs/api.md, roles).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub username: String,
     pub verify_tls: bool,
     /// The power state plinth last read from the BMC (`on`, `off`, `powering_on`,
@@ -350,18 +353,31 @@ pub enum DiskSize {
     Largest,
 }
 
-/// A machine's deployment as the API shows it (user data and keys are not shown back).
+/// A machine's deployment as the API shows it. Its tenant's data (the instance id, which is
+/// the key of the metadata endpoint, the user data, network config and SSH keys) is shown to
+/// the allocation's client, operators and admins; viewers see that there is a deployment.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Deployment {
     pub image: String,
     pub root_device: String,
-    pub instance_id: Uuid,
+    /// `None` for viewers.
+    pub instance_id: Option<Uuid>,
     pub hostname: Option<String>,
     pub has_user_data: bool,
     pub ssh_authorized_keys: usize,
     pub has_network_config: bool,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
+    /// The tenant's data; `None` for viewers.
+    pub data: Option<DeploymentData>,
+}
+
+/// What a deployment's tenant gave it (see [`Deployment`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentData {
+    pub user_data: Option<String>,
+    pub network_config: Option<String>,
+    pub ssh_authorized_keys: Vec<String>,
 }
 
 /// `GET /machines/{id}/deployment/manifest`: what the deploy agent writes, and where from.

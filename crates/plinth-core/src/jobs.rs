@@ -146,7 +146,9 @@ pub fn transition_jobs(verb: Verb, mode: Option<FirmwareMode>) -> Vec<JobSpec> {
     };
     match verb {
         // Decommission boots the clean ramdisk too: the machine is wiped before it leaves.
-        Verb::Inspect | Verb::Deploy | Verb::Release | Verb::Decommission => pxe_then_cycle(),
+        Verb::Inspect | Verb::Deploy | Verb::Release | Verb::Clean | Verb::Decommission => {
+            pxe_then_cycle()
+        }
         Verb::DecommissionComplete => vec![JobSpec::Retire],
         // The image is written: boot it from its disk, for good.
         Verb::DeployComplete => vec![
@@ -458,6 +460,7 @@ mod tests {
             Verb::Inspect,
             Verb::Deploy,
             Verb::Release,
+            Verb::Clean,
             Verb::Decommission,
         ] {
             assert_eq!(

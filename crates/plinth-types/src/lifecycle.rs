@@ -108,6 +108,8 @@ pub enum Verb {
     DeployComplete,
     DeployFail,
     Release,
+    /// Clean a machine whose cleaning failed again (a disk replaced, a cable fixed).
+    Clean,
     CleanComplete,
     CleanFail,
     Decommission,
@@ -139,6 +141,7 @@ pub const TRANSITIONS: &[Transition] = &[
     Transition { verb: V::DeployComplete, from: &[S::Deploying], to: S::Deployed },
     Transition { verb: V::DeployFail, from: &[S::Deploying], to: S::DeployFailed },
     Transition { verb: V::Release, from: &[S::Allocated, S::Deployed, S::DeployFailed], to: S::Cleaning },
+    Transition { verb: V::Clean, from: &[S::CleanFailed], to: S::Cleaning },
     Transition { verb: V::CleanComplete, from: &[S::Cleaning], to: S::Ready },
     Transition { verb: V::CleanFail, from: &[S::Cleaning], to: S::CleanFailed },
     Transition {
@@ -150,7 +153,7 @@ pub const TRANSITIONS: &[Transition] = &[
 ];
 
 impl Verb {
-    pub const ALL: [Verb; 15] = [
+    pub const ALL: [Verb; 16] = [
         V::Enroll,
         V::Discover,
         V::Adopt,
@@ -162,6 +165,7 @@ impl Verb {
         V::DeployComplete,
         V::DeployFail,
         V::Release,
+        V::Clean,
         V::CleanComplete,
         V::CleanFail,
         V::Decommission,
@@ -181,6 +185,7 @@ impl Verb {
             V::DeployComplete => "deploy_complete",
             V::DeployFail => "deploy_fail",
             V::Release => "release",
+            V::Clean => "clean",
             V::CleanComplete => "clean_complete",
             V::CleanFail => "clean_fail",
             V::Decommission => "decommission",
@@ -266,6 +271,7 @@ mod tests {
         ("allocated", "release", "cleaning"),
         ("deployed", "release", "cleaning"),
         ("deploy_failed", "release", "cleaning"),
+        ("clean_failed", "clean", "cleaning"),
         ("cleaning", "clean_complete", "ready"),
         ("cleaning", "clean_fail", "clean_failed"),
         ("enrolled", "decommission", "decommissioning"),

@@ -574,6 +574,7 @@ fn timeline_entry(e: &Event) -> minijinja::Value {
 /// The verbs a person runs from a machine page, in order, with how the button looks.
 const PAGE_VERBS: &[(Verb, &str, &str, &str)] = &[
     (Verb::Inspect, "Inspect now", "", ""),
+    (Verb::Clean, "Clean again", "", ""),
     (
         Verb::Decommission,
         "Decommission",

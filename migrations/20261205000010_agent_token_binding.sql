@@ -142,10 +142,15 @@ begin
                w.requests > p_loop_max and w.requests - c.c <= p_loop_max as crossed
         from win w join counts c on c.id = w.machine_id
     ), ev as (
+        -- (a request refused its token is told to wait: its boot event says so)
         insert into events (actor, machine_id, kind, details)
         select f.actor, f.id, 'boot',
-               f.details || jsonb_build_object('message', p_messages[f.si], 'script', p_scripts[f.si])
-        from found f order by f.i
+               f.details || case when j.ok is false
+                   then jsonb_build_object('message', 'told to wait: this boot is bound to another address',
+                                           'script', 'wait.ipxe')
+                   else jsonb_build_object('message', p_messages[f.si], 'script', p_scripts[f.si]) end
+        from found f left join judged j on j.i = f.i
+        order by f.i
     ), lp as (
         insert into events (actor, machine_id, kind, details)
         select 'system', g.machine_id, 'boot_loop',

@@ -460,6 +460,11 @@ async fn agent_tokens_are_bound_to_the_address_that_booted() {
     assert_eq!(spoof.len(), 1, "{spoof:#?}");
     assert_eq!(spoof[0]["details"]["remote"], "127.0.0.3");
     assert_eq!(spoof[0]["details"]["accepted"], json!(["127.0.0.2"]));
+    let boots = s.events(&a, "boot").await;
+    assert_eq!(
+        boots.last().unwrap()["details"]["message"],
+        "told to wait: this boot is bound to another address"
+    );
     // The same address again (the machine rebooted): a new token, the old one revoked.
     let second = token_of(&script_from(&s, 2, 1).await).expect("a token after a reboot");
     assert_ne!(first, second);

@@ -166,6 +166,7 @@ fn bios_and_uefi_vms_are_deployed_booted_from_disk_and_released() {
             memory_mib: 512,
             disks: &[64],
             nvme_disks: &[],
+            sata_disks: &[],
         },
         VmDef {
             name: "duefi".into(),
@@ -176,6 +177,7 @@ fn bios_and_uefi_vms_are_deployed_booted_from_disk_and_released() {
             memory_mib: 768,
             disks: &[64],
             nvme_disks: &[],
+            sata_disks: &[],
         },
     ];
     let net = rack_network(&mut lab, "10.89.0", vms.len()).unwrap();
@@ -475,6 +477,7 @@ fn bench_deploy() {
             memory_mib: 512,
             disks: &[320],
             nvme_disks: &[],
+            sata_disks: &[],
         })
         .collect();
     let bmcs = vbmcs(&mut lab, &srv, &cli, &taps, &defs);

@@ -40,6 +40,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
             memory_mib: 512,
             disks: &[32],
             nvme_disks: &[],
+            sata_disks: &[],
         },
         VmDef {
             name: "uefi2".into(),
@@ -50,6 +51,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
             memory_mib: 768,
             disks: &[16, 24],
             nvme_disks: &[16],
+            sata_disks: &[16],
         },
         VmDef {
             name: "badcreds3".into(),
@@ -60,6 +62,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
             memory_mib: 256,
             disks: &[8],
             nvme_disks: &[],
+            sata_disks: &[],
         },
     ];
     let net = rack_network(&mut lab, "10.86.0", vms.len()).unwrap();
@@ -82,6 +85,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
         (0..vm.disks.len())
             .map(|k| bmcs[i].dir.join(format!("disk{k}.raw")))
             .chain((0..vm.nvme_disks.len()).map(|k| bmcs[i].dir.join(format!("nvme{k}.raw"))))
+            .chain((0..vm.sata_disks.len()).map(|k| bmcs[i].dir.join(format!("sata{k}.raw"))))
             .collect()
     };
     for i in 0..vms.len() {
@@ -145,6 +149,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
         sizes,
         [
             ("nvme0n1".to_owned(), 16 << 20),
+            ("sda".to_owned(), 16 << 20),
             ("vda".to_owned(), 16 << 20),
             ("vdb".to_owned(), 24 << 20)
         ]
@@ -203,7 +208,7 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
         );
     }
     // The second (pool secure-wipe): every disk zero throughout, the markers gone: the NVMe
-    // disk by NVMe Format, the virtio disks by the fallback's overwrite.
+    // disk by NVMe Format, the ATA and virtio disks by the fallback's overwrite.
     for f in disk_files(1) {
         let data = std::fs::read(&f).unwrap();
         assert!(data.iter().all(|b| *b == 0), "{} is zero", f.display());
@@ -222,6 +227,14 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
             assert_eq!(d["method"], "secure", "{d}");
             assert!(
                 v.contains("NVMe Format NVM") && v.contains("all zero"),
+                "{v}"
+            );
+        } else if d["name"] == "sda" {
+            // QEMU's ATA disk answers IDENTIFY through SG_IO (ATA PASS-THROUGH) and has no
+            // security feature set: the fallback, saying why.
+            assert_eq!(d["method"], "full", "{d}");
+            assert!(
+                v.contains("does not have the ATA security feature set"),
                 "{v}"
             );
         } else {
@@ -335,6 +348,7 @@ fn bench_inspect_to_ready() {
             memory_mib: if i == 0 { 512 } else { 384 },
             disks: &[8],
             nvme_disks: &[],
+            sata_disks: &[],
         })
         .collect();
     let bmcs = vbmcs(&mut lab, &srv, &cli, &taps, &defs);

@@ -34,6 +34,8 @@ pub struct VmDef {
     pub disks: &'static [u64],
     /// NVMe disks (after the virtio ones), MiB.
     pub nvme_disks: &'static [u64],
+    /// ATA disks (after those), MiB.
+    pub sata_disks: &'static [u64],
 }
 
 /// Starts the virtual BMC of each VM, on its tap (see [`vbmc`]).
@@ -68,6 +70,7 @@ pub fn vbmc(lab: &mut Lab, srv: &Ns, rack: &Ns, tap: &str, vm: &VmDef) -> Virtua
     spec.memory_mib = vm.memory_mib;
     spec.disks = vm.disks.to_vec();
     spec.nvme_disks = vm.nvme_disks.to_vec();
+    spec.sata_disks = vm.sata_disks.to_vec();
     let spec = VirtualBmcSpec {
         vm: spec,
         protocol: vm.protocol,

@@ -14,6 +14,7 @@
 //! the clean mode would, without plinth, and prints the disk's report as JSON (a technician in
 //! the ramdisk's shell, and scripts/bench-wipe.sh).
 
+mod ata;
 mod cmdline;
 mod deploy;
 mod facts;

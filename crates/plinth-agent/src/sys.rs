@@ -1,7 +1,8 @@
 //! What std does not offer the agent, as ioctls on a disk's file descriptor: re-reading a
 //! partition table (BLKRRPART), discarding a device's blocks (BLKDISCARD, BLKSECDISCARD),
-//! dropping its buffered pages (BLKFLSBUF), and NVMe admin commands through the kernel's
-//! passthrough (NVME_IOCTL_ID, NVME_IOCTL_ADMIN_CMD): Identify and Format NVM.
+//! dropping its buffered pages (BLKFLSBUF), NVMe admin commands through the kernel's
+//! passthrough (NVME_IOCTL_ID, NVME_IOCTL_ADMIN_CMD): Identify and Format NVM, and SCSI
+//! commands (SG_IO) carrying ATA ones (ATA PASS-THROUGH, see ata.rs).
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -137,4 +138,100 @@ pub fn nvme_admin(disk: &File, c: AdminCmd, data: Option<&mut [u8]>) -> io::Resu
         )));
     }
     Ok(cmd.result)
+}
+
+/// `SG_IO` from scsi/sg.h.
+const SG_IO: libc::c_ulong = 0x2285;
+const SG_DXFER_NONE: libc::c_int = -1;
+const SG_DXFER_TO_DEV: libc::c_int = -2;
+const SG_DXFER_FROM_DEV: libc::c_int = -3;
+
+/// `struct sg_io_hdr` (scsi/sg.h).
+#[repr(C)]
+struct SgIoHdr {
+    interface_id: libc::c_int,
+    dxfer_direction: libc::c_int,
+    cmd_len: u8,
+    mx_sb_len: u8,
+    iovec_count: u16,
+    dxfer_len: u32,
+    dxferp: *mut u8,
+    cmdp: *const u8,
+    sbp: *mut u8,
+    timeout: u32,
+    flags: u32,
+    pack_id: libc::c_int,
+    usr_ptr: *mut u8,
+    status: u8,
+    masked_status: u8,
+    msg_status: u8,
+    sb_len_wr: u8,
+    host_status: u16,
+    driver_status: u16,
+    resid: libc::c_int,
+    duration: u32,
+    info: u32,
+}
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<SgIoHdr>() == 88);
+
+/// Sends a 16-byte SCSI command block with `data` going out (`to_device`), coming in, or none
+/// (empty). ENOTTY or EINVAL: the device takes no SG_IO (virtio-blk, a file); a SCSI or ATA
+/// error is an error naming its status and the first sense bytes.
+pub fn sg_io(
+    disk: &File,
+    cdb: &[u8; 16],
+    data: &mut [u8],
+    to_device: bool,
+    timeout_ms: u32,
+) -> io::Result<()> {
+    let mut sense = [0u8; 32];
+    let mut hdr = SgIoHdr {
+        interface_id: b'S' as libc::c_int,
+        dxfer_direction: match (data.is_empty(), to_device) {
+            (true, _) => SG_DXFER_NONE,
+            (false, true) => SG_DXFER_TO_DEV,
+            (false, false) => SG_DXFER_FROM_DEV,
+        },
+        cmd_len: 16,
+        mx_sb_len: sense.len() as u8,
+        iovec_count: 0,
+        dxfer_len: u32::try_from(data.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        dxferp: if data.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            data.as_mut_ptr()
+        },
+        cmdp: cdb.as_ptr(),
+        sbp: sense.as_mut_ptr(),
+        timeout: timeout_ms,
+        flags: 0,
+        pack_id: 0,
+        usr_ptr: std::ptr::null_mut(),
+        status: 0,
+        masked_status: 0,
+        msg_status: 0,
+        sb_len_wr: 0,
+        host_status: 0,
+        driver_status: 0,
+        resid: 0,
+        duration: 0,
+        info: 0,
+    };
+    // SAFETY: the header and every buffer it points to (command, data, sense) live across the
+    // call; the kernel writes at most dxfer_len and mx_sb_len bytes into them.
+    check(unsafe { libc::ioctl(disk.as_raw_fd(), SG_IO as _, &mut hdr as *mut SgIoHdr) })?;
+    if hdr.status != 0 || hdr.host_status != 0 || hdr.driver_status & 0x0f != 0 {
+        let n = usize::from(hdr.sb_len_wr).min(sense.len());
+        return Err(io::Error::other(format!(
+            "SCSI status {:#04x}, host {:#06x}, driver {:#06x}, sense {:02x?}",
+            hdr.status,
+            hdr.host_status,
+            hdr.driver_status,
+            &sense[..n.min(18)]
+        )));
+    }
+    Ok(())
 }

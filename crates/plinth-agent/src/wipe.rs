@@ -7,9 +7,10 @@
 //!   the tenants of one owner, not against someone with the disk.
 //! - `discard`: the whole disk discarded (BLKSECDISCARD where the device takes it, else
 //!   BLKDISCARD), then read back: only a device whose discarded blocks read as zeros passes.
-//! - `secure`: the controller's own erase: NVMe Format NVM with "user data erase" (SES=1).
-//!   Disks without one (and ATA drives: ATA Security Erase is not implemented) get the
-//!   configured fallback: `full`, or failing.
+//! - `secure`: the drive's own erase: NVMe Format NVM with "user data erase" (SES=1), or ATA
+//!   Security Erase (see ata.rs) where the drive has the feature set and it is not frozen.
+//!   Disks without one (virtio, most SATA drives after a BIOS froze them) get the configured
+//!   fallback: `full`, or failing.
 //! - `full`: every byte overwritten with zeros.
 //!
 //! Every method except quick is verified by reading back samples (the first and last MiB and
@@ -26,7 +27,7 @@ use std::time::Instant;
 
 use plinth_types::api::{WipeFallback, WipeMethod, WipedDisk};
 
-use crate::{partition, sys};
+use crate::{ata, partition, sys};
 
 const MIB: u64 = 1024 * 1024;
 const CHUNK: usize = 4 * MIB as usize;
@@ -241,13 +242,110 @@ fn discard(f: &File, path: &Path, size: u64) -> Result<String, Trouble> {
     }
 }
 
-/// NVMe Format NVM with user data erase on the namespace `f` is open on.
+/// The drive's own erase: NVMe Format NVM for an NVMe namespace, ATA Security Erase for a
+/// drive that answers ATA PASS-THROUGH; anything else has none.
 fn secure(name: &str, f: &File, path: &Path, size: u64) -> Result<String, Trouble> {
-    if !name.starts_with("nvme") {
+    if name.starts_with("nvme") {
+        nvme_format(name, f, path, size)
+    } else {
+        ata_erase(name, f, path, size)
+    }
+}
+
+/// One ATA command through SG_IO; the 512-byte data block, when the command has one.
+fn ata(f: &File, c: ata::Command, data: &mut [u8], timeout_ms: u32) -> std::io::Result<()> {
+    let data = match c.direction() {
+        ata::Direction::None => &mut data[..0],
+        _ => data,
+    };
+    sys::sg_io(
+        f,
+        &c.cdb(),
+        data,
+        c.direction() == ata::Direction::Out,
+        timeout_ms,
+    )
+}
+
+/// ATA Security Erase (normal), as ata.rs lays out.
+fn ata_erase(name: &str, f: &File, path: &Path, size: u64) -> Result<String, Trouble> {
+    let mut id = [0u8; 512];
+    if let Err(e) = ata(f, ata::Command::Identify, &mut id, 10_000) {
         return Err(Trouble::Unsupported(format!(
-            "{name} has no secure erase plinth can use (NVMe Format only; ATA Security Erase is not implemented)"
+            "{name} is neither an NVMe namespace nor an ATA drive that answers IDENTIFY ({e})"
         )));
     }
+    let sec = ata::security(&id)
+        .ok_or_else(|| Trouble::Unsupported(format!("{name}: IDENTIFY DEVICE data too short")))?;
+    if let Some(why) = ata::refusal(&sec) {
+        return Err(Trouble::Unsupported(format!("{name}: {why}")));
+    }
+    let password = format!("plinth-{:016x}", rand_u64());
+    let mut block = ata::password_block(password.as_bytes());
+    ata(f, ata::Command::SetPassword, &mut block, 10_000).map_err(|e| {
+        Trouble::Unsupported(format!("{name}: SECURITY SET PASSWORD refused ({e})"))
+    })?;
+    // From here on the drive has a password: whatever fails, take it off again.
+    let minutes = sec.erase_minutes.unwrap_or(0).max(60);
+    let started = Instant::now();
+    let erased = ata(f, ata::Command::ErasePrepare, &mut [], 10_000).and_then(|()| {
+        let mut block = ata::password_block(password.as_bytes());
+        ata(
+            f,
+            ata::Command::EraseUnit,
+            &mut block,
+            minutes.saturating_mul(2 * 60_000),
+        )
+    });
+    if let Err(e) = erased {
+        let mut block = ata::password_block(password.as_bytes());
+        return Err(Trouble::Io(std::io::Error::other(
+            match ata(f, ata::Command::DisablePassword, &mut block, 10_000) {
+                Ok(()) => format!(
+                    "ATA SECURITY ERASE UNIT failed ({e}); the password was taken off again"
+                ),
+                Err(d) => format!(
+                    "ATA SECURITY ERASE UNIT failed ({e}) and taking the password off failed too ({d}): the drive's user password is {password}"
+                ),
+            },
+        )));
+    }
+    let took = started.elapsed().as_secs_f64();
+    sys::flush_buffers(f).ok();
+    let v = verify(path, f, size).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            Trouble::Io(std::io::Error::other(format!(
+                "after ATA Security Erase the drive does not read back zeros ({e})"
+            )))
+        } else {
+            e.into()
+        }
+    })?;
+    Ok(format!(
+        "ATA SECURITY ERASE UNIT (normal) in {took:.1} s (the drive's estimate {} min); {v}",
+        sec.erase_minutes
+            .map_or("none".to_owned(), |m| m.to_string())
+    ))
+}
+
+/// A random number for a one-time ATA password.
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        b = (t ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
+    }
+    u64::from_le_bytes(b)
+}
+
+/// NVMe Format NVM with user data erase on the namespace `f` is open on.
+fn nvme_format(name: &str, f: &File, path: &Path, size: u64) -> Result<String, Trouble> {
     let nsid = sys::nvme_namespace_id(f)
         .map_err(|e| Trouble::Unsupported(format!("{name} is not an NVMe namespace ({e})")))?;
     let mut ctrl = vec![0u8; 4096];

@@ -89,6 +89,10 @@ pub struct VmSpec {
     /// virtio disks; files `nvme0.raw`, ...; serials `plinth-nvme-0`, ...
     #[serde(default)]
     pub nvme_disks: Vec<u64>,
+    /// Raw ATA disks on the machine's own controller (AHCI on q35, IDE on pc; two at most),
+    /// after the NVMe disks; files `sata0.raw`, ...; serials `plinth-sata-0`, ...
+    #[serde(default)]
+    pub sata_disks: Vec<u64>,
     /// The NIC carries QEMU's iPXE option ROM (the default). Off (`romfile=`), a UEFI machine
     /// network-boots with EDK2's own PXE client; a BIOS machine cannot network-boot at all.
     pub ipxe_rom: bool,
@@ -106,6 +110,7 @@ impl VmSpec {
             cpus: 1,
             disks: Vec::new(),
             nvme_disks: Vec::new(),
+            sata_disks: Vec::new(),
             ipxe_rom: true,
         }
     }
@@ -208,6 +213,12 @@ impl VirtualMachine {
                     .iter()
                     .enumerate()
                     .map(|(i, mib)| (format!("nvme{i}.raw"), mib)),
+            )
+            .chain(
+                spec.sata_disks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, mib)| (format!("sata{i}.raw"), mib)),
             );
         for (name, mib) in files {
             let path = dir.join(name);
@@ -259,7 +270,8 @@ impl VirtualMachine {
         &self.dir
     }
 
-    /// The raw disk files, in the order of [`VmSpec::disks`], then [`VmSpec::nvme_disks`].
+    /// The raw disk files, in the order of [`VmSpec::disks`], then [`VmSpec::nvme_disks`] and
+    /// [`VmSpec::sata_disks`].
     pub fn disks(&self) -> &[PathBuf] {
         &self.disks
     }
@@ -449,6 +461,7 @@ impl VirtualMachine {
         ];
         let mut disks = Vec::new();
         let virtio = spec.disks.len();
+        let nvme = virtio + spec.nvme_disks.len();
         for (i, d) in self.disks.iter().enumerate() {
             disks.push("-drive".to_owned());
             // discard=unmap: a discard reaches the file (the clean agent's discard method).
@@ -462,11 +475,17 @@ impl VirtualMachine {
                     "virtio-blk-pci,drive=d{i},serial=plinth-disk-{i},bootindex={}",
                     first_disk_index + i
                 )
-            } else {
+            } else if i < nvme {
                 format!(
                     "nvme,drive=d{i},serial=plinth-nvme-{},bootindex={}",
                     i - virtio,
                     first_disk_index + i
+                )
+            } else {
+                format!(
+                    "ide-hd,drive=d{i},bus=ide.{k},serial=plinth-sata-{k},bootindex={}",
+                    first_disk_index + i,
+                    k = i - nvme
                 )
             });
         }

@@ -259,19 +259,7 @@ async fn inspect_then_clean_through_the_real_api() {
     );
 
     // Release → cleaning: the clean ramdisk wipes both disks and reports.
-    let alloc = api
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/allocations",
-            Some(json!({ "count": 1 })),
-        )
-        .await;
-    api.call(
-        reqwest::Method::DELETE,
-        &format!("/api/v1/allocations/{}", alloc["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
+    allocate_and_release(&api).await;
     let cmdline = format!("{} plinth.api={}", api.cmdline(mac).await, api.base);
     assert!(cmdline.contains("plinth.mode=clean"), "{cmdline}");
     let (ok, out) = run_agent(&root, &dev, &cmdline);
@@ -304,30 +292,7 @@ async fn inspect_then_clean_through_the_real_api() {
     assert!(events.iter().any(|e| e["kind"] == "agent_token_refused"));
 
     // A disk that cannot be written: the machine goes to clean_failed with the reason.
-    api.call(
-        reqwest::Method::POST,
-        "/api/v1/allocations",
-        Some(json!({ "count": 1 })),
-    )
-    .await;
-    let allocs = api
-        .call(reqwest::Method::GET, "/api/v1/allocations", None)
-        .await;
-    let live = allocs
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["released_at"].is_null())
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    api.call(
-        reqwest::Method::DELETE,
-        &format!("/api/v1/allocations/{live}"),
-        None,
-    )
-    .await;
+    allocate_and_release(&api).await;
     std::fs::remove_file(dev.join("vdb")).unwrap();
     let cmdline = format!("{} plinth.api={}", api.cmdline(mac).await, api.base);
     let (ok, out) = run_agent(&root, &dev, &cmdline);

@@ -55,26 +55,28 @@ fn enroll_as(
     address: &str,
     password: &str,
 ) -> String {
-    let out = serve.cli_env(
-        token,
-        &[
-            "machine",
-            "enroll",
-            "--hostname",
-            &format!("bmc-test-{n}"),
-            "--nic",
-            mac,
-            "--bmc-protocol",
-            protocol,
-            "--bmc-address",
-            address,
-            "--bmc-username",
-            "admin",
-            "-o",
-            "json",
-        ],
-        &[("PLINTH_BMC_PASSWORD", password)],
-    );
+    let hostname = format!("bmc-test-{n}");
+    let mut args = vec![
+        "machine",
+        "enroll",
+        "--hostname",
+        &hostname,
+        "--nic",
+        mac,
+        "--bmc-protocol",
+        protocol,
+        "--bmc-address",
+        address,
+        "--bmc-username",
+        "admin",
+        "-o",
+        "json",
+    ];
+    // The emulators answer plain HTTP: enrolled with the opt-in.
+    if address.starts_with("http://") {
+        args.push("--bmc-plain-http");
+    }
+    let out = serve.cli_env(token, &args, &[("PLINTH_BMC_PASSWORD", password)]);
     assert!(
         out.status.success(),
         "enroll: {}",

@@ -127,6 +127,7 @@ fn enroll_with_pool(
             username: "admin".into(),
             password: password.into(),
             verify_tls: Some(false),
+            plain_http: url.starts_with("http://").then_some(true),
         }),
     };
     env.rt

@@ -471,6 +471,18 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
             "invalid_bmc_address",
         ),
         (
+            "plain HTTP Redfish without the opt-in",
+            json!({ "nics": [{ "mac": mac(2) }], "bmc": { "protocol": "redfish", "address": "http://10.9.0.9", "username": "u", "password": "p" } }),
+            StatusCode::BAD_REQUEST,
+            "plain_http_required",
+        ),
+        (
+            "the opt-in for an https BMC",
+            json!({ "nics": [{ "mac": mac(2) }], "bmc": { "protocol": "redfish", "address": "https://10.9.0.9", "username": "u", "password": "p", "plain_http": true } }),
+            StatusCode::BAD_REQUEST,
+            "plain_http_without_http",
+        ),
+        (
             "bad BMC protocol",
             json!({ "nics": [{ "mac": mac(2) }], "bmc": { "protocol": "telnet", "address": "x", "username": "u", "password": "p" } }),
             StatusCode::BAD_REQUEST,

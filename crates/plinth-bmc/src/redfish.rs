@@ -11,6 +11,13 @@
 //! - Boot override: a PATCH of `Boot`, with `If-Match` when the resource has an ETag (one retry
 //!   on 412), read back by the caller ([`crate::set_boot_verified`]).
 //! - Errors carry the BMC's `error.@Message.ExtendedInfo` messages, never credentials.
+//!
+//! A BMC is not trusted (a compromised one answers plinth's requests): response bodies are read
+//! up to [`MAX_BODY`], redirects are not followed, and every path the BMC hands back
+//! (`@odata.id` links, action targets, a session's `Location`) must be a path on the BMC's own
+//! origin ([`Redfish::bmc_url`]), so that plinth never sends its credentials or a session
+//! token anywhere else. Plain `http://` needs the BMC's own opt-in
+//! ([`RedfishConfig::allow_plain_http`]): the password would cross the network in clear.
 
 use std::time::Duration;
 
@@ -40,7 +47,13 @@ pub struct RedfishConfig {
     pub system: Option<String>,
     /// Per request.
     pub timeout: Duration,
+    /// Whether a `http://` base URL is allowed (emulators, or a BMC network the operator
+    /// accepts cleartext on); refused otherwise.
+    pub allow_plain_http: bool,
 }
+
+/// The most of a response body plinth reads from a BMC; Redfish resources are a few KiB.
+pub const MAX_BODY: usize = 4 << 20;
 
 impl std::fmt::Debug for RedfishConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,6 +79,8 @@ enum Auth {
 pub struct Redfish {
     http: reqwest::Client,
     cfg: RedfishConfig,
+    /// The parsed base URL; every request goes to its origin.
+    base: reqwest::Url,
     auth: Mutex<Auth>,
     system: Mutex<Option<String>>,
 }
@@ -164,6 +179,26 @@ fn status_error(status: StatusCode, body: &Value) -> BmcError {
     }
 }
 
+/// A response's body, up to [`MAX_BODY`]: a BMC that sends more is refused, not read.
+async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>> {
+    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(BmcError::Protocol(format!(
+            "the BMC answered with a body of {} bytes (plinth reads at most {MAX_BODY})",
+            resp.content_length().unwrap_or(0)
+        )));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+        if out.len() + chunk.len() > MAX_BODY {
+            return Err(BmcError::Protocol(format!(
+                "the BMC answered with a body over {MAX_BODY} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 fn transport_error(e: reqwest::Error) -> BmcError {
     if e.is_timeout() {
         BmcError::Timeout
@@ -241,9 +276,33 @@ fn parse_power(s: &str) -> Result<PowerState> {
 
 impl Redfish {
     pub fn new(cfg: RedfishConfig) -> Result<Redfish> {
+        let base = reqwest::Url::parse(cfg.base_url.trim_end_matches('/'))
+            .map_err(|e| BmcError::Protocol(format!("the BMC address is not a URL: {e}")))?;
+        match base.scheme() {
+            "https" => {}
+            "http" if cfg.allow_plain_http => {}
+            "http" => {
+                return Err(BmcError::Unsupported(
+                    "plain http:// Redfish without the BMC's plain_http opt-in (its password would cross the network in clear)".into(),
+                ));
+            }
+            other => {
+                return Err(BmcError::Protocol(format!(
+                    "the BMC address has the scheme {other:?}, not https"
+                )));
+            }
+        }
+        if !base.username().is_empty() || base.password().is_some() || base.host().is_none() {
+            return Err(BmcError::Protocol(
+                "the BMC address must be scheme://host[:port] without user information".into(),
+            ));
+        }
         let mut b = reqwest::Client::builder()
             .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)));
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            // A redirect could take plinth's credentials (and the X-Auth-Token, which reqwest
+            // would not strip) to another host: a 3xx is an answer, not a detour.
+            .redirect(reqwest::redirect::Policy::none());
         if !cfg.verify_tls {
             b = b.danger_accept_invalid_certs(true);
         } else if let Some(pem) = &cfg.ca_pem {
@@ -266,6 +325,7 @@ impl Redfish {
             system: Mutex::new(cfg.system.clone()),
             http,
             cfg,
+            base,
             auth: Mutex::new(Auth::Unknown),
         })
     }
@@ -275,10 +335,13 @@ impl Redfish {
     pub async fn logout(&self) {
         let auth = std::mem::replace(&mut *self.auth.lock().await, Auth::Unknown);
         if let Auth::Session(token, Some(uri)) = auth {
-            let url = if uri.starts_with("http://") || uri.starts_with("https://") {
-                uri
-            } else {
-                self.url(&uri)
+            // The session's URI came from the BMC: only ever its own origin.
+            let url = match self.bmc_url(&uri) {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::warn!(bmc = %self.base, error = %e, "not logging out at a session URI off the BMC");
+                    return;
+                }
             };
             let res = self
                 .http
@@ -293,15 +356,61 @@ impl Redfish {
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.cfg.base_url.trim_end_matches('/'))
+    /// A URL on the BMC for `path`, a path the BMC supplied (or an absolute URL of its own
+    /// origin, which some BMCs give as a session's `Location`). Refused: anything that could
+    /// name another host or confuse a parser (`//`, `@`, `\`, a scheme, control characters,
+    /// whitespace), and anything that does not resolve to the BMC's own scheme, host and port.
+    pub fn bmc_url(&self, path: &str) -> Result<reqwest::Url> {
+        let refuse = |why: &str| {
+            // Shown without whatever stands before an @ (user information, a password).
+            let shown = match path.rsplit_once('@') {
+                Some((_, tail)) => format!("…@{tail}"),
+                None => path.to_owned(),
+            };
+            BmcError::Protocol(format!(
+                "the BMC gave a path plinth does not follow ({why}): {:?}",
+                shown.chars().take(100).collect::<String>()
+            ))
+        };
+        if path.len() > 2048 {
+            return Err(refuse("too long"));
+        }
+        if path
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '\\')
+        {
+            return Err(refuse("control characters, whitespace or a backslash"));
+        }
+        let url = if path.starts_with('/') {
+            if path.starts_with("//") {
+                return Err(refuse("a network path"));
+            }
+            if path.contains('@') {
+                return Err(refuse("an @"));
+            }
+            self.base.join(path).map_err(|_| refuse("not a path"))?
+        } else {
+            let u = reqwest::Url::parse(path).map_err(|_| refuse("neither a path nor a URL"))?;
+            if !u.username().is_empty() || u.password().is_some() {
+                return Err(refuse("user information"));
+            }
+            u
+        };
+        if url.origin() != self.base.origin() {
+            return Err(refuse("another origin than the BMC's"));
+        }
+        Ok(url)
+    }
+
+    fn url(&self, path: &str) -> Result<reqwest::Url> {
+        self.bmc_url(path)
     }
 
     /// Logs in with a session when the service offers one; Basic otherwise.
     async fn login(&self) -> Result<Auth> {
         let resp = self
             .http
-            .post(self.url("/redfish/v1/SessionService/Sessions"))
+            .post(self.url("/redfish/v1/SessionService/Sessions")?)
             .json(&json!({ "UserName": self.cfg.username, "Password": self.cfg.password }))
             .send()
             .await
@@ -321,12 +430,13 @@ impl Redfish {
                 .map(str::to_owned);
             let uri = match uri {
                 Some(u) => Some(u),
-                None => resp
-                    .json::<Value>()
+                None => read_limited(resp)
                     .await
                     .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
                     .and_then(|v| v["@odata.id"].as_str().map(str::to_owned)),
             };
+            // (checked against the BMC's origin before plinth ever uses it: see logout)
             return Ok(Auth::Session(token, uri));
         }
         // No session service (404, 405, 501, a 2xx without a token, or a 401 from a service
@@ -355,7 +465,7 @@ impl Redfish {
                 }
                 a.clone()
             };
-            let mut req = self.http.request(method.clone(), self.url(path));
+            let mut req = self.http.request(method.clone(), self.url(path)?);
             req = match &auth {
                 Auth::Session(t, _) => req.header("X-Auth-Token", t),
                 _ => req.basic_auth(&self.cfg.username, Some(&self.cfg.password)),
@@ -369,11 +479,20 @@ impl Redfish {
             let resp = req.send().await.map_err(transport_error)?;
             let status = resp.status();
             let headers = resp.headers().clone();
-            let bytes = resp.bytes().await.map_err(transport_error)?;
+            let bytes = read_limited(resp).await?;
             let value: Value = if bytes.is_empty() {
                 Value::Null
             } else {
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+                match serde_json::from_slice(&bytes) {
+                    Ok(v) => v,
+                    // An error status is explained by its code alone.
+                    Err(_) if !status.is_success() => Value::Null,
+                    Err(e) => {
+                        return Err(BmcError::Protocol(format!(
+                            "the BMC's answer to {method} {path} is not JSON: {e}"
+                        )));
+                    }
+                }
             };
             if status == StatusCode::UNAUTHORIZED
                 && attempt == 0
@@ -662,6 +781,7 @@ mod tests {
             ca_pem: None,
             system: None,
             timeout: Duration::from_secs(30),
+            allow_plain_http: false,
         };
         assert!(!format!("{cfg:?}").contains("calvin"));
     }

@@ -18,6 +18,7 @@ fn driver(emu: &RedfishEmulator, password: &str, timeout: Duration) -> Redfish {
         ca_pem: None,
         system: None,
         timeout,
+        allow_plain_http: true,
     })
     .unwrap()
 }
@@ -134,4 +135,100 @@ async fn basic_auth_when_there_is_no_session_service() {
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
     assert_eq!(emu.logins(), 0);
     assert!(emu.requests().iter().any(|r| r == "POST sessions"));
+}
+
+/// A compromised BMC's lies: a body without end, links and redirects to another host, a reset
+/// target and a session URI elsewhere, a body that is not JSON. Each is a clear error (or, for
+/// the session URI, a logout plinth does not send), and the other host sees nothing, least of
+/// all plinth's credentials.
+#[tokio::test]
+async fn a_hostile_bmc_cannot_hurt_plinth() {
+    use plinth_testkit::redfish::{Collector, Hostile};
+    let emu = RedfishEmulator::start("root", "calvin").await.unwrap();
+    let other = Collector::start().await.unwrap();
+    let (o, port) = (other.url(), other.addr.port());
+    let cases: Vec<(Hostile, &str)> = vec![
+        (Hostile::HugeBody(16 << 20), "body"),
+        (
+            Hostile::MemberId(format!("{o}/redfish/v1/Systems/1")),
+            "another origin",
+        ),
+        (
+            Hostile::MemberId(format!("//127.0.0.1:{port}/redfish/v1/Systems/1")),
+            "a network path",
+        ),
+        (
+            Hostile::MemberId(format!("/redfish/v1@127.0.0.1:{port}/Systems/1")),
+            "an @",
+        ),
+        (
+            Hostile::MemberId(format!("http://root:calvin@127.0.0.1:{port}/x")),
+            "user information",
+        ),
+        (
+            Hostile::MemberId("/redfish/v1/Systems/1\r\nX: y".into()),
+            "control",
+        ),
+        (
+            Hostile::Redirect(format!("{o}/redfish/v1/Systems/1")),
+            "302",
+        ),
+        (Hostile::MalformedJson, "not JSON"),
+    ];
+    for (hostile, says) in cases {
+        emu.knobs(|k| k.hostile = hostile.clone());
+        let bmc = driver(&emu, "calvin", Duration::from_secs(10));
+        let e = bmc.power_state().await.unwrap_err();
+        assert!(e.to_string().contains(says), "{hostile:?}: {e}");
+        assert!(!e.to_string().contains("calvin"), "{e}");
+        bmc.close().await;
+    }
+    // A reset target on another host: the action is refused, not sent.
+    emu.knobs(|k| k.hostile = Hostile::ResetTarget(format!("{o}/reset")));
+    let bmc = driver(&emu, "calvin", Duration::from_secs(10));
+    let e = bmc.power(PowerAction::On).await.unwrap_err();
+    assert!(e.to_string().contains("another origin"), "{e}");
+    assert_eq!(emu.power(), "Off");
+    // A session whose URI is on another host: everything works, and the logout (which would
+    // carry the session's token) is not sent there.
+    emu.knobs(|k| {
+        k.hostile = Hostile::SessionLocation(format!("{o}/redfish/v1/SessionService/Sessions/1"))
+    });
+    let bmc = driver(&emu, "calvin", Duration::from_secs(10));
+    assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
+    let logouts = emu.logouts();
+    bmc.close().await;
+    assert_eq!(emu.logouts(), logouts, "no logout sent anywhere");
+    assert!(other.requests().is_empty(), "{:?}", other.requests());
+
+    // The BMC is fine again: so is plinth.
+    emu.knobs(|k| k.hostile = Hostile::No);
+    let bmc = driver(&emu, "calvin", Duration::from_secs(10));
+    bmc.power(PowerAction::On).await.unwrap();
+    assert_eq!(emu.power(), "On");
+}
+
+/// Plain http:// only with the BMC's opt-in; other schemes and user information never.
+#[tokio::test]
+async fn plain_http_needs_the_opt_in() {
+    let emu = RedfishEmulator::start("root", "calvin").await.unwrap();
+    let cfg = |base_url: String, allow_plain_http: bool| RedfishConfig {
+        base_url,
+        username: "root".into(),
+        password: "calvin".into(),
+        verify_tls: true,
+        ca_pem: None,
+        system: None,
+        timeout: Duration::from_secs(5),
+        allow_plain_http,
+    };
+    let e = Redfish::new(cfg(emu.url(), false)).err().unwrap();
+    assert!(
+        matches!(&e, BmcError::Unsupported(m) if m.contains("plain")),
+        "{e:?}"
+    );
+    assert!(Redfish::new(cfg(emu.url(), true)).is_ok());
+    for bad in ["ftp://10.0.0.1", "https://root:pw@10.0.0.1", "not a url"] {
+        assert!(Redfish::new(cfg(bad.into(), true)).is_err(), "{bad}");
+    }
 }

@@ -22,6 +22,7 @@ fn driver(port: u16, user: &str, pw: &str) -> Redfish {
         ca_pem: None,
         system: None,
         timeout: Duration::from_secs(30),
+        allow_plain_http: true,
     })
     .unwrap()
 }
@@ -111,6 +112,7 @@ async fn tls_verification_and_a_custom_ca() {
             ca_pem,
             system: None,
             timeout: Duration::from_secs(30),
+            allow_plain_http: false,
         })
         .unwrap()
     };
@@ -140,6 +142,7 @@ async fn tls_verification_and_a_custom_ca() {
         ca_pem: Some(b"not a certificate".to_vec()),
         system: None,
         timeout: Duration::from_secs(5),
+        allow_plain_http: false,
     })
     .err()
     .unwrap();

@@ -25,6 +25,7 @@ fn driver(emu: &RedfishEmulator) -> Redfish {
         ca_pem: None,
         system: None,
         timeout: Duration::from_secs(30),
+        allow_plain_http: true,
     })
     .unwrap()
 }

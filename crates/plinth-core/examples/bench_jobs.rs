@@ -97,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
                         username: "admin".into(),
                         password: PASSWORD.into(),
                         verify_tls: Some(false),
+                        plain_http: Some(true),
                     }),
                 },
             )
@@ -222,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
                 ca_pem: None,
                 system: None,
                 timeout: call_timeout,
+                allow_plain_http: true,
             })?;
             plinth_bmc::set_boot_verified(&bmc, BootDevice::Pxe, false, None).await?;
             let on = bmc.power_state().await? == PowerState::On;

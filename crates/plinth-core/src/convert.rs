@@ -50,6 +50,7 @@ pub(crate) async fn machines(
                 address: b.address,
                 username: b.username,
                 verify_tls: b.verify_tls,
+                plain_http: b.plain_http,
                 power_state: b.power_state,
                 power_checked_at: b.power_checked_at,
                 reachable: b.reachable,

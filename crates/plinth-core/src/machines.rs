@@ -176,6 +176,7 @@ impl App {
                 password_nonce: &nonce,
                 password_ciphertext: &ct,
                 verify_tls: b.verify_tls.unwrap_or(true),
+                plain_http: b.plain_http.unwrap_or(false),
             },
         )
         .await
@@ -422,6 +423,23 @@ fn validate_bmc(b: &BmcSpec) -> Result<()> {
     match b.protocol {
         plinth_types::api::BmcProtocol::Redfish => validate::redfish_address(&b.address)?,
         plinth_types::api::BmcProtocol::Ipmi => validate::bmc_address(&b.address)?,
+    }
+    let plain =
+        b.protocol == plinth_types::api::BmcProtocol::Redfish && b.address.starts_with("http://");
+    if plain && b.plain_http != Some(true) {
+        return Err(Error::invalid(
+            "plain_http_required",
+            format!(
+                "{} is plain HTTP: the BMC's password would cross the network in clear. Use https://, or enroll it with plain_http: true (CLI --bmc-plain-http) if that network is trusted",
+                b.address
+            ),
+        ));
+    }
+    if !plain && b.plain_http == Some(true) {
+        return Err(Error::invalid(
+            "plain_http_without_http",
+            "plain_http is for a Redfish BMC at an http:// address",
+        ));
     }
     validate::bmc_credentials(&b.username, &b.password)
 }

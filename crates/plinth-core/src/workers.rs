@@ -33,6 +33,8 @@ pub struct BmcTarget {
     pub username: String,
     pub password: String,
     pub verify_tls: bool,
+    /// The BMC's opt-in to plain http:// Redfish.
+    pub plain_http: bool,
 }
 
 impl std::fmt::Debug for BmcTarget {
@@ -99,6 +101,7 @@ impl Connector for Drivers {
                         username: t.username.clone(),
                         password: t.password.clone(),
                         verify_tls: t.verify_tls,
+                        allow_plain_http: t.plain_http,
                         ca_pem: self.ca_pem.clone(),
                         system: None,
                         timeout: self.timeout,
@@ -429,6 +432,7 @@ impl App {
             username,
             password,
             verify_tls: j.verify_tls.unwrap_or(true),
+            plain_http: j.plain_http.unwrap_or(false),
         })
     }
 }
@@ -944,6 +948,7 @@ impl PowerSync {
                 username: b.username.clone(),
                 password,
                 verify_tls: b.verify_tls,
+                plain_http: b.plain_http,
             };
             let bmc = self
                 .connector

@@ -174,6 +174,7 @@ impl World {
                         username: "root".into(),
                         password: password.into(),
                         verify_tls: Some(false),
+                        plain_http: None,
                     }),
                 },
             )
@@ -910,6 +911,7 @@ async fn ipmi_bmcs_through_the_real_driver() {
                     username: "admin".into(),
                     password: password.into(),
                     verify_tls: None,
+                    plain_http: None,
                 }),
             },
         )
@@ -1050,6 +1052,7 @@ async fn wrong_credentials_are_not_polled_every_minute() {
                     username: "root".into(),
                     password: PASSWORD.into(),
                     verify_tls: Some(false),
+                    plain_http: None,
                 })),
                 ..Default::default()
             },

@@ -452,6 +452,7 @@ async fn bmc_password_is_encrypted_at_rest() {
         username: "root".into(),
         password: "correct horse".into(),
         verify_tls: Some(false),
+        plain_http: None,
     });
     let m = app.enroll_machine(&admin(), req).await.unwrap();
     let raw: Vec<u8> =

@@ -12,6 +12,7 @@ pub struct BmcRow {
     pub address: String,
     pub username: String,
     pub verify_tls: bool,
+    pub plain_http: bool,
     pub power_state: Option<String>,
     pub power_checked_at: Option<chrono::DateTime<chrono::Utc>>,
     pub reachable: Option<bool>,
@@ -26,6 +27,7 @@ pub struct NewBmc<'a> {
     pub password_nonce: &'a [u8],
     pub password_ciphertext: &'a [u8],
     pub verify_tls: bool,
+    pub plain_http: bool,
 }
 
 /// Inserts or replaces the machine's BMC.
@@ -35,11 +37,12 @@ pub async fn upsert(
     b: &NewBmc<'_>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "insert into bmcs (machine_id, protocol, address, username, password_nonce, password_ciphertext, verify_tls)
-         values ($1, $2, $3, $4, $5, $6, $7)
+        "insert into bmcs (machine_id, protocol, address, username, password_nonce, password_ciphertext, verify_tls, plain_http)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)
          on conflict (machine_id) do update set protocol = excluded.protocol, address = excluded.address,
              username = excluded.username, password_nonce = excluded.password_nonce,
              password_ciphertext = excluded.password_ciphertext, verify_tls = excluded.verify_tls,
+             plain_http = excluded.plain_http,
              updated_at = now(), reachable = null, consecutive_failures = 0, last_error = null,
              next_poll_at = now(), identity = null, identity_at = null",
         machine_id,
@@ -48,7 +51,8 @@ pub async fn upsert(
         b.username,
         b.password_nonce,
         b.password_ciphertext,
-        b.verify_tls
+        b.verify_tls,
+        b.plain_http
     )
     .execute(conn)
     .await?;
@@ -69,7 +73,7 @@ pub async fn for_machines(
 ) -> Result<Vec<BmcRow>, sqlx::Error> {
     sqlx::query_as!(
         BmcRow,
-        "select machine_id, protocol, address, username, verify_tls, power_state, power_checked_at,
+        "select machine_id, protocol, address, username, verify_tls, plain_http, power_state, power_checked_at,
                 reachable, last_error, identity
          from bmcs where machine_id = any($1)",
         ids
@@ -102,6 +106,7 @@ pub struct DueBmc {
     pub password_nonce: Vec<u8>,
     pub password_ciphertext: Vec<u8>,
     pub verify_tls: bool,
+    pub plain_http: bool,
     pub power_state: Option<String>,
     pub reachable: Option<bool>,
     pub consecutive_failures: i32,
@@ -129,7 +134,7 @@ pub async fn claim_due(
              + make_interval(secs => $2::float8 * (1 - $3::float8 + 2 * $3::float8 * random()))
          from due where b.machine_id = due.machine_id
          returning b.machine_id, b.protocol, b.address, b.username, b.password_nonce,
-                   b.password_ciphertext, b.verify_tls, b.power_state, b.reachable,
+                   b.password_ciphertext, b.verify_tls, b.plain_http, b.power_state, b.reachable,
                    b.consecutive_failures",
         limit,
         interval_secs,

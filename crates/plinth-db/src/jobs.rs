@@ -121,6 +121,7 @@ pub struct Claimed {
     pub password_nonce: Option<Vec<u8>>,
     pub password_ciphertext: Option<Vec<u8>>,
     pub verify_tls: Option<bool>,
+    pub plain_http: Option<bool>,
 }
 
 /// Claims up to `limit` runnable jobs for `worker`: queued, due, the oldest unfinished job of
@@ -156,7 +157,7 @@ pub async fn claim(
                   c.chain, c.requested_by as "requested_by!",
                   b.protocol as "protocol?", b.address as "address?", b.username as "username?",
                   b.password_nonce as "password_nonce?", b.password_ciphertext as "password_ciphertext?",
-                  b.verify_tls as "verify_tls?"
+                  b.verify_tls as "verify_tls?", b.plain_http as "plain_http?"
            from claimed c left join bmcs b on b.machine_id = c.machine_id
            order by c.seq"#,
         worker,

@@ -1,7 +1,9 @@
 //! A Redfish BMC that misbehaves on purpose, for the driver's and the job system's tests: a
 //! ComputerSystem with power and a boot override, a SessionService whose sessions can be
 //! expired at will, and knobs to require If-Match, revert boot overrides, answer slowly, or
-//! answer 503 with an ExtendedInfo message. Served by axum on 127.0.0.1.
+//! answer 503 with an ExtendedInfo message; and a hostile mode ([`Hostile`]): the lies of a
+//! compromised BMC that tries to make plinth read without end or send its credentials to
+//! another host ([`Collector`] is that other host). Served by axum on 127.0.0.1.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -44,6 +46,29 @@ pub struct Knobs {
     pub fail_status: Option<u16>,
     /// Accept connections and never answer.
     pub hang: bool,
+    /// How a compromised BMC lies.
+    pub hostile: Hostile,
+}
+
+/// The lies of a compromised BMC (issue 17): each one a way to make its client read without
+/// end, or follow a link or a redirect to another host with its credentials.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Hostile {
+    #[default]
+    No,
+    /// The ComputerSystem's body is this many bytes (valid JSON, padded).
+    HugeBody(usize),
+    /// The Systems collection's member is this `@odata.id` (another host's URL, `//host/x`,
+    /// `/x@host/y`, ...).
+    MemberId(String),
+    /// The ComputerSystem answers `302 Found` with this `Location`.
+    Redirect(String),
+    /// The ComputerSystem's body is not JSON.
+    MalformedJson,
+    /// The reset action's `target` is this.
+    ResetTarget(String),
+    /// A new session's `Location` is this.
+    SessionLocation(String),
 }
 
 #[derive(Debug)]
@@ -322,10 +347,12 @@ async fn systems(State(s): State<Shared>, h: HeaderMap) -> Response {
     if let Some(r) = gate(&s, &h, "GET /redfish/v1/Systems", true).await {
         return r;
     }
-    axum::Json(
-        json!({ "Members": [{ "@odata.id": "/redfish/v1/Systems/1" }], "Members@odata.count": 1 }),
-    )
-    .into_response()
+    let member = match &s.lock().expect("emulator state").knobs.hostile {
+        Hostile::MemberId(id) => id.clone(),
+        _ => "/redfish/v1/Systems/1".to_owned(),
+    };
+    axum::Json(json!({ "Members": [{ "@odata.id": member }], "Members@odata.count": 1 }))
+        .into_response()
 }
 
 fn etag(b: &Bmc) -> String {
@@ -339,7 +366,24 @@ async fn system(State(s): State<Shared>, h: HeaderMap) -> Response {
     let host = s.lock().expect("emulator state").host.clone();
     let host_power = host.map(|h| if h.is_on() { "On" } else { "Off" });
     let b = s.lock().expect("emulator state");
-    let body: Value = json!({
+    match &b.knobs.hostile {
+        Hostile::Redirect(to) => {
+            return (StatusCode::FOUND, [("location", to.clone())]).into_response();
+        }
+        Hostile::MalformedJson => {
+            return (
+                [("content-type", "application/json")],
+                "{\"PowerState\": \"On\", ",
+            )
+                .into_response();
+        }
+        _ => {}
+    }
+    let reset_target = match &b.knobs.hostile {
+        Hostile::ResetTarget(t) => t.clone(),
+        _ => "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset".to_owned(),
+    };
+    let mut body: Value = json!({
         "@odata.id": "/redfish/v1/Systems/1",
         "@odata.etag": etag(&b),
         "Id": "1",
@@ -355,10 +399,13 @@ async fn system(State(s): State<Shared>, h: HeaderMap) -> Response {
             "BootSourceOverrideTarget@Redfish.AllowableValues": ["None", "Pxe", "Hdd", "Cd", "BiosSetup", "UefiHttp"]
         },
         "Actions": { "#ComputerSystem.Reset": {
-            "target": "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+            "target": reset_target,
             "ResetType@Redfish.AllowableValues": ["On", "ForceOff", "GracefulShutdown", "ForceRestart", "Nmi"]
         }}
     });
+    if let Hostile::HugeBody(n) = b.knobs.hostile {
+        body["Oem"] = json!({ "Padding": "x".repeat(n) });
+    }
     ([("etag", etag(&b))], axum::Json(body)).into_response()
 }
 
@@ -509,16 +556,64 @@ async fn login(
     b.tokens.push(token.clone());
     let id = b.logins;
     b.sessions.push((id, token.clone()));
+    let location = match &b.knobs.hostile {
+        Hostile::SessionLocation(l) => l.clone(),
+        _ => format!("/redfish/v1/SessionService/Sessions/{}", b.logins),
+    };
     (
         StatusCode::CREATED,
-        [
-            ("x-auth-token", token),
-            (
-                "location",
-                format!("/redfish/v1/SessionService/Sessions/{}", b.logins),
-            ),
-        ],
+        [("x-auth-token", token), ("location", location)],
         axum::Json(json!({ "Id": b.logins.to_string(), "UserName": b.user })),
     )
         .into_response()
+}
+
+/// Another host on the network, where a hostile BMC tries to send plinth: it records every
+/// request that reaches it (method, path, and whether it carried credentials) and answers
+/// like a Redfish system, to lure a client on.
+pub struct Collector {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Collector {
+    pub async fn start() -> anyhow::Result<Collector> {
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let keep = seen.clone();
+        let app = Router::new().fallback(move |req: axum::extract::Request| {
+            let keep = keep.clone();
+            async move {
+                let h = req.headers();
+                let creds = h.contains_key("authorization") || h.contains_key("x-auth-token");
+                keep.lock().expect("collector").push(format!(
+                    "{} {} credentials={creds}",
+                    req.method(),
+                    req.uri()
+                ));
+                axum::Json(json!({ "PowerState": "On", "Members": [] }))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.ok();
+        });
+        Ok(Collector { addr, seen, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request that reached this host.
+    pub fn requests(&self) -> Vec<String> {
+        self.seen.lock().expect("collector").clone()
+    }
 }

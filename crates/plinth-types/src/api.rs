@@ -159,6 +159,10 @@ pub struct BmcSpec {
     /// Stored encrypted; never returned.
     pub password: String,
     pub verify_tls: Option<bool>,
+    /// A Redfish address `http://...`: allowed only with this set (the password crosses the
+    /// network in clear; emulators, or a BMC network the operator accepts that on).
+    #[serde(default)]
+    pub plain_http: Option<bool>,
 }
 
 impl std::fmt::Debug for BmcSpec {
@@ -169,6 +173,7 @@ impl std::fmt::Debug for BmcSpec {
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .field("verify_tls", &self.verify_tls)
+            .field("plain_http", &self.plain_http)
             .finish()
     }
 }
@@ -254,6 +259,9 @@ pub struct BmcInfo {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub username: String,
     pub verify_tls: bool,
+    /// Reached over plain http:// (the BMC's opt-in): its password crosses the network in clear.
+    #[serde(default)]
+    pub plain_http: bool,
     /// The power state plinth last read from the BMC (`on`, `off`, `powering_on`,
     /// `powering_off`), and when.
     pub power_state: Option<String>,
@@ -774,6 +782,7 @@ mod tests {
             username: "admin".into(),
             password: "hunter2".into(),
             verify_tls: None,
+            plain_http: None,
         };
         assert!(!format!("{b:?}").contains("hunter2"));
     }

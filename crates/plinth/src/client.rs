@@ -271,6 +271,9 @@ pub enum MachineCommand {
         bmc_password: Option<String>,
         #[arg(long)]
         bmc_insecure: bool,
+        /// A Redfish BMC at an http:// address: its password crosses the network in clear.
+        #[arg(long)]
+        bmc_plain_http: bool,
     },
     /// List machines.
     List {
@@ -595,7 +598,9 @@ fn print_machine(m: &Machine) {
                 b.protocol.as_str(),
                 b.address,
                 b.username,
-                if b.verify_tls {
+                if b.plain_http {
+                    " (plain HTTP: the password crosses the network in clear)"
+                } else if b.verify_tls {
                     ""
                 } else {
                     " (TLS not verified)"
@@ -924,6 +929,7 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             bmc_username,
             bmc_password,
             bmc_insecure,
+            bmc_plain_http,
         } => {
             let nics = nics
                 .iter()
@@ -941,6 +947,7 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
                         "--bmc-password or PLINTH_BMC_PASSWORD is required with --bmc-protocol",
                     )?,
                     verify_tls: Some(!bmc_insecure),
+                    plain_http: bmc_plain_http.then_some(true),
                 }),
                 None => None,
             };

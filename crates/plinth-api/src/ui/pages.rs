@@ -1161,6 +1161,7 @@ pub(crate) async fn enroll(
                     username,
                     password,
                     verify_tls: Some(form.get("bmc_insecure").is_none()),
+                    plain_http: form.get("bmc_plain_http").is_some().then_some(true),
                 }),
                 _ => None,
             }

@@ -340,32 +340,34 @@ fn demo(
     )?;
     let mut names = BTreeMap::new();
     for (vm, bmc) in VMS.iter().zip(&bmcs) {
-        let out = cli.run(
-            &[
-                "machine",
-                "enroll",
-                "--hostname",
-                vm.name,
-                "--nic",
-                vm.mac,
-                "--rack",
-                RACK,
-                "--rack-unit",
-                &vm.rack_unit.to_string(),
-                "--size-u",
-                &vm.size_u.to_string(),
-                "--bmc-protocol",
-                vm.protocol.as_str(),
-                "--bmc-address",
-                &bmc.address,
-                "--bmc-username",
-                "admin",
-                "--bmc-insecure",
-                "-o",
-                "json",
-            ],
-            Some(&password),
-        )?;
+        let (unit, size) = (vm.rack_unit.to_string(), vm.size_u.to_string());
+        let mut args = vec![
+            "machine",
+            "enroll",
+            "--hostname",
+            vm.name,
+            "--nic",
+            vm.mac,
+            "--rack",
+            RACK,
+            "--rack-unit",
+            &unit,
+            "--size-u",
+            &size,
+            "--bmc-protocol",
+            vm.protocol.as_str(),
+            "--bmc-address",
+            &bmc.address,
+            "--bmc-username",
+            "admin",
+            "--bmc-insecure",
+        ];
+        // The virtual Redfish BMCs answer plain HTTP on the demo's own network.
+        if bmc.address.starts_with("http://") {
+            args.push("--bmc-plain-http");
+        }
+        args.extend(["-o", "json"]);
+        let out = cli.run(&args, Some(&password))?;
         let m: Value = serde_json::from_str(&out).context("plinth machine enroll -o json")?;
         let id = m["id"]
             .as_str()

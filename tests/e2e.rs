@@ -306,3 +306,79 @@ fn image_catalog_from_the_cli() {
     let gone = serve.cli(&admin, &["image", "show", "disk"]);
     assert!(!gone.status.success());
 }
+
+#[test]
+fn tokens_are_made_listed_and_revoked_from_the_cli() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(plinth_testkit::TestDb::new()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let serve = Serve::start(state, Some(&db.url));
+    let admin = create_token(state, Some(&db.url), "root", "admin");
+    let out = serve.cli(
+        &admin,
+        &[
+            "token",
+            "create",
+            "nightly",
+            "--role",
+            "viewer",
+            "--expires-in",
+            "30d",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(secret.lines().count(), 1, "only the secret on stdout");
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        note.contains("nightly") && note.contains("expires"),
+        "{note}"
+    );
+    // The new token works, as a viewer.
+    serve.cli_ok(&secret, &["machine", "list"]);
+    let out = serve.cli(&secret, &["rack", "add", "r1", "--height-u", "42"]);
+    assert!(!out.status.success());
+
+    let list = serve.cli_ok(&admin, &["token", "list"]);
+    let row = list.lines().find(|l| l.starts_with("nightly")).unwrap();
+    assert!(row.contains("viewer") && row.contains("live"), "{row}");
+    assert!(!row.trim_end().ends_with('-'), "an expiry is shown: {row}");
+    let json_list = json(&serve.cli_ok(&admin, &["token", "list", "-o", "json"]));
+    let t = json_list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "nightly")
+        .unwrap();
+    assert!(t["expires_at"].is_string(), "{t}");
+
+    let out = serve.cli(
+        &admin,
+        &[
+            "token",
+            "create",
+            "x",
+            "--role",
+            "viewer",
+            "--expires-in",
+            "30",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unit"));
+
+    let out = serve.cli_ok(&admin, &["token", "revoke", "nightly"]);
+    assert!(out.contains("revoked"), "{out}");
+    let out = serve.cli(&secret, &["machine", "list"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revoked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

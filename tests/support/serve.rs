@@ -32,11 +32,26 @@ impl Serve {
     /// With extra environment variables (`PLINTH_BMC__LEASE_SECS`, ...).
     pub fn start_with(state_dir: &Path, database_url: Option<&str>, env: &[(&str, &str)]) -> Serve {
         let port = free_port();
-        let log = state_dir.join(format!("serve-{port}.log"));
+        Serve::start_on(
+            state_dir,
+            database_url,
+            &format!("127.0.0.1:{port}"),
+            env,
+            &format!("http://127.0.0.1:{port}"),
+        )
+    }
+
+    /// `http.listen` given, and the plain HTTP URL whose `/healthz` says it is up (`url`).
+    pub fn start_on(
+        state_dir: &Path,
+        database_url: Option<&str>,
+        listen: &str,
+        env: &[(&str, &str)],
+        url: &str,
+    ) -> Serve {
+        let log = state_dir.join(format!("serve-{}.log", listen.replace(':', "-")));
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"));
+        cmd.arg("serve").arg("--listen").arg(listen);
         if let Some(u) = database_url {
             cmd.arg("--database-url").arg(u);
         }
@@ -49,7 +64,7 @@ impl Serve {
         let child = cmd.spawn().unwrap();
         let s = Serve {
             child: Some(child),
-            url: format!("http://127.0.0.1:{port}"),
+            url: url.to_owned(),
             log,
         };
         s.wait_healthy();
@@ -134,6 +149,17 @@ impl Serve {
             c.kill().ok();
             c.wait().ok();
         }
+    }
+
+    /// Sends a signal (`HUP`, ...) to the running server.
+    pub fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("running");
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
     }
 
     pub fn log_text(&self) -> String {

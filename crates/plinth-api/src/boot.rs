@@ -44,7 +44,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
             parts
                 .extensions
                 .get::<ConnectInfo<crate::fastpath::ClientAddr>>()
-                .map(|c| c.0.0),
+                .map(|c| c.0.addr),
         ))
     }
 }

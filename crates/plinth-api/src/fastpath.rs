@@ -27,78 +27,123 @@ const MAX_HEAD: usize = 16 * 1024;
 /// How long a client may take to send a request head, or to take more of a body.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The client's address, as the handlers' `ConnectInfo`.
+/// How long a client may take to finish a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The client's address and whether its connection is TLS, as the handlers' `ConnectInfo`.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
+pub struct ClientAddr {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, BootListener>>
     for ClientAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, BootListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
+        ClientAddr {
+            addr: *stream.remote_addr(),
+            tls: matches!(stream.io(), Conn::Tls(_)),
+        }
     }
 }
 
-/// A connection handed to axum: the bytes already read, then the socket.
-pub struct Conn {
-    prefix: Bytes,
-    stream: TcpStream,
+/// A connection handed to axum: the bytes already read, then the socket; or a TLS stream.
+pub enum Conn {
+    Plain { prefix: Bytes, stream: TcpStream },
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 impl AsyncRead for Conn {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
+        match self.get_mut() {
+            Conn::Plain { prefix, stream } => {
+                if !prefix.is_empty() {
+                    let n = prefix.len().min(buf.remaining());
+                    buf.put_slice(&prefix[..n]);
+                    prefix.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Pin::new(stream).poll_read(cx, buf)
+            }
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Conn {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match self.get_mut() {
+            Conn::Plain { stream, .. } => Pin::new(stream).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
     }
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        match self.get_mut() {
+            Conn::Plain { stream, .. } => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
     }
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match self {
+            Conn::Plain { stream, .. } => stream.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
     }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain { stream, .. } => Pin::new(stream).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
     }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain { stream, .. } => Pin::new(stream).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
-/// Accepts TCP connections, serves file requests itself, and yields the rest to axum.
+/// Accepts TCP connections (and their TLS handshakes, off the accept loop), serves file
+/// requests itself where this listener has the fast path, and yields the rest to axum.
 pub struct BootListener {
     tcp: TcpListener,
     app: App,
+    /// Plain connections of a listener serving `/boot/`: files sent with sendfile here.
+    fast_path: bool,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     tx: mpsc::Sender<(Conn, SocketAddr)>,
     rx: mpsc::Receiver<(Conn, SocketAddr)>,
 }
 
 impl BootListener {
-    pub fn new(tcp: TcpListener, app: App) -> BootListener {
+    pub fn new(
+        tcp: TcpListener,
+        app: App,
+        fast_path: bool,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> BootListener {
         let (tx, rx) = mpsc::channel(256);
-        BootListener { tcp, app, tx, rx }
+        BootListener {
+            tcp,
+            app,
+            fast_path: fast_path && tls.is_none(),
+            tls,
+            tx,
+            rx,
+        }
     }
 }
 
@@ -113,7 +158,13 @@ impl axum::serve::Listener for BootListener {
                 accepted = self.tcp.accept() => match accepted {
                     Ok((stream, peer)) => {
                         stream.set_nodelay(true).ok();
-                        tokio::spawn(connection(stream, peer, self.app.clone(), self.tx.clone()));
+                        if let Some(acceptor) = &self.tls {
+                            tokio::spawn(handshake(acceptor.clone(), stream, peer, self.tx.clone()));
+                        } else if self.fast_path {
+                            tokio::spawn(connection(stream, peer, self.app.clone(), self.tx.clone()));
+                        } else {
+                            return (Conn::Plain { prefix: Bytes::new(), stream }, peer);
+                        }
                     }
                     Err(e) => {
                         // As axum's own listener does: per-connection errors are the client's;
@@ -135,6 +186,22 @@ impl axum::serve::Listener for BootListener {
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.tcp.local_addr()
+    }
+}
+
+/// One TLS handshake, bounded in time, beside the accept loop (a slow client holds up no one).
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    to: mpsc::Sender<(Conn, SocketAddr)>,
+) {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            to.send((Conn::Tls(Box::new(tls)), peer)).await.ok();
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
@@ -186,7 +253,7 @@ async fn hand_off(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let conn = Conn {
+    let conn = Conn::Plain {
         prefix: read.freeze(),
         stream,
     };

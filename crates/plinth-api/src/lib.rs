@@ -9,6 +9,7 @@ pub mod boot;
 pub mod error;
 mod fastpath;
 mod sys;
+pub mod tls;
 mod ui;
 mod v1;
 
@@ -93,10 +94,23 @@ async fn method_not_allowed() -> impl IntoResponse {
     resp
 }
 
-/// The whole HTTP application.
-pub fn router(app: App) -> Router {
+/// Which routes a listener serves. plinth can answer everything on one address (`All`, the
+/// default), or split the management network's API and UI from the provisioning network's
+/// boot files, metadata and agent endpoints, so that a booted tenant OS cannot reach the
+/// management API at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    All,
+    /// `/api/v1` (but the agent's endpoints), the web UI, `/healthz`.
+    Management,
+    /// `/boot/*`, `/metadata/*`, the agent's endpoints under `/api/v1`, `/healthz`.
+    Provisioning,
+}
+
+/// The REST API without the agent's endpoints.
+fn management_v1() -> Router<App> {
     use axum::routing::{get as g, post as p};
-    let v1 = Router::new()
+    Router::new()
         .route("/openapi.json", g(openapi_json))
         .route("/racks", p(v1::create_rack).get(v1::list_racks))
         .route(
@@ -111,13 +125,7 @@ pub fn router(app: App) -> Router {
             g(v1::get_machine).patch(v1::update_machine),
         )
         .route("/machines/{id}/actions/{verb}", p(v1::machine_action))
-        .route("/machines/{id}/inspection", p(v1::submit_inspection))
-        .route("/machines/{id}/clean", p(v1::submit_clean))
-        .route("/machines/{id}/clean-plan", g(v1::clean_plan))
         .route("/machines/{id}/deployment", g(v1::get_deployment))
-        .route("/machines/{id}/deployment/manifest", g(v1::deploy_manifest))
-        .route("/machines/{id}/deploy-progress", p(v1::deploy_progress))
-        .route("/machines/{id}/deploy-report", p(v1::submit_deploy))
         .route("/machines/{id}/events", g(v1::machine_events))
         .route("/machines/{id}/power", p(v1::power))
         .route("/machines/{id}/boot-device", p(v1::boot_device))
@@ -149,19 +157,161 @@ pub fn router(app: App) -> Router {
                 .put(v1::upload_image)
                 .delete(v1::delete_image),
         )
-        .method_not_allowed_fallback(method_not_allowed);
+}
+
+/// What the agent in the ramdisk calls (with its agent token).
+fn agent_v1() -> Router<App> {
+    use axum::routing::{get as g, post as p};
     Router::new()
+        .route("/machines/{id}/inspection", p(v1::submit_inspection))
+        .route("/machines/{id}/clean", p(v1::submit_clean))
+        .route("/machines/{id}/clean-plan", g(v1::clean_plan))
+        .route("/machines/{id}/deployment/manifest", g(v1::deploy_manifest))
+        .route("/machines/{id}/deploy-progress", p(v1::deploy_progress))
+        .route("/machines/{id}/deploy-report", p(v1::submit_deploy))
+}
+
+/// The whole HTTP application: every route on one listener.
+pub fn router(app: App) -> Router {
+    router_for(app, Surface::All)
+}
+
+/// The routes of one surface.
+pub fn router_for(app: App, surface: Surface) -> Router {
+    use axum::routing::get as g;
+    let v1 = match surface {
+        Surface::All => management_v1().merge(agent_v1()),
+        Surface::Management => management_v1(),
+        Surface::Provisioning => agent_v1(),
+    }
+    .method_not_allowed_fallback(method_not_allowed);
+    let mut r = Router::new()
         .nest("/api/v1", v1)
-        .route("/healthz", get(healthz))
-        .route("/boot/ipxe", get(boot::ipxe_script))
-        .route("/metadata/{instance}/{file}", get(v1::nocloud))
-        .route("/boot/{*path}", get(boot::file))
-        .merge(ui::routes())
-        .fallback(not_found)
+        .route("/healthz", get(healthz));
+    if surface != Surface::Management {
+        r = r
+            .route("/boot/ipxe", g(boot::ipxe_script))
+            .route("/metadata/{instance}/{file}", g(v1::nocloud))
+            .route("/boot/{*path}", g(boot::file));
+    }
+    if surface != Surface::Provisioning {
+        r = r.merge(ui::routes());
+    }
+    r.fallback(not_found)
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), actor = tracing::field::Empty)
         }))
         .with_state(app)
+}
+
+/// How one listener serves.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub surface: Surface,
+    /// TLS on this listener (the certificate can be reloaded while it serves).
+    pub tls: Option<std::sync::Arc<tls::TlsFiles>>,
+    /// Peers whose `X-Forwarded-Proto: https` / `Forwarded: proto=https` is believed (a reverse
+    /// proxy that terminates TLS). Anyone else's is removed before a handler sees it.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            surface: Surface::All,
+            tls: None,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// How long browsers keep to HTTPS once they saw it here (a year, as is usual).
+const HSTS: &str = "max-age=31536000";
+
+/// Whether the request reached plinth over TLS: its own connection, or a trusted proxy's word.
+/// The forwarding headers are rewritten to say exactly that (`x-forwarded-proto: https` or
+/// nothing), so nothing further down can be talked into `Secure` by a client; a secure
+/// response carries HSTS.
+async fn scheme(
+    State(trusted): State<std::sync::Arc<Vec<ipnet::IpNet>>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let conn = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<fastpath::ClientAddr>>()
+        .map(|c| c.0);
+    let h = req.headers();
+    let says_https = h.get_all("x-forwarded-proto").iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("https"))
+    }) || h.get_all(header::FORWARDED).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split([';', ',']).any(|kv| {
+                kv.trim().split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("proto")
+                        && v.trim_matches('"').eq_ignore_ascii_case("https")
+                })
+            })
+        })
+    });
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|n| n.contains(&ip.to_canonical()));
+    let secure = conn.is_some_and(|c| c.tls || (says_https && is_trusted(c.addr.ip())));
+    // The client: the peer, or behind trusted proxies the nearest address they did not add.
+    if let Some(c) = conn {
+        let mut client = c.addr.ip().to_canonical();
+        if is_trusted(client) {
+            let chain: Vec<std::net::IpAddr> = h
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+                .collect();
+            for ip in chain.into_iter().rev() {
+                client = ip.to_canonical();
+                if !is_trusted(client) {
+                    break;
+                }
+            }
+        }
+        req.extensions_mut().insert(ClientIp(client));
+    }
+    let h = req.headers_mut();
+    h.remove("x-forwarded-proto");
+    h.remove(header::FORWARDED);
+    if secure {
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    }
+    let mut resp = next.run(req).await;
+    if secure {
+        resp.headers_mut().insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
+    }
+    resp
+}
+
+/// The client's address as the listener established it (see `scheme`): for throttles.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientIp(pub std::net::IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        // Without a listener (a router called directly in a test) the client is unknown.
+        Ok(parts
+            .extensions
+            .get::<ClientIp>()
+            .copied()
+            .unwrap_or(ClientIp(std::net::Ipv4Addr::UNSPECIFIED.into())))
+    }
 }
 
 /// Serves `router(app)` on `listener` until `shutdown` completes.
@@ -170,10 +320,31 @@ pub async fn serve(
     app: App,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Files under /boot/ are sent with sendfile by the listener itself (see `fastpath`).
+    serve_with(listener, app, ServeOptions::default(), shutdown).await
+}
+
+/// Serves one surface on `listener` until `shutdown` completes.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: App,
+    opts: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = match &opts.tls {
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+            t.server_config().map_err(std::io::Error::other)?,
+        )),
+        None => None,
+    };
+    // Files under /boot/ are sent with sendfile by the listener itself (see `fastpath`) on
+    // plain connections of a listener that serves them.
+    let fast_path = opts.surface != Surface::Management;
+    let trusted = std::sync::Arc::new(opts.trusted_proxies);
+    let router = router_for(app.clone(), opts.surface)
+        .layer(axum::middleware::from_fn_with_state(trusted, scheme));
     axum::serve(
-        fastpath::BootListener::new(listener, app.clone()),
-        router(app).into_make_service_with_connect_info::<fastpath::ClientAddr>(),
+        fastpath::BootListener::new(listener, app, fast_path, acceptor),
+        router.into_make_service_with_connect_info::<fastpath::ClientAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

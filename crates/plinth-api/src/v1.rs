@@ -512,7 +512,15 @@ pub async fn create_token(
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     Ok((
         StatusCode::CREATED,
-        Json(app.create_token(&who, &req.name, req.role).await?),
+        Json(
+            app.create_token_expiring(
+                &who,
+                &req.name,
+                req.role,
+                req.expires_in_secs.map(std::time::Duration::from_secs),
+            )
+            .await?,
+        ),
     ))
 }
 

@@ -1153,3 +1153,94 @@ async fn subnets_and_leases_over_http() {
         (StatusCode::OK, Some(0))
     );
 }
+
+#[tokio::test]
+async fn tokens_can_expire() {
+    let s = Server::start().await;
+    let (status, made) = s
+        .post(
+            "/api/v1/tokens",
+            json!({ "name": "ci-job", "role": "viewer", "expires_in_secs": 3600 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let secret = made["secret"].as_str().unwrap().to_owned();
+    let expires: chrono::DateTime<chrono::Utc> = made["token"]["expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let left = expires - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::minutes(59) && left <= chrono::Duration::minutes(60),
+        "{left}"
+    );
+    let (status, _) = s
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/machines",
+            Some(&secret),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // An hour later (the clock moved by the database): refused, and said why.
+    sqlx::query("update api_tokens set created_at = created_at - interval '2 hours', expires_at = now() - interval '1 second' where name = 'ci-job'")
+        .execute(&s.db.pool)
+        .await
+        .unwrap();
+    let (status, body) = s
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/machines",
+            Some(&secret),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        body["error"]["message"], "this API token has expired",
+        "{body}"
+    );
+    let (_, list) = s.get("/api/v1/tokens").await;
+    let t = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci-job")
+        .unwrap();
+    assert!(
+        t["expires_at"].is_string() && t["revoked_at"].is_null(),
+        "{t}"
+    );
+    // A token without a lifetime never expires; a lifetime must make sense.
+    let (_, never) = s
+        .post(
+            "/api/v1/tokens",
+            json!({ "name": "forever", "role": "viewer" }),
+        )
+        .await;
+    assert!(never["token"]["expires_at"].is_null(), "{never}");
+    for bad in [
+        json!(10),
+        json!(10 * 366 * 86_400 + 86_400),
+        json!(-1),
+        json!("30d"),
+    ] {
+        let (status, body) = s
+            .post(
+                "/api/v1/tokens",
+                json!({ "name": "bad", "role": "viewer", "expires_in_secs": bad }),
+            )
+            .await;
+        assert!(
+            status == StatusCode::BAD_REQUEST || status == StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {status} {body}"
+        );
+    }
+    assert_eq!(
+        s.count("api_tokens where name = 'bad'").await,
+        0,
+        "nothing made by a bad request"
+    );
+}

@@ -185,6 +185,18 @@ async fn pages_need_a_session_and_static_files_are_cached_for_good() {
     );
     let (status, _, _) = ui.get(&mut jar, "/static/../Cargo.toml").await;
     assert_ne!(status, StatusCode::OK);
+    // Every UI answer, pages and redirects alike, carries the security headers.
+    for path in ["/login", "/machines", "/static/app.css"] {
+        let (_, headers, _) = ui.get(&mut jar, path).await;
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"),
+            "{path}: {csp}"
+        );
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        assert_eq!(headers["referrer-policy"], "same-origin", "{path}");
+    }
 }
 
 #[tokio::test]
@@ -287,18 +299,35 @@ async fn a_session_ends_at_logout_and_wrong_passwords_are_counted() {
     assert_eq!(status, StatusCode::SEE_OTHER);
     assert!(headers[LOCATION].to_str().unwrap().starts_with("/login"));
 
-    // Wrong passwords: the same message each time, then the account waits.
-    for i in 0..6 {
-        let (jar, status, _, page) = ui.try_login("wrong-wrong-wrong", "/racks").await;
-        assert_eq!(status, StatusCode::OK, "the form again");
-        let want = if i < 5 {
-            "wrong username or password"
+    // Wrong passwords: the same message each time, also once the account waits (the right
+    // password included).
+    for i in 0..7 {
+        let password = if i < 6 {
+            "wrong-wrong-wrong"
         } else {
-            "too many wrong passwords for tech"
+            "tech-password-1"
         };
-        assert!(page.contains(want), "attempt {i}: {page}");
+        let (jar, status, _, page) = ui.try_login(password, "/racks").await;
+        assert_eq!(status, StatusCode::OK, "the form again");
+        assert!(
+            page.contains("wrong username or password"),
+            "attempt {i}: {page}"
+        );
         assert!(jar.get("plinth_session").is_none());
     }
+    // The login before and these seven are eight attempts from this address within a minute;
+    // two more make ten, and the next is turned away before any password is checked.
+    for _ in 0..2 {
+        ui.try_login("wrong-wrong-wrong", "/racks").await;
+    }
+    let (jar, status, headers, page) = ui.try_login("tech-password-1", "/racks").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        page.contains("too many login attempts from your address"),
+        "{page}"
+    );
+    assert!(jar.get("plinth_session").is_none());
+    assert!(headers.contains_key("content-security-policy"));
 }
 
 #[tokio::test]
@@ -538,4 +567,76 @@ async fn enrollment_errors_land_at_their_fields_and_the_bmc_password_never_shows
         .unwrap()
         .jobs;
     assert!(jobs.iter().any(|j| j.kind == "power"), "{jobs:?}");
+}
+
+/// `Secure` cookies and HSTS follow the connection: a client's own `X-Forwarded-Proto` is
+/// ignored unless it comes from a trusted proxy.
+#[tokio::test]
+async fn only_a_trusted_proxy_makes_a_plain_connection_secure() {
+    let db = TestDb::new().await.unwrap();
+    let app = App::new(
+        db.pool.clone(),
+        BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
+    );
+    let mut bases = Vec::new();
+    for proxies in [
+        vec![],
+        vec!["10.0.0.0/8".parse().unwrap()],
+        vec!["127.0.0.1/32".parse().unwrap()],
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        bases.push(format!("http://{}", listener.local_addr().unwrap()));
+        let opts = plinth_api::ServeOptions {
+            trusted_proxies: proxies,
+            ..Default::default()
+        };
+        tokio::spawn(plinth_api::serve_with(
+            listener,
+            app.clone(),
+            opts,
+            std::future::pending(),
+        ));
+    }
+    let http = reqwest::Client::new();
+    let login = |base: &str, proto: Option<(&'static str, &'static str)>| {
+        let mut req = http.get(format!("{base}/login"));
+        if let Some((k, v)) = proto {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    for (i, trusted) in [(0, false), (1, false), (2, true)] {
+        for proto in [
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=192.0.2.1;proto=https"),
+        ] {
+            let resp = login(&bases[i], Some(proto)).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let cookie = resp.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+            assert_eq!(
+                cookie.ends_with("; Secure"),
+                trusted,
+                "{i} {proto:?}: {cookie}"
+            );
+            assert_eq!(
+                resp.headers().contains_key("strict-transport-security"),
+                trusted,
+                "{i} {proto:?}"
+            );
+        }
+        // Without the header even a trusted proxy's request is plain.
+        let resp = login(&bases[i], None).await.unwrap();
+        let cookie = resp.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+        assert!(!cookie.contains("Secure"), "{cookie}");
+        // What the proxy says is http is http.
+        let resp = login(&bases[i], Some(("x-forwarded-proto", "http")))
+            .await
+            .unwrap();
+        assert!(
+            !resp.headers()[SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .contains("Secure")
+        );
+    }
 }

@@ -126,6 +126,9 @@ impl App {
             Some(t) if t.revoked_at.is_some() => {
                 Err(Error::unauthorized("this API token has been revoked"))
             }
+            Some(t) if t.expires_at.is_some_and(|at| at <= chrono::Utc::now()) => {
+                Err(Error::unauthorized("this API token has expired"))
+            }
             Some(t) => Ok(Principal {
                 token_id: Some(t.id),
                 name: t.name,

@@ -43,6 +43,8 @@ pub struct App {
     pool: PgPool,
     bmc_key: BmcKey,
     boot: std::sync::Arc<BootEnv>,
+    /// Web UI login attempts per source address.
+    logins: std::sync::Arc<users::LoginThrottle>,
 }
 
 /// The boot chain's settings and templates, fixed at start.
@@ -79,6 +81,7 @@ impl App {
                 boot::BootSettings::with_root("images".into()),
                 templates,
             )),
+            logins: Default::default(),
         }
     }
 

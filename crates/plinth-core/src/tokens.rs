@@ -14,8 +14,12 @@ fn info(row: plinth_db::tokens::TokenRow) -> Result<TokenInfo> {
         created_at: row.created_at,
         last_used_at: row.last_used_at,
         revoked_at: row.revoked_at,
+        expires_at: row.expires_at,
     })
 }
+
+const MIN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 86_400);
 
 impl App {
     pub async fn create_token(
@@ -24,18 +28,48 @@ impl App {
         name: &str,
         role: Role,
     ) -> Result<TokenCreated> {
+        self.create_token_expiring(who, name, role, None).await
+    }
+
+    /// A token that stops working `expires_in` after now (`None`: never).
+    pub async fn create_token_expiring(
+        &self,
+        who: &Principal,
+        name: &str,
+        role: Role,
+        expires_in: Option<std::time::Duration>,
+    ) -> Result<TokenCreated> {
         who.require(Permission::ManageTokens)?;
         validate::token_name(name)?;
+        let expires_at = match expires_in {
+            None => None,
+            Some(d) if d < MIN_LIFETIME || d > MAX_LIFETIME => {
+                return Err(Error::invalid(
+                    "invalid_expiry",
+                    "a token's lifetime is between 60 seconds and ten years",
+                ));
+            }
+            Some(d) => Some(
+                chrono::Utc::now()
+                    + chrono::Duration::from_std(d).map_err(|_| Error::internal())?,
+            ),
+        };
         let secret = generate_secret();
         let mut tx = self.begin().await?;
-        let row = plinth_db::tokens::insert(&mut tx, name, role.as_str(), &hash_secret(&secret))
-            .await
-            .db()?;
+        let row = plinth_db::tokens::insert(
+            &mut tx,
+            name,
+            role.as_str(),
+            &hash_secret(&secret),
+            expires_at,
+        )
+        .await
+        .db()?;
         crate::record_event(
             &mut tx,
             who,
             "token_created",
-            serde_json::json!({ "token": name, "role": role }),
+            serde_json::json!({ "token": name, "role": role, "expires_at": expires_at }),
         )
         .await?;
         tx.commit().await.db()?;

@@ -3,7 +3,12 @@
 //! token of its own). A UI user acts as `ui:<username>` in events, with its role's permissions.
 //!
 //! Wrong passwords are counted per user; at [`LOCK_AFTER`] in a row the account waits
-//! [`LOCK_FOR`] (an event says so). Unknown usernames cost as much time as known ones.
+//! [`LOCK_FOR`] (an event says so). Attempts are also counted per source address
+//! ([`LOGINS_PER_ADDRESS`] a minute; IPv6 by /64). Unknown users, wrong passwords and waiting
+//! accounts get one answer and cost the same: one argon2 verification each, with no row
+//! locked meanwhile. Hashing runs on a few blocking threads at most ([`hashing_permits`]), so
+//! a login flood queues there (and is refused after [`HASH_QUEUE_WAIT`]) instead of taking the
+//! CPU from DHCP, boot and the API.
 
 use std::time::Duration;
 
@@ -24,6 +29,12 @@ pub const SESSION_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Wrong passwords in a row before the account waits.
 pub const LOCK_AFTER: i32 = 5;
 pub const LOCK_FOR: Duration = Duration::from_secs(300);
+
+/// Login attempts one source address may make per minute.
+pub const LOGINS_PER_ADDRESS: u32 = 10;
+const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+/// How long a login waits for a hashing thread before it is told to come back.
+pub const HASH_QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 pub const MIN_PASSWORD: usize = 10;
 const MAX_PASSWORD: usize = 1024;
@@ -109,8 +120,74 @@ pub fn validate_password(p: &str) -> Result<()> {
     Ok(())
 }
 
+/// Argon2 computations at once: half the cores (at least one), leaving the rest to the
+/// packet and request paths.
+pub fn hashing_permits() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .div_ceil(2)
+}
+
+/// Runs one argon2 computation on a blocking thread, when a permit is free.
+async fn argon2_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    static HASHING: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let sem = HASHING.get_or_init(|| tokio::sync::Semaphore::new(hashing_permits()));
+    let _permit = match tokio::time::timeout(HASH_QUEUE_WAIT, sem.acquire()).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => return Err(Error::internal()),
+        Err(_) => {
+            tracing::warn!(
+                "password hashing is saturated; a login or password change was turned away"
+            );
+            return Err(Error::unavailable(
+                "too many logins at once: try again in a moment",
+            ));
+        }
+    };
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Error::internal())
+}
+
+/// Attempts per source address in the current minute (one instance's view: each plinth
+/// instance counts its own).
+#[derive(Debug, Default)]
+pub(crate) struct LoginThrottle {
+    seen: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+}
+
+impl LoginThrottle {
+    /// Counts an attempt from `ip`; `Err(wait)` when it is one too many.
+    pub(crate) fn attempt(&self, ip: std::net::IpAddr) -> std::result::Result<(), Duration> {
+        let key = match ip.to_canonical() {
+            std::net::IpAddr::V6(v6) => {
+                // One host has a whole /64 to choose from.
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                std::net::IpAddr::V6(o.into())
+            }
+            v4 => v4,
+        };
+        let now = std::time::Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > 10_000 {
+            seen.retain(|_, (start, _)| now.duration_since(*start) < LOGIN_WINDOW);
+        }
+        let e = seen.entry(key).or_insert((now, 0));
+        if now.duration_since(e.0) >= LOGIN_WINDOW {
+            *e = (now, 0);
+        }
+        if e.1 >= LOGINS_PER_ADDRESS {
+            return Err(LOGIN_WINDOW.saturating_sub(now.duration_since(e.0)));
+        }
+        e.1 += 1;
+        Ok(())
+    }
+}
+
 async fn hash_password(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
+    argon2_blocking(move || {
         let mut salt = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut salt);
         let salt = SaltString::encode_b64(&salt).map_err(|e| {
@@ -125,13 +202,12 @@ async fn hash_password(password: String) -> Result<String> {
                 Error::internal()
             })
     })
-    .await
-    .map_err(|_| Error::internal())?
+    .await?
 }
 
 /// Whether `password` matches `hash`; a malformed hash matches nothing.
 async fn verify_password(password: String, hash: String) -> Result<bool> {
-    tokio::task::spawn_blocking(move || match PasswordHash::new(&hash) {
+    argon2_blocking(move || match PasswordHash::new(&hash) {
         Ok(parsed) => argon2::Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
             .is_ok(),
@@ -141,7 +217,6 @@ async fn verify_password(password: String, hash: String) -> Result<bool> {
         }
     })
     .await
-    .map_err(|_| Error::internal())
 }
 
 /// What an unknown username is checked against, so that it costs what a known one does.
@@ -200,33 +275,62 @@ impl App {
             .collect()
     }
 
-    /// Checks a username and password and opens a session. Every refusal says "wrong username
-    /// or password", except for an account that waits after too many wrong passwords.
-    pub async fn login(&self, username: &str, password: &str) -> Result<Login> {
-        if validate::username(username).is_err() || password.len() > MAX_PASSWORD {
-            verify_password(password.to_owned(), dummy_hash().await.to_owned()).await?;
-            return Err(wrong_credentials());
-        }
-        let mut tx = self.begin().await?;
-        let Some(user) = plinth_db::users::for_login(&mut tx, username).await.db()? else {
-            drop(tx);
-            verify_password(password.to_owned(), dummy_hash().await.to_owned()).await?;
-            tracing::warn!(username, "web UI login for an unknown user");
-            return Err(wrong_credentials());
-        };
-        let now = Utc::now();
-        if let Some(until) = user.locked_until.filter(|u| *u > now) {
-            let minutes = ((until - now).num_seconds() + 59) / 60;
+    /// Checks a username and password and opens a session. `from` is the client's address
+    /// (attempts are counted per address). Every refusal says "wrong username or password":
+    /// an unknown user, a wrong password, a disabled account and one that waits after too many
+    /// wrong passwords look alike (the wait is in the events and the log).
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        from: Option<std::net::IpAddr>,
+    ) -> Result<Login> {
+        if let Some(ip) = from
+            && let Err(wait) = self.logins.attempt(ip)
+        {
+            tracing::warn!(%ip, "web UI login attempts from one address throttled");
             return Err(Error::new(
-                plinth_types::ErrorKind::Unauthorized,
-                "account_locked",
+                plinth_types::ErrorKind::TooMany,
+                "too_many_logins",
                 format!(
-                    "too many wrong passwords for {username}: try again in {minutes} minute{}",
-                    if minutes == 1 { "" } else { "s" }
+                    "too many login attempts from your address: try again in {} seconds",
+                    wait.as_secs().max(1)
                 ),
             ));
         }
-        let ok = verify_password(password.to_owned(), user.password_hash.clone()).await?;
+        let user = if validate::username(username).is_ok() && password.len() <= MAX_PASSWORD {
+            // Read without a lock: nothing is held while the password is hashed.
+            let mut conn = self.conn().await?;
+            plinth_db::users::for_login(&mut conn, username)
+                .await
+                .db()?
+        } else {
+            None
+        };
+        let now = Utc::now();
+        let locked = user
+            .as_ref()
+            .and_then(|u| u.locked_until)
+            .is_some_and(|until| until > now);
+        // One verification whatever the case, against the dummy hash when there is nothing
+        // (or nothing allowed) to check.
+        let hash = match &user {
+            Some(u) if !locked => u.password_hash.clone(),
+            _ => dummy_hash().await.to_owned(),
+        };
+        let ok = verify_password(password.to_owned(), hash).await?;
+        let Some(user) = user else {
+            tracing::warn!(username, "web UI login for an unknown user");
+            return Err(wrong_credentials());
+        };
+        if locked {
+            tracing::warn!(
+                username,
+                "web UI login for an account that waits after too many wrong passwords"
+            );
+            return Err(wrong_credentials());
+        }
+        let mut tx = self.begin().await?;
         if !ok || user.disabled_at.is_some() {
             let lock_until = now + chrono::Duration::from_std(LOCK_FOR).unwrap_or_default();
             let n = plinth_db::users::login_failed(&mut tx, user.id, LOCK_AFTER, lock_until)

@@ -12,6 +12,7 @@ pub struct TokenRow {
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 pub async fn insert(
@@ -19,20 +20,22 @@ pub async fn insert(
     name: &str,
     role: &str,
     secret_sha256: &[u8],
+    expires_at: Option<DateTime<Utc>>,
 ) -> Result<TokenRow, sqlx::Error> {
     sqlx::query_as!(
         TokenRow,
-        "insert into api_tokens (name, role, secret_sha256) values ($1, $2, $3)
-         returning id, name, role, created_at, last_used_at, revoked_at",
+        "insert into api_tokens (name, role, secret_sha256, expires_at) values ($1, $2, $3, $4)
+         returning id, name, role, created_at, last_used_at, revoked_at, expires_at",
         name,
         role,
-        secret_sha256
+        secret_sha256,
+        expires_at
     )
     .fetch_one(conn)
     .await
 }
 
-/// The live (not revoked) token with this secret hash, marking it used. `last_used_at` is
+/// The token with this secret hash, marking it used if it is live (not revoked or expired). `last_used_at` is
 /// written at most once a minute so that reads stay reads.
 pub async fn authenticate(
     conn: &mut PgConnection,
@@ -40,7 +43,7 @@ pub async fn authenticate(
 ) -> Result<Option<TokenRow>, sqlx::Error> {
     let row = sqlx::query_as!(
         TokenRow,
-        "select id, name, role, created_at, last_used_at, revoked_at
+        "select id, name, role, created_at, last_used_at, revoked_at, expires_at
          from api_tokens where secret_sha256 = $1",
         secret_sha256
     )
@@ -48,6 +51,7 @@ pub async fn authenticate(
     .await?;
     if let Some(t) = &row
         && t.revoked_at.is_none()
+        && t.expires_at.is_none_or(|at| at > Utc::now())
         && t.last_used_at
             .is_none_or(|at| at < Utc::now() - chrono::Duration::minutes(1))
     {
@@ -64,7 +68,8 @@ pub async fn authenticate(
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<TokenRow>, sqlx::Error> {
     sqlx::query_as!(
         TokenRow,
-        "select id, name, role, created_at, last_used_at, revoked_at from api_tokens order by name"
+        "select id, name, role, created_at, last_used_at, revoked_at, expires_at
+         from api_tokens order by name"
     )
     .fetch_all(conn)
     .await
@@ -76,7 +81,7 @@ pub async fn revoke(conn: &mut PgConnection, name: &str) -> Result<Option<TokenR
     sqlx::query_as!(
         TokenRow,
         "update api_tokens set revoked_at = coalesce(revoked_at, now()) where name = $1
-         returning id, name, role, created_at, last_used_at, revoked_at",
+         returning id, name, role, created_at, last_used_at, revoked_at, expires_at",
         name
     )
     .fetch_optional(conn)

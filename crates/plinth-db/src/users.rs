@@ -60,7 +60,8 @@ pub async fn upsert(
     ))
 }
 
-/// The user, locked for update (a login changes its counters).
+/// The user, for a login: read without a lock (the password is hashed outside any
+/// transaction; the counters are then changed by single atomic updates).
 pub async fn for_login(
     conn: &mut PgConnection,
     username: &str,
@@ -69,7 +70,7 @@ pub async fn for_login(
         UserRow,
         "select id, username, role, password_hash, created_at, disabled_at, last_login_at,
              failed_logins, locked_until
-         from users where username = $1 for update",
+         from users where username = $1",
         username
     )
     .fetch_optional(conn)

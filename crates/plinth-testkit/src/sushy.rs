@@ -41,74 +41,104 @@ pub struct TestCa {
     _dir: tempfile::TempDir,
 }
 
+fn openssl(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()?;
+    if !out.status.success() {
+        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 impl TestCa {
     pub fn new() -> anyhow::Result<TestCa> {
         let dir = tempfile::tempdir()?;
-        let p = |n: &str| dir.path().join(n);
-        let run = |args: &[&str]| -> anyhow::Result<()> {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir.path())
-                .output()?;
-            if !out.status.success() {
-                bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            Ok(())
+        openssl(
+            dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=plinth test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        )?;
+        let ca_pem = std::fs::read(dir.path().join("ca.pem"))?;
+        let mut ca = TestCa {
+            ca_pem,
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            _dir: dir,
         };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=plinth test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ])?;
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "bmc.key",
-            "-out",
-            "bmc.csr",
-        ])?;
+        let (cert, key) = ca.leaf("bmc", "127.0.0.1")?;
+        (ca.cert, ca.key) = (cert, key);
+        Ok(ca)
+    }
+
+    /// The CA certificate's file.
+    pub fn ca_file(&self) -> PathBuf {
+        self._dir.path().join("ca.pem")
+    }
+
+    /// Another certificate of this CA for 127.0.0.1, with the subject `CN=<cn>`: files
+    /// `<name>.pem` and `<name>.key`.
+    pub fn leaf(&self, name: &str, cn: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let dir = self._dir.path();
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+            ],
+        )?;
         std::fs::write(
-            p("ext"),
+            dir.join("ext"),
             "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
         )?;
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "bmc.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext",
-            "-out",
-            "bmc.pem",
-        ])?;
-        Ok(TestCa {
-            ca_pem: std::fs::read(p("ca.pem"))?,
-            cert: p("bmc.pem"),
-            key: p("bmc.key"),
-            _dir: dir,
-        })
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
+                "-out",
+                &pem,
+            ],
+        )?;
+        Ok((dir.join(pem), dir.join(key)))
     }
 }
 

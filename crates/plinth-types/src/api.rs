@@ -717,6 +717,9 @@ pub struct EventPage {
 pub struct TokenCreate {
     pub name: String,
     pub role: Role,
+    /// Seconds until the token expires (at least 60, at most ten years); absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -727,6 +730,9 @@ pub struct TokenInfo {
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When it stops working; none: never.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Returned once when a token is made: the secret is not stored and cannot be shown again.

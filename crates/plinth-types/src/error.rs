@@ -23,8 +23,10 @@ pub enum ErrorKind {
     Conflict,
     /// Something failed inside plinth (500). The details are in the log.
     Internal,
-    /// A dependency (the database) is unavailable (503).
+    /// A dependency (the database) is unavailable, or plinth is too busy for this (503).
     Unavailable,
+    /// This client has asked too often; it may try again later (429).
+    TooMany,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

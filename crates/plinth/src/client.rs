@@ -15,6 +15,7 @@ use uuid::Uuid;
 mod images;
 mod jobs;
 mod pools;
+mod tokens;
 
 #[derive(Args, Clone)]
 pub struct Global {
@@ -32,6 +33,10 @@ pub struct Global {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
+    /// PEM CA certificates to trust for an https:// API URL, besides the built-in roots (a
+    /// plinth whose certificate comes from your own CA).
+    #[arg(long, env = "PLINTH_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -112,6 +117,13 @@ pub enum ClientCommand {
         global: Global,
         #[command(subcommand)]
         command: images::ImageCommand,
+    },
+    /// API tokens (admins): list, create (optionally expiring), revoke.
+    Token {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: tokens::TokenCommand,
     },
     /// Pools: their machines' wipe method.
     Pool {
@@ -410,9 +422,20 @@ struct Api {
 
 impl Api {
     fn new(g: &Global) -> anyhow::Result<Api> {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
-            .build()?;
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
+        if let Some(path) = &g.ca_file {
+            let pem =
+                std::fs::read(path).with_context(|| format!("--ca-file {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                bail!("--ca-file {}: no PEM certificate in it", path.display());
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build()?;
         Ok(Api {
             http,
             base: g.api_url.trim_end_matches('/').to_owned(),
@@ -789,6 +812,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Image { global, command } => images::run(&Api::new(&global)?, command).await,
         ClientCommand::Job { global, command } => jobs::run(&Api::new(&global)?, command).await,
         ClientCommand::Pool { global, command } => pools::run(&Api::new(&global)?, command).await,
+        ClientCommand::Token { global, command } => tokens::run(&Api::new(&global)?, command).await,
         ClientCommand::Events {
             global,
             since,

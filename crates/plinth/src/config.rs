@@ -130,6 +130,15 @@ impl Default for TftpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootConfig {
+    /// The provisioning listener (`/boot/*`, `/metadata/*`, the agent's endpoints), plain
+    /// HTTP; unset: the same listener as `http.listen`. On another address, the management API
+    /// and UI are not served here, nor these routes there.
+    pub listen: Option<SocketAddr>,
+    /// An HTTPS provisioning listener besides, for UEFI HTTP boot and iPXE builds that trust
+    /// the CA of `tls_cert` (PEM chain and key, read again on SIGHUP).
+    pub tls_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Base URL machines reach plinth's HTTP server at (e.g. `http://10.0.0.2:8080`); default:
     /// the Host the request came in on.
     pub public_url: Option<String>,
@@ -219,6 +228,10 @@ fn default_loop_window() -> u64 {
 impl Default for BootConfig {
     fn default() -> Self {
         BootConfig {
+            listen: None,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
             public_url: None,
             templates: None,
             kernel: default_kernel(),
@@ -255,7 +268,7 @@ pub struct DhcpConfig {
     pub unknown_machines: String,
     /// The address clients use for TFTP and HTTP (next-server); required when enabled.
     pub boot_server: Option<std::net::Ipv4Addr>,
-    /// Base of HTTP boot URLs; default `http://<boot_server>:<http.listen port>`.
+    /// Base of HTTP boot URLs; default `http://<boot_server>:<boot.listen port>`.
     pub boot_url: Option<String>,
     #[serde(default = "default_bios_binary")]
     pub bios_binary: String,
@@ -392,8 +405,123 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
+    /// The management listener: the REST API and the web UI (and, unless `boot.listen` names
+    /// another address, the provisioning routes too).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// PEM certificate chain and private key: the management listener speaks HTTPS only.
+    /// Read again on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Reverse proxies (addresses or CIDRs) whose `X-Forwarded-Proto: https` or
+    /// `Forwarded: proto=https` is believed; anyone else's is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// One HTTP listener of `plinth serve`.
+#[derive(Debug, Clone)]
+pub struct ListenerPlan {
+    pub addr: SocketAddr,
+    pub surface: plinth_api::Surface,
+    /// (certificate, key) PEM files.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// Both or neither of a certificate and its key.
+fn tls_pair(
+    section: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c.clone(), k.clone()))),
+        (None, None) => Ok(None),
+        (Some(_), None) => bail!("{section}.tls_cert is set but {section}.tls_key is not"),
+        (None, Some(_)) => bail!("{section}.tls_key is set but {section}.tls_cert is not"),
+    }
+}
+
+/// `10.0.0.1`, `fd00::1`, `10.0.0.0/24`.
+fn parse_proxy(s: &str) -> anyhow::Result<ipnet::IpNet> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| anyhow::anyhow!("http.trusted_proxies: {s:?} is not an address or a CIDR"))
+}
+
+impl Config {
+    /// The HTTP listeners: one serving everything while `boot.listen` is unset or the same
+    /// address as `http.listen`; else the management one and the provisioning one, and the
+    /// provisioning HTTPS one when `boot.tls_listen` is set.
+    pub fn listeners(&self) -> anyhow::Result<Vec<ListenerPlan>> {
+        use plinth_api::Surface;
+        let http_tls = tls_pair("http", &self.http.tls_cert, &self.http.tls_key)?;
+        let boot_tls = tls_pair("boot", &self.boot.tls_cert, &self.boot.tls_key)?;
+        let trusted_proxies = self
+            .http
+            .trusted_proxies
+            .iter()
+            .map(|p| parse_proxy(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let split = self.boot.listen.is_some_and(|b| b != self.http.listen);
+        let mut out = Vec::new();
+        if split {
+            out.push(ListenerPlan {
+                addr: self.http.listen,
+                surface: Surface::Management,
+                tls: http_tls,
+                trusted_proxies: trusted_proxies.clone(),
+            });
+            out.push(ListenerPlan {
+                addr: self.boot.listen.unwrap_or(self.http.listen),
+                surface: Surface::Provisioning,
+                tls: None,
+                trusted_proxies: Vec::new(),
+            });
+        } else {
+            if http_tls.is_some() {
+                bail!(
+                    "http.tls_cert needs boot.listen on another address: the machines that boot \
+                     from the network and their agent speak plain HTTP to the provisioning routes \
+                     (set boot.listen, e.g. \"10.0.0.2:8080\", and http.listen to the management \
+                     network's address)"
+                );
+            }
+            out.push(ListenerPlan {
+                addr: self.http.listen,
+                surface: Surface::All,
+                tls: None,
+                trusted_proxies: trusted_proxies.clone(),
+            });
+        }
+        match (self.boot.tls_listen, boot_tls) {
+            (Some(addr), Some(tls)) => {
+                if out.iter().any(|l| l.addr == addr) {
+                    bail!("boot.tls_listen {addr} is already the address of another listener");
+                }
+                out.push(ListenerPlan {
+                    addr,
+                    surface: Surface::Provisioning,
+                    tls: Some(tls),
+                    trusted_proxies: Vec::new(),
+                });
+            }
+            (Some(_), None) => bail!("boot.tls_listen needs boot.tls_cert and boot.tls_key"),
+            (None, Some(_)) => bail!("boot.tls_cert is set but boot.tls_listen is not"),
+            (None, None) => {}
+        }
+        Ok(out)
+    }
+
+    /// The port machines reach the provisioning routes on over plain HTTP.
+    pub fn boot_port(&self) -> u16 {
+        self.boot.listen.unwrap_or(self.http.listen).port()
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -604,6 +732,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: default_listen(),
+            tls_cert: None,
+            tls_key: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -1041,5 +1172,83 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn listeners_share_an_address_until_boot_listen_names_another() {
+        use plinth_api::Surface;
+        let c = load(None, env(&[])).unwrap();
+        let l = c.listeners().unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].surface, Surface::All);
+        assert_eq!(c.boot_port(), 8080);
+        let c = load(None, env(&[("PLINTH_BOOT__LISTEN", "0.0.0.0:8080")])).unwrap();
+        assert_eq!(
+            c.listeners().unwrap().len(),
+            1,
+            "the same address is one listener"
+        );
+        let c = load(
+            None,
+            env(&[
+                ("PLINTH_HTTP__LISTEN", "10.1.0.2:443"),
+                ("PLINTH_HTTP__TLS_CERT", "/etc/plinth/tls.pem"),
+                ("PLINTH_HTTP__TLS_KEY", "/etc/plinth/tls.key"),
+                (
+                    "PLINTH_HTTP__TRUSTED_PROXIES",
+                    "[\"10.1.0.9\", \"10.2.0.0/16\"]",
+                ),
+                ("PLINTH_BOOT__LISTEN", "10.9.0.2:8080"),
+            ]),
+        )
+        .unwrap();
+        let l = c.listeners().unwrap();
+        assert_eq!(
+            l.iter()
+                .map(|l| (l.addr.to_string(), l.surface, l.tls.is_some()))
+                .collect::<Vec<_>>(),
+            vec![
+                ("10.1.0.2:443".to_owned(), Surface::Management, true),
+                ("10.9.0.2:8080".to_owned(), Surface::Provisioning, false),
+            ]
+        );
+        assert_eq!(l[0].trusted_proxies.len(), 2);
+        assert!(l[0].trusted_proxies[0].contains(&"10.1.0.9".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!(c.boot_port(), 8080);
+    }
+
+    #[test]
+    fn listener_mistakes_are_named() {
+        let err = |pairs: &[(&str, &str)]| {
+            format!(
+                "{:#}",
+                load(None, env(pairs)).unwrap().listeners().unwrap_err()
+            )
+        };
+        let e = err(&[("PLINTH_HTTP__TLS_CERT", "/c.pem")]);
+        assert!(e.contains("http.tls_key is not"), "{e}");
+        let e = err(&[
+            ("PLINTH_HTTP__TLS_CERT", "/c.pem"),
+            ("PLINTH_HTTP__TLS_KEY", "/c.key"),
+        ]);
+        assert!(e.contains("needs boot.listen on another address"), "{e}");
+        let e = err(&[("PLINTH_HTTP__TRUSTED_PROXIES", "[\"proxy.example\"]")]);
+        assert!(
+            e.contains("\"proxy.example\" is not an address or a CIDR"),
+            "{e}"
+        );
+        let e = err(&[("PLINTH_BOOT__TLS_LISTEN", "0.0.0.0:8443")]);
+        assert!(e.contains("boot.tls_listen needs boot.tls_cert"), "{e}");
+        let e = err(&[
+            ("PLINTH_BOOT__TLS_LISTEN", "0.0.0.0:8080"),
+            ("PLINTH_BOOT__TLS_CERT", "/c.pem"),
+            ("PLINTH_BOOT__TLS_KEY", "/c.key"),
+        ]);
+        assert!(e.contains("already the address of another listener"), "{e}");
+        let e = err(&[
+            ("PLINTH_BOOT__TLS_CERT", "/c.pem"),
+            ("PLINTH_BOOT__TLS_KEY", "/c.key"),
+        ]);
+        assert!(e.contains("boot.tls_listen is not"), "{e}");
     }
 }

@@ -81,6 +81,22 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
         c.http.listen = l;
     }
     init_tracing(&c)?;
+    // The listeners' configuration is checked before anything starts.
+    let plans = c.listeners().context("invalid configuration")?;
+    let mut certs = Vec::new();
+    let mut plans_tls = Vec::new();
+    for plan in plans {
+        let tls = match &plan.tls {
+            Some((cert, key)) => {
+                let files = plinth_api::tls::TlsFiles::load(cert, key)
+                    .map_err(|e| anyhow::anyhow!("TLS for {}: {e}", plan.addr))?;
+                certs.push(files.clone());
+                Some(files)
+            }
+            None => None,
+        };
+        plans_tls.push((plan, tls));
+    }
     std::fs::create_dir_all(&c.state_dir)
         .with_context(|| format!("creating state_dir {}", c.state_dir.display()))?;
     let bmc_key = c.bmc_key()?;
@@ -97,26 +113,73 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
         tracing::warn!(root = %boot.images_root.display(), "the images root does not exist: run images/build.sh to fill it");
     }
     let app = App::new(db.pool.clone(), bmc_key).with_boot(boot, templates);
+    let mut listeners = Vec::new();
+    for (plan, tls) in plans_tls {
+        let listener = tokio::net::TcpListener::bind(plan.addr)
+            .await
+            .with_context(|| format!("listening on {}", plan.addr))?;
+        let addr = listener.local_addr()?;
+        let serves_management = plan.surface != plinth_api::Surface::Provisioning;
+        if serves_management && tls.is_none() && !addr.ip().to_canonical().is_loopback() {
+            tracing::warn!(%addr, "the management API is plain HTTP on a network address: API tokens and passwords cross it in clear text (set http.tls_cert and http.tls_key, and boot.listen; or put a TLS proxy in front and list it in http.trusted_proxies)");
+        }
+        tracing::info!(%addr, surface = ?plan.surface, tls = tls.is_some(), embedded_db = db.embedded.is_some(), "plinth is serving");
+        listeners.push((
+            listener,
+            plinth_api::ServeOptions {
+                surface: plan.surface,
+                tls,
+                trusted_proxies: plan.trusted_proxies,
+            },
+        ));
+    }
+    // Machines reach the provisioning routes over plain HTTP on this port.
+    let boot_port = listeners
+        .iter()
+        .find(|(_, o)| o.surface != plinth_api::Surface::Management && o.tls.is_none())
+        .and_then(|(l, _)| l.local_addr().ok())
+        .map_or(c.boot_port(), |a| a.port());
     let dhcp = c
         .dhcp
-        .server_config(c.http.listen.port(), c.boot.public_url.as_deref())?;
+        .server_config(boot_port, c.boot.public_url.as_deref())?;
     let tftp = c.tftp_config()?;
-    let listener = tokio::net::TcpListener::bind(c.http.listen)
-        .await
-        .with_context(|| format!("listening on {}", c.http.listen))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, embedded_db = db.embedded.is_some(), "plinth is serving");
 
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    {
+    for (listener, opts) in listeners {
         let cancel = cancel.clone();
         let app = app.clone();
         tasks.spawn(async move {
             let shutdown = cancel.clone().cancelled_owned();
-            plinth_api::serve(listener, app, shutdown)
+            plinth_api::serve_with(listener, app, opts, shutdown)
                 .await
                 .context("HTTP server")
+        });
+    }
+    {
+        // SIGHUP reads the TLS certificates again (a renewal takes effect without a restart).
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return Ok(());
+            };
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = hup.recv() => {
+                        if certs.is_empty() {
+                            tracing::info!("SIGHUP: no TLS certificate to read again");
+                        }
+                        for files in &certs {
+                            match files.reload() {
+                                Ok(()) => tracing::info!(files = %files.describe(), "TLS certificate read again"),
+                                Err(e) => tracing::error!(error = %e, "TLS certificate not read again; the one in use stays"),
+                            }
+                        }
+                    }
+                }
+            }
         });
     }
     if let Some(dhcp) = dhcp {
@@ -132,7 +195,7 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
         let http_base = c.boot.public_url.clone().or_else(|| {
             c.dhcp
                 .boot_server
-                .map(|ip| format!("http://{ip}:{}", c.http.listen.port()))
+                .map(|ip| format!("http://{ip}:{boot_port}"))
         });
         let source = crate::tftp::source(app.clone(), c.images_root(), http_base);
         let server = plinth_tftp::server::Server::bind(cfg.clone(), source)

@@ -3,7 +3,8 @@
 //! the API; every page calls the same plinth-core operations with the signed-in user's role.
 //!
 //! Sessions: `plinth_session` cookie (HttpOnly, SameSite=Lax, Secure when the request came over
-//! TLS, as a reverse proxy's `X-Forwarded-Proto: https` says). Every POST carries the session's
+//! TLS: plinth's own, or a trusted proxy's; the listener rewrites `X-Forwarded-Proto` to say
+//! which, see `scheme` in lib.rs). Every POST carries the session's
 //! CSRF token in `_csrf` and, when the browser sends an Origin, must come from this origin; the
 //! login form uses a token of its own (a double-submit cookie).
 
@@ -52,6 +53,32 @@ pub fn routes() -> Router<App> {
         .route("/discovered", get(pages::discovered))
         .route("/discovered/{id}/adopt", post(pages::adopt))
         .route("/static/{file}", get(static_file))
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// The page's own script and stylesheet only (no inline script; the templates' `style`
+/// attributes need inline styles), no framing, no plugins, forms only to this site.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+                   img-src 'self' data:; object-src 'none'; base-uri 'none'; \
+                   form-action 'self'; frame-ancestors 'none'";
+
+/// Every UI response: CSP, no framing, no MIME sniffing, no full URLs in Referer elsewhere.
+async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    resp
 }
 
 /// The racks for whoever may see the inventory; a client, who sees only its own machines,
@@ -293,7 +320,8 @@ pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Whether the browser reached plinth over TLS (directly or through a proxy that says so).
+/// Whether the browser reached plinth over TLS (directly or through a trusted proxy): the
+/// listener's `scheme` layer leaves `x-forwarded-proto: https` exactly then.
 fn over_tls(headers: &HeaderMap) -> bool {
     headers
         .get("x-forwarded-proto")

@@ -88,7 +88,12 @@ pub(crate) async fn login_form(headers: HeaderMap, Query(q): Query<LoginQuery>) 
     login_page(&headers, StatusCode::OK, &next, "", None, notice)
 }
 
-pub(crate) async fn login(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn login(
+    State(app): State<App>,
+    client: crate::ClientIp,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let form = Form(parse_form(&body));
     let next = local_path(form.get("next"), "/racks");
     let username = form.get("username").unwrap_or("").trim().to_owned();
@@ -107,7 +112,11 @@ pub(crate) async fn login(State(app): State<App>, headers: HeaderMap, body: Byte
         );
     }
     match app
-        .login(&username, form.get("password").unwrap_or(""))
+        .login(
+            &username,
+            form.get("password").unwrap_or(""),
+            (!client.0.is_unspecified()).then_some(client.0),
+        )
         .await
     {
         Ok(login) => {
@@ -132,7 +141,11 @@ pub(crate) async fn login(State(app): State<App>, headers: HeaderMap, body: Byte
         // in the browser's console for every mistyped password).
         Err(e) => login_page(
             &headers,
-            StatusCode::OK,
+            if e.kind == plinth_types::ErrorKind::TooMany {
+                StatusCode::TOO_MANY_REQUESTS
+            } else {
+                StatusCode::OK
+            },
             &next,
             &username,
             Some(e.message),

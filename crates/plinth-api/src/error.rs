@@ -34,6 +34,8 @@ impl IntoResponse for ApiError {
         let e = self.0;
         let status = if e.code == "unsupported_media_type" {
             StatusCode::UNSUPPORTED_MEDIA_TYPE
+        } else if e.code == "body_too_large" {
+            StatusCode::PAYLOAD_TOO_LARGE
         } else {
             status(e.kind)
         };
@@ -88,6 +90,10 @@ impl From<JsonRejection> for ApiError {
                     .to_owned(),
                 )
             }
+            _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Error::invalid(
+                "body_too_large",
+                "the request body is larger than this endpoint accepts",
+            ),
             _ => Error::invalid("invalid_body", r.body_text()),
         };
         ApiError(e)

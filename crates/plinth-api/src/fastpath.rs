@@ -30,6 +30,11 @@ const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a client may take to finish a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a client may take to send a request head, counted from when plinth starts waiting
+/// for it and not restarted by each byte: a slow client cannot hold a connection open by
+/// dribbling, and a kept-alive connection with nothing to ask is closed after as long.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The client's address and whether its connection is TLS, as the handlers' `ConnectInfo`.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr {
@@ -37,21 +42,63 @@ pub struct ClientAddr {
     pub tls: bool,
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, BootListener>>
-    for ClientAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, BootListener>) -> Self {
-        ClientAddr {
-            addr: *stream.remote_addr(),
-            tls: matches!(stream.io(), Conn::Tls(_)),
+/// Open connections allowed on one listener, and from one peer address on it.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub total: usize,
+    pub per_peer: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            total: 4096,
+            per_peer: 256,
         }
     }
 }
 
-/// A connection handed to axum: the bytes already read, then the socket; or a TLS stream.
-pub enum Conn {
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    per_peer: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// One admitted connection; dropping it (the connection closed) frees its place.
+pub struct ConnGuard {
+    open: std::sync::Arc<std::sync::Mutex<Open>>,
+    peer: std::net::IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut o = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        o.total = o.total.saturating_sub(1);
+        if let Some(n) = o.per_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                o.per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// A connection handed to the HTTP server: the bytes already read, then the socket; or a TLS
+/// stream. It holds its place among the listener's open connections.
+pub struct Conn {
+    io: Io,
+    _guard: ConnGuard,
+}
+
+enum Io {
     Plain { prefix: Bytes, stream: TcpStream },
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    pub fn is_tls(&self) -> bool {
+        matches!(self.io, Io::Tls(_))
+    }
 }
 
 impl AsyncRead for Conn {
@@ -60,8 +107,8 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain { prefix, stream } => {
+        match &mut self.get_mut().io {
+            Io::Plain { prefix, stream } => {
                 if !prefix.is_empty() {
                     let n = prefix.len().min(buf.remaining());
                     buf.put_slice(&prefix[..n]);
@@ -70,7 +117,7 @@ impl AsyncRead for Conn {
                 }
                 Pin::new(stream).poll_read(cx, buf)
             }
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -81,9 +128,9 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain { stream, .. } => Pin::new(stream).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain { stream, .. } => Pin::new(stream).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_write_vectored(
@@ -91,39 +138,43 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain { stream, .. } => Pin::new(stream).poll_write_vectored(cx, bufs),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            Io::Plain { stream, .. } => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Conn::Plain { stream, .. } => stream.is_write_vectored(),
-            Conn::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain { stream, .. } => stream.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain { stream, .. } => Pin::new(stream).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain { stream, .. } => Pin::new(stream).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain { stream, .. } => Pin::new(stream).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain { stream, .. } => Pin::new(stream).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
 
-/// Accepts TCP connections (and their TLS handshakes, off the accept loop), serves file
-/// requests itself where this listener has the fast path, and yields the rest to axum.
+/// Accepts TCP connections up to its limits (TLS handshakes off the accept loop), serves
+/// file requests itself where this listener has the fast path, and yields the rest to the
+/// HTTP server.
 pub struct BootListener {
     tcp: TcpListener,
     app: App,
     /// Plain connections of a listener serving `/boot/`: files sent with sendfile here.
     fast_path: bool,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: ConnLimits,
+    head_timeout: Duration,
+    open: std::sync::Arc<std::sync::Mutex<Open>>,
     tx: mpsc::Sender<(Conn, SocketAddr)>,
     rx: mpsc::Receiver<(Conn, SocketAddr)>,
 }
@@ -134,6 +185,8 @@ impl BootListener {
         app: App,
         fast_path: bool,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        limits: ConnLimits,
+        head_timeout: Duration,
     ) -> BootListener {
         let (tx, rx) = mpsc::channel(256);
         BootListener {
@@ -141,34 +194,53 @@ impl BootListener {
             app,
             fast_path: fast_path && tls.is_none(),
             tls,
+            limits,
+            head_timeout,
+            open: Default::default(),
             tx,
             rx,
         }
     }
-}
 
-impl axum::serve::Listener for BootListener {
-    type Io = Conn;
-    type Addr = SocketAddr;
+    /// A place for a connection from `peer`, or None when the listener or the peer is full.
+    fn admit(&self, peer: std::net::IpAddr) -> Option<ConnGuard> {
+        let mut o = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = o.per_peer.get(&peer).copied().unwrap_or(0);
+        if o.total >= self.limits.total || mine >= self.limits.per_peer {
+            return None;
+        }
+        o.total += 1;
+        *o.per_peer.entry(peer).or_insert(0) += 1;
+        Some(ConnGuard {
+            open: self.open.clone(),
+            peer,
+        })
+    }
 
-    async fn accept(&mut self) -> (Conn, SocketAddr) {
+    /// The next connection for the HTTP server.
+    pub async fn accept(&mut self) -> (Conn, SocketAddr) {
         loop {
             tokio::select! {
                 Some(handed) = self.rx.recv() => return handed,
                 accepted = self.tcp.accept() => match accepted {
                     Ok((stream, peer)) => {
                         stream.set_nodelay(true).ok();
+                        let Some(guard) = self.admit(peer.ip().to_canonical()) else {
+                            refuse_busy(stream, peer, self.tls.is_none());
+                            continue;
+                        };
                         if let Some(acceptor) = &self.tls {
-                            tokio::spawn(handshake(acceptor.clone(), stream, peer, self.tx.clone()));
+                            tokio::spawn(handshake(acceptor.clone(), stream, peer, guard, self.tx.clone()));
                         } else if self.fast_path {
-                            tokio::spawn(connection(stream, peer, self.app.clone(), self.tx.clone()));
+                            tokio::spawn(connection(stream, peer, guard, self.head_timeout, self.app.clone(), self.tx.clone()));
                         } else {
-                            return (Conn::Plain { prefix: Bytes::new(), stream }, peer);
+                            let io = Io::Plain { prefix: Bytes::new(), stream };
+                            return (Conn { io, _guard: guard }, peer);
                         }
                     }
                     Err(e) => {
-                        // As axum's own listener does: per-connection errors are the client's;
-                        // anything else (EMFILE) gets a pause rather than a spin.
+                        // Per-connection errors are the client's; anything else (EMFILE) gets
+                        // a pause rather than a spin.
                         if !matches!(
                             e.kind(),
                             std::io::ErrorKind::ConnectionRefused
@@ -183,9 +255,17 @@ impl axum::serve::Listener for BootListener {
             }
         }
     }
+}
 
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
+/// A connection over the limits: closed at once, with a 503 on a plain listener (written
+/// without waiting: a client that does not read it just loses it).
+fn refuse_busy(stream: TcpStream, peer: SocketAddr, plain: bool) {
+    tracing::debug!(%peer, "connection refused: too many open connections");
+    if plain {
+        const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+            content-length: 35\r\nconnection: close\r\nretry-after: 1\r\n\r\n\
+            too many connections: retry later\n";
+        stream.try_write(BUSY).ok();
     }
 }
 
@@ -194,11 +274,16 @@ async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,
+    guard: ConnGuard,
     to: mpsc::Sender<(Conn, SocketAddr)>,
 ) {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
-            to.send((Conn::Tls(Box::new(tls)), peer)).await.ok();
+            let conn = Conn {
+                io: Io::Tls(Box::new(tls)),
+                _guard: guard,
+            };
+            to.send((conn, peer)).await.ok();
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -238,9 +323,13 @@ fn percent_decode(raw: &[u8]) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    deadline: tokio::time::Instant,
+) -> std::io::Result<usize> {
     buf.reserve(4096);
-    match tokio::time::timeout(IO_TIMEOUT, stream.read_buf(buf)).await {
+    match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
@@ -252,10 +341,14 @@ async fn hand_off(
     read: BytesMut,
     stream: TcpStream,
     peer: SocketAddr,
+    guard: ConnGuard,
 ) {
-    let conn = Conn::Plain {
-        prefix: read.freeze(),
-        stream,
+    let conn = Conn {
+        io: Io::Plain {
+            prefix: read.freeze(),
+            stream,
+        },
+        _guard: guard,
     };
     // Fails only when the server is shutting down: the connection is dropped.
     to.send((conn, peer)).await.ok();
@@ -265,11 +358,16 @@ async fn hand_off(
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
+    guard: ConnGuard,
+    head_timeout: Duration,
     app: App,
     handoff: mpsc::Sender<(Conn, SocketAddr)>,
 ) {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
+        // The whole head within the head timeout of starting to wait for it, however it
+        // trickles.
+        let deadline = tokio::time::Instant::now() + head_timeout;
         // Enough to see the request line.
         let line_end = loop {
             if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
@@ -278,7 +376,7 @@ async fn connection(
             if buf.len() >= MAX_HEAD {
                 break None;
             }
-            match read_more(&mut stream, &mut buf).await {
+            match read_more(&mut stream, &mut buf, deadline).await {
                 Ok(0) | Err(_) if buf.is_empty() => return,
                 Ok(0) | Err(_) => break None,
                 Ok(_) => {}
@@ -286,7 +384,7 @@ async fn connection(
         };
         let is_file = line_end.and_then(|i| file_request(&buf[..i])).is_some();
         if !is_file {
-            hand_off(&handoff, buf, stream, peer).await;
+            hand_off(&handoff, buf, stream, peer, guard).await;
             return;
         }
         // The whole head.
@@ -297,14 +395,14 @@ async fn connection(
             if buf.len() >= MAX_HEAD {
                 break None;
             }
-            match read_more(&mut stream, &mut buf).await {
+            match read_more(&mut stream, &mut buf, deadline).await {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
         };
         let Some(head_len) = head_len else {
             // Too long for here: axum answers it (431).
-            hand_off(&handoff, buf, stream, peer).await;
+            hand_off(&handoff, buf, stream, peer, guard).await;
             return;
         };
         let served = serve_one(&mut stream, peer, &app, &buf[..head_len])
@@ -313,7 +411,7 @@ async fn connection(
         match served {
             Ok(Next::KeepAlive) => buf.advance(head_len),
             Ok(Next::HandOff) => {
-                hand_off(&handoff, buf, stream, peer).await;
+                hand_off(&handoff, buf, stream, peer, guard).await;
                 return;
             }
             Ok(Next::Close) => {

@@ -157,7 +157,14 @@ fn management_v1() -> Router<App> {
                 .put(v1::upload_image)
                 .delete(v1::delete_image),
         )
+        // JSON bodies (an image upload streams its body and is bounded by the disk instead).
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON))
 }
+
+/// The largest JSON body of the management API.
+const MAX_JSON: usize = 256 * 1024;
+/// The largest agent report (a machine's facts with hundreds of disks and NICs fit easily).
+const MAX_AGENT_REPORT: usize = 1024 * 1024;
 
 /// What the agent in the ramdisk calls (with its agent token).
 fn agent_v1() -> Router<App> {
@@ -169,6 +176,7 @@ fn agent_v1() -> Router<App> {
         .route("/machines/{id}/deployment/manifest", g(v1::deploy_manifest))
         .route("/machines/{id}/deploy-progress", p(v1::deploy_progress))
         .route("/machines/{id}/deploy-report", p(v1::submit_deploy))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_AGENT_REPORT))
 }
 
 /// The whole HTTP application: every route on one listener.
@@ -213,7 +221,13 @@ pub struct ServeOptions {
     /// Peers whose `X-Forwarded-Proto: https` / `Forwarded: proto=https` is believed (a reverse
     /// proxy that terminates TLS). Anyone else's is removed before a handler sees it.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Open connections on this listener, and from one peer address.
+    pub limits: ConnLimits,
+    /// How long a request head may take ([`HEAD_TIMEOUT`]; tests shorten it).
+    pub head_timeout: std::time::Duration,
 }
+
+pub use fastpath::{ConnLimits, HEAD_TIMEOUT};
 
 impl Default for ServeOptions {
     fn default() -> Self {
@@ -221,9 +235,14 @@ impl Default for ServeOptions {
             surface: Surface::All,
             tls: None,
             trusted_proxies: Vec::new(),
+            limits: ConnLimits::default(),
+            head_timeout: HEAD_TIMEOUT,
         }
     }
 }
+
+/// How long a stopping server waits for the requests in flight.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long browsers keep to HTTPS once they saw it here (a year, as is usual).
 const HSTS: &str = "max-age=31536000";
@@ -342,10 +361,69 @@ pub async fn serve_with(
     let trusted = std::sync::Arc::new(opts.trusted_proxies);
     let router = router_for(app.clone(), opts.surface)
         .layer(axum::middleware::from_fn_with_state(trusted, scheme));
-    axum::serve(
-        fastpath::BootListener::new(listener, app, fast_path, acceptor),
-        router.into_make_service_with_connect_info::<fastpath::ClientAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let mut incoming = fastpath::BootListener::new(
+        listener,
+        app,
+        fast_path,
+        acceptor,
+        opts.limits,
+        opts.head_timeout,
+    );
+    // hyper itself (not axum::serve) so that a request head has a deadline: axum::serve gives
+    // hyper no timer, and a client could hold a connection by sending one byte a minute.
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let connections = tokio_util::task::TaskTracker::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (conn, peer) = tokio::select! {
+            c = incoming.accept() => c,
+            () = &mut shutdown => break,
+        };
+        let info = fastpath::ClientAddr {
+            addr: peer,
+            tls: conn.is_tls(),
+        };
+        let router = router.clone();
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(info));
+                tower::ServiceExt::oneshot(router.clone(), req)
+            });
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(opts.head_timeout)
+            .keep_alive(true);
+        let stopping = stopping.clone();
+        connections.spawn(async move {
+            let conn = http
+                .serve_connection(hyper_util::rt::TokioIo::new(conn), svc)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            let done = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stopping.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = done {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        });
+    }
+    drop(incoming);
+    // Requests in flight finish; idle kept-alive connections are closed.
+    stopping.cancel();
+    connections.close();
+    if tokio::time::timeout(DRAIN, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still running {} s after shutdown began were cut off",
+            DRAIN.as_secs()
+        );
+    }
+    Ok(())
 }

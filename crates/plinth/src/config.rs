@@ -417,6 +417,19 @@ pub struct HttpConfig {
     /// `Forwarded: proto=https` is believed; anyone else's is ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Open connections per listener; more are refused (503 on plain HTTP) until some close.
+    #[serde(default = "default_max_connections_http")]
+    pub max_connections: usize,
+    /// Open connections from one address per listener.
+    #[serde(default = "default_max_connections_per_peer")]
+    pub max_connections_per_peer: usize,
+}
+
+fn default_max_connections_http() -> usize {
+    plinth_api::ConnLimits::default().total
+}
+fn default_max_connections_per_peer() -> usize {
+    plinth_api::ConnLimits::default().per_peer
 }
 
 /// One HTTP listener of `plinth serve`.
@@ -427,6 +440,7 @@ pub struct ListenerPlan {
     /// (certificate, key) PEM files.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub limits: plinth_api::ConnLimits,
 }
 
 /// Both or neither of a certificate and its key.
@@ -468,6 +482,16 @@ impl Config {
             .iter()
             .map(|p| parse_proxy(p))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        if self.http.max_connections == 0 || self.http.max_connections_per_peer == 0 {
+            bail!("http.max_connections and http.max_connections_per_peer must be at least 1");
+        }
+        let limits = plinth_api::ConnLimits {
+            total: self.http.max_connections,
+            per_peer: self
+                .http
+                .max_connections_per_peer
+                .min(self.http.max_connections),
+        };
         let split = self.boot.listen.is_some_and(|b| b != self.http.listen);
         let mut out = Vec::new();
         if split {
@@ -476,12 +500,14 @@ impl Config {
                 surface: Surface::Management,
                 tls: http_tls,
                 trusted_proxies: trusted_proxies.clone(),
+                limits,
             });
             out.push(ListenerPlan {
                 addr: self.boot.listen.unwrap_or(self.http.listen),
                 surface: Surface::Provisioning,
                 tls: None,
                 trusted_proxies: Vec::new(),
+                limits,
             });
         } else {
             if http_tls.is_some() {
@@ -497,6 +523,7 @@ impl Config {
                 surface: Surface::All,
                 tls: None,
                 trusted_proxies: trusted_proxies.clone(),
+                limits,
             });
         }
         match (self.boot.tls_listen, boot_tls) {
@@ -509,6 +536,7 @@ impl Config {
                     surface: Surface::Provisioning,
                     tls: Some(tls),
                     trusted_proxies: Vec::new(),
+                    limits,
                 });
             }
             (Some(_), None) => bail!("boot.tls_listen needs boot.tls_cert and boot.tls_key"),
@@ -735,6 +763,8 @@ impl Default for HttpConfig {
             tls_cert: None,
             tls_key: None,
             trusted_proxies: Vec::new(),
+            max_connections: default_max_connections_http(),
+            max_connections_per_peer: default_max_connections_per_peer(),
         }
     }
 }

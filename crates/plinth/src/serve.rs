@@ -130,6 +130,8 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
                 surface: plan.surface,
                 tls,
                 trusted_proxies: plan.trusted_proxies,
+                limits: plan.limits,
+                ..Default::default()
             },
         ));
     }

@@ -53,6 +53,8 @@ pub fn routes() -> Router<App> {
         .route("/discovered", get(pages::discovered))
         .route("/discovered/{id}/adopt", post(pages::adopt))
         .route("/static/{file}", get(static_file))
+        // Forms are small.
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::map_response(security_headers))
 }
 

@@ -103,7 +103,7 @@ start_plinth() { # an empty database, plinth serving the bench subnet
   pid=$!; pids+=($pid); sleep 1
   token=$(ip netns exec "$srv" env PLINTH_STATE_DIR="$work/state" "$bin" admin create-token --database-url "$url" --name bench --role admin)
   ip netns exec "$srv" env PLINTH_TOKEN="$token" PLINTH_API_URL=http://127.0.0.1:8080 \
-    "$bin" subnet add 10.70.0.0/15 --range "$first-$last" --router 10.70.0.1 --lease-time 3600 >/dev/null
+    "$bin" subnet add 10.70.0.0/15 --range "$first-$last" --router 10.70.0.1 --lease-time 3600 --relay-any-in-cidr >/dev/null
 }
 rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$pid/status"; }
 bound() { psql "$url" -qAtc "select count(*) from leases where state = 'bound'"; }

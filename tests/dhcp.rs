@@ -228,12 +228,13 @@ fn a_relayed_request_lands_in_the_relay_subnet() {
         Some("10.64.0.1"),
         &[],
     );
+    // The relay's address on the client side is the giaddr; the subnet names it.
     env.subnet(
         "10.64.9.0/24",
         "10.64.9.100",
         "10.64.9.149",
         Some("10.64.9.1"),
-        &[],
+        &["10.64.9.1"],
     );
     let _server = plinth(&mut lab, &srv, &s_up, &env.db.url, "10.64.0.2", "server");
     let _relay =
@@ -497,7 +498,7 @@ fn two_instances_on_one_database_hand_out_distinct_addresses() {
         "10.67.1.0",
         "10.67.2.255",
         Some("10.67.0.1"),
-        &[],
+        &["any"],
     );
     let p1 = plinth(&mut lab, &srv1, &a, &env.db.url, "10.67.0.2", "server");
     let p2 = plinth(&mut lab, &srv2, &b, &env.db.url, "10.67.0.3", "server");

@@ -23,7 +23,8 @@ impl Env {
         Env { rt, db, app }
     }
 
-    /// A subnet with one range; with a router, that router is also its DNS server.
+    /// A subnet with one range; with a router, that router is also its DNS server. `relays`
+    /// are its relay addresses; `"any"` among them allows any relay inside it.
     pub fn subnet(
         &self,
         cidr: &str,
@@ -44,8 +45,15 @@ impl Env {
             domain: router.map(|_| "lab.example".into()),
             lease_time: Some(600),
             boot_server: None,
-            relay_addresses: (!relays.is_empty())
-                .then(|| relays.iter().map(|r| r.parse().unwrap()).collect()),
+            relay_addresses: relays.iter().any(|r| *r != "any").then(|| {
+                relays
+                    .iter()
+                    .filter(|r| **r != "any")
+                    .map(|r| r.parse().unwrap())
+                    .collect()
+            }),
+            // perfdhcp sends as a relay from an address inside the subnet.
+            relay_any_in_cidr: Some(relays.contains(&"any")),
         };
         self.rt
             .block_on(self.app.create_subnet(&Principal::system(), req))

@@ -273,6 +273,7 @@ pub fn keyed_env(prefix: &str) -> (Env, String) {
                 lease_time: Some(600),
                 boot_server: None,
                 relay_addresses: None,
+                relay_any_in_cidr: None,
             },
         ))
         .unwrap();

@@ -663,6 +663,7 @@ pub async fn upload_image(
     Caller(who): Caller,
     Path(name): Path<String>,
     Query(p): Query<UploadParams>,
+    headers: HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<(StatusCode, Json<Image>)> {
     use futures::TryStreamExt;
@@ -681,6 +682,10 @@ pub async fn upload_image(
         path: p.path,
         sha256: p.sha256,
         firmware: p.firmware,
+        declared_size: headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
     };
     Ok((
         StatusCode::CREATED,

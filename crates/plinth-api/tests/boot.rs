@@ -1931,3 +1931,85 @@ async fn tenants_see_and_do_only_what_is_theirs() {
         assert_ne!(a["machines"][0]["id"], mine.as_str(), "{a}");
     }
 }
+
+/// Uploads are bounded (issue 17): by images.max_upload_bytes and the free space, whether or
+/// not the client says the length up front, and a compressed disk image by what it
+/// decompresses to. Nothing is left behind.
+#[tokio::test]
+async fn uploads_are_bounded() {
+    let s = Server::start_with(
+        |b| {
+            b.max_upload_bytes = 1 << 20;
+            b.max_raw_bytes = 4 << 20;
+        },
+        None,
+    )
+    .await;
+    let put = |name: &str, q: &str| {
+        s.http
+            .put(format!("{}/api/v1/images/{name}?{q}", s.base))
+            .bearer_auth(&s.admin)
+    };
+    // Declared too large: refused before a byte is written.
+    let r = put("big", "kind=rootfs")
+        .body(vec![7u8; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "image_too_large", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("images.max_upload_bytes"),
+        "{e}"
+    );
+    // Streamed without a length: stopped once it passes the limit.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..32).map(|_| Ok(vec![7u8; 64 * 1024])).collect();
+    let r = put("streamed", "kind=rootfs")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await;
+    // The server may answer and close before the whole body is sent.
+    if let Ok(r) = r {
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "image_too_large", "{e}");
+    }
+    // A gzip bomb: 8 MiB of zeros in a few KiB, over the 4 MiB it may decompress to.
+    let out = std::process::Command::new("sh")
+        .args(["-c", "head -c 8388608 /dev/zero | gzip -c"])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && out.stdout.len() < 64 * 1024);
+    let r = put("bomb", "kind=disk-image&path=bomb.img.gz")
+        .body(out.stdout)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "image_too_large", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("decompresses to more than"),
+        "{e}"
+    );
+    // Nothing was registered, nothing is left under the images root.
+    let (_, list) = s.call(reqwest::Method::GET, "/api/v1/images", None).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+    let left = files_under(s.root.path());
+    assert!(left.is_empty(), "{left:?}");
+    // Within the limits, an upload works.
+    let r = put("small", "kind=rootfs")
+        .body(vec![7u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}

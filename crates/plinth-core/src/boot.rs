@@ -151,6 +151,10 @@ pub struct BootSettings {
     pub in_use: Vec<String>,
     /// How cleaning wipes disks where a pool does not say (`[clean]`).
     pub clean: crate::clean::CleanSettings,
+    /// The largest image upload.
+    pub max_upload_bytes: u64,
+    /// The largest a compressed disk image may decompress to.
+    pub max_raw_bytes: u64,
 }
 
 impl BootSettings {
@@ -178,6 +182,8 @@ impl BootSettings {
                 "ipxe.efi".into(),
                 "snponly.efi".into(),
             ],
+            max_upload_bytes: 64 << 30,
+            max_raw_bytes: 4 << 40,
         }
     }
 }

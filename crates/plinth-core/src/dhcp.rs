@@ -318,6 +318,91 @@ impl App {
         boot: &BootConfig,
         default_boot_server: Ipv4Addr,
     ) -> Vec<Result<DhcpDecision>> {
+        // A relayed request is served only through a relay some subnet accepts (a giaddr is
+        // trivially forged): the others are not answered, and nothing is written for them.
+        let refused = match self.refused_relays(reqs).await {
+            Ok(r) => r,
+            Err(e) => return reqs.iter().map(|_| Err(e.clone())).collect(),
+        };
+        if refused.is_empty() {
+            return self
+                .decide_accepted(reqs, timers, boot, default_boot_server)
+                .await;
+        }
+        let is_refused = |r: &DhcpRequest<'_>| r.relayed && refused.contains(&r.match_addr);
+        let kept: Vec<DhcpRequest<'_>> = reqs.iter().filter(|r| !is_refused(r)).cloned().collect();
+        let mut decided = self
+            .decide_accepted(&kept, timers, boot, default_boot_server)
+            .await
+            .into_iter();
+        reqs.iter()
+            .map(|r| {
+                if is_refused(r) {
+                    Ok(DhcpDecision {
+                        outcome: Outcome::Ignore,
+                        lease: None,
+                        boot: BootAction::None,
+                        boot_server: None,
+                        reason: Some(format!(
+                            "relay {} is not one of a subnet's relay_addresses",
+                            r.match_addr
+                        )),
+                        machine_id: None,
+                    })
+                } else {
+                    decided.next().unwrap_or_else(|| Err(Error::internal()))
+                }
+            })
+            .collect()
+    }
+
+    /// The giaddrs of `reqs` that no subnet accepts.
+    async fn refused_relays(
+        &self,
+        reqs: &[DhcpRequest<'_>],
+    ) -> Result<std::collections::HashSet<Ipv4Addr>> {
+        let mut relays: Vec<Ipv4Addr> = reqs
+            .iter()
+            .filter(|r| r.relayed)
+            .map(|r| r.match_addr)
+            .collect();
+        if relays.is_empty() {
+            return Ok(Default::default());
+        }
+        relays.sort_unstable();
+        relays.dedup();
+        let texts: Vec<String> = relays.iter().map(|a| a.to_string()).collect();
+        let mut conn = self.conn().await?;
+        let accepted = plinth_db::subnets::accepted_relays(&mut conn, &texts)
+            .await
+            .db()?;
+        let refused: std::collections::HashSet<Ipv4Addr> = relays
+            .into_iter()
+            .filter(|a| !accepted.iter().any(|t| *t == a.to_string()))
+            .collect();
+        if let Some(a) = refused.iter().next() {
+            // At most one line every 10 s: forged giaddrs must not flood the log either.
+            static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+            let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+                *last = Some(std::time::Instant::now());
+                tracing::warn!(giaddr = %a, refused = refused.len(), "DHCP packets from relays no subnet accepts: not answered (see relay_addresses)");
+            }
+        }
+        Ok(refused)
+    }
+
+    /// [`App::dhcp_decide_batch`] for requests whose relay (if any) is accepted.
+    async fn decide_accepted(
+        &self,
+        reqs: &[DhcpRequest<'_>],
+        timers: LeaseTimers,
+        boot: &BootConfig,
+        default_boot_server: Ipv4Addr,
+    ) -> Vec<Result<DhcpDecision>> {
+        if reqs.is_empty() {
+            return Vec::new();
+        }
         let texts: Vec<(String, String, Option<String>)> = reqs
             .iter()
             .map(|r| {
@@ -470,15 +555,33 @@ impl App {
                     if let Some(id) = discovered.get(&req.mac) {
                         machine_id = Some(*id);
                         state = Some(MachineState::Discovered);
-                    } else if let Some(id) = self
-                        .discover_machine(&req.mac, &req.client, d.subnet_id)
-                        .await?
-                    {
-                        discovered.insert(req.mac, id);
-                        machine_id = Some(id);
-                        state = Some(MachineState::Discovered);
                     } else {
-                        reason.get_or_insert_with(|| "MAC enrolled meanwhile".into());
+                        match self
+                            .discover_machine(&req.mac, &req.client, d.subnet_id)
+                            .await
+                        {
+                            Ok(Some(id)) => {
+                                discovered.insert(req.mac, id);
+                                machine_id = Some(id);
+                                state = Some(MachineState::Discovered);
+                            }
+                            Ok(None) => {
+                                reason.get_or_insert_with(|| "MAC enrolled meanwhile".into());
+                            }
+                            // Too many new machines this minute: not answered now (the offer
+                            // lapses); the client asks again.
+                            Err(e) if e.kind == plinth_types::ErrorKind::TooMany => {
+                                return Ok(DhcpDecision {
+                                    outcome: Outcome::Ignore,
+                                    lease: None,
+                                    boot: BootAction::None,
+                                    boot_server: None,
+                                    reason: Some(e.message),
+                                    machine_id: None,
+                                });
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
             }
@@ -575,13 +678,17 @@ impl App {
         ))
     }
 
-    /// Records an unknown network-booting MAC as a `discovered` machine, once per MAC.
+    /// Records an unknown network-booting MAC as a `discovered` machine, once per MAC; at most
+    /// [`App::with_discovery_limit`] a minute on this instance (anyone on the provisioning
+    /// network can make up MACs), beyond which it is `TooMany` and the machine is recorded when
+    /// it asks again.
     pub async fn discover_machine(
         &self,
         mac: &MacAddr,
         client: &ClientInfo,
         subnet_id: Option<Uuid>,
     ) -> Result<Option<Uuid>> {
+        self.discoveries.take()?;
         let mut tx = self.begin().await?;
         let inserted = plinth_db::machines::insert_discovered(
             &mut tx,
@@ -617,6 +724,53 @@ impl App {
         tx.commit().await.db()?;
         tracing::info!(%mac, machine_id = %id, "unknown network-booting machine discovered");
         Ok(Some(id))
+    }
+}
+
+/// New `discovered` machines a minute (0: no limit).
+#[derive(Debug, Default)]
+pub(crate) struct DiscoveryLimit {
+    pub(crate) per_minute: u32,
+    window: std::sync::Mutex<Option<(std::time::Instant, u32)>>,
+}
+
+impl DiscoveryLimit {
+    pub(crate) fn new(per_minute: u32) -> DiscoveryLimit {
+        DiscoveryLimit {
+            per_minute,
+            window: Default::default(),
+        }
+    }
+
+    fn take(&self) -> Result<()> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, n) = w.get_or_insert((now, 0));
+        if now.duration_since(*start) >= std::time::Duration::from_secs(60) {
+            (*start, *n) = (now, 0);
+        }
+        if *n >= self.per_minute {
+            if *n == self.per_minute {
+                tracing::warn!(
+                    per_minute = self.per_minute,
+                    "more unknown machines are network-booting than discovery records a minute (boot.discover_per_minute); the rest wait"
+                );
+            }
+            *n = n.saturating_add(1);
+            return Err(Error::new(
+                plinth_types::ErrorKind::TooMany,
+                "discovery_throttled",
+                format!(
+                    "more than {} unknown machines a minute are network-booting: this one is recorded when it asks again",
+                    self.per_minute
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(())
     }
 }
 

@@ -33,6 +33,8 @@ pub struct UploadMeta {
     pub sha256: Option<String>,
     /// For a disk image: `bios`, `uefi` or `both`.
     pub firmware: Option<String>,
+    /// The body's length, when the client said (Content-Length): checked before writing.
+    pub declared_size: Option<u64>,
 }
 
 fn image(r: plinth_db::images::ImageRow) -> Result<Image> {
@@ -71,7 +73,7 @@ fn check_firmware(kind: ImageKind, fw: Option<&str>) -> Result<Option<String>> {
 /// A disk image as written, its size and SHA-256 (hex): for an uncompressed image, the file
 /// itself (`sha` and `size`, already known: not read again); a compressed one (gzip, zstd) is
 /// decompressed once, counting and hashing. An image that does not decompress is refused.
-async fn raw_info(path: PathBuf, sha: &str, size: u64) -> Result<(u64, String)> {
+async fn raw_info(path: PathBuf, sha: &str, size: u64, max_raw: u64) -> Result<(u64, String)> {
     let name = path.to_string_lossy();
     let gzip = name.ends_with(".gz");
     let zstd = name.ends_with(".zst") || name.ends_with(".zstd");
@@ -91,12 +93,29 @@ async fn raw_info(path: PathBuf, sha: &str, size: u64) -> Result<(u64, String)> 
         })?;
         let file = std::io::BufReader::new(file);
         let mut h = Sha256::new();
+        // Read one byte past the bound: a decompression bomb stops there.
         let n = if gzip {
-            std::io::copy(&mut flate2::read::MultiGzDecoder::new(file), &mut h).map_err(bad)?
-        } else {
-            let mut d = zstd::stream::read::Decoder::new(file).map_err(bad)?;
+            let mut d = std::io::Read::take(
+                flate2::read::MultiGzDecoder::new(file),
+                max_raw.saturating_add(1),
+            );
             std::io::copy(&mut d, &mut h).map_err(bad)?
+        } else {
+            let d = zstd::stream::read::Decoder::new(file).map_err(bad)?;
+            std::io::copy(
+                &mut std::io::Read::take(d, max_raw.saturating_add(1)),
+                &mut h,
+            )
+            .map_err(bad)?
         };
+        if n > max_raw {
+            return Err(Error::invalid(
+                "image_too_large",
+                format!(
+                    "the image decompresses to more than {max_raw} bytes (images.max_raw_bytes)"
+                ),
+            ));
+        }
         Ok((n, hex::encode(h.finalize())))
     })
     .await
@@ -143,16 +162,59 @@ fn qemu_img_program() -> std::ffi::OsString {
     std::env::var_os("PLINTH_QEMU_IMG").unwrap_or_else(|| "qemu-img".into())
 }
 
-/// Runs `program` (qemu-img) with `args` (no shell, no stdin), killed if it outlives
-/// `timeout` or the request goes away. Its complaint goes to the client with the server's
-/// paths replaced by `names`. Returns its standard output.
+/// What one qemu-img run may use: seconds of CPU and bytes of address space (a crafted qcow2
+/// must not make it spin or swell; `prlimit` from util-linux sets them before qemu-img runs).
+#[derive(Debug, Clone, Copy)]
+struct RunLimits {
+    cpu_secs: u64,
+    memory: u64,
+}
+
+const INFO_LIMITS: RunLimits = RunLimits {
+    cpu_secs: 30,
+    memory: 1 << 30,
+};
+const CONVERT_LIMITS: RunLimits = RunLimits {
+    cpu_secs: 7200,
+    memory: 2 << 30,
+};
+
+/// `program` as found on the PATH (or as given, when it names a path), if it exists.
+fn find_program(program: &OsStr) -> Option<PathBuf> {
+    let p = Path::new(program);
+    if p.components().count() > 1 {
+        return p.is_file().then(|| p.to_owned());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(p))
+            .find(|c| c.is_file())
+    })
+}
+
+/// Runs `program` (qemu-img) with `args` (no shell, no stdin) under `limits`, killed if it
+/// outlives `timeout` or the request goes away. Its complaint goes to the client with the
+/// server's paths replaced by `names`. Returns its standard output.
 async fn qemu_img(
     program: &OsStr,
     args: &[&OsStr],
     timeout: Duration,
+    limits: RunLimits,
     names: &[(&Path, &str)],
 ) -> Result<Vec<u8>> {
-    let child = tokio::process::Command::new(program)
+    let Some(found) = find_program(program) else {
+        return Err(Error::unavailable(format!(
+            "qemu-img ({}) is not installed, and qcow2 images need it: install qemu-utils \
+             (or set PLINTH_QEMU_IMG to its path)",
+            program.to_string_lossy()
+        )));
+    };
+    // prlimit sets the limits on itself and then executes the program in its place.
+    let child = tokio::process::Command::new("prlimit")
+        .arg(format!("--cpu={}", limits.cpu_secs))
+        .arg(format!("--as={}", limits.memory))
+        .arg("--")
+        .arg(&found)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -161,11 +223,9 @@ async fn qemu_img(
         .spawn()
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::unavailable(format!(
-                    "qemu-img ({}) is not installed, and qcow2 images need it: install qemu-utils \
-                     (or set PLINTH_QEMU_IMG to its path)",
-                    program.to_string_lossy()
-                ))
+                Error::unavailable(
+                    "prlimit is not installed, and qemu-img runs under it: install util-linux",
+                )
             } else {
                 tracing::error!(error = %e, program = %program.to_string_lossy(), "running qemu-img");
                 Error::internal()
@@ -185,6 +245,20 @@ async fn qemu_img(
             tracing::error!(error = %e, "waiting for qemu-img");
             Error::internal()
         })?;
+    {
+        use std::os::unix::process::ExitStatusExt;
+        // SIGXCPU at the CPU limit (SIGKILL past its hard limit).
+        if matches!(out.status.signal(), Some(24 | 9)) {
+            tracing::warn!(?args, status = %out.status, "qemu-img stopped at its CPU limit");
+            return Err(Error::invalid(
+                "image_limits_exceeded",
+                format!(
+                    "qemu-img used more than its {} s of CPU time on this image; it was not added",
+                    limits.cpu_secs
+                ),
+            ));
+        }
+    }
     if !out.status.success() {
         let mut msg = String::from_utf8_lossy(&out.stderr).trim().to_owned();
         for (path, name) in names {
@@ -291,6 +365,7 @@ async fn qcow2_to_raw(src: &Path, dest: &Path, dir: &Path, label: &str) -> Resul
             src.as_os_str(),
         ],
         QEMU_INFO_TIMEOUT,
+        INFO_LIMITS,
         &names,
     )
     .await?;
@@ -320,6 +395,7 @@ async fn qcow2_to_raw(src: &Path, dest: &Path, dir: &Path, label: &str) -> Resul
             dest.as_os_str(),
         ],
         QEMU_CONVERT_TIMEOUT,
+        CONVERT_LIMITS,
         &names,
     )
     .await?;
@@ -503,7 +579,7 @@ impl App {
             return Err(mismatch(e, &sha));
         }
         let raw = if req.kind == ImageKind::DiskImage {
-            Some(raw_info(real, &sha, size).await?)
+            Some(raw_info(real, &sha, size, self.boot.settings.max_raw_bytes).await?)
         } else {
             None
         };
@@ -588,6 +664,26 @@ impl App {
         if !real_dir.starts_with(&root) {
             return Err(path_error(&rel, files::Refusal::OutsideRoot));
         }
+        // Room for it: the limit, and the free space now (an upload that would fill the
+        // disk stops before it does).
+        let max_upload = self.boot.settings.max_upload_bytes;
+        let free = free_space(&real_dir).await?;
+        let room = max_upload.min(free);
+        let too_large = |n: u64| {
+            Error::invalid(
+                "image_too_large",
+                if n > max_upload {
+                    format!("the upload is more than {max_upload} bytes (images.max_upload_bytes)")
+                } else {
+                    format!("the upload is more than the {free} bytes free on the images root")
+                },
+            )
+        };
+        if let Some(n) = meta.declared_size
+            && n > room
+        {
+            return Err(too_large(n));
+        }
         let mut dest = real_dir.join(dest.file_name().ok_or_else(Error::internal)?);
         let tmp = Scratch(real_dir.join(format!(".{}.{}.part", meta.name, uuid::Uuid::new_v4())));
         let mut f = tokio::fs::File::create(&tmp.0)
@@ -604,6 +700,9 @@ impl App {
             })?;
             if n == 0 {
                 break;
+            }
+            if size + n as u64 > room {
+                return Err(too_large(size + n as u64));
             }
             let want = QCOW2_MAGIC.len().saturating_sub(head.len()).min(n);
             head.extend_from_slice(&buf[..want]);
@@ -657,9 +756,9 @@ impl App {
         let added = async {
             let raw = match raw {
                 Some(r) => Some(r),
-                None if meta.kind == ImageKind::DiskImage => {
-                    Some(raw_info(dest.clone(), &sha, size).await?)
-                }
+                None if meta.kind == ImageKind::DiskImage => Some(
+                    raw_info(dest.clone(), &sha, size, self.boot.settings.max_raw_bytes).await?,
+                ),
                 None => None,
             };
             let img = self
@@ -848,6 +947,7 @@ mod tests {
             OsStr::new("/nonexistent/qemu-img"),
             &[OsStr::new("info")],
             Duration::from_secs(5),
+            INFO_LIMITS,
             &[],
         )
         .await
@@ -863,6 +963,7 @@ mod tests {
             OsStr::new("sleep"),
             &[OsStr::new("30")],
             Duration::from_millis(200),
+            INFO_LIMITS,
             &[],
         )
         .await
@@ -870,5 +971,38 @@ mod tests {
         assert_eq!(e.kind, plinth_types::ErrorKind::Unavailable);
         assert!(e.message.contains("did not finish"), "{e}");
         assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn a_qemu_img_that_spins_is_stopped_at_its_cpu_limit() {
+        // A busy loop with one second of CPU: stopped by the kernel (SIGXCPU), long before
+        // the wall-clock timeout.
+        let e = qemu_img(
+            OsStr::new("sh"),
+            &[OsStr::new("-c"), OsStr::new("while :; do :; done")],
+            Duration::from_secs(60),
+            RunLimits {
+                cpu_secs: 1,
+                memory: 1 << 30,
+            },
+            &[],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code, "image_limits_exceeded", "{e}");
+        // And its memory is bounded: a 512 MiB allocation under a 256 MiB limit fails.
+        let e = qemu_img(
+            OsStr::new("python3"),
+            &[OsStr::new("-c"), OsStr::new("b = bytearray(512 << 20)")],
+            Duration::from_secs(60),
+            RunLimits {
+                cpu_secs: 10,
+                memory: 256 << 20,
+            },
+            &[],
+        )
+        .await
+        .unwrap_err();
+        assert!(e.message.contains("MemoryError"), "{e}");
     }
 }

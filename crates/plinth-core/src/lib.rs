@@ -36,6 +36,9 @@ pub use secrets::BmcKey;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The default of [`App::with_discovery_limit`].
+pub const DEFAULT_DISCOVER_PER_MINUTE: u32 = 600;
+
 /// The application: a handle to the inventory database and the BMC secret key. Cheap to
 /// clone; every plinth task shares one.
 #[derive(Clone)]
@@ -45,6 +48,8 @@ pub struct App {
     boot: std::sync::Arc<BootEnv>,
     /// Web UI login attempts per source address.
     logins: std::sync::Arc<users::LoginThrottle>,
+    /// New discovered machines a minute.
+    discoveries: std::sync::Arc<dhcp::DiscoveryLimit>,
 }
 
 /// The boot chain's settings and templates, fixed at start.
@@ -82,7 +87,16 @@ impl App {
                 templates,
             )),
             logins: Default::default(),
+            discoveries: std::sync::Arc::new(dhcp::DiscoveryLimit::new(
+                DEFAULT_DISCOVER_PER_MINUTE,
+            )),
         }
+    }
+
+    /// At most `per_minute` new `discovered` machines a minute on this instance (0: no limit).
+    pub fn with_discovery_limit(mut self, per_minute: u32) -> Self {
+        self.discoveries = std::sync::Arc::new(dhcp::DiscoveryLimit::new(per_minute));
+        self
     }
 
     /// The same application with these boot settings and templates.

@@ -142,6 +142,7 @@ fn subnet(r: SubnetRow, ranges: Vec<(String, String)>) -> Result<Subnet> {
             .iter()
             .map(|s| ip(s))
             .collect::<Result<_>>()?,
+        relay_any_in_cidr: r.relay_any_in_cidr,
         pool_size: r.pool_size,
         active_leases: r.active_leases,
         created_at: r.created_at,
@@ -199,6 +200,7 @@ impl App {
             lease_time: lease_time as i32,
             boot_server: boot.as_deref(),
             relay_addresses: &relays,
+            relay_any_in_cidr: req.relay_any_in_cidr.unwrap_or(false),
         };
         let mut tx = self.begin().await?;
         let id = plinth_db::subnets::insert(&mut tx, &cidr, &fields)
@@ -281,6 +283,7 @@ impl App {
             lease_time: lease_time as i32,
             boot_server: boot.as_deref(),
             relay_addresses: &relays,
+            relay_any_in_cidr: patch.relay_any_in_cidr.unwrap_or(cur.relay_any_in_cidr),
         };
         plinth_db::subnets::update(&mut tx, id, &fields)
             .await

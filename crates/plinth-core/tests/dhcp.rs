@@ -56,6 +56,7 @@ async fn setup(first: u8, last: u8) -> (App, TestDb) {
             lease_time: Some(600),
             boot_server: None,
             relay_addresses: Some(vec![Ipv4Addr::new(192, 168, 77, 1)]),
+            relay_any_in_cidr: None,
         },
     )
     .await
@@ -246,6 +247,56 @@ async fn full_exchange_renew_release_decline() {
             .outcome,
         Outcome::Ignore,
         "no subnet"
+    );
+    // A giaddr inside the subnet but not a listed relay (anyone on a segment can forge one):
+    // not answered, nothing written; once the subnet allows relays inside it, served.
+    relayed.match_addr = Ipv4Addr::new(10, 30, 0, 77);
+    let d = app
+        .dhcp_decide(&relayed, TIMERS, &boot(), SRV)
+        .await
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Ignore);
+    assert!(
+        d.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("relay 10.30.0.77"),
+        "{d:?}"
+    );
+    let held = app.list_leases(&admin(), None, Some(mac(5))).await.unwrap();
+    assert_eq!(
+        held.len(),
+        1,
+        "only the lease through the listed relay: {held:?}"
+    );
+    // Refused and accepted requests in one batch are each answered as on their own.
+    let mut inside = req(LeaseOp::Discover { requested: None }, mac(6));
+    inside.match_addr = Ipv4Addr::new(10, 30, 0, 77);
+    inside.relayed = true;
+    let direct = req(LeaseOp::Discover { requested: None }, mac(7));
+    let both = app
+        .dhcp_decide_batch(&[inside.clone(), direct], TIMERS, &boot(), SRV)
+        .await;
+    assert_eq!(both[0].as_ref().unwrap().outcome, Outcome::Ignore);
+    assert_eq!(both[1].as_ref().unwrap().outcome, Outcome::Offer);
+    let subnet = app.list_subnets(&admin()).await.unwrap()[0].clone();
+    assert!(!subnet.relay_any_in_cidr, "not by default");
+    app.update_subnet(
+        &admin(),
+        subnet.id,
+        SubnetPatch {
+            relay_any_in_cidr: Some(true),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        app.dhcp_decide(&inside, TIMERS, &boot(), SRV)
+            .await
+            .unwrap()
+            .outcome,
+        Outcome::Offer
     );
 }
 
@@ -688,6 +739,7 @@ async fn subnet_rules_and_reclaim() {
         lease_time: None,
         boot_server: None,
         relay_addresses: None,
+        relay_any_in_cidr: None,
     };
     let e = app
         .create_subnet(
@@ -761,4 +813,67 @@ async fn subnet_rules_and_reclaim() {
         "subnet_in_use"
     );
     app.delete_subnet(&admin(), ok.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn discovery_is_bounded_per_minute() {
+    let (app, _db) = setup(100, 150).await;
+    let app = app.with_discovery_limit(3);
+    let pxe = |n: u32| {
+        let mut r = req(LeaseOp::Discover { requested: None }, mac(200 + n));
+        r.client = ClientInfo {
+            arch: Some(7),
+            pxe: true,
+            ..Default::default()
+        };
+        r
+    };
+    let mut answered = 0;
+    for n in 0..5 {
+        let d = app
+            .dhcp_decide(&pxe(n), TIMERS, &boot(), SRV)
+            .await
+            .unwrap();
+        if n < 3 {
+            assert_eq!(d.outcome, Outcome::Offer, "{n}: {d:?}");
+            assert!(d.machine_id.is_some());
+            answered += 1;
+        } else {
+            // Made-up MACs beyond the limit: no answer now, no record.
+            assert_eq!(d.outcome, Outcome::Ignore, "{n}: {d:?}");
+            assert!(
+                d.reason
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("unknown machines a minute"),
+                "{d:?}"
+            );
+        }
+    }
+    assert_eq!(answered, 3);
+    let all = app
+        .list_machines(&admin(), Default::default())
+        .await
+        .unwrap()
+        .machines;
+    assert_eq!(all.len(), 3, "three discovered, no more");
+    // The script endpoint is bounded by the same count.
+    let e = app
+        .boot_script(
+            &plinth_core::boot::BootRequest {
+                mac: Some(mac(299).to_string()),
+                request_base: Some("http://10.30.0.2:8080".into()),
+                ..Default::default()
+            },
+            &plinth_core::boot::BootSettings::with_root("images".into()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "discovery_throttled", "{e:?}");
+    // A known machine is not held up by it.
+    let d = app
+        .dhcp_decide(&pxe(0), TIMERS, &boot(), SRV)
+        .await
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Offer);
 }

@@ -14,6 +14,7 @@ pub struct SubnetRow {
     pub lease_time: i32,
     pub boot_server: Option<String>,
     pub relay_addresses: Vec<String>,
+    pub relay_any_in_cidr: bool,
     pub pool_size: i64,
     pub active_leases: i64,
     pub created_at: DateTime<Utc>,
@@ -28,6 +29,7 @@ pub struct SubnetFields<'a> {
     pub lease_time: i32,
     pub boot_server: Option<&'a str>,
     pub relay_addresses: &'a [String],
+    pub relay_any_in_cidr: bool,
 }
 
 pub async fn insert(
@@ -36,8 +38,9 @@ pub async fn insert(
     f: &SubnetFields<'_>,
 ) -> Result<Uuid, sqlx::Error> {
     sqlx::query_scalar!(
-        "insert into subnets (cidr, router, dns_servers, domain, lease_time, boot_server, relay_addresses)
-         values ($1::text::cidr, $2::text::inet, $3::text[]::inet[], $4, $5, $6::text::inet, $7::text[]::inet[])
+        "insert into subnets (cidr, router, dns_servers, domain, lease_time, boot_server, relay_addresses,
+                              relay_any_in_cidr)
+         values ($1::text::cidr, $2::text::inet, $3::text[]::inet[], $4, $5, $6::text::inet, $7::text[]::inet[], $8)
          returning id",
         cidr,
         f.router,
@@ -45,7 +48,8 @@ pub async fn insert(
         f.domain,
         f.lease_time,
         f.boot_server,
-        f.relay_addresses
+        f.relay_addresses,
+        f.relay_any_in_cidr
     )
     .fetch_one(conn)
     .await
@@ -59,7 +63,7 @@ pub async fn update(
     sqlx::query!(
         "update subnets set router = $2::text::inet, dns_servers = $3::text[]::inet[], domain = $4,
                 lease_time = $5, boot_server = $6::text::inet, relay_addresses = $7::text[]::inet[],
-                updated_at = now()
+                relay_any_in_cidr = $8, updated_at = now()
          where id = $1",
         id,
         f.router,
@@ -67,7 +71,8 @@ pub async fn update(
         f.domain,
         f.lease_time,
         f.boot_server,
-        f.relay_addresses
+        f.relay_addresses,
+        f.relay_any_in_cidr
     )
     .execute(conn)
     .await?;
@@ -142,6 +147,7 @@ async fn select(conn: &mut PgConnection, id: Option<Uuid>) -> Result<Vec<SubnetR
                   array(select host(d) from unnest(s.dns_servers) d) as "dns_servers!",
                   s.domain, s.lease_time, host(s.boot_server) as boot_server,
                   array(select host(r) from unnest(s.relay_addresses) r) as "relay_addresses!",
+                  s.relay_any_in_cidr,
                   (select count(*) from leases l where l.subnet_id = s.id and l.pool) as "pool_size!",
                   (select count(*) from leases l where l.subnet_id = s.id and l.state in ('offered', 'bound')
                       and l.expires_at > now()) as "active_leases!",
@@ -159,6 +165,22 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<SubnetRow>, sqlx::Error
 
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<SubnetRow>, sqlx::Error> {
     Ok(select(conn, Some(id)).await?.pop())
+}
+
+/// Of these relay agent addresses (giaddr, dotted quads), those a subnet accepts: listed in
+/// its `relay_addresses`, or inside its CIDR when it allows any relay there.
+pub async fn accepted_relays(
+    conn: &mut PgConnection,
+    giaddrs: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"select host(g) as "g!" from unnest($1::text[]::inet[]) g
+           where exists (select 1 from subnets sn
+                         where g = any(sn.relay_addresses) or (sn.relay_any_in_cidr and sn.cidr >> g))"#,
+        giaddrs
+    )
+    .fetch_all(conn)
+    .await
 }
 
 /// Locks the subnet row.

@@ -336,7 +336,13 @@ impl Packet {
 pub struct Limits {
     pub max_blksize: u16,
     pub max_windowsize: u16,
+    /// The longest timeout (RFC 2349, seconds) a client may set; a longer one is not granted
+    /// (left out of the OACK: RFC 2349 lets the server only accept or ignore it).
+    pub max_timeout: u8,
 }
+
+/// The default for [`Limits::max_timeout`].
+pub const MAX_CLIENT_TIMEOUT: u8 = 10;
 
 /// The negotiated transfer parameters, and the OACK to send (None: no options, start with DATA 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,16 +361,17 @@ pub fn negotiate(asked: &Options, limits: Limits, file_size: u64) -> Negotiated 
     let windowsize = asked
         .windowsize
         .map(|w| w.min(limits.max_windowsize.max(1)));
+    let timeout = asked.timeout.filter(|t| *t <= limits.max_timeout);
     let granted = Options {
         blksize,
-        timeout: asked.timeout,
+        timeout,
         // RFC 2349: in a read request the client sends 0 and the server answers the size.
         tsize: asked.tsize.map(|_| file_size),
         windowsize,
     };
     Negotiated {
         blksize: blksize.unwrap_or(DEFAULT_BLKSIZE),
-        timeout: asked.timeout,
+        timeout,
         windowsize: windowsize.unwrap_or(1),
         oack: (!granted.is_empty()).then_some(granted),
     }
@@ -499,6 +506,7 @@ mod tests {
         let limits = Limits {
             max_blksize: 1468,
             max_windowsize: 8,
+            max_timeout: MAX_CLIENT_TIMEOUT,
         };
         let n = negotiate(
             &Options {
@@ -531,6 +539,24 @@ mod tests {
             1,
         );
         assert_eq!(small.blksize, 512);
+        // A timeout longer than the server allows is not granted (RFC 2349: accept or ignore).
+        let slow = negotiate(
+            &Options {
+                timeout: Some(200),
+                tsize: Some(0),
+                ..Default::default()
+            },
+            limits,
+            7,
+        );
+        assert_eq!(slow.timeout, None);
+        assert_eq!(
+            slow.oack,
+            Some(Options {
+                tsize: Some(7),
+                ..Default::default()
+            })
+        );
         // No options: RFC 1350 defaults and no OACK.
         let plain = negotiate(&Options::default(), limits, 9);
         assert_eq!(

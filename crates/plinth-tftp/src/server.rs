@@ -48,6 +48,10 @@ pub struct Config {
     pub max_windowsize: u16,
     /// Transfers at once; beyond this, requests are answered "server busy".
     pub max_transfers: usize,
+    /// Transfers at once to one address; beyond this, its requests are answered "busy".
+    pub max_transfers_per_peer: usize,
+    /// The longest retransmit timeout a client may ask for (RFC 2349 `timeout`, seconds).
+    pub max_client_timeout: u8,
     /// Timeouts in a row before a transfer is abandoned.
     pub retries: u32,
     /// The first retransmit timeout when the client sets none (it doubles on each retry).
@@ -61,6 +65,8 @@ impl Default for Config {
             max_blksize: MAX_BLKSIZE,
             max_windowsize: 64,
             max_transfers: 512,
+            max_transfers_per_peer: 8,
+            max_client_timeout: packet::MAX_CLIENT_TIMEOUT,
             retries: 5,
             timeout: Duration::from_secs(1),
         }
@@ -198,16 +204,25 @@ fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// A transfer's slot; gives it back (and lowers the gauge) when the transfer task ends,
-/// whichever way.
+/// A transfer's slot; gives it back (and lowers the gauge and its peer's count) when the
+/// transfer task ends, whichever way.
 struct Permit {
     _permit: OwnedSemaphorePermit,
     counters: Arc<Counters>,
+    per_peer: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    peer: IpAddr,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.counters.active.fetch_sub(1, Ordering::Relaxed);
+        let mut m = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -216,6 +231,8 @@ struct Shared<S> {
     source: Arc<S>,
     counters: Arc<Counters>,
     permits: Arc<Semaphore>,
+    /// Transfers in progress per client address.
+    per_peer: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
 }
 
 /// A bound server: [`Server::local_addr`] tells where (tests bind port 0), [`Server::serve`]
@@ -239,6 +256,7 @@ impl<S: Source> Server<S> {
         let socket = UdpSocket::bind(cfg.listen).await?;
         let shared = Arc::new(Shared {
             permits: Arc::new(Semaphore::new(cfg.max_transfers)),
+            per_peer: Default::default(),
             cfg,
             source,
             counters: Arc::new(Counters::default()),
@@ -335,7 +353,52 @@ impl<S: Source> Server<S> {
                 return;
             }
         };
+        let ip = peer.ip().to_canonical();
+        let over = {
+            let mut m = self
+                .shared
+                .per_peer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let n = m.entry(ip).or_insert(0);
+            if *n >= self.shared.cfg.max_transfers_per_peer {
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+                true
+            } else {
+                *n += 1;
+                false
+            }
+        };
+        {
+            if over {
+                bump(&counters.busy);
+                warn!(%peer, file = %filename, "TFTP: too many transfers to this address, answering busy");
+                let busy = Packet::Error {
+                    code: ErrorCode::NotDefined,
+                    message: "server busy: too many transfers to your address".into(),
+                };
+                self.socket.send_to(&busy.encode(), peer).await.ok();
+                return;
+            }
+        }
+        // The address's place is taken: the Permit gives it back, or this on the way out.
+        let release_peer = || {
+            let mut m = self
+                .shared
+                .per_peer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        };
         let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
+            release_peer();
             bump(&counters.busy);
             warn!(%peer, file = %filename, "TFTP: all transfer slots in use, answering busy");
             let busy = Packet::Error {
@@ -350,6 +413,8 @@ impl<S: Source> Server<S> {
         let permit = Permit {
             _permit: permit,
             counters: counters.clone(),
+            per_peer: self.shared.per_peer.clone(),
+            peer: ip,
         };
         let span = tracing::info_span!(
             "tftp",
@@ -468,6 +533,7 @@ async fn transfer<S: Source>(
     let limits = Limits {
         max_blksize: shared.cfg.max_blksize,
         max_windowsize: shared.cfg.max_windowsize,
+        max_timeout: shared.cfg.max_client_timeout,
     };
     let n = packet::negotiate(options, limits, size);
     let span = tracing::Span::current();

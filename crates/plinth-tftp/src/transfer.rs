@@ -9,7 +9,9 @@
 //!
 //! Retransmission happens only when the timer fires (never because of a duplicate ACK: that is
 //! the Sorcerer's Apprentice bug of RFC 1350), with the wait doubled after each timeout and a
-//! bounded number of retries. With a window (RFC 7440), an ACK for a block inside the window
+//! bounded number of retries, and never before the client has answered once: a read request
+//! with a forged source address gets one packet sent to its victim, not `retries` more (a real
+//! client whose first packet was lost asks again). With a window (RFC 7440), an ACK for a block inside the window
 //! means the client lost the block after it; sending resumes from there.
 
 use std::time::Duration;
@@ -64,6 +66,10 @@ pub enum Step {
 pub enum Failure {
     #[error("no answer after {retries} retransmissions")]
     TimedOut { retries: u32 },
+    #[error(
+        "the client never answered (nothing is sent again to an address that may not have asked)"
+    )]
+    NeverAnswered,
     #[error("the client sent ERROR {code:?}: {message}")]
     ClientError { code: ErrorCode, message: String },
 }
@@ -95,6 +101,8 @@ pub struct Transfer {
     timeout: Duration,
     /// Retransmissions so far (for the log).
     retransmits: u64,
+    /// Whether the client has sent anything on the transfer (an ACK, an ERROR).
+    heard: bool,
 }
 
 /// The block number on the wire of the block with this index.
@@ -115,6 +123,7 @@ impl Transfer {
             timeouts: 0,
             timeout,
             retransmits: 0,
+            heard: false,
         }
     }
 
@@ -166,6 +175,9 @@ impl Transfer {
 
     /// A packet from the client arrived.
     pub fn on_packet(&mut self, packet: &Packet) -> Step {
+        if matches!(packet, Packet::Ack { .. }) {
+            self.heard = true;
+        }
         match (self.phase, packet) {
             (Phase::New | Phase::Over, _) => Step::Wait,
             (_, Packet::Error { code, message }) => self.fail(Failure::ClientError {
@@ -188,6 +200,9 @@ impl Transfer {
         match self.phase {
             Phase::New | Phase::Over => return Step::Wait,
             Phase::Oack | Phase::Data => {}
+        }
+        if !self.heard {
+            return self.fail(Failure::NeverAnswered);
         }
         if self.timeouts >= self.params.retries {
             return self.fail(Failure::TimedOut {
@@ -347,14 +362,41 @@ mod tests {
 
     #[test]
     fn lost_ack_retransmits_with_backoff() {
-        let mut t = Transfer::new(params(2000, 512, 2));
+        let mut t = Transfer::new(params(3000, 512, 2));
         assert_eq!(t.start(), blocks(1, 2, T));
-        assert_eq!(t.on_timeout(), blocks(1, 2, 2 * T));
-        assert_eq!(t.on_timeout(), blocks(1, 2, 4 * T));
-        assert_eq!(t.retransmits(), 2);
-        // Progress resets the backoff.
         assert_eq!(t.on_packet(&ack(2)), blocks(3, 2, T));
         assert_eq!(t.on_timeout(), blocks(3, 2, 2 * T));
+        assert_eq!(t.on_timeout(), blocks(3, 2, 4 * T));
+        assert_eq!(t.retransmits(), 2);
+        // Progress resets the backoff.
+        assert_eq!(t.on_packet(&ack(4)), blocks(5, 2, T));
+        assert_eq!(t.on_timeout(), blocks(5, 2, 2 * T));
+    }
+
+    #[test]
+    fn nothing_is_sent_again_before_the_client_answers() {
+        // A read request with a forged source: one window (one packet: no options) went to
+        // the victim; nothing more does.
+        let mut t = Transfer::new(params(4096, 512, 1));
+        assert_eq!(t.start(), blocks(1, 1, T));
+        assert_eq!(t.on_timeout(), Step::Failed(Failure::NeverAnswered));
+        assert_eq!(t.retransmits(), 0);
+        // Nor the OACK of a request with options.
+        let mut t = Transfer::new(Params {
+            oack: Some(Options {
+                tsize: Some(4096),
+                ..Default::default()
+            }),
+            ..params(4096, 512, 1)
+        });
+        assert!(matches!(
+            t.start(),
+            Step::Send {
+                send: Emit::Oack(_),
+                ..
+            }
+        ));
+        assert_eq!(t.on_timeout(), Step::Failed(Failure::NeverAnswered));
     }
 
     #[test]
@@ -362,9 +404,10 @@ mod tests {
         let mut t = Transfer::new(Params {
             retries: 10,
             timeout: Duration::from_secs(10),
-            ..params(1, 512, 1)
+            ..params(20 * 512, 512, 1)
         });
         t.start();
+        t.on_packet(&ack(1));
         let mut last = Duration::ZERO;
         for _ in 0..10 {
             let Step::Send { timeout, .. } = t.on_timeout() else {
@@ -392,6 +435,7 @@ mod tests {
     fn retries_exhausted_gives_up() {
         let mut t = Transfer::new(params(4096, 512, 1));
         t.start();
+        t.on_packet(&ack(1));
         assert!(matches!(t.on_timeout(), Step::Send { .. }));
         assert!(matches!(t.on_timeout(), Step::Send { .. }));
         assert!(matches!(t.on_timeout(), Step::Send { .. }));
@@ -400,7 +444,7 @@ mod tests {
             Step::Failed(Failure::TimedOut { retries: 3 })
         );
         // Over: a late ACK changes nothing.
-        assert_eq!(t.on_packet(&ack(1)), Step::Wait);
+        assert_eq!(t.on_packet(&ack(2)), Step::Wait);
     }
 
     #[test]

@@ -251,24 +251,120 @@ async fn silent_client_is_given_up_and_its_slot_returned() {
     };
     let file = random(4096);
     let s = start(cfg, &[("f", file.clone())]).await;
+    // A client that never answers (or an address forged into a request): its first packet,
+    // once, and nothing more.
+    let never = client().await;
+    never
+        .send_to(&rrq("f", Options::default()), s.addr)
+        .await
+        .unwrap();
+    let (first, _) = recv(&never, Duration::from_secs(5)).await;
+    assert!(matches!(first, Packet::Data { block: 1, .. }));
+    assert_eq!(quiet(&never, Duration::from_millis(600)).await, None);
+    s.wait_for("given up at the first timeout", |c| {
+        c.failed == 1 && c.active == 0 && c.retransmits == 0
+    })
+    .await;
+    // A client that answered and then fell silent: DATA 2 again after 100 ms and 200 ms,
+    // then nothing.
     let sock = client().await;
     sock.send_to(&rrq("f", Options::default()), s.addr)
         .await
         .unwrap();
-    let (first, _) = recv(&sock, Duration::from_secs(5)).await;
-    assert!(matches!(first, Packet::Data { block: 1, .. }));
-    // No ACK: DATA 1 again after 100 ms and 200 ms, then nothing.
+    let (_, tid) = recv(&sock, Duration::from_secs(5)).await;
+    send(&sock, &Packet::Ack { block: 1 }, tid).await;
+    let (second, _) = recv(&sock, Duration::from_secs(5)).await;
+    assert!(matches!(second, Packet::Data { block: 2, .. }));
     for _ in 0..2 {
         let (again, _) = recv(&sock, Duration::from_secs(2)).await;
-        assert_eq!(again, first);
+        assert_eq!(again, second);
     }
     assert_eq!(quiet(&sock, Duration::from_millis(600)).await, None);
     s.wait_for("the transfer failed and its slot came back", |c| {
-        c.failed == 1 && c.active == 0 && c.retransmits == 2
+        c.failed == 2 && c.active == 0 && c.retransmits == 2
     })
     .await;
     // The only slot is free again.
     assert_eq!(fetch(s.addr, "f", Options::default()).await, file);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_gets_a_few_transfers_at_once() {
+    let cfg = Config {
+        max_transfers_per_peer: 2,
+        ..Config::default()
+    };
+    let file = random(4096);
+    let s = start(cfg, &[("f", file.clone())]).await;
+    // Two transfers to 127.0.0.1 waiting on their first ACK...
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let c = client().await;
+        c.send_to(&rrq("f", Options::default()), s.addr)
+            .await
+            .unwrap();
+        recv(&c, Duration::from_secs(5)).await;
+        held.push(c);
+    }
+    // ...and a third is turned away, from the listening port.
+    let third = client().await;
+    third
+        .send_to(&rrq("f", Options::default()), s.addr)
+        .await
+        .unwrap();
+    let (busy, from) = recv(&third, Duration::from_secs(5)).await;
+    assert_eq!(
+        busy,
+        Packet::Error {
+            code: ErrorCode::NotDefined,
+            message: "server busy: too many transfers to your address".into()
+        }
+    );
+    assert_eq!(from, s.addr);
+    // Another address is served meanwhile.
+    let other = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    assert_eq!(
+        fetch_on(&other, s.addr, "f", Options::default()).await,
+        file
+    );
+    // Once the held ones end (their 1 s first timeout, unanswered), 127.0.0.1 is served again.
+    s.wait_for("the held transfers ended", |c| c.active == 0)
+        .await;
+    assert_eq!(fetch(s.addr, "f", Options::default()).await, file);
+    drop(held);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_client_timeout_is_not_granted() {
+    let s = start(Config::default(), &[("f", random(100))]).await;
+    let sock = client().await;
+    for (asked, granted) in [(5u8, Some(5u8)), (10, Some(10)), (11, None), (255, None)] {
+        let options = Options {
+            timeout: Some(asked),
+            tsize: Some(0),
+            ..Default::default()
+        };
+        sock.send_to(&rrq("f", options), s.addr).await.unwrap();
+        let (oack, tid) = recv(&sock, Duration::from_secs(5)).await;
+        assert_eq!(
+            oack,
+            Packet::Oack {
+                options: Options {
+                    timeout: granted,
+                    tsize: Some(100),
+                    ..Default::default()
+                }
+            },
+            "timeout {asked}"
+        );
+        let abort = Packet::Error {
+            code: ErrorCode::OptionsRefused,
+            message: "done".into(),
+        };
+        send(&sock, &abort, tid).await;
+    }
     s.stop().await;
 }
 

@@ -822,9 +822,13 @@ pub struct SubnetCreate {
     /// Where clients on this subnet fetch boot files (TFTP/HTTP); default: the DHCP config's boot_server.
     #[schema(value_type = Option<String>, format = Ipv4)]
     pub boot_server: Option<Ipv4Addr>,
-    /// Relay agent addresses (giaddr) that serve this subnet, besides addresses inside it.
+    /// Relay agent addresses (giaddr) that serve this subnet.
     #[schema(value_type = Option<Vec<String>>)]
     pub relay_addresses: Option<Vec<Ipv4Addr>>,
+    /// Also serve packets relayed from any giaddr inside this subnet (default false: only the
+    /// listed relays; a giaddr can be forged by anyone on a segment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_any_in_cidr: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -861,6 +865,8 @@ pub struct SubnetPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<String>>)]
     pub relay_addresses: Option<Vec<Ipv4Addr>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_any_in_cidr: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -878,6 +884,8 @@ pub struct Subnet {
     pub boot_server: Option<Ipv4Addr>,
     #[schema(value_type = Vec<String>)]
     pub relay_addresses: Vec<Ipv4Addr>,
+    /// Whether packets relayed from any giaddr inside the subnet are served.
+    pub relay_any_in_cidr: bool,
     /// Addresses in the dynamic pool.
     pub pool_size: i64,
     /// Leases offered or bound and not expired.

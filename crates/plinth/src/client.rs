@@ -205,9 +205,14 @@ pub enum SubnetCommand {
         lease_time: Option<u32>,
         #[arg(long)]
         boot_server: Option<Ipv4Addr>,
-        /// A relay agent address (giaddr) serving this subnet (repeatable).
+        /// A relay agent address (giaddr) serving this subnet (repeatable). Packets relayed
+        /// from any other giaddr are not answered.
         #[arg(long = "relay")]
         relay_addresses: Vec<Ipv4Addr>,
+        /// Also answer packets relayed from any giaddr inside the subnet (a giaddr can be
+        /// forged by anyone on a segment: prefer --relay).
+        #[arg(long)]
+        relay_any_in_cidr: bool,
     },
     List,
     /// Show a subnet (by id or CIDR).
@@ -231,6 +236,9 @@ pub enum SubnetCommand {
         boot_server: Option<Ipv4Addr>,
         #[arg(long = "relay")]
         relay_addresses: Vec<Ipv4Addr>,
+        /// true or false: answer packets relayed from any giaddr inside the subnet.
+        #[arg(long)]
+        relay_any_in_cidr: Option<bool>,
     },
     /// Delete a subnet (by id or CIDR); refused while it has live leases.
     Delete {
@@ -1231,6 +1239,7 @@ async fn subnet(api: &Api, cmd: SubnetCommand) -> anyhow::Result<()> {
             lease_time,
             boot_server,
             relay_addresses,
+            relay_any_in_cidr,
         } => {
             let req = SubnetCreate {
                 cidr,
@@ -1244,6 +1253,7 @@ async fn subnet(api: &Api, cmd: SubnetCommand) -> anyhow::Result<()> {
                 lease_time,
                 boot_server,
                 relay_addresses: (!relay_addresses.is_empty()).then_some(relay_addresses),
+                relay_any_in_cidr: relay_any_in_cidr.then_some(true),
             };
             show(api.call(Method::POST, "/subnets", Some(&req)).await?)
         }
@@ -1268,6 +1278,7 @@ async fn subnet(api: &Api, cmd: SubnetCommand) -> anyhow::Result<()> {
             lease_time,
             boot_server,
             relay_addresses,
+            relay_any_in_cidr,
         } => {
             let id = subnet_id(api, &subnet).await?;
             let patch = SubnetPatch {
@@ -1287,6 +1298,7 @@ async fn subnet(api: &Api, cmd: SubnetCommand) -> anyhow::Result<()> {
                 lease_time,
                 boot_server: boot_server.map(Some),
                 relay_addresses: (!relay_addresses.is_empty()).then_some(relay_addresses),
+                relay_any_in_cidr,
             };
             show(
                 api.call(Method::PATCH, &format!("/subnets/{id}"), Some(&patch))

@@ -68,6 +68,10 @@ fn default_wipe_fallback() -> String {
 pub struct ImagesConfig {
     /// Where boot images live (iPXE binaries, ramdisk, OS images); default `<state_dir>/images`.
     pub root: Option<PathBuf>,
+    /// The largest image upload, in bytes (default 64 GiB).
+    pub max_upload_bytes: Option<u64>,
+    /// The largest a gzip or zstd disk image may decompress to, in bytes (default 4 TiB).
+    pub max_raw_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +90,13 @@ pub struct TftpConfig {
     /// Transfers at once; more are refused with "server busy".
     #[serde(default = "default_max_transfers")]
     pub max_transfers: usize,
+    /// Transfers at once to one address; more are refused with "server busy".
+    #[serde(default = "default_max_transfers_per_peer")]
+    pub max_transfers_per_peer: usize,
+    /// The longest timeout (seconds) a client may ask for with the RFC 2349 option; a longer
+    /// one is not granted.
+    #[serde(default = "default_max_client_timeout")]
+    pub max_client_timeout: u8,
     /// Retransmissions of one packet before a transfer is abandoned.
     #[serde(default = "default_tftp_retries")]
     pub retries: u32,
@@ -106,6 +117,12 @@ fn default_max_windowsize() -> u16 {
 fn default_max_transfers() -> usize {
     512
 }
+fn default_max_transfers_per_peer() -> usize {
+    8
+}
+fn default_max_client_timeout() -> u8 {
+    10
+}
 fn default_tftp_retries() -> u32 {
     5
 }
@@ -121,6 +138,8 @@ impl Default for TftpConfig {
             max_blksize: default_max_blksize(),
             max_windowsize: default_max_windowsize(),
             max_transfers: default_max_transfers(),
+            max_transfers_per_peer: default_max_transfers_per_peer(),
+            max_client_timeout: default_max_client_timeout(),
             retries: default_tftp_retries(),
             timeout_ms: default_tftp_timeout_ms(),
         }
@@ -183,6 +202,14 @@ pub struct BootConfig {
     /// A machine deploying this long without a progress report from its agent fails.
     #[serde(default = "default_clean_timeout")]
     pub deploy_timeout_secs: u64,
+    /// Unknown network-booting MACs recorded as `discovered` machines per minute, per instance
+    /// (0: no limit); the rest are recorded when they ask again.
+    #[serde(default = "default_discover_per_minute")]
+    pub discover_per_minute: u32,
+}
+
+fn default_discover_per_minute() -> u32 {
+    plinth_core::DEFAULT_DISCOVER_PER_MINUTE
 }
 
 fn default_kernel() -> String {
@@ -248,6 +275,7 @@ impl Default for BootConfig {
             inspect_timeout_secs: default_inspect_timeout(),
             clean_timeout_secs: default_clean_timeout(),
             deploy_timeout_secs: default_clean_timeout(),
+            discover_per_minute: default_discover_per_minute(),
         }
     }
 }
@@ -897,8 +925,13 @@ impl Config {
         if !(1..=1024).contains(&t.max_windowsize) {
             bail!("tftp.max_windowsize must be between 1 and 1024");
         }
-        if t.max_transfers == 0 || t.retries == 0 {
-            bail!("tftp.max_transfers and tftp.retries must be positive");
+        if t.max_transfers == 0 || t.retries == 0 || t.max_transfers_per_peer == 0 {
+            bail!(
+                "tftp.max_transfers, tftp.max_transfers_per_peer and tftp.retries must be positive"
+            );
+        }
+        if t.max_client_timeout == 0 {
+            bail!("tftp.max_client_timeout must be between 1 and 255 seconds");
         }
         if !(100..=60_000).contains(&t.timeout_ms) {
             bail!("tftp.timeout_ms must be between 100 and 60000");
@@ -908,6 +941,8 @@ impl Config {
             max_blksize: t.max_blksize,
             max_windowsize: t.max_windowsize,
             max_transfers: t.max_transfers,
+            max_transfers_per_peer: t.max_transfers_per_peer,
+            max_client_timeout: t.max_client_timeout,
             retries: t.retries,
             timeout: std::time::Duration::from_millis(t.timeout_ms),
         }))
@@ -968,6 +1003,15 @@ impl Config {
             bail!("boot.loop_max and boot.loop_window must be positive");
         }
         s.loop_max = b.loop_max;
+        if let Some(n) = self.images.max_upload_bytes {
+            s.max_upload_bytes = n;
+        }
+        if let Some(n) = self.images.max_raw_bytes {
+            s.max_raw_bytes = n;
+        }
+        if s.max_upload_bytes == 0 || s.max_raw_bytes == 0 {
+            bail!("images.max_upload_bytes and images.max_raw_bytes must be positive");
+        }
         s.loop_window = std::time::Duration::from_secs(b.loop_window);
         s.in_use = [
             Some(&self.dhcp.bios_binary),

@@ -112,7 +112,9 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
     if !boot.images_root.is_dir() {
         tracing::warn!(root = %boot.images_root.display(), "the images root does not exist: run images/build.sh to fill it");
     }
-    let app = App::new(db.pool.clone(), bmc_key).with_boot(boot, templates);
+    let app = App::new(db.pool.clone(), bmc_key)
+        .with_boot(boot, templates)
+        .with_discovery_limit(c.boot.discover_per_minute);
     let mut listeners = Vec::new();
     for (plan, tls) in plans_tls {
         let listener = tokio::net::TcpListener::bind(plan.addr)

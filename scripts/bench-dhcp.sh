@@ -98,7 +98,7 @@ start_plinth() { # an empty database, plinth serving the bench subnet
   mkdir -p "$work/state"
   "$bin" migrate --database-url "$url" 2>/dev/null
   ip netns exec "$srv" env PLINTH_STATE_DIR="$work/state" PLINTH_LOG__LEVEL=warn PLINTH_DHCP__ENABLED=true \
-    PLINTH_DHCP__INTERFACES="[\"$sif\"]" PLINTH_DHCP__BOOT_SERVER=10.70.0.2 PLINTH_DHCP__CLIENT_RATE_LIMIT=1000 \
+    PLINTH_DHCP__INTERFACES="[\"$sif\"]" PLINTH_DHCP__BOOT_SERVER=10.70.0.2 PLINTH_DHCP__CLIENT_RATE_LIMIT=1000 PLINTH_DHCP__NEW_CLIENT_RATE=0 \
     "$bin" serve --database-url "$url" --listen 127.0.0.1:8080 >"$work/plinth.out" 2>&1 &
   pid=$!; pids+=($pid); sleep 1
   token=$(ip netns exec "$srv" env PLINTH_STATE_DIR="$work/state" "$bin" admin create-token --database-url "$url" --name bench --role admin)

@@ -57,7 +57,16 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Packets accepted per client MAC per second; beyond this they are dropped.
     pub per_client_rate: u32,
+    /// New clients (MACs not heard in the last [`NEW_CLIENT_MEMORY`]) accepted per second
+    /// across all of them; 0: no limit. A flood of made-up MACs cannot then take the pools
+    /// and the lease table faster than this.
+    pub new_client_rate: u32,
 }
+
+/// How long a client counts as known after its last packet.
+pub const NEW_CLIENT_MEMORY: Duration = Duration::from_secs(600);
+/// The most clients remembered; past it, the oldest are forgotten.
+const KNOWN_CLIENTS: usize = 200_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -81,6 +90,8 @@ pub struct Counters {
     pub naks: AtomicU64,
     pub dropped_malformed: AtomicU64,
     pub dropped_rate_limited: AtomicU64,
+    /// Packets of new clients beyond `new_client_rate`.
+    pub dropped_new_clients: AtomicU64,
     pub dropped_overload: AtomicU64,
     pub dropped_ignored: AtomicU64,
     pub errors: AtomicU64,
@@ -141,11 +152,75 @@ impl RateLimiter {
     }
 }
 
+/// The global rate of new clients: a MAC is new when it has not been heard for
+/// [`NEW_CLIENT_MEMORY`]; new ones are admitted at `per_sec` (a bucket refilled each second).
+struct NewClients {
+    per_sec: u32,
+    state: Mutex<NewClientState>,
+}
+
+struct NewClientState {
+    known: HashMap<MacAddr, Instant>,
+    second: Instant,
+    admitted: u32,
+}
+
+impl NewClients {
+    fn new(per_sec: u32) -> NewClients {
+        NewClients {
+            per_sec,
+            state: Mutex::new(NewClientState {
+                known: HashMap::new(),
+                second: Instant::now(),
+                admitted: 0,
+            }),
+        }
+    }
+
+    fn allow(&self, mac: MacAddr) -> bool {
+        if self.per_sec == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let Ok(mut st) = self.state.lock() else {
+            return true;
+        };
+        if let Some(seen) = st.known.get_mut(&mac)
+            && now.duration_since(*seen) < NEW_CLIENT_MEMORY
+        {
+            *seen = now;
+            return true;
+        }
+        if now.duration_since(st.second) >= Duration::from_secs(1) {
+            st.second = now;
+            st.admitted = 0;
+        }
+        if st.admitted >= self.per_sec {
+            return false;
+        }
+        st.admitted += 1;
+        if st.known.len() >= KNOWN_CLIENTS {
+            st.known
+                .retain(|_, t| now.duration_since(*t) < NEW_CLIENT_MEMORY);
+            if st.known.len() >= KNOWN_CLIENTS {
+                // All recent: forget the older half rather than grow without bound.
+                let mut times: Vec<Instant> = st.known.values().copied().collect();
+                times.sort_unstable();
+                let cut = times[times.len() / 2];
+                st.known.retain(|_, t| *t > cut);
+            }
+        }
+        st.known.insert(mac, now);
+        true
+    }
+}
+
 struct Shared {
     app: App,
     cfg: Config,
     counters: Arc<Counters>,
     limiter: RateLimiter,
+    new_clients: NewClients,
     in_flight: Arc<Semaphore>,
     /// Requests waiting for their lease decision (see [`decide_batches`]).
     pending: mpsc::Sender<Pending>,
@@ -289,6 +364,7 @@ pub async fn run(
             seen: Mutex::new(HashMap::new()),
         },
         in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
+        new_clients: NewClients::new(cfg.new_client_rate),
         pending,
         app,
         cfg,
@@ -355,6 +431,10 @@ fn accept(
     }
     if !shared.limiter.allow(req.chaddr) {
         bump(&shared.counters.dropped_rate_limited);
+        return;
+    }
+    if !shared.new_clients.allow(req.chaddr) {
+        bump(&shared.counters.dropped_new_clients);
         return;
     }
     match shared.cfg.mode {
@@ -605,5 +685,30 @@ async fn send(shared: &Shared, iface: &Iface, req: &Request, plan: &ReplyPlan, f
             bump(&shared.counters.errors);
             warn!(%to, error = %e, "DHCP send failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u8) -> MacAddr {
+        format!("52:54:00:00:01:{n:02x}").parse().unwrap()
+    }
+
+    #[test]
+    fn new_clients_are_admitted_at_a_rate_known_ones_always() {
+        let nc = NewClients::new(3);
+        for n in 0..3 {
+            assert!(nc.allow(mac(n)), "new client {n}");
+        }
+        assert!(!nc.allow(mac(3)), "a fourth new client in the same second");
+        for n in 0..3 {
+            assert!(nc.allow(mac(n)), "a known client is never held up");
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(nc.allow(mac(3)), "the next second admits more");
+        let off = NewClients::new(0);
+        assert!((0..100).all(|n| off.allow(mac(n))), "0: no limit");
     }
 }

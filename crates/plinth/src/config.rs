@@ -313,6 +313,9 @@ pub struct DhcpConfig {
     /// Packets accepted per client MAC per second.
     #[serde(default = "default_client_rate")]
     pub client_rate_limit: u32,
+    /// New clients (MACs not heard for 10 minutes) accepted per second in all; 0: no limit.
+    #[serde(default = "default_new_client_rate")]
+    pub new_client_rate: u32,
 }
 
 fn default_dhcp_mode() -> String {
@@ -333,6 +336,9 @@ fn default_offer_timeout() -> u32 {
 fn default_quarantine() -> u32 {
     3600
 }
+fn default_new_client_rate() -> u32 {
+    1000
+}
 fn default_client_rate() -> u32 {
     50
 }
@@ -352,6 +358,7 @@ impl Default for DhcpConfig {
             offer_timeout: default_offer_timeout(),
             decline_quarantine: default_quarantine(),
             client_rate_limit: default_client_rate(),
+            new_client_rate: default_new_client_rate(),
         }
     }
 }
@@ -417,6 +424,7 @@ impl DhcpConfig {
             },
             max_in_flight: 1024,
             per_client_rate: self.client_rate_limit.max(1),
+            new_client_rate: self.new_client_rate,
         }))
     }
 }

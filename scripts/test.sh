@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # One list, one apt transaction (ensure-packages.sh checks afterwards that all are installed).
-scripts/ensure-packages.sh postgresql curl python3 python3-venv qemu-system-x86 ipxe-qemu ovmf \
+scripts/ensure-packages.sh postgresql curl python3 python3-venv g++ qemu-system-x86 ipxe-qemu ovmf \
   ipxe linux-image-amd64 busybox-static cpio kmod syslinux syslinux-common systemd-boot-efi \
   $(grep -v "^#" crates/plinth-testkit/PACKAGES)
 # Python test tools (sushy-tools' Redfish emulator) in a venv outside the clone.
@@ -32,5 +32,7 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 # Every test binary runs even when one fails, so one failure does not hide the others.
 cargo test --locked --workspace --no-fail-fast
+echo "== fuzz targets, a few seconds each (longer runs: scripts/fuzz.sh 300)"
+scripts/fuzz.sh "${PLINTH_FUZZ_SECONDS:-5}"
 echo "== offline query cache"
 SQLX_OFFLINE=false scripts/sqlx-prepare.sh --check

@@ -202,7 +202,7 @@ pub(crate) enum RangeAsk {
 
 /// Parses `bytes=a-b`, `bytes=a-`, `bytes=-n`. Several ranges, or a header that is not a byte
 /// range, are answered with the whole file (RFC 9110 allows ignoring Range).
-fn parse_range(h: &str, len: u64) -> RangeAsk {
+pub(crate) fn parse_range(h: &str, len: u64) -> RangeAsk {
     let Some(spec) = h.trim().strip_prefix("bytes=") else {
         return RangeAsk::Whole;
     };

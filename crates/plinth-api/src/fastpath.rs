@@ -291,7 +291,7 @@ async fn handshake(
 }
 
 /// A request line that is a file under `/boot/` (not the script endpoint): (is HEAD, path).
-fn file_request(line: &[u8]) -> Option<(bool, &[u8])> {
+pub(crate) fn file_request(line: &[u8]) -> Option<(bool, &[u8])> {
     let mut parts = line.split(|&b| b == b' ');
     let method = parts.next()?;
     let target = parts.next()?;
@@ -306,7 +306,7 @@ fn file_request(line: &[u8]) -> Option<(bool, &[u8])> {
 }
 
 /// `%xx` decoding, as axum's Path extractor does; `None` for bad escapes or non-UTF-8.
-fn percent_decode(raw: &[u8]) -> Option<String> {
+pub(crate) fn percent_decode(raw: &[u8]) -> Option<String> {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {

@@ -13,6 +13,35 @@ pub mod tls;
 mod ui;
 mod v1;
 
+/// Entry points for the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    /// The sendfile path's reading of a request line and its percent-decoding.
+    pub fn request_line(line: &[u8]) -> Option<String> {
+        let (_, raw) = crate::fastpath::file_request(line)?;
+        crate::fastpath::percent_decode(raw)
+    }
+
+    /// A Range header against a file of `len` bytes: `(start, end)` inclusive when a part.
+    pub fn range(h: &str, len: u64) -> Option<Option<(u64, u64)>> {
+        match crate::boot::parse_range(h, len) {
+            crate::boot::RangeAsk::Whole => None,
+            crate::boot::RangeAsk::Part(a, b) => Some(Some((a, b))),
+            crate::boot::RangeAsk::Unsatisfiable => Some(None),
+        }
+    }
+
+    /// A web UI form body and a Cookie header.
+    pub fn form_and_cookie(body: &[u8], cookie: &[u8]) -> Vec<(String, String)> {
+        let mut h = axum::http::HeaderMap::new();
+        if let Ok(v) = axum::http::HeaderValue::from_bytes(cookie) {
+            h.insert(axum::http::header::COOKIE, v);
+        }
+        let _ = crate::ui::cookie(&h, "plinth_session");
+        crate::ui::parse_form(body)
+    }
+}
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{Request, StatusCode};

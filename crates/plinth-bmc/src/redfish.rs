@@ -786,3 +786,52 @@ mod tests {
         assert!(!format!("{cfg:?}").contains("calvin"));
     }
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Reads `bytes` as every Redfish body plinth reads, derives what plinth derives from
+    /// them, and follows every link through [`Redfish::bmc_url`] of `bmc`, checking that what
+    /// it accepts stays on the BMC's origin without user information.
+    pub fn bodies(bmc: &Redfish, bytes: &[u8]) {
+        let mut links: Vec<String> = Vec::new();
+        if let Ok(r) = serde_json::from_slice::<ServiceRoot>(bytes) {
+            links.extend(r.systems.map(|l| l.id));
+        }
+        if let Ok(c) = serde_json::from_slice::<Collection>(bytes) {
+            links.extend(c.members.into_iter().map(|l| l.id));
+        }
+        if let Ok(s) = serde_json::from_slice::<System>(bytes) {
+            if let Some(p) = &s.power_state {
+                let _ = parse_power(p);
+            }
+            if let Some(b) = &s.boot {
+                let _ = parse_override(b);
+            }
+            links.extend(s.ethernet_interfaces.map(|l| l.id));
+            links.extend(s.actions.and_then(|a| a.reset).and_then(|r| r.target));
+        }
+        let _ = serde_json::from_slice::<EthernetInterface>(bytes);
+        if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+            let _ = error_message(&v);
+        }
+        if let Ok(s) = std::str::from_utf8(bytes) {
+            links.push(s.to_owned());
+        }
+        for l in links {
+            if let Ok(url) = bmc.bmc_url(&l) {
+                assert_eq!(
+                    url.origin(),
+                    bmc.base.origin(),
+                    "{l:?} left the BMC's origin"
+                );
+                assert!(
+                    url.username().is_empty() && url.password().is_none(),
+                    "{l:?}"
+                );
+            }
+        }
+    }
+}

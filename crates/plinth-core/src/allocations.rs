@@ -56,7 +56,10 @@ impl App {
             .await
             .db()?;
         if picked.len() < count as usize {
-            // Dropping the transaction rolls back and releases the row locks.
+            // Rolled back now, not when the dropped transaction's connection is next used:
+            // until then its row locks would hide the picked machines from the next
+            // allocation's SKIP LOCKED (seen as a spurious insufficient_capacity under load).
+            tx.rollback().await.db()?;
             return Err(Error::conflict(
                 "insufficient_capacity",
                 format!(

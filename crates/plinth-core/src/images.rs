@@ -402,6 +402,17 @@ async fn qcow2_to_raw(src: &Path, dest: &Path, dir: &Path, label: &str) -> Resul
     Ok(virtual_size)
 }
 
+/// Entry points for the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    /// What `qemu-img info --output=json` might say, checked as an upload's would be: the
+    /// virtual size when the image is acceptable.
+    pub fn qcow2_info(bytes: &[u8]) -> Option<u64> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        super::check_qcow2_info(&v).ok()
+    }
+}
+
 /// A temporary file beside an image's destination, removed when dropped: after an error,
 /// a refusal, or the request going away alike (once linked into place, only its temporary
 /// name goes).

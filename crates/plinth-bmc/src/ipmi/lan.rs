@@ -179,28 +179,7 @@ impl Session {
             &sock,
             cfg,
             &mut || wire::plus_packet(payload::OPEN_SESSION_REQUEST, 0, 0, &open),
-            &mut |p| match wire::parse(p) {
-                Ok(wire::Packet::Plus {
-                    payload_type: payload::OPEN_SESSION_RESPONSE,
-                    payload: r,
-                    ..
-                }) if r.get(4..8) == Some(&console_sid.to_le_bytes()[..])
-                    || (r.len() >= 2 && r[0] == tag && r[1] != 0) =>
-                {
-                    Some(match (r[1], r.get(8..12), r.get(12..36)) {
-                        (0, Some(sid), Some(chosen)) if chosen == algorithms => {
-                            Ok(u32::from_le_bytes([sid[0], sid[1], sid[2], sid[3]]))
-                        }
-                        // A BMC must take the algorithms as proposed or refuse them.
-                        (0, Some(_), Some(_)) => Err(BmcError::Protocol(format!(
-                            "the BMC answered Open Session for {suite} with other algorithms"
-                        ))),
-                        (0, _, _) => Err(BmcError::Protocol("short Open Session response".into())),
-                        (status, _, _) => Err(status_error("Open Session", status, suite)),
-                    })
-                }
-                _ => None,
-            },
+            &mut |p| open_session_answer(p, console_sid, tag, suite),
         )
         .await?;
 
@@ -216,25 +195,7 @@ impl Session {
             &sock,
             cfg,
             &mut || wire::plus_packet(payload::RAKP1, 0, 0, &r1),
-            &mut |p| match wire::parse(p) {
-                Ok(wire::Packet::Plus {
-                    payload_type: payload::RAKP2,
-                    payload: r,
-                    ..
-                }) if r.len() >= 8 => Some(if r[1] != 0 {
-                    Err(status_error("RAKP 1", r[1], suite))
-                } else {
-                    match (
-                        r.get(8..24).and_then(|b| <[u8; 16]>::try_from(b).ok()),
-                        r.get(24..40).and_then(|b| <[u8; 16]>::try_from(b).ok()),
-                        r.get(40..40 + suite.hmac_len()),
-                    ) {
-                        (Some(rc), Some(guid), Some(code)) => Ok((rc, guid, code.to_vec())),
-                        _ => Err(BmcError::Protocol("short RAKP 2".into())),
-                    }
-                }),
-                _ => None,
-            },
+            &mut |p| rakp2_answer(p, suite),
         )
         .await?;
         let rakp = Rakp {
@@ -326,5 +287,64 @@ impl Session {
     pub async fn close(mut self) {
         let sid = self.bmc_sid.to_le_bytes();
         self.command(0x06, 0x3c, &sid).await.ok();
+    }
+}
+
+/// Whether `p` answers our Open Session request (our session ID `console_sid`, or an error
+/// carrying our message `tag`): the BMC's session ID, or why it refused. `None`: not an
+/// answer to it (ignored).
+pub fn open_session_answer(
+    p: &[u8],
+    console_sid: u32,
+    tag: u8,
+    suite: CipherSuite,
+) -> Option<Result<u32>> {
+    let algorithms = suite.open_session_payloads();
+    match wire::parse(p) {
+        Ok(wire::Packet::Plus {
+            payload_type: payload::OPEN_SESSION_RESPONSE,
+            payload: r,
+            ..
+        }) if r.get(4..8) == Some(&console_sid.to_le_bytes()[..])
+            || (r.len() >= 2 && r[0] == tag && r[1] != 0) =>
+        {
+            Some(match (r[1], r.get(8..12), r.get(12..36)) {
+                (0, Some(sid), Some(chosen)) if chosen == algorithms => {
+                    Ok(u32::from_le_bytes([sid[0], sid[1], sid[2], sid[3]]))
+                }
+                // A BMC must take the algorithms as proposed or refuse them.
+                (0, Some(_), Some(_)) => Err(BmcError::Protocol(format!(
+                    "the BMC answered Open Session for {suite} with other algorithms"
+                ))),
+                (0, _, _) => Err(BmcError::Protocol("short Open Session response".into())),
+                (status, _, _) => Err(status_error("Open Session", status, suite)),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Whether `p` is a RAKP 2 message: the BMC's random number, its GUID and its key exchange
+/// code, or why it refused. `None`: not a RAKP 2 (ignored).
+#[allow(clippy::type_complexity)]
+pub fn rakp2_answer(p: &[u8], suite: CipherSuite) -> Option<Result<([u8; 16], [u8; 16], Vec<u8>)>> {
+    match wire::parse(p) {
+        Ok(wire::Packet::Plus {
+            payload_type: payload::RAKP2,
+            payload: r,
+            ..
+        }) if r.len() >= 8 => Some(if r[1] != 0 {
+            Err(status_error("RAKP 1", r[1], suite))
+        } else {
+            match (
+                r.get(8..24).and_then(|b| <[u8; 16]>::try_from(b).ok()),
+                r.get(24..40).and_then(|b| <[u8; 16]>::try_from(b).ok()),
+                r.get(40..40 + suite.hmac_len()),
+            ) {
+                (Some(rc), Some(guid), Some(code)) => Ok((rc, guid, code.to_vec())),
+                _ => Err(BmcError::Protocol("short RAKP 2".into())),
+            }
+        }),
+        _ => None,
     }
 }

@@ -281,6 +281,7 @@ async fn wait_power(
 }
 
 /// What a successful attempt learned, recorded with the job.
+#[derive(Clone)]
 struct Done {
     result: serde_json::Value,
     power: Option<PowerState>,
@@ -512,16 +513,32 @@ impl JobRunner {
         }
     }
 
-    /// Runs one claimed job to its recorded outcome. Never fails: database trouble while
-    /// recording is logged, and the lease brings the job back.
+    /// Runs one claimed job to its recorded outcome. Never fails. When the database is away
+    /// as the outcome is to be recorded (a failover, a restart), recording is tried again for
+    /// up to twice the lease while the job stays this worker's (its lease is renewed as soon
+    /// as the database answers): running the BMC action again would do it twice. Past that,
+    /// or when another worker took the job meanwhile, the lease decides.
     async fn run_job(self: Arc<Self>, j: Claimed) {
         use tracing::Instrument;
         let span = tracing::info_span!("job", job_id = %j.id, machine_id = %j.machine_id, kind = %j.kind, attempt = j.attempts);
         async {
             self.running_set().insert(j.id);
             let outcome = self.attempt(&j).await;
-            if let Err(e) = self.record(&j, outcome).await {
-                tracing::warn!(error = %e, "recording the job's outcome failed; its lease will bring it back");
+            let give_up = tokio::time::Instant::now() + self.settings.lease * 2;
+            let mut wait = Duration::from_millis(250);
+            loop {
+                match self.record(&j, outcome.clone()).await {
+                    Ok(()) => break,
+                    Err(e) if tokio::time::Instant::now() + wait < give_up => {
+                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "recording the job's outcome failed; trying again");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "recording the job's outcome failed; its lease will bring it back");
+                        break;
+                    }
+                }
             }
             self.running_set().remove(&j.id);
         }
@@ -759,6 +776,12 @@ impl JobRunner {
                     }
                 }
                 _ = stale.tick() => {
+                    // This worker's own jobs are alive: their leases first, so that after a
+                    // database outage longer than a lease they are not taken for a dead
+                    // worker's.
+                    if let Err(e) = self.renew().await {
+                        tracing::warn!(error = %e, "renewing job leases failed");
+                    }
                     if let Err(e) = self.requeue_stale(false).await {
                         tracing::warn!(error = %e, "requeueing stale jobs failed");
                     }

@@ -322,3 +322,45 @@ fn tls_without_a_provisioning_listener_of_its_own_is_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("boot.listen"), "{err}");
 }
+
+/// The management API in plain HTTP on a network address (here the address of a namespace's
+/// interface, nothing on this machine's own network) is warned about at start.
+#[test]
+fn plain_http_management_on_a_network_address_is_warned_about() {
+    use plinth_testkit::netns::Lab;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(plinth_testkit::TestDb::new()).unwrap();
+    let mut lab = Lab::new().unwrap();
+    let a = lab.namespace("a").unwrap();
+    let b = lab.namespace("b").unwrap();
+    let (a_if, _) = lab.link(&a, &b).unwrap();
+    lab.addr(&a, &a_if, "10.69.0.2/24").unwrap();
+    let state = lab.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut cmd = Command::new(serve::BIN);
+    cmd.args([
+        "serve",
+        "--database-url",
+        &db.url,
+        "--listen",
+        "10.69.0.2:8080",
+    ])
+    .env("PLINTH_STATE_DIR", &state)
+    .env("PLINTH_BOOT__LISTEN", "127.0.0.1:8081")
+    .env("NO_COLOR", "1");
+    let proc = lab.spawn_named(&a, "plinth", cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !proc.log_text().contains("plinth is serving") {
+        assert!(Instant::now() < deadline, "{}", proc.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = proc.log_text();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("plain HTTP on a network address"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(warned[0].contains("10.69.0.2:8080"), "{}", warned[0]);
+    // The provisioning listener, and a loopback one, are not what the warning is about.
+    assert!(!warned[0].contains("8081"));
+}

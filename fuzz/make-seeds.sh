@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 out=seeds
-rm -rf "$out"
+# Inputs that once crashed a target (regress-*) are kept: they stay in every run's corpus.
+[ -d "$out" ] && find "$out" -type f ! -name 'regress-*' -delete
 mkdir -p "$out"/{dhcp,tftp_packet,tftp_transfer,ipmi,redfish,http_head,path_resolve,ui_form,partitions,qcow2_info}
 hex() { xxd -r -p; }
 
@@ -36,7 +37,55 @@ printf '\x00\x06blksize\x001468\x00tsize\x00100000\x00' >"$out/tftp_packet/oack"
 printf '\x10\x27\x81\x03\x00\x00\x03\x01\x00\x03\x02\x00\x03\x00\x00\x00' >"$out/tftp_transfer/acks"
 printf '\x10\x00\x01\x04\x00\x00\x00\x00\x00\x00\x00\x00' >"$out/tftp_transfer/timeouts"
 
-# Redfish: sushy-tools' resources (the shapes plinth reads) and an error body.
+# The first datagram a real client sends to a UDP port on loopback, saved to $1.
+capture_udp() { # FILE PORT COMMAND...
+  local file=$1 port=$2
+  shift 2
+  python3 - "$file" "$port" <<'PY' &
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[2])))
+s.settimeout(20)
+data, _ = s.recvfrom(65535)
+open(sys.argv[1], "wb").write(data)
+PY
+  local py=$!
+  sleep 0.5
+  timeout 5 "$@" >/dev/null 2>&1 || true
+  wait "$py"
+}
+# perfdhcp's DISCOVER (as a relay from 127.0.0.1), atftp's and tftp-hpa's read requests.
+capture_udp "$out/dhcp/perfdhcp_discover" 67 \
+  env KEA_LOCKFILE_DIR=/tmp KEA_PIDFILE_DIR=/tmp perfdhcp -4 -L 10068 -l 127.0.0.1 -r 1 -n 1 -R 1 127.0.0.1
+capture_udp "$out/tftp_packet/atftp-captured" 10069 atftp --option "blksize 1428" --option "tsize 0" -g -r plinth/vmlinuz -l /dev/null 127.0.0.1 10069
+capture_udp "$out/tftp_packet/tftp-hpa-captured" 10070 tftp -m octet 127.0.0.1 10070 -c get undionly.kpxe /dev/null
+
+# Redfish: sushy-tools' own resources, fetched from a running sushy-emulator (fake driver),
+# when the test command's venv has it; and an error body.
+sushy=${PLINTH_SUSHY_EMULATOR:-/var/cache/plinth-venv/bin/sushy-emulator}
+if [ -x "$sushy" ]; then
+  sd=$(mktemp -d)
+  cat >"$sd/conf.py" <<PY
+SUSHY_EMULATOR_FAKE_DRIVER = True
+SUSHY_EMULATOR_FAKE_SYSTEMS = [{'uuid': '27946b59-9e44-4fa7-8e91-f3527a1ef094', 'name': 'vm1', 'power_state': 'Off', 'nics': [{'mac': '52:54:00:12:34:56', 'ip': '10.0.0.5'}]}]
+SUSHY_EMULATOR_STATE_DIR = '$sd/state'
+SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'
+SUSHY_EMULATOR_LISTEN_PORT = 10071
+PY
+  "$sushy" --config "$sd/conf.py" >/dev/null 2>&1 &
+  sp=$!
+  for _ in $(seq 50); do curl -sf http://127.0.0.1:10071/redfish/v1/ >/dev/null && break; sleep 0.2; done
+  sys=/redfish/v1/Systems/27946b59-9e44-4fa7-8e91-f3527a1ef094
+  for r in /redfish/v1/ /redfish/v1/Systems "$sys" "$sys/EthernetInterfaces" /redfish/v1/SessionService /redfish/v1/Managers; do
+    curl -sf "http://127.0.0.1:10071$r" >"$out/redfish/sushy$(printf '%s' "$r" | tr '/' '_').json" || true
+  done
+  curl -s -X PATCH -H 'content-type: application/json' -d '{"Boot": {"BootSourceOverrideTarget": "Nowhere"}}' \
+    "http://127.0.0.1:10071$sys" >"$out/redfish/sushy_error.json" || true
+  kill "$sp" 2>/dev/null || true
+  wait "$sp" 2>/dev/null || true
+  rm -rf "$sd"
+fi
+# Shapes plinth reads from other BMCs too.
 cat >"$out/redfish/root.json" <<'J'
 {"@odata.type": "#ServiceRoot.v1_5_0.ServiceRoot", "Id": "RedfishService", "Name": "Root Service", "RedfishVersion": "1.5.0", "UUID": "92384634-2938-2342-8820-489239905423", "Systems": {"@odata.id": "/redfish/v1/Systems"}, "Managers": {"@odata.id": "/redfish/v1/Managers"}, "SessionService": {"@odata.id": "/redfish/v1/SessionService"}, "@odata.id": "/redfish/v1/"}
 J
@@ -81,9 +130,13 @@ done
 d=$(mktemp -d)
 qemu-img create -q -f qcow2 "$d/base.qcow2" 8M
 qemu-img create -q -f qcow2 -b "$d/base.qcow2" -F qcow2 "$d/top.qcow2"
-qemu-img create -q -f qcow2 --object secret,id=s,data=x -o encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10 "$d/enc.qcow2" 8M || true
+# (qemu-img 7.2 times LUKS key derivation with getrusage and can see no CPU time: tried again)
+for _ in 1 2 3 4 5; do
+  qemu-img create -q -f qcow2 --object secret,id=s,data=x -o encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10 "$d/enc.qcow2" 8M 2>/dev/null && break
+done
 for i in base top enc; do
   [ -f "$d/$i.qcow2" ] && qemu-img info --output=json -f qcow2 "$d/$i.qcow2" | sed "s|$d/||g" >"$out/qcow2_info/$i.json"
 done
 rm -rf "$d"
+find "$out" -type f -empty -delete
 echo "seeds: $(find "$out" -type f | wc -l) files"

@@ -11,10 +11,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let len = u64::from_le_bytes(data[..8].try_into().unwrap()) >> (data[0] % 64);
-    if let Ok(h) = std::str::from_utf8(&data[8..]) {
-        if let Some(Some((start, end))) = plinth_api::fuzzing::range(h, len) {
-            assert!(start <= end, "{h:?} {len}: {start}-{end}");
-            assert!(end < len, "{h:?} {len}: {start}-{end} past the end");
-        }
+    if let Ok(h) = std::str::from_utf8(&data[8..])
+        && let Some(Some((start, end))) = plinth_api::fuzzing::range(h, len)
+    {
+        assert!(start <= end, "{h:?} {len}: {start}-{end}");
+        assert!(end < len, "{h:?} {len}: {start}-{end} past the end");
     }
 });

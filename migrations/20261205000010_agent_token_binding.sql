@@ -142,26 +142,14 @@ begin
                w.requests > p_loop_max and w.requests - c.c <= p_loop_max as crossed
         from win w join counts c on c.id = w.machine_id
     ), ev as (
-        -- (a request refused its token is told to wait: its boot event says so). Boot events
-        -- are rate-limited per machine: once a window holds three times the loop limit, a
-        -- machine (or whoever asks with its MAC) adds no more until the window restarts; its
-        -- boot_loop event says so.
         insert into events (actor, machine_id, kind, details)
         select f.actor, f.id, 'boot',
-               f.details || case when j.ok is false
-                   then jsonb_build_object('message', 'told to wait: this boot is bound to another address',
-                                           'script', 'wait.ipxe')
-                   else jsonb_build_object('message', p_messages[f.si], 'script', p_scripts[f.si]) end
-        from found f left join judged j on j.i = f.i
-        join flagged g on g.machine_id = f.id
-        join counts c on c.id = f.id
-        where g.requests - c.c < 3 * p_loop_max
-        order by f.i
+               f.details || jsonb_build_object('message', p_messages[f.si], 'script', p_scripts[f.si])
+        from found f order by f.i
     ), lp as (
         insert into events (actor, machine_id, kind, details)
         select 'system', g.machine_id, 'boot_loop',
-               jsonb_build_object('requests', g.requests, 'window_secs', p_loop_window_secs,
-                                  'boot_events_up_to', 3 * p_loop_max)
+               jsonb_build_object('requests', g.requests, 'window_secs', p_loop_window_secs)
         from flagged g where g.crossed
     ), spoof as (
         insert into events (actor, machine_id, kind, details)

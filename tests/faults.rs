@@ -111,26 +111,7 @@ fn status(url: &str) -> u16 {
 
 /// `POST url` with a JSON body and a bearer token → the HTTP status.
 fn post(url: &str, token: &str, body: &str) -> u16 {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "10",
-            "-H",
-            &format!("Authorization: Bearer {token}"),
-            "-H",
-            "content-type: application/json",
-            "-d",
-            body,
-            url,
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+    call("POST", url, token, Some(body)).0
 }
 
 fn enroll(serve: &Serve, token: &str, n: u32, bmc: &str) -> String {
@@ -168,6 +149,16 @@ fn enroll(serve: &Serve, token: &str, n: u32, bmc: &str) -> String {
         .to_owned()
 }
 
+/// A runtime whose two threads keep the in-process BMC emulators answering while the test
+/// thread waits.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn resets(bmc: &RedfishEmulator) -> usize {
     bmc.requests().iter().filter(|r| *r == "POST reset").count()
 }
@@ -186,11 +177,7 @@ fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 
 #[test]
 fn a_database_restart_under_200_bmc_jobs_loses_none_and_runs_none_twice() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let pg = OwnPg::start();
     let bmcs: Vec<RedfishEmulator> = (0..20)
         .map(|_| {
@@ -392,11 +379,7 @@ fn plinth_killed_in_a_burst_of_transitions_leaves_each_whole_or_absent() {
 
 #[test]
 fn a_bmc_that_stops_answering_loses_no_job_and_repeats_no_action() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let db = rt.block_on(plinth_testkit::TestDb::new()).unwrap();
     let bmc = rt
         .block_on(RedfishEmulator::start("admin", PASSWORD))

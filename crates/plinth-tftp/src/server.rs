@@ -204,25 +204,57 @@ fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// A transfer's slot; gives it back (and lowers the gauge and its peer's count) when the
+/// Transfers in progress per client address.
+type PerPeer = Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>;
+
+/// One of an address's places among the transfers in progress; given back when dropped.
+struct PeerSlot {
+    per_peer: PerPeer,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    /// A place for `ip`, unless it already has `max` transfers.
+    fn take(per_peer: &PerPeer, ip: IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut m = per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                m.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            per_peer: per_peer.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A transfer's slot and its address's; gives them back (and lowers the gauge) when the
 /// transfer task ends, whichever way.
 struct Permit {
     _permit: OwnedSemaphorePermit,
+    _peer: PeerSlot,
     counters: Arc<Counters>,
-    per_peer: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
-    peer: IpAddr,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.counters.active.fetch_sub(1, Ordering::Relaxed);
-        let mut m = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.peer);
-            }
-        }
     }
 }
 
@@ -231,8 +263,7 @@ struct Shared<S> {
     source: Arc<S>,
     counters: Arc<Counters>,
     permits: Arc<Semaphore>,
-    /// Transfers in progress per client address.
-    per_peer: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    per_peer: PerPeer,
 }
 
 /// A bound server: [`Server::local_addr`] tells where (tests bind port 0), [`Server::serve`]
@@ -354,67 +385,26 @@ impl<S: Source> Server<S> {
             }
         };
         let ip = peer.ip().to_canonical();
-        let over = {
-            let mut m = self
-                .shared
-                .per_peer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let n = m.entry(ip).or_insert(0);
-            if *n >= self.shared.cfg.max_transfers_per_peer {
-                if *n == 0 {
-                    m.remove(&ip);
-                }
-                true
-            } else {
-                *n += 1;
-                false
-            }
-        };
-        {
-            if over {
-                bump(&counters.busy);
-                warn!(%peer, file = %filename, "TFTP: too many transfers to this address, answering busy");
-                let busy = Packet::Error {
-                    code: ErrorCode::NotDefined,
-                    message: "server busy: too many transfers to your address".into(),
-                };
-                self.socket.send_to(&busy.encode(), peer).await.ok();
-                return;
-            }
-        }
-        // The address's place is taken: the Permit gives it back, or this on the way out.
-        let release_peer = || {
-            let mut m = self
-                .shared
-                .per_peer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = m.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&ip);
-                }
-            }
+        let Some(slot) = PeerSlot::take(
+            &self.shared.per_peer,
+            ip,
+            self.shared.cfg.max_transfers_per_peer,
+        ) else {
+            warn!(%peer, file = %filename, "TFTP: too many transfers to this address, answering busy");
+            return self
+                .busy(peer, "server busy: too many transfers to your address")
+                .await;
         };
         let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
-            release_peer();
-            bump(&counters.busy);
             warn!(%peer, file = %filename, "TFTP: all transfer slots in use, answering busy");
-            let busy = Packet::Error {
-                code: ErrorCode::NotDefined,
-                message: "server busy".into(),
-            };
-            self.socket.send_to(&busy.encode(), peer).await.ok();
-            return;
+            return self.busy(peer, "server busy").await;
         };
         let active = counters.active.fetch_add(1, Ordering::Relaxed) + 1;
         counters.peak_active.fetch_max(active, Ordering::Relaxed);
         let permit = Permit {
             _permit: permit,
+            _peer: slot,
             counters: counters.clone(),
-            per_peer: self.shared.per_peer.clone(),
-            peer: ip,
         };
         let span = tracing::info_span!(
             "tftp",
@@ -432,6 +422,16 @@ impl<S: Source> Server<S> {
             }
             .instrument(span),
         );
+    }
+
+    /// Answers "busy" from the listening socket (the client tries again later).
+    async fn busy(&self, peer: SocketAddr, message: &str) {
+        bump(&self.shared.counters.busy);
+        let p = Packet::Error {
+            code: ErrorCode::NotDefined,
+            message: message.into(),
+        };
+        self.socket.send_to(&p.encode(), peer).await.ok();
     }
 
     /// Answers a request that is not served, from the listening socket.

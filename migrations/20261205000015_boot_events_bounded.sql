@@ -1,0 +1,148 @@
+-- boot_request_batch again (migration 10's, which has landed, is not edited):
+-- * a request refused its token is told to wait, and its boot event says so;
+-- * boot events are rate-limited per machine (issue 17): once a window holds three times the
+--   loop limit, a machine (or whoever asks with its MAC) adds no more until the window
+--   restarts, and its boot_loop event says up to how many are kept.
+-- Same arguments and result as migration 10's: replaced in place.
+create or replace function boot_request_batch(
+    p_macs macaddr[],
+    p_remotes inet[],
+    p_actors text[],
+    p_details jsonb[],
+    p_states text[],
+    p_modes text[],
+    p_messages text[],
+    p_scripts text[],
+    p_token_sha256 bytea[],
+    p_token_secs double precision,
+    p_loop_max integer,
+    p_loop_window_secs double precision
+) returns table (
+    i integer,
+    machine_id uuid,
+    state text,
+    hostname text,
+    pxe_arch integer,
+    requests integer,
+    loop_flagged boolean,
+    token_stored boolean,
+    token_refused boolean
+) language plpgsql set jit = off set plan_cache_mode = force_generic_plan as $$
+#variable_conflict use_column
+begin
+    return query
+    with input as (
+        select k as i, p_macs[k] as mac, p_remotes[k] as remote, p_actors[k] as actor,
+               p_details[k] as details, p_token_sha256[k] as hash
+        from generate_subscripts(p_macs, 1) as k
+    ), found as (
+        select x.i, x.mac, x.remote, x.actor, x.details, x.hash, m.id, m.state, m.hostname,
+               m.pxe_arch, array_position(p_states, m.state) as si
+        from input x
+        cross join lateral (
+            select mm.id, mm.state, mm.hostname, mm.pxe_arch
+            from nics n join machines mm on mm.id = n.machine_id
+            where n.mac = x.mac and (n.active or mm.state = 'decommissioned')
+            order by n.active desc, n.id desc
+            limit 1
+        ) m
+    ), wants as (
+        -- Requests whose state boots the ramdisk: the addresses plinth gave the MAC, and the
+        -- live token's binding.
+        select f.i, f.id, f.mac, f.remote, p_modes[f.si] as mode,
+               array(
+                   select l.address from leases l
+                   where l.mac = f.mac and l.state = 'bound' and l.expires_at > now()
+                   union
+                   select n.ipv4 from nics n
+                   where n.mac = f.mac and n.active and n.ipv4 is not null
+                     and exists (select 1 from subnets s where n.ipv4 <<= s.cidr)
+               ) as assigned,
+               t.secret_sha256 is not null as has_live, t.bound_ip as live_ip
+        from found f
+        left join lateral (
+            select tt.secret_sha256, tt.bound_ip from agent_tokens tt
+            where tt.machine_id = f.id and tt.mode = p_modes[f.si] and tt.used_at is null
+              and tt.revoked_at is null and tt.expires_at > now()
+            limit 1
+        ) t on true
+        where p_modes[f.si] is not null
+    ), judged as (
+        select w.*,
+               case when cardinality(w.assigned) > 0 then coalesce(w.remote = any(w.assigned), false)
+                    when w.has_live then w.live_ip is not distinct from w.remote
+                    else true end as ok
+        from wants w
+    ), mint as (
+        -- the last accepted request of each machine and mode
+        select distinct on (j.id, j.mode) j.i, j.id, j.mode, j.remote
+        from judged j where j.ok
+        order by j.id, j.mode, j.i desc
+    ), counts as (
+        select f.id, count(*)::integer as c from found f group by f.id
+    ), win as (
+        insert into boot_windows as w (machine_id, started_at, requests)
+        select c.id, now(), c.c from counts c order by c.id
+        on conflict on constraint boot_windows_pkey do update set
+            started_at = case when w.started_at < now() - make_interval(secs => p_loop_window_secs)
+                              then now() else w.started_at end,
+            requests = case when w.started_at < now() - make_interval(secs => p_loop_window_secs)
+                            then excluded.requests else w.requests + excluded.requests end
+        returning w.machine_id, w.requests
+    ), flagged as (
+        select w.machine_id, w.requests,
+               w.requests > p_loop_max and w.requests - c.c <= p_loop_max as crossed
+        from win w join counts c on c.id = w.machine_id
+    ), ev as (
+        -- (a request refused its token is told to wait: its boot event says so). Boot events
+        -- are rate-limited per machine: once a window holds three times the loop limit, a
+        -- machine (or whoever asks with its MAC) adds no more until the window restarts; its
+        -- boot_loop event says so.
+        insert into events (actor, machine_id, kind, details)
+        select f.actor, f.id, 'boot',
+               f.details || case when j.ok is false
+                   then jsonb_build_object('message', 'told to wait: this boot is bound to another address',
+                                           'script', 'wait.ipxe')
+                   else jsonb_build_object('message', p_messages[f.si], 'script', p_scripts[f.si]) end
+        from found f left join judged j on j.i = f.i
+        join flagged g on g.machine_id = f.id
+        join counts c on c.id = f.id
+        where g.requests - c.c < 3 * p_loop_max
+        order by f.i
+    ), lp as (
+        insert into events (actor, machine_id, kind, details)
+        select 'system', g.machine_id, 'boot_loop',
+               jsonb_build_object('requests', g.requests, 'window_secs', p_loop_window_secs,
+                                  'boot_events_up_to', 3 * p_loop_max)
+        from flagged g where g.crossed
+    ), spoof as (
+        insert into events (actor, machine_id, kind, details)
+        select f.actor, j.id, 'boot_spoof_suspected',
+               jsonb_build_object(
+                   'mac', f.mac::text, 'remote', host(j.remote), 'mode', j.mode,
+                   'accepted', case when cardinality(j.assigned) > 0
+                                    then (select jsonb_agg(host(a)) from unnest(j.assigned) a)
+                                    else jsonb_build_array(host(j.live_ip)) end,
+                   'why', case when cardinality(j.assigned) > 0
+                               then 'not the address plinth leased or reserved for this MAC'
+                               else 'not the address this boot''s token is bound to' end)
+        from judged j join found f on f.i = j.i
+        where not j.ok
+        order by j.i
+    ), rev as (
+        update agent_tokens t set revoked_at = now(), revoked_reason = 'replaced by a newer token'
+        from mint m
+        where t.machine_id = m.id and t.mode = m.mode and t.used_at is null
+          and t.revoked_at is null
+    ), tok as (
+        insert into agent_tokens (secret_sha256, machine_id, mode, expires_at, bound_ip)
+        select f.hash, m.id, m.mode, now() + make_interval(secs => p_token_secs), m.remote
+        from mint m join found f on f.i = m.i
+    )
+    select f.i, f.id, f.state, f.hostname, f.pxe_arch, g.requests, g.crossed,
+           exists (select 1 from mint m where m.i = f.i),
+           exists (select 1 from judged j where j.i = f.i and not j.ok)
+    from found f join flagged g on g.machine_id = f.id
+    order by f.i;
+end
+$$;

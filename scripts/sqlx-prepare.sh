@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the offline query cache (.sqlx/) that lets plinth build without a database.
-# Run after changing a query or a migration; commit the result.
+# Run after changing a query, a migration or a file of crates/plinth-db/sql/; commit the result.
 #   scripts/sqlx-prepare.sh           regenerate
 #   scripts/sqlx-prepare.sh --check   fail if the committed cache is out of date
 # It uses the server in PLINTH_TEST_DATABASE_URL, or else a scratch cluster it starts and stops.
@@ -20,7 +20,10 @@ export PGOPTIONS="-c client_min_messages=warning"
 admin_psql() { psql "$server" -v ON_ERROR_STOP=1 -qAt "$@"; }
 admin_psql -c "drop database if exists $db" -c "create database $db"
 url=${server/\/postgres\?//$db?}
-for f in migrations/*.sql; do psql "$url" -v ON_ERROR_STOP=1 -q -f "$f" >/dev/null; done
+# The schema, then its functions and triggers, in the order plinth_db::migrate applies them.
+for f in migrations/*.sql crates/plinth-db/sql/*.sql; do
+  psql "$url" -v ON_ERROR_STOP=1 -q -f "$f" >/dev/null
+done
 out=$(mktemp -d)
 trap 'rm -rf "$out"; stop_scratch' EXIT
 touch crates/plinth-db/src/*.rs

@@ -1,6 +1,6 @@
 //! The boot chain's tables: agent_tokens, boot_windows (the boot-loop guard's counters), and
 //! the one-round-trip `boot_request_batch` function behind every iPXE script request (which
-//! binds each agent token to the address that may use it: migration 10).
+//! binds each agent token to the address that may use it: sql/boot.sql).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;

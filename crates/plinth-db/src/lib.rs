@@ -15,6 +15,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod leases;
 pub mod machines;
+pub mod migrate;
 pub mod nics;
 pub mod pools;
 pub mod racks;
@@ -28,10 +29,8 @@ use std::time::Duration;
 use plinth_types::Error;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use migrate::{MIGRATOR, MigrateError, migrate};
 pub use sqlx::{PgConnection, PgPool, Postgres, Transaction};
-
-/// The schema migrations, embedded from `migrations/`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// Opens a pool to `url`. `max_connections` bounds what one plinth instance takes.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
@@ -42,11 +41,6 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
-}
-
-/// Runs the pending migrations.
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
 }
 
 /// Turns a database error into what the client should hear. Constraint violations become

@@ -91,7 +91,17 @@ pub fn with_database(url: &str, db: &str) -> String {
 }
 
 impl TestDb {
+    /// A fresh database with the schema applied (`plinth_db::migrate`, as `plinth serve` does).
     pub async fn new() -> anyhow::Result<TestDb> {
+        let db = TestDb::empty().await?;
+        plinth_db::migrate(&db.pool)
+            .await
+            .context("migrating the test database")?;
+        Ok(db)
+    }
+
+    /// A fresh database with nothing in it: for tests of the migrations themselves.
+    pub async fn empty() -> anyhow::Result<TestDb> {
         let server = server_url()?;
         let name = format!("plinth_test_{}", uuid::Uuid::new_v4().simple());
         let admin = plinth_db::connect(&server, 1)
@@ -106,11 +116,93 @@ impl TestDb {
         let pool = plinth_db::connect(&url, 40)
             .await
             .context("connecting to the test database")?;
-        plinth_db::migrate(&pool)
-            .await
-            .context("migrating the test database")?;
         Ok(TestDb { pool, url, name })
     }
+
+    /// Runs an SQL file with psql (a pg_dump, with its `\restrict` lines and all), stopping at
+    /// the first error.
+    pub fn psql_file(&self, file: &std::path::Path) -> anyhow::Result<()> {
+        let out = std::process::Command::new(pg_tool("psql")?)
+            .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", "-d", &self.url, "-f"])
+            .arg(file)
+            .env("PGOPTIONS", "-c client_min_messages=warning")
+            .output()
+            .context("running psql")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "psql -f {} failed: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// The database's schema as `pg_dump --schema-only` prints it, without what changes from
+    /// one dump to the next (comments, session settings, the `\restrict` key) and without
+    /// sqlx's own bookkeeping table.
+    pub fn schema(&self) -> anyhow::Result<String> {
+        let out = std::process::Command::new(pg_tool("pg_dump")?)
+            .args([
+                "--schema-only",
+                "--no-owner",
+                "--no-privileges",
+                "--exclude-table=_sqlx_migrations",
+                "-d",
+                &self.url,
+            ])
+            .output()
+            .context("running pg_dump")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(normalize_dump(&String::from_utf8(out.stdout)?))
+    }
+}
+
+/// A pg_dump's text without comments, `SET` lines, `\restrict` lines and runs of blank lines.
+pub fn normalize_dump(dump: &str) -> String {
+    let mut out = String::new();
+    let mut blank = true;
+    for line in dump.lines() {
+        let skip = line.starts_with("--")
+            || line.starts_with("SET ")
+            || line.starts_with("SELECT pg_catalog.set_config")
+            || line.starts_with("\\restrict")
+            || line.starts_with("\\unrestrict");
+        if skip {
+            continue;
+        }
+        if line.trim().is_empty() {
+            if !blank {
+                out.push('\n');
+            }
+            blank = true;
+            continue;
+        }
+        blank = false;
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// A PostgreSQL client program (psql, pg_dump) of the same version as the server binaries
+/// plinth finds, else the one on PATH.
+pub fn pg_tool(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(bin) = plinth_db::embedded::find_bindir()
+        && bin.join(name).exists()
+    {
+        return Ok(bin.join(name));
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(name))
+                .find(|p| p.exists())
+        })
+        .with_context(|| format!("{name} is not installed (Debian package postgresql-client)"))
 }
 
 #[cfg(test)]

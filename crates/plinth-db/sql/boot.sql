@@ -1,58 +1,36 @@
--- Agent tokens bound to their machine's address (issue 16): at most one live token per machine
--- and mode, a new one revokes the old, every state change revokes the machine's tokens, and a
--- token is bound to the address that may use it.
+-- The iPXE script requests' batch: the boot event, the agent token (bound to an address), the
+-- boot-loop guard.
+--
+-- Applied after the migrations at every start (plinth_db::migrate), under an advisory lock, in
+-- one transaction: each statement must be idempotent (`create or replace`). A function whose
+-- arguments or result change gets `drop function if exists` with its old signature first.
 
-alter table agent_tokens
-    add column bound_ip inet,
-    add column revoked_at timestamptz,
-    add column revoked_reason text check (length(revoked_reason) <= 200);
-
--- Tokens minted before this migration: the newest live one of each machine and mode stays.
-update agent_tokens t set revoked_at = now(), revoked_reason = 'replaced by a newer token'
-where t.used_at is null and t.revoked_at is null and exists (
-    select 1 from agent_tokens u
-    where u.machine_id = t.machine_id and u.mode = t.mode and u.used_at is null
-      and u.revoked_at is null and (u.created_at, u.secret_sha256) > (t.created_at, t.secret_sha256)
-);
-
--- One live (neither used nor revoked) token per machine and mode. Deferred to the end of the
--- transaction, so that one statement can revoke the old token and insert the new one.
-alter table agent_tokens add constraint agent_tokens_one_live
-    exclude using btree (machine_id with =, mode with =)
-    where (used_at is null and revoked_at is null)
-    deferrable initially deferred;
-
--- Every state change ends the tokens of the state before: a ramdisk of an earlier state cannot
--- report into a later one.
-create or replace function agent_tokens_revoke_on_state_change() returns trigger
-language plpgsql as $$
-begin
-    update agent_tokens set revoked_at = now(),
-           revoked_reason = 'the machine moved from ' || old.state || ' to ' || new.state
-    where machine_id = new.id and used_at is null and revoked_at is null;
-    return null;
-end
-$$;
-
-create trigger machines_state_revokes_agent_tokens
-    after update of state on machines
-    for each row when (old.state is distinct from new.state)
-    execute function agent_tokens_revoke_on_state_change();
-
--- iPXE script requests, as in migration 4, with the token bound to an address:
+-- iPXE script requests, many in one round trip and one transaction (the HTTP server batches
+-- what arrives together), set-based: for each request find the machine behind its MAC; record a
+-- `boot` event per request; store the agent token's hash when the machine's state boots the
+-- ramdisk; count the requests in each machine's boot-loop window, with a `boot_loop` event when
+-- a batch takes the count past p_loop_max. What each state does comes from the caller as a table
+-- (p_states[k] -> p_modes[k], p_messages[k], p_scripts[k]) computed from plinth-core's pure boot
+-- decision, so that the decision is written down in one place only. One row per request whose
+-- MAC belongs to a machine; `i` is the request's 1-based index. Machines are locked in id order,
+-- so concurrent batches (other instances) do not deadlock.
+--
+-- The agent token is bound to an address:
 -- - where plinth leased the MAC an address (a bound lease) or reserved one inside a subnet it
 --   serves, only a request from one of those addresses gets a token;
 -- - elsewhere (ProxyDHCP, another DHCP server) the first request of a boot cycle binds the token
 --   to its source address: while that token is live, a request from another address gets none,
 --   one from the same address (the machine rebooted) gets a new token;
--- - a request refused this way gets no token and leaves a `boot_spoof_suspected` event with the
---   address it came from and the addresses that would have been accepted.
+-- - a request refused this way gets no token, is told to wait (its boot event says so), and
+--   leaves a `boot_spoof_suspected` event with the address it came from and the addresses that
+--   would have been accepted.
 -- A new token revokes the live one of its machine and mode. Several requests of one batch for
 -- the same machine and mode: the last one accepted gets the token.
-drop function boot_request_batch(macaddr[], text[], jsonb[], text[], text[], text[], text[],
-    bytea[], double precision, integer, double precision);
-
-create function boot_request_batch(
+--
+-- Boot events are rate-limited per machine: once a window holds three times the loop limit, a
+-- machine (or whoever asks with its MAC) adds no more until the window restarts, and its
+-- boot_loop event says up to how many are kept.
+create or replace function boot_request_batch(
     p_macs macaddr[],
     p_remotes inet[],
     p_actors text[],
@@ -142,14 +120,26 @@ begin
                w.requests > p_loop_max and w.requests - c.c <= p_loop_max as crossed
         from win w join counts c on c.id = w.machine_id
     ), ev as (
+        -- (a request refused its token is told to wait: its boot event says so). Boot events
+        -- are rate-limited per machine: once a window holds three times the loop limit, a
+        -- machine (or whoever asks with its MAC) adds no more until the window restarts; its
+        -- boot_loop event says so.
         insert into events (actor, machine_id, kind, details)
         select f.actor, f.id, 'boot',
-               f.details || jsonb_build_object('message', p_messages[f.si], 'script', p_scripts[f.si])
-        from found f order by f.i
+               f.details || case when j.ok is false
+                   then jsonb_build_object('message', 'told to wait: this boot is bound to another address',
+                                           'script', 'wait.ipxe')
+                   else jsonb_build_object('message', p_messages[f.si], 'script', p_scripts[f.si]) end
+        from found f left join judged j on j.i = f.i
+        join flagged g on g.machine_id = f.id
+        join counts c on c.id = f.id
+        where g.requests - c.c < 3 * p_loop_max
+        order by f.i
     ), lp as (
         insert into events (actor, machine_id, kind, details)
         select 'system', g.machine_id, 'boot_loop',
-               jsonb_build_object('requests', g.requests, 'window_secs', p_loop_window_secs)
+               jsonb_build_object('requests', g.requests, 'window_secs', p_loop_window_secs,
+                                  'boot_events_up_to', 3 * p_loop_max)
         from flagged g where g.crossed
     ), spoof as (
         insert into events (actor, machine_id, kind, details)

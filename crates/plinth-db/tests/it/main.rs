@@ -1,0 +1,3 @@
+//! plinth-db's integration tests, against a real PostgreSQL (plinth-testkit's TestDb).
+
+mod migrations;

@@ -1,11 +1,12 @@
 //! plinth-bmc: controlling machines through their BMCs (issue #5). [`Bmc`] is what plinth asks
 //! of any BMC: power, the next boot device, identity. The Redfish and IPMI (RMCP+) drivers
-//! implement it (next steps of issue #5); [`fake::FakeBmc`] implements it in memory, with
-//! knobs to misbehave, for the tests of the job system and the lifecycle.
+//! implement it; `fake::FakeBmc` (feature `testing`, for tests only) implements it in memory,
+//! with knobs to misbehave, for the tests of the job system and the lifecycle.
 //!
 //! It must not touch the database or know about machines' lifecycles: the job workers in
 //! plinth-core decide what to ask, and record what happened.
 
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod ipmi;
 pub mod redfish;

@@ -17,12 +17,15 @@ use crate::auth::Permission;
 use crate::machines::not_found;
 use crate::{App, DbResult, Principal, Result, validate};
 
-/// The cleaning defaults (`[clean]` in the configuration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The cleaning defaults: the `[clean]` section of the configuration deserializes into this
+/// directly, with these defaults for what it leaves out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CleanSettings {
-    /// For pools without a method of their own.
+    /// For pools without a method of their own: quick, discard, secure or full.
     pub method: WipeMethod,
-    /// What `secure` (and `discard`) do on a disk that has no such erase.
+    /// What `secure` (and `discard`) do on a disk that has no such erase: full or fail.
+    #[serde(rename = "secure_fallback")]
     pub fallback: WipeFallback,
 }
 

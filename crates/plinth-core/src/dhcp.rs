@@ -252,14 +252,16 @@ fn ip(s: &str) -> Result<Ipv4Addr> {
 
 /// Whether a failed batch is worth retrying item by item: it hit a constraint or a deadlock
 /// because another batch (of this or another instance) was answering the same client.
-fn batch_conflict(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(d) => {
-            d.constraint() == Some("leases_client_key")
-                || matches!(d.code().as_deref(), Some("40P01" | "40001" | "23505"))
-        }
-        _ => false,
-    }
+fn batch_conflict(e: &plinth_db::Error) -> bool {
+    e.constraint() == Some("leases_client_key")
+        || e.is_retryable()
+        || matches!(
+            e,
+            plinth_db::Error::Violation {
+                kind: plinth_db::Violation::Unique,
+                ..
+            }
+        )
 }
 
 /// What the database said about one item of a batch.
@@ -271,13 +273,12 @@ enum Decided {
     Failed(Error),
 }
 
-impl From<sqlx::Error> for Decided {
-    fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::Database(d) if d.constraint() == Some("leases_client_key") => {
-                Decided::Race
-            }
-            _ => Decided::Failed(plinth_db::classify(e)),
+impl From<plinth_db::Error> for Decided {
+    fn from(e: plinth_db::Error) -> Self {
+        if e.constraint() == Some("leases_client_key") {
+            Decided::Race
+        } else {
+            Decided::Failed(plinth_db::classify(e))
         }
     }
 }
@@ -703,7 +704,7 @@ impl App {
             Ok(Some(id)) => id,
             Ok(None) => return Ok(None),
             // Another instance recorded the same MAC at the same moment.
-            Err(sqlx::Error::Database(e)) if e.constraint() == Some("nics_mac_key") => {
+            Err(e) if e.constraint() == Some("nics_mac_key") => {
                 return Ok(None);
             }
             Err(e) => return Err(plinth_db::classify(e)),

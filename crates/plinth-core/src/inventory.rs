@@ -2,7 +2,7 @@
 //! counts, a machine's latest events and the free positions of a rack. Read-only; the same
 //! permissions as the API (clients see only their allocations' machines).
 
-use plinth_db::inventory::{Occupant, TableQuery, TableRow};
+use plinth_db::inventory::TableRow;
 use plinth_types::api::{Event, Rack};
 use plinth_types::{Error, MacAddr};
 use uuid::Uuid;
@@ -10,7 +10,8 @@ use uuid::Uuid;
 use crate::auth::Permission;
 use crate::{App, DbResult, Principal, Result, convert};
 
-pub use plinth_db::inventory::SortKey;
+/// The machine table's query, sort keys and rack occupants, as the UI asks for them.
+pub use plinth_db::inventory::{Occupant, SortKey, TableQuery};
 
 /// At most this many machines on one page of the table.
 pub const MAX_TABLE_PAGE: i64 = 500;

@@ -111,24 +111,19 @@ impl App {
 
     /// For health checks: can we reach the database?
     pub async fn ping(&self) -> Result<()> {
-        let mut conn = self.conn().await?;
-        sqlx::query("select 1")
-            .execute(&mut *conn)
-            .await
-            .map_err(plinth_db::classify)?;
-        Ok(())
+        plinth_db::ping(&self.pool).await.db()
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
-    async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
-        self.pool.acquire().await.map_err(plinth_db::classify)
+    async fn conn(&self) -> Result<plinth_db::PoolConnection<plinth_db::Postgres>> {
+        plinth_db::acquire(&self.pool).await.db()
     }
 
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-        self.pool.begin().await.map_err(plinth_db::classify)
+    async fn begin(&self) -> Result<plinth_db::Transaction<'static, plinth_db::Postgres>> {
+        plinth_db::begin(&self.pool).await.db()
     }
 }
 
@@ -167,13 +162,18 @@ pub(crate) async fn record_event_as(
     Ok(())
 }
 
-/// Shorthand for `.map_err(plinth_db::classify)`.
+/// `.map_err(plinth_db::classify)`, keeping the caller's place in the code for the log line
+/// of an internal error (so the operation that failed is named once, where it becomes a 500).
 pub(crate) trait DbResult<T> {
     fn db(self) -> Result<T>;
 }
 
-impl<T> DbResult<T> for std::result::Result<T, sqlx::Error> {
+impl<T, E: Into<plinth_db::Error>> DbResult<T> for std::result::Result<T, E> {
+    #[track_caller]
     fn db(self) -> Result<T> {
-        self.map_err(plinth_db::classify)
+        match self {
+            Ok(v) => Ok(v),
+            Err(e) => Err(plinth_db::classify(e)),
+        }
     }
 }

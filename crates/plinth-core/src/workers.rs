@@ -498,17 +498,13 @@ impl JobRunner {
         )
         .await;
         let claimed = match claimed {
-            Ok(c) => tx.commit().await.map(|()| c),
+            Ok(c) => plinth_db::commit(tx).await.map(|()| c),
             Err(e) => Err(e),
         };
         match claimed {
             Ok(c) => Ok(c),
             // Two instances raced for one machine: the unique index said no; try again later.
-            Err(sqlx::Error::Database(e))
-                if e.constraint() == Some("jobs_one_running_per_machine") =>
-            {
-                Ok(Vec::new())
-            }
+            Err(e) if e.constraint() == Some("jobs_one_running_per_machine") => Ok(Vec::new()),
             Err(e) => Err(plinth_db::classify(e)),
         }
     }
@@ -845,9 +841,8 @@ async fn check_identity_macs(
 /// LISTEN jobs: each NOTIFY wakes the runner. Reconnects after errors.
 async fn listen(pool: plinth_db::PgPool, wake: Arc<Notify>, cancel: CancellationToken) {
     loop {
-        let res: std::result::Result<(), sqlx::Error> = async {
-            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
-            l.listen("jobs").await?;
+        let res: plinth_db::Result<()> = async {
+            let mut l = plinth_db::Listener::connect(&pool, "jobs").await?;
             loop {
                 l.recv().await?;
                 wake.notify_one();

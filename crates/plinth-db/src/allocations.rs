@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 #[derive(Debug, Clone)]
 pub struct AllocationRow {
     pub id: Uuid,
@@ -19,7 +21,7 @@ pub async fn insert(
     owner: &str,
     owner_token_id: Option<Uuid>,
     request: &serde_json::Value,
-) -> Result<Uuid, sqlx::Error> {
+) -> Result<Uuid> {
     sqlx::query_scalar!(
         "insert into allocations (owner, owner_token_id, request) values ($1, $2, $3) returning id",
         owner,
@@ -28,9 +30,10 @@ pub async fn insert(
     )
     .fetch_one(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
-pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<AllocationRow>, sqlx::Error> {
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<AllocationRow>> {
     sqlx::query_as!(
         AllocationRow,
         "select id, owner, owner_token_id, request, created_at, released_at from allocations where id = $1",
@@ -38,13 +41,11 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<AllocationR
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Locks the allocation for the rest of the transaction.
-pub async fn get_for_update(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> Result<Option<AllocationRow>, sqlx::Error> {
+pub async fn get_for_update(conn: &mut PgConnection, id: Uuid) -> Result<Option<AllocationRow>> {
     sqlx::query_as!(
         AllocationRow,
         "select id, owner, owner_token_id, request, created_at, released_at from allocations where id = $1 for update",
@@ -52,6 +53,7 @@ pub async fn get_for_update(
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Allocations, newest first; only those of `owner_token_id` when given; released ones
@@ -61,7 +63,7 @@ pub async fn list(
     owner_token_id: Option<Uuid>,
     include_released: bool,
     limit: i64,
-) -> Result<Vec<AllocationRow>, sqlx::Error> {
+) -> Result<Vec<AllocationRow>> {
     sqlx::query_as!(
         AllocationRow,
         "select id, owner, owner_token_id, request, created_at, released_at from allocations
@@ -73,23 +75,22 @@ pub async fn list(
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Ids of the machines currently in the allocation.
-pub async fn machine_ids(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+pub async fn machine_ids(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Uuid>> {
     sqlx::query_scalar!(
         "select id from machines where allocation_id = $1 order by id",
         id
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Machine ids for several allocations at once: (allocation id, machine id).
-pub async fn machine_ids_for(
-    conn: &mut PgConnection,
-    ids: &[Uuid],
-) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+pub async fn machine_ids_for(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>> {
     let rows = sqlx::query!(
         r#"select allocation_id as "allocation_id!", id from machines where allocation_id = any($1) order by id"#,
         ids
@@ -100,7 +101,7 @@ pub async fn machine_ids_for(
 }
 
 /// Marks the allocation released once no machine is left in it.
-pub async fn close_if_empty(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn close_if_empty(conn: &mut PgConnection, id: Uuid) -> Result<()> {
     sqlx::query!(
         "update allocations set released_at = now()
          where id = $1 and released_at is null

@@ -4,6 +4,8 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 /// A BMC without its secret, and what plinth last learned from it.
 #[derive(Debug, Clone)]
 pub struct BmcRow {
@@ -31,11 +33,7 @@ pub struct NewBmc<'a> {
 }
 
 /// Inserts or replaces the machine's BMC.
-pub async fn upsert(
-    conn: &mut PgConnection,
-    machine_id: Uuid,
-    b: &NewBmc<'_>,
-) -> Result<(), sqlx::Error> {
+pub async fn upsert(conn: &mut PgConnection, machine_id: Uuid, b: &NewBmc<'_>) -> Result<()> {
     sqlx::query!(
         "insert into bmcs (machine_id, protocol, address, username, password_nonce, password_ciphertext, verify_tls, plain_http)
          values ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -59,7 +57,7 @@ pub async fn upsert(
     Ok(())
 }
 
-pub async fn delete(conn: &mut PgConnection, machine_id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn delete(conn: &mut PgConnection, machine_id: Uuid) -> Result<()> {
     sqlx::query!("delete from bmcs where machine_id = $1", machine_id)
         .execute(conn)
         .await?;
@@ -67,10 +65,7 @@ pub async fn delete(conn: &mut PgConnection, machine_id: Uuid) -> Result<(), sql
 }
 
 /// The BMCs of these machines, without their secrets.
-pub async fn for_machines(
-    conn: &mut PgConnection,
-    ids: &[Uuid],
-) -> Result<Vec<BmcRow>, sqlx::Error> {
+pub async fn for_machines(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<BmcRow>> {
     sqlx::query_as!(
         BmcRow,
         "select machine_id, protocol, address, username, verify_tls, plain_http, power_state, power_checked_at,
@@ -80,13 +75,14 @@ pub async fn for_machines(
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// The encrypted password of one machine's BMC: (nonce, ciphertext). For the BMC drivers.
 pub async fn secret(
     conn: &mut PgConnection,
     machine_id: Uuid,
-) -> Result<Option<(Vec<u8>, Vec<u8>)>, sqlx::Error> {
+) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
     let row = sqlx::query!(
         "select password_nonce, password_ciphertext from bmcs where machine_id = $1",
         machine_id
@@ -119,7 +115,7 @@ pub async fn claim_due(
     limit: i64,
     interval_secs: f64,
     jitter: f64,
-) -> Result<Vec<DueBmc>, sqlx::Error> {
+) -> Result<Vec<DueBmc>> {
     sqlx::query_as!(
         DueBmc,
         "with due as (
@@ -142,6 +138,7 @@ pub async fn claim_due(
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Records a successful answer: the power state (when known), reachable again. Returns the
@@ -150,7 +147,7 @@ pub async fn record_ok(
     conn: &mut PgConnection,
     machine_id: Uuid,
     power_state: Option<&str>,
-) -> Result<Option<(Option<String>, Option<bool>)>, sqlx::Error> {
+) -> Result<Option<(Option<String>, Option<bool>)>> {
     let row = sqlx::query!(
         r#"with old as (select power_state, reachable from bmcs where machine_id = $1 for update)
            update bmcs set power_state = coalesce($2, bmcs.power_state),
@@ -176,7 +173,7 @@ pub async fn record_failure(
     error: &str,
     threshold: i32,
     hold_secs: Option<f64>,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool> {
     let row = sqlx::query!(
         r#"with old as (select reachable from bmcs where machine_id = $1 for update)
            update bmcs set consecutive_failures = consecutive_failures + 1, last_error = $2,
@@ -200,7 +197,7 @@ pub async fn set_identity(
     conn: &mut PgConnection,
     machine_id: Uuid,
     identity: &serde_json::Value,
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     sqlx::query!(
         "update bmcs set identity = $2, identity_at = now() where machine_id = $1",
         machine_id,
@@ -212,10 +209,7 @@ pub async fn set_identity(
 }
 
 /// Makes one BMC (or, with `None`, every BMC) due for a power poll now.
-pub async fn poll_now(
-    conn: &mut PgConnection,
-    machine_id: Option<Uuid>,
-) -> Result<u64, sqlx::Error> {
+pub async fn poll_now(conn: &mut PgConnection, machine_id: Option<Uuid>) -> Result<u64> {
     let r = sqlx::query!(
         "update bmcs set next_poll_at = now() where $1::uuid is null or machine_id = $1",
         machine_id

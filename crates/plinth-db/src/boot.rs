@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 /// What each lifecycle state's script does, as the database function needs it: parallel
 /// arrays indexed by state (mode: `None` when the state boots no ramdisk, so no token).
 #[derive(Debug, Clone, Default)]
@@ -51,7 +53,7 @@ pub struct AgentTokenRow {
 pub async fn agent_token(
     conn: &mut PgConnection,
     secret_sha256: &[u8],
-) -> Result<Option<AgentTokenRow>, sqlx::Error> {
+) -> Result<Option<AgentTokenRow>> {
     sqlx::query_as!(
         AgentTokenRow,
         r#"select machine_id, mode, expires_at, used_at, revoked_at, revoked_reason,
@@ -61,6 +63,7 @@ pub async fn agent_token(
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Whether `ip` is an address plinth leases to a NIC of the machine now (a bound, unexpired
@@ -69,7 +72,7 @@ pub async fn machine_holds_address(
     conn: &mut PgConnection,
     machine_id: Uuid,
     ip: &str,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool> {
     let found = sqlx::query_scalar!(
         r#"select exists (
                select 1 from leases l join nics n on n.mac = l.mac and n.active
@@ -85,10 +88,7 @@ pub async fn machine_holds_address(
 }
 
 /// Marks a token used; false if it already was (another report raced this one).
-pub async fn use_agent_token(
-    conn: &mut PgConnection,
-    secret_sha256: &[u8],
-) -> Result<bool, sqlx::Error> {
+pub async fn use_agent_token(conn: &mut PgConnection, secret_sha256: &[u8]) -> Result<bool> {
     let n = sqlx::query!(
         "update agent_tokens set used_at = now() where secret_sha256 = $1 and used_at is null",
         secret_sha256
@@ -101,7 +101,7 @@ pub async fn use_agent_token(
 
 /// Deletes tokens that expired more than a day ago (kept a day so a late agent hears
 /// "expired", not "unknown").
-pub async fn purge_agent_tokens(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+pub async fn purge_agent_tokens(conn: &mut PgConnection) -> Result<u64> {
     Ok(
         sqlx::query!("delete from agent_tokens where expires_at < now() - interval '1 day'")
             .execute(conn)
@@ -135,7 +135,7 @@ pub async fn request_batch(
     conn: &mut PgConnection,
     items: &[BatchItem],
     p: BatchParams<'_>,
-) -> Result<Vec<Option<BootRow>>, sqlx::Error> {
+) -> Result<Vec<Option<BootRow>>> {
     let macs: Vec<&str> = items.iter().map(|i| i.mac.as_str()).collect();
     let remotes: Vec<Option<&str>> = items.iter().map(|i| i.remote.as_deref()).collect();
     let actors: Vec<&str> = items.iter().map(|i| i.actor.as_str()).collect();

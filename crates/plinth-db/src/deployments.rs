@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 #[derive(Debug, Clone)]
 pub struct DeploymentRow {
     pub machine_id: Uuid,
@@ -35,7 +37,7 @@ pub struct NewDeployment<'a> {
 }
 
 /// Records a machine's deployment, replacing an earlier one (a failed deploy retried).
-pub async fn upsert(conn: &mut PgConnection, d: NewDeployment<'_>) -> Result<Uuid, sqlx::Error> {
+pub async fn upsert(conn: &mut PgConnection, d: NewDeployment<'_>) -> Result<Uuid> {
     sqlx::query_scalar!(
         "insert into deployments (machine_id, allocation_id, image_id, root_device,
              root_device_hint, hostname, user_data, ssh_authorized_keys, network_config, created_by)
@@ -61,12 +63,10 @@ pub async fn upsert(conn: &mut PgConnection, d: NewDeployment<'_>) -> Result<Uui
     )
     .fetch_one(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
-pub async fn get(
-    conn: &mut PgConnection,
-    machine_id: Uuid,
-) -> Result<Option<DeploymentRow>, sqlx::Error> {
+pub async fn get(conn: &mut PgConnection, machine_id: Uuid) -> Result<Option<DeploymentRow>> {
     sqlx::query_as!(
         DeploymentRow,
         "select d.machine_id, d.allocation_id, d.image_id, i.name as image_name, d.root_device,
@@ -78,10 +78,11 @@ pub async fn get(
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Forgets a machine's deployment (release): its user data and keys go with it.
-pub async fn delete(conn: &mut PgConnection, machine_id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn delete(conn: &mut PgConnection, machine_id: Uuid) -> Result<bool> {
     let n = sqlx::query!("delete from deployments where machine_id = $1", machine_id)
         .execute(conn)
         .await?
@@ -93,7 +94,7 @@ pub async fn delete(conn: &mut PgConnection, machine_id: Uuid) -> Result<bool, s
 pub async fn by_instance(
     conn: &mut PgConnection,
     instance_id: Uuid,
-) -> Result<Option<DeploymentRow>, sqlx::Error> {
+) -> Result<Option<DeploymentRow>> {
     sqlx::query_as!(
         DeploymentRow,
         "select d.machine_id, d.allocation_id, d.image_id, i.name as image_name, d.root_device,
@@ -105,15 +106,13 @@ pub async fn by_instance(
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// The addresses a machine answers from: those plinth leases to its NICs now, their
 /// reservations, and the address its last deploy token was bound to (where plinth does not
 /// serve its DHCP). What the metadata endpoint accepts requests for its deployment from.
-pub async fn machine_addresses(
-    conn: &mut PgConnection,
-    machine_id: Uuid,
-) -> Result<Vec<String>, sqlx::Error> {
+pub async fn machine_addresses(conn: &mut PgConnection, machine_id: Uuid) -> Result<Vec<String>> {
     let rows = sqlx::query_scalar!(
         r#"select host(l.address) as "a!" from leases l join nics n on n.mac = l.mac and n.active
            where n.machine_id = $1 and l.state = 'bound' and l.expires_at > now()

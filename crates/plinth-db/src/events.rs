@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 #[derive(Debug, Clone)]
 pub struct EventRow {
     pub id: i64,
@@ -25,7 +27,7 @@ pub struct NewEvent<'a> {
     pub details: serde_json::Value,
 }
 
-pub async fn insert(conn: &mut PgConnection, e: NewEvent<'_>) -> Result<i64, sqlx::Error> {
+pub async fn insert(conn: &mut PgConnection, e: NewEvent<'_>) -> Result<i64> {
     let id = sqlx::query_scalar!(
         "insert into events (actor, machine_id, kind, from_state, to_state, details)
          values ($1, $2, $3, $4, $5, $6) returning id",
@@ -48,7 +50,7 @@ pub async fn list(
     since: Option<DateTime<Utc>>,
     after: Option<i64>,
     limit: i64,
-) -> Result<Vec<EventRow>, sqlx::Error> {
+) -> Result<Vec<EventRow>> {
     sqlx::query_as!(
         EventRow,
         "select id, at, actor, machine_id, kind, from_state, to_state, details from events
@@ -63,6 +65,7 @@ pub async fn list(
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// The newest `limit` events of a machine, newest first.
@@ -70,7 +73,7 @@ pub async fn latest(
     conn: &mut PgConnection,
     machine_id: Uuid,
     limit: i64,
-) -> Result<Vec<EventRow>, sqlx::Error> {
+) -> Result<Vec<EventRow>> {
     sqlx::query_as!(
         EventRow,
         "select id, at, actor, machine_id, kind, from_state, to_state, details from events
@@ -80,4 +83,5 @@ pub async fn latest(
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 #[derive(Debug, Clone)]
 pub struct ImageRow {
     pub id: Uuid,
@@ -32,7 +34,7 @@ pub struct NewImage<'a> {
     pub created_by: &'a str,
 }
 
-pub async fn insert(conn: &mut PgConnection, i: NewImage<'_>) -> Result<ImageRow, sqlx::Error> {
+pub async fn insert(conn: &mut PgConnection, i: NewImage<'_>) -> Result<ImageRow> {
     sqlx::query_as!(
         ImageRow,
         "insert into images (name, kind, arch, path, size, sha256, source, created_by)
@@ -49,9 +51,10 @@ pub async fn insert(conn: &mut PgConnection, i: NewImage<'_>) -> Result<ImageRow
     )
     .fetch_one(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
-pub async fn list(conn: &mut PgConnection) -> Result<Vec<ImageRow>, sqlx::Error> {
+pub async fn list(conn: &mut PgConnection) -> Result<Vec<ImageRow>> {
     sqlx::query_as!(
         ImageRow,
         "select id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256
@@ -59,9 +62,10 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<ImageRow>, sqlx::Error>
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
-pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<ImageRow>, sqlx::Error> {
+pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<ImageRow>> {
     sqlx::query_as!(
         ImageRow,
         "select id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256
@@ -70,10 +74,11 @@ pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<ImageRow>
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Deletes the entry (locked by the caller's transaction until it commits).
-pub async fn delete(conn: &mut PgConnection, name: &str) -> Result<Option<ImageRow>, sqlx::Error> {
+pub async fn delete(conn: &mut PgConnection, name: &str) -> Result<Option<ImageRow>> {
     sqlx::query_as!(
         ImageRow,
         "delete from images where name = $1
@@ -82,6 +87,7 @@ pub async fn delete(conn: &mut PgConnection, name: &str) -> Result<Option<ImageR
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Records a disk image's firmware, uncompressed size and SHA-256 of those bytes (hex).
@@ -91,7 +97,7 @@ pub async fn set_disk_info(
     firmware: Option<&str>,
     raw_size: Option<i64>,
     raw_sha256: Option<&str>,
-) -> Result<ImageRow, sqlx::Error> {
+) -> Result<ImageRow> {
     sqlx::query_as!(
         ImageRow,
         "update images set firmware = $2, raw_size = $3, raw_sha256 = $4 where id = $1
@@ -103,4 +109,5 @@ pub async fn set_disk_info(
     )
     .fetch_one(conn)
     .await
+    .map_err(crate::Error::from)
 }

@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 /// Columns the machine table sorts by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SortKey {
@@ -150,10 +152,7 @@ fn filters(q: &TableQuery) -> (bool, bool, String) {
 }
 
 /// One page of machines and how many match in all.
-pub async fn table(
-    conn: &mut PgConnection,
-    q: &TableQuery,
-) -> Result<(Vec<TableRow>, i64), sqlx::Error> {
+pub async fn table(conn: &mut PgConnection, q: &TableQuery) -> Result<(Vec<TableRow>, i64)> {
     let (racks, bmcs, conds) = filters(q);
     let sort_racks = q.sort == SortKey::Rack;
     let sort_bmcs = q.sort == SortKey::Power;
@@ -251,7 +250,7 @@ pub async fn table(
 }
 
 /// Machines per state (the filters' counts and the discovered inbox's badge).
-pub async fn state_counts(conn: &mut PgConnection) -> Result<Vec<(String, i64)>, sqlx::Error> {
+pub async fn state_counts(conn: &mut PgConnection) -> Result<Vec<(String, i64)>> {
     let rows = sqlx::query!(
         r#"select state, count(*) as "n!" from machines group by state order by state"#
     )
@@ -261,13 +260,14 @@ pub async fn state_counts(conn: &mut PgConnection) -> Result<Vec<(String, i64)>,
 }
 
 /// How many machines are in `state` (an index scan, for a badge on every page).
-pub async fn count_in_state(conn: &mut PgConnection, state: &str) -> Result<i64, sqlx::Error> {
+pub async fn count_in_state(conn: &mut PgConnection, state: &str) -> Result<i64> {
     sqlx::query_scalar!(
         r#"select count(*) as "n!" from machines where state = $1"#,
         state
     )
     .fetch_one(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// A rack's occupant, as the elevation draws it.
@@ -284,10 +284,7 @@ pub struct Occupant {
 }
 
 /// The machines in the given racks (all racks when `None`), by rack then from the top.
-pub async fn occupants(
-    conn: &mut PgConnection,
-    racks: Option<&[Uuid]>,
-) -> Result<Vec<Occupant>, sqlx::Error> {
+pub async fn occupants(conn: &mut PgConnection, racks: Option<&[Uuid]>) -> Result<Vec<Occupant>> {
     sqlx::query_as!(
         Occupant,
         r#"select m.id, m.rack_id as "rack_id!", m.hostname, m.state, m.maintenance,
@@ -299,4 +296,5 @@ pub async fn occupants(
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }

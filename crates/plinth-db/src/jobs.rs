@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 #[derive(Debug, Clone)]
 pub struct JobRow {
     pub id: Uuid,
@@ -40,7 +42,7 @@ pub struct NewJob<'a> {
 }
 
 /// Queues a job and wakes the workers (the NOTIFY is delivered when the transaction commits).
-pub async fn insert(conn: &mut PgConnection, j: NewJob<'_>) -> Result<JobRow, sqlx::Error> {
+pub async fn insert(conn: &mut PgConnection, j: NewJob<'_>) -> Result<JobRow> {
     let row = sqlx::query_as!(
         JobRow,
         "insert into jobs (machine_id, kind, params, max_attempts, chain, requested_by)
@@ -63,7 +65,7 @@ pub async fn insert(conn: &mut PgConnection, j: NewJob<'_>) -> Result<JobRow, sq
     Ok(row)
 }
 
-pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<JobRow>, sqlx::Error> {
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<JobRow>> {
     sqlx::query_as!(
         JobRow,
         "select id, seq, machine_id, kind, params, state, attempts, max_attempts, not_before,
@@ -74,6 +76,7 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<JobRow>, sq
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Jobs newest first, optionally of one machine and/or in one state, before `before_seq`.
@@ -83,7 +86,7 @@ pub async fn list(
     state: Option<&str>,
     before_seq: Option<i64>,
     limit: i64,
-) -> Result<Vec<JobRow>, sqlx::Error> {
+) -> Result<Vec<JobRow>> {
     sqlx::query_as!(
         JobRow,
         "select id, seq, machine_id, kind, params, state, attempts, max_attempts, not_before,
@@ -101,6 +104,7 @@ pub async fn list(
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// A claimed job with what the worker needs to reach the BMC (the password still encrypted).
@@ -132,7 +136,7 @@ pub async fn claim(
     worker: &str,
     limit: i64,
     lease_secs: f64,
-) -> Result<Vec<Claimed>, sqlx::Error> {
+) -> Result<Vec<Claimed>> {
     sqlx::query_as!(
         Claimed,
         r#"with picked as (
@@ -166,6 +170,7 @@ pub async fn claim(
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Extends the leases of `worker`'s running jobs.
@@ -174,7 +179,7 @@ pub async fn renew(
     worker: &str,
     ids: &[Uuid],
     lease_secs: f64,
-) -> Result<u64, sqlx::Error> {
+) -> Result<u64> {
     let r = sqlx::query!(
         "update jobs set lease_until = now() + make_interval(secs => $3)
          where id = any($2) and worker = $1 and state = 'running'",
@@ -194,7 +199,7 @@ pub async fn succeed(
     id: Uuid,
     attempt: i32,
     result: &serde_json::Value,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool> {
     let r = sqlx::query!(
         "update jobs set state = 'succeeded', result = $3, last_error = null, lease_until = null,
              finished_at = now(), updated_at = now()
@@ -215,7 +220,7 @@ pub async fn retry_later(
     attempt: i32,
     error: &str,
     delay_secs: f64,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool> {
     let r = sqlx::query!(
         "update jobs set state = 'queued', last_error = $3, lease_until = null, worker = null,
              not_before = now() + make_interval(secs => $4), updated_at = now()
@@ -237,7 +242,7 @@ pub async fn fail(
     id: Uuid,
     attempt: i32,
     error: &str,
-) -> Result<Option<Vec<Uuid>>, sqlx::Error> {
+) -> Result<Option<Vec<Uuid>>> {
     let chain = sqlx::query_scalar!(
         "update jobs set state = 'failed', last_error = $3, lease_until = null,
              finished_at = now(), updated_at = now()
@@ -259,11 +264,7 @@ pub async fn fail(
 }
 
 /// Cancels the queued jobs of `chain` because one of its jobs failed with `error`.
-pub async fn cancel_chain(
-    conn: &mut PgConnection,
-    chain: Uuid,
-    error: &str,
-) -> Result<Vec<Uuid>, sqlx::Error> {
+pub async fn cancel_chain(conn: &mut PgConnection, chain: Uuid, error: &str) -> Result<Vec<Uuid>> {
     sqlx::query_scalar!(
         "update jobs set state = 'cancelled', finished_at = now(), updated_at = now(),
              last_error = 'not run: an earlier job of the same action failed: ' || $2
@@ -274,6 +275,7 @@ pub async fn cancel_chain(
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// A job whose worker stopped renewing its lease.
@@ -290,10 +292,7 @@ pub struct Stale {
 /// Queues again the running jobs whose lease has passed (or, with `worker`, that worker's
 /// running jobs, whatever their lease: a worker stopping cleanly hands its jobs back). A job
 /// out of attempts fails instead.
-pub async fn requeue_stale(
-    conn: &mut PgConnection,
-    worker: Option<&str>,
-) -> Result<Vec<Stale>, sqlx::Error> {
+pub async fn requeue_stale(conn: &mut PgConnection, worker: Option<&str>) -> Result<Vec<Stale>> {
     sqlx::query_as!(
         Stale,
         r#"with stale as (
@@ -313,6 +312,7 @@ pub async fn requeue_stale(
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// For a machine with a BMC: its firmware mode as far as plinth knows (`uefi` or `bios`, from
@@ -321,7 +321,7 @@ pub async fn requeue_stale(
 pub async fn bmc_firmware(
     conn: &mut PgConnection,
     machine_id: Uuid,
-) -> Result<Option<Option<String>>, sqlx::Error> {
+) -> Result<Option<Option<String>>> {
     let row = sqlx::query!(
         r#"select coalesce(m.facts ->> 'firmware',
                            case when m.pxe_arch = 0 then 'bios'
@@ -337,7 +337,7 @@ pub async fn bmc_firmware(
 /// For a cap on running jobs across every instance: serializes claims for the rest of the
 /// caller's transaction (an advisory lock) and returns how many jobs are running now. Claim in
 /// the same transaction.
-pub async fn lock_and_count_running(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+pub async fn lock_and_count_running(conn: &mut PgConnection) -> Result<i64> {
     // "plinth jobs" as a number: one advisory lock for every instance's claims
     sqlx::query!("select pg_advisory_xact_lock(7001527451)")
         .execute(&mut *conn)
@@ -356,7 +356,7 @@ pub async fn cancel_queued(
     conn: &mut PgConnection,
     id: Uuid,
     reason: &str,
-) -> Result<Option<Vec<Uuid>>, sqlx::Error> {
+) -> Result<Option<Vec<Uuid>>> {
     let row = sqlx::query!(
         "update jobs set state = 'cancelled', finished_at = now(), updated_at = now(),
              last_error = $2

@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 /// The arguments of one lease decision.
 #[derive(Debug)]
 pub struct LeaseCall<'a> {
@@ -42,7 +44,7 @@ pub async fn decide_batch(
     calls: &[LeaseCall<'_>],
     offer_secs: i32,
     quarantine_secs: i32,
-) -> Result<Vec<LeaseDecision>, sqlx::Error> {
+) -> Result<Vec<LeaseDecision>> {
     if calls.is_empty() {
         return Ok(Vec::new());
     }
@@ -78,7 +80,7 @@ pub async fn decide_batch(
             .and_then(|i| i.checked_sub(1))
             .and_then(|i| out.get_mut(i))
             .ok_or_else(|| {
-                sqlx::Error::Protocol(format!("dhcp_lease_batch: item {} out of range", r.i))
+                crate::Error::protocol(format!("dhcp_lease_batch: item {} out of range", r.i))
             })?;
         *slot = Some(LeaseDecision {
             outcome: r.outcome,
@@ -100,7 +102,7 @@ pub async fn decide_batch(
         .enumerate()
         .map(|(i, d)| {
             d.ok_or_else(|| {
-                sqlx::Error::Protocol(format!("dhcp_lease_batch: no answer for item {}", i + 1))
+                crate::Error::protocol(format!("dhcp_lease_batch: no answer for item {}", i + 1))
             })
         })
         .collect()
@@ -123,7 +125,7 @@ pub async fn list(
     subnet_id: Option<Uuid>,
     mac: Option<&str>,
     limit: i64,
-) -> Result<Vec<LeaseRow>, sqlx::Error> {
+) -> Result<Vec<LeaseRow>> {
     sqlx::query_as!(
         LeaseRow,
         r#"select host(l.address) as "address!", l.subnet_id, l.state, l.mac::text as mac, l.hostname, l.expires_at,
@@ -139,11 +141,12 @@ pub async fn list(
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Returns expired leases to the pool and drops free rows that left it. Idempotent; safe on
 /// every instance at once. Returns how many leases were reclaimed.
-pub async fn reclaim_expired(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+pub async fn reclaim_expired(conn: &mut PgConnection) -> Result<u64> {
     let n = sqlx::query!(
         "update leases set state = 'free', expires_at = null, updated_at = now()
          where state <> 'free' and expires_at < now()"
@@ -158,10 +161,7 @@ pub async fn reclaim_expired(conn: &mut PgConnection) -> Result<u64, sqlx::Error
 }
 
 /// Live (unexpired offered or bound) leases of a subnet.
-pub async fn active_in_subnet(
-    conn: &mut PgConnection,
-    subnet_id: Uuid,
-) -> Result<i64, sqlx::Error> {
+pub async fn active_in_subnet(conn: &mut PgConnection, subnet_id: Uuid) -> Result<i64> {
     sqlx::query_scalar!(
         r#"select count(*) as "n!" from leases
            where subnet_id = $1 and state in ('offered', 'bound') and expires_at > now()"#,
@@ -169,4 +169,5 @@ pub async fn active_in_subnet(
     )
     .fetch_one(conn)
     .await
+    .map_err(crate::Error::from)
 }

@@ -9,6 +9,7 @@ pub mod bmcs;
 pub mod boot;
 pub mod deployments;
 pub mod embedded;
+mod error;
 pub mod events;
 pub mod images;
 pub mod inventory;
@@ -26,10 +27,11 @@ pub mod users;
 use std::str::FromStr;
 use std::time::Duration;
 
-use plinth_types::Error;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use error::{Error, Result, Violation};
 pub use migrate::{MIGRATOR, MigrateError, migrate};
+pub use sqlx::pool::PoolConnection;
 pub use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 /// Opens a pool to `url`. `max_connections` bounds what one plinth instance takes.
@@ -43,68 +45,112 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .await
 }
 
+/// Whether the database answers (health checks).
+pub async fn ping(pool: &PgPool) -> Result<()> {
+    sqlx::query("select 1").execute(pool).await?;
+    Ok(())
+}
+
+/// A connection from the pool.
+pub async fn acquire(pool: &PgPool) -> Result<PoolConnection<Postgres>> {
+    Ok(pool.acquire().await?)
+}
+
+/// A transaction on a connection from the pool; dropped without `commit`, it rolls back.
+pub async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+    Ok(pool.begin().await?)
+}
+
+/// Commits `tx`.
+pub async fn commit(tx: Transaction<'_, Postgres>) -> Result<()> {
+    Ok(tx.commit().await?)
+}
+
+/// A connection that LISTENs on one channel: each NOTIFY on it is one `recv`.
+pub struct Listener(sqlx::postgres::PgListener);
+
+impl Listener {
+    pub async fn connect(pool: &PgPool, channel: &str) -> Result<Listener> {
+        let mut l = sqlx::postgres::PgListener::connect_with(pool).await?;
+        l.listen(channel).await?;
+        Ok(Listener(l))
+    }
+
+    /// Waits for the next NOTIFY. An error means the connection is gone: connect again.
+    pub async fn recv(&mut self) -> Result<()> {
+        self.0.recv().await?;
+        Ok(())
+    }
+}
+
 /// Turns a database error into what the client should hear. Constraint violations become
-/// clear 4xx errors named after the rule that was broken; anything else is logged here with
-/// its whole chain and becomes an opaque internal error.
-pub fn classify(err: sqlx::Error) -> Error {
-    if let sqlx::Error::Database(db) = &err {
-        let constraint = db.constraint().unwrap_or("");
+/// clear 4xx errors named after the rule that was broken; anything else is logged here, once,
+/// with its whole chain and the caller's place in the code (`#[track_caller]` through the
+/// callers' `.db()`), and becomes an opaque internal error.
+#[track_caller]
+pub fn classify(err: impl Into<Error>) -> plinth_types::Error {
+    use plinth_types::Error as ApiError;
+    let err: Error = err.into();
+    let at = std::panic::Location::caller();
+    if let Error::Violation {
+        kind,
+        constraint,
+        message,
+    } = &err
+    {
+        let constraint = constraint.as_str();
         let known = match constraint {
-            "nics_mac_key" => Some(Error::conflict(
+            "nics_mac_key" => Some(ApiError::conflict(
                 "duplicate_mac",
                 "a NIC with this MAC address is already enrolled",
             )),
-            "nics_ipv4_key" => Some(Error::conflict(
+            "nics_ipv4_key" => Some(ApiError::conflict(
                 "duplicate_ipv4",
                 "this IPv4 address is already reserved for another NIC",
             )),
-            "machines_hostname_key" => Some(Error::conflict(
+            "machines_hostname_key" => Some(ApiError::conflict(
                 "duplicate_hostname",
                 "another machine already has this hostname",
             )),
-            "machines_rack_overlap" => Some(Error::conflict(
+            "machines_rack_overlap" => Some(ApiError::conflict(
                 "rack_slot_taken",
                 "another machine already occupies these rack units",
             )),
-            "machines_rack_fit" => Some(Error::invalid(
-                "rack_slot_out_of_range",
-                db.message().to_owned(),
-            )),
-            "racks_height_holds_machines" => {
-                Some(Error::conflict("rack_not_empty", db.message().to_owned()))
+            "machines_rack_fit" => {
+                Some(ApiError::invalid("rack_slot_out_of_range", message.clone()))
             }
-            "racks_name_key" => Some(Error::conflict(
+            "racks_height_holds_machines" => {
+                Some(ApiError::conflict("rack_not_empty", message.clone()))
+            }
+            "racks_name_key" => Some(ApiError::conflict(
                 "duplicate_rack",
                 "a rack with this name already exists",
             )),
-            "subnets_overlap" => Some(Error::conflict(
+            "subnets_overlap" => Some(ApiError::conflict(
                 "subnet_overlap",
                 "the subnet overlaps an existing subnet",
             )),
-            "subnet_ranges_inside" => Some(Error::invalid(
-                "range_outside_subnet",
-                db.message().to_owned(),
-            )),
-            "subnet_ranges_overlap" => {
-                Some(Error::invalid("ranges_overlap", db.message().to_owned()))
+            "subnet_ranges_inside" => {
+                Some(ApiError::invalid("range_outside_subnet", message.clone()))
             }
-            "api_tokens_name_key" => Some(Error::conflict(
+            "subnet_ranges_overlap" => Some(ApiError::invalid("ranges_overlap", message.clone())),
+            "api_tokens_name_key" => Some(ApiError::conflict(
                 "duplicate_token",
                 "a token with this name already exists",
             )),
-            "deployments_image_id_fkey" => Some(Error::conflict(
+            "deployments_image_id_fkey" => Some(ApiError::conflict(
                 "image_in_use",
                 "a deployment uses this image; release its machine first",
             )),
-            "images_name_key" => Some(Error::conflict(
+            "images_name_key" => Some(ApiError::conflict(
                 "duplicate_image",
                 "an image with this name already exists",
             )),
-            "images_path_key" => Some(Error::conflict(
+            "images_path_key" => Some(ApiError::conflict(
                 "duplicate_image_path",
                 "another image already names this file",
             )),
-            "machines_rack_id_fkey" => Some(Error::conflict(
+            "machines_rack_id_fkey" => Some(ApiError::conflict(
                 "rack_not_empty",
                 "the rack still holds machines",
             )),
@@ -113,23 +159,24 @@ pub fn classify(err: sqlx::Error) -> Error {
         if let Some(e) = known {
             return e;
         }
-        if db.code().as_deref() == Some("23514") {
+        if *kind == Violation::Check {
             // A check constraint the application should have caught first; say which.
-            return Error::invalid(
+            return ApiError::invalid(
                 "constraint_violation",
                 format!("the value breaks the rule {constraint}"),
             );
         }
     }
-    if matches!(
-        err,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    ) {
-        tracing::error!(error = %err, "database unavailable");
-        return Error::unavailable("the database is unavailable");
+    if err.is_retryable() {
+        tracing::warn!(error = %err, %at, "a concurrent change got in the way");
+        return ApiError::unavailable("a concurrent change got in the way: try again");
     }
-    tracing::error!(error = ?err, "database error");
-    Error::internal()
+    if err.is_unavailable() {
+        tracing::error!(error = %err, %at, "database unavailable");
+        return ApiError::unavailable("the database is unavailable");
+    }
+    tracing::error!(error = ?err, %at, "database error");
+    ApiError::internal()
 }
 
 /// Escapes `%`, `_` and `\` for use inside an ILIKE pattern.

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 #[derive(Debug, Clone)]
 pub struct MachineRow {
     pub id: Uuid,
@@ -42,11 +44,7 @@ pub struct MachineFields<'a> {
     pub boot_file: Option<&'a str>,
 }
 
-pub async fn insert(
-    conn: &mut PgConnection,
-    f: &MachineFields<'_>,
-    state: &str,
-) -> Result<Uuid, sqlx::Error> {
+pub async fn insert(conn: &mut PgConnection, f: &MachineFields<'_>, state: &str) -> Result<Uuid> {
     sqlx::query_scalar!(
         "insert into machines (hostname, rack_id, rack_unit, size_u, pool, tags, arch, boot_file, state)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning id",
@@ -62,13 +60,10 @@ pub async fn insert(
     )
     .fetch_one(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
-pub async fn update_fields(
-    conn: &mut PgConnection,
-    id: Uuid,
-    f: &MachineFields<'_>,
-) -> Result<(), sqlx::Error> {
+pub async fn update_fields(conn: &mut PgConnection, id: Uuid, f: &MachineFields<'_>) -> Result<()> {
     sqlx::query!(
         "update machines set hostname = $2, rack_id = $3, rack_unit = $4, size_u = $5, pool = $6,
                 tags = $7, arch = $8, boot_file = $9, updated_at = now()
@@ -88,7 +83,7 @@ pub async fn update_fields(
     Ok(())
 }
 
-pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<MachineRow>, sqlx::Error> {
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<MachineRow>> {
     sqlx::query_as!(
         MachineRow,
         r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
@@ -101,13 +96,11 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<MachineRow>
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Locks the machine row for the rest of the transaction.
-pub async fn get_for_update(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> Result<Option<MachineRow>, sqlx::Error> {
+pub async fn get_for_update(conn: &mut PgConnection, id: Uuid) -> Result<Option<MachineRow>> {
     sqlx::query_as!(
         MachineRow,
         r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
@@ -121,12 +114,10 @@ pub async fn get_for_update(
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
-pub async fn get_many(
-    conn: &mut PgConnection,
-    ids: &[Uuid],
-) -> Result<Vec<MachineRow>, sqlx::Error> {
+pub async fn get_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<MachineRow>> {
     sqlx::query_as!(
         MachineRow,
         r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
@@ -140,6 +131,7 @@ pub async fn get_many(
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 #[derive(Debug, Default)]
@@ -159,7 +151,7 @@ pub struct ListFilter {
     pub limit: i64,
 }
 
-pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<MachineRow>, sqlx::Error> {
+pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<MachineRow>> {
     let q_like =
         f.q.as_deref()
             .map(|q| format!("%{}%", crate::like_escape(q)));
@@ -197,6 +189,7 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<Machine
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// What a lifecycle transition writes besides the state itself.
@@ -224,7 +217,7 @@ pub async fn transition(
     reason: Option<&str>,
     automated: bool,
     effects: &TransitionEffects,
-) -> Result<Option<(String, i64)>, sqlx::Error> {
+) -> Result<Option<(String, i64)>> {
     let row = sqlx::query!(
         r#"with old as (select id, state from machines where id = $1 for update)
          update machines m set
@@ -256,10 +249,7 @@ pub async fn transition(
 }
 
 /// Current state and version, for explaining a refused transition.
-pub async fn state_of(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> Result<Option<(String, i64)>, sqlx::Error> {
+pub async fn state_of(conn: &mut PgConnection, id: Uuid) -> Result<Option<(String, i64)>> {
     let row = sqlx::query!(
         "select state, state_version from machines where id = $1",
         id
@@ -276,7 +266,7 @@ pub async fn set_maintenance(
     on: bool,
     reason: Option<&str>,
     expected_version: Option<i64>,
-) -> Result<Option<i64>, sqlx::Error> {
+) -> Result<Option<i64>> {
     sqlx::query_scalar!(
         "update machines set maintenance = $2, maintenance_reason = case when $2 then $3 else null end,
                 state_version = state_version + 1, updated_at = now()
@@ -289,6 +279,7 @@ pub async fn set_maintenance(
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 pub async fn set_facts(
@@ -296,7 +287,7 @@ pub async fn set_facts(
     id: Uuid,
     facts: &serde_json::Value,
     arch: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     sqlx::query!(
         "update machines set facts = $2, arch = $3, updated_at = now() where id = $1",
         id,
@@ -327,7 +318,7 @@ pub struct AllocationFilter {
 pub async fn pick_for_allocation(
     conn: &mut PgConnection,
     f: &AllocationFilter,
-) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+) -> Result<Vec<(Uuid, i64)>> {
     let rows = sqlx::query!(
         r#"select m.id, m.state_version from machines m
            where m.state = 'ready' and not m.maintenance
@@ -367,7 +358,7 @@ pub async fn force_state(
     id: Uuid,
     state: &str,
     allocation_id: Option<Uuid>,
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     sqlx::query!(
         "update machines set state = $2, allocation_id = $3, state_version = state_version + 1,
                 rack_id = case when $2 = 'decommissioned' then null else rack_id end,
@@ -387,7 +378,7 @@ pub async fn force_state(
 pub async fn note_pxe_clients(
     conn: &mut PgConnection,
     clients: &[(Uuid, Option<i32>, Option<Uuid>)],
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     if clients.is_empty() {
         return Ok(());
     }
@@ -417,7 +408,7 @@ pub async fn insert_discovered(
     pxe_arch: Option<i32>,
     pxe_uuid: Option<Uuid>,
     subnet_id: Option<Uuid>,
-) -> Result<Option<Uuid>, sqlx::Error> {
+) -> Result<Option<Uuid>> {
     let id = sqlx::query_scalar!(
         "insert into machines (state, arch, pxe_arch, pxe_uuid, discovered_subnet_id)
          select 'discovered', $2, $3, $4, $5
@@ -448,7 +439,7 @@ pub async fn insert_discovered(
 pub async fn boot_info_by_mac(
     conn: &mut PgConnection,
     mac: &str,
-) -> Result<Option<(Uuid, String, Option<String>)>, sqlx::Error> {
+) -> Result<Option<(Uuid, String, Option<String>)>> {
     let row = sqlx::query!(
         "select m.id, m.state, m.boot_file from nics n join machines m on m.id = n.machine_id
          where n.mac = $1::text::macaddr and (n.active or m.state = 'decommissioned')
@@ -466,7 +457,7 @@ pub async fn stuck(
     state: &str,
     secs: f64,
     limit: i64,
-) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+) -> Result<Vec<(Uuid, i64)>> {
     let rows = sqlx::query!(
         "select id, state_version from machines
          where state = $1 and not maintenance
@@ -487,7 +478,7 @@ pub async fn stuck_deploying(
     conn: &mut PgConnection,
     secs: f64,
     limit: i64,
-) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+) -> Result<Vec<(Uuid, i64)>> {
     let rows = sqlx::query!(
         "select id, state_version from machines
          where state = 'deploying' and not maintenance
@@ -508,7 +499,7 @@ pub async fn set_state_reason(
     id: Uuid,
     state: &str,
     reason: &str,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool> {
     let n = sqlx::query!(
         "update machines set state_reason = $3, updated_at = now() where id = $1 and state = $2",
         id,

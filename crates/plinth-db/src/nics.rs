@@ -4,6 +4,8 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 #[derive(Debug, Clone)]
 pub struct NicRow {
     pub machine_id: Uuid,
@@ -20,7 +22,7 @@ pub async fn insert(
     mac: &str,
     ipv4: Option<&str>,
     pxe: bool,
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     sqlx::query!(
         "insert into nics (machine_id, mac, ipv4, pxe) values ($1, $2::text::macaddr, $3::text::inet, $4)",
         machine_id,
@@ -34,10 +36,7 @@ pub async fn insert(
 }
 
 /// The active NICs of these machines, in the order they were enrolled.
-pub async fn for_machines(
-    conn: &mut PgConnection,
-    ids: &[Uuid],
-) -> Result<Vec<NicRow>, sqlx::Error> {
+pub async fn for_machines(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<NicRow>> {
     sqlx::query_as!(
         NicRow,
         r#"select machine_id, mac::text as "mac!", host(ipv4) as ipv4, pxe
@@ -47,13 +46,11 @@ pub async fn for_machines(
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Frees the MACs and addresses of a decommissioned machine; the rows stay for audit.
-pub async fn deactivate_for_machine(
-    conn: &mut PgConnection,
-    machine_id: Uuid,
-) -> Result<(), sqlx::Error> {
+pub async fn deactivate_for_machine(conn: &mut PgConnection, machine_id: Uuid) -> Result<()> {
     sqlx::query!(
         "update nics set active = false where machine_id = $1",
         machine_id

@@ -3,6 +3,8 @@
 
 use sqlx::PgConnection;
 
+use crate::Result;
+
 #[derive(Debug, Clone)]
 pub struct PoolRow {
     pub name: String,
@@ -11,10 +13,7 @@ pub struct PoolRow {
 }
 
 /// A pool's own wipe method, if it has one.
-pub async fn wipe_method(
-    conn: &mut PgConnection,
-    pool: &str,
-) -> Result<Option<String>, sqlx::Error> {
+pub async fn wipe_method(conn: &mut PgConnection, pool: &str) -> Result<Option<String>> {
     Ok(
         sqlx::query_scalar!("select wipe_method from pools where name = $1", pool)
             .fetch_optional(conn)
@@ -28,7 +27,7 @@ pub async fn set_wipe_method(
     conn: &mut PgConnection,
     pool: &str,
     method: Option<&str>,
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     sqlx::query!(
         "insert into pools (name, wipe_method) values ($1, $2)
          on conflict (name) do update set wipe_method = excluded.wipe_method, updated_at = now()",
@@ -40,7 +39,7 @@ pub async fn set_wipe_method(
     Ok(())
 }
 
-pub async fn get(conn: &mut PgConnection, pool: &str) -> Result<Option<PoolRow>, sqlx::Error> {
+pub async fn get(conn: &mut PgConnection, pool: &str) -> Result<Option<PoolRow>> {
     sqlx::query_as!(
         PoolRow,
         r#"select $1::text as "name!",
@@ -50,10 +49,11 @@ pub async fn get(conn: &mut PgConnection, pool: &str) -> Result<Option<PoolRow>,
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Every pool that has machines (not decommissioned) or settings, by name.
-pub async fn list(conn: &mut PgConnection) -> Result<Vec<PoolRow>, sqlx::Error> {
+pub async fn list(conn: &mut PgConnection) -> Result<Vec<PoolRow>> {
     sqlx::query_as!(
         PoolRow,
         r#"with used as (
@@ -67,4 +67,5 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<PoolRow>, sqlx::Error> 
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 #[derive(Debug, Clone)]
 pub struct RackRow {
     pub id: Uuid,
@@ -25,11 +27,7 @@ pub struct RackFields<'a> {
     pub height_u: i32,
 }
 
-pub async fn insert(
-    conn: &mut PgConnection,
-    name: &str,
-    f: &RackFields<'_>,
-) -> Result<Uuid, sqlx::Error> {
+pub async fn insert(conn: &mut PgConnection, name: &str, f: &RackFields<'_>) -> Result<Uuid> {
     sqlx::query_scalar!(
         "insert into racks (name, site, room, row_name, height_u) values ($1, $2, $3, $4, $5) returning id",
         name,
@@ -40,9 +38,10 @@ pub async fn insert(
     )
     .fetch_one(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
-pub async fn list(conn: &mut PgConnection) -> Result<Vec<RackRow>, sqlx::Error> {
+pub async fn list(conn: &mut PgConnection) -> Result<Vec<RackRow>> {
     sqlx::query_as!(
         RackRow,
         r#"select r.id, r.name, r.site, r.room, r.row_name, r.height_u,
@@ -53,9 +52,10 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<RackRow>, sqlx::Error> 
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
-pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<RackRow>, sqlx::Error> {
+pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<RackRow>> {
     sqlx::query_as!(
         RackRow,
         r#"select r.id, r.name, r.site, r.room, r.row_name, r.height_u,
@@ -68,20 +68,18 @@ pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<RackRow>,
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Locks the rack row and returns its id.
-pub async fn lock_id(conn: &mut PgConnection, name: &str) -> Result<Option<Uuid>, sqlx::Error> {
+pub async fn lock_id(conn: &mut PgConnection, name: &str) -> Result<Option<Uuid>> {
     sqlx::query_scalar!("select id from racks where name = $1 for update", name)
         .fetch_optional(conn)
         .await
+        .map_err(crate::Error::from)
 }
 
-pub async fn update(
-    conn: &mut PgConnection,
-    id: Uuid,
-    f: &RackFields<'_>,
-) -> Result<(), sqlx::Error> {
+pub async fn update(conn: &mut PgConnection, id: Uuid, f: &RackFields<'_>) -> Result<()> {
     sqlx::query!(
         "update racks set site = $2, room = $3, row_name = $4, height_u = $5, updated_at = now() where id = $1",
         id,
@@ -96,7 +94,7 @@ pub async fn update(
 }
 
 /// Deletes the rack; the foreign key refuses while machines are mounted in it.
-pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<()> {
     sqlx::query!("delete from racks where id = $1", id)
         .execute(conn)
         .await?;

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 #[derive(Debug, Clone)]
 pub struct SubnetRow {
     pub id: Uuid,
@@ -32,11 +34,7 @@ pub struct SubnetFields<'a> {
     pub relay_any_in_cidr: bool,
 }
 
-pub async fn insert(
-    conn: &mut PgConnection,
-    cidr: &str,
-    f: &SubnetFields<'_>,
-) -> Result<Uuid, sqlx::Error> {
+pub async fn insert(conn: &mut PgConnection, cidr: &str, f: &SubnetFields<'_>) -> Result<Uuid> {
     sqlx::query_scalar!(
         "insert into subnets (cidr, router, dns_servers, domain, lease_time, boot_server, relay_addresses,
                               relay_any_in_cidr)
@@ -53,13 +51,10 @@ pub async fn insert(
     )
     .fetch_one(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
-pub async fn update(
-    conn: &mut PgConnection,
-    id: Uuid,
-    f: &SubnetFields<'_>,
-) -> Result<(), sqlx::Error> {
+pub async fn update(conn: &mut PgConnection, id: Uuid, f: &SubnetFields<'_>) -> Result<()> {
     sqlx::query!(
         "update subnets set router = $2::text::inet, dns_servers = $3::text[]::inet[], domain = $4,
                 lease_time = $5, boot_server = $6::text::inet, relay_addresses = $7::text[]::inet[],
@@ -85,7 +80,7 @@ pub async fn set_ranges(
     conn: &mut PgConnection,
     id: Uuid,
     ranges: &[(String, String)],
-) -> Result<(), sqlx::Error> {
+) -> Result<()> {
     sqlx::query!("delete from subnet_ranges where subnet_id = $1", id)
         .execute(&mut *conn)
         .await?;
@@ -125,10 +120,7 @@ pub async fn set_ranges(
     Ok(())
 }
 
-pub async fn ranges(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> Result<Vec<(String, String)>, sqlx::Error> {
+pub async fn ranges(conn: &mut PgConnection, id: Uuid) -> Result<Vec<(String, String)>> {
     let rows = sqlx::query!(
         r#"select host(first_addr) as "first!", host(last_addr) as "last!" from subnet_ranges
            where subnet_id = $1 order by first_addr"#,
@@ -140,7 +132,7 @@ pub async fn ranges(
 }
 
 /// All subnets, or the one with `id`, with their pool size and live lease count.
-async fn select(conn: &mut PgConnection, id: Option<Uuid>) -> Result<Vec<SubnetRow>, sqlx::Error> {
+async fn select(conn: &mut PgConnection, id: Option<Uuid>) -> Result<Vec<SubnetRow>> {
     sqlx::query_as!(
         SubnetRow,
         r#"select s.id, s.cidr::text as "cidr!", host(s.router) as router,
@@ -157,22 +149,20 @@ async fn select(conn: &mut PgConnection, id: Option<Uuid>) -> Result<Vec<SubnetR
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
-pub async fn list(conn: &mut PgConnection) -> Result<Vec<SubnetRow>, sqlx::Error> {
+pub async fn list(conn: &mut PgConnection) -> Result<Vec<SubnetRow>> {
     select(conn, None).await
 }
 
-pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<SubnetRow>, sqlx::Error> {
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<SubnetRow>> {
     Ok(select(conn, Some(id)).await?.pop())
 }
 
 /// Of these relay agent addresses (giaddr, dotted quads), those a subnet accepts: listed in
 /// its `relay_addresses`, or inside its CIDR when it allows any relay there.
-pub async fn accepted_relays(
-    conn: &mut PgConnection,
-    giaddrs: &[String],
-) -> Result<Vec<String>, sqlx::Error> {
+pub async fn accepted_relays(conn: &mut PgConnection, giaddrs: &[String]) -> Result<Vec<String>> {
     sqlx::query_scalar!(
         r#"select host(g) as "g!" from unnest($1::text[]::inet[]) g
            where exists (select 1 from subnets sn
@@ -181,10 +171,11 @@ pub async fn accepted_relays(
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Locks the subnet row.
-pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<bool> {
     Ok(
         sqlx::query_scalar!("select id from subnets where id = $1 for update", id)
             .fetch_optional(conn)
@@ -193,7 +184,7 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error
     )
 }
 
-pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<()> {
     sqlx::query!("delete from subnets where id = $1", id)
         .execute(conn)
         .await?;

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 #[derive(Debug, Clone)]
 pub struct TokenRow {
     pub id: Uuid,
@@ -21,7 +23,7 @@ pub async fn insert(
     role: &str,
     secret_sha256: &[u8],
     expires_at: Option<DateTime<Utc>>,
-) -> Result<TokenRow, sqlx::Error> {
+) -> Result<TokenRow> {
     sqlx::query_as!(
         TokenRow,
         "insert into api_tokens (name, role, secret_sha256, expires_at) values ($1, $2, $3, $4)
@@ -33,6 +35,7 @@ pub async fn insert(
     )
     .fetch_one(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// The token with this secret hash, marking it used if it is live (not revoked or expired). `last_used_at` is
@@ -40,7 +43,7 @@ pub async fn insert(
 pub async fn authenticate(
     conn: &mut PgConnection,
     secret_sha256: &[u8],
-) -> Result<Option<TokenRow>, sqlx::Error> {
+) -> Result<Option<TokenRow>> {
     let row = sqlx::query_as!(
         TokenRow,
         "select id, name, role, created_at, last_used_at, revoked_at, expires_at
@@ -65,7 +68,7 @@ pub async fn authenticate(
     Ok(row)
 }
 
-pub async fn list(conn: &mut PgConnection) -> Result<Vec<TokenRow>, sqlx::Error> {
+pub async fn list(conn: &mut PgConnection) -> Result<Vec<TokenRow>> {
     sqlx::query_as!(
         TokenRow,
         "select id, name, role, created_at, last_used_at, revoked_at, expires_at
@@ -73,11 +76,12 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<TokenRow>, sqlx::Error>
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Revokes the token called `name`; `None` when there is none. Revoking twice keeps the
 /// first time.
-pub async fn revoke(conn: &mut PgConnection, name: &str) -> Result<Option<TokenRow>, sqlx::Error> {
+pub async fn revoke(conn: &mut PgConnection, name: &str) -> Result<Option<TokenRow>> {
     sqlx::query_as!(
         TokenRow,
         "update api_tokens set revoked_at = coalesce(revoked_at, now()) where name = $1
@@ -86,4 +90,5 @@ pub async fn revoke(conn: &mut PgConnection, name: &str) -> Result<Option<TokenR
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }

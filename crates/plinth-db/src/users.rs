@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::Result;
+
 #[derive(Debug, Clone)]
 pub struct UserRow {
     pub id: Uuid,
@@ -25,7 +27,7 @@ pub async fn upsert(
     username: &str,
     role: &str,
     password_hash: &str,
-) -> Result<(UserRow, bool), sqlx::Error> {
+) -> Result<(UserRow, bool)> {
     let row = sqlx::query!(
         r#"insert into users (username, role, password_hash) values ($1, $2, $3)
          on conflict (username) do update set role = excluded.role,
@@ -62,10 +64,7 @@ pub async fn upsert(
 
 /// The user, for a login: read without a lock (the password is hashed outside any
 /// transaction; the counters are then changed by single atomic updates).
-pub async fn for_login(
-    conn: &mut PgConnection,
-    username: &str,
-) -> Result<Option<UserRow>, sqlx::Error> {
+pub async fn for_login(conn: &mut PgConnection, username: &str) -> Result<Option<UserRow>> {
     sqlx::query_as!(
         UserRow,
         "select id, username, role, password_hash, created_at, disabled_at, last_login_at,
@@ -75,9 +74,10 @@ pub async fn for_login(
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
-pub async fn list(conn: &mut PgConnection) -> Result<Vec<UserRow>, sqlx::Error> {
+pub async fn list(conn: &mut PgConnection) -> Result<Vec<UserRow>> {
     sqlx::query_as!(
         UserRow,
         "select id, username, role, password_hash, created_at, disabled_at, last_login_at,
@@ -86,6 +86,7 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<UserRow>, sqlx::Error> 
     )
     .fetch_all(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// Records a wrong password: counts it, and locks the account until `lock_until` when the
@@ -95,7 +96,7 @@ pub async fn login_failed(
     id: Uuid,
     limit: i32,
     lock_until: DateTime<Utc>,
-) -> Result<i32, sqlx::Error> {
+) -> Result<i32> {
     let n = sqlx::query_scalar!(
         "update users set failed_logins = failed_logins + 1,
              locked_until = case when failed_logins + 1 >= $2 then $3 else locked_until end
@@ -109,7 +110,7 @@ pub async fn login_failed(
     Ok(n)
 }
 
-pub async fn login_succeeded(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn login_succeeded(conn: &mut PgConnection, id: Uuid) -> Result<()> {
     sqlx::query!(
         "update users set failed_logins = 0, locked_until = null, last_login_at = now()
          where id = $1",
@@ -137,7 +138,7 @@ pub async fn insert_session(
     csrf_token: &str,
     idle_secs: f64,
     max_secs: f64,
-) -> Result<Uuid, sqlx::Error> {
+) -> Result<Uuid> {
     // Sessions that ended long ago go when new ones begin.
     sqlx::query!("delete from ui_sessions where max_expires_at < now() or expires_at < now()")
         .execute(&mut *conn)
@@ -155,6 +156,7 @@ pub async fn insert_session(
     )
     .fetch_one(conn)
     .await
+    .map_err(crate::Error::from)
 }
 
 /// The live session with this secret (its user enabled), its idle expiry pushed forward by
@@ -163,7 +165,7 @@ pub async fn session(
     conn: &mut PgConnection,
     secret_sha256: &[u8],
     idle_secs: f64,
-) -> Result<Option<SessionRow>, sqlx::Error> {
+) -> Result<Option<SessionRow>> {
     let row = sqlx::query_as!(
         SessionRow,
         "select s.id, s.user_id, u.username, u.role, s.csrf_token, s.expires_at
@@ -190,7 +192,7 @@ pub async fn session(
 pub async fn delete_session(
     conn: &mut PgConnection,
     secret_sha256: &[u8],
-) -> Result<Option<String>, sqlx::Error> {
+) -> Result<Option<String>> {
     sqlx::query_scalar!(
         "delete from ui_sessions s using users u
          where s.secret_sha256 = $1 and u.id = s.user_id returning u.username",
@@ -198,4 +200,5 @@ pub async fn delete_session(
     )
     .fetch_optional(conn)
     .await
+    .map_err(crate::Error::from)
 }

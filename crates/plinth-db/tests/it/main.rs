@@ -1,3 +1,4 @@
 //! plinth-db's integration tests, against a real PostgreSQL (plinth-testkit's TestDb).
 
+mod errors;
 mod migrations;

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use minijinja::context;
 use plinth_core::App;
-use plinth_db::inventory::TableQuery;
+use plinth_core::inventory::TableQuery;
 use plinth_types::api::{BmcProtocol, BmcSpec, MachineCreate, NicSpec};
 use plinth_types::{Error, MacAddr};
 use serde::Deserialize;

@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use minijinja::context;
 use plinth_core::App;
-use plinth_db::inventory::Occupant;
+use plinth_core::inventory::Occupant;
 use plinth_types::MachineState;
 use plinth_types::api::{Rack, RackCreate};
 use serde::Deserialize;

@@ -5,22 +5,9 @@
 
 use std::fmt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Inspect,
-    Clean,
-    Deploy,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Inspect => "inspect",
-            Mode::Clean => "clean",
-            Mode::Deploy => "deploy",
-        }
-    }
-}
+/// The agent's mode is plinth's: the same enum the boot script writes and the API checks
+/// tokens against.
+pub use plinth_types::AgentMode as Mode;
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Params {
@@ -57,16 +44,11 @@ pub fn parse(cmdline: &str) -> Result<Params, String> {
         };
         match key {
             "plinth.mode" => {
-                mode = Some(match value {
-                    "inspect" => Mode::Inspect,
-                    "clean" => Mode::Clean,
-                    "deploy" => Mode::Deploy,
-                    other => {
-                        return Err(format!(
-                            "unknown plinth.mode={other} (want inspect, clean or deploy)"
-                        ));
-                    }
-                })
+                mode = Some(
+                    value
+                        .parse::<Mode>()
+                        .map_err(|e| format!("plinth.mode={value}: {e}"))?,
+                )
             }
             "plinth.api" => {
                 if !(value.starts_with("http://") || value.starts_with("https://")) {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::{Buf, Bytes, BytesMut};
 use plinth_core::App;
+use plinth_types::netboot;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -301,8 +302,8 @@ pub(crate) fn file_request(line: &[u8]) -> Option<(bool, &[u8])> {
         _ => return None,
     };
     let path = target.split(|&b| b == b'?').next()?;
-    let rest = path.strip_prefix(b"/boot/")?;
-    (rest != b"ipxe").then_some((head, rest))
+    let rest = path.strip_prefix(netboot::BOOT_PREFIX.as_bytes())?;
+    (rest != netboot::SCRIPT_NAME.as_bytes()).then_some((head, rest))
 }
 
 /// `%xx` decoding, as axum's Path extractor does; `None` for bad escapes or non-UTF-8.

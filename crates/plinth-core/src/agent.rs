@@ -12,14 +12,15 @@ use std::net::IpAddr;
 
 use chrono::Utc;
 use plinth_types::api::{CleanReport, CleanResult, InspectionReport, Machine};
-use plinth_types::{Error, Verb};
+use plinth_types::behaviour::Outcome;
+use plinth_types::{AgentMode, Error, MachineState};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::auth::{Permission, hash_secret};
-use crate::lifecycle::validate_report;
+use crate::lifecycle::{report_outcome, validate_report};
 use crate::machines::not_found;
-use crate::{App, DbResult, Principal, Result, convert};
+use crate::{App, DbResult, Principal, Result};
 
 /// Why an agent token may not report for machine `id` in `mode`: another machine's, another
 /// mode's, used, or expired. `None`: it may.
@@ -69,19 +70,11 @@ impl Reporter {
     }
 }
 
-/// The verb of an agent's outcome, and the reason of a failure (`default` when it gave none).
-fn outcome(
-    result: CleanResult,
-    reason: &Option<String>,
-    (done, failed): (Verb, Verb),
-    default: &str,
-) -> (Verb, Option<String>) {
+/// The reason of a failed report (`default` when the agent gave none); none for a success.
+fn failure_reason(result: CleanResult, reason: &Option<String>, default: &str) -> Option<String> {
     match result {
-        CleanResult::Complete => (done, None),
-        CleanResult::Failed => (
-            failed,
-            Some(reason.clone().unwrap_or_else(|| default.to_owned())),
-        ),
+        CleanResult::Complete => None,
+        CleanResult::Failed => Some(reason.clone().unwrap_or_else(|| default.to_owned())),
     }
 }
 
@@ -116,9 +109,10 @@ impl App {
         &self,
         secret: &str,
         id: Uuid,
-        mode: &str,
+        mode: AgentMode,
         peer: Option<IpAddr>,
     ) -> Result<Reporter> {
+        let mode = mode.as_str();
         if secret.is_empty() || secret.len() > 256 {
             return Err(Error::unauthorized("invalid token"));
         }
@@ -209,13 +203,13 @@ impl App {
         tx: &mut plinth_db::PgConnection,
         hash: &[u8; 32],
         id: Uuid,
-        mode: &str,
+        mode: AgentMode,
     ) -> Result<()> {
         if plinth_db::boot::use_agent_token(tx, hash).await.db()? {
             return Ok(());
         }
         let why = "this agent token was already used";
-        self.record_refusal(id, id, mode, why, None).await;
+        self.record_refusal(id, id, mode.as_str(), why, None).await;
         Err(Error::unauthorized(why))
     }
 
@@ -228,12 +222,12 @@ impl App {
         id: Uuid,
         report: InspectionReport,
     ) -> Result<Machine> {
-        match self.reporter(secret, id, "inspect", peer).await? {
+        match self.reporter(secret, id, AgentMode::Inspect, peer).await? {
             Reporter::Person(p) => self.submit_inspection(&p, id, report).await,
             Reporter::Agent { hash, principal } => {
                 validate_report(&report)?;
                 let mut tx = self.begin().await?;
-                self.spend(&mut tx, &hash, id, "inspect").await?;
+                self.spend(&mut tx, &hash, id, AgentMode::Inspect).await?;
                 let m = self.inspection_in(&mut tx, &principal, id, report).await?;
                 tx.commit().await.db()?;
                 tracing::info!(machine_id = %id, "inspection reported by the agent");
@@ -252,10 +246,13 @@ impl App {
         report: CleanReport,
     ) -> Result<Machine> {
         validate_clean(&report)?;
-        let (principal, hash) = self.reporter(secret, id, "clean", peer).await?.into_parts();
+        let (principal, hash) = self
+            .reporter(secret, id, AgentMode::Clean, peer)
+            .await?
+            .into_parts();
         let mut tx = self.begin().await?;
         if let Some(hash) = &hash {
-            self.spend(&mut tx, hash, id, "clean").await?;
+            self.spend(&mut tx, hash, id, AgentMode::Clean).await?;
         }
         let current = plinth_db::machines::get_for_update(&mut tx, id)
             .await
@@ -276,65 +273,46 @@ impl App {
         if let Some(why) = &shortfall {
             tracing::warn!(machine_id = %id, reason = %why, "a clean report that claims success falls short");
         }
-        let (verb, reason) = match &shortfall {
-            Some(why) => (Verb::CleanFail, Some(why.clone())),
-            None => outcome(
+        let reason = match &shortfall {
+            Some(why) => Some(why.clone()),
+            None => failure_reason(
                 report.result,
                 &report.reason,
-                (Verb::CleanComplete, Verb::CleanFail),
                 "the cleaning agent reported a failure",
             ),
         };
-        let details = json!({ "disks": report.disks, "method_required": required });
-        // A machine being decommissioned is wiped on its way out: a clean report completes
-        // the decommission (its NICs, addresses and rack slot freed; the BMC retired).
-        if current.state == plinth_types::MachineState::Decommissioning.as_str() {
-            if verb == Verb::CleanComplete {
+        // What the outcome does is the state's: cleaning → ready or clean_failed; a machine
+        // being decommissioned is wiped on its way out, so its success completes the
+        // decommission (NICs, addresses and rack slot freed; the BMC retired) and its failure
+        // is recorded and leaves it decommissioning.
+        let state: MachineState = current.state.parse().map_err(|_| Error::internal())?;
+        let mut details = json!({ "disks": report.disks, "method_required": required });
+        match report_outcome(state, AgentMode::Clean, reason.is_none()) {
+            Some(Outcome::Apply(verb)) => {
+                if verb.effects().unrack {
+                    details["rack"] = json!(current.rack_name);
+                    details["rack_unit"] = json!(current.rack_unit);
+                }
                 self.apply(
                     &mut tx,
                     &principal,
                     id,
-                    Verb::DecommissionComplete,
+                    verb,
                     None,
+                    reason.as_deref(),
                     None,
-                    plinth_db::machines::TransitionEffects {
-                        unrack: true,
-                        ..Default::default()
-                    },
-                    json!({ "disks": report.disks, "method_required": required, "rack": current.rack_name, "rack_unit": current.rack_unit }),
+                    details,
                 )
                 .await?;
-            } else {
-                crate::record_event_as(
-                    &mut tx,
-                    &principal.name,
-                    Some(id),
-                    "decommission_clean_failed",
-                    json!({ "reason": reason, "disks": report.disks, "method_required": required }),
-                )
-                .await?;
-                tracing::warn!(machine_id = %id, reason = ?reason, "wiping a machine being decommissioned failed");
             }
-            let machine = self.machine_in(&mut tx, id).await?;
-            tx.commit().await.db()?;
-            return Ok(machine);
+            Some(Outcome::Record(kind)) => {
+                details["reason"] = json!(reason);
+                crate::record_event_as(&mut tx, &principal.name, Some(id), kind, details).await?;
+                tracing::warn!(machine_id = %id, %state, reason = ?reason, "the cleaning failed; the state stays ({kind})");
+            }
+            None => return Err(Error::internal()),
         }
-        self.apply(
-            &mut tx,
-            &principal,
-            id,
-            verb,
-            None,
-            reason.as_deref(),
-            plinth_db::machines::TransitionEffects::default(),
-            details,
-        )
-        .await?;
-        let row = plinth_db::machines::get(&mut tx, id)
-            .await
-            .db()?
-            .ok_or_else(|| not_found(id))?;
-        let machine = convert::machine(&mut tx, row).await?;
+        let machine = self.machine_in(&mut tx, id).await?;
         tx.commit().await.db()?;
         tracing::info!(machine_id = %id, result = ?report.result, disks = report.disks.len(), "cleaning reported");
         Ok(machine)
@@ -443,31 +421,36 @@ fn human(bytes: u64) -> String {
 }
 
 impl App {
-    /// The deployment of a machine that is deploying, or why there is none.
+    /// The deployment of a machine whose state runs the deploy agent, with that state; or why
+    /// there is none.
     async fn deploying(
         &self,
         conn: &mut plinth_db::PgConnection,
         id: Uuid,
-    ) -> Result<plinth_db::deployments::DeploymentRow> {
+    ) -> Result<(MachineState, plinth_db::deployments::DeploymentRow)> {
         let (state, _) = plinth_db::machines::state_of(conn, id)
             .await
             .db()?
             .ok_or_else(|| not_found(id))?;
-        if state != plinth_types::MachineState::Deploying.as_str() {
+        let state: MachineState = state.parse().map_err(|_| Error::internal())?;
+        if state.behaviour().agent_mode() != Some(AgentMode::Deploy) {
             return Err(Error::conflict(
                 "not_deploying",
                 format!("the machine is {state}, not deploying"),
             ));
         }
-        plinth_db::deployments::get(conn, id)
+        let d = plinth_db::deployments::get(conn, id)
             .await
             .db()?
             .ok_or_else(|| {
                 Error::conflict(
                     "no_deployment",
-                    "the machine is deploying but has no deployment: deploy it with an image",
+                    format!(
+                        "the machine is {state} but has no deployment: deploy it with an image"
+                    ),
                 )
-            })
+            })?;
+        Ok((state, d))
     }
 
     /// `GET /machines/{id}/deployment/manifest`: for the deploy agent (its token, mode deploy,
@@ -478,15 +461,15 @@ impl App {
         peer: Option<IpAddr>,
         id: Uuid,
     ) -> Result<plinth_types::api::DeployManifest> {
-        self.reporter(secret, id, "deploy", peer).await?;
+        self.reporter(secret, id, AgentMode::Deploy, peer).await?;
         let mut conn = self.conn().await?;
-        let d = self.deploying(&mut conn, id).await?;
+        let (_, d) = self.deploying(&mut conn, id).await?;
         let image = plinth_db::images::get(&mut conn, &d.image_name)
             .await
             .db()?
             .ok_or_else(Error::internal)?;
         Ok(plinth_types::api::DeployManifest {
-            url_path: format!("/boot/{}", image.path),
+            url_path: plinth_types::netboot::file_url("", &image.path),
             compression: compression(&image.path),
             image: image.name,
             sha256: image.sha256,
@@ -507,11 +490,11 @@ impl App {
         id: Uuid,
         p: plinth_types::api::DeployProgress,
     ) -> Result<()> {
-        let who = match self.reporter(secret, id, "deploy", peer).await? {
+        let who = match self.reporter(secret, id, AgentMode::Deploy, peer).await? {
             Reporter::Agent { principal, .. } | Reporter::Person(principal) => principal,
         };
         let mut tx = self.begin().await?;
-        let d = self.deploying(&mut tx, id).await?;
+        let (state, d) = self.deploying(&mut tx, id).await?;
         let percent = p
             .total_bytes
             .filter(|t| *t > 0)
@@ -524,14 +507,9 @@ impl App {
             human(p.bytes_written),
             human(p.bytes_per_sec)
         );
-        plinth_db::machines::set_state_reason(
-            &mut tx,
-            id,
-            plinth_types::MachineState::Deploying.as_str(),
-            &reason,
-        )
-        .await
-        .db()?;
+        plinth_db::machines::set_state_reason(&mut tx, id, state.as_str(), &reason)
+            .await
+            .db()?;
         let recent = plinth_db::events::latest(&mut tx, id, 1)
             .await
             .db()?
@@ -574,32 +552,39 @@ impl App {
             ));
         }
         let (principal, hash) = self
-            .reporter(secret, id, "deploy", peer)
+            .reporter(secret, id, AgentMode::Deploy, peer)
             .await?
             .into_parts();
         let mut tx = self.begin().await?;
-        self.deploying(&mut tx, id).await?;
+        let (state, _) = self.deploying(&mut tx, id).await?;
         if let Some(hash) = &hash {
-            self.spend(&mut tx, hash, id, "deploy").await?;
+            self.spend(&mut tx, hash, id, AgentMode::Deploy).await?;
         }
-        let (verb, reason) = outcome(
+        let reason = failure_reason(
             report.result,
             &report.reason,
-            (Verb::DeployComplete, Verb::DeployFail),
             "the deploy agent reported a failure",
         );
         let details = json!({ "bytes_written": report.bytes_written, "sha256": report.sha256 });
-        self.apply(
-            &mut tx,
-            &principal,
-            id,
-            verb,
-            None,
-            reason.as_deref(),
-            Default::default(),
-            details,
-        )
-        .await?;
+        match report_outcome(state, AgentMode::Deploy, reason.is_none()) {
+            Some(Outcome::Apply(verb)) => {
+                self.apply(
+                    &mut tx,
+                    &principal,
+                    id,
+                    verb,
+                    None,
+                    reason.as_deref(),
+                    None,
+                    details,
+                )
+                .await?;
+            }
+            Some(Outcome::Record(kind)) => {
+                crate::record_event_as(&mut tx, &principal.name, Some(id), kind, details).await?;
+            }
+            None => return Err(Error::internal()),
+        }
         let m = self.machine_in(&mut tx, id).await?;
         tx.commit().await.db()?;
         tracing::info!(machine_id = %id, result = ?report.result, "deploy reported");

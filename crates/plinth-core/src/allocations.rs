@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use plinth_db::machines::{AllocationFilter, TransitionEffects};
+use plinth_db::machines::AllocationFilter;
 use plinth_types::api::{Allocation, AllocationRequest};
 use plinth_types::{Error, Verb};
 use uuid::Uuid;
@@ -72,10 +72,6 @@ impl App {
             .await
             .db()?;
         for (machine_id, version) in &picked {
-            let effects = TransitionEffects {
-                set_allocation: Some(id),
-                ..Default::default()
-            };
             self.apply(
                 &mut tx,
                 who,
@@ -83,7 +79,7 @@ impl App {
                 Verb::Allocate,
                 Some(*version),
                 None,
-                effects,
+                Some(id),
                 serde_json::json!({ "allocation_id": id }),
             )
             .await?;
@@ -212,10 +208,6 @@ impl App {
             .await
             .db()?;
         for m in &ids {
-            let effects = TransitionEffects {
-                clear_allocation: true,
-                ..Default::default()
-            };
             self.apply(
                 &mut tx,
                 who,
@@ -223,7 +215,7 @@ impl App {
                 Verb::Release,
                 None,
                 None,
-                effects,
+                None,
                 serde_json::json!({ "allocation_id": id }),
             )
             .await?;

@@ -1,5 +1,6 @@
 //! What a network-booted machine runs once iPXE asks plinth for its script: the decision (a
-//! pure function of the machine's lifecycle state, [`script_decision`]), the templates that
+//! pure function of the machine's lifecycle state, [`script_decision`], which reads the
+//! state's [`NetBoot`] in plinth-types' behaviour table), the templates that
 //! turn it into an iPXE script (shipped defaults, overridable from a directory), and
 //! [`App::boot_script`], which looks the machine up, hands the agent a one-time token and
 //! records the request as an event.
@@ -9,7 +10,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use plinth_types::{Error, MacAddr, MachineState};
+use plinth_types::behaviour::NetBoot;
+use plinth_types::netboot::{self, PxeArch};
+use plinth_types::{Error, MacAddr, MachineState, Verb};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -25,24 +28,8 @@ pub enum IdleBoot {
     PowerOff,
 }
 
-/// The mode the ramdisk's agent runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AgentMode {
-    Inspect,
-    Clean,
-    Deploy,
-}
-
-impl AgentMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AgentMode::Inspect => "inspect",
-            AgentMode::Clean => "clean",
-            AgentMode::Deploy => "deploy",
-        }
-    }
-}
+/// The mode the ramdisk's agent runs in (defined once, in plinth-types, for the agent too).
+pub use plinth_types::AgentMode;
 
 /// BIOS or UEFI, as far as the boot script is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -61,8 +48,8 @@ impl Firmware {
             Some("pcbios") => return Firmware::Bios,
             _ => {}
         }
-        match pxe_arch {
-            Some(6 | 7 | 9 | 10 | 11 | 15 | 16 | 18 | 19) => Firmware::Efi,
+        match pxe_arch.and_then(|a| u16::try_from(a).ok()) {
+            Some(code) if PxeArch::is_uefi(code) => Firmware::Efi,
             _ => Firmware::Bios,
         }
     }
@@ -88,38 +75,29 @@ pub enum ScriptAction {
     Wait(String),
 }
 
-/// The boot decision for a script request, as a pure function. `state` is `None` for a MAC
-/// in no inventory.
+/// The boot decision for a script request, as a pure function of the state's [`NetBoot`] and
+/// the two settings it leaves open. `state` is `None` for a MAC in no inventory, which is
+/// treated as the discovered machine it is about to become.
 pub fn script_decision(
     state: Option<MachineState>,
     unknown: UnknownPolicy,
     idle: IdleBoot,
 ) -> ScriptAction {
-    use MachineState as S;
-    let idle = || match idle {
-        IdleBoot::LocalDisk => ScriptAction::LocalBoot,
-        IdleBoot::PowerOff => ScriptAction::PowerOff,
-    };
-    let wait = |why: &str| ScriptAction::Wait(why.to_owned());
-    match state {
-        None | Some(S::Discovered) => match unknown {
+    let state = state.unwrap_or(Verb::Discover.target());
+    match state.behaviour().netboot {
+        NetBoot::Ramdisk(mode) => ScriptAction::Ramdisk(mode),
+        NetBoot::Discovery => match unknown {
             UnknownPolicy::Boot => ScriptAction::Ramdisk(AgentMode::Inspect),
-            UnknownPolicy::Record => {
-                wait("this machine is recorded as discovered; a technician has to adopt it")
-            }
+            UnknownPolicy::Record => ScriptAction::Wait(
+                "this machine is recorded as discovered; a technician has to adopt it".to_owned(),
+            ),
         },
-        Some(S::Enrolled) => wait("this machine is enrolled but not asked to inspect"),
-        Some(S::Inspecting) => ScriptAction::Ramdisk(AgentMode::Inspect),
-        Some(S::InspectFailed) => wait("inspection failed; an operator has to look at it"),
-        Some(S::Ready | S::Allocated) => idle(),
-        Some(S::Deploying) => ScriptAction::Ramdisk(AgentMode::Deploy),
-        Some(S::Deployed) => ScriptAction::LocalBoot,
-        Some(S::DeployFailed) => wait("deployment failed; an operator has to look at it"),
-        Some(S::Cleaning) => ScriptAction::Ramdisk(AgentMode::Clean),
-        Some(S::CleanFailed) => wait("cleaning failed; an operator has to look at it"),
-        // Wiped before it leaves: the clean ramdisk; its report completes the decommission.
-        Some(S::Decommissioning) => ScriptAction::Ramdisk(AgentMode::Clean),
-        Some(S::Decommissioned) => wait("this machine is decommissioned; plinth boots nothing"),
+        NetBoot::Idle => match idle {
+            IdleBoot::LocalDisk => ScriptAction::LocalBoot,
+            IdleBoot::PowerOff => ScriptAction::PowerOff,
+        },
+        NetBoot::LocalDisk => ScriptAction::LocalBoot,
+        NetBoot::Nothing(why) => ScriptAction::Wait(why.to_owned()),
     }
 }
 
@@ -362,7 +340,7 @@ pub fn script_context(
     s: &BootSettings,
 ) -> ScriptContext {
     let base = base_url.trim_end_matches('/').to_owned();
-    let file_url = |p: &str| format!("{base}/boot/{}", p.trim_start_matches('/'));
+    let file_url = |p: &str| netboot::file_url(&base, p);
     let initrd_name = s.initrd.rsplit('/').next().unwrap_or(&s.initrd).to_owned();
     let (mode, reason) = match action {
         ScriptAction::Ramdisk(m) => (m.as_str(), String::new()),
@@ -623,7 +601,13 @@ impl App {
             // (ProxyDHCP, static iPXE) is discovered here.
             let client = ClientInfo {
                 ipxe: true,
-                arch: platform.as_deref().map(|p| if p == "efi" { 7 } else { 0 }),
+                arch: platform.as_deref().map(|p| {
+                    if p == "efi" {
+                        netboot::UEFI_X64
+                    } else {
+                        netboot::BIOS
+                    }
+                }),
                 uuid: uuid.as_deref().and_then(|u| u.parse().ok()),
                 ..ClientInfo::default()
             };

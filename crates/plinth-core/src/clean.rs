@@ -135,7 +135,8 @@ impl App {
         peer: Option<IpAddr>,
         id: Uuid,
     ) -> Result<CleanPlan> {
-        self.reporter(secret, id, "clean", peer).await?;
+        self.reporter(secret, id, plinth_types::AgentMode::Clean, peer)
+            .await?;
         let mut conn = self.conn().await?;
         let m = plinth_db::machines::get(&mut conn, id)
             .await

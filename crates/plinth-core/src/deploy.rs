@@ -316,7 +316,7 @@ impl App {
             Verb::Deploy,
             expected_version,
             req.reason.as_deref(),
-            Default::default(),
+            None,
             details,
         )
         .await?;

@@ -1,11 +1,14 @@
 //! DHCP decisions for plinth-dhcp: which address a client gets (one database call per batch
 //! of packets, see `plinth_db::leases::decide_batch`) and what it boots ([`boot_decision`], a pure
-//! function of the machine's lifecycle state and the client's kind). Unknown PXE clients are
-//! recorded as `discovered` machines.
+//! function of the machine's lifecycle state (its `NetBoot` in plinth-types' behaviour table)
+//! and the client's kind (its RFC 4578 architecture, `plinth_types::netboot`)). Unknown PXE
+//! clients are recorded as `discovered` machines.
 
 use std::net::Ipv4Addr;
 
-use plinth_types::{Error, MacAddr, MachineState};
+use plinth_types::behaviour::NetBoot;
+use plinth_types::netboot::{self, Loader, PxeArch, ScriptQuery};
+use plinth_types::{Error, MacAddr, MachineState, Verb};
 use uuid::Uuid;
 
 use crate::{App, DbResult, Result};
@@ -19,14 +22,15 @@ pub enum UnknownPolicy {
     Record,
 }
 
-/// Boot files and URLs, from the `[dhcp]` configuration.
+/// Boot files and URLs, from the `[dhcp]` configuration. Which architecture gets which loader
+/// is the `loader` column of `plinth_types::netboot::PXE_ARCHES`.
 #[derive(Debug, Clone)]
 pub struct BootConfig {
-    /// For BIOS PXE (arch 0).
+    /// For BIOS PXE (`Loader::Bios`: arch 0, or none sent).
     pub bios_binary: String,
-    /// For x86-64 UEFI PXE (arch 7, 9) and UEFI HTTP boot (arch 16): `ipxe.efi` or `snponly.efi`.
+    /// For x86-64 UEFI PXE and UEFI HTTP boot (`Loader::Efi`): `ipxe.efi` or `snponly.efi`.
     pub efi_binary: String,
-    /// For ARM64 UEFI (arch 11, 19), when one is configured.
+    /// For ARM64 UEFI (`Loader::Arm64`), when one is configured.
     pub arm64_binary: Option<String>,
     /// Base of the HTTP boot URLs, e.g. `http://10.0.0.2:8080`; default `http://<boot server>:<http_port>`.
     pub http_base: Option<String>,
@@ -56,11 +60,7 @@ impl ClientInfo {
 
     /// The machine architecture the firmware implies.
     pub fn machine_arch(&self) -> Option<&'static str> {
-        match self.arch {
-            Some(0 | 6 | 7 | 9 | 16) => Some("x86_64"),
-            Some(11 | 19) => Some("aarch64"),
-            _ => None,
-        }
+        self.arch.and_then(PxeArch::cpu).map(|a| a.as_str())
     }
 }
 
@@ -75,17 +75,14 @@ pub enum BootAction {
     Http { url: String },
 }
 
-/// States in which plinth network-boots a machine: it has work for the machine to do there
-/// (discovery and inspection, cleaning (also on the way out), deployment). In every other state the firmware gets no
-/// boot file and falls through to its local disk.
+/// Whether plinth network-boots a machine in `state`: only where it boots a ramdisk (it has
+/// work for the machine to do there). In every other state the firmware gets no boot file and
+/// falls through to its local disk; the script would only say so.
 fn netboots(state: MachineState, unknown: UnknownPolicy) -> bool {
-    match state {
-        MachineState::Discovered => unknown == UnknownPolicy::Boot,
-        MachineState::Inspecting
-        | MachineState::Cleaning
-        | MachineState::Decommissioning
-        | MachineState::Deploying => true,
-        _ => false,
+    match state.behaviour().netboot {
+        NetBoot::Ramdisk(_) => true,
+        NetBoot::Discovery => unknown == UnknownPolicy::Boot,
+        NetBoot::Idle | NetBoot::LocalDisk | NetBoot::Nothing(_) => false,
     }
 }
 
@@ -99,7 +96,7 @@ pub fn boot_decision(
 ) -> BootAction {
     if !client.wants_boot()
         || !netboots(
-            state.unwrap_or(MachineState::Discovered),
+            state.unwrap_or(Verb::Discover.target()),
             cfg.unknown_machines,
         )
     {
@@ -109,11 +106,10 @@ pub fn boot_decision(
         .http_base
         .clone()
         .unwrap_or_else(|| format!("http://{boot_server}:{}", cfg.http_port));
-    let base = base.trim_end_matches('/');
     if client.ipxe {
         // iPXE already runs: hand it its script, never the binary again, so the chain cannot loop.
         return BootAction::Http {
-            url: format!("{base}/boot/ipxe?mac=${{net0/mac}}&platform=${{platform}}"),
+            url: netboot::script_url(&base, ScriptQuery::Decision),
         };
     }
     let is_url = |f: &str| f.starts_with("http://") || f.starts_with("https://");
@@ -124,18 +120,18 @@ pub fn boot_decision(
             BootAction::Tftp { file: f.to_owned() }
         };
     }
-    let binary = match client.arch {
-        None | Some(0) => Some(cfg.bios_binary.clone()),
-        Some(7 | 9 | 16) => Some(cfg.efi_binary.clone()),
-        Some(11 | 19) => cfg.arm64_binary.clone(),
-        Some(_) => None,
+    let binary = match PxeArch::loader(client.arch) {
+        Some(Loader::Bios) => Some(cfg.bios_binary.clone()),
+        Some(Loader::Efi) => Some(cfg.efi_binary.clone()),
+        Some(Loader::Arm64) => cfg.arm64_binary.clone(),
+        None => None,
     };
     let Some(binary) = binary else {
         return BootAction::None;
     };
     if client.http_client {
         BootAction::Http {
-            url: format!("{base}/boot/{binary}"),
+            url: netboot::file_url(&base, &binary),
         }
     } else {
         BootAction::Tftp { file: binary }
@@ -555,7 +551,7 @@ impl App {
                 None => {
                     if let Some(id) = discovered.get(&req.mac) {
                         machine_id = Some(*id);
-                        state = Some(MachineState::Discovered);
+                        state = Some(Verb::Discover.target());
                     } else {
                         match self
                             .discover_machine(&req.mac, &req.client, d.subnet_id)
@@ -564,7 +560,7 @@ impl App {
                             Ok(Some(id)) => {
                                 discovered.insert(req.mac, id);
                                 machine_id = Some(id);
-                                state = Some(MachineState::Discovered);
+                                state = Some(Verb::Discover.target());
                             }
                             Ok(None) => {
                                 reason.get_or_insert_with(|| "MAC enrolled meanwhile".into());
@@ -667,7 +663,7 @@ impl App {
             }
             None => {
                 self.discover_machine(&mac, client, None).await?;
-                (Some(MachineState::Discovered), None)
+                (Some(Verb::Discover.target()), None)
             }
         };
         Ok(boot_decision(
@@ -714,9 +710,9 @@ impl App {
             plinth_db::events::NewEvent {
                 actor: "system",
                 machine_id: Some(id),
-                kind: plinth_types::Verb::Discover.as_str(),
+                kind: Verb::Discover.as_str(),
                 from_state: None,
-                to_state: Some(MachineState::Discovered.as_str()),
+                to_state: Some(Verb::Discover.target().as_str()),
                 details: serde_json::json!({ "mac": mac.to_string(), "pxe_arch": client.arch, "subnet_id": subnet_id }),
             },
         )

@@ -7,6 +7,7 @@ use plinth_db::jobs::JobRow;
 use plinth_types::api::{
     BootDeviceRequest, BootTarget, FirmwareMode, Job, JobPage, JobState, PowerOp, PowerRequest,
 };
+use plinth_types::behaviour::BmcStep;
 use plinth_types::{Error, MachineState, Verb};
 use serde_json::json;
 use uuid::Uuid;
@@ -129,47 +130,38 @@ pub(crate) async fn queue(
     Ok(rows)
 }
 
-/// The jobs a lifecycle verb needs, given the machine's firmware mode when known.
+/// The jobs a lifecycle verb needs (its `bmc` steps in plinth-types' effects table), given
+/// the machine's firmware mode when known.
 pub fn transition_jobs(verb: Verb, mode: Option<FirmwareMode>) -> Vec<JobSpec> {
-    let pxe_then_cycle = || {
-        vec![
-            JobSpec::BootDevice {
-                device: BootTarget::Pxe,
-                persistent: false,
-                mode,
-            },
-            JobSpec::Power {
-                op: PowerOp::Cycle,
-                force: false,
-            },
-        ]
-    };
-    match verb {
-        // Decommission boots the clean ramdisk too: the machine is wiped before it leaves.
-        Verb::Inspect | Verb::Deploy | Verb::Release | Verb::Clean | Verb::Decommission => {
-            pxe_then_cycle()
-        }
-        Verb::DecommissionComplete => vec![JobSpec::Retire],
-        // The image is written: boot it from its disk, for good.
-        Verb::DeployComplete => vec![
-            JobSpec::BootDevice {
-                device: BootTarget::Disk,
-                persistent: true,
-                mode,
-            },
-            JobSpec::Power {
-                op: PowerOp::Cycle,
-                force: false,
-            },
-        ],
-        // The ramdisk has done its work and holds nothing: off, until the machine is wanted.
-        Verb::InspectComplete | Verb::CleanComplete => {
-            vec![JobSpec::Power {
-                op: PowerOp::Off,
-                force: true,
-            }]
-        }
-        _ => Vec::new(),
+    verb.effects()
+        .bmc
+        .iter()
+        .map(|step| job_for(*step, mode))
+        .collect()
+}
+
+/// The job that carries out one BMC step of a transition.
+fn job_for(step: BmcStep, mode: Option<FirmwareMode>) -> JobSpec {
+    match step {
+        BmcStep::NetbootOnce => JobSpec::BootDevice {
+            device: BootTarget::Pxe,
+            persistent: false,
+            mode,
+        },
+        BmcStep::DiskForGood => JobSpec::BootDevice {
+            device: BootTarget::Disk,
+            persistent: true,
+            mode,
+        },
+        BmcStep::PowerCycle => JobSpec::Power {
+            op: PowerOp::Cycle,
+            force: false,
+        },
+        BmcStep::PowerOff => JobSpec::Power {
+            op: PowerOp::Off,
+            force: true,
+        },
+        BmcStep::Retire => JobSpec::Retire,
     }
 }
 

@@ -1,14 +1,14 @@
 //! Running lifecycle verbs. A verb is one transaction: the guarded UPDATE (allowed states
-//! from plinth-types' table, expected version), its event, and its side effects on NICs,
-//! rack slot and allocation.
-//!
-//! Seam for later issues: where a transition needs work outside the database (power on for
-//! inspection, wipe disks for cleaning), the job rows are inserted in [`App::apply`]'s
-//! transaction, next to the event, so a transition and its work commit together (DESIGN.md).
+//! from plinth-types' `TRANSITIONS`, expected version), its event, and what its row of
+//! plinth-types' `EFFECTS` says it does: NICs and rack slot, allocation, deployment, and the
+//! BMC jobs, inserted in [`App::apply`]'s transaction next to the event, so a transition and its
+//! work commit together (DESIGN.md). The reconciler [`App::fail_stuck`] reads the deadlines of
+//! the states' `BEHAVIOUR` rows.
 
 use plinth_db::PgConnection;
 use plinth_db::machines::TransitionEffects;
 use plinth_types::api::{InspectionReport, Machine};
+use plinth_types::behaviour::{AgentMode, BEHAVIOUR, Outcome, Since, Timer};
 use plinth_types::{Error, MachineState, Verb};
 use uuid::Uuid;
 
@@ -16,13 +16,24 @@ use crate::auth::Permission;
 use crate::machines::not_found;
 use crate::{App, DbResult, Principal, Result, convert, validate};
 
-/// How long a machine may wait in a state that waits on its ramdisk agent.
+/// How long a machine may wait in a state that waits on its ramdisk agent (which state uses
+/// which is the `deadline` of its row in plinth-types' `BEHAVIOUR`).
 #[derive(Debug, Clone, Copy)]
 pub struct StuckTimeouts {
     pub inspect: std::time::Duration,
     pub clean: std::time::Duration,
     /// Deploying without a progress report or a state change this long.
     pub deploy: std::time::Duration,
+}
+
+impl StuckTimeouts {
+    pub fn limit(&self, timer: Timer) -> std::time::Duration {
+        match timer {
+            Timer::Inspect => self.inspect,
+            Timer::Clean => self.clean,
+            Timer::Deploy => self.deploy,
+        }
+    }
 }
 
 impl Default for StuckTimeouts {
@@ -52,8 +63,9 @@ pub struct Moved {
 }
 
 impl App {
-    /// Applies `verb` to machine `id` inside `tx`; writes the event. On refusal explains why
-    /// with the machine's current state and version.
+    /// Applies `verb` to machine `id` inside `tx`, with the effects of its row in `EFFECTS`;
+    /// writes the event. `join` is the allocation an `allocate` joins (the one effect that
+    /// needs data). On refusal explains why with the machine's current state and version.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn apply(
         &self,
@@ -63,9 +75,15 @@ impl App {
         verb: Verb,
         expected_version: Option<i64>,
         reason: Option<&str>,
-        effects: TransitionEffects,
+        join: Option<Uuid>,
         mut details: serde_json::Value,
     ) -> Result<Moved> {
+        let does = verb.effects();
+        let effects = TransitionEffects {
+            set_allocation: join,
+            clear_allocation: does.clear_allocation,
+            unrack: does.unrack,
+        };
         let from: Vec<String> = verb
             .allowed_from()
             .iter()
@@ -92,7 +110,7 @@ impl App {
             plinth_db::nics::deactivate_for_machine(tx, id).await.db()?;
         }
         // What the allocation's user gave (image choice, user data, keys) ends with it.
-        if verb == Verb::Release
+        if does.drop_deployment
             && plinth_db::deployments::delete(tx, id).await.db()?
             && let Some(obj) = details.as_object_mut()
         {
@@ -240,13 +258,6 @@ impl App {
         who.require(Permission::Act(verb))?;
         let mut tx = self.begin().await?;
         let row = self.visible_row(&mut tx, who, id).await?;
-        let mut effects = TransitionEffects::default();
-        if verb == Verb::Release {
-            effects.clear_allocation = true;
-        }
-        if verb == Verb::DecommissionComplete {
-            effects.unrack = true;
-        }
         let details = if verb.is_agent_outcome() {
             serde_json::json!({ "rack": row.rack_name, "rack_unit": row.rack_unit, "forced": true })
         } else {
@@ -259,11 +270,11 @@ impl App {
             verb,
             action.expected_version,
             action.reason.as_deref(),
-            effects,
+            None,
             details,
         )
         .await?;
-        if verb == Verb::Release
+        if verb.effects().clear_allocation
             && let Some(alloc) = row.allocation_id
         {
             plinth_db::allocations::close_if_empty(&mut tx, alloc)
@@ -382,50 +393,31 @@ impl App {
             "cpu_threads": report.cpu.threads, "memory_mib": report.memory_mib,
             "disks": report.disks.len(), "serial": report.system.serial,
         });
-        // A discovered machine (unknown, booted under the discovery policy) keeps its state:
-        // its facts wait with it for a technician to adopt it.
+        // What the report does is the state's: inspecting → ready; a discovered machine
+        // (unknown, booted under the discovery policy) keeps its state, its facts waiting with
+        // it for a technician to adopt it.
         let current = plinth_db::machines::get_for_update(tx, id)
             .await
             .db()?
             .ok_or_else(|| not_found(id))?;
-        if current.state == MachineState::Discovered.as_str() {
-            plinth_db::machines::set_facts(tx, id, &facts, report.arch.as_str())
-                .await
-                .db()?;
-            plinth_db::events::insert(
-                tx,
-                plinth_db::events::NewEvent {
-                    actor: &who.name,
-                    machine_id: Some(id),
-                    kind: "discovered_inspected",
-                    from_state: None,
-                    to_state: None,
-                    details: summary,
-                },
-            )
-            .await
-            .db()?;
-            tracing::info!(machine_id = %id, "facts of a discovered machine stored");
-            let row = plinth_db::machines::get(tx, id)
-                .await
-                .db()?
-                .ok_or_else(Error::internal)?;
-            return convert::machine(tx, row).await;
+        let state: MachineState = current.state.parse().map_err(|_| Error::internal())?;
+        match report_outcome(state, AgentMode::Inspect, true) {
+            Some(Outcome::Record(kind)) => {
+                plinth_db::machines::set_facts(tx, id, &facts, report.arch.as_str())
+                    .await
+                    .db()?;
+                crate::record_event_as(tx, &who.name, Some(id), kind, summary).await?;
+                tracing::info!(machine_id = %id, %state, "facts stored; the state stays");
+            }
+            Some(Outcome::Apply(verb)) => {
+                self.apply(tx, who, id, verb, None, None, None, summary)
+                    .await?;
+                plinth_db::machines::set_facts(tx, id, &facts, report.arch.as_str())
+                    .await
+                    .db()?;
+            }
+            None => return Err(Error::internal()),
         }
-        self.apply(
-            tx,
-            who,
-            id,
-            Verb::InspectComplete,
-            None,
-            None,
-            TransitionEffects::default(),
-            summary,
-        )
-        .await?;
-        plinth_db::machines::set_facts(tx, id, &facts, report.arch.as_str())
-            .await
-            .db()?;
         let row = plinth_db::machines::get(tx, id)
             .await
             .db()?
@@ -434,36 +426,61 @@ impl App {
     }
 }
 
+/// What a report of an agent in `mode` does for a machine in `state`, as the agent succeeded
+/// or not (`None`: this mode reports no failure): the outcome in the state's `BEHAVIOUR` row.
+/// In a state where no such agent reports, the outcome of the state whose ramdisk runs that
+/// mode: the transition's guard then refuses the report as any refused verb is refused
+/// (`invalid_transition`, with the current state).
+pub(crate) fn report_outcome(
+    state: MachineState,
+    mode: AgentMode,
+    succeeded: bool,
+) -> Option<Outcome> {
+    let report = state.behaviour().report_in(mode).or_else(|| {
+        BEHAVIOUR
+            .iter()
+            .find(|b| b.netboot == plinth_types::behaviour::NetBoot::Ramdisk(mode))
+            .and_then(|b| b.report)
+    })?;
+    if succeeded {
+        Some(report.complete)
+    } else {
+        report.failed
+    }
+}
+
 impl App {
-    /// A reconciler pass: machines inspecting or cleaning for longer than allowed fail, with
-    /// the reason. Safe on every instance at once (each move is pinned to the version seen).
+    /// A reconciler pass: machines in a state with a deadline (see `BEHAVIOUR`) for longer than
+    /// allowed get the state's verb on timeout, with the reason. Safe on every instance at once
+    /// (each move is pinned to the version seen).
     pub async fn fail_stuck(&self, t: &StuckTimeouts) -> Result<usize> {
         let mut failed = 0;
-        for (state, verb, limit, what) in [
-            (
-                MachineState::Inspecting,
-                Verb::InspectFail,
-                t.inspect,
-                "inspection",
-            ),
-            (MachineState::Cleaning, Verb::CleanFail, t.clean, "cleaning"),
-            (
-                MachineState::Deploying,
-                Verb::DeployFail,
-                t.deploy,
-                "deploy progress",
-            ),
-        ] {
+        for (state, deadline) in BEHAVIOUR
+            .iter()
+            .filter_map(|b| b.deadline.map(|d| (b.state, d)))
+        {
+            let (verb, limit, what) = (
+                deadline.on_timeout,
+                t.limit(deadline.timer),
+                deadline.awaiting,
+            );
             let stuck = {
                 let mut conn = self.conn().await?;
-                if state == MachineState::Deploying {
-                    plinth_db::machines::stuck_deploying(&mut conn, limit.as_secs_f64(), 100)
-                        .await
-                        .db()?
-                } else {
-                    plinth_db::machines::stuck(&mut conn, state.as_str(), limit.as_secs_f64(), 100)
-                        .await
-                        .db()?
+                match deadline.since {
+                    // Written for deploying (plinth-types' tests keep it the only such state).
+                    Since::Progress => {
+                        plinth_db::machines::stuck_deploying(&mut conn, limit.as_secs_f64(), 100)
+                            .await
+                            .db()?
+                    }
+                    Since::StateChange => plinth_db::machines::stuck(
+                        &mut conn,
+                        state.as_str(),
+                        limit.as_secs_f64(),
+                        100,
+                    )
+                    .await
+                    .db()?,
                 }
             };
             for (id, version) in stuck {
@@ -480,7 +497,7 @@ impl App {
                         verb,
                         Some(version),
                         Some(&reason),
-                        TransitionEffects::default(),
+                        None,
                         serde_json::json!({ "timeout_secs": limit.as_secs() }),
                     )
                     .await;

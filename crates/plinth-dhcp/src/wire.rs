@@ -25,6 +25,7 @@ mod request;
 use std::net::Ipv4Addr;
 
 use plinth_types::MacAddr;
+use plinth_types::netboot::PxeArch;
 
 pub use reply::{build_reply, destination};
 pub use request::parse;
@@ -113,7 +114,7 @@ impl Request {
         self.vendor_class
             .as_deref()
             .is_some_and(|v| v.starts_with("HTTPClient"))
-            || self.client_arch.is_some_and(is_http_arch)
+            || self.client_arch.is_some_and(PxeArch::is_http)
     }
 
     /// iPXE identifies itself with user class "iPXE" (RFC 3004 encoded or raw, depending on the
@@ -125,14 +126,6 @@ impl Request {
                 .as_deref()
                 .is_some_and(|u| u.split(',').any(|class| class == "iPXE"))
     }
-}
-
-/// RFC 4578 / IANA "Processor Architecture Types" that mean "HTTP boot".
-fn is_http_arch(arch: u16) -> bool {
-    matches!(
-        arch,
-        0x0f..=0x14 | 0x17 | 0x18 | 0x1a | 0x1c | 0x1e | 0x26 | 0x28
-    )
 }
 
 /// Why a datagram is not a request the server can answer. The server logs these at debug level

@@ -1,15 +1,19 @@
 //! plinth-types: the vocabulary every plinth crate shares.
 //!
-//! Owns typed values (`MacAddr`), the machine lifecycle (`MachineState`, `Verb` and the one
-//! transition table), roles, the REST API's request and response types, and the
+//! Owns typed values (`MacAddr`), the machine lifecycle (`MachineState`, `Verb`, the one
+//! transition table and the tables of what a transition does and what a state means), the
+//! network boot's shared vocabulary (PXE architecture codes, `/boot/` URLs), roles, the REST API's request and response types, and the
 //! transport-neutral [`Error`]. It does no I/O: no sockets, no files, no SQL.
 
 pub mod api;
+pub mod behaviour;
 pub mod error;
 pub mod lifecycle;
 pub mod mac;
+pub mod netboot;
 pub mod role;
 
+pub use behaviour::AgentMode;
 pub use error::{Error, ErrorKind};
 pub use lifecycle::{MachineState, Verb};
 pub use mac::MacAddr;

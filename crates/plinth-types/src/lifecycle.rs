@@ -1,4 +1,6 @@
 //! The machine lifecycle as data: states, verbs and the one table of allowed transitions.
+//! What a transition does and what a state means are the tables next to it, in
+//! [`crate::behaviour`].
 //!
 //! plinth-db enforces this table in SQL (`UPDATE ... WHERE state = ANY($from) AND
 //! state_version = $v`), so two plinth instances can never move one machine twice.
@@ -64,12 +66,10 @@ impl MachineState {
         }
     }
 
-    /// States in which a machine belongs to an allocation.
+    /// States in which a machine belongs to an allocation (a column of
+    /// [`BEHAVIOUR`](crate::behaviour::BEHAVIOUR)).
     pub fn is_allocated(self) -> bool {
-        matches!(
-            self,
-            S::Allocated | S::Deploying | S::Deployed | S::DeployFailed
-        )
+        self.behaviour().allocated
     }
 }
 

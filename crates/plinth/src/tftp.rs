@@ -10,6 +10,7 @@ use plinth_core::App;
 use plinth_core::files::{self, Refusal as Why};
 use plinth_tftp::packet::ErrorCode;
 use plinth_tftp::server::{Content, Refusal, Source};
+use plinth_types::netboot::{self, ScriptQuery};
 
 /// The generated first-stage script's name.
 pub const CHAIN_SCRIPT: &str = "boot.ipxe";
@@ -42,9 +43,7 @@ impl Source for ImagesSource {
                     "boot.ipxe needs boot.public_url (or dhcp.boot_server) to be configured",
                 ));
             };
-            let url = format!(
-                "{base}/boot/ipxe?mac=${{net0/mac}}&platform=${{platform}}&buildarch=${{buildarch}}&uuid=${{uuid}}&serial=${{serial:uristring}}"
-            );
+            let url = netboot::script_url(base, ScriptQuery::Full);
             let env = self.app.boot_env();
             let ctx = ChainContext {
                 script_url: &url,

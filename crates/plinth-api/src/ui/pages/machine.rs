@@ -117,13 +117,11 @@ const PAGE_VERBS: &[(Verb, &str, &str, &str)] = &[
     ),
 ];
 
+/// The page follows a machine while its ramdisk works (the state's network boot is one).
 fn live(state: MachineState) -> bool {
     matches!(
-        state,
-        MachineState::Inspecting
-            | MachineState::Deploying
-            | MachineState::Cleaning
-            | MachineState::Decommissioning
+        state.behaviour().netboot,
+        plinth_types::behaviour::NetBoot::Ramdisk(_)
     )
 }
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use plinth_client::path;
 use plinth_types::api::{
     CleanResult, Compression, DeployManifest, DeployProgress, DeployReport, SEED_PARTITION_BYTES,
     SEED_RESERVE_BYTES,
@@ -21,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cmdline::Params;
 use crate::partition::{self, Partition};
-use crate::{Args, Failure, call, post, say, seed, sys};
+use crate::{Args, Failure, api, call, say, seed, sys, why};
 
 const CHUNK: usize = 1024 * 1024;
 /// Buffers in flight between the decompressing and the writing thread.
@@ -244,9 +245,10 @@ const ATTEMPTS: u32 = 3;
 
 /// Deploy mode: fetch the manifest, write the image and the seed, report the outcome.
 pub fn run(a: &Args, p: &Params) -> Result<(), String> {
-    let path = format!("/api/v1/machines/{}/deployment/manifest", p.machine);
-    let m: DeployManifest = match call(p, "GET", &path, None) {
-        Ok(v) => serde_json::from_value(v).map_err(|e| format!("unreadable manifest: {e}"))?,
+    let m = match call(p, &path::deploy_manifest(&p.machine), |api| {
+        api.deploy_manifest(&p.machine)
+    }) {
+        Ok(m) => m,
         Err(Failure::Refused(e)) => return Err(format!("plinth refused the manifest: {e}")),
         Err(Failure::GaveUp(e)) => return Err(format!("could not fetch the manifest: {e}")),
     };
@@ -279,15 +281,15 @@ pub fn run(a: &Args, p: &Params) -> Result<(), String> {
             }
         }
     };
-    let body = serde_json::to_value(&report).map_err(|e| e.to_string())?;
     // (before the report: plinth power-cycles the machine as soon as it has it)
     say(format!("peak memory {} KiB", crate::peak_kib()));
     say("reporting to plinth");
-    let path = format!("/api/v1/machines/{}/deploy-report", p.machine);
-    match post(p, &path, &body) {
+    match call(p, &path::deploy_report(&p.machine), |api| {
+        api.report_deploy(&p.machine, &report)
+    }) {
         Ok(m) => say(format!(
             "plinth took the report: the machine is {}",
-            m["state"].as_str().unwrap_or("?")
+            m.state
         )),
         Err(Failure::Refused(e)) => return Err(format!("plinth refused the report: {e}")),
         Err(Failure::GaveUp(e)) => return Err(format!("could not report: {e}")),
@@ -401,30 +403,17 @@ fn download(
     hash: bool,
     written: &AtomicU64,
 ) -> Result<Written, String> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(10))
-        .timeout_read(Duration::from_secs(60))
-        .build();
-    let url = format!("{}{}", p.api, m.url_path);
+    // Streamed: connecting may take 10 s, and each read 60 s, however long the whole takes.
+    let api = api(p);
+    let url = api.url(&m.url_path);
     let mut attempt = 1;
     loop {
-        let res = match agent
-            .get(&url)
-            .set("Authorization", &format!("Bearer {}", p.token))
-            .call()
-        {
-            Ok(resp) => write_image(
-                resp.into_reader(),
-                m.compression,
-                hash,
-                disk,
-                &m.root_device,
-                written,
-            ),
-            Err(ureq::Error::Status(code, _)) if code < 500 => {
-                return Err(format!("downloading {url}: HTTP {code}"));
+        let res = match api.download(&m.url_path) {
+            Ok(body) => write_image(body, m.compression, hash, disk, &m.root_device, written),
+            Err(e) if !e.is_transient() => {
+                return Err(format!("downloading {url}: {}", why(&e)));
             }
-            Err(e) => Err(WriteError::Download(format!("{url}: {e}"))),
+            Err(e) => Err(WriteError::Download(format!("{url}: {}", why(&e)))),
         };
         match res {
             Err(WriteError::Download(e)) if attempt < ATTEMPTS => {
@@ -442,10 +431,7 @@ fn download(
 /// Posts the bytes written every few seconds until `done`; a report that does not go through
 /// is only logged (the write goes on, and plinth's deploy timeout watches for a silent agent).
 fn report_progress(p: &Params, total: Option<u64>, written: &AtomicU64, done: &AtomicBool) {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(10))
-        .build();
-    let url = format!("{}/api/v1/machines/{}/deploy-progress", p.api, p.machine);
+    let api = api(p);
     let (mut last, mut at) = (0u64, Instant::now());
     let mut next = Instant::now();
     while !done.load(Ordering::Relaxed) {
@@ -465,12 +451,9 @@ fn report_progress(p: &Params, total: Option<u64>, written: &AtomicU64, done: &A
                 total.map_or("?".into(), |t| (t / (1024 * 1024)).to_string()),
                 rate as f64 / (1024.0 * 1024.0)
             ));
-            if let Err(e) = agent
-                .post(&url)
-                .set("Authorization", &format!("Bearer {}", p.token))
-                .send_json(&body)
-            {
-                say(format!("progress report not taken: {e}"));
+            // (one attempt, with a 10 s timeout: the next report comes soon enough)
+            if let Err(e) = api.report_deploy_progress(&p.machine, &body) {
+                say(format!("progress report not taken: {}", why(&e)));
             }
             next = Instant::now() + PROGRESS_EVERY;
         }

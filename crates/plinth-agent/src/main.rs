@@ -27,7 +27,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cmdline::{Mode, Params};
-use plinth_types::api::{CleanPlan, CleanReport, CleanResult, WipeFallback, WipeMethod};
+use plinth_client::{Error, blocking, path};
+use plinth_types::api::{CleanReport, CleanResult, WipeFallback, WipeMethod};
 
 fn say(msg: impl AsRef<str>) {
     println!("plinth-agent: {}", msg.as_ref());
@@ -92,51 +93,53 @@ enum Failure {
     GaveUp(String),
 }
 
-/// POSTs `body` to `path`, retrying transport errors and 5xx with backoff (1 s doubling to
-/// 30 s) until `p.api_timeout_secs` have passed.
-fn post(p: &Params, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, Failure> {
-    call(p, "POST", path, Some(body))
+/// plinth's API with the machine's one-time token (plinth-client's blocking transport: the
+/// same paths and bodies as the server's, on ureq).
+fn api(p: &Params) -> blocking::Client {
+    blocking::Client::new(&p.api, &p.token)
 }
 
-/// One API call with the machine's token, retried as [`post`] says.
-fn call(
+/// What went wrong with a call, for the console: the API's message, or the cause.
+fn why(e: &Error) -> String {
+    match e {
+        Error::Api(a) => a.to_string(),
+        Error::Status { status, .. } => format!("HTTP {status}"),
+        Error::Transport { source, .. } | Error::Body { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Runs `call` (one API call, to `path`) until it succeeds, plinth refuses (4xx), or
+/// `p.api_timeout_secs` have passed; transport errors and 5xx are retried with backoff (1 s
+/// doubling to 30 s).
+fn call<T>(
     p: &Params,
-    method: &str,
     path: &str,
-    body: Option<&serde_json::Value>,
-) -> Result<serde_json::Value, Failure> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
-        .build();
-    let url = format!("{}{path}", p.api);
+    call: impl Fn(&blocking::Client) -> Result<T, Error>,
+) -> Result<T, Failure> {
+    let api = api(p);
+    let url = api.url(path);
     let deadline = Instant::now() + Duration::from_secs(p.api_timeout_secs);
     let mut wait = Duration::from_secs(1);
     let mut attempt = 1;
     loop {
-        let req = agent
-            .request(method, &url)
-            .set("Authorization", &format!("Bearer {}", p.token));
-        let res = match body {
-            Some(b) => req.send_json(b),
-            None => req.call(),
-        };
-        let why = match res {
-            Ok(resp) => {
-                return resp
-                    .into_json()
-                    .map_err(|e| Failure::GaveUp(format!("unreadable answer: {e}")));
+        let why = match call(&api) {
+            Ok(v) => return Ok(v),
+            Err(Error::Api(a)) if !(500..).contains(&a.status) => {
+                return Err(Failure::Refused(format!(
+                    "HTTP {}: {}",
+                    a.status,
+                    a.message()
+                )));
             }
-            Err(ureq::Error::Status(code, resp)) if code < 500 => {
-                let body: serde_json::Value = resp.into_json().unwrap_or_default();
-                let msg = body["error"]["message"]
-                    .as_str()
-                    .unwrap_or("no message")
-                    .to_owned();
-                return Err(Failure::Refused(format!("HTTP {code}: {msg}")));
+            Err(Error::Status { status, .. }) if status < 500 => {
+                return Err(Failure::Refused(format!("HTTP {status}: no message")));
             }
-            Err(ureq::Error::Status(code, _)) => format!("HTTP {code}"),
-            Err(ureq::Error::Transport(t)) => t.to_string(),
+            Err(Error::Decode { source, .. }) => {
+                return Err(Failure::GaveUp(format!("unreadable answer: {source}")));
+            }
+            Err(e) if !e.is_transient() => return Err(Failure::GaveUp(why(&e))),
+            Err(e) => why(&e),
         };
         if Instant::now() + wait > deadline {
             return Err(Failure::GaveUp(format!(
@@ -190,19 +193,16 @@ fn inspect(a: &Args, p: &Params) -> Result<(), String> {
             if n.link == Some(true) { "up" } else { "down" }
         ));
     }
-    let body = serde_json::to_value(&report).map_err(|e| e.to_string())?;
     // (before the report: plinth may power the machine off as soon as it has it)
     say(format!("peak memory {} KiB", peak_kib()));
     say("reporting to plinth");
-    match post(
-        p,
-        &format!("/api/v1/machines/{}/inspection", p.machine),
-        &body,
-    ) {
+    match call(p, &path::inspection(&p.machine), |api| {
+        api.report_inspection(&p.machine, &report)
+    }) {
         Ok(m) => {
             say(format!(
                 "plinth took the report: the machine is {}",
-                m["state"].as_str().unwrap_or("?")
+                m.state
             ));
             Ok(())
         }
@@ -214,13 +214,10 @@ fn inspect(a: &Args, p: &Params) -> Result<(), String> {
 fn clean(a: &Args, p: &Params) -> Result<(), String> {
     // How to wipe: plinth's plan for this machine (its pool's method), raised to the kernel
     // command line's floor.
-    let plan: CleanPlan = match call(
-        p,
-        "GET",
-        &format!("/api/v1/machines/{}/clean-plan", p.machine),
-        None,
-    ) {
-        Ok(v) => serde_json::from_value(v).map_err(|e| format!("unreadable clean plan: {e}"))?,
+    let plan = match call(p, &path::clean_plan(&p.machine), |api| {
+        api.clean_plan(&p.machine)
+    }) {
+        Ok(plan) => plan,
         Err(Failure::Refused(e)) => return Err(format!("plinth refused the clean plan: {e}")),
         Err(Failure::GaveUp(e)) => return Err(format!("could not get the clean plan: {e}")),
     };
@@ -303,15 +300,16 @@ fn clean(a: &Args, p: &Params) -> Result<(), String> {
         reason: (!failed.is_empty()).then(|| failed.join("; ")),
         disks,
     };
-    let body = serde_json::to_value(&report).map_err(|e| e.to_string())?;
     // (before the report: plinth may power the machine off as soon as it has it)
     say(format!("peak memory {} KiB", peak_kib()));
     say("reporting to plinth");
-    match post(p, &format!("/api/v1/machines/{}/clean", p.machine), &body) {
+    match call(p, &path::clean_report(&p.machine), |api| {
+        api.report_clean(&p.machine, &report)
+    }) {
         Ok(m) => {
             say(format!(
                 "plinth took the report: the machine is {}",
-                m["state"].as_str().unwrap_or("?")
+                m.state
             ));
             if failed.is_empty() {
                 Ok(())

@@ -1,10 +1,19 @@
 //! The REST API over real HTTP on an ephemeral port, against a real PostgreSQL.
+//!
+//! Positive paths go through plinth-client's typed client (the admin's `api`, or `as_token`),
+//! as the CLI's do; `call` and `post_raw` stay for what a typed client cannot send (malformed
+//! bodies, unknown fields, missing tokens) and for asserting the JSON on the wire.
 
 use std::collections::HashSet;
 
+use plinth_client::query::MachineFilter;
 use plinth_core::{App, BmcKey, Principal};
 use plinth_testkit::TestDb;
-use plinth_types::Role;
+use plinth_types::api::{
+    ActionRequest, AllocationRequest, Arch, CpuFacts, DiskFacts, Firmware, InspectionReport,
+    Machine, MachineCreate, NicFacts, NicSpec, SystemFacts,
+};
+use plinth_types::{MachineState, Role};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -14,6 +23,8 @@ struct Server {
     app: App,
     db: TestDb,
     admin: String,
+    /// The typed client with the admin's token.
+    api: plinth_client::Client,
 }
 
 impl Server {
@@ -34,15 +45,24 @@ impl Server {
             .pool_max_idle_per_host(64)
             .build()
             .unwrap();
-        let mut s = Server {
+        let admin = app
+            .create_token(&Principal::system(), "root", Role::Admin)
+            .await
+            .unwrap()
+            .secret;
+        Server {
+            api: plinth_client::Client::new(base.as_str(), admin.as_str()).unwrap(),
             base,
             http,
             app,
             db,
-            admin: String::new(),
-        };
-        s.admin = s.token("root", Role::Admin).await;
-        s
+            admin,
+        }
+    }
+
+    /// The typed client with another token.
+    fn as_token(&self, token: &str) -> plinth_client::Client {
+        self.api.with_token(token)
     }
 
     async fn token(&self, name: &str, role: Role) -> String {
@@ -111,33 +131,43 @@ impl Server {
             .unwrap()
     }
 
-    async fn enroll(&self, n: u32) -> Value {
-        let (s, m) = self
-            .post(
-                "/api/v1/machines",
-                json!({ "hostname": format!("n{n}"), "nics": [{ "mac": mac(n) }] }),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{m}");
+    async fn enroll(&self, n: u32) -> Machine {
+        let m = self
+            .api
+            .enroll_machine(&MachineCreate {
+                hostname: Some(format!("n{n}")),
+                rack: None,
+                rack_unit: None,
+                size_u: None,
+                pool: None,
+                tags: None,
+                arch: None,
+                nics: vec![NicSpec {
+                    mac: mac(n).parse().unwrap(),
+                    ipv4: None,
+                    pxe: None,
+                }],
+                bmc: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(m.state, MachineState::Enrolled);
         m
     }
 
     /// A machine taken straight to `ready`, with facts, through the API.
-    async fn ready(&self, n: u32, threads: u32) -> Value {
+    async fn ready(&self, n: u32, threads: u32) -> Machine {
         let m = self.enroll(n).await;
-        let id = m["id"].as_str().unwrap();
-        let (s, _) = self
-            .post(&format!("/api/v1/machines/{id}/actions/inspect"), json!({}))
-            .await;
-        assert_eq!(s, StatusCode::OK);
-        let (s, m) = self
-            .post(
-                &format!("/api/v1/machines/{id}/inspection"),
-                report(n, threads),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{m}");
-        assert_eq!(m["state"], "ready");
+        self.api
+            .machine_action(m.id, "inspect", &ActionRequest::default(), None)
+            .await
+            .unwrap();
+        let m = self
+            .api
+            .report_inspection(m.id, &report(n, threads))
+            .await
+            .unwrap();
+        assert_eq!(m.state, MachineState::Ready);
         m
     }
 }
@@ -147,16 +177,36 @@ fn mac(n: u32) -> String {
     format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
 }
 
-fn report(n: u32, threads: u32) -> Value {
-    json!({
-        "cpu": { "model": "EPYC", "cores": threads / 2, "threads": threads },
-        "memory_mib": 262144,
-        "disks": [{ "name": "nvme0n1", "size_bytes": 960u64 << 30, "rotational": false }],
-        "nics": [{ "name": "eno1", "mac": mac(n), "speed_mbps": 25000 }],
-        "system": { "vendor": "Acme", "product": "X1", "serial": format!("SN{n:05}"), "uuid": "4c4c4544-0000-0000-0000-000000000000" },
-        "firmware": "uefi",
-        "arch": "x86_64"
-    })
+fn report(n: u32, threads: u32) -> InspectionReport {
+    InspectionReport {
+        cpu: CpuFacts {
+            model: "EPYC".into(),
+            cores: threads / 2,
+            threads,
+        },
+        memory_mib: 262144,
+        disks: vec![DiskFacts {
+            name: "nvme0n1".into(),
+            size_bytes: 960 << 30,
+            model: None,
+            serial: None,
+            rotational: Some(false),
+        }],
+        nics: vec![NicFacts {
+            name: "eno1".into(),
+            mac: mac(n).parse().unwrap(),
+            speed_mbps: Some(25000),
+            link: None,
+        }],
+        system: SystemFacts {
+            vendor: "Acme".into(),
+            product: "X1".into(),
+            serial: format!("SN{n:05}"),
+            uuid: "4c4c4544-0000-0000-0000-000000000000".into(),
+        },
+        firmware: Firmware::Uefi,
+        arch: Arch::X86_64,
+    }
 }
 
 #[tokio::test]
@@ -324,21 +374,19 @@ async fn pagination_walks_every_machine_once() {
         s.enroll(n).await;
     }
     let mut seen = HashSet::new();
-    let mut cursor: Option<String> = None;
+    let mut filter = MachineFilter {
+        limit: Some(10),
+        ..Default::default()
+    };
     let mut pages = 0;
     loop {
-        let path = match &cursor {
-            Some(c) => format!("/api/v1/machines?limit=10&cursor={c}"),
-            None => "/api/v1/machines?limit=10".into(),
-        };
-        let (st, page) = s.get(&path).await;
-        assert_eq!(st, StatusCode::OK);
+        let page = s.api.list_machines(&filter).await.unwrap();
         pages += 1;
-        for m in page["machines"].as_array().unwrap() {
-            assert!(seen.insert(m["id"].as_str().unwrap().to_owned()));
+        for m in page.machines {
+            assert!(seen.insert(m.id));
         }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
+        match page.next_cursor {
+            Some(c) => filter.cursor = Some(c),
             None => break,
         }
     }
@@ -831,67 +879,78 @@ async fn allocation_constraints_and_release() {
     let s = Server::start().await;
     s.ready(1, 8).await;
     s.ready(2, 64).await;
-    let (st, e) = s
-        .post("/api/v1/allocations", json!({ "min_cpus": 128 }))
-        .await;
+    let refused = |r: Result<_, plinth_client::Error>| {
+        let e = r.expect_err("refused");
+        (e.status(), e.code().map(str::to_owned))
+    };
+    let capacity = (Some(409), Some("insufficient_capacity".to_owned()));
+    let api = &s.api;
+    let ask = |req: AllocationRequest| async move { api.allocate(&req).await };
     assert_eq!(
-        (st, e["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("insufficient_capacity"))
+        refused(
+            ask(AllocationRequest {
+                min_cpus: Some(128),
+                ..Default::default()
+            })
+            .await
+        ),
+        capacity
     );
-    let (st, e) = s.post("/api/v1/allocations", json!({ "count": 3 })).await;
     assert_eq!(
-        (st, e["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("insufficient_capacity"))
+        refused(
+            ask(AllocationRequest {
+                count: Some(3),
+                ..Default::default()
+            })
+            .await
+        ),
+        capacity
     );
     assert_eq!(
         s.count("allocations").await,
         0,
         "a refused allocation leaves nothing behind"
     );
-    let (st, a) = s.post("/api/v1/allocations", json!({ "min_cpus": 32, "min_memory_mib": 1024, "min_disk_gib": 900, "arch": "x86_64" })).await;
-    assert_eq!(st, StatusCode::CREATED, "{a}");
-    assert_eq!(a["machines"][0]["hostname"], "n2");
-    assert_eq!(a["machines"][0]["state"], "allocated");
-    let (st, e) = s
-        .post("/api/v1/allocations", json!({ "min_disk_gib": 2000 }))
-        .await;
+    let a = ask(AllocationRequest {
+        min_cpus: Some(32),
+        min_memory_mib: Some(1024),
+        min_disk_gib: Some(900),
+        arch: Some(Arch::X86_64),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.machines[0].hostname.as_deref(), Some("n2"));
+    assert_eq!(a.machines[0].state, MachineState::Allocated);
     assert_eq!(
-        (st, e["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("insufficient_capacity"))
+        refused(
+            ask(AllocationRequest {
+                min_disk_gib: Some(2000),
+                ..Default::default()
+            })
+            .await
+        ),
+        capacity
     );
-    let (st, e) = s.post("/api/v1/allocations", json!({ "count": 0 })).await;
     assert_eq!(
-        (st, e["error"]["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_count"))
+        refused(
+            ask(AllocationRequest {
+                count: Some(0),
+                ..Default::default()
+            })
+            .await
+        ),
+        (Some(400), Some("invalid_count".to_owned()))
     );
-    let aid = a["id"].as_str().unwrap();
-    let (st, r) = s
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/allocations/{aid}"),
-            Some(&s.admin),
-            None,
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{r}");
-    assert_eq!(r["machines"][0]["state"], "cleaning");
-    assert!(r["released_at"].is_string());
-    let (st, e) = s
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/allocations/{aid}"),
-            Some(&s.admin),
-            None,
-        )
-        .await;
+    let r = s.api.release_allocation(a.id).await.unwrap();
+    assert_eq!(r.machines[0].state, MachineState::Cleaning);
+    assert!(r.released_at.is_some());
     assert_eq!(
-        (st, e["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("already_released"))
+        refused(s.api.release_allocation(a.id).await),
+        (Some(409), Some("already_released".to_owned()))
     );
-    let (_, open) = s.get("/api/v1/allocations").await;
-    assert_eq!(open.as_array().unwrap().len(), 0);
-    let (_, all) = s.get("/api/v1/allocations?all=true").await;
-    assert_eq!(all.as_array().unwrap().len(), 1);
+    assert_eq!(s.api.list_allocations(false).await.unwrap().len(), 0);
+    assert_eq!(s.api.list_allocations(true).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -899,36 +958,29 @@ async fn two_hundred_concurrent_allocations_for_one_hundred_machines() {
     let s = Server::start().await;
     let mut conn = s.db.pool.acquire().await.unwrap();
     for n in 0..100 {
-        let m = s.enroll(n).await;
-        let id: uuid::Uuid = m["id"].as_str().unwrap().parse().unwrap();
+        let id = s.enroll(n).await.id;
         plinth_db::machines::force_state(&mut conn, id, "ready", None)
             .await
             .unwrap();
     }
     drop(conn);
-    let client = s.token("storm", Role::Client).await;
-    let requests = (0..200).map(|_| {
-        let req = s
-            .http
-            .post(format!("{}/api/v1/allocations", s.base))
-            .bearer_auth(&client)
-            .json(&json!({ "count": 1 }));
-        async move {
-            let resp = req.send().await.unwrap();
-            (resp.status(), resp.json::<Value>().await.unwrap())
-        }
-    });
+    let client = s.as_token(&s.token("storm", Role::Client).await);
+    let one = AllocationRequest {
+        count: Some(1),
+        ..Default::default()
+    };
+    let requests = (0..200).map(|_| client.allocate(&one));
     let results = futures::future::join_all(requests).await;
     let mut got = Vec::new();
     let mut refused = 0;
-    for (st, body) in results {
-        match st {
-            StatusCode::CREATED => got.push(body["machines"][0]["id"].as_str().unwrap().to_owned()),
-            StatusCode::CONFLICT => {
-                assert_eq!(body["error"]["code"], "insufficient_capacity");
+    for r in results {
+        match r {
+            Ok(a) => got.push(a.machines[0].id),
+            Err(e) if e.status() == Some(409) => {
+                assert_eq!(e.code(), Some("insufficient_capacity"));
                 refused += 1;
             }
-            other => panic!("unexpected {other}: {body}"),
+            Err(e) => panic!("unexpected {e:?}"),
         }
     }
     assert_eq!((got.len(), refused), (100, 100));
@@ -947,52 +999,33 @@ async fn two_hundred_concurrent_allocations_for_one_hundred_machines() {
 #[tokio::test]
 async fn concurrent_conflicting_actions_exactly_one_wins() {
     let s = Server::start().await;
-    let m = s.enroll(1).await;
-    let id = m["id"].as_str().unwrap().to_owned();
+    let id = s.enroll(1).await.id;
     // Same version, different verbs and the same verb, all at once.
     let verbs = ["inspect", "decommission"].repeat(10);
-    let requests = verbs.iter().map(|verb| {
-        let req = s
-            .http
-            .post(format!("{}/api/v1/machines/{id}/actions/{verb}", s.base))
-            .bearer_auth(&s.admin)
-            .header("If-Match", "\"1\"")
-            .json(&json!({}));
-        async move {
-            let resp = req.send().await.unwrap();
-            (resp.status(), resp.json::<Value>().await.unwrap())
-        }
-    });
-    let results = futures::future::join_all(requests).await;
-    let winners: Vec<&Value> = results
+    let none = ActionRequest::default();
+    let requests = verbs
         .iter()
-        .filter(|(st, _)| *st == StatusCode::OK)
-        .map(|(_, b)| b)
-        .collect();
+        .map(|verb| s.api.machine_action(id, verb, &none, Some(1)));
+    let results = futures::future::join_all(requests).await;
+    let winners: Vec<&Machine> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert_eq!(winners.len(), 1, "{results:?}");
-    let state = winners[0]["state"].as_str().unwrap();
-    for (st, body) in &results {
-        if *st != StatusCode::OK {
-            assert_eq!(*st, StatusCode::CONFLICT);
-            assert_eq!(
-                body["error"]["current_state"].as_str(),
-                Some(state),
-                "{body}"
-            );
+    let state = winners[0].state;
+    for r in &results {
+        if let Err(e) = r {
+            let plinth_client::Error::Api(a) = e else {
+                panic!("{e:?}")
+            };
+            assert_eq!(a.status, 409);
+            assert_eq!(a.current_state(), Some(state), "{a}");
         }
     }
-    let (_, after) = s.get(&format!("/api/v1/machines/{id}")).await;
-    assert_eq!(after["state_version"], 2);
-    let (_, ev) = s.get(&format!("/api/v1/machines/{id}/events")).await;
-    assert_eq!(
-        ev["events"].as_array().unwrap().len(),
-        2,
-        "enroll + the one winning transition"
-    );
+    let after = s.api.get_machine(id).await.unwrap();
+    assert_eq!(after.state_version, 2);
+    let ev = s.api.machine_events(id, &Default::default()).await.unwrap();
+    assert_eq!(ev.events.len(), 2, "enroll + the one winning transition");
 
     // Without If-Match, the state guard alone lets exactly one inspect through.
-    let m = s.enroll(2).await;
-    let id = m["id"].as_str().unwrap().to_owned();
+    let id = s.enroll(2).await.id;
     let requests = (0..10).map(|_| {
         let req = s
             .http
@@ -1011,8 +1044,7 @@ async fn concurrent_conflicting_actions_exactly_one_wins() {
 #[tokio::test]
 async fn if_match_and_maintenance() {
     let s = Server::start().await;
-    let m = s.enroll(1).await;
-    let id = m["id"].as_str().unwrap().to_owned();
+    let id = s.enroll(1).await.id;
     let act = |verb: &str, if_match: Option<&str>, body: Value| {
         let mut req = s
             .http

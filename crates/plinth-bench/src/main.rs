@@ -1,13 +1,19 @@
-//! plinth-bench: measures a running `plinth serve` over HTTP, the way clients use it.
+//! plinth-bench: measures a running `plinth serve` over HTTP, the way clients use it: through
+//! plinth-client, so each figure includes decoding the typed answer, as a client's does.
 //! Run by `scripts/bench.sh`, which also seeds the inventory and measures the peer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
+use plinth_client::Client;
+use plinth_client::query::MachineFilter;
+use plinth_types::MachineState;
+use plinth_types::api::AllocationRequest;
 use rand::seq::SliceRandom;
+use uuid::Uuid;
 
 #[derive(Parser)]
 struct Args {
@@ -34,21 +40,17 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn latency(
-    http: &reqwest::Client,
-    token: &str,
-    urls: &[String],
-) -> anyhow::Result<(Duration, Duration)> {
-    let mut times = Vec::with_capacity(urls.len());
-    for url in urls {
+/// Median and p99 of `n` sequential calls of `call(i)`.
+async fn latency<F, Fut, T>(n: usize, call: F) -> anyhow::Result<(Duration, Duration)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, plinth_client::Error>>,
+{
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
         let t = Instant::now();
-        let resp = http.get(url).bearer_auth(token).send().await?;
-        let status = resp.status();
-        let body = resp.bytes().await?;
+        call(i).await?;
         times.push(t.elapsed());
-        if !status.is_success() {
-            bail!("GET {url}: {status}: {}", String::from_utf8_lossy(&body));
-        }
     }
     times.sort();
     Ok((percentile(&times, 0.5), percentile(&times, 0.99)))
@@ -57,32 +59,25 @@ async fn latency(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let http = reqwest::Client::builder()
+    let api = Client::builder(a.api_url.as_str())
+        .token(a.token.as_str())
         .pool_max_idle_per_host(a.concurrency * 2)
         .build()?;
-    let base = a.api_url.trim_end_matches('/');
+    let ready = |limit, cursor| MachineFilter {
+        state: Some(MachineState::Ready),
+        limit: Some(limit),
+        cursor,
+        ..Default::default()
+    };
 
     // Machine ids to fetch one by one: the first pages of the ready list.
-    let mut ids = Vec::new();
-    let mut cursor = String::new();
+    let mut ids: Vec<Uuid> = Vec::new();
+    let mut cursor = None;
     while ids.len() < 5000 {
-        let page: serde_json::Value = http
-            .get(format!(
-                "{base}/api/v1/machines?state=ready&limit=1000{cursor}"
-            ))
-            .bearer_auth(&a.token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let ms = page["machines"].as_array().context("machines")?;
-        ids.extend(
-            ms.iter()
-                .filter_map(|m| m["id"].as_str().map(str::to_owned)),
-        );
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = format!("&cursor={c}"),
+        let page = api.list_machines(&ready(1000, cursor)).await?;
+        ids.extend(page.machines.iter().map(|m| m.id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
             None => break,
         }
     }
@@ -91,41 +86,33 @@ async fn main() -> anyhow::Result<()> {
     }
     ids.shuffle(&mut rand::thread_rng());
 
-    let list_url = format!("{base}/api/v1/machines?state=ready&limit=100");
-    let warm: Vec<String> = (0..100).map(|_| list_url.clone()).collect();
-    latency(&http, &a.token, &warm).await?;
-    let (list_p50, list_p99) = latency(&http, &a.token, &vec![list_url.clone(); a.samples]).await?;
-    let get_urls: Vec<String> = ids
-        .iter()
-        .cycle()
-        .take(a.samples)
-        .map(|id| format!("{base}/api/v1/machines/{id}"))
-        .collect();
-    let (get_p50, get_p99) = latency(&http, &a.token, &get_urls).await?;
+    let list = ready(100, None);
+    latency(100, |_| api.list_machines(&list)).await?;
+    let (list_p50, list_p99) = latency(a.samples, |_| api.list_machines(&list)).await?;
+    let (get_p50, get_p99) = latency(a.samples, |i| api.get_machine(ids[i % ids.len()])).await?;
 
     let done = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
+    let one = AllocationRequest {
+        count: Some(1),
+        ..Default::default()
+    };
     let workers = (0..a.concurrency).map(|_| {
-        let (http, token, done, refused) =
-            (http.clone(), a.token.clone(), done.clone(), refused.clone());
-        let url = format!("{base}/api/v1/allocations");
+        let (api, one, done, refused) = (api.clone(), one.clone(), done.clone(), refused.clone());
         let total = a.allocations;
         async move {
             while done.fetch_add(1, Ordering::Relaxed) < total {
-                let resp = http
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .json(&serde_json::json!({ "count": 1 }))
-                    .send()
-                    .await?;
-                let status = resp.status();
-                resp.bytes().await?;
-                if status.as_u16() != 201 {
-                    refused.fetch_add(1, Ordering::Relaxed);
+                match api.allocate(&one).await {
+                    Ok(_) => {}
+                    // Any answer but 201 (no ready machine left): counted; the run fails below.
+                    Err(e) if e.status().is_some() => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
                 }
             }
-            anyhow::Ok(())
+            Ok(())
         }
     });
     for r in futures::future::join_all(workers).await {

@@ -1,15 +1,16 @@
-//! The command-line client: every subcommand here is one or two REST calls. Tables for
-//! people, `-o json` for scripts; an API error prints its message and exits non-zero.
+//! The command-line client: every subcommand here is one or two REST calls through
+//! plinth-client's typed [`Client`]. Tables for people, `-o json` for scripts; an API error
+//! prints its message and exits non-zero.
 
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use plinth_client::Client;
+use plinth_client::query::{EventFilter, LeaseFilter, MachineFilter};
 use plinth_types::api::*;
 use plinth_types::{MacAddr, MachineState};
-use reqwest::{Method, StatusCode};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 mod images;
@@ -422,106 +423,24 @@ impl std::str::FromStr for MachineStateArg {
 }
 
 struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
+    client: Client,
     output: Output,
 }
 
 impl Api {
     fn new(g: &Global) -> anyhow::Result<Api> {
-        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
+        let mut builder = Client::builder(g.api_url.as_str()).token_opt(g.token.clone());
         if let Some(path) = &g.ca_file {
             let pem =
                 std::fs::read(path).with_context(|| format!("--ca-file {}", path.display()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            builder = builder
+                .ca_pem(&pem)
                 .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
-            if certs.is_empty() {
-                bail!("--ca-file {}: no PEM certificate in it", path.display());
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
         }
-        let http = builder.build()?;
         Ok(Api {
-            http,
-            base: g.api_url.trim_end_matches('/').to_owned(),
-            token: g.token.clone(),
+            client: builder.build()?,
             output: g.output,
         })
-    }
-
-    async fn call<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&impl Serialize>,
-    ) -> anyhow::Result<T> {
-        self.call_if_match(method, path, body, None).await
-    }
-
-    /// One API call; `if_match` pins a machine's state_version. An API error becomes the
-    /// API's message, its code and status, and the machine's current state when it says.
-    async fn call_if_match<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&impl Serialize>,
-        if_match: Option<i64>,
-    ) -> anyhow::Result<T> {
-        let url = format!("{}/api/v1{path}", self.base);
-        let mut req = self.http.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        if let Some(v) = if_match {
-            req = req.header("If-Match", format!("\"{v}\""));
-        }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the plinth API at {}", self.base))?;
-        self.decode(resp, &url).await
-    }
-
-    /// A response's body, or its API error as the error.
-    async fn decode<T: DeserializeOwned>(
-        &self,
-        resp: reqwest::Response,
-        url: &str,
-    ) -> anyhow::Result<T> {
-        let status = resp.status();
-        let bytes = resp.bytes().await?;
-        if !status.is_success() {
-            if let Ok(e) = serde_json::from_slice::<ErrorBody>(&bytes) {
-                let current = e
-                    .error
-                    .current_state
-                    .map(|s| format!("; the machine is {s}"))
-                    .unwrap_or_default();
-                bail!(
-                    "{} ({}, HTTP {}){current}",
-                    e.error.message,
-                    e.error.code,
-                    status.as_u16()
-                );
-            }
-            bail!("HTTP {status} from {url}");
-        }
-        let bytes = if status == StatusCode::NO_CONTENT {
-            &b"null"[..]
-        } else {
-            &bytes[..]
-        };
-        serde_json::from_slice(bytes).with_context(|| format!("unexpected response from {url}"))
-    }
-
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.call(Method::GET, path, None::<&()>).await
     }
 
     fn print_json(&self, v: &impl Serialize) -> anyhow::Result<()> {
@@ -712,19 +631,6 @@ fn parse_nic(s: &str) -> anyhow::Result<NicSpec> {
     Ok(nic)
 }
 
-fn query_string(pairs: &[(&str, Option<String>)]) -> String {
-    let enc = plinth_types::percent_encode;
-    let q: Vec<String> = pairs
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
-        .collect();
-    if q.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", q.join("&"))
-    }
-}
-
 pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
     match cmd {
         ClientCommand::Rack { global, command } => rack(&Api::new(&global)?, command).await,
@@ -754,7 +660,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
                 pool,
                 rack,
             };
-            let a: Allocation = api.call(Method::POST, "/allocations", Some(&req)).await?;
+            let a = api.client.allocate(&req).await?;
             if api.output == Output::Json {
                 return api.print_json(&a);
             }
@@ -764,13 +670,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         }
         ClientCommand::Release { global, allocation } => {
             let api = Api::new(&global)?;
-            let a: Allocation = api
-                .call(
-                    Method::DELETE,
-                    &format!("/allocations/{allocation}"),
-                    None::<&()>,
-                )
-                .await?;
+            let a = api.client.release_allocation(allocation).await?;
             if api.output == Output::Json {
                 return api.print_json(&a);
             }
@@ -783,12 +683,7 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         }
         ClientCommand::Allocations { global, all } => {
             let api = Api::new(&global)?;
-            let list: Vec<Allocation> = api
-                .get(&format!(
-                    "/allocations{}",
-                    query_string(&[("all", all.then(|| "true".into()))])
-                ))
-                .await?;
+            let list = api.client.list_allocations(all).await?;
             if api.output == Output::Json {
                 return api.print_json(&list);
             }
@@ -827,11 +722,19 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             limit,
         } => {
             let api = Api::new(&global)?;
-            let page: EventPage = api
-                .get(&format!(
-                    "/events{}",
-                    query_string(&[("since", since), ("limit", limit.map(|l| l.to_string()))])
-                ))
+            let since = since
+                .map(|s| {
+                    s.parse::<chrono::DateTime<chrono::Utc>>()
+                        .with_context(|| format!("--since {s}: not an RFC 3339 time"))
+                })
+                .transpose()?;
+            let page = api
+                .client
+                .list_events(&EventFilter {
+                    since,
+                    after: None,
+                    limit,
+                })
                 .await?;
             if api.output == Output::Json {
                 return api.print_json(&page);
@@ -866,18 +769,15 @@ async fn rack(api: &Api, cmd: RackCommand) -> anyhow::Result<()> {
             room,
             row,
         } => {
-            let r: Rack = api
-                .call(
-                    Method::POST,
-                    "/racks",
-                    Some(&RackCreate {
-                        name,
-                        site,
-                        room,
-                        row,
-                        height_u,
-                    }),
-                )
+            let r = api
+                .client
+                .create_rack(&RackCreate {
+                    name,
+                    site,
+                    room,
+                    row,
+                    height_u,
+                })
                 .await?;
             if api.output == Output::Json {
                 return api.print_json(&r);
@@ -885,19 +785,21 @@ async fn rack(api: &Api, cmd: RackCommand) -> anyhow::Result<()> {
             table(H, rack_rows(&[r]));
         }
         RackCommand::List => {
-            let rs: Vec<Rack> = api.get("/racks").await?;
+            let rs = api.client.list_racks().await?;
             if api.output == Output::Json {
                 return api.print_json(&rs);
             }
             table(H, rack_rows(&rs));
         }
         RackCommand::Show { name } => {
-            let r: Rack = api.get(&format!("/racks/{name}")).await?;
-            let ms: MachinePage = api
-                .get(&format!(
-                    "/machines{}",
-                    query_string(&[("rack", Some(name)), ("limit", Some("1000".into()))])
-                ))
+            let r = api.client.get_rack(&name).await?;
+            let ms = api
+                .client
+                .list_machines(&MachineFilter {
+                    rack: Some(name),
+                    limit: Some(1000),
+                    ..Default::default()
+                })
                 .await?;
             if api.output == Output::Json {
                 return api.print_json(&serde_json::json!({ "rack": r, "machines": ms.machines }));
@@ -919,18 +821,14 @@ async fn rack(api: &Api, cmd: RackCommand) -> anyhow::Result<()> {
                 row: row.map(Some),
                 height_u,
             };
-            let r: Rack = api
-                .call(Method::PATCH, &format!("/racks/{name}"), Some(&patch))
-                .await?;
+            let r = api.client.update_rack(&name, &patch).await?;
             if api.output == Output::Json {
                 return api.print_json(&r);
             }
             table(H, rack_rows(&[r]));
         }
         RackCommand::Delete { name } => {
-            let _: serde_json::Value = api
-                .call(Method::DELETE, &format!("/racks/{name}"), None::<&()>)
-                .await?;
+            api.client.delete_rack(&name).await?;
             eprintln!("rack {name} deleted");
         }
     }
@@ -994,7 +892,7 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
                 nics,
                 bmc,
             };
-            let m: Machine = api.call(Method::POST, "/machines", Some(&req)).await?;
+            let m = api.client.enroll_machine(&req).await?;
             show(&m)
         }
         MachineCommand::List {
@@ -1009,16 +907,18 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             let mut cursor: Option<String> = None;
             let mut out = Vec::new();
             loop {
-                let qs = query_string(&[
-                    ("state", state.map(|s| s.0.to_string())),
-                    ("rack", rack.clone()),
-                    ("pool", pool.clone()),
-                    ("tag", tag.clone()),
-                    ("q", q.clone()),
-                    ("limit", limit.map(|l| l.to_string())),
-                    ("cursor", cursor.clone()),
-                ]);
-                let page: MachinePage = api.get(&format!("/machines{qs}")).await?;
+                let page = api
+                    .client
+                    .list_machines(&MachineFilter {
+                        state: state.map(|s| s.0),
+                        rack: rack.clone(),
+                        pool: pool.clone(),
+                        tag: tag.clone(),
+                        q: q.clone(),
+                        limit,
+                        cursor: cursor.clone(),
+                    })
+                    .await?;
                 out.extend(page.machines);
                 cursor = page.next_cursor;
                 if !all || cursor.is_none() {
@@ -1037,7 +937,7 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        MachineCommand::Show { id } => show(&api.get::<Machine>(&format!("/machines/{id}")).await?),
+        MachineCommand::Show { id } => show(&api.client.get_machine(id).await?),
         MachineCommand::Edit {
             id,
             hostname,
@@ -1065,10 +965,7 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
                 arch: None,
                 bmc: None,
             };
-            show(
-                &api.call::<Machine>(Method::PATCH, &format!("/machines/{id}"), Some(&patch))
-                    .await?,
-            )
+            show(&api.client.update_machine(id, &patch).await?)
         }
         MachineCommand::Action {
             id,
@@ -1077,10 +974,10 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             force,
             if_version,
         } => {
-            let path = format!("/machines/{id}/actions/{verb}");
             let body = ActionRequest { reason, force };
             show(
-                &api.call_if_match::<Machine>(Method::POST, &path, Some(&body), if_version)
+                &api.client
+                    .machine_action(id, &verb, &body, if_version)
                     .await?,
             )
         }
@@ -1117,11 +1014,7 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
                 network_config: network_config.as_deref().map(read).transpose()?,
                 reason,
             };
-            let path = format!("/machines/{id}/actions/deploy");
-            show(
-                &api.call_if_match::<Machine>(Method::POST, &path, Some(&body), if_version)
-                    .await?,
-            )
+            show(&api.client.deploy_machine(id, &body, if_version).await?)
         }
         MachineCommand::Power {
             id,
@@ -1129,9 +1022,12 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             force,
             wait,
         } => {
-            let body = jobs::power_request(action, force);
+            let job = api
+                .client
+                .power(id, &jobs::power_request(action, force))
+                .await?;
             let wait = wait.then_some(std::time::Duration::from_secs(600));
-            jobs::submit(api, &format!("/machines/{id}/power"), &body, wait).await
+            jobs::submit(api, job, wait).await
         }
         MachineCommand::BootDevice {
             id,
@@ -1140,12 +1036,18 @@ async fn machine(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             mode,
             wait,
         } => {
-            let body = jobs::boot_request(device, persistent, mode);
+            let job = api
+                .client
+                .set_boot_device(id, &jobs::boot_request(device, persistent, mode))
+                .await?;
             let wait = wait.then_some(std::time::Duration::from_secs(600));
-            jobs::submit(api, &format!("/machines/{id}/boot-device"), &body, wait).await
+            jobs::submit(api, job, wait).await
         }
         MachineCommand::Events { id } => {
-            let page: EventPage = api.get(&format!("/machines/{id}/events")).await?;
+            let page = api
+                .client
+                .machine_events(id, &EventFilter::default())
+                .await?;
             if api.output == Output::Json {
                 return api.print_json(&page);
             }
@@ -1193,7 +1095,7 @@ async fn subnet_id(api: &Api, s: &str) -> anyhow::Result<Uuid> {
     if let Ok(id) = s.parse::<Uuid>() {
         return Ok(id);
     }
-    let all: Vec<Subnet> = api.get("/subnets").await?;
+    let all = api.client.list_subnets().await?;
     all.iter()
         .find(|n| n.cidr == s)
         .map(|n| n.id)
@@ -1255,10 +1157,10 @@ async fn subnet(api: &Api, cmd: SubnetCommand) -> anyhow::Result<()> {
                 relay_addresses: (!relay_addresses.is_empty()).then_some(relay_addresses),
                 relay_any_in_cidr: relay_any_in_cidr.then_some(true),
             };
-            show(api.call(Method::POST, "/subnets", Some(&req)).await?)
+            show(api.client.create_subnet(&req).await?)
         }
         SubnetCommand::List => {
-            let all: Vec<Subnet> = api.get("/subnets").await?;
+            let all = api.client.list_subnets().await?;
             if api.output == Output::Json {
                 return api.print_json(&all);
             }
@@ -1267,7 +1169,7 @@ async fn subnet(api: &Api, cmd: SubnetCommand) -> anyhow::Result<()> {
         }
         SubnetCommand::Show { subnet } => {
             let id = subnet_id(api, &subnet).await?;
-            show(api.get(&format!("/subnets/{id}")).await?)
+            show(api.client.get_subnet(id).await?)
         }
         SubnetCommand::Edit {
             subnet,
@@ -1300,16 +1202,11 @@ async fn subnet(api: &Api, cmd: SubnetCommand) -> anyhow::Result<()> {
                 relay_addresses: (!relay_addresses.is_empty()).then_some(relay_addresses),
                 relay_any_in_cidr,
             };
-            show(
-                api.call(Method::PATCH, &format!("/subnets/{id}"), Some(&patch))
-                    .await?,
-            )
+            show(api.client.update_subnet(id, &patch).await?)
         }
         SubnetCommand::Delete { subnet } => {
             let id = subnet_id(api, &subnet).await?;
-            let _: serde_json::Value = api
-                .call(Method::DELETE, &format!("/subnets/{id}"), None::<&()>)
-                .await?;
+            api.client.delete_subnet(id).await?;
             eprintln!("subnet {subnet} deleted");
             Ok(())
         }
@@ -1320,15 +1217,16 @@ async fn lease(api: &Api, cmd: LeaseCommand) -> anyhow::Result<()> {
     match cmd {
         LeaseCommand::List { subnet, mac } => {
             let subnet = match subnet {
-                Some(s) => Some(subnet_id(api, &s).await?.to_string()),
+                Some(s) => Some(subnet_id(api, &s).await?),
                 None => None,
             };
-            let leases: Vec<Lease> = api
-                .get(&format!(
-                    "/leases{}",
-                    query_string(&[("subnet", subnet), ("mac", mac)])
-                ))
-                .await?;
+            let mac = mac
+                .map(|m| {
+                    m.parse::<MacAddr>()
+                        .map_err(|e| anyhow::anyhow!("--mac {m}: {e}"))
+                })
+                .transpose()?;
+            let leases = api.client.list_leases(&LeaseFilter { subnet, mac }).await?;
             if api.output == Output::Json {
                 return api.print_json(&leases);
             }

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use plinth_client::query::ImageUpload;
 use plinth_types::api::{Image, ImageKind, ImageRegister};
-use reqwest::Method;
 use sha2::Digest;
 
-use super::{Api, Output, query_string, table};
+use super::{Api, Output, table};
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
@@ -201,14 +201,14 @@ pub async fn run(api: &Api, cmd: ImageCommand) -> anyhow::Result<()> {
                         sha256,
                         firmware,
                     };
-                    api.call(Method::POST, "/images", Some(&req)).await?
+                    api.client.register_image(&req).await?
                 }
                 Some(file) => upload(api, &name, kind, arch, path, &file, sha256, firmware).await?,
             };
             print_image(api, &image)
         }
         ImageCommand::List => {
-            let list: Vec<Image> = api.get("/images").await?;
+            let list = api.client.list_images().await?;
             if api.output == Output::Json {
                 return api.print_json(&list);
             }
@@ -230,19 +230,11 @@ pub async fn run(api: &Api, cmd: ImageCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ImageCommand::Show { name } => {
-            let i: Image = api
-                .get(&format!("/images/{}", plinth_types::percent_encode(&name)))
-                .await?;
+            let i = api.client.get_image(&name).await?;
             print_image(api, &i)
         }
         ImageCommand::Rm { name } => {
-            let i: Image = api
-                .call(
-                    Method::DELETE,
-                    &format!("/images/{}", plinth_types::percent_encode(&name)),
-                    None::<&()>,
-                )
-                .await?;
+            let i = api.client.delete_image(&name).await?;
             if api.output == Output::Json {
                 return api.print_json(&i);
             }
@@ -285,34 +277,19 @@ async fn upload(
             p.add(c.len() as u64);
         }
     });
-    let q = query_string(&[
-        ("kind", Some(kind.as_str().to_owned())),
-        ("arch", arch),
-        ("path", path),
-        ("sha256", Some(sha256)),
-        ("firmware", firmware),
-    ]);
-    let url = format!(
-        "{}/api/v1/images/{}{q}",
-        api.base,
-        plinth_types::percent_encode(name)
-    );
-    let mut req = api
-        .http
-        .put(&url)
-        .header("content-type", "application/octet-stream")
-        .header("content-length", size)
-        .timeout(Duration::from_secs(24 * 3600))
-        .body(reqwest::Body::wrap_stream(stream));
-    if let Some(t) = &api.token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("uploading to {url}"))?;
+    let upload = ImageUpload {
+        kind,
+        arch,
+        path,
+        sha256,
+        firmware,
+    };
+    let res = api
+        .client
+        .upload_image(name, &upload, reqwest::Body::wrap_stream(stream), size)
+        .await;
     if let Ok(p) = progress.lock() {
         p.finish();
     }
-    api.decode(resp, &url).await
+    Ok(res?)
 }

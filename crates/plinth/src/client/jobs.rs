@@ -4,13 +4,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
+use plinth_client::query::JobFilter;
 use plinth_types::api::{
-    BootDeviceRequest, BootTarget, FirmwareMode, Job, JobPage, JobState, PowerOp, PowerRequest,
+    BootDeviceRequest, BootTarget, FirmwareMode, Job, JobState, PowerOp, PowerRequest,
 };
-use reqwest::Method;
 use uuid::Uuid;
 
-use super::{Api, Output, dash, query_string, table};
+use super::{Api, Output, dash, table};
 
 #[derive(Subcommand)]
 pub enum JobCommand {
@@ -93,14 +93,8 @@ pub fn boot_request(
     }
 }
 
-/// POSTs a job request; shows the job, or with `wait` follows it to its end.
-pub async fn submit(
-    api: &Api,
-    path: &str,
-    body: &impl serde::Serialize,
-    wait: Option<Duration>,
-) -> anyhow::Result<()> {
-    let job: Job = api.call(Method::POST, path, Some(body)).await?;
+/// Shows a job just queued, or with `wait` follows it to its end.
+pub async fn submit(api: &Api, job: Job, wait: Option<Duration>) -> anyhow::Result<()> {
     match wait {
         Some(limit) => follow(api, job, limit).await,
         None => {
@@ -132,7 +126,7 @@ async fn follow(api: &Api, mut job: Job, limit: Duration) -> anyhow::Result<()> 
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        job = api.get(&format!("/jobs/{}", job.id)).await?;
+        job = api.client.get_job(job.id).await?;
         if (job.state, job.attempts) != last && api.output == Output::Table {
             eprintln!(
                 "{} attempt {}{}",
@@ -221,12 +215,18 @@ pub async fn run(api: &Api, cmd: JobCommand) -> anyhow::Result<()> {
             state,
             limit,
         } => {
-            let q = query_string(&[
-                ("machine", machine.map(|m| m.to_string())),
-                ("state", state),
-                ("limit", limit.map(|l| l.to_string())),
-            ]);
-            let page: JobPage = api.get(&format!("/jobs{q}")).await?;
+            let state = state
+                .map(|s| s.parse::<JobState>().map_err(anyhow::Error::msg))
+                .transpose()?;
+            let page = api
+                .client
+                .list_jobs(&JobFilter {
+                    machine,
+                    state,
+                    limit,
+                    cursor: None,
+                })
+                .await?;
             if api.output == Output::Json {
                 return api.print_json(&page);
             }
@@ -258,9 +258,7 @@ pub async fn run(api: &Api, cmd: JobCommand) -> anyhow::Result<()> {
             Ok(())
         }
         JobCommand::Cancel { id } => {
-            let job: Job = api
-                .call(Method::POST, &format!("/jobs/{id}/cancel"), None::<&()>)
-                .await?;
+            let job = api.client.cancel_job(id).await?;
             if api.output == Output::Json {
                 return api.print_json(&job);
             }
@@ -268,7 +266,7 @@ pub async fn run(api: &Api, cmd: JobCommand) -> anyhow::Result<()> {
             Ok(())
         }
         JobCommand::Show { id, wait, timeout } => {
-            let job: Job = api.get(&format!("/jobs/{id}")).await?;
+            let job = api.client.get_job(id).await?;
             if wait {
                 return follow(api, job, Duration::from_secs(timeout)).await;
             }

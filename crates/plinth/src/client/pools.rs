@@ -3,7 +3,6 @@
 
 use clap::Subcommand;
 use plinth_types::api::{Pool, PoolUpdate, WipeMethod};
-use reqwest::Method;
 
 use super::{Api, Output, table};
 
@@ -40,7 +39,7 @@ const HEADERS: &[&str] = &["POOL", "WIPE_METHOD", "FROM", "MACHINES"];
 pub async fn run(api: &Api, cmd: PoolCommand) -> anyhow::Result<()> {
     match cmd {
         PoolCommand::List => {
-            let all: Vec<Pool> = api.get("/pools").await?;
+            let all = api.client.list_pools().await?;
             if api.output == Output::Json {
                 return api.print_json(&all);
             }
@@ -51,12 +50,9 @@ pub async fn run(api: &Api, cmd: PoolCommand) -> anyhow::Result<()> {
                 "default" => None,
                 m => Some(m.parse::<WipeMethod>().map_err(anyhow::Error::msg)?),
             };
-            let p: Pool = api
-                .call(
-                    Method::PUT,
-                    &format!("/pools/{}", plinth_types::percent_encode(&name)),
-                    Some(&PoolUpdate { wipe_method }),
-                )
+            let p = api
+                .client
+                .update_pool(&name, &PoolUpdate { wipe_method })
                 .await?;
             if api.output == Output::Json {
                 return api.print_json(&p);

@@ -4,8 +4,7 @@
 
 use clap::Subcommand;
 use plinth_types::Role;
-use plinth_types::api::{TokenCreate, TokenCreated, TokenInfo};
-use reqwest::Method;
+use plinth_types::api::{TokenCreate, TokenInfo};
 
 use super::{Api, Output, dash, table};
 
@@ -82,7 +81,7 @@ const HEADERS: &[&str] = &["NAME", "ROLE", "STATUS", "CREATED", "LAST_USED", "EX
 pub async fn run(api: &Api, cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
         TokenCommand::List => {
-            let all: Vec<TokenInfo> = api.get("/tokens").await?;
+            let all = api.client.list_tokens().await?;
             if api.output == Output::Json {
                 return api.print_json(&all);
             }
@@ -93,16 +92,13 @@ pub async fn run(api: &Api, cmd: TokenCommand) -> anyhow::Result<()> {
             role,
             expires_in,
         } => {
-            let made: TokenCreated = api
-                .call(
-                    Method::POST,
-                    "/tokens",
-                    Some(&TokenCreate {
-                        name,
-                        role,
-                        expires_in_secs: expires_in,
-                    }),
-                )
+            let made = api
+                .client
+                .create_token(&TokenCreate {
+                    name,
+                    role,
+                    expires_in_secs: expires_in,
+                })
                 .await?;
             if api.output == Output::Json {
                 return api.print_json(&made);
@@ -119,13 +115,7 @@ pub async fn run(api: &Api, cmd: TokenCommand) -> anyhow::Result<()> {
             println!("{}", made.secret);
         }
         TokenCommand::Revoke { name } => {
-            let t: TokenInfo = api
-                .call(
-                    Method::DELETE,
-                    &format!("/tokens/{}", plinth_types::percent_encode(&name)),
-                    None::<&()>,
-                )
-                .await?;
+            let t = api.client.revoke_token(&name).await?;
             if api.output == Output::Json {
                 return api.print_json(&t);
             }

@@ -959,7 +959,7 @@ async fn two_hundred_concurrent_allocations_for_one_hundred_machines() {
     let mut conn = s.db.pool.acquire().await.unwrap();
     for n in 0..100 {
         let id = s.enroll(n).await.id;
-        plinth_db::machines::force_state(&mut conn, id, "ready", None)
+        plinth_db::machines::force_state(&mut conn, id, plinth_types::MachineState::Ready, None)
             .await
             .unwrap();
     }

@@ -384,7 +384,7 @@ async fn agent_tokens_are_one_machine_one_mode_and_expire() {
         .check_agent_token(&token, a.parse().unwrap(), "inspect")
         .await
         .unwrap();
-    assert_eq!(row.mode, "inspect");
+    assert_eq!(row.mode, plinth_types::AgentMode::Inspect);
     let e = s
         .app
         .check_agent_token(&token, b.parse().unwrap(), "inspect")

@@ -29,7 +29,7 @@ pub(crate) fn refusal(row: &plinth_db::boot::AgentTokenRow, id: Uuid, mode: &str
         Some(Error::forbidden(
             "this agent token belongs to another machine",
         ))
-    } else if row.mode != mode {
+    } else if row.mode.as_str() != mode {
         Some(Error::forbidden(format!(
             "this agent token is for {} mode, not {mode}",
             row.mode
@@ -285,7 +285,7 @@ impl App {
         // being decommissioned is wiped on its way out, so its success completes the
         // decommission (NICs, addresses and rack slot freed; the BMC retired) and its failure
         // is recorded and leaves it decommissioning.
-        let state: MachineState = current.state.parse().map_err(|_| Error::internal())?;
+        let state = current.state;
         let mut details = json!({ "disks": report.disks, "method_required": required });
         match report_outcome(state, AgentMode::Clean, reason.is_none()) {
             Some(Outcome::Apply(verb)) => {
@@ -432,7 +432,6 @@ impl App {
             .await
             .db()?
             .ok_or_else(|| not_found(id))?;
-        let state: MachineState = state.parse().map_err(|_| Error::internal())?;
         if state.behaviour().agent_mode() != Some(AgentMode::Deploy) {
             return Err(Error::conflict(
                 "not_deploying",

@@ -132,10 +132,7 @@ impl App {
             Some(t) => Ok(Principal {
                 token_id: Some(t.id),
                 name: t.name,
-                role: t.role.parse().map_err(|e: String| {
-                    tracing::error!(error = %e, "token with unknown role in the database");
-                    Error::internal()
-                })?,
+                role: t.role,
             }),
             None => Err(Error::unauthorized("invalid API token")),
         }

@@ -626,7 +626,7 @@ impl App {
                 context: ctx,
             });
         };
-        let state: MachineState = row.state.parse().map_err(|_| Error::internal())?;
+        let state = row.state;
         let mut action = script_decision(Some(state), s.unknown_machines, s.idle);
         if matches!(action, ScriptAction::Ramdisk(_)) && !row.token_stored {
             action = ScriptAction::Wait(if row.token_refused {
@@ -654,7 +654,7 @@ impl App {
         let machine = ScriptMachine {
             id: row.machine_id,
             hostname: row.hostname,
-            state: row.state,
+            state: row.state.as_str().to_owned(),
             mac: mac_text,
             label,
         };

@@ -121,10 +121,7 @@ impl App {
         pool: &str,
     ) -> Result<WipeMethod> {
         let set = plinth_db::pools::wipe_method(conn, pool).await.db()?;
-        Ok(match set {
-            Some(m) => m.parse().map_err(|_| Error::internal())?,
-            None => self.clean_settings().method,
-        })
+        Ok(set.unwrap_or(self.clean_settings().method))
     }
 
     /// `GET /machines/{id}/clean-plan`: for the cleaning agent (its token, mode clean, not used
@@ -162,11 +159,7 @@ impl App {
     }
 
     fn pool_of(&self, r: plinth_db::pools::PoolRow) -> Result<Pool> {
-        let wipe_method: Option<WipeMethod> = r
-            .wipe_method
-            .map(|m| m.parse())
-            .transpose()
-            .map_err(|_: String| Error::internal())?;
+        let wipe_method = r.wipe_method;
         Ok(Pool {
             effective_wipe_method: wipe_method.unwrap_or(self.clean_settings().method),
             wipe_method,
@@ -181,7 +174,7 @@ impl App {
         validate::pool(name)?;
         let mut tx = self.begin().await?;
         let before = plinth_db::pools::wipe_method(&mut tx, name).await.db()?;
-        plinth_db::pools::set_wipe_method(&mut tx, name, u.wipe_method.map(WipeMethod::as_str))
+        plinth_db::pools::set_wipe_method(&mut tx, name, u.wipe_method)
             .await
             .db()?;
         crate::record_event(

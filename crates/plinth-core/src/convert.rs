@@ -46,7 +46,7 @@ pub(crate) async fn machines(
         bmcs.insert(
             b.machine_id,
             BmcInfo {
-                protocol: parse("bmc protocol", &b.protocol)?,
+                protocol: b.protocol,
                 address: b.address,
                 username: b.username,
                 verify_tls: b.verify_tls,
@@ -71,9 +71,9 @@ pub(crate) async fn machines(
                 size_u: r.size_u,
                 pool: r.pool,
                 tags: r.tags,
-                arch: r.arch.as_deref().map(|a| parse("arch", a)).transpose()?,
+                arch: r.arch,
                 facts: r.facts,
-                state: parse("state", &r.state)?,
+                state: r.state,
                 state_version: r.state_version,
                 state_changed_at: r.state_changed_at,
                 state_reason: r.state_reason,

@@ -8,6 +8,7 @@
 //! A deployment lives as long as the allocation: `release` deletes it, user data and keys
 //! included (see `lifecycle::apply`).
 
+use plinth_types::api::ImageKind;
 use plinth_types::api::{DeployRequest, Deployment, DiskSize, Machine, RootDeviceHint};
 use plinth_types::{Error, Verb};
 use uuid::Uuid;
@@ -206,11 +207,7 @@ impl App {
         let mut tx = self.begin().await?;
         let row = self.visible_row(&mut tx, who, id).await?;
         // The state first: deploying a machine that is not allocated says so, whatever the image.
-        if !Verb::Deploy
-            .allowed_from()
-            .iter()
-            .any(|s| s.as_str() == row.state)
-        {
+        if !Verb::Deploy.allowed_from().contains(&row.state) {
             return Err(self
                 .refusal(&mut tx, id, Verb::Deploy, expected_version, who)
                 .await);
@@ -231,15 +228,19 @@ impl App {
                     format!("no image {:?} in the catalog", req.image),
                 )
             })?;
-        if image.kind != "disk-image" {
+        if image.kind != ImageKind::DiskImage {
             return Err(Error::invalid(
                 "not_a_disk_image",
-                format!("image {} is a {}, not a disk-image", image.name, image.kind),
+                format!(
+                    "image {} is a {}, not a disk-image",
+                    image.name,
+                    image.kind.as_str()
+                ),
             ));
         }
         let arch = row
             .arch
-            .clone()
+            .map(|a| a.as_str().to_owned())
             .or_else(|| row.facts["arch"].as_str().map(str::to_owned));
         if image.arch != "any"
             && let Some(a) = &arch

@@ -538,11 +538,7 @@ impl App {
         }
         let boot_server = d.boot_server.as_deref().map(ip).transpose()?;
         let mut machine_id = d.machine_id;
-        let mut state = d
-            .machine_state
-            .as_deref()
-            .map(|s| s.parse::<MachineState>().map_err(|_| Error::internal()))
-            .transpose()?;
+        let mut state = d.machine_state;
         if matches!(outcome, Outcome::Offer | Outcome::Ack) && req.client.wants_boot() {
             match machine_id {
                 Some(id) => {

@@ -52,7 +52,10 @@ impl App {
     }
 
     /// Machines per lifecycle state.
-    pub async fn state_counts(&self, who: &Principal) -> Result<Vec<(String, i64)>> {
+    pub async fn state_counts(
+        &self,
+        who: &Principal,
+    ) -> Result<Vec<(plinth_types::MachineState, i64)>> {
         who.require(Permission::ReadInventory)?;
         let mut conn = self.conn().await?;
         plinth_db::inventory::state_counts(&mut conn).await.db()
@@ -66,7 +69,7 @@ impl App {
     ) -> Result<i64> {
         who.require(Permission::ReadInventory)?;
         let mut conn = self.conn().await?;
-        plinth_db::inventory::count_in_state(&mut conn, state.as_str())
+        plinth_db::inventory::count_in_state(&mut conn, state)
             .await
             .db()
     }

@@ -171,10 +171,7 @@ pub(crate) fn to_api(r: JobRow) -> Result<Job> {
         machine_id: r.machine_id,
         kind: r.kind,
         params: r.params,
-        state: r.state.parse::<JobState>().map_err(|e| {
-            tracing::error!(error = %e, "job with an unknown state in the database");
-            Error::internal()
-        })?,
+        state: r.state,
         attempts: r.attempts,
         max_attempts: r.max_attempts,
         last_error: r.last_error,
@@ -235,7 +232,7 @@ impl App {
         who.require(Permission::ControlPower)?;
         let mut tx = self.begin().await?;
         let row = self.visible_row(&mut tx, who, id).await?;
-        let state: MachineState = row.state.parse().map_err(|_| Error::internal())?;
+        let state = row.state;
         if state == MachineState::Decommissioned {
             return Err(Error::conflict(
                 "decommissioned",
@@ -365,15 +362,10 @@ impl App {
                     .map_err(|_| Error::invalid("invalid_cursor", "cursor is not one plinth gave"))
             })
             .transpose()?;
-        let mut rows = plinth_db::jobs::list(
-            &mut conn,
-            q.machine,
-            q.state.map(|s| s.as_str()),
-            before,
-            i64::from(limit) + 1,
-        )
-        .await
-        .db()?;
+        let mut rows =
+            plinth_db::jobs::list(&mut conn, q.machine, q.state, before, i64::from(limit) + 1)
+                .await
+                .db()?;
         let next_cursor = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             rows.last().map(|r| r.seq.to_string())

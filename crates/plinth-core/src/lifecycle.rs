@@ -84,17 +84,12 @@ impl App {
             clear_allocation: does.clear_allocation,
             unrack: does.unrack,
         };
-        let from: Vec<String> = verb
-            .allowed_from()
-            .iter()
-            .map(|s| s.as_str().to_owned())
-            .collect();
         let to = verb.target();
         let moved = plinth_db::machines::transition(
             tx,
             id,
-            &from,
-            to.as_str(),
+            verb.allowed_from(),
+            to,
             expected_version,
             reason,
             who.is_automation(),
@@ -105,7 +100,6 @@ impl App {
         let Some((old, version)) = moved else {
             return Err(self.refusal(tx, id, verb, expected_version, who).await);
         };
-        let old: MachineState = old.parse().map_err(|_| Error::internal())?;
         if effects.unrack {
             plinth_db::nics::deactivate_for_machine(tx, id).await.db()?;
         }
@@ -165,9 +159,6 @@ impl App {
             Ok(Some(sv)) => sv,
             Ok(None) => return not_found(id),
             Err(e) => return plinth_db::classify(e),
-        };
-        let Ok(state) = state.parse::<MachineState>() else {
-            return Error::internal();
         };
         let err = if expected.is_some_and(|v| v != version) {
             Error::conflict(
@@ -311,7 +302,7 @@ impl App {
             .await
             .db()?
             .ok_or_else(|| not_found(id))?;
-        let state: MachineState = row.state.parse().map_err(|_| Error::internal())?;
+        let state = row.state;
         if state == MachineState::Decommissioned {
             return Err(Error::conflict(
                 "decommissioned",
@@ -400,7 +391,7 @@ impl App {
             .await
             .db()?
             .ok_or_else(|| not_found(id))?;
-        let state: MachineState = current.state.parse().map_err(|_| Error::internal())?;
+        let state = current.state;
         match report_outcome(state, AgentMode::Inspect, true) {
             Some(Outcome::Record(kind)) => {
                 plinth_db::machines::set_facts(tx, id, &facts, report.arch.as_str())

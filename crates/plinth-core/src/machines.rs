@@ -111,11 +111,11 @@ impl App {
             size_u,
             pool: &pool,
             tags: &tags,
-            arch: req.arch.map(|a| a.as_str()),
+            arch: req.arch,
             boot_file: None,
         };
         let to = Verb::Enroll.target();
-        let id = plinth_db::machines::insert(&mut tx, &fields, to.as_str())
+        let id = plinth_db::machines::insert(&mut tx, &fields, to)
             .await
             .db()?;
         let any_pxe = req.nics.iter().any(|n| n.pxe == Some(true));
@@ -170,7 +170,7 @@ impl App {
             tx,
             id,
             &plinth_db::bmcs::NewBmc {
-                protocol: b.protocol.as_str(),
+                protocol: b.protocol,
                 address: &b.address,
                 username: &b.username,
                 password_nonce: &nonce,
@@ -233,7 +233,7 @@ impl App {
             .transpose()?;
         let q_text = q.q.as_deref().map(str::trim).filter(|s| !s.is_empty());
         let filter = ListFilter {
-            state: q.state.map(|s| s.as_str().to_owned()),
+            state: q.state,
             rack: q.rack,
             pool: q.pool,
             tag: q.tag,
@@ -316,7 +316,7 @@ impl App {
             .await
             .db()?
             .ok_or_else(|| not_found(id))?;
-        if cur.state == MachineState::Decommissioned.as_str() {
+        if cur.state == MachineState::Decommissioned {
             return Err(Error::conflict(
                 "decommissioned",
                 "a decommissioned machine is kept for audit and cannot change",
@@ -360,10 +360,7 @@ impl App {
         if let Some(Some(b)) = &patch.bmc {
             validate_bmc(b)?;
         }
-        let arch = patch
-            .arch
-            .map(|a| a.as_str().to_owned())
-            .or(cur.arch.clone());
+        let arch = patch.arch.or(cur.arch);
         let boot_file = match &patch.boot_file {
             Some(Some(f)) => Some(validate::boot_file(f)?),
             Some(None) => None,
@@ -376,7 +373,7 @@ impl App {
             size_u,
             pool: &pool,
             tags: &tags,
-            arch: arch.as_deref(),
+            arch,
             boot_file: boot_file.as_deref(),
         };
         plinth_db::machines::update_fields(&mut tx, id, &fields)

@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use plinth_db::subnets::{SubnetFields, SubnetRow};
-use plinth_types::api::{AddressRange, Lease, LeaseState, Subnet, SubnetCreate, SubnetPatch};
+use plinth_types::api::{AddressRange, Lease, Subnet, SubnetCreate, SubnetPatch};
 use plinth_types::{Error, MacAddr};
 use uuid::Uuid;
 
@@ -356,12 +356,7 @@ impl App {
                 Ok(Lease {
                     address: ip(&r.address)?,
                     subnet_id: r.subnet_id,
-                    state: match r.state.as_str() {
-                        "offered" => LeaseState::Offered,
-                        "bound" => LeaseState::Bound,
-                        "declined" => LeaseState::Declined,
-                        _ => return Err(Error::internal()),
-                    },
+                    state: r.state,
                     mac: r.mac.as_deref().and_then(MacAddr::parse_any),
                     hostname: r.hostname,
                     expires_at: r.expires_at.ok_or_else(Error::internal)?,

@@ -9,7 +9,7 @@ use crate::{App, DbResult, Principal, Result, validate};
 fn info(row: plinth_db::tokens::TokenRow) -> Result<TokenInfo> {
     Ok(TokenInfo {
         id: row.id,
-        role: row.role.parse().map_err(|_| Error::internal())?,
+        role: row.role,
         name: row.name,
         created_at: row.created_at,
         last_used_at: row.last_used_at,
@@ -56,15 +56,9 @@ impl App {
         };
         let secret = generate_secret();
         let mut tx = self.begin().await?;
-        let row = plinth_db::tokens::insert(
-            &mut tx,
-            name,
-            role.as_str(),
-            &hash_secret(&secret),
-            expires_at,
-        )
-        .await
-        .db()?;
+        let row = plinth_db::tokens::insert(&mut tx, name, role, &hash_secret(&secret), expires_at)
+            .await
+            .db()?;
         crate::record_event(
             &mut tx,
             who,

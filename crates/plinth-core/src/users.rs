@@ -53,17 +53,10 @@ fn info(row: &plinth_db::users::UserRow) -> Result<UserInfo> {
     Ok(UserInfo {
         id: row.id,
         username: row.username.clone(),
-        role: role(&row.role)?,
+        role: row.role,
         created_at: row.created_at,
         last_login_at: row.last_login_at,
         locked_until: row.locked_until,
-    })
-}
-
-fn role(s: &str) -> Result<Role> {
-    s.parse().map_err(|e: String| {
-        tracing::error!(error = %e, "user with an unknown role in the database");
-        Error::internal()
     })
 }
 
@@ -245,7 +238,7 @@ impl App {
         validate_password(password)?;
         let hash = hash_password(password.to_owned()).await?;
         let mut tx = self.begin().await?;
-        let (row, created) = plinth_db::users::upsert(&mut tx, username, role.as_str(), &hash)
+        let (row, created) = plinth_db::users::upsert(&mut tx, username, role, &hash)
             .await
             .db()?;
         crate::record_event(
@@ -349,7 +342,7 @@ impl App {
             tracing::warn!(username, wrong_passwords = n, "web UI login refused");
             return Err(wrong_credentials());
         }
-        let role = role(&user.role)?;
+        let role = user.role;
         let secret = generate_secret();
         let csrf = csrf_token();
         plinth_db::users::login_succeeded(&mut tx, user.id)
@@ -383,7 +376,7 @@ impl App {
                 .await
                 .db()?
                 .ok_or_else(|| Error::unauthorized("not signed in, or the session has ended"))?;
-        Ok(session(row.username, role(&row.role)?, row.csrf_token))
+        Ok(session(row.username, row.role, row.csrf_token))
     }
 
     /// Ends the session of a cookie's secret (nothing happens for an unknown one).

@@ -411,7 +411,7 @@ impl App {
     /// The decrypted target of a claimed job, or why there is none.
     fn target_of(&self, j: &Claimed) -> std::result::Result<BmcTarget, Failure> {
         let (Some(protocol), Some(address), Some(username), Some(nonce), Some(ct)) = (
-            j.protocol.as_deref(),
+            j.protocol,
             j.address.clone(),
             j.username.clone(),
             j.password_nonce.as_deref(),
@@ -419,9 +419,6 @@ impl App {
         ) else {
             return Err(final_failure("config", "the machine has no BMC any more"));
         };
-        let protocol: BmcProtocol = protocol
-            .parse()
-            .map_err(|e: String| final_failure("config", e))?;
         let password = self
             .bmc_key
             .decrypt(j.machine_id, nonce, ct)
@@ -706,7 +703,7 @@ impl JobRunner {
                 "the worker running it stopped ({})",
                 s.worker.as_deref().unwrap_or("?")
             );
-            if s.state == "failed" {
+            if s.state == plinth_types::api::JobState::Failed {
                 let cancelled = match s.chain {
                     Some(c) => plinth_db::jobs::cancel_chain(&mut tx, c, &msg).await.db()?,
                     None => Vec::new(),
@@ -719,7 +716,7 @@ impl JobRunner {
                 )
                 .await?;
             }
-            tracing::warn!(job_id = %s.id, machine_id = %s.machine_id, now = %s.state, "{msg}");
+            tracing::warn!(job_id = %s.id, machine_id = %s.machine_id, now = s.state.as_str(), "{msg}");
         }
         tx.commit().await.db()?;
         Ok(stale.len())
@@ -958,10 +955,7 @@ impl PowerSync {
                 .map_err(|e| final_failure("config", e.to_string()))?;
             let target = BmcTarget {
                 machine_id: b.machine_id,
-                protocol: b
-                    .protocol
-                    .parse()
-                    .map_err(|e: String| final_failure("config", e))?,
+                protocol: b.protocol,
                 address: b.address.clone(),
                 username: b.username.clone(),
                 password,

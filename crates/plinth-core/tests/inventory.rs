@@ -128,7 +128,10 @@ async fn the_machine_table_filters_searches_sorts_and_pages() {
         .unwrap();
     assert_eq!(total, 0);
     let (_, total) = app
-        .machine_table(&who, t(|x| x.state = Some("ready".into())))
+        .machine_table(
+            &who,
+            t(|x| x.state = Some(plinth_types::MachineState::Ready)),
+        )
         .await
         .unwrap();
     assert_eq!(total, 0);

@@ -91,7 +91,7 @@ async fn force(db: &TestDb, id: Uuid, state: MachineState) {
     } else {
         None
     };
-    plinth_db::machines::force_state(&mut conn, id, state.as_str(), alloc)
+    plinth_db::machines::force_state(&mut conn, id, state, alloc)
         .await
         .unwrap();
 }

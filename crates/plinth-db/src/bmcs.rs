@@ -4,13 +4,15 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use plinth_types::api::BmcProtocol;
+
 use crate::Result;
 
 /// A BMC without its secret, and what plinth last learned from it.
 #[derive(Debug, Clone)]
 pub struct BmcRow {
     pub machine_id: Uuid,
-    pub protocol: String,
+    pub protocol: BmcProtocol,
     pub address: String,
     pub username: String,
     pub verify_tls: bool,
@@ -23,7 +25,7 @@ pub struct BmcRow {
 }
 
 pub struct NewBmc<'a> {
-    pub protocol: &'a str,
+    pub protocol: BmcProtocol,
     pub address: &'a str,
     pub username: &'a str,
     pub password_nonce: &'a [u8],
@@ -35,16 +37,16 @@ pub struct NewBmc<'a> {
 /// Inserts or replaces the machine's BMC.
 pub async fn upsert(conn: &mut PgConnection, machine_id: Uuid, b: &NewBmc<'_>) -> Result<()> {
     sqlx::query!(
-        "insert into bmcs (machine_id, protocol, address, username, password_nonce, password_ciphertext, verify_tls, plain_http)
+        r#"insert into bmcs (machine_id, protocol, address, username, password_nonce, password_ciphertext, verify_tls, plain_http)
          values ($1, $2, $3, $4, $5, $6, $7, $8)
          on conflict (machine_id) do update set protocol = excluded.protocol, address = excluded.address,
              username = excluded.username, password_nonce = excluded.password_nonce,
              password_ciphertext = excluded.password_ciphertext, verify_tls = excluded.verify_tls,
              plain_http = excluded.plain_http,
              updated_at = now(), reachable = null, consecutive_failures = 0, last_error = null,
-             next_poll_at = now(), identity = null, identity_at = null",
+             next_poll_at = now(), identity = null, identity_at = null"#,
         machine_id,
-        b.protocol,
+        b.protocol.as_str(),
         b.address,
         b.username,
         b.password_nonce,
@@ -68,9 +70,9 @@ pub async fn delete(conn: &mut PgConnection, machine_id: Uuid) -> Result<()> {
 pub async fn for_machines(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<BmcRow>> {
     sqlx::query_as!(
         BmcRow,
-        "select machine_id, protocol, address, username, verify_tls, plain_http, power_state, power_checked_at,
+        r#"select machine_id, protocol as "protocol: BmcProtocol", address, username, verify_tls, plain_http, power_state, power_checked_at,
                 reachable, last_error, identity
-         from bmcs where machine_id = any($1)",
+         from bmcs where machine_id = any($1)"#,
         ids
     )
     .fetch_all(conn)
@@ -84,7 +86,7 @@ pub async fn secret(
     machine_id: Uuid,
 ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
     let row = sqlx::query!(
-        "select password_nonce, password_ciphertext from bmcs where machine_id = $1",
+        r#"select password_nonce, password_ciphertext from bmcs where machine_id = $1"#,
         machine_id
     )
     .fetch_optional(conn)
@@ -96,7 +98,7 @@ pub async fn secret(
 #[derive(Debug, Clone)]
 pub struct DueBmc {
     pub machine_id: Uuid,
-    pub protocol: String,
+    pub protocol: BmcProtocol,
     pub address: String,
     pub username: String,
     pub password_nonce: Vec<u8>,
@@ -118,7 +120,7 @@ pub async fn claim_due(
 ) -> Result<Vec<DueBmc>> {
     sqlx::query_as!(
         DueBmc,
-        "with due as (
+        r#"with due as (
              select b.machine_id from bmcs b join machines m on m.id = b.machine_id
              where b.next_poll_at <= now() and m.state <> 'decommissioned'
                and not exists (select 1 from jobs j where j.machine_id = b.machine_id and j.state = 'running')
@@ -129,9 +131,9 @@ pub async fn claim_due(
          update bmcs b set next_poll_at = now()
              + make_interval(secs => $2::float8 * (1 - $3::float8 + 2 * $3::float8 * random()))
          from due where b.machine_id = due.machine_id
-         returning b.machine_id, b.protocol, b.address, b.username, b.password_nonce,
+         returning b.machine_id, b.protocol as "protocol: BmcProtocol", b.address, b.username, b.password_nonce,
                    b.password_ciphertext, b.verify_tls, b.plain_http, b.power_state, b.reachable,
-                   b.consecutive_failures",
+                   b.consecutive_failures"#,
         limit,
         interval_secs,
         jitter
@@ -199,7 +201,7 @@ pub async fn set_identity(
     identity: &serde_json::Value,
 ) -> Result<()> {
     sqlx::query!(
-        "update bmcs set identity = $2, identity_at = now() where machine_id = $1",
+        r#"update bmcs set identity = $2, identity_at = now() where machine_id = $1"#,
         machine_id,
         identity
     )
@@ -211,7 +213,7 @@ pub async fn set_identity(
 /// Makes one BMC (or, with `None`, every BMC) due for a power poll now.
 pub async fn poll_now(conn: &mut PgConnection, machine_id: Option<Uuid>) -> Result<u64> {
     let r = sqlx::query!(
-        "update bmcs set next_poll_at = now() where $1::uuid is null or machine_id = $1",
+        r#"update bmcs set next_poll_at = now() where $1::uuid is null or machine_id = $1"#,
         machine_id
     )
     .execute(conn)

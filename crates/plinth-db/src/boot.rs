@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use plinth_types::{AgentMode, MachineState};
+
 use crate::Result;
 
 /// What each lifecycle state's script does, as the database function needs it: parallel
@@ -22,7 +24,7 @@ pub struct StateTable {
 #[derive(Debug, Clone)]
 pub struct BootRow {
     pub machine_id: Uuid,
-    pub state: String,
+    pub state: MachineState,
     pub hostname: Option<String>,
     pub pxe_arch: Option<i32>,
     /// Script requests in the machine's current boot-loop window, this batch's included.
@@ -38,7 +40,7 @@ pub struct BootRow {
 #[derive(Debug, Clone)]
 pub struct AgentTokenRow {
     pub machine_id: Uuid,
-    pub mode: String,
+    pub mode: AgentMode,
     pub expires_at: DateTime<Utc>,
     pub used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -56,7 +58,7 @@ pub async fn agent_token(
 ) -> Result<Option<AgentTokenRow>> {
     sqlx::query_as!(
         AgentTokenRow,
-        r#"select machine_id, mode, expires_at, used_at, revoked_at, revoked_reason,
+        r#"select machine_id, mode as "mode: AgentMode", expires_at, used_at, revoked_at, revoked_reason,
                   host(bound_ip) as bound_ip
            from agent_tokens where secret_sha256 = $1"#,
         secret_sha256
@@ -90,7 +92,7 @@ pub async fn machine_holds_address(
 /// Marks a token used; false if it already was (another report raced this one).
 pub async fn use_agent_token(conn: &mut PgConnection, secret_sha256: &[u8]) -> Result<bool> {
     let n = sqlx::query!(
-        "update agent_tokens set used_at = now() where secret_sha256 = $1 and used_at is null",
+        r#"update agent_tokens set used_at = now() where secret_sha256 = $1 and used_at is null"#,
         secret_sha256
     )
     .execute(conn)
@@ -142,7 +144,7 @@ pub async fn request_batch(
     let details: Vec<serde_json::Value> = items.iter().map(|i| i.details.clone()).collect();
     let hashes: Vec<&[u8]> = items.iter().map(|i| i.token_sha256.as_slice()).collect();
     let rows = sqlx::query!(
-        r#"select i as "i!", machine_id as "machine_id!", state as "state!", hostname, pxe_arch,
+        r#"select i as "i!", machine_id as "machine_id!", state as "state!: MachineState", hostname, pxe_arch,
                   requests as "requests!", loop_flagged as "loop_flagged!",
                   token_stored as "token_stored!", token_refused as "token_refused!"
            from boot_request_batch($1::text[]::macaddr[], $2::text[]::inet[], $3, $4, $5, $6, $7,

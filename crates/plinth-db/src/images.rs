@@ -4,13 +4,15 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use plinth_types::api::ImageKind;
+
 use crate::Result;
 
 #[derive(Debug, Clone)]
 pub struct ImageRow {
     pub id: Uuid,
     pub name: String,
-    pub kind: String,
+    pub kind: ImageKind,
     pub arch: String,
     pub path: String,
     pub size: i64,
@@ -25,7 +27,7 @@ pub struct ImageRow {
 
 pub struct NewImage<'a> {
     pub name: &'a str,
-    pub kind: &'a str,
+    pub kind: ImageKind,
     pub arch: &'a str,
     pub path: &'a str,
     pub size: i64,
@@ -37,11 +39,11 @@ pub struct NewImage<'a> {
 pub async fn insert(conn: &mut PgConnection, i: NewImage<'_>) -> Result<ImageRow> {
     sqlx::query_as!(
         ImageRow,
-        "insert into images (name, kind, arch, path, size, sha256, source, created_by)
+        r#"insert into images (name, kind, arch, path, size, sha256, source, created_by)
          values ($1, $2, $3, $4, $5, $6, $7, $8)
-         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256",
+         returning id, name, kind as "kind: ImageKind", arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256"#,
         i.name,
-        i.kind,
+        i.kind.as_str(),
         i.arch,
         i.path,
         i.size,
@@ -57,8 +59,8 @@ pub async fn insert(conn: &mut PgConnection, i: NewImage<'_>) -> Result<ImageRow
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<ImageRow>> {
     sqlx::query_as!(
         ImageRow,
-        "select id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256
-         from images order by name"
+        r#"select id, name, kind as "kind: ImageKind", arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256
+         from images order by name"#
     )
     .fetch_all(conn)
     .await
@@ -68,8 +70,8 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<ImageRow>> {
 pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<ImageRow>> {
     sqlx::query_as!(
         ImageRow,
-        "select id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256
-         from images where name = $1",
+        r#"select id, name, kind as "kind: ImageKind", arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256
+         from images where name = $1"#,
         name
     )
     .fetch_optional(conn)
@@ -81,8 +83,8 @@ pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<ImageRow>
 pub async fn delete(conn: &mut PgConnection, name: &str) -> Result<Option<ImageRow>> {
     sqlx::query_as!(
         ImageRow,
-        "delete from images where name = $1
-         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256",
+        r#"delete from images where name = $1
+         returning id, name, kind as "kind: ImageKind", arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256"#,
         name
     )
     .fetch_optional(conn)
@@ -100,8 +102,8 @@ pub async fn set_disk_info(
 ) -> Result<ImageRow> {
     sqlx::query_as!(
         ImageRow,
-        "update images set firmware = $2, raw_size = $3, raw_sha256 = $4 where id = $1
-         returning id, name, kind, arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256",
+        r#"update images set firmware = $2, raw_size = $3, raw_sha256 = $4 where id = $1
+         returning id, name, kind as "kind: ImageKind", arch, path, size, sha256, source, created_by, created_at, firmware, raw_size, raw_sha256"#,
         id,
         firmware,
         raw_size,

@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use plinth_types::MachineState;
+
 use crate::Result;
 
 /// Columns the machine table sorts by.
@@ -63,7 +65,7 @@ impl SortKey {
 
 #[derive(Debug, Clone, Default)]
 pub struct TableQuery {
-    pub state: Option<String>,
+    pub state: Option<MachineState>,
     pub rack: Option<String>,
     pub pool: Option<String>,
     pub tag: Option<String>,
@@ -86,7 +88,7 @@ pub struct TableQuery {
 pub struct TableRow {
     pub id: Uuid,
     pub hostname: Option<String>,
-    pub state: String,
+    pub state: MachineState,
     pub state_changed_at: DateTime<Utc>,
     pub maintenance: bool,
     pub rack: Option<String>,
@@ -250,9 +252,9 @@ pub async fn table(conn: &mut PgConnection, q: &TableQuery) -> Result<(Vec<Table
 }
 
 /// Machines per state (the filters' counts and the discovered inbox's badge).
-pub async fn state_counts(conn: &mut PgConnection) -> Result<Vec<(String, i64)>> {
+pub async fn state_counts(conn: &mut PgConnection) -> Result<Vec<(MachineState, i64)>> {
     let rows = sqlx::query!(
-        r#"select state, count(*) as "n!" from machines group by state order by state"#
+        r#"select state as "state: MachineState", count(*) as "n!" from machines group by state order by state"#
     )
     .fetch_all(conn)
     .await?;
@@ -260,10 +262,10 @@ pub async fn state_counts(conn: &mut PgConnection) -> Result<Vec<(String, i64)>>
 }
 
 /// How many machines are in `state` (an index scan, for a badge on every page).
-pub async fn count_in_state(conn: &mut PgConnection, state: &str) -> Result<i64> {
+pub async fn count_in_state(conn: &mut PgConnection, state: MachineState) -> Result<i64> {
     sqlx::query_scalar!(
         r#"select count(*) as "n!" from machines where state = $1"#,
-        state
+        state.as_str()
     )
     .fetch_one(conn)
     .await
@@ -276,7 +278,7 @@ pub struct Occupant {
     pub id: Uuid,
     pub rack_id: Uuid,
     pub hostname: Option<String>,
-    pub state: String,
+    pub state: MachineState,
     pub maintenance: bool,
     pub rack_unit: i32,
     pub size_u: i32,
@@ -287,7 +289,7 @@ pub struct Occupant {
 pub async fn occupants(conn: &mut PgConnection, racks: Option<&[Uuid]>) -> Result<Vec<Occupant>> {
     sqlx::query_as!(
         Occupant,
-        r#"select m.id, m.rack_id as "rack_id!", m.hostname, m.state, m.maintenance,
+        r#"select m.id, m.rack_id as "rack_id!", m.hostname, m.state as "state: MachineState", m.maintenance,
                   m.rack_unit as "rack_unit!", m.size_u, b.power_state
            from machines m left join bmcs b on b.machine_id = m.id
            where m.rack_id is not null and ($1::uuid[] is null or m.rack_id = any($1))

@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use plinth_types::api::{BmcProtocol, JobState};
+
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -16,7 +18,7 @@ pub struct JobRow {
     pub machine_id: Uuid,
     pub kind: String,
     pub params: serde_json::Value,
-    pub state: String,
+    pub state: JobState,
     pub attempts: i32,
     pub max_attempts: i32,
     pub not_before: DateTime<Utc>,
@@ -45,11 +47,11 @@ pub struct NewJob<'a> {
 pub async fn insert(conn: &mut PgConnection, j: NewJob<'_>) -> Result<JobRow> {
     let row = sqlx::query_as!(
         JobRow,
-        "insert into jobs (machine_id, kind, params, max_attempts, chain, requested_by)
+        r#"insert into jobs (machine_id, kind, params, max_attempts, chain, requested_by)
          values ($1, $2, $3, $4, $5, $6)
-         returning id, seq, machine_id, kind, params, state, attempts, max_attempts, not_before,
+         returning id, seq, machine_id, kind, params, state as "state: JobState", attempts, max_attempts, not_before,
                    lease_until, worker, last_error, result, chain, requested_by, created_at,
-                   started_at, finished_at, updated_at",
+                   started_at, finished_at, updated_at"#,
         j.machine_id,
         j.kind,
         j.params,
@@ -68,10 +70,10 @@ pub async fn insert(conn: &mut PgConnection, j: NewJob<'_>) -> Result<JobRow> {
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<JobRow>> {
     sqlx::query_as!(
         JobRow,
-        "select id, seq, machine_id, kind, params, state, attempts, max_attempts, not_before,
+        r#"select id, seq, machine_id, kind, params, state as "state: JobState", attempts, max_attempts, not_before,
                 lease_until, worker, last_error, result, chain, requested_by, created_at,
                 started_at, finished_at, updated_at
-         from jobs where id = $1",
+         from jobs where id = $1"#,
         id
     )
     .fetch_optional(conn)
@@ -83,22 +85,22 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<JobRow>> {
 pub async fn list(
     conn: &mut PgConnection,
     machine_id: Option<Uuid>,
-    state: Option<&str>,
+    state: Option<JobState>,
     before_seq: Option<i64>,
     limit: i64,
 ) -> Result<Vec<JobRow>> {
     sqlx::query_as!(
         JobRow,
-        "select id, seq, machine_id, kind, params, state, attempts, max_attempts, not_before,
+        r#"select id, seq, machine_id, kind, params, state as "state: JobState", attempts, max_attempts, not_before,
                 lease_until, worker, last_error, result, chain, requested_by, created_at,
                 started_at, finished_at, updated_at
          from jobs
          where ($1::uuid is null or machine_id = $1)
            and ($2::text is null or state = $2)
            and ($3::bigint is null or seq < $3)
-         order by seq desc limit $4",
+         order by seq desc limit $4"#,
         machine_id,
-        state,
+        state.map(JobState::as_str),
         before_seq,
         limit
     )
@@ -119,7 +121,7 @@ pub struct Claimed {
     pub chain: Option<Uuid>,
     pub requested_by: String,
     /// `None` when the machine's BMC was removed after the job was queued.
-    pub protocol: Option<String>,
+    pub protocol: Option<BmcProtocol>,
     pub address: Option<String>,
     pub username: Option<String>,
     pub password_nonce: Option<Vec<u8>>,
@@ -159,7 +161,7 @@ pub async fn claim(
            select c.id as "id!", c.machine_id as "machine_id!", c.kind as "kind!",
                   c.params as "params!", c.attempts as "attempts!", c.max_attempts as "max_attempts!",
                   c.chain, c.requested_by as "requested_by!",
-                  b.protocol as "protocol?", b.address as "address?", b.username as "username?",
+                  b.protocol as "protocol?: BmcProtocol", b.address as "address?", b.username as "username?",
                   b.password_nonce as "password_nonce?", b.password_ciphertext as "password_ciphertext?",
                   b.verify_tls as "verify_tls?", b.plain_http as "plain_http?"
            from claimed c left join bmcs b on b.machine_id = c.machine_id
@@ -181,8 +183,8 @@ pub async fn renew(
     lease_secs: f64,
 ) -> Result<u64> {
     let r = sqlx::query!(
-        "update jobs set lease_until = now() + make_interval(secs => $3)
-         where id = any($2) and worker = $1 and state = 'running'",
+        r#"update jobs set lease_until = now() + make_interval(secs => $3)
+         where id = any($2) and worker = $1 and state = 'running'"#,
         worker,
         ids,
         lease_secs
@@ -201,9 +203,9 @@ pub async fn succeed(
     result: &serde_json::Value,
 ) -> Result<bool> {
     let r = sqlx::query!(
-        "update jobs set state = 'succeeded', result = $3, last_error = null, lease_until = null,
+        r#"update jobs set state = 'succeeded', result = $3, last_error = null, lease_until = null,
              finished_at = now(), updated_at = now()
-         where id = $1 and attempts = $2 and state = 'running'",
+         where id = $1 and attempts = $2 and state = 'running'"#,
         id,
         attempt,
         result
@@ -222,9 +224,9 @@ pub async fn retry_later(
     delay_secs: f64,
 ) -> Result<bool> {
     let r = sqlx::query!(
-        "update jobs set state = 'queued', last_error = $3, lease_until = null, worker = null,
+        r#"update jobs set state = 'queued', last_error = $3, lease_until = null, worker = null,
              not_before = now() + make_interval(secs => $4), updated_at = now()
-         where id = $1 and attempts = $2 and state = 'running'",
+         where id = $1 and attempts = $2 and state = 'running'"#,
         id,
         attempt,
         error,
@@ -244,10 +246,10 @@ pub async fn fail(
     error: &str,
 ) -> Result<Option<Vec<Uuid>>> {
     let chain = sqlx::query_scalar!(
-        "update jobs set state = 'failed', last_error = $3, lease_until = null,
+        r#"update jobs set state = 'failed', last_error = $3, lease_until = null,
              finished_at = now(), updated_at = now()
          where id = $1 and attempts = $2 and state = 'running'
-         returning chain",
+         returning chain"#,
         id,
         attempt,
         error
@@ -266,10 +268,10 @@ pub async fn fail(
 /// Cancels the queued jobs of `chain` because one of its jobs failed with `error`.
 pub async fn cancel_chain(conn: &mut PgConnection, chain: Uuid, error: &str) -> Result<Vec<Uuid>> {
     sqlx::query_scalar!(
-        "update jobs set state = 'cancelled', finished_at = now(), updated_at = now(),
+        r#"update jobs set state = 'cancelled', finished_at = now(), updated_at = now(),
              last_error = 'not run: an earlier job of the same action failed: ' || $2
          where chain = $1 and state = 'queued'
-         returning id",
+         returning id"#,
         chain,
         error
     )
@@ -285,7 +287,7 @@ pub struct Stale {
     pub chain: Option<Uuid>,
     pub machine_id: Uuid,
     pub kind: String,
-    pub state: String,
+    pub state: JobState,
     pub worker: Option<String>,
 }
 
@@ -307,7 +309,7 @@ pub async fn requeue_stale(conn: &mut PgConnection, worker: Option<&str>) -> Res
                last_error = 'the worker running it stopped (' || coalesce(stale.worker, '?') || ')',
                lease_until = null, worker = null, not_before = now(), updated_at = now()
            from stale where j.id = stale.id
-           returning j.id, j.chain, j.machine_id, j.kind, j.state, stale.worker"#,
+           returning j.id, j.chain, j.machine_id, j.kind, j.state as "state: JobState", stale.worker"#,
         worker
     )
     .fetch_all(conn)
@@ -358,10 +360,10 @@ pub async fn cancel_queued(
     reason: &str,
 ) -> Result<Option<Vec<Uuid>>> {
     let row = sqlx::query!(
-        "update jobs set state = 'cancelled', finished_at = now(), updated_at = now(),
+        r#"update jobs set state = 'cancelled', finished_at = now(), updated_at = now(),
              last_error = $2
          where id = $1 and state = 'queued'
-         returning chain, seq",
+         returning chain, seq"#,
         id,
         reason
     )
@@ -374,10 +376,10 @@ pub async fn cancel_queued(
         return Ok(Some(Vec::new()));
     };
     let later = sqlx::query_scalar!(
-        "update jobs set state = 'cancelled', finished_at = now(), updated_at = now(),
+        r#"update jobs set state = 'cancelled', finished_at = now(), updated_at = now(),
              last_error = 'not run: an earlier job of the same action was cancelled'
          where chain = $1 and state = 'queued' and seq > $2
-         returning id",
+         returning id"#,
         chain,
         row.seq
     )

@@ -5,6 +5,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use plinth_types::MachineState;
+use plinth_types::api::LeaseState;
+
 use crate::Result;
 
 /// The arguments of one lease decision.
@@ -31,7 +34,7 @@ pub struct LeaseDecision {
     pub domain: Option<String>,
     pub boot_server: Option<String>,
     pub machine_id: Option<Uuid>,
-    pub machine_state: Option<String>,
+    pub machine_state: Option<MachineState>,
     pub boot_file: Option<String>,
     pub reason: Option<String>,
 }
@@ -58,7 +61,7 @@ pub async fn decide_batch(
     let rows = sqlx::query!(
         r#"select i as "i!", outcome, host(address) as address, lease_secs, subnet_id, cidr::text as cidr,
                   host(router) as router, dns_servers::text[] as dns_servers,
-                  domain, host(boot_server) as boot_server, machine_id, machine_state, boot_file, reason
+                  domain, host(boot_server) as boot_server, machine_id, machine_state as "machine_state: MachineState", boot_file, reason
            from dhcp_lease_batch($1::text[], $2::text[]::inet[], $3::bool[], $4::text[]::macaddr[],
                                  $5::text[]::inet[], $6::bytea[], $7::text[], $8, $9)"#,
         &ops as &[&str],
@@ -112,7 +115,7 @@ pub async fn decide_batch(
 pub struct LeaseRow {
     pub address: String,
     pub subnet_id: Uuid,
-    pub state: String,
+    pub state: LeaseState,
     pub mac: Option<String>,
     pub hostname: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -128,7 +131,7 @@ pub async fn list(
 ) -> Result<Vec<LeaseRow>> {
     sqlx::query_as!(
         LeaseRow,
-        r#"select host(l.address) as "address!", l.subnet_id, l.state, l.mac::text as mac, l.hostname, l.expires_at,
+        r#"select host(l.address) as "address!", l.subnet_id, l.state as "state: LeaseState", l.mac::text as mac, l.hostname, l.expires_at,
                   (select n.machine_id from nics n where n.mac = l.mac and n.active) as machine_id
            from leases l
            where l.state <> 'free' and l.expires_at > now()
@@ -148,8 +151,8 @@ pub async fn list(
 /// every instance at once. Returns how many leases were reclaimed.
 pub async fn reclaim_expired(conn: &mut PgConnection) -> Result<u64> {
     let n = sqlx::query!(
-        "update leases set state = 'free', expires_at = null, updated_at = now()
-         where state <> 'free' and expires_at < now()"
+        r#"update leases set state = 'free', expires_at = null, updated_at = now()
+         where state <> 'free' and expires_at < now()"#
     )
     .execute(&mut *conn)
     .await?

@@ -4,6 +4,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use plinth_types::MachineState;
+use plinth_types::api::Arch;
+
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -16,9 +19,9 @@ pub struct MachineRow {
     pub size_u: i32,
     pub pool: String,
     pub tags: Vec<String>,
-    pub arch: Option<String>,
+    pub arch: Option<Arch>,
     pub facts: serde_json::Value,
-    pub state: String,
+    pub state: MachineState,
     pub state_version: i64,
     pub state_changed_at: DateTime<Utc>,
     pub state_reason: Option<String>,
@@ -40,11 +43,15 @@ pub struct MachineFields<'a> {
     pub size_u: i32,
     pub pool: &'a str,
     pub tags: &'a [String],
-    pub arch: Option<&'a str>,
+    pub arch: Option<Arch>,
     pub boot_file: Option<&'a str>,
 }
 
-pub async fn insert(conn: &mut PgConnection, f: &MachineFields<'_>, state: &str) -> Result<Uuid> {
+pub async fn insert(
+    conn: &mut PgConnection,
+    f: &MachineFields<'_>,
+    state: MachineState,
+) -> Result<Uuid> {
     sqlx::query_scalar!(
         "insert into machines (hostname, rack_id, rack_unit, size_u, pool, tags, arch, boot_file, state)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning id",
@@ -54,9 +61,9 @@ pub async fn insert(conn: &mut PgConnection, f: &MachineFields<'_>, state: &str)
         f.size_u,
         f.pool,
         f.tags,
-        f.arch,
+        f.arch.map(Arch::as_str),
         f.boot_file,
-        state
+        state.as_str()
     )
     .fetch_one(conn)
     .await
@@ -75,7 +82,7 @@ pub async fn update_fields(conn: &mut PgConnection, id: Uuid, f: &MachineFields<
         f.size_u,
         f.pool,
         f.tags,
-        f.arch,
+        f.arch.map(Arch::as_str),
         f.boot_file
     )
     .execute(conn)
@@ -87,7 +94,7 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<MachineRow>
     sqlx::query_as!(
         MachineRow,
         r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
-                  m.tags, m.arch, m.facts, m.state, m.state_version, m.state_changed_at, m.state_reason,
+                  m.tags, m.arch as "arch: Arch", m.facts, m.state as "state: MachineState", m.state_version, m.state_changed_at, m.state_reason,
                   m.maintenance, m.maintenance_reason, m.allocation_id, m.boot_file, m.pxe_arch, m.pxe_uuid,
                   m.created_at, m.updated_at
            from machines m left join racks r on r.id = m.rack_id
@@ -104,7 +111,7 @@ pub async fn get_for_update(conn: &mut PgConnection, id: Uuid) -> Result<Option<
     sqlx::query_as!(
         MachineRow,
         r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
-                  m.tags, m.arch, m.facts, m.state, m.state_version, m.state_changed_at, m.state_reason,
+                  m.tags, m.arch as "arch: Arch", m.facts, m.state as "state: MachineState", m.state_version, m.state_changed_at, m.state_reason,
                   m.maintenance, m.maintenance_reason, m.allocation_id, m.boot_file, m.pxe_arch, m.pxe_uuid,
                   m.created_at, m.updated_at
            from machines m left join racks r on r.id = m.rack_id
@@ -121,7 +128,7 @@ pub async fn get_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Machi
     sqlx::query_as!(
         MachineRow,
         r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
-                  m.tags, m.arch, m.facts, m.state, m.state_version, m.state_changed_at, m.state_reason,
+                  m.tags, m.arch as "arch: Arch", m.facts, m.state as "state: MachineState", m.state_version, m.state_changed_at, m.state_reason,
                   m.maintenance, m.maintenance_reason, m.allocation_id, m.boot_file, m.pxe_arch, m.pxe_uuid,
                   m.created_at, m.updated_at
            from machines m left join racks r on r.id = m.rack_id
@@ -136,7 +143,7 @@ pub async fn get_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Machi
 
 #[derive(Debug, Default)]
 pub struct ListFilter {
-    pub state: Option<String>,
+    pub state: Option<MachineState>,
     pub rack: Option<String>,
     pub pool: Option<String>,
     pub tag: Option<String>,
@@ -158,7 +165,7 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<Machine
     sqlx::query_as!(
         MachineRow,
         r#"select m.id, m.hostname, m.rack_id, r.name as "rack_name?", m.rack_unit, m.size_u, m.pool,
-                  m.tags, m.arch, m.facts, m.state, m.state_version, m.state_changed_at, m.state_reason,
+                  m.tags, m.arch as "arch: Arch", m.facts, m.state as "state: MachineState", m.state_version, m.state_changed_at, m.state_reason,
                   m.maintenance, m.maintenance_reason, m.allocation_id, m.boot_file, m.pxe_arch, m.pxe_uuid,
                   m.created_at, m.updated_at
            from machines m left join racks r on r.id = m.rack_id
@@ -176,7 +183,7 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<Machine
              and ($9::uuid is null or m.id > $9)
            order by m.id
            limit $10"#,
-        f.state,
+        f.state.map(MachineState::as_str),
         f.rack,
         f.pool,
         f.tag,
@@ -211,13 +218,14 @@ pub struct TransitionEffects {
 pub async fn transition(
     conn: &mut PgConnection,
     id: Uuid,
-    from: &[String],
-    to: &str,
+    from: &[MachineState],
+    to: MachineState,
     expected_version: Option<i64>,
     reason: Option<&str>,
     automated: bool,
     effects: &TransitionEffects,
-) -> Result<Option<(String, i64)>> {
+) -> Result<Option<(MachineState, i64)>> {
+    let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
     let row = sqlx::query!(
         r#"with old as (select id, state from machines where id = $1 for update)
          update machines m set
@@ -232,11 +240,11 @@ pub async fn transition(
          from old
          where m.id = old.id and m.state = any($2) and ($3::bigint is null or m.state_version = $3)
            and not ($9 and m.maintenance)
-         returning old.state as "from_state!", m.state_version"#,
+         returning old.state as "from_state!: MachineState", m.state_version"#,
         id,
-        from,
+        &from as &[&str],
         expected_version,
-        to,
+        to.as_str(),
         reason,
         effects.set_allocation,
         effects.clear_allocation,
@@ -249,9 +257,9 @@ pub async fn transition(
 }
 
 /// Current state and version, for explaining a refused transition.
-pub async fn state_of(conn: &mut PgConnection, id: Uuid) -> Result<Option<(String, i64)>> {
+pub async fn state_of(conn: &mut PgConnection, id: Uuid) -> Result<Option<(MachineState, i64)>> {
     let row = sqlx::query!(
-        "select state, state_version from machines where id = $1",
+        r#"select state as "state: MachineState", state_version from machines where id = $1"#,
         id
     )
     .fetch_optional(conn)
@@ -356,7 +364,7 @@ pub async fn pick_for_allocation(
 pub async fn force_state(
     conn: &mut PgConnection,
     id: Uuid,
-    state: &str,
+    state: MachineState,
     allocation_id: Option<Uuid>,
 ) -> Result<()> {
     sqlx::query!(
@@ -365,7 +373,7 @@ pub async fn force_state(
                 rack_unit = case when $2 = 'decommissioned' then null else rack_unit end
          where id = $1",
         id,
-        state,
+        state.as_str(),
         allocation_id
     )
     .execute(conn)

@@ -4,13 +4,15 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use plinth_types::Role;
+
 use crate::Result;
 
 #[derive(Debug, Clone)]
 pub struct TokenRow {
     pub id: Uuid,
     pub name: String,
-    pub role: String,
+    pub role: Role,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -20,16 +22,16 @@ pub struct TokenRow {
 pub async fn insert(
     conn: &mut PgConnection,
     name: &str,
-    role: &str,
+    role: Role,
     secret_sha256: &[u8],
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<TokenRow> {
     sqlx::query_as!(
         TokenRow,
-        "insert into api_tokens (name, role, secret_sha256, expires_at) values ($1, $2, $3, $4)
-         returning id, name, role, created_at, last_used_at, revoked_at, expires_at",
+        r#"insert into api_tokens (name, role, secret_sha256, expires_at) values ($1, $2, $3, $4)
+         returning id, name, role as "role: Role", created_at, last_used_at, revoked_at, expires_at"#,
         name,
-        role,
+        role.as_str(),
         secret_sha256,
         expires_at
     )
@@ -46,8 +48,8 @@ pub async fn authenticate(
 ) -> Result<Option<TokenRow>> {
     let row = sqlx::query_as!(
         TokenRow,
-        "select id, name, role, created_at, last_used_at, revoked_at, expires_at
-         from api_tokens where secret_sha256 = $1",
+        r#"select id, name, role as "role: Role", created_at, last_used_at, revoked_at, expires_at
+         from api_tokens where secret_sha256 = $1"#,
         secret_sha256
     )
     .fetch_optional(&mut *conn)
@@ -59,7 +61,7 @@ pub async fn authenticate(
             .is_none_or(|at| at < Utc::now() - chrono::Duration::minutes(1))
     {
         sqlx::query!(
-            "update api_tokens set last_used_at = now() where id = $1",
+            r#"update api_tokens set last_used_at = now() where id = $1"#,
             t.id
         )
         .execute(conn)
@@ -71,8 +73,8 @@ pub async fn authenticate(
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<TokenRow>> {
     sqlx::query_as!(
         TokenRow,
-        "select id, name, role, created_at, last_used_at, revoked_at, expires_at
-         from api_tokens order by name"
+        r#"select id, name, role as "role: Role", created_at, last_used_at, revoked_at, expires_at
+         from api_tokens order by name"#
     )
     .fetch_all(conn)
     .await
@@ -84,8 +86,8 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<TokenRow>> {
 pub async fn revoke(conn: &mut PgConnection, name: &str) -> Result<Option<TokenRow>> {
     sqlx::query_as!(
         TokenRow,
-        "update api_tokens set revoked_at = coalesce(revoked_at, now()) where name = $1
-         returning id, name, role, created_at, last_used_at, revoked_at, expires_at",
+        r#"update api_tokens set revoked_at = coalesce(revoked_at, now()) where name = $1
+         returning id, name, role as "role: Role", created_at, last_used_at, revoked_at, expires_at"#,
         name
     )
     .fetch_optional(conn)

@@ -5,13 +5,15 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use plinth_types::Role;
+
 use crate::Result;
 
 #[derive(Debug, Clone)]
 pub struct UserRow {
     pub id: Uuid,
     pub username: String,
-    pub role: String,
+    pub role: Role,
     pub password_hash: String,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
@@ -25,7 +27,7 @@ pub struct UserRow {
 pub async fn upsert(
     conn: &mut PgConnection,
     username: &str,
-    role: &str,
+    role: Role,
     password_hash: &str,
 ) -> Result<(UserRow, bool)> {
     let row = sqlx::query!(
@@ -33,10 +35,10 @@ pub async fn upsert(
          on conflict (username) do update set role = excluded.role,
              password_hash = excluded.password_hash, updated_at = now(), failed_logins = 0,
              locked_until = null, disabled_at = null
-         returning id, username, role, password_hash, created_at, disabled_at, last_login_at,
+         returning id, username, role as "role: Role", password_hash, created_at, disabled_at, last_login_at,
              failed_logins, locked_until, (xmax = 0) as "created!""#,
         username,
-        role,
+        role.as_str(),
         password_hash
     )
     .fetch_one(&mut *conn)
@@ -67,9 +69,9 @@ pub async fn upsert(
 pub async fn for_login(conn: &mut PgConnection, username: &str) -> Result<Option<UserRow>> {
     sqlx::query_as!(
         UserRow,
-        "select id, username, role, password_hash, created_at, disabled_at, last_login_at,
+        r#"select id, username, role as "role: Role", password_hash, created_at, disabled_at, last_login_at,
              failed_logins, locked_until
-         from users where username = $1",
+         from users where username = $1"#,
         username
     )
     .fetch_optional(conn)
@@ -80,9 +82,9 @@ pub async fn for_login(conn: &mut PgConnection, username: &str) -> Result<Option
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<UserRow>> {
     sqlx::query_as!(
         UserRow,
-        "select id, username, role, password_hash, created_at, disabled_at, last_login_at,
+        r#"select id, username, role as "role: Role", password_hash, created_at, disabled_at, last_login_at,
              failed_logins, locked_until
-         from users order by username"
+         from users order by username"#
     )
     .fetch_all(conn)
     .await
@@ -98,9 +100,9 @@ pub async fn login_failed(
     lock_until: DateTime<Utc>,
 ) -> Result<i32> {
     let n = sqlx::query_scalar!(
-        "update users set failed_logins = failed_logins + 1,
+        r#"update users set failed_logins = failed_logins + 1,
              locked_until = case when failed_logins + 1 >= $2 then $3 else locked_until end
-         where id = $1 returning failed_logins",
+         where id = $1 returning failed_logins"#,
         id,
         limit,
         lock_until
@@ -112,8 +114,8 @@ pub async fn login_failed(
 
 pub async fn login_succeeded(conn: &mut PgConnection, id: Uuid) -> Result<()> {
     sqlx::query!(
-        "update users set failed_logins = 0, locked_until = null, last_login_at = now()
-         where id = $1",
+        r#"update users set failed_logins = 0, locked_until = null, last_login_at = now()
+         where id = $1"#,
         id
     )
     .execute(conn)
@@ -126,7 +128,7 @@ pub struct SessionRow {
     pub id: Uuid,
     pub user_id: Uuid,
     pub username: String,
-    pub role: String,
+    pub role: Role,
     pub csrf_token: String,
     pub expires_at: DateTime<Utc>,
 }
@@ -144,10 +146,10 @@ pub async fn insert_session(
         .execute(&mut *conn)
         .await?;
     sqlx::query_scalar!(
-        "insert into ui_sessions (user_id, secret_sha256, csrf_token, expires_at, max_expires_at)
+        r#"insert into ui_sessions (user_id, secret_sha256, csrf_token, expires_at, max_expires_at)
          values ($1, $2, $3, now() + make_interval(secs => least($4::float8, $5::float8)),
                  now() + make_interval(secs => $5::float8))
-         returning id",
+         returning id"#,
         user_id,
         secret_sha256,
         csrf_token,
@@ -168,18 +170,18 @@ pub async fn session(
 ) -> Result<Option<SessionRow>> {
     let row = sqlx::query_as!(
         SessionRow,
-        "select s.id, s.user_id, u.username, u.role, s.csrf_token, s.expires_at
+        r#"select s.id, s.user_id, u.username, u.role as "role: Role", s.csrf_token, s.expires_at
          from ui_sessions s join users u on u.id = s.user_id
-         where s.secret_sha256 = $1 and s.expires_at > now() and u.disabled_at is null",
+         where s.secret_sha256 = $1 and s.expires_at > now() and u.disabled_at is null"#,
         secret_sha256
     )
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(s) = &row {
         sqlx::query!(
-            "update ui_sessions set last_seen_at = now(),
+            r#"update ui_sessions set last_seen_at = now(),
                  expires_at = least(max_expires_at, now() + make_interval(secs => $2::float8))
-             where id = $1 and last_seen_at < now() - interval '1 minute'",
+             where id = $1 and last_seen_at < now() - interval '1 minute'"#,
             s.id,
             idle_secs
         )
@@ -194,8 +196,8 @@ pub async fn delete_session(
     secret_sha256: &[u8],
 ) -> Result<Option<String>> {
     sqlx::query_scalar!(
-        "delete from ui_sessions s using users u
-         where s.secret_sha256 = $1 and u.id = s.user_id returning u.username",
+        r#"delete from ui_sessions s using users u
+         where s.secret_sha256 = $1 and u.id = s.user_id returning u.username"#,
         secret_sha256
     )
     .fetch_optional(conn)

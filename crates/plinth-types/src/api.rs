@@ -902,6 +902,32 @@ pub enum LeaseState {
     Declined,
 }
 
+impl LeaseState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseState::Offered => "offered",
+            LeaseState::Bound => "bound",
+            LeaseState::Declined => "declined",
+        }
+    }
+}
+
+impl std::str::FromStr for LeaseState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "offered" => LeaseState::Offered,
+            "bound" => LeaseState::Bound,
+            "declined" => LeaseState::Declined,
+            other => {
+                return Err(format!(
+                    "unknown lease state {other:?} (offered, bound, declined)"
+                ));
+            }
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Lease {
     #[schema(value_type = String)]

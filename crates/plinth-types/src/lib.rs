@@ -12,6 +12,8 @@ pub mod lifecycle;
 pub mod mac;
 pub mod netboot;
 pub mod role;
+#[cfg(feature = "sqlx")]
+mod sql;
 
 pub use behaviour::AgentMode;
 pub use error::{Error, ErrorKind};

@@ -27,7 +27,7 @@ use crate::{App, DbResult, Principal, Result, files};
 pub(crate) fn image(r: plinth_db::images::ImageRow) -> Result<Image> {
     Ok(Image {
         id: r.id,
-        kind: r.kind.parse().map_err(|_| Error::internal())?,
+        kind: r.kind,
         name: r.name,
         arch: r.arch,
         path: r.path,
@@ -304,7 +304,7 @@ impl App {
             &mut tx,
             plinth_db::images::NewImage {
                 name,
-                kind: kind.as_str(),
+                kind,
                 arch,
                 path,
                 size: i64::try_from(size).map_err(|_| Error::internal())?,

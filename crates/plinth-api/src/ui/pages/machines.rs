@@ -84,19 +84,20 @@ pub(crate) async fn machines(
     let desc = q.dir.as_deref() == Some("desc");
     let per_page = q.per_page.unwrap_or(50).clamp(10, 200);
     let page = q.page.unwrap_or(1).max(1);
-    if let Some(s) = nonempty(&q.state)
-        && s.parse::<MachineState>().is_err()
-    {
-        return Err(error_page(
-            Some(&user),
-            &Error::invalid("invalid_state", format!("no state {s:?}")),
-        ));
-    }
+    let state = match nonempty(&q.state) {
+        None => None,
+        Some(s) => Some(s.parse::<MachineState>().map_err(|_| {
+            error_page(
+                Some(&user),
+                &Error::invalid("invalid_state", format!("no state {s:?}")),
+            )
+        })?),
+    };
     let (rows, total) = app
         .machine_table(
             user.who(),
             TableQuery {
-                state: nonempty(&q.state),
+                state,
                 rack: nonempty(&q.rack),
                 pool: nonempty(&q.pool),
                 tag: nonempty(&q.tag),
@@ -114,15 +115,12 @@ pub(crate) async fn machines(
     let counts = app.state_counts(user.who()).await.unwrap_or_default();
     let discovered = counts
         .iter()
-        .find(|(s, _)| s == "discovered")
+        .find(|(s, _)| *s == MachineState::Discovered)
         .map_or(0, |(_, n)| *n);
     let states: Vec<_> = MachineState::ALL
         .iter()
         .map(|s| {
-            let n = counts
-                .iter()
-                .find(|(c, _)| c == s.as_str())
-                .map_or(0, |(_, n)| *n);
+            let n = counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
             context! { name => s.as_str(), count => n }
         })
         .collect();

@@ -290,7 +290,8 @@ pub async fn deploy_machine(
 #[utoipa::path(post, path = "/api/v1/machines/{id}/inspection", tag = "machines", params(("id" = Uuid, Path)),
     request_body = InspectionReport,
     responses((status = 200, body = Machine, headers(("ETag" = String, description = "the machine's state_version, quoted: send it back in If-Match")), description = "inspecting → ready; bearer: the agent's token (mode inspect, used up here) or an API token"),
-              (status = 409, body = ErrorBody, description = "`invalid_transition`: the machine is not inspecting")))]
+              (status = 409, body = ErrorBody, description = "`invalid_transition`: the machine is not inspecting"),
+              (status = 403, body = ErrorBody, description = "an agent token from an address it is not bound to, or an API token whose role may not")))]
 pub async fn submit_inspection(
     State(app): State<App>,
     Bearer(secret): Bearer,
@@ -308,7 +309,8 @@ pub async fn submit_inspection(
 #[utoipa::path(post, path = "/api/v1/machines/{id}/clean", tag = "machines", params(("id" = Uuid, Path)),
     request_body = CleanReport,
     responses((status = 200, body = Machine, headers(("ETag" = String, description = "the machine's state_version, quoted: send it back in If-Match")), description = "cleaning → ready (complete) or clean_failed"),
-              (status = 409, body = ErrorBody, description = "`invalid_transition`: the machine is not cleaning")))]
+              (status = 409, body = ErrorBody, description = "`invalid_transition`: the machine is not cleaning"),
+              (status = 403, body = ErrorBody, description = "an agent token from an address it is not bound to, or an API token whose role may not")))]
 pub async fn submit_clean(
     State(app): State<App>,
     Bearer(secret): Bearer,
@@ -324,7 +326,8 @@ pub async fn submit_clean(
 }
 
 #[utoipa::path(get, path = "/api/v1/machines/{id}/clean-plan", tag = "machines", params(("id" = Uuid, Path)),
-    responses((status = 200, body = CleanPlan, description = "for the cleaning agent: bearer its token (mode clean) or an operator's API token")))]
+    responses((status = 200, body = CleanPlan, description = "for the cleaning agent: bearer its token (mode clean) or an operator's API token"),
+              (status = 403, body = ErrorBody, description = "an agent token from an address it is not bound to, or an API token whose role may not")))]
 pub async fn clean_plan(
     State(app): State<App>,
     Bearer(secret): Bearer,
@@ -370,7 +373,8 @@ pub async fn get_deployment(
 
 #[utoipa::path(get, path = "/api/v1/machines/{id}/deployment/manifest", tag = "machines", params(("id" = Uuid, Path)),
     responses((status = 200, body = DeployManifest, description = "for the deploy agent: bearer its token (mode deploy) or an API token"),
-              (status = 409, body = ErrorBody, description = "`not_deploying`, `no_deployment`")))]
+              (status = 409, body = ErrorBody, description = "`not_deploying`, `no_deployment`"),
+              (status = 403, body = ErrorBody, description = "an agent token from an address it is not bound to, or an API token whose role may not")))]
 pub async fn deploy_manifest(
     State(app): State<App>,
     Bearer(secret): Bearer,
@@ -386,7 +390,8 @@ pub async fn deploy_manifest(
 #[utoipa::path(post, path = "/api/v1/machines/{id}/deploy-progress", tag = "machines", params(("id" = Uuid, Path)),
     request_body = DeployProgress,
     responses((status = 204, description = "recorded as the state reason (and an event every 10 s)"),
-              (status = 409, body = ErrorBody, description = "`not_deploying`, `no_deployment`")))]
+              (status = 409, body = ErrorBody, description = "`not_deploying`, `no_deployment`"),
+              (status = 403, body = ErrorBody, description = "an agent token from an address it is not bound to, or an API token whose role may not")))]
 pub async fn deploy_progress(
     State(app): State<App>,
     Bearer(secret): Bearer,
@@ -402,7 +407,8 @@ pub async fn deploy_progress(
 #[utoipa::path(post, path = "/api/v1/machines/{id}/deploy-report", tag = "machines", params(("id" = Uuid, Path)),
     request_body = DeployReport,
     responses((status = 200, body = Machine, headers(("ETag" = String, description = "the machine's state_version, quoted: send it back in If-Match")), description = "deploying → deployed (complete) or deploy_failed"),
-              (status = 409, body = ErrorBody, description = "`not_deploying`, `no_deployment`, `invalid_transition`")))]
+              (status = 409, body = ErrorBody, description = "`not_deploying`, `no_deployment`, `invalid_transition`"),
+              (status = 403, body = ErrorBody, description = "an agent token from an address it is not bound to, or an API token whose role may not")))]
 pub async fn submit_deploy(
     State(app): State<App>,
     Bearer(secret): Bearer,

@@ -7,13 +7,28 @@ cd "$(dirname "$0")/.."
 scripts/ensure-packages.sh postgresql curl python3 python3-venv g++ qemu-system-x86 ipxe-qemu ovmf \
   ipxe linux-image-amd64 busybox-static cpio kmod syslinux syslinux-common systemd-boot-efi \
   $(grep -v "^#" crates/plinth-testkit/PACKAGES)
-# Python test tools (sushy-tools' Redfish emulator) in a venv outside the clone.
+# Python test tools in a venv outside the clone: sushy-tools' Redfish emulator, and the API
+# contract's checkers (crates/plinth-api/tests/contract.rs): openapi-spec-validator,
+# schemathesis, openapi-python-client. Each is installed when missing, then all must be there.
 venv=${PLINTH_VENV:-/var/cache/plinth-venv}
-if [ ! -x "$venv/bin/sushy-emulator" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "sushy-tools==2.2.0"
+[ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+py_tools=(
+  "sushy-emulator sushy-tools==2.2.0"
+  "openapi-spec-validator openapi-spec-validator==0.9.0"
+  "schemathesis schemathesis==4.32.5"
+  "openapi-python-client openapi-python-client==0.29.1"
+)
+missing=()
+for t in "${py_tools[@]}"; do
+  [ -x "$venv/bin/${t%% *}" ] || missing+=("${t#* }")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  "$venv/bin/pip" install -q "${missing[@]}"
 fi
-[ -x "$venv/bin/sushy-emulator" ] || { echo "test.sh: sushy-emulator missing from $venv after pip install" >&2; exit 1; }
+for t in "${py_tools[@]}"; do
+  [ -x "$venv/bin/${t%% *}" ] || { echo "test.sh: ${t%% *} missing from $venv after pip install ${t#* }" >&2; exit 1; }
+done
+export PLINTH_VENV=$venv
 export PLINTH_SUSHY_EMULATOR=$venv/bin/sushy-emulator
 export SQLX_OFFLINE=true
 unset DATABASE_URL

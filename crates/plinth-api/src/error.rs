@@ -1,8 +1,11 @@
 //! The one place errors become HTTP responses: `{"error": {"code", "message", ...}}`.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use plinth_types::api::{ErrorBody, ErrorDetail};
 use plinth_types::{Error, ErrorKind};
 
@@ -58,45 +61,71 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        let e = match &r {
-            JsonRejection::MissingJsonContentType(_) => Error::invalid(
-                "unsupported_media_type",
-                "send the body as JSON with Content-Type: application/json",
-            ),
-            JsonRejection::JsonSyntaxError(_) => Error::invalid(
-                "malformed_json",
-                format!("the body is not valid JSON: {}", r.body_text()),
-            ),
-            JsonRejection::JsonDataError(_) => {
-                let text = r.body_text();
-                let code = if text.contains("unknown field") {
-                    "unknown_field"
-                } else if text.contains("MAC address") {
-                    "invalid_mac"
-                } else if text.contains("IP address") || text.contains("IPv4 address") {
-                    "invalid_ip"
-                } else if text.contains("missing field") {
-                    "missing_field"
-                } else {
-                    "invalid_value"
-                };
-                Error::invalid(
-                    code,
-                    text.trim_start_matches(
-                        "Failed to deserialize the JSON body into the target type: ",
-                    )
-                    .to_owned(),
-                )
+/// The code and message of a JSON body that does not fit its type (serde's words).
+fn data_error(text: &str) -> Error {
+    let code = if text.contains("unknown field") {
+        "unknown_field"
+    } else if text.contains("MAC address") {
+        "invalid_mac"
+    } else if text.contains("IP address") || text.contains("IPv4 address") {
+        "invalid_ip"
+    } else if text.contains("missing field") {
+        "missing_field"
+    } else {
+        "invalid_value"
+    };
+    Error::invalid(code, text.to_owned())
+}
+
+/// A JSON body as `T`. Two things are settled here, for every body alike: a number with a zero
+/// fraction (`2.0`) is the integer it spells, as JSON Schema says (Python's `json` writes a
+/// float so), and text never holds NUL (`\u0000`), which PostgreSQL cannot store.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        Error::invalid("malformed_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    if !settle(&mut v) {
+        return Err(Error::invalid(
+            "invalid_value",
+            "text must not contain NUL (\\u0000)",
+        ));
+    }
+    serde_path_to_error::deserialize(v).map_err(|e| data_error(&e.to_string()))
+}
+
+/// Whole numbers as integers; false when a string (or a key) holds NUL.
+fn settle(v: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => !s.contains('\0'),
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64())
+                && f.fract() == 0.0
+                && f.abs() <= 9_007_199_254_740_992.0
+            {
+                // Exactly representable (at most 2^53), so the cast loses nothing.
+                #[allow(clippy::cast_possible_truncation)]
+                let i = f as i64;
+                *v = Value::from(i);
             }
-            _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Error::invalid(
+            true
+        }
+        Value::Array(a) => a.iter_mut().all(settle),
+        Value::Object(o) => o.iter_mut().all(|(k, v)| !k.contains('\0') && settle(v)),
+        Value::Null | Value::Bool(_) => true,
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        ApiError(if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::invalid(
                 "body_too_large",
                 "the request body is larger than this endpoint accepts",
-            ),
-            _ => Error::invalid("invalid_body", r.body_text()),
-        };
-        ApiError(e)
+            )
+        } else {
+            Error::invalid("invalid_body", r.body_text())
+        })
     }
 }
 
@@ -112,10 +141,44 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// `axum::Json` whose rejections are plinth errors.
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// Whether a Content-Type is JSON (`application/json`, or `application/...+json`).
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence
+        .strip_prefix("application/")
+        .is_some_and(|sub| sub == "json" || sub.ends_with("+json"))
+}
+
+/// A JSON body (`Content-Type: application/json`, else 415) read with [`parse_json`]; its
+/// rejections are plinth errors.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(ApiError(Error::invalid(
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+            )));
+        }
+        let body = Bytes::from_request(req, state).await?;
+        Ok(Json(parse_json(&body)?))
+    }
+}
 
 impl<T: serde::Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
@@ -123,12 +186,54 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
     }
 }
 
+/// The request body as it came (bounded like a JSON body); its rejections are plinth errors.
+#[derive(Debug)]
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        Ok(RawBody(Bytes::from_request(req, state).await?))
+    }
+}
+
+/// The text of the request's path and query may not hold NUL either (`%00`).
+fn no_nul(raw: &str, code: &'static str) -> Result<(), ApiError> {
+    if raw.contains("%00") {
+        return Err(ApiError(Error::invalid(
+            code,
+            "the URL must not contain NUL (%00)",
+        )));
+    }
+    Ok(())
+}
+
 /// `axum::extract::Path` whose rejections are plinth errors.
-#[derive(Debug, axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
+#[derive(Debug)]
 pub struct Path<T>(pub T);
 
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        no_nul(parts.uri.path(), "invalid_path")?;
+        let axum::extract::Path(v) = axum::extract::Path::from_request_parts(parts, state).await?;
+        Ok(Path(v))
+    }
+}
+
 /// `axum::extract::Query` whose rejections are plinth errors.
-#[derive(Debug, axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+#[derive(Debug)]
 pub struct Query<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        no_nul(parts.uri.query().unwrap_or(""), "invalid_query")?;
+        let axum::extract::Query(v) =
+            axum::extract::Query::from_request_parts(parts, state).await?;
+        Ok(Query(v))
+    }
+}

@@ -50,7 +50,7 @@ use axum::routing::get;
 use plinth_core::App;
 use plinth_types::Error;
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
+use utoipa::{OpenApi, PartialSchema};
 
 use crate::error::ApiError;
 
@@ -59,7 +59,7 @@ use crate::error::ApiError;
     info(title = "plinth", description = "Bare-metal provisioning: inventory, lifecycle and allocation of machines."),
     paths(
         v1::create_rack, v1::list_racks, v1::get_rack, v1::update_rack, v1::delete_rack,
-        v1::enroll_machine, v1::list_machines, v1::get_machine, v1::update_machine, v1::machine_action,
+        v1::enroll_machine, v1::list_machines, v1::get_machine, v1::update_machine, v1::machine_action, v1::deploy_machine,
         v1::submit_inspection, v1::submit_clean, v1::machine_events, v1::events,
         v1::get_deployment, v1::deploy_manifest, v1::deploy_progress, v1::submit_deploy,
         v1::clean_plan, v1::list_pools, v1::update_pool,
@@ -69,7 +69,8 @@ use crate::error::ApiError;
         v1::list_images, v1::register_image, v1::upload_image, v1::get_image, v1::delete_image,
         v1::power, v1::boot_device, v1::get_job, v1::list_jobs, v1::cancel_job,
     ),
-    modifiers(&BearerAuth),
+    components(schemas(plinth_types::api::ErrorBody, v1::ActionVerb, v1::Binary)),
+    modifiers(&BearerAuth, &ErrorAnswers),
     security(("bearer" = [])),
 )]
 pub struct ApiDoc;
@@ -84,6 +85,91 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Adds to every operation the error answers that follow from its shape, each with the error
+/// body, so that they are said once: every operation takes a token (401: none, or an unknown,
+/// revoked or expired one; 403: its role may not) and reads the database (503); one with a
+/// parameter or a body can be refused (400), one with a path parameter may name nothing (404),
+/// and a JSON body can be too large (413) or not JSON at all (415, when it is required). An
+/// operation's own answers (409 and its codes, a 404 of a query parameter, ...) are in its
+/// `#[utoipa::path]`, and kept.
+struct ErrorAnswers;
+
+impl utoipa::Modify for ErrorAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+        let answer = |code: u16, what: &str| {
+            let mut r = ResponseBuilder::new().description(what).content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            );
+            if code == 401 {
+                r = r.header(
+                    "WWW-Authenticate",
+                    utoipa::openapi::HeaderBuilder::new()
+                        .schema(String::schema())
+                        .description(Some("`Bearer`"))
+                        .build(),
+                );
+            }
+            r.build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let params = op.parameters.as_deref().unwrap_or_default();
+                let in_path = params
+                    .iter()
+                    .any(|p| matches!(p.parameter_in, ParameterIn::Path));
+                let json = op
+                    .request_body
+                    .as_ref()
+                    .filter(|b| b.content.contains_key("application/json"));
+                let mut add = vec![
+                    (401, "No token, or an unknown, revoked or expired one."),
+                    (403, "The token's role may not do this."),
+                    (
+                        503,
+                        "The database is unavailable (or plinth is too busy): try again shortly.",
+                    ),
+                ];
+                if !params.is_empty() || op.request_body.is_some() {
+                    add.push((400, "The request is malformed or breaks a rule: `error.code` says which (docs/api.md lists them)."));
+                }
+                if in_path {
+                    add.push((
+                        404,
+                        "Nothing by that name or id, or nothing the token may see.",
+                    ));
+                }
+                if let Some(body) = json {
+                    add.push((413, "The body is larger than this endpoint accepts."));
+                    if matches!(body.required, Some(Required::True)) {
+                        add.push((
+                            415,
+                            "The body is not sent as `Content-Type: application/json`.",
+                        ));
+                    }
+                }
+                for (code, what) in add {
+                    op.responses
+                        .responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| answer(code, what).into());
+                }
+            }
+        }
     }
 }
 
@@ -154,6 +240,7 @@ fn management_v1() -> Router<App> {
             g(v1::get_machine).patch(v1::update_machine),
         )
         .route("/machines/{id}/actions/{verb}", p(v1::machine_action))
+        .route("/machines/{id}/actions/deploy", p(v1::deploy_machine))
         .route("/machines/{id}/deployment", g(v1::get_deployment))
         .route("/machines/{id}/events", g(v1::machine_events))
         .route("/machines/{id}/power", p(v1::power))

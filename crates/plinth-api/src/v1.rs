@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::auth::{Bearer, Caller};
 use crate::boot::Peer;
-use crate::error::{ApiError, Json, Path, Query};
+use crate::error::{ApiError, Json, Path, Query, RawBody, parse_json};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -28,6 +28,21 @@ fn with_etag(m: Machine, status: StatusCode) -> Response {
         resp.headers_mut().insert(axum::http::header::ETAG, v);
     }
     resp
+}
+
+/// An action's body: none (or `null`) is the default; else JSON of `shape`, whatever the
+/// Content-Type says (`curl -d` sends a form's).
+fn action_body<T: Default + serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> ApiResult<T> {
+    let body = body.trim_ascii();
+    if body.is_empty() || body == b"null" {
+        return Ok(T::default());
+    }
+    parse_json(body).map_err(|e| {
+        ApiError(Error {
+            message: format!("the body must be {shape}: {}", e.message),
+            ..e
+        })
+    })
 }
 
 /// `If-Match: "7"` (or `7`, `W/"7"`) → Some(7); `*` or absent → None.
@@ -52,7 +67,7 @@ fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
 // ------------------------------------------------------------------ racks
 
 #[utoipa::path(post, path = "/api/v1/racks", request_body = RackCreate, tag = "racks",
-    responses((status = 201, body = Rack), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Rack), (status = 409, body = ErrorBody, description = "`duplicate_rack`")))]
 pub async fn create_rack(
     State(app): State<App>,
     Caller(who): Caller,
@@ -67,7 +82,7 @@ pub async fn list_racks(State(app): State<App>, Caller(who): Caller) -> ApiResul
 }
 
 #[utoipa::path(get, path = "/api/v1/racks/{name}", tag = "racks", params(("name" = String, Path)),
-    responses((status = 200, body = Rack), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Rack)))]
 pub async fn get_rack(
     State(app): State<App>,
     Caller(who): Caller,
@@ -77,7 +92,7 @@ pub async fn get_rack(
 }
 
 #[utoipa::path(patch, path = "/api/v1/racks/{name}", tag = "racks", params(("name" = String, Path)), request_body = RackPatch,
-    responses((status = 200, body = Rack), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Rack), (status = 409, body = ErrorBody, description = "`rack_not_empty`: its machines do not fit the new height")))]
 pub async fn update_rack(
     State(app): State<App>,
     Caller(who): Caller,
@@ -88,7 +103,7 @@ pub async fn update_rack(
 }
 
 #[utoipa::path(delete, path = "/api/v1/racks/{name}", tag = "racks", params(("name" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 204, description = "deleted"), (status = 409, body = ErrorBody, description = "`rack_not_empty`")))]
 pub async fn delete_rack(
     State(app): State<App>,
     Caller(who): Caller,
@@ -101,7 +116,8 @@ pub async fn delete_rack(
 // ------------------------------------------------------------------ machines
 
 #[utoipa::path(post, path = "/api/v1/machines", request_body = MachineCreate, tag = "machines",
-    responses((status = 201, body = Machine), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Machine, headers(("ETag" = String, description = "the machine's state_version, quoted: send it back in If-Match"))),
+              (status = 409, body = ErrorBody, description = "`duplicate_mac`, `duplicate_ipv4`, `duplicate_hostname`, `rack_slot_taken`: another machine has it")))]
 pub async fn enroll_machine(
     State(app): State<App>,
     Caller(who): Caller,
@@ -114,6 +130,7 @@ pub async fn enroll_machine(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MachineListParams {
     state: Option<MachineState>,
@@ -124,13 +141,15 @@ pub struct MachineListParams {
     /// Matches hostname (substring), MAC or serial.
     q: Option<String>,
     /// 1-1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(format = Uuid)]
     cursor: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/machines", tag = "machines", params(MachineListParams),
-    responses((status = 200, body = MachinePage), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = MachinePage)))]
 pub async fn list_machines(
     State(app): State<App>,
     Caller(who): Caller,
@@ -149,7 +168,7 @@ pub async fn list_machines(
 }
 
 #[utoipa::path(get, path = "/api/v1/machines/{id}", tag = "machines", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Machine, headers(("ETag" = String, description = "the state_version"))), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Machine, headers(("ETag" = String, description = "the machine's state_version, quoted: send it back in If-Match")))))]
 pub async fn get_machine(
     State(app): State<App>,
     Caller(who): Caller,
@@ -159,7 +178,8 @@ pub async fn get_machine(
 }
 
 #[utoipa::path(patch, path = "/api/v1/machines/{id}", tag = "machines", params(("id" = Uuid, Path)), request_body = MachinePatch,
-    responses((status = 200, body = Machine), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Machine, headers(("ETag" = String, description = "the machine's state_version, quoted: send it back in If-Match"))),
+              (status = 409, body = ErrorBody, description = "`duplicate_hostname`, `rack_slot_taken`, `decommissioned`")))]
 pub async fn update_machine(
     State(app): State<App>,
     Caller(who): Caller,
@@ -172,59 +192,48 @@ pub async fn update_machine(
     ))
 }
 
+/// The `{verb}` of `POST /machines/{id}/actions/{verb}`: the lifecycle verbs that are actions
+/// (the agent outcomes only forced), and the two maintenance switches; `deploy`, which takes a
+/// body of its own, has a path of its own ([`deploy_machine`]).
+pub struct ActionVerb;
+
+impl utoipa::PartialSchema for ActionVerb {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let verbs = Verb::ALL
+            .into_iter()
+            .filter(|v| v.is_action() && *v != Verb::Deploy)
+            .map(Verb::as_str)
+            .chain(["maintenance_on", "maintenance_off"]);
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A lifecycle verb (docs/lifecycle.md; an agent's outcome only with `force`), \
+                 `maintenance_on` or `maintenance_off`; `deploy` has a path of its own.",
+            ))
+            .enum_values(Some(verbs))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ActionVerb {}
+
 /// Runs a lifecycle verb (`inspect`, `deploy`, `release`, `decommission`, ...), or
 /// `maintenance_on` / `maintenance_off`. `If-Match` pins the state_version.
 #[utoipa::path(post, path = "/api/v1/machines/{id}/actions/{verb}", tag = "machines",
-    params(("id" = Uuid, Path), ("verb" = String, Path), ("If-Match" = Option<String>, Header, description = "expected state_version")),
-    request_body(content = Option<ActionRequest>),
-    responses((status = 200, body = Machine), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody, description = "invalid transition or stale version; carries current_state")))]
+    params(("id" = Uuid, Path), ("verb" = ActionVerb, Path),
+           ("If-Match" = Option<String>, Header, description = "the state_version the machine must have, e.g. `\"7\"` (or `*`: any)", nullable = false, pattern = r#"^(\*|(W/)?"*[+-]?0*[0-9]{1,18}"*)$"#)),
+    request_body(content = Option<ActionRequest>, description = "none (or `null`) is `{}`"),
+    responses((status = 200, body = Machine, headers(("ETag" = String, description = "the machine's state_version, quoted: send it back in If-Match"))),
+              (status = 409, body = ErrorBody, description = "`invalid_transition`, `stale_version`, `in_maintenance`, `decommissioned`, `no_disks`, `image_unavailable`; carries `current_state` and `current_version`")))]
 pub async fn machine_action(
     State(app): State<App>,
     Caller(who): Caller,
     Path((id, verb)): Path<(Uuid, String)>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<Response> {
     let expected = if_match(&headers)?;
-    if verb == "deploy" {
-        // The one verb with a body of its own: what to write to the machine.
-        let empty = body.iter().all(u8::is_ascii_whitespace);
-        let req: DeployRequest = if empty {
-            // Checked after the state, so that deploying an unallocated machine says so.
-            DeployRequest::default()
-        } else {
-            serde_json::from_slice(&body).map_err(|e| {
-                Error::invalid(
-                    if e.is_syntax() || e.is_eof() {
-                        "malformed_json"
-                    } else {
-                        "invalid_value"
-                    },
-                    format!(
-                        "the body must be {{\"image\": \"...\", \"root_device\"?, \"hostname\"?, \"user_data\"?, \"ssh_authorized_keys\"?, \"network_config\"?}}: {e}"
-                    ),
-                )
-            })?
-        };
-        let m = app.deploy(&who, id, req, expected).await?;
-        return Ok(with_etag(m, StatusCode::OK));
-    }
-    let req: ActionRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ActionRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            let code = if e.is_syntax() || e.is_eof() {
-                "malformed_json"
-            } else {
-                "invalid_value"
-            };
-            Error::invalid(
-                code,
-                format!("the body must be {{\"reason\": \"...\"}}: {e}"),
-            )
-        })?
-    };
+    let req: ActionRequest = action_body(&body, "{\"reason\": \"...\"}")?;
     let m = match verb.as_str() {
         "maintenance_on" => {
             app.set_maintenance(&who, id, true, req.reason, expected)
@@ -253,11 +262,36 @@ pub async fn machine_action(
     Ok(with_etag(m, StatusCode::OK))
 }
 
+/// `deploy`: writes an image to an allocated machine (the allocation's client or an operator).
+/// Without a body the machine's state is checked first, so that deploying an unallocated
+/// machine says so. `If-Match` pins the state_version.
+#[utoipa::path(post, path = "/api/v1/machines/{id}/actions/deploy", tag = "machines",
+    params(("id" = Uuid, Path),
+           ("If-Match" = Option<String>, Header, description = "the state_version the machine must have, e.g. `\"7\"` (or `*`: any)", nullable = false, pattern = r#"^(\*|(W/)?"*[+-]?0*[0-9]{1,18}"*)$"#)),
+    request_body(content = Option<DeployRequest>, description = "`image` is required; none (or `null`) only gets the state checked"),
+    responses((status = 200, body = Machine, headers(("ETag" = String, description = "the machine's state_version, quoted: send it back in If-Match")), description = "allocated → deploying"),
+              (status = 409, body = ErrorBody, description = "`invalid_transition`, `stale_version`, `in_maintenance`, `decommissioned`, `no_disks`, `image_unavailable`; carries `current_state` and `current_version`")))]
+pub async fn deploy_machine(
+    State(app): State<App>,
+    Caller(who): Caller,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Response> {
+    let expected = if_match(&headers)?;
+    let req: DeployRequest = action_body(
+        &body,
+        "{\"image\": \"...\", \"root_device\"?, \"hostname\"?, \"user_data\"?, \"ssh_authorized_keys\"?, \"network_config\"?}",
+    )?;
+    let m = app.deploy(&who, id, req, expected).await?;
+    Ok(with_etag(m, StatusCode::OK))
+}
+
 #[utoipa::path(post, path = "/api/v1/machines/{id}/inspection", tag = "machines", params(("id" = Uuid, Path)),
     request_body = InspectionReport,
-    responses((status = 200, body = Machine, description = "inspecting → ready; bearer: the agent's token (mode inspect, used up here) or an API token"),
-              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Machine, headers(("ETag" = String, description = "the machine's state_version, quoted: send it back in If-Match")), description = "inspecting → ready; bearer: the agent's token (mode inspect, used up here) or an API token"),
+              (status = 409, body = ErrorBody, description = "`invalid_transition`: the machine is not inspecting"),
+              (status = 403, body = ErrorBody, description = "an agent token from an address it is not bound to, or an API token whose role may not")))]
 pub async fn submit_inspection(
     State(app): State<App>,
     Bearer(secret): Bearer,
@@ -274,9 +308,9 @@ pub async fn submit_inspection(
 
 #[utoipa::path(post, path = "/api/v1/machines/{id}/clean", tag = "machines", params(("id" = Uuid, Path)),
     request_body = CleanReport,
-    responses((status = 200, body = Machine, description = "cleaning → ready (complete) or clean_failed"),
-              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Machine, headers(("ETag" = String, description = "the machine's state_version, quoted: send it back in If-Match")), description = "cleaning → ready (complete) or clean_failed"),
+              (status = 409, body = ErrorBody, description = "`invalid_transition`: the machine is not cleaning"),
+              (status = 403, body = ErrorBody, description = "an agent token from an address it is not bound to, or an API token whose role may not")))]
 pub async fn submit_clean(
     State(app): State<App>,
     Bearer(secret): Bearer,
@@ -293,7 +327,7 @@ pub async fn submit_clean(
 
 #[utoipa::path(get, path = "/api/v1/machines/{id}/clean-plan", tag = "machines", params(("id" = Uuid, Path)),
     responses((status = 200, body = CleanPlan, description = "for the cleaning agent: bearer its token (mode clean) or an operator's API token"),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+              (status = 403, body = ErrorBody, description = "an agent token from an address it is not bound to, or an API token whose role may not")))]
 pub async fn clean_plan(
     State(app): State<App>,
     Bearer(secret): Bearer,
@@ -311,9 +345,9 @@ pub async fn list_pools(State(app): State<App>, Caller(who): Caller) -> ApiResul
     Ok(Json(app.list_pools(&who).await?))
 }
 
-#[utoipa::path(put, path = "/api/v1/pools/{name}", tag = "pools", params(("name" = String, Path)),
+#[utoipa::path(put, path = "/api/v1/pools/{name}", tag = "pools", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")),
     request_body = PoolUpdate,
-    responses((status = 200, body = Pool), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody, description = "admins only")))]
+    responses((status = 200, body = Pool), (status = 403, body = ErrorBody, description = "admins only")))]
 pub async fn update_pool(
     State(app): State<App>,
     Caller(who): Caller,
@@ -325,7 +359,7 @@ pub async fn update_pool(
 
 #[utoipa::path(get, path = "/api/v1/machines/{id}/deployment", tag = "machines", params(("id" = Uuid, Path)),
     responses((status = 200, body = Deployment, description = "what the machine's deploy writes (user data and keys not shown)"),
-              (status = 404, body = ErrorBody)))]
+              (status = 404, body = ErrorBody, description = "no such machine, or it has no deployment")))]
 pub async fn get_deployment(
     State(app): State<App>,
     Caller(who): Caller,
@@ -339,7 +373,8 @@ pub async fn get_deployment(
 
 #[utoipa::path(get, path = "/api/v1/machines/{id}/deployment/manifest", tag = "machines", params(("id" = Uuid, Path)),
     responses((status = 200, body = DeployManifest, description = "for the deploy agent: bearer its token (mode deploy) or an API token"),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+              (status = 409, body = ErrorBody, description = "`not_deploying`, `no_deployment`"),
+              (status = 403, body = ErrorBody, description = "an agent token from an address it is not bound to, or an API token whose role may not")))]
 pub async fn deploy_manifest(
     State(app): State<App>,
     Bearer(secret): Bearer,
@@ -355,7 +390,8 @@ pub async fn deploy_manifest(
 #[utoipa::path(post, path = "/api/v1/machines/{id}/deploy-progress", tag = "machines", params(("id" = Uuid, Path)),
     request_body = DeployProgress,
     responses((status = 204, description = "recorded as the state reason (and an event every 10 s)"),
-              (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+              (status = 409, body = ErrorBody, description = "`not_deploying`, `no_deployment`"),
+              (status = 403, body = ErrorBody, description = "an agent token from an address it is not bound to, or an API token whose role may not")))]
 pub async fn deploy_progress(
     State(app): State<App>,
     Bearer(secret): Bearer,
@@ -370,8 +406,9 @@ pub async fn deploy_progress(
 
 #[utoipa::path(post, path = "/api/v1/machines/{id}/deploy-report", tag = "machines", params(("id" = Uuid, Path)),
     request_body = DeployReport,
-    responses((status = 200, body = Machine, description = "deploying → deployed (complete) or deploy_failed"),
-              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Machine, headers(("ETag" = String, description = "the machine's state_version, quoted: send it back in If-Match")), description = "deploying → deployed (complete) or deploy_failed"),
+              (status = 409, body = ErrorBody, description = "`not_deploying`, `no_deployment`, `invalid_transition`"),
+              (status = 403, body = ErrorBody, description = "an agent token from an address it is not bound to, or an API token whose role may not")))]
 pub async fn submit_deploy(
     State(app): State<App>,
     Bearer(secret): Bearer,
@@ -408,6 +445,7 @@ pub async fn nocloud(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
     /// Only events at or after this time (RFC 3339).
@@ -415,6 +453,7 @@ pub struct EventParams {
     /// Only events with an id above this (`last_id` of the previous page).
     after: Option<i64>,
     /// 1-1000, default 1000.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -429,7 +468,7 @@ impl From<EventParams> for EventQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/machines/{id}/events", tag = "events", params(("id" = Uuid, Path), EventParams),
-    responses((status = 200, body = EventPage), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = EventPage)))]
 pub async fn machine_events(
     State(app): State<App>,
     Caller(who): Caller,
@@ -451,8 +490,8 @@ pub async fn events(
 // ------------------------------------------------------------------ allocations
 
 #[utoipa::path(post, path = "/api/v1/allocations", request_body = AllocationRequest, tag = "allocations",
-    responses((status = 201, body = Allocation), (status = 400, body = ErrorBody),
-              (status = 409, body = ErrorBody, description = "insufficient_capacity: nothing was allocated")))]
+    responses((status = 201, body = Allocation),
+              (status = 409, body = ErrorBody, description = "`insufficient_capacity`: nothing was allocated")))]
 pub async fn allocate(
     State(app): State<App>,
     Caller(who): Caller,
@@ -462,6 +501,7 @@ pub async fn allocate(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AllocationListParams {
     /// Include released allocations (default false).
@@ -481,7 +521,7 @@ pub async fn list_allocations(
 }
 
 #[utoipa::path(get, path = "/api/v1/allocations/{id}", tag = "allocations", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Allocation), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Allocation)))]
 pub async fn get_allocation(
     State(app): State<App>,
     Caller(who): Caller,
@@ -492,7 +532,7 @@ pub async fn get_allocation(
 
 #[utoipa::path(delete, path = "/api/v1/allocations/{id}", tag = "allocations", params(("id" = Uuid, Path)),
     responses((status = 200, body = Allocation, description = "released; its machines are cleaning"),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+              (status = 409, body = ErrorBody, description = "`already_released`")))]
 pub async fn release_allocation(
     State(app): State<App>,
     Caller(who): Caller,
@@ -504,7 +544,8 @@ pub async fn release_allocation(
 // ------------------------------------------------------------------ tokens
 
 #[utoipa::path(post, path = "/api/v1/tokens", request_body = TokenCreate, tag = "tokens",
-    responses((status = 201, body = TokenCreated, description = "the secret is shown only here"), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = TokenCreated, description = "the secret is shown only here"),
+              (status = 409, body = ErrorBody, description = "`duplicate_token`")))]
 pub async fn create_token(
     State(app): State<App>,
     Caller(who): Caller,
@@ -533,7 +574,7 @@ pub async fn list_tokens(
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path)),
-    responses((status = 200, body = TokenInfo), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = TokenInfo)))]
 pub async fn revoke_token(
     State(app): State<App>,
     Caller(who): Caller,
@@ -545,7 +586,7 @@ pub async fn revoke_token(
 // ------------------------------------------------------------------ subnets and leases
 
 #[utoipa::path(post, path = "/api/v1/subnets", request_body = SubnetCreate, tag = "dhcp",
-    responses((status = 201, body = Subnet), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Subnet), (status = 409, body = ErrorBody, description = "`subnet_overlap`")))]
 pub async fn create_subnet(
     State(app): State<App>,
     Caller(who): Caller,
@@ -566,7 +607,7 @@ pub async fn list_subnets(
 }
 
 #[utoipa::path(get, path = "/api/v1/subnets/{id}", tag = "dhcp", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Subnet), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Subnet)))]
 pub async fn get_subnet(
     State(app): State<App>,
     Caller(who): Caller,
@@ -576,7 +617,7 @@ pub async fn get_subnet(
 }
 
 #[utoipa::path(patch, path = "/api/v1/subnets/{id}", tag = "dhcp", params(("id" = Uuid, Path)), request_body = SubnetPatch,
-    responses((status = 200, body = Subnet), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Subnet)))]
 pub async fn update_subnet(
     State(app): State<App>,
     Caller(who): Caller,
@@ -587,7 +628,7 @@ pub async fn update_subnet(
 }
 
 #[utoipa::path(delete, path = "/api/v1/subnets/{id}", tag = "dhcp", params(("id" = Uuid, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 204, description = "deleted"), (status = 409, body = ErrorBody, description = "`subnet_in_use`: leases are live")))]
 pub async fn delete_subnet(
     State(app): State<App>,
     Caller(who): Caller,
@@ -598,10 +639,12 @@ pub async fn delete_subnet(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseParams {
     subnet: Option<Uuid>,
-    #[param(value_type = Option<String>)]
+    /// Any notation.
+    #[param(value_type = Option<plinth_types::MacAddr>)]
     mac: Option<plinth_types::MacAddr>,
 }
 
@@ -626,7 +669,7 @@ pub async fn list_images(
 }
 
 #[utoipa::path(post, path = "/api/v1/images", request_body = ImageRegister, tag = "images",
-    responses((status = 201, body = Image), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Image), (status = 409, body = ErrorBody, description = "`duplicate_image`")))]
 pub async fn register_image(
     State(app): State<App>,
     Caller(who): Caller,
@@ -639,25 +682,46 @@ pub async fn register_image(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadParams {
-    /// ipxe, kernel, initrd, rootfs or disk-image.
+    #[param(value_type = ImageKind)]
     kind: String,
     /// x86_64 (default), aarch64 or any.
+    #[param(value_type = Option<ImageArch>)]
     arch: Option<String>,
     /// Where under the images root; default `uploads/<name>`. A qcow2 disk image is converted
     /// to raw and stored with `.raw` in place of `.qcow2` (or added).
+    #[param(value_type = Option<ImagePath>)]
     path: Option<String>,
     /// Expected SHA-256 (hex) of the body as uploaded; the upload is refused and removed if
     /// it differs.
+    #[param(value_type = Option<Sha256>)]
     sha256: Option<String>,
     /// A disk image's firmware: bios, uefi or both.
+    #[param(value_type = Option<ImageFirmware>)]
     firmware: Option<String>,
 }
 
-#[utoipa::path(put, path = "/api/v1/images/{name}", tag = "images", params(("name" = String, Path), UploadParams),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, body = Image), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+/// A request body of bytes (an image file).
+pub struct Binary;
+
+impl utoipa::PartialSchema for Binary {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, SchemaFormat};
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Binary {}
+
+#[utoipa::path(put, path = "/api/v1/images/{name}", tag = "images", params(("name" = String, Path, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"), UploadParams),
+    request_body(content = Binary, content_type = "application/octet-stream", description = "the file, streamed to disk"),
+    responses((status = 201, body = Image), (status = 409, body = ErrorBody, description = "`duplicate_image`, `image_file_exists`"),
+              (status = 503, body = ErrorBody, description = "the database, or qemu-img (missing, or too slow) for a qcow2 image")))]
 pub async fn upload_image(
     State(app): State<App>,
     Caller(who): Caller,
@@ -694,7 +758,7 @@ pub async fn upload_image(
 }
 
 #[utoipa::path(get, path = "/api/v1/images/{name}", tag = "images", params(("name" = String, Path)),
-    responses((status = 200, body = Image), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Image)))]
 pub async fn get_image(
     State(app): State<App>,
     Caller(who): Caller,
@@ -704,7 +768,7 @@ pub async fn get_image(
 }
 
 #[utoipa::path(delete, path = "/api/v1/images/{name}", tag = "images", params(("name" = String, Path)),
-    responses((status = 200, body = Image), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = Image), (status = 409, body = ErrorBody, description = "`image_in_use`")))]
 pub async fn delete_image(
     State(app): State<App>,
     Caller(who): Caller,
@@ -725,9 +789,8 @@ fn accepted(job: Job) -> Response {
 
 #[utoipa::path(post, path = "/api/v1/machines/{id}/power", tag = "jobs", params(("id" = Uuid, Path)),
     request_body = PowerRequest,
-    responses((status = 202, body = Job, description = "queued; follow it at Location"),
-              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody, description = "no_bmc or decommissioned")))]
+    responses((status = 202, body = Job, headers(("Location" = String, description = "the job: /api/v1/jobs/{id}")), description = "queued; follow it at Location"),
+              (status = 409, body = ErrorBody, description = "`no_bmc`, `decommissioned`")))]
 pub async fn power(
     State(app): State<App>,
     Caller(who): Caller,
@@ -739,9 +802,8 @@ pub async fn power(
 
 #[utoipa::path(post, path = "/api/v1/machines/{id}/boot-device", tag = "jobs", params(("id" = Uuid, Path)),
     request_body = BootDeviceRequest,
-    responses((status = 202, body = Job, description = "queued; follow it at Location"),
-              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody, description = "no_bmc or decommissioned")))]
+    responses((status = 202, body = Job, headers(("Location" = String, description = "the job: /api/v1/jobs/{id}")), description = "queued; follow it at Location"),
+              (status = 409, body = ErrorBody, description = "`no_bmc`, `decommissioned`")))]
 pub async fn boot_device(
     State(app): State<App>,
     Caller(who): Caller,
@@ -752,7 +814,7 @@ pub async fn boot_device(
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Job)))]
 pub async fn get_job(
     State(app): State<App>,
     Caller(who): Caller,
@@ -763,8 +825,7 @@ pub async fn get_job(
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = Uuid, Path)),
     responses((status = 200, body = Job, description = "cancelled, with the later jobs of its chain"),
-              (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody, description = "job_running or job_finished")))]
+              (status = 409, body = ErrorBody, description = "`job_running`, `job_finished`")))]
 pub async fn cancel_job(
     State(app): State<App>,
     Caller(who): Caller,
@@ -774,20 +835,23 @@ pub async fn cancel_job(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct JobParams {
     /// Only this machine's jobs.
     machine: Option<Uuid>,
-    /// queued, running, succeeded, failed or cancelled.
+    #[param(value_type = Option<JobState>)]
     state: Option<String>,
     /// 1-1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (a number).
+    #[param(pattern = r"^[+-]?0*[0-9]{1,18}$")]
     cursor: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobParams),
-    responses((status = 200, body = JobPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = JobPage), (status = 404, body = ErrorBody, description = "no machine `machine` (that the token may see)")))]
 pub async fn list_jobs(
     State(app): State<App>,
     Caller(who): Caller,

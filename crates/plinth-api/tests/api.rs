@@ -631,6 +631,112 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
     assert_eq!(s.count("events").await, events);
 }
 
+/// What schemathesis found (crates/plinth-api/tests/contract.rs): text with NUL reached
+/// PostgreSQL, which cannot store it (a 500); `2.0` for an integer, which JSON Schema and
+/// Python's `json` call an integer, was refused; a `null` action body was refused.
+#[tokio::test]
+async fn nul_is_refused_and_whole_numbers_are_integers() {
+    let s = Server::start().await;
+    s.post("/api/v1/racks", json!({ "name": "r1", "height_u": 42 }))
+        .await;
+    let machines = s.count("machines").await;
+    let events = s.count("events").await;
+    for (what, status, e) in [
+        (
+            "a body",
+            StatusCode::BAD_REQUEST,
+            s.post(
+                "/api/v1/machines",
+                json!({ "rack": "r\u{0}1", "rack_unit": 1, "nics": [{ "mac": mac(1) }] }),
+            )
+            .await
+            .1,
+        ),
+        (
+            "a key",
+            StatusCode::BAD_REQUEST,
+            s.post("/api/v1/machines", json!({ "nics\u{0}": [] }))
+                .await
+                .1,
+        ),
+        (
+            "a query",
+            StatusCode::BAD_REQUEST,
+            s.get("/api/v1/machines?q=node%00").await.1,
+        ),
+        (
+            "a path",
+            StatusCode::BAD_REQUEST,
+            s.get("/api/v1/racks/r1%00").await.1,
+        ),
+    ] {
+        let code = e["error"]["code"].as_str();
+        assert!(
+            matches!(
+                code,
+                Some("invalid_value" | "invalid_query" | "invalid_path")
+            ),
+            "NUL in {what}: {e}"
+        );
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains("NUL"),
+            "{what}: {e}"
+        );
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(s.count("machines").await, machines, "nothing written");
+    assert_eq!(s.count("events").await, events);
+
+    let (st, m) = s
+        .post(
+            "/api/v1/machines",
+            json!({ "rack": "r1", "rack_unit": 3.0, "size_u": 2.0, "nics": [{ "mac": mac(1) }] }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{m}");
+    assert_eq!(
+        (m["rack_unit"].as_i64(), m["size_u"].as_i64()),
+        (Some(3), Some(2))
+    );
+    let (st, e) = s
+        .post(
+            "/api/v1/machines",
+            json!({ "size_u": 2.5, "nics": [{ "mac": mac(2) }] }),
+        )
+        .await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_value")),
+        "{e}"
+    );
+
+    let id = m["id"].as_str().unwrap();
+    let (st, m) = s
+        .post_raw(&format!("/api/v1/machines/{id}/actions/inspect"), "null")
+        .await;
+    assert_eq!(
+        (st, m["state"].as_str()),
+        (StatusCode::OK, Some("inspecting")),
+        "{m}"
+    );
+    // deploy has a path of its own: a body that is not a DeployRequest says what one is.
+    let (st, e) = s
+        .post_raw(
+            &format!("/api/v1/machines/{id}/actions/deploy"),
+            r#"{"reason": "x", "force": true}"#,
+        )
+        .await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unknown_field")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("image"),
+        "{e}"
+    );
+}
+
 #[tokio::test]
 async fn authentication_and_roles() {
     let s = Server::start().await;

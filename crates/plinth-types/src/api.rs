@@ -20,17 +20,151 @@ fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// Schema-only string types: the rules plinth-core's validation enforces (crates/plinth-core/src/
+/// validate.rs and its callers), said once in the OpenAPI document as named schemas, so that a
+/// client generated from it refuses what plinth would. Lengths count bytes on the server and
+/// characters in JSON Schema: the same for ASCII.
+macro_rules! string_schema {
+    ($(#[doc = $doc:literal])+ $name:ident { pattern: $pat:expr $(, min: $min:literal)? $(, max: $max:literal)?, example: $ex:literal $(,)? }) => {
+        $(#[doc = $doc])+
+        pub struct $name;
+
+        impl $name {
+            /// The pattern (ECMA 262, as JSON Schema has it).
+            pub const PATTERN: &'static str = $pat;
+        }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some(concat!($($doc, "\n"),+).trim().replace("\n ", "\n")))
+                    .pattern(Some(Self::PATTERN))
+                    $(.min_length(Some($min)))?
+                    $(.max_length(Some($max)))?
+                    .examples([$ex])
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
+}
+
+string_schema! {
+    /// A rack or pool name: 1-63 letters, digits, `.`, `_` or `-`, starting with a letter or digit.
+    Name { pattern: PAT_NAME, example: "r12" }
+}
+string_schema! {
+    /// A tag: 1-63 letters, digits, `.`, `_`, `-`, `:` or `=`, starting with a letter or digit.
+    Tag { pattern: PAT_TAG, example: "gpu" }
+}
+string_schema! {
+    /// A token name: 1-128 letters, digits, `.`, `_`, `-` or `@`, starting with a letter or digit.
+    TokenName { pattern: PAT_TOKEN_NAME, example: "ci@build" }
+}
+string_schema! {
+    /// An image name: 1-128 letters, digits, `.`, `_` or `-`, starting with a letter or digit.
+    ImageName { pattern: PAT_IMAGE_NAME, example: "debian-12" }
+}
+string_schema! {
+    /// A DNS name (RFC 1123): labels of letters, digits and `-` separated by `.`; stored lower-case.
+    Hostname { pattern: PAT_HOSTNAME, max: 253, example: "node-01" }
+}
+string_schema! {
+    /// 1-128 printable characters (no control characters).
+    Label { pattern: PAT_PRINTABLE, min: 1, max: 128, example: "ams1" }
+}
+string_schema! {
+    /// A BMC's address: `host` or `host:port` (an IPv4 address, `[IPv6]` or a DNS name); for
+    /// Redfish also `https://host[:port]` (or `http://` with `plain_http`). At most 255.
+    BmcAddress { pattern: PAT_BMC_ADDRESS, max: 255, example: "10.1.0.21" }
+}
+string_schema! {
+    /// A BMC user name: 1-64 printable characters.
+    BmcUsername { pattern: PAT_PRINTABLE, min: 1, max: 64, example: "root" }
+}
+string_schema! {
+    /// An IPv4 address a NIC can have: not 0.0.0.0, 255.255.255.255, loopback or multicast.
+    HostIpv4 { pattern: PAT_HOST_IPV4, example: "10.0.0.21" }
+}
+string_schema! {
+    /// A TFTP file name or an http(s):// URL: 1-255 printable ASCII characters without spaces or `..`.
+    BootFile { pattern: PAT_BOOT_FILE, example: "ipxe.efi" }
+}
+string_schema! {
+    /// SHA-256 as 64 hexadecimal digits.
+    Sha256 { pattern: PAT_SHA256, example: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" }
+}
+string_schema! {
+    /// An IPv4 network in CIDR notation, its host bits zero, prefix length 8-30.
+    Cidr { pattern: PAT_CIDR, example: "10.20.0.0/24" }
+}
+string_schema! {
+    /// A file under the images root: a relative path of `/`-separated components, none of them
+    /// empty, `.` or `..`, without backslashes; at most 255.
+    ImagePath { pattern: PAT_IMAGE_PATH, min: 1, max: 255, example: "uploads/debian-12.raw" }
+}
+string_schema! {
+    /// An image's architecture: `x86_64`, `aarch64` or `any`.
+    ImageArch { pattern: "^(x86_64|aarch64|any)$", example: "x86_64" }
+}
+string_schema! {
+    /// A disk image's firmware: `bios`, `uefi` or `both`.
+    ImageFirmware { pattern: "^(bios|uefi|both)$", example: "uefi" }
+}
+
+/// An IPv4 address in dotted-decimal notation (no leading zeros).
+pub struct Ipv4;
+
+impl utoipa::PartialSchema for Ipv4 {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, SchemaFormat};
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Ipv4)))
+            .description(Some(
+                "An IPv4 address in dotted-decimal notation (no leading zeros).",
+            ))
+            .pattern(Some(PAT_IPV4))
+            .examples(["10.20.0.1"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Ipv4 {}
+
+const PAT_IPV4: &str = r"^(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}$";
+
+const PAT_NAME: &str = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$";
+const PAT_TAG: &str = r"^[A-Za-z0-9][A-Za-z0-9._:=-]{0,62}$";
+const PAT_TOKEN_NAME: &str = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$";
+const PAT_IMAGE_NAME: &str = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$";
+const PAT_PRINTABLE: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+const PAT_HOSTNAME: &str = r#"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"#;
+const PAT_BMC_ADDRESS: &str = r#"^(https?://([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\[(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,7}:|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}|:((:[0-9A-Fa-f]{1,4}){1,7}|:)|::([Ff]{4}(:0{1,4})?:)?(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})\])(:\+?0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?/?|([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\[(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,7}:|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}|:((:[0-9A-Fa-f]{1,4}){1,7}|:)|::([Ff]{4}(:0{1,4})?:)?(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})\])(:\+?0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?)$"#;
+const PAT_HOST_IPV4: &str = r#"^(?!0\.0\.0\.0$|255\.255\.255\.255$)(25[0-5]|24[0-9]|22[0-3]|2[01][0-9]|1[3-9][0-9]|12[89]|12[0-6]|1[01][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}$"#;
+const PAT_BOOT_FILE: &str = r"^[ \t\n\r]*(?!.*\.\.)[!-~]{1,255}[ \t\n\r]*$";
+const PAT_SHA256: &str = r"^[ \t\n\r]*[0-9A-Fa-f]{64}[ \t\n\r]*$";
+const PAT_IMAGE_PATH: &str = r"^(?!\.{1,2}(/|$)|.*/\.{1,2}(/|$))[^/\\\x00]+(/[^/\\\x00]+)*$";
+const PAT_CIDR: &str = r#"^[ \t\n\r]*(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}/\+?0*(8|9|1[0-9]|2[0-9]|30)[ \t\n\r]*$"#;
+
 // ---------------------------------------------------------------- racks
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RackCreate {
     /// Unique name, e.g. `r12`.
+    #[schema(value_type = Name)]
     pub name: String,
+    #[schema(value_type = Option<Label>)]
     pub site: Option<String>,
+    #[schema(value_type = Option<Label>)]
     pub room: Option<String>,
+    #[schema(value_type = Option<Label>)]
     pub row: Option<String>,
     /// Usable height in rack units.
+    #[schema(minimum = 1, maximum = 100)]
     pub height_u: i32,
 }
 
@@ -42,23 +176,24 @@ pub struct RackPatch {
         deserialize_with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Label>)]
     pub site: Option<Option<String>>,
     #[serde(
         default,
         deserialize_with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Label>)]
     pub room: Option<Option<String>>,
     #[serde(
         default,
         deserialize_with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Label>)]
     pub row: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
     pub height_u: Option<i32>,
 }
 
@@ -143,7 +278,7 @@ impl std::str::FromStr for Arch {
 pub struct NicSpec {
     pub mac: MacAddr,
     /// A reserved IPv4 address: DHCP always hands this NIC exactly this address.
-    #[schema(value_type = Option<String>, format = Ipv4)]
+    #[schema(value_type = Option<HostIpv4>)]
     pub ipv4: Option<Ipv4Addr>,
     /// Boot this NIC from the network. When no NIC says, the first one does.
     pub pxe: Option<bool>,
@@ -154,9 +289,12 @@ pub struct NicSpec {
 pub struct BmcSpec {
     pub protocol: BmcProtocol,
     /// `host` or `host:port`; for Redfish also `https://host[:port]` (`http://` for emulators).
+    #[schema(value_type = BmcAddress)]
     pub address: String,
+    #[schema(value_type = BmcUsername)]
     pub username: String,
-    /// Stored encrypted; never returned.
+    /// Stored encrypted; never returned. 1-256 bytes.
+    #[schema(min_length = 1, max_length = 256)]
     pub password: String,
     pub verify_tls: Option<bool>,
     /// A Redfish address `http://...`: allowed only with this set (the password crosses the
@@ -181,16 +319,24 @@ impl std::fmt::Debug for BmcSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MachineCreate {
+    #[schema(value_type = Option<Hostname>)]
     pub hostname: Option<String>,
-    /// Rack name.
+    /// Rack name (a rack that exists; with `rack_unit`).
     pub rack: Option<String>,
-    /// Lowest rack unit the machine occupies (1 = bottom).
+    /// Lowest rack unit the machine occupies (1 = bottom; with `rack`).
+    #[schema(minimum = 1)]
     pub rack_unit: Option<i32>,
     /// Height in rack units (default 1).
+    #[schema(minimum = 1, maximum = 100)]
     pub size_u: Option<i32>,
+    /// Default `default`.
+    #[schema(value_type = Option<Name>)]
     pub pool: Option<String>,
+    #[schema(value_type = Option<Vec<Tag>>, max_items = 64)]
     pub tags: Option<Vec<String>>,
     pub arch: Option<Arch>,
+    /// At least one; each MAC once.
+    #[schema(min_items = 1)]
     pub nics: Vec<NicSpec>,
     pub bmc: Option<BmcSpec>,
 }
@@ -203,11 +349,13 @@ pub struct MachinePatch {
         deserialize_with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Hostname>)]
     pub hostname: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Tag>>, max_items = 64)]
     pub tags: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Name>)]
     pub pool: Option<String>,
     /// Rack name; `null` takes the machine out of its rack (then omit rack_unit).
     #[serde(
@@ -218,8 +366,10 @@ pub struct MachinePatch {
     #[schema(value_type = Option<String>)]
     pub rack: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub rack_unit: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
     pub size_u: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<Arch>,
@@ -237,14 +387,14 @@ pub struct MachinePatch {
         deserialize_with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<BootFile>)]
     pub boot_file: Option<Option<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Nic {
     pub mac: MacAddr,
-    #[schema(value_type = Option<String>, format = Ipv4)]
+    #[schema(value_type = Option<Ipv4>)]
     pub ipv4: Option<Ipv4Addr>,
     pub pxe: bool,
 }
@@ -318,7 +468,8 @@ pub struct MachinePage {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
-    /// Why: recorded in the machine's state_reason and its event.
+    /// Why: recorded in the machine's state_reason and its event (at most 1024 bytes).
+    #[schema(max_length = 1024)]
     pub reason: Option<String>,
     /// Admins only, with a reason: run an agent outcome (`inspect_complete`, `clean_complete`,
     /// `deploy_complete`, `decommission_complete`) without the agent's report.
@@ -332,16 +483,23 @@ pub struct ActionRequest {
 pub struct DeployRequest {
     /// A `disk-image` of the image catalog (required; checked after the machine's state).
     #[serde(default)]
+    #[schema(required = true, value_type = ImageName)]
     pub image: String,
     /// Which disk of the machine's facts gets the image; default: the smallest that holds it.
     pub root_device: Option<RootDeviceHint>,
     /// The OS's hostname (cloud-init `local-hostname`); default: the machine's.
+    #[schema(value_type = Option<Hostname>)]
     pub hostname: Option<String>,
     /// cloud-init user data, as given (at most 64 KiB).
+    #[schema(max_length = 65536)]
     pub user_data: Option<String>,
+    /// At most 64, each one public key line (`ssh-ed25519 AAAA... comment`).
+    #[schema(max_items = 64)]
     pub ssh_authorized_keys: Option<Vec<String>>,
     /// cloud-init network-config (version 1 or 2 YAML), as given (at most 64 KiB).
+    #[schema(max_length = 65536)]
     pub network_config: Option<String>,
+    #[schema(max_length = 1024)]
     pub reason: Option<String>,
 }
 
@@ -446,6 +604,7 @@ pub struct DeployProgress {
 pub struct DeployReport {
     /// `complete` → deployed (boot from disk, power cycle); `failed` → deploy_failed.
     pub result: CleanResult,
+    #[schema(max_length = 1024)]
     pub reason: Option<String>,
     pub bytes_written: Option<u64>,
     /// SHA-256 of what was written, as the agent read it back.
@@ -457,8 +616,12 @@ pub struct DeployReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CpuFacts {
+    #[schema(max_length = 256)]
     pub model: String,
+    #[schema(minimum = 1)]
     pub cores: u32,
+    /// At least `cores`.
+    #[schema(minimum = 1)]
     pub threads: u32,
 }
 
@@ -466,6 +629,7 @@ pub struct CpuFacts {
 #[serde(deny_unknown_fields)]
 pub struct DiskFacts {
     pub name: String,
+    #[schema(maximum = 9223372036854775807_u64)]
     pub size_bytes: u64,
     pub model: Option<String>,
     pub serial: Option<String>,
@@ -488,6 +652,7 @@ pub struct NicFacts {
 pub struct SystemFacts {
     pub vendor: String,
     pub product: String,
+    #[schema(max_length = 256)]
     pub serial: String,
     pub uuid: String,
 }
@@ -504,6 +669,7 @@ pub enum Firmware {
 #[serde(deny_unknown_fields)]
 pub struct InspectionReport {
     pub cpu: CpuFacts,
+    #[schema(minimum = 1, maximum = 9223372036854775807_u64)]
     pub memory_mib: u64,
     pub disks: Vec<DiskFacts>,
     pub nics: Vec<NicFacts>,
@@ -518,8 +684,12 @@ pub struct InspectionReport {
 pub struct CleanReport {
     /// `complete` moves the machine to `ready`, `failed` to `clean_failed`.
     pub result: CleanResult,
-    /// Why it failed, for the machine's state reason.
+    /// Why it failed, for the machine's state reason (only with `failed`): at most 1024 bytes,
+    /// no control characters but newlines.
+    #[schema(pattern = r"^[^\x00-\x09\x0b-\x1f\x7f-\x9f]*$", max_length = 1024)]
     pub reason: Option<String>,
+    /// At most 256.
+    #[schema(max_items = 256)]
     pub disks: Vec<WipedDisk>,
 }
 
@@ -533,11 +703,14 @@ pub enum CleanResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WipedDisk {
+    /// 1-64 printable characters.
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$", min_length = 1, max_length = 64)]
     pub name: String,
     /// The disk's serial number, as the agent read it: how plinth matches the report to the
     /// disks of the machine's facts.
     #[serde(default)]
     pub serial: Option<String>,
+    #[schema(maximum = 9223372036854775807_u64)]
     pub size_bytes: u64,
     /// Bytes erased: the first and last MiB at least (quick), the whole disk otherwise.
     pub zeroed_bytes: u64,
@@ -661,15 +834,20 @@ pub struct PoolUpdate {
 #[serde(deny_unknown_fields)]
 pub struct AllocationRequest {
     /// How many machines (default 1). All or nothing.
+    #[schema(minimum = 1, maximum = 1000)]
     pub count: Option<u32>,
     pub arch: Option<Arch>,
     /// Minimum logical CPUs (inspected `cpu.threads`).
     pub min_cpus: Option<u32>,
+    #[schema(maximum = 9223372036854775807_u64)]
     pub min_memory_mib: Option<u64>,
     /// Minimum size of the machine's largest disk, in GiB.
+    #[schema(maximum = 8589934591_u64)]
     pub min_disk_gib: Option<u64>,
     /// The machine must carry all of these tags.
+    #[schema(value_type = Option<Vec<Tag>>, max_items = 64)]
     pub tags: Option<Vec<String>>,
+    #[schema(value_type = Option<Name>)]
     pub pool: Option<String>,
     /// Rack name.
     pub rack: Option<String>,
@@ -680,7 +858,8 @@ pub struct Allocation {
     pub id: Uuid,
     /// Name of the token that made it.
     pub owner: String,
-    #[schema(value_type = Object)]
+    /// What was asked for.
+    #[schema(value_type = AllocationRequest)]
     pub request: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub released_at: Option<DateTime<Utc>>,
@@ -715,10 +894,12 @@ pub struct EventPage {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenCreate {
+    #[schema(value_type = TokenName)]
     pub name: String,
     pub role: Role,
     /// Seconds until the token expires (at least 60, at most ten years); absent: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 60, maximum = 316224000)]
     pub expires_in_secs: Option<u64>,
 }
 
@@ -799,9 +980,9 @@ mod tests {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressRange {
-    #[schema(value_type = String, format = Ipv4)]
+    #[schema(value_type = Ipv4)]
     pub start: Ipv4Addr,
-    #[schema(value_type = String, format = Ipv4)]
+    #[schema(value_type = Ipv4)]
     pub end: Ipv4Addr,
 }
 
@@ -809,21 +990,24 @@ pub struct AddressRange {
 #[serde(deny_unknown_fields)]
 pub struct SubnetCreate {
     /// Network in CIDR notation, e.g. `10.20.0.0/24`.
+    #[schema(value_type = Cidr)]
     pub cidr: String,
     /// The dynamic pool: addresses DHCP may hand to clients without a reservation.
     pub ranges: Vec<AddressRange>,
-    #[schema(value_type = Option<String>, format = Ipv4)]
+    #[schema(value_type = Option<Ipv4>)]
     pub router: Option<Ipv4Addr>,
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<Ipv4>>)]
     pub dns_servers: Option<Vec<Ipv4Addr>>,
+    #[schema(value_type = Option<Hostname>)]
     pub domain: Option<String>,
-    /// Seconds (default 3600).
+    /// Seconds (default 3600), one minute to one year.
+    #[schema(minimum = 60, maximum = 31536000)]
     pub lease_time: Option<u32>,
     /// Where clients on this subnet fetch boot files (TFTP/HTTP); default: the DHCP config's boot_server.
-    #[schema(value_type = Option<String>, format = Ipv4)]
+    #[schema(value_type = Option<Ipv4>)]
     pub boot_server: Option<Ipv4Addr>,
     /// Relay agent addresses (giaddr) that serve this subnet.
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<Ipv4>>)]
     pub relay_addresses: Option<Vec<Ipv4Addr>>,
     /// Also serve packets relayed from any giaddr inside this subnet (default false: only the
     /// listed relays; a giaddr can be forged by anyone on a segment).
@@ -841,29 +1025,30 @@ pub struct SubnetPatch {
         deserialize_with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Ipv4>)]
     pub router: Option<Option<Ipv4Addr>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<Ipv4>>)]
     pub dns_servers: Option<Vec<Ipv4Addr>>,
     #[serde(
         default,
         deserialize_with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Hostname>)]
     pub domain: Option<Option<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 60, maximum = 31536000)]
     pub lease_time: Option<u32>,
     #[serde(
         default,
         deserialize_with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Ipv4>)]
     pub boot_server: Option<Option<Ipv4Addr>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<Ipv4>>)]
     pub relay_addresses: Option<Vec<Ipv4Addr>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_any_in_cidr: Option<bool>,
@@ -874,15 +1059,15 @@ pub struct Subnet {
     pub id: Uuid,
     pub cidr: String,
     pub ranges: Vec<AddressRange>,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Ipv4>)]
     pub router: Option<Ipv4Addr>,
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<Ipv4>)]
     pub dns_servers: Vec<Ipv4Addr>,
     pub domain: Option<String>,
     pub lease_time: u32,
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<Ipv4>)]
     pub boot_server: Option<Ipv4Addr>,
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<Ipv4>)]
     pub relay_addresses: Vec<Ipv4Addr>,
     /// Whether packets relayed from any giaddr inside the subnet are served.
     pub relay_any_in_cidr: bool,
@@ -930,10 +1115,12 @@ impl std::str::FromStr for LeaseState {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Lease {
-    #[schema(value_type = String)]
+    #[schema(value_type = Ipv4)]
     pub address: Ipv4Addr,
     pub subnet_id: Uuid,
     pub state: LeaseState,
+    /// As the client sent it (a multicast address too).
+    #[schema(value_type = Option<String>)]
     pub mac: Option<MacAddr>,
     pub hostname: Option<String>,
     pub expires_at: DateTime<Utc>,
@@ -988,16 +1175,21 @@ impl std::str::FromStr for ImageKind {
 #[serde(deny_unknown_fields)]
 pub struct ImageRegister {
     /// Unique name: letters, digits, `.`, `_`, `-`; at most 128.
+    #[schema(value_type = ImageName)]
     pub name: String,
     pub kind: ImageKind,
     /// `x86_64`, `aarch64` or `any` (default `x86_64`).
+    #[schema(value_type = Option<ImageArch>)]
     pub arch: Option<String>,
     /// Path relative to the images root.
+    #[schema(value_type = ImagePath)]
     pub path: String,
     /// Expected SHA-256 (hex); the file is hashed and must match.
+    #[schema(value_type = Option<Sha256>)]
     pub sha256: Option<String>,
     /// For a disk image: the firmware it boots with, `bios`, `uefi` or `both`.
     #[serde(default)]
+    #[schema(value_type = Option<ImageFirmware>)]
     pub firmware: Option<String>,
 }
 

@@ -20,6 +20,10 @@ pub enum MacParseError {
 }
 
 impl MacAddr {
+    /// What [`MacAddr::from_str`] accepts, as a JSON Schema pattern: one of the three
+    /// notations (one separator throughout), the first octet's low bit clear, not all zero.
+    pub const PATTERN: &'static str = r"^(?!(00[:-]){5}00$|0000\.0000\.0000$)([0-9A-Fa-f][02468ACEace]([:-])[0-9A-Fa-f]{2}(\3[0-9A-Fa-f]{2}){4}|[0-9A-Fa-f][02468ACEace][0-9A-Fa-f]{2}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4})$";
+
     pub fn octets(&self) -> [u8; 6] {
         self.0
     }
@@ -127,7 +131,11 @@ impl utoipa::PartialSchema for MacAddr {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some("^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$"))
+            .description(Some(
+                "A NIC's own address (unicast, not all zero): `52:54:00:12:34:56`, \
+                 `52-54-00-12-34-56` or `5254.0012.3456`, any case; shown lower-case with colons.",
+            ))
+            .pattern(Some(MacAddr::PATTERN))
             .examples(["52:54:00:12:34:56"])
             .into()
     }

@@ -557,3 +557,39 @@ fn parse_root_device(s: &str) -> anyhow::Result<RootDeviceHint> {
     }
     Ok(h)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nics() {
+        let n = parse_nic("52:54:00:12:34:56").unwrap();
+        assert_eq!(n.mac.to_string(), "52:54:00:12:34:56");
+        assert_eq!((n.ipv4, n.pxe), (None, None));
+        let n = parse_nic("52:54:00:12:34:56,ipv4=10.0.0.7,pxe").unwrap();
+        assert_eq!(n.ipv4, Some(Ipv4Addr::new(10, 0, 0, 7)));
+        assert_eq!(n.pxe, Some(true));
+        let err = |s: &str| format!("{:#}", parse_nic(s).unwrap_err());
+        assert!(
+            err("nonsense").starts_with("--nic nonsense:"),
+            "{}",
+            err("nonsense")
+        );
+        assert!(err("52:54:00:12:34:56,ipv4=10.0.0").contains("invalid IPv4 10.0.0"));
+        assert!(err("52:54:00:12:34:56,boot").contains("expected MAC[,ipv4=ADDR][,pxe]"));
+    }
+
+    #[test]
+    fn root_devices() {
+        let h = parse_root_device("name=sda, size=largest").unwrap();
+        assert_eq!(h.name.as_deref(), Some("sda"));
+        assert_eq!(h.serial, None);
+        assert_eq!(h.size, Some(DiskSize::Largest));
+        let h = parse_root_device("serial=S123,size=smallest,").unwrap();
+        assert_eq!(h.serial.as_deref(), Some("S123"));
+        assert_eq!(h.size, Some(DiskSize::Smallest));
+        assert!(parse_root_device("size=medium").is_err());
+        assert!(parse_root_device("sda").is_err());
+    }
+}

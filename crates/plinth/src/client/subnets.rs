@@ -210,3 +210,19 @@ pub async fn run(api: &Api, cmd: SubnetCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let r = parse_range("10.20.0.100 - 10.20.0.199").unwrap();
+        assert_eq!(r.start, Ipv4Addr::new(10, 20, 0, 100));
+        assert_eq!(r.end, Ipv4Addr::new(10, 20, 0, 199));
+        let err = |s: &str| format!("{:#}", parse_range(s).unwrap_err());
+        assert!(err("10.20.0.100").contains("expected START-END"));
+        assert!(err("10.20.0-10.20.0.9").contains("invalid start address"));
+        assert!(err("10.20.0.1-x").contains("invalid end address"));
+    }
+}

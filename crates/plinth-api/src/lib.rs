@@ -8,6 +8,7 @@ mod auth;
 pub mod boot;
 pub mod error;
 mod fastpath;
+mod file_plan;
 mod sys;
 pub mod tls;
 mod ui;

@@ -10,7 +10,8 @@ use plinth_client::query::ImageUpload;
 use plinth_types::api::{Image, ImageKind, ImageRegister};
 use sha2::Digest;
 
-use super::{Api, Output, table};
+use super::Api;
+use super::output::{Output, table};
 
 #[derive(Subcommand)]
 pub enum ImageCommand {

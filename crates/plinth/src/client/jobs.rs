@@ -10,7 +10,8 @@ use plinth_types::api::{
 };
 use uuid::Uuid;
 
-use super::{Api, Output, dash, table};
+use super::Api;
+use super::output::{Output, dash, table};
 
 #[derive(Subcommand)]
 pub enum JobCommand {

@@ -4,7 +4,8 @@
 use clap::Subcommand;
 use plinth_types::api::{Pool, PoolUpdate, WipeMethod};
 
-use super::{Api, Output, table};
+use super::Api;
+use super::output::{Output, table};
 
 #[derive(Subcommand)]
 pub enum PoolCommand {

@@ -6,7 +6,8 @@ use clap::Subcommand;
 use plinth_types::Role;
 use plinth_types::api::{TokenCreate, TokenInfo};
 
-use super::{Api, Output, dash, table};
+use super::Api;
+use super::output::{Output, dash, table};
 
 #[derive(Subcommand)]
 pub enum TokenCommand {

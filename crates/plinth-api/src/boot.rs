@@ -25,11 +25,6 @@ use crate::error::ApiError;
 use crate::fastpath::ClientAddr;
 use crate::file_plan::{plan_file, refusal_parts};
 
-// The fuzz targets' entry points in lib.rs still name these here. TODO(#18): name
-// `crate::file_plan` there and drop this.
-#[cfg(fuzzing)]
-pub(crate) use crate::file_plan::{RangeAsk, parse_range};
-
 /// The iPXE variables a script request may carry; others are ignored (operators' DHCP
 /// configurations pass what they like).
 #[derive(Debug, Default, Deserialize)]

@@ -19,16 +19,17 @@ mod v1;
 pub mod fuzzing {
     /// The sendfile path's reading of a request line and its percent-decoding.
     pub fn request_line(line: &[u8]) -> Option<String> {
-        let (_, raw) = crate::fastpath::file_request(line)?;
-        crate::fastpath::percent_decode(raw)
+        let (_, raw) = crate::fastpath::sendfile::file_request(line)?;
+        crate::fastpath::sendfile::percent_decode(raw)
     }
 
     /// A Range header against a file of `len` bytes: `(start, end)` inclusive when a part.
     pub fn range(h: &str, len: u64) -> Option<Option<(u64, u64)>> {
-        match crate::boot::parse_range(h, len) {
-            crate::boot::RangeAsk::Whole => None,
-            crate::boot::RangeAsk::Part(a, b) => Some(Some((a, b))),
-            crate::boot::RangeAsk::Unsatisfiable => Some(None),
+        use crate::file_plan::{RangeAsk, parse_range};
+        match parse_range(h, len) {
+            RangeAsk::Whole => None,
+            RangeAsk::Part(a, b) => Some(Some((a, b))),
+            RangeAsk::Unsatisfiable => Some(None),
         }
     }
 

@@ -8,7 +8,7 @@
 //! is answered, shared with the axum handler in `boot`) and no handler module. `boot` and
 //! lib.rs use its `ClientAddr`, the `ConnectInfo` each connection carries.
 
-mod sendfile;
+pub(crate) mod sendfile;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -20,11 +20,6 @@ use plinth_core::App;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-
-// The fuzz targets' entry points in lib.rs still name these here. TODO(#18): name
-// `crate::fastpath::sendfile` there and drop this.
-#[cfg(fuzzing)]
-pub(crate) use sendfile::{file_request, percent_decode};
 
 /// How long a client may take to finish a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

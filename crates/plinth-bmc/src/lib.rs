@@ -1,15 +1,20 @@
 //! plinth-bmc: controlling machines through their BMCs (issue #5). [`Bmc`] is what plinth asks
 //! of any BMC: power, the next boot device, identity. The Redfish and IPMI (RMCP+) drivers
 //! implement it; `fake::FakeBmc` (feature `testing`, for tests only) implements it in memory,
-//! with knobs to misbehave, for the tests of the job system and the lifecycle.
+//! with knobs to misbehave, for the tests of the job system and the lifecycle. [`Drivers`]
+//! makes the driver a [`BmcTarget`] names (`connect`); plinth-core's workers ask it, or a
+//! test's own [`Connector`], for every BMC they call.
 //!
 //! It must not touch the database or know about machines' lifecycles: the job workers in
 //! plinth-core decide what to ask, and record what happened.
 
+mod connect;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod ipmi;
 pub mod redfish;
+
+pub use connect::{BmcTarget, Connector, Drivers};
 
 use futures::future::BoxFuture;
 use plinth_types::MacAddr;

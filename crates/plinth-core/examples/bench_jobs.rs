@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plinth_bmc::redfish::{Redfish, RedfishConfig};
-use plinth_bmc::{Bmc, BootDevice, PowerAction, PowerState};
+use plinth_bmc::{Bmc, BootDevice, Drivers, PowerAction, PowerState};
 use plinth_core::lifecycle::Action;
-use plinth_core::workers::{Drivers, JobRunner, JobSettings};
+use plinth_core::workers::{JobRunner, JobSettings};
 use plinth_core::{App, BmcKey, Principal};
 use plinth_testkit::TestDb;
 use plinth_testkit::redfish::RedfishEmulator;

@@ -2,7 +2,7 @@
 //! authenticates with the one-time token its boot script carried: valid for one machine, one
 //! mode and a limited time, used up by the final report (in the report's transaction), revoked
 //! by a newer token or by any state change, and bound to the address its script was served to
-//! (see boot.rs): a call from another address is refused, unless plinth leases that address to
+//! (see `boot`): a call from another address is refused, unless plinth leases that address to
 //! another NIC of the same machine (a ramdisk may route through another NIC than it booted
 //! from). A token presented for another machine or mode, again, late, revoked or from another
 //! address is refused and recorded as an `agent_token_refused` event. People and automation

@@ -427,50 +427,37 @@ impl App {
             .collect();
         let offer_secs = i32::try_from(timers.offer_secs).unwrap_or(i32::MAX);
         let quarantine_secs = i32::try_from(timers.quarantine_secs).unwrap_or(i32::MAX);
-        let mut conn = match self.conn().await {
-            Ok(c) => c,
-            Err(e) => return reqs.iter().map(|_| Err(e.clone())).collect(),
-        };
-        let decided: Vec<Decided> = match plinth_db::leases::decide_batch(
-            &mut conn,
-            &calls,
-            offer_secs,
-            quarantine_secs,
+        // Another batch (of this or another instance) answering one of these clients at this
+        // moment fails the whole batch: then they are decided one by one, so that only that
+        // client is left to the other batch.
+        let pool = self.pool();
+        let calls = &calls;
+        let decided: Vec<Decided> = crate::batch::all_or_each(
+            calls.len(),
+            |some| async move {
+                let mut conn = plinth_db::acquire(pool).await?;
+                plinth_db::leases::decide_batch(
+                    &mut conn,
+                    &calls[some],
+                    offer_secs,
+                    quarantine_secs,
+                )
+                .await
+            },
+            |e| {
+                let conflict = batch_conflict(e);
+                if conflict {
+                    tracing::debug!(error = %e, items = calls.len(), "lease batch conflict; deciding one by one");
+                }
+                conflict
+            },
+            Decided::from,
+            Decided::Failed(Error::internal()),
         )
         .await
-        {
-            Ok(d) => d.into_iter().map(|d| Decided::Lease(Box::new(d))).collect(),
-            Err(e) if batch_conflict(&e) && calls.len() > 1 => {
-                // Another batch was answering one of these clients at this moment: decide
-                // them one by one, so that only that client is left to the other batch.
-                tracing::debug!(error = %e, items = calls.len(), "lease batch conflict; deciding one by one");
-                let mut out = Vec::with_capacity(calls.len());
-                for call in &calls {
-                    out.push(
-                        match plinth_db::leases::decide_batch(
-                            &mut conn,
-                            std::slice::from_ref(call),
-                            offer_secs,
-                            quarantine_secs,
-                        )
-                        .await
-                        {
-                            Ok(mut d) => d.pop().map_or_else(
-                                || Decided::Failed(Error::internal()),
-                                |d| Decided::Lease(Box::new(d)),
-                            ),
-                            Err(e) => Decided::from(e),
-                        },
-                    );
-                }
-                out
-            }
-            Err(e) => {
-                let d = Decided::from(e);
-                reqs.iter().map(|_| d.clone()).collect()
-            }
-        };
-        drop(conn);
+        .into_iter()
+        .map(|d| d.map_or_else(|d| d, |d| Decided::Lease(Box::new(d))))
+        .collect();
 
         let mut answers = Vec::with_capacity(reqs.len());
         let mut notes = Vec::new();

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod allocations;
 pub mod auth;
+pub mod batch;
 pub mod boot;
 pub mod clean;
 mod convert;
@@ -21,6 +22,7 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod machines;
 pub mod racks;
+pub mod reconcile;
 pub mod secrets;
 pub mod subnets;
 pub mod tokens;
@@ -59,7 +61,7 @@ pub struct BootEnv {
     pub templates: boot::Templates,
     /// [`boot::script_decision`] for every state, as the database's `boot_request` takes it.
     pub table: plinth_db::boot::StateTable,
-    /// The batch worker's queue, started on first use (see [`boot::BootQueue`]).
+    /// The queue of the script requests' batch worker (see [`App::boot_batches`]).
     queue: std::sync::OnceLock<boot::BootQueue>,
 }
 

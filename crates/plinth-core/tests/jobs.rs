@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use plinth_bmc::fake::{Call, FakeBmc};
-use plinth_bmc::{Bmc, BmcError, BootDevice, Identity, PowerAction, PowerState};
+use plinth_bmc::{
+    Bmc, BmcError, BmcTarget, BootDevice, Connector, Identity, PowerAction, PowerState,
+};
 use plinth_core::jobs::JobQuery;
 use plinth_core::lifecycle::Action;
-use plinth_core::workers::{BmcTarget, Connector, JobRunner, JobSettings, PowerSync, SyncSettings};
+use plinth_core::workers::{JobRunner, JobSettings, PowerSync, SyncSettings};
 use plinth_core::{App, BmcKey, Principal};
 use plinth_testkit::TestDb;
 use plinth_types::api::*;
@@ -876,7 +878,7 @@ async fn ipmi_bmcs_through_the_real_driver() {
     let db = TestDb::new().await.unwrap();
     let key = BmcKey::from_base64(&BmcKey::generate_base64()).unwrap();
     let app = App::new(db.pool.clone(), key);
-    let drivers = plinth_core::workers::Drivers {
+    let drivers = plinth_bmc::Drivers {
         timeout: Duration::from_millis(300),
         ipmi_retries: 6,
         ca_pem: None,

@@ -12,13 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use plinth_core::App;
+use plinth_core::batch;
 use plinth_core::dhcp::{
     BootAction, BootConfig, ClientInfo, DhcpDecision, DhcpRequest, LeaseOp, LeaseTimers, Outcome,
 };
 use plinth_types::MacAddr;
 use tokio::net::UdpSocket;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::sys;
@@ -223,7 +225,7 @@ struct Shared {
     new_clients: NewClients,
     in_flight: Arc<Semaphore>,
     /// Requests waiting for their lease decision (see [`decide_batches`]).
-    pending: mpsc::Sender<Pending>,
+    pending: batch::Batcher<Pending>,
     /// Rate limit for debug logs of bad packets.
     last_bad_log: Mutex<Option<Instant>>,
 }
@@ -259,71 +261,81 @@ impl Pending {
     }
 }
 
-/// Takes the requests that are waiting (all of them, up to [`MAX_BATCH`]) and decides them in
-/// one database round trip; the replies go out from a task of their own while the next batch
-/// gathers. One batch in the database at a time per instance: under load each round trip and
-/// commit then carries many packets (measured on two cores, one batch in flight beat two and
-/// three at every rate).
+/// Decides the lease requests in batches (`plinth_core::batch`): everything that waited while
+/// the previous batch was in the database, up to [`MAX_BATCH`], in one round trip; the replies
+/// go out from a task of their own (in `replies`) while the next batch gathers. One batch in the
+/// database at a time per instance: under load each round trip and commit then carries many
+/// packets (measured on two cores, one batch in flight beat two and three at every rate).
 async fn decide_batches(
     shared: Arc<Shared>,
-    mut queue: mpsc::Receiver<Pending>,
+    queue: batch::Queue<Pending>,
+    replies: TaskTracker,
     cancel: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            n = queue.recv_many(&mut batch, MAX_BATCH) => if n == 0 {
-                return;
-            },
-        }
-        let reqs: Vec<DhcpRequest<'_>> = batch.iter().map(Pending::request).collect();
-        let answers = shared
-            .app
-            .dhcp_decide_batch(
-                &reqs,
-                shared.cfg.timers,
-                &shared.cfg.boot,
-                shared.cfg.boot_server,
-            )
-            .await;
-        drop(reqs);
-        debug!(size = batch.len(), "lease batch decided");
-        let decided: Vec<(Pending, plinth_core::Result<DhcpDecision>)> =
-            batch.drain(..).zip(answers).collect();
-        let shared = shared.clone();
-        let done = Instant::now();
-        tokio::spawn(async move {
-            // The replies of a large batch leave spaced as their requests came in, not all at
-            // once: such a burst overflows the receive buffer of a relay (or of perfdhcp) that
-            // is busy for a moment. The last one leaves no later than the next batch is decided.
-            let first = decided
-                .first()
-                .filter(|_| decided.len() > BURST)
-                .map(|(p, _)| p.received);
-            for (p, answer) in decided {
-                if let Some(first) = first {
-                    let due = done + p.received.saturating_duration_since(first);
-                    if due > Instant::now() + Duration::from_millis(1) {
-                        tokio::time::sleep_until(due.into()).await;
-                    }
+    let stopping = cancel.clone();
+    queue
+        .run(cancel, move |batch: Vec<Pending>| {
+            let (shared, replies, stopping) = (shared.clone(), replies.clone(), stopping.clone());
+            async move {
+                // Shutting down: what is still queued is dropped unanswered; the clients ask
+                // again (of another instance, maybe).
+                if stopping.is_cancelled() {
+                    return;
                 }
-                let span = transaction_span(&p.req);
-                let plan = {
-                    let _e = span.enter();
-                    server_reply(&shared, &p, answer)
-                };
-                match plan {
-                    Some(plan) => {
-                        send(&shared, &p.iface, &p.req, &plan, p.from)
-                            .instrument(span)
-                            .await
-                    }
-                    None => bump(&shared.counters.dropped_ignored),
+                decide_batch(&shared, &replies, batch).await;
+            }
+        })
+        .await
+}
+
+/// Decides one batch and starts sending its replies.
+async fn decide_batch(shared: &Arc<Shared>, replies: &TaskTracker, batch: Vec<Pending>) {
+    let reqs: Vec<DhcpRequest<'_>> = batch.iter().map(Pending::request).collect();
+    let answers = shared
+        .app
+        .dhcp_decide_batch(
+            &reqs,
+            shared.cfg.timers,
+            &shared.cfg.boot,
+            shared.cfg.boot_server,
+        )
+        .await;
+    drop(reqs);
+    debug!(size = batch.len(), "lease batch decided");
+    let decided: Vec<(Pending, plinth_core::Result<DhcpDecision>)> =
+        batch.into_iter().zip(answers).collect();
+    let shared = shared.clone();
+    let done = Instant::now();
+    replies.spawn(async move {
+        // The replies of a large batch leave spaced as their requests came in, not all at
+        // once: such a burst overflows the receive buffer of a relay (or of perfdhcp) that
+        // is busy for a moment. The last one leaves no later than the next batch is decided.
+        let first = decided
+            .first()
+            .filter(|_| decided.len() > BURST)
+            .map(|(p, _)| p.received);
+        for (p, answer) in decided {
+            if let Some(first) = first {
+                let due = done + p.received.saturating_duration_since(first);
+                if due > Instant::now() + Duration::from_millis(1) {
+                    tokio::time::sleep_until(due.into()).await;
                 }
             }
-        });
-    }
+            let span = transaction_span(&p.req);
+            let plan = {
+                let _e = span.enter();
+                server_reply(&shared, &p, answer)
+            };
+            match plan {
+                Some(plan) => {
+                    send(&shared, &p.iface, &p.req, &plan, p.from)
+                        .instrument(span)
+                        .await
+                }
+                None => bump(&shared.counters.dropped_ignored),
+            }
+        }
+    });
 }
 
 /// Runs until `cancel` fires. Fails at start if an interface cannot be opened.
@@ -357,7 +369,7 @@ pub async fn run(
         }
         info!(interface = %name, %addr, mode = ?cfg.mode, "DHCP listening");
     }
-    let (pending, queue) = mpsc::channel(cfg.max_in_flight.max(1));
+    let (pending, queue) = batch::queue(cfg.max_in_flight.max(1), MAX_BATCH);
     let shared = Arc::new(Shared {
         limiter: RateLimiter {
             per_sec: cfg.per_client_rate,
@@ -371,13 +383,22 @@ pub async fn run(
         counters,
         last_bad_log: Mutex::new(None),
     });
+    let replies = TaskTracker::new();
     let mut set = tokio::task::JoinSet::new();
-    set.spawn(decide_batches(shared.clone(), queue, cancel.clone()));
+    set.spawn(decide_batches(
+        shared.clone(),
+        queue,
+        replies.clone(),
+        cancel.clone(),
+    ));
     for iface in ifaces {
         let (shared, cancel) = (shared.clone(), cancel.clone());
         set.spawn(async move { listen(shared, Arc::new(iface), cancel).await });
     }
     while set.join_next().await.is_some() {}
+    // The replies of the last batches are sent before the server counts as stopped.
+    replies.close();
+    replies.wait().await;
     Ok(())
 }
 
@@ -455,7 +476,7 @@ fn accept(
                 op,
                 _permit: permit,
             };
-            if shared.pending.try_send(pending).is_err() {
+            if shared.pending.try_submit(pending).is_err() {
                 bump(&shared.counters.dropped_overload);
             }
         }

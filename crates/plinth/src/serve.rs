@@ -2,8 +2,10 @@
 //! or embedded), tracing, and the tasks of the service under one cancellation token.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
+use plinth_core::reconcile::{Pass, Reconciler};
 use plinth_core::{App, Principal};
 use plinth_db::embedded::EmbeddedPostgres;
 use tokio::task::JoinSet;
@@ -11,6 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ServerArgs;
 use crate::config::{self, Config};
+
+/// How often the reconciler reclaims expired leases, purges dead agent tokens and fails machines
+/// stuck past their state's deadline.
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 
 fn load_config(args: &ServerArgs) -> anyhow::Result<Config> {
     let mut c = config::load(args.config.as_deref(), std::env::vars())?;
@@ -150,6 +156,15 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
 
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    // Script requests are recorded in batches, by a worker that starts before the first request
+    // can arrive and stops with the rest.
+    if let Some(batches) = app.boot_batches() {
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            batches.run(cancel).await;
+            Ok(())
+        });
+    }
     for (listener, opts) in listeners {
         let cancel = cancel.clone();
         let app = app.clone();
@@ -210,14 +225,47 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
         tasks.spawn(async move { server.serve(cancel).await.context("TFTP server") });
     }
     {
-        // BMC jobs, and the power sync: every instance runs them; the database shares the work.
-        let connector: std::sync::Arc<dyn plinth_core::workers::Connector> =
+        // BMC jobs: every instance runs them; the database shares the work.
+        let connector: std::sync::Arc<dyn plinth_bmc::Connector> =
             std::sync::Arc::new(c.bmc.drivers()?);
         let runner = plinth_core::workers::JobRunner::new(
             app.clone(),
             connector.clone(),
             c.bmc.job_settings(),
         );
+        // The reconciler: what happens because time passed, safe on every instance at once.
+        let stuck = plinth_core::lifecycle::StuckTimeouts {
+            inspect: Duration::from_secs(c.boot.inspect_timeout_secs.max(60)),
+            clean: Duration::from_secs(c.boot.clean_timeout_secs.max(60)),
+            deploy: Duration::from_secs(c.boot.deploy_timeout_secs.max(60)),
+        };
+        let mut reconciler = Reconciler::new()
+            .with(Pass::new("lease reclaim", RECONCILE_EVERY, {
+                let app = app.clone();
+                move |_| {
+                    let app = app.clone();
+                    async move { app.reclaim_leases().await.map(drop) }
+                }
+            }))
+            .with(Pass::new("agent token purge", RECONCILE_EVERY, {
+                let app = app.clone();
+                move |_| {
+                    let app = app.clone();
+                    async move { app.purge_agent_tokens().await.map(drop) }
+                }
+            }))
+            .with(Pass::new("stuck machines", RECONCILE_EVERY, {
+                let app = app.clone();
+                move |_| {
+                    let app = app.clone();
+                    async move { app.fail_stuck(&stuck).await.map(drop) }
+                }
+            }))
+            .with(runner.stale_pass());
+        if let Some(sync) = c.bmc.sync_settings() {
+            let sync = plinth_core::workers::PowerSync::new(app.clone(), connector, sync);
+            reconciler = reconciler.with(sync.pass());
+        }
         let cancel_jobs = cancel.clone();
         tasks.spawn(async move {
             runner
@@ -225,43 +273,10 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
                 .await
                 .map_err(|e| anyhow::anyhow!("BMC job runner: {}", e.message))
         });
-        if let Some(sync) = c.bmc.sync_settings() {
-            let sync = plinth_core::workers::PowerSync::new(app.clone(), connector, sync);
-            let cancel = cancel.clone();
-            tasks.spawn(async move {
-                sync.run(cancel)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("power sync: {}", e.message))
-            });
-        }
-    }
-    {
-        // Reconciler: expired leases go back to the pool, long-expired agent tokens are forgotten,
-        // machines waiting too long on their agent fail (safe on every instance at once).
-        let (app, cancel) = (app.clone(), cancel.clone());
-        let stuck = plinth_core::lifecycle::StuckTimeouts {
-            inspect: std::time::Duration::from_secs(c.boot.inspect_timeout_secs.max(60)),
-            clean: std::time::Duration::from_secs(c.boot.clean_timeout_secs.max(60)),
-            deploy: std::time::Duration::from_secs(c.boot.deploy_timeout_secs.max(60)),
-        };
+        let cancel = cancel.clone();
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    _ = tick.tick() => {
-                        if let Err(e) = app.reclaim_leases().await {
-                            tracing::warn!(error = %e, "lease reclaim pass failed");
-                        }
-                        if let Err(e) = app.purge_agent_tokens().await {
-                            tracing::warn!(error = %e, "agent token purge failed");
-                        }
-                        if let Err(e) = app.fail_stuck(&stuck).await {
-                            tracing::warn!(error = %e, "failing stuck machines failed");
-                        }
-                    }
-                }
-            }
+            reconciler.run(cancel).await;
+            Ok(())
         });
     }
     let mut result = Ok(());

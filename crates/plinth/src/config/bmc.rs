@@ -64,7 +64,7 @@ pub(crate) fn default_call_timeout() -> u64 {
 }
 
 pub(crate) fn default_ipmi_retries() -> u32 {
-    plinth_core::workers::Drivers::default().ipmi_retries
+    plinth_bmc::Drivers::default().ipmi_retries
 }
 
 pub(crate) fn default_power_wait() -> u64 {
@@ -132,7 +132,7 @@ impl BmcConfig {
         Ok(())
     }
 
-    pub fn drivers(&self) -> anyhow::Result<plinth_core::workers::Drivers> {
+    pub fn drivers(&self) -> anyhow::Result<plinth_bmc::Drivers> {
         let ca_pem = match &self.ca_file {
             Some(p) => {
                 let pem =
@@ -144,7 +144,7 @@ impl BmcConfig {
             }
             None => None,
         };
-        Ok(plinth_core::workers::Drivers {
+        Ok(plinth_bmc::Drivers {
             timeout: Duration::from_secs(self.call_timeout_secs),
             ipmi_retries: self.ipmi_retries,
             ca_pem,

@@ -1,0 +1,130 @@
+//! Recording script requests. Requests arriving together are recorded together (the batching
+//! primitive of [`crate::batch`], as DHCP's lease decisions are): one worker per instance takes
+//! whatever is queued (up to [`MAX_BATCH`]) and records it with one `boot_request_batch` call,
+//! one round trip and one transaction: the lookup by MAC, the `boot` event, the agent token's
+//! hash, the boot-loop count. `plinth serve` runs the worker ([`App::boot_batches`]) with its
+//! other tasks; it stops with them, after recording what was queued.
+
+use std::sync::Arc;
+
+use plinth_db::boot::{BatchItem, BatchParams, BootRow};
+use plinth_types::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{self, Batcher, Call, CallError};
+use crate::{App, BootEnv, Result};
+
+/// The most requests one batch records.
+pub const MAX_BATCH: usize = 64;
+
+/// A script request waiting to be recorded, with where its row goes.
+type Record = Call<BatchItem, Result<Option<BootRow>>>;
+
+/// Where this instance's script requests are queued (see [`App::boot_batches`]).
+#[derive(Debug)]
+pub struct BootQueue {
+    batcher: Batcher<Record>,
+}
+
+/// The batch worker of the script requests.
+#[derive(Debug)]
+pub struct BootBatches {
+    queue: batch::Queue<Record>,
+    pool: plinth_db::PgPool,
+    env: Arc<BootEnv>,
+}
+
+impl BootBatches {
+    /// Records batches until `cancel`, then what is still queued.
+    pub async fn run(self, cancel: CancellationToken) {
+        let (pool, env) = (self.pool, self.env);
+        self.queue
+            .run(cancel, move |mut batch: Vec<Record>| {
+                let (pool, env) = (pool.clone(), env.clone());
+                async move {
+                    // One lock order for every instance's batches: by MAC.
+                    batch.sort_by(|a, b| a.req.mac.cmp(&b.req.mac));
+                    let (items, replies): (Vec<_>, Vec<_>) =
+                        batch.into_iter().map(|c| (c.req, c.reply)).unzip();
+                    let results = record_batch(&pool, &env, &items).await;
+                    for (reply, r) in replies.into_iter().zip(results) {
+                        reply.send(r).ok();
+                    }
+                }
+            })
+            .await
+    }
+}
+
+fn batch_params(env: &BootEnv) -> BatchParams<'_> {
+    BatchParams {
+        table: &env.table,
+        token_secs: env.settings.agent_token_ttl.as_secs_f64(),
+        loop_max: i32::try_from(env.settings.loop_max).unwrap_or(i32::MAX - 1),
+        loop_window_secs: env.settings.loop_window.as_secs_f64(),
+    }
+}
+
+/// Records a batch; if the batch as a whole fails (a deadlock with another instance, say), each
+/// request is recorded on its own so that one cannot fail the others.
+async fn record_batch(
+    pool: &plinth_db::PgPool,
+    env: &BootEnv,
+    items: &[BatchItem],
+) -> Vec<Result<Option<BootRow>>> {
+    batch::all_or_each(
+        items.len(),
+        |some| async move {
+            let mut conn = pool.acquire().await?;
+            plinth_db::boot::request_batch(&mut conn, &items[some], batch_params(env)).await
+        },
+        |e| {
+            tracing::warn!(error = %e, n = items.len(), "a boot batch failed; recording its requests one by one");
+            true
+        },
+        |e| plinth_db::classify(e),
+        Error::internal(),
+    )
+    .await
+}
+
+impl App {
+    /// The batch worker of this instance's script requests, for `plinth serve` to run with its
+    /// other tasks. `None` when there is one already (a request came first: see
+    /// [`App::boot_record`]).
+    pub fn boot_batches(&self) -> Option<BootBatches> {
+        let (batcher, queue) = batch::queue(4 * MAX_BATCH, MAX_BATCH);
+        self.boot.queue.set(BootQueue { batcher }).ok()?;
+        Some(BootBatches {
+            queue,
+            pool: self.pool.clone(),
+            env: self.boot.clone(),
+        })
+    }
+
+    /// Records one script request through the batch worker. An application used without
+    /// `plinth serve` (tests, tools) starts one on first use, on the caller's runtime; once the
+    /// worker has stopped (shutdown, or that runtime is gone), a request is recorded on its own.
+    pub(super) async fn boot_record(&self, item: BatchItem) -> Result<Option<BootRow>> {
+        let queue = self.boot.queue.get_or_init(|| {
+            let (batcher, queue) = batch::queue(4 * MAX_BATCH, MAX_BATCH);
+            let worker = BootBatches {
+                queue,
+                pool: self.pool.clone(),
+                env: self.boot.clone(),
+            };
+            tokio::spawn(worker.run(CancellationToken::new()));
+            BootQueue { batcher }
+        });
+        match queue.batcher.call(item).await {
+            Ok(recorded) => recorded,
+            Err(CallError::Stopped(item)) => {
+                record_batch(&self.pool, &self.boot, std::slice::from_ref(&item))
+                    .await
+                    .pop()
+                    .unwrap_or(Ok(None))
+            }
+            Err(CallError::Dropped) => Err(Error::internal()),
+        }
+    }
+}

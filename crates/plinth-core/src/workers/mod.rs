@@ -1,0 +1,41 @@
+//! The workers that talk to BMCs: the job runner and the power sync.
+//!
+//! Both follow DESIGN.md: claim rows with `FOR UPDATE SKIP LOCKED` and commit, call the BMC
+//! with no transaction open, record the outcome in a new transaction. At most one job per BMC
+//! runs at a time (the claim query and a unique index see to it, across instances), at most
+//! `concurrency` per instance (a semaphore), and every BMC call has its own timeout, so one
+//! BMC that never answers holds one slot for one timeout and delays nobody else. The driver
+//! for a BMC comes from a `plinth_bmc::Connector` (`plinth_bmc::Drivers` in the product).
+//!
+//! The parts:
+//! - `runner`: [`JobRunner`], claiming and running jobs, renewing their leases, handing them
+//!   back at shutdown; its reconciler pass requeues the jobs of runners that died;
+//! - `wakeups`: `LISTEN jobs`, the runner's wake-up hint;
+//! - `execute`: what each kind of job does on the BMC;
+//! - `call`: one BMC call under its timeout, and the transient/final `Failure` split;
+//! - `record`: a job's outcome written back, with its events;
+//! - `power_sync`: [`PowerSync`], the reconciler pass that reads every BMC's power state.
+
+mod call;
+mod execute;
+mod power_sync;
+mod record;
+mod runner;
+mod wakeups;
+
+pub use power_sync::{PowerSync, SyncReport, SyncSettings};
+pub use runner::{JobRunner, JobSettings};
+
+use uuid::Uuid;
+
+use crate::Result;
+
+/// An event the workers record on a machine, as `system`.
+async fn event(
+    tx: &mut plinth_db::PgConnection,
+    machine_id: Uuid,
+    kind: &str,
+    details: serde_json::Value,
+) -> Result<()> {
+    crate::record_event_as(tx, "system", Some(machine_id), kind, details).await
+}

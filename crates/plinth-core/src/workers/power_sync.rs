@@ -1,0 +1,300 @@
+//! The power sync: every BMC's power state read about once a `interval` (jittered), a change
+//! recorded as a `power_changed` event, a BMC that stops answering marked unreachable after
+//! `failures_before_unreachable` failures and reachable again when it answers. It is a pass
+//! of the reconciler ([`PowerSync::pass`]): each tick claims the due BMCs it has free slots
+//! for and polls them in the background, so a slow BMC holds one slot for one call timeout and
+//! the next tick never waits for it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use plinth_bmc::{BmcTarget, Connector, PowerState};
+use plinth_types::Error;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::call::{Failure, call, final_failure, power_str};
+use super::event;
+use crate::reconcile::{Background, Pass, Reconciler};
+use crate::{App, DbResult, Result};
+
+/// How the power-sync reconciler behaves.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// Each BMC is polled about this often (jittered by ±`jitter`).
+    pub interval: Duration,
+    pub jitter: f64,
+    /// Consecutive failures before a BMC is marked unreachable.
+    pub failures_before_unreachable: i32,
+    /// Polls in flight at once on this instance.
+    pub concurrency: usize,
+    pub call_timeout: Duration,
+    /// How often the loop looks for due BMCs.
+    pub tick: Duration,
+    /// After wrong credentials, the next poll waits this long (unless the credentials change).
+    pub auth_hold: Duration,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            interval: Duration::from_secs(60),
+            jitter: 0.2,
+            failures_before_unreachable: 3,
+            concurrency: 32,
+            call_timeout: Duration::from_secs(30),
+            tick: Duration::from_secs(1),
+            auth_hold: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What one pass of the power sync did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    pub polled: usize,
+    pub changed: usize,
+    pub failed: usize,
+    pub marked_unreachable: usize,
+}
+
+/// Polls every BMC's power state on a jittered interval; records changes as events; marks a
+/// BMC unreachable after repeated failures and reachable again when it answers.
+pub struct PowerSync {
+    app: App,
+    connector: Arc<dyn Connector>,
+    settings: SyncSettings,
+    slots: Arc<Semaphore>,
+}
+
+#[derive(Debug, Default)]
+struct PollOutcome {
+    changed: bool,
+    failed: bool,
+    marked_unreachable: bool,
+}
+
+impl PowerSync {
+    pub fn new(app: App, connector: Arc<dyn Connector>, settings: SyncSettings) -> Arc<PowerSync> {
+        Arc::new(PowerSync {
+            slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            app,
+            connector,
+            settings,
+        })
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<plinth_db::bmcs::DueBmc>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.app.conn().await?;
+        plinth_db::bmcs::claim_due(
+            &mut conn,
+            limit as i64,
+            self.settings.interval.as_secs_f64(),
+            self.settings.jitter.clamp(0.0, 0.9),
+        )
+        .await
+        .db()
+    }
+
+    async fn poll(&self, b: plinth_db::bmcs::DueBmc) -> PollOutcome {
+        let res = async {
+            let password = self
+                .app
+                .bmc_key
+                .decrypt(b.machine_id, &b.password_nonce, &b.password_ciphertext)
+                .map_err(|e| final_failure("config", e.to_string()))?;
+            let target = BmcTarget {
+                machine_id: b.machine_id,
+                protocol: b.protocol,
+                address: b.address.clone(),
+                username: b.username.clone(),
+                password,
+                verify_tls: b.verify_tls,
+                plain_http: b.plain_http,
+            };
+            let bmc = self
+                .connector
+                .connect(&target)
+                .await
+                .map_err(Failure::from)?;
+            let p = call(
+                self.settings.call_timeout,
+                "read power state",
+                bmc.power_state(),
+            )
+            .await;
+            let _ = tokio::time::timeout(self.settings.call_timeout, bmc.close()).await;
+            p
+        }
+        .await;
+        match self.record(&b, res).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(machine_id = %b.machine_id, error = %e, "recording a power poll failed");
+                PollOutcome {
+                    failed: true,
+                    ..Default::default()
+                }
+            }
+        }
+    }
+
+    async fn record(
+        &self,
+        b: &plinth_db::bmcs::DueBmc,
+        res: std::result::Result<PowerState, Failure>,
+    ) -> Result<PollOutcome> {
+        let mut out = PollOutcome::default();
+        let mut tx = self.app.begin().await?;
+        match res {
+            Ok(p) => {
+                let now = power_str(p);
+                let old = plinth_db::bmcs::record_ok(&mut tx, b.machine_id, Some(now))
+                    .await
+                    .db()?;
+                if let Some((old_power, old_reachable)) = old {
+                    if old_reachable == Some(false) {
+                        event(
+                            &mut tx,
+                            b.machine_id,
+                            "bmc_reachable",
+                            json!({ "power": now }),
+                        )
+                        .await?;
+                    }
+                    if let Some(old_power) = old_power
+                        && old_power != now
+                    {
+                        out.changed = true;
+                        event(
+                            &mut tx,
+                            b.machine_id,
+                            "power_changed",
+                            json!({ "from": old_power, "to": now }),
+                        )
+                        .await?;
+                        tracing::info!(machine_id = %b.machine_id, from = %old_power, to = now, "power state changed");
+                    }
+                }
+            }
+            Err(f) => {
+                out.failed = true;
+                // Wrong credentials: not again every interval (BMCs lock the account after a
+                // few failures); a change of credentials makes the BMC due at once.
+                let hold = (f.kind == "auth").then_some(self.settings.auth_hold.as_secs_f64());
+                let marked = plinth_db::bmcs::record_failure(
+                    &mut tx,
+                    b.machine_id,
+                    &f.message,
+                    self.settings.failures_before_unreachable,
+                    hold,
+                )
+                .await
+                .db()?;
+                if marked {
+                    out.marked_unreachable = true;
+                    event(
+                        &mut tx,
+                        b.machine_id,
+                        "bmc_unreachable",
+                        json!({
+                            "error_kind": f.kind, "error": f.message,
+                            "failures": b.consecutive_failures + 1,
+                        }),
+                    )
+                    .await?;
+                    tracing::warn!(machine_id = %b.machine_id, error = %f.message, "BMC marked unreachable");
+                }
+            }
+        }
+        tx.commit().await.db()?;
+        Ok(out)
+    }
+
+    /// Polls every due BMC and waits for all the polls: for tests and tools.
+    pub async fn run_once(self: &Arc<Self>) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        let mut set = JoinSet::new();
+        loop {
+            let due = self.claim(self.settings.concurrency.max(1)).await?;
+            if due.is_empty() {
+                break;
+            }
+            for b in due {
+                let permit = self
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::internal())?;
+                let me = self.clone();
+                set.spawn(async move {
+                    let o = me.poll(b).await;
+                    drop(permit);
+                    o
+                });
+            }
+        }
+        while let Some(o) = set.join_next().await {
+            let o = o.map_err(|_| Error::internal())?;
+            report.polled += 1;
+            report.changed += usize::from(o.changed);
+            report.failed += usize::from(o.failed);
+            report.marked_unreachable += usize::from(o.marked_unreachable);
+        }
+        Ok(report)
+    }
+
+    /// The reconciler pass: every `tick`, polls the due BMCs it has slots for, in the
+    /// background.
+    pub fn pass(self: &Arc<Self>) -> Pass {
+        let me = self.clone();
+        Pass::new("power sync", self.settings.tick, move |background| {
+            let (me, background) = (me.clone(), background.clone());
+            async move { me.start_due(&background).await }
+        })
+    }
+
+    /// Claims the due BMCs this instance has free slots for and starts their polls.
+    async fn start_due(self: &Arc<Self>, background: &Background) -> Result<()> {
+        let due = self.claim(self.slots.available_permits()).await?;
+        for b in due {
+            let permit = self
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::internal())?;
+            let me = self.clone();
+            background.spawn(async move {
+                me.poll(b).await;
+                drop(permit);
+            });
+        }
+        Ok(())
+    }
+
+    /// The power sync on its own, as a reconciler of one pass (plinth serve runs the pass with
+    /// the others).
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<()> {
+        Reconciler::new().with(self.pass()).run(cancel).await;
+        Ok(())
+    }
+}
+
+impl App {
+    /// Makes the machine's BMC due for a power poll now (or every BMC's, with `None`).
+    pub async fn poll_bmc_now(&self, machine_id: Option<Uuid>) -> Result<()> {
+        let mut conn = self.conn().await?;
+        plinth_db::bmcs::poll_now(&mut conn, machine_id)
+            .await
+            .db()?;
+        Ok(())
+    }
+}

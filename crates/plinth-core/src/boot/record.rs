@@ -128,3 +128,72 @@ impl App {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use plinth_types::MacAddr;
+
+    use super::*;
+    use crate::BmcKey;
+    use crate::dhcp::ClientInfo;
+
+    fn request(mac: &MacAddr, n: u8) -> BatchItem {
+        BatchItem {
+            mac: mac.to_string(),
+            remote: None,
+            actor: "ipxe".into(),
+            details: serde_json::json!({}),
+            // Each request mints its own token.
+            token_sha256: vec![n; 32],
+        }
+    }
+
+    /// The worker as `plinth serve` runs it: what is queued when it is stopped is still
+    /// recorded, and a request after the stop is recorded on its own.
+    #[tokio::test]
+    async fn stopped_the_worker_records_what_was_queued_then_requests_go_alone() {
+        let db = plinth_testkit::TestDb::new().await.unwrap();
+        let app = App::new(
+            db.pool.clone(),
+            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
+        );
+        let worker = app.boot_batches().expect("the first worker");
+        assert!(app.boot_batches().is_none(), "one worker per application");
+        let mac: MacAddr = "52:54:00:aa:00:01".parse().unwrap();
+        let id = app
+            .discover_machine(&mac, &ClientInfo::default(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        // Three requests wait in the queue: the worker is not running yet.
+        let waiting: Vec<_> = (0..3)
+            .map(|n| {
+                let (app, item) = (app.clone(), request(&mac, n));
+                tokio::spawn(async move { app.boot_record(item).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(waiting.iter().all(|w| !w.is_finished()));
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(30), worker.run(cancel))
+            .await
+            .expect("a stopped worker returns once the queue is recorded");
+        for w in waiting {
+            let row = w.await.unwrap().unwrap().expect("the machine's row");
+            assert_eq!(row.machine_id, id);
+        }
+        let row = app.boot_record(request(&mac, 3)).await.unwrap();
+        assert_eq!(row.map(|r| r.machine_id), Some(id));
+        let boots: i64 = sqlx::query_scalar(
+            "select count(*) from events where kind = 'boot' and machine_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(boots, 4, "every request recorded once");
+    }
+}

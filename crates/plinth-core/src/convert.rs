@@ -28,16 +28,8 @@ pub(crate) async fn machines(
     let mut nics: HashMap<Uuid, Vec<Nic>> = HashMap::new();
     for n in plinth_db::nics::for_machines(conn, &ids).await.db()? {
         nics.entry(n.machine_id).or_default().push(Nic {
-            mac: n.mac.parse().map_err(|e| {
-                tracing::error!(mac = %n.mac, error = %e, "unparseable MAC in the database");
-                Error::internal()
-            })?,
-            ipv4: n
-                .ipv4
-                .as_deref()
-                .map(|s| s.parse())
-                .transpose()
-                .map_err(|_| Error::internal())?,
+            mac: n.mac,
+            ipv4: n.ipv4,
             pxe: n.pxe,
         });
     }

@@ -121,8 +121,7 @@ impl App {
         let any_pxe = req.nics.iter().any(|n| n.pxe == Some(true));
         for (i, n) in req.nics.iter().enumerate() {
             let pxe = n.pxe.unwrap_or(!any_pxe && i == 0);
-            let ip = n.ipv4.map(|ip| ip.to_string());
-            plinth_db::nics::insert(&mut tx, id, &n.mac.to_string(), ip.as_deref(), pxe)
+            plinth_db::nics::insert(&mut tx, id, n.mac, n.ipv4, pxe)
                 .await
                 .db()?;
         }

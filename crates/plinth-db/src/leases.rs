@@ -5,8 +5,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use plinth_types::MachineState;
+use std::net::{IpAddr, Ipv4Addr};
+
 use plinth_types::api::LeaseState;
+use plinth_types::{MacAddr, MachineState};
 
 use crate::Result;
 
@@ -113,12 +115,13 @@ pub async fn decide_batch(
 
 #[derive(Debug, Clone)]
 pub struct LeaseRow {
-    pub address: String,
+    pub address: Ipv4Addr,
     pub subnet_id: Uuid,
     pub state: LeaseState,
-    pub mac: Option<String>,
+    pub mac: Option<MacAddr>,
     pub hostname: Option<String>,
-    pub expires_at: Option<DateTime<Utc>>,
+    /// Set for every live lease (the schema's check).
+    pub expires_at: DateTime<Utc>,
     pub machine_id: Option<Uuid>,
 }
 
@@ -126,25 +129,37 @@ pub struct LeaseRow {
 pub async fn list(
     conn: &mut PgConnection,
     subnet_id: Option<Uuid>,
-    mac: Option<&str>,
+    mac: Option<MacAddr>,
     limit: i64,
 ) -> Result<Vec<LeaseRow>> {
-    sqlx::query_as!(
-        LeaseRow,
-        r#"select host(l.address) as "address!", l.subnet_id, l.state as "state: LeaseState", l.mac::text as mac, l.hostname, l.expires_at,
+    let rows = sqlx::query!(
+        r#"select l.address as "address: IpAddr", l.subnet_id, l.state as "state: LeaseState",
+                  l.mac as "mac: MacAddr", l.hostname, l.expires_at as "expires_at!",
                   (select n.machine_id from nics n where n.mac = l.mac and n.active) as machine_id
            from leases l
            where l.state <> 'free' and l.expires_at > now()
              and ($1::uuid is null or l.subnet_id = $1)
-             and ($2::text is null or l.mac = $2::text::macaddr)
+             and ($2::macaddr is null or l.mac = $2)
            order by l.address limit $3"#,
         subnet_id,
-        mac,
+        mac as Option<MacAddr>,
         limit
     )
     .fetch_all(conn)
-    .await
-    .map_err(crate::Error::from)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(LeaseRow {
+                address: crate::ipv4(r.address)?,
+                subnet_id: r.subnet_id,
+                state: r.state,
+                mac: r.mac,
+                hostname: r.hostname,
+                expires_at: r.expires_at,
+                machine_id: r.machine_id,
+            })
+        })
+        .collect()
 }
 
 /// Returns expired leases to the pool and drops free rows that left it. Idempotent; safe on

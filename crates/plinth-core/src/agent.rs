@@ -8,6 +8,7 @@
 //! address is refused and recorded as an `agent_token_refused` event. People and automation
 //! with an API token may report too.
 
+use plinth_types::MachineId;
 use std::net::IpAddr;
 
 use chrono::Utc;
@@ -438,7 +439,7 @@ impl App {
                 format!("the machine is {state}, not deploying"),
             ));
         }
-        let d = plinth_db::deployments::get(conn, id)
+        let d = plinth_db::deployments::get(conn, MachineId(id))
             .await
             .db()?
             .ok_or_else(|| {
@@ -621,7 +622,7 @@ impl App {
             crate::record_event_as(
                 &mut conn,
                 "metadata",
-                Some(d.machine_id),
+                Some(d.machine_id.uuid()),
                 "metadata_refused",
                 json!({ "remote": remote, "file": file.chars().take(64).collect::<String>() }),
             )

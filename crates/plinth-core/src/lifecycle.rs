@@ -105,7 +105,9 @@ impl App {
         }
         // What the allocation's user gave (image choice, user data, keys) ends with it.
         if does.drop_deployment
-            && plinth_db::deployments::delete(tx, id).await.db()?
+            && plinth_db::deployments::delete(tx, plinth_types::MachineId(id))
+                .await
+                .db()?
             && let Some(obj) = details.as_object_mut()
         {
             obj.insert("deployment_deleted".into(), true.into());

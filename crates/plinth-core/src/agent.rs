@@ -311,7 +311,8 @@ impl App {
                 crate::record_event_as(&mut tx, &principal.name, Some(id), kind, details).await?;
                 tracing::warn!(machine_id = %id, %state, reason = ?reason, "the cleaning failed; the state stays ({kind})");
             }
-            None => return Err(Error::internal()),
+            // The token was checked for this state's mode: its report has an outcome here.
+            None => return Err(crate::missing("report_outcome")()),
         }
         let machine = self.machine_in(&mut tx, id).await?;
         tx.commit().await.db()?;
@@ -467,7 +468,7 @@ impl App {
         let image = plinth_db::images::get(&mut conn, &d.image_name)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("deploy_manifest"))?;
         Ok(plinth_types::api::DeployManifest {
             url_path: plinth_types::netboot::file_url("", &image.path),
             compression: compression(&image.path),
@@ -583,7 +584,8 @@ impl App {
             Some(Outcome::Record(kind)) => {
                 crate::record_event_as(&mut tx, &principal.name, Some(id), kind, details).await?;
             }
-            None => return Err(Error::internal()),
+            // The token was checked for this state's mode: its report has an outcome here.
+            None => return Err(crate::missing("report_outcome")()),
         }
         let m = self.machine_in(&mut tx, id).await?;
         tx.commit().await.db()?;

@@ -89,7 +89,7 @@ pub(crate) async fn machine(
     machines(conn, vec![row])
         .await?
         .pop()
-        .ok_or_else(Error::internal)
+        .ok_or_else(crate::missing("machine"))
 }
 
 pub(crate) fn event(e: plinth_db::events::EventRow) -> Result<plinth_types::api::Event> {

@@ -219,7 +219,7 @@ impl App {
                 "deploy needs an image: {\"image\": \"<a disk-image of the catalog>\"}",
             ));
         }
-        let allocation = row.allocation_id.ok_or_else(Error::internal)?;
+        let allocation = row.allocation_id.ok_or_else(crate::missing("deploy"))?;
         let image = plinth_db::images::get(&mut tx, &req.image)
             .await
             .db()?

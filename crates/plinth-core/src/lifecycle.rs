@@ -284,7 +284,7 @@ impl App {
         let row = plinth_db::machines::get(tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("machine_in"))?;
         convert::machine(tx, row).await
     }
 
@@ -351,7 +351,7 @@ impl App {
         let row = plinth_db::machines::get(&mut tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("set_maintenance"))?;
         let machine = convert::machine(&mut tx, row).await?;
         tx.commit().await.db()?;
         tracing::info!(machine_id = %id, maintenance = on, actor = %who.name, "maintenance changed");
@@ -381,7 +381,7 @@ impl App {
         id: Uuid,
         report: InspectionReport,
     ) -> Result<Machine> {
-        let facts = serde_json::to_value(&report).map_err(|_| Error::internal())?;
+        let facts = serde_json::to_value(&report).map_err(crate::internal("inspection_in"))?;
         let summary = serde_json::json!({
             "cpu_threads": report.cpu.threads, "memory_mib": report.memory_mib,
             "disks": report.disks.len(), "serial": report.system.serial,
@@ -409,12 +409,12 @@ impl App {
                     .await
                     .db()?;
             }
-            None => return Err(Error::internal()),
+            None => return Err(crate::missing("report_outcome")()),
         }
         let row = plinth_db::machines::get(tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("inspection_in"))?;
         convert::machine(tx, row).await
     }
 }

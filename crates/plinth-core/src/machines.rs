@@ -151,7 +151,7 @@ impl App {
         let row = plinth_db::machines::get(&mut tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("enroll_machine"))?;
         let machine = convert::machine(&mut tx, row).await?;
         tx.commit().await.db()?;
         tracing::info!(machine_id = %id, hostname = ?machine.hostname, actor = %who.name, "machine enrolled");
@@ -192,7 +192,9 @@ impl App {
         who: &Principal,
     ) -> Result<Uuid> {
         let rows = crate::jobs::queue(tx, id, &[crate::jobs::JobSpec::Identify], &who.name).await?;
-        rows.first().map(|r| r.id).ok_or_else(Error::internal)
+        rows.first()
+            .map(|r| r.id)
+            .ok_or_else(crate::missing("queue_identify"))
     }
 
     pub async fn bmc_password(&self, id: Uuid) -> Result<Option<String>> {
@@ -407,7 +409,7 @@ impl App {
         let row = plinth_db::machines::get(&mut tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("update_machine"))?;
         let machine = convert::machine(&mut tx, row).await?;
         tx.commit().await.db()?;
         tracing::info!(machine_id = %id, actor = %who.name, "machine updated");

@@ -193,7 +193,9 @@ impl App {
             serde_json::to_value(&req).unwrap_or_default(),
         )
         .await?;
-        let created = load(&mut tx, id).await?.ok_or_else(Error::internal)?;
+        let created = load(&mut tx, id)
+            .await?
+            .ok_or_else(crate::missing("create_subnet"))?;
         tx.commit().await.db()?;
         tracing::info!(subnet = %cidr, actor = %who.name, "subnet created");
         Ok(created)
@@ -230,7 +232,9 @@ impl App {
         if !plinth_db::subnets::lock(&mut tx, id).await.db()? {
             return Err(Error::not_found(format!("no subnet {id}")));
         }
-        let cur = load(&mut tx, id).await?.ok_or_else(Error::internal)?;
+        let cur = load(&mut tx, id)
+            .await?
+            .ok_or_else(crate::missing("update_subnet"))?;
         let net = parse_cidr(&cur.cidr)?;
         if let Some(ranges) = &patch.ranges {
             check_ranges(net, ranges)?;
@@ -268,7 +272,9 @@ impl App {
             serde_json::json!({ "subnet": cur.cidr, "changes": patch }),
         )
         .await?;
-        let updated = load(&mut tx, id).await?.ok_or_else(Error::internal)?;
+        let updated = load(&mut tx, id)
+            .await?
+            .ok_or_else(crate::missing("update_subnet"))?;
         tx.commit().await.db()?;
         Ok(updated)
     }
@@ -293,7 +299,7 @@ impl App {
         let cur = plinth_db::subnets::get(&mut tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("delete_subnet"))?;
         plinth_db::subnets::delete(&mut tx, id).await.db()?;
         crate::record_event(
             &mut tx,

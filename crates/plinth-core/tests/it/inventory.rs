@@ -3,7 +3,7 @@
 //! pages; rack occupants and free positions.
 
 use plinth_core::inventory::SortKey;
-use plinth_core::{App, BmcKey, Principal};
+use plinth_core::{App, Principal};
 use plinth_db::inventory::TableQuery;
 use plinth_testkit::TestDb;
 use plinth_types::api::*;
@@ -11,8 +11,7 @@ use plinth_types::{ErrorKind, Role};
 
 async fn app() -> (App, TestDb) {
     let db = TestDb::new().await.unwrap();
-    let key = BmcKey::from_base64(&BmcKey::generate_base64()).unwrap();
-    (App::new(db.pool.clone(), key), db)
+    (db.app(), db)
 }
 
 fn admin() -> Principal {

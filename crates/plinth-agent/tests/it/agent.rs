@@ -6,9 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use plinth_core::boot::{BootSettings, Templates};
-use plinth_core::{App, BmcKey, Principal};
 use plinth_testkit::TestDb;
-use plinth_types::Role;
+use plinth_testkit::api::TestApi;
 use serde_json::{Value, json};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_plinth-agent");
@@ -28,34 +27,19 @@ impl Api {
 
     /// With `images` as the images root (boot files, disk images), when given.
     async fn start_with(images: Option<&Path>) -> Api {
-        let db = TestDb::new().await.unwrap();
-        let mut app = App::new(
-            db.pool.clone(),
-            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
-        );
-        if let Some(root) = images {
-            app = app.with_boot(
+        let t = TestApi::start_with(|app| match images {
+            Some(root) => app.with_boot(
                 BootSettings::with_root(root.to_owned()),
                 Templates::load(None).unwrap(),
-            );
-        }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(plinth_api::serve(
-            listener,
-            app.clone(),
-            std::future::pending(),
-        ));
-        let admin = app
-            .create_token(&Principal::system(), "root", Role::Admin)
-            .await
-            .unwrap()
-            .secret;
+            ),
+            None => app,
+        })
+        .await;
         Api {
-            base,
-            admin,
+            base: t.base,
+            admin: t.admin,
             http: reqwest::Client::new(),
-            db,
+            db: t.db,
         }
     }
 

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use plinth_core::dhcp::*;
-use plinth_core::{App, BmcKey, Principal};
-use plinth_testkit::TestDb;
+use plinth_core::{App, Principal};
+use plinth_testkit::{TestDb, mac};
 use plinth_types::api::*;
 use plinth_types::{MacAddr, MachineState};
 
@@ -31,17 +31,9 @@ fn admin() -> Principal {
     Principal::system()
 }
 
-fn mac(n: u32) -> MacAddr {
-    let b = n.to_be_bytes();
-    MacAddr([0x52, 0x54, b[0], b[1], b[2], b[3]])
-}
-
 async fn setup(first: u8, last: u8) -> (App, TestDb) {
     let db = TestDb::new().await.unwrap();
-    let app = App::new(
-        db.pool.clone(),
-        BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
-    );
+    let app = db.app();
     app.create_subnet(
         &admin(),
         SubnetCreate {
@@ -540,10 +532,7 @@ async fn batches_answer_like_single_requests() {
 #[tokio::test]
 async fn concurrent_batches_for_the_same_clients() {
     let (app, db) = setup(10, 250).await;
-    let other = App::new(
-        db.pool.clone(),
-        BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
-    );
+    let other = db.app();
     for round in 0..4u32 {
         let batch = |app: App| {
             tokio::spawn(async move {
@@ -575,10 +564,7 @@ async fn concurrent_batches_for_the_same_clients() {
 #[tokio::test]
 async fn two_instances_never_share_an_address() {
     let (app, db) = setup(10, 250).await;
-    let other = App::new(
-        db.pool.clone(),
-        BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
-    );
+    let other = db.app();
     let apps = [app.clone(), other];
     let tasks = (0..200u32).map(|n| {
         let app = apps[n as usize % 2].clone();

@@ -4,7 +4,7 @@
 //!
 //! The fixture is made once, by `make_baseline_fixture` (ignored), and refreshed only when a
 //! re-baseline is asked for again:
-//!   cargo test -p plinth-api --test upgrade -- --ignored make_baseline_fixture
+//!   cargo test -p plinth-api --test it -- --ignored upgrade::make_baseline_fixture
 
 use std::path::PathBuf;
 
@@ -32,21 +32,11 @@ struct Api {
 impl Api {
     async fn start(db: &TestDb) -> Api {
         let app = App::new(db.pool.clone(), BmcKey::from_base64(FIXTURE_KEY).unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(plinth_api::serve(
-            listener,
-            app.clone(),
-            std::future::pending(),
-        ));
+        let addr = plinth_testkit::api::listen(&app, Default::default()).await;
         let name = format!("upgrade-{}", uuid::Uuid::new_v4().simple());
-        let admin = app
-            .create_token(&Principal::system(), &name, Role::Admin)
-            .await
-            .unwrap()
-            .secret;
+        let admin = plinth_testkit::api::token(&app, &name, Role::Admin).await;
         Api {
-            base,
+            base: format!("http://{addr}"),
             http: reqwest::Client::new(),
             app,
             admin,
@@ -188,7 +178,7 @@ async fn make_baseline_fixture() {
         .map(|l| format!("{l}\n"))
         .collect();
     let header = "-- A plinth database dumped right after the re-baseline of 2026-12-05, with data \
-                  written through the API\n-- (crates/plinth-api/tests/upgrade.rs, \
+                  written through the API\n-- (crates/plinth-api/tests/it/upgrade.rs, \
                   make_baseline_fixture). Never edited: refreshed only at a re-baseline.\n";
     std::fs::create_dir_all(fixture().parent().unwrap()).unwrap();
     std::fs::write(fixture(), format!("{header}{body}")).unwrap();

@@ -1,11 +1,9 @@
 //! Property tests run with the normal suite: whatever arrives on port 67, `parse` returns
 //! instead of panicking, and every request it accepts can be answered with a well-formed reply.
 
-mod common;
-
 use std::net::Ipv4Addr;
 
-use common::{CAPTURES, capture, ip, lease, nak, offer, pxe_boot};
+use crate::common::{CAPTURES, capture, ip, lease, nak, offer, pxe_boot};
 use dhcproto::v4::{Decodable, Decoder, Message, MessageType as DhcprotoType, Opcode};
 use plinth_dhcp::wire::{
     BootParams, Destination, LeaseParams, ParseError, ReplyKind, ReplyPlan, Request, build_reply,

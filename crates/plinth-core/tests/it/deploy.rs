@@ -5,7 +5,7 @@
 
 use plinth_core::boot::{BootSettings, Templates};
 use plinth_core::lifecycle::Action;
-use plinth_core::{App, BmcKey, Principal};
+use plinth_core::{App, Principal};
 use plinth_testkit::TestDb;
 use plinth_types::api::*;
 use plinth_types::{ErrorKind, MachineState, Role, Verb};
@@ -28,11 +28,7 @@ fn admin() -> Principal {
 async fn world() -> World {
     let db = TestDb::new().await.unwrap();
     let root = tempfile::tempdir().unwrap();
-    let app = App::new(
-        db.pool.clone(),
-        BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
-    )
-    .with_boot(
+    let app = db.app().with_boot(
         BootSettings::with_root(root.path().to_owned()),
         Templates::load(None).unwrap(),
     );

@@ -7,8 +7,9 @@
 use std::collections::HashSet;
 
 use plinth_client::query::MachineFilter;
-use plinth_core::{App, BmcKey, Principal};
-use plinth_testkit::TestDb;
+use plinth_core::App;
+use plinth_testkit::api::TestApi;
+use plinth_testkit::{TestDb, mac};
 use plinth_types::api::{
     ActionRequest, AllocationRequest, Arch, CpuFacts, DiskFacts, Firmware, InspectionReport,
     Machine, MachineCreate, NicFacts, NicSpec, SystemFacts,
@@ -29,34 +30,18 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
-        let db = TestDb::new().await.unwrap();
-        let app = App::new(
-            db.pool.clone(),
-            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(plinth_api::serve(
-            listener,
-            app.clone(),
-            std::future::pending(),
-        ));
+        let t = TestApi::start().await;
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .build()
             .unwrap();
-        let admin = app
-            .create_token(&Principal::system(), "root", Role::Admin)
-            .await
-            .unwrap()
-            .secret;
         Server {
-            api: plinth_client::Client::new(base.as_str(), admin.as_str()).unwrap(),
-            base,
+            api: t.client(),
+            base: t.base,
             http,
-            app,
-            db,
-            admin,
+            app: t.app,
+            db: t.db,
+            admin: t.admin,
         }
     }
 
@@ -66,11 +51,7 @@ impl Server {
     }
 
     async fn token(&self, name: &str, role: Role) -> String {
-        self.app
-            .create_token(&Principal::system(), name, role)
-            .await
-            .unwrap()
-            .secret
+        plinth_testkit::api::token(&self.app, name, role).await
     }
 
     async fn call(
@@ -143,7 +124,7 @@ impl Server {
                 tags: None,
                 arch: None,
                 nics: vec![NicSpec {
-                    mac: mac(n).parse().unwrap(),
+                    mac: mac(n),
                     ipv4: None,
                     pxe: None,
                 }],
@@ -172,11 +153,6 @@ impl Server {
     }
 }
 
-fn mac(n: u32) -> String {
-    let b = n.to_be_bytes();
-    format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
-}
-
 fn report(n: u32, threads: u32) -> InspectionReport {
     InspectionReport {
         cpu: CpuFacts {
@@ -194,7 +170,7 @@ fn report(n: u32, threads: u32) -> InspectionReport {
         }],
         nics: vec![NicFacts {
             name: "eno1".into(),
-            mac: mac(n).parse().unwrap(),
+            mac: mac(n),
             speed_mbps: Some(25000),
             link: None,
         }],

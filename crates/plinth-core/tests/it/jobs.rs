@@ -12,8 +12,8 @@ use plinth_bmc::{Bmc, BmcError, BootDevice, Identity, PowerAction, PowerState};
 use plinth_core::jobs::JobQuery;
 use plinth_core::lifecycle::Action;
 use plinth_core::workers::{BmcTarget, Connector, JobRunner, JobSettings, PowerSync, SyncSettings};
-use plinth_core::{App, BmcKey, Principal};
-use plinth_testkit::TestDb;
+use plinth_core::{App, Principal};
+use plinth_testkit::{TestDb, mac};
 use plinth_types::api::*;
 use plinth_types::{ErrorKind, MachineState, Verb};
 use uuid::Uuid;
@@ -79,11 +79,6 @@ fn admin() -> Principal {
     }
 }
 
-fn mac(n: u32) -> plinth_types::MacAddr {
-    let b = n.to_be_bytes();
-    plinth_types::MacAddr([0x52, 0x54, b[0], b[1], b[2], b[3]])
-}
-
 struct World {
     app: App,
     fakes: Arc<Fakes>,
@@ -93,8 +88,7 @@ struct World {
 
 async fn world(s: JobSettings) -> World {
     let db = TestDb::new().await.unwrap();
-    let key = BmcKey::from_base64(&BmcKey::generate_base64()).unwrap();
-    let app = App::new(db.pool.clone(), key);
+    let app = db.app();
     let fakes = Arc::new(Fakes::default());
     let runner = JobRunner::new(app.clone(), Arc::new(FakeConnector(fakes.clone())), s);
     World {
@@ -874,8 +868,7 @@ async fn power_sync_records_changes_and_reachability() {
 async fn ipmi_bmcs_through_the_real_driver() {
     use plinth_testkit::ipmi::{BootSelector, IpmiEmulator, IpmiEmulatorConfig, Loss};
     let db = TestDb::new().await.unwrap();
-    let key = BmcKey::from_base64(&BmcKey::generate_base64()).unwrap();
-    let app = App::new(db.pool.clone(), key);
+    let app = db.app();
     let drivers = plinth_core::workers::Drivers {
         timeout: Duration::from_millis(300),
         ipmi_retries: 6,

@@ -1,8 +1,6 @@
 //! Helpers shared by the wire tests: a request-packet builder, a reply reader that looks at raw
 //! bytes (not through the code under test), and the captured packets.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::net::Ipv4Addr;
 
 use plinth_dhcp::wire::{BootParams, LeaseParams, ReplyKind, ReplyPlan, Request, parse};

@@ -6,26 +6,15 @@
 use std::time::{Duration, Instant};
 
 use plinth_api::{ConnLimits, ServeOptions, Surface};
-use plinth_core::{App, BmcKey, Principal};
+use plinth_core::App;
 use plinth_testkit::TestDb;
 use plinth_types::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 async fn start(db: &TestDb, opts: ServeOptions) -> (std::net::SocketAddr, App) {
-    let app = App::new(
-        db.pool.clone(),
-        BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(plinth_api::serve_with(
-        listener,
-        app.clone(),
-        opts,
-        std::future::pending(),
-    ));
-    (addr, app)
+    let app = db.app();
+    (plinth_testkit::api::listen(&app, opts).await, app)
 }
 
 /// A connection from `from` (a loopback address) to `to`.
@@ -178,11 +167,7 @@ async fn a_request_head_has_a_deadline_that_dribbling_does_not_extend() {
 async fn bodies_are_bounded_per_route() {
     let db = TestDb::new().await.unwrap();
     let (addr, app) = start(&db, ServeOptions::default()).await;
-    let admin = app
-        .create_token(&Principal::system(), "root", Role::Admin)
-        .await
-        .unwrap()
-        .secret;
+    let admin = plinth_testkit::api::token(&app, "root", Role::Admin).await;
     let http = reqwest::Client::new();
     let base = format!("http://{addr}");
     // 300 KiB of JSON to the management API: refused, and said why.

@@ -2,9 +2,7 @@
 //! writes, and where `destination` sends it. Replies are checked through `common::Reply`, which
 //! reads raw offsets, so a bug in the encoder cannot hide behind the same bug in a decoder.
 
-mod common;
-
-use common::{Packet, Reply, ip, lease, mac, nak, offer, pxe_boot};
+use crate::common::{Packet, Reply, ip, lease, mac, nak, offer, pxe_boot};
 use plinth_dhcp::wire::{
     BootParams, Destination, LeaseParams, MessageType, ParseError, ReplyKind, ReplyPlan,
     build_reply, destination, parse,
@@ -368,7 +366,7 @@ fn offer_header_fields() {
     assert_eq!(r.sname(), &[0; 64]);
     assert_eq!(&r.file_field()[..13], b"undionly.kpxe");
     assert!(r.file_field()[13..].iter().all(|&b| b == 0));
-    assert_eq!(r.magic(), &common::MAGIC);
+    assert_eq!(r.magic(), &crate::common::MAGIC);
 }
 
 #[test]

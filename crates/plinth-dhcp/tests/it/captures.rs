@@ -2,11 +2,9 @@
 //! tests/captures/ for what sent it and how), parsed, and answered with the OFFER plinth would
 //! send that client.
 
-mod common;
-
 use std::net::Ipv4Addr;
 
-use common::{CAPTURES, Reply, capture, ip, lease, mac, offer};
+use crate::common::{CAPTURES, Reply, capture, ip, lease, mac, offer};
 use plinth_dhcp::wire::{
     BootParams, Destination, MessageType, ReplyPlan, Request, build_reply, destination, parse,
 };

@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use plinth_core::boot::{BootSettings, Templates};
-use plinth_core::{App, BmcKey, Principal};
-use plinth_testkit::TestDb;
+use plinth_core::{App, Principal};
+use plinth_testkit::api::{TestApi, token};
+use plinth_testkit::{TestDb, mac};
 use plinth_types::Role;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -36,33 +37,17 @@ impl Server {
     }
 
     async fn start_with(tune: impl FnOnce(&mut BootSettings), templates: Option<&Path>) -> Server {
-        let db = TestDb::new().await.unwrap();
         let root = tempfile::tempdir().unwrap();
         let mut s = settings(root.path());
         tune(&mut s);
-        let app = App::new(
-            db.pool.clone(),
-            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
-        )
-        .with_boot(s, Templates::load(templates).unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(plinth_api::serve(
-            listener,
-            app.clone(),
-            std::future::pending(),
-        ));
-        let admin = app
-            .create_token(&Principal::system(), "root", Role::Admin)
-            .await
-            .unwrap()
-            .secret;
+        let t =
+            TestApi::start_with(|app| app.with_boot(s, Templates::load(templates).unwrap())).await;
         Server {
-            base,
+            base: t.base,
             http: reqwest::Client::new(),
-            app,
-            db,
-            admin,
+            app: t.app,
+            db: t.db,
+            admin: t.admin,
             root,
         }
     }
@@ -166,11 +151,6 @@ impl Server {
             .cloned()
             .collect()
     }
-}
-
-fn mac(n: u32) -> String {
-    let b = n.to_be_bytes();
-    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[1], b[2], b[3])
 }
 
 fn report(n: u32) -> Value {
@@ -513,7 +493,7 @@ async fn agent_tokens_are_bound_to_the_address_that_booted() {
          insert into leases (address, subnet_id, state, mac, expires_at)
          select '127.0.0.20', sn.id, 'bound', $1::text::macaddr, now() + interval '1 hour' from sn",
     )
-    .bind(mac(2))
+    .bind(mac(2).to_string())
     .execute(&s.db.pool)
     .await
     .unwrap();
@@ -938,12 +918,7 @@ async fn the_image_catalog() {
     assert_eq!(names, ["disk", "plinth-kernel"]);
 
     // A viewer reads, never writes.
-    let viewer = s
-        .app
-        .create_token(&Principal::system(), "v", Role::Viewer)
-        .await
-        .unwrap()
-        .secret;
+    let viewer = token(&s.app, "v", Role::Viewer).await;
     let resp = s
         .http
         .delete(format!("{}/api/v1/images/disk", s.base))
@@ -1710,15 +1685,7 @@ async fn the_metadata_endpoint_serves_the_seed_until_release() {
 #[tokio::test]
 async fn tenants_see_and_do_only_what_is_theirs() {
     let s = Server::start().await;
-    let token = |name: &'static str, role: Role| {
-        let app = s.app.clone();
-        async move {
-            app.create_token(&Principal::system(), name, role)
-                .await
-                .unwrap()
-                .secret
-        }
-    };
+    let token = |name: &'static str, role: Role| token(&s.app, name, role);
     let (alice, bob) = (
         token("alice", Role::Client).await,
         token("bob", Role::Client).await,

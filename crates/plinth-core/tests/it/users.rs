@@ -3,14 +3,13 @@
 //! a new password), and the principal a session acts as.
 
 use plinth_core::users::{LOCK_AFTER, UiSession};
-use plinth_core::{App, BmcKey, Principal};
+use plinth_core::{App, Principal};
 use plinth_testkit::TestDb;
 use plinth_types::{ErrorKind, Role};
 
 async fn app() -> (App, TestDb) {
     let db = TestDb::new().await.unwrap();
-    let key = BmcKey::from_base64(&BmcKey::generate_base64()).unwrap();
-    (App::new(db.pool.clone(), key), db)
+    (db.app(), db)
 }
 
 fn admin() -> Principal {

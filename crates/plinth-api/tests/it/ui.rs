@@ -2,8 +2,9 @@
 //! session's CSRF token and this site's origin, the login form its own token, `next` never
 //! leaves the site, a session ends at logout, static files are cached for good.
 
-use plinth_core::{App, BmcKey, Principal};
+use plinth_core::{App, Principal};
 use plinth_testkit::TestDb;
+use plinth_testkit::api::{TestApi, listen};
 use plinth_types::Role;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
@@ -59,18 +60,7 @@ fn hidden(html: &str, name: &str) -> String {
 
 impl Ui {
     async fn start() -> Ui {
-        let db = TestDb::new().await.unwrap();
-        let app = App::new(
-            db.pool.clone(),
-            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(plinth_api::serve(
-            listener,
-            app.clone(),
-            std::future::pending(),
-        ));
+        let TestApi { db, app, base, .. } = TestApi::start().await;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -574,28 +564,18 @@ async fn enrollment_errors_land_at_their_fields_and_the_bmc_password_never_shows
 #[tokio::test]
 async fn only_a_trusted_proxy_makes_a_plain_connection_secure() {
     let db = TestDb::new().await.unwrap();
-    let app = App::new(
-        db.pool.clone(),
-        BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
-    );
+    let app = db.app();
     let mut bases = Vec::new();
     for proxies in [
         vec![],
         vec!["10.0.0.0/8".parse().unwrap()],
         vec!["127.0.0.1/32".parse().unwrap()],
     ] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        bases.push(format!("http://{}", listener.local_addr().unwrap()));
         let opts = plinth_api::ServeOptions {
             trusted_proxies: proxies,
             ..Default::default()
         };
-        tokio::spawn(plinth_api::serve_with(
-            listener,
-            app.clone(),
-            opts,
-            std::future::pending(),
-        ));
+        bases.push(format!("http://{}", listen(&app, opts).await));
     }
     let http = reqwest::Client::new();
     let login = |base: &str, proto: Option<(&'static str, &'static str)>| {

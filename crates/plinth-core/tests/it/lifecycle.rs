@@ -3,8 +3,8 @@
 //! (whose own test checks it against a hand-written list).
 
 use plinth_core::lifecycle::Action;
-use plinth_core::{App, BmcKey, Principal};
-use plinth_testkit::TestDb;
+use plinth_core::{App, Principal};
+use plinth_testkit::{TestDb, mac};
 use plinth_types::api::*;
 use plinth_types::lifecycle::next_state;
 use plinth_types::{ErrorKind, MachineState, Verb};
@@ -12,8 +12,7 @@ use uuid::Uuid;
 
 async fn app() -> (App, TestDb) {
     let db = TestDb::new().await.unwrap();
-    let key = BmcKey::from_base64(&BmcKey::generate_base64()).unwrap();
-    (App::new(db.pool.clone(), key), db)
+    (db.app(), db)
 }
 
 fn admin() -> Principal {
@@ -22,11 +21,6 @@ fn admin() -> Principal {
         name: "test-admin".into(),
         role: plinth_types::Role::Admin,
     }
-}
-
-fn mac(n: u32) -> plinth_types::MacAddr {
-    let b = n.to_be_bytes();
-    plinth_types::MacAddr([0x52, 0x54, b[0], b[1], b[2], b[3]])
 }
 
 fn enroll_req(n: u32) -> MachineCreate {

@@ -4,9 +4,10 @@
 
 use plinth_client::query::{EventFilter, ImageUpload, JobFilter, LeaseFilter, MachineFilter};
 use plinth_client::{Client, Error};
+use plinth_core::App;
 use plinth_core::boot::{BootSettings, Templates};
-use plinth_core::{App, BmcKey, Principal};
 use plinth_testkit::TestDb;
+use plinth_testkit::api::TestApi;
 use plinth_types::api::*;
 use plinth_types::{MachineState, Role};
 use sha2::Digest;
@@ -21,43 +22,26 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
-        let db = TestDb::new().await.unwrap();
         let images = tempfile::tempdir().unwrap();
-        let app = App::new(
-            db.pool.clone(),
-            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
-        )
-        .with_boot(
-            BootSettings::with_root(images.path().to_owned()),
-            Templates::load(None).unwrap(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let t = TestApi::start_with(|app| {
+            app.with_boot(
+                BootSettings::with_root(images.path().to_owned()),
+                Templates::load(None).unwrap(),
+            )
+        })
+        .await;
         // A trailing slash, as people type it: the client drops it.
-        let base = format!("http://{}/", listener.local_addr().unwrap());
-        tokio::spawn(plinth_api::serve(
-            listener,
-            app.clone(),
-            std::future::pending(),
-        ));
-        let admin = app
-            .create_token(&Principal::system(), "root", Role::Admin)
-            .await
-            .unwrap()
-            .secret;
+        let base = format!("{}/", t.base);
         Server {
-            api: Client::new(base, admin).unwrap(),
-            app,
+            api: Client::new(base, t.admin).unwrap(),
+            app: t.app,
             images,
-            _db: db,
+            _db: t.db,
         }
     }
 
     async fn token(&self, name: &str, role: Role) -> String {
-        self.app
-            .create_token(&Principal::system(), name, role)
-            .await
-            .unwrap()
-            .secret
+        plinth_testkit::api::token(&self.app, name, role).await
     }
 
     async fn enroll(&self, n: u8) -> Machine {
@@ -82,8 +66,9 @@ impl Server {
     }
 }
 
+/// MACs of their own (52:54:00:c1:00:NN), apart from the other tests' `mac(n)`.
 fn mac(n: u8) -> String {
-    format!("52:54:00:c1:00:{n:02x}")
+    plinth_testkit::mac(0xc1_0000 | u32::from(n)).to_string()
 }
 
 fn report(n: u8) -> InspectionReport {

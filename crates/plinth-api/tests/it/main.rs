@@ -1,0 +1,8 @@
+//! plinth-api's integration tests: the API, boot endpoints, listener limits, web UI rules and
+//! upgrades over real HTTP, against a real PostgreSQL (plinth-testkit's `api::TestApi`).
+
+mod api;
+mod boot;
+mod limits;
+mod ui;
+mod upgrade;

@@ -57,7 +57,7 @@ async fn seed(app: &App) {
                 }),
                 arch: None,
                 nics: vec![NicSpec {
-                    mac: format!("52:54:00:00:00:{n:02x}").parse().unwrap(),
+                    mac: plinth_testkit::mac(n),
                     ipv4: (n == 7).then(|| "10.9.0.7".parse().unwrap()),
                     pxe: None,
                 }],

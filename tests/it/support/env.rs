@@ -1,8 +1,7 @@
 //! What the cross-process tests share: a fresh database and an `App` on it, driven from plain
-//! (non-async) tests through one runtime. Each test binary uses what it needs of it.
-#![allow(dead_code)]
+//! (non-async) tests through one runtime.
 
-use plinth_core::{App, BmcKey, Principal};
+use plinth_core::{App, Principal};
 use plinth_testkit::TestDb;
 use plinth_types::api::*;
 
@@ -16,10 +15,7 @@ impl Env {
     pub fn new() -> Env {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let db = rt.block_on(TestDb::new()).unwrap();
-        let app = App::new(
-            db.pool.clone(),
-            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
-        );
+        let app = db.app();
         Env { rt, db, app }
     }
 

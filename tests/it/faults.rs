@@ -10,15 +10,10 @@ use std::time::{Duration, Instant};
 
 use plinth_testkit::redfish::RedfishEmulator;
 
-#[path = "support/serve.rs"]
-mod serve;
-use serve::{Serve, create_token, json};
-
-const PASSWORD: &str = "Bmc-Pa55w0rd-7f3e";
-
-fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-}
+use crate::support::repo;
+use crate::support::serve::{
+    BMC_PASSWORD, Serve, create_token, enroll_with_bmc, json, serve_in_ns,
+};
 
 /// A PostgreSQL cluster of this test's own (it is restarted), durable across a crash of the
 /// server process: every commit reaches the operating system before it is acknowledged.
@@ -40,7 +35,7 @@ impl OwnPg {
     }
 
     fn up(dir: &Path) -> String {
-        let out = Command::new(root().join("scripts/pg-scratch.sh"))
+        let out = Command::new(repo().join("scripts/pg-scratch.sh"))
             .arg(dir)
             .env("PG_SCRATCH_OPTS", "-c synchronous_commit=on -c fsync=off")
             .output()
@@ -55,7 +50,7 @@ impl OwnPg {
 
     /// An immediate stop (as a crash: no checkpoint, connections cut).
     fn stop(&self) {
-        let st = Command::new(root().join("scripts/pg-scratch.sh"))
+        let st = Command::new(repo().join("scripts/pg-scratch.sh"))
             .arg(self.dir.path())
             .arg("stop")
             .status()
@@ -117,36 +112,7 @@ fn post(url: &str, token: &str, body: &str) -> u16 {
 fn enroll(serve: &Serve, token: &str, n: u32, bmc: &str) -> String {
     let hostname = format!("fault-{n}");
     let mac = format!("52:54:00:fa:{:02x}:{:02x}", n / 256, n % 256);
-    let out = serve.cli_env(
-        token,
-        &[
-            "machine",
-            "enroll",
-            "--hostname",
-            &hostname,
-            "--nic",
-            &mac,
-            "--bmc-protocol",
-            "redfish",
-            "--bmc-address",
-            bmc,
-            "--bmc-username",
-            "admin",
-            "--bmc-plain-http",
-            "-o",
-            "json",
-        ],
-        &[("PLINTH_BMC_PASSWORD", PASSWORD)],
-    );
-    assert!(
-        out.status.success(),
-        "enroll: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json(&String::from_utf8(out.stdout).unwrap())["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    enroll_with_bmc(serve, token, &hostname, &mac, "redfish", bmc, BMC_PASSWORD)
 }
 
 /// A runtime whose two threads keep the in-process BMC emulators answering while the test
@@ -182,7 +148,7 @@ fn a_database_restart_under_200_bmc_jobs_loses_none_and_runs_none_twice() {
     let bmcs: Vec<RedfishEmulator> = (0..20)
         .map(|_| {
             let b = rt
-                .block_on(RedfishEmulator::start("admin", PASSWORD))
+                .block_on(RedfishEmulator::start("admin", BMC_PASSWORD))
                 .unwrap();
             // A BMC that takes its time: the jobs are still running when the database goes.
             b.knobs(|k| k.delay = Duration::from_millis(150));
@@ -382,7 +348,7 @@ fn a_bmc_that_stops_answering_loses_no_job_and_repeats_no_action() {
     let rt = runtime();
     let db = rt.block_on(plinth_testkit::TestDb::new()).unwrap();
     let bmc = rt
-        .block_on(RedfishEmulator::start("admin", PASSWORD))
+        .block_on(RedfishEmulator::start("admin", BMC_PASSWORD))
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
@@ -509,28 +475,20 @@ fn a_database_restart_in_a_dhcp_storm_hands_no_address_to_two_clients() {
     let (s_if, c_if) = lab.link(&srv, &cli).unwrap();
     lab.addr(&srv, &s_if, "10.68.0.2/16").unwrap();
     lab.addr(&cli, &c_if, "10.68.0.9/16").unwrap();
-    let state = lab.path("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let mut cmd = Command::new(serve::BIN);
-    cmd.args([
-        "serve",
-        "--database-url",
+    let interfaces = format!("[\"{s_if}\"]");
+    let proc = serve_in_ns(
+        &mut lab,
+        &srv,
         &pg.url,
-        "--listen",
         "127.0.0.1:8080",
-    ])
-    .env("PLINTH_STATE_DIR", &state)
-    .env("PLINTH_DHCP__ENABLED", "true")
-    .env("PLINTH_DHCP__INTERFACES", format!("[\"{s_if}\"]"))
-    .env("PLINTH_DHCP__BOOT_SERVER", "10.68.0.2")
-    .env("PLINTH_DHCP__CLIENT_RATE_LIMIT", "1000")
-    .env("PLINTH_BMC__SYNC_INTERVAL_SECS", "0")
-    .env("NO_COLOR", "1");
-    let proc = lab.spawn_named(&srv, "plinth", cmd).unwrap();
-    assert!(
-        wait_for(30, || proc.log_text().contains("DHCP listening")),
-        "{}",
-        proc.log_text()
+        &[
+            ("PLINTH_DHCP__ENABLED", "true"),
+            ("PLINTH_DHCP__INTERFACES", &interfaces),
+            ("PLINTH_DHCP__BOOT_SERVER", "10.68.0.2"),
+            ("PLINTH_DHCP__CLIENT_RATE_LIMIT", "1000"),
+            ("PLINTH_BMC__SYNC_INTERVAL_SECS", "0"),
+        ],
+        "DHCP listening",
     );
     let server = "10.68.0.2".parse().unwrap();
 

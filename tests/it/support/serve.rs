@@ -1,13 +1,18 @@
-//! The real `plinth serve` as a child process, its CLI, and admin tokens: shared by the
+//! The real `plinth serve` as a child process (on this machine, or inside a lab namespace), its
+//! CLI, admin tokens, and machines enrolled with a BMC through the CLI: shared by the
 //! cross-process tests.
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_plinth");
+use plinth_testkit::netns::{Lab, Ns, Proc};
+
+use super::BIN;
+
+/// The BMC password the tests enroll their emulated BMCs with.
+pub const BMC_PASSWORD: &str = "Bmc-Pa55w0rd-7f3e";
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -205,4 +210,83 @@ pub fn create_token(
 
 pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// `plinth serve` inside `ns` (its state under the lab's `state`), on the database `db_url`, its
+/// API on `listen`, with `env` (`PLINTH_...` settings) added; waits up to 30 s for `ready` in
+/// its log ("DHCP listening", "plinth is serving").
+pub fn serve_in_ns(
+    lab: &mut Lab,
+    ns: &Ns,
+    db_url: &str,
+    listen: &str,
+    env: &[(&str, &str)],
+    ready: &str,
+) -> Proc {
+    let state = lab.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--database-url", db_url, "--listen", listen])
+        .env("PLINTH_STATE_DIR", &state)
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied());
+    let proc = lab.spawn_named(ns, "plinth", cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !proc.log_text().contains(ready) {
+        assert!(
+            proc.is_running(),
+            "plinth serve exited:\n{}",
+            proc.log_text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "plinth serve did not log {ready:?} within 30 s:\n{}",
+            proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    proc
+}
+
+/// Enrolls a machine through the CLI: `hostname`, one NIC `mac`, and a BMC of `protocol`
+/// (`redfish`, `ipmi`) at `address` with the user `admin` and `password` (an `http://` address
+/// with the plain-HTTP opt-in, as the emulators answer). Its id.
+pub fn enroll_with_bmc(
+    serve: &Serve,
+    token: &str,
+    hostname: &str,
+    mac: &str,
+    protocol: &str,
+    address: &str,
+    password: &str,
+) -> String {
+    let mut args = vec![
+        "machine",
+        "enroll",
+        "--hostname",
+        hostname,
+        "--nic",
+        mac,
+        "--bmc-protocol",
+        protocol,
+        "--bmc-address",
+        address,
+        "--bmc-username",
+        "admin",
+        "-o",
+        "json",
+    ];
+    if address.starts_with("http://") {
+        args.push("--bmc-plain-http");
+    }
+    let out = serve.cli_env(token, &args, &[("PLINTH_BMC_PASSWORD", password)]);
+    assert!(
+        out.status.success(),
+        "enroll: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json(&String::from_utf8(out.stdout).unwrap())["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }

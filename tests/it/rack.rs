@@ -17,17 +17,14 @@ use plinth_testkit::vm::{Firmware, Nic};
 use plinth_types::api::{AllocationRequest, PoolUpdate, WipeMethod};
 use plinth_types::{MachineState, Verb};
 
-#[path = "support/env.rs"]
-mod env;
-#[path = "support/lab.rs"]
-mod lab_support;
-use lab_support::{images_for, plinth};
-#[path = "support/rack.rs"]
-mod rack_support;
-use rack_support::*;
+use crate::support::lab::{images_for, plinth};
+use crate::support::machine;
+use crate::support::rack::*;
 
 #[test]
 fn a_virtual_rack_from_power_on_to_decommissioned() {
+    // Several VMs at once: no other VM test beside this one (support::machine).
+    let _machine = machine::whole_machine();
     let (env, key) = keyed_env("10.86.0");
     let mut lab = Lab::new().unwrap();
     let vms = [
@@ -276,6 +273,8 @@ fn a_virtual_rack_from_power_on_to_decommissioned() {
 #[test]
 #[ignore = "benchmark: run by scripts/bench-rack.sh"]
 fn bench_inspect_to_ready() {
+    // Several VMs at once: no other VM test beside this one (support::machine).
+    let _machine = machine::whole_machine();
     use plinth_testkit::redfish::Host;
     use plinth_testkit::vm::{Firmware, Nic, VirtualMachine, VmSpec};
     let n: usize = std::env::var("PLINTH_BENCH_VMS")

@@ -1,7 +1,6 @@
 //! What the tests with VMs and `plinth serve` in namespaces share: the images root that
 //! `images/build.sh` builds (with the agent the workspace's test build made) and a launcher
 //! for plinth with DHCP and TFTP on a lab interface.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,11 +8,7 @@ use std::sync::OnceLock;
 
 use plinth_testkit::netns::{Lab, Ns, Proc};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_plinth");
-
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use super::{BIN, repo};
 
 /// The images root built by `images/build.sh` once per test run (it is idempotent and skips
 /// what is up to date), copied per test so that tests can add files of their own.

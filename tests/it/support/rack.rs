@@ -1,7 +1,6 @@
-//! What the virtual-rack tests share (tests/rack.rs, tests/deploy.rs): VMs behind virtual
+//! What the virtual-rack tests share (`rack`, `deploy`): VMs behind virtual
 //! BMCs (`plinth-lab vbmc`), enrollment and lifecycle calls on plinth's App, and waiting for
 //! states with a report of what the machines, plinth and the consoles said when it times out.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,8 +17,8 @@ use plinth_types::api::{
 };
 use plinth_types::{MachineState, Verb};
 
-use crate::env::Env;
-use crate::lab_support::BIN;
+use super::BIN;
+use super::env::Env;
 
 pub const PASSWORD: &str = "vbmc-Pa55";
 pub const MIB: usize = 1 << 20;

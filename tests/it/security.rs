@@ -23,11 +23,7 @@ use plinth_types::api::*;
 use plinth_types::{MachineState, Role};
 use serde_json::{Value, json};
 
-#[path = "support/env.rs"]
-mod env;
-#[path = "support/lab.rs"]
-mod lab_support;
-use env::Env;
+use crate::support::env::Env;
 
 const SERVER: &str = "10.87.0.2";
 const VICTIM_MAC: &str = "52:54:00:87:00:01";
@@ -181,7 +177,7 @@ fn the_attacks_of_issue_16_are_refused_and_recorded() {
     let (a, l2) = lab.link(&attacker, &lan).unwrap();
     lab.bridge(&lan, &[&l0, &l1, &l2]).unwrap();
     lab.addr(&srv, &s, &format!("{SERVER}/24")).unwrap();
-    let server = lab_support::plinth(&mut lab, &srv, &s, &env.db.url, SERVER, &root, &[]);
+    let server = crate::support::lab::plinth(&mut lab, &srv, &s, &env.db.url, SERVER, &root, &[]);
 
     let admin = Principal::system();
     let m = env
@@ -271,7 +267,7 @@ fn the_attacks_of_issue_16_are_refused_and_recorded() {
     let (froot, fdev) = (dir.path().join("root"), dir.path().join("dev"));
     std::fs::create_dir_all(&fdev).unwrap();
     victim_machine(&froot, &fdev);
-    let agent = Path::new(lab_support::BIN).with_file_name("plinth-agent");
+    let agent = Path::new(crate::support::BIN).with_file_name("plinth-agent");
     let run_agent = |lab: &Lab, script: &str| {
         let cmdline = froot.join("cmdline");
         std::fs::write(&cmdline, kernel_line(script)).unwrap();

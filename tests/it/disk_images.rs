@@ -4,7 +4,7 @@
 //! image's /init (images/disk/init) prints `PLINTH-DEPLOYED hostname=<local-hostname>`, calls
 //! back when user-data has a `plinth_callback:` URL, and powers the VM off.
 //!
-//! The images root is built once per test run by images/build.sh (tests/support/lab.rs), which
+//! The images root is built once per test run by images/build.sh (tests/it/support/lab.rs), which
 //! calls images/build-disks.sh.
 
 use std::fs;
@@ -18,9 +18,8 @@ use plinth_testkit::dhcp_clients;
 use plinth_testkit::netns::{Lab, Ns, which};
 use plinth_testkit::vm::{Firmware, Nic, VirtualMachine, VmSpec};
 
-#[path = "support/lab.rs"]
-mod lab_support;
-use lab_support::built_images;
+use crate::support::lab::built_images;
+use crate::support::machine;
 
 const MIB: u64 = 1 << 20;
 /// Size of the seed disk.
@@ -216,6 +215,7 @@ fn images_come_with_checksums_and_sizes() {
 
 #[test]
 fn bios_image_boots_from_disk_and_reads_its_seed() {
+    let _vm = machine::vm();
     deploys(
         "bios",
         Firmware::Bios,
@@ -227,6 +227,7 @@ fn bios_image_boots_from_disk_and_reads_its_seed() {
 
 #[test]
 fn uefi_image_boots_from_disk_and_reads_its_seed() {
+    let _vm = machine::vm();
     deploys(
         "uefi",
         Firmware::Uefi,
@@ -238,6 +239,7 @@ fn uefi_image_boots_from_disk_and_reads_its_seed() {
 
 #[test]
 fn without_a_seed_the_image_says_so() {
+    let _vm = machine::vm();
     let mut lab = Lab::new().unwrap();
     let ns = lab.namespace("disk").unwrap();
     let tap = lab.tap(&ns).unwrap();
@@ -262,6 +264,7 @@ fn without_a_seed_the_image_says_so() {
 /// hostname to an HTTP server on the VM's network.
 #[test]
 fn the_deployed_image_calls_back() {
+    let _vm = machine::vm();
     let hostname = "node-cb-4";
     let mac = "52:54:00:d1:00:04";
     let mut lab = Lab::new().unwrap();

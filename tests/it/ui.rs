@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use plinth_testkit::browser::Browser;
 
-#[path = "support/serve.rs"]
-mod serve;
-use serve::{BIN, Serve, create_token};
+use crate::support::BIN;
+use crate::support::serve::{Serve, create_token};
 
 const WAIT: Duration = Duration::from_secs(10);
 

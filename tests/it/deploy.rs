@@ -19,15 +19,10 @@ use plinth_testkit::vm::{Firmware, Nic};
 use plinth_types::MachineState;
 use plinth_types::api::{AllocationRequest, DeployRequest, ImageKind, ImageRegister};
 
-#[path = "support/env.rs"]
-mod env;
-#[path = "support/lab.rs"]
-mod lab_support;
-use lab_support::{images_for, plinth};
-#[path = "support/rack.rs"]
-mod rack_support;
-use env::Env;
-use rack_support::*;
+use crate::support::env::Env;
+use crate::support::lab::{images_for, plinth};
+use crate::support::machine;
+use crate::support::rack::*;
 
 /// Gives the test's App the images root of the `plinth serve` it runs, for the catalog.
 fn with_images(env: &mut Env, root: &Path) {
@@ -154,6 +149,8 @@ fn zstd_decoded(path: &Path) -> Vec<u8> {
 
 #[test]
 fn bios_and_uefi_vms_are_deployed_booted_from_disk_and_released() {
+    // Several VMs at once: no other VM test beside this one (support::machine).
+    let _machine = machine::whole_machine();
     let (mut env, key) = keyed_env("10.89.0");
     let mut lab = Lab::new().unwrap();
     let vms = [
@@ -420,6 +417,8 @@ fn agent_write(dir: &Path) -> (f64, f64) {
 #[test]
 #[ignore = "benchmark: run by scripts/bench-deploy.sh"]
 fn bench_deploy() {
+    // Several VMs at once: no other VM test beside this one (support::machine).
+    let _machine = machine::whole_machine();
     use plinth_testkit::vm::{BootOrder, VirtualMachine, VmSpec};
     use std::io::Write;
     const N: usize = 4;

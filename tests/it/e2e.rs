@@ -4,9 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-#[path = "support/serve.rs"]
-mod serve;
-use serve::{Serve, create_token, json};
+use crate::support::serve::{Serve, create_token, json};
 
 fn postmaster_running(state_dir: &Path) -> bool {
     let pid_file = state_dir.join("postgres/data/postmaster.pid");

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Replays a captured DHCP client packet (tests/../captures/*.hex) with a chosen MAC and xid,
-and prints every reply that arrives as JSON, one object per line. Used by tests/dhcp.rs for
+and prints every reply that arrives as JSON, one object per line. Used by tests/it/dhcp.rs for
 the PXE clients that no command-line DHCP client can imitate (ProxyDHCP, discovery).
 
   dhcp_probe.py --iface IF --capture FILE --mac MAC [--to ADDR] [--port 67] [--src-port 68]

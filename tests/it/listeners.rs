@@ -7,9 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-#[path = "support/serve.rs"]
-mod serve;
-use serve::{Serve, create_token, free_port, json};
+use crate::support::serve::{Serve, create_token, free_port, json, serve_in_ns};
 
 /// `curl -i` with `args`: (status, lower-cased head, body, curl's stderr); status 0 when curl
 /// got no HTTP answer (a refused handshake).
@@ -310,7 +308,7 @@ fn management_over_tls_and_its_certificate_read_again_on_sighup() {
 fn tls_without_a_provisioning_listener_of_its_own_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let ca = plinth_testkit::sushy::TestCa::new().unwrap();
-    let out = Command::new(serve::BIN)
+    let out = Command::new(crate::support::BIN)
         .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
         .env("PLINTH_STATE_DIR", dir.path())
         .env("PLINTH_DATABASE__URL", "postgres://nobody@127.0.0.1:1/none")
@@ -335,25 +333,14 @@ fn plain_http_management_on_a_network_address_is_warned_about() {
     let b = lab.namespace("b").unwrap();
     let (a_if, _) = lab.link(&a, &b).unwrap();
     lab.addr(&a, &a_if, "10.69.0.2/24").unwrap();
-    let state = lab.path("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let mut cmd = Command::new(serve::BIN);
-    cmd.args([
-        "serve",
-        "--database-url",
+    let proc = serve_in_ns(
+        &mut lab,
+        &a,
         &db.url,
-        "--listen",
         "10.69.0.2:8080",
-    ])
-    .env("PLINTH_STATE_DIR", &state)
-    .env("PLINTH_BOOT__LISTEN", "127.0.0.1:8081")
-    .env("NO_COLOR", "1");
-    let proc = lab.spawn_named(&a, "plinth", cmd).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !proc.log_text().contains("plinth is serving") {
-        assert!(Instant::now() < deadline, "{}", proc.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        &[("PLINTH_BOOT__LISTEN", "127.0.0.1:8081")],
+        "plinth is serving",
+    );
     let log = proc.log_text();
     let warned: Vec<&str> = log
         .lines()

@@ -1,11 +1,11 @@
 //! The DHCP server with real clients, in network namespaces this test creates and removes:
 //! `plinth serve` runs in a server namespace on one end of a veth pair, dhclient, udhcpc and
 //! dhcpcd (and dhcrelay, dnsmasq, perfdhcp) on the other. PXE firmware is imitated by
-//! replaying packets captured from QEMU's iPXE and OVMF (tests/support/dhcp_probe.py).
+//! replaying packets captured from QEMU's iPXE and OVMF (tests/it/support/dhcp_probe.py).
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,15 +15,10 @@ use plinth_testkit::netns::{Lab, Ns, Proc};
 use plinth_types::api::*;
 use serde_json::Value;
 
-#[path = "support/env.rs"]
-mod env;
-use env::Env;
-
-const BIN: &str = env!("CARGO_BIN_EXE_plinth");
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use crate::support::env::Env;
+use crate::support::machine;
+use crate::support::repo;
+use crate::support::serve::serve_in_ns;
 
 /// Starts `plinth serve` with DHCP on `iface` inside `ns`, and waits until it listens.
 fn plinth(
@@ -34,39 +29,21 @@ fn plinth(
     boot_server: &str,
     mode: &str,
 ) -> Proc {
-    let state = lab.path("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--database-url",
+    let interfaces = format!("[\"{iface}\"]");
+    serve_in_ns(
+        lab,
+        ns,
         db_url,
-        "--listen",
         "127.0.0.1:8080",
-    ])
-    .env("PLINTH_STATE_DIR", &state)
-    .env("PLINTH_DHCP__ENABLED", "true")
-    .env("PLINTH_DHCP__INTERFACES", format!("[\"{iface}\"]"))
-    .env("PLINTH_DHCP__BOOT_SERVER", boot_server)
-    .env("PLINTH_DHCP__MODE", mode)
-    .env("PLINTH_LOG__LEVEL", "plinth_dhcp=debug,info")
-    .env("NO_COLOR", "1");
-    let proc = lab.spawn_named(ns, "plinth", cmd).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !proc.log_text().contains("DHCP listening") {
-        assert!(
-            proc.is_running(),
-            "plinth serve exited:\n{}",
-            proc.log_text()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "plinth serve did not start DHCP:\n{}",
-            proc.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    proc
+        &[
+            ("PLINTH_DHCP__ENABLED", "true"),
+            ("PLINTH_DHCP__INTERFACES", &interfaces),
+            ("PLINTH_DHCP__BOOT_SERVER", boot_server),
+            ("PLINTH_DHCP__MODE", mode),
+            ("PLINTH_LOG__LEVEL", "plinth_dhcp=debug,info"),
+        ],
+        "DHCP listening",
+    )
 }
 
 /// Two namespaces joined by a veth pair; the server end has `server_cidr`.
@@ -252,8 +229,8 @@ fn a_relayed_request_lands_in_the_relay_subnet() {
 
 /// Runs dhcp_probe.py in `ns`; returns the replies.
 fn probe(lab: &Lab, ns: &Ns, iface: &str, capture: &str, mac: &str, extra: &[&str]) -> Vec<Value> {
-    let script = root().join("tests/support/dhcp_probe.py");
-    let capture = root()
+    let script = repo().join("tests/it/support/dhcp_probe.py");
+    let capture = repo()
         .join("crates/plinth-dhcp/tests/captures")
         .join(capture);
     let mut args = vec![
@@ -568,8 +545,8 @@ fn hostile_packets_never_break_the_server() {
         &[],
     );
     let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.68.0.2", "server");
-    let script = root().join("tests/support/dhcp_fuzz.py");
-    let capture = root().join("crates/plinth-dhcp/tests/captures/seabios_ipxe_discover.hex");
+    let script = repo().join("tests/it/support/dhcp_fuzz.py");
+    let capture = repo().join("crates/plinth-dhcp/tests/captures/seabios_ipxe_discover.hex");
     let out = lab
         .run_timeout(
             &cli,
@@ -673,6 +650,7 @@ fn bios_vm(lab: &mut Lab, ns: &Ns, tap: &str, mac: &str) -> Proc {
 /// unicast reply to a client without an address.
 #[test]
 fn a_bios_ipxe_vm_is_discovered_and_handed_its_script() {
+    let _vm = machine::vm();
     let env = Env::new();
     let mut lab = Lab::new().unwrap();
     let (srv, sif, cli, cif) = pair(&mut lab, "10.72.0.2/24");
@@ -727,6 +705,7 @@ fn a_bios_ipxe_vm_is_discovered_and_handed_its_script() {
 /// the VM's iPXE takes its address from one and its boot instructions from the other.
 #[test]
 fn a_vm_boots_through_proxy_dhcp_beside_dnsmasq() {
+    let _vm = machine::vm();
     let env = Env::new();
     let mut lab = Lab::new().unwrap();
     let sw = lab.namespace("sw").unwrap();

@@ -10,11 +10,7 @@ use plinth_testkit::ipmi_sim::{self, IpmiSim};
 use plinth_testkit::redfish::RedfishEmulator;
 use plinth_testkit::sushy::{self, Sushy};
 
-#[path = "support/serve.rs"]
-mod serve;
-use serve::{Serve, create_token, json};
-
-const PASSWORD: &str = "Bmc-Pa55w0rd-7f3e";
+use crate::support::serve::{BMC_PASSWORD as PASSWORD, Serve, create_token, enroll_with_bmc, json};
 
 /// Fast retries and a quick power sync, so the test does not wait on production timings.
 const FAST: &[(&str, &str)] = &[
@@ -56,36 +52,7 @@ fn enroll_as(
     password: &str,
 ) -> String {
     let hostname = format!("bmc-test-{n}");
-    let mut args = vec![
-        "machine",
-        "enroll",
-        "--hostname",
-        &hostname,
-        "--nic",
-        mac,
-        "--bmc-protocol",
-        protocol,
-        "--bmc-address",
-        address,
-        "--bmc-username",
-        "admin",
-        "-o",
-        "json",
-    ];
-    // The emulators answer plain HTTP: enrolled with the opt-in.
-    if address.starts_with("http://") {
-        args.push("--bmc-plain-http");
-    }
-    let out = serve.cli_env(token, &args, &[("PLINTH_BMC_PASSWORD", password)]);
-    assert!(
-        out.status.success(),
-        "enroll: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json(&String::from_utf8(out.stdout).unwrap())["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    enroll_with_bmc(serve, token, &hostname, mac, protocol, address, password)
 }
 
 /// The machine's jobs, oldest first, once `done` says so (or panics after a minute).

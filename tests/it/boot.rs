@@ -15,13 +15,10 @@ use plinth_testkit::netns::{Lab, Ns, Proc};
 use plinth_types::MachineState;
 use plinth_types::api::*;
 
-#[path = "support/env.rs"]
-mod env;
-use env::Env;
+use crate::support::env::Env;
+use crate::support::machine;
 
-#[path = "support/lab.rs"]
-mod lab_support;
-use lab_support::{built_images, images_for, plinth};
+use crate::support::lab::{built_images, images_for, plinth};
 
 /// What these tests add to the shared Env.
 trait BootEnv {
@@ -359,6 +356,7 @@ fn fields(line: &str) -> std::collections::HashMap<String, String> {
 /// reaches plinth's API.
 #[test]
 fn a_bios_vm_boots_the_inspection_ramdisk() {
+    let _vm = machine::vm();
     let env = Env::new();
     let mut lab = Lab::new().unwrap();
     let (srv, sif, cli, tap) = network(&mut lab, "10.82.0", true);
@@ -416,6 +414,7 @@ fn a_bios_vm_boots_the_inspection_ramdisk() {
 /// OVMF + iPXE EFI ROM: an unknown machine is discovered by DHCP and sent to inspection.
 #[test]
 fn a_uefi_vm_is_discovered_and_inspected() {
+    let _vm = machine::vm();
     let env = Env::new();
     let mut lab = Lab::new().unwrap();
     let (srv, sif, cli, tap) = network(&mut lab, "10.83.0", true);
@@ -449,6 +448,7 @@ fn a_uefi_vm_is_discovered_and_inspected() {
 /// the ramdisk in clean mode.
 #[test]
 fn uefi_firmware_pxe_fetches_snponly_by_tftp_then_cleans() {
+    let _vm = machine::vm();
     let env = Env::new();
     let mut lab = Lab::new().unwrap();
     let (srv, sif, cli, tap) = network(&mut lab, "10.84.0", true);

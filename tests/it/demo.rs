@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use plinth_testkit::rack::plinth_lab_beside;
 
-#[path = "support/lab.rs"]
-mod lab_support;
-use lab_support::{BIN, built_images};
+use crate::support::BIN;
+use crate::support::lab::built_images;
+use crate::support::machine;
 
 fn plinth_lab() -> PathBuf {
     plinth_lab_beside(Path::new(BIN))
@@ -148,6 +148,8 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 
 #[test]
 fn the_demo_inspects_a_virtual_rack_and_ctrl_c_removes_it() {
+    // Several VMs at once: no other VM test beside this one (support::machine).
+    let _machine = machine::whole_machine();
     let images = built_images();
     let addr = free_addr();
     let mut demo = Demo::start(&[

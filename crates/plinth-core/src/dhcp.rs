@@ -291,7 +291,9 @@ fn answered_elsewhere() -> DhcpDecision {
 }
 
 impl App {
-    /// Decides one DHCP request: the lease change is committed before this returns.
+    /// Decides one DHCP request: the lease change is committed before this returns. For tests
+    /// (feature `testing`): the DHCP server decides in batches.
+    #[cfg(feature = "testing")]
     pub async fn dhcp_decide(
         &self,
         req: &DhcpRequest<'_>,
@@ -307,7 +309,7 @@ impl App {
 
     /// Decides a batch of DHCP requests in one database round trip and one transaction,
     /// committed before this returns. Answers are in the order of `reqs`, each exactly what
-    /// [`App::dhcp_decide`] would have answered for it had the requests come one after the other.
+    /// `App::dhcp_decide` would have answered for it had the requests come one after the other.
     pub async fn dhcp_decide_batch(
         &self,
         reqs: &[DhcpRequest<'_>],

@@ -668,8 +668,9 @@ impl JobRunner {
         Ok(())
     }
 
-    /// Claims what is runnable now, runs it, and waits for all of it: for tests and tools.
-    /// Returns the number of jobs run.
+    /// Claims what is runnable now, runs it, and waits for all of it: for tests (feature
+    /// `testing`). Returns the number of jobs run.
+    #[cfg(feature = "testing")]
     pub async fn run_once(self: &Arc<Self>) -> Result<usize> {
         let free = self.slots.available_permits();
         let jobs = self.claim(free).await?;
@@ -681,6 +682,7 @@ impl JobRunner {
     }
 
     /// [`Self::run_once`] until nothing is runnable.
+    #[cfg(feature = "testing")]
     pub async fn drain(self: &Arc<Self>) -> Result<usize> {
         let mut total = 0;
         loop {
@@ -1061,7 +1063,8 @@ impl PowerSync {
         Ok(out)
     }
 
-    /// Polls every due BMC and waits for all the polls: for tests and tools.
+    /// Polls every due BMC and waits for all the polls: for tests (feature `testing`).
+    #[cfg(feature = "testing")]
     pub async fn run_once(self: &Arc<Self>) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         let mut set = JoinSet::new();
@@ -1129,7 +1132,9 @@ impl PowerSync {
 }
 
 impl App {
-    /// Makes the machine's BMC due for a power poll now (or every BMC's, with `None`).
+    /// Makes the machine's BMC due for a power poll now (or every BMC's, with `None`). For
+    /// tests (feature `testing`).
+    #[cfg(feature = "testing")]
     pub async fn poll_bmc_now(&self, machine_id: Option<Uuid>) -> Result<()> {
         let mut conn = self.conn().await?;
         plinth_db::bmcs::poll_now(&mut conn, machine_id)

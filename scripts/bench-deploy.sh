@@ -13,4 +13,4 @@ cargo build -q --release -p plinth-agent
 cargo build -q -p plinth-agent -p plinth
 export PLINTH_AGENT_BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/plinth-agent
 echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores"
-cargo test -q -p plinth --test deploy bench_deploy -- --ignored --nocapture 2>&1 | grep -E '^BENCH|panicked|FAILED'
+cargo test -q -p plinth --test it deploy::bench_deploy -- --ignored --nocapture 2>&1 | grep -E '^BENCH|panicked|FAILED'

@@ -10,4 +10,4 @@ scripts/ensure-packages.sh qemu-system-x86 ipxe-qemu ovmf dnsmasq-base
 export SQLX_OFFLINE=true
 cargo build -q -p plinth-agent -p plinth
 echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores"
-cargo test -q -p plinth --test rack bench_inspect_to_ready -- --ignored --nocapture 2>&1 | grep -E '^BENCH|panicked|FAILED'
+cargo test -q -p plinth --test it rack::bench_inspect_to_ready -- --ignored --nocapture 2>&1 | grep -E '^BENCH|panicked|FAILED'

@@ -27,7 +27,8 @@ done
 out=$(mktemp -d)
 trap 'rm -rf "$out"; stop_scratch' EXIT
 touch crates/plinth-db/src/*.rs
-DATABASE_URL=$url SQLX_OFFLINE=false SQLX_OFFLINE_DIR=$out cargo check -q -p plinth-db
+# --features testing: the queries only tests call are checked and cached too.
+DATABASE_URL=$url SQLX_OFFLINE=false SQLX_OFFLINE_DIR=$out cargo check -q -p plinth-db --features testing
 if [ "${1:-}" = --check ]; then
   diff -r "$out" .sqlx >/dev/null || { echo ".sqlx/ is out of date: run scripts/sqlx-prepare.sh" >&2; exit 1; }
   echo ".sqlx/ is up to date"

@@ -8,6 +8,7 @@
 //! address is refused and recorded as an `agent_token_refused` event. People and automation
 //! with an API token may report too.
 
+use plinth_types::MachineId;
 use std::net::IpAddr;
 
 use chrono::Utc;
@@ -310,7 +311,8 @@ impl App {
                 crate::record_event_as(&mut tx, &principal.name, Some(id), kind, details).await?;
                 tracing::warn!(machine_id = %id, %state, reason = ?reason, "the cleaning failed; the state stays ({kind})");
             }
-            None => return Err(Error::internal()),
+            // The token was checked for this state's mode: its report has an outcome here.
+            None => return Err(crate::missing("report_outcome")()),
         }
         let machine = self.machine_in(&mut tx, id).await?;
         tx.commit().await.db()?;
@@ -438,7 +440,7 @@ impl App {
                 format!("the machine is {state}, not deploying"),
             ));
         }
-        let d = plinth_db::deployments::get(conn, id)
+        let d = plinth_db::deployments::get(conn, MachineId(id))
             .await
             .db()?
             .ok_or_else(|| {
@@ -466,7 +468,7 @@ impl App {
         let image = plinth_db::images::get(&mut conn, &d.image_name)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("deploy_manifest"))?;
         Ok(plinth_types::api::DeployManifest {
             url_path: plinth_types::netboot::file_url("", &image.path),
             compression: compression(&image.path),
@@ -582,7 +584,8 @@ impl App {
             Some(Outcome::Record(kind)) => {
                 crate::record_event_as(&mut tx, &principal.name, Some(id), kind, details).await?;
             }
-            None => return Err(Error::internal()),
+            // The token was checked for this state's mode: its report has an outcome here.
+            None => return Err(crate::missing("report_outcome")()),
         }
         let m = self.machine_in(&mut tx, id).await?;
         tx.commit().await.db()?;
@@ -621,7 +624,7 @@ impl App {
             crate::record_event_as(
                 &mut conn,
                 "metadata",
-                Some(d.machine_id),
+                Some(d.machine_id.uuid()),
                 "metadata_refused",
                 json!({ "remote": remote, "file": file.chars().take(64).collect::<String>() }),
             )

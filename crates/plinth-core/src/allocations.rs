@@ -50,7 +50,7 @@ impl App {
             rack: req.rack.clone(),
             count: i64::from(count),
         };
-        let request = serde_json::to_value(&req).map_err(|_| Error::internal())?;
+        let request = serde_json::to_value(&req).map_err(crate::internal("allocate"))?;
         let mut tx = self.begin().await?;
         let picked = plinth_db::machines::pick_for_allocation(&mut tx, &filter)
             .await
@@ -90,7 +90,7 @@ impl App {
         let a = plinth_db::allocations::get(&mut tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("allocate"))?;
         tx.commit().await.db()?;
         tracing::info!(allocation_id = %id, count, actor = %who.name, "allocation created");
         Ok(Allocation {
@@ -194,7 +194,7 @@ impl App {
         let a = plinth_db::allocations::get_for_update(&mut tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("release_allocation"))?;
         if a.released_at.is_some() {
             return Err(Error::conflict(
                 "already_released",
@@ -228,7 +228,7 @@ impl App {
         let a = plinth_db::allocations::get(&mut tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("release_allocation"))?;
         tx.commit().await.db()?;
         tracing::info!(allocation_id = %id, machines = ids.len(), actor = %who.name, "allocation released");
         Ok(Allocation {

@@ -7,7 +7,6 @@
 
 use std::net::IpAddr;
 
-use plinth_types::Error;
 use plinth_types::api::{
     CleanPlan, DiskFacts, Pool, PoolUpdate, WipeFallback, WipeMethod, WipedDisk,
 };
@@ -187,7 +186,7 @@ impl App {
         let row = plinth_db::pools::get(&mut tx, name)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("update_pool"))?;
         tx.commit().await.db()?;
         tracing::info!(pool = name, wipe_method = ?u.wipe_method, actor = %who.name, "pool updated");
         self.pool_of(row)

@@ -28,16 +28,8 @@ pub(crate) async fn machines(
     let mut nics: HashMap<Uuid, Vec<Nic>> = HashMap::new();
     for n in plinth_db::nics::for_machines(conn, &ids).await.db()? {
         nics.entry(n.machine_id).or_default().push(Nic {
-            mac: n.mac.parse().map_err(|e| {
-                tracing::error!(mac = %n.mac, error = %e, "unparseable MAC in the database");
-                Error::internal()
-            })?,
-            ipv4: n
-                .ipv4
-                .as_deref()
-                .map(|s| s.parse())
-                .transpose()
-                .map_err(|_| Error::internal())?,
+            mac: n.mac,
+            ipv4: n.ipv4,
             pxe: n.pxe,
         });
     }
@@ -97,7 +89,7 @@ pub(crate) async fn machine(
     machines(conn, vec![row])
         .await?
         .pop()
-        .ok_or_else(Error::internal)
+        .ok_or_else(crate::missing("machine"))
 }
 
 pub(crate) fn event(e: plinth_db::events::EventRow) -> Result<plinth_types::api::Event> {

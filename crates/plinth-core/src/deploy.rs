@@ -10,6 +10,7 @@
 
 use plinth_types::api::ImageKind;
 use plinth_types::api::{DeployRequest, Deployment, DiskSize, Machine, RootDeviceHint};
+use plinth_types::{AllocationId, ImageId, MachineId};
 use plinth_types::{Error, Verb};
 use uuid::Uuid;
 
@@ -218,7 +219,7 @@ impl App {
                 "deploy needs an image: {\"image\": \"<a disk-image of the catalog>\"}",
             ));
         }
-        let allocation = row.allocation_id.ok_or_else(Error::internal)?;
+        let allocation = row.allocation_id.ok_or_else(crate::missing("deploy"))?;
         let image = plinth_db::images::get(&mut tx, &req.image)
             .await
             .db()?
@@ -289,9 +290,9 @@ impl App {
         plinth_db::deployments::upsert(
             &mut tx,
             plinth_db::deployments::NewDeployment {
-                machine_id: id,
-                allocation_id: allocation,
-                image_id: image.id,
+                machine_id: MachineId(id),
+                allocation_id: AllocationId(allocation),
+                image_id: ImageId(image.id),
                 root_device: &root,
                 root_device_hint: req
                     .root_device
@@ -330,7 +331,9 @@ impl App {
     pub async fn deployment(&self, who: &Principal, id: Uuid) -> Result<Option<Deployment>> {
         let mut conn = self.conn().await?;
         self.visible_row(&mut conn, who, id).await?;
-        let d = plinth_db::deployments::get(&mut conn, id).await.db()?;
+        let d = plinth_db::deployments::get(&mut conn, MachineId(id))
+            .await
+            .db()?;
         // visible_row let a client through only to its own machines: the tenant's data is
         // theirs, and the people who run the rack; a viewer sees that there is a deployment.
         let tenant = who.role != plinth_types::Role::Viewer;

@@ -237,15 +237,6 @@ pub struct LeaseTimers {
     pub quarantine_secs: u32,
 }
 
-/// An address as PostgreSQL prints an inet (`10.0.0.1` or `10.0.0.1/32`).
-fn ip(s: &str) -> Result<Ipv4Addr> {
-    s.split('/')
-        .next()
-        .unwrap_or(s)
-        .parse()
-        .map_err(|_| Error::internal())
-}
-
 /// Whether a failed batch is worth retrying item by item: it hit a constraint or a deadlock
 /// because another batch (of this or another instance) was answering the same client.
 fn batch_conflict(e: &plinth_db::Error) -> bool {
@@ -291,7 +282,9 @@ fn answered_elsewhere() -> DhcpDecision {
 }
 
 impl App {
-    /// Decides one DHCP request: the lease change is committed before this returns.
+    /// Decides one DHCP request: the lease change is committed before this returns. For tests
+    /// (feature `testing`): the DHCP server decides in batches.
+    #[cfg(feature = "testing")]
     pub async fn dhcp_decide(
         &self,
         req: &DhcpRequest<'_>,
@@ -302,12 +295,12 @@ impl App {
         self.dhcp_decide_batch(std::slice::from_ref(req), timers, boot, default_boot_server)
             .await
             .pop()
-            .unwrap_or_else(|| Err(Error::internal()))
+            .unwrap_or_else(|| Err(crate::missing("dhcp_decide")()))
     }
 
     /// Decides a batch of DHCP requests in one database round trip and one transaction,
     /// committed before this returns. Answers are in the order of `reqs`, each exactly what
-    /// [`App::dhcp_decide`] would have answered for it had the requests come one after the other.
+    /// `App::dhcp_decide` would have answered for it had the requests come one after the other.
     pub async fn dhcp_decide_batch(
         &self,
         reqs: &[DhcpRequest<'_>],
@@ -347,7 +340,9 @@ impl App {
                         machine_id: None,
                     })
                 } else {
-                    decided.next().unwrap_or_else(|| Err(Error::internal()))
+                    decided
+                        .next()
+                        .unwrap_or_else(|| Err(crate::missing("dhcp_decide_batch")()))
                 }
             })
             .collect()
@@ -400,30 +395,17 @@ impl App {
         if reqs.is_empty() {
             return Vec::new();
         }
-        let texts: Vec<(String, String, Option<String>)> = reqs
-            .iter()
-            .map(|r| {
-                (
-                    r.mac.to_string(),
-                    r.match_addr.to_string(),
-                    r.op.parts().1.map(|a| a.to_string()),
-                )
-            })
-            .collect();
         let calls: Vec<plinth_db::leases::LeaseCall<'_>> = reqs
             .iter()
-            .zip(&texts)
-            .map(
-                |(r, (mac, match_addr, addr))| plinth_db::leases::LeaseCall {
-                    op: r.op.parts().0,
-                    match_addr,
-                    relayed: r.relayed,
-                    mac,
-                    addr: addr.as_deref(),
-                    client_id: r.client_id,
-                    hostname: r.hostname,
-                },
-            )
+            .map(|r| plinth_db::leases::LeaseCall {
+                op: r.op.parts().0,
+                match_addr: r.match_addr,
+                relayed: r.relayed,
+                mac: r.mac,
+                addr: r.op.parts().1,
+                client_id: r.client_id,
+                hostname: r.hostname,
+            })
             .collect();
         let offer_secs = i32::try_from(timers.offer_secs).unwrap_or(i32::MAX);
         let quarantine_secs = i32::try_from(timers.quarantine_secs).unwrap_or(i32::MAX);
@@ -523,7 +505,7 @@ impl App {
         if d.outcome.as_deref() == Some("exhausted") {
             tracing::warn!(mac = %req.mac, subnet = ?d.cidr, "address pool exhausted");
         }
-        let boot_server = d.boot_server.as_deref().map(ip).transpose()?;
+        let boot_server = d.boot_server;
         let mut machine_id = d.machine_id;
         let mut state = d.machine_state;
         if matches!(outcome, Outcome::Offer | Outcome::Ack) && req.client.wants_boot() {
@@ -566,26 +548,15 @@ impl App {
                 }
             }
         }
-        let lease = match (outcome, &d.cidr) {
-            (Outcome::Offer | Outcome::Ack, Some(cidr)) => {
-                let prefix_len = cidr
-                    .split_once('/')
-                    .and_then(|(_, l)| l.parse().ok())
-                    .ok_or_else(Error::internal)?;
-                Some(LeaseInfo {
-                    address: d.address.as_deref().map(ip).transpose()?,
-                    lease_secs: d.lease_secs.map(|s| s as u32),
-                    prefix_len,
-                    router: d.router.as_deref().map(ip).transpose()?,
-                    dns_servers: d
-                        .dns_servers
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|s| ip(s))
-                        .collect::<Result<_>>()?,
-                    domain: d.domain.clone(),
-                })
-            }
+        let lease = match (outcome, d.prefix_len) {
+            (Outcome::Offer | Outcome::Ack, Some(prefix_len)) => Some(LeaseInfo {
+                address: d.address,
+                lease_secs: d.lease_secs.map(|s| s as u32),
+                prefix_len,
+                router: d.router,
+                dns_servers: d.dns_servers.clone(),
+                domain: d.domain.clone(),
+            }),
             _ => None,
         };
         let boot_action =
@@ -639,7 +610,7 @@ impl App {
                     Some(
                         state
                             .parse::<MachineState>()
-                            .map_err(|_| Error::internal())?,
+                            .map_err(crate::internal("dhcp_proxy_boot"))?,
                     ),
                     file,
                 )

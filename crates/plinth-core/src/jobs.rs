@@ -253,7 +253,7 @@ impl App {
             ));
         }
         let mut rows = queue(&mut tx, id, &[spec], &who.name).await?;
-        let job = rows.pop().ok_or_else(Error::internal)?;
+        let job = rows.pop().ok_or_else(crate::missing("request_job"))?;
         plinth_db::events::insert(
             &mut tx,
             plinth_db::events::NewEvent {
@@ -332,7 +332,7 @@ impl App {
         let row = plinth_db::jobs::get(&mut tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("cancel_job"))?;
         tx.commit().await.db()?;
         tracing::info!(job_id = %id, actor = %who.name, "job cancelled");
         to_api(row)

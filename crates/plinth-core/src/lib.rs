@@ -164,6 +164,29 @@ pub(crate) async fn record_event_as(
     Ok(())
 }
 
+/// An internal error: its cause is logged here, once, with the operation and the caller's place
+/// in the code; the client hears only "internal error". For what should not fail (a join, a
+/// conversion of a value the code made itself).
+#[track_caller]
+pub(crate) fn internal<E: std::fmt::Display>(op: &'static str) -> impl FnOnce(E) -> Error {
+    let at = std::panic::Location::caller();
+    move |e| {
+        tracing::error!(op, error = %e, %at, "internal error");
+        Error::internal()
+    }
+}
+
+/// An internal error for a row that was there a moment ago in the same transaction (or a value
+/// the code itself guarantees): logged with the operation and place, like [`internal`].
+#[track_caller]
+pub(crate) fn missing(op: &'static str) -> impl FnOnce() -> Error {
+    let at = std::panic::Location::caller();
+    move || {
+        tracing::error!(op, %at, "internal error: an expected value is missing");
+        Error::internal()
+    }
+}
+
 /// `.map_err(plinth_db::classify)`, keeping the caller's place in the code for the log line
 /// of an internal error (so the operation that failed is named once, where it becomes a 500).
 pub(crate) trait DbResult<T> {

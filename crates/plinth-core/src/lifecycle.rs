@@ -105,7 +105,9 @@ impl App {
         }
         // What the allocation's user gave (image choice, user data, keys) ends with it.
         if does.drop_deployment
-            && plinth_db::deployments::delete(tx, id).await.db()?
+            && plinth_db::deployments::delete(tx, plinth_types::MachineId(id))
+                .await
+                .db()?
             && let Some(obj) = details.as_object_mut()
         {
             obj.insert("deployment_deleted".into(), true.into());
@@ -282,7 +284,7 @@ impl App {
         let row = plinth_db::machines::get(tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("machine_in"))?;
         convert::machine(tx, row).await
     }
 
@@ -349,7 +351,7 @@ impl App {
         let row = plinth_db::machines::get(&mut tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("set_maintenance"))?;
         let machine = convert::machine(&mut tx, row).await?;
         tx.commit().await.db()?;
         tracing::info!(machine_id = %id, maintenance = on, actor = %who.name, "maintenance changed");
@@ -379,7 +381,7 @@ impl App {
         id: Uuid,
         report: InspectionReport,
     ) -> Result<Machine> {
-        let facts = serde_json::to_value(&report).map_err(|_| Error::internal())?;
+        let facts = serde_json::to_value(&report).map_err(crate::internal("inspection_in"))?;
         let summary = serde_json::json!({
             "cpu_threads": report.cpu.threads, "memory_mib": report.memory_mib,
             "disks": report.disks.len(), "serial": report.system.serial,
@@ -407,12 +409,12 @@ impl App {
                     .await
                     .db()?;
             }
-            None => return Err(Error::internal()),
+            None => return Err(crate::missing("report_outcome")()),
         }
         let row = plinth_db::machines::get(tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("inspection_in"))?;
         convert::machine(tx, row).await
     }
 }

@@ -121,8 +121,7 @@ impl App {
         let any_pxe = req.nics.iter().any(|n| n.pxe == Some(true));
         for (i, n) in req.nics.iter().enumerate() {
             let pxe = n.pxe.unwrap_or(!any_pxe && i == 0);
-            let ip = n.ipv4.map(|ip| ip.to_string());
-            plinth_db::nics::insert(&mut tx, id, &n.mac.to_string(), ip.as_deref(), pxe)
+            plinth_db::nics::insert(&mut tx, id, n.mac, n.ipv4, pxe)
                 .await
                 .db()?;
         }
@@ -152,7 +151,7 @@ impl App {
         let row = plinth_db::machines::get(&mut tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("enroll_machine"))?;
         let machine = convert::machine(&mut tx, row).await?;
         tx.commit().await.db()?;
         tracing::info!(machine_id = %id, hostname = ?machine.hostname, actor = %who.name, "machine enrolled");
@@ -193,7 +192,9 @@ impl App {
         who: &Principal,
     ) -> Result<Uuid> {
         let rows = crate::jobs::queue(tx, id, &[crate::jobs::JobSpec::Identify], &who.name).await?;
-        rows.first().map(|r| r.id).ok_or_else(Error::internal)
+        rows.first()
+            .map(|r| r.id)
+            .ok_or_else(crate::missing("queue_identify"))
     }
 
     pub async fn bmc_password(&self, id: Uuid) -> Result<Option<String>> {
@@ -408,7 +409,7 @@ impl App {
         let row = plinth_db::machines::get(&mut tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("update_machine"))?;
         let machine = convert::machine(&mut tx, row).await?;
         tx.commit().await.db()?;
         tracing::info!(machine_id = %id, actor = %who.name, "machine updated");

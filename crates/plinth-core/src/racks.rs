@@ -66,7 +66,7 @@ impl App {
         let r = plinth_db::racks::get(&mut tx, &req.name)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("create_rack"))?;
         tx.commit().await.db()?;
         tracing::info!(rack = %req.name, actor = %who.name, "rack created");
         Ok(rack(r))
@@ -129,7 +129,7 @@ impl App {
         let r = plinth_db::racks::get(&mut tx, name)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("update_rack"))?;
         tx.commit().await.db()?;
         Ok(rack(r))
     }

@@ -115,49 +115,30 @@ fn check_domain(d: Option<&str>) -> Result<()> {
     }
 }
 
-fn ip(s: &str) -> Result<Ipv4Addr> {
-    s.parse().map_err(|_| Error::internal())
-}
-
-fn subnet(r: SubnetRow, ranges: Vec<(String, String)>) -> Result<Subnet> {
-    Ok(Subnet {
+fn subnet(r: SubnetRow, ranges: Vec<(Ipv4Addr, Ipv4Addr)>) -> Subnet {
+    Subnet {
         id: r.id,
         cidr: r.cidr,
         ranges: ranges
-            .iter()
-            .map(|(a, b)| {
-                Ok(AddressRange {
-                    start: ip(a)?,
-                    end: ip(b)?,
-                })
-            })
-            .collect::<Result<_>>()?,
-        router: r.router.as_deref().map(ip).transpose()?,
-        dns_servers: r.dns_servers.iter().map(|s| ip(s)).collect::<Result<_>>()?,
+            .into_iter()
+            .map(|(start, end)| AddressRange { start, end })
+            .collect(),
+        router: r.router,
+        dns_servers: r.dns_servers,
         domain: r.domain,
         lease_time: u32::try_from(r.lease_time).unwrap_or_default(),
-        boot_server: r.boot_server.as_deref().map(ip).transpose()?,
-        relay_addresses: r
-            .relay_addresses
-            .iter()
-            .map(|s| ip(s))
-            .collect::<Result<_>>()?,
+        boot_server: r.boot_server,
+        relay_addresses: r.relay_addresses,
         relay_any_in_cidr: r.relay_any_in_cidr,
         pool_size: r.pool_size,
         active_leases: r.active_leases,
         created_at: r.created_at,
         updated_at: r.updated_at,
-    })
+    }
 }
 
-fn strings(v: &[Ipv4Addr]) -> Vec<String> {
-    v.iter().map(Ipv4Addr::to_string).collect()
-}
-
-fn range_strings(v: &[AddressRange]) -> Vec<(String, String)> {
-    v.iter()
-        .map(|r| (r.start.to_string(), r.end.to_string()))
-        .collect()
+fn range_pairs(v: &[AddressRange]) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+    v.iter().map(|r| (r.start, r.end)).collect()
 }
 
 fn check_router(net: (Ipv4Addr, u8), router: Option<Ipv4Addr>) -> Result<()> {
@@ -176,7 +157,7 @@ async fn load(conn: &mut plinth_db::PgConnection, id: Uuid) -> Result<Option<Sub
         return Ok(None);
     };
     let ranges = plinth_db::subnets::ranges(conn, id).await.db()?;
-    subnet(row, ranges).map(Some)
+    Ok(Some(subnet(row, ranges)))
 }
 
 impl App {
@@ -189,24 +170,20 @@ impl App {
         check_domain(req.domain.as_deref())?;
         check_router(net, req.router)?;
         let cidr = format!("{}/{}", net.0, net.1);
-        let router = req.router.map(|r| r.to_string());
-        let dns = strings(req.dns_servers.as_deref().unwrap_or_default());
-        let relays = strings(req.relay_addresses.as_deref().unwrap_or_default());
-        let boot = req.boot_server.map(|b| b.to_string());
         let fields = SubnetFields {
-            router: router.as_deref(),
-            dns_servers: &dns,
+            router: req.router,
+            dns_servers: req.dns_servers.as_deref().unwrap_or_default(),
             domain: req.domain.as_deref(),
             lease_time: lease_time as i32,
-            boot_server: boot.as_deref(),
-            relay_addresses: &relays,
+            boot_server: req.boot_server,
+            relay_addresses: req.relay_addresses.as_deref().unwrap_or_default(),
             relay_any_in_cidr: req.relay_any_in_cidr.unwrap_or(false),
         };
         let mut tx = self.begin().await?;
         let id = plinth_db::subnets::insert(&mut tx, &cidr, &fields)
             .await
             .db()?;
-        plinth_db::subnets::set_ranges(&mut tx, id, &range_strings(&req.ranges))
+        plinth_db::subnets::set_ranges(&mut tx, id, &range_pairs(&req.ranges))
             .await
             .db()?;
         crate::record_event(
@@ -216,7 +193,9 @@ impl App {
             serde_json::to_value(&req).unwrap_or_default(),
         )
         .await?;
-        let created = load(&mut tx, id).await?.ok_or_else(Error::internal)?;
+        let created = load(&mut tx, id)
+            .await?
+            .ok_or_else(crate::missing("create_subnet"))?;
         tx.commit().await.db()?;
         tracing::info!(subnet = %cidr, actor = %who.name, "subnet created");
         Ok(created)
@@ -229,7 +208,7 @@ impl App {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let ranges = plinth_db::subnets::ranges(&mut conn, r.id).await.db()?;
-            out.push(subnet(r, ranges)?);
+            out.push(subnet(r, ranges));
         }
         Ok(out)
     }
@@ -253,7 +232,9 @@ impl App {
         if !plinth_db::subnets::lock(&mut tx, id).await.db()? {
             return Err(Error::not_found(format!("no subnet {id}")));
         }
-        let cur = load(&mut tx, id).await?.ok_or_else(Error::internal)?;
+        let cur = load(&mut tx, id)
+            .await?
+            .ok_or_else(crate::missing("update_subnet"))?;
         let net = parse_cidr(&cur.cidr)?;
         if let Some(ranges) = &patch.ranges {
             check_ranges(net, ranges)?;
@@ -264,32 +245,23 @@ impl App {
         check_domain(domain.as_deref())?;
         let router = patch.router.unwrap_or(cur.router);
         check_router(net, router)?;
-        let router = router.map(|r| r.to_string());
-        let dns = strings(patch.dns_servers.as_deref().unwrap_or(&cur.dns_servers));
-        let relays = strings(
-            patch
+        let fields = SubnetFields {
+            router,
+            dns_servers: patch.dns_servers.as_deref().unwrap_or(&cur.dns_servers),
+            domain: domain.as_deref(),
+            lease_time: lease_time as i32,
+            boot_server: patch.boot_server.unwrap_or(cur.boot_server),
+            relay_addresses: patch
                 .relay_addresses
                 .as_deref()
                 .unwrap_or(&cur.relay_addresses),
-        );
-        let boot = patch
-            .boot_server
-            .unwrap_or(cur.boot_server)
-            .map(|b| b.to_string());
-        let fields = SubnetFields {
-            router: router.as_deref(),
-            dns_servers: &dns,
-            domain: domain.as_deref(),
-            lease_time: lease_time as i32,
-            boot_server: boot.as_deref(),
-            relay_addresses: &relays,
             relay_any_in_cidr: patch.relay_any_in_cidr.unwrap_or(cur.relay_any_in_cidr),
         };
         plinth_db::subnets::update(&mut tx, id, &fields)
             .await
             .db()?;
         if let Some(ranges) = &patch.ranges {
-            plinth_db::subnets::set_ranges(&mut tx, id, &range_strings(ranges))
+            plinth_db::subnets::set_ranges(&mut tx, id, &range_pairs(ranges))
                 .await
                 .db()?;
         }
@@ -300,7 +272,9 @@ impl App {
             serde_json::json!({ "subnet": cur.cidr, "changes": patch }),
         )
         .await?;
-        let updated = load(&mut tx, id).await?.ok_or_else(Error::internal)?;
+        let updated = load(&mut tx, id)
+            .await?
+            .ok_or_else(crate::missing("update_subnet"))?;
         tx.commit().await.db()?;
         Ok(updated)
     }
@@ -325,7 +299,7 @@ impl App {
         let cur = plinth_db::subnets::get(&mut tx, id)
             .await
             .db()?
-            .ok_or_else(Error::internal)?;
+            .ok_or_else(crate::missing("delete_subnet"))?;
         plinth_db::subnets::delete(&mut tx, id).await.db()?;
         crate::record_event(
             &mut tx,
@@ -347,23 +321,21 @@ impl App {
     ) -> Result<Vec<Lease>> {
         who.require(Permission::ReadInventory)?;
         let mut conn = self.conn().await?;
-        let mac = mac.map(|m| m.to_string());
-        let rows = plinth_db::leases::list(&mut conn, subnet_id, mac.as_deref(), 200_000)
+        let rows = plinth_db::leases::list(&mut conn, subnet_id, mac, 200_000)
             .await
             .db()?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(Lease {
-                    address: ip(&r.address)?,
-                    subnet_id: r.subnet_id,
-                    state: r.state,
-                    mac: r.mac.as_deref().and_then(MacAddr::parse_any),
-                    hostname: r.hostname,
-                    expires_at: r.expires_at.ok_or_else(Error::internal)?,
-                    machine_id: r.machine_id,
-                })
+        Ok(rows
+            .into_iter()
+            .map(|r| Lease {
+                address: r.address,
+                subnet_id: r.subnet_id,
+                state: r.state,
+                mac: r.mac,
+                hostname: r.hostname,
+                expires_at: r.expires_at,
+                machine_id: r.machine_id,
             })
-            .collect()
+            .collect())
     }
 
     /// Reconciler pass: expired leases go back to the pool. Safe on every instance at once.

@@ -51,7 +51,8 @@ impl App {
             }
             Some(d) => Some(
                 chrono::Utc::now()
-                    + chrono::Duration::from_std(d).map_err(|_| Error::internal())?,
+                    + chrono::Duration::from_std(d)
+                        .map_err(crate::internal("create_token_expiring"))?,
             ),
         };
         let secret = generate_secret();

@@ -128,7 +128,7 @@ async fn argon2_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stat
     let sem = HASHING.get_or_init(|| tokio::sync::Semaphore::new(hashing_permits()));
     let _permit = match tokio::time::timeout(HASH_QUEUE_WAIT, sem.acquire()).await {
         Ok(Ok(p)) => p,
-        Ok(Err(_)) => return Err(Error::internal()),
+        Ok(Err(e)) => return Err(crate::internal("password hashing queue")(e)),
         Err(_) => {
             tracing::warn!(
                 "password hashing is saturated; a login or password change was turned away"
@@ -140,7 +140,7 @@ async fn argon2_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stat
     };
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|_| Error::internal())
+        .map_err(crate::internal("argon2_blocking"))
 }
 
 /// Attempts per source address in the current minute (one instance's view: each plinth

@@ -4,13 +4,15 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use plinth_types::{AllocationId, ImageId, MachineId};
+
 use crate::Result;
 
 #[derive(Debug, Clone)]
 pub struct DeploymentRow {
-    pub machine_id: Uuid,
-    pub allocation_id: Uuid,
-    pub image_id: Uuid,
+    pub machine_id: MachineId,
+    pub allocation_id: AllocationId,
+    pub image_id: ImageId,
     pub image_name: String,
     pub root_device: String,
     pub root_device_hint: Option<serde_json::Value>,
@@ -24,9 +26,9 @@ pub struct DeploymentRow {
 }
 
 pub struct NewDeployment<'a> {
-    pub machine_id: Uuid,
-    pub allocation_id: Uuid,
-    pub image_id: Uuid,
+    pub machine_id: MachineId,
+    pub allocation_id: AllocationId,
+    pub image_id: ImageId,
     pub root_device: &'a str,
     pub root_device_hint: Option<serde_json::Value>,
     pub hostname: Option<&'a str>,
@@ -50,9 +52,9 @@ pub async fn upsert(conn: &mut PgConnection, d: NewDeployment<'_>) -> Result<Uui
              network_config = excluded.network_config, created_by = excluded.created_by,
              created_at = now()
          returning instance_id",
-        d.machine_id,
-        d.allocation_id,
-        d.image_id,
+        d.machine_id as MachineId,
+        d.allocation_id as AllocationId,
+        d.image_id as ImageId,
         d.root_device,
         d.root_device_hint,
         d.hostname,
@@ -66,15 +68,16 @@ pub async fn upsert(conn: &mut PgConnection, d: NewDeployment<'_>) -> Result<Uui
     .map_err(crate::Error::from)
 }
 
-pub async fn get(conn: &mut PgConnection, machine_id: Uuid) -> Result<Option<DeploymentRow>> {
+pub async fn get(conn: &mut PgConnection, machine_id: MachineId) -> Result<Option<DeploymentRow>> {
     sqlx::query_as!(
         DeploymentRow,
-        "select d.machine_id, d.allocation_id, d.image_id, i.name as image_name, d.root_device,
+        r#"select d.machine_id as "machine_id: MachineId", d.allocation_id as "allocation_id: AllocationId",
+                d.image_id as "image_id: ImageId", i.name as image_name, d.root_device,
                 d.root_device_hint, d.instance_id, d.hostname, d.user_data,
                 d.ssh_authorized_keys, d.network_config, d.created_by, d.created_at
          from deployments d join images i on i.id = d.image_id
-         where d.machine_id = $1",
-        machine_id
+         where d.machine_id = $1"#,
+        machine_id as MachineId
     )
     .fetch_optional(conn)
     .await
@@ -82,11 +85,14 @@ pub async fn get(conn: &mut PgConnection, machine_id: Uuid) -> Result<Option<Dep
 }
 
 /// Forgets a machine's deployment (release): its user data and keys go with it.
-pub async fn delete(conn: &mut PgConnection, machine_id: Uuid) -> Result<bool> {
-    let n = sqlx::query!("delete from deployments where machine_id = $1", machine_id)
-        .execute(conn)
-        .await?
-        .rows_affected();
+pub async fn delete(conn: &mut PgConnection, machine_id: MachineId) -> Result<bool> {
+    let n = sqlx::query!(
+        "delete from deployments where machine_id = $1",
+        machine_id as MachineId
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
     Ok(n > 0)
 }
 
@@ -97,11 +103,12 @@ pub async fn by_instance(
 ) -> Result<Option<DeploymentRow>> {
     sqlx::query_as!(
         DeploymentRow,
-        "select d.machine_id, d.allocation_id, d.image_id, i.name as image_name, d.root_device,
+        r#"select d.machine_id as "machine_id: MachineId", d.allocation_id as "allocation_id: AllocationId",
+                d.image_id as "image_id: ImageId", i.name as image_name, d.root_device,
                 d.root_device_hint, d.instance_id, d.hostname, d.user_data,
                 d.ssh_authorized_keys, d.network_config, d.created_by, d.created_at
          from deployments d join images i on i.id = d.image_id
-         where d.instance_id = $1",
+         where d.instance_id = $1"#,
         instance_id
     )
     .fetch_optional(conn)
@@ -112,7 +119,10 @@ pub async fn by_instance(
 /// The addresses a machine answers from: those plinth leases to its NICs now, their
 /// reservations, and the address its last deploy token was bound to (where plinth does not
 /// serve its DHCP). What the metadata endpoint accepts requests for its deployment from.
-pub async fn machine_addresses(conn: &mut PgConnection, machine_id: Uuid) -> Result<Vec<String>> {
+pub async fn machine_addresses(
+    conn: &mut PgConnection,
+    machine_id: MachineId,
+) -> Result<Vec<String>> {
     let rows = sqlx::query_scalar!(
         r#"select host(l.address) as "a!" from leases l join nics n on n.mac = l.mac and n.active
            where n.machine_id = $1 and l.state = 'bound' and l.expires_at > now()
@@ -123,7 +133,7 @@ pub async fn machine_addresses(conn: &mut PgConnection, machine_id: Uuid) -> Res
            (select host(t.bound_ip) from agent_tokens t
             where t.machine_id = $1 and t.mode = 'deploy' and t.bound_ip is not null
             order by t.created_at desc limit 1)"#,
-        machine_id
+        machine_id as MachineId
     )
     .fetch_all(conn)
     .await?;

@@ -5,8 +5,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use plinth_types::MachineState;
+use std::net::{IpAddr, Ipv4Addr};
+
 use plinth_types::api::LeaseState;
+use plinth_types::{MacAddr, MachineState};
 
 use crate::Result;
 
@@ -14,10 +16,12 @@ use crate::Result;
 #[derive(Debug)]
 pub struct LeaseCall<'a> {
     pub op: &'a str,
-    pub match_addr: &'a str,
+    /// The relay's address (giaddr) for relayed requests, else the receiving interface's.
+    pub match_addr: Ipv4Addr,
     pub relayed: bool,
-    pub mac: &'a str,
-    pub addr: Option<&'a str>,
+    pub mac: MacAddr,
+    /// The requested address (option 50) or ciaddr, as the op needs.
+    pub addr: Option<Ipv4Addr>,
     pub client_id: Option<&'a [u8]>,
     pub hostname: Option<&'a str>,
 }
@@ -25,14 +29,16 @@ pub struct LeaseCall<'a> {
 #[derive(Debug, Clone)]
 pub struct LeaseDecision {
     pub outcome: Option<String>,
-    pub address: Option<String>,
+    pub address: Option<Ipv4Addr>,
     pub lease_secs: Option<i32>,
     pub subnet_id: Option<Uuid>,
+    /// The subnet as text (`10.0.0.0/24`), for messages; its prefix length as a number.
     pub cidr: Option<String>,
-    pub router: Option<String>,
-    pub dns_servers: Option<Vec<String>>,
+    pub prefix_len: Option<u8>,
+    pub router: Option<Ipv4Addr>,
+    pub dns_servers: Vec<Ipv4Addr>,
     pub domain: Option<String>,
-    pub boot_server: Option<String>,
+    pub boot_server: Option<Ipv4Addr>,
     pub machine_id: Option<Uuid>,
     pub machine_state: Option<MachineState>,
     pub boot_file: Option<String>,
@@ -52,23 +58,25 @@ pub async fn decide_batch(
         return Ok(Vec::new());
     }
     let ops: Vec<&str> = calls.iter().map(|c| c.op).collect();
-    let matches: Vec<&str> = calls.iter().map(|c| c.match_addr).collect();
+    let matches: Vec<IpAddr> = calls.iter().map(|c| IpAddr::V4(c.match_addr)).collect();
     let relayed: Vec<bool> = calls.iter().map(|c| c.relayed).collect();
-    let macs: Vec<&str> = calls.iter().map(|c| c.mac).collect();
-    let addrs: Vec<Option<&str>> = calls.iter().map(|c| c.addr).collect();
+    let macs: Vec<MacAddr> = calls.iter().map(|c| c.mac).collect();
+    let addrs: Vec<Option<IpAddr>> = calls.iter().map(|c| c.addr.map(IpAddr::V4)).collect();
     let client_ids: Vec<Option<&[u8]>> = calls.iter().map(|c| c.client_id).collect();
     let hostnames: Vec<Option<&str>> = calls.iter().map(|c| c.hostname).collect();
     let rows = sqlx::query!(
-        r#"select i as "i!", outcome, host(address) as address, lease_secs, subnet_id, cidr::text as cidr,
-                  host(router) as router, dns_servers::text[] as dns_servers,
-                  domain, host(boot_server) as boot_server, machine_id, machine_state as "machine_state: MachineState", boot_file, reason
-           from dhcp_lease_batch($1::text[], $2::text[]::inet[], $3::bool[], $4::text[]::macaddr[],
-                                 $5::text[]::inet[], $6::bytea[], $7::text[], $8, $9)"#,
+        r#"select i as "i!", outcome, address as "address: IpAddr", lease_secs, subnet_id,
+                  cidr::text as cidr, masklen(cidr) as prefix_len, router as "router: IpAddr",
+                  dns_servers as "dns_servers: Vec<IpAddr>", domain,
+                  boot_server as "boot_server: IpAddr", machine_id,
+                  machine_state as "machine_state: MachineState", boot_file, reason
+           from dhcp_lease_batch($1::text[], $2::inet[], $3::bool[], $4::macaddr[],
+                                 $5::inet[], $6::bytea[], $7::text[], $8, $9)"#,
         &ops as &[&str],
-        &matches as &[&str],
+        &matches as &[IpAddr],
         &relayed,
-        &macs as &[&str],
-        &addrs as &[Option<&str>],
+        &macs as &[MacAddr],
+        &addrs as &[Option<IpAddr>],
         &client_ids as &[Option<&[u8]>],
         &hostnames as &[Option<&str>],
         offer_secs,
@@ -87,14 +95,20 @@ pub async fn decide_batch(
             })?;
         *slot = Some(LeaseDecision {
             outcome: r.outcome,
-            address: r.address,
+            address: r.address.map(crate::ipv4).transpose()?,
             lease_secs: r.lease_secs,
             subnet_id: r.subnet_id,
             cidr: r.cidr,
-            router: r.router,
-            dns_servers: r.dns_servers,
+            prefix_len: r.prefix_len.and_then(|n| u8::try_from(n).ok()),
+            router: r.router.map(crate::ipv4).transpose()?,
+            dns_servers: r
+                .dns_servers
+                .unwrap_or_default()
+                .into_iter()
+                .map(crate::ipv4)
+                .collect::<Result<_>>()?,
             domain: r.domain,
-            boot_server: r.boot_server,
+            boot_server: r.boot_server.map(crate::ipv4).transpose()?,
             machine_id: r.machine_id,
             machine_state: r.machine_state,
             boot_file: r.boot_file,
@@ -113,12 +127,13 @@ pub async fn decide_batch(
 
 #[derive(Debug, Clone)]
 pub struct LeaseRow {
-    pub address: String,
+    pub address: Ipv4Addr,
     pub subnet_id: Uuid,
     pub state: LeaseState,
-    pub mac: Option<String>,
+    pub mac: Option<MacAddr>,
     pub hostname: Option<String>,
-    pub expires_at: Option<DateTime<Utc>>,
+    /// Set for every live lease (the schema's check).
+    pub expires_at: DateTime<Utc>,
     pub machine_id: Option<Uuid>,
 }
 
@@ -126,25 +141,37 @@ pub struct LeaseRow {
 pub async fn list(
     conn: &mut PgConnection,
     subnet_id: Option<Uuid>,
-    mac: Option<&str>,
+    mac: Option<MacAddr>,
     limit: i64,
 ) -> Result<Vec<LeaseRow>> {
-    sqlx::query_as!(
-        LeaseRow,
-        r#"select host(l.address) as "address!", l.subnet_id, l.state as "state: LeaseState", l.mac::text as mac, l.hostname, l.expires_at,
+    let rows = sqlx::query!(
+        r#"select l.address as "address: IpAddr", l.subnet_id, l.state as "state: LeaseState",
+                  l.mac as "mac: MacAddr", l.hostname, l.expires_at as "expires_at!",
                   (select n.machine_id from nics n where n.mac = l.mac and n.active) as machine_id
            from leases l
            where l.state <> 'free' and l.expires_at > now()
              and ($1::uuid is null or l.subnet_id = $1)
-             and ($2::text is null or l.mac = $2::text::macaddr)
+             and ($2::macaddr is null or l.mac = $2)
            order by l.address limit $3"#,
         subnet_id,
-        mac,
+        mac as Option<MacAddr>,
         limit
     )
     .fetch_all(conn)
-    .await
-    .map_err(crate::Error::from)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(LeaseRow {
+                address: crate::ipv4(r.address)?,
+                subnet_id: r.subnet_id,
+                state: r.state,
+                mac: r.mac,
+                hostname: r.hostname,
+                expires_at: r.expires_at,
+                machine_id: r.machine_id,
+            })
+        })
+        .collect()
 }
 
 /// Returns expired leases to the pool and drops free rows that left it. Idempotent; safe on

@@ -179,6 +179,16 @@ pub fn classify(err: impl Into<Error>) -> plinth_types::Error {
     ApiError::internal()
 }
 
+/// An address from an IPv4-only column (the schema checks `family(...) = 4`).
+pub(crate) fn ipv4(a: std::net::IpAddr) -> Result<std::net::Ipv4Addr> {
+    match a {
+        std::net::IpAddr::V4(v4) => Ok(v4),
+        std::net::IpAddr::V6(v6) => Err(Error::protocol(format!(
+            "an IPv6 address ({v6}) in an IPv4-only column"
+        ))),
+    }
+}
+
 /// Escapes `%`, `_` and `\` for use inside an ILIKE pattern.
 pub fn like_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);

@@ -359,8 +359,9 @@ pub async fn pick_for_allocation(
     Ok(rows.into_iter().map(|r| (r.id, r.state_version)).collect())
 }
 
-/// Test and benchmark support: puts a machine straight into `state` (with an allocation when
-/// the state needs one), bypassing the lifecycle. Never called by the service.
+/// Test support (feature `testing`): puts a machine straight into `state` (with an allocation
+/// when the state needs one), bypassing the lifecycle. Never in the product.
+#[cfg(feature = "testing")]
 pub async fn force_state(
     conn: &mut PgConnection,
     id: Uuid,

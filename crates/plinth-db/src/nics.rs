@@ -1,6 +1,9 @@
 //! nics: a machine's network interfaces. A MAC (and a reserved IPv4) belongs to at most one
 //! active NIC in the whole inventory; decommissioning deactivates the NIC and frees both.
 
+use std::net::{IpAddr, Ipv4Addr};
+
+use plinth_types::MacAddr;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -9,25 +12,23 @@ use crate::Result;
 #[derive(Debug, Clone)]
 pub struct NicRow {
     pub machine_id: Uuid,
-    /// Canonical lowercase `aa:bb:cc:dd:ee:ff`.
-    pub mac: String,
-    /// Dotted quad, no prefix length.
-    pub ipv4: Option<String>,
+    pub mac: MacAddr,
+    pub ipv4: Option<Ipv4Addr>,
     pub pxe: bool,
 }
 
 pub async fn insert(
     conn: &mut PgConnection,
     machine_id: Uuid,
-    mac: &str,
-    ipv4: Option<&str>,
+    mac: MacAddr,
+    ipv4: Option<Ipv4Addr>,
     pxe: bool,
 ) -> Result<()> {
     sqlx::query!(
-        "insert into nics (machine_id, mac, ipv4, pxe) values ($1, $2::text::macaddr, $3::text::inet, $4)",
+        "insert into nics (machine_id, mac, ipv4, pxe) values ($1, $2, $3, $4)",
         machine_id,
-        mac,
-        ipv4,
+        mac as MacAddr,
+        ipv4.map(IpAddr::V4) as Option<IpAddr>,
         pxe
     )
     .execute(conn)
@@ -37,16 +38,24 @@ pub async fn insert(
 
 /// The active NICs of these machines, in the order they were enrolled.
 pub async fn for_machines(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<NicRow>> {
-    sqlx::query_as!(
-        NicRow,
-        r#"select machine_id, mac::text as "mac!", host(ipv4) as ipv4, pxe
+    let rows = sqlx::query!(
+        r#"select machine_id, mac as "mac: MacAddr", ipv4 as "ipv4: IpAddr", pxe
            from nics where machine_id = any($1) and active
            order by machine_id, id"#,
         ids
     )
     .fetch_all(conn)
-    .await
-    .map_err(crate::Error::from)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(NicRow {
+                machine_id: r.machine_id,
+                mac: r.mac,
+                ipv4: r.ipv4.map(crate::ipv4).transpose()?,
+                pxe: r.pxe,
+            })
+        })
+        .collect()
 }
 
 /// Frees the MACs and addresses of a decommissioned machine; the rows stay for audit.

@@ -1,21 +1,27 @@
 //! subnets, their ranges, and the pool rows of `leases` (one per address in a range).
 
 use chrono::{DateTime, Utc};
+use std::net::{IpAddr, Ipv4Addr};
+
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::Result;
 
+fn v4s(v: &[Ipv4Addr]) -> Vec<IpAddr> {
+    v.iter().copied().map(IpAddr::V4).collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct SubnetRow {
     pub id: Uuid,
     pub cidr: String,
-    pub router: Option<String>,
-    pub dns_servers: Vec<String>,
+    pub router: Option<Ipv4Addr>,
+    pub dns_servers: Vec<Ipv4Addr>,
     pub domain: Option<String>,
     pub lease_time: i32,
-    pub boot_server: Option<String>,
-    pub relay_addresses: Vec<String>,
+    pub boot_server: Option<Ipv4Addr>,
+    pub relay_addresses: Vec<Ipv4Addr>,
     pub relay_any_in_cidr: bool,
     pub pool_size: i64,
     pub active_leases: i64,
@@ -23,14 +29,13 @@ pub struct SubnetRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Addresses are passed as dotted-quad text and cast in SQL.
 pub struct SubnetFields<'a> {
-    pub router: Option<&'a str>,
-    pub dns_servers: &'a [String],
+    pub router: Option<Ipv4Addr>,
+    pub dns_servers: &'a [Ipv4Addr],
     pub domain: Option<&'a str>,
     pub lease_time: i32,
-    pub boot_server: Option<&'a str>,
-    pub relay_addresses: &'a [String],
+    pub boot_server: Option<Ipv4Addr>,
+    pub relay_addresses: &'a [Ipv4Addr],
     pub relay_any_in_cidr: bool,
 }
 
@@ -38,15 +43,15 @@ pub async fn insert(conn: &mut PgConnection, cidr: &str, f: &SubnetFields<'_>) -
     sqlx::query_scalar!(
         "insert into subnets (cidr, router, dns_servers, domain, lease_time, boot_server, relay_addresses,
                               relay_any_in_cidr)
-         values ($1::text::cidr, $2::text::inet, $3::text[]::inet[], $4, $5, $6::text::inet, $7::text[]::inet[], $8)
+         values ($1::text::cidr, $2, $3, $4, $5, $6, $7, $8)
          returning id",
         cidr,
-        f.router,
-        f.dns_servers,
+        f.router.map(IpAddr::V4) as Option<IpAddr>,
+        &v4s(f.dns_servers) as &[IpAddr],
         f.domain,
         f.lease_time,
-        f.boot_server,
-        f.relay_addresses,
+        f.boot_server.map(IpAddr::V4) as Option<IpAddr>,
+        &v4s(f.relay_addresses) as &[IpAddr],
         f.relay_any_in_cidr
     )
     .fetch_one(conn)
@@ -56,17 +61,17 @@ pub async fn insert(conn: &mut PgConnection, cidr: &str, f: &SubnetFields<'_>) -
 
 pub async fn update(conn: &mut PgConnection, id: Uuid, f: &SubnetFields<'_>) -> Result<()> {
     sqlx::query!(
-        "update subnets set router = $2::text::inet, dns_servers = $3::text[]::inet[], domain = $4,
-                lease_time = $5, boot_server = $6::text::inet, relay_addresses = $7::text[]::inet[],
+        "update subnets set router = $2, dns_servers = $3, domain = $4,
+                lease_time = $5, boot_server = $6, relay_addresses = $7,
                 relay_any_in_cidr = $8, updated_at = now()
          where id = $1",
         id,
-        f.router,
-        f.dns_servers,
+        f.router.map(IpAddr::V4) as Option<IpAddr>,
+        &v4s(f.dns_servers) as &[IpAddr],
         f.domain,
         f.lease_time,
-        f.boot_server,
-        f.relay_addresses,
+        f.boot_server.map(IpAddr::V4) as Option<IpAddr>,
+        &v4s(f.relay_addresses) as &[IpAddr],
         f.relay_any_in_cidr
     )
     .execute(conn)
@@ -79,17 +84,17 @@ pub async fn update(conn: &mut PgConnection, id: Uuid, f: &SubnetFields<'_>) -> 
 pub async fn set_ranges(
     conn: &mut PgConnection,
     id: Uuid,
-    ranges: &[(String, String)],
+    ranges: &[(Ipv4Addr, Ipv4Addr)],
 ) -> Result<()> {
     sqlx::query!("delete from subnet_ranges where subnet_id = $1", id)
         .execute(&mut *conn)
         .await?;
     for (first, last) in ranges {
         sqlx::query!(
-            "insert into subnet_ranges (subnet_id, first_addr, last_addr) values ($1, $2::text::inet, $3::text::inet)",
+            "insert into subnet_ranges (subnet_id, first_addr, last_addr) values ($1, $2, $3)",
             id,
-            first,
-            last
+            IpAddr::V4(*first) as IpAddr,
+            IpAddr::V4(*last) as IpAddr
         )
         .execute(&mut *conn)
         .await?;
@@ -120,25 +125,26 @@ pub async fn set_ranges(
     Ok(())
 }
 
-pub async fn ranges(conn: &mut PgConnection, id: Uuid) -> Result<Vec<(String, String)>> {
+pub async fn ranges(conn: &mut PgConnection, id: Uuid) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
     let rows = sqlx::query!(
-        r#"select host(first_addr) as "first!", host(last_addr) as "last!" from subnet_ranges
+        r#"select first_addr as "first: IpAddr", last_addr as "last: IpAddr" from subnet_ranges
            where subnet_id = $1 order by first_addr"#,
         id
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.first, r.last)).collect())
+    rows.into_iter()
+        .map(|r| Ok((crate::ipv4(r.first)?, crate::ipv4(r.last)?)))
+        .collect()
 }
 
 /// All subnets, or the one with `id`, with their pool size and live lease count.
 async fn select(conn: &mut PgConnection, id: Option<Uuid>) -> Result<Vec<SubnetRow>> {
-    sqlx::query_as!(
-        SubnetRow,
-        r#"select s.id, s.cidr::text as "cidr!", host(s.router) as router,
-                  array(select host(d) from unnest(s.dns_servers) d) as "dns_servers!",
-                  s.domain, s.lease_time, host(s.boot_server) as boot_server,
-                  array(select host(r) from unnest(s.relay_addresses) r) as "relay_addresses!",
+    let rows = sqlx::query!(
+        r#"select s.id, s.cidr::text as "cidr!", s.router as "router: IpAddr",
+                  s.dns_servers as "dns_servers: Vec<IpAddr>",
+                  s.domain, s.lease_time, s.boot_server as "boot_server: IpAddr",
+                  s.relay_addresses as "relay_addresses: Vec<IpAddr>",
                   s.relay_any_in_cidr,
                   (select count(*) from leases l where l.subnet_id = s.id and l.pool) as "pool_size!",
                   (select count(*) from leases l where l.subnet_id = s.id and l.state in ('offered', 'bound')
@@ -148,8 +154,27 @@ async fn select(conn: &mut PgConnection, id: Option<Uuid>) -> Result<Vec<SubnetR
         id
     )
     .fetch_all(conn)
-    .await
-    .map_err(crate::Error::from)
+    .await?;
+    let all = |v: Vec<IpAddr>| v.into_iter().map(crate::ipv4).collect::<Result<Vec<_>>>();
+    rows.into_iter()
+        .map(|r| {
+            Ok(SubnetRow {
+                id: r.id,
+                cidr: r.cidr,
+                router: r.router.map(crate::ipv4).transpose()?,
+                dns_servers: all(r.dns_servers)?,
+                domain: r.domain,
+                lease_time: r.lease_time,
+                boot_server: r.boot_server.map(crate::ipv4).transpose()?,
+                relay_addresses: all(r.relay_addresses)?,
+                relay_any_in_cidr: r.relay_any_in_cidr,
+                pool_size: r.pool_size,
+                active_leases: r.active_leases,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            })
+        })
+        .collect()
 }
 
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<SubnetRow>> {

@@ -15,8 +15,14 @@
 //! - [`vm`]: QEMU virtual machines a BMC powers and boots;
 //! - [`rack`]: the virtual rack: VMs behind virtual BMCs and `plinth serve` on their network
 //!   (the rack tests and the `plinth-lab demo` binary stand on it);
-//! - [`browser`]: headless Chromium over WebDriver (chromedriver), for tests of the web UI.
+//! - [`browser`]: headless Chromium over WebDriver (chromedriver), for tests of the web UI;
+//! - [`TestDb::app`] (feature `app`): plinth-core's `App` on a test database;
+//! - [`api`] (feature `api`): plinth's API in this process on a loopback port, with an admin
+//!   token;
+//! - [`mac`]: the MAC addresses tests give their machines.
 
+#[cfg(feature = "api")]
+pub mod api;
 pub mod browser;
 pub mod dhcp_clients;
 pub mod ipmi;
@@ -30,7 +36,15 @@ pub mod vm;
 use std::sync::OnceLock;
 
 use anyhow::Context;
+use plinth_types::MacAddr;
 use sqlx::PgPool;
+
+/// Test machine number `n`'s MAC address: QEMU's locally administered prefix `52:54`, then `n`
+/// big-endian (`mac(0x0a0b0c)` is `52:54:00:0a:0b:0c`).
+pub fn mac(n: u32) -> MacAddr {
+    let b = n.to_be_bytes();
+    MacAddr([0x52, 0x54, b[0], b[1], b[2], b[3]])
+}
 
 /// A fresh database with the schema applied. Dropped with the scratch server, not per test,
 /// so a failing test leaves its data to look at.
@@ -98,6 +112,17 @@ impl TestDb {
             .await
             .context("migrating the test database")?;
         Ok(db)
+    }
+
+    /// plinth-core's [`App`](plinth_core::App) on this database, with a BMC key of its own
+    /// (feature `app`).
+    #[cfg(feature = "app")]
+    pub fn app(&self) -> plinth_core::App {
+        plinth_core::App::new(
+            self.pool.clone(),
+            plinth_core::BmcKey::from_base64(&plinth_core::BmcKey::generate_base64())
+                .expect("a generated BMC key"),
+        )
     }
 
     /// A fresh database with nothing in it: for tests of the migrations themselves.
@@ -220,5 +245,12 @@ mod tests {
             "postgres://u:p@h:5432/t2"
         );
         assert_eq!(with_database("postgres://h", "t3"), "postgres://h/t3");
+    }
+
+    #[test]
+    fn test_macs_are_qemus_prefix_then_the_number() {
+        assert_eq!(mac(1).to_string(), "52:54:00:00:00:01");
+        assert_eq!(mac(0x0a0b0c).to_string(), "52:54:00:0a:0b:0c");
+        assert_eq!(mac(0x01020304).to_string(), "52:54:01:02:03:04");
     }
 }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod behaviour;
 pub mod error;
+pub mod ids;
 pub mod lifecycle;
 pub mod mac;
 pub mod netboot;
@@ -17,6 +18,7 @@ mod sql;
 
 pub use behaviour::AgentMode;
 pub use error::{Error, ErrorKind};
+pub use ids::{AllocationId, ImageId, JobId, MachineId};
 pub use lifecycle::{MachineState, Verb};
 pub use mac::MacAddr;
 pub use role::Role;

@@ -124,7 +124,7 @@ impl App {
                     .pop()
                     .unwrap_or(Ok(None))
             }
-            Err(CallError::Dropped) => Err(Error::internal()),
+            Err(CallError::Dropped) => Err(crate::missing("the boot batch worker's answer")()),
         }
     }
 }

@@ -10,7 +10,9 @@ use crate::{App, DbResult, Result};
 
 impl App {
     /// The agent token behind a secret, if it is live for this machine and mode (see
-    /// [`crate::agent::refusal`], the one place the rules are written).
+    /// [`crate::agent::refusal`], the one place the rules are written). For tests (feature
+    /// `testing`): the API checks tokens through the agent endpoints.
+    #[cfg(feature = "testing")]
     pub async fn check_agent_token(
         &self,
         secret: &str,

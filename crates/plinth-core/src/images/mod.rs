@@ -31,7 +31,7 @@ pub(crate) fn image(r: plinth_db::images::ImageRow) -> Result<Image> {
         name: r.name,
         arch: r.arch,
         path: r.path,
-        size: u64::try_from(r.size).map_err(|_| Error::internal())?,
+        size: u64::try_from(r.size).map_err(crate::internal("image"))?,
         sha256: r.sha256,
         source: r.source,
         created_by: r.created_by,
@@ -111,7 +111,7 @@ pub(crate) async fn raw_info(
         Ok((n, hex::encode(h.finalize())))
     })
     .await
-    .map_err(|_| Error::internal())?
+    .map_err(crate::internal("raw_info"))?
 }
 
 /// Entry points for the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`).
@@ -203,7 +203,7 @@ pub(crate) async fn hash_file(path: PathBuf) -> Result<(String, u64)> {
         Ok((hex::encode(h.finalize()), n))
     })
     .await
-    .map_err(|_| Error::internal())?
+    .map_err(crate::internal("hash_file"))?
     .map_err(|e| {
         tracing::error!(error = %e, "hashing an image file");
         Error::invalid("image_file_unreadable", "the image file cannot be read")
@@ -307,7 +307,7 @@ impl App {
                 kind,
                 arch,
                 path,
-                size: i64::try_from(size).map_err(|_| Error::internal())?,
+                size: i64::try_from(size).map_err(crate::internal("insert_image"))?,
                 sha256: sha,
                 source,
                 created_by: &who.name,

@@ -146,7 +146,10 @@ impl App {
                 ));
             }
         }
-        let dir = dest.parent().ok_or_else(Error::internal)?.to_owned();
+        let dir = dest
+            .parent()
+            .ok_or_else(crate::missing("upload_image"))?
+            .to_owned();
         let io_err = |what: &'static str| {
             move |e: std::io::Error| {
                 tracing::error!(error = %e, "{what}");
@@ -187,7 +190,10 @@ impl App {
         {
             return Err(too_large(n));
         }
-        let mut dest = real_dir.join(dest.file_name().ok_or_else(Error::internal)?);
+        let mut dest = real_dir.join(
+            dest.file_name()
+                .ok_or_else(crate::missing("upload_image"))?,
+        );
         let tmp = Scratch(real_dir.join(format!(".{}.{}.part", meta.name, uuid::Uuid::new_v4())));
         let mut f = tokio::fs::File::create(&tmp.0)
             .await
@@ -229,7 +235,11 @@ impl App {
             if !named_qcow2 {
                 rel = raw_path(&rel);
                 files::check_name(&rel).map_err(|r| path_error(&rel, r))?;
-                dest = real_dir.join(Path::new(&rel).file_name().ok_or_else(Error::internal)?);
+                dest = real_dir.join(
+                    Path::new(&rel)
+                        .file_name()
+                        .ok_or_else(crate::missing("upload_image"))?,
+                );
                 // Before the work of converting (placing it checks again, without a race).
                 if tokio::fs::symlink_metadata(&dest).await.is_ok() {
                     return Err(Error::conflict(

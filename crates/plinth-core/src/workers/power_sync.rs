@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plinth_bmc::{BmcTarget, Connector, PowerState};
-use plinth_types::Error;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -217,7 +216,8 @@ impl PowerSync {
         Ok(out)
     }
 
-    /// Polls every due BMC and waits for all the polls: for tests and tools.
+    /// Polls every due BMC and waits for all the polls: for tests (feature `testing`).
+    #[cfg(feature = "testing")]
     pub async fn run_once(self: &Arc<Self>) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         let mut set = JoinSet::new();
@@ -232,7 +232,7 @@ impl PowerSync {
                     .clone()
                     .acquire_owned()
                     .await
-                    .map_err(|_| Error::internal())?;
+                    .map_err(crate::internal("run_once"))?;
                 let me = self.clone();
                 set.spawn(async move {
                     let o = me.poll(b).await;
@@ -242,7 +242,7 @@ impl PowerSync {
             }
         }
         while let Some(o) = set.join_next().await {
-            let o = o.map_err(|_| Error::internal())?;
+            let o = o.map_err(crate::internal("run_once"))?;
             report.polled += 1;
             report.changed += usize::from(o.changed);
             report.failed += usize::from(o.failed);
@@ -270,7 +270,7 @@ impl PowerSync {
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|_| Error::internal())?;
+                .map_err(crate::internal("start_due"))?;
             let me = self.clone();
             background.spawn(async move {
                 me.poll(b).await;
@@ -289,7 +289,9 @@ impl PowerSync {
 }
 
 impl App {
-    /// Makes the machine's BMC due for a power poll now (or every BMC's, with `None`).
+    /// Makes the machine's BMC due for a power poll now (or every BMC's, with `None`). For
+    /// tests (feature `testing`).
+    #[cfg(feature = "testing")]
     pub async fn poll_bmc_now(&self, machine_id: Option<Uuid>) -> Result<()> {
         let mut conn = self.conn().await?;
         plinth_db::bmcs::poll_now(&mut conn, machine_id)

@@ -152,7 +152,7 @@ async fn check_identity_macs(
         .await
         .db()?
         .into_iter()
-        .map(|n| n.mac)
+        .map(|n| n.mac.to_string())
         .collect();
     if enrolled.is_empty() || enrolled.iter().any(|m| reported.contains(m)) {
         return Ok(());

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use plinth_bmc::{BmcTarget, Connector};
 use plinth_db::jobs::Claimed;
-use plinth_types::Error;
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
@@ -230,7 +229,7 @@ impl JobRunner {
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|_| Error::internal())?;
+                .map_err(crate::internal("spawn_all"))?;
             let me = self.clone();
             set.spawn(async move {
                 me.run_job(j).await;
@@ -240,8 +239,9 @@ impl JobRunner {
         Ok(())
     }
 
-    /// Claims what is runnable now, runs it, and waits for all of it: for tests and tools.
-    /// Returns the number of jobs run.
+    /// Claims what is runnable now, runs it, and waits for all of it: for tests (feature
+    /// `testing`). Returns the number of jobs run.
+    #[cfg(feature = "testing")]
     pub async fn run_once(self: &Arc<Self>) -> Result<usize> {
         let free = self.slots.available_permits();
         let jobs = self.claim(free).await?;
@@ -253,6 +253,7 @@ impl JobRunner {
     }
 
     /// [`Self::run_once`] until nothing is runnable.
+    #[cfg(feature = "testing")]
     pub async fn drain(self: &Arc<Self>) -> Result<usize> {
         let mut total = 0;
         loop {

@@ -1,0 +1,3 @@
+//! plinth-agent's integration tests: the agent binary against a real plinth API.
+
+mod agent;

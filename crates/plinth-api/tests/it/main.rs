@@ -1,0 +1,10 @@
+//! plinth-api's integration tests: the API, its OpenAPI contract, boot endpoints, listener
+//! limits, web UI rules and upgrades over real HTTP, against a real PostgreSQL
+//! (plinth-testkit's `api::TestApi`).
+
+mod api;
+mod boot;
+mod contract;
+mod limits;
+mod ui;
+mod upgrade;

@@ -1,0 +1,865 @@
+//! The lease engine and discovery against a real PostgreSQL, through the same calls the DHCP
+//! server makes (`App::dhcp_decide`).
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use plinth_core::dhcp::*;
+use plinth_core::{App, Principal};
+use plinth_testkit::{TestDb, mac};
+use plinth_types::api::*;
+use plinth_types::{MacAddr, MachineState};
+
+const SRV: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 2);
+const TIMERS: LeaseTimers = LeaseTimers {
+    offer_secs: 30,
+    quarantine_secs: 600,
+};
+
+fn boot() -> BootConfig {
+    BootConfig {
+        bios_binary: "undionly.kpxe".into(),
+        efi_binary: "ipxe.efi".into(),
+        arm64_binary: None,
+        http_base: None,
+        http_port: 8080,
+        unknown_machines: UnknownPolicy::Boot,
+    }
+}
+
+fn admin() -> Principal {
+    Principal::system()
+}
+
+async fn setup(first: u8, last: u8) -> (App, TestDb) {
+    let db = TestDb::new().await.unwrap();
+    let app = db.app();
+    app.create_subnet(
+        &admin(),
+        SubnetCreate {
+            cidr: "10.30.0.0/24".into(),
+            ranges: vec![AddressRange {
+                start: Ipv4Addr::new(10, 30, 0, first),
+                end: Ipv4Addr::new(10, 30, 0, last),
+            }],
+            router: Some(Ipv4Addr::new(10, 30, 0, 1)),
+            dns_servers: Some(vec![Ipv4Addr::new(10, 30, 0, 53)]),
+            domain: Some("lab.example".into()),
+            lease_time: Some(600),
+            boot_server: None,
+            relay_addresses: Some(vec![Ipv4Addr::new(192, 168, 77, 1)]),
+            relay_any_in_cidr: None,
+        },
+    )
+    .await
+    .unwrap();
+    (app, db)
+}
+
+fn req(op: LeaseOp, m: MacAddr) -> DhcpRequest<'static> {
+    DhcpRequest {
+        op,
+        match_addr: SRV,
+        relayed: false,
+        mac: m,
+        client_id: None,
+        hostname: None,
+        client: ClientInfo::default(),
+    }
+}
+
+async fn dora(app: &App, m: MacAddr) -> Ipv4Addr {
+    let offer = app
+        .dhcp_decide(
+            &req(LeaseOp::Discover { requested: None }, m),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(offer.outcome, Outcome::Offer, "{offer:?}");
+    let ip = offer.lease.unwrap().address.unwrap();
+    let ack = app
+        .dhcp_decide(
+            &req(LeaseOp::Select { requested: ip }, m),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack.outcome, Outcome::Ack, "{ack:?}");
+    ip
+}
+
+#[tokio::test]
+async fn full_exchange_renew_release_decline() {
+    let (app, _db) = setup(100, 110).await;
+    let m = mac(1);
+    let offer = app
+        .dhcp_decide(
+            &req(LeaseOp::Discover { requested: None }, m),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    let lease = offer.lease.clone().unwrap();
+    let offered = lease.address.unwrap();
+    assert!(
+        (100..=110).contains(&offered.octets()[3]) && offered.octets()[..3] == [10, 30, 0],
+        "{offered}"
+    );
+    assert_eq!(
+        (lease.lease_secs, lease.prefix_len, lease.router),
+        (Some(600), 24, Some(Ipv4Addr::new(10, 30, 0, 1)))
+    );
+    assert_eq!(
+        (lease.dns_servers.clone(), lease.domain.as_deref()),
+        (vec![Ipv4Addr::new(10, 30, 0, 53)], Some("lab.example"))
+    );
+    assert_eq!(offer.boot, BootAction::None, "not a network-booting client");
+    let ip = dora(&app, m).await;
+    assert_eq!(ip, offered, "a client keeps its address");
+    let leases = app.list_leases(&admin(), None, Some(m)).await.unwrap();
+    assert_eq!((leases.len(), leases[0].state), (1, LeaseState::Bound));
+
+    let renew = app
+        .dhcp_decide(&req(LeaseOp::Renew { ciaddr: ip }, m), TIMERS, &boot(), SRV)
+        .await
+        .unwrap();
+    assert_eq!(renew.outcome, Outcome::Ack);
+    // Someone else asking for that address is refused.
+    let other = app
+        .dhcp_decide(
+            &req(LeaseOp::Select { requested: ip }, mac(2)),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(other.outcome, Outcome::Nak);
+    let wrong_net = app
+        .dhcp_decide(
+            &req(
+                LeaseOp::InitReboot {
+                    requested: Ipv4Addr::new(10, 99, 0, 5),
+                },
+                m,
+            ),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(wrong_net.outcome, Outcome::Nak);
+    let unknown = app
+        .dhcp_decide(
+            &req(
+                LeaseOp::InitReboot {
+                    requested: Ipv4Addr::new(10, 30, 0, 20),
+                },
+                mac(9),
+            ),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        unknown.outcome,
+        Outcome::Ignore,
+        "no record of the client: stay silent"
+    );
+
+    app.dhcp_decide(
+        &req(LeaseOp::Release { ciaddr: ip }, m),
+        TIMERS,
+        &boot(),
+        SRV,
+    )
+    .await
+    .unwrap();
+    assert!(
+        app.list_leases(&admin(), None, Some(m))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // DECLINE quarantines the address: the next client gets another one.
+    let ip2 = dora(&app, mac(3)).await;
+    app.dhcp_decide(
+        &req(LeaseOp::Decline { requested: ip2 }, mac(3)),
+        TIMERS,
+        &boot(),
+        SRV,
+    )
+    .await
+    .unwrap();
+    let ip3 = dora(&app, mac(3)).await;
+    assert_ne!(ip2, ip3);
+    let declined = app.list_leases(&admin(), None, None).await.unwrap();
+    assert!(
+        declined
+            .iter()
+            .any(|l| l.address == ip2 && l.state == LeaseState::Declined)
+    );
+
+    let inform = app
+        .dhcp_decide(&req(LeaseOp::Inform, mac(4)), TIMERS, &boot(), SRV)
+        .await
+        .unwrap();
+    assert_eq!(
+        (inform.outcome, inform.lease.unwrap().address),
+        (Outcome::Ack, None)
+    );
+
+    // A relayed request is matched by giaddr (here a configured relay address).
+    let mut relayed = req(LeaseOp::Discover { requested: None }, mac(5));
+    relayed.match_addr = Ipv4Addr::new(192, 168, 77, 1);
+    relayed.relayed = true;
+    assert_eq!(
+        app.dhcp_decide(&relayed, TIMERS, &boot(), SRV)
+            .await
+            .unwrap()
+            .outcome,
+        Outcome::Offer
+    );
+    relayed.match_addr = Ipv4Addr::new(172, 16, 0, 1);
+    assert_eq!(
+        app.dhcp_decide(&relayed, TIMERS, &boot(), SRV)
+            .await
+            .unwrap()
+            .outcome,
+        Outcome::Ignore,
+        "no subnet"
+    );
+    // A giaddr inside the subnet but not a listed relay (anyone on a segment can forge one):
+    // not answered, nothing written; once the subnet allows relays inside it, served.
+    relayed.match_addr = Ipv4Addr::new(10, 30, 0, 77);
+    let d = app
+        .dhcp_decide(&relayed, TIMERS, &boot(), SRV)
+        .await
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Ignore);
+    assert!(
+        d.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("relay 10.30.0.77"),
+        "{d:?}"
+    );
+    let held = app.list_leases(&admin(), None, Some(mac(5))).await.unwrap();
+    assert_eq!(
+        held.len(),
+        1,
+        "only the lease through the listed relay: {held:?}"
+    );
+    // Refused and accepted requests in one batch are each answered as on their own.
+    let mut inside = req(LeaseOp::Discover { requested: None }, mac(6));
+    inside.match_addr = Ipv4Addr::new(10, 30, 0, 77);
+    inside.relayed = true;
+    let direct = req(LeaseOp::Discover { requested: None }, mac(7));
+    let both = app
+        .dhcp_decide_batch(&[inside.clone(), direct], TIMERS, &boot(), SRV)
+        .await;
+    assert_eq!(both[0].as_ref().unwrap().outcome, Outcome::Ignore);
+    assert_eq!(both[1].as_ref().unwrap().outcome, Outcome::Offer);
+    let subnet = app.list_subnets(&admin()).await.unwrap()[0].clone();
+    assert!(!subnet.relay_any_in_cidr, "not by default");
+    app.update_subnet(
+        &admin(),
+        subnet.id,
+        SubnetPatch {
+            relay_any_in_cidr: Some(true),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        app.dhcp_decide(&inside, TIMERS, &boot(), SRV)
+            .await
+            .unwrap()
+            .outcome,
+        Outcome::Offer
+    );
+}
+
+#[tokio::test]
+async fn reservations_win_and_are_never_given_away() {
+    let (app, _db) = setup(100, 101).await;
+    let reserved = Ipv4Addr::new(10, 30, 0, 100);
+    let owner = app
+        .enroll_machine(
+            &admin(),
+            MachineCreate {
+                hostname: Some("res".into()),
+                rack: None,
+                rack_unit: None,
+                size_u: None,
+                pool: None,
+                tags: None,
+                arch: None,
+                nics: vec![NicSpec {
+                    mac: mac(10),
+                    ipv4: Some(reserved),
+                    pxe: None,
+                }],
+                bmc: None,
+            },
+        )
+        .await
+        .unwrap();
+    // Two other clients exhaust the rest of the pool but never get the reserved address.
+    assert_eq!(dora(&app, mac(11)).await, Ipv4Addr::new(10, 30, 0, 101));
+    let third = app
+        .dhcp_decide(
+            &req(
+                LeaseOp::Discover {
+                    requested: Some(reserved),
+                },
+                mac(12),
+            ),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(third.outcome, Outcome::Ignore, "pool exhausted: {third:?}");
+    let steal = app
+        .dhcp_decide(
+            &req(
+                LeaseOp::Select {
+                    requested: reserved,
+                },
+                mac(12),
+            ),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(steal.outcome, Outcome::Nak);
+    // The owner always gets exactly its address, even asking for another.
+    let offer = app
+        .dhcp_decide(
+            &req(
+                LeaseOp::Discover {
+                    requested: Some(Ipv4Addr::new(10, 30, 0, 101)),
+                },
+                mac(10),
+            ),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(offer.lease.unwrap().address, Some(reserved));
+    assert_eq!(offer.machine_id, Some(owner.id));
+    assert_eq!(dora(&app, mac(10)).await, reserved);
+    let wrong = app
+        .dhcp_decide(
+            &req(
+                LeaseOp::Select {
+                    requested: Ipv4Addr::new(10, 30, 0, 101),
+                },
+                mac(10),
+            ),
+            TIMERS,
+            &boot(),
+            SRV,
+        )
+        .await
+        .unwrap();
+    assert_eq!(wrong.outcome, Outcome::Nak);
+}
+
+fn addr(d: &DhcpDecision) -> Option<Ipv4Addr> {
+    d.lease.as_ref().and_then(|l| l.address)
+}
+
+async fn decide_all(app: &App, reqs: &[DhcpRequest<'_>]) -> Vec<DhcpDecision> {
+    app.dhcp_decide_batch(reqs, TIMERS, &boot(), SRV)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// A batch is answered as if its requests had come one after the other: new clients get
+/// distinct addresses, a client sending twice gets one address, offers are acknowledged, and
+/// the requests that take the one-by-one path (a reservation, someone else's address, the pool
+/// running dry in mid-batch, INFORM, an unknown network) get their usual answers in the same batch.
+#[tokio::test]
+async fn batches_answer_like_single_requests() {
+    let (app, _db) = setup(100, 109).await;
+    let reserved = Ipv4Addr::new(10, 30, 0, 200);
+    app.enroll_machine(
+        &admin(),
+        MachineCreate {
+            hostname: Some("res".into()),
+            rack: None,
+            rack_unit: None,
+            size_u: None,
+            pool: None,
+            tags: None,
+            arch: None,
+            nics: vec![NicSpec {
+                mac: mac(50),
+                ipv4: Some(reserved),
+                pxe: None,
+            }],
+            bmc: None,
+        },
+    )
+    .await
+    .unwrap();
+    let discover = |m| req(LeaseOp::Discover { requested: None }, m);
+    let pool = |a: Option<Ipv4Addr>| a.is_some_and(|a| (100..=109).contains(&a.octets()[3]));
+
+    let mut first: Vec<DhcpRequest> = (1..=8).map(|n| discover(mac(n))).collect();
+    first.push(discover(mac(1)));
+    first.push(discover(mac(50)));
+    first.push(req(LeaseOp::Inform, mac(60)));
+    let mut elsewhere = discover(mac(61));
+    elsewhere.match_addr = Ipv4Addr::new(10, 99, 0, 1);
+    first.push(elsewhere);
+    let d = decide_all(&app, &first).await;
+    assert!(d[..10].iter().all(|d| d.outcome == Outcome::Offer), "{d:?}");
+    let offers: Vec<Ipv4Addr> = d[..8].iter().map(|d| addr(d).unwrap()).collect();
+    assert!(offers.iter().all(|a| pool(Some(*a))), "{offers:?}");
+    assert_eq!(offers.iter().collect::<HashSet<_>>().len(), 8, "{offers:?}");
+    assert_eq!(
+        addr(&d[8]),
+        Some(offers[0]),
+        "a client sending twice gets one address"
+    );
+    assert_eq!(addr(&d[9]), Some(reserved));
+    assert_eq!(d[10].outcome, Outcome::Ack, "INFORM: {:?}", d[10]);
+    assert_eq!(addr(&d[10]), None);
+    assert_eq!(
+        d[11].outcome,
+        Outcome::Ignore,
+        "unknown network: {:?}",
+        d[11]
+    );
+
+    // The eight take their offers; three newcomers share the two addresses left; a ninth
+    // client asks for an address already offered to another; the reserved client binds.
+    let mut second: Vec<DhcpRequest> = (1..=8)
+        .map(|n| {
+            req(
+                LeaseOp::Select {
+                    requested: offers[n as usize - 1],
+                },
+                mac(n),
+            )
+        })
+        .collect();
+    second.extend((20..23).map(|n| discover(mac(n))));
+    second.push(req(
+        LeaseOp::Select {
+            requested: offers[1],
+        },
+        mac(9),
+    ));
+    second.push(req(
+        LeaseOp::Select {
+            requested: reserved,
+        },
+        mac(50),
+    ));
+    let d = decide_all(&app, &second).await;
+    for (n, d) in d[..8].iter().enumerate() {
+        assert_eq!(d.outcome, Outcome::Ack, "{d:?}");
+        assert_eq!(addr(d), Some(offers[n]));
+        assert_eq!(d.lease.as_ref().unwrap().lease_secs, Some(600));
+    }
+    let late: Vec<&DhcpDecision> = d[8..11].iter().collect();
+    let late_offers: HashSet<Ipv4Addr> = late.iter().filter_map(|d| addr(d)).collect();
+    assert_eq!(late_offers.len(), 2, "{late:?}");
+    assert!(
+        late_offers
+            .iter()
+            .all(|a| pool(Some(*a)) && !offers.contains(a))
+    );
+    assert_eq!(
+        late.iter().filter(|d| d.outcome == Outcome::Ignore).count(),
+        1,
+        "the pool ran dry for one of them: {late:?}"
+    );
+    assert_eq!(d[11].outcome, Outcome::Nak, "{:?}", d[11]);
+    assert_eq!(d[12].outcome, Outcome::Ack);
+    assert_eq!(addr(&d[12]), Some(reserved));
+
+    // The bound clients come back: each is offered its address again and renews it.
+    let third: Vec<DhcpRequest> = (1..=8)
+        .map(|n| discover(mac(n)))
+        .chain((1..=8).map(|n| {
+            req(
+                LeaseOp::Renew {
+                    ciaddr: offers[n as usize - 1],
+                },
+                mac(n),
+            )
+        }))
+        .collect();
+    let d = decide_all(&app, &third).await;
+    for (n, d) in d.iter().enumerate() {
+        assert_eq!(addr(d), Some(offers[n % 8]), "{d:?}");
+    }
+    assert!(d[8..].iter().all(|d| d.outcome == Outcome::Ack));
+    let leases = app.list_leases(&admin(), None, None).await.unwrap();
+    let bound = leases
+        .iter()
+        .filter(|l| l.state == LeaseState::Bound)
+        .count();
+    assert_eq!(bound, 9, "{leases:?}");
+}
+
+/// Two instances deciding batches for the same clients at the same moment: every client ends
+/// with at most one address, no address goes to two clients, and nothing fails.
+#[tokio::test]
+async fn concurrent_batches_for_the_same_clients() {
+    let (app, db) = setup(10, 250).await;
+    let other = db.app();
+    for round in 0..4u32 {
+        let batch = |app: App| {
+            tokio::spawn(async move {
+                let reqs: Vec<DhcpRequest> = (0..50)
+                    .map(|n| req(LeaseOp::Discover { requested: None }, mac(round * 1000 + n)))
+                    .collect();
+                decide_all(&app, &reqs).await
+            })
+        };
+        let (a, b) = (batch(app.clone()), batch(other.clone()));
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        for (x, y) in a.iter().zip(&b) {
+            // Each client is offered one address, or one instance stays silent for it.
+            match (addr(x), addr(y)) {
+                (Some(p), Some(q)) => assert_eq!(p, q, "{x:?} {y:?}"),
+                (None, None) => panic!("nobody answered: {x:?} {y:?}"),
+                _ => {}
+            }
+        }
+    }
+    let leases = app.list_leases(&admin(), None, None).await.unwrap();
+    let addrs: HashSet<_> = leases.iter().map(|l| l.address).collect();
+    let macs: HashSet<_> = leases.iter().map(|l| l.mac).collect();
+    assert_eq!(leases.len(), 200, "{leases:?}");
+    assert_eq!(addrs.len(), 200);
+    assert_eq!(macs.len(), 200);
+}
+
+#[tokio::test]
+async fn two_instances_never_share_an_address() {
+    let (app, db) = setup(10, 250).await;
+    let other = db.app();
+    let apps = [app.clone(), other];
+    let tasks = (0..200u32).map(|n| {
+        let app = apps[n as usize % 2].clone();
+        tokio::spawn(async move { dora(&app, mac(1000 + n)).await })
+    });
+    let ips: Vec<Ipv4Addr> = futures_join(tasks).await;
+    let unique: HashSet<_> = ips.iter().collect();
+    assert_eq!(unique.len(), 200);
+    assert_eq!(
+        app.list_leases(&admin(), None, None).await.unwrap().len(),
+        200
+    );
+}
+
+async fn futures_join<T: Send + 'static>(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in tasks.collect::<Vec<_>>() {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn unknown_pxe_clients_are_discovered_once() {
+    let (app, _db) = setup(100, 150).await;
+    let m = mac(77);
+    let mut r = req(LeaseOp::Discover { requested: None }, m);
+    r.client = ClientInfo {
+        arch: Some(7),
+        pxe: true,
+        uuid: Some(uuid::Uuid::from_u128(0xabc)),
+        ..Default::default()
+    };
+    let tasks = (0..8).map(|_| {
+        let (app, r) = (app.clone(), r.clone());
+        tokio::spawn(async move { app.dhcp_decide(&r, TIMERS, &boot(), SRV).await.unwrap() })
+    });
+    let decisions = futures_join(tasks).await;
+    assert!(decisions.iter().any(|d| d.boot
+        == BootAction::Tftp {
+            file: "ipxe.efi".into()
+        }));
+    let page = app
+        .list_machines(
+            &admin(),
+            plinth_core::machines::MachineQuery {
+                q: Some(m.to_string()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.machines.len(), 1, "one record per MAC");
+    let found = &page.machines[0];
+    assert_eq!(found.state, MachineState::Discovered);
+    assert_eq!(
+        (found.pxe_arch, found.pxe_uuid),
+        (Some(7), Some(uuid::Uuid::from_u128(0xabc)))
+    );
+    assert_eq!(found.arch, Some(Arch::X86_64));
+    // A decommissioned machine's MAC gets an address but no boot file, and no new record.
+    app.act(
+        &admin(),
+        found.id,
+        plinth_core::lifecycle::Action {
+            verb: plinth_types::Verb::Decommission,
+            expected_version: None,
+            reason: None,
+        },
+    )
+    .await
+    .unwrap();
+    app.force_outcome(
+        &admin(),
+        found.id,
+        plinth_core::lifecycle::Action {
+            verb: plinth_types::Verb::DecommissionComplete,
+            expected_version: None,
+            reason: Some("test: no agent".into()),
+        },
+    )
+    .await
+    .unwrap();
+    let d = app.dhcp_decide(&r, TIMERS, &boot(), SRV).await.unwrap();
+    assert_eq!(
+        (d.outcome, d.boot.clone(), d.machine_id),
+        (Outcome::Offer, BootAction::None, Some(found.id))
+    );
+    let all = app
+        .list_machines(&admin(), Default::default())
+        .await
+        .unwrap()
+        .machines;
+    assert_eq!(all.len(), 1, "no second discovery of a decommissioned MAC");
+    assert_eq!(
+        app.dhcp_proxy_boot(m, &r.client, &boot(), SRV)
+            .await
+            .unwrap(),
+        BootAction::None,
+        "nor in proxy mode"
+    );
+    let mut r2 = r.clone();
+    r2.mac = mac(78);
+    let enrolled = app
+        .enroll_machine(
+            &admin(),
+            MachineCreate {
+                hostname: None,
+                rack: None,
+                rack_unit: None,
+                size_u: None,
+                pool: None,
+                tags: None,
+                arch: None,
+                nics: vec![NicSpec {
+                    mac: mac(78),
+                    ipv4: None,
+                    pxe: None,
+                }],
+                bmc: None,
+            },
+        )
+        .await
+        .unwrap();
+    let d = app.dhcp_decide(&r2, TIMERS, &boot(), SRV).await.unwrap();
+    assert_eq!(
+        (d.outcome, d.boot.clone(), d.machine_id),
+        (Outcome::Offer, BootAction::None, Some(enrolled.id)),
+        "enrolled: nothing to boot"
+    );
+    let mut rec = boot();
+    rec.unknown_machines = UnknownPolicy::Record;
+    let mut r3 = r.clone();
+    r3.mac = mac(79);
+    let d = app.dhcp_decide(&r3, TIMERS, &rec, SRV).await.unwrap();
+    assert_eq!(
+        (d.outcome, d.boot.clone()),
+        (Outcome::Offer, BootAction::None),
+        "record only"
+    );
+    assert!(d.machine_id.is_some(), "but recorded");
+}
+
+#[tokio::test]
+async fn subnet_rules_and_reclaim() {
+    let (app, db) = setup(100, 101).await;
+    let mk = |cidr: &str, a: [u8; 4], b: [u8; 4]| SubnetCreate {
+        cidr: cidr.into(),
+        ranges: vec![AddressRange {
+            start: Ipv4Addr::from(a),
+            end: Ipv4Addr::from(b),
+        }],
+        router: None,
+        dns_servers: None,
+        domain: None,
+        lease_time: None,
+        boot_server: None,
+        relay_addresses: None,
+        relay_any_in_cidr: None,
+    };
+    let e = app
+        .create_subnet(
+            &admin(),
+            mk("10.30.0.128/25", [10, 30, 0, 130], [10, 30, 0, 140]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "subnet_overlap");
+    let e = app
+        .create_subnet(&admin(), mk("10.31.0.0/24", [10, 31, 1, 1], [10, 31, 1, 5]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "range_outside_subnet");
+    let e = app
+        .create_subnet(&admin(), mk("10.31.0.1/24", [10, 31, 0, 1], [10, 31, 0, 5]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "invalid_cidr");
+    let ok = app
+        .create_subnet(
+            &admin(),
+            mk("10.31.0.0/24", [10, 31, 0, 10], [10, 31, 0, 19]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.pool_size, 10);
+
+    let ip = dora(&app, mac(1)).await;
+    sqlx::query(
+        "update leases set expires_at = now() - interval '1 second' where address = $1::text::inet",
+    )
+    .bind(ip.to_string())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        app.list_leases(&admin(), None, None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "expired leases are not shown"
+    );
+    assert_eq!(app.reclaim_leases().await.unwrap(), 1);
+    assert_eq!(app.reclaim_leases().await.unwrap(), 0, "idempotent");
+    let subnets = app.list_subnets(&admin()).await.unwrap();
+    let first = subnets.iter().find(|s| s.cidr == "10.30.0.0/24").unwrap();
+    assert_eq!(first.active_leases, 0);
+    // Shrinking the pool and deleting.
+    let patched = app
+        .update_subnet(
+            &admin(),
+            first.id,
+            SubnetPatch {
+                ranges: Some(vec![AddressRange {
+                    start: Ipv4Addr::new(10, 30, 0, 100),
+                    end: Ipv4Addr::new(10, 30, 0, 100),
+                }]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.pool_size, 1);
+    dora(&app, mac(2)).await;
+    assert_eq!(
+        app.delete_subnet(&admin(), first.id)
+            .await
+            .unwrap_err()
+            .code,
+        "subnet_in_use"
+    );
+    app.delete_subnet(&admin(), ok.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn discovery_is_bounded_per_minute() {
+    let (app, _db) = setup(100, 150).await;
+    let app = app.with_discovery_limit(3);
+    let pxe = |n: u32| {
+        let mut r = req(LeaseOp::Discover { requested: None }, mac(200 + n));
+        r.client = ClientInfo {
+            arch: Some(7),
+            pxe: true,
+            ..Default::default()
+        };
+        r
+    };
+    let mut answered = 0;
+    for n in 0..5 {
+        let d = app
+            .dhcp_decide(&pxe(n), TIMERS, &boot(), SRV)
+            .await
+            .unwrap();
+        if n < 3 {
+            assert_eq!(d.outcome, Outcome::Offer, "{n}: {d:?}");
+            assert!(d.machine_id.is_some());
+            answered += 1;
+        } else {
+            // Made-up MACs beyond the limit: no answer now, no record.
+            assert_eq!(d.outcome, Outcome::Ignore, "{n}: {d:?}");
+            assert!(
+                d.reason
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("unknown machines a minute"),
+                "{d:?}"
+            );
+        }
+    }
+    assert_eq!(answered, 3);
+    let all = app
+        .list_machines(&admin(), Default::default())
+        .await
+        .unwrap()
+        .machines;
+    assert_eq!(all.len(), 3, "three discovered, no more");
+    // The script endpoint is bounded by the same count.
+    let e = app
+        .boot_script(
+            &plinth_core::boot::BootRequest {
+                mac: Some(mac(299).to_string()),
+                request_base: Some("http://10.30.0.2:8080".into()),
+                ..Default::default()
+            },
+            &plinth_core::boot::BootSettings::with_root("images".into()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "discovery_throttled", "{e:?}");
+    // A known machine is not held up by it.
+    let d = app
+        .dhcp_decide(&pxe(0), TIMERS, &boot(), SRV)
+        .await
+        .unwrap();
+    assert_eq!(d.outcome, Outcome::Offer);
+}

@@ -1,0 +1,9 @@
+//! plinth-core's integration tests: the application against a real PostgreSQL (plinth-testkit's
+//! TestDb), with in-memory BMCs where a BMC is needed.
+
+mod deploy;
+mod dhcp;
+mod inventory;
+mod jobs;
+mod lifecycle;
+mod users;

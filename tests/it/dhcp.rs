@@ -1,0 +1,767 @@
+//! The DHCP server with real clients, in network namespaces this test creates and removes:
+//! `plinth serve` runs in a server namespace on one end of a veth pair, dhclient, udhcpc and
+//! dhcpcd (and dhcrelay, dnsmasq, perfdhcp) on the other. PXE firmware is imitated by
+//! replaying packets captured from QEMU's iPXE and OVMF (tests/it/support/dhcp_probe.py).
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use plinth_core::Principal;
+use plinth_testkit::dhcp_clients::{self, Client, Options};
+use plinth_testkit::netns::{Lab, Ns, Proc};
+use plinth_types::api::*;
+use serde_json::Value;
+
+use crate::support::env::Env;
+use crate::support::machine;
+use crate::support::repo;
+use crate::support::serve::serve_in_ns;
+
+/// Starts `plinth serve` with DHCP on `iface` inside `ns`, and waits until it listens.
+fn plinth(
+    lab: &mut Lab,
+    ns: &Ns,
+    iface: &str,
+    db_url: &str,
+    boot_server: &str,
+    mode: &str,
+) -> Proc {
+    let interfaces = format!("[\"{iface}\"]");
+    serve_in_ns(
+        lab,
+        ns,
+        db_url,
+        "127.0.0.1:8080",
+        &[
+            ("PLINTH_DHCP__ENABLED", "true"),
+            ("PLINTH_DHCP__INTERFACES", &interfaces),
+            ("PLINTH_DHCP__BOOT_SERVER", boot_server),
+            ("PLINTH_DHCP__MODE", mode),
+            ("PLINTH_LOG__LEVEL", "plinth_dhcp=debug,info"),
+        ],
+        "DHCP listening",
+    )
+}
+
+/// Two namespaces joined by a veth pair; the server end has `server_cidr`.
+fn pair(lab: &mut Lab, server_cidr: &str) -> (Ns, String, Ns, String) {
+    let srv = lab.namespace("srv").unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let (s, c) = lab.link(&srv, &cli).unwrap();
+    lab.addr(&srv, &s, server_cidr).unwrap();
+    (srv, s, cli, c)
+}
+
+#[test]
+fn real_clients_obtain_renew_and_release() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, cif) = pair(&mut lab, "10.61.0.2/24");
+    env.subnet(
+        "10.61.0.0/24",
+        "10.61.0.100",
+        "10.61.0.149",
+        Some("10.61.0.1"),
+        &[],
+    );
+    let _server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.61.0.2", "server");
+    for (n, client) in Client::ALL.into_iter().enumerate() {
+        let mac = format!("52:54:00:61:00:{:02x}", n + 1);
+        let opts = Options {
+            mac: Some(mac.clone()),
+            ..Default::default()
+        };
+        let lease = dhcp_clients::obtain_with(&mut lab, &cli, &cif, client, &opts)
+            .unwrap_or_else(|e| panic!("{client}: {e:#}\n{}", _server.log_text()));
+        let octets = lease.ip.octets();
+        assert!(
+            octets[..3] == [10, 61, 0] && (100..=149).contains(&octets[3]),
+            "{client}: {lease:?}"
+        );
+        assert_eq!(lease.prefix, 24, "{client}");
+        assert_eq!(lease.router, Some(Ipv4Addr::new(10, 61, 0, 1)), "{client}");
+        assert_eq!(lease.dns, vec![Ipv4Addr::new(10, 61, 0, 1)], "{client}");
+        assert_eq!(
+            lease.server_id,
+            Some(Ipv4Addr::new(10, 61, 0, 2)),
+            "{client}"
+        );
+        assert_eq!(lease.lease_secs, Some(600), "{client}");
+        let held: Vec<Lease> = env
+            .leases()
+            .into_iter()
+            .filter(|l| l.mac.map(|m| m.to_string()) == Some(mac.clone()))
+            .collect();
+        assert_eq!(
+            (held.len(), held[0].address, held[0].state),
+            (1, lease.ip, LeaseState::Bound),
+            "{client}"
+        );
+        let first_expiry = held[0].expires_at;
+        std::thread::sleep(Duration::from_millis(1100));
+
+        let renewed = dhcp_clients::renew(&mut lab, &cli, &cif, client, &lease).unwrap();
+        assert_eq!(renewed.ip, lease.ip, "{client} keeps its address on renew");
+        let held: Vec<Lease> = env
+            .leases()
+            .into_iter()
+            .filter(|l| l.address == lease.ip)
+            .collect();
+        assert!(
+            held[0].expires_at > first_expiry,
+            "{client}: the renewal extended the lease"
+        );
+
+        dhcp_clients::release(&mut lab, &cli, &cif, client, &renewed).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while env.leases().iter().any(|l| l.address == lease.ip) {
+            assert!(
+                Instant::now() < deadline,
+                "{client}: RELEASE did not free {}",
+                lease.ip
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Flush the address the harness configured so the next client starts clean.
+        lab.run(&cli, "ip", &["addr", "flush", "dev", &cif])
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_reservation_is_honoured() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, cif) = pair(&mut lab, "10.63.0.2/24");
+    env.subnet(
+        "10.63.0.0/24",
+        "10.63.0.100",
+        "10.63.0.101",
+        Some("10.63.0.1"),
+        &[],
+    );
+    let machine = env
+        .rt
+        .block_on(env.app.enroll_machine(
+            &Principal::system(),
+            MachineCreate {
+                hostname: Some("reserved".into()),
+                rack: None,
+                rack_unit: None,
+                size_u: None,
+                pool: None,
+                tags: None,
+                arch: None,
+                nics: vec![NicSpec {
+                    mac: "52:54:00:63:00:07".parse().unwrap(),
+                    ipv4: Some("10.63.0.7".parse().unwrap()),
+                    pxe: None,
+                }],
+                bmc: None,
+            },
+        ))
+        .unwrap();
+    let _server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.63.0.2", "server");
+    let opts = Options {
+        mac: Some("52:54:00:63:00:07".into()),
+        ..Default::default()
+    };
+    let lease = dhcp_clients::obtain_with(&mut lab, &cli, &cif, Client::Udhcpc, &opts).unwrap();
+    assert_eq!(
+        lease.ip,
+        Ipv4Addr::new(10, 63, 0, 7),
+        "the reserved address, outside the pool"
+    );
+    let held = env.leases();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        (held[0].machine_id, held[0].state),
+        (Some(machine.id), LeaseState::Bound)
+    );
+}
+
+#[test]
+fn a_relayed_request_lands_in_the_relay_subnet() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let srv = lab.namespace("srv").unwrap();
+    let rly = lab.namespace("rly").unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let (s_up, r_up) = lab.link(&srv, &rly).unwrap();
+    let (r_down, c_if) = lab.link(&rly, &cli).unwrap();
+    lab.addr(&srv, &s_up, "10.64.0.2/24").unwrap();
+    lab.addr(&rly, &r_up, "10.64.0.1/24").unwrap();
+    lab.addr(&rly, &r_down, "10.64.9.1/24").unwrap();
+    lab.sysctl(&rly, "net.ipv4.ip_forward", "1").unwrap();
+    lab.route(&srv, &["10.64.9.0/24", "via", "10.64.0.1"])
+        .unwrap();
+    env.subnet(
+        "10.64.0.0/24",
+        "10.64.0.100",
+        "10.64.0.149",
+        Some("10.64.0.1"),
+        &[],
+    );
+    // The relay's address on the client side is the giaddr; the subnet names it.
+    env.subnet(
+        "10.64.9.0/24",
+        "10.64.9.100",
+        "10.64.9.149",
+        Some("10.64.9.1"),
+        &["10.64.9.1"],
+    );
+    let _server = plinth(&mut lab, &srv, &s_up, &env.db.url, "10.64.0.2", "server");
+    let _relay =
+        dhcp_clients::relay(&mut lab, &rly, &r_down, &r_up, Ipv4Addr::new(10, 64, 0, 2)).unwrap();
+    let lease = dhcp_clients::obtain(&mut lab, &cli, &c_if, Client::Dhclient).unwrap();
+    assert_eq!(&lease.ip.octets()[..3], &[10, 64, 9], "{lease:?}");
+    assert_eq!(lease.router, Some(Ipv4Addr::new(10, 64, 9, 1)));
+    assert_eq!(lease.server_id, Some(Ipv4Addr::new(10, 64, 0, 2)));
+    assert!(
+        _server.log_text().contains("to=10.64.9.1:67"),
+        "replies go to the relay:\n{}",
+        _server.log_text()
+    );
+}
+
+/// Runs dhcp_probe.py in `ns`; returns the replies.
+fn probe(lab: &Lab, ns: &Ns, iface: &str, capture: &str, mac: &str, extra: &[&str]) -> Vec<Value> {
+    let script = repo().join("tests/it/support/dhcp_probe.py");
+    let capture = repo()
+        .join("crates/plinth-dhcp/tests/captures")
+        .join(capture);
+    let mut args = vec![
+        script.to_str().unwrap(),
+        "--iface",
+        iface,
+        "--capture",
+        capture.to_str().unwrap(),
+        "--mac",
+        mac,
+    ];
+    args.extend_from_slice(extra);
+    let out = lab
+        .run_timeout(ns, "python3", &args, Duration::from_secs(20))
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "probe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn text_option(reply: &Value, code: &str) -> Option<String> {
+    let hex = reply["options"][code].as_str()?;
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    Some(
+        String::from_utf8_lossy(&bytes)
+            .trim_end_matches('\0')
+            .to_owned(),
+    )
+}
+
+#[test]
+fn unknown_pxe_clients_are_discovered_and_booted() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, cif) = pair(&mut lab, "10.65.0.2/24");
+    lab.addr(&cli, &cif, "0.0.0.0/0").ok();
+    env.subnet(
+        "10.65.0.0/24",
+        "10.65.0.100",
+        "10.65.0.149",
+        Some("10.65.0.1"),
+        &[],
+    );
+    let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.65.0.2", "server");
+    let cases = [
+        (
+            "seabios_ipxe_discover.hex",
+            "52:54:00:65:00:01",
+            "http://10.65.0.2:8080/boot/ipxe?mac=${net0/mac}&platform=${platform}",
+            Some("PXEClient"),
+        ),
+        (
+            "ovmf_edk2_pxe_discover.hex",
+            "52:54:00:65:00:02",
+            "ipxe.efi",
+            Some("PXEClient"),
+        ),
+        (
+            "ovmf_edk2_http_discover.hex",
+            "52:54:00:65:00:03",
+            "http://10.65.0.2:8080/boot/ipxe.efi",
+            Some("HTTPClient"),
+        ),
+    ];
+    for (capture, mac, file, vendor) in cases {
+        let replies = probe(&lab, &cli, &cif, capture, mac, &["--wait", "2"]);
+        assert_eq!(
+            replies.len(),
+            1,
+            "{capture}: {replies:?}\n{}",
+            server.log_text()
+        );
+        let offer = &replies[0];
+        assert_eq!(offer["options"]["53"], "02", "{capture}: an OFFER");
+        assert!(
+            offer["yiaddr"].as_str().unwrap().starts_with("10.65.0."),
+            "{capture}: {offer}"
+        );
+        assert_eq!(
+            text_option(offer, "67").as_deref(),
+            Some(file),
+            "{capture}: {offer}"
+        );
+        assert_eq!(offer["siaddr"], "10.65.0.2");
+        assert!(offer["len"].as_u64().unwrap() >= 300);
+        assert_eq!(text_option(offer, "60").as_deref(), vendor, "{capture}");
+        let found = env.machines(mac);
+        assert_eq!(found.len(), 1, "{capture}: one discovered machine");
+        assert_eq!(found[0].state, plinth_types::MachineState::Discovered);
+        assert!(found[0].pxe_arch.is_some(), "{capture}: option 93 recorded");
+    }
+    // Repeated packets from the same MAC make no second record.
+    probe(
+        &lab,
+        &cli,
+        &cif,
+        "ovmf_edk2_pxe_discover.hex",
+        "52:54:00:65:00:02",
+        &["--wait", "1"],
+    );
+    assert_eq!(env.machines("52:54:00:65:00:02").len(), 1);
+    // A plain client (udhcpc) on the same network gets an address and no boot file, and no record.
+    let opts = Options {
+        mac: Some("52:54:00:65:00:09".into()),
+        ..Default::default()
+    };
+    let lease = dhcp_clients::obtain_with(&mut lab, &cli, &cif, Client::Udhcpc, &opts).unwrap();
+    assert_eq!(lease.boot_file, None);
+    assert!(env.machines("52:54:00:65:00:09").is_empty());
+}
+
+#[test]
+fn proxy_dhcp_beside_dnsmasq() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    // One segment: a switch namespace bridging dnsmasq's, plinth's and the client's links.
+    let sw = lab.namespace("sw").unwrap();
+    let dns = lab.namespace("dnsm").unwrap();
+    let srv = lab.namespace("srv").unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let (d_if, sw_d) = lab.link(&dns, &sw).unwrap();
+    let (s_if, sw_s) = lab.link(&srv, &sw).unwrap();
+    let (c_if, sw_c) = lab.link(&cli, &sw).unwrap();
+    lab.bridge(&sw, &[&sw_d, &sw_s, &sw_c]).unwrap();
+    lab.addr(&dns, &d_if, "10.66.0.1/24").unwrap();
+    lab.addr(&srv, &s_if, "10.66.0.2/24").unwrap();
+    let _dnsmasq = dhcp_clients::dnsmasq(
+        &mut lab,
+        &dns,
+        &d_if,
+        "10.66.0.100".parse().unwrap(),
+        "10.66.0.149".parse().unwrap(),
+        &[],
+    )
+    .unwrap();
+    let server = plinth(&mut lab, &srv, &s_if, &env.db.url, "10.66.0.2", "proxy");
+
+    // A BIOS PXE client: dnsmasq offers an address, plinth only boot information.
+    let mac = "52:54:00:66:00:01";
+    let replies = probe(
+        &lab,
+        &cli,
+        &c_if,
+        "ovmf_edk2_pxe_discover.hex",
+        mac,
+        &["--wait", "2"],
+    );
+    let from = |ip: &str| {
+        replies
+            .iter()
+            .find(|r| r["from"].as_str().unwrap().starts_with(ip))
+            .cloned()
+    };
+    let address =
+        from("10.66.0.1:").unwrap_or_else(|| panic!("no offer from dnsmasq: {replies:?}"));
+    let proxy = from("10.66.0.2:")
+        .unwrap_or_else(|| panic!("no ProxyDHCP offer: {replies:?}\n{}", server.log_text()));
+    assert!(
+        address["yiaddr"].as_str().unwrap().starts_with("10.66.0.1"),
+        "{address}"
+    );
+    assert_eq!(
+        proxy["yiaddr"], "0.0.0.0",
+        "ProxyDHCP never hands out an address"
+    );
+    assert_eq!(text_option(&proxy, "60").as_deref(), Some("PXEClient"));
+    assert_eq!(text_option(&proxy, "67").as_deref(), Some("ipxe.efi"));
+    assert_eq!(
+        proxy["options"]["43"], "060108ff",
+        "PXE discovery control: boot from the file given"
+    );
+    assert_eq!(proxy["siaddr"], "10.66.0.2");
+    assert!(
+        proxy["options"].get("51").is_none(),
+        "no lease time from a proxy"
+    );
+
+    // Then, holding dnsmasq's address, it asks plinth on port 4011.
+    let ip = address["yiaddr"].as_str().unwrap().to_owned();
+    lab.addr(&cli, &c_if, &format!("{ip}/24")).unwrap();
+    let acks = probe(
+        &lab,
+        &cli,
+        &c_if,
+        "ovmf_edk2_pxe_discover.hex",
+        mac,
+        &[
+            "--msg-type",
+            "3",
+            "--to",
+            "10.66.0.2",
+            "--port",
+            "4011",
+            "--ciaddr",
+            &ip,
+            "--bind",
+            &ip,
+            "--wait",
+            "2",
+        ],
+    );
+    assert_eq!(acks.len(), 1, "{acks:?}\n{}", server.log_text());
+    assert_eq!(acks[0]["options"]["53"], "05");
+    assert_eq!(text_option(&acks[0], "67").as_deref(), Some("ipxe.efi"));
+    assert!(
+        env.leases().is_empty(),
+        "plinth holds no lease in proxy mode"
+    );
+    assert_eq!(
+        env.machines(mac).len(),
+        1,
+        "the unknown PXE client is recorded"
+    );
+}
+
+#[test]
+fn two_instances_on_one_database_hand_out_distinct_addresses() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let sw = lab.namespace("sw").unwrap();
+    let srv1 = lab.namespace("srv1").unwrap();
+    let srv2 = lab.namespace("srv2").unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let (a, sw_a) = lab.link(&srv1, &sw).unwrap();
+    let (b, sw_b) = lab.link(&srv2, &sw).unwrap();
+    let (c, sw_c) = lab.link(&cli, &sw).unwrap();
+    lab.bridge(&sw, &[&sw_a, &sw_b, &sw_c]).unwrap();
+    lab.addr(&srv1, &a, "10.67.0.2/16").unwrap();
+    lab.addr(&srv2, &b, "10.67.0.3/16").unwrap();
+    lab.addr(&cli, &c, "10.67.0.9/16").unwrap();
+    env.subnet(
+        "10.67.0.0/16",
+        "10.67.1.0",
+        "10.67.2.255",
+        Some("10.67.0.1"),
+        &["any"],
+    );
+    let p1 = plinth(&mut lab, &srv1, &a, &env.db.url, "10.67.0.2", "server");
+    let p2 = plinth(&mut lab, &srv2, &b, &env.db.url, "10.67.0.3", "server");
+    // Two perfdhcp runs at once, one against each instance (perfdhcp sends as a relay from the
+    // address it is given), 100 distinct clients each, all from one pool in one database.
+    lab.addr(&cli, &c, "10.67.0.10/16").unwrap();
+    let perf = |lab: &mut Lab, from: &str, server: &str, base: &str| {
+        let dir = lab.dir().display().to_string();
+        let mut cmd = Command::new("env");
+        cmd.args([
+            &format!("KEA_LOCKFILE_DIR={dir}"),
+            &format!("KEA_PIDFILE_DIR={dir}"),
+            "perfdhcp",
+            "-4",
+            "-l",
+            from,
+        ])
+        .args(["-r", "50", "-R", "100", "-p", "4", "-b", base, server]);
+        lab.spawn_named(&cli, "perfdhcp", cmd).unwrap()
+    };
+    let runs = [
+        perf(&mut lab, "10.67.0.9", "10.67.0.2", "mac=02:00:00:01:00:00"),
+        perf(&mut lab, "10.67.0.10", "10.67.0.3", "mac=02:00:00:02:00:00"),
+    ];
+    let mut acked = 0;
+    for run in &runs {
+        run.wait_timeout(Duration::from_secs(30))
+            .expect("perfdhcp finished");
+        let r = dhcp_clients::parse_perfdhcp(&run.log_text()).unwrap();
+        assert_eq!(r.request_ack.non_unique_addresses, 0, "{}", r.output);
+        assert!(r.request_ack.received > 0, "{}", r.output);
+        acked += r.request_ack.received;
+    }
+    let leases = env.leases();
+    let bound: Vec<&Lease> = leases
+        .iter()
+        .filter(|l| l.state == LeaseState::Bound)
+        .collect();
+    let macs: HashSet<_> = bound.iter().map(|l| l.mac).collect();
+    let addrs: HashSet<_> = bound.iter().map(|l| l.address).collect();
+    assert!(
+        bound.len() >= 150,
+        "most of the 200 clients are bound: {} of them ({acked} ACKs)",
+        bound.len()
+    );
+    assert_eq!(macs.len(), bound.len(), "one lease per client");
+    assert_eq!(addrs.len(), bound.len(), "one client per address");
+    let acks = |p: &Proc| p.log_text().matches("kind=Ack").count();
+    assert!(
+        acks(&p1) > 0 && acks(&p2) > 0,
+        "both instances served: {} and {}",
+        acks(&p1),
+        acks(&p2)
+    );
+}
+
+#[test]
+fn hostile_packets_never_break_the_server() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, cif) = pair(&mut lab, "10.68.0.2/24");
+    env.subnet(
+        "10.68.0.0/24",
+        "10.68.0.100",
+        "10.68.0.199",
+        Some("10.68.0.1"),
+        &[],
+    );
+    let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.68.0.2", "server");
+    let script = repo().join("tests/it/support/dhcp_fuzz.py");
+    let capture = repo().join("crates/plinth-dhcp/tests/captures/seabios_ipxe_discover.hex");
+    let out = lab
+        .run_timeout(
+            &cli,
+            "python3",
+            &[
+                script.to_str().unwrap(),
+                "--iface",
+                &cif,
+                "--capture",
+                capture.to_str().unwrap(),
+                "--count",
+                "3000",
+            ],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        server.is_running(),
+        "the server survived:\n{}",
+        server.log_text()
+    );
+    // It still serves a real client, promptly, and gave nobody else's address away.
+    let opts = Options {
+        mac: Some("52:54:00:68:00:01".into()),
+        ..Default::default()
+    };
+    let lease = dhcp_clients::obtain_with(&mut lab, &cli, &cif, Client::Udhcpc, &opts).unwrap();
+    assert_eq!(&lease.ip.octets()[..3], &[10, 68, 0]);
+    let leases = env.leases();
+    let addrs: HashSet<_> = leases.iter().map(|l| l.address).collect();
+    assert_eq!(addrs.len(), leases.len());
+    assert!(leases.iter().all(|l| l.mac.is_some()));
+    assert!(
+        server.log_text().contains("malformed DHCP packet dropped"),
+        "bad packets are counted and logged"
+    );
+}
+
+#[test]
+fn leases_survive_a_restart() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, cif) = pair(&mut lab, "10.69.0.2/24");
+    env.subnet(
+        "10.69.0.0/24",
+        "10.69.0.100",
+        "10.69.0.199",
+        Some("10.69.0.1"),
+        &[],
+    );
+    let mut first = plinth(&mut lab, &srv, &sif, &env.db.url, "10.69.0.2", "server");
+    let opts = Options {
+        mac: Some("52:54:00:69:00:01".into()),
+        ..Default::default()
+    };
+    let lease = dhcp_clients::obtain_with(&mut lab, &cli, &cif, Client::Udhcpc, &opts).unwrap();
+    first.kill();
+    let _second = plinth(&mut lab, &srv, &sif, &env.db.url, "10.69.0.2", "server");
+    let renewed = dhcp_clients::renew(&mut lab, &cli, &cif, Client::Udhcpc, &lease).unwrap();
+    assert_eq!(renewed.ip, lease.ip, "the restarted server knows the lease");
+    let held = env.leases();
+    assert_eq!(
+        (held.len(), held[0].address, held[0].state),
+        (1, lease.ip, LeaseState::Bound)
+    );
+}
+
+/// A QEMU virtual machine with SeaBIOS and its iPXE ROM (under TCG), booting from the network
+/// through `tap` in `ns`.
+fn bios_vm(lab: &mut Lab, ns: &Ns, tap: &str, mac: &str) -> Proc {
+    assert!(
+        plinth_testkit::netns::which("qemu-system-x86_64").is_some(),
+        "qemu-system-x86_64 not found: the test command installs qemu-system-x86 and ipxe-qemu"
+    );
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-nographic",
+        "-machine",
+        "pc,accel=tcg",
+        "-m",
+        "256",
+        "-boot",
+        "n",
+        "-no-reboot",
+    ])
+    .args([
+        "-netdev",
+        &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+    ])
+    .args(["-device", &format!("e1000,netdev=n0,mac={mac}")]);
+    lab.spawn_named(ns, "qemu", qemu).unwrap()
+}
+
+/// Real firmware: a QEMU virtual machine (SeaBIOS and its iPXE network ROM, under TCG) boots
+/// from the network through plinth. iPXE sends no broadcast flag, so this also proves the
+/// unicast reply to a client without an address.
+#[test]
+fn a_bios_ipxe_vm_is_discovered_and_handed_its_script() {
+    let _vm = machine::vm();
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let (srv, sif, cli, cif) = pair(&mut lab, "10.72.0.2/24");
+    let tap = lab.tap(&cli).unwrap();
+    lab.bridge(&cli, &[&cif, &tap]).unwrap();
+    env.subnet(
+        "10.72.0.0/24",
+        "10.72.0.100",
+        "10.72.0.149",
+        Some("10.72.0.1"),
+        &[],
+    );
+    let server = plinth(&mut lab, &srv, &sif, &env.db.url, "10.72.0.2", "server");
+    let mac = "52:54:00:72:00:10";
+    let vm = bios_vm(&mut lab, &cli, &tap, mac);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let bound = loop {
+        let leases = env.leases();
+        if let Some(l) = leases.iter().find(|l| {
+            l.mac.map(|m| m.to_string()).as_deref() == Some(mac) && l.state == LeaseState::Bound
+        }) {
+            break l.clone();
+        }
+        assert!(vm.is_running(), "the VM stopped:\n{}", vm.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "the VM got no lease in 90 s:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(&bound.address.octets()[..3], &[10, 72, 0]);
+    let found = env.machines(mac);
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (found[0].state, found[0].pxe_arch),
+        (plinth_types::MachineState::Discovered, Some(0))
+    );
+    assert_eq!(bound.machine_id, Some(found[0].id));
+    let log = server.log_text();
+    assert!(
+        log.contains("boot=Http { url: \"http://10.72.0.2:8080/boot/ipxe?mac=${net0/mac}&platform=${platform}\" }"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("to={}:68", bound.address)),
+        "unicast to the offered address:\n{log}"
+    );
+}
+
+/// ProxyDHCP with real firmware: dnsmasq owns the addresses, plinth only says what to boot, and
+/// the VM's iPXE takes its address from one and its boot instructions from the other.
+#[test]
+fn a_vm_boots_through_proxy_dhcp_beside_dnsmasq() {
+    let _vm = machine::vm();
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let sw = lab.namespace("sw").unwrap();
+    let dns = lab.namespace("dnsm").unwrap();
+    let srv = lab.namespace("srv").unwrap();
+    let (d_if, sw_d) = lab.link(&dns, &sw).unwrap();
+    let (s_if, sw_s) = lab.link(&srv, &sw).unwrap();
+    let tap = lab.tap(&sw).unwrap();
+    lab.bridge(&sw, &[&sw_d, &sw_s, &tap]).unwrap();
+    lab.addr(&dns, &d_if, "10.73.0.1/24").unwrap();
+    lab.addr(&srv, &s_if, "10.73.0.2/24").unwrap();
+    let dnsmasq = dhcp_clients::dnsmasq(
+        &mut lab,
+        &dns,
+        &d_if,
+        "10.73.0.100".parse().unwrap(),
+        "10.73.0.149".parse().unwrap(),
+        &[],
+    )
+    .unwrap();
+    let server = plinth(&mut lab, &srv, &s_if, &env.db.url, "10.73.0.2", "proxy");
+    let mac = "52:54:00:73:00:10";
+    let vm = bios_vm(&mut lab, &sw, &tap, mac);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let leased = dhcp_clients::dnsmasq_leases(&dnsmasq)
+            .iter()
+            .any(|l| format!("{:?}", l).to_lowercase().contains(mac));
+        let answered = server.log_text().contains("kind=Offer");
+        if leased && answered {
+            break;
+        }
+        assert!(vm.is_running(), "the VM stopped:\n{}", vm.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no proxy boot in 90 s:\n{}\n{}",
+            server.log_text(),
+            dnsmasq.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        env.leases().is_empty(),
+        "plinth hands out no address in proxy mode"
+    );
+    let found = env.machines(mac);
+    assert_eq!(
+        (found.len(), found[0].pxe_arch),
+        (1, Some(0)),
+        "the VM is discovered"
+    );
+    assert!(
+        server
+            .log_text()
+            .contains("/boot/ipxe?mac=${net0/mac}&platform=${platform}"),
+        "{}",
+        server.log_text()
+    );
+}

@@ -1,0 +1,21 @@
+//! The end-to-end tests: the real `plinth` binary (and `plinth-agent`, `plinth-lab`) against a
+//! real PostgreSQL, real DHCP, TFTP and HTTP clients in network namespaces, emulated BMCs and
+//! QEMU virtual machines. One test binary: `support` is what the modules share, and
+//! `support::machine` keeps the tests that run VMs from crowding the machine's two cores.
+//!
+//! Run one module with `cargo test -p plinth --test it -- dhcp::`.
+
+mod support;
+
+mod bmc;
+mod boot;
+mod demo;
+mod deploy;
+mod dhcp;
+mod disk_images;
+mod e2e;
+mod faults;
+mod listeners;
+mod rack;
+mod security;
+mod ui;

@@ -363,14 +363,13 @@ impl App {
         }
         relays.sort_unstable();
         relays.dedup();
-        let texts: Vec<String> = relays.iter().map(|a| a.to_string()).collect();
         let mut conn = self.conn().await?;
-        let accepted = plinth_db::subnets::accepted_relays(&mut conn, &texts)
+        let accepted = plinth_db::subnets::accepted_relays(&mut conn, &relays)
             .await
             .db()?;
         let refused: std::collections::HashSet<Ipv4Addr> = relays
             .into_iter()
-            .filter(|a| !accepted.iter().any(|t| *t == a.to_string()))
+            .filter(|a| !accepted.contains(a))
             .collect();
         if let Some(a) = refused.iter().next() {
             // At most one line every 10 s: forged giaddrs must not flood the log either.
@@ -643,7 +642,7 @@ impl App {
         let mut tx = self.begin().await?;
         let inserted = plinth_db::machines::insert_discovered(
             &mut tx,
-            &mac.to_string(),
+            *mac,
             client.machine_arch(),
             client.arch.map(i32::from),
             client.uuid,

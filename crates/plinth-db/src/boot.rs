@@ -2,11 +2,13 @@
 //! the one-round-trip `boot_request_batch` function behind every iPXE script request (which
 //! binds each agent token to the address that may use it: sql/boot.sql).
 
+use std::net::IpAddr;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use plinth_types::{AgentMode, MachineState};
+use plinth_types::{AgentMode, MacAddr, MachineState};
 
 use crate::Result;
 
@@ -115,9 +117,9 @@ pub async fn purge_agent_tokens(conn: &mut PgConnection) -> Result<u64> {
 /// One request of a batch.
 #[derive(Debug, Clone)]
 pub struct BatchItem {
-    pub mac: String,
-    /// The address the request came from (canonical text), when known.
-    pub remote: Option<String>,
+    pub mac: MacAddr,
+    /// The address the request came from, when known.
+    pub remote: Option<IpAddr>,
     pub actor: String,
     pub details: serde_json::Value,
     pub token_sha256: Vec<u8>,
@@ -138,8 +140,8 @@ pub async fn request_batch(
     items: &[BatchItem],
     p: BatchParams<'_>,
 ) -> Result<Vec<Option<BootRow>>> {
-    let macs: Vec<&str> = items.iter().map(|i| i.mac.as_str()).collect();
-    let remotes: Vec<Option<&str>> = items.iter().map(|i| i.remote.as_deref()).collect();
+    let macs: Vec<MacAddr> = items.iter().map(|i| i.mac).collect();
+    let remotes: Vec<Option<IpAddr>> = items.iter().map(|i| i.remote).collect();
     let actors: Vec<&str> = items.iter().map(|i| i.actor.as_str()).collect();
     let details: Vec<serde_json::Value> = items.iter().map(|i| i.details.clone()).collect();
     let hashes: Vec<&[u8]> = items.iter().map(|i| i.token_sha256.as_slice()).collect();
@@ -147,10 +149,10 @@ pub async fn request_batch(
         r#"select i as "i!", machine_id as "machine_id!", state as "state!: MachineState", hostname, pxe_arch,
                   requests as "requests!", loop_flagged as "loop_flagged!",
                   token_stored as "token_stored!", token_refused as "token_refused!"
-           from boot_request_batch($1::text[]::macaddr[], $2::text[]::inet[], $3, $4, $5, $6, $7,
+           from boot_request_batch($1::macaddr[], $2::inet[], $3, $4, $5, $6, $7,
                                    $8, $9, $10, $11, $12)"#,
-        &macs as &[&str],
-        &remotes as &[Option<&str>],
+        &macs as &[MacAddr],
+        &remotes as &[Option<IpAddr>],
         &actors as &[&str],
         &details,
         &p.table.states,

@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use plinth_types::MachineState;
 use plinth_types::api::Arch;
+use plinth_types::{MacAddr, MachineState};
 
 use crate::Result;
 
@@ -412,7 +412,7 @@ pub async fn note_pxe_clients(
 /// the inventory (another packet or instance got there first): one record per MAC.
 pub async fn insert_discovered(
     conn: &mut PgConnection,
-    mac: &str,
+    mac: MacAddr,
     arch: Option<&str>,
     pxe_arch: Option<i32>,
     pxe_uuid: Option<Uuid>,
@@ -421,9 +421,9 @@ pub async fn insert_discovered(
     let id = sqlx::query_scalar!(
         "insert into machines (state, arch, pxe_arch, pxe_uuid, discovered_subnet_id)
          select 'discovered', $2, $3, $4, $5
-         where not exists (select 1 from nics where mac = $1::text::macaddr and active)
+         where not exists (select 1 from nics where mac = $1 and active)
          returning id",
-        mac,
+        mac as MacAddr,
         arch,
         pxe_arch,
         pxe_uuid,
@@ -433,9 +433,9 @@ pub async fn insert_discovered(
     .await?;
     if let Some(id) = id {
         sqlx::query!(
-            "insert into nics (machine_id, mac, pxe) values ($1, $2::text::macaddr, true)",
+            "insert into nics (machine_id, mac, pxe) values ($1, $2, true)",
             id,
-            mac
+            mac as MacAddr
         )
         .execute(conn)
         .await?;

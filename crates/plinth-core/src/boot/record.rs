@@ -43,7 +43,7 @@ impl BootBatches {
                 let (pool, env) = (pool.clone(), env.clone());
                 async move {
                     // One lock order for every instance's batches: by MAC.
-                    batch.sort_by(|a, b| a.req.mac.cmp(&b.req.mac));
+                    batch.sort_by_key(|a| a.req.mac);
                     let (items, replies): (Vec<_>, Vec<_>) =
                         batch.into_iter().map(|c| (c.req, c.reply)).unzip();
                     let results = record_batch(&pool, &env, &items).await;
@@ -141,7 +141,7 @@ mod tests {
 
     fn request(mac: &MacAddr, n: u8) -> BatchItem {
         BatchItem {
-            mac: mac.to_string(),
+            mac: *mac,
             remote: None,
             actor: "ipxe".into(),
             details: serde_json::json!({}),

@@ -183,11 +183,10 @@ impl App {
         // Minted for every request (cheap); stored only when the state boots the ramdisk.
         let secret = generate_secret();
         let hash = hash_secret(&secret);
-        let mac_text = mac.to_string();
-        let remote = req.remote.map(crate::agent::ip_text);
         let item = |details: serde_json::Value| plinth_db::boot::BatchItem {
-            mac: mac_text.clone(),
-            remote: remote.clone(),
+            mac,
+            // Canonical: an IPv4 peer on a dual-stack socket is its IPv4 address.
+            remote: req.remote.map(|r| r.to_canonical()),
             actor: actor.clone(),
             details,
             token_sha256: hash.to_vec(),
@@ -252,7 +251,7 @@ impl App {
             id: row.machine_id,
             hostname: row.hostname,
             state: row.state.as_str().to_owned(),
-            mac: mac_text,
+            mac: mac.to_string(),
             label,
         };
         let context = script_context(

@@ -93,15 +93,15 @@ impl App {
         row: &plinth_db::boot::AgentTokenRow,
         peer: Option<IpAddr>,
     ) -> Result<bool> {
-        let peer = peer.map(ip_text);
-        if row.bound_ip == peer {
+        let peer = peer.map(|p| p.to_canonical());
+        if row.bound_ip.map(|b| b.to_canonical()) == peer {
             return Ok(true);
         }
         let Some(peer) = peer else {
             return Ok(false);
         };
         let mut conn = self.conn().await?;
-        plinth_db::boot::machine_holds_address(&mut conn, row.machine_id, &peer)
+        plinth_db::boot::machine_holds_address(&mut conn, row.machine_id, peer)
             .await
             .db()
     }
@@ -615,11 +615,11 @@ impl App {
             .await
             .db()?
             .ok_or_else(gone)?;
-        let remote = peer.map(ip_text);
+        let remote = peer.map(|p| p.to_canonical());
         let own = plinth_db::deployments::machine_addresses(&mut conn, d.machine_id)
             .await
             .db()?;
-        if !remote.as_ref().is_some_and(|r| own.contains(r)) {
+        if !remote.is_some_and(|r| own.contains(&r)) {
             tracing::warn!(machine_id = %d.machine_id, remote = ?remote, file, "metadata asked for from an address that is not the machine's");
             crate::record_event_as(
                 &mut conn,

@@ -43,8 +43,8 @@ impl App {
             ));
         }
         if let Some(s) = q.q.as_deref().map(str::trim) {
-            q.q_mac = s.parse::<MacAddr>().ok().map(|m| m.to_string());
-            q.q_ip = s.parse::<std::net::Ipv4Addr>().ok().map(|a| a.to_string());
+            q.q_mac = s.parse::<MacAddr>().ok();
+            q.q_ip = s.parse::<std::net::Ipv4Addr>().ok();
             q.q = (!s.is_empty()).then(|| s.to_owned());
         }
         let mut conn = self.conn().await?;

@@ -239,9 +239,7 @@ impl App {
             pool: q.pool,
             tag: q.tag,
             q: q_text.map(str::to_owned),
-            q_mac: q_text
-                .and_then(|t| t.parse::<MacAddr>().ok())
-                .map(|m| m.to_string()),
+            q_mac: q_text.and_then(|t| t.parse::<MacAddr>().ok()),
             owner_token_id: owner,
             after,
             limit: i64::from(limit) + 1,

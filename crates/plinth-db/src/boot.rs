@@ -47,9 +47,9 @@ pub struct AgentTokenRow {
     pub used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_reason: Option<String>,
-    /// The address the token may be used from (text, as PostgreSQL's `host()` writes it);
-    /// `None`: minted for a request whose address was not known.
-    pub bound_ip: Option<String>,
+    /// The address the token may be used from; `None`: minted for a request whose address
+    /// was not known.
+    pub bound_ip: Option<IpAddr>,
 }
 
 /// The agent token with this secret hash, if any (expired, used and revoked ones included: the
@@ -61,7 +61,7 @@ pub async fn agent_token(
     sqlx::query_as!(
         AgentTokenRow,
         r#"select machine_id, mode as "mode: AgentMode", expires_at, used_at, revoked_at, revoked_reason,
-                  host(bound_ip) as bound_ip
+                  bound_ip as "bound_ip: IpAddr"
            from agent_tokens where secret_sha256 = $1"#,
         secret_sha256
     )
@@ -75,16 +75,16 @@ pub async fn agent_token(
 pub async fn machine_holds_address(
     conn: &mut PgConnection,
     machine_id: Uuid,
-    ip: &str,
+    ip: IpAddr,
 ) -> Result<bool> {
     let found = sqlx::query_scalar!(
         r#"select exists (
                select 1 from leases l join nics n on n.mac = l.mac and n.active
-               where n.machine_id = $1 and l.address = $2::text::inet and l.state = 'bound'
+               where n.machine_id = $1 and l.address = $2 and l.state = 'bound'
                  and l.expires_at > now()
            ) as "found!""#,
         machine_id,
-        ip
+        ip as IpAddr
     )
     .fetch_one(conn)
     .await?;

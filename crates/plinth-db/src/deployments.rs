@@ -1,5 +1,7 @@
 //! deployments: what a deploy writes to a machine, kept while its allocation lives.
 
+use std::net::IpAddr;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -122,15 +124,15 @@ pub async fn by_instance(
 pub async fn machine_addresses(
     conn: &mut PgConnection,
     machine_id: MachineId,
-) -> Result<Vec<String>> {
+) -> Result<Vec<IpAddr>> {
     let rows = sqlx::query_scalar!(
-        r#"select host(l.address) as "a!" from leases l join nics n on n.mac = l.mac and n.active
+        r#"select l.address as "a!: IpAddr" from leases l join nics n on n.mac = l.mac and n.active
            where n.machine_id = $1 and l.state = 'bound' and l.expires_at > now()
            union
-           select host(n.ipv4) from nics n
+           select n.ipv4 from nics n
            where n.machine_id = $1 and n.active and n.ipv4 is not null
            union
-           (select host(t.bound_ip) from agent_tokens t
+           (select t.bound_ip from agent_tokens t
             where t.machine_id = $1 and t.mode = 'deploy' and t.bound_ip is not null
             order by t.created_at desc limit 1)"#,
         machine_id as MachineId

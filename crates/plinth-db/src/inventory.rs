@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use plinth_types::MachineState;
+use std::net::{IpAddr, Ipv4Addr};
+
+use plinth_types::{MacAddr, MachineState};
 
 use crate::Result;
 
@@ -74,8 +76,8 @@ pub struct TableQuery {
     /// Hostname (substring), MAC, serial or IPv4 address.
     pub q: Option<String>,
     /// Set when `q` parses as a MAC / an IPv4 address.
-    pub q_mac: Option<String>,
-    pub q_ip: Option<String>,
+    pub q_mac: Option<MacAddr>,
+    pub q_ip: Option<Ipv4Addr>,
     /// Clients see only the machines of their allocations.
     pub owner_token_id: Option<Uuid>,
     pub sort: SortKey,
@@ -98,8 +100,8 @@ pub struct TableRow {
     pub tags: Vec<String>,
     pub power_state: Option<String>,
     pub bmc_reachable: Option<bool>,
-    pub mac: Option<String>,
-    pub ip: Option<String>,
+    pub mac: Option<MacAddr>,
+    pub ip: Option<IpAddr>,
     pub serial: Option<String>,
     pub cpu_threads: Option<i64>,
     pub memory_mib: Option<i64>,
@@ -139,10 +141,10 @@ fn filters(q: &TableQuery) -> (bool, bool, String) {
                 select id from machines where hostname ilike $6
                 union select id from machines where facts -> 'system' ->> 'serial' = $7
                 union select machine_id from bmcs where identity ->> 'serial' = $7
-                union select machine_id from nics where $8::text is not null and mac = $8::text::macaddr
-                union select machine_id from nics where $9::text is not null and ipv4 = $9::text::inet
+                union select machine_id from nics where $8::macaddr is not null and mac = $8
+                union select machine_id from nics where $9::inet is not null and ipv4 = $9
                 union select n.machine_id from leases l join nics n on n.mac = l.mac and n.active
-                      where $9::text is not null and l.state = 'bound' and l.address = $9::text::inet)",
+                      where $9::inet is not null and l.state = 'bound' and l.address = $9)",
         );
     }
     if q.owner_token_id.is_some() {
@@ -187,7 +189,7 @@ pub async fn table(conn: &mut PgConnection, q: &TableQuery) -> Result<(Vec<Table
                 .bind(&like)
                 .bind(&q.q)
                 .bind(&q.q_mac)
-                .bind(&q.q_ip)
+                .bind(q.q_ip.map(IpAddr::V4))
                 .bind(q.owner_token_id)
         };
     }
@@ -221,11 +223,11 @@ pub async fn table(conn: &mut PgConnection, q: &TableQuery) -> Result<(Vec<Table
         left join racks r on r.id = m.rack_id
         left join bmcs b on b.machine_id = m.id
         left join lateral (
-            select n.mac::text as mac from nics n
+            select n.mac from nics n
             where n.machine_id = p.id and (n.active or p.state = 'decommissioned')
             order by n.pxe desc, n.id limit 1) nic on true
         left join lateral (
-            select coalesce(host(n.ipv4), host(l.address)) as ip
+            select coalesce(n.ipv4, l.address) as ip
             from nics n left join leases l on l.mac = n.mac and l.state = 'bound'
             where n.machine_id = p.id and n.active and (n.ipv4 is not null or l.address is not null)
             order by n.pxe desc, n.id, l.updated_at desc limit 1) lease on true

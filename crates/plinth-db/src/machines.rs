@@ -150,7 +150,7 @@ pub struct ListFilter {
     /// Free text: matched against hostname (substring), serial (exact: inspected, or as the BMC
     /// reports it) and MAC (exact, canonical).
     pub q: Option<String>,
-    pub q_mac: Option<String>,
+    pub q_mac: Option<MacAddr>,
     /// Only machines in allocations made by this token.
     pub owner_token_id: Option<Uuid>,
     /// Only machines whose id sorts after this one (the page cursor).
@@ -177,8 +177,8 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<Machine
                   or m.hostname ilike $5
                   or m.facts -> 'system' ->> 'serial' = $6
                   or exists (select 1 from bmcs b where b.machine_id = m.id and b.identity ->> 'serial' = $6)
-                  or ($7::text is not null and exists (
-                        select 1 from nics n where n.machine_id = m.id and n.active and n.mac = $7::text::macaddr)))
+                  or ($7::macaddr is not null and exists (
+                        select 1 from nics n where n.machine_id = m.id and n.active and n.mac = $7)))
              and ($8::uuid is null or m.allocation_id in (select a.id from allocations a where a.owner_token_id = $8))
              and ($9::uuid is null or m.id > $9)
            order by m.id
@@ -189,7 +189,7 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<Machine
         f.tag,
         q_like,
         f.q,
-        f.q_mac,
+        f.q_mac as Option<MacAddr>,
         f.owner_token_id,
         f.after,
         f.limit

@@ -4,6 +4,7 @@
 
 use plinth_db::PgConnection;
 use plinth_db::jobs::JobRow;
+use plinth_types::JobId;
 use plinth_types::api::{
     BootDeviceRequest, BootTarget, FirmwareMode, Job, JobPage, JobState, PowerOp, PowerRequest,
 };
@@ -167,7 +168,7 @@ fn job_for(step: BmcStep, mode: Option<FirmwareMode>) -> JobSpec {
 
 pub(crate) fn to_api(r: JobRow) -> Result<Job> {
     Ok(Job {
-        id: r.id,
+        id: r.id.uuid(),
         machine_id: r.machine_id,
         kind: r.kind,
         params: r.params,
@@ -274,7 +275,7 @@ impl App {
     /// `GET /jobs/{id}`.
     pub async fn job(&self, who: &Principal, id: Uuid) -> Result<Job> {
         let mut conn = self.conn().await?;
-        let row = plinth_db::jobs::get(&mut conn, id)
+        let row = plinth_db::jobs::get(&mut conn, JobId(id))
             .await
             .db()?
             .ok_or_else(|| Error::not_found(format!("no job {id}")))?;
@@ -299,7 +300,7 @@ impl App {
         let mut tx = self.begin().await?;
         let job = self.job(who, id).await?;
         let reason = format!("cancelled by {}", who.name);
-        let Some(later) = plinth_db::jobs::cancel_queued(&mut tx, id, &reason)
+        let Some(later) = plinth_db::jobs::cancel_queued(&mut tx, JobId(id), &reason)
             .await
             .db()?
         else {
@@ -329,7 +330,7 @@ impl App {
         )
         .await
         .db()?;
-        let row = plinth_db::jobs::get(&mut tx, id)
+        let row = plinth_db::jobs::get(&mut tx, JobId(id))
             .await
             .db()?
             .ok_or_else(crate::missing("cancel_job"))?;
@@ -398,7 +399,7 @@ impl App {
             return Ok(Vec::new());
         }
         let rows = queue(tx, id, &specs, &who.name).await?;
-        Ok(rows.into_iter().map(|r| r.id).collect())
+        Ok(rows.into_iter().map(|r| r.id.uuid()).collect())
     }
 }
 

@@ -193,7 +193,7 @@ impl App {
     ) -> Result<Uuid> {
         let rows = crate::jobs::queue(tx, id, &[crate::jobs::JobSpec::Identify], &who.name).await?;
         rows.first()
-            .map(|r| r.id)
+            .map(|r| r.id.uuid())
             .ok_or_else(crate::missing("queue_identify"))
     }
 

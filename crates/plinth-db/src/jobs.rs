@@ -9,11 +9,13 @@ use uuid::Uuid;
 
 use plinth_types::api::{BmcProtocol, JobState};
 
+use plinth_types::JobId;
+
 use crate::Result;
 
 #[derive(Debug, Clone)]
 pub struct JobRow {
-    pub id: Uuid,
+    pub id: JobId,
     pub seq: i64,
     pub machine_id: Uuid,
     pub kind: String,
@@ -49,7 +51,7 @@ pub async fn insert(conn: &mut PgConnection, j: NewJob<'_>) -> Result<JobRow> {
         JobRow,
         r#"insert into jobs (machine_id, kind, params, max_attempts, chain, requested_by)
          values ($1, $2, $3, $4, $5, $6)
-         returning id, seq, machine_id, kind, params, state as "state: JobState", attempts, max_attempts, not_before,
+         returning id as "id: JobId", seq, machine_id, kind, params, state as "state: JobState", attempts, max_attempts, not_before,
                    lease_until, worker, last_error, result, chain, requested_by, created_at,
                    started_at, finished_at, updated_at"#,
         j.machine_id,
@@ -67,14 +69,14 @@ pub async fn insert(conn: &mut PgConnection, j: NewJob<'_>) -> Result<JobRow> {
     Ok(row)
 }
 
-pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<JobRow>> {
+pub async fn get(conn: &mut PgConnection, id: JobId) -> Result<Option<JobRow>> {
     sqlx::query_as!(
         JobRow,
-        r#"select id, seq, machine_id, kind, params, state as "state: JobState", attempts, max_attempts, not_before,
+        r#"select id as "id: JobId", seq, machine_id, kind, params, state as "state: JobState", attempts, max_attempts, not_before,
                 lease_until, worker, last_error, result, chain, requested_by, created_at,
                 started_at, finished_at, updated_at
          from jobs where id = $1"#,
-        id
+        id as JobId
     )
     .fetch_optional(conn)
     .await
@@ -91,7 +93,7 @@ pub async fn list(
 ) -> Result<Vec<JobRow>> {
     sqlx::query_as!(
         JobRow,
-        r#"select id, seq, machine_id, kind, params, state as "state: JobState", attempts, max_attempts, not_before,
+        r#"select id as "id: JobId", seq, machine_id, kind, params, state as "state: JobState", attempts, max_attempts, not_before,
                 lease_until, worker, last_error, result, chain, requested_by, created_at,
                 started_at, finished_at, updated_at
          from jobs
@@ -112,7 +114,7 @@ pub async fn list(
 /// A claimed job with what the worker needs to reach the BMC (the password still encrypted).
 #[derive(Debug, Clone)]
 pub struct Claimed {
-    pub id: Uuid,
+    pub id: JobId,
     pub machine_id: Uuid,
     pub kind: String,
     pub params: serde_json::Value,
@@ -158,7 +160,7 @@ pub async fn claim(
              returning j.id, j.machine_id, j.kind, j.params, j.attempts, j.max_attempts, j.chain,
                        j.requested_by, j.seq
            )
-           select c.id as "id!", c.machine_id as "machine_id!", c.kind as "kind!",
+           select c.id as "id!: JobId", c.machine_id as "machine_id!", c.kind as "kind!",
                   c.params as "params!", c.attempts as "attempts!", c.max_attempts as "max_attempts!",
                   c.chain, c.requested_by as "requested_by!",
                   b.protocol as "protocol?: BmcProtocol", b.address as "address?", b.username as "username?",
@@ -198,7 +200,7 @@ pub async fn renew(
 /// the job's current one (its lease ran out and it was taken again).
 pub async fn succeed(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: JobId,
     attempt: i32,
     result: &serde_json::Value,
 ) -> Result<bool> {
@@ -206,7 +208,7 @@ pub async fn succeed(
         r#"update jobs set state = 'succeeded', result = $3, last_error = null, lease_until = null,
              finished_at = now(), updated_at = now()
          where id = $1 and attempts = $2 and state = 'running'"#,
-        id,
+        id as JobId,
         attempt,
         result
     )
@@ -218,7 +220,7 @@ pub async fn succeed(
 /// Puts attempt `attempt` of a running job back in the queue, due in `delay_secs`.
 pub async fn retry_later(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: JobId,
     attempt: i32,
     error: &str,
     delay_secs: f64,
@@ -227,7 +229,7 @@ pub async fn retry_later(
         r#"update jobs set state = 'queued', last_error = $3, lease_until = null, worker = null,
              not_before = now() + make_interval(secs => $4), updated_at = now()
          where id = $1 and attempts = $2 and state = 'running'"#,
-        id,
+        id as JobId,
         attempt,
         error,
         delay_secs
@@ -241,7 +243,7 @@ pub async fn retry_later(
 /// its chain. Returns whether the job was still this attempt's, and the cancelled jobs' ids.
 pub async fn fail(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: JobId,
     attempt: i32,
     error: &str,
 ) -> Result<Option<Vec<Uuid>>> {
@@ -250,7 +252,7 @@ pub async fn fail(
              finished_at = now(), updated_at = now()
          where id = $1 and attempts = $2 and state = 'running'
          returning chain"#,
-        id,
+        id as JobId,
         attempt,
         error
     )
@@ -283,7 +285,7 @@ pub async fn cancel_chain(conn: &mut PgConnection, chain: Uuid, error: &str) -> 
 /// A job whose worker stopped renewing its lease.
 #[derive(Debug, Clone)]
 pub struct Stale {
-    pub id: Uuid,
+    pub id: JobId,
     pub chain: Option<Uuid>,
     pub machine_id: Uuid,
     pub kind: String,
@@ -309,7 +311,7 @@ pub async fn requeue_stale(conn: &mut PgConnection, worker: Option<&str>) -> Res
                last_error = 'the worker running it stopped (' || coalesce(stale.worker, '?') || ')',
                lease_until = null, worker = null, not_before = now(), updated_at = now()
            from stale where j.id = stale.id
-           returning j.id, j.chain, j.machine_id, j.kind, j.state as "state: JobState", stale.worker"#,
+           returning j.id as "id: JobId", j.chain, j.machine_id, j.kind, j.state as "state: JobState", stale.worker"#,
         worker
     )
     .fetch_all(conn)
@@ -356,7 +358,7 @@ pub async fn lock_and_count_running(conn: &mut PgConnection) -> Result<i64> {
 /// not queued (any more).
 pub async fn cancel_queued(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: JobId,
     reason: &str,
 ) -> Result<Option<Vec<Uuid>>> {
     let row = sqlx::query!(
@@ -364,7 +366,7 @@ pub async fn cancel_queued(
              last_error = $2
          where id = $1 and state = 'queued'
          returning chain, seq"#,
-        id,
+        id as JobId,
         reason
     )
     .fetch_optional(&mut *conn)

@@ -58,7 +58,7 @@ impl JobRunner {
                     .await?;
                 }
                 if j.kind == "retire" {
-                    scrub_bmc(&mut tx, j.machine_id, j.id, true).await?;
+                    scrub_bmc(&mut tx, j.machine_id, j.id.uuid(), true).await?;
                 }
                 event(
                     &mut tx,
@@ -101,7 +101,7 @@ impl JobRunner {
                 .await?;
                 if j.kind == "retire" {
                     // The machine is gone from plinth's care all the same: its credentials go.
-                    scrub_bmc(&mut tx, j.machine_id, j.id, false).await?;
+                    scrub_bmc(&mut tx, j.machine_id, j.id.uuid(), false).await?;
                 }
                 tracing::warn!(job_id = %j.id, machine_id = %j.machine_id, error = %f.message, cancelled = cancelled.len(), "job failed");
             }

@@ -169,7 +169,7 @@ impl JobRunner {
         use tracing::Instrument;
         let span = tracing::info_span!("job", job_id = %j.id, machine_id = %j.machine_id, kind = %j.kind, attempt = j.attempts);
         async {
-            self.running_set().insert(j.id);
+            self.running_set().insert(j.id.uuid());
             let outcome = self.attempt(&j).await;
             let give_up = tokio::time::Instant::now() + self.settings.lease * 2;
             let mut wait = Duration::from_millis(250);
@@ -187,7 +187,7 @@ impl JobRunner {
                     }
                 }
             }
-            self.running_set().remove(&j.id);
+            self.running_set().remove(&j.id.uuid());
         }
         .instrument(span)
         .await

@@ -691,9 +691,14 @@ async fn a_job_whose_worker_died_is_run_again() {
     assert!(fa.calls().contains(&Call::Identity));
     // The dead worker's late answer is not recorded over the newer attempt.
     assert!(
-        !plinth_db::jobs::succeed(&mut conn, job.id, 1, &serde_json::json!({}))
-            .await
-            .unwrap()
+        !plinth_db::jobs::succeed(
+            &mut conn,
+            plinth_types::JobId(job.id),
+            1,
+            &serde_json::json!({})
+        )
+        .await
+        .unwrap()
     );
 }
 

@@ -2,9 +2,12 @@
 //! written once, in [`crate::agent::refusal`]), forgotten by a reconciler pass once long
 //! expired. They are minted and stored with the script request (`record`).
 
+#[cfg(feature = "testing")]
 use plinth_types::Error;
+#[cfg(feature = "testing")]
 use uuid::Uuid;
 
+#[cfg(feature = "testing")]
 use crate::auth::hash_secret;
 use crate::{App, DbResult, Result};
 

@@ -11,8 +11,10 @@ use std::time::Duration;
 use plinth_bmc::{BmcTarget, Connector, PowerState};
 use serde_json::json;
 use tokio::sync::Semaphore;
+#[cfg(feature = "testing")]
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+#[cfg(feature = "testing")]
 use uuid::Uuid;
 
 use super::call::{Failure, call, final_failure, power_str};

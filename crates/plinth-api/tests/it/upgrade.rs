@@ -2,9 +2,11 @@
 //! written through the API (tests/fixtures/baseline-with-data.sql), is migrated to the current
 //! schema and served.
 //!
-//! The fixture is made once, by `make_baseline_fixture` (ignored), and refreshed only when a
-//! re-baseline is asked for again:
-//!   cargo test -p plinth-api --test it -- --ignored upgrade::make_baseline_fixture
+//! The fixture was made by `make_fixture` right after the re-baseline and is refreshed only when
+//! a re-baseline is asked for again:
+//!   PLINTH_REFRESH_UPGRADE_FIXTURE=1 cargo test -p plinth-api --test it upgrade::the_fixture
+//! Every run of the test command runs `make_fixture` into a temporary file and restores and
+//! migrates what it wrote, so the maker keeps working for the day it is needed.
 
 use std::path::PathBuf;
 
@@ -68,12 +70,10 @@ impl Api {
     }
 }
 
-/// Writes the fixture: a rack, machines in several states (with IPMI and Redfish BMCs), an
-/// allocation, a subnet with its pool of addresses, a pool's settings, an API token, a web UI
+/// Writes a fixture to `dest`: a rack, machines in several states (with IPMI and Redfish BMCs),
+/// an allocation, a subnet with its pool of addresses, a pool's settings, an API token, a web UI
 /// user, and the events and queued BMC jobs all of that leaves behind.
-#[tokio::test]
-#[ignore = "writes tests/fixtures/baseline-with-data.sql; run only at a re-baseline"]
-async fn make_baseline_fixture() {
+async fn make_fixture(dest: &std::path::Path) {
     let db = TestDb::new().await.unwrap();
     let api = Api::start(&db).await;
     let post = |path: &'static str, body: Value| api.ok(Method::POST, path, Some(body), 201);
@@ -179,9 +179,38 @@ async fn make_baseline_fixture() {
         .collect();
     let header = "-- A plinth database dumped right after the re-baseline of 2026-12-05, with data \
                   written through the API\n-- (crates/plinth-api/tests/it/upgrade.rs, \
-                  make_baseline_fixture). Never edited: refreshed only at a re-baseline.\n";
-    std::fs::create_dir_all(fixture().parent().unwrap()).unwrap();
-    std::fs::write(fixture(), format!("{header}{body}")).unwrap();
+                  make_fixture). Never edited: refreshed only at a re-baseline.\n";
+    std::fs::write(dest, format!("{header}{body}")).unwrap();
+}
+
+/// The fixture maker still makes a dump that restores, migrates to the committed schema and
+/// holds what it wrote; with PLINTH_REFRESH_UPGRADE_FIXTURE set (at a re-baseline only), that
+/// dump becomes the committed fixture.
+#[tokio::test]
+async fn the_fixture_maker_dumps_a_database_that_restores_and_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("baseline-with-data.sql");
+    make_fixture(&dump).await;
+    let db = TestDb::empty().await.unwrap();
+    db.psql_file(&dump).unwrap();
+    plinth_db::migrate(&db.pool).await.unwrap();
+    let committed = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plinth-db/schema.sql"),
+    )
+    .unwrap();
+    assert!(
+        db.schema().unwrap() == committed,
+        "the restored dump's schema differs"
+    );
+    let hostnames: Vec<String> =
+        sqlx::query_scalar("select hostname from machines order by hostname")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(hostnames, ["node-01", "node-02", "node-03"]);
+    if std::env::var_os("PLINTH_REFRESH_UPGRADE_FIXTURE").is_some() {
+        std::fs::copy(&dump, fixture()).unwrap();
+    }
 }
 
 fn machine_by_hostname<'a>(list: &'a Value, hostname: &str) -> &'a Value {

@@ -49,21 +49,34 @@ pub trait Connector: Send + Sync + 'static {
     ) -> BoxFuture<'a, std::result::Result<Arc<dyn Bmc>, BmcError>>;
 }
 
-/// The Redfish and IPMI drivers, with the settings every BMC shares.
-#[derive(Debug, Clone)]
+/// The longest one BMC call may take, unless `bmc.call_timeout_secs` says otherwise: the
+/// drivers' per-request timeout, and the job runner's and the power sync's per call (a
+/// Redfish call can take 30 s on a busy BMC).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The Redfish and IPMI drivers, with the settings every BMC shares; `[bmc]`'s driver keys
+/// deserialize into this.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Drivers {
     /// Per HTTP request (Redfish) or per datagram attempt (IPMI, at most 2 s).
+    #[serde(
+        rename = "call_timeout_secs",
+        deserialize_with = "plinth_types::de::secs"
+    )]
     pub timeout: Duration,
     /// IPMI datagrams are sent `ipmi_retries + 1` times before the BMC counts as unreachable.
     pub ipmi_retries: u32,
-    /// PEM CA certificates trusted for Redfish BMCs whose certificate is verified.
+    /// PEM CA certificates trusted for Redfish BMCs whose certificate is verified (read from
+    /// `bmc.ca_file`).
+    #[serde(skip)]
     pub ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for Drivers {
     fn default() -> Self {
         Drivers {
-            timeout: Duration::from_secs(30),
+            timeout: DEFAULT_CALL_TIMEOUT,
             ipmi_retries: 3,
             ca_pem: None,
         }

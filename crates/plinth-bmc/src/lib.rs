@@ -14,7 +14,7 @@ pub mod fake;
 pub mod ipmi;
 pub mod redfish;
 
-pub use connect::{BmcTarget, Connector, Drivers};
+pub use connect::{BmcTarget, Connector, DEFAULT_CALL_TIMEOUT, Drivers};
 
 use futures::future::BoxFuture;
 use plinth_types::MacAddr;

@@ -14,7 +14,8 @@ use uuid::Uuid;
 use crate::{App, DbResult, Result};
 
 /// What to do with PXE clients that are in no inventory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum UnknownPolicy {
     /// Record them as `discovered` and network-boot them (into the inspection image).
     Boot,
@@ -23,8 +24,10 @@ pub enum UnknownPolicy {
 }
 
 /// Boot files and URLs, from the `[dhcp]` configuration. Which architecture gets which loader
-/// is the `loader` column of `plinth_types::netboot::PXE_ARCHES`.
-#[derive(Debug, Clone)]
+/// is the `loader` column of `plinth_types::netboot::PXE_ARCHES`. The file gives the binaries
+/// and the policy; the URLs come from the listeners.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BootConfig {
     /// For BIOS PXE (`Loader::Bios`: arch 0, or none sent).
     pub bios_binary: String,
@@ -33,9 +36,24 @@ pub struct BootConfig {
     /// For ARM64 UEFI (`Loader::Arm64`), when one is configured.
     pub arm64_binary: Option<String>,
     /// Base of the HTTP boot URLs, e.g. `http://10.0.0.2:8080`; default `http://<boot server>:<http_port>`.
+    #[serde(skip)]
     pub http_base: Option<String>,
+    #[serde(skip)]
     pub http_port: u16,
     pub unknown_machines: UnknownPolicy,
+}
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        BootConfig {
+            bios_binary: "undionly.kpxe".into(),
+            efi_binary: "ipxe.efi".into(),
+            arm64_binary: None,
+            http_base: None,
+            http_port: 80,
+            unknown_machines: UnknownPolicy::Boot,
+        }
+    }
 }
 
 /// What the client told us about itself.
@@ -229,12 +247,24 @@ pub struct DhcpDecision {
 }
 
 /// Timers of the lease engine.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LeaseTimers {
     /// How long an OFFER holds its address.
+    #[serde(rename = "offer_timeout")]
     pub offer_secs: u32,
     /// How long a DECLINEd address stays out of the pool.
+    #[serde(rename = "decline_quarantine")]
     pub quarantine_secs: u32,
+}
+
+impl Default for LeaseTimers {
+    fn default() -> Self {
+        LeaseTimers {
+            offer_secs: 60,
+            quarantine_secs: 3600,
+        }
+    }
 }
 
 /// Whether a failed batch is worth retrying item by item: it hit a constraint or a deadlock

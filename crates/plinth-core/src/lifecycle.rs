@@ -18,11 +18,25 @@ use crate::{App, DbResult, Principal, Result, convert, validate};
 
 /// How long a machine may wait in a state that waits on its ramdisk agent (which state uses
 /// which is the `deadline` of its row in plinth-types' `BEHAVIOUR`).
-#[derive(Debug, Clone, Copy)]
+/// `[boot]`'s `*_timeout_secs` deserialize into this.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StuckTimeouts {
+    #[serde(
+        rename = "inspect_timeout_secs",
+        deserialize_with = "plinth_types::de::secs"
+    )]
     pub inspect: std::time::Duration,
+    #[serde(
+        rename = "clean_timeout_secs",
+        deserialize_with = "plinth_types::de::secs"
+    )]
     pub clean: std::time::Duration,
     /// Deploying without a progress report or a state change this long.
+    #[serde(
+        rename = "deploy_timeout_secs",
+        deserialize_with = "plinth_types::de::secs"
+    )]
     pub deploy: std::time::Duration,
 }
 

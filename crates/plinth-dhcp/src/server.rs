@@ -39,7 +39,8 @@ const BURST: usize = 32;
 /// The most packets decided in one batch (one transaction).
 const MAX_BATCH: usize = 128;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Hand out addresses and boot information.
     Server,
@@ -47,22 +48,47 @@ pub enum Mode {
     Proxy,
 }
 
-#[derive(Debug, Clone)]
+/// The server's settings. `[dhcp]` in plinth's configuration deserializes into this (its
+/// lease timers and boot files into `timers` and `boot`, which are plinth-core's), with these
+/// defaults for what it leaves out.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// The interfaces served, by name; no other.
     pub interfaces: Vec<String>,
     pub mode: Mode,
-    /// Where clients fetch boot files, unless their subnet names another.
+    /// Where clients fetch boot files, unless their subnet names another; unspecified
+    /// (0.0.0.0) until configured.
     pub boot_server: Ipv4Addr,
+    #[serde(skip)]
     pub timers: LeaseTimers,
+    #[serde(skip)]
     pub boot: BootConfig,
     /// Packets handled at once; beyond this, new packets are dropped (and counted).
+    #[serde(skip)]
     pub max_in_flight: usize,
     /// Packets accepted per client MAC per second; beyond this they are dropped.
+    #[serde(rename = "client_rate_limit")]
     pub per_client_rate: u32,
     /// New clients (MACs not heard in the last [`NEW_CLIENT_MEMORY`]) accepted per second
     /// across all of them; 0: no limit. A flood of made-up MACs cannot then take the pools
     /// and the lease table faster than this.
     pub new_client_rate: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            interfaces: Vec::new(),
+            mode: Mode::Server,
+            boot_server: Ipv4Addr::UNSPECIFIED,
+            timers: LeaseTimers::default(),
+            boot: BootConfig::default(),
+            max_in_flight: 1024,
+            per_client_rate: 50,
+            new_client_rate: 1000,
+        }
+    }
 }
 
 /// How long a client counts as known after its last packet.

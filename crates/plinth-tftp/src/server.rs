@@ -39,7 +39,10 @@ const SEND_BUFFER: usize = 1024 * 1024;
 /// for clients that do not.
 const MAX_REQUEST: usize = 1500;
 
-#[derive(Debug, Clone)]
+/// The TFTP server's settings; `[tftp]` in plinth's configuration deserializes into this,
+/// with these defaults for what it leaves out.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
     /// The largest block size granted (RFC 2348 allows up to 65,464).
@@ -55,6 +58,7 @@ pub struct Config {
     /// Timeouts in a row before a transfer is abandoned.
     pub retries: u32,
     /// The first retransmit timeout when the client sets none (it doubles on each retry).
+    #[serde(rename = "timeout_ms", deserialize_with = "plinth_types::de::millis")]
     pub timeout: Duration,
 }
 

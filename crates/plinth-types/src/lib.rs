@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod behaviour;
+pub mod de;
 pub mod error;
 pub mod ids;
 pub mod lifecycle;

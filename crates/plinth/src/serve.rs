@@ -108,7 +108,7 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
     let bmc_key = c.bmc_key()?;
     let db = open_database(&c).await?;
     let boot = c.boot_settings()?;
-    let templates = plinth_core::boot::Templates::load(c.boot.templates.as_deref())
+    let templates = plinth_core::boot::Templates::load(c.boot.listeners.templates.as_deref())
         .context("loading the boot templates")?;
     for (name, origin) in &templates.origins {
         if origin != "shipped" {
@@ -120,7 +120,7 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
     }
     let app = App::new(db.pool.clone(), bmc_key)
         .with_boot(boot, templates)
-        .with_discovery_limit(c.boot.discover_per_minute);
+        .with_discovery_limit(c.boot.listeners.discover_per_minute);
     let mut listeners = Vec::new();
     for (plan, tls) in plans_tls {
         let listener = tokio::net::TcpListener::bind(plan.addr)
@@ -151,7 +151,7 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
         .map_or(c.boot_port(), |a| a.port());
     let dhcp = c
         .dhcp
-        .server_config(boot_port, c.boot.public_url.as_deref())?;
+        .server_config(boot_port, c.boot.settings.public_url.as_deref())?;
     let tftp = c.tftp_config()?;
 
     let cancel = CancellationToken::new();
@@ -211,9 +211,9 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
         });
     }
     if let Some(cfg) = tftp {
-        let http_base = c.boot.public_url.clone().or_else(|| {
+        let http_base = c.boot.settings.public_url.clone().or_else(|| {
             c.dhcp
-                .boot_server
+                .boot_server()
                 .map(|ip| format!("http://{ip}:{boot_port}"))
         });
         let source = crate::tftp::source(app.clone(), c.images_root(), http_base);
@@ -234,11 +234,7 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
             c.bmc.job_settings(),
         );
         // The reconciler: what happens because time passed, safe on every instance at once.
-        let stuck = plinth_core::lifecycle::StuckTimeouts {
-            inspect: Duration::from_secs(c.boot.inspect_timeout_secs.max(60)),
-            clean: Duration::from_secs(c.boot.clean_timeout_secs.max(60)),
-            deploy: Duration::from_secs(c.boot.deploy_timeout_secs.max(60)),
-        };
+        let stuck = c.stuck_timeouts();
         let mut reconciler = Reconciler::new()
             .with(Pass::new("lease reclaim", RECONCILE_EVERY, {
                 let app = app.clone();

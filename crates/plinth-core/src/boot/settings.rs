@@ -10,16 +10,23 @@ use serde::Serialize;
 use crate::dhcp::UnknownPolicy;
 
 /// What `ready` and `allocated` machines are told when they network-boot anyway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdleBoot {
+    /// `local` in the configuration file.
+    #[serde(rename(deserialize = "local"))]
     LocalDisk,
+    #[serde(rename(deserialize = "poweroff"))]
     PowerOff,
 }
 
-/// The `[boot]` settings (and the images root they point into).
-#[derive(Debug, Clone)]
+/// The `[boot]` settings (and the images root they point into): `[boot]` deserializes into
+/// this, with these defaults for what it leaves out. The skipped fields come from other
+/// sections (`[images]`, `[dhcp]`, `[clean]`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BootSettings {
+    #[serde(skip)]
     pub images_root: PathBuf,
     /// Base URL machines reach plinth's HTTP server at; default: the request's Host.
     pub public_url: Option<String>,
@@ -32,23 +39,36 @@ pub struct BootSettings {
     pub local_boot_bios: String,
     pub local_boot_efi: String,
     pub idle: IdleBoot,
+    #[serde(skip)]
     pub unknown_machines: UnknownPolicy,
+    #[serde(deserialize_with = "plinth_types::de::secs")]
     pub agent_token_ttl: Duration,
     /// Seconds a script that boots nothing (or failed) waits before handing back.
     pub retry_secs: u32,
     /// Boot-loop guard: more than `loop_max` requests within `loop_window` is flagged.
     pub loop_max: u32,
+    #[serde(deserialize_with = "plinth_types::de::secs")]
     pub loop_window: Duration,
     /// Files (relative to the images root) the configuration boots besides the kernel and
     /// initrd, e.g. the iPXE binaries DHCP hands out: catalog entries naming them cannot be
     /// deleted.
+    #[serde(skip)]
     pub in_use: Vec<String>,
     /// How cleaning wipes disks where a pool does not say (`[clean]`).
+    #[serde(skip)]
     pub clean: crate::clean::CleanSettings,
-    /// The largest image upload.
+    /// The largest image upload (`[images]`).
+    #[serde(skip)]
     pub max_upload_bytes: u64,
-    /// The largest a compressed disk image may decompress to.
+    /// The largest a compressed disk image may decompress to (`[images]`).
+    #[serde(skip)]
     pub max_raw_bytes: u64,
+}
+
+impl Default for BootSettings {
+    fn default() -> Self {
+        BootSettings::with_root(PathBuf::new())
+    }
 }
 
 impl BootSettings {

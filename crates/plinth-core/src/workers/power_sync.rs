@@ -22,20 +22,34 @@ use super::event;
 use crate::reconcile::{Background, Pass, Reconciler};
 use crate::{App, DbResult, Result};
 
-/// How the power-sync reconciler behaves.
-#[derive(Debug, Clone)]
+/// How the power-sync reconciler behaves; `[bmc]`'s power-sync keys deserialize into this.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SyncSettings {
-    /// Each BMC is polled about this often (jittered by ±`jitter`).
+    /// Each BMC is polled about this often (jittered by ±`jitter`); zero: the sync is off.
+    #[serde(
+        rename = "sync_interval_secs",
+        deserialize_with = "plinth_types::de::secs"
+    )]
     pub interval: Duration,
+    #[serde(skip)]
     pub jitter: f64,
     /// Consecutive failures before a BMC is marked unreachable.
+    #[serde(rename = "unreachable_after")]
     pub failures_before_unreachable: i32,
     /// Polls in flight at once on this instance.
+    #[serde(rename = "sync_concurrency")]
     pub concurrency: usize,
+    #[serde(
+        rename = "call_timeout_secs",
+        deserialize_with = "plinth_types::de::secs"
+    )]
     pub call_timeout: Duration,
     /// How often the loop looks for due BMCs.
+    #[serde(skip)]
     pub tick: Duration,
     /// After wrong credentials, the next poll waits this long (unless the credentials change).
+    #[serde(skip)]
     pub auth_hold: Duration,
 }
 
@@ -46,7 +60,7 @@ impl Default for SyncSettings {
             jitter: 0.2,
             failures_before_unreachable: 3,
             concurrency: 32,
-            call_timeout: Duration::from_secs(30),
+            call_timeout: plinth_bmc::DEFAULT_CALL_TIMEOUT,
             tick: Duration::from_secs(1),
             auth_hold: Duration::from_secs(3600),
         }

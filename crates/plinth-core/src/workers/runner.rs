@@ -22,26 +22,47 @@ use crate::jobs::JobSpec;
 use crate::reconcile::Pass;
 use crate::{App, DbResult, Result};
 
-/// How the job runner behaves.
-#[derive(Debug, Clone)]
+/// How the job runner behaves; `[bmc]`'s job keys deserialize into this.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct JobSettings {
     /// Jobs running at once on this instance (each on a different BMC).
     pub concurrency: usize,
-    /// Jobs running at once across every instance sharing the database; `None`: no cap beyond
-    /// each instance's `concurrency`.
+    /// Jobs running at once across every instance sharing the database; `None` (0 in the
+    /// file): no cap beyond each instance's `concurrency`.
+    #[serde(deserialize_with = "plinth_types::de::zero_is_none")]
     pub cluster_concurrency: Option<usize>,
     /// The longest one BMC call may take before it counts as a timeout.
+    #[serde(
+        rename = "call_timeout_secs",
+        deserialize_with = "plinth_types::de::secs"
+    )]
     pub call_timeout: Duration,
     /// How long a power change may take to show in the BMC's power state.
+    #[serde(
+        rename = "power_wait_secs",
+        deserialize_with = "plinth_types::de::secs"
+    )]
     pub power_wait: Duration,
     /// How often the power state is read while waiting.
+    #[serde(skip)]
     pub power_poll: Duration,
     /// A running job's lease; renewed every third of it while the worker lives.
+    #[serde(rename = "lease_secs", deserialize_with = "plinth_types::de::secs")]
     pub lease: Duration,
     /// Backoff after a transient failure: `backoff_base * 2^(attempt-1)`, at most `backoff_max`.
+    #[serde(
+        rename = "backoff_base_secs",
+        deserialize_with = "plinth_types::de::secs"
+    )]
     pub backoff_base: Duration,
+    #[serde(
+        rename = "backoff_max_secs",
+        deserialize_with = "plinth_types::de::secs"
+    )]
     pub backoff_max: Duration,
     /// How often to look for due jobs without a NOTIFY (retries come due silently).
+    #[serde(skip)]
     pub idle_poll: Duration,
 }
 
@@ -50,7 +71,7 @@ impl Default for JobSettings {
         JobSettings {
             concurrency: 64,
             cluster_concurrency: None,
-            call_timeout: Duration::from_secs(60),
+            call_timeout: plinth_bmc::DEFAULT_CALL_TIMEOUT,
             power_wait: Duration::from_secs(180),
             power_poll: Duration::from_secs(2),
             lease: Duration::from_secs(30),

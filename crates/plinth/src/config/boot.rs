@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::bail;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use plinth_core::lifecycle::StuckTimeouts;
 
+use super::section::Section;
 use super::*;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -22,9 +23,19 @@ pub struct ImagesConfig {
     pub max_raw_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[boot]`: one flat section. The ramdisk, script and token keys deserialize straight into
+/// plinth-core's `BootSettings`, the `*_timeout_secs` into its `StuckTimeouts` (each with
+/// plinth-core's defaults); the listeners and templates are this binary's.
+#[derive(Debug, Clone, Default)]
 pub struct BootConfig {
+    pub listeners: BootListeners,
+    pub settings: plinth_core::boot::BootSettings,
+    pub timeouts: StuckTimeouts,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootListeners {
     /// The provisioning listener (`/boot/*`, `/metadata/*`, the agent's endpoints), plain
     /// HTTP; unset: the same listener as `http.listen`. On another address, the management API
     /// and UI are not served here, nor these routes there.
@@ -34,149 +45,36 @@ pub struct BootConfig {
     pub tls_listen: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    /// Base URL machines reach plinth's HTTP server at (e.g. `http://10.0.0.2:8080`); default:
-    /// the Host the request came in on.
-    pub public_url: Option<String>,
     /// A directory whose `*.ipxe` files replace the shipped boot templates of the same name.
     pub templates: Option<PathBuf>,
-    /// The ramdisk's kernel and initrd, relative to the images root.
-    #[serde(default = "default_kernel")]
-    pub kernel: String,
-    #[serde(default = "default_initrd")]
-    pub initrd: String,
-    #[serde(default = "default_console")]
-    pub console: String,
-    /// More kernel arguments for the ramdisk. The default `loglevel=4` keeps the kernel from
-    /// printing its command line, agent token included, on the console.
-    #[serde(default = "default_kernel_args")]
-    pub kernel_args: String,
-    #[serde(default = "default_local_boot_bios")]
-    pub local_boot_bios: String,
-    #[serde(default = "default_local_boot_efi")]
-    pub local_boot_efi: String,
-    /// What `ready` and `allocated` machines do when they network-boot: `local` or `poweroff`.
-    #[serde(default = "default_idle")]
-    pub idle: String,
-    /// Seconds an agent token stays valid.
-    #[serde(default = "default_token_ttl")]
-    pub agent_token_ttl: u64,
-    /// Seconds a script that boots nothing waits before handing back to the firmware.
-    #[serde(default = "default_retry_secs")]
-    pub retry_secs: u32,
-    /// Boot-loop guard: more than `loop_max` script requests within `loop_window` seconds is
-    /// flagged on the machine.
-    #[serde(default = "default_loop_max")]
-    pub loop_max: u32,
-    #[serde(default = "default_loop_window")]
-    pub loop_window: u64,
-    /// A machine inspecting (cleaning) this long without the agent's report fails, with the
-    /// reason.
-    #[serde(default = "default_inspect_timeout")]
-    pub inspect_timeout_secs: u64,
-    #[serde(default = "default_clean_timeout")]
-    pub clean_timeout_secs: u64,
-    /// A machine deploying this long without a progress report from its agent fails.
-    #[serde(default = "default_deploy_timeout")]
-    pub deploy_timeout_secs: u64,
     /// Unknown network-booting MACs recorded as `discovered` machines per minute, per instance
     /// (0: no limit); the rest are recorded when they ask again.
-    #[serde(default = "default_discover_per_minute")]
     pub discover_per_minute: u32,
 }
 
-/// The boot chain's defaults are plinth-core's; the file's keys only override them.
-fn boot_defaults() -> plinth_core::boot::BootSettings {
-    plinth_core::boot::BootSettings::with_root(PathBuf::new())
-}
-
-pub(crate) fn default_discover_per_minute() -> u32 {
-    plinth_core::DEFAULT_DISCOVER_PER_MINUTE
-}
-
-pub(crate) fn default_kernel() -> String {
-    boot_defaults().kernel
-}
-
-pub(crate) fn default_initrd() -> String {
-    boot_defaults().initrd
-}
-
-pub(crate) fn default_console() -> String {
-    boot_defaults().console
-}
-
-pub(crate) fn default_kernel_args() -> String {
-    boot_defaults().kernel_args
-}
-
-pub(crate) fn default_local_boot_bios() -> String {
-    boot_defaults().local_boot_bios
-}
-
-pub(crate) fn default_local_boot_efi() -> String {
-    boot_defaults().local_boot_efi
-}
-
-pub(crate) fn default_idle() -> String {
-    match boot_defaults().idle {
-        plinth_core::boot::IdleBoot::LocalDisk => "local".into(),
-        plinth_core::boot::IdleBoot::PowerOff => "poweroff".into(),
-    }
-}
-
-pub(crate) fn default_token_ttl() -> u64 {
-    boot_defaults().agent_token_ttl.as_secs()
-}
-
-pub(crate) fn default_retry_secs() -> u32 {
-    boot_defaults().retry_secs
-}
-
-pub(crate) fn default_loop_max() -> u32 {
-    boot_defaults().loop_max
-}
-
-pub(crate) fn default_inspect_timeout() -> u64 {
-    StuckTimeouts::default().inspect.as_secs()
-}
-
-pub(crate) fn default_clean_timeout() -> u64 {
-    StuckTimeouts::default().clean.as_secs()
-}
-
-pub(crate) fn default_deploy_timeout() -> u64 {
-    StuckTimeouts::default().deploy.as_secs()
-}
-
-pub(crate) fn default_loop_window() -> u64 {
-    boot_defaults().loop_window.as_secs()
-}
-
-impl Default for BootConfig {
+impl Default for BootListeners {
     fn default() -> Self {
-        BootConfig {
+        BootListeners {
             listen: None,
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
-            public_url: None,
             templates: None,
-            kernel: default_kernel(),
-            initrd: default_initrd(),
-            console: default_console(),
-            kernel_args: default_kernel_args(),
-            local_boot_bios: default_local_boot_bios(),
-            local_boot_efi: default_local_boot_efi(),
-            idle: default_idle(),
-            agent_token_ttl: default_token_ttl(),
-            retry_secs: default_retry_secs(),
-            loop_max: default_loop_max(),
-            loop_window: default_loop_window(),
-            inspect_timeout_secs: default_inspect_timeout(),
-            clean_timeout_secs: default_clean_timeout(),
-            deploy_timeout_secs: default_deploy_timeout(),
-            discover_per_minute: default_discover_per_minute(),
+            discover_per_minute: plinth_core::DEFAULT_DISCOVER_PER_MINUTE,
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for BootConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut s = Section::read("boot", d)?;
+        let c = BootConfig {
+            listeners: s.part()?,
+            settings: s.part()?,
+            timeouts: s.part()?,
+        };
+        s.finish()?;
+        Ok(c)
     }
 }
 
@@ -196,12 +94,12 @@ impl Config {
             .unwrap_or_else(|| self.state_dir.join("images"))
     }
 
-    /// The boot chain's settings, checked.
+    /// The boot chain's settings, checked, with what other sections give them: the images
+    /// root and limits, the unknown-machine policy, the cleaning defaults, the boot files in use.
     pub fn boot_settings(&self) -> anyhow::Result<plinth_core::boot::BootSettings> {
-        use plinth_core::boot::{BootSettings, IdleBoot};
-        let b = &self.boot;
-        let mut s = BootSettings::with_root(self.images_root());
-        if let Some(url) = &b.public_url {
+        let mut s = self.boot.settings.clone();
+        s.images_root = self.images_root();
+        if let Some(url) = &s.public_url {
             if !(url.starts_with("http://") || url.starts_with("https://"))
                 || url.contains(char::is_whitespace)
             {
@@ -209,37 +107,23 @@ impl Config {
             }
             s.public_url = Some(url.trim_end_matches('/').to_owned());
         }
-        for (what, v) in [("kernel", &b.kernel), ("initrd", &b.initrd)] {
+        for (what, v) in [("kernel", &s.kernel), ("initrd", &s.initrd)] {
             plinth_core::files::check_name(v)
                 .map_err(|e| anyhow::anyhow!("boot.{what} {v:?}: {e}"))?;
         }
-        check_kernel_args("console", &b.console)?;
-        check_kernel_args("kernel_args", &b.kernel_args)?;
-        s.kernel = b.kernel.clone();
-        s.initrd = b.initrd.clone();
-        s.console = b.console.clone();
-        s.kernel_args = b.kernel_args.clone();
-        s.local_boot_bios = b.local_boot_bios.clone();
-        s.local_boot_efi = b.local_boot_efi.clone();
-        s.idle = match b.idle.as_str() {
-            "local" => IdleBoot::LocalDisk,
-            "poweroff" => IdleBoot::PowerOff,
-            other => bail!("boot.idle must be \"local\" or \"poweroff\", not {other:?}"),
-        };
-        s.unknown_machines = self.dhcp.unknown_policy()?;
+        check_kernel_args("console", &s.console)?;
+        check_kernel_args("kernel_args", &s.kernel_args)?;
+        s.unknown_machines = self.dhcp.server.boot.unknown_machines;
         s.clean = self.clean;
-        if !(60..=7 * 86_400).contains(&b.agent_token_ttl) {
+        if !(60..=7 * 86_400).contains(&s.agent_token_ttl.as_secs()) {
             bail!("boot.agent_token_ttl must be between 60 seconds and 7 days");
         }
-        s.agent_token_ttl = std::time::Duration::from_secs(b.agent_token_ttl);
-        if !(5..=3600).contains(&b.retry_secs) {
+        if !(5..=3600).contains(&s.retry_secs) {
             bail!("boot.retry_secs must be between 5 and 3600");
         }
-        s.retry_secs = b.retry_secs;
-        if b.loop_max == 0 || b.loop_window == 0 {
+        if s.loop_max == 0 || s.loop_window.is_zero() {
             bail!("boot.loop_max and boot.loop_window must be positive");
         }
-        s.loop_max = b.loop_max;
         if let Some(n) = self.images.max_upload_bytes {
             s.max_upload_bytes = n;
         }
@@ -249,16 +133,25 @@ impl Config {
         if s.max_upload_bytes == 0 || s.max_raw_bytes == 0 {
             bail!("images.max_upload_bytes and images.max_raw_bytes must be positive");
         }
-        s.loop_window = std::time::Duration::from_secs(b.loop_window);
         s.in_use = [
-            Some(&self.dhcp.bios_binary),
-            Some(&self.dhcp.efi_binary),
-            self.dhcp.arm64_binary.as_ref(),
+            Some(&self.dhcp.server.boot.bios_binary),
+            Some(&self.dhcp.server.boot.efi_binary),
+            self.dhcp.server.boot.arm64_binary.as_ref(),
         ]
         .into_iter()
         .flatten()
         .cloned()
         .collect();
         Ok(s)
+    }
+
+    /// The stuck-machine timeouts, at least a minute each.
+    pub fn stuck_timeouts(&self) -> StuckTimeouts {
+        let (t, floor) = (self.boot.timeouts, std::time::Duration::from_secs(60));
+        StuckTimeouts {
+            inspect: t.inspect.max(floor),
+            clean: t.clean.max(floor),
+            deploy: t.deploy.max(floor),
+        }
     }
 }

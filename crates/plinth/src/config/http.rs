@@ -100,7 +100,11 @@ impl Config {
     pub fn listeners(&self) -> anyhow::Result<Vec<ListenerPlan>> {
         use plinth_api::Surface;
         let http_tls = tls_pair("http", &self.http.tls_cert, &self.http.tls_key)?;
-        let boot_tls = tls_pair("boot", &self.boot.tls_cert, &self.boot.tls_key)?;
+        let boot_tls = tls_pair(
+            "boot",
+            &self.boot.listeners.tls_cert,
+            &self.boot.listeners.tls_key,
+        )?;
         let trusted_proxies = self
             .http
             .trusted_proxies
@@ -117,7 +121,11 @@ impl Config {
                 .max_connections_per_peer
                 .min(self.http.max_connections),
         };
-        let split = self.boot.listen.is_some_and(|b| b != self.http.listen);
+        let split = self
+            .boot
+            .listeners
+            .listen
+            .is_some_and(|b| b != self.http.listen);
         let mut out = Vec::new();
         if split {
             out.push(ListenerPlan {
@@ -128,7 +136,7 @@ impl Config {
                 limits,
             });
             out.push(ListenerPlan {
-                addr: self.boot.listen.unwrap_or(self.http.listen),
+                addr: self.boot.listeners.listen.unwrap_or(self.http.listen),
                 surface: Surface::Provisioning,
                 tls: None,
                 trusted_proxies: Vec::new(),
@@ -151,7 +159,7 @@ impl Config {
                 limits,
             });
         }
-        match (self.boot.tls_listen, boot_tls) {
+        match (self.boot.listeners.tls_listen, boot_tls) {
             (Some(addr), Some(tls)) => {
                 if out.iter().any(|l| l.addr == addr) {
                     bail!("boot.tls_listen {addr} is already the address of another listener");
@@ -173,6 +181,10 @@ impl Config {
 
     /// The port machines reach the provisioning routes on over plain HTTP.
     pub fn boot_port(&self) -> u16 {
-        self.boot.listen.unwrap_or(self.http.listen).port()
+        self.boot
+            .listeners
+            .listen
+            .unwrap_or(self.http.listen)
+            .port()
     }
 }

@@ -10,6 +10,7 @@ mod bmc;
 mod boot;
 mod dhcp;
 mod http;
+mod section;
 mod tftp;
 
 pub use bmc::*;
@@ -241,84 +242,117 @@ mod tests {
         assert!(format!("{e:#}").contains("invalid"), "{e:#}");
     }
 
-    /// The defaults live with what they configure (plinth-core, plinth-tftp): an empty file
-    /// gives exactly those, and `[clean]` deserializes into plinth-core's own type.
+    /// The sections deserialize straight into the types they configure, so an empty file
+    /// gives exactly those types' defaults, defined once, in their crates.
     #[test]
     fn defaults_are_the_consumers_own() {
         let c = load(None, env(&[])).unwrap();
+        let same = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
+            assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        };
+        same(&c.tftp.server, &plinth_tftp::server::Config::default());
+        same(&c.dhcp.server, &plinth_dhcp::server::Config::default());
+        same(&c.bmc.drivers, &plinth_bmc::Drivers::default());
+        same(&c.bmc.jobs, &plinth_core::workers::JobSettings::default());
+        same(&c.bmc.sync, &plinth_core::workers::SyncSettings::default());
+        same(
+            &c.boot.timeouts,
+            &plinth_core::lifecycle::StuckTimeouts::default(),
+        );
+        same(
+            &c.boot.settings,
+            &plinth_core::boot::BootSettings::default(),
+        );
+        same(&c.clean, &plinth_core::clean::CleanSettings::default());
         let b = c.boot_settings().unwrap();
         let core = plinth_core::boot::BootSettings::with_root(c.images_root());
+        assert_eq!((b.kernel, b.loop_window), (core.kernel, core.loop_window));
         assert_eq!(
-            (
-                &b.kernel,
-                &b.initrd,
-                &b.console,
-                &b.kernel_args,
-                b.retry_secs,
-                b.loop_max
-            ),
-            (
-                &core.kernel,
-                &core.initrd,
-                &core.console,
-                &core.kernel_args,
-                core.retry_secs,
-                core.loop_max
-            )
+            c.boot.listeners.discover_per_minute,
+            plinth_core::DEFAULT_DISCOVER_PER_MINUTE
         );
-        assert_eq!(
-            (b.agent_token_ttl, b.loop_window),
-            (core.agent_token_ttl, core.loop_window)
-        );
-        assert_eq!(b.clean, plinth_core::clean::CleanSettings::default());
-        let j = c.bmc.job_settings();
-        let jd = plinth_core::workers::JobSettings::default();
-        assert_eq!(
-            (
-                j.concurrency,
-                j.call_timeout,
-                j.lease,
-                j.backoff_max,
-                j.power_poll,
-                j.idle_poll
-            ),
-            (
-                jd.concurrency,
-                jd.call_timeout,
-                jd.lease,
-                jd.backoff_max,
-                jd.power_poll,
-                jd.idle_poll
-            )
-        );
-        let t = Config {
-            tftp: TftpConfig {
-                enabled: true,
-                ..c.tftp.clone()
-            },
-            ..c.clone()
-        }
-        .tftp_config()
-        .unwrap()
-        .unwrap();
-        let td = plinth_tftp::server::Config::default();
-        assert_eq!(
-            (
-                t.listen,
-                t.max_blksize,
-                t.max_transfers,
-                t.retries,
-                t.timeout
-            ),
-            (
-                td.listen,
-                td.max_blksize,
-                td.max_transfers,
-                td.retries,
-                td.timeout
-            )
-        );
+    }
 
+    /// The file's names and units reach the consumers' fields; a key two of them share
+    /// reaches both; a bad value names its key.
+    #[test]
+    fn keys_reach_the_consumers_fields() {
+        use std::time::Duration;
+        let c = load(
+            None,
+            env(&[
+                ("PLINTH_BMC__CALL_TIMEOUT_SECS", "7"),
+                ("PLINTH_BMC__LEASE_SECS", "9"),
+                ("PLINTH_BMC__IPMI_RETRIES", "1"),
+                ("PLINTH_BMC__UNREACHABLE_AFTER", "5"),
+                ("PLINTH_TFTP__TIMEOUT_MS", "250"),
+                ("PLINTH_TFTP__ENABLED", "true"),
+                ("PLINTH_BOOT__IDLE", "\"poweroff\""),
+                ("PLINTH_BOOT__LOOP_WINDOW", "120"),
+                ("PLINTH_BOOT__INSPECT_TIMEOUT_SECS", "30"),
+                ("PLINTH_BOOT__DEPLOY_TIMEOUT_SECS", "7200"),
+                ("PLINTH_DHCP__OFFER_TIMEOUT", "20"),
+                ("PLINTH_DHCP__UNKNOWN_MACHINES", "record"),
+                ("PLINTH_DHCP__CLIENT_RATE_LIMIT", "9"),
+            ]),
+        )
+        .unwrap();
+        let secs = Duration::from_secs;
+        assert_eq!(c.bmc.drivers.timeout, secs(7));
+        assert_eq!(c.bmc.jobs.call_timeout, secs(7));
+        assert_eq!(c.bmc.sync.call_timeout, secs(7));
+        assert_eq!(c.bmc.jobs.lease, secs(9));
+        assert_eq!(c.bmc.drivers.ipmi_retries, 1);
+        assert_eq!(c.bmc.sync.failures_before_unreachable, 5);
+        let t = c.tftp_config().unwrap().unwrap();
+        assert_eq!(t.timeout, Duration::from_millis(250));
+        let b = c.boot_settings().unwrap();
+        assert_eq!(b.idle, plinth_core::boot::IdleBoot::PowerOff);
+        assert_eq!(b.loop_window, secs(120));
+        assert_eq!(
+            b.unknown_machines,
+            plinth_core::dhcp::UnknownPolicy::Record,
+            "[dhcp]'s policy is the boot path's too"
+        );
+        let stuck = c.stuck_timeouts();
+        assert_eq!((stuck.inspect, stuck.deploy), (secs(60), secs(7200)));
+        assert_eq!(c.dhcp.server.timers.offer_secs, 20);
+        assert_eq!(c.dhcp.server.per_client_rate, 9);
+
+        for (key, value, said) in [
+            (
+                "PLINTH_BOOT__IDLE",
+                "\"sleep\"",
+                "boot.idle: unknown variant `sleep`",
+            ),
+            (
+                "PLINTH_DHCP__MODE",
+                "relay",
+                "dhcp.mode: unknown variant `relay`",
+            ),
+            (
+                "PLINTH_BMC__LEASE_SECS",
+                "-1",
+                "bmc.lease_secs: invalid value",
+            ),
+            (
+                "PLINTH_TFTP__TIMEOUT",
+                "5",
+                "unknown field `timeout` in [tftp]",
+            ),
+            (
+                "PLINTH_BOOT__INSPECT_TIMEOUT",
+                "5",
+                "unknown field `inspect_timeout` in [boot]",
+            ),
+        ] {
+            let e = format!("{:#}", load(None, env(&[(key, value)])).unwrap_err());
+            assert!(e.contains(said), "{key}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn clean_section() {
         let c = load(
             None,
             env(&[
@@ -362,19 +396,6 @@ mod tests {
         assert!(
             format!("{:#}", bad.dhcp.server_config(8080, None).unwrap_err())
                 .contains("boot_server")
-        );
-        let bad = load(
-            None,
-            env(&[
-                ("PLINTH_DHCP__ENABLED", "true"),
-                ("PLINTH_DHCP__INTERFACES", "[\"eth1\"]"),
-                ("PLINTH_DHCP__BOOT_SERVER", "10.0.0.2"),
-                ("PLINTH_DHCP__MODE", "relay"),
-            ]),
-        )
-        .unwrap();
-        assert!(
-            format!("{:#}", bad.dhcp.server_config(8080, None).unwrap_err()).contains("dhcp.mode")
         );
         assert!(
             load(None, env(&[]))

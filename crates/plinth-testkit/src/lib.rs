@@ -15,6 +15,8 @@
 //! - [`vm`]: QEMU virtual machines a BMC powers and boots;
 //! - [`rack`]: the virtual rack: VMs behind virtual BMCs and `plinth serve` on their network
 //!   (the rack tests and the `plinth-lab demo` binary stand on it);
+//! - [`patroni`]: a Patroni-managed PostgreSQL cluster (etcd, streaming replication in
+//!   synchronous mode) whose primary a test can kill, for the failover tests;
 //! - [`browser`]: headless Chromium over WebDriver (chromedriver), for tests of the web UI;
 //! - [`TestDb::app`] (feature `app`): plinth-core's `App` on a test database;
 //! - [`api`] (feature `api`): plinth's API in this process on a loopback port, with an admin
@@ -28,6 +30,7 @@ pub mod dhcp_clients;
 pub mod ipmi;
 pub mod ipmi_sim;
 pub mod netns;
+pub mod patroni;
 pub mod rack;
 pub mod redfish;
 pub mod sushy;

@@ -1,5 +1,6 @@
-//! plinth-testkit's own integration tests: the network-namespace lab and the browser harness
-//! against the real programs.
+//! plinth-testkit's own integration tests: the network-namespace lab, the browser harness and
+//! the Patroni cluster against the real programs.
 
 mod browser;
 mod lab;
+mod patroni;

@@ -7,6 +7,7 @@
 pub mod allocations;
 pub mod bmcs;
 pub mod boot;
+pub mod cluster;
 pub mod deployments;
 pub mod embedded;
 mod error;
@@ -24,25 +25,25 @@ pub mod subnets;
 pub mod tokens;
 pub mod users;
 
-use std::str::FromStr;
-use std::time::Duration;
-
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-
 pub use error::{Error, Result, Violation};
 pub use migrate::{MIGRATOR, MigrateError, migrate};
 pub use sqlx::pool::PoolConnection;
 pub use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-/// Opens a pool to `url`. `max_connections` bounds what one plinth instance takes.
+/// Opens a pool to `url`, which may name several hosts (see [`cluster`]). `max_connections`
+/// bounds what one plinth instance takes.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?.application_name("plinth");
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .min_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
+    connect_all(&[url], max_connections).await
+}
+
+/// Opens a pool to the primary among `urls`' hosts (one URL of one host: that host).
+pub async fn connect_all<S: AsRef<str>>(
+    urls: &[S],
+    max_connections: u32,
+) -> Result<PgPool, sqlx::Error> {
+    let targets =
+        cluster::Targets::parse(urls).map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
+    cluster::connect_targets(targets, max_connections).await
 }
 
 /// Whether the database answers (health checks).

@@ -15,8 +15,12 @@ use sqlx::Connection;
 use sqlx::PgConnection;
 use sqlx::PgPool;
 
-/// The schema migrations, embedded from `migrations/`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+/// The schema migrations, embedded from `migrations/`. sqlx's own lock (a session's advisory
+/// lock) is off: [`migrate`] holds a transaction's instead.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    locking: false,
+    ..sqlx::migrate!("../../migrations")
+};
 
 /// Functions and triggers, every file of `sql/` in name order (a test checks the list against
 /// the folder; scripts/sqlx-prepare.sh applies the same glob). Each file must be idempotent:
@@ -126,21 +130,33 @@ fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> MigrateError {
 }
 
 /// Runs the pending migrations, then applies the functions and triggers of `sql/`.
+///
+/// Instances starting together take turns on an advisory lock held by a transaction on a
+/// connection of its own (beside the pool, on the same server): plinth holds no session-level
+/// lock anywhere, so a connection lost in a failover leaves nothing held behind.
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
-    let mut conn = pool.acquire().await.map_err(db("connecting"))?;
-    sqlx::query("select pg_advisory_lock($1)")
+    use sqlx::{ConnectOptions, Connection};
+    let mut holder = pool
+        .connect_options()
+        .connect()
+        .await
+        .map_err(db("connecting"))?;
+    let mut lock = holder.begin().await.map_err(db("beginning"))?;
+    sqlx::query("select pg_advisory_xact_lock($1)")
         .bind(LOCK_KEY)
-        .execute(&mut *conn)
+        .execute(&mut *lock)
         .await
         .map_err(db("taking the migration lock"))?;
-    let result = migrate_locked(&mut conn).await;
-    // The lock is the session's: release it before the connection goes back to the pool.
-    let unlocked = sqlx::query("select pg_advisory_unlock($1)")
-        .bind(LOCK_KEY)
-        .execute(&mut *conn)
-        .await;
+    let result = async {
+        let mut conn = pool.acquire().await.map_err(db("connecting"))?;
+        migrate_locked(&mut conn).await
+    }
+    .await;
+    // Ending the transaction releases the lock.
+    let released = lock.rollback().await;
+    let _ = holder.close().await;
     result?;
-    unlocked.map_err(db("releasing the migration lock"))?;
+    released.map_err(db("releasing the migration lock"))?;
     Ok(())
 }
 

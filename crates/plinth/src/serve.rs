@@ -21,7 +21,7 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 fn load_config(args: &ServerArgs) -> anyhow::Result<Config> {
     let mut c = config::load(args.config.as_deref(), std::env::vars())?;
     if let Some(url) = &args.database_url {
-        c.database.url = Some(url.clone());
+        c.database.url = vec![url.clone()];
     }
     Ok(c)
 }
@@ -48,18 +48,17 @@ struct Database {
 }
 
 async fn open_database(c: &Config) -> anyhow::Result<Database> {
-    let (url, embedded) = match &c.database.url {
-        Some(url) => (url.clone(), None),
-        None => {
-            std::fs::create_dir_all(&c.state_dir)
-                .with_context(|| format!("creating state_dir {}", c.state_dir.display()))?;
-            let pg = EmbeddedPostgres::start(&c.state_dir)
-                .await
-                .context("starting the embedded database")?;
-            (pg.url(), Some(pg))
-        }
+    let (urls, embedded) = if c.database.url.is_empty() {
+        std::fs::create_dir_all(&c.state_dir)
+            .with_context(|| format!("creating state_dir {}", c.state_dir.display()))?;
+        let pg = EmbeddedPostgres::start(&c.state_dir)
+            .await
+            .context("starting the embedded database")?;
+        (vec![pg.url()], Some(pg))
+    } else {
+        (c.database.url.clone(), None)
     };
-    let pool = plinth_db::connect(&url, c.database.max_connections)
+    let pool = plinth_db::connect_all(&urls, c.database.max_connections)
         .await
         .context("connecting to PostgreSQL")?;
     plinth_db::migrate(&pool)

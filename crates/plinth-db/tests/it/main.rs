@@ -1,4 +1,5 @@
 //! plinth-db's integration tests, against a real PostgreSQL (plinth-testkit's TestDb).
 
+mod cluster;
 mod errors;
 mod migrations;

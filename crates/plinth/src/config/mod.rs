@@ -49,8 +49,11 @@ pub struct Config {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// PostgreSQL URL; unset: the embedded database under state_dir.
-    pub url: Option<String>,
+    /// PostgreSQL URL, or a list of them; a URL may name several hosts
+    /// (`postgres://plinth@db1,db2,db3/plinth`), and plinth connects to the primary among
+    /// them and follows a failover. Unset (empty): the embedded database under state_dir.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub url: Vec<String>,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
 }
@@ -94,7 +97,7 @@ fn default_log_format() -> String {
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
-            url: None,
+            url: Vec::new(),
             max_connections: default_max_connections(),
         }
     }
@@ -109,11 +112,25 @@ impl Default for LogConfig {
     }
 }
 
+/// A string, or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // A URL may carry a password.
         f.debug_struct("DatabaseConfig")
-            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("urls", &self.url.len())
             .field("max_connections", &self.max_connections)
             .finish()
     }
@@ -217,11 +234,24 @@ mod tests {
         .unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/srv/plinth"));
         assert_eq!(c.http.listen, "127.0.0.1:9100".parse().unwrap());
-        assert_eq!(c.database.url.as_deref(), Some("postgres://db/plinth"));
+        assert_eq!(c.database.url, ["postgres://db/plinth"]);
         assert_eq!(c.database.max_connections, 8);
         assert!(
             !format!("{c:?}").contains("postgres://db"),
             "the URL may hold a password"
+        );
+        let c = load(
+            None,
+            env(&[(
+                "PLINTH_DATABASE__URL",
+                "[\"postgres://p@db1,db2/plinth\", \"postgres://p@db3/plinth\"]",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.database.url,
+            ["postgres://p@db1,db2/plinth", "postgres://p@db3/plinth"],
+            "a list of URLs"
         );
     }
 

@@ -15,6 +15,7 @@ mod dhcp;
 mod disk_images;
 mod e2e;
 mod faults;
+mod ha;
 mod listeners;
 mod rack;
 mod security;

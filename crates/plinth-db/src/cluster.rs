@@ -30,6 +30,10 @@ pub enum UrlError {
     SessionAttrs(String),
     #[error("no database URL given")]
     Empty,
+    #[error(
+        "the database URL lists {hosts} hosts but {ports} ports: give one port, or one per host"
+    )]
+    Ports { hosts: usize, ports: usize },
     #[error("database URL host {host:?}: {source}")]
     Host {
         host: String,
@@ -93,6 +97,8 @@ fn expand(url: &str) -> Result<(Vec<String>, bool), UrlError> {
     };
     let mut read_write = false;
     let mut kept = Vec::new();
+    // libpq's other form: `?host=/run/a,/run/b&port=5432,5433` (Unix sockets among them).
+    let (mut hosts_param, mut ports_param) = (None, None);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("target_session_attrs", v)) => match v {
@@ -100,18 +106,51 @@ fn expand(url: &str) -> Result<(Vec<String>, bool), UrlError> {
                 "any" => {}
                 other => return Err(UrlError::SessionAttrs(other.to_owned())),
             },
+            Some(("host", v)) if v.contains(',') => hosts_param = Some(v),
+            Some(("port", v)) if v.contains(',') => ports_param = Some(v),
             _ => kept.push(pair),
         }
     }
-    let query = if kept.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", kept.join("&"))
+    let with = |extra: Vec<String>| {
+        let all: Vec<&str> = kept
+            .iter()
+            .copied()
+            .chain(extra.iter().map(String::as_str))
+            .collect();
+        if all.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", all.join("&"))
+        }
     };
-    let urls = hostlist
-        .split(',')
-        .map(|h| format!("{scheme}{userinfo}{h}{path}{query}"))
-        .collect();
+    let urls = match (hosts_param, ports_param) {
+        (None, None) => hostlist
+            .split(',')
+            .map(|h| format!("{scheme}{userinfo}{h}{path}{}", with(vec![])))
+            .collect(),
+        (hosts, ports) => {
+            let hosts: Vec<&str> = hosts.map_or(vec![hostlist], |h| h.split(',').collect());
+            let ports: Vec<&str> = ports.map_or(vec![], |p| p.split(',').collect());
+            if ports.len() > 1 && ports.len() != hosts.len() {
+                return Err(UrlError::Ports {
+                    hosts: hosts.len(),
+                    ports: ports.len(),
+                });
+            }
+            hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let mut extra = vec![format!("host={h}")];
+                    if let Some(p) = ports.get(i).or(ports.first()) {
+                        extra.push(format!("port={p}"));
+                    }
+                    let authority = if h.starts_with('/') { "localhost" } else { "" };
+                    format!("{scheme}{userinfo}{authority}{path}{}", with(extra))
+                })
+                .collect()
+        }
+    };
     Ok((urls, read_write))
 }
 
@@ -325,6 +364,20 @@ mod tests {
         assert_eq!((t.hosts.len(), t.hosts[1].get_port()), (2, 5433));
         let t = Targets::parse(&["postgres://u@localhost/db?host=/run/pg"]).unwrap();
         assert!(!t.read_write, "one host: as before");
+        let (urls, _) =
+            expand("postgres://u@/db?host=/run/a,/run/b&port=5432,5433&sslmode=disable").unwrap();
+        assert_eq!(
+            urls,
+            [
+                "postgres://u@localhost/db?sslmode=disable&host=/run/a&port=5432",
+                "postgres://u@localhost/db?sslmode=disable&host=/run/b&port=5433",
+            ]
+        );
+        let t = Targets::parse(&["postgres://u@/db?host=/run/a,/run/b&port=5432"]).unwrap();
+        assert_eq!(t.hosts[1].get_socket().unwrap().to_str(), Some("/run/b"));
+        assert_eq!(t.hosts[1].get_port(), 5432);
+        let e = Targets::parse(&["postgres://u@/db?host=a,b,c&port=1,2"]).unwrap_err();
+        assert!(e.to_string().contains("3 hosts but 2 ports"), "{e}");
     }
 
     #[test]

@@ -488,6 +488,23 @@ impl Cluster {
         )
     }
 
+    /// The same over the nodes' Unix sockets (libpq's `?host=/a,/b&port=1,2` form), for
+    /// plinth instances in network namespaces of their own, which cannot reach this
+    /// namespace's loopback but share its file system.
+    pub fn socket_url(&self) -> String {
+        let dirs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.dir.display().to_string())
+            .collect();
+        let ports: Vec<String> = self.nodes.iter().map(|n| n.pg_port.to_string()).collect();
+        format!(
+            "postgres://plinth@localhost/plinth?host={}&port={}&target_session_attrs=read-write",
+            dirs.join(","),
+            ports.join(",")
+        )
+    }
+
     /// Each node's own URL of the database `plinth`, in node order.
     pub fn node_urls(&self) -> Vec<String> {
         self.nodes

@@ -29,37 +29,11 @@ impl Env {
         router: Option<&str>,
         relays: &[&str],
     ) -> Subnet {
-        let router = router.map(|r| r.parse().unwrap());
-        let req = SubnetCreate {
-            cidr: cidr.into(),
-            ranges: vec![AddressRange {
-                start: first.parse().unwrap(),
-                end: last.parse().unwrap(),
-            }],
-            router,
-            dns_servers: router.map(|r| vec![r]),
-            domain: router.map(|_| "lab.example".into()),
-            lease_time: Some(600),
-            boot_server: None,
-            relay_addresses: relays.iter().any(|r| *r != "any").then(|| {
-                relays
-                    .iter()
-                    .filter(|r| **r != "any")
-                    .map(|r| r.parse().unwrap())
-                    .collect()
-            }),
-            // perfdhcp sends as a relay from an address inside the subnet.
-            relay_any_in_cidr: Some(relays.contains(&"any")),
-        };
-        self.rt
-            .block_on(self.app.create_subnet(&Principal::system(), req))
-            .unwrap()
+        subnet_on(&self.rt, &self.app, cidr, first, last, router, relays)
     }
 
     pub fn leases(&self) -> Vec<Lease> {
-        self.rt
-            .block_on(self.app.list_leases(&Principal::system(), None, None))
-            .unwrap()
+        leases_on(&self.rt, &self.app)
     }
 
     /// Machines matching `q` (hostname, MAC or serial).
@@ -73,4 +47,46 @@ impl Env {
             .unwrap()
             .machines
     }
+}
+
+/// [`Env::subnet`] on any `App` (the HA tests' is on a Patroni cluster).
+pub fn subnet_on(
+    rt: &tokio::runtime::Runtime,
+    app: &App,
+    cidr: &str,
+    first: &str,
+    last: &str,
+    router: Option<&str>,
+    relays: &[&str],
+) -> Subnet {
+    let router = router.map(|r| r.parse().unwrap());
+    let req = SubnetCreate {
+        cidr: cidr.into(),
+        ranges: vec![AddressRange {
+            start: first.parse().unwrap(),
+            end: last.parse().unwrap(),
+        }],
+        router,
+        dns_servers: router.map(|r| vec![r]),
+        domain: router.map(|_| "lab.example".into()),
+        lease_time: Some(600),
+        boot_server: None,
+        relay_addresses: relays.iter().any(|r| *r != "any").then(|| {
+            relays
+                .iter()
+                .filter(|r| **r != "any")
+                .map(|r| r.parse().unwrap())
+                .collect()
+        }),
+        // perfdhcp sends as a relay from an address inside the subnet.
+        relay_any_in_cidr: Some(relays.contains(&"any")),
+    };
+    rt.block_on(app.create_subnet(&Principal::system(), req))
+        .unwrap()
+}
+
+/// Every lease, on any `App`.
+pub fn leases_on(rt: &tokio::runtime::Runtime, app: &App) -> Vec<Lease> {
+    rt.block_on(app.list_leases(&Principal::system(), None, None))
+        .unwrap()
 }

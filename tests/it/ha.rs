@@ -1,0 +1,267 @@
+//! High availability on a real Patroni cluster (plinth-testkit's `patroni`: etcd, three
+//! PostgreSQL nodes, synchronous mode): two `plinth serve` instances on one provisioning
+//! segment (network namespaces joined by a bridge), one database cluster. Both serve DHCP at
+//! once without handing an address out twice; a client keeps its address through the other
+//! instance; the primary is killed (SIGKILL) in the middle of a DHCP storm and both instances
+//! carry on, without a restart, on the promoted replica, with no committed lease lost.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use plinth_core::App;
+use plinth_testkit::dhcp_clients::{self, Client, Options};
+use plinth_testkit::netns::{Lab, Ns, Proc};
+use plinth_testkit::patroni::Cluster;
+use plinth_types::api::*;
+
+use crate::support::env::{leases_on, subnet_on};
+use crate::support::serve::serve_in_ns;
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// `plinth serve` with DHCP on `iface` inside `ns`, on the cluster.
+fn plinth(lab: &mut Lab, ns: &Ns, iface: &str, db_url: &str, boot_server: &str) -> Proc {
+    let interfaces = format!("[\"{iface}\"]");
+    serve_in_ns(
+        lab,
+        ns,
+        db_url,
+        "127.0.0.1:8080",
+        &[
+            ("PLINTH_DHCP__ENABLED", "true"),
+            ("PLINTH_DHCP__INTERFACES", &interfaces),
+            ("PLINTH_DHCP__BOOT_SERVER", boot_server),
+            ("PLINTH_LOG__LEVEL", "plinth_dhcp=debug,plinth_db=info,info"),
+        ],
+        "DHCP listening",
+    )
+}
+
+/// perfdhcp in `ns` as a relay at `from` against `server`: `[rate, clients, secs]`: `rate`
+/// DORAs a second for `secs` seconds, at most `clients` distinct MACs from `base`.
+fn perfdhcp(lab: &mut Lab, ns: &Ns, from: &str, server: &str, base: &str, load: [u32; 3]) -> Proc {
+    let [rate, clients, secs] = load;
+    let dir = lab.dir().display().to_string();
+    let mut cmd = Command::new("env");
+    cmd.args([
+        &format!("KEA_LOCKFILE_DIR={dir}"),
+        &format!("KEA_PIDFILE_DIR={dir}"),
+        "perfdhcp",
+        "-4",
+        "-l",
+        from,
+    ])
+    .args([
+        "-r",
+        &rate.to_string(),
+        "-R",
+        &clients.to_string(),
+        "-p",
+        &secs.to_string(),
+    ])
+    .args(["-b", base, server]);
+    lab.spawn_named(ns, "perfdhcp", cmd).unwrap()
+}
+
+/// Bound leases: no client holds two, no address is held twice.
+fn check_unique(leases: &[Lease]) -> Vec<&Lease> {
+    let bound: Vec<&Lease> = leases
+        .iter()
+        .filter(|l| l.state == LeaseState::Bound)
+        .collect();
+    let macs: HashSet<_> = bound.iter().map(|l| l.mac).collect();
+    let addrs: HashSet<_> = bound.iter().map(|l| l.address).collect();
+    assert_eq!(macs.len(), bound.len(), "one lease per client");
+    assert_eq!(addrs.len(), bound.len(), "one client per address");
+    bound
+}
+
+#[test]
+fn two_instances_share_a_patroni_cluster_and_ride_out_its_primary_dying() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root (network namespaces; PostgreSQL as the postgres user)");
+        return;
+    }
+    let cluster = Cluster::start(3).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pool = rt.block_on(plinth_db::connect(&cluster.url(), 4)).unwrap();
+    rt.block_on(plinth_db::migrate(&pool)).unwrap();
+    let app = App::new(
+        pool.clone(),
+        plinth_core::BmcKey::from_base64(&plinth_core::BmcKey::generate_base64()).unwrap(),
+    );
+
+    let mut lab = Lab::new().unwrap();
+    let sw = lab.namespace("sw").unwrap();
+    let srv1 = lab.namespace("srv1").unwrap();
+    let srv2 = lab.namespace("srv2").unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let (a, sw_a) = lab.link(&srv1, &sw).unwrap();
+    let (b, sw_b) = lab.link(&srv2, &sw).unwrap();
+    let (c, sw_c) = lab.link(&cli, &sw).unwrap();
+    lab.bridge(&sw, &[&sw_a, &sw_b, &sw_c]).unwrap();
+    lab.addr(&srv1, &a, "10.68.0.2/16").unwrap();
+    lab.addr(&srv2, &b, "10.68.0.3/16").unwrap();
+    lab.addr(&cli, &c, "10.68.0.9/16").unwrap();
+    lab.addr(&cli, &c, "10.68.0.10/16").unwrap();
+    subnet_on(
+        &rt,
+        &app,
+        "10.68.0.0/16",
+        "10.68.1.0",
+        "10.68.31.255",
+        Some("10.68.0.1"),
+        &["any"],
+    );
+    let url = cluster.socket_url();
+    let mut p1 = plinth(&mut lab, &srv1, &a, &url, "10.68.0.2");
+    let mut p2 = plinth(&mut lab, &srv2, &b, &url, "10.68.0.3");
+
+    // 1. Both instances at once, 100 clients each: distinct addresses, both serve.
+    let runs = [
+        perfdhcp(
+            &mut lab,
+            &cli,
+            "10.68.0.9",
+            "10.68.0.2",
+            "mac=02:00:00:01:00:00",
+            [50, 100, 4],
+        ),
+        perfdhcp(
+            &mut lab,
+            &cli,
+            "10.68.0.10",
+            "10.68.0.3",
+            "mac=02:00:00:02:00:00",
+            [50, 100, 4],
+        ),
+    ];
+    for run in &runs {
+        run.wait_timeout(Duration::from_secs(30))
+            .expect("perfdhcp finished");
+        let r = dhcp_clients::parse_perfdhcp(&run.log_text()).unwrap();
+        assert_eq!(r.request_ack.non_unique_addresses, 0, "{}", r.output);
+        assert!(r.request_ack.received > 0, "{}", r.output);
+    }
+    let before = leases_on(&rt, &app);
+    let bound = check_unique(&before);
+    assert!(
+        bound.len() >= 150,
+        "most of the 200 clients are bound: {}",
+        bound.len()
+    );
+
+    // 2. A client keeps its address through the other instance: it gets a lease from one,
+    // that one dies, and its INIT-REBOOT request (dhclient started again on its lease file)
+    // is answered by the other with the same address.
+    let opts = Options {
+        mac: Some("52:54:00:68:00:01".into()),
+        ..Default::default()
+    };
+    let first = dhcp_clients::obtain_with(&mut lab, &cli, &c, Client::Dhclient, &opts).unwrap();
+    let (gone, other) = if first.server_id == Some("10.68.0.2".parse().unwrap()) {
+        (&mut p1, "10.68.0.3")
+    } else {
+        (&mut p2, "10.68.0.2")
+    };
+    gone.kill();
+    let again = dhcp_clients::renew(&mut lab, &cli, &c, Client::Dhclient, &first).unwrap();
+    assert_eq!(
+        again.server_id,
+        Some(other.parse().unwrap()),
+        "the other instance answered"
+    );
+    assert_eq!(again.ip, first.ip, "the client keeps its address");
+    let (mut p1, mut p2) = if other == "10.68.0.3" {
+        (plinth(&mut lab, &srv1, &a, &url, "10.68.0.2"), p2)
+    } else {
+        (p1, plinth(&mut lab, &srv2, &b, &url, "10.68.0.3"))
+    };
+
+    // 3. A storm against both; the primary dies in the middle of it.
+    let storm = [
+        perfdhcp(
+            &mut lab,
+            &cli,
+            "10.68.0.9",
+            "10.68.0.2",
+            "mac=02:00:00:03:00:00",
+            [100, 1000, 25],
+        ),
+        perfdhcp(
+            &mut lab,
+            &cli,
+            "10.68.0.10",
+            "10.68.0.3",
+            "mac=02:00:00:04:00:00",
+            [100, 1000, 25],
+        ),
+    ];
+    std::thread::sleep(Duration::from_secs(5));
+    let old = cluster.kill_primary().unwrap();
+    let killed_at = Instant::now();
+    let new = cluster
+        .wait_for_primary(old, Duration::from_secs(60))
+        .unwrap();
+    eprintln!(
+        "node {new} is the primary {:?} after node {old} died",
+        killed_at.elapsed()
+    );
+    for run in &storm {
+        run.wait_timeout(Duration::from_secs(60))
+            .expect("perfdhcp finished");
+        let r = dhcp_clients::parse_perfdhcp(&run.log_text()).unwrap();
+        assert_eq!(r.request_ack.non_unique_addresses, 0, "{}", r.output);
+    }
+    assert!(
+        p1.is_running() && p2.is_running(),
+        "no instance needed a restart"
+    );
+    for p in [&p1, &p2] {
+        assert!(
+            p.log_text().contains("the database primary moved"),
+            "each instance followed the failover:\n{}",
+            p.log_text()
+        );
+    }
+
+    // Nothing committed before is lost; nothing is held twice.
+    let after = leases_on(&rt, &app);
+    check_unique(&after);
+    let held: HashSet<_> = after
+        .iter()
+        .filter(|l| l.state == LeaseState::Bound)
+        .map(|l| (l.mac, l.address))
+        .collect();
+    for l in &bound {
+        assert!(
+            held.contains(&(l.mac, l.address)),
+            "lease lost in the failover: {l:?}"
+        );
+    }
+
+    // Both instances hand out addresses on the new primary: a short run against each.
+    for (from, server, base) in [
+        ("10.68.0.9", "10.68.0.2", "mac=02:00:00:05:00:00"),
+        ("10.68.0.10", "10.68.0.3", "mac=02:00:00:06:00:00"),
+    ] {
+        let run = perfdhcp(&mut lab, &cli, from, server, base, [20, 20, 3]);
+        run.wait_timeout(Duration::from_secs(30))
+            .expect("perfdhcp finished");
+        let r = dhcp_clients::parse_perfdhcp(&run.log_text()).unwrap();
+        assert!(
+            r.request_ack.received > 0,
+            "{server} serves after the failover: {}",
+            r.output
+        );
+    }
+    check_unique(&leases_on(&rt, &app));
+    p1.kill();
+    p2.kill();
+    rt.block_on(pool.close());
+}

@@ -191,9 +191,9 @@ begin
             s.boot_server, m_id, m_state, m_boot, null::text;
         return;
     elsif p_op = 'select_other' then
-        -- The client took another server's offer: ours is free again.
-        update leases set state = 'free', expires_at = null, updated_at = now()
-        where leases.subnet_id = s.id and leases.mac = p_mac and leases.state = 'offered';
+        -- The client took another server's offer. That server may be another plinth instance
+        -- on this database, about to bind this very row (one lease row per client): the offer
+        -- is left to its REQUEST, or to expire (offer_timeout) if the server was not ours.
         outcome := 'ignore';
     elsif p_op = 'release' then
         update leases set state = 'free', expires_at = null, updated_at = now()

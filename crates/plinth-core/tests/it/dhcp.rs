@@ -579,6 +579,38 @@ async fn two_instances_never_share_an_address() {
     );
 }
 
+/// Two instances on one segment hear the same broadcast exchange: both offer the client's one
+/// lease row; its REQUEST names one of them, and the other (seeing a REQUEST for another
+/// server) must not free the offer before the named one binds it, or a third client could take
+/// the address in between and the client would be refused.
+#[tokio::test]
+async fn the_instance_not_chosen_leaves_the_shared_offer_alone() {
+    let (a, db) = setup(100, 101).await;
+    let b = db.app();
+    let client = mac(40);
+    let decide = |app: App, op: LeaseOp, m: MacAddr| async move {
+        app.dhcp_decide(&req(op, m), TIMERS, &boot(), SRV)
+            .await
+            .unwrap()
+    };
+    let offer_a = decide(a.clone(), LeaseOp::Discover { requested: None }, client).await;
+    let offer_b = decide(b.clone(), LeaseOp::Discover { requested: None }, client).await;
+    let ip = addr(&offer_a).unwrap();
+    assert_eq!(
+        addr(&offer_b),
+        Some(ip),
+        "both offer the client's one lease"
+    );
+    // B processes the REQUEST naming A first.
+    let other = decide(b.clone(), LeaseOp::SelectOther, client).await;
+    assert_eq!(other.outcome, Outcome::Ignore);
+    // Meanwhile another client asks: it must not get the offered address.
+    let third = decide(b.clone(), LeaseOp::Discover { requested: None }, mac(41)).await;
+    assert_ne!(addr(&third), Some(ip), "the offer is still the client's");
+    let ack = decide(a.clone(), LeaseOp::Select { requested: ip }, client).await;
+    assert_eq!(ack.outcome, Outcome::Ack, "{ack:?}");
+}
+
 async fn futures_join<T: Send + 'static>(
     tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
 ) -> Vec<T> {

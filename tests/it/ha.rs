@@ -455,3 +455,143 @@ fn bmc_jobs_run_exactly_once_through_a_failover() {
     }
     rt.block_on(pool.close());
 }
+
+/// An instance cut off from the database (its connections killed, its way to the database
+/// gone) hands out no address it cannot record: new clients get no answer from it, and no
+/// lease; the other instance serves them. Given its database back, it serves again.
+#[test]
+fn a_partitioned_instance_answers_no_new_client() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root (network namespaces; PostgreSQL as the postgres user)");
+        return;
+    }
+    let cluster = Cluster::start(3).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pool = rt.block_on(plinth_db::connect(&cluster.url(), 4)).unwrap();
+    rt.block_on(plinth_db::migrate(&pool)).unwrap();
+    let app = App::new(
+        pool.clone(),
+        plinth_core::BmcKey::from_base64(&plinth_core::BmcKey::generate_base64()).unwrap(),
+    );
+    let mut lab = Lab::new().unwrap();
+    let sw = lab.namespace("sw").unwrap();
+    let srv1 = lab.namespace("srv1").unwrap();
+    let srv2 = lab.namespace("srv2").unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let (a, sw_a) = lab.link(&srv1, &sw).unwrap();
+    let (b, sw_b) = lab.link(&srv2, &sw).unwrap();
+    let (c, sw_c) = lab.link(&cli, &sw).unwrap();
+    lab.bridge(&sw, &[&sw_a, &sw_b, &sw_c]).unwrap();
+    lab.addr(&srv1, &a, "10.69.0.2/16").unwrap();
+    lab.addr(&srv2, &b, "10.69.0.3/16").unwrap();
+    lab.addr(&cli, &c, "10.69.0.9/16").unwrap();
+    lab.addr(&cli, &c, "10.69.0.10/16").unwrap();
+    subnet_on(
+        &rt,
+        &app,
+        "10.69.0.0/16",
+        "10.69.1.0",
+        "10.69.4.255",
+        Some("10.69.0.1"),
+        &["any"],
+    );
+
+    // Instance 1 reaches the nodes' sockets through links in a folder of its own: removing
+    // them (and ending its connections) cuts it off, as a network partition would.
+    let links = lab.path("db-links");
+    std::fs::create_dir_all(&links).unwrap();
+    let ports: Vec<String> = (0..3).map(|i| cluster.pg_port(i).to_string()).collect();
+    let connect = || {
+        for (i, port) in ports.iter().enumerate() {
+            std::os::unix::fs::symlink(cluster.socket(i), links.join(format!(".s.PGSQL.{port}")))
+                .unwrap();
+        }
+    };
+    connect();
+    let dir = links.display().to_string();
+    let url1 = format!(
+        "postgres://plinth@localhost/plinth?host={dir},{dir},{dir}&port={}&target_session_attrs=read-write&application_name=plinth-cut",
+        ports.join(",")
+    );
+    let p1 = plinth(&mut lab, &srv1, &a, &url1, "10.69.0.2");
+    let p2 = plinth(&mut lab, &srv2, &b, &cluster.socket_url(), "10.69.0.3");
+    let acked = |lab: &mut Lab, from: &str, server: &str, base: &str| {
+        let run = perfdhcp(lab, &cli, from, server, base, [20, 20, 3]);
+        run.wait_timeout(Duration::from_secs(60))
+            .expect("perfdhcp finished");
+        dhcp_clients::parse_perfdhcp(&run.log_text()).unwrap()
+    };
+    let r = acked(&mut lab, "10.69.0.9", "10.69.0.2", "mac=02:00:00:07:00:00");
+    assert!(
+        r.request_ack.received > 0,
+        "instance 1 serves: {}",
+        r.output
+    );
+
+    // The cut.
+    for port in &ports {
+        std::fs::remove_file(links.join(format!(".s.PGSQL.{port}"))).unwrap();
+    }
+    let primary = cluster.primary().unwrap();
+    cluster
+        .psql(
+            primary,
+            "postgres",
+            &["select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = 'plinth-cut'"],
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !p1.log_text().contains("no database primary reachable") {
+        assert!(
+            Instant::now() < deadline,
+            "instance 1 never noticed the cut:\n{}",
+            p1.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cut = acked(&mut lab, "10.69.0.9", "10.69.0.2", "mac=02:00:00:08:00:00");
+    assert_eq!(
+        (cut.discover_offer.received, cut.request_ack.received),
+        (0, 0),
+        "a cut-off instance answers nothing: {}",
+        cut.output
+    );
+    let other = acked(&mut lab, "10.69.0.10", "10.69.0.3", "mac=02:00:00:09:00:00");
+    assert!(
+        other.request_ack.received > 0,
+        "the other instance serves: {}",
+        other.output
+    );
+    let leases = leases_on(&rt, &app);
+    check_unique(&leases);
+    assert!(
+        !leases.iter().any(|l| l
+            .mac
+            .is_some_and(|m| m.to_string().starts_with("02:00:00:08"))),
+        "no lease for the clients the cut-off instance heard"
+    );
+
+    // Healed: it serves again, without a restart.
+    connect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut base = 0x10;
+    loop {
+        let r = acked(
+            &mut lab,
+            "10.69.0.9",
+            "10.69.0.2",
+            &format!("mac=02:00:00:{base:02x}:00:00"),
+        );
+        if r.request_ack.received > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance 1 never came back:\n{}",
+            p1.log_text()
+        );
+        base += 1;
+    }
+    assert!(p1.is_running() && p2.is_running());
+    rt.block_on(pool.close());
+}

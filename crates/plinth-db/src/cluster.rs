@@ -63,7 +63,12 @@ impl Targets {
                     host: host_of(&u),
                     source,
                 })?;
-                hosts.push(opts.application_name("plinth"));
+                // `application_name` from the URL names the instance in pg_stat_activity.
+                let opts = match opts.get_application_name() {
+                    Some(_) => opts,
+                    None => opts.application_name("plinth"),
+                };
+                hosts.push(opts);
             }
         }
         if hosts.is_empty() {
@@ -364,6 +369,9 @@ mod tests {
         assert_eq!((t.hosts.len(), t.hosts[1].get_port()), (2, 5433));
         let t = Targets::parse(&["postgres://u@localhost/db?host=/run/pg"]).unwrap();
         assert!(!t.read_write, "one host: as before");
+        assert_eq!(t.hosts[0].get_application_name(), Some("plinth"));
+        let t = Targets::parse(&["postgres://u@h/db?application_name=plinth-a"]).unwrap();
+        assert_eq!(t.hosts[0].get_application_name(), Some("plinth-a"));
         let (urls, _) =
             expand("postgres://u@/db?host=/run/a,/run/b&port=5432,5433&sslmode=disable").unwrap();
         assert_eq!(

@@ -505,6 +505,13 @@ impl Cluster {
         )
     }
 
+    /// Node `i`'s Unix socket (`.s.PGSQL.<port>` in its dir).
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.nodes[i]
+            .dir
+            .join(format!(".s.PGSQL.{}", self.nodes[i].pg_port))
+    }
+
     /// Each node's own URL of the database `plinth`, in node order.
     pub fn node_urls(&self) -> Vec<String> {
         self.nodes

@@ -27,6 +27,25 @@ fn is_root() -> bool {
 
 /// `plinth serve` with DHCP on `iface` inside `ns`, on the cluster.
 fn plinth(lab: &mut Lab, ns: &Ns, iface: &str, db_url: &str, boot_server: &str) -> Proc {
+    plinth_logging(
+        lab,
+        ns,
+        iface,
+        db_url,
+        boot_server,
+        "plinth_dhcp=debug,plinth_db=info,info",
+    )
+}
+
+/// [`plinth`] with its log filter.
+fn plinth_logging(
+    lab: &mut Lab,
+    ns: &Ns,
+    iface: &str,
+    db_url: &str,
+    boot_server: &str,
+    log: &str,
+) -> Proc {
     let interfaces = format!("[\"{iface}\"]");
     serve_in_ns(
         lab,
@@ -37,7 +56,7 @@ fn plinth(lab: &mut Lab, ns: &Ns, iface: &str, db_url: &str, boot_server: &str) 
             ("PLINTH_DHCP__ENABLED", "true"),
             ("PLINTH_DHCP__INTERFACES", &interfaces),
             ("PLINTH_DHCP__BOOT_SERVER", boot_server),
-            ("PLINTH_LOG__LEVEL", "plinth_dhcp=debug,plinth_db=info,info"),
+            ("PLINTH_LOG__LEVEL", log),
         ],
         "DHCP listening",
     )
@@ -69,6 +88,51 @@ fn perfdhcp(lab: &mut Lab, ns: &Ns, from: &str, server: &str, base: &str, load: 
     lab.spawn_named(ns, "perfdhcp", cmd).unwrap()
 }
 
+/// Two instances' namespaces and a client's on one bridge: `<net>.0.2` (`srv1`, its end `a`),
+/// `<net>.0.3` (`srv2`, `b`), `<net>.0.9` and `.10` (`cli`, `c`: perfdhcp relays from them),
+/// all in `<net>.0.0/16`.
+struct Segment {
+    srv1: Ns,
+    a: String,
+    srv2: Ns,
+    b: String,
+    cli: Ns,
+    c: String,
+}
+
+fn segment(lab: &mut Lab, net: &str) -> Segment {
+    let sw = lab.namespace("sw").unwrap();
+    let srv1 = lab.namespace("srv1").unwrap();
+    let srv2 = lab.namespace("srv2").unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let (a, sw_a) = lab.link(&srv1, &sw).unwrap();
+    let (b, sw_b) = lab.link(&srv2, &sw).unwrap();
+    let (c, sw_c) = lab.link(&cli, &sw).unwrap();
+    lab.bridge(&sw, &[&sw_a, &sw_b, &sw_c]).unwrap();
+    lab.addr(&srv1, &a, &format!("{net}.0.2/16")).unwrap();
+    lab.addr(&srv2, &b, &format!("{net}.0.3/16")).unwrap();
+    lab.addr(&cli, &c, &format!("{net}.0.9/16")).unwrap();
+    lab.addr(&cli, &c, &format!("{net}.0.10/16")).unwrap();
+    Segment {
+        srv1,
+        a,
+        srv2,
+        b,
+        cli,
+        c,
+    }
+}
+
+/// The test's own way into the cluster: a runtime, a pool through the multi-host URL (it
+/// follows failovers like plinth's), the schema, and plinth-core's `App` with BMC key `key`.
+fn database(cluster: &Cluster, key: &str) -> (tokio::runtime::Runtime, plinth_db::PgPool, App) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pool = rt.block_on(plinth_db::connect(&cluster.url(), 8)).unwrap();
+    rt.block_on(plinth_db::migrate(&pool)).unwrap();
+    let app = App::new(pool.clone(), plinth_core::BmcKey::from_base64(key).unwrap());
+    (rt, pool, app)
+}
+
 /// Bound leases: no client holds two, no address is held twice.
 fn check_unique(leases: &[Lease]) -> Vec<&Lease> {
     let bound: Vec<&Lease> = leases
@@ -89,27 +153,18 @@ fn two_instances_share_a_patroni_cluster_and_ride_out_its_primary_dying() {
         return;
     }
     let cluster = Cluster::start(3).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let pool = rt.block_on(plinth_db::connect(&cluster.url(), 4)).unwrap();
-    rt.block_on(plinth_db::migrate(&pool)).unwrap();
-    let app = App::new(
-        pool.clone(),
-        plinth_core::BmcKey::from_base64(&plinth_core::BmcKey::generate_base64()).unwrap(),
-    );
+    let key = plinth_core::BmcKey::generate_base64();
+    let (rt, pool, app) = database(&cluster, &key);
 
     let mut lab = Lab::new().unwrap();
-    let sw = lab.namespace("sw").unwrap();
-    let srv1 = lab.namespace("srv1").unwrap();
-    let srv2 = lab.namespace("srv2").unwrap();
-    let cli = lab.namespace("cli").unwrap();
-    let (a, sw_a) = lab.link(&srv1, &sw).unwrap();
-    let (b, sw_b) = lab.link(&srv2, &sw).unwrap();
-    let (c, sw_c) = lab.link(&cli, &sw).unwrap();
-    lab.bridge(&sw, &[&sw_a, &sw_b, &sw_c]).unwrap();
-    lab.addr(&srv1, &a, "10.68.0.2/16").unwrap();
-    lab.addr(&srv2, &b, "10.68.0.3/16").unwrap();
-    lab.addr(&cli, &c, "10.68.0.9/16").unwrap();
-    lab.addr(&cli, &c, "10.68.0.10/16").unwrap();
+    let Segment {
+        srv1,
+        a,
+        srv2,
+        b,
+        cli,
+        c,
+    } = segment(&mut lab, "10.68");
     subnet_on(
         &rt,
         &app,
@@ -285,14 +340,8 @@ fn bmc_jobs_run_exactly_once_through_a_failover() {
         return;
     }
     let cluster = Cluster::start(3).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let pool = rt.block_on(plinth_db::connect(&cluster.url(), 8)).unwrap();
-    rt.block_on(plinth_db::migrate(&pool)).unwrap();
     let key = plinth_core::BmcKey::generate_base64();
-    let app = App::new(
-        pool.clone(),
-        plinth_core::BmcKey::from_base64(&key).unwrap(),
-    );
+    let (rt, pool, app) = database(&cluster, &key);
     let who = Principal::system();
 
     let bmcs: Vec<RedfishEmulator> = (0..MACHINES)
@@ -466,26 +515,17 @@ fn a_partitioned_instance_answers_no_new_client() {
         return;
     }
     let cluster = Cluster::start(3).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let pool = rt.block_on(plinth_db::connect(&cluster.url(), 4)).unwrap();
-    rt.block_on(plinth_db::migrate(&pool)).unwrap();
-    let app = App::new(
-        pool.clone(),
-        plinth_core::BmcKey::from_base64(&plinth_core::BmcKey::generate_base64()).unwrap(),
-    );
+    let key = plinth_core::BmcKey::generate_base64();
+    let (rt, pool, app) = database(&cluster, &key);
     let mut lab = Lab::new().unwrap();
-    let sw = lab.namespace("sw").unwrap();
-    let srv1 = lab.namespace("srv1").unwrap();
-    let srv2 = lab.namespace("srv2").unwrap();
-    let cli = lab.namespace("cli").unwrap();
-    let (a, sw_a) = lab.link(&srv1, &sw).unwrap();
-    let (b, sw_b) = lab.link(&srv2, &sw).unwrap();
-    let (c, sw_c) = lab.link(&cli, &sw).unwrap();
-    lab.bridge(&sw, &[&sw_a, &sw_b, &sw_c]).unwrap();
-    lab.addr(&srv1, &a, "10.69.0.2/16").unwrap();
-    lab.addr(&srv2, &b, "10.69.0.3/16").unwrap();
-    lab.addr(&cli, &c, "10.69.0.9/16").unwrap();
-    lab.addr(&cli, &c, "10.69.0.10/16").unwrap();
+    let Segment {
+        srv1,
+        a,
+        srv2,
+        b,
+        cli,
+        ..
+    } = segment(&mut lab, "10.69");
     subnet_on(
         &rt,
         &app,
@@ -593,5 +633,155 @@ fn a_partitioned_instance_answers_no_new_client() {
         base += 1;
     }
     assert!(p1.is_running() && p2.is_running());
+    rt.block_on(pool.close());
+}
+
+/// The failover benchmark (scripts/bench-ha.sh). Two instances under a steady DHCP load
+/// (perfdhcp, `RATE` DORA/s against each, a fresh client each time) and `/healthz` probes (a
+/// database round trip, every 100 ms on each instance); the primary is killed (SIGKILL) after
+/// `KILL_AT` seconds. From the committed leases' bind times and the probes' answers: seconds
+/// without a lease committed and without an API answer, and the DHCP rate before, while and
+/// after the primary is replaced. Prints `BENCH` lines.
+#[test]
+#[ignore = "benchmark: run by scripts/bench-ha.sh"]
+fn bench_failover() {
+    const RATE: u32 = 150;
+    const SECS: u32 = 45;
+    const KILL_AT: f64 = 15.0;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let cluster = Cluster::start(3).unwrap();
+    let key = plinth_core::BmcKey::generate_base64();
+    let (rt, pool, app) = database(&cluster, &key);
+    let mut lab = Lab::new().unwrap();
+    let Segment {
+        srv1,
+        a,
+        srv2,
+        b,
+        cli,
+        ..
+    } = segment(&mut lab, "10.70");
+    subnet_on(
+        &rt,
+        &app,
+        "10.70.0.0/16",
+        "10.70.1.0",
+        "10.70.250.255",
+        Some("10.70.0.1"),
+        &["any"],
+    );
+    let url = cluster.socket_url();
+    let mut p1 = plinth_logging(&mut lab, &srv1, &a, &url, "10.70.0.2", "info");
+    let mut p2 = plinth_logging(&mut lab, &srv2, &b, &url, "10.70.0.3", "info");
+    let probe = |lab: &mut Lab, ns: &Ns| {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "while :; do t=$(date +%s.%N); \
+             c=$(curl -s -o /dev/null -m 1 -w '%{http_code}' http://127.0.0.1:8080/healthz); \
+             echo \"$t $c\"; sleep 0.1; done",
+        ]);
+        lab.spawn_named(ns, "probe", cmd).unwrap()
+    };
+    let mut probes = [probe(&mut lab, &srv1), probe(&mut lab, &srv2)];
+    let t0 = now();
+    let runs = [
+        perfdhcp(
+            &mut lab,
+            &cli,
+            "10.70.0.9",
+            "10.70.0.2",
+            "mac=02:00:00:0a:00:00",
+            [RATE, RATE * SECS, SECS],
+        ),
+        perfdhcp(
+            &mut lab,
+            &cli,
+            "10.70.0.10",
+            "10.70.0.3",
+            "mac=02:00:00:0b:00:00",
+            [RATE, RATE * SECS, SECS],
+        ),
+    ];
+    std::thread::sleep(Duration::from_secs_f64(KILL_AT));
+    let killed_at = now();
+    let old = cluster.kill_primary().unwrap();
+    cluster
+        .wait_for_primary(old, Duration::from_secs(60))
+        .unwrap();
+    let promoted_at = now();
+    let (mut acks, mut non_unique) = (0, 0);
+    for run in &runs {
+        run.wait_timeout(Duration::from_secs(SECS as u64 + 60))
+            .expect("perfdhcp finished");
+        let r = dhcp_clients::parse_perfdhcp(&run.log_text()).unwrap();
+        acks += r.request_ack.received;
+        non_unique += r.request_ack.non_unique_addresses;
+    }
+    let end = now();
+    for p in &mut probes {
+        p.kill();
+    }
+
+    // Bind times of the load's leases (a lease's expiry is its bind time plus the subnet's 600 s).
+    let leases = leases_on(&rt, &app);
+    check_unique(&leases);
+    let mut binds: Vec<f64> = leases
+        .iter()
+        .filter(|l| l.state == LeaseState::Bound)
+        .filter(|l| l.mac.is_some_and(|m| [0x0a, 0x0b].contains(&m.octets()[3])))
+        .map(|l| l.expires_at.timestamp_micros() as f64 / 1e6 - 600.0)
+        .collect();
+    binds.sort_by(f64::total_cmp);
+    // The longest stretch around the kill with nothing committed, and when it ended.
+    let gap = |times: &[f64]| -> (f64, f64) {
+        times
+            .windows(2)
+            .filter(|w| w[1] >= killed_at && w[0] <= killed_at + 60.0)
+            .map(|w| (w[1] - w[0], w[1]))
+            .fold(
+                (0.0, killed_at),
+                |best, g| if g.0 > best.0 { g } else { best },
+            )
+    };
+    let (dhcp_gap, dhcp_back) = gap(&binds);
+    let rate = |from: f64, to: f64| {
+        binds.iter().filter(|t| **t >= from && **t < to).count() as f64 / (to - from).max(0.001)
+    };
+    println!(
+        "BENCH failover: primary killed {:.1} s into the load, a new primary took writes {:.1} s later",
+        killed_at - t0,
+        promoted_at - killed_at
+    );
+    println!(
+        "BENCH dhcp: {:.1} s without a lease committed; {:.0} leases/s before, {:.0} while the primary was replaced, {:.0} after (offered {} DORA/s); {} ACKs, {} bound, {} addresses given twice",
+        dhcp_gap,
+        rate(t0 + 2.0, killed_at),
+        rate(killed_at, dhcp_back),
+        rate(dhcp_back, end - 2.0),
+        2 * RATE,
+        acks,
+        binds.len(),
+        non_unique
+    );
+    for (name, p) in [("plinth 1", &probes[0]), ("plinth 2", &probes[1])] {
+        let ok: Vec<f64> = p
+            .log_text()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, code)| *code == "200")
+            .filter_map(|(t, _)| t.parse().ok())
+            .collect();
+        let (api_gap, _) = gap(&ok);
+        println!("BENCH api {name}: {api_gap:.1} s without an answer from /healthz");
+    }
+    assert_eq!(non_unique, 0);
+    p1.kill();
+    p2.kill();
     rt.block_on(pool.close());
 }

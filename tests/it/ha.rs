@@ -27,39 +27,36 @@ fn is_root() -> bool {
 
 /// `plinth serve` with DHCP on `iface` inside `ns`, on the cluster.
 fn plinth(lab: &mut Lab, ns: &Ns, iface: &str, db_url: &str, boot_server: &str) -> Proc {
-    plinth_logging(
+    plinth_with(
         lab,
         ns,
         iface,
         db_url,
         boot_server,
         "plinth_dhcp=debug,plinth_db=info,info",
+        &[],
     )
 }
 
-/// [`plinth`] with its log filter.
-fn plinth_logging(
+/// [`plinth`] with its log filter and more settings.
+fn plinth_with(
     lab: &mut Lab,
     ns: &Ns,
     iface: &str,
     db_url: &str,
     boot_server: &str,
     log: &str,
+    more: &[(&str, &str)],
 ) -> Proc {
     let interfaces = format!("[\"{iface}\"]");
-    serve_in_ns(
-        lab,
-        ns,
-        db_url,
-        "127.0.0.1:8080",
-        &[
-            ("PLINTH_DHCP__ENABLED", "true"),
-            ("PLINTH_DHCP__INTERFACES", &interfaces),
-            ("PLINTH_DHCP__BOOT_SERVER", boot_server),
-            ("PLINTH_LOG__LEVEL", log),
-        ],
-        "DHCP listening",
-    )
+    let mut env = vec![
+        ("PLINTH_DHCP__ENABLED", "true"),
+        ("PLINTH_DHCP__INTERFACES", interfaces.as_str()),
+        ("PLINTH_DHCP__BOOT_SERVER", boot_server),
+        ("PLINTH_LOG__LEVEL", log),
+    ];
+    env.extend_from_slice(more);
+    serve_in_ns(lab, ns, db_url, "127.0.0.1:8080", &env, "DHCP listening")
 }
 
 /// perfdhcp in `ns` as a relay at `from` against `server`: `[rate, clients, secs]`: `rate`
@@ -676,8 +673,8 @@ fn bench_failover() {
         &["any"],
     );
     let url = cluster.socket_url();
-    let mut p1 = plinth_logging(&mut lab, &srv1, &a, &url, "10.70.0.2", "info");
-    let mut p2 = plinth_logging(&mut lab, &srv2, &b, &url, "10.70.0.3", "info");
+    let mut p1 = plinth_with(&mut lab, &srv1, &a, &url, "10.70.0.2", "info", &[]);
+    let mut p2 = plinth_with(&mut lab, &srv2, &b, &url, "10.70.0.3", "info", &[]);
     let probe = |lab: &mut Lab, ns: &Ns| {
         let mut cmd = Command::new("sh");
         cmd.args([
@@ -783,5 +780,146 @@ fn bench_failover() {
     assert_eq!(non_unique, 0);
     p1.kill();
     p2.kill();
+    rt.block_on(pool.close());
+}
+
+/// CPU seconds a process has used so far (user and system), from /proc.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// The whole machine's busy CPU seconds so far (every state but idle and iowait), from /proc.
+fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let cpu: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    (cpu.iter().sum::<f64>() - cpu[3] - cpu[4]) / 100.0
+}
+
+/// The scale-out benchmark (scripts/bench-ha.sh): 1, 2 and 3 instances on the one Patroni
+/// cluster, each offered `OFFER` DORA/s by its own perfdhcp for `SECS` seconds. Prints the
+/// DORAs per second they sustained together, the CPU each instance used per DORA, and the
+/// whole machine's (PostgreSQL, perfdhcp and all) per DORA. On this 2-core machine the
+/// ceiling is shared, so CPU per DORA is the figure that says how far more machines go.
+#[test]
+#[ignore = "benchmark: run by scripts/bench-ha.sh"]
+fn bench_scale_out() {
+    const OFFER: u32 = 2000;
+    const SECS: u32 = 10;
+    let cluster = Cluster::start(3).unwrap();
+    let key = plinth_core::BmcKey::generate_base64();
+    let (rt, pool, app) = database(&cluster, &key);
+    let mut lab = Lab::new().unwrap();
+    let sw = lab.namespace("sw").unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let (c, sw_c) = lab.link(&cli, &sw).unwrap();
+    let mut members = vec![sw_c];
+    let mut servers = Vec::new();
+    for i in 1..=3 {
+        let ns = lab.namespace(&format!("srv{i}")).unwrap();
+        let (end, sw_end) = lab.link(&ns, &sw).unwrap();
+        lab.addr(&ns, &end, &format!("10.71.0.{}/16", i + 1))
+            .unwrap();
+        lab.addr(&cli, &c, &format!("10.71.0.{}/16", i + 10))
+            .unwrap();
+        members.push(sw_end);
+        servers.push((ns, end));
+    }
+    lab.bridge(&sw, &members.iter().map(String::as_str).collect::<Vec<_>>())
+        .unwrap();
+    subnet_on(
+        &rt,
+        &app,
+        "10.71.0.0/16",
+        "10.71.1.0",
+        "10.71.250.255",
+        Some("10.71.0.1"),
+        &["any"],
+    );
+    let url = cluster.socket_url();
+    let mut round = 0u8;
+    for n in 1..=3usize {
+        let mut instances: Vec<Proc> = servers[..n]
+            .iter()
+            .enumerate()
+            .map(|(i, (ns, end))| {
+                // No cap on new clients a second (the flood guard's default is 1,000).
+                plinth_with(
+                    &mut lab,
+                    ns,
+                    end,
+                    &url,
+                    &format!("10.71.0.{}", i + 2),
+                    "plinth_dhcp=info,warn",
+                    &[("PLINTH_DHCP__NEW_CLIENT_RATE", "0")],
+                )
+            })
+            .collect();
+        let cpu0: Vec<f64> = instances.iter().map(|p| cpu_secs(p.pid)).collect();
+        let busy0 = machine_busy_secs();
+        let runs: Vec<Proc> = (0..n)
+            .map(|i| {
+                round += 1;
+                perfdhcp(
+                    &mut lab,
+                    &cli,
+                    &format!("10.71.0.{}", i + 11),
+                    &format!("10.71.0.{}", i + 2),
+                    &format!("mac=02:00:{round:02x}:00:00:00"),
+                    [OFFER, OFFER * SECS, SECS],
+                )
+            })
+            .collect();
+        let mut doras = 0.0;
+        let mut served = Vec::new();
+        for run in &runs {
+            run.wait_timeout(Duration::from_secs(SECS as u64 + 60))
+                .expect("perfdhcp finished");
+            let r = dhcp_clients::parse_perfdhcp(&run.log_text()).unwrap();
+            assert_eq!(r.request_ack.non_unique_addresses, 0);
+            doras += r.rate.unwrap_or(0.0);
+            served.push(r.request_ack.received as f64);
+        }
+        let busy = machine_busy_secs() - busy0;
+        let per_instance: Vec<String> = instances
+            .iter()
+            .zip(&cpu0)
+            .zip(&served)
+            .map(|((p, c0), acks)| {
+                format!("{:.0} µs", (cpu_secs(p.pid) - c0) / acks.max(1.0) * 1e6)
+            })
+            .collect();
+        let total: f64 = served.iter().sum();
+        println!(
+            "BENCH scale-out {n} instance(s): {doras:.0} DORA/s together (offered {} DORA/s); CPU per DORA: plinth {}, the whole machine {:.0} µs",
+            OFFER as usize * n,
+            per_instance.join(" / "),
+            busy / total.max(1.0) * 1e6
+        );
+        for p in &mut instances {
+            p.kill();
+        }
+        // The next round starts with the pool empty again (60,000 addresses, 20,000 clients
+        // per perfdhcp run).
+        let primary = cluster.primary().unwrap();
+        cluster
+            .psql(
+                primary,
+                "plinth",
+                &["update leases set state = 'free', expires_at = null where state in ('offered', 'bound')"],
+            )
+            .unwrap();
+    }
     rt.block_on(pool.close());
 }

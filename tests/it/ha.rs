@@ -4,7 +4,10 @@
 //! once without handing an address out twice; a client keeps its address through the other
 //! instance; the primary is killed (SIGKILL) in the middle of a DHCP storm and both instances
 //! carry on, without a restart, on the promoted replica, with no committed lease lost. And
-//! 500 BMC jobs run by two instances through a failover each run exactly once.
+//! 500 BMC jobs run by two instances through a failover each run exactly once; an instance
+//! killed mid-transition hands its jobs to the other; an instance cut off from the database
+//! answers no new DHCP client. `bench_failover` and `bench_scale_out` are the benchmarks of
+//! scripts/bench-ha.sh.
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -921,5 +924,158 @@ fn bench_scale_out() {
             )
             .unwrap();
     }
+    rt.block_on(pool.close());
+}
+
+/// An instance dies (SIGKILL) in the middle of a lifecycle transition's BMC jobs, its call to
+/// the BMC unanswered: the other instance takes the job over once its lease runs out and
+/// finishes the chain (boot from the network once, power on), so the machine's inspection
+/// goes on. The call the dead instance made is made again: at least once, as docs/ha.md says.
+#[test]
+fn an_instance_killed_mid_transition_hands_its_jobs_to_the_other() {
+    use plinth_core::Principal;
+    use plinth_core::jobs::JobQuery;
+    use plinth_core::lifecycle::Action;
+    use plinth_testkit::redfish::RedfishEmulator;
+    use plinth_types::Verb;
+
+    if !is_root() {
+        eprintln!("SKIPPED: needs root (PostgreSQL as the postgres user)");
+        return;
+    }
+    let cluster = Cluster::start(3).unwrap();
+    let key = plinth_core::BmcKey::generate_base64();
+    let (rt, pool, app) = database(&cluster, &key);
+    let who = Principal::system();
+    let bmc = rt
+        .block_on(RedfishEmulator::start("admin", "ha-secret"))
+        .unwrap();
+    let id = rt
+        .block_on(app.enroll_machine(
+            &who,
+            MachineCreate {
+                hostname: Some("ha-inspect".into()),
+                rack: None,
+                rack_unit: None,
+                size_u: None,
+                pool: None,
+                tags: None,
+                arch: Some(Arch::X86_64),
+                nics: vec![NicSpec {
+                    mac: "52:54:00:6a:00:01".parse().unwrap(),
+                    ipv4: None,
+                    pxe: None,
+                }],
+                bmc: Some(BmcSpec {
+                    protocol: BmcProtocol::Redfish,
+                    address: bmc.url(),
+                    username: "admin".into(),
+                    password: "ha-secret".into(),
+                    verify_tls: None,
+                    plain_http: Some(true),
+                }),
+            },
+        ))
+        .unwrap()
+        .id;
+    let jobs = || {
+        rt.block_on(app.jobs(
+            &who,
+            JobQuery {
+                machine: Some(id),
+                state: None,
+                limit: Some(100),
+                cursor: None,
+            },
+        ))
+        .map(|p| p.jobs)
+        .unwrap_or_default()
+    };
+    let finished = |j: &Job| {
+        matches!(
+            j.state,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    };
+    let env = [
+        ("PLINTH_BMC__SECRET_KEY", key.as_str()),
+        ("PLINTH_BMC__LEASE_SECS", "3"),
+        ("PLINTH_BMC__BACKOFF_BASE_SECS", "1"),
+        ("PLINTH_BMC__BACKOFF_MAX_SECS", "2"),
+        ("PLINTH_BMC__SYNC_INTERVAL_SECS", "0"),
+        ("NO_COLOR", "1"),
+    ];
+    let url = cluster.url();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    // Instance 1 alone: it checks the BMC, then takes the inspection's first job, whose call
+    // the BMC never answers.
+    let mut first = Serve::start_with(dirs[0].path(), Some(&url), &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !jobs().iter().all(finished) || jobs().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the BMC check never finished: {:#?}",
+            jobs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bmc.knobs(|k| k.delay = Duration::from_secs(3600));
+    rt.block_on(app.act(
+        &who,
+        id,
+        Action {
+            verb: Verb::Inspect,
+            expected_version: None,
+            reason: None,
+        },
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !jobs().iter().any(|j| j.state == JobState::Running) {
+        assert!(Instant::now() < deadline, "no job started: {:#?}", jobs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let chain: Vec<Job> = jobs().into_iter().filter(|j| !finished(j)).collect();
+    assert!(
+        chain.len() >= 2,
+        "the inspection queued its chain: {chain:#?}"
+    );
+
+    // Instance 2 starts; instance 1 dies mid-call; the BMC answers again.
+    let second = Serve::start_with(dirs[1].path(), Some(&url), &env);
+    first.kill();
+    bmc.knobs(|k| k.delay = Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !jobs().iter().all(finished) {
+        assert!(
+            Instant::now() < deadline,
+            "the other instance never finished the chain: {:#?}\n{}",
+            jobs(),
+            second.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let done = jobs();
+    for j in done.iter().filter(|j| chain.iter().any(|c| c.id == j.id)) {
+        assert_eq!(j.state, JobState::Succeeded, "{j:#?}");
+    }
+    assert!(
+        done.iter().any(|j| j.attempts == 2),
+        "the interrupted job ran a second time: {done:#?}"
+    );
+    assert!(
+        second.log_text().contains("job succeeded"),
+        "instance 2 ran them:\n{}",
+        second.log_text()
+    );
+    // The chain: boot from the network once (consumed by the power-on that follows), power on.
+    let kinds: Vec<&str> = chain.iter().map(|j| j.kind.as_str()).collect();
+    assert!(
+        kinds.contains(&"boot_device") && kinds.contains(&"power"),
+        "{kinds:?}"
+    );
+    assert_eq!(bmc.power(), "On");
+    let m = rt.block_on(app.get_machine(&who, id)).unwrap();
+    assert_eq!(m.state, plinth_types::MachineState::Inspecting);
     rt.block_on(pool.close());
 }

@@ -9,7 +9,7 @@
 #   scripts/bench-ha.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-packages.sh $(grep -v "^#" crates/plinth-testkit/PACKAGES) curl
+scripts/ensure-packages.sh $(grep -v "^#" crates/plinth-testkit/PACKAGES) curl wrk
 export SQLX_OFFLINE=true
 cargo build -q -p plinth
 echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores"

@@ -24,6 +24,13 @@ CREATE FUNCTION public.boot_request_batch(p_macs macaddr[], p_remotes inet[], p_
     AS $$
 #variable_conflict use_column
 begin
+    -- One MAC's requests on several instances at once take turns (in MAC order, as every
+    -- batch is sorted). The statement below then starts after another instance's batch for
+    -- the same machine has committed, so its snapshot sees that batch's token and revokes it;
+    -- without the turn, both would mint a live token and the second commit would fail on
+    -- agent_tokens_one_live.
+    perform pg_advisory_xact_lock(1651470196, hashtext(x.mac::text))
+    from (select distinct mac from unnest(p_macs) as mac order by mac) x;
     return query
     with input as (
         select k as i, p_macs[k] as mac, p_remotes[k] as remote, p_actors[k] as actor,

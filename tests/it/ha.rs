@@ -59,7 +59,8 @@ fn plinth_with(
         ("PLINTH_LOG__LEVEL", log),
     ];
     env.extend_from_slice(more);
-    serve_in_ns(lab, ns, db_url, "127.0.0.1:8080", &env, "DHCP listening")
+    // On every address of its namespace: the benchmarks' wrk reaches it across the bridge.
+    serve_in_ns(lab, ns, db_url, "0.0.0.0:8080", &env, "DHCP listening")
 }
 
 /// perfdhcp in `ns` as a relay at `from` against `server`: `[rate, clients, secs]`: `rate`
@@ -850,6 +851,38 @@ fn bench_scale_out() {
         Some("10.71.0.1"),
         &["any"],
     );
+    // 2,000 machines for the script endpoint: even ones ready (a local-boot script), odd ones
+    // inspecting (the ramdisk's script, with a fresh agent token each time).
+    let primary = cluster.primary().unwrap();
+    cluster
+        .psql(
+            primary,
+            "plinth",
+            &["with m as (insert into machines (hostname, state) \
+               select 'bench-' || i, case when i % 2 = 0 then 'ready' else 'inspecting' end \
+               from generate_series(1, 2000) i returning id, hostname) \
+               insert into nics (machine_id, mac, pxe) \
+               select id, ('52:54:00:' || lpad(to_hex((n >> 16) & 255), 2, '0') || ':' \
+               || lpad(to_hex((n >> 8) & 255), 2, '0') || ':' || lpad(to_hex(n & 255), 2, '0'))::macaddr, true \
+               from (select id, substr(hostname, 7)::int as n from m) x",
+              "analyze"],
+        )
+        .unwrap();
+    let lua = lab.path("ipxe.lua");
+    std::fs::write(
+        &lua,
+        r#"math.randomseed(os.time())
+request = function()
+  local n = math.random(1, 2000)
+  local mac = string.format("52:54:00:%02x:%02x:%02x", math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+  return wrk.format("GET", "/boot/ipxe?mac=" .. mac .. "&platform=pcbios&buildarch=x86_64")
+end
+response = function(status, headers, body)
+  if status ~= 200 then io.write("answered " .. status .. ": " .. body .. "\n") end
+end
+"#,
+    )
+    .unwrap();
     let url = cluster.socket_url();
     let mut round = 0u8;
     for n in 1..=3usize {
@@ -909,6 +942,49 @@ fn bench_scale_out() {
             OFFER as usize * n,
             per_instance.join(" / "),
             busy / total.max(1.0) * 1e6
+        );
+
+        // The iPXE script endpoint: a wrk against each instance at once, 16 connections each.
+        let cpu0: Vec<f64> = instances.iter().map(|p| cpu_secs(p.pid)).collect();
+        let wrks: Vec<Proc> = (0..n)
+            .map(|i| {
+                let mut cmd = Command::new("wrk");
+                cmd.args(["-t1", "-c16", "-d10s", "-s"])
+                    .arg(&lua)
+                    .arg(format!("http://10.71.0.{}:8080", i + 2));
+                lab.spawn_named(&cli, "wrk", cmd).unwrap()
+            })
+            .collect();
+        let mut scripts = Vec::new();
+        for w in &wrks {
+            w.wait_timeout(Duration::from_secs(60))
+                .expect("wrk finished");
+            let out = w.log_text();
+            assert!(!out.contains("Non-2xx"), "{out}");
+            let rps: f64 = out
+                .lines()
+                .find_map(|l| l.strip_prefix("Requests/sec:"))
+                .unwrap_or_else(|| panic!("{out}"))
+                .trim()
+                .parse()
+                .unwrap();
+            scripts.push(rps);
+        }
+        let per_script: Vec<String> = instances
+            .iter()
+            .zip(&cpu0)
+            .zip(&scripts)
+            .map(|((p, c0), rps)| {
+                format!(
+                    "{:.0} µs",
+                    (cpu_secs(p.pid) - c0) / (rps * 10.0).max(1.0) * 1e6
+                )
+            })
+            .collect();
+        println!(
+            "BENCH scale-out {n} instance(s): {:.0} iPXE scripts/s together; CPU per script: plinth {}",
+            scripts.iter().sum::<f64>(),
+            per_script.join(" / ")
         );
         for p in &mut instances {
             p.kill();

@@ -484,3 +484,47 @@ async fn events_are_append_only() {
         assert!(e.to_string().contains("append-only"), "{sql}: {e}");
     }
 }
+
+/// Several instances answer the same inspecting machine's script requests at once (iPXE
+/// retries reaching each): each request gets its script and a token, none an internal error, and the
+/// machine is left with one live token, the last one minted.
+#[tokio::test]
+async fn concurrent_script_requests_from_several_instances_mint_one_live_token() {
+    let (a, db) = app().await;
+    // Four instances' batch workers (one per App).
+    let apps = [a.clone(), db.app(), db.app(), db.app()];
+    let id = a.enroll_machine(&admin(), enroll_req(91)).await.unwrap().id;
+    force(&db, id, MachineState::Inspecting).await;
+    let settings = plinth_core::boot::BootSettings::with_root("images".into());
+    for _round in 0..10 {
+        let tasks: Vec<_> = (0..64)
+            .map(|n| {
+                let app = apps[n % apps.len()].clone();
+                let settings = settings.clone();
+                tokio::spawn(async move {
+                    app.boot_script(
+                        &plinth_core::boot::BootRequest {
+                            mac: Some(mac(91).to_string()),
+                            request_base: Some("http://10.30.0.2:8080".into()),
+                            ..Default::default()
+                        },
+                        &settings,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            let script = t.await.unwrap();
+            assert!(script.is_ok(), "{script:?}");
+        }
+    }
+    let live: i64 = sqlx::query_scalar(
+        "select count(*) from agent_tokens where machine_id = $1 and used_at is null and revoked_at is null",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(live, 1);
+}

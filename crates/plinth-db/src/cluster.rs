@@ -305,6 +305,9 @@ async fn watch(
     switched: Arc<Switched>,
 ) {
     let mut conn = Some(conn);
+    // While no primary answers: said at once, then every half minute, not every second.
+    let mut without_since: Option<Instant> = None;
+    let mut said_at: Option<Instant> = None;
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
         if pool.is_closed() {
@@ -325,9 +328,23 @@ async fn watch(
         }
         conn = None;
         let Some((found, c)) = find_primary(&targets).await else {
-            tracing::warn!("no database primary reachable: waiting for one");
+            let since = *without_since.get_or_insert_with(Instant::now);
+            if said_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                tracing::warn!(
+                    for_secs = since.elapsed().as_secs(),
+                    "no database primary reachable: waiting for one"
+                );
+                said_at = Some(Instant::now());
+            }
             continue;
         };
+        if let Some(since) = without_since.take() {
+            tracing::info!(
+                after_secs = since.elapsed().as_secs(),
+                "a database primary answers again"
+            );
+            said_at = None;
+        }
         conn = Some(c);
         if found != current {
             tracing::warn!(

@@ -91,7 +91,7 @@ fn perfdhcp(lab: &mut Lab, ns: &Ns, from: &str, server: &str, base: &str, load: 
 
 /// Two instances' namespaces and a client's on one bridge: `<net>.0.2` (`srv1`, its end `a`),
 /// `<net>.0.3` (`srv2`, `b`), `<net>.0.9` and `.10` (`cli`, `c`: perfdhcp relays from them),
-/// all in `<net>.0.0/16`.
+/// all in `<net>.0.0/16`, the subnet [`subnet_for`] makes.
 struct Segment {
     srv1: Ns,
     a: String,
@@ -101,7 +101,8 @@ struct Segment {
     c: String,
 }
 
-fn segment(lab: &mut Lab, net: &str) -> Segment {
+fn segment(lab: &mut Lab, rt: &tokio::runtime::Runtime, app: &App, net: &str) -> Segment {
+    subnet_for(rt, app, net);
     let sw = lab.namespace("sw").unwrap();
     let srv1 = lab.namespace("srv1").unwrap();
     let srv2 = lab.namespace("srv2").unwrap();
@@ -124,14 +125,54 @@ fn segment(lab: &mut Lab, net: &str) -> Segment {
     }
 }
 
-/// The test's own way into the cluster: a runtime, a pool through the multi-host URL (it
-/// follows failovers like plinth's), the schema, and plinth-core's `App` with BMC key `key`.
-fn database(cluster: &Cluster, key: &str) -> (tokio::runtime::Runtime, plinth_db::PgPool, App) {
+/// A Patroni cluster, and the test's own way into it: a runtime, a pool through the
+/// multi-host URL (it follows failovers like plinth's), the schema, and plinth-core's `App`
+/// with the BMC key `key` (the instances get it too).
+struct Ha {
+    cluster: Cluster,
+    key: String,
+    rt: tokio::runtime::Runtime,
+    pool: plinth_db::PgPool,
+    app: App,
+}
+
+/// `None` (the test says it is skipped) when not root: PostgreSQL runs as the postgres user
+/// and the labs need network namespaces. The test command runs as root.
+fn ha() -> Option<Ha> {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root (network namespaces; PostgreSQL as the postgres user)");
+        return None;
+    }
+    let cluster = Cluster::start(3).unwrap();
+    let key = plinth_core::BmcKey::generate_base64();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pool = rt.block_on(plinth_db::connect(&cluster.url(), 8)).unwrap();
     rt.block_on(plinth_db::migrate(&pool)).unwrap();
-    let app = App::new(pool.clone(), plinth_core::BmcKey::from_base64(key).unwrap());
-    (rt, pool, app)
+    let app = App::new(
+        pool.clone(),
+        plinth_core::BmcKey::from_base64(&key).unwrap(),
+    );
+    Some(Ha {
+        cluster,
+        key,
+        rt,
+        pool,
+        app,
+    })
+}
+
+/// The subnet `<net>.0.0/16`, addresses `<net>.1.0` to `<net>.250.255` (64,000), any relay
+/// inside it (perfdhcp relays from the client's addresses).
+fn subnet_for(rt: &tokio::runtime::Runtime, app: &App, net: &str) {
+    subnet_on(
+        rt,
+        app,
+        &format!("{net}.0.0/16"),
+        &format!("{net}.1.0"),
+        &format!("{net}.250.255"),
+        Some(&format!("{net}.0.1")),
+        &["any"],
+    );
 }
 
 /// Bound leases: no client holds two, no address is held twice.
@@ -149,13 +190,16 @@ fn check_unique(leases: &[Lease]) -> Vec<&Lease> {
 
 #[test]
 fn two_instances_share_a_patroni_cluster_and_ride_out_its_primary_dying() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root (network namespaces; PostgreSQL as the postgres user)");
+    let Some(Ha {
+        cluster,
+        key: _,
+        rt,
+        pool,
+        app,
+    }) = ha()
+    else {
         return;
-    }
-    let cluster = Cluster::start(3).unwrap();
-    let key = plinth_core::BmcKey::generate_base64();
-    let (rt, pool, app) = database(&cluster, &key);
+    };
 
     let mut lab = Lab::new().unwrap();
     let Segment {
@@ -165,16 +209,7 @@ fn two_instances_share_a_patroni_cluster_and_ride_out_its_primary_dying() {
         b,
         cli,
         c,
-    } = segment(&mut lab, "10.68");
-    subnet_on(
-        &rt,
-        &app,
-        "10.68.0.0/16",
-        "10.68.1.0",
-        "10.68.31.255",
-        Some("10.68.0.1"),
-        &["any"],
-    );
+    } = segment(&mut lab, &rt, &app, "10.68");
     let url = cluster.socket_url();
     let mut p1 = plinth(&mut lab, &srv1, &a, &url, "10.68.0.2");
     let mut p2 = plinth(&mut lab, &srv2, &b, &url, "10.68.0.3");
@@ -336,13 +371,16 @@ fn bmc_jobs_run_exactly_once_through_a_failover() {
     const MACHINES: usize = 25;
     const JOBS_EACH: usize = 20;
     const RESET: &str = "POST reset";
-    if !is_root() {
-        eprintln!("SKIPPED: needs root (PostgreSQL as the postgres user)");
+    let Some(Ha {
+        cluster,
+        key,
+        rt,
+        pool,
+        app,
+    }) = ha()
+    else {
         return;
-    }
-    let cluster = Cluster::start(3).unwrap();
-    let key = plinth_core::BmcKey::generate_base64();
-    let (rt, pool, app) = database(&cluster, &key);
+    };
     let who = Principal::system();
 
     let bmcs: Vec<RedfishEmulator> = (0..MACHINES)
@@ -511,13 +549,16 @@ fn bmc_jobs_run_exactly_once_through_a_failover() {
 /// lease; the other instance serves them. Given its database back, it serves again.
 #[test]
 fn a_partitioned_instance_answers_no_new_client() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root (network namespaces; PostgreSQL as the postgres user)");
+    let Some(Ha {
+        cluster,
+        key: _,
+        rt,
+        pool,
+        app,
+    }) = ha()
+    else {
         return;
-    }
-    let cluster = Cluster::start(3).unwrap();
-    let key = plinth_core::BmcKey::generate_base64();
-    let (rt, pool, app) = database(&cluster, &key);
+    };
     let mut lab = Lab::new().unwrap();
     let Segment {
         srv1,
@@ -526,16 +567,7 @@ fn a_partitioned_instance_answers_no_new_client() {
         b,
         cli,
         ..
-    } = segment(&mut lab, "10.69");
-    subnet_on(
-        &rt,
-        &app,
-        "10.69.0.0/16",
-        "10.69.1.0",
-        "10.69.4.255",
-        Some("10.69.0.1"),
-        &["any"],
-    );
+    } = segment(&mut lab, &rt, &app, "10.69");
 
     // Instance 1 reaches the nodes' sockets through links in a folder of its own: removing
     // them (and ending its connections) cuts it off, as a network partition would.
@@ -655,9 +687,16 @@ fn bench_failover() {
             .unwrap()
             .as_secs_f64()
     };
-    let cluster = Cluster::start(3).unwrap();
-    let key = plinth_core::BmcKey::generate_base64();
-    let (rt, pool, app) = database(&cluster, &key);
+    let Some(Ha {
+        cluster,
+        key: _,
+        rt,
+        pool,
+        app,
+    }) = ha()
+    else {
+        return;
+    };
     let mut lab = Lab::new().unwrap();
     let Segment {
         srv1,
@@ -666,16 +705,7 @@ fn bench_failover() {
         b,
         cli,
         ..
-    } = segment(&mut lab, "10.70");
-    subnet_on(
-        &rt,
-        &app,
-        "10.70.0.0/16",
-        "10.70.1.0",
-        "10.70.250.255",
-        Some("10.70.0.1"),
-        &["any"],
-    );
+    } = segment(&mut lab, &rt, &app, "10.70");
     let url = cluster.socket_url();
     let mut p1 = plinth_with(&mut lab, &srv1, &a, &url, "10.70.0.2", "info", &[]);
     let mut p2 = plinth_with(&mut lab, &srv2, &b, &url, "10.70.0.3", "info", &[]);
@@ -821,9 +851,16 @@ fn machine_busy_secs() -> f64 {
 fn bench_scale_out() {
     const OFFER: u32 = 2000;
     const SECS: u32 = 10;
-    let cluster = Cluster::start(3).unwrap();
-    let key = plinth_core::BmcKey::generate_base64();
-    let (rt, pool, app) = database(&cluster, &key);
+    let Some(Ha {
+        cluster,
+        key: _,
+        rt,
+        pool,
+        app,
+    }) = ha()
+    else {
+        return;
+    };
     let mut lab = Lab::new().unwrap();
     let sw = lab.namespace("sw").unwrap();
     let cli = lab.namespace("cli").unwrap();
@@ -842,15 +879,7 @@ fn bench_scale_out() {
     }
     lab.bridge(&sw, &members.iter().map(String::as_str).collect::<Vec<_>>())
         .unwrap();
-    subnet_on(
-        &rt,
-        &app,
-        "10.71.0.0/16",
-        "10.71.1.0",
-        "10.71.250.255",
-        Some("10.71.0.1"),
-        &["any"],
-    );
+    subnet_for(&rt, &app, "10.71");
     // 2,000 machines for the script endpoint: even ones ready (a local-boot script), odd ones
     // inspecting (the ramdisk's script, with a fresh agent token each time).
     let primary = cluster.primary().unwrap();
@@ -1015,13 +1044,16 @@ fn an_instance_killed_mid_transition_hands_its_jobs_to_the_other() {
     use plinth_testkit::redfish::RedfishEmulator;
     use plinth_types::Verb;
 
-    if !is_root() {
-        eprintln!("SKIPPED: needs root (PostgreSQL as the postgres user)");
+    let Some(Ha {
+        cluster,
+        key,
+        rt,
+        pool,
+        app,
+    }) = ha()
+    else {
         return;
-    }
-    let cluster = Cluster::start(3).unwrap();
-    let key = plinth_core::BmcKey::generate_base64();
-    let (rt, pool, app) = database(&cluster, &key);
+    };
     let who = Principal::system();
     let bmc = rt
         .block_on(RedfishEmulator::start("admin", "ha-secret"))

@@ -221,6 +221,24 @@ async fn find_primary(targets: &Targets) -> Option<(usize, PgConnection)> {
 #[derive(Default)]
 struct Switched(Mutex<Option<Instant>>);
 
+impl Switched {
+    /// The lock guards one `Copy` value: a panic elsewhere cannot leave it half-written, so
+    /// a poisoned lock is used as it is.
+    fn at(&self) -> Option<Instant> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn now(&self) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    }
+}
+
 /// Opens a pool on `targets`' primary (or its one host), and with several hosts starts the
 /// watcher that follows failovers; waits up to 30 s for a primary to appear.
 pub async fn connect_targets(
@@ -281,11 +299,7 @@ pub async fn connect_targets_within(
         .before_acquire({
             let switched = switched.clone();
             move |_, meta| {
-                let stale = switched
-                    .0
-                    .lock()
-                    .unwrap()
-                    .is_some_and(|at| meta.age > at.elapsed());
+                let stale = switched.at().is_some_and(|at| meta.age > at.elapsed());
                 Box::pin(async move { Ok(!stale) })
             }
         })
@@ -353,7 +367,7 @@ async fn watch(
                 "the database primary moved: following it"
             );
             pool.set_connect_options(targets.hosts[found].clone());
-            *switched.0.lock().unwrap() = Some(Instant::now());
+            switched.now();
             current = found;
         }
     }

@@ -243,12 +243,7 @@ impl PowerSync {
                 break;
             }
             for b in due {
-                let permit = self
-                    .slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(crate::internal("run_once"))?;
+                let permit = self.slot("run_once").await?;
                 let me = self.clone();
                 set.spawn(async move {
                     let o = me.poll(b).await;
@@ -267,6 +262,15 @@ impl PowerSync {
         Ok(report)
     }
 
+    /// One of this instance's poll slots, waited for.
+    async fn slot(&self, op: &'static str) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(crate::internal(op))
+    }
+
     /// The reconciler pass: every `tick`, polls the due BMCs it has slots for, in the
     /// background.
     pub fn pass(self: &Arc<Self>) -> Pass {
@@ -281,12 +285,7 @@ impl PowerSync {
     async fn start_due(self: &Arc<Self>, background: &Background) -> Result<()> {
         let due = self.claim(self.slots.available_permits()).await?;
         for b in due {
-            let permit = self
-                .slots
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(crate::internal("start_due"))?;
+            let permit = self.slot("start_due").await?;
             let me = self.clone();
             background.spawn(async move {
                 me.poll(b).await;

@@ -5,8 +5,9 @@
 //! instance; the primary is killed (SIGKILL) in the middle of a DHCP storm and both instances
 //! carry on, without a restart, on the promoted replica, with no committed lease lost. And
 //! 500 BMC jobs run by two instances through a failover each run exactly once; an instance
-//! killed mid-transition hands its jobs to the other; an instance cut off from the database
-//! answers no new DHCP client. `bench_failover` and `bench_scale_out` are the benchmarks of
+//! killed mid-transition hands its jobs to the other; a VM whose instance dies while its
+//! inspection ramdisk starts reaches `ready` through the other (a shared boot address moved
+//! as keepalived would); an instance cut off from the database answers no new DHCP client. `bench_failover` and `bench_scale_out` are the benchmarks of
 //! scripts/bench-ha.sh.
 
 use std::collections::HashSet;
@@ -1186,4 +1187,169 @@ fn an_instance_killed_mid_transition_hands_its_jobs_to_the_other() {
     let m = rt.block_on(app.get_machine(&who, id)).unwrap();
     assert_eq!(m.state, plinth_types::MachineState::Inspecting);
     rt.block_on(pool.close());
+}
+
+impl crate::support::rack::Drives for Ha {
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+    fn app(&self) -> &App {
+        &self.app
+    }
+}
+
+/// A VM inspected through two instances that share one address for booting machines (a
+/// virtual address, as keepalived would move it): instance 1 holds it and serves the VM's
+/// script, kernel and initrd; it dies (SIGKILL) while the ramdisk starts; the address moves
+/// to instance 2, which answers the ramdisk's DHCP, takes the agent's report and powers the
+/// VM off: the machine reaches `ready` with its facts.
+#[test]
+fn a_vm_being_inspected_reaches_ready_when_its_instance_dies() {
+    use crate::support::lab::images_for;
+    use crate::support::machine;
+    use crate::support::rack::{
+        PASSWORD, VmDef, act, enroll, events, lifecycle_settings, machine, until_console,
+        vbmc_listening, wait_state,
+    };
+    use plinth_testkit::rack::{BmcProtocol, ServeSpec, start_plinth};
+    use plinth_testkit::vm::{Firmware, Nic};
+    use plinth_types::{MachineState, Verb};
+
+    let _vm = machine::vm();
+    let Some(h) = ha() else {
+        return;
+    };
+    const VIP: &str = "10.88.0.1";
+    let mut lab = Lab::new().unwrap();
+    subnet_on(
+        &h.rt,
+        &h.app,
+        "10.88.0.0/24",
+        "10.88.0.100",
+        "10.88.0.200",
+        None,
+        &[],
+    );
+    // The rack's bridge joins the VM's tap, both instances and the BMC's network.
+    let srv1 = lab.namespace("srv1").unwrap();
+    let srv2 = lab.namespace("srv2").unwrap();
+    let bmcs = lab.namespace("bmcs").unwrap();
+    let rack = lab.namespace("rack").unwrap();
+    let (a, rack_a) = lab.link(&srv1, &rack).unwrap();
+    let (b, rack_b) = lab.link(&srv2, &rack).unwrap();
+    let (m, rack_m) = lab.link(&bmcs, &rack).unwrap();
+    let tap = lab.tap(&rack).unwrap();
+    lab.bridge(&rack, &[&rack_a, &rack_b, &rack_m, &tap])
+        .unwrap();
+    lab.addr(&srv1, &a, "10.88.0.2/24").unwrap();
+    lab.addr(&srv1, &a, &format!("{VIP}/24")).unwrap();
+    lab.addr(&srv2, &b, "10.88.0.3/24").unwrap();
+    lab.addr(&bmcs, &m, "10.88.0.5/24").unwrap();
+    // Instance 2 listens for TFTP on the address before it holds it, as behind keepalived.
+    lab.sysctl(&srv2, "net.ipv4.ip_nonlocal_bind", "1").unwrap();
+
+    let vm = VmDef {
+        name: "ha-vm".into(),
+        protocol: BmcProtocol::Redfish,
+        firmware: Firmware::Bios,
+        nic: Nic::E1000,
+        mac: "52:54:00:88:00:01".into(),
+        memory_mib: 512,
+        disks: &[8],
+        nvme_disks: &[],
+        sata_disks: &[],
+    };
+    let bmc = vbmc_listening(&mut lab, &bmcs, &rack, &tap, &vm, Some("10.88.0.5:0"));
+    let root = images_for(&lab);
+    // Unix sockets: the cluster's TCP ports are on the host's loopback, not the namespaces'.
+    let url = h.cluster.socket_url();
+    let mut env: Vec<(String, String)> = lifecycle_settings(&h.key)
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.extend(
+        [
+            ("PLINTH_LOG__LEVEL", "plinth_api=debug,info"),
+            ("PLINTH_BMC__LEASE_SECS", "5"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let mut serve = |ns: &Ns, iface: &str, state: &str| {
+        let state = lab.path(state);
+        start_plinth(
+            &mut lab,
+            ns,
+            &ServeSpec {
+                bin: std::path::Path::new(crate::support::BIN),
+                iface,
+                server_ip: VIP,
+                images_root: &root,
+                state_dir: &state,
+                database_url: Some(&url),
+                env: env.clone(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let first = serve(&srv1, &a, "state1");
+    let second = serve(&srv2, &b, "state2");
+
+    let id = enroll(&h, &vm, &bmc.address, PASSWORD);
+    act(&h, id, Verb::Inspect);
+    // The VM boots through instance 1 (the address's holder): script, kernel, initrd. Once its
+    // ramdisk starts, instance 1 dies and the address moves.
+    until_console(
+        &bmc.dir,
+        "ramdisk init starting",
+        Instant::now(),
+        Duration::from_secs(300),
+    );
+    assert!(
+        events(&h, id).iter().any(|e| e.kind == "boot"),
+        "instance 1 served the VM's script: {:#?}",
+        events(&h, id)
+    );
+    assert_eq!(machine(&h, id).state, MachineState::Inspecting);
+    first.signal("KILL").unwrap();
+    assert!(first.wait_timeout(Duration::from_secs(10)).is_some());
+    let moved = lab
+        .run(
+            &srv1,
+            "ip",
+            &["addr", "del", &format!("{VIP}/24"), "dev", &a],
+        )
+        .unwrap();
+    assert!(moved.status.success(), "{moved:?}");
+    lab.addr(&srv2, &b, &format!("{VIP}/24")).unwrap();
+
+    wait_state(
+        &h,
+        &[id],
+        MachineState::Ready,
+        Duration::from_secs(300),
+        &second,
+        &[bmc.dir.as_path()],
+    );
+    assert!(
+        second
+            .log_text()
+            .contains("inspection reported by the agent"),
+        "instance 2 took the report:\n{}",
+        second.log_text()
+    );
+    assert!(
+        !first
+            .log_text()
+            .contains("inspection reported by the agent")
+    );
+    let m = machine(&h, id);
+    let facts = serde_json::to_string(&m.facts).unwrap();
+    assert!(facts.contains("52:54:00:88:00:01"), "{facts}");
+    // Inspection ends with the VM powered off, by instance 2 through the BMC.
+    assert_eq!(
+        m.bmc.as_ref().unwrap().power_state.as_deref(),
+        Some("off"),
+        "powered off after inspection"
+    );
+    h.rt.block_on(h.pool.close());
 }

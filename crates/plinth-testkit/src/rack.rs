@@ -47,6 +47,10 @@ pub struct VirtualBmcSpec {
     pub tap: String,
     /// The VM's directory: disks, console.log, qmp.sock.
     pub dir: PathBuf,
+    /// Where a Redfish BMC listens (`ADDR:0` for any port); `None`: `127.0.0.1:0`. An address
+    /// on a network that several plinth instances reach (the HA tests) instead of loopback.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// A running virtual BMC process.
@@ -110,18 +114,26 @@ pub async fn serve_virtual_bmc(spec: VirtualBmcSpec) -> anyhow::Result<()> {
     let machine = VirtualMachine::new(&spec.ns, &spec.tap, spec.vm.clone(), &spec.dir)?;
     match spec.protocol {
         BmcProtocol::Redfish => {
+            let listen = spec.listen.as_deref().unwrap_or("127.0.0.1:0");
             let bmc = crate::redfish::RedfishEmulator::start_for(
                 &spec.username,
                 &spec.password,
                 machine,
-                "127.0.0.1:0",
+                listen,
             )
             .await?;
             println!("{LISTENING}{}", bmc.url());
             std::future::pending::<()>().await;
             Ok(())
         }
-        BmcProtocol::Ipmi => ipmi_bmc(machine, &spec.username, &spec.password).await,
+        BmcProtocol::Ipmi => {
+            ensure!(
+                spec.listen.is_none(),
+                "the test kit's IPMI BMC listens on loopback only (listen = {:?})",
+                spec.listen
+            );
+            ipmi_bmc(machine, &spec.username, &spec.password).await
+        }
     }
 }
 

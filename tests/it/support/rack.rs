@@ -21,6 +21,22 @@ use super::BIN;
 use super::env::Env;
 
 pub const PASSWORD: &str = "vbmc-Pa55";
+
+/// What the lifecycle helpers below drive: a runtime and an `App` (a test database's
+/// [`Env`], or the HA tests' Patroni cluster).
+pub trait Drives {
+    fn rt(&self) -> &tokio::runtime::Runtime;
+    fn app(&self) -> &plinth_core::App;
+}
+
+impl Drives for Env {
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+    fn app(&self) -> &plinth_core::App {
+        &self.app
+    }
+}
 pub const MIB: usize = 1 << 20;
 
 pub struct VmDef {
@@ -65,6 +81,18 @@ pub fn lifecycle_settings(key: &str) -> [(&'static str, &str); 5] {
 
 /// Starts a VM's virtual BMC (`plinth-lab vbmc`, built next to plinth) in `srv`.
 pub fn vbmc(lab: &mut Lab, srv: &Ns, rack: &Ns, tap: &str, vm: &VmDef) -> VirtualBmc {
+    vbmc_listening(lab, srv, rack, tap, vm, None)
+}
+
+/// [`vbmc`] listening on `listen` (`ADDR:0`, Redfish only) instead of loopback.
+pub fn vbmc_listening(
+    lab: &mut Lab,
+    srv: &Ns,
+    rack: &Ns,
+    tap: &str,
+    vm: &VmDef,
+    listen: Option<&str>,
+) -> VirtualBmc {
     let mut spec = VmSpec::new(&vm.name, vm.firmware, vm.nic, &vm.mac);
     spec.memory_mib = vm.memory_mib;
     spec.disks = vm.disks.to_vec();
@@ -78,6 +106,7 @@ pub fn vbmc(lab: &mut Lab, srv: &Ns, rack: &Ns, tap: &str, vm: &VmDef) -> Virtua
         ns: rack.name.clone(),
         tap: tap.into(),
         dir: lab.path(&vm.name),
+        listen: listen.map(str::to_owned),
     };
     start_virtual_bmc(lab, srv, &plinth_lab_beside(Path::new(BIN)), &spec)
         .unwrap_or_else(|e| panic!("{e:#}"))
@@ -91,17 +120,23 @@ pub fn admin() -> Principal {
     }
 }
 
-pub fn enroll(env: &Env, vm: &VmDef, url: &str, password: &str) -> uuid::Uuid {
+pub fn enroll(env: &impl Drives, vm: &VmDef, url: &str, password: &str) -> uuid::Uuid {
     enroll_with_pool(env, vm, url, password, None)
 }
 
 /// Enrolled into `pool`.
-pub fn enroll_in(env: &Env, vm: &VmDef, url: &str, password: &str, pool: &str) -> uuid::Uuid {
+pub fn enroll_in(
+    env: &impl Drives,
+    vm: &VmDef,
+    url: &str,
+    password: &str,
+    pool: &str,
+) -> uuid::Uuid {
     enroll_with_pool(env, vm, url, password, Some(pool))
 }
 
 fn enroll_with_pool(
-    env: &Env,
+    env: &impl Drives,
     vm: &VmDef,
     url: &str,
     password: &str,
@@ -129,15 +164,15 @@ fn enroll_with_pool(
             plain_http: url.starts_with("http://").then_some(true),
         }),
     };
-    env.rt
-        .block_on(env.app.enroll_machine(&admin(), req))
+    env.rt()
+        .block_on(env.app().enroll_machine(&admin(), req))
         .unwrap()
         .id
 }
 
-pub fn act(env: &Env, id: uuid::Uuid, verb: Verb) {
-    env.rt
-        .block_on(env.app.act(
+pub fn act(env: &impl Drives, id: uuid::Uuid, verb: Verb) {
+    env.rt()
+        .block_on(env.app().act(
             &admin(),
             id,
             Action {
@@ -149,13 +184,15 @@ pub fn act(env: &Env, id: uuid::Uuid, verb: Verb) {
         .unwrap_or_else(|e| panic!("{verb} {id}: {e:?}"));
 }
 
-pub fn machine(env: &Env, id: uuid::Uuid) -> Machine {
-    env.rt.block_on(env.app.get_machine(&admin(), id)).unwrap()
+pub fn machine(env: &impl Drives, id: uuid::Uuid) -> Machine {
+    env.rt()
+        .block_on(env.app().get_machine(&admin(), id))
+        .unwrap()
 }
 
-pub fn events(env: &Env, id: uuid::Uuid) -> Vec<Event> {
-    env.rt
-        .block_on(env.app.events(&admin(), Some(id), Default::default()))
+pub fn events(env: &impl Drives, id: uuid::Uuid) -> Vec<Event> {
+    env.rt()
+        .block_on(env.app().events(&admin(), Some(id), Default::default()))
         .unwrap()
         .events
 }
@@ -163,7 +200,7 @@ pub fn events(env: &Env, id: uuid::Uuid) -> Vec<Event> {
 /// Waits until every machine is in `want` (with its BMC jobs done), or panics with what the
 /// machines, their events, plinth and the VM consoles say.
 pub fn wait_state(
-    env: &Env,
+    env: &impl Drives,
     ids: &[uuid::Uuid],
     want: MachineState,
     timeout: Duration,
@@ -174,8 +211,8 @@ pub fn wait_state(
     loop {
         let states: Vec<MachineState> = ids.iter().map(|id| machine(env, *id).state).collect();
         let busy = ids.iter().any(|id| {
-            env.rt
-                .block_on(env.app.jobs(
+            env.rt()
+                .block_on(env.app().jobs(
                     &admin(),
                     plinth_core::jobs::JobQuery {
                         machine: Some(*id),
@@ -257,8 +294,8 @@ pub fn keyed_env(prefix: &str) -> (Env, String) {
         env.db.pool.clone(),
         plinth_core::BmcKey::from_base64(&key).unwrap(),
     );
-    env.rt
-        .block_on(env.app.create_subnet(
+    env.rt()
+        .block_on(env.app().create_subnet(
             &Principal::system(),
             SubnetCreate {
                 cidr: format!("{prefix}.0/24"),

@@ -196,6 +196,7 @@ fn demo(
                 ns: net.rack.name.clone(),
                 tap: tap.clone(),
                 dir: dir.join(vm.name),
+                listen: None,
             },
         )?;
         say(&format!(

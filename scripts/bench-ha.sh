@@ -5,12 +5,18 @@
 # and without an API answer, and the DHCP rate before, while and after. Needs root (network
 # namespaces; PostgreSQL runs as the postgres user). Then the scale-out benchmark: 1, 2 and 3
 # instances on the same kind of cluster, 2,000 DORA/s offered to each: DORA/s sustained
-# together, CPU per DORA per instance and for the whole machine.
+# together, CPU per DORA per instance and for the whole machine. The instances are a release
+# build of plinth (PLINTH_SERVE_BIN); BENCH_PROFILE=debug runs the test build's instead.
 #   scripts/bench-ha.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-packages.sh $(grep -v "^#" crates/plinth-testkit/PACKAGES) curl wrk
 export SQLX_OFFLINE=true
 cargo build -q -p plinth
-echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores"
+profile=${BENCH_PROFILE:-release}
+if [ "$profile" = release ]; then
+  cargo build -q --release --locked -p plinth
+  export PLINTH_SERVE_BIN="${CARGO_TARGET_DIR:-target}/release/plinth"
+fi
+echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores, plinth: $profile build"
 cargo test -q -p plinth --test it ha::bench_ -- --ignored --nocapture --test-threads 1 2>&1 | grep -E '^BENCH|panicked|FAILED'

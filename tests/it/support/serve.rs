@@ -225,7 +225,7 @@ pub fn serve_in_ns(
 ) -> Proc {
     let state = lab.path("state");
     std::fs::create_dir_all(&state).unwrap();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(super::serve_bin());
     cmd.args(["serve", "--database-url", db_url, "--listen", listen])
         .env("PLINTH_STATE_DIR", &state)
         .env("NO_COLOR", "1")

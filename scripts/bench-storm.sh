@@ -8,7 +8,9 @@
 #   the peer: dnsmasq (DHCP, its TFTP server; iPXE, told apart by its user class, is handed a
 #           static script's URL) and nginx (the script, the kernel and initrd, and 204 for the
 #           report), serving the same files,
-# taking turns, BENCH_ROUNDS times each, in the same namespaces. After each plinth round the
+# taking turns, BENCH_ROUNDS times each, in the same namespaces. Both run their defaults but
+# where parity asks otherwise: dnsmasq does not ping an address before offering it (plinth does
+# not) and runs as many TFTP transfers at once as plinth's tftp.max_transfers (512). After each plinth round the
 # database must show every report arrived (no machine left inspecting, facts stored) and one
 # lease per machine; after each peer round dnsmasq's lease file must hold one lease per machine.
 # Nothing is pinned to a CPU: servers, PostgreSQL and the simulator share the machine's cores.
@@ -189,9 +191,18 @@ SQL
   # As autovacuum would have by the time a rack boots: statistics for the planner.
   psql "$db" -qAt -c "analyze" >/dev/null
   local p0 g0 p1 g1
+  # plinth's threads, sampled while the storm lasts (tokio's workers and its blocking pool).
+  ( peak=0; while kill -0 "$pid" 2>/dev/null; do
+      t=$(awk '/^Threads/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+      [ "${t:-0}" -gt "$peak" ] && { peak=$t; echo "$peak" >"$work/threads-$1"; }
+      sleep 0.2
+    done ) &
+  local sampler=$!
   p0=$(cpu_ticks "$pid"); g0=$(pg_ticks)
   storm plinth "$1"
   p1=$(cpu_ticks "$pid"); g1=$(pg_ticks)
+  kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+  echo "plinth round $1: peak threads $(cat "$work/threads-$1" 2>/dev/null || echo '?')" >&2
   local rss; rss=$(hwm_mib "$pid")
   # What the database says: every report arrived, one lease per machine, no address twice.
   local left facts bound macs addrs
@@ -262,7 +273,7 @@ work, results, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rows = [l.split() for l in open(results)]
 print()
 print(f"| server | round | machines/min | finished / {n} | failures | total p50 / p95 / slowest (s) "
-      f"| DHCP / TFTP / report retransmissions | TFTP refusals | UDP drops client / server | peak RSS MiB | CPU s (server; PostgreSQL) |")
+      f"| DHCP / TFTP / report retransmissions | TFTP refusals (machines) | UDP drops client / server | peak RSS MiB | CPU s (server; PostgreSQL) |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 ok = True
 per = {}
@@ -275,7 +286,7 @@ for name, rnd, rss, cpu, pg, checks, drops in rows:
     cpu_l = f"{cpu}; {pg}" if name == "plinth" else "dnsmasq " + cpu.replace("+", ", nginx ")
     print(f"| {label} | {rnd} | {r['machines_per_minute']:.0f} | {r['finished']} | {r['failed']} "
           f"| {t['p50']:.1f} / {t['p95']:.1f} / {t['max']:.1f} | {x['dhcp']} / {x['tftp']} / {x['report']} "
-          f"| {x['tftp_refused']} | {drops.replace('/', ' / ')} | {rss_l} | {cpu_l} |")
+          f"| {x['tftp_refused']} ({x['tftp_refused_machines']}) | {drops.replace('/', ' / ')} | {rss_l} | {cpu_l} |")
     per.setdefault(label, []).append(r["machines_per_minute"])
     ok &= r["failed"] == 0
     got = dict(kv.split("=") for kv in checks.split(":", 1)[-1].split(","))

@@ -12,7 +12,8 @@
 //!    requests of many machines in one call);
 //! 3. `tftp`: the boot file of the answer (`file` or option 67, from option 66 or `siaddr`),
 //!    from the leased address: RRQ with `blksize` and `tsize`, each block acknowledged,
-//!    retransmitted on timeout; "busy" errors are waited out and counted;
+//!    retransmitted on timeout; "busy" errors are waited out (a second, then the request again)
+//!    and counted, machines and requests, since firmware would stop there;
 //! 4. `ipxe_dhcp`: DORA again as iPXE (option 77 `iPXE`, 175, 61, 50 the address it has);
 //! 5. `script`: the script URL of the answer, `${...}` settings expanded as iPXE does, fetched
 //!    over HTTP from the leased address; its `kernel` line gives the kernel URL and the agent's
@@ -133,8 +134,12 @@ pub struct Retransmissions {
     pub dhcp: u64,
     /// TFTP read requests and acknowledgements sent again for want of an answer.
     pub tftp: u64,
-    /// TFTP read requests answered with an error ("server busy") and asked again.
+    /// TFTP read requests answered with an error ("server busy") and asked again after a
+    /// second. PXE firmware that takes an error as the end of its transfer (edk2's MTFTP, PXE
+    /// ROMs) would give up its network boot there instead.
     pub tftp_refused: u64,
+    /// Machines with at least one refused read request.
+    pub tftp_refused_machines: u64,
     /// Inspection reports posted again after a transport error or a 5xx.
     pub report: u64,
 }
@@ -269,6 +274,7 @@ fn summarize(args: &StormArgs, shared: &Shared, outcomes: Vec<Outcome>, wall: Du
             dhcp: c.dhcp_retx.load(Ordering::Relaxed),
             tftp: c.tftp_retx.load(Ordering::Relaxed),
             tftp_refused: c.tftp_refused.load(Ordering::Relaxed),
+            tftp_refused_machines: c.tftp_refused_machines.load(Ordering::Relaxed),
             report: c.report_retx.load(Ordering::Relaxed),
         },
         tftp_bytes: c.tftp_bytes.load(Ordering::Relaxed),
@@ -285,6 +291,7 @@ struct Counters {
     dhcp_retx: AtomicU64,
     tftp_retx: AtomicU64,
     tftp_refused: AtomicU64,
+    tftp_refused_machines: AtomicU64,
     report_retx: AtomicU64,
     tftp_bytes: AtomicU64,
     http_bytes: AtomicU64,
@@ -917,6 +924,7 @@ impl Machine {
             rrq.push(0);
         }
         let mut buf = vec![0u8; usize::from(self.blksize.max(512)) + 4];
+        let mut refused = false;
         'attempt: loop {
             let sock = UdpSocket::bind(SocketAddrV4::new(local, 0))
                 .await
@@ -1023,10 +1031,11 @@ impl Machine {
                             .to_owned();
                         if received == 0 && (code == 0 || msg.contains("busy")) {
                             // A server at its limit: ask again in a moment.
-                            self.shared
-                                .counters
-                                .tftp_refused
-                                .fetch_add(1, Ordering::Relaxed);
+                            let c = &self.shared.counters;
+                            c.tftp_refused.fetch_add(1, Ordering::Relaxed);
+                            if !std::mem::replace(&mut refused, true) {
+                                c.tftp_refused_machines.fetch_add(1, Ordering::Relaxed);
+                            }
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             continue 'attempt;
                         }

@@ -19,4 +19,5 @@ mod ha;
 mod listeners;
 mod rack;
 mod security;
+mod storm;
 mod ui;

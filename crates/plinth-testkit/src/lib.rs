@@ -15,6 +15,8 @@
 //! - [`vm`]: QEMU virtual machines a BMC powers and boots;
 //! - [`rack`]: the virtual rack: VMs behind virtual BMCs and `plinth serve` on their network
 //!   (the rack tests and the `plinth-lab demo` binary stand on it);
+//! - [`storm`]: the boot storm, N simulated machines doing what a PXE ROM, iPXE and the
+//!   ramdisk agent do (DHCP, TFTP, HTTP, the inspection report) at once (`plinth-lab storm`);
 //! - [`patroni`]: a Patroni-managed PostgreSQL cluster (etcd, streaming replication in
 //!   synchronous mode) whose primary a test can kill, for the failover tests;
 //! - [`browser`]: headless Chromium over WebDriver (chromedriver), for tests of the web UI;
@@ -33,6 +35,7 @@ pub mod netns;
 pub mod patroni;
 pub mod rack;
 pub mod redfish;
+pub mod storm;
 pub mod sushy;
 pub mod vm;
 

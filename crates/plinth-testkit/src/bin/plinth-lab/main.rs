@@ -9,6 +9,8 @@
 //! - `plinth-lab forward --unix PATH --to ADDR`: passes connections on a Unix socket to a TCP
 //!   address (the demo runs it in the server namespace, so that plinth's API is reachable
 //!   from this machine without giving the namespace an address on the host).
+//! - `plinth-lab storm --iface IF --machines N`: the boot storm (see `plinth_testkit::storm`),
+//!   run inside a client namespace; prints its report as JSON.
 
 mod demo;
 
@@ -44,6 +46,9 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// N simulated machines PXE-booting at once (DHCP, TFTP, iPXE, HTTP, the agent's report);
+    /// prints the storm's report as JSON.
+    Storm(plinth_testkit::storm::StormArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Vbmc { spec } => vbmc(&spec),
         Command::Forward { unix, to } => forward(unix, to),
+        Command::Storm(args) => plinth_testkit::storm::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,8 +12,8 @@
 //!    requests of many machines in one call);
 //! 3. `tftp`: the boot file of the answer (`file` or option 67, from option 66 or `siaddr`),
 //!    from the leased address: RRQ with `blksize` and `tsize`, each block acknowledged,
-//!    retransmitted on timeout; "busy" errors are waited out (a second, then the request again)
-//!    and counted, machines and requests, since firmware would stop there;
+//!    retransmitted on timeout; an ERROR ends the machine's boot, as it ends PXE firmware's
+//!    (refusals such as "server busy" counted apart);
 //! 4. `ipxe_dhcp`: DORA again as iPXE (option 77 `iPXE`, 175, 61, 50 the address it has);
 //! 5. `script`: the script URL of the answer, `${...}` settings expanded as iPXE does, fetched
 //!    over HTTP from the leased address; its `kernel` line gives the kernel URL and the agent's
@@ -134,11 +134,11 @@ pub struct Retransmissions {
     pub dhcp: u64,
     /// TFTP read requests and acknowledgements sent again for want of an answer.
     pub tftp: u64,
-    /// TFTP read requests answered with an error ("server busy") and asked again after a
-    /// second. PXE firmware that takes an error as the end of its transfer (edk2's MTFTP, PXE
-    /// ROMs) would give up its network boot there instead.
+    /// TFTP read requests answered with an error ("server busy", or code 0) before any data:
+    /// the machine fails there, as PXE firmware (edk2's MTFTP, PXE ROMs) gives up its network
+    /// boot on an ERROR.
     pub tftp_refused: u64,
-    /// Machines with at least one refused read request.
+    /// Machines refused so (one refusal each: it ends the machine).
     pub tftp_refused_machines: u64,
     /// Inspection reports posted again after a transport error or a 5xx.
     pub report: u64,
@@ -924,125 +924,119 @@ impl Machine {
             rrq.push(0);
         }
         let mut buf = vec![0u8; usize::from(self.blksize.max(512)) + 4];
-        let mut refused = false;
-        'attempt: loop {
-            let sock = UdpSocket::bind(SocketAddrV4::new(local, 0))
-                .await
-                .map_err(|e| format!("binding {local}: {e}"))?;
-            let to = SocketAddr::from((server, 69));
-            let mut last = rrq.clone();
-            let mut last_to = to;
-            let mut peer: Option<SocketAddr> = None;
-            let mut blksize = 512usize;
-            let mut tsize: Option<u64> = None;
-            let mut expected: u16 = 1;
-            let mut received: u64 = 0;
-            let mut tries = 0;
-            sock.send_to(&last, last_to)
-                .await
-                .map_err(|e| format!("sending the read request: {e}"))?;
-            loop {
-                let (n, from) = match tokio::time::timeout(TIMEOUT, sock.recv_from(&mut buf)).await
-                {
-                    Ok(r) => r.map_err(|e| format!("receiving: {e}"))?,
-                    Err(_) => {
-                        tries += 1;
-                        if tries > TRIES {
-                            return Err(format!(
-                                "{file}: no answer after {TRIES} retransmissions (block {expected})"
-                            ));
-                        }
-                        self.shared
-                            .counters
-                            .tftp_retx
-                            .fetch_add(1, Ordering::Relaxed);
-                        sock.send_to(&last, last_to)
-                            .await
-                            .map_err(|e| format!("sending: {e}"))?;
-                        continue;
+        let sock = UdpSocket::bind(SocketAddrV4::new(local, 0))
+            .await
+            .map_err(|e| format!("binding {local}: {e}"))?;
+        let to = SocketAddr::from((server, 69));
+        let mut last = rrq.clone();
+        let mut last_to = to;
+        let mut peer: Option<SocketAddr> = None;
+        let mut blksize = 512usize;
+        let mut tsize: Option<u64> = None;
+        let mut expected: u16 = 1;
+        let mut received: u64 = 0;
+        let mut tries = 0;
+        sock.send_to(&last, last_to)
+            .await
+            .map_err(|e| format!("sending the read request: {e}"))?;
+        loop {
+            let (n, from) = match tokio::time::timeout(TIMEOUT, sock.recv_from(&mut buf)).await {
+                Ok(r) => r.map_err(|e| format!("receiving: {e}"))?,
+                Err(_) => {
+                    tries += 1;
+                    if tries > TRIES {
+                        return Err(format!(
+                            "{file}: no answer after {TRIES} retransmissions (block {expected})"
+                        ));
                     }
-                };
-                if from.ip() != IpAddr::V4(server) || peer.is_some_and(|p| p != from) || n < 4 {
+                    self.shared
+                        .counters
+                        .tftp_retx
+                        .fetch_add(1, Ordering::Relaxed);
+                    sock.send_to(&last, last_to)
+                        .await
+                        .map_err(|e| format!("sending: {e}"))?;
                     continue;
                 }
-                let pkt = &buf[..n];
-                let op = u16::from_be_bytes([pkt[0], pkt[1]]);
-                match op {
-                    // OACK
-                    6 if peer.is_none() => {
-                        peer = Some(from);
-                        let fields: Vec<&[u8]> = pkt[2..].split(|b| *b == 0).collect();
-                        for kv in fields.chunks(2) {
-                            if let [k, v] = kv {
-                                let (k, v) = (
-                                    String::from_utf8_lossy(k).to_ascii_lowercase(),
-                                    String::from_utf8_lossy(v),
-                                );
-                                match k.as_str() {
-                                    "blksize" => blksize = v.parse().unwrap_or(512),
-                                    "tsize" => tsize = v.parse().ok(),
-                                    _ => {}
-                                }
+            };
+            if from.ip() != IpAddr::V4(server) || peer.is_some_and(|p| p != from) || n < 4 {
+                continue;
+            }
+            let pkt = &buf[..n];
+            let op = u16::from_be_bytes([pkt[0], pkt[1]]);
+            match op {
+                // OACK
+                6 if peer.is_none() => {
+                    peer = Some(from);
+                    let fields: Vec<&[u8]> = pkt[2..].split(|b| *b == 0).collect();
+                    for kv in fields.chunks(2) {
+                        if let [k, v] = kv {
+                            let (k, v) = (
+                                String::from_utf8_lossy(k).to_ascii_lowercase(),
+                                String::from_utf8_lossy(v),
+                            );
+                            match k.as_str() {
+                                "blksize" => blksize = v.parse().unwrap_or(512),
+                                "tsize" => tsize = v.parse().ok(),
+                                _ => {}
                             }
                         }
-                        last = vec![0, 4, 0, 0];
+                    }
+                    last = vec![0, 4, 0, 0];
+                    last_to = from;
+                    tries = 0;
+                    sock.send_to(&last, last_to)
+                        .await
+                        .map_err(|e| format!("sending: {e}"))?;
+                }
+                // DATA
+                3 => {
+                    peer.get_or_insert(from);
+                    let block = u16::from_be_bytes([pkt[2], pkt[3]]);
+                    let data = n - 4;
+                    if block == expected {
+                        received += data as u64;
+                        last = [[0u8, 4], block.to_be_bytes()].concat();
                         last_to = from;
                         tries = 0;
                         sock.send_to(&last, last_to)
                             .await
                             .map_err(|e| format!("sending: {e}"))?;
-                    }
-                    // DATA
-                    3 => {
-                        peer.get_or_insert(from);
-                        let block = u16::from_be_bytes([pkt[2], pkt[3]]);
-                        let data = n - 4;
-                        if block == expected {
-                            received += data as u64;
-                            last = [[0u8, 4], block.to_be_bytes()].concat();
-                            last_to = from;
-                            tries = 0;
-                            sock.send_to(&last, last_to)
-                                .await
-                                .map_err(|e| format!("sending: {e}"))?;
-                            if data < blksize {
-                                if let Some(t) = tsize
-                                    && t != received
-                                {
-                                    return Err(format!(
-                                        "{file}: {received} bytes received, tsize said {t}"
-                                    ));
-                                }
-                                return Ok(received);
+                        if data < blksize {
+                            if let Some(t) = tsize
+                                && t != received
+                            {
+                                return Err(format!(
+                                    "{file}: {received} bytes received, tsize said {t}"
+                                ));
                             }
-                            expected = expected.wrapping_add(1);
-                        } else if block == expected.wrapping_sub(1) {
-                            // Our ACK was lost or late: say it again.
-                            sock.send_to(&last, last_to)
-                                .await
-                                .map_err(|e| format!("sending: {e}"))?;
+                            return Ok(received);
                         }
+                        expected = expected.wrapping_add(1);
+                    } else if block == expected.wrapping_sub(1) {
+                        // Our ACK was lost or late: say it again.
+                        sock.send_to(&last, last_to)
+                            .await
+                            .map_err(|e| format!("sending: {e}"))?;
                     }
-                    // ERROR
-                    5 => {
-                        let code = u16::from_be_bytes([pkt[2], pkt[3]]);
-                        let msg = String::from_utf8_lossy(&pkt[4..])
-                            .trim_end_matches('\0')
-                            .to_owned();
-                        if received == 0 && (code == 0 || msg.contains("busy")) {
-                            // A server at its limit: ask again in a moment.
-                            let c = &self.shared.counters;
-                            c.tftp_refused.fetch_add(1, Ordering::Relaxed);
-                            if !std::mem::replace(&mut refused, true) {
-                                c.tftp_refused_machines.fetch_add(1, Ordering::Relaxed);
-                            }
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            continue 'attempt;
-                        }
-                        return Err(format!("{file}: TFTP error {code}: {msg}"));
-                    }
-                    _ => {}
                 }
+                // ERROR
+                5 => {
+                    let code = u16::from_be_bytes([pkt[2], pkt[3]]);
+                    let msg = String::from_utf8_lossy(&pkt[4..])
+                        .trim_end_matches('\0')
+                        .to_owned();
+                    if received == 0 && (code == 0 || msg.contains("busy")) {
+                        // A server at its limit. PXE firmware (a PXE ROM, edk2's MTFTP)
+                        // takes any ERROR as the end of its network boot: so does the
+                        // machine here, counted apart.
+                        let c = &self.shared.counters;
+                        c.tftp_refused.fetch_add(1, Ordering::Relaxed);
+                        c.tftp_refused_machines.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(format!("{file}: TFTP error {code}: {msg}"));
+                }
+                _ => {}
             }
         }
     }

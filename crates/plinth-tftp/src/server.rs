@@ -39,6 +39,10 @@ const SEND_BUFFER: usize = 1024 * 1024;
 /// for clients that do not.
 const MAX_REQUEST: usize = 1500;
 
+/// How long a request waits for a transfer slot before it is dropped unanswered (its client
+/// has sent it again meanwhile, and the repeat waits in its place).
+pub const WAIT_LIMIT: Duration = Duration::from_secs(10);
+
 /// The TFTP server's settings; `[tftp]` in plinth's configuration deserializes into this,
 /// with these defaults for what it leaves out.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -49,8 +53,14 @@ pub struct Config {
     pub max_blksize: u16,
     /// The largest window granted (RFC 7440).
     pub max_windowsize: u16,
-    /// Transfers at once; beyond this, requests are answered "server busy".
+    /// Transfers at once; beyond this, requests wait for a slot (see `max_waiting`).
     pub max_transfers: usize,
+    /// Requests waiting for a transfer slot, first come first served, each for at most
+    /// [`WAIT_LIMIT`]. A request beyond this, or one that waited that long, gets no answer:
+    /// the client sends it again. Never an ERROR: PXE firmware takes an ERROR as the end of
+    /// its network boot (a storm of machines would lose those whose request met a full
+    /// server), where a lost request is only retransmitted.
+    pub max_waiting: usize,
     /// Transfers at once to one address; beyond this, its requests are answered "busy".
     pub max_transfers_per_peer: usize,
     /// The longest retransmit timeout a client may ask for (RFC 2349 `timeout`, seconds).
@@ -69,6 +79,7 @@ impl Default for Config {
             max_blksize: MAX_BLKSIZE,
             max_windowsize: 64,
             max_transfers: 512,
+            max_waiting: 4096,
             max_transfers_per_peer: 8,
             max_client_timeout: packet::MAX_CLIENT_TIMEOUT,
             retries: 5,
@@ -149,8 +160,13 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// The subset of `refused` that looked hostile (traversal, over-long names).
     pub refused_hostile: AtomicU64,
-    /// Requests answered "server busy".
+    /// Requests answered "server busy" (an address with `max_transfers_per_peer` already).
     pub busy: AtomicU64,
+    /// Requests that found every transfer slot taken and waited for one.
+    pub waited: AtomicU64,
+    /// Requests left unanswered: the wait queue full, a repeat of a request already waiting,
+    /// or a wait past [`WAIT_LIMIT`] (the client sends its request again).
+    pub unanswered: AtomicU64,
     /// Datagrams on the listening socket that are not requests.
     pub stray: AtomicU64,
     /// Payload bytes of completed transfers.
@@ -173,6 +189,8 @@ pub struct Snapshot {
     pub refused: u64,
     pub refused_hostile: u64,
     pub busy: u64,
+    pub waited: u64,
+    pub unanswered: u64,
     pub stray: u64,
     pub bytes: u64,
     pub retransmits: u64,
@@ -191,6 +209,8 @@ impl Counters {
             refused: g(&self.refused),
             refused_hostile: g(&self.refused_hostile),
             busy: g(&self.busy),
+            waited: g(&self.waited),
+            unanswered: g(&self.unanswered),
             stray: g(&self.stray),
             bytes: g(&self.bytes),
             retransmits: g(&self.retransmits),
@@ -248,6 +268,41 @@ impl Drop for PeerSlot {
     }
 }
 
+/// Runs one transfer in its slot (`permit`, and the address's `slot`).
+async fn run_transfer<S: Source>(
+    shared: &Shared<S>,
+    permit: OwnedSemaphorePermit,
+    slot: PeerSlot,
+    peer: SocketAddr,
+    filename: String,
+    options: Options,
+    cancel: &CancellationToken,
+) {
+    let counters = &shared.counters;
+    let active = counters.active.fetch_add(1, Ordering::Relaxed) + 1;
+    counters.peak_active.fetch_max(active, Ordering::Relaxed);
+    let permit = Permit {
+        _permit: permit,
+        _peer: slot,
+        counters: counters.clone(),
+    };
+    let span = tracing::info_span!(
+        "tftp",
+        %peer,
+        file = %filename,
+        blksize = tracing::field::Empty,
+        windowsize = tracing::field::Empty,
+    );
+    transfer(shared, peer, &filename, &options, cancel)
+        .instrument(span)
+        .await;
+    drop(permit);
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A transfer's slot and its address's; gives them back (and lowers the gauge) when the
 /// transfer task ends, whichever way.
 struct Permit {
@@ -268,6 +323,8 @@ struct Shared<S> {
     counters: Arc<Counters>,
     permits: Arc<Semaphore>,
     per_peer: PerPeer,
+    /// The clients (address and port) whose request waits for a slot.
+    waiting: std::sync::Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
 /// A bound server: [`Server::local_addr`] tells where (tests bind port 0), [`Server::serve`]
@@ -292,6 +349,7 @@ impl<S: Source> Server<S> {
         let shared = Arc::new(Shared {
             permits: Arc::new(Semaphore::new(cfg.max_transfers)),
             per_peer: Default::default(),
+            waiting: Default::default(),
             cfg,
             source,
             counters: Arc::new(Counters::default()),
@@ -399,33 +457,49 @@ impl<S: Source> Server<S> {
                 .busy(peer, "server busy: too many transfers to your address")
                 .await;
         };
-        let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
-            warn!(%peer, file = %filename, "TFTP: all transfer slots in use, answering busy");
-            return self.busy(peer, "server busy").await;
-        };
-        let active = counters.active.fetch_add(1, Ordering::Relaxed) + 1;
-        counters.peak_active.fetch_max(active, Ordering::Relaxed);
-        let permit = Permit {
-            _permit: permit,
-            _peer: slot,
-            counters: counters.clone(),
-        };
-        let span = tracing::info_span!(
-            "tftp",
-            %peer,
-            file = %filename,
-            blksize = tracing::field::Empty,
-            windowsize = tracing::field::Empty,
-        );
         let shared = self.shared.clone();
         let cancel = cancel.clone();
-        tracker.spawn(
-            async move {
-                transfer(&shared, peer, &filename, &options, &cancel).await;
-                drop(permit);
+        match self.shared.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tracker.spawn(async move {
+                    run_transfer(&shared, permit, slot, peer, filename, options, &cancel).await;
+                });
             }
-            .instrument(span),
-        );
+            Err(_) => {
+                // Every slot is taken: wait for one, first come first served, rather than
+                // answer an ERROR (see `Config::max_waiting`).
+                {
+                    let mut waiting = lock(&shared.waiting);
+                    if waiting.contains(&peer) {
+                        bump(&counters.unanswered);
+                        debug!(%peer, file = %filename, "TFTP: a repeat of a request that waits for a slot");
+                        return;
+                    }
+                    if waiting.len() >= shared.cfg.max_waiting {
+                        bump(&counters.unanswered);
+                        warn!(%peer, file = %filename, "TFTP: every transfer slot taken and the wait queue full, leaving the request unanswered (the client sends it again)");
+                        return;
+                    }
+                    waiting.insert(peer);
+                }
+                bump(&counters.waited);
+                debug!(%peer, file = %filename, "TFTP: every transfer slot taken, the request waits for one");
+                tracker.spawn(async move {
+                    let permit = tokio::select! {
+                        _ = cancel.cancelled() => None,
+                        p = tokio::time::timeout(WAIT_LIMIT, shared.permits.clone().acquire_owned()) => p.ok().and_then(Result::ok),
+                    };
+                    lock(&shared.waiting).remove(&peer);
+                    match permit {
+                        Some(permit) => {
+                            run_transfer(&shared, permit, slot, peer, filename, options, &cancel)
+                                .await
+                        }
+                        None => bump(&shared.counters.unanswered),
+                    }
+                });
+            }
+        }
     }
 
     /// Answers "busy" from the listening socket (the client tries again later).

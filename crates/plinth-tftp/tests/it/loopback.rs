@@ -418,10 +418,14 @@ async fn duplicate_acks_do_not_trigger_retransmission() {
     s.stop().await;
 }
 
+/// Every slot taken: a request waits for one, silently (PXE firmware takes an ERROR as the
+/// end of its boot), and is served when one frees; its client's repeat does not queue twice;
+/// beyond the wait queue a request goes unanswered, and its client's next try is served.
 #[tokio::test]
-async fn full_server_answers_busy() {
+async fn a_full_server_keeps_requests_waiting_and_answers_no_error() {
     let cfg = Config {
         max_transfers: 1,
+        max_waiting: 1,
         ..Config::default()
     };
     let file = random(2000);
@@ -431,22 +435,33 @@ async fn full_server_answers_busy() {
         .await
         .unwrap();
     let (_, tid) = recv(&hog, Duration::from_secs(5)).await;
-    let other = client().await;
-    other
+
+    let waiter = client().await;
+    waiter
         .send_to(&rrq("f", Options::default()), s.addr)
         .await
         .unwrap();
-    let (busy, from) = recv(&other, Duration::from_secs(5)).await;
-    assert_eq!(
-        busy,
-        Packet::Error {
-            code: ErrorCode::NotDefined,
-            message: "server busy".into()
-        }
-    );
-    assert_eq!(from, s.addr);
-    assert_eq!((s.counters().busy, s.counters().peak_active), (1, 1));
-    // The hog gives up; the slot returns.
+    s.wait_for("the request waits", |c| c.waited == 1).await;
+    assert_eq!(quiet(&waiter, Duration::from_millis(300)).await, None);
+    // Its client sends it again: still one request waiting.
+    waiter
+        .send_to(&rrq("f", Options::default()), s.addr)
+        .await
+        .unwrap();
+    s.wait_for("the repeat is left unanswered", |c| c.unanswered == 1)
+        .await;
+    // The queue is full: a third client's request goes unanswered, without an ERROR.
+    let third = client().await;
+    third
+        .send_to(&rrq("f", Options::default()), s.addr)
+        .await
+        .unwrap();
+    s.wait_for("the third is left unanswered", |c| c.unanswered == 2)
+        .await;
+    assert_eq!(quiet(&third, Duration::from_millis(300)).await, None);
+    assert_eq!(quiet(&waiter, Duration::from_millis(10)).await, None);
+
+    // The hog gives up; the waiting request gets the slot and its whole file.
     send(
         &hog,
         &Packet::Error {
@@ -456,9 +471,30 @@ async fn full_server_answers_busy() {
         tid,
     )
     .await;
-    s.wait_for("the hog's slot returned", |c| c.active == 0)
-        .await;
-    assert_eq!(fetch(s.addr, "f", Options::default()).await, file);
+    let mut got = Vec::new();
+    loop {
+        let (p, from) = recv(&waiter, Duration::from_secs(5)).await;
+        assert_ne!(from, s.addr, "DATA comes from the transfer's own port");
+        let Packet::Data { block, data } = p else {
+            panic!("expected DATA, got {p:?}");
+        };
+        got.extend_from_slice(&data);
+        send(&waiter, &Packet::Ack { block }, from).await;
+        if data.len() < 512 {
+            break;
+        }
+    }
+    assert_eq!(got, file);
+    // The third client tries again and is served.
+    assert_eq!(
+        fetch_on(&third, s.addr, "f", Options::default()).await,
+        file
+    );
+    let c = s.counters();
+    assert_eq!(
+        (c.busy, c.waited, c.unanswered, c.peak_active),
+        (0, 1, 2, 1)
+    );
     s.stop().await;
 }
 

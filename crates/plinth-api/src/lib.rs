@@ -343,9 +343,11 @@ pub struct ServeOptions {
     pub limits: ConnLimits,
     /// How long a request head may take ([`HEAD_TIMEOUT`]; tests shorten it).
     pub head_timeout: std::time::Duration,
+    /// What the listener's own path answered (files, scripts) and handed over.
+    pub counters: std::sync::Arc<ListenerCounters>,
 }
 
-pub use fastpath::{ConnLimits, HEAD_TIMEOUT};
+pub use fastpath::{ConnLimits, HEAD_TIMEOUT, ListenerCounters};
 
 impl Default for ServeOptions {
     fn default() -> Self {
@@ -355,6 +357,7 @@ impl Default for ServeOptions {
             trusted_proxies: Vec::new(),
             limits: ConnLimits::default(),
             head_timeout: HEAD_TIMEOUT,
+            counters: Default::default(),
         }
     }
 }
@@ -475,10 +478,10 @@ pub async fn serve_with(
     };
     // Files under /boot/ are sent with sendfile by the listener itself (see `fastpath`) on
     // plain connections of a listener that serves them.
-    let fast_path = opts.surface != Surface::Management;
     let trusted = std::sync::Arc::new(opts.trusted_proxies);
     let router = router_for(app.clone(), opts.surface)
         .layer(axum::middleware::from_fn_with_state(trusted, scheme));
+    let fast_path = (opts.surface != Surface::Management).then(|| router.clone());
     let mut incoming = fastpath::BootListener::new(
         listener,
         app,
@@ -486,6 +489,7 @@ pub async fn serve_with(
         acceptor,
         opts.limits,
         opts.head_timeout,
+        opts.counters,
     );
     // hyper itself (not axum::serve) so that a request head has a deadline: axum::serve gives
     // hyper no timer, and a client could hold a connection by sending one byte a minute.

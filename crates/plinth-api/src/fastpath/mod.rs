@@ -36,6 +36,19 @@ pub struct ClientAddr {
     pub tls: bool,
 }
 
+/// What a listener's own HTTP path did, for the operator (and the tests that check which path
+/// answered).
+#[derive(Debug, Default)]
+pub struct ListenerCounters {
+    /// Boot files sent with sendfile(2) by the listener itself.
+    pub files: std::sync::atomic::AtomicU64,
+    /// iPXE scripts answered by the listener itself (through the router), so that the files
+    /// iPXE asks for next on the same connection still go out with sendfile.
+    pub scripts: std::sync::atomic::AtomicU64,
+    /// Connections handed to the HTTP server for a request the listener does not answer.
+    pub handed_off: std::sync::atomic::AtomicU64,
+}
+
 /// Open connections allowed on one listener, and from one peer address on it.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -163,8 +176,10 @@ impl AsyncWrite for Conn {
 pub struct BootListener {
     tcp: TcpListener,
     app: App,
-    /// Plain connections of a listener serving `/boot/`: files sent with sendfile here.
-    fast_path: bool,
+    /// Plain connections of a listener serving `/boot/`: files sent with sendfile here, and
+    /// iPXE scripts answered through this router.
+    fast_path: Option<axum::Router>,
+    counters: std::sync::Arc<ListenerCounters>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: ConnLimits,
     head_timeout: Duration,
@@ -177,16 +192,18 @@ impl BootListener {
     pub fn new(
         tcp: TcpListener,
         app: App,
-        fast_path: bool,
+        fast_path: Option<axum::Router>,
         tls: Option<tokio_rustls::TlsAcceptor>,
         limits: ConnLimits,
         head_timeout: Duration,
+        counters: std::sync::Arc<ListenerCounters>,
     ) -> BootListener {
         let (tx, rx) = mpsc::channel(256);
         BootListener {
             tcp,
             app,
-            fast_path: fast_path && tls.is_none(),
+            fast_path: fast_path.filter(|_| tls.is_none()),
+            counters,
             tls,
             limits,
             head_timeout,
@@ -225,8 +242,14 @@ impl BootListener {
                         };
                         if let Some(acceptor) = &self.tls {
                             tokio::spawn(handshake(acceptor.clone(), stream, peer, guard, self.tx.clone()));
-                        } else if self.fast_path {
-                            tokio::spawn(sendfile::connection(stream, peer, guard, self.head_timeout, self.app.clone(), self.tx.clone()));
+                        } else if let Some(router) = &self.fast_path {
+                            let on = sendfile::On {
+                                app: self.app.clone(),
+                                router: router.clone(),
+                                counters: self.counters.clone(),
+                                handoff: self.tx.clone(),
+                            };
+                            tokio::spawn(sendfile::connection(stream, peer, guard, self.head_timeout, on));
                         } else {
                             let io = Io::Plain { prefix: Bytes::new(), stream };
                             return (Conn { io, _guard: guard }, peer);

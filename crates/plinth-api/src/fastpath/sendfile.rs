@@ -3,9 +3,13 @@
 //! (measured: twice nginx's CPU per byte). The listener gives each plain connection of a
 //! `/boot/` listener to [`connection`] first, which reads the request line: a `GET`/`HEAD` of a
 //! file under `/boot/` is answered on this connection with the same headers the axum handler
-//! would send (the same `file_plan::plan_file`, the same resolver) and a sendfile body;
-//! anything else — and any later request on a keep-alive connection that is not a file — is
-//! handed to axum with the bytes already read put back in front.
+//! would send (the same `file_plan::plan_file`, the same resolver) and a sendfile body; a
+//! `GET` of the iPXE script is answered here too, through the router (the same handler, its
+//! small body written here), because iPXE asks for its script and then the kernel and initrd
+//! on the same kept-alive connection, and a connection handed to axum stays there (measured by
+//! the boot storm: 1,000 machines' kernels through axum's stream took 250 MiB and twice the
+//! CPU). Anything else, and any later request on that connection, is handed to axum with the
+//! bytes already read put back in front.
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -20,13 +24,35 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{Conn, ConnGuard, Io};
+use super::{ClientAddr, Conn, ConnGuard, Io, ListenerCounters};
 use crate::file_plan::{plan_file, refusal_parts};
 
 /// The longest request head read here; longer ones go to axum, which answers them.
 const MAX_HEAD: usize = 16 * 1024;
 /// How long a client may take to send a request head, or to take more of a body.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest script body answered here (a script is a few hundred bytes).
+const MAX_SCRIPT: usize = 1024 * 1024;
+
+/// What a connection on the fast path works with.
+pub(super) struct On {
+    pub app: App,
+    /// The listener's router, for the script endpoint.
+    pub router: axum::Router,
+    pub counters: std::sync::Arc<ListenerCounters>,
+    pub handoff: mpsc::Sender<(Conn, SocketAddr)>,
+}
+
+/// A request line that is a `GET` of the iPXE script (`/boot/ipxe`, any query).
+pub(crate) fn script_request(line: &[u8]) -> bool {
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(b"GET"), Some(target)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    path.strip_prefix(netboot::BOOT_PREFIX.as_bytes()) == Some(netboot::SCRIPT_NAME.as_bytes())
+}
 
 /// A request line that is a file under `/boot/` (not the script endpoint): (is HEAD, path).
 pub(crate) fn file_request(line: &[u8]) -> Option<(bool, &[u8])> {
@@ -98,9 +124,14 @@ pub(super) async fn connection(
     peer: SocketAddr,
     guard: ConnGuard,
     head_timeout: Duration,
-    app: App,
-    handoff: mpsc::Sender<(Conn, SocketAddr)>,
+    on: On,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let handoff = &on.handoff;
+    let hand_off = |read, stream, guard| {
+        on.counters.handed_off.fetch_add(1, Relaxed);
+        hand_off(handoff, read, stream, peer, guard)
+    };
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         // The whole head within the head timeout of starting to wait for it, however it
@@ -121,8 +152,9 @@ pub(super) async fn connection(
             }
         };
         let is_file = line_end.and_then(|i| file_request(&buf[..i])).is_some();
-        if !is_file {
-            hand_off(&handoff, buf, stream, peer, guard).await;
+        let is_script = line_end.is_some_and(|i| script_request(&buf[..i]));
+        if !is_file && !is_script {
+            hand_off(buf, stream, guard).await;
             return;
         }
         // The whole head.
@@ -140,16 +172,31 @@ pub(super) async fn connection(
         };
         let Some(head_len) = head_len else {
             // Too long for here: axum answers it (431).
-            hand_off(&handoff, buf, stream, peer, guard).await;
+            hand_off(buf, stream, guard).await;
             return;
         };
-        let served = serve_one(&mut stream, peer, &app, &buf[..head_len])
-            .instrument(tracing::info_span!("http", %peer))
-            .await;
+        let head = &buf[..head_len];
+        let served = if is_script {
+            serve_script(&mut stream, peer, &on.router, head)
+                .instrument(tracing::info_span!("http", %peer))
+                .await
+        } else {
+            serve_one(&mut stream, peer, &on.app, head)
+                .instrument(tracing::info_span!("http", %peer))
+                .await
+        };
+        if matches!(served, Ok(Next::KeepAlive | Next::Close)) {
+            let counter = if is_script {
+                &on.counters.scripts
+            } else {
+                &on.counters.files
+            };
+            counter.fetch_add(1, Relaxed);
+        }
         match served {
             Ok(Next::KeepAlive) => buf.advance(head_len),
             Ok(Next::HandOff) => {
-                hand_off(&handoff, buf, stream, peer, guard).await;
+                hand_off(buf, stream, guard).await;
                 return;
             }
             Ok(Next::Close) => {
@@ -171,19 +218,25 @@ enum Next {
     HandOff,
 }
 
-async fn serve_one(
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    app: &App,
-    head: &[u8],
-) -> std::io::Result<Next> {
+/// A request head this path answers: method, target, HTTP/1.x minor version, headers and
+/// whether the connection stays open after the answer. `None` for what axum should have: an
+/// unparsable head, or a request with a body (unusual for GET; axum reads and ignores it).
+struct Head {
+    method: String,
+    target: String,
+    version: u8,
+    headers: HeaderMap,
+    keep_alive: bool,
+}
+
+fn parse_head(head: &[u8]) -> Option<Head> {
     let mut raw_headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut raw_headers);
     let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
-        return Ok(Next::HandOff);
+        return None;
     };
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
-        return Ok(Next::HandOff);
+        return None;
     };
     let mut headers = HeaderMap::new();
     for h in req.headers.iter() {
@@ -194,19 +247,13 @@ async fn serve_one(
             headers.append(n, v);
         }
     }
-    // A request with a body is unusual for GET; axum knows how to read (and ignore) it.
     if headers.contains_key(axum::http::header::TRANSFER_ENCODING)
         || headers
             .get(axum::http::header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0")
     {
-        return Ok(Next::HandOff);
+        return None;
     }
-    let Some((is_head, raw_path)) =
-        file_request(format!("{method} {target}").as_bytes()).map(|(h, p)| (h, p.to_vec()))
-    else {
-        return Ok(Next::HandOff);
-    };
     let connection = headers
         .get(axum::http::header::CONNECTION)
         .and_then(|v| v.to_str().ok())
@@ -216,6 +263,103 @@ async fn serve_one(
         !connection.contains("close")
     } else {
         connection.contains("keep-alive")
+    };
+    Some(Head {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        version,
+        headers,
+        keep_alive,
+    })
+}
+
+/// The iPXE script, through the router (the handler axum would run, with the client's
+/// address as `ConnectInfo`), its whole body written here.
+async fn serve_script(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    router: &axum::Router,
+    head: &[u8],
+) -> std::io::Result<Next> {
+    let Some(Head {
+        method,
+        target,
+        version,
+        headers,
+        keep_alive,
+    }) = parse_head(head)
+    else {
+        return Ok(Next::HandOff);
+    };
+    if !script_request(format!("{method} {target}").as_bytes()) {
+        return Ok(Next::HandOff);
+    }
+    let Ok(mut request) = axum::http::Request::builder()
+        .method(axum::http::Method::GET)
+        .uri(&target)
+        .version(if version == 1 {
+            axum::http::Version::HTTP_11
+        } else {
+            axum::http::Version::HTTP_10
+        })
+        .body(axum::body::Body::empty())
+    else {
+        // A target the URI parser refuses: axum answers it.
+        return Ok(Next::HandOff);
+    };
+    *request.headers_mut() = headers;
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(ClientAddr {
+            addr: peer,
+            tls: false,
+        }));
+    let response = match tower::ServiceExt::oneshot(router.clone(), request).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, MAX_SCRIPT)
+        .await
+        .map_err(std::io::Error::other)?;
+    let mut out_headers = parts.headers;
+    out_headers.remove(axum::http::header::TRANSFER_ENCODING);
+    out_headers.insert(
+        axum::http::header::CONTENT_LENGTH,
+        HeaderValue::from(body.len()),
+    );
+    write_head(stream, parts.status, &out_headers, keep_alive).await?;
+    match tokio::time::timeout(IO_TIMEOUT, stream.write_all(&body)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+    }
+    Ok(if keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
+}
+
+async fn serve_one(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    app: &App,
+    head: &[u8],
+) -> std::io::Result<Next> {
+    let Some(Head {
+        method,
+        target,
+        headers,
+        keep_alive,
+        ..
+    }) = parse_head(head)
+    else {
+        return Ok(Next::HandOff);
+    };
+    let Some((is_head, raw_path)) =
+        file_request(format!("{method} {target}").as_bytes()).map(|(h, p)| (h, p.to_vec()))
+    else {
+        return Ok(Next::HandOff);
     };
     let started = Instant::now();
 

@@ -1333,6 +1333,105 @@ async fn file_requests_and_api_requests_share_a_connection() {
     assert!(out[end..] == data[..]);
 }
 
+/// iPXE's own order on one kept-alive connection: the script, then the kernel and initrd. The
+/// listener answers the script itself (through the router: a token bound to the client's
+/// address, a boot event) so that the files after it still go out by sendfile; an API request
+/// after them is handed to axum.
+#[tokio::test]
+async fn ipxe_gets_its_script_and_files_on_one_connection_without_a_hand_off() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start().await;
+    let id = s.enroll(7).await;
+    s.act(&id, "inspect").await;
+    let data = random_bytes(200_000, 7);
+    std::fs::write(s.root.path().join("vmlinuz"), &data).unwrap();
+    let counters = std::sync::Arc::new(plinth_api::ListenerCounters::default());
+    let addr = plinth_testkit::api::listen(
+        &s.app,
+        plinth_api::ServeOptions {
+            counters: counters.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(
+        format!(
+            "GET /boot/ipxe?mac={}&platform=pcbios&buildarch=i386 HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: iPXE/1.21\r\n\r\n\
+             GET /boot/vmlinuz HTTP/1.1\r\nHost: {addr}\r\n\r\n\
+             GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n",
+            mac(7)
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), c.read_to_end(&mut out))
+        .await
+        .expect("the server closes after Connection: close")
+        .unwrap();
+    let mut rest = &out[..];
+    let mut responses = Vec::new();
+    for _ in 0..3 {
+        let end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&rest[..end]).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        responses.push((head, rest[end..end + len].to_vec()));
+        rest = &rest[end + len..];
+    }
+    assert!(rest.is_empty(), "{} bytes left over", rest.len());
+    let script = String::from_utf8(responses[0].1.clone()).unwrap();
+    assert!(
+        responses[0].0.starts_with("http/1.1 200"),
+        "{}",
+        responses[0].0
+    );
+    assert!(
+        responses[0].0.contains("cache-control: no-store"),
+        "{}",
+        responses[0].0
+    );
+    assert!(script.starts_with("#!ipxe"), "{script}");
+    assert!(
+        token_of(&script).is_some(),
+        "an inspecting machine's script carries its token: {script}"
+    );
+    // The same script as axum's path renders (its base the configured public URL).
+    assert!(script.contains(&format!("plinth.api={PUBLIC}")), "{script}");
+    assert!(
+        responses[1].0.starts_with("http/1.1 200"),
+        "{}",
+        responses[1].0
+    );
+    assert!(responses[1].1 == data, "the kernel, byte-identical");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&responses[2].1).unwrap()["status"],
+        "ok"
+    );
+    assert_eq!(
+        (
+            counters.scripts.load(Relaxed),
+            counters.files.load(Relaxed),
+            counters.handed_off.load(Relaxed)
+        ),
+        (1, 1, 1),
+        "the script and the kernel on the listener's path, the API request handed over"
+    );
+    // The request was recorded as axum's would be: a boot event, the token bound to the
+    // client's address (another address is refused one).
+    assert_eq!(s.events(&id, "boot").await.len(), 1);
+    let other = script_from(&s, 3, 7).await;
+    assert!(other.contains("bound to another address"), "{other}");
+}
+
 impl Server {
     /// A request with this bearer secret (an agent token).
     async fn call_as(

@@ -15,7 +15,8 @@
 # lease per machine; after each peer round dnsmasq's lease file must hold one lease per machine.
 # Nothing is pinned to a CPU: servers, PostgreSQL and the simulator share the machine's cores.
 # Usage: scripts/bench-storm.sh   (BENCH_MACHINES=1000, BENCH_ROUNDS=3, BENCH_UEFI_PERCENT=0,
-#        BENCH_RAMP_SECS=0; BENCH_KEEP=DIR keeps each round's JSON report and the server logs)
+#        BENCH_RAMP_SECS=0; BENCH_SERVERS="plinth peer" (either alone); BENCH_KEEP=DIR keeps each
+#        round's JSON report, the server logs and plinth's smaps after the storm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
@@ -179,7 +180,7 @@ SQL
     PLINTH_BOOT__PUBLIC_URL=http://10.98.0.2:8080 PLINTH_DHCP__ENABLED=true \
     PLINTH_DHCP__INTERFACES="[\"$sif\"]" PLINTH_DHCP__BOOT_SERVER=10.98.0.2 \
     PLINTH_TFTP__ENABLED=true PLINTH_TFTP__LISTEN=10.98.0.2:69 NO_COLOR=1 \
-    "$bin" serve --database-url "$db" --listen 10.98.0.2:8080 >"$work/plinth-$1.log" 2>&1 &
+    ${BENCH_WRAP:-} "$bin" serve --database-url "$db" --listen 10.98.0.2:8080 >"$work/plinth-$1.log" 2>&1 &
   local pid=$!; pids+=($pid)
   for _ in $(seq 300); do
     grep -q "DHCP listening" "$work/plinth-$1.log" && grep -q "TFTP is serving" "$work/plinth-$1.log" && break
@@ -204,6 +205,8 @@ SQL
   kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
   echo "plinth round $1: peak threads $(cat "$work/threads-$1" 2>/dev/null || echo '?')" >&2
   local rss; rss=$(hwm_mib "$pid")
+  # Where plinth's memory is once the storm is over (kept with BENCH_KEEP).
+  cp "/proc/$pid/smaps" "$work/plinth-smaps-$1.log" 2>/dev/null || true
   # What the database says: every report arrived, one lease per machine, no address twice.
   local left facts bound macs addrs
   left=$(psql "$db" -qAt -c "select count(*) from machines where state = 'inspecting'")
@@ -260,9 +263,9 @@ peer_round() { # ROUND
 }
 
 echo "== boot storm: $N machines (UEFI $UEFI %, ramp $RAMP s), $ROUNDS rounds, plinth and dnsmasq + nginx alternating" >&2
+SERVERS=${BENCH_SERVERS:-plinth peer}
 for r in $(seq "$ROUNDS"); do
-  plinth_round "$r"
-  peer_round "$r"
+  for s in $SERVERS; do "${s}_round" "$r"; done
 done
 
 [ -z "${BENCH_KEEP:-}" ] || { mkdir -p "$BENCH_KEEP"; cp "$work"/*.json "$work"/*.log "$results" "$BENCH_KEEP"/; }

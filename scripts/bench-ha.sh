@@ -22,4 +22,4 @@ echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $(nproc) cores, plinth:
 # The benchmarks, and the test that runs 500 BMC jobs through a primary kill (it prints the
 # jobs' figures).
 cargo test -q -p plinth --test it -- ha::bench_ ha::bmc_jobs_run_exactly_once_through_a_failover \
-  --include-ignored --nocapture --test-threads 1 2>&1 | grep -E '^BENCH|panicked|FAILED'
+  --include-ignored --nocapture --test-threads 1 2>&1 | grep -oE 'BENCH.*|panicked.*|FAILED.*'

@@ -17,6 +17,7 @@ mod e2e;
 mod faults;
 mod ha;
 mod listeners;
+mod metrics;
 mod rack;
 mod security;
 mod storm;

@@ -37,6 +37,25 @@ impl FromRequestParts<App> for Bearer {
     }
 }
 
+/// The caller when the request carries a token; `None` when it carries none (a bad token is
+/// still refused).
+pub struct MaybeCaller(pub Option<Principal>);
+
+impl FromRequestParts<App> for MaybeCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        if !parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION)
+        {
+            return Ok(MaybeCaller(None));
+        }
+        let Caller(p) = Caller::from_request_parts(parts, app).await?;
+        Ok(MaybeCaller(Some(p)))
+    }
+}
+
 impl FromRequestParts<App> for Caller {
     type Rejection = ApiError;
 

@@ -321,7 +321,7 @@ pub fn router_for(app: App, surface: Surface) -> Router {
             .route("/boot/{*path}", g(boot::file));
     }
     if surface != Surface::Provisioning {
-        r = r.merge(ui::routes());
+        r = r.merge(ui::routes()).route("/metrics", get(metrics));
     }
     r.fallback(not_found)
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -434,6 +434,30 @@ async fn scheme(
     resp
 }
 
+/// `GET /metrics`: Prometheus' text format, for a token that reads the inventory or an
+/// address of `http.metrics_allow`.
+async fn metrics(
+    State(app): State<App>,
+    ClientIp(ip): ClientIp,
+    auth::MaybeCaller(who): auth::MaybeCaller,
+) -> Result<axum::response::Response, ApiError> {
+    if who.is_none() && !app.metrics().allows(ip) {
+        return Err(Error::unauthorized(
+            "metrics need a token (Authorization: Bearer) or an address listed in http.metrics_allow",
+        )
+        .into());
+    }
+    let text = app.metrics_text(who.as_ref()).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
 /// The client's address as the listener established it (see `scheme`): for throttles.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientIp(pub std::net::IpAddr);
@@ -482,6 +506,13 @@ pub async fn serve_with(
     let router = router_for(app.clone(), opts.surface)
         .layer(axum::middleware::from_fn_with_state(trusted, scheme));
     let fast_path = (opts.surface != Surface::Management).then(|| router.clone());
+    if let Ok(addr) = listener.local_addr() {
+        app.metrics()
+            .register(std::sync::Arc::new(fastpath::ListenerMetrics {
+                listener: addr.to_string(),
+                counters: opts.counters.clone(),
+            }));
+    }
     let mut incoming = fastpath::BootListener::new(
         listener,
         app,

@@ -21,6 +21,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod lifecycle;
 pub mod machines;
+pub mod metrics;
 pub mod racks;
 pub mod reconcile;
 pub mod secrets;
@@ -52,6 +53,8 @@ pub struct App {
     logins: std::sync::Arc<users::LoginThrottle>,
     /// New discovered machines a minute.
     discoveries: std::sync::Arc<dhcp::DiscoveryLimit>,
+    /// What `/metrics` renders besides the database's counts.
+    metrics: metrics::Registry,
 }
 
 /// The boot chain's settings and templates, fixed at start.
@@ -92,6 +95,7 @@ impl App {
             discoveries: std::sync::Arc::new(dhcp::DiscoveryLimit::new(
                 DEFAULT_DISCOVER_PER_MINUTE,
             )),
+            metrics: Default::default(),
         }
     }
 

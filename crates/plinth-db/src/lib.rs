@@ -17,6 +17,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod leases;
 pub mod machines;
+pub mod metrics;
 pub mod migrate;
 pub mod nics;
 pub mod pools;

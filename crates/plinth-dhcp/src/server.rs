@@ -129,6 +129,56 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+impl plinth_core::metrics::Source for Counters {
+    fn render(&self, out: &mut plinth_core::metrics::Exposition) {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        out.counter(
+            "plinth_dhcp_packets_received_total",
+            "DHCP packets received on the listening interfaces.",
+            &[],
+            g(&self.received),
+        );
+        for (kind, c) in [
+            ("offer", &self.offers),
+            ("ack", &self.acks),
+            ("nak", &self.naks),
+        ] {
+            out.counter(
+                "plinth_dhcp_replies_total",
+                "DHCP replies sent, by message type.",
+                &[("type", kind)],
+                g(c),
+            );
+        }
+        out.counter(
+            "plinth_dhcp_replies_sent_total",
+            "DHCP replies sent, of every type.",
+            &[],
+            g(&self.replies),
+        );
+        for (reason, c) in [
+            ("malformed", &self.dropped_malformed),
+            ("rate_limited", &self.dropped_rate_limited),
+            ("new_client_rate", &self.dropped_new_clients),
+            ("overload", &self.dropped_overload),
+            ("ignored", &self.dropped_ignored),
+        ] {
+            out.counter(
+                "plinth_dhcp_packets_dropped_total",
+                "DHCP packets dropped without a reply, by reason.",
+                &[("reason", reason)],
+                g(c),
+            );
+        }
+        out.counter(
+            "plinth_dhcp_errors_total",
+            "DHCP packets that met an error (the database, a send).",
+            &[],
+            g(&self.errors),
+        );
+    }
+}
+
 /// A listening interface.
 struct Iface {
     name: String,

@@ -120,6 +120,7 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
     let app = App::new(db.pool.clone(), bmc_key)
         .with_boot(boot, templates)
         .with_discovery_limit(c.boot.listeners.discover_per_minute);
+    app.metrics().allow(c.http.metrics_allow()?);
     let mut listeners = Vec::new();
     for (plan, tls) in plans_tls {
         let listener = tokio::net::TcpListener::bind(plan.addr)
@@ -203,6 +204,7 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
     if let Some(dhcp) = dhcp {
         let (app, cancel) = (app.clone(), cancel.clone());
         let counters = std::sync::Arc::new(plinth_dhcp::server::Counters::default());
+        app.metrics().register(counters.clone());
         tasks.spawn(async move {
             plinth_dhcp::server::run(app, dhcp, counters, cancel)
                 .await
@@ -220,6 +222,10 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
             .await
             .with_context(|| format!("TFTP: listening on {}", cfg.listen))?;
         tracing::info!(addr = %cfg.listen, root = %c.images_root().display(), "TFTP is serving");
+        app.metrics()
+            .register(std::sync::Arc::new(crate::tftp::TftpMetrics(
+                server.counters(),
+            )));
         let cancel = cancel.clone();
         tasks.spawn(async move { server.serve(cancel).await.context("TFTP server") });
     }

@@ -92,3 +92,56 @@ pub fn source(app: App, root: PathBuf, http_base: Option<String>) -> Arc<ImagesS
         http_base,
     })
 }
+
+/// plinth-tftp's counters in `/metrics`.
+pub struct TftpMetrics(pub std::sync::Arc<plinth_tftp::Counters>);
+
+impl plinth_core::metrics::Source for TftpMetrics {
+    fn render(&self, out: &mut plinth_core::metrics::Exposition) {
+        let s = self.0.snapshot();
+        for (outcome, v) in [("completed", s.completed), ("failed", s.failed)] {
+            out.counter(
+                "plinth_tftp_transfers_total",
+                "TFTP transfers that ended, by outcome.",
+                &[("outcome", outcome)],
+                v,
+            );
+        }
+        for (reason, v) in [
+            ("refused", s.refused),
+            ("busy", s.busy),
+            ("unanswered", s.unanswered),
+        ] {
+            out.counter(
+                "plinth_tftp_requests_not_served_total",
+                "TFTP read requests not served: refused (a missing file, a write, a bad request), busy (an address with too many transfers), unanswered (the wait queue full or a repeat).",
+                &[("reason", reason)],
+                v,
+            );
+        }
+        out.counter(
+            "plinth_tftp_requests_waited_total",
+            "TFTP requests that found every transfer slot taken and waited for one.",
+            &[],
+            s.waited,
+        );
+        out.counter(
+            "plinth_tftp_sent_bytes_total",
+            "Payload bytes of completed TFTP transfers.",
+            &[],
+            s.bytes,
+        );
+        out.counter(
+            "plinth_tftp_retransmissions_total",
+            "TFTP DATA and OACK packets sent again after a timeout.",
+            &[],
+            s.retransmits,
+        );
+        out.gauge(
+            "plinth_tftp_transfers_active",
+            "TFTP transfers in progress.",
+            &[],
+            s.active as f64,
+        );
+    }
+}

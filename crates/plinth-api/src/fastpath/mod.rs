@@ -49,6 +49,37 @@ pub struct ListenerCounters {
     pub handed_off: std::sync::atomic::AtomicU64,
 }
 
+/// A listener's counters in `/metrics`, labelled with its address.
+pub(crate) struct ListenerMetrics {
+    pub listener: String,
+    pub counters: std::sync::Arc<ListenerCounters>,
+}
+
+impl plinth_core::metrics::Source for ListenerMetrics {
+    fn render(&self, out: &mut plinth_core::metrics::Exposition) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let l = [("listener", self.listener.as_str())];
+        out.counter(
+            "plinth_http_boot_files_sent_total",
+            "Boot files sent with sendfile by the listener itself.",
+            &l,
+            self.counters.files.load(Relaxed),
+        );
+        out.counter(
+            "plinth_http_ipxe_scripts_total",
+            "iPXE scripts answered by the listener itself.",
+            &l,
+            self.counters.scripts.load(Relaxed),
+        );
+        out.counter(
+            "plinth_http_connections_handed_off_total",
+            "Connections the listener handed to the HTTP server for other requests.",
+            &l,
+            self.counters.handed_off.load(Relaxed),
+        );
+    }
+}
+
 /// Open connections allowed on one listener, and from one peer address on it.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {

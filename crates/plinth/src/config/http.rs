@@ -30,6 +30,10 @@ pub struct HttpConfig {
     /// Open connections from one address per listener.
     #[serde(default = "default_max_connections_per_peer")]
     pub max_connections_per_peer: usize,
+    /// Addresses or CIDRs that may read `GET /metrics` without a token (a Prometheus server);
+    /// anyone else needs a token that reads the inventory.
+    #[serde(default)]
+    pub metrics_allow: Vec<String>,
 }
 
 pub(crate) fn default_max_connections_http() -> usize {
@@ -89,7 +93,22 @@ impl Default for HttpConfig {
             trusted_proxies: Vec::new(),
             max_connections: default_max_connections_http(),
             max_connections_per_peer: default_max_connections_per_peer(),
+            metrics_allow: Vec::new(),
         }
+    }
+}
+
+impl HttpConfig {
+    /// `metrics_allow`, parsed.
+    pub fn metrics_allow(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.metrics_allow
+            .iter()
+            .map(|s| {
+                parse_proxy(s).map_err(|_| {
+                    anyhow::anyhow!("http.metrics_allow: {s:?} is not an address or a CIDR")
+                })
+            })
+            .collect()
     }
 }
 

@@ -1,0 +1,254 @@
+//! Prometheus metrics: what `GET /metrics` renders. The servers that keep counters (DHCP,
+//! TFTP, the HTTP listeners) register a [`Source`] with the application's [`Registry`] when
+//! they start; the database's counts (machines by state, BMC jobs, BMCs, leases) are read at
+//! scrape time. The text exposition format is written here (no client library: a few
+//! counters and gauges), with names and labels after Prometheus' conventions: `plinth_`
+//! prefix, `_total` for counters, base units.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Arc, RwLock};
+
+use plinth_types::Error;
+
+use plinth_types::Role;
+
+use crate::{App, Principal};
+
+/// The metric kinds the exposition format names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// A scrape's text, by metric family: each family's HELP and TYPE once, then its samples.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    families: BTreeMap<String, (Kind, String, Vec<String>)>,
+}
+
+impl Exposition {
+    /// One sample of `name` (a family of `kind`, described by `help`) with `labels`.
+    pub fn sample(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        let family = self
+            .families
+            .entry(name.to_owned())
+            .or_insert_with(|| (kind, help.to_owned(), Vec::new()));
+        let mut line = name.to_owned();
+        if !labels.is_empty() {
+            line.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    line.push(',');
+                }
+                let _ = write!(line, "{k}=\"{}\"", escape(v));
+            }
+            line.push('}');
+        }
+        let _ = write!(line, " {value}");
+        family.2.push(line);
+    }
+
+    /// A counter sample.
+    pub fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: u64) {
+        self.sample(name, Kind::Counter, help, labels, value as f64);
+    }
+
+    /// A gauge sample.
+    pub fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.sample(name, Kind::Gauge, help, labels, value);
+    }
+
+    /// The text format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, (kind, help, samples)) in &self.families {
+            let kind = match kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {name} {}",
+                help.replace('\\', "\\\\").replace('\n', "\\n")
+            );
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for s in samples {
+                out.push_str(s);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Something that keeps counters: it writes them into a scrape.
+pub trait Source: Send + Sync {
+    fn render(&self, out: &mut Exposition);
+}
+
+/// The sources of this instance, and who may scrape without a token.
+#[derive(Clone, Default)]
+pub struct Registry {
+    sources: Arc<RwLock<Vec<Arc<dyn Source>>>>,
+    allow: Arc<RwLock<Vec<ipnet::IpNet>>>,
+}
+
+impl Registry {
+    pub fn register(&self, source: Arc<dyn Source>) {
+        self.sources
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(source);
+    }
+
+    /// Addresses that may scrape without a token (`http.metrics_allow`).
+    pub fn allow(&self, nets: Vec<ipnet::IpNet>) {
+        *self
+            .allow
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = nets;
+    }
+
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allow
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|n| n.contains(&ip))
+    }
+
+    fn render_sources(&self, out: &mut Exposition) {
+        let sources = self
+            .sources
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for s in sources {
+            s.render(out);
+        }
+    }
+}
+
+impl App {
+    /// The metrics of this instance and its database, for `who` (a token that reads the
+    /// inventory: not a client's, which sees only its own machines) or, with `None`, for an
+    /// address the registry allows.
+    pub async fn metrics_text(&self, who: Option<&Principal>) -> Result<String, Error> {
+        if let Some(p) = who
+            && p.role == Role::Client
+        {
+            return Err(Error::forbidden(
+                "metrics describe the whole site: a client's token cannot read them",
+            ));
+        }
+        let mut out = Exposition::default();
+        self.metrics.render_sources(&mut out);
+        let pool = self.pool();
+        out.gauge(
+            "plinth_db_pool_connections",
+            "Database connections of this instance's pool, by whether they are in use.",
+            &[("state", "idle")],
+            pool.num_idle() as f64,
+        );
+        out.gauge(
+            "plinth_db_pool_connections",
+            "Database connections of this instance's pool, by whether they are in use.",
+            &[("state", "in_use")],
+            (pool.size() as usize).saturating_sub(pool.num_idle()) as f64,
+        );
+        let snap = match pool.acquire().await {
+            Ok(mut conn) => plinth_db::metrics::snapshot(&mut conn).await.ok(),
+            Err(_) => None,
+        };
+        out.gauge(
+            "plinth_db_up",
+            "Whether the scrape could read the database (1) or not (0).",
+            &[],
+            if snap.is_some() { 1.0 } else { 0.0 },
+        );
+        let Some(snap) = snap else {
+            return Ok(out.render());
+        };
+        for m in &snap.machines {
+            out.gauge(
+                "plinth_machines",
+                "Machines by lifecycle state and maintenance flag.",
+                &[
+                    ("state", &m.state),
+                    ("maintenance", if m.maintenance { "true" } else { "false" }),
+                ],
+                m.count as f64,
+            );
+        }
+        for j in &snap.jobs {
+            out.gauge(
+                "plinth_bmc_jobs",
+                "BMC jobs in the database by kind and state (queued and running are the queue).",
+                &[("kind", &j.kind), ("state", &j.state)],
+                j.count as f64,
+            );
+        }
+        for b in &snap.bmcs {
+            let reachable = match b.reachable {
+                Some(true) => "true",
+                Some(false) => "false",
+                None => "unknown",
+            };
+            out.gauge(
+                "plinth_bmcs",
+                "BMCs by what power sync last found: reachable, unreachable, or not yet polled.",
+                &[("reachable", reachable)],
+                b.count as f64,
+            );
+        }
+        for l in &snap.leases {
+            out.gauge(
+                "plinth_dhcp_leases",
+                "DHCP leases by subnet and state.",
+                &[("subnet", &l.subnet), ("state", &l.state)],
+                l.count as f64,
+            );
+        }
+        Ok(out.render())
+    }
+
+    /// This instance's metric sources and scrape allow-list.
+    pub fn metrics(&self) -> &Registry {
+        &self.metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_described_once_and_labels_escaped() {
+        let mut e = Exposition::default();
+        e.counter("plinth_x_total", "X.", &[("a", "1")], 3);
+        e.counter("plinth_x_total", "X.", &[("a", "q\"\\\n")], 4);
+        e.gauge("plinth_a", "A.", &[], 1.5);
+        assert_eq!(
+            e.render(),
+            "# HELP plinth_a A.\n# TYPE plinth_a gauge\nplinth_a 1.5\n\
+             # HELP plinth_x_total X.\n# TYPE plinth_x_total counter\n\
+             plinth_x_total{a=\"1\"} 3\nplinth_x_total{a=\"q\\\"\\\\\\n\"} 4\n"
+        );
+    }
+}

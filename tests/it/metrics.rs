@@ -1,0 +1,181 @@
+//! `GET /metrics` of a real `plinth serve` with DHCP and TFTP on a namespace's link: a real
+//! DHCP client's exchange and a TFTP fetch show in the counters, the database's counts
+//! (machines by state, leases) in the gauges, and Prometheus' own `promtool check metrics`
+//! accepts the text. A scrape needs a token that reads the inventory or an address of
+//! `http.metrics_allow`.
+
+use std::process::{Command, Stdio};
+
+use plinth_core::Principal;
+use plinth_testkit::dhcp_clients::{self, Client};
+use plinth_testkit::netns::{Lab, Ns};
+use plinth_types::api::*;
+
+use crate::support::env::Env;
+use crate::support::serve::{create_token, serve_in_ns};
+
+/// `curl` in `ns`: (HTTP status, body).
+fn get(lab: &Lab, ns: &Ns, url: &str, token: Option<&str>) -> (u16, String) {
+    let mut args = vec!["-sS", "-w", "\n%{http_code}", url];
+    let header;
+    if let Some(t) = token {
+        header = format!("Authorization: Bearer {t}");
+        args.extend(["-H", &header]);
+    }
+    let out = lab.run(ns, "curl", &args).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_owned())
+}
+
+/// The value of the sample `series` (its name and labels exactly as written).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_count_what_happened_and_promtool_accepts_them() {
+    let env = Env::new();
+    let mut lab = Lab::new().unwrap();
+    let srv = lab.namespace("srv").unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let (s, c) = lab.link(&srv, &cli).unwrap();
+    lab.addr(&srv, &s, "10.67.0.2/24").unwrap();
+    env.subnet("10.67.0.0/24", "10.67.0.100", "10.67.0.149", None, &[]);
+    env.rt
+        .block_on(env.app.enroll_machine(
+            &Principal::system(),
+            MachineCreate {
+                hostname: Some("scraped".into()),
+                rack: None,
+                rack_unit: None,
+                size_u: None,
+                pool: None,
+                tags: None,
+                arch: None,
+                nics: vec![NicSpec {
+                    mac: "52:54:00:67:00:01".parse().unwrap(),
+                    ipv4: None,
+                    pxe: None,
+                }],
+                bmc: None,
+            },
+        ))
+        .unwrap();
+    let root = lab.path("images");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("hello.bin"), vec![7u8; 3000]).unwrap();
+    let interfaces = format!("[\"{s}\"]");
+    let root_s = root.display().to_string();
+    let server = serve_in_ns(
+        &mut lab,
+        &srv,
+        &env.db.url,
+        "0.0.0.0:8080",
+        &[
+            ("PLINTH_DHCP__ENABLED", "true"),
+            ("PLINTH_DHCP__INTERFACES", &interfaces),
+            ("PLINTH_DHCP__BOOT_SERVER", "10.67.0.2"),
+            ("PLINTH_TFTP__ENABLED", "true"),
+            ("PLINTH_TFTP__LISTEN", "10.67.0.2:69"),
+            ("PLINTH_IMAGES__ROOT", &root_s),
+            ("PLINTH_HTTP__METRICS_ALLOW", "[\"10.67.0.2/32\"]"),
+        ],
+        "TFTP is serving",
+    );
+
+    let lease = dhcp_clients::obtain(&mut lab, &cli, &c, Client::Udhcpc).unwrap();
+    let fetched = lab.path("hello.out");
+    let out = lab
+        .run(
+            &cli,
+            "curl",
+            &[
+                "-sS",
+                "tftp://10.67.0.2/hello.bin",
+                "-o",
+                fetched.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read(&fetched).unwrap().len(), 3000);
+
+    // Who may scrape: the allowed address without a token; others with a token that reads
+    // the inventory, not a client's.
+    let url = "http://10.67.0.2:8080/metrics";
+    let state = server_state(&lab);
+    let viewer = create_token(&state, Some(&env.db.url), "prometheus", "viewer");
+    let client = create_token(&state, Some(&env.db.url), "tenant", "client");
+    assert_eq!(get(&lab, &cli, url, None).0, 401, "{}", lease.ip);
+    assert_eq!(get(&lab, &cli, url, Some(&client)).0, 403);
+    let (code, text) = get(&lab, &cli, url, Some(&viewer));
+    assert_eq!(code, 200, "{text}");
+    let (code, allowed) = get(&lab, &srv, url, None);
+    assert_eq!(code, 200, "{allowed}");
+
+    // What happened is in it.
+    for (series, at_least) in [
+        ("plinth_dhcp_replies_total{type=\"offer\"}", 1.0),
+        ("plinth_dhcp_replies_total{type=\"ack\"}", 1.0),
+        ("plinth_dhcp_packets_received_total", 2.0),
+        ("plinth_tftp_transfers_total{outcome=\"completed\"}", 1.0),
+        ("plinth_tftp_sent_bytes_total", 3000.0),
+        (
+            "plinth_dhcp_leases{subnet=\"10.67.0.0/24\",state=\"bound\"}",
+            1.0,
+        ),
+        (
+            "plinth_machines{state=\"enrolled\",maintenance=\"false\"}",
+            1.0,
+        ),
+        ("plinth_db_up", 1.0),
+    ] {
+        let v = value(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        assert!(
+            v >= at_least,
+            "{series} = {v}, expected at least {at_least}"
+        );
+    }
+    assert_eq!(
+        value(
+            &text,
+            "plinth_dhcp_leases{subnet=\"10.67.0.0/24\",state=\"bound\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        text.contains("plinth_http_ipxe_scripts_total{listener=\"0.0.0.0:8080\"} 0"),
+        "{text}"
+    );
+
+    // Prometheus' own linter accepts the exposition.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    drop(server);
+}
+
+/// The state directory `serve_in_ns` gave plinth (tokens are made with the same database).
+fn server_state(lab: &Lab) -> std::path::PathBuf {
+    lab.path("state")
+}

@@ -131,6 +131,12 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
             1.0,
         ),
         ("plinth_db_up", 1.0),
+        ("plinth_dhcp_batch_size_count", 2.0),
+        ("plinth_dhcp_pool_addresses{subnet=\"10.67.0.0/24\"}", 50.0),
+        (
+            "plinth_dhcp_decision_duration_seconds_bucket{le=\"+Inf\"}",
+            2.0,
+        ),
     ] {
         let v = value(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
         assert!(
@@ -178,4 +184,112 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
 /// The state directory `serve_in_ns` gave plinth (tokens are made with the same database).
 fn server_state(lab: &Lab) -> std::path::PathBuf {
     lab.path("state")
+}
+
+/// Every `plinth_...` name in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("plinth_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        // A histogram's series belong to its family.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        // (Not the bare prefix of a sentence about names.)
+        if !family.ends_with('_') {
+            out.insert(family.to_owned());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// The alerting rules and the Grafana dashboard shipped in docs/prometheus: promtool checks
+/// the rules and runs their unit tests (each alert fires on the series it is about, with its
+/// labels and text); every dashboard query is valid PromQL (checked by promtool as a
+/// recording rule); and every metric they use is one docs/api.md lists, each of which plinth
+/// emits (its name is in the sources that render metrics).
+#[test]
+fn the_alerts_and_the_dashboard_are_valid_and_use_real_metrics() {
+    use crate::support::repo;
+    let dir = repo().join("docs/prometheus");
+    let promtool = |args: &[&str]| {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian's prometheus package; scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    promtool(&["check", "rules", "alerts.yml"]);
+    promtool(&["test", "rules", "alerts.test.yml"]);
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("grafana-dashboard.json")).unwrap())
+            .unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().replace("$instance", ".*"))
+        .collect();
+    assert!(exprs.len() >= 15, "{exprs:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            format!(
+                "      - record: dashboard_query_{i}\n        expr: {}\n",
+                serde_json::to_string(e).unwrap()
+            )
+        })
+        .collect::<String>();
+    let file = tmp.path().join("dashboard-rules.yml");
+    std::fs::write(
+        &file,
+        format!("groups:\n  - name: dashboard\n    rules:\n{rules}"),
+    )
+    .unwrap();
+    promtool(&["check", "rules", file.to_str().unwrap()]);
+
+    let used = metric_names(
+        &(exprs.join("\n") + &std::fs::read_to_string(dir.join("alerts.yml")).unwrap()),
+    );
+    let api = std::fs::read_to_string(repo().join("docs/api.md")).unwrap();
+    let section = &api[api.find("## Metrics").unwrap()..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let documented = metric_names(section);
+    let not_documented: Vec<_> = used.difference(&documented).collect();
+    assert!(
+        not_documented.is_empty(),
+        "used but not in docs/api.md: {not_documented:?}"
+    );
+    let sources = [
+        "crates/plinth-core/src/metrics.rs",
+        "crates/plinth-dhcp/src/server.rs",
+        "crates/plinth/src/tftp.rs",
+        "crates/plinth-api/src/fastpath/mod.rs",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(repo().join(f)).unwrap())
+    .collect::<String>();
+    for name in &documented {
+        assert!(
+            sources.contains(&format!("\"{name}\"")),
+            "docs/api.md lists {name}, which no source renders"
+        );
+    }
 }

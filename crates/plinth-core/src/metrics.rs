@@ -20,6 +20,51 @@ use crate::{App, Principal};
 pub enum Kind {
     Counter,
     Gauge,
+    Histogram,
+}
+
+/// A histogram with fixed upper bounds, updated without locks.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Observations at or below each bound (not cumulative here; summed when rendered).
+    buckets: Vec<std::sync::atomic::AtomicU64>,
+    count: std::sync::atomic::AtomicU64,
+    /// The sum, as the bits of an f64.
+    sum: std::sync::atomic::AtomicU64,
+}
+
+/// Bounds for durations in seconds: 1 ms to 10 s.
+pub const SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Bounds for batch sizes: 1 to 512 requests.
+pub const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+/// Bounds for BMC calls in seconds: 10 ms to 2 minutes.
+pub const BMC_SECONDS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| Default::default()).collect(),
+            count: Default::default(),
+            sum: std::sync::atomic::AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        let _ = self.sum.fetch_update(Relaxed, Relaxed, |bits| {
+            Some((f64::from_bits(bits) + v).to_bits())
+        });
+    }
 }
 
 /// A scrape's text, by metric family: each family's HELP and TYPE once, then its samples.
@@ -57,6 +102,51 @@ impl Exposition {
         family.2.push(line);
     }
 
+    /// A histogram's buckets, sum and count.
+    pub fn histogram(&mut self, name: &str, help: &str, labels: &[(&str, &str)], h: &Histogram) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let family = self
+            .families
+            .entry(name.to_owned())
+            .or_insert_with(|| (Kind::Histogram, help.to_owned(), Vec::new()));
+        let series = |suffix: &str, extra: Option<(&str, String)>| {
+            let mut line = format!("{name}{suffix}");
+            let mut all: Vec<(String, String)> = labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), escape(v)))
+                .collect();
+            if let Some((k, v)) = extra {
+                all.push((k.to_owned(), v));
+            }
+            if !all.is_empty() {
+                line.push('{');
+                let joined: Vec<String> = all.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                line.push_str(&joined.join(","));
+                line.push('}');
+            }
+            line
+        };
+        let mut cumulative = 0;
+        for (b, c) in h.bounds.iter().zip(&h.buckets) {
+            cumulative += c.load(Relaxed);
+            family.2.push(format!(
+                "{} {cumulative}",
+                series("_bucket", Some(("le", b.to_string())))
+            ));
+        }
+        let count = h.count.load(Relaxed);
+        family.2.push(format!(
+            "{} {count}",
+            series("_bucket", Some(("le", "+Inf".into())))
+        ));
+        family.2.push(format!(
+            "{} {}",
+            series("_sum", None),
+            f64::from_bits(h.sum.load(Relaxed))
+        ));
+        family.2.push(format!("{} {count}", series("_count", None)));
+    }
+
     /// A counter sample.
     pub fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: u64) {
         self.sample(name, Kind::Counter, help, labels, value as f64);
@@ -74,6 +164,7 @@ impl Exposition {
             let kind = match kind {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
             };
             let _ = writeln!(
                 out,
@@ -101,11 +192,69 @@ pub trait Source: Send + Sync {
     fn render(&self, out: &mut Exposition);
 }
 
+/// BMC jobs this instance ran: attempts by kind and outcome, and how long their calls took.
+#[derive(Debug, Default)]
+pub struct JobStats {
+    runs: std::sync::Mutex<BTreeMap<(String, &'static str), u64>>,
+    seconds: std::sync::Mutex<BTreeMap<String, Arc<Histogram>>>,
+}
+
+impl JobStats {
+    /// One attempt of a job of `kind`: `outcome` is succeeded, retried or failed.
+    pub fn observe(&self, kind: &str, outcome: &'static str, seconds: f64) {
+        *self
+            .runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((kind.to_owned(), outcome))
+            .or_default() += 1;
+        let h = self
+            .seconds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(kind.to_owned())
+            .or_insert_with(|| Arc::new(Histogram::new(BMC_SECONDS)))
+            .clone();
+        h.observe(seconds);
+    }
+
+    fn render(&self, out: &mut Exposition) {
+        let runs = self
+            .runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for ((kind, outcome), n) in runs {
+            out.counter(
+                "plinth_bmc_job_attempts_total",
+                "BMC job attempts this instance ran, by kind and outcome (succeeded, retried, failed).",
+                &[("kind", &kind), ("outcome", outcome)],
+                n,
+            );
+        }
+        let seconds = self
+            .seconds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (kind, h) in seconds {
+            out.histogram(
+                "plinth_bmc_job_attempt_duration_seconds",
+                "How long BMC job attempts took on this instance (the BMC calls and their checks), by kind.",
+                &[("kind", &kind)],
+                &h,
+            );
+        }
+    }
+}
+
 /// The sources of this instance, and who may scrape without a token.
 #[derive(Clone, Default)]
 pub struct Registry {
     sources: Arc<RwLock<Vec<Arc<dyn Source>>>>,
     allow: Arc<RwLock<Vec<ipnet::IpNet>>>,
+    /// The job runner's.
+    pub jobs: Arc<JobStats>,
 }
 
 impl Registry {
@@ -142,6 +291,7 @@ impl Registry {
         for s in sources {
             s.render(out);
         }
+        self.jobs.render(out);
     }
 }
 
@@ -217,6 +367,14 @@ impl App {
                 b.count as f64,
             );
         }
+        for p in &snap.pools {
+            out.gauge(
+                "plinth_dhcp_pool_addresses",
+                "Addresses in a subnet's dynamic ranges.",
+                &[("subnet", &p.subnet)],
+                p.addresses as f64,
+            );
+        }
         for l in &snap.leases {
             out.gauge(
                 "plinth_dhcp_leases",
@@ -237,6 +395,39 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let h = Histogram::new(&[0.1, 1.0]);
+        for v in [0.05, 0.5, 0.7, 3.0] {
+            h.observe(v);
+        }
+        let mut e = Exposition::default();
+        e.histogram("plinth_t_seconds", "T.", &[("kind", "power")], &h);
+        assert_eq!(
+            e.render(),
+            "# HELP plinth_t_seconds T.\n# TYPE plinth_t_seconds histogram\n\
+             plinth_t_seconds_bucket{kind=\"power\",le=\"0.1\"} 1\n\
+             plinth_t_seconds_bucket{kind=\"power\",le=\"1\"} 3\n\
+             plinth_t_seconds_bucket{kind=\"power\",le=\"+Inf\"} 4\n\
+             plinth_t_seconds_sum{kind=\"power\"} 4.25\n\
+             plinth_t_seconds_count{kind=\"power\"} 4\n"
+        );
+        let jobs = JobStats::default();
+        jobs.observe("power", "succeeded", 0.2);
+        jobs.observe("power", "retried", 0.3);
+        let mut e = Exposition::default();
+        jobs.render(&mut e);
+        let text = e.render();
+        assert!(
+            text.contains("plinth_bmc_job_attempts_total{kind=\"power\",outcome=\"retried\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("plinth_bmc_job_attempt_duration_seconds_count{kind=\"power\"} 2"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn families_are_described_once_and_labels_escaped() {

@@ -36,6 +36,13 @@ pub struct LeaseCount {
     pub count: i64,
 }
 
+/// The addresses of a subnet's dynamic ranges (its pool's size).
+#[derive(Debug, Clone)]
+pub struct PoolSize {
+    pub subnet: String,
+    pub addresses: i64,
+}
+
 /// Everything `/metrics` reads from the database.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -43,6 +50,7 @@ pub struct Snapshot {
     pub jobs: Vec<JobCount>,
     pub bmcs: Vec<BmcCount>,
     pub leases: Vec<LeaseCount>,
+    pub pools: Vec<PoolSize>,
 }
 
 pub async fn snapshot(conn: &mut PgConnection) -> Result<Snapshot> {
@@ -74,10 +82,19 @@ pub async fn snapshot(conn: &mut PgConnection) -> Result<Snapshot> {
     )
     .fetch_all(&mut *conn)
     .await?;
+    let pools = sqlx::query_as!(
+        PoolSize,
+        r#"select s.cidr::text as "subnet!", sum(r.last_addr - r.first_addr + 1)::bigint as "addresses!"
+           from subnets s join subnet_ranges r on r.subnet_id = s.id
+           group by 1 order by 1"#
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     Ok(Snapshot {
         machines,
         jobs,
         bmcs,
         leases,
+        pools,
     })
 }

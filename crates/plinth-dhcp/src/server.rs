@@ -108,9 +108,28 @@ pub enum Error {
     },
 }
 
+/// The lease batches' histograms.
+#[derive(Debug)]
+pub struct BatchHistograms {
+    /// Requests per batch.
+    pub size: plinth_core::metrics::Histogram,
+    /// From a request's arrival to its batch's decision (the reply leaves then).
+    pub decision_seconds: plinth_core::metrics::Histogram,
+}
+
+impl Default for BatchHistograms {
+    fn default() -> Self {
+        BatchHistograms {
+            size: plinth_core::metrics::Histogram::new(plinth_core::metrics::SIZES),
+            decision_seconds: plinth_core::metrics::Histogram::new(plinth_core::metrics::SECONDS),
+        }
+    }
+}
+
 /// Counters, kept in one place so a /metrics endpoint can expose them.
 #[derive(Debug, Default)]
 pub struct Counters {
+    pub batches: BatchHistograms,
     pub received: AtomicU64,
     pub replies: AtomicU64,
     pub offers: AtomicU64,
@@ -170,6 +189,18 @@ impl plinth_core::metrics::Source for Counters {
                 g(c),
             );
         }
+        out.histogram(
+            "plinth_dhcp_batch_size",
+            "Lease requests decided together in one database call.",
+            &[],
+            &self.batches.size,
+        );
+        out.histogram(
+            "plinth_dhcp_decision_duration_seconds",
+            "From a request's arrival to its lease decision (its reply leaves then).",
+            &[],
+            &self.batches.decision_seconds,
+        );
         out.counter(
             "plinth_dhcp_errors_total",
             "DHCP packets that met an error (the database, a send).",
@@ -382,6 +413,12 @@ async fn decide_batch(shared: &Arc<Shared>, replies: &TaskTracker, batch: Vec<Pe
         batch.into_iter().zip(answers).collect();
     let shared = shared.clone();
     let done = Instant::now();
+    let h = &shared.counters.batches;
+    h.size.observe(decided.len() as f64);
+    for (p, _) in &decided {
+        h.decision_seconds
+            .observe(done.saturating_duration_since(p.received).as_secs_f64());
+    }
     replies.spawn(async move {
         // The replies of a large batch leave spaced as their requests came in, not all at
         // once: such a burst overflows the receive buffer of a relay (or of perfdhcp) that

@@ -191,7 +191,17 @@ impl JobRunner {
         let span = tracing::info_span!("job", job_id = %j.id, machine_id = %j.machine_id, kind = %j.kind, attempt = j.attempts);
         async {
             self.running_set().insert(j.id.uuid());
+            let started = std::time::Instant::now();
             let outcome = self.attempt(&j).await;
+            let label = match &outcome {
+                Ok(_) => "succeeded",
+                Err(f) if f.transient && j.attempts < j.max_attempts => "retried",
+                Err(_) => "failed",
+            };
+            self.app
+                .metrics()
+                .jobs
+                .observe(&j.kind, label, started.elapsed().as_secs_f64());
             let give_up = tokio::time::Instant::now() + self.settings.lease * 2;
             let mut wait = Duration::from_millis(250);
             loop {

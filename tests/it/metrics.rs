@@ -43,7 +43,8 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
     let (s, c) = lab.link(&srv, &cli).unwrap();
     lab.addr(&srv, &s, "10.67.0.2/24").unwrap();
     env.subnet("10.67.0.0/24", "10.67.0.100", "10.67.0.149", None, &[]);
-    env.rt
+    let machine = env
+        .rt
         .block_on(env.app.enroll_machine(
             &Principal::system(),
             MachineCreate {
@@ -62,7 +63,8 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
                 bmc: None,
             },
         ))
-        .unwrap();
+        .unwrap()
+        .id;
     let root = lab.path("images");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("hello.bin"), vec![7u8; 3000]).unwrap();
@@ -115,6 +117,39 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
     let (code, allowed) = get(&lab, &srv, url, None);
     assert_eq!(code, 200, "{allowed}");
 
+    // A transition and an inspection report through this instance's API, and one refused.
+    let operator = create_token(&state, Some(&env.db.url), "tech", "operator");
+    let post = |path: &str, body: &str, token: &str| {
+        let out = lab
+            .run(
+                &cli,
+                "curl",
+                &[
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-X",
+                    "POST",
+                    "-H",
+                    "content-type: application/json",
+                    "-H",
+                    &format!("Authorization: Bearer {token}"),
+                    "-d",
+                    body,
+                    &format!("http://10.67.0.2:8080/api/v1/machines/{machine}/{path}"),
+                ],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(post("actions/inspect", "{}", &operator), "200");
+    let report = r#"{"cpu":{"model":"Xeon","cores":4,"threads":8},"memory_mib":4096,"disks":[{"name":"sda","size_bytes":8000000000}],"nics":[{"name":"eth0","mac":"52:54:00:67:00:01"}],"system":{"vendor":"QEMU","product":"Standard PC","serial":"S1","uuid":"4c4c4544-0000-0000-0000-000000000001"},"firmware":"bios","arch":"x86_64"}"#;
+    assert_eq!(post("inspection", report, "not-a-token"), "401");
+    assert_eq!(post("inspection", report, &operator), "200");
+    let (_, text) = get(&lab, &cli, url, Some(&viewer));
+
     // What happened is in it.
     for (series, at_least) in [
         ("plinth_dhcp_replies_total{type=\"offer\"}", 1.0),
@@ -127,11 +162,23 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
             1.0,
         ),
         (
-            "plinth_machines{state=\"enrolled\",maintenance=\"false\"}",
+            "plinth_machines{state=\"ready\",maintenance=\"false\"}",
             1.0,
         ),
         ("plinth_db_up", 1.0),
         ("plinth_dhcp_batch_size_count", 2.0),
+        (
+            "plinth_transitions_total{verb=\"inspect\",to=\"inspecting\"}",
+            1.0,
+        ),
+        (
+            "plinth_agent_reports_total{kind=\"inspection\",outcome=\"accepted\"}",
+            1.0,
+        ),
+        (
+            "plinth_agent_reports_total{kind=\"inspection\",outcome=\"refused\"}",
+            1.0,
+        ),
         ("plinth_dhcp_pool_addresses{subnet=\"10.67.0.0/24\"}", 50.0),
         (
             "plinth_dhcp_decision_duration_seconds_bucket{le=\"+Inf\"}",

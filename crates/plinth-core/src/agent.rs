@@ -216,7 +216,7 @@ impl App {
 
     /// `POST /machines/{id}/inspection` with a bearer secret: the agent's token (mode inspect)
     /// or an API token allowed to manage machines.
-    pub async fn report_inspection(
+    async fn report_inspection_counted(
         &self,
         secret: &str,
         peer: Option<IpAddr>,
@@ -239,7 +239,7 @@ impl App {
 
     /// `POST /machines/{id}/clean`: the cleaning agent's outcome (its token, mode clean, or an
     /// API token allowed to manage machines). `complete` → ready, `failed` → clean_failed.
-    pub async fn report_clean(
+    async fn report_clean_counted(
         &self,
         secret: &str,
         peer: Option<IpAddr>,
@@ -537,7 +537,7 @@ impl App {
 
     /// `POST /machines/{id}/deploy-report`: `complete` → deployed (boot from disk, power
     /// cycle), `failed` → deploy_failed with the reason. Uses up the agent's token.
-    pub async fn report_deploy(
+    async fn report_deploy_counted(
         &self,
         secret: &str,
         peer: Option<IpAddr>,
@@ -643,6 +643,53 @@ impl App {
                 "no {other:?}: meta-data, user-data, network-config or vendor-data"
             ))),
         }
+    }
+}
+
+/// The agent's reports, counted for `/metrics` by kind and whether they were taken.
+impl App {
+    /// `POST /machines/{id}/inspection` with a bearer secret: the agent's token (mode inspect)
+    /// or an API token allowed to manage machines.
+    pub async fn report_inspection(
+        &self,
+        secret: &str,
+        peer: Option<IpAddr>,
+        id: Uuid,
+        report: InspectionReport,
+    ) -> Result<Machine> {
+        let r = self
+            .report_inspection_counted(secret, peer, id, report)
+            .await;
+        self.metrics.agent_report("inspection", r.is_ok());
+        r
+    }
+
+    /// `POST /machines/{id}/clean`: the cleaning agent's outcome (its token, mode clean, or an
+    /// API token allowed to manage machines). `complete` → ready, `failed` → clean_failed.
+    pub async fn report_clean(
+        &self,
+        secret: &str,
+        peer: Option<IpAddr>,
+        id: Uuid,
+        report: CleanReport,
+    ) -> Result<Machine> {
+        let r = self.report_clean_counted(secret, peer, id, report).await;
+        self.metrics.agent_report("clean", r.is_ok());
+        r
+    }
+
+    /// `POST /machines/{id}/deploy-report`: `complete` → deployed (boot from disk, power
+    /// cycle), `failed` → deploy_failed with the reason. Uses up the agent's token.
+    pub async fn report_deploy(
+        &self,
+        secret: &str,
+        peer: Option<IpAddr>,
+        id: Uuid,
+        report: plinth_types::api::DeployReport,
+    ) -> Result<Machine> {
+        let r = self.report_deploy_counted(secret, peer, id, report).await;
+        self.metrics.agent_report("deploy", r.is_ok());
+        r
     }
 }
 

@@ -156,6 +156,7 @@ impl App {
         .await
         .db()?;
         tracing::info!(machine_id = %id, from = %old, to = %to, %verb, actor = %who.name, "state changed");
+        self.metrics.transition(verb.as_str(), to.as_str());
         Ok(Moved {
             from: old,
             to,

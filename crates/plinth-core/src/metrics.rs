@@ -248,6 +248,44 @@ impl JobStats {
     }
 }
 
+/// Counters plinth-core keeps itself: transitions and agent reports.
+#[derive(Debug, Default)]
+pub struct CoreCounts {
+    transitions: std::sync::Mutex<BTreeMap<(String, String), u64>>,
+    reports: std::sync::Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl CoreCounts {
+    fn render(&self, out: &mut Exposition) {
+        let transitions = self
+            .transitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for ((verb, to), n) in transitions {
+            out.counter(
+                "plinth_transitions_total",
+                "Lifecycle transitions this instance wrote, by verb and the state they led to (counted as written, before their transaction commits).",
+                &[("verb", &verb), ("to", &to)],
+                n,
+            );
+        }
+        let reports = self
+            .reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for ((kind, outcome), n) in reports {
+            out.counter(
+                "plinth_agent_reports_total",
+                "Ramdisk agent reports this instance received, by kind and whether they were taken (accepted) or refused.",
+                &[("kind", kind), ("outcome", outcome)],
+                n,
+            );
+        }
+    }
+}
+
 /// The sources of this instance, and who may scrape without a token.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -255,6 +293,7 @@ pub struct Registry {
     allow: Arc<RwLock<Vec<ipnet::IpNet>>>,
     /// The job runner's.
     pub jobs: Arc<JobStats>,
+    core: Arc<CoreCounts>,
 }
 
 impl Registry {
@@ -271,6 +310,29 @@ impl Registry {
             .allow
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = nets;
+    }
+
+    /// A transition written (`verb` to the state `to`).
+    pub fn transition(&self, verb: &str, to: &str) {
+        *self
+            .core
+            .transitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((verb.to_owned(), to.to_owned()))
+            .or_default() += 1;
+    }
+
+    /// An agent report of `kind` (inspection, clean, deploy), taken or refused.
+    pub fn agent_report(&self, kind: &'static str, accepted: bool) {
+        let outcome = if accepted { "accepted" } else { "refused" };
+        *self
+            .core
+            .reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((kind, outcome))
+            .or_default() += 1;
     }
 
     pub fn allows(&self, ip: std::net::IpAddr) -> bool {
@@ -292,6 +354,7 @@ impl Registry {
             s.render(out);
         }
         self.jobs.render(out);
+        self.core.render(out);
     }
 }
 

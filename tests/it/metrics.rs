@@ -166,6 +166,7 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
             1.0,
         ),
         ("plinth_db_up", 1.0),
+        ("plinth_db_errors_total{kind=\"unavailable\"}", 0.0),
         ("plinth_dhcp_batch_size_count", 2.0),
         (
             "plinth_transitions_total{verb=\"inspect\",to=\"inspecting\"}",

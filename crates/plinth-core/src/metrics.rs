@@ -385,6 +385,18 @@ impl App {
             &[("state", "in_use")],
             (pool.size() as usize).saturating_sub(pool.num_idle()) as f64,
         );
+        for (kind, c) in [
+            ("conflict", &plinth_db::ERRORS.conflict),
+            ("unavailable", &plinth_db::ERRORS.unavailable),
+            ("internal", &plinth_db::ERRORS.internal),
+        ] {
+            out.counter(
+                "plinth_db_errors_total",
+                "Database errors this process met: conflict (a concurrent change; retried), unavailable (no connection or primary), internal.",
+                &[("kind", kind)],
+                c.load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
         let snap = match pool.acquire().await {
             Ok(mut conn) => plinth_db::metrics::snapshot(&mut conn).await.ok(),
             Err(_) => None,

@@ -170,16 +170,43 @@ pub fn classify(err: impl Into<Error>) -> plinth_types::Error {
         }
     }
     if err.is_retryable() {
+        ERRORS
+            .conflict
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(error = %err, %at, "a concurrent change got in the way");
         return ApiError::unavailable("a concurrent change got in the way: try again");
     }
     if err.is_unavailable() {
+        ERRORS
+            .unavailable
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::error!(error = %err, %at, "database unavailable");
         return ApiError::unavailable("the database is unavailable");
     }
+    ERRORS
+        .internal
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::error!(error = ?err, %at, "database error");
     ApiError::internal()
 }
+
+/// Database errors this process met, by [`classify`]'s classes (not the constraint
+/// violations that are the caller's mistake): for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ErrorCounts {
+    /// A serialization failure or deadlock with a concurrent change (retryable).
+    pub conflict: std::sync::atomic::AtomicU64,
+    /// No connection, a connection lost, the primary gone.
+    pub unavailable: std::sync::atomic::AtomicU64,
+    /// Anything else (a bug, or a database in trouble).
+    pub internal: std::sync::atomic::AtomicU64,
+}
+
+pub static ERRORS: ErrorCounts = ErrorCounts {
+    conflict: std::sync::atomic::AtomicU64::new(0),
+    unavailable: std::sync::atomic::AtomicU64::new(0),
+    internal: std::sync::atomic::AtomicU64::new(0),
+};
 
 /// An address from an IPv4-only column (the schema checks `family(...) = 4`).
 pub(crate) fn ipv4(a: std::net::IpAddr) -> Result<std::net::Ipv4Addr> {

@@ -7,6 +7,10 @@
 # falls on all of them rather than on whichever ran last. Then plinth's memory with 100,000 leases.
 #   scripts/bench-dhcp.sh [SECONDS_PER_RATE] [RATES...]     default: 10 s at 1000 2000 4000 8000
 # BENCH_SERVERS picks the servers (default "kea dnsmasq plinth memory"); BENCH_ROUNDS (default 1).
+# BENCH_PLINTH_BINS="label=path ..." measures several plinth binaries in turn (default: this
+# tree's release build; a label containing "scraped" has a scraper read /metrics every
+# BENCH_SCRAPE seconds, default 1, during its runs: its cost is part of what is measured);
+# each plinth run also prints plinth's and PostgreSQL's CPU per DORA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -108,12 +112,35 @@ start_plinth() { # an empty database, plinth serving the bench subnet
 rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$pid/status"; }
 bound() { psql "$url" -qAtc "select count(*) from leases where state = 'bound'"; }
 plinth_rss=
+plinth_bins=${BENCH_PLINTH_BINS:-$(git rev-parse --short HEAD)=$bin}
+head_bin=$bin
+ticks() { awk '{s += $14 + $15} END {print s + 0}' "$@" 2>/dev/null || echo 0; }
+pg_ticks() { # the postmaster and its children (its backends carry no path to match)
+  local pm; pm=$(head -1 "$work/pg/data/postmaster.pid")
+  ticks "/proc/$pm/stat" $(for p in $(pgrep -P "$pm" || true); do echo "/proc/$p/stat"; done)
+}
 plinth() { # rate
-  start_plinth
-  perf "plinth $(git rev-parse --short HEAD) PostgreSQL 15" "$1"
-  plinth_rss="$plinth_rss
-plinth RSS after $1/s: $(rss) with $(bound) bound leases"
-  stop_all
+  local entry label
+  for entry in $plinth_bins; do
+    label=${entry%%=*}; bin=${entry#*=}
+    start_plinth
+    # A label with "scraped" in it is scraped (every BENCH_SCRAPE seconds, default 1).
+    local scrape=${BENCH_SCRAPE:-}
+    [[ $label != *scraped* ]] || scrape=${BENCH_SCRAPE:-1}
+    if [ -n "$scrape" ]; then
+      ip netns exec "$srv" bash -c "while :; do curl -s -o /dev/null -H 'Authorization: Bearer $token' http://127.0.0.1:8080/metrics; sleep $scrape; done" &
+      pids+=($!)
+    fi
+    local p0 g0 acks0 acks1
+    p0=$(ticks "/proc/$pid/stat"); g0=$(pg_ticks); acks0=$(bound)
+    perf "plinth $label PostgreSQL 15${scrape:+, /metrics read every ${scrape} s}" "$1"
+    acks1=$(bound)
+    echo "  plinth $label at $1/s: CPU per DORA plinth $(( ($(ticks "/proc/$pid/stat") - p0) * 10000000 / $(getconf CLK_TCK) / (acks1 - acks0 + 1) / 10 )) µs, PostgreSQL $(( ($(pg_ticks) - g0) * 10000000 / $(getconf CLK_TCK) / (acks1 - acks0 + 1) / 10 )) µs ($((acks1 - acks0)) leases)" >&2
+    plinth_rss="$plinth_rss
+plinth $label RSS after $1/s: $(rss) with $(bound) bound leases"
+    stop_all
+  done
+  bin=$head_bin
 }
 
 echo "| server | offered DORA/s | achieved DORA/s | drops (both exchanges) | avg delay DISCOVER-OFFER / REQUEST-ACK |"

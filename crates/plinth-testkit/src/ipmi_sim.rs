@@ -218,6 +218,12 @@ impl IpmiSim {
         Ok(sim)
     }
 
+    /// Stops the simulator now (a BMC that goes away).
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }

@@ -191,3 +191,49 @@ async fn ipmitool_then_plinth_on_one_console() {
     serial.expect(b"typed-in-plinth", WITHIN).await.unwrap();
     sol.close().await.unwrap();
 }
+
+/// What plinth says when SOL is disabled, and what becomes of a session whose payload another
+/// client deactivates, or whose BMC goes away: writes fail, the reader ends, and the session
+/// says why.
+#[tokio::test]
+async fn refusals_and_sessions_that_end() {
+    let (mut sim, mut serial) = IpmiSim::start_with_sol(None).await.unwrap();
+    let driver = Ipmi::new(config(&sim, CipherSuite::Three));
+    sim.ipmitool(&["sol", "set", "enabled", "false", "1", "noguard"])
+        .unwrap();
+    match driver.activate_sol().await {
+        Err(BmcError::Rejected(m)) => {
+            assert_eq!(m, "SOL is disabled on the BMC (completion code 0x81)")
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("SOL activated while disabled"),
+    }
+    sim.ipmitool(&["sol", "set", "enabled", "true", "1", "noguard"])
+        .unwrap();
+
+    // Another client deactivates our payload: ipmi_sim drops our packets from then on.
+    let mut sol = driver.activate_sol().await.unwrap();
+    handshake(&mut sol, &mut serial, b"up").await;
+    sim.ipmitool(&["sol", "deactivate"]).unwrap();
+    let e = sol.write(b"lost").await.unwrap_err();
+    assert_eq!(e, BmcError::Timeout);
+    assert_eq!(sol.ended(), Some(BmcError::Timeout));
+    assert_eq!(
+        tokio::time::timeout(WITHIN, sol.read()).await.unwrap(),
+        None
+    );
+    assert!(!serial.received().ends_with(b"lost"));
+    sol.close().await.unwrap();
+
+    // The BMC goes away under an active session.
+    let mut sol = driver.activate_sol().await.unwrap();
+    handshake(&mut sol, &mut serial, b"up again").await;
+    sim.kill();
+    let e = sol.write(b"into the void").await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(sol.ended(), Some(e));
+    assert_eq!(
+        tokio::time::timeout(WITHIN, sol.read()).await.unwrap(),
+        None
+    );
+}

@@ -237,3 +237,21 @@ async fn refusals_and_sessions_that_end() {
         None
     );
 }
+
+/// ipmi_sim closes a session that is idle for 30 s (an ipmitool shell left alone for 35 s
+/// finds its session gone): a console nobody types into and whose machine is silent stays
+/// open through the session's keepalive.
+#[tokio::test]
+async fn an_idle_console_stays_open() {
+    let (sim, mut serial) = IpmiSim::start_with_sol(None).await.unwrap();
+    let driver = Ipmi::new(config(&sim, CipherSuite::Three));
+    let mut sol = driver.activate_sol().await.unwrap();
+    handshake(&mut sol, &mut serial, b"before").await;
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert_eq!(sol.ended(), None);
+    serial.write(b"after the silence").await.unwrap();
+    read_until(&mut sol, b"after the silence").await;
+    sol.write(b"still typing").await.unwrap();
+    serial.expect(b"still typing", WITHIN).await.unwrap();
+    sol.close().await.unwrap();
+}

@@ -401,7 +401,8 @@ impl SolWriter {
     }
 }
 
-/// An active SOL payload in a BMC session of its own.
+/// An active SOL payload in a BMC session of its own. [`SolSession::close`] deactivates it;
+/// so does dropping the session and every [`SolWriter`] taken from it (in the background).
 pub struct SolSession {
     writer: SolWriter,
     console: mpsc::Receiver<Vec<u8>>,

@@ -3,6 +3,8 @@
 //! the reference client on the same simulator.
 
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use plinth_bmc::BmcError;
@@ -10,6 +12,7 @@ use plinth_bmc::ipmi::sol::SolSession;
 use plinth_bmc::ipmi::{CipherSuite, Ipmi, IpmiConfig};
 use plinth_testkit::ipmi_sim::{IpmiSim, PASSWORD, SerialPort, USER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
 
 const WITHIN: Duration = Duration::from_secs(10);
 
@@ -253,5 +256,124 @@ async fn an_idle_console_stays_open() {
     read_until(&mut sol, b"after the silence").await;
     sol.write(b"still typing").await.unwrap();
     serial.expect(b"still typing", WITHIN).await.unwrap();
+    sol.close().await.unwrap();
+}
+
+/// A UDP relay between plinth and the simulator that drops every `every`-th datagram in each
+/// direction while its budget of drops lasts (none at first). It listens on 127.0.0.2 at the
+/// simulator's port, so that the port ipmi_sim names for SOL is the one plinth talks to.
+struct LossyRelay {
+    addr: std::net::SocketAddr,
+    budget: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl LossyRelay {
+    async fn start(bmc: std::net::SocketAddr, every: usize) -> LossyRelay {
+        let front = UdpSocket::bind(("127.0.0.2", bmc.port())).await.unwrap();
+        let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        back.connect(bmc).await.unwrap();
+        let budget = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let relay = LossyRelay {
+            addr: front.local_addr().unwrap(),
+            budget: budget.clone(),
+            dropped: dropped.clone(),
+        };
+        let drop_one = move |count: &mut usize| {
+            *count += 1;
+            let take = count.is_multiple_of(every)
+                && budget
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+                    .is_ok();
+            if take {
+                dropped.fetch_add(1, Ordering::SeqCst);
+            }
+            take
+        };
+        tokio::spawn(async move {
+            let (mut up, mut down) = (0usize, 0usize);
+            let mut client = None;
+            let (mut a, mut b) = ([0u8; 2048], [0u8; 2048]);
+            loop {
+                tokio::select! {
+                    r = front.recv_from(&mut a) => {
+                        let Ok((n, from)) = r else { return };
+                        client = Some(from);
+                        if !drop_one(&mut up) {
+                            back.send(&a[..n]).await.ok();
+                        }
+                    }
+                    r = back.recv(&mut b) => {
+                        let Ok(n) = r else { continue };
+                        if let Some(c) = client.filter(|_| !drop_one(&mut down)) {
+                            front.send_to(&b[..n], c).await.ok();
+                        }
+                    }
+                }
+            }
+        });
+        relay
+    }
+
+    /// Drops up to `n` more datagrams; how many were dropped so far.
+    fn lose(&self, n: usize) -> usize {
+        self.budget.store(n, Ordering::SeqCst);
+        self.dropped.load(Ordering::SeqCst)
+    }
+}
+
+/// Lost datagrams lose no character. Typing with a quarter of the datagrams lost each way:
+/// plinth retransmits what was not acknowledged (ipmi_sim acknowledges a repeated packet
+/// again without taking its characters twice). The machine's output with a few lost:
+/// ipmi_sim retransmits, and plinth acknowledges again and takes only the characters a
+/// retransmission added. (ipmi_sim drops what it was sending after five retransmissions
+/// without an answer in one busy stretch, counted across packets, so its side is given a
+/// few losses only.)
+#[tokio::test]
+async fn lost_datagrams_lose_no_character() {
+    let (sim, mut serial) = IpmiSim::start_with_sol(None).await.unwrap();
+    let relay = LossyRelay::start(sim.addr(), 4).await;
+    let mut cfg = config(&sim, CipherSuite::Three);
+    cfg.addr = relay.addr;
+    cfg.retries = 8;
+    let mut sol = SolSession::activate(&cfg).await.unwrap();
+    handshake(&mut sol, &mut serial, b"ready").await;
+
+    relay.lose(usize::MAX);
+    let typed: Vec<u8> = (0..600u32)
+        .map(|i| b"0123456789"[(i % 10) as usize])
+        .collect();
+    let at = serial.received().len();
+    for chunk in typed.chunks(50) {
+        sol.write(chunk).await.unwrap();
+    }
+    // Every write returned when all its characters were accepted: they are there by now,
+    // or on their way from ipmi_sim's buffer.
+    let want = at + typed.len();
+    serial
+        .wait_for(WITHIN, |r, _| r.len() >= want)
+        .await
+        .unwrap();
+    assert_eq!(&serial.received()[at..], &typed[..]);
+    let lost_typing = relay.lose(0);
+    assert!(lost_typing >= 10, "{lost_typing} datagrams lost");
+
+    relay.lose(3);
+    let from_machine: Vec<u8> = (0..3000u32)
+        .map(|i| b"abcdefghijklmnopqrstuvwxyz\r\n"[(i % 28) as usize])
+        .collect();
+    for chunk in from_machine.chunks(300) {
+        serial.write(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    serial.write(b"<eof>").await.unwrap();
+    let got = read_until(&mut sol, b"<eof>").await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&[&from_machine[..], b"<eof>"].concat()),
+        "every character once, in order"
+    );
+    assert_eq!(relay.lose(0) - lost_typing, 3);
     sol.close().await.unwrap();
 }

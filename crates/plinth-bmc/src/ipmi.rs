@@ -3,7 +3,8 @@
 //! UDP, and [`Ipmi`] the [`crate::Bmc`] on top: one session per BMC, opened on first use and
 //! again after a failure (BMCs close idle sessions). The suite is
 //! [`IpmiConfig::cipher_suite`]; 3 unless configured. [`fru`] reads the FRU inventory that
-//! identity comes from.
+//! identity comes from. [`sol`] is Serial over LAN, in a session of its own
+//! ([`Ipmi::activate_sol`]).
 //!
 //! Boot overrides: before the boot flags (System Boot Options parameter 5) are written, the
 //! BMC's 60-second valid-bit clearing is turned off through parameter 3, as Ironic does; by
@@ -13,6 +14,7 @@
 
 pub mod fru;
 pub mod lan;
+pub mod sol;
 pub mod wire;
 
 use std::collections::HashSet;
@@ -199,6 +201,17 @@ impl Ipmi {
             }
         }
         Err(BmcError::Timeout)
+    }
+
+    /// Serial over LAN in a new session of its own, opened as the driver opens its sessions
+    /// (its suite; with [`Ipmi::strongest`], 17 or else 3). The driver's session for
+    /// commands stays as it is.
+    pub async fn activate_sol(&self) -> Result<sol::SolSession> {
+        let session = {
+            let mut st = self.state.lock().await;
+            self.open(&mut st).await?
+        };
+        sol::SolSession::activate_in(session).await
     }
 
     /// Closes the session, if one is open (best effort).

@@ -10,6 +10,17 @@
 //! the script's device (`0004000000` after PXE). Parameter 3 is taken and ignored; Get of it and
 //! parameter 0 answer 0xcc. Power cycle is off, then on one second later. FRU device 0 holds
 //! what [`IpmiSim::start`] is given; the system GUID is [`GUID_HEX`], sent as written.
+//!
+//! Serial over LAN ([`IpmiSim::start_with_sol`]): ipmi_sim's `sol "tcp:HOST:PORT"` makes it
+//! connect to a TCP port at start and treat the connection as the machine's serial port; the
+//! test's side of it is a [`SerialPort`]. Not `telnet:`: in telnet mode ipmi_sim doubles
+//! 0xff into its 32-byte buffer but acknowledges the characters it had no room for as
+//! accepted (lanserv/sol.c keeps the packet's length), so they are lost. In tcp mode a break
+//! still arrives as the two bytes IAC BRK (0xff 0xf3), which [`SerialPort`] takes as a break:
+//! a test must not send that pair as characters. ipmi_sim drops what the serial side sends
+//! while no SOL session is active, takes at most 32 characters at a time from the remote
+//! console (its Activate Payload answer says so), and retransmits its own packets once a
+//! second, adding whatever came from the serial side meanwhile.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -66,8 +77,41 @@ impl IpmiSim {
         IpmiSim::start_with(fru, GUID_HEX)
     }
 
+    /// With SOL enabled, its serial port the returned [`SerialPort`].
+    pub async fn start_with_sol(fru: Option<&Fru>) -> anyhow::Result<(IpmiSim, SerialPort)> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let sol_port = listener.local_addr()?.port();
+        let sim = IpmiSim::start_inner(fru, GUID_HEX, Some(sol_port))?;
+        // ipmi_sim connects while it starts (and every 10 s after a failure): by the time it
+        // answers ipmitool the connection waits in the backlog.
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(30), listener.accept())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("ipmi_sim did not connect its SOL port: {}", sim.log())
+            })??;
+        Ok((
+            sim,
+            SerialPort {
+                stream,
+                received: Vec::new(),
+                breaks: Vec::new(),
+                iac: false,
+            },
+        ))
+    }
+
     /// With another GUID (32 hex digits, the bytes as ipmi_sim is to send them).
     pub fn start_with(fru: Option<&Fru>, guid_hex: &str) -> anyhow::Result<IpmiSim> {
+        IpmiSim::start_inner(fru, guid_hex, None)
+    }
+
+    fn start_inner(
+        fru: Option<&Fru>,
+        guid_hex: &str,
+        sol_port: Option<u16>,
+    ) -> anyhow::Result<IpmiSim> {
         anyhow::ensure!(
             guid_hex.len() == 32 && guid_hex.bytes().all(|b| b.is_ascii_hexdigit()),
             "a GUID is 32 hex digits: {guid_hex:?}"
@@ -78,7 +122,7 @@ impl IpmiSim {
         let mut last = None;
         // Another process may take the port between the check and ipmi_sim's bind: try again.
         for _ in 0..3 {
-            match IpmiSim::start_on(free_port()?, fru, guid_hex) {
+            match IpmiSim::start_on(free_port()?, fru, guid_hex, sol_port) {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }
@@ -86,7 +130,12 @@ impl IpmiSim {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("ipmi_sim did not start")))
     }
 
-    fn start_on(port: u16, fru: Option<&Fru>, guid_hex: &str) -> anyhow::Result<IpmiSim> {
+    fn start_on(
+        port: u16,
+        fru: Option<&Fru>,
+        guid_hex: &str,
+        sol_port: Option<u16>,
+    ) -> anyhow::Result<IpmiSim> {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
         std::fs::write(d.join("power"), "0\n")?;
@@ -110,13 +159,16 @@ impl IpmiSim {
         let ok = Command::new("chmod").arg("+x").arg(&script).status()?;
         anyhow::ensure!(ok.success(), "chmod +x {}", script.display());
         let auths = "none md2 md5 straight";
+        let sol = sol_port
+            .map(|p| format!("  sol \"tcp:127.0.0.1:{p}\" 115200\n"))
+            .unwrap_or_default();
         std::fs::write(
             d.join("lan.conf"),
             format!(
                 "name \"bmc\"\nset_working_mc 0x20\n  startlan 1\n    addr 127.0.0.1 {port}\n    priv_limit admin\n\
                  allowed_auths_callback {auths}\n    allowed_auths_user {auths}\n\
                  allowed_auths_operator {auths}\n    allowed_auths_admin {auths}\n\
-                 guid {guid_hex}\n  endlan\n  chassis_control \"{} 0x20\"\n\
+                 guid {guid_hex}\n  endlan\n  chassis_control \"{} 0x20\"\n{sol}\
                  user 2 true \"{USER}\" \"{PASSWORD}\" admin 10 {auths}\n",
                 script.display()
             ),
@@ -166,18 +218,20 @@ impl IpmiSim {
         Ok(sim)
     }
 
+    /// Stops the simulator now (a BMC that goes away).
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// `ipmitool -I lanplus -C 3` against the simulator: its output, or an error with it.
     pub fn ipmitool(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("ipmitool")
-            .args(["-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p"])
-            .arg(self.port.to_string())
-            .args(["-U", USER, "-E", "-N", "1", "-R", "2"])
-            .args(args)
-            .env("IPMI_PASSWORD", PASSWORD)
+        let out = self
+            .ipmitool_command(args)
             .output()
             .context("running ipmitool")?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -189,6 +243,18 @@ impl IpmiSim {
             );
         }
         Ok(text)
+    }
+
+    /// The `ipmitool -I lanplus -C 3` command line, to run as the test likes (`sol activate`
+    /// reads its standard input and runs until it reads `~.` there).
+    pub fn ipmitool_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ipmitool");
+        c.args(["-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .args(["-U", USER, "-E", "-N", "1", "-R", "2"])
+            .args(args)
+            .env("IPMI_PASSWORD", PASSWORD);
+        c
     }
 
     /// The power state the chassis script keeps: "1" on, "0" off.
@@ -220,4 +286,84 @@ fn file(dir: &Path, name: &str) -> String {
         .unwrap_or_default()
         .trim()
         .to_owned()
+}
+
+const IAC: u8 = 255;
+const BRK: u8 = 243;
+
+/// The machine's side of ipmi_sim's SOL serial port: what the remote console typed arrives
+/// here, what is written here goes to the remote console.
+pub struct SerialPort {
+    stream: tokio::net::TcpStream,
+    received: Vec<u8>,
+    /// Where in `received` each break came.
+    breaks: Vec<usize>,
+    /// The last byte read was 0xff (IAC): a break if 0xf3 (BRK) follows.
+    iac: bool,
+}
+
+impl SerialPort {
+    /// Sends characters as the machine's serial port would.
+    pub async fn write(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(data).await?;
+        Ok(())
+    }
+
+    /// Everything received so far, breaks taken out.
+    pub fn received(&self) -> &[u8] {
+        &self.received
+    }
+
+    /// The offsets in [`SerialPort::received`] at which breaks came.
+    pub fn breaks(&self) -> &[usize] {
+        &self.breaks
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            match (std::mem::take(&mut self.iac), b) {
+                (true, BRK) => self.breaks.push(self.received.len()),
+                (true, IAC) => {
+                    self.received.push(IAC);
+                    self.iac = true;
+                }
+                (true, b) => self.received.extend_from_slice(&[IAC, b]),
+                (false, IAC) => self.iac = true,
+                (false, b) => self.received.push(b),
+            }
+        }
+    }
+
+    /// Reads until `done` holds for what was received (and the breaks), or fails after
+    /// `within` saying what came.
+    pub async fn wait_for(
+        &mut self,
+        within: Duration,
+        done: impl Fn(&[u8], &[usize]) -> bool,
+    ) -> anyhow::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut buf = [0u8; 4096];
+        while !done(&self.received, &self.breaks) {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Err(_) => bail!(
+                    "the serial port did not get what was expected within {within:?}: received {:?}, breaks at {:?}",
+                    String::from_utf8_lossy(&self.received),
+                    self.breaks
+                ),
+                Ok(Ok(0)) => bail!("ipmi_sim closed the serial port"),
+                Ok(Ok(n)) => self.take(&buf[..n]),
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads until `want` was received (anywhere in what came so far).
+    pub async fn expect(&mut self, want: &[u8], within: Duration) -> anyhow::Result<()> {
+        anyhow::ensure!(!want.is_empty(), "expecting nothing");
+        self.wait_for(within, |r, _| r.windows(want.len()).any(|w| w == want))
+            .await
+    }
 }

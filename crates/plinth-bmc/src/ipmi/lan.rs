@@ -42,19 +42,22 @@ impl std::fmt::Debug for IpmiConfig {
 }
 
 /// An established session.
+/// Its parts are open to [`super::sol`], whose loop shares the socket, the keys and the
+/// sequence numbers while a SOL payload is active.
 pub struct Session {
-    sock: UdpSocket,
-    bmc_sid: u32,
-    keys: SessionKeys,
-    seq: u32,
-    rq_seq: u8,
-    cfg: IpmiConfig,
+    pub(super) sock: UdpSocket,
+    pub(super) bmc_sid: u32,
+    pub(super) keys: SessionKeys,
+    /// The last session sequence number sent (each packet takes the next one).
+    pub(super) seq: u32,
+    pub(super) rq_seq: u8,
+    pub(super) cfg: IpmiConfig,
 }
 
 /// Role byte: administrator, name-only lookup.
 const ROLE_ADMIN: u8 = 0x14;
 
-fn random<const N: usize>() -> [u8; N] {
+pub(super) fn random<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     rand::thread_rng().fill_bytes(&mut b);
     b

@@ -21,6 +21,8 @@ pub const CONSOLE_ADDR: u8 = 0x81;
 /// RMCP+ payload types (13.27.3); bit 7 encrypted, bit 6 authenticated.
 pub mod payload {
     pub const IPMI: u8 = 0x00;
+    /// Serial over LAN (chapter 15), once activated with Activate Payload.
+    pub const SOL: u8 = 0x01;
     pub const OPEN_SESSION_REQUEST: u8 = 0x10;
     pub const OPEN_SESSION_RESPONSE: u8 = 0x11;
     pub const RAKP1: u8 = 0x12;
@@ -384,6 +386,19 @@ impl SessionKeys {
     /// An encrypted, authenticated IPMI message packet, with `iv` (fresh random bytes per
     /// packet; given here so that the codec stays deterministic and testable).
     pub fn seal(&self, session_id: u32, seq: u32, message: &[u8], iv: [u8; 16]) -> Vec<u8> {
+        self.seal_payload(payload::IPMI, session_id, seq, message, iv)
+    }
+
+    /// An encrypted, authenticated packet of any payload type ([`payload::IPMI`],
+    /// [`payload::SOL`]): both are sealed alike (13.28-13.29).
+    pub fn seal_payload(
+        &self,
+        payload_type: u8,
+        session_id: u32,
+        seq: u32,
+        message: &[u8],
+        iv: [u8; 16],
+    ) -> Vec<u8> {
         // Confidentiality trailer: pad bytes 1, 2, 3... then the pad length, to 16 bytes.
         let mut plain = message.to_vec();
         let pad = (16 - (plain.len() + 1) % 16) % 16;
@@ -398,7 +413,7 @@ impl SessionKeys {
         let mut payload = iv.to_vec();
         payload.extend_from_slice(&ct);
         let mut p = plus_packet(
-            payload::IPMI | payload::ENCRYPTED | payload::AUTHENTICATED,
+            payload_type | payload::ENCRYPTED | payload::AUTHENTICATED,
             session_id,
             seq,
             &payload,
@@ -417,6 +432,15 @@ impl SessionKeys {
 
     /// The IPMI message of an encrypted, authenticated packet, integrity checked first.
     pub fn open(&self, p: &[u8]) -> Result<Vec<u8>, WireError> {
+        match self.open_payload(p)? {
+            (payload::IPMI, m) => Ok(m),
+            _ => Err(WireError::NotIpmi),
+        }
+    }
+
+    /// The payload type (without the encrypted and authenticated bits) and the clear payload
+    /// of an authenticated session packet, integrity checked first.
+    pub fn open_payload(&self, p: &[u8]) -> Result<(u8, Vec<u8>), WireError> {
         let n = self.suite.auth_code_len();
         if p.len() < 16 + n {
             return Err(WireError::Short);
@@ -434,8 +458,9 @@ impl SessionKeys {
         else {
             return Err(WireError::NotIpmi);
         };
+        let kind = payload_type & 0x3f;
         if payload_type & payload::ENCRYPTED == 0 {
-            return Ok(payload);
+            return Ok((kind, payload));
         }
         if payload.len() < 32 || payload.len() % 16 != 0 {
             return Err(WireError::Padding);
@@ -450,7 +475,7 @@ impl SessionKeys {
         if pad >= 16 || pad + 1 > plain.len() {
             return Err(WireError::Padding);
         }
-        Ok(plain[..plain.len() - 1 - pad].to_vec())
+        Ok((kind, plain[..plain.len() - 1 - pad].to_vec()))
     }
 }
 

@@ -4,5 +4,6 @@
 mod ipmi_emulator;
 mod ipmi_sim;
 mod redfish_emulator;
+mod sol;
 mod sushy;
 mod vbmc;

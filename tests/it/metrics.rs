@@ -107,7 +107,8 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
     // Who may scrape: the allowed address without a token; others with a token that reads
     // the inventory, not a client's.
     let url = "http://10.67.0.2:8080/metrics";
-    let state = server_state(&lab);
+    // serve_in_ns's state directory: tokens are made against the same database.
+    let state = lab.path("state");
     let viewer = create_token(&state, Some(&env.db.url), "prometheus", "viewer");
     let client = create_token(&state, Some(&env.db.url), "tenant", "client");
     assert_eq!(get(&lab, &cli, url, None).0, 401, "{}", lease.ip);
@@ -226,11 +227,6 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
         String::from_utf8_lossy(&checked.stderr)
     );
     drop(server);
-}
-
-/// The state directory `serve_in_ns` gave plinth (tokens are made with the same database).
-fn server_state(lab: &Lab) -> std::path::PathBuf {
-    lab.path("state")
 }
 
 /// Every `plinth_...` name in `text`.

@@ -214,8 +214,7 @@ impl App {
         Err(Error::unauthorized(why))
     }
 
-    /// `POST /machines/{id}/inspection` with a bearer secret: the agent's token (mode inspect)
-    /// or an API token allowed to manage machines.
+    /// [`App::report_inspection`], before it is counted.
     async fn report_inspection_counted(
         &self,
         secret: &str,
@@ -237,8 +236,7 @@ impl App {
         }
     }
 
-    /// `POST /machines/{id}/clean`: the cleaning agent's outcome (its token, mode clean, or an
-    /// API token allowed to manage machines). `complete` → ready, `failed` → clean_failed.
+    /// [`App::report_clean`], before it is counted.
     async fn report_clean_counted(
         &self,
         secret: &str,
@@ -535,8 +533,7 @@ impl App {
         Ok(())
     }
 
-    /// `POST /machines/{id}/deploy-report`: `complete` → deployed (boot from disk, power
-    /// cycle), `failed` → deploy_failed with the reason. Uses up the agent's token.
+    /// [`App::report_deploy`], before it is counted.
     async fn report_deploy_counted(
         &self,
         secret: &str,

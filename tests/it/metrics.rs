@@ -103,6 +103,17 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(&fetched).unwrap().len(), 3000);
+    // Its boot script (an enrolled machine: wait), and a request that is refused.
+    let (code, script) = get(
+        &lab,
+        &cli,
+        "http://10.67.0.2:8080/boot/ipxe?mac=52:54:00:67:00:01&platform=pcbios",
+        None,
+    );
+    assert_eq!(code, 200, "{script}");
+    assert!(script.starts_with("#!ipxe"), "{script}");
+    let (code, refused) = get(&lab, &cli, "http://10.67.0.2:8080/boot/ipxe?mac=zz", None);
+    assert_eq!(code, 400, "{refused}");
 
     // Who may scrape: the allowed address without a token; others with a token that reads
     // the inventory, not a client's.
@@ -181,6 +192,7 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
             1.0,
         ),
         ("plinth_dhcp_pool_addresses{subnet=\"10.67.0.0/24\"}", 50.0),
+        ("plinth_boot_scripts_total{script=\"refused\"}", 1.0),
         (
             "plinth_dhcp_decision_duration_seconds_bucket{le=\"+Inf\"}",
             2.0,
@@ -199,8 +211,25 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
         ),
         Some(1.0)
     );
-    assert!(
-        text.contains("plinth_http_ipxe_scripts_total{listener=\"0.0.0.0:8080\"} 0"),
+    // The one script answered is counted once, whichever path answered it; the listener
+    // answered both requests (the script and the refusal) itself.
+    let scripts: f64 = ["ramdisk", "localboot", "poweroff", "wait"]
+        .iter()
+        .map(|s| {
+            value(
+                &text,
+                &format!("plinth_boot_scripts_total{{script=\"{s}\"}}"),
+            )
+            .unwrap()
+        })
+        .sum();
+    assert_eq!(scripts, 1.0, "{text}");
+    assert_eq!(
+        value(
+            &text,
+            "plinth_http_ipxe_scripts_total{listener=\"0.0.0.0:8080\"}"
+        ),
+        Some(2.0),
         "{text}"
     );
 

@@ -253,7 +253,20 @@ impl JobStats {
 pub struct CoreCounts {
     transitions: std::sync::Mutex<BTreeMap<(String, String), u64>>,
     reports: std::sync::Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Boot scripts by [`SCRIPT_OUTCOMES`] (atomics: this is the script endpoint's hot path).
+    scripts: [std::sync::atomic::AtomicU64; SCRIPT_OUTCOMES.len()],
 }
+
+/// What a boot-script request was answered with: a script by its template, or a refusal (the
+/// request was bad) or an error (plinth could not answer).
+pub const SCRIPT_OUTCOMES: [&str; 6] = [
+    "ramdisk",
+    "localboot",
+    "poweroff",
+    "wait",
+    "refused",
+    "error",
+];
 
 impl CoreCounts {
     fn render(&self, out: &mut Exposition) {
@@ -275,6 +288,14 @@ impl CoreCounts {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
+        for (outcome, n) in SCRIPT_OUTCOMES.iter().zip(&self.scripts) {
+            out.counter(
+                "plinth_boot_scripts_total",
+                "iPXE boot scripts this instance answered (every listener and path), by the script sent, or refused (a bad request) or error (plinth could not answer).",
+                &[("script", outcome)],
+                n.load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
         for ((kind, outcome), n) in reports {
             out.counter(
                 "plinth_agent_reports_total",
@@ -341,6 +362,13 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry((kind, outcome))
             .or_default() += 1;
+    }
+
+    /// A boot-script request answered with `outcome`, one of [`SCRIPT_OUTCOMES`].
+    pub fn boot_script(&self, outcome: &str) {
+        if let Some(i) = SCRIPT_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.core.scripts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     pub fn allows(&self, ip: std::net::IpAddr) -> bool {

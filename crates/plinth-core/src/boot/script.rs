@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use plinth_types::netboot;
-use plinth_types::{Error, MacAddr};
+use plinth_types::{Error, ErrorKind, MacAddr};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -139,7 +139,19 @@ impl App {
     /// The script for the machine asking: decided from its state, with a fresh agent token
     /// when it boots the ramdisk, recorded as a `boot` event (and a `boot_loop` event when it
     /// asks too often). One database round trip for a known machine.
+    /// The script for a request (`GET /boot/ipxe`), counted in `plinth_boot_scripts_total`.
     pub async fn boot_script(&self, req: &BootRequest, s: &BootSettings) -> Result<Script> {
+        let result = self.boot_script_uncounted(req, s).await;
+        let outcome = match &result {
+            Ok(script) => script.template.trim_end_matches(".ipxe"),
+            Err(e) if matches!(e.kind, ErrorKind::Internal | ErrorKind::Unavailable) => "error",
+            Err(_) => "refused",
+        };
+        self.metrics().boot_script(outcome);
+        result
+    }
+
+    async fn boot_script_uncounted(&self, req: &BootRequest, s: &BootSettings) -> Result<Script> {
         let mac_raw = req.mac.as_deref().map(str::trim).unwrap_or("");
         if mac_raw.is_empty() {
             return Err(Error::invalid(

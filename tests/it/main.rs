@@ -20,5 +20,6 @@ mod listeners;
 mod metrics;
 mod rack;
 mod security;
+mod sol;
 mod storm;
 mod ui;

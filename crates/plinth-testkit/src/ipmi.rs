@@ -3,7 +3,9 @@
 //! RAKP 1-4 with cipher suites 3 (SHA-1) and 17 (SHA-256), one user, then sealed commands with
 //! privilege levels and a sequence number window: Set Session Privilege Level, Get Device ID,
 //! Get System GUID, Get Chassis Status, Chassis Control, Set/Get System Boot Options
-//! (parameters 0, 3, 4 and 5), Get FRU Inventory Area Info, Read FRU Data and Close Session.
+//! (parameters 0, 3, 4 and 5), Get FRU Inventory Area Info, Read FRU Data and Close Session;
+//! and Serial over LAN ([`sol`]: payload activation, the SOL configuration parameters, SOL
+//! packets), its serial port a VM's or a stream the test holds ([`Serial`]).
 //!
 //! Boot flags behave as the specification has them (28.12, 28.13): the valid bit is cleared
 //! by a boot that uses a one-time override, and 60 s after the flags were set when no Chassis
@@ -30,6 +32,9 @@ use sha1::Sha1;
 use sha2::Sha256;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+
+pub mod sol;
+pub use sol::{Serial, SolStats};
 
 /// The emulated BMC: its one user, its cipher suites, and how it starts.
 #[derive(Debug, Clone)]
@@ -280,6 +285,21 @@ impl Drop for IpmiEmulator {
 
 impl IpmiEmulator {
     pub async fn start(cfg: IpmiEmulatorConfig) -> anyhow::Result<IpmiEmulator> {
+        IpmiEmulator::launch(cfg, None).await
+    }
+
+    /// A BMC whose Serial over LAN carries `serial` (see [`sol`]).
+    pub async fn start_with_serial(
+        cfg: IpmiEmulatorConfig,
+        serial: Serial,
+    ) -> anyhow::Result<IpmiEmulator> {
+        IpmiEmulator::launch(cfg, Some(serial)).await
+    }
+
+    async fn launch(
+        cfg: IpmiEmulatorConfig,
+        serial: Option<Serial>,
+    ) -> anyhow::Result<IpmiEmulator> {
         anyhow::ensure!(
             cfg.password.len() <= 20,
             "IPMI 2.0 passwords are 20 bytes at most"
@@ -290,20 +310,10 @@ impl IpmiEmulator {
         );
         let sock = UdpSocket::bind("127.0.0.1:0").await?;
         let addr = sock.local_addr()?;
-        let state = Arc::new(Mutex::new(Bmc::new(cfg)));
-        let shared = state.clone();
-        let task = tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            loop {
-                let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
-                    continue;
-                };
-                let reply = lock(&shared).datagram(&buf[..n]);
-                if let Some(r) = reply {
-                    sock.send_to(&r, peer).await.ok();
-                }
-            }
-        });
+        let mut bmc = Bmc::new(cfg);
+        let from_serial = bmc.sol.attach(addr.port(), serial);
+        let state = Arc::new(Mutex::new(bmc));
+        let task = tokio::spawn(sol::serve(sock, state.clone(), from_serial));
         Ok(IpmiEmulator { addr, state, task })
     }
 
@@ -675,6 +685,7 @@ struct Bmc {
     loss_rng: StdRng,
     stats: IpmiStats,
     log: Vec<LoggedCommand>,
+    sol: sol::Sol,
 }
 
 impl Bmc {
@@ -700,6 +711,7 @@ impl Bmc {
             loss_rng: StdRng::seed_from_u64(cfg.loss_seed),
             stats: IpmiStats::default(),
             log: Vec::new(),
+            sol: sol::Sol::default(),
         }
     }
 
@@ -802,6 +814,7 @@ impl Bmc {
             0x10 if sid == 0 => Some(self.open_session(payload)),
             0x12 if sid == 0 => self.rakp1(payload),
             0x14 if sid == 0 => self.rakp3(payload),
+            0x01 => self.sol_packet(p, payload_type, sid),
             0x00 => {
                 let r = self.session_packet(p, payload_type, sid);
                 if r.is_none() {
@@ -1017,19 +1030,12 @@ impl Bmc {
         Some(rmcp_plus(0x15, 0, 0, &out))
     }
 
-    /// A sealed IPMI message in an active session: integrity, sequence number, decryption,
-    /// the command, the sealed response.
-    fn session_packet(&mut self, p: &[u8], payload_type: u8, sid: u32) -> Option<Vec<u8>> {
+    /// A sealed payload of an active session: integrity, sequence number, decryption. The
+    /// message with the session's keys and the console's session id.
+    fn unseal(&mut self, p: &[u8], payload_type: u8, sid: u32) -> Option<(Vec<u8>, Keys, u32)> {
         let session = self.sessions.get_mut(&sid)?;
         let console_sid = session.console_sid;
-        let Stage::Active {
-            keys,
-            inbound,
-            privilege,
-            role,
-            ..
-        } = &mut session.stage
-        else {
+        let Stage::Active { keys, inbound, .. } = &mut session.stage else {
             return None;
         };
         // Both suites require integrity and confidentiality on every packet.
@@ -1053,12 +1059,26 @@ impl Bmc {
         }
         let len = usize::from(u16::from_le_bytes([p[14], p[15]]));
         let message = decrypt(&keys.k2, p.get(16..16 + len)?)?;
-        let rq = parse_request(&message)?;
-        let keys = keys.clone();
+        Some((message, keys.clone(), console_sid))
+    }
+
+    /// A sealed IPMI message in an active session: [`Bmc::unseal`], the command, the sealed
+    /// response.
+    fn session_packet(&mut self, p: &[u8], payload_type: u8, sid: u32) -> Option<Vec<u8>> {
+        let (message, keys, console_sid) = self.unseal(p, payload_type, sid)?;
+        let Stage::Active {
+            privilege, role, ..
+        } = &self.sessions.get(&sid)?.stage
+        else {
+            return None;
+        };
         let max = *role & 0x0f;
         let current = *privilege;
-
-        let (completion, data, after) = self.command(&rq, current, max);
+        let rq = parse_request(&message)?;
+        let (completion, data, after) = match self.sol_command(&rq, current, sid) {
+            Some(answer) => answer,
+            None => self.command(&rq, current, max),
+        };
         self.stats.commands += 1;
         self.log.push(LoggedCommand {
             netfn: rq.netfn,
@@ -1083,6 +1103,7 @@ impl Bmc {
             After::Close(id) => {
                 self.sessions.remove(&id);
                 self.stats.sessions_closed += 1;
+                self.sol_session_closed(id);
             }
         }
         let mut iv = [0u8; 16];
@@ -1372,6 +1393,18 @@ fn decrypt(k2: &[u8; 16], payload: &[u8]) -> Option<Vec<u8>> {
 
 /// An encrypted, authenticated IPMI payload packet from the BMC (session id: the console's).
 fn seal(keys: &Keys, console_sid: u32, seq: u32, message: &[u8], iv: [u8; 16]) -> Vec<u8> {
+    seal_as(0xc0, keys, console_sid, seq, message, iv)
+}
+
+/// [`seal`] for any payload type (its low six bits; encrypted and authenticated).
+fn seal_as(
+    payload_type: u8,
+    keys: &Keys,
+    console_sid: u32,
+    seq: u32,
+    message: &[u8],
+    iv: [u8; 16],
+) -> Vec<u8> {
     let mut plain = message.to_vec();
     let pad = (16 - (plain.len() + 1) % 16) % 16;
     plain.extend(1..=pad as u8);
@@ -1383,7 +1416,7 @@ fn seal(keys: &Keys, console_sid: u32, seq: u32, message: &[u8], iv: [u8; 16]) -
         .to_vec();
     let mut payload = iv.to_vec();
     payload.extend_from_slice(&ct);
-    let mut p = rmcp_plus(0xc0, console_sid, seq, &payload);
+    let mut p = rmcp_plus(0xc0 | (payload_type & 0x3f), console_sid, seq, &payload);
     // Integrity pad: from the auth type byte through pad length and next header, a multiple
     // of four bytes.
     let ipad = (4 - (p.len() - 4 + 2) % 4) % 4;

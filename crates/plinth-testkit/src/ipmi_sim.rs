@@ -102,6 +102,20 @@ impl IpmiSim {
         ))
     }
 
+    /// With SOL enabled, its serial port a VM's ([`crate::vm::VirtualMachine::serial_socket`],
+    /// joined by [`crate::vm::relay_serial`] for as long as the simulator runs).
+    pub async fn start_with_vm_serial(
+        fru: Option<&Fru>,
+        vm_serial: &Path,
+    ) -> anyhow::Result<IpmiSim> {
+        let (sim, port) = IpmiSim::start_with_sol(fru).await?;
+        tokio::spawn(crate::vm::relay_serial(
+            vm_serial.to_path_buf(),
+            port.stream,
+        ));
+        Ok(sim)
+    }
+
     /// With another GUID (32 hex digits, the bytes as ipmi_sim is to send them).
     pub fn start_with(fru: Option<&Fru>, guid_hex: &str) -> anyhow::Result<IpmiSim> {
         IpmiSim::start_inner(fru, guid_hex, None)

@@ -13,7 +13,10 @@
 //! in the server namespace (next to plinth, like a management network) by
 //! [`start_virtual_bmc`]: Redfish (the test kit's [`crate::redfish`] BMC) or IPMI (the test
 //! kit's [`crate::ipmi`] BMC), either one playing power and boot device on the VM's QEMU
-//! process through [`crate::vm::VirtualMachine`].
+//! process through [`crate::vm::VirtualMachine`]. Either one serves the VM's serial console
+//! over IPMI Serial over LAN ([`VirtualBmc::sol_address`]): the IPMI BMC itself, and for a
+//! Redfish BMC an IPMI BMC beside it (same user, same machine), as real Redfish BMCs offer
+//! the console over IPMI.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,6 +34,10 @@ use crate::vm::{VirtualMachine, VmSpec};
 /// The line a virtual BMC prints once it listens, followed by its address (what plinth
 /// enrolls: `http://127.0.0.1:PORT` for Redfish, `127.0.0.1:PORT` for IPMI).
 pub const LISTENING: &str = "VBMC-LISTENING ";
+
+/// The line a virtual BMC prints (before [`LISTENING`]) with the address of the IPMI BMC
+/// that serves the VM's serial console (`127.0.0.1:PORT`).
+pub const SOL_LISTENING: &str = "VBMC-SOL ";
 
 /// How long a virtual BMC or `plinth serve` gets to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -61,6 +68,10 @@ pub struct VirtualBmc {
     pub proc: Proc,
     /// The VM's directory.
     pub dir: PathBuf,
+    /// The IPMI endpoint (`127.0.0.1:PORT`, in the BMC's namespace) serving Serial over LAN
+    /// bridged to the VM's serial port, with the BMC's user and password: the BMC itself for
+    /// IPMI, an IPMI BMC beside it for Redfish.
+    pub sol_address: Option<String>,
 }
 
 /// The `plinth-lab` binary next to `beside` (a binary of the same cargo target directory).
@@ -87,13 +98,15 @@ pub fn start_virtual_bmc(
     let proc = lab.spawn_named(ns, &format!("vbmc-{}", spec.vm.name), cmd)?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        if let Some(address) = proc
-            .log_text()
-            .lines()
-            .find_map(|l| l.split_once(LISTENING).map(|(_, a)| a.trim().to_owned()))
-        {
+        let log = proc.log_text();
+        let line = |prefix: &str| {
+            log.lines()
+                .find_map(|l| l.split_once(prefix).map(|(_, a)| a.trim().to_owned()))
+        };
+        if let Some(address) = line(LISTENING) {
             return Ok(VirtualBmc {
                 address,
+                sol_address: line(SOL_LISTENING),
                 proc,
                 dir: spec.dir.clone(),
             });
@@ -111,20 +124,31 @@ pub fn start_virtual_bmc(
 
 /// The body of `plinth-lab vbmc`: serves the BMC of `spec` until the process is killed.
 pub async fn serve_virtual_bmc(spec: VirtualBmcSpec) -> anyhow::Result<()> {
+    use crate::ipmi::{IpmiEmulator, IpmiEmulatorConfig, Serial};
     let machine = VirtualMachine::new(&spec.ns, &spec.tap, spec.vm.clone(), &spec.dir)?;
-    match spec.protocol {
+    // The IPMI BMC: the BMC itself, or the console of a Redfish one. Its SOL is the VM's
+    // serial port.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut cfg = IpmiEmulatorConfig::new(&spec.username, &spec.password);
+    cfg.power_hook = Some(tx);
+    let ipmi = Arc::new(
+        IpmiEmulator::start_with_serial(cfg, Serial::Unix(machine.serial_socket().to_path_buf()))
+            .await?,
+    );
+    println!("{SOL_LISTENING}{}", ipmi.addr());
+    // Kept until the process ends.
+    let _redfish = match spec.protocol {
         BmcProtocol::Redfish => {
             let listen = spec.listen.as_deref().unwrap_or("127.0.0.1:0");
             let bmc = crate::redfish::RedfishEmulator::start_for(
                 &spec.username,
                 &spec.password,
-                machine,
+                machine.clone(),
                 listen,
             )
             .await?;
             println!("{LISTENING}{}", bmc.url());
-            std::future::pending::<()>().await;
-            Ok(())
+            Some(bmc)
         }
         BmcProtocol::Ipmi => {
             ensure!(
@@ -132,22 +156,23 @@ pub async fn serve_virtual_bmc(spec: VirtualBmcSpec) -> anyhow::Result<()> {
                 "the test kit's IPMI BMC listens on loopback only (listen = {:?})",
                 spec.listen
             );
-            ipmi_bmc(machine, &spec.username, &spec.password).await
+            println!("{LISTENING}{}", ipmi.addr());
+            None
         }
-    }
+    };
+    ipmi_bmc(machine, ipmi, rx).await
 }
 
 /// The test kit's IPMI BMC in front of the VM: each accepted Chassis Control is played on the
 /// VM, booting the device of the boot flags that boot saw; the power state it reports follows
 /// the VM (looked at every second and after every command).
-async fn ipmi_bmc(machine: Arc<VirtualMachine>, user: &str, password: &str) -> anyhow::Result<()> {
-    use crate::ipmi::{BootSelector, ChassisControl, IpmiEmulator, IpmiEmulatorConfig};
+async fn ipmi_bmc(
+    machine: Arc<VirtualMachine>,
+    emu: Arc<crate::ipmi::IpmiEmulator>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::ipmi::ChassisControl>,
+) -> anyhow::Result<()> {
+    use crate::ipmi::{BootSelector, ChassisControl, IpmiEmulator};
     use crate::redfish::Host;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut cfg = IpmiEmulatorConfig::new(user, password);
-    cfg.power_hook = Some(tx);
-    let emu = Arc::new(IpmiEmulator::start(cfg).await?);
-    println!("{LISTENING}{}", emu.addr());
     let target = |emu: &IpmiEmulator| {
         let flags = emu.boots().last().copied().unwrap_or_default();
         match (flags.valid(), flags.selector()) {

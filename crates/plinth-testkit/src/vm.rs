@@ -12,6 +12,12 @@
 //! and power-off, each placed between the output of the boots it separates) and QEMU's own
 //! messages (`qemu.err`).
 //!
+//! The serial port is a QEMU chardev socket (`serial.sock`, [`VirtualMachine::serial_socket`],
+//! `server=on,wait=off`) that logs to `console.log` itself: everything the guest writes lands
+//! in the log whether or not a client is connected, and one client at a time (a virtual BMC's
+//! Serial over LAN, see [`crate::ipmi::Serial`]) reads the same output and types into the
+//! guest. The socket exists while QEMU runs; a client connects again after each power-on.
+//!
 //! The API is synchronous: [`crate::redfish::Host`]'s methods are, and each call takes at most a
 //! few seconds (starting a process and waiting for its QMP socket, or waiting for it to exit).
 //! The process is reaped on every call that looks at it and when the VM is dropped (which kills
@@ -96,6 +102,19 @@ pub struct VmSpec {
     /// The NIC carries QEMU's iPXE option ROM (the default). Off (`romfile=`), a UEFI machine
     /// network-boots with EDK2's own PXE client; a BIOS machine cannot network-boot at all.
     pub ipxe_rom: bool,
+    /// Boot this kernel and initrd at every power-on (QEMU's `-kernel`, `-initrd`, `-append`)
+    /// instead of the firmware's boot order: a machine that is up in seconds.
+    #[serde(default)]
+    pub direct_boot: Option<DirectBoot>,
+}
+
+/// A kernel QEMU loads itself (see [`VmSpec::direct_boot`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DirectBoot {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The kernel command line.
+    pub append: String,
 }
 
 impl VmSpec {
@@ -112,6 +131,7 @@ impl VmSpec {
             nvme_disks: Vec::new(),
             sata_disks: Vec::new(),
             ipxe_rom: true,
+            direct_boot: None,
         }
     }
 }
@@ -147,6 +167,7 @@ pub struct VirtualMachine {
     console: PathBuf,
     qemu_err: PathBuf,
     qmp: PathBuf,
+    serial: PathBuf,
     qemu: PathBuf,
     state: Mutex<State>,
 }
@@ -196,12 +217,15 @@ impl VirtualMachine {
         );
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let qmp = dir.join("qmp.sock");
+        let serial = dir.join("serial.sock");
         // sun_path holds 108 bytes with the terminating NUL.
-        ensure!(
-            qmp.as_os_str().len() < 108,
-            "{} is too long for a unix socket path",
-            qmp.display()
-        );
+        for socket in [&qmp, &serial] {
+            ensure!(
+                socket.as_os_str().len() < 108,
+                "{} is too long for a unix socket path",
+                socket.display()
+            );
+        }
         let mut disks = Vec::new();
         let files = spec
             .disks
@@ -257,6 +281,7 @@ impl VirtualMachine {
             console: dir.join("console.log"),
             qemu_err: dir.join("qemu.err"),
             qmp,
+            serial,
             qemu,
             state: Mutex::new(State::default()),
         }))
@@ -278,6 +303,12 @@ impl VirtualMachine {
 
     pub fn console_path(&self) -> &Path {
         &self.console
+    }
+
+    /// The serial port's Unix socket (there while QEMU runs): a client reads what the guest
+    /// writes and types into it. One client at a time; `console.log` has everything anyway.
+    pub fn serial_socket(&self) -> &Path {
+        &self.serial
     }
 
     /// The whole serial console since the VM was created, all boots.
@@ -411,7 +442,27 @@ impl VirtualMachine {
         Ok(())
     }
 
-    /// The QEMU arguments for a boot in `order`.
+    /// The serial port as the VM runs it: a socket for a BMC's Serial over LAN, logged to
+    /// `console.log` whether or not a client is there (see the module docs); no monitor on
+    /// stdio.
+    fn serial_args(&self) -> Vec<String> {
+        vec![
+            "-chardev".into(),
+            format!(
+                "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+                self.serial.display(),
+                self.console.display()
+            ),
+            "-serial".into(),
+            "chardev:serial0".into(),
+            "-monitor".into(),
+            "none".into(),
+        ]
+    }
+
+    /// The QEMU arguments for a boot in `order`, the serial console on stdio (`-nographic`):
+    /// for a test that runs this machine's QEMU itself. The VM's own power-on adds the serial
+    /// socket (see the module docs).
     pub fn qemu_args(&self, order: BootOrder) -> Vec<String> {
         let spec = &self.spec;
         let machine = match spec.firmware {
@@ -489,6 +540,16 @@ impl VirtualMachine {
                 )
             });
         }
+        if let Some(k) = &spec.direct_boot {
+            a.extend([
+                "-kernel".to_owned(),
+                k.kernel.display().to_string(),
+                "-initrd".to_owned(),
+                k.initrd.display().to_string(),
+                "-append".to_owned(),
+                k.append.clone(),
+            ]);
+        }
         // Devices in boot order on the command line too, which makes it easy to read.
         match order {
             BootOrder::NetworkFirst => {
@@ -507,6 +568,7 @@ impl VirtualMachine {
         let order = BootOrder::for_target(boot);
         // A socket left by a QEMU that was killed would accept nothing.
         fs::remove_file(&self.qmp).ok();
+        fs::remove_file(&self.serial).ok();
         s.events += 1;
         self.separator(&format!(
             "power on #{} boot={boot} order={order:?}",
@@ -516,9 +578,11 @@ impl VirtualMachine {
         cmd.args(["netns", "exec", &self.ns])
             .arg(&self.qemu)
             .args(self.qemu_args(order))
+            .args(self.serial_args())
             .current_dir(&self.dir)
             .stdin(Stdio::null())
-            .stdout(append(&self.console)?)
+            // The serial port logs to console.log itself (see qemu_args).
+            .stdout(append(&self.qemu_err)?)
             .stderr(append(&self.qemu_err)?);
         let child = cmd
             .spawn()
@@ -625,6 +689,50 @@ impl Drop for VirtualMachine {
     fn drop(&mut self) {
         let mut s = self.lock();
         self.kill(&mut s);
+    }
+}
+
+/// Joins `stream` (another BMC's serial port, e.g. ipmi_sim's SOL connection) to the VM serial
+/// socket at `socket` ([`VirtualMachine::serial_socket`]) until `stream` ends: connected
+/// whenever the socket is there, and again after each power-on. What `stream` sends while the
+/// machine is off is lost, as on a real serial line.
+pub async fn relay_serial<S>(socket: PathBuf, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut sr, mut sw) = tokio::io::split(stream);
+    let mut from_bmc = vec![0u8; 4096];
+    let mut from_vm = vec![0u8; 4096];
+    loop {
+        let Ok(vm) = tokio::net::UnixStream::connect(&socket).await else {
+            // Off: drain what the BMC sends for a moment, then look again.
+            match tokio::time::timeout(Duration::from_millis(50), sr.read(&mut from_bmc)).await {
+                Ok(Ok(0) | Err(_)) => return,
+                _ => continue,
+            }
+        };
+        let (mut vr, mut vw) = vm.into_split();
+        loop {
+            tokio::select! {
+                n = sr.read(&mut from_bmc) => match n {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if vw.write_all(&from_bmc[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                },
+                n = vr.read(&mut from_vm) => match n {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if sw.write_all(&from_vm[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                },
+            }
+        }
     }
 }
 

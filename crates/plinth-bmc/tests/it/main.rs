@@ -5,5 +5,6 @@ mod ipmi_emulator;
 mod ipmi_sim;
 mod redfish_emulator;
 mod sol;
+mod sol_emulator;
 mod sushy;
 mod vbmc;

@@ -2,6 +2,9 @@
 //! emulator in front of a `VirtualMachine`): power and boot overrides reach the VM's process,
 //! and its serial console shows the firmware booting the device the override asked for.
 //!
+//! The test kit's IPMI BMC with its Serial over LAN on the VM's serial port: the console
+//! reaches iPXE's command line and follows the VM through a power cycle.
+//!
 //! Needs root (a network namespace and a tap), qemu-system-x86, ipxe-qemu and ovmf.
 
 use std::sync::Arc;
@@ -244,4 +247,112 @@ async fn a_uefi_vm_network_boots_on_a_pxe_override() {
     bmc.power(PowerAction::Off { force: true }).await.unwrap();
     assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
     assert!(gone(pid));
+}
+
+/// Reads the SOL console into `seen` until it contains `needle`, typing `key` every 200 ms
+/// meanwhile (if any).
+async fn sol_until(
+    sol: &mut plinth_bmc::ipmi::sol::SolSession,
+    seen: &mut Vec<u8>,
+    needle: &str,
+    key: Option<&[u8]>,
+) {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not on the SOL console within {BOOT_TIMEOUT:?}; it showed:\n{}",
+            String::from_utf8_lossy(seen)
+        );
+        match tokio::time::timeout(Duration::from_millis(200), sol.read()).await {
+            Ok(Some(chunk)) => seen.extend_from_slice(&chunk),
+            Ok(None) => panic!("the SOL session ended: {:?}", sol.ended()),
+            Err(_) => {
+                if let Some(k) = key {
+                    sol.write(k).await.unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// The test kit's IPMI BMC with its SOL on a VM's serial port (the VM's `serial.sock`): the
+/// console shows the firmware booting, what is typed reaches iPXE's command line (Ctrl-B) and
+/// is acted on, the bridge follows the VM through a power cycle (a new QEMU, a new socket),
+/// and console.log keeps every boot with its separators all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipmi_bmc_bridges_sol_to_its_vms_serial_port() {
+    use plinth_bmc::ipmi::sol::SolSession;
+    use plinth_bmc::ipmi::{CipherSuite, IpmiConfig};
+    use plinth_testkit::ipmi::{IpmiEmulator, IpmiEmulatorConfig, Serial};
+
+    let mut lab = Lab::new().unwrap();
+    let ns = lab.namespace("vbmcsol").unwrap();
+    let tap = lab.tap(&ns).unwrap();
+    let spec = VmSpec::new("vbmc-sol", Firmware::Bios, Nic::E1000, "52:54:00:7b:00:03");
+    let vm = VirtualMachine::new(&ns.name, &tap, spec, &lab.dir().join("vm")).unwrap();
+    let emu = IpmiEmulator::start_with_serial(
+        IpmiEmulatorConfig::new("admin", "password"),
+        Serial::Unix(vm.serial_socket().to_path_buf()),
+    )
+    .await
+    .unwrap();
+    // Activated while the machine is off: the console waits for it.
+    let mut sol = SolSession::activate(&IpmiConfig {
+        addr: emu.addr(),
+        username: "admin".into(),
+        password: "password".into(),
+        timeout: Duration::from_millis(500),
+        retries: 4,
+        cipher_suite: CipherSuite::Seventeen,
+    })
+    .await
+    .unwrap();
+    let on = |vm: &Arc<VirtualMachine>| {
+        let vm = vm.clone();
+        tokio::task::spawn_blocking(move || vm.try_power_on("Pxe"))
+    };
+    on(&vm).await.unwrap().unwrap();
+    let mut seen = Vec::new();
+    // Ctrl-B until iPXE's command line prompts (its banner offers it for two seconds).
+    sol_until(&mut sol, &mut seen, "iPXE>", Some(b"\x02")).await;
+    // ${platform} is expanded by iPXE: the answer is not an echo of what was typed.
+    sol.write(b"echo ${platform}-typed-over-sol\r")
+        .await
+        .unwrap();
+    sol_until(&mut sol, &mut seen, "pcbios-typed-over-sol", None).await;
+    // The same on the serial log, written by QEMU while the BMC held the socket.
+    vm.wait_console("pcbios-typed-over-sol", BOOT_TIMEOUT)
+        .unwrap();
+    let pid1 = vm.qemu_pid().unwrap();
+
+    // Powered off and on: a new QEMU and a new socket; the same SOL session shows the new boot.
+    let off = vm.clone();
+    tokio::task::spawn_blocking(move || off.try_power_off())
+        .await
+        .unwrap()
+        .unwrap();
+    seen.clear();
+    on(&vm).await.unwrap().unwrap();
+    assert_ne!(vm.qemu_pid(), Some(pid1));
+    sol_until(&mut sol, &mut seen, "iPXE>", Some(b"\x02")).await;
+    sol.write(b"echo second-${platform}\r").await.unwrap();
+    sol_until(&mut sol, &mut seen, "second-pcbios", None).await;
+    let this_boot = vm.wait_console("second-pcbios", BOOT_TIMEOUT).unwrap();
+    assert!(!this_boot.contains("pcbios-typed-over-sol"), "{this_boot}");
+    let whole = vm.console();
+    assert_eq!(
+        whole.matches(plinth_testkit::vm::SEPARATOR).count(),
+        3,
+        "{whole}"
+    );
+    assert!(whole.contains("pcbios-typed-over-sol"), "{whole}");
+    let stats = emu.sol_stats();
+    assert!(stats.from_serial > 0 && stats.to_serial > 0, "{stats:?}");
+    sol.close().await.unwrap();
+    let off = vm.clone();
+    tokio::task::spawn_blocking(move || off.try_power_off())
+        .await
+        .unwrap()
+        .unwrap();
 }

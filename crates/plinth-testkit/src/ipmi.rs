@@ -16,6 +16,10 @@
 //! spread), a power hook that reports every accepted chassis control command (so that a test
 //! can drive a VM with it), and counters.
 
+mod health;
+
+pub use health::ChassisFaults;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -675,6 +679,8 @@ struct Bmc {
     loss_rng: StdRng,
     stats: IpmiStats,
     log: Vec<LoggedCommand>,
+    /// Chassis faults and the SEL (issue 20).
+    sel: health::SelState,
 }
 
 impl Bmc {
@@ -700,6 +706,7 @@ impl Bmc {
             loss_rng: StdRng::seed_from_u64(cfg.loss_seed),
             stats: IpmiStats::default(),
             log: Vec::new(),
+            sel: health::SelState::default(),
         }
     }
 
@@ -1107,6 +1114,9 @@ impl Bmc {
         }
         self.expire_boot_flags();
         let d = &rq.data;
+        if let Some(r) = self.sel.command(rq.netfn, rq.cmd, d, self.power) {
+            return r;
+        }
         let ok = |data: Vec<u8>| (cc::OK, data, After::Nothing);
         let fail = |code: u8| (code, vec![], After::Nothing);
         match (rq.netfn, rq.cmd) {

@@ -16,6 +16,7 @@ mod disk_images;
 mod e2e;
 mod faults;
 mod ha;
+mod health;
 mod listeners;
 mod metrics;
 mod rack;

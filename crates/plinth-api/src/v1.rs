@@ -140,6 +140,8 @@ pub struct MachineListParams {
     tag: Option<String>,
     /// Matches hostname (substring), MAC or serial.
     q: Option<String>,
+    /// `ok`, `warning`, `critical`, or `unknown` (no BMC, or its health not read yet).
+    health: Option<plinth_types::health::HealthStatus>,
     /// 1-1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
@@ -161,6 +163,7 @@ pub async fn list_machines(
         pool: p.pool,
         tag: p.tag,
         q: p.q,
+        health: p.health,
         limit: p.limit,
         cursor: p.cursor,
     };

@@ -1,7 +1,8 @@
 //! A BMC in memory, for tests: it keeps a power state and a boot override like a real one (a
 //! one-time override is used up when the machine boots), records every call, and can be told
 //! to misbehave: fail the next calls, answer slowly, be unreachable, or silently keep its old
-//! boot override.
+//! boot override. Its health and event log are knobs too ([`FakeBmc::set_health`],
+//! [`FakeBmc::push_log`]).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -25,6 +26,8 @@ pub enum Call {
     },
     BootOverride,
     Identity,
+    Health,
+    LogEntries,
 }
 
 #[derive(Debug)]
@@ -41,6 +44,9 @@ struct State {
     delay: Duration,
     /// Times the machine started (power on from off, cycle, reset).
     boots: u32,
+    health: crate::Health,
+    /// The event log; the cursor is how many entries were read.
+    log: Vec<crate::LogEntry>,
 }
 
 #[derive(Debug)]
@@ -66,6 +72,8 @@ impl FakeBmc {
                 reverts_boot: false,
                 delay: Duration::ZERO,
                 boots: 0,
+                health: crate::Health::unknown(),
+                log: Vec::new(),
             }),
         }
     }
@@ -97,6 +105,28 @@ impl FakeBmc {
     }
     pub fn boot_now(&self) -> BootOverride {
         self.with(|s| s.boot)
+    }
+    /// What [`Bmc::health`] answers from now on.
+    pub fn set_health(&self, h: crate::Health) {
+        self.with(|s| s.health = h);
+    }
+    /// Appends an entry to the event log (its id: its position, from 1).
+    pub fn push_log(
+        &self,
+        severity: crate::health::HealthStatus,
+        message: &str,
+    ) -> crate::LogEntry {
+        self.with(|s| {
+            let e = crate::LogEntry {
+                id: (s.log.len() + 1).to_string(),
+                time: Some(chrono::Utc::now()),
+                severity,
+                message: message.to_owned(),
+                source: "fake".to_owned(),
+            };
+            s.log.push(e.clone());
+            e
+        })
     }
     /// Times the machine has started.
     pub fn boots(&self) -> u32 {
@@ -199,6 +229,30 @@ impl Bmc for FakeBmc {
 
     fn identity(&self) -> BoxFuture<'_, Result<Identity>> {
         self.call(Call::Identity, |s| Ok(s.identity.clone()))
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<crate::Health>> {
+        self.call(Call::Health, |s| Ok(s.health.clone()))
+    }
+
+    fn log_entries<'a>(
+        &'a self,
+        cursor: Option<&'a str>,
+        max: usize,
+    ) -> BoxFuture<'a, Result<crate::LogBatch>> {
+        let from = cursor.map(|c| c.parse::<usize>());
+        self.call(Call::LogEntries, move |s| {
+            let from = match from {
+                None => s.log.len(),
+                Some(Ok(n)) => n.min(s.log.len()),
+                Some(Err(_)) => return Err(BmcError::Protocol("not a fake cursor".into())),
+            };
+            let entries: Vec<_> = s.log[from..].iter().take(max).cloned().collect();
+            Ok(crate::LogBatch {
+                cursor: (from + entries.len()).to_string(),
+                entries,
+            })
+        })
     }
 }
 

@@ -13,6 +13,7 @@
 //! The flags read back are judged by [`crate::check_readback`] (see docs/boot.md).
 
 pub mod fru;
+mod health;
 pub mod lan;
 pub mod sol;
 pub mod wire;
@@ -461,6 +462,18 @@ impl Bmc for Ipmi {
     }
     fn identity(&self) -> BoxFuture<'_, Result<Identity>> {
         Box::pin(self.do_identity())
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<crate::Health>> {
+        Box::pin(self.do_health())
+    }
+
+    fn log_entries<'a>(
+        &'a self,
+        cursor: Option<&'a str>,
+        max: usize,
+    ) -> BoxFuture<'a, Result<crate::LogBatch>> {
+        Box::pin(self.do_log_entries(cursor, max))
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -11,10 +11,12 @@
 mod connect;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
+pub mod health;
 pub mod ipmi;
 pub mod redfish;
 
 pub use connect::{BmcTarget, Connector, DEFAULT_CALL_TIMEOUT, Drivers};
+pub use health::{Health, LogBatch, LogEntry};
 
 use futures::future::BoxFuture;
 use plinth_types::MacAddr;
@@ -162,6 +164,27 @@ pub trait Bmc: Send + Sync {
     /// The boot override as the BMC reports it now.
     fn boot_override(&self) -> BoxFuture<'_, Result<BootOverride>>;
     fn identity(&self) -> BoxFuture<'_, Result<Identity>>;
+    /// The machine's hardware health (see [`health`]). A BMC without health resources answers
+    /// [`Health::unknown`], not an error.
+    fn health(&self) -> BoxFuture<'_, Result<Health>> {
+        Box::pin(async { Ok(Health::unknown()) })
+    }
+    /// The BMC's event-log entries after `cursor` (a string this call returned before), at
+    /// most `max`, oldest first, with the cursor to pass next time. Without a cursor: no
+    /// entries, only a cursor at the log's present end (plinth does not replay a BMC's
+    /// history). A BMC without an event log answers no entries, not an error.
+    fn log_entries<'a>(
+        &'a self,
+        cursor: Option<&'a str>,
+        _max: usize,
+    ) -> BoxFuture<'a, Result<LogBatch>> {
+        Box::pin(async move {
+            Ok(LogBatch {
+                entries: Vec::new(),
+                cursor: cursor.unwrap_or_default().to_owned(),
+            })
+        })
+    }
     /// Ends the session with the BMC, if the driver keeps one (BMCs allow only a few).
     /// Best effort; the driver opens a new one if it is used again.
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -19,6 +19,8 @@
 //! token anywhere else. Plain `http://` needs the BMC's own opt-in
 //! ([`RedfishConfig::allow_plain_http`]): the password would cross the network in clear.
 
+mod health;
+
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -680,6 +682,18 @@ impl Bmc for Redfish {
 
     fn identity(&self) -> BoxFuture<'_, Result<Identity>> {
         Box::pin(self.do_identity())
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<crate::Health>> {
+        Box::pin(self.do_health())
+    }
+
+    fn log_entries<'a>(
+        &'a self,
+        cursor: Option<&'a str>,
+        max: usize,
+    ) -> BoxFuture<'a, Result<crate::LogBatch>> {
+        Box::pin(self.do_log_entries(cursor, max))
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

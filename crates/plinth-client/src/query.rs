@@ -34,6 +34,8 @@ pub struct MachineFilter {
     pub tag: Option<String>,
     /// Hostname, MAC or serial.
     pub q: Option<String>,
+    /// `ok`, `warning`, `critical` or `unknown`.
+    pub health: Option<String>,
     pub limit: Option<u32>,
     /// A previous page's `next_cursor`.
     pub cursor: Option<String>,
@@ -47,6 +49,7 @@ impl MachineFilter {
             ("pool", self.pool.clone()),
             ("tag", self.tag.clone()),
             ("q", self.q.clone()),
+            ("health", self.health.clone()),
             ("limit", self.limit.map(|l| l.to_string())),
             ("cursor", self.cursor.clone()),
         ])

@@ -48,6 +48,13 @@ impl App {
             tags,
             pool: req.pool.clone(),
             rack: req.rack.clone(),
+            healths: req
+                .health
+                .unwrap_or_default()
+                .allowed()
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
             count: i64::from(count),
         };
         let request = serde_json::to_value(&req).map_err(crate::internal("allocate"))?;

@@ -48,6 +48,7 @@ pub(crate) async fn machines(
                 reachable: b.reachable,
                 last_error: b.last_error,
                 identity: b.identity,
+                health: machine_health(b.health, b.health_components, b.health_checked_at),
             },
         );
     }
@@ -110,5 +111,20 @@ pub(crate) fn event(e: plinth_db::events::EventRow) -> Result<plinth_types::api:
             .map(|s| parse("state", s))
             .transpose()?,
         details: e.details,
+    })
+}
+
+/// The stored health, as the API shows it (`None` until read).
+fn machine_health(
+    status: Option<String>,
+    components: Option<serde_json::Value>,
+    checked_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<plinth_types::health::MachineHealth> {
+    Some(plinth_types::health::MachineHealth {
+        status: plinth_types::health::HealthStatus::parse(status.as_deref()?)?,
+        components: components
+            .and_then(|c| serde_json::from_value(c).ok())
+            .unwrap_or_default(),
+        checked_at: checked_at?,
     })
 }

@@ -42,6 +42,14 @@ impl App {
                 "power is on, off or unknown",
             ));
         }
+        if let Some(h) = &q.health
+            && plinth_types::health::HealthStatus::parse(h).is_none()
+        {
+            return Err(Error::invalid(
+                "invalid_health",
+                "health is ok, warning, critical or unknown",
+            ));
+        }
         if let Some(s) = q.q.as_deref().map(str::trim) {
             q.q_mac = s.parse::<MacAddr>().ok();
             q.q_ip = s.parse::<std::net::Ipv4Addr>().ok();

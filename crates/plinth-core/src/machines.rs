@@ -18,6 +18,8 @@ pub struct MachineQuery {
     pub pool: Option<String>,
     pub tag: Option<String>,
     pub q: Option<String>,
+    /// Only machines of this health (`unknown`: no BMC, or not read yet).
+    pub health: Option<plinth_types::health::HealthStatus>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
@@ -242,6 +244,7 @@ impl App {
             q_mac: q_text.and_then(|t| t.parse::<MacAddr>().ok()),
             owner_token_id: owner,
             after,
+            health: q.health.map(|h| h.as_str().to_owned()),
             limit: i64::from(limit) + 1,
         };
         let mut conn = self.conn().await?;

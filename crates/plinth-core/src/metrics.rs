@@ -500,6 +500,14 @@ impl App {
                 b.count as f64,
             );
         }
+        for (health, count) in &snap.health {
+            out.gauge(
+                "plinth_machines_by_health",
+                "Machines with a BMC by the hardware health it last reported (unknown: not read yet).",
+                &[("health", health)],
+                *count as f64,
+            );
+        }
         for p in &snap.pools {
             out.gauge(
                 "plinth_dhcp_pool_addresses",

@@ -22,6 +22,10 @@ pub struct BmcRow {
     pub reachable: Option<bool>,
     pub last_error: Option<String>,
     pub identity: Option<serde_json::Value>,
+    /// Hardware health (issue 20): `None` until read.
+    pub health: Option<String>,
+    pub health_components: Option<serde_json::Value>,
+    pub health_checked_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 pub struct NewBmc<'a> {
@@ -44,7 +48,9 @@ pub async fn upsert(conn: &mut PgConnection, machine_id: Uuid, b: &NewBmc<'_>) -
              password_ciphertext = excluded.password_ciphertext, verify_tls = excluded.verify_tls,
              plain_http = excluded.plain_http,
              updated_at = now(), reachable = null, consecutive_failures = 0, last_error = null,
-             next_poll_at = now(), identity = null, identity_at = null"#,
+             next_poll_at = now(), identity = null, identity_at = null,
+             health = null, health_components = null, health_checked_at = null,
+             next_health_at = now(), log_cursor = null, log_checked_at = null"#,
         machine_id,
         b.protocol.as_str(),
         b.address,
@@ -71,7 +77,7 @@ pub async fn for_machines(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<B
     sqlx::query_as!(
         BmcRow,
         r#"select machine_id, protocol as "protocol: BmcProtocol", address, username, verify_tls, plain_http, power_state, power_checked_at,
-                reachable, last_error, identity
+                reachable, last_error, identity, health, health_components, health_checked_at
          from bmcs where machine_id = any($1)"#,
         ids
     )

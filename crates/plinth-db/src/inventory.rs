@@ -80,6 +80,8 @@ pub struct TableQuery {
     pub q_ip: Option<Ipv4Addr>,
     /// Clients see only the machines of their allocations.
     pub owner_token_id: Option<Uuid>,
+    /// `ok`, `warning`, `critical`, or `unknown` (no BMC, or not read yet).
+    pub health: Option<String>,
     pub sort: SortKey,
     pub desc: bool,
     pub limit: i64,
@@ -100,6 +102,7 @@ pub struct TableRow {
     pub tags: Vec<String>,
     pub power_state: Option<String>,
     pub bmc_reachable: Option<bool>,
+    pub health: Option<String>,
     pub mac: Option<MacAddr>,
     pub ip: Option<IpAddr>,
     pub serial: Option<String>,
@@ -108,7 +111,7 @@ pub struct TableRow {
 }
 
 /// The WHERE of the table's queries: a fragment per filter that is set, each naming its own
-/// parameter ($1..$10, bound in that order whether used or not), and the joins they need.
+/// parameter ($1..$11, bound in that order whether used or not), and the joins they need.
 /// Only these literals ever reach the SQL text.
 fn filters(q: &TableQuery) -> (bool, bool, String) {
     let mut conds = vec!["true"];
@@ -152,6 +155,10 @@ fn filters(q: &TableQuery) -> (bool, bool, String) {
             "m.allocation_id in (select a.id from allocations a where a.owner_token_id = $10)",
         );
     }
+    if q.health.is_some() {
+        conds.push("coalesce(b.health, 'unknown') = $11");
+        bmcs = true;
+    }
     (racks, bmcs, conds.join(" and "))
 }
 
@@ -191,6 +198,7 @@ pub async fn table(conn: &mut PgConnection, q: &TableQuery) -> Result<(Vec<Table
                 .bind(&q.q_mac)
                 .bind(q.q_ip.map(IpAddr::V4))
                 .bind(q.owner_token_id)
+                .bind(&q.health)
         };
     }
     // Audited: every piece below is one of the literals of `filters`, `join` and
@@ -211,9 +219,10 @@ pub async fn table(conn: &mut PgConnection, q: &TableQuery) -> Result<(Vec<Table
             from machines m{joins}
             where {conds}
             order by {order}
-            limit $11 offset $12)
+            limit $12 offset $13)
         select p.id, p.hostname, p.state, p.state_changed_at, m.maintenance, r.name as rack,
                p.rack_unit, m.size_u, m.pool, m.tags, b.power_state, b.reachable as bmc_reachable,
+               b.health,
                coalesce(m.facts -> 'system' ->> 'serial', b.identity ->> 'serial') as serial,
                (m.facts -> 'cpu' ->> 'threads')::bigint as cpu_threads,
                (m.facts ->> 'memory_mib')::bigint as memory_mib,

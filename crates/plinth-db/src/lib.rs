@@ -12,6 +12,7 @@ pub mod deployments;
 pub mod embedded;
 mod error;
 pub mod events;
+pub mod health;
 pub mod images;
 pub mod inventory;
 pub mod jobs;

@@ -155,6 +155,8 @@ pub struct ListFilter {
     pub owner_token_id: Option<Uuid>,
     /// Only machines whose id sorts after this one (the page cursor).
     pub after: Option<Uuid>,
+    /// Only machines of this health (`unknown`: no BMC, or not read yet).
+    pub health: Option<String>,
     pub limit: i64,
 }
 
@@ -181,6 +183,8 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<Machine
                         select 1 from nics n where n.machine_id = m.id and n.active and n.mac = $7)))
              and ($8::uuid is null or m.allocation_id in (select a.id from allocations a where a.owner_token_id = $8))
              and ($9::uuid is null or m.id > $9)
+             and ($11::text is null
+                  or coalesce((select b.health from bmcs b where b.machine_id = m.id), 'unknown') = $11)
            order by m.id
            limit $10"#,
         f.state.map(MachineState::as_str),
@@ -192,7 +196,8 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<Machine
         f.q_mac as Option<MacAddr>,
         f.owner_token_id,
         f.after,
-        f.limit
+        f.limit,
+        f.health
     )
     .fetch_all(conn)
     .await
@@ -317,6 +322,8 @@ pub struct AllocationFilter {
     pub tags: Vec<String>,
     pub pool: Option<String>,
     pub rack: Option<String>,
+    /// The healths a machine may have (`unknown`: no BMC, or not read yet).
+    pub healths: Vec<String>,
     pub count: i64,
 }
 
@@ -339,6 +346,7 @@ pub async fn pick_for_allocation(
              and m.tags @> $5
              and ($6::text is null or m.pool = $6)
              and ($7::text is null or m.rack_id = (select id from racks where name = $7))
+             and coalesce((select b.health from bmcs b where b.machine_id = m.id), 'unknown') = any($9)
            -- the longest-ready first: a machine released (and cleaned) a moment ago comes
            -- last, so a client cannot steer an allocation onto the machine its last tenant
            -- just left
@@ -352,7 +360,8 @@ pub async fn pick_for_allocation(
         &f.tags,
         f.pool,
         f.rack,
-        f.count
+        f.count,
+        &f.healths
     )
     .fetch_all(conn)
     .await?;

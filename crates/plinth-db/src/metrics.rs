@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub machines: Vec<MachineCount>,
     pub jobs: Vec<JobCount>,
     pub bmcs: Vec<BmcCount>,
+    /// BMCs by the hardware health they last reported (`unknown`: not read yet).
+    pub health: Vec<(String, i64)>,
     pub leases: Vec<LeaseCount>,
     pub pools: Vec<PoolSize>,
 }
@@ -90,10 +92,12 @@ pub async fn snapshot(conn: &mut PgConnection) -> Result<Snapshot> {
     )
     .fetch_all(&mut *conn)
     .await?;
+    let health = crate::health::counts(&mut *conn).await?;
     Ok(Snapshot {
         machines,
         jobs,
         bmcs,
+        health,
         leases,
         pools,
     })

@@ -18,6 +18,10 @@
 //! spread), a power hook that reports every accepted chassis control command (so that a test
 //! can drive a VM with it), and counters.
 
+mod health;
+
+pub use health::ChassisFaults;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -686,6 +690,8 @@ struct Bmc {
     stats: IpmiStats,
     log: Vec<LoggedCommand>,
     sol: sol::Sol,
+    /// Chassis faults and the SEL (issue 20).
+    sel: health::SelState,
 }
 
 impl Bmc {
@@ -712,6 +718,7 @@ impl Bmc {
             stats: IpmiStats::default(),
             log: Vec::new(),
             sol: sol::Sol::default(),
+            sel: health::SelState::default(),
         }
     }
 
@@ -1128,6 +1135,9 @@ impl Bmc {
         }
         self.expire_boot_flags();
         let d = &rq.data;
+        if let Some(r) = self.sel.command(rq.netfn, rq.cmd, d, self.power) {
+            return r;
+        }
         let ok = |data: Vec<u8>| (cc::OK, data, After::Nothing);
         let fail = |code: u8| (code, vec![], After::Nothing);
         match (rq.netfn, rq.cmd) {

@@ -5,6 +5,10 @@
 //! compromised BMC that tries to make plinth read without end or send its credentials to
 //! another host ([`Collector`] is that other host). Served by axum on 127.0.0.1.
 
+mod health;
+
+pub use health::Faults;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,6 +96,7 @@ struct Bmc {
     in_flight: u32,
     max_in_flight: u32,
     host: Option<std::sync::Arc<dyn Host>>,
+    health: health::HealthState,
 }
 
 impl std::fmt::Debug for dyn Host {
@@ -157,6 +162,7 @@ impl RedfishEmulator {
             in_flight: 0,
             max_in_flight: 0,
             host,
+            health: health::HealthState::default(),
         }));
         let app = Router::new()
             .route("/redfish/v1", get(root))
@@ -167,6 +173,7 @@ impl RedfishEmulator {
                 post(reset),
             )
             .route("/redfish/v1/SessionService/Sessions", post(login))
+            .merge(health::routes(Router::new()))
             .route(
                 "/redfish/v1/SessionService/Sessions/{id}",
                 axum::routing::delete(logout),
@@ -403,6 +410,7 @@ async fn system(State(s): State<Shared>, h: HeaderMap) -> Response {
             "ResetType@Redfish.AllowableValues": ["On", "ForceOff", "GracefulShutdown", "ForceRestart", "Nmi"]
         }}
     });
+    health::decorate_system(&b.health, &mut body);
     if let Hostile::HugeBody(n) = b.knobs.hostile {
         body["Oem"] = json!({ "Padding": "x".repeat(n) });
     }

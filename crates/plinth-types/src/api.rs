@@ -423,6 +423,9 @@ pub struct BmcInfo {
     /// What the BMC reports about the machine: manufacturer, model, serial, uuid, macs.
     #[schema(value_type = Option<Object>)]
     pub identity: Option<serde_json::Value>,
+    /// Hardware health as the BMC last reported it (issue 20); absent until read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::MachineHealth>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -851,6 +854,35 @@ pub struct AllocationRequest {
     pub pool: Option<String>,
     /// Rack name.
     pub rack: Option<String>,
+    /// Which machines' hardware health is acceptable (see docs/api.md, allocations): by
+    /// default every machine but a `critical` one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthRequirement>,
+}
+
+/// An allocation's health requirement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthRequirement {
+    /// The default: anything but `critical` (`ok`, `warning`, and `unknown`: no BMC, or its
+    /// health not read yet).
+    #[default]
+    NotCritical,
+    /// Only machines whose BMC reports them `ok`.
+    Ok,
+    /// Any machine, `critical` ones too (to allocate a machine for its repair, say).
+    Any,
+}
+
+impl HealthRequirement {
+    /// The stored healths a machine may have.
+    pub fn allowed(self) -> &'static [&'static str] {
+        match self {
+            HealthRequirement::NotCritical => &["ok", "warning", "unknown"],
+            HealthRequirement::Ok => &["ok"],
+            HealthRequirement::Any => &["ok", "warning", "unknown", "critical"],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -9,6 +9,7 @@ pub mod api;
 pub mod behaviour;
 pub mod de;
 pub mod error;
+pub mod health;
 pub mod ids;
 pub mod lifecycle;
 pub mod mac;

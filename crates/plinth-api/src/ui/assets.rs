@@ -99,6 +99,10 @@ pub(crate) const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../../web/templates/machine.html"),
     ),
     (
+        "machine_health.html",
+        include_str!("../../../../web/templates/machine_health.html"),
+    ),
+    (
         "timeline.html",
         include_str!("../../../../web/templates/timeline.html"),
     ),

@@ -620,3 +620,87 @@ async fn only_a_trusted_proxy_makes_a_plain_connection_secure() {
         );
     }
 }
+
+/// Issue 20: the machine page's Health section and the table's Health column and filter, from
+/// what the power sync stored.
+#[tokio::test]
+async fn health_shows_on_the_machine_page_and_filters_the_table() {
+    use plinth_types::api::{BmcProtocol, BmcSpec, MachineCreate, NicSpec};
+    let ui = Ui::start().await;
+    let (mut jar, _) = ui.login().await;
+    let enroll = |host: &str, n: u32| MachineCreate {
+        hostname: Some(host.into()),
+        rack: None,
+        rack_unit: None,
+        size_u: None,
+        pool: None,
+        tags: None,
+        arch: None,
+        nics: vec![NicSpec {
+            mac: plinth_testkit::mac(n),
+            ipv4: None,
+            pxe: None,
+        }],
+        bmc: Some(BmcSpec {
+            protocol: BmcProtocol::Redfish,
+            address: format!("10.9.0.{n}"),
+            username: "root".into(),
+            password: "calvin-Secr3t!".into(),
+            verify_tls: Some(false),
+            plain_http: None,
+        }),
+    };
+    let sick = ui
+        .app
+        .enroll_machine(&Principal::system(), enroll("sick-1", 1))
+        .await
+        .unwrap();
+    let fine = ui
+        .app
+        .enroll_machine(&Principal::system(), enroll("fine-2", 2))
+        .await
+        .unwrap();
+    let (_, _, page) = ui.get(&mut jar, &format!("/machines/{}", fine.id)).await;
+    assert!(
+        page.contains("id=\"health\"") && page.contains("Not read yet."),
+        "{page}"
+    );
+
+    let mut conn = ui._db.pool.acquire().await.unwrap();
+    let components = serde_json::json!([{ "kind": "power_supply", "name": "PSU 2",
+        "status": "critical", "reason": "the BMC reports it critical" }]);
+    plinth_db::health::record(&mut conn, sick.id, "critical", &components)
+        .await
+        .unwrap();
+    plinth_db::health::record(&mut conn, fine.id, "ok", &serde_json::json!([]))
+        .await
+        .unwrap();
+    drop(conn);
+
+    let (status, _, page) = ui.get(&mut jar, &format!("/machines/{}", sick.id)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("id=\"health-status\">critical"), "{page}");
+    assert!(
+        page.contains("PSU 2") && page.contains("power supply"),
+        "{page}"
+    );
+    let (_, _, page) = ui.get(&mut jar, &format!("/machines/{}", fine.id)).await;
+    assert!(
+        page.contains("Every component the BMC reports is OK."),
+        "{page}"
+    );
+
+    let (_, _, table) = ui.get(&mut jar, "/machines?health=critical").await;
+    assert!(
+        table.contains("sick-1") && !table.contains("fine-2"),
+        "{table}"
+    );
+    assert!(table.contains("badge hl-critical"), "{table}");
+    let (_, _, table) = ui.get(&mut jar, "/machines?health=ok").await;
+    assert!(
+        table.contains("fine-2") && !table.contains("sick-1"),
+        "{table}"
+    );
+    let (status, _, _) = ui.get(&mut jar, "/machines?health=bogus").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

@@ -18,6 +18,7 @@
 
 mod call;
 mod execute;
+mod health_sync;
 mod power_sync;
 mod record;
 mod runner;

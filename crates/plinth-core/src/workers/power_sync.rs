@@ -51,6 +51,15 @@ pub struct SyncSettings {
     /// After wrong credentials, the next poll waits this long (unless the credentials change).
     #[serde(skip)]
     pub auth_hold: Duration,
+    /// Each BMC's health and event log are read about this often, by a power poll that
+    /// reaches it (see `health_sync`); zero: never.
+    #[serde(
+        rename = "health_interval_secs",
+        deserialize_with = "plinth_types::de::secs"
+    )]
+    pub health_interval: Duration,
+    /// New event-log entries recorded per read, at most (the rest come at the next).
+    pub log_entries_per_poll: usize,
 }
 
 impl Default for SyncSettings {
@@ -63,6 +72,8 @@ impl Default for SyncSettings {
             call_timeout: plinth_bmc::DEFAULT_CALL_TIMEOUT,
             tick: Duration::from_secs(1),
             auth_hold: Duration::from_secs(3600),
+            health_interval: Duration::from_secs(300),
+            log_entries_per_poll: 50,
         }
     }
 }
@@ -79,9 +90,9 @@ pub struct SyncReport {
 /// Polls every BMC's power state on a jittered interval; records changes as events; marks a
 /// BMC unreachable after repeated failures and reachable again when it answers.
 pub struct PowerSync {
-    app: App,
+    pub(super) app: App,
     connector: Arc<dyn Connector>,
-    settings: SyncSettings,
+    pub(super) settings: SyncSettings,
     slots: Arc<Semaphore>,
 }
 
@@ -144,10 +155,24 @@ impl PowerSync {
                 bmc.power_state(),
             )
             .await;
+            // Health only from a BMC that answered, in the same session.
+            let h = match &p {
+                Ok(_) => self.read_health(b.machine_id, &*bmc).await,
+                Err(_) => None,
+            };
             let _ = tokio::time::timeout(self.settings.call_timeout, bmc.close()).await;
-            p
+            p.map(|p| (p, h))
         }
         .await;
+        let (res, health) = match res {
+            Ok((p, h)) => (Ok(p), h),
+            Err(f) => (Err(f), None),
+        };
+        if let Some(h) = health
+            && let Err(e) = self.record_health(b.machine_id, h).await
+        {
+            tracing::warn!(machine_id = %b.machine_id, error = %e, "recording a health read failed");
+        }
         match self.record(&b, res).await {
             Ok(o) => o,
             Err(e) => {
@@ -304,6 +329,20 @@ impl PowerSync {
 }
 
 impl App {
+    /// Makes the machine's BMC (or every BMC, with `None`) due for a power poll and a health
+    /// read now. For tests (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub async fn poll_health_now(&self, machine_id: Option<Uuid>) -> Result<()> {
+        let mut conn = self.conn().await?;
+        plinth_db::health::due_now(&mut conn, machine_id)
+            .await
+            .db()?;
+        plinth_db::bmcs::poll_now(&mut conn, machine_id)
+            .await
+            .db()?;
+        Ok(())
+    }
+
     /// Makes the machine's BMC due for a power poll now (or every BMC's, with `None`). For
     /// tests (feature `testing`).
     #[cfg(feature = "testing")]

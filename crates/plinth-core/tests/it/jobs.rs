@@ -809,6 +809,8 @@ async fn power_sync_records_changes_and_reachability() {
             call_timeout: Duration::from_millis(300),
             tick: Duration::from_millis(50),
             auth_hold: Duration::from_secs(3600),
+            health_interval: Duration::ZERO,
+            log_entries_per_poll: 50,
         },
     );
     let r = sync.run_once().await.unwrap();
@@ -1266,4 +1268,183 @@ async fn decommission_wipes_then_retires_the_machine_and_scrubs_its_bmc() {
     // The MAC can be enrolled again, for another machine.
     let (b, _) = w.enroll(1, PASSWORD).await;
     assert_ne!(a, b);
+}
+
+/// Issue 20: the power sync reads health and the BMC's log on its own cadence; an injected
+/// fault becomes the machine's health and a `health_changed` event, new log entries become
+/// `bmc_log` events once each (a bounded number per read, none replayed at the first), the
+/// machine list filters on health, and allocation skips a critical machine unless asked.
+#[tokio::test]
+async fn power_sync_reads_health_and_the_bmc_log() {
+    use plinth_bmc::Health;
+    use plinth_types::health::{HealthComponent, HealthStatus};
+
+    let w = world(settings()).await;
+    let (a, fa) = w.enroll(1, PASSWORD).await;
+    let (b, fb) = w.enroll(2, PASSWORD).await;
+    let sync = PowerSync::new(
+        w.app.clone(),
+        Arc::new(FakeConnector(w.fakes.clone())),
+        SyncSettings {
+            call_timeout: Duration::from_secs(2),
+            health_interval: Duration::from_secs(300),
+            log_entries_per_poll: 3,
+            ..SyncSettings::default()
+        },
+    );
+    let ok = Health::from_parts(HealthStatus::Ok, vec![]);
+    fa.set_health(ok.clone());
+    fb.set_health(ok.clone());
+    fa.push_log(HealthStatus::Critical, "an old fault, before plinth looked");
+    assert_eq!(sync.run_once().await.unwrap().polled, 2);
+    let health_of = |id: Uuid| {
+        let app = w.app.clone();
+        async move {
+            app.get_machine(&admin(), id)
+                .await
+                .unwrap()
+                .bmc
+                .unwrap()
+                .health
+        }
+    };
+    assert_eq!(health_of(a).await.unwrap().status, HealthStatus::Ok);
+    // A healthy first read and the log's history are no news.
+    assert!(w.events_of_kind(a, "health_changed").await.is_empty());
+    assert!(w.events_of_kind(a, "bmc_log").await.is_empty());
+
+    // A fan stops; four entries are logged.
+    fa.set_health(Health::from_parts(
+        HealthStatus::Ok,
+        vec![HealthComponent {
+            kind: "fan".into(),
+            name: "Fan 1".into(),
+            status: HealthStatus::Critical,
+            reason: "0 RPM".into(),
+        }],
+    ));
+    for i in 1..=4 {
+        fa.push_log(HealthStatus::Warning, &format!("entry {i}"));
+    }
+    // A power poll before the health interval reads no health.
+    w.app.poll_bmc_now(None).await.unwrap();
+    sync.run_once().await.unwrap();
+    assert_eq!(health_of(a).await.unwrap().status, HealthStatus::Ok);
+    assert_eq!(fa.calls().iter().filter(|c| **c == Call::Health).count(), 1);
+
+    w.app.poll_health_now(None).await.unwrap();
+    sync.run_once().await.unwrap();
+    let h = health_of(a).await.unwrap();
+    assert_eq!(h.status, HealthStatus::Critical);
+    assert_eq!(h.components[0].name, "Fan 1");
+    let ev = w.events_of_kind(a, "health_changed").await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].details["from"], "ok");
+    assert_eq!(ev[0].details["to"], "critical");
+    assert_eq!(ev[0].details["reason"], "Fan 1: 0 RPM");
+    let logged = |ev: Vec<Event>| -> Vec<String> {
+        let mut m: Vec<String> = ev
+            .iter()
+            .map(|e| e.details["message"].as_str().unwrap().to_owned())
+            .collect();
+        m.sort();
+        m
+    };
+    // Three a read (the bound), the fourth at the next; none twice.
+    assert_eq!(
+        logged(w.events_of_kind(a, "bmc_log").await),
+        ["entry 1", "entry 2", "entry 3"]
+    );
+    w.app.poll_health_now(None).await.unwrap();
+    sync.run_once().await.unwrap();
+    w.app.poll_health_now(None).await.unwrap();
+    sync.run_once().await.unwrap();
+    let all = w.events_of_kind(a, "bmc_log").await;
+    assert_eq!(
+        logged(all.clone()),
+        ["entry 1", "entry 2", "entry 3", "entry 4"]
+    );
+    assert_eq!(all[0].details["severity"], "warning");
+    assert_eq!(w.events_of_kind(a, "health_changed").await.len(), 1);
+    assert!(w.events_of_kind(b, "bmc_log").await.is_empty());
+
+    // The list filters on health; `unknown` is a machine without a BMC's word.
+    let listed = |h: HealthStatus| {
+        let app = w.app.clone();
+        async move {
+            app.list_machines(
+                &admin(),
+                plinth_core::machines::MachineQuery {
+                    health: Some(h),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .machines
+            .into_iter()
+            .map(|m| m.id)
+            .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(HealthStatus::Critical).await, [a]);
+    assert_eq!(listed(HealthStatus::Ok).await, [b]);
+    assert!(listed(HealthStatus::Unknown).await.is_empty());
+
+    // Allocation: both ready, the critical one is not taken; `ok` needs ok; `any` takes it.
+    let mut conn = w._db.pool.acquire().await.unwrap();
+    for id in [a, b] {
+        plinth_db::machines::force_state(&mut conn, id, MachineState::Ready, None)
+            .await
+            .unwrap();
+    }
+    drop(conn);
+    let e = w
+        .app
+        .allocate(
+            &admin(),
+            AllocationRequest {
+                count: Some(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "insufficient_capacity");
+    let one = w
+        .app
+        .allocate(
+            &admin(),
+            AllocationRequest {
+                health: Some(HealthRequirement::Ok),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(one.machines[0].id, b);
+    let repair = w
+        .app
+        .allocate(
+            &admin(),
+            AllocationRequest {
+                health: Some(HealthRequirement::Any),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(repair.machines[0].id, a);
+
+    // Recovery: back to ok, one more event.
+    fa.set_health(ok);
+    w.app.poll_health_now(None).await.unwrap();
+    sync.run_once().await.unwrap();
+    assert_eq!(health_of(a).await.unwrap().status, HealthStatus::Ok);
+    let ev = w.events_of_kind(a, "health_changed").await;
+    assert_eq!(ev.len(), 2);
+    assert!(
+        ev.iter()
+            .any(|e| e.details["from"] == "critical" && e.details["to"] == "ok")
+    );
 }

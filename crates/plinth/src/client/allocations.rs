@@ -2,7 +2,7 @@
 //! back (released machines go to cleaning).
 
 use clap::Args;
-use plinth_types::api::{AllocationRequest, Arch};
+use plinth_types::api::{AllocationRequest, Arch, HealthRequirement};
 use uuid::Uuid;
 
 use super::Api;
@@ -29,6 +29,9 @@ pub struct AllocateArgs {
     pool: Option<String>,
     #[arg(long)]
     rack: Option<String>,
+    /// Which hardware health is acceptable: not-critical (the default), ok, or any.
+    #[arg(long)]
+    health: Option<String>,
 }
 
 /// `plinth allocate`: prints the allocation and its machines.
@@ -42,7 +45,18 @@ pub async fn allocate(api: &Api, args: AllocateArgs) -> anyhow::Result<()> {
         tags,
         pool,
         rack,
+        health,
     } = args;
+    let health = health
+        .map(|h| match h.as_str() {
+            "not-critical" | "not_critical" => Ok(HealthRequirement::NotCritical),
+            "ok" => Ok(HealthRequirement::Ok),
+            "any" => Ok(HealthRequirement::Any),
+            other => Err(anyhow::anyhow!(
+                "--health {other:?}: not-critical, ok or any"
+            )),
+        })
+        .transpose()?;
     let arch = arch
         .map(|a| a.parse::<Arch>().map_err(anyhow::Error::msg))
         .transpose()?;
@@ -55,6 +69,7 @@ pub async fn allocate(api: &Api, args: AllocateArgs) -> anyhow::Result<()> {
         tags: (!tags.is_empty()).then_some(tags),
         pool,
         rack,
+        health,
     };
     let a = api.client.allocate(&req).await?;
     if api.output == Output::Json {

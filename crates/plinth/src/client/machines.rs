@@ -69,6 +69,9 @@ pub enum MachineCommand {
         /// Hostname, MAC or serial.
         #[arg(long)]
         q: Option<String>,
+        /// ok, warning, critical or unknown (the BMC's hardware health).
+        #[arg(long)]
+        health: Option<String>,
         #[arg(long)]
         limit: Option<u32>,
         /// Follow next_cursor until the end.
@@ -189,6 +192,10 @@ pub(super) fn machine_rows(ms: &[Machine]) -> Vec<Vec<String>> {
                 m.id.to_string(),
                 dash(m.hostname.as_ref()),
                 format!("{}{}", m.state, if m.maintenance { " (maint)" } else { "" }),
+                m.bmc
+                    .as_ref()
+                    .and_then(|b| b.health.as_ref())
+                    .map_or("-".into(), |h| h.status.to_string()),
                 m.rack.as_ref().map_or("-".into(), |r| {
                     format!("{r}/U{}", m.rack_unit.unwrap_or_default())
                 }),
@@ -200,8 +207,9 @@ pub(super) fn machine_rows(ms: &[Machine]) -> Vec<Vec<String>> {
         .collect()
 }
 
-pub(super) const MACHINE_HEADERS: &[&str] =
-    &["ID", "HOSTNAME", "STATE", "RACK", "POOL", "MAC", "TAGS"];
+pub(super) const MACHINE_HEADERS: &[&str] = &[
+    "ID", "HOSTNAME", "STATE", "HEALTH", "RACK", "POOL", "MAC", "TAGS",
+];
 
 fn print_machine(m: &Machine) {
     let kv = |k: &str, v: String| println!("{k:<18} {v}");
@@ -283,6 +291,22 @@ fn print_machine(m: &Machine) {
                 (Some(false), e) => format!("no: {}", dash(e.as_ref())),
             },
         );
+        if let Some(h) = &b.health {
+            kv(
+                "health",
+                format!(
+                    "{} (read {})",
+                    h.status,
+                    h.checked_at.format("%Y-%m-%d %H:%M:%S")
+                ),
+            );
+            for c in &h.components {
+                kv(
+                    "",
+                    format!("{} {} {}: {}", c.status, c.kind, c.name, c.reason),
+                );
+            }
+        }
         if let Some(i) = &b.identity {
             kv("bmc identity", i.to_string());
         }
@@ -385,6 +409,7 @@ pub async fn run(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             pool,
             tag,
             q,
+            health,
             limit,
             all,
         } => {
@@ -399,6 +424,7 @@ pub async fn run(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
                         pool: pool.clone(),
                         tag: tag.clone(),
                         q: q.clone(),
+                        health: health.clone(),
                         limit,
                         cursor: cursor.clone(),
                     })

@@ -23,6 +23,7 @@ pub(crate) struct MachinesQuery {
     pool: Option<String>,
     tag: Option<String>,
     power: Option<String>,
+    health: Option<String>,
     sort: Option<String>,
     dir: Option<String>,
     page: Option<i64>,
@@ -50,6 +51,7 @@ impl MachinesQuery {
         add("pool", &self.pool);
         add("tag", &self.tag);
         add("power", &self.power);
+        add("health", &self.health);
         add("sort", &self.sort);
         add("dir", &self.dir);
         add("page", &self.page.filter(|p| *p > 1).map(|p| p.to_string()));
@@ -102,6 +104,7 @@ pub(crate) async fn machines(
                 pool: nonempty(&q.pool),
                 tag: nonempty(&q.tag),
                 power: nonempty(&q.power),
+                health: nonempty(&q.health),
                 q: nonempty(&q.q),
                 sort,
                 desc,
@@ -156,6 +159,7 @@ pub(crate) async fn machines(
         column("Hostname", Some(SortKey::Hostname)),
         column("State", Some(SortKey::State)),
         column("Power", Some(SortKey::Power)),
+        column("Health", None),
         column("Rack", Some(SortKey::Rack)),
         column("MAC", None),
         column("IP", None),
@@ -168,7 +172,7 @@ pub(crate) async fn machines(
         .map(|m| {
             context! {
                 id => m.id, hostname => m.hostname, state => m.state, maintenance => m.maintenance,
-                power_state => m.power_state, rack => m.rack, rack_unit => m.rack_unit,
+                power_state => m.power_state, health => m.health, rack => m.rack, rack_unit => m.rack_unit,
                 mac => m.mac, ip => m.ip, serial => m.serial, pool => m.pool, tags => m.tags,
                 cpu_threads => m.cpu_threads,
                 memory_gib => m.memory_mib.map(|mib| format!("{:.1}", mib as f64 / 1024.0)),

@@ -285,3 +285,112 @@ async fn the_console_over_a_websocket() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A Redfish BMC's console: unavailable with the reason (API and machine page) until its IPMI
+/// endpoint is recorded; the endpoint is refused for an IPMI BMC; a viewer's page has no
+/// terminal.
+#[tokio::test]
+async fn a_redfish_bmc_s_console_endpoint() {
+    let api = TestApi::start().await;
+    let id = enroll(
+        &api,
+        BmcSpec {
+            protocol: BmcProtocol::Redfish,
+            address: "10.9.0.7".into(),
+            username: "root".into(),
+            password: "bmc-secret".into(),
+            verify_tls: Some(false),
+            plain_http: None,
+        },
+    )
+    .await;
+    let c = api.client();
+    let s = c.set_console_endpoint(id, None).await.unwrap();
+    let why = s.unavailable.unwrap();
+    assert!(why.contains("no IPMI console endpoint"), "{why}");
+    assert_eq!(s.endpoint, None);
+
+    // The machine page says so.
+    api.app
+        .set_user(
+            &Principal::system(),
+            "tech",
+            Role::Operator,
+            "tech-password-1",
+        )
+        .await
+        .unwrap();
+    api.app
+        .set_user(
+            &Principal::system(),
+            "watcher",
+            Role::Viewer,
+            "watch-password-1",
+        )
+        .await
+        .unwrap();
+    let page = |user: &'static str, pw: &'static str| {
+        let app = api.app.clone();
+        let url = api.url(&format!("/machines/{id}"));
+        async move {
+            let login = app.login(user, pw, None).await.unwrap();
+            reqwest::Client::new()
+                .get(url)
+                .header("cookie", format!("plinth_session={}", login.secret))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let html = page("tech", "tech-password-1").await;
+    assert!(
+        html.contains("id=\"console-term\""),
+        "an operator gets the terminal"
+    );
+    assert!(
+        html.contains("unavailable: the machine&#x27;s BMC speaks Redfish"),
+        "{html}"
+    );
+    let html = page("watcher", "watch-password-1").await;
+    assert!(html.contains("id=\"console\""));
+    assert!(!html.contains("console-term"), "a viewer gets no terminal");
+
+    // Recorded: reachable (over IPMI at that endpoint, with the BMC's credentials).
+    let s = c
+        .set_console_endpoint(
+            id,
+            Some(&ConsoleEndpoint {
+                address: "10.9.0.7:623".into(),
+                username: None,
+                password: None,
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.unavailable, None);
+    assert_eq!(s.endpoint.as_deref(), Some("10.9.0.7:623"));
+    let bad = c
+        .set_console_endpoint(
+            id,
+            Some(&ConsoleEndpoint {
+                address: "https://10.9.0.7".into(),
+                username: None,
+                password: None,
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(bad.status(), Some(400));
+    // The password is never shown; a client does not see where the console is.
+    let client = api.token("tenant", Role::Client).await;
+    let r = reqwest::Client::new()
+        .get(api.url(&format!("/api/v1/machines/{id}/console/status")))
+        .bearer_auth(&client)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "not the client's machine");
+}

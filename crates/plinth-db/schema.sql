@@ -622,6 +622,19 @@ CREATE TABLE public.api_tokens (
     CONSTRAINT api_tokens_secret_sha256_check CHECK ((length(secret_sha256) = 32))
 );
 
+CREATE TABLE public.bmc_consoles (
+    machine_id uuid NOT NULL,
+    address text NOT NULL,
+    username text,
+    password_nonce bytea,
+    password_ciphertext bytea,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT bmc_consoles_address_check CHECK (((address <> ''::text) AND (length(address) <= 255))),
+    CONSTRAINT bmc_consoles_password_nonce_check CHECK ((length(password_nonce) = 12)),
+    CONSTRAINT bmc_consoles_password_whole CHECK (((password_nonce IS NULL) = (password_ciphertext IS NULL))),
+    CONSTRAINT bmc_consoles_username_check CHECK ((length(username) <= 64))
+);
+
 CREATE TABLE public.bmcs (
     machine_id uuid NOT NULL,
     protocol text NOT NULL,
@@ -640,8 +653,17 @@ CREATE TABLE public.bmcs (
     identity jsonb,
     identity_at timestamp with time zone,
     plain_http boolean DEFAULT false NOT NULL,
+    health text,
+    health_components jsonb,
+    health_checked_at timestamp with time zone,
+    next_health_at timestamp with time zone DEFAULT now() NOT NULL,
+    log_cursor text,
+    log_checked_at timestamp with time zone,
     CONSTRAINT bmcs_address_check CHECK (((address <> ''::text) AND (length(address) <= 255))),
     CONSTRAINT bmcs_consecutive_failures_check CHECK ((consecutive_failures >= 0)),
+    CONSTRAINT bmcs_health_check CHECK ((health = ANY (ARRAY['unknown'::text, 'ok'::text, 'warning'::text, 'critical'::text]))),
+    CONSTRAINT bmcs_health_components_check CHECK ((jsonb_typeof(health_components) = 'array'::text)),
+    CONSTRAINT bmcs_log_cursor_check CHECK ((length(log_cursor) <= 262144)),
     CONSTRAINT bmcs_password_nonce_check CHECK ((length(password_nonce) = 12)),
     CONSTRAINT bmcs_power_state_check CHECK ((power_state = ANY (ARRAY['on'::text, 'off'::text, 'powering_on'::text, 'powering_off'::text]))),
     CONSTRAINT bmcs_protocol_check CHECK ((protocol = ANY (ARRAY['redfish'::text, 'ipmi'::text]))),
@@ -653,6 +675,30 @@ CREATE TABLE public.boot_windows (
     started_at timestamp with time zone NOT NULL,
     requests integer NOT NULL,
     CONSTRAINT boot_windows_requests_check CHECK ((requests >= 1))
+);
+
+CREATE TABLE public.console_chunks (
+    machine_id uuid NOT NULL,
+    seq bigint NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    data bytea NOT NULL,
+    CONSTRAINT console_chunks_data_check CHECK (((length(data) >= 1) AND (length(data) <= 1048576)))
+);
+
+ALTER TABLE public.console_chunks ALTER COLUMN seq ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.console_chunks_seq_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE public.console_leases (
+    machine_id uuid NOT NULL,
+    holder uuid NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    taken_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 CREATE TABLE public.deployments (
@@ -938,11 +984,20 @@ ALTER TABLE ONLY public.api_tokens
 ALTER TABLE ONLY public.api_tokens
     ADD CONSTRAINT api_tokens_secret_sha256_key UNIQUE (secret_sha256);
 
+ALTER TABLE ONLY public.bmc_consoles
+    ADD CONSTRAINT bmc_consoles_pkey PRIMARY KEY (machine_id);
+
 ALTER TABLE ONLY public.bmcs
     ADD CONSTRAINT bmcs_pkey PRIMARY KEY (machine_id);
 
 ALTER TABLE ONLY public.boot_windows
     ADD CONSTRAINT boot_windows_pkey PRIMARY KEY (machine_id);
+
+ALTER TABLE ONLY public.console_chunks
+    ADD CONSTRAINT console_chunks_pkey PRIMARY KEY (machine_id, seq);
+
+ALTER TABLE ONLY public.console_leases
+    ADD CONSTRAINT console_leases_pkey PRIMARY KEY (machine_id);
 
 ALTER TABLE ONLY public.deployments
     ADD CONSTRAINT deployments_pkey PRIMARY KEY (machine_id);
@@ -1012,6 +1067,8 @@ CREATE INDEX agent_tokens_machine_idx ON public.agent_tokens USING btree (machin
 CREATE INDEX bmcs_next_poll_idx ON public.bmcs USING btree (next_poll_at);
 
 CREATE INDEX bmcs_serial_idx ON public.bmcs USING btree (((identity ->> 'serial'::text)));
+
+CREATE INDEX bmcs_unhealthy ON public.bmcs USING btree (machine_id) WHERE (health = ANY (ARRAY['warning'::text, 'critical'::text]));
 
 CREATE INDEX deployments_image_idx ON public.deployments USING btree (image_id);
 
@@ -1089,11 +1146,20 @@ ALTER TABLE ONLY public.agent_tokens
 ALTER TABLE ONLY public.allocations
     ADD CONSTRAINT allocations_owner_token_id_fkey FOREIGN KEY (owner_token_id) REFERENCES public.api_tokens(id);
 
+ALTER TABLE ONLY public.bmc_consoles
+    ADD CONSTRAINT bmc_consoles_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.bmcs(machine_id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY public.bmcs
     ADD CONSTRAINT bmcs_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id);
 
 ALTER TABLE ONLY public.boot_windows
     ADD CONSTRAINT boot_windows_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.console_chunks
+    ADD CONSTRAINT console_chunks_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id);
+
+ALTER TABLE ONLY public.console_leases
+    ADD CONSTRAINT console_leases_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id);
 
 ALTER TABLE ONLY public.deployments
     ADD CONSTRAINT deployments_allocation_id_fkey FOREIGN KEY (allocation_id) REFERENCES public.allocations(id);

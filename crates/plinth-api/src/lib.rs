@@ -6,6 +6,7 @@
 
 mod auth;
 pub mod boot;
+mod console;
 pub mod error;
 mod fastpath;
 mod file_plan;
@@ -70,6 +71,8 @@ use crate::error::ApiError;
         v1::create_subnet, v1::list_subnets, v1::get_subnet, v1::update_subnet, v1::delete_subnet, v1::list_leases,
         v1::list_images, v1::register_image, v1::upload_image, v1::get_image, v1::delete_image,
         v1::power, v1::boot_device, v1::get_job, v1::list_jobs, v1::cancel_job,
+        console::console_log, console::console_status,
+        console::set_console_endpoint, console::delete_console_endpoint,
     ),
     components(schemas(plinth_types::api::ErrorBody, v1::ActionVerb, v1::Binary)),
     modifiers(&BearerAuth, &ErrorAnswers),
@@ -245,6 +248,14 @@ fn management_v1() -> Router<App> {
         .route("/machines/{id}/actions/deploy", p(v1::deploy_machine))
         .route("/machines/{id}/deployment", g(v1::get_deployment))
         .route("/machines/{id}/events", g(v1::machine_events))
+        .route("/machines/{id}/console", g(console::console))
+        .route("/machines/{id}/console/log", g(console::console_log))
+        .route("/machines/{id}/console/status", g(console::console_status))
+        .route(
+            "/machines/{id}/bmc/console",
+            axum::routing::put(console::set_console_endpoint)
+                .delete(console::delete_console_endpoint),
+        )
         .route("/machines/{id}/power", p(v1::power))
         .route("/machines/{id}/boot-device", p(v1::boot_device))
         .route("/jobs", g(v1::list_jobs))

@@ -47,6 +47,21 @@ pub trait Connector: Send + Sync + 'static {
         &'a self,
         target: &'a BmcTarget,
     ) -> BoxFuture<'a, std::result::Result<Arc<dyn Bmc>, BmcError>>;
+
+    /// Activates Serial over LAN on an IPMI endpoint (`target.protocol` is IPMI: a Redfish
+    /// BMC's console is reached through the IPMI endpoint recorded for it). A connector that
+    /// has no consoles refuses.
+    fn sol<'a>(
+        &'a self,
+        target: &'a BmcTarget,
+    ) -> BoxFuture<'a, std::result::Result<ipmi::sol::SolSession, BmcError>> {
+        Box::pin(async move {
+            Err(BmcError::Unsupported(format!(
+                "no serial console through this connector ({})",
+                target.address
+            )))
+        })
+    }
 }
 
 /// The longest one BMC call may take, unless `bmc.call_timeout_secs` says otherwise: the
@@ -124,6 +139,10 @@ impl Drivers {
     }
 
     async fn ipmi(&self, t: &BmcTarget) -> Result<Arc<dyn Bmc>, BmcError> {
+        Ok(Arc::new(self.ipmi_driver(t).await?))
+    }
+
+    async fn ipmi_driver(&self, t: &BmcTarget) -> Result<ipmi::Ipmi, BmcError> {
         let addr = tokio::net::lookup_host(ipmi_host_port(&t.address))
             .await
             .map_err(|e| BmcError::Unreachable(format!("cannot resolve {}: {e}", t.address)))?
@@ -138,7 +157,7 @@ impl Drivers {
             // 17 where the BMC offers it, else 3
             cipher_suite: ipmi::CipherSuite::Seventeen,
         });
-        Ok(Arc::new(i))
+        Ok(i)
     }
 }
 
@@ -152,6 +171,20 @@ impl Connector for Drivers {
                 BmcProtocol::Redfish => self.redfish(t),
                 BmcProtocol::Ipmi => self.ipmi(t).await,
             }
+        })
+    }
+
+    fn sol<'a>(
+        &'a self,
+        t: &'a BmcTarget,
+    ) -> BoxFuture<'a, std::result::Result<ipmi::sol::SolSession, BmcError>> {
+        Box::pin(async move {
+            if t.protocol != BmcProtocol::Ipmi {
+                return Err(BmcError::Unsupported(
+                    "a serial console is reached over IPMI only".into(),
+                ));
+            }
+            self.ipmi_driver(t).await?.activate_sol().await
         })
     }
 }

@@ -304,6 +304,64 @@ impl Client {
         self.get(&path::machine_deployment(id)).await
     }
 
+    /// The last `max_bytes` (at most 4 MiB) of the machine's console recording, as printed.
+    pub async fn console_log(&self, id: Uuid, max_bytes: Option<u32>) -> Result<Vec<u8>, Error> {
+        let q = max_bytes
+            .map(|n| format!("?max_bytes={n}"))
+            .unwrap_or_default();
+        let (req, url) = self.request(
+            Method::GET,
+            &format!("{}{q}", path::machine_console_log(id)),
+        );
+        let resp = req.send().await.map_err(|e| Error::Transport {
+            base: self.base.to_string(),
+            source: Box::new(e),
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| Error::Body {
+            url: url.clone(),
+            source: Box::new(e),
+        })?;
+        if status.is_success() {
+            return Ok(body.to_vec());
+        }
+        decode::<()>(
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            &body,
+            &url,
+        )?;
+        Ok(Vec::new())
+    }
+
+    /// Records the IPMI endpoint of the machine's Redfish BMC console (`None` removes it).
+    pub async fn set_console_endpoint(
+        &self,
+        id: Uuid,
+        endpoint: Option<&ConsoleEndpoint>,
+    ) -> Result<ConsoleInfo, Error> {
+        match endpoint {
+            Some(e) => {
+                self.call(
+                    Method::PUT,
+                    &path::machine_console_endpoint(id),
+                    Some(e),
+                    None,
+                )
+                .await
+            }
+            None => {
+                self.call(
+                    Method::DELETE,
+                    &path::machine_console_endpoint(id),
+                    None::<&()>,
+                    None,
+                )
+                .await
+            }
+        }
+    }
+
     pub async fn machine_events(&self, id: Uuid, filter: &EventFilter) -> Result<EventPage, Error> {
         self.get(&format!(
             "{}{}",

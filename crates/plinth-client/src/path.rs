@@ -41,6 +41,18 @@ pub fn machine_events(id: impl Display) -> String {
     format!("{}/events", machine(id))
 }
 
+pub fn machine_console(id: impl Display) -> String {
+    format!("{}/console", machine(id))
+}
+
+pub fn machine_console_log(id: impl Display) -> String {
+    format!("{}/console/log", machine(id))
+}
+
+pub fn machine_console_endpoint(id: impl Display) -> String {
+    format!("{}/bmc/console", machine(id))
+}
+
 pub fn machine_power(id: impl Display) -> String {
     format!("{}/power", machine(id))
 }

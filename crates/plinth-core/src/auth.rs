@@ -58,6 +58,10 @@ pub enum Permission {
     ControlPower,
     /// Pools' settings (their wipe method): a data-protection policy, admins only.
     ManagePools,
+    /// Attach to a machine's serial console: type into it, send break.
+    AttachConsole,
+    /// Read a machine's console recording.
+    ReadConsoleLog,
 }
 
 /// The one place roles are mapped to permissions. A client's permissions apply only to its
@@ -71,8 +75,10 @@ pub fn allows(role: Role, p: Permission) -> bool {
             Permission::Allocate
                 | Permission::Act(Verb::Deploy | Verb::Release)
                 | Permission::ControlPower
+                | Permission::AttachConsole
+                | Permission::ReadConsoleLog
         ),
-        Role::Viewer => p == Permission::ReadInventory,
+        Role::Viewer => matches!(p, Permission::ReadInventory | Permission::ReadConsoleLog),
     }
 }
 
@@ -158,6 +164,8 @@ mod tests {
             ManageImages,
             ControlPower,
             ManagePools,
+            AttachConsole,
+            ReadConsoleLog,
         ];
         let expect = |role, granted: &[Permission]| {
             for p in all {
@@ -177,10 +185,21 @@ mod tests {
                 Allocate,
                 ManageImages,
                 ControlPower,
+                AttachConsole,
+                ReadConsoleLog,
             ],
         );
-        expect(Role::Client, &[Act(Verb::Deploy), Allocate, ControlPower]);
-        expect(Role::Viewer, &[ReadInventory]);
+        expect(
+            Role::Client,
+            &[
+                Act(Verb::Deploy),
+                Allocate,
+                ControlPower,
+                AttachConsole,
+                ReadConsoleLog,
+            ],
+        );
+        expect(Role::Viewer, &[ReadInventory, ReadConsoleLog]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod batch;
 pub mod boot;
 pub mod clean;
+pub mod console;
 mod convert;
 pub mod deploy;
 pub mod dhcp;
@@ -55,6 +56,8 @@ pub struct App {
     discoveries: std::sync::Arc<dhcp::DiscoveryLimit>,
     /// What `/metrics` renders besides the database's counts.
     metrics: metrics::Registry,
+    /// The serial consoles this instance has open.
+    consoles: console::Consoles,
 }
 
 /// The boot chain's settings and templates, fixed at start.
@@ -96,6 +99,10 @@ impl App {
                 DEFAULT_DISCOVER_PER_MINUTE,
             )),
             metrics: Default::default(),
+            consoles: console::Consoles::new(
+                std::sync::Arc::new(plinth_bmc::Drivers::default()),
+                console::ConsoleSettings::default(),
+            ),
         }
     }
 

@@ -126,6 +126,10 @@ impl App {
         {
             obj.insert("deployment_deleted".into(), true.into());
         }
+        // So does the recording of its console (the tenant's OS printed there).
+        if does.drop_deployment {
+            plinth_db::console::clear(tx, id).await.db()?;
+        }
         // The BMC work of the transition commits with it (DESIGN.md).
         let jobs = self.queue_transition_jobs(tx, id, verb, who).await?;
         if let Some(obj) = details.as_object_mut() {
@@ -492,10 +496,11 @@ impl App {
                 }
             };
             for (id, version) in stuck {
-                let reason = format!(
+                let mut reason = format!(
                     "no {what} report within {} s: did the machine boot the ramdisk? (its events and console tell)",
                     limit.as_secs()
                 );
+                crate::console::quote_last_lines(self, id, &mut reason).await;
                 let mut tx = self.begin().await?;
                 let res = self
                     .apply(

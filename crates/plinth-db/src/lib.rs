@@ -8,6 +8,7 @@ pub mod allocations;
 pub mod bmcs;
 pub mod boot;
 pub mod cluster;
+pub mod console;
 pub mod deployments;
 pub mod embedded;
 mod error;

@@ -81,6 +81,11 @@ string_schema! {
     BmcAddress { pattern: PAT_BMC_ADDRESS, max: 255, example: "10.1.0.21" }
 }
 string_schema! {
+    /// An IPMI endpoint: `host` or `host:port` (an IPv4 address, `[IPv6]` or a DNS name; UDP
+    /// 623 unless named). At most 255.
+    IpmiAddress { pattern: PAT_IPMI_ADDRESS, max: 255, example: "10.1.0.21:623" }
+}
+string_schema! {
     /// A BMC user name: 1-64 printable characters.
     BmcUsername { pattern: PAT_PRINTABLE, min: 1, max: 64, example: "root" }
 }
@@ -143,6 +148,7 @@ const PAT_IMAGE_NAME: &str = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$";
 const PAT_PRINTABLE: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
 const PAT_HOSTNAME: &str = r#"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"#;
 const PAT_BMC_ADDRESS: &str = r#"^(https?://([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\[(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,7}:|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}|:((:[0-9A-Fa-f]{1,4}){1,7}|:)|::([Ff]{4}(:0{1,4})?:)?(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})\])(:\+?0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?/?|([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\[(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,7}:|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}|:((:[0-9A-Fa-f]{1,4}){1,7}|:)|::([Ff]{4}(:0{1,4})?:)?(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})\])(:\+?0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?)$"#;
+const PAT_IPMI_ADDRESS: &str = r#"^(([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|\[(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,7}:|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}|:((:[0-9A-Fa-f]{1,4}){1,7}|:)|::([Ff]{4}(:0{1,4})?:)?(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3})\])(:\+?0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?)$"#;
 const PAT_HOST_IPV4: &str = r#"^(?!0\.0\.0\.0$|255\.255\.255\.255$)(25[0-5]|24[0-9]|22[0-3]|2[01][0-9]|1[3-9][0-9]|12[89]|12[0-6]|1[01][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}$"#;
 const PAT_BOOT_FILE: &str = r"^[ \t\n\r]*(?!.*\.\.)[!-~]{1,255}[ \t\n\r]*$";
 const PAT_SHA256: &str = r"^[ \t\n\r]*[0-9A-Fa-f]{64}[ \t\n\r]*$";
@@ -1382,4 +1388,47 @@ pub struct JobPage {
     pub jobs: Vec<Job>,
     /// Pass as `cursor` to get older jobs; absent on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// The IPMI endpoint of a Redfish BMC's serial console (`PUT /machines/{id}/bmc/console`):
+/// where the BMC also speaks IPMI, its Serial over LAN is reached there. The BMC's
+/// credentials are used unless the endpoint has its own (then both username and password).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleEndpoint {
+    /// `host` or `host:port` (UDP 623 unless named).
+    #[schema(value_type = IpmiAddress)]
+    pub address: String,
+    #[serde(default)]
+    #[schema(value_type = Option<BmcUsername>)]
+    pub username: Option<String>,
+    /// Stored encrypted; never returned. 1-256 bytes; only with `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 256)]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ConsoleEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleEndpoint")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A machine's console as plinth can reach it (`GET /machines/{id}/console/status`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConsoleInfo {
+    /// Where the console is reached: the IPMI BMC, or the endpoint recorded for a Redfish BMC
+    /// (absent for clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Why plinth cannot open the console, when it cannot.
+    pub unavailable: Option<String>,
+    /// The names of the viewers attached through this plinth instance.
+    pub viewers: Vec<String>,
+    /// The size of the recording in bytes.
+    pub log_bytes: i64,
 }

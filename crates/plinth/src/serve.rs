@@ -17,6 +17,8 @@ use crate::config::{self, Config};
 /// How often the reconciler reclaims expired leases, purges dead agent tokens and fails machines
 /// stuck past their state's deadline.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// How often the consoles of busy machines are checked (opened when a machine starts a step).
+const CONSOLE_EVERY: Duration = Duration::from_secs(2);
 
 fn load_config(args: &ServerArgs) -> anyhow::Result<Config> {
     let mut c = config::load(args.config.as_deref(), std::env::vars())?;
@@ -119,7 +121,8 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
     }
     let app = App::new(db.pool.clone(), bmc_key)
         .with_boot(boot, templates)
-        .with_discovery_limit(c.boot.listeners.discover_per_minute);
+        .with_discovery_limit(c.boot.listeners.discover_per_minute)
+        .with_consoles(std::sync::Arc::new(c.bmc.drivers()?), c.console.clone());
     app.metrics().allow(c.http.metrics_allow()?);
     let mut listeners = Vec::new();
     for (plan, tls) in plans_tls {
@@ -262,7 +265,14 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
                     async move { app.fail_stuck(&stuck).await.map(drop) }
                 }
             }))
-            .with(runner.stale_pass());
+            .with(runner.stale_pass())
+            .with(Pass::new("console recording", CONSOLE_EVERY, {
+                let app = app.clone();
+                move |_| {
+                    let app = app.clone();
+                    async move { app.record_consoles().await.map(drop) }
+                }
+            }));
         if let Some(sync) = c.bmc.sync_settings() {
             let sync = plinth_core::workers::PowerSync::new(app.clone(), connector, sync);
             reconciler = reconciler.with(sync.pass());

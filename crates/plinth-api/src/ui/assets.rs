@@ -30,6 +30,22 @@ pub(crate) const ASSETS: &[Asset] = &[
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../../../../web/static/app.js"),
     },
+    Asset {
+        name: "console.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../../../web/static/console.js"),
+    },
+    // From the npm package @xterm/xterm, fetched and checked by web/vendor.sh.
+    Asset {
+        name: "xterm.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../../../web/static/vendor/xterm.js"),
+    },
+    Asset {
+        name: "xterm.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../../../../web/static/vendor/xterm.css"),
+    },
 ];
 
 /// A short content hash per asset: its URL changes with its content, so it can be cached for
@@ -105,6 +121,10 @@ pub(crate) const TEMPLATES: &[(&str, &str)] = &[
     (
         "timeline.html",
         include_str!("../../../../web/templates/timeline.html"),
+    ),
+    (
+        "machine_console.html",
+        include_str!("../../../../web/templates/machine_console.html"),
     ),
     (
         "racks.html",

@@ -4,6 +4,7 @@
 
 mod api;
 mod boot;
+mod console;
 mod contract;
 mod limits;
 mod ui;

@@ -1,6 +1,7 @@
 //! plinth-core's integration tests: the application against a real PostgreSQL (plinth-testkit's
 //! TestDb), with in-memory BMCs where a BMC is needed.
 
+mod console;
 mod deploy;
 mod dhcp;
 mod inventory;

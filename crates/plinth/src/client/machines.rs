@@ -145,6 +145,17 @@ pub enum MachineCommand {
         #[arg(long)]
         if_version: Option<i64>,
     },
+    /// A machine's serial console: `--log` prints its recording (what plinth recorded while
+    /// the machine was inspecting, cleaning, deploying or decommissioning).
+    Console {
+        id: Uuid,
+        /// Print the recording instead of attaching.
+        #[arg(long)]
+        log: bool,
+        /// With --log: at most this many of the last bytes (default 4 MiB).
+        #[arg(long)]
+        max_bytes: Option<u32>,
+    },
     /// A machine's events.
     Events { id: Uuid },
     /// Power a machine on, off, cycle or reset it through its BMC (a job; see `plinth job`).
@@ -552,6 +563,21 @@ pub async fn run(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
                 .await?;
             let wait = wait.then_some(std::time::Duration::from_secs(600));
             jobs::submit(api, job, wait).await
+        }
+        MachineCommand::Console { id, log, max_bytes } => {
+            if !log {
+                // TODO(#20): attach from a terminal (raw mode, `~.` to leave) over the console
+                // WebSocket; until then the web UI's machine page has the live console.
+                anyhow::bail!(
+                    "attaching from a terminal is not in this version: open the machine's page in the web UI, or use --log for the recording"
+                );
+            }
+            let bytes = api.client.console_log(id, max_bytes).await?;
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)?;
+            out.flush()?;
+            Ok(())
         }
         MachineCommand::Events { id } => {
             let page = api

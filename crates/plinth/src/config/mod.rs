@@ -44,6 +44,9 @@ pub struct Config {
     #[serde(default)]
     /// `[clean]`: how cleaning wipes disks, for pools without a method of their own.
     pub clean: plinth_core::clean::CleanSettings,
+    #[serde(default)]
+    /// `[console]`: machines' serial consoles and their recordings.
+    pub console: plinth_core::console::ConsoleSettings,
 }
 
 #[derive(Clone, Deserialize)]
@@ -188,6 +191,20 @@ pub fn load(
         bail!("invalid configuration: log.format must be \"text\" or \"json\"");
     }
     config.bmc.validate().context("invalid configuration")?;
+    let con = &config.console;
+    if !(64 * 1024..=64 * 1024 * 1024).contains(&con.max_log_bytes) {
+        bail!(
+            "invalid configuration: console.max_log_bytes must be between 65536 (64 KiB) and 67108864 (64 MiB)"
+        );
+    }
+    if con.flush.is_zero()
+        || con.lease < std::time::Duration::from_secs(3)
+        || con.reconnect.is_zero()
+    {
+        bail!(
+            "invalid configuration: console.flush_secs and console.reconnect_secs must be positive, console.lease_secs at least 3"
+        );
+    }
     Ok(config)
 }
 

@@ -3,6 +3,7 @@
 //! a reload never repeats it). Forms that fail validation come back filled in, with the API's
 //! message at the field.
 
+mod console;
 mod discovered;
 mod enroll;
 mod login;

@@ -58,6 +58,8 @@ pub enum Permission {
     ControlPower,
     /// Pools' settings (their wipe method): a data-protection policy, admins only.
     ManagePools,
+    /// Register and remove webhooks (they receive every event): admins only.
+    ManageWebhooks,
 }
 
 /// The one place roles are mapped to permissions. A client's permissions apply only to its
@@ -65,7 +67,10 @@ pub enum Permission {
 pub fn allows(role: Role, p: Permission) -> bool {
     match role {
         Role::Admin => true,
-        Role::Operator => !matches!(p, Permission::ManageTokens | Permission::ManagePools),
+        Role::Operator => !matches!(
+            p,
+            Permission::ManageTokens | Permission::ManagePools | Permission::ManageWebhooks
+        ),
         Role::Client => matches!(
             p,
             Permission::Allocate
@@ -158,6 +163,7 @@ mod tests {
             ManageImages,
             ControlPower,
             ManagePools,
+            ManageWebhooks,
         ];
         let expect = |role, granted: &[Permission]| {
             for p in all {

@@ -25,10 +25,12 @@ pub mod metrics;
 pub mod racks;
 pub mod reconcile;
 pub mod secrets;
+pub mod stream;
 pub mod subnets;
 pub mod tokens;
 pub mod users;
 pub mod validate;
+pub mod webhooks;
 pub mod workers;
 
 use plinth_db::PgPool;
@@ -55,6 +57,8 @@ pub struct App {
     discoveries: std::sync::Arc<dhcp::DiscoveryLimit>,
     /// What `/metrics` renders besides the database's counts.
     metrics: metrics::Registry,
+    /// The event streams' wake-ups and limits.
+    hub: std::sync::Arc<stream::Hub>,
 }
 
 /// The boot chain's settings and templates, fixed at start.
@@ -96,7 +100,14 @@ impl App {
                 DEFAULT_DISCOVER_PER_MINUTE,
             )),
             metrics: Default::default(),
+            hub: std::sync::Arc::new(stream::Hub::new(Default::default())),
         }
+    }
+
+    /// The same application with these event stream settings.
+    pub fn with_stream_settings(mut self, settings: stream::StreamSettings) -> Self {
+        self.hub = std::sync::Arc::new(stream::Hub::new(settings));
+        self
     }
 
     /// At most `per_minute` new `discovered` machines a minute on this instance (0: no limit).

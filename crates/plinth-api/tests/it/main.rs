@@ -6,5 +6,7 @@ mod api;
 mod boot;
 mod contract;
 mod limits;
+mod stream;
 mod ui;
 mod upgrade;
+mod webhooks;

@@ -9,6 +9,7 @@ use serde::Deserialize;
 mod bmc;
 mod boot;
 mod dhcp;
+mod events;
 mod http;
 mod section;
 mod tftp;
@@ -16,6 +17,7 @@ mod tftp;
 pub use bmc::*;
 pub use boot::*;
 pub use dhcp::*;
+pub use events::*;
 pub use http::*;
 pub use tftp::*;
 
@@ -41,6 +43,9 @@ pub struct Config {
     pub images: ImagesConfig,
     #[serde(default)]
     pub boot: BootConfig,
+    #[serde(default)]
+    /// `[events]`: the event stream and the webhook worker.
+    pub events: EventsConfig,
     #[serde(default)]
     /// `[clean]`: how cleaning wipes disks, for pools without a method of their own.
     pub clean: plinth_core::clean::CleanSettings,
@@ -188,6 +193,7 @@ pub fn load(
         bail!("invalid configuration: log.format must be \"text\" or \"json\"");
     }
     config.bmc.validate().context("invalid configuration")?;
+    config.events.validate().context("invalid configuration")?;
     Ok(config)
 }
 

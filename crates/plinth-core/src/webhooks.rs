@@ -94,7 +94,7 @@ impl App {
         let kinds = check_kinds(req.kinds)?;
         let secret = match req.secret {
             Some(s) => {
-                if s.chars().count() < MIN_SECRET || s.len() > 512 {
+                if !(MIN_SECRET..=512).contains(&s.chars().count()) {
                     return Err(Error::invalid(
                         "invalid_secret",
                         format!("a webhook secret has {MIN_SECRET} to 512 characters"),

@@ -22,10 +22,12 @@ pub fn valid_kind(k: &str) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct WebhookCreate {
     /// Where events are POSTed: an `http` or `https` URL.
+    #[schema(max_length = 2048)]
     pub url: String,
-    /// The HMAC key the signatures are made with (at least 16 characters); absent: plinth
+    /// The HMAC key the signatures are made with (16 to 512 characters); absent: plinth
     /// makes one, returned once in the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 16, max_length = 512)]
     pub secret: Option<String>,
     /// Only these event kinds; absent: every kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -407,6 +407,41 @@ mod tests {
     }
 
     #[test]
+    fn events_section() {
+        use std::time::Duration;
+        let c = load(
+            None,
+            env(&[
+                ("PLINTH_EVENTS__STREAMS_PER_CALLER", "4"),
+                ("PLINTH_EVENTS__STREAM_KEEPALIVE_SECS", "30"),
+                ("PLINTH_EVENTS__WEBHOOK_TIMEOUT_SECS", "5"),
+                ("PLINTH_EVENTS__WEBHOOK_DEAD_AFTER_SECS", "3600"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.events.stream.streams_per_caller, 4);
+        assert_eq!(c.events.stream.keepalive, Duration::from_secs(30));
+        assert_eq!(c.events.stream.poll, Duration::from_secs(2), "the default");
+        assert_eq!(c.events.webhooks.timeout, Duration::from_secs(5));
+        assert_eq!(c.events.webhooks.dead_after, Duration::from_secs(3600));
+        assert_eq!(c.events.webhooks.backoff_max, Duration::from_secs(300));
+        let e = load(None, env(&[("PLINTH_EVENTS__WEBHOOK_RETRIES", "3")])).unwrap_err();
+        assert!(format!("{e:#}").contains("webhook_retries"), "{e:#}");
+        let e = load(
+            None,
+            env(&[
+                ("PLINTH_EVENTS__WEBHOOK_BACKOFF_BASE_SECS", "10"),
+                ("PLINTH_EVENTS__WEBHOOK_BACKOFF_MAX_SECS", "5"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("webhook_backoff_max_secs"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
     fn dhcp_section() {
         let c = load(
             None,

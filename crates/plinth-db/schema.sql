@@ -529,6 +529,20 @@ begin
 end
 $$;
 
+CREATE FUNCTION public.events_feed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    insert into webhook_deliveries (webhook_id, event_id, machine_key, txid)
+    select w.id, new.id, coalesce(new.machine_id, '00000000-0000-0000-0000-000000000000'::uuid),
+           coalesce(new.txid, pg_current_xact_id())
+    from webhooks w
+    where w.kinds is null or new.kind = any (w.kinds);
+    perform pg_notify('events', '');
+    return null;
+end
+$$;
+
 CREATE FUNCTION public.machines_check_rack_fit() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -728,7 +742,8 @@ CREATE TABLE public.events (
     kind text NOT NULL,
     from_state text,
     to_state text,
-    details jsonb DEFAULT '{}'::jsonb NOT NULL
+    details jsonb DEFAULT '{}'::jsonb NOT NULL,
+    txid xid8 DEFAULT pg_current_xact_id()
 );
 
 ALTER TABLE public.events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
@@ -966,6 +981,35 @@ CREATE TABLE public.users (
     CONSTRAINT users_username_check CHECK ((username ~ '^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$'::text))
 );
 
+CREATE TABLE public.webhook_deliveries (
+    webhook_id uuid NOT NULL,
+    event_id bigint NOT NULL,
+    machine_key uuid NOT NULL,
+    txid xid8 NOT NULL,
+    state text DEFAULT 'pending'::text NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    first_attempt_at timestamp with time zone,
+    next_attempt_at timestamp with time zone DEFAULT now() NOT NULL,
+    lease_until timestamp with time zone,
+    last_status integer,
+    last_error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    CONSTRAINT webhook_deliveries_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'delivered'::text, 'dead'::text])))
+);
+
+CREATE TABLE public.webhooks (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    url text NOT NULL,
+    kinds text[],
+    secret_nonce bytea NOT NULL,
+    secret_ciphertext bytea NOT NULL,
+    created_by text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT webhooks_kinds_check CHECK (((kinds IS NULL) OR (cardinality(kinds) > 0))),
+    CONSTRAINT webhooks_url_check CHECK (((url ~ '^https?://'::text) AND (length(url) <= 2048)))
+);
+
 ALTER TABLE ONLY public.agent_tokens
     ADD CONSTRAINT agent_tokens_one_live EXCLUDE USING btree (machine_id WITH =, mode WITH =) WHERE (((used_at IS NULL) AND (revoked_at IS NULL))) DEFERRABLE INITIALLY DEFERRED;
 
@@ -1062,6 +1106,12 @@ ALTER TABLE ONLY public.users
 ALTER TABLE ONLY public.users
     ADD CONSTRAINT users_username_key UNIQUE (username);
 
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (webhook_id, event_id);
+
+ALTER TABLE ONLY public.webhooks
+    ADD CONSTRAINT webhooks_pkey PRIMARY KEY (id);
+
 CREATE INDEX agent_tokens_machine_idx ON public.agent_tokens USING btree (machine_id);
 
 CREATE INDEX bmcs_next_poll_idx ON public.bmcs USING btree (next_poll_at);
@@ -1075,6 +1125,8 @@ CREATE INDEX deployments_image_idx ON public.deployments USING btree (image_id);
 CREATE UNIQUE INDEX deployments_instance_key ON public.deployments USING btree (instance_id);
 
 CREATE INDEX events_at_idx ON public.events USING btree (at);
+
+CREATE INDEX events_feed_idx ON public.events USING btree (COALESCE(txid, '0'::xid8), id);
 
 CREATE INDEX events_machine_idx ON public.events USING btree (machine_id, id);
 
@@ -1127,6 +1179,12 @@ CREATE INDEX subnet_ranges_subnet_idx ON public.subnet_ranges USING btree (subne
 CREATE INDEX ui_sessions_expiry ON public.ui_sessions USING btree (max_expires_at);
 
 CREATE INDEX ui_sessions_user ON public.ui_sessions USING btree (user_id);
+
+CREATE INDEX webhook_deliveries_finished_idx ON public.webhook_deliveries USING btree (finished_at) WHERE (state <> 'pending'::text);
+
+CREATE INDEX webhook_deliveries_queue_idx ON public.webhook_deliveries USING btree (webhook_id, machine_key, txid, event_id) WHERE (state = 'pending'::text);
+
+CREATE TRIGGER events_feed AFTER INSERT ON public.events FOR EACH ROW EXECUTE FUNCTION public.events_feed();
 
 CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON public.events FOR EACH STATEMENT EXECUTE FUNCTION public.events_append_only();
 
@@ -1196,4 +1254,10 @@ ALTER TABLE ONLY public.subnet_ranges
 
 ALTER TABLE ONLY public.ui_sessions
     ADD CONSTRAINT ui_sessions_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_event_id_fkey FOREIGN KEY (event_id) REFERENCES public.events(id);
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_webhook_id_fkey FOREIGN KEY (webhook_id) REFERENCES public.webhooks(id) ON DELETE CASCADE;
 

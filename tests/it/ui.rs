@@ -238,11 +238,16 @@ fn a_technician_enrolls_a_machine_and_a_viewer_only_looks() {
     no_console_errors(&b, "bulk");
 
     // Inspect from the machine page; the report arrives while the page is open, and the page
-    // follows by itself (its timeline polls, a new state reloads it).
+    // follows by itself (its timeline follows the machine's event stream, a new state reloads
+    // it).
     b.goto(&machine_url).unwrap();
     b.find("#action-inspect").unwrap().click().unwrap();
     b.wait_until(WAIT, |b| Ok(b.find("#state")?.text()? == "inspecting"))
         .unwrap();
+    b.wait_until(WAIT, |b| {
+        Ok(b.find("#timeline")?.attr("data-streaming")?.as_deref() == Some("yes"))
+    })
+    .unwrap();
     assert_eq!(
         b.find("#timeline")
             .unwrap()

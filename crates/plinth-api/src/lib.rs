@@ -8,12 +8,14 @@ mod auth;
 pub mod boot;
 mod console;
 pub mod error;
+mod events_stream;
 mod fastpath;
 mod file_plan;
 mod sys;
 pub mod tls;
 mod ui;
 mod v1;
+mod webhooks;
 
 /// Entry points for the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`).
 #[cfg(fuzzing)]
@@ -63,7 +65,8 @@ use crate::error::ApiError;
     paths(
         v1::create_rack, v1::list_racks, v1::get_rack, v1::update_rack, v1::delete_rack,
         v1::enroll_machine, v1::list_machines, v1::get_machine, v1::update_machine, v1::machine_action, v1::deploy_machine,
-        v1::submit_inspection, v1::submit_clean, v1::machine_events, v1::events,
+        v1::submit_inspection, v1::submit_clean, v1::machine_events, v1::events, events_stream::stream,
+        webhooks::create, webhooks::list, webhooks::delete, webhooks::deliveries,
         v1::get_deployment, v1::deploy_manifest, v1::deploy_progress, v1::submit_deploy,
         v1::clean_plan, v1::list_pools, v1::update_pool,
         v1::allocate, v1::list_allocations, v1::get_allocation, v1::release_allocation,
@@ -262,6 +265,10 @@ fn management_v1() -> Router<App> {
         .route("/jobs/{id}", g(v1::get_job))
         .route("/jobs/{id}/cancel", p(v1::cancel_job))
         .route("/events", g(v1::events))
+        .route("/events/stream", g(events_stream::stream))
+        .route("/webhooks", p(webhooks::create).get(webhooks::list))
+        .route("/webhooks/{id}", axum::routing::delete(webhooks::delete))
+        .route("/webhooks/{id}/deliveries", g(webhooks::deliveries))
         .route("/allocations", p(v1::allocate).get(v1::list_allocations))
         .route(
             "/allocations/{id}",

@@ -10,7 +10,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::query::{EventFilter, ImageUpload, JobFilter, LeaseFilter, MachineFilter};
+use crate::query::{
+    DeliveryFilter, EventFilter, ImageUpload, JobFilter, LeaseFilter, MachineFilter, StreamFilter,
+};
 use crate::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Error, decode, path};
 
 /// How long an upload may take: a disk image of many GiB over a slow link. (Its connect
@@ -555,5 +557,139 @@ impl Client {
     pub async fn list_events(&self, filter: &EventFilter) -> Result<EventPage, Error> {
         self.get(&format!("{}{}", path::events(), filter.to_query()))
             .await
+    }
+
+    /// Follows the event stream: [`EventStream::next`] gives each event as it comes. The
+    /// connection has no overall timeout; `idle` is the longest silence accepted (the server
+    /// sends a comment every 15 s by default), after which `next` fails and the caller may
+    /// open the stream again after [`EventStream::last_id`].
+    pub async fn event_stream(
+        &self,
+        filter: &StreamFilter,
+        idle: Duration,
+    ) -> Result<EventStream, Error> {
+        let (req, url) = self.request(
+            Method::GET,
+            &format!("{}{}", path::events_stream(), filter.to_query()),
+        );
+        let resp = req
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            // far beyond any stream; silence is caught by `idle` instead
+            .timeout(Duration::from_secs(100 * 365 * 24 * 3600))
+            .send()
+            .await
+            .map_err(|e| Error::Transport {
+                base: self.base.to_string(),
+                source: Box::new(e),
+            })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(decode::<()>(
+                status.as_u16(),
+                status.canonical_reason().unwrap_or(""),
+                &body,
+                &url,
+            )
+            .err()
+            .unwrap_or_else(|| Error::Config(format!("{url}: unexpected answer {status}"))));
+        }
+        Ok(EventStream {
+            resp,
+            url,
+            idle,
+            parser: Default::default(),
+            ready: Default::default(),
+            last_id: filter.after,
+        })
+    }
+
+    // ------------------------------------------------------------------------ webhooks
+
+    /// Registers a webhook; the answer holds its secret, shown only this once.
+    pub async fn create_webhook(
+        &self,
+        req: &plinth_types::feed::WebhookCreate,
+    ) -> Result<plinth_types::feed::WebhookCreated, Error> {
+        self.post(&path::webhooks(), req).await
+    }
+
+    pub async fn list_webhooks(&self) -> Result<Vec<plinth_types::feed::Webhook>, Error> {
+        self.get(&path::webhooks()).await
+    }
+
+    pub async fn delete_webhook(&self, id: Uuid) -> Result<(), Error> {
+        self.delete(&path::webhook(id)).await
+    }
+
+    /// A webhook's deliveries, newest first.
+    pub async fn webhook_deliveries(
+        &self,
+        id: Uuid,
+        filter: &DeliveryFilter,
+    ) -> Result<Vec<plinth_types::feed::Delivery>, Error> {
+        self.get(&format!(
+            "{}{}",
+            path::webhook_deliveries(id),
+            filter.to_query()
+        ))
+        .await
+    }
+}
+
+/// An open event stream (see [`Client::event_stream`]).
+pub struct EventStream {
+    resp: reqwest::Response,
+    url: String,
+    idle: Duration,
+    parser: crate::sse::Parser,
+    ready: std::collections::VecDeque<crate::sse::Message>,
+    last_id: Option<i64>,
+}
+
+impl EventStream {
+    /// The next event; `None` when the server ended the stream (it is stopping: open it again
+    /// after [`last_id`](Self::last_id)).
+    pub async fn next(&mut self) -> Result<Option<Event>, Error> {
+        loop {
+            while let Some(m) = self.ready.pop_front() {
+                if m.id.is_none() && m.data.is_empty() {
+                    continue;
+                }
+                let event: Event = serde_json::from_str(&m.data).map_err(|e| Error::Decode {
+                    url: self.url.clone(),
+                    source: e,
+                })?;
+                self.last_id = Some(event.id);
+                return Ok(Some(event));
+            }
+            let chunk = tokio::time::timeout(self.idle, self.resp.chunk())
+                .await
+                .map_err(|_| Error::Body {
+                    url: self.url.clone(),
+                    source: Box::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the event stream was silent for {:?}", self.idle),
+                    )),
+                })?
+                .map_err(|e| Error::Body {
+                    url: self.url.clone(),
+                    source: Box::new(e),
+                })?;
+            let Some(chunk) = chunk else {
+                return Ok(None);
+            };
+            let chunk: &[u8] = &chunk;
+            let msgs = self
+                .parser
+                .push(chunk)
+                .map_err(|e| Error::Config(format!("{}: {e}", self.url)))?;
+            self.ready.extend(msgs);
+        }
+    }
+
+    /// The id of the last event received (or the stream's starting point): where to continue.
+    pub fn last_id(&self) -> Option<i64> {
+        self.last_id
     }
 }

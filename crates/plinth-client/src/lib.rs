@@ -46,11 +46,12 @@
 mod error;
 pub mod path;
 pub mod query;
+pub mod sse;
 
 #[cfg(feature = "async")]
 mod client;
 #[cfg(feature = "async")]
-pub use client::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder, EventStream};
 
 #[cfg(feature = "blocking")]
 pub mod blocking;

@@ -155,6 +155,22 @@ pub fn events() -> String {
     format!("{ROOT}/events")
 }
 
+pub fn events_stream() -> String {
+    format!("{ROOT}/events/stream")
+}
+
+pub fn webhooks() -> String {
+    format!("{ROOT}/webhooks")
+}
+
+pub fn webhook(id: impl Display) -> String {
+    format!("{ROOT}/webhooks/{id}")
+}
+
+pub fn webhook_deliveries(id: impl Display) -> String {
+    format!("{}/deliveries", webhook(id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,48 @@ impl EventFilter {
     }
 }
 
+/// `GET /events/stream`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamFilter {
+    pub machine: Option<Uuid>,
+    /// Only these kinds (empty: every kind).
+    pub kinds: Vec<String>,
+    /// Continue after this event of the stream.
+    pub after: Option<i64>,
+}
+
+impl StreamFilter {
+    pub fn to_query(&self) -> String {
+        encode(&[
+            ("machine", self.machine.map(|m| m.to_string())),
+            (
+                "kind",
+                (!self.kinds.is_empty()).then(|| self.kinds.join(",")),
+            ),
+            ("after", self.after.map(|a| a.to_string())),
+        ])
+    }
+}
+
+/// `GET /webhooks/{id}/deliveries`, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryFilter {
+    pub state: Option<plinth_types::feed::DeliveryState>,
+    /// Deliveries of events before this id.
+    pub before: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+impl DeliveryFilter {
+    pub fn to_query(&self) -> String {
+        encode(&[
+            ("state", self.state.map(|s| s.as_str().to_owned())),
+            ("before", self.before.map(|b| b.to_string())),
+            ("limit", self.limit.map(|l| l.to_string())),
+        ])
+    }
+}
+
 /// `GET /jobs`, newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobFilter {

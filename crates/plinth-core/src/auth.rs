@@ -62,6 +62,8 @@ pub enum Permission {
     AttachConsole,
     /// Read a machine's console recording.
     ReadConsoleLog,
+    /// Register and remove webhooks (they receive every event): admins only.
+    ManageWebhooks,
 }
 
 /// The one place roles are mapped to permissions. A client's permissions apply only to its
@@ -69,7 +71,10 @@ pub enum Permission {
 pub fn allows(role: Role, p: Permission) -> bool {
     match role {
         Role::Admin => true,
-        Role::Operator => !matches!(p, Permission::ManageTokens | Permission::ManagePools),
+        Role::Operator => !matches!(
+            p,
+            Permission::ManageTokens | Permission::ManagePools | Permission::ManageWebhooks
+        ),
         Role::Client => matches!(
             p,
             Permission::Allocate
@@ -166,6 +171,7 @@ mod tests {
             ManagePools,
             AttachConsole,
             ReadConsoleLog,
+            ManageWebhooks,
         ];
         let expect = |role, granted: &[Permission]| {
             for p in all {

@@ -26,10 +26,12 @@ pub mod metrics;
 pub mod racks;
 pub mod reconcile;
 pub mod secrets;
+pub mod stream;
 pub mod subnets;
 pub mod tokens;
 pub mod users;
 pub mod validate;
+pub mod webhooks;
 pub mod workers;
 
 use plinth_db::PgPool;
@@ -58,6 +60,8 @@ pub struct App {
     metrics: metrics::Registry,
     /// The serial consoles this instance has open.
     consoles: console::Consoles,
+    /// The event streams' wake-ups and limits.
+    hub: std::sync::Arc<stream::Hub>,
 }
 
 /// The boot chain's settings and templates, fixed at start.
@@ -103,7 +107,14 @@ impl App {
                 std::sync::Arc::new(plinth_bmc::Drivers::default()),
                 console::ConsoleSettings::default(),
             ),
+            hub: std::sync::Arc::new(stream::Hub::new(Default::default())),
         }
+    }
+
+    /// The same application with these event stream settings.
+    pub fn with_stream_settings(mut self, settings: stream::StreamSettings) -> Self {
+        self.hub = std::sync::Arc::new(stream::Hub::new(settings));
+        self
     }
 
     /// At most `per_minute` new `discovered` machines a minute on this instance (0: no limit).

@@ -13,6 +13,7 @@ pub mod deployments;
 pub mod embedded;
 mod error;
 pub mod events;
+pub mod feed;
 pub mod health;
 pub mod images;
 pub mod inventory;
@@ -27,6 +28,7 @@ pub mod racks;
 pub mod subnets;
 pub mod tokens;
 pub mod users;
+pub mod webhooks;
 
 pub use error::{Error, Result, Violation};
 pub use migrate::{MIGRATOR, MigrateError, migrate};

@@ -28,6 +28,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
 pub const CODE: &[(&str, &str)] = &[
     ("boot.sql", include_str!("../sql/boot.sql")),
     ("dhcp.sql", include_str!("../sql/dhcp.sql")),
+    ("feed.sql", include_str!("../sql/feed.sql")),
     ("inventory.sql", include_str!("../sql/inventory.sql")),
 ];
 

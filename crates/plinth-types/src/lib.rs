@@ -9,6 +9,7 @@ pub mod api;
 pub mod behaviour;
 pub mod de;
 pub mod error;
+pub mod feed;
 pub mod health;
 pub mod ids;
 pub mod lifecycle;

@@ -122,7 +122,8 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
     let app = App::new(db.pool.clone(), bmc_key)
         .with_boot(boot, templates)
         .with_discovery_limit(c.boot.listeners.discover_per_minute)
-        .with_consoles(std::sync::Arc::new(c.bmc.drivers()?), c.console.clone());
+        .with_consoles(std::sync::Arc::new(c.bmc.drivers()?), c.console.clone())
+        .with_stream_settings(c.events.stream.clone());
     app.metrics().allow(c.http.metrics_allow()?);
     let mut listeners = Vec::new();
     for (plan, tls) in plans_tls {
@@ -288,6 +289,23 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
         tasks.spawn(async move {
             reconciler.run(cancel).await;
             Ok(())
+        });
+    }
+    {
+        // Webhooks: every instance delivers; the database shares the queues. When stopping,
+        // the event streams end at once (they would hold the HTTP drain otherwise).
+        let worker =
+            plinth_core::workers::WebhookWorker::new(app.clone(), c.events.webhooks.clone())
+                .map_err(|e| anyhow::anyhow!("webhook worker: {}", e.message))?;
+        let (app, cancel) = (app.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let closing = cancel.clone();
+            let streams = async move {
+                closing.cancelled().await;
+                app.close_event_streams();
+            };
+            let (delivered, ()) = tokio::join!(worker.run(cancel), streams);
+            delivered.map_err(|e| anyhow::anyhow!("webhook worker: {}", e.message))
         });
     }
     let mut result = Ok(());

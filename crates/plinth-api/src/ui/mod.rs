@@ -42,6 +42,10 @@ pub fn routes() -> Router<App> {
         .route("/machines/bulk", post(pages::bulk))
         .route("/machines/{id}", get(pages::machine))
         .route("/machines/{id}/timeline", get(pages::timeline))
+        .route(
+            "/machines/{id}/timeline/stream",
+            get(crate::events_stream::ui_timeline),
+        )
         .route("/machines/{id}/action", post(pages::action))
         .route("/machines/{id}/power", post(pages::power))
         .route("/racks", get(pages::racks).post(pages::add_rack))

@@ -63,6 +63,10 @@ ACROSS_FIELDS = {
     "no_matching_disk": None,
     "disk_too_small": None,
     "invalid_ssh_key": None,
+    # Webhooks: a URL's parts beyond what a string schema says (http or https, a host, no user
+    # or password, no fragment); event kinds that are names.
+    "invalid_url": None,
+    "invalid_kind": None,
 }
 
 

@@ -211,6 +211,10 @@ async fn the_served_document_validates() {
     let _ = &live.root;
 }
 
+/// The one operation schemathesis leaves out: the event stream never ends (tests/it/stream.rs
+/// checks it); its document entry is still validated.
+const NEVER_ENDS: &str = "/api/v1/events/stream";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing_the_document_does_not_say() {
     let live = Live::start().await;
@@ -235,6 +239,7 @@ async fn schemathesis_finds_nothing_the_document_does_not_say() {
             // (api.rs, `text_with_nul_is_refused`), and the document does not repeat that on
             // every string.
             .args(["--generation-allow-x00", "false"])
+            .args(["--exclude-path", NEVER_ENDS])
             .args(["--report", "junit", "--report-dir"])
             .arg(dir.path().join("report"))
             .args(["--no-color", "--output-truncate", "false"]),
@@ -246,8 +251,9 @@ async fn schemathesis_finds_nothing_the_document_does_not_say() {
     let operations: usize = doc["paths"]
         .as_object()
         .unwrap()
-        .values()
-        .map(|item| item.as_object().unwrap().len())
+        .iter()
+        .filter(|(path, _)| *path != NEVER_ENDS)
+        .map(|(_, item)| item.as_object().unwrap().len())
         .sum();
     assert!(
         out.contains(&format!("Tested: {operations}\n")),

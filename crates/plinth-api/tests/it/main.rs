@@ -7,5 +7,7 @@ mod boot;
 mod console;
 mod contract;
 mod limits;
+mod stream;
 mod ui;
 mod upgrade;
+mod webhooks;

@@ -704,3 +704,84 @@ async fn health_shows_on_the_machine_page_and_filters_the_table() {
     let (status, _, _) = ui.get(&mut jar, "/machines?health=bogus").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// The machine page's timeline follows an event stream: for the signed-in user only, from this
+/// site only, unnamed messages (what `EventSource.onmessage` sees) with the event ids.
+#[tokio::test]
+async fn the_timeline_stream_is_the_signed_in_users_and_this_sites() {
+    let ui = Ui::start().await;
+    let m = ui
+        .app
+        .enroll_machine(
+            &Principal::system(),
+            plinth_types::api::MachineCreate {
+                hostname: Some("tl".into()),
+                rack: None,
+                rack_unit: None,
+                size_u: None,
+                pool: None,
+                tags: None,
+                arch: None,
+                nics: vec![plinth_types::api::NicSpec {
+                    mac: "52:54:00:d1:5c:07".parse().unwrap(),
+                    ipv4: None,
+                    pxe: None,
+                }],
+                bmc: None,
+            },
+        )
+        .await
+        .unwrap();
+    let path = format!("/machines/{}/timeline/stream", m.id);
+    let (status, headers, _) = ui.get(&mut Jar::default(), &path).await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "no session: to the login page"
+    );
+    assert!(headers[LOCATION].to_str().unwrap().starts_with("/login"));
+
+    let (mut jar, _) = ui.login().await;
+    let (_, _, page) = ui.get(&mut jar, &format!("/machines/{}", m.id)).await;
+    assert!(page.contains(&format!("data-stream=\"{path}\"")), "{page}");
+    let host = ui.base.trim_start_matches("http://").to_owned();
+    let r = ui
+        .http
+        .get(format!("{}{path}", ui.base))
+        .header("cookie", jar.header())
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "another site's page");
+
+    let mut r = ui
+        .http
+        .get(format!("{}{path}", ui.base))
+        .header("cookie", jar.header())
+        .header("origin", format!("http://{host}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let id: i64 = sqlx::query_scalar(
+        "insert into events (actor, machine_id, kind) values ('test', $1, 'note') returning id",
+    )
+    .bind(m.id)
+    .fetch_one(ui.app.pool())
+    .await
+    .unwrap();
+    let mut p = plinth_client::sse::Parser::default();
+    let mut msgs = Vec::new();
+    while msgs.is_empty() {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(20), r.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        msgs.extend(p.push(&chunk).unwrap());
+    }
+    assert_eq!(msgs[0].id, Some(id.to_string()));
+    assert_eq!(msgs[0].event, None, "unnamed, for onmessage");
+}

@@ -14,7 +14,9 @@
 //! - `execute`: what each kind of job does on the BMC;
 //! - `call`: one BMC call under its timeout, and the transient/final `Failure` split;
 //! - `record`: a job's outcome written back, with its events;
-//! - `power_sync`: [`PowerSync`], the reconciler pass that reads every BMC's power state.
+//! - `power_sync`: [`PowerSync`], the reconciler pass that reads every BMC's power state;
+//! - `webhooks`: [`WebhookWorker`], delivering events to webhooks from their durable queue
+//!   (the same claim, lease and backoff pattern, with an HTTP receiver instead of a BMC).
 
 mod call;
 mod execute;
@@ -23,9 +25,11 @@ mod power_sync;
 mod record;
 mod runner;
 mod wakeups;
+mod webhooks;
 
 pub use power_sync::{PowerSync, SyncReport, SyncSettings};
 pub use runner::{JobRunner, JobSettings};
+pub use webhooks::{WebhookSettings, WebhookWorker, signature};
 
 use uuid::Uuid;
 

@@ -25,6 +25,7 @@ mod pools;
 mod racks;
 mod subnets;
 mod tokens;
+mod webhooks;
 
 use output::Output;
 
@@ -129,7 +130,8 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: jobs::JobCommand,
     },
-    /// The audit log.
+    /// The audit log; `plinth events watch` follows it live.
+    #[command(args_conflicts_with_subcommands = true)]
     Events {
         #[command(flatten)]
         global: Global,
@@ -138,6 +140,15 @@ pub enum ClientCommand {
         since: Option<String>,
         #[arg(long)]
         limit: Option<u32>,
+        #[command(subcommand)]
+        command: Option<events::EventsCommand>,
+    },
+    /// Webhooks (admins): add, list, remove, and a webhook's deliveries.
+    Webhook {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: webhooks::WebhookCommand,
     },
 }
 
@@ -194,8 +205,17 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Token { global, command } => tokens::run(&Api::new(&global)?, command).await,
         ClientCommand::Events {
             global,
+            command: Some(command),
+            ..
+        } => events::run(&Api::new(&global)?, command).await,
+        ClientCommand::Events {
+            global,
             since,
             limit,
+            command: None,
         } => events::list(&Api::new(&global)?, since, limit).await,
+        ClientCommand::Webhook { global, command } => {
+            webhooks::run(&Api::new(&global)?, command).await
+        }
     }
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 mod bmc;
 mod boot;
 mod dhcp;
+mod events;
 mod http;
 mod section;
 mod tftp;
@@ -16,6 +17,7 @@ mod tftp;
 pub use bmc::*;
 pub use boot::*;
 pub use dhcp::*;
+pub use events::*;
 pub use http::*;
 pub use tftp::*;
 
@@ -41,6 +43,9 @@ pub struct Config {
     pub images: ImagesConfig,
     #[serde(default)]
     pub boot: BootConfig,
+    #[serde(default)]
+    /// `[events]`: the event stream and the webhook worker.
+    pub events: EventsConfig,
     #[serde(default)]
     /// `[clean]`: how cleaning wipes disks, for pools without a method of their own.
     pub clean: plinth_core::clean::CleanSettings,
@@ -205,6 +210,7 @@ pub fn load(
             "invalid configuration: console.flush_secs and console.reconnect_secs must be positive, console.lease_secs at least 3"
         );
     }
+    config.events.validate().context("invalid configuration")?;
     Ok(config)
 }
 
@@ -413,6 +419,41 @@ mod tests {
         let e = load(None, env(&[("PLINTH_CLEAN__METHOD", "shred")])).unwrap_err();
         assert!(
             format!("{e:#}").contains("unknown variant `shred`"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn events_section() {
+        use std::time::Duration;
+        let c = load(
+            None,
+            env(&[
+                ("PLINTH_EVENTS__STREAMS_PER_CALLER", "4"),
+                ("PLINTH_EVENTS__STREAM_KEEPALIVE_SECS", "30"),
+                ("PLINTH_EVENTS__WEBHOOK_TIMEOUT_SECS", "5"),
+                ("PLINTH_EVENTS__WEBHOOK_DEAD_AFTER_SECS", "3600"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.events.stream.streams_per_caller, 4);
+        assert_eq!(c.events.stream.keepalive, Duration::from_secs(30));
+        assert_eq!(c.events.stream.poll, Duration::from_secs(2), "the default");
+        assert_eq!(c.events.webhooks.timeout, Duration::from_secs(5));
+        assert_eq!(c.events.webhooks.dead_after, Duration::from_secs(3600));
+        assert_eq!(c.events.webhooks.backoff_max, Duration::from_secs(300));
+        let e = load(None, env(&[("PLINTH_EVENTS__WEBHOOK_RETRIES", "3")])).unwrap_err();
+        assert!(format!("{e:#}").contains("webhook_retries"), "{e:#}");
+        let e = load(
+            None,
+            env(&[
+                ("PLINTH_EVENTS__WEBHOOK_BACKOFF_BASE_SECS", "10"),
+                ("PLINTH_EVENTS__WEBHOOK_BACKOFF_MAX_SECS", "5"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("webhook_backoff_max_secs"),
             "{e:#}"
         );
     }

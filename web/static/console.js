@@ -8,6 +8,8 @@
   const viewersEl = document.getElementById('console-viewers');
   const term = new window.Terminal({ scrollback: 5000, fontSize: 13, convertEol: false });
   term.open(document.getElementById('console-term'));
+  // The terminal, for the browser test and for debugging from the developer tools.
+  el.plinthTerm = term;
   const enc = new TextEncoder();
   let ws = null;
   let delay = 1000;

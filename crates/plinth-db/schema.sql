@@ -534,10 +534,10 @@ CREATE FUNCTION public.events_feed() RETURNS trigger
     AS $$
 begin
     insert into webhook_deliveries (webhook_id, event_id, machine_key, txid)
-    select w.id, new.id, coalesce(new.machine_id, '00000000-0000-0000-0000-000000000000'::uuid),
-           coalesce(new.txid, pg_current_xact_id())
-    from webhooks w
-    where w.kinds is null or new.kind = any (w.kinds);
+    select w.id, n.id, coalesce(n.machine_id, '00000000-0000-0000-0000-000000000000'::uuid),
+           coalesce(n.txid, pg_current_xact_id())
+    from new_events n
+    join webhooks w on w.kinds is null or n.kind = any (w.kinds);
     perform pg_notify('events', '');
     return null;
 end
@@ -1184,7 +1184,7 @@ CREATE INDEX webhook_deliveries_finished_idx ON public.webhook_deliveries USING 
 
 CREATE INDEX webhook_deliveries_queue_idx ON public.webhook_deliveries USING btree (webhook_id, machine_key, txid, event_id) WHERE (state = 'pending'::text);
 
-CREATE TRIGGER events_feed AFTER INSERT ON public.events FOR EACH ROW EXECUTE FUNCTION public.events_feed();
+CREATE TRIGGER events_feed AFTER INSERT ON public.events REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION public.events_feed();
 
 CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON public.events FOR EACH STATEMENT EXECUTE FUNCTION public.events_append_only();
 

@@ -9,6 +9,7 @@ mod support;
 
 mod bmc;
 mod boot;
+mod console_cli;
 mod demo;
 mod deploy;
 mod dhcp;

@@ -104,3 +104,105 @@ async fn the_console_through_the_typed_client() {
     assert_eq!(serial.breaks(), &[6000]);
     c.close().await;
 }
+
+/// An https:// API: the API behind a TLS listener whose certificate comes from a test CA.
+/// The console is a wss:// socket, trusted through the client's extra CA and refused without it.
+#[tokio::test]
+async fn the_console_over_tls_with_the_clients_ca() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+
+    let api = TestApi::start().await;
+    let (sim, _serial) = IpmiSim::start_with_sol(None).await.unwrap();
+    let id = api
+        .client()
+        .enroll_machine(&MachineCreate {
+            hostname: None,
+            rack: None,
+            rack_unit: None,
+            size_u: None,
+            pool: None,
+            tags: None,
+            arch: Some(Arch::X86_64),
+            nics: vec![NicSpec {
+                mac: "52:54:00:00:00:02".parse().unwrap(),
+                ipv4: None,
+                pxe: None,
+            }],
+            bmc: Some(BmcSpec {
+                protocol: BmcProtocol::Ipmi,
+                address: sim.addr().to_string(),
+                username: USER.into(),
+                password: PASSWORD.into(),
+                verify_tls: None,
+                plain_http: None,
+            }),
+        })
+        .await
+        .unwrap()
+        .id;
+    let ops = api.token("ops", Role::Operator).await;
+
+    let ca = plinth_testkit::sushy::TestCa::new().unwrap();
+    let certs = CertificateDer::pem_file_iter(&ca.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&ca.key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = api.addr;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut api = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                tokio::io::copy_bidirectional(&mut tls, &mut api).await.ok();
+            });
+        }
+    });
+    let base = format!("https://127.0.0.1:{port}");
+
+    let untrusting = Client::new(base.as_str(), ops.as_str()).unwrap();
+    match untrusting.console(id).await {
+        Err(e @ Error::Transport { .. }) => {
+            let mut chain = String::new();
+            let mut cause: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(c) = cause {
+                chain += &format!("{c}: ").to_lowercase();
+                cause = c.source();
+            }
+            assert!(
+                chain.contains("certificate") || chain.contains("issuer"),
+                "{chain}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let trusting = Client::builder(base.as_str())
+        .token(ops.as_str())
+        .ca_file(&ca.ca_file())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut c = trusting.console(id).await.unwrap();
+    assert!(matches!(next(&mut c).await, ConsoleMessage::Status { .. }));
+    assert_eq!(
+        next(&mut c).await,
+        ConsoleMessage::Viewers(vec!["ops".into()])
+    );
+    c.close().await;
+}

@@ -2,7 +2,7 @@
 //! (util-linux `script`), attached through a real plinth API to a real IPMI SOL console
 //! (`ipmi_sim`, whose serial port the test holds). What the machine prints reaches the CLI's
 //! stdout, a typed line reaches the serial port, `~B` is a break, `~.` leaves with status 0 and
-//! the terminal as it was; the same through a pipe; a viewer is refused.
+//! the terminal as it was (and so does SIGTERM); the same through a pipe; a viewer is refused.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -193,6 +193,60 @@ async fn attach_from_a_terminal_type_break_and_leave() {
     );
     // nothing typed after the break (the escapes themselves) reached the machine
     assert_eq!(serial.received(), b"root\ra~b\r~c\rs\r", "{out}");
+}
+
+/// SIGTERM (and the other ways out that are not `~.`) restores the terminal too.
+#[tokio::test]
+async fn a_signal_restores_the_terminal() {
+    let api = TestApi::start().await;
+    let (sim, _serial) = IpmiSim::start_with_sol(None).await.unwrap();
+    let id = machine(&api, &sim).await;
+    let ops = api.token("ops", Role::Operator).await;
+    let mut cmd = cli(&api, &ops);
+    cmd.args([
+        "-qfec",
+        &format!(
+            "echo before=$(stty -g); echo shell=$$; {BIN} machine console {id}; echo rc=$?; echo after=$(stty -g)"
+        ),
+        "/dev/null",
+    ]);
+    let mut term = Cli::start(cmd);
+    term.wait_for("[plinth: console open]").await;
+    let out = term.output();
+    let shell: u32 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("shell="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // the shell's one child: the CLI
+    let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).unwrap();
+    let cli_pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(
+        std::fs::read_to_string(format!("/proc/{cli_pid}/cmdline"))
+            .unwrap()
+            .contains("console")
+    );
+    Command::new("kill")
+        .args(["-TERM", &cli_pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    let status = term.exit().await;
+    let out = term.output();
+    assert!(status.success(), "{status}: {out}");
+    assert!(out.contains("rc=1"), "{out}");
+    assert!(out.contains("terminated (SIGTERM)"), "{out}");
+    let setting = |key: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(key).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {key} in {out:?}"))
+    };
+    assert_eq!(
+        setting("before="),
+        setting("after="),
+        "the terminal restored"
+    );
 }
 
 #[tokio::test]

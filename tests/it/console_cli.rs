@@ -2,7 +2,7 @@
 //! (util-linux `script`), attached through a real plinth API to a real IPMI SOL console
 //! (`ipmi_sim`, whose serial port the test holds). What the machine prints reaches the CLI's
 //! stdout, a typed line reaches the serial port, `~B` is a break, `~.` leaves with status 0 and
-//! the terminal as it was (and so does SIGTERM); the same through a pipe; a viewer is refused.
+//! the terminal as it was (SIGTERM restores it too); the same through a pipe; a viewer is refused.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};

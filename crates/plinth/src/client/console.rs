@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::Api;
 
-const HELP: &str = "supported escapes (after a newline):\r\n  ~.  leave\r\n  ~B  send a break\r\n  ~?  this help\r\n  ~~  send a ~";
+const HELP: &str = "supported escapes (after a newline):\n  ~.  leave\n  ~B  send a break\n  ~?  this help\n  ~~  send a ~";
 
 /// What a key (or a run of them) asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -132,10 +132,12 @@ impl Drop for RawMode {
     }
 }
 
-/// Prints what plinth says on stderr, one bracketed line (in raw mode the line ends in CR LF).
+/// Prints what plinth says on stderr, one bracketed line (in raw mode the terminal does not turn
+/// LF into CR LF: that is done here).
 fn say(raw: bool, what: &str) {
     let mut err = std::io::stderr().lock();
     if raw {
+        let what = what.replace('\n', "\r\n");
         write!(err, "\r[plinth: {what}]\r\n").ok();
     } else {
         writeln!(err, "[plinth: {what}]").ok();

@@ -10,6 +10,7 @@ mod support;
 mod bmc;
 mod boot;
 mod console;
+mod console_cli;
 mod demo;
 mod deploy;
 mod dhcp;

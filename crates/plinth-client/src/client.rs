@@ -27,6 +27,8 @@ pub struct ClientBuilder {
     timeout: Option<Duration>,
     connect_timeout: Duration,
     roots: Vec<reqwest::Certificate>,
+    /// The same CAs for the console's WebSocket, which has its own TLS.
+    ws_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
     pool_max_idle_per_host: Option<usize>,
 }
 
@@ -73,6 +75,7 @@ impl ClientBuilder {
             return Err(Error::Config("no PEM certificate in it".into()));
         }
         self.roots.extend(certs);
+        self.ws_roots.extend(crate::console::pem_certs(pem)?);
         Ok(self)
     }
 
@@ -100,6 +103,8 @@ impl ClientBuilder {
             http,
             base: self.base.trim_end_matches('/').into(),
             token: self.token.map(Into::into),
+            ws_roots: self.ws_roots.into(),
+            connect_timeout: self.connect_timeout,
         })
     }
 }
@@ -114,6 +119,8 @@ pub struct Client {
     http: reqwest::Client,
     base: Arc<str>,
     token: Option<Arc<str>>,
+    ws_roots: Arc<[rustls_pki_types::CertificateDer<'static>]>,
+    connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -135,6 +142,7 @@ impl Client {
             timeout: Some(DEFAULT_TIMEOUT),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             roots: Vec::new(),
+            ws_roots: Vec::new(),
             pool_max_idle_per_host: None,
         }
     }
@@ -334,6 +342,21 @@ impl Client {
             &url,
         )?;
         Ok(Vec::new())
+    }
+
+    /// Attaches to the machine's serial console (a WebSocket with this client's token and
+    /// trust). Refusals are the API's errors: 401, 403 (a viewer), 404, 409 (decommissioned).
+    pub async fn console(&self, id: Uuid) -> Result<crate::console::Console, Error> {
+        crate::console::Console::open(
+            crate::console::Dial {
+                base: &self.base,
+                token: self.token.as_deref(),
+                roots: &self.ws_roots,
+                connect_timeout: self.connect_timeout,
+            },
+            &path::machine_console(id),
+        )
+        .await
     }
 
     /// Records the IPMI endpoint of the machine's Redfish BMC console (`None` removes it).

@@ -16,6 +16,8 @@
 //! Two transports share the paths, the queries, the error type and the decoding of answers:
 //! - [`Client`] (feature `async`, the default): async on reqwest, with rustls. Every operation
 //!   the CLI, the benchmarks and the tests use.
+//!   A machine's serial console is a WebSocket ([`Client::console`], [`console::Console`]), on
+//!   tungstenite with the same rustls trust.
 //! - [`blocking::Client`] (feature `blocking`): the agent's endpoints on ureq. The agent runs in a
 //!   small initramfs with no async runtime; ureq is what it already used, so the agent's binary
 //!   and dependencies stay as they were (no tokio, no hyper).
@@ -50,6 +52,8 @@ pub mod sse;
 
 #[cfg(feature = "async")]
 mod client;
+#[cfg(feature = "async")]
+pub mod console;
 #[cfg(feature = "async")]
 pub use client::{Client, ClientBuilder, EventStream};
 

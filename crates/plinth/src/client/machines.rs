@@ -145,8 +145,9 @@ pub enum MachineCommand {
         #[arg(long)]
         if_version: Option<i64>,
     },
-    /// A machine's serial console: `--log` prints its recording (what plinth recorded while
-    /// the machine was inspecting, cleaning, deploying or decommissioning).
+    /// A machine's serial console: attaches this terminal to it (`~.` leaves, `~B` sends a
+    /// break, `~?` lists the escapes); `--log` prints its recording instead (what plinth
+    /// recorded while the machine was inspecting, cleaning, deploying or decommissioning).
     Console {
         id: Uuid,
         /// Print the recording instead of attaching.
@@ -566,11 +567,8 @@ pub async fn run(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
         }
         MachineCommand::Console { id, log, max_bytes } => {
             if !log {
-                // TODO(#20): attach from a terminal (raw mode, `~.` to leave) over the console
-                // WebSocket; until then the web UI's machine page has the live console.
-                anyhow::bail!(
-                    "attaching from a terminal is not in this version: open the machine's page in the web UI, or use --log for the recording"
-                );
+                anyhow::ensure!(max_bytes.is_none(), "--max-bytes goes with --log");
+                return super::console::attach(api, id).await;
             }
             let bytes = api.client.console_log(id, max_bytes).await?;
             use std::io::Write;

@@ -5,7 +5,7 @@
 //! This file holds what every subcommand shares (the global options, the connection to the
 //! API, the dispatch); each group of subcommands has a file of its own, named after what it
 //! manages: `racks`, `machines`, `allocations`, `subnets`, `leases`, `images`, `jobs`,
-//! `pools`, `tokens`, `events`. `output` renders tables. A subcommand file owns its clap
+//! `pools`, `tokens`, `events`, and `console` (`plinth machine console`'s terminal). `output` renders tables. A subcommand file owns its clap
 //! arguments, its calls and its table, so adding a command touches one file and this dispatch.
 
 use anyhow::Context;
@@ -15,6 +15,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 mod allocations;
+mod console;
 mod events;
 mod images;
 mod jobs;

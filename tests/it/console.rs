@@ -249,16 +249,21 @@ fn a_technician_watches_an_inspection_on_the_machine_page_and_types_into_it() {
         b.console_errors()
     );
 
-    // The recording has what the page showed, and attaching was an event.
-    let log = env
-        .rt
-        .block_on(env.app.console_log(&admin(), id, 4 << 20))
-        .unwrap();
-    let log = String::from_utf8_lossy(&log);
-    assert!(
-        log.contains("pcbios-typed-in-the-page") && log.contains("plinth-agent: reporting"),
-        "{log}"
-    );
+    // The recording has what the page showed (written every second: polled), and attaching
+    // was an event.
+    let t0 = Instant::now();
+    loop {
+        let log = env
+            .rt
+            .block_on(env.app.console_log(&admin(), id, 4 << 20))
+            .unwrap();
+        let log = String::from_utf8_lossy(&log);
+        if log.contains("pcbios-typed-in-the-page") && log.contains("plinth-agent: reporting") {
+            break;
+        }
+        assert!(t0.elapsed() < WAIT, "the recording:\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(
         events(&env, id)
             .iter()

@@ -174,12 +174,14 @@ pub async fn append(
     if data.is_empty() {
         return Ok(());
     }
+    // One transaction: a reader never sees the new chunk before the oldest are trimmed.
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     sqlx::query!(
         "insert into console_chunks (machine_id, data) values ($1, $2)",
         machine_id,
         data
     )
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await?;
     sqlx::query!(
         r#"delete from console_chunks where machine_id = $1 and seq <= (
@@ -190,8 +192,9 @@ pub async fn append(
         machine_id,
         max_bytes
     )
-    .execute(conn)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -23,7 +23,7 @@
 pub mod text;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -113,6 +113,9 @@ struct Shared {
     viewers: watch::Sender<Vec<(u64, String)>>,
     status: watch::Sender<Status>,
     recording: AtomicBool,
+    /// Input messages sent and not yet written to the session (or dropped): the session stays
+    /// open until they are, so that what a viewer typed just before leaving still arrives.
+    queued: Arc<AtomicUsize>,
     backlog: StdMutex<VecDeque<u8>>,
     /// Wakes the machine's task when a viewer leaves or recording stops.
     changed: Notify,
@@ -133,7 +136,9 @@ impl Shared {
     }
 
     fn wanted(&self) -> bool {
-        self.recording.load(Ordering::SeqCst) || !self.viewers.borrow().is_empty()
+        self.recording.load(Ordering::SeqCst)
+            || !self.viewers.borrow().is_empty()
+            || self.queued.load(Ordering::SeqCst) > 0
     }
 }
 
@@ -201,6 +206,7 @@ impl Consoles {
             viewers: watch::Sender::new(Vec::new()),
             status: watch::Sender::new(Status::Connecting),
             recording: AtomicBool::new(false),
+            queued: Arc::new(AtomicUsize::new(0)),
             backlog: StdMutex::new(VecDeque::new()),
             changed: Notify::new(),
         });
@@ -251,6 +257,7 @@ pub struct Attachment {
     status: watch::Receiver<Status>,
     viewers: watch::Receiver<Vec<(u64, String)>>,
     input: mpsc::Sender<Input>,
+    queued: Arc<AtomicUsize>,
     app: App,
     detached: bool,
     tokens: f64,
@@ -328,19 +335,21 @@ impl Attachment {
             return Ok(());
         }
         self.take_tokens(data.len())?;
-        self.input
-            .send(Input::Data(data.to_vec()))
-            .await
-            .map_err(|_| Error::unavailable("the console is closed"))
+        self.queue(Input::Data(data.to_vec())).await
+    }
+
+    async fn queue(&self, input: Input) -> Result<()> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        self.input.send(input).await.map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            Error::unavailable("the console is closed")
+        })
     }
 
     /// Sends a break to the machine's serial port.
     pub async fn send_break(&mut self) -> Result<()> {
         self.take_tokens(1)?;
-        self.input
-            .send(Input::Break)
-            .await
-            .map_err(|_| Error::unavailable("the console is closed"))
+        self.queue(Input::Break).await
     }
 
     fn leave(&mut self) -> bool {
@@ -478,6 +487,7 @@ impl App {
                 status,
                 viewers: s.viewers.subscribe(),
                 input: s.input.clone(),
+                queued: s.queued.clone(),
                 app: self.clone(),
                 detached: false,
                 tokens: INPUT_BURST,
@@ -714,7 +724,7 @@ async fn run(
     let settings = consoles.0.settings.clone();
     let me = consoles.0.instance;
     let (writer_tx, writer_rx) = watch::channel(None);
-    let input = tokio::spawn(forward_input(input_rx, writer_rx));
+    let input = tokio::spawn(forward_input(input_rx, writer_rx, shared.queued.clone()));
     let mut follow_from: Option<i64> = None;
     loop {
         if consoles.retire(id, &shared) {
@@ -837,18 +847,20 @@ async fn follow(app: &App, id: Uuid, shared: &Shared, from: Option<i64>) -> Opti
 async fn forward_input(
     mut rx: mpsc::Receiver<Input>,
     writer: watch::Receiver<Option<plinth_bmc::ipmi::sol::SolWriter>>,
+    queued: Arc<AtomicUsize>,
 ) {
     while let Some(i) = rx.recv().await {
-        let Some(w) = writer.borrow().clone() else {
-            continue;
-        };
-        let r = match i {
-            Input::Data(d) => w.write(&d).await,
-            Input::Break => w.send_break().await,
-        };
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "console input not delivered");
+        let w = writer.borrow().clone();
+        if let Some(w) = w {
+            let r = match i {
+                Input::Data(d) => w.write(&d).await,
+                Input::Break => w.send_break().await,
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "console input not delivered");
+            }
         }
+        queued.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

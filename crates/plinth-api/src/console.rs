@@ -41,16 +41,9 @@ async fn caller(
         .ok_or_else(|| Error::unauthorized("missing Authorization: Bearer <token> header"))?;
     // A browser always sends Origin with a WebSocket handshake: one naming another site (or
     // none at all, with a cookie) is refused.
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        Some(origin)
-            if origin
-                .split_once("://")
-                .is_some_and(|(_, h)| !host.is_empty() && h.eq_ignore_ascii_case(host)) => {}
-        Some(origin) => {
+    match crate::ui::origin(headers) {
+        Some((_, true)) => {}
+        Some((origin, false)) => {
             return Err(Error::forbidden(format!(
                 "a console opened from {origin} may not use plinth's session"
             )));

@@ -210,23 +210,29 @@ pub(crate) fn check_csrf(
     }
 }
 
-/// A POST whose Origin names another site is refused.
-pub(crate) fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return Ok(());
-    };
+/// The request's Origin header, and whether it names this host (the Host header); `None`
+/// without an Origin. The one origin comparison of the UI's forms, streams and console.
+pub(crate) fn origin(headers: &HeaderMap) -> Option<(&str, bool)> {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())?;
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
-    if origin_host.eq_ignore_ascii_case(host) {
-        Ok(())
-    } else {
-        Err(error_page(
+    Some((
+        origin,
+        !host.is_empty() && origin_host.eq_ignore_ascii_case(host),
+    ))
+}
+
+/// A POST whose Origin names another site is refused.
+pub(crate) fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
+    match origin(headers) {
+        None | Some((_, true)) => Ok(()),
+        Some((origin, false)) => Err(error_page(
             None,
             &Error::forbidden(format!("a form from {origin} may not act on plinth")),
-        ))
+        )),
     }
 }
 

@@ -31,9 +31,20 @@ pub use power_sync::{PowerSync, SyncReport, SyncSettings};
 pub use runner::{JobRunner, JobSettings};
 pub use webhooks::{WebhookSettings, WebhookWorker, signature};
 
+use std::time::Duration;
+
 use uuid::Uuid;
 
 use crate::Result;
+
+/// The wait before retry `attempt` (1 for the first): `base * 2^(attempt-1)`, at most `max`,
+/// ±20 % so that the retries of many machines or queues do not come due together. The job
+/// runner's and the webhook worker's.
+fn backoff(base: Duration, max: Duration, attempt: i32) -> Duration {
+    let exp = 2u32.saturating_pow(attempt.saturating_sub(1).clamp(0, 20) as u32);
+    let d = base.saturating_mul(exp).min(max);
+    d.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+}
 
 /// An event the workers record on a machine, as `system`.
 async fn event(

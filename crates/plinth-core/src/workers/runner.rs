@@ -238,11 +238,11 @@ impl JobRunner {
     }
 
     pub(super) fn backoff(&self, attempt: i32) -> Duration {
-        let exp = 2u32.saturating_pow(attempt.saturating_sub(1).clamp(0, 20) as u32);
-        let d = self.settings.backoff_base.saturating_mul(exp);
-        let d = d.min(self.settings.backoff_max);
-        // ±20 % so retries of many machines do not come due together
-        d.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+        super::backoff(
+            self.settings.backoff_base,
+            self.settings.backoff_max,
+            attempt,
+        )
     }
 
     /// The jobs this runner is running (the set holds ids only: a poisoned lock is still good).

@@ -91,10 +91,7 @@ impl WebhookSettings {
     }
 
     fn backoff(&self, attempt: i32) -> Duration {
-        let exp = 2u32.saturating_pow(attempt.saturating_sub(1).clamp(0, 20) as u32);
-        let d = self.backoff_base.saturating_mul(exp).min(self.backoff_max);
-        // ±20 % so that the retries of many queues do not come due together
-        d.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+        super::backoff(self.backoff_base, self.backoff_max, attempt)
     }
 }
 

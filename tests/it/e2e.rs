@@ -215,6 +215,32 @@ fn cli_tour_against_a_real_server() {
 
     let out = serve.cli("not-a-token", &["rack", "list"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
+
+    // A reader that went away (`plinth machine events ID | head -1` after head exits) ends
+    // the client by SIGPIPE at its first write, quietly, as any Unix tool: no panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(crate::support::BIN)
+        .args(["machine", "events", &id])
+        .env("PLINTH_API_URL", &serve.url)
+        .env("PLINTH_TOKEN", &admin)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

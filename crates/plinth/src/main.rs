@@ -99,6 +99,10 @@ pub fn is_root() -> bool {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Client(_)) {
+        // A client whose reader went away ends quietly (`plinth machine list | head`).
+        client::default_sigpipe();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

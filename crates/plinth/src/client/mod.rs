@@ -5,7 +5,7 @@
 //! This file holds what every subcommand shares (the global options, the connection to the
 //! API, the dispatch); each group of subcommands has a file of its own, named after what it
 //! manages: `racks`, `machines`, `allocations`, `subnets`, `leases`, `images`, `jobs`,
-//! `pools`, `tokens`, `events`, and `console` (`plinth machine console`'s terminal). `output` renders tables. A subcommand file owns its clap
+//! `pools`, `tokens`, `events`, and `console` (`plinth machine console`'s terminal). `output` renders tables; `sys` restores SIGPIPE. A subcommand file owns its clap
 //! arguments, its calls and its table, so adding a command touches one file and this dispatch.
 
 use anyhow::Context;
@@ -25,10 +25,12 @@ mod output;
 mod pools;
 mod racks;
 mod subnets;
+mod sys;
 mod tokens;
 mod webhooks;
 
 use output::Output;
+pub use sys::default_sigpipe;
 
 #[derive(Args, Clone)]
 pub struct Global {

@@ -9,3 +9,4 @@ mod sol;
 mod sol_emulator;
 mod sushy;
 mod vbmc;
+mod vmedia;

@@ -508,6 +508,24 @@ impl VirtualMachine {
         Ok(())
     }
 
+    /// The file in the running QEMU's CD drive, as QMP `query-block` says (`None`: empty, or
+    /// QEMU not running).
+    pub fn cd_in_qemu(&self) -> anyhow::Result<Option<String>> {
+        let mut s = self.lock();
+        reap(&mut s);
+        if s.child.is_none() {
+            return Ok(None);
+        }
+        let blocks = Qmp::connect(&self.qmp)?.execute("query-block")?;
+        let cd = blocks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["device"] == "cd0-drive")
+            .context("no cd0-drive in query-block")?;
+        Ok(cd["inserted"]["file"].as_str().map(str::to_owned))
+    }
+
     /// Empties the CD drive (QMP `eject` when QEMU runs).
     pub fn eject_cd(&self) -> anyhow::Result<()> {
         let mut s = self.lock();

@@ -10,3 +10,4 @@ mod sol_emulator;
 mod sushy;
 mod vbmc;
 mod vmedia;
+mod vmedia_vm;

@@ -2,7 +2,9 @@
 //! one-time override is used up when the machine boots), records every call, and can be told
 //! to misbehave: fail the next calls, answer slowly, be unreachable, or silently keep its old
 //! boot override. Its health and event log are knobs too ([`FakeBmc::set_health`],
-//! [`FakeBmc::push_log`]).
+//! [`FakeBmc::push_log`]). Its virtual media are two slots in memory (a CD drive and a USB
+//! stick, [`FakeBmc::set_media_slots`] for others), with a knob that makes an insertion
+//! silently not stick ([`FakeBmc::set_ignores_media`]).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -28,6 +30,14 @@ pub enum Call {
     Identity,
     Health,
     LogEntries,
+    MediaSlots,
+    InsertMedia {
+        slot: String,
+        url: String,
+    },
+    EjectMedia {
+        slot: String,
+    },
 }
 
 #[derive(Debug)]
@@ -47,6 +57,25 @@ struct State {
     health: crate::Health,
     /// The event log; the cursor is how many entries were read.
     log: Vec<crate::LogEntry>,
+    /// Virtual media slots.
+    media: Vec<crate::MediaSlot>,
+    /// Accept insertions and ejects, and keep the slot as it was.
+    ignores_media: bool,
+}
+
+/// The fake's slots: a CD drive and a USB stick, empty.
+pub const FAKE_CD: &str = "/redfish/v1/Managers/1/VirtualMedia/CD1";
+pub const FAKE_USB: &str = "/redfish/v1/Managers/1/VirtualMedia/USB1";
+
+fn empty_slot(id: &str, types: Vec<crate::MediaType>) -> crate::MediaSlot {
+    crate::MediaSlot {
+        id: id.to_owned(),
+        media_types: types,
+        inserted: false,
+        image: None,
+        write_protected: None,
+        connected_via: Some("NotConnected".into()),
+    }
 }
 
 #[derive(Debug)]
@@ -74,6 +103,11 @@ impl FakeBmc {
                 boots: 0,
                 health: crate::Health::unknown(),
                 log: Vec::new(),
+                media: vec![
+                    empty_slot(FAKE_CD, vec![crate::MediaType::Cd, crate::MediaType::Dvd]),
+                    empty_slot(FAKE_USB, vec![crate::MediaType::Usb]),
+                ],
+                ignores_media: false,
             }),
         }
     }
@@ -127,6 +161,19 @@ impl FakeBmc {
             s.log.push(e.clone());
             e
         })
+    }
+    /// The virtual media slots from now on (none: a BMC without virtual media, which
+    /// answers [`BmcError::Unsupported`]).
+    pub fn set_media_slots(&self, slots: Vec<crate::MediaSlot>) {
+        self.with(|s| s.media = slots);
+    }
+    /// Accept insertions and ejects but keep the slots as they are, as some BMCs do.
+    pub fn set_ignores_media(&self, yes: bool) {
+        self.with(|s| s.ignores_media = yes);
+    }
+    /// The slots now.
+    pub fn media_now(&self) -> Vec<crate::MediaSlot> {
+        self.with(|s| s.media.clone())
     }
     /// Times the machine has started.
     pub fn boots(&self) -> u32 {
@@ -254,6 +301,55 @@ impl Bmc for FakeBmc {
             })
         })
     }
+
+    fn media_slots(&self) -> BoxFuture<'_, Result<Vec<crate::MediaSlot>>> {
+        self.call(Call::MediaSlots, |s| {
+            if s.media.is_empty() {
+                return Err(BmcError::Unsupported("virtual media".into()));
+            }
+            Ok(s.media.clone())
+        })
+    }
+
+    fn insert_media<'a>(&'a self, slot: &'a str, url: &'a str) -> BoxFuture<'a, Result<()>> {
+        let (slot, url) = (slot.to_owned(), url.to_owned());
+        self.call(
+            Call::InsertMedia {
+                slot: slot.clone(),
+                url: url.clone(),
+            },
+            move |s| {
+                let ignores = s.ignores_media;
+                let m = media_slot(s, &slot)?;
+                if !ignores {
+                    m.inserted = true;
+                    m.image = Some(url);
+                    m.write_protected = Some(true);
+                    m.connected_via = Some("URI".into());
+                }
+                Ok(())
+            },
+        )
+    }
+
+    fn eject_media<'a>(&'a self, slot: &'a str) -> BoxFuture<'a, Result<()>> {
+        let slot = slot.to_owned();
+        self.call(Call::EjectMedia { slot: slot.clone() }, move |s| {
+            let ignores = s.ignores_media;
+            let m = media_slot(s, &slot)?;
+            if !ignores {
+                *m = empty_slot(&m.id, m.media_types.clone());
+            }
+            Ok(())
+        })
+    }
+}
+
+fn media_slot<'a>(s: &'a mut State, id: &str) -> Result<&'a mut crate::MediaSlot> {
+    s.media
+        .iter_mut()
+        .find(|m| m.id == id)
+        .ok_or_else(|| BmcError::Rejected(format!("no virtual media slot {id}")))
 }
 
 #[cfg(test)]
@@ -362,6 +458,49 @@ mod tests {
         let t = tokio::time::Instant::now();
         b.power_state().await.unwrap();
         assert!(t.elapsed() >= Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn virtual_media_in_memory() {
+        use crate::{MediaType, choose_slot, eject_media_verified, insert_media_verified};
+        let b = fake();
+        let url = "http://10.0.0.1/vmedia/t0ken/boot.iso";
+        let slots = b.media_slots().await.unwrap();
+        let cd = choose_slot(&slots, MediaType::Cd).unwrap().id.clone();
+        assert_eq!(cd, FAKE_CD);
+        let got = insert_media_verified(&b, &cd, url).await.unwrap();
+        assert!(got.holds(url));
+        b.power(PowerAction::Cycle).await.unwrap();
+        assert!(
+            b.media_now()[0].holds(url),
+            "a power cycle keeps the medium"
+        );
+        eject_media_verified(&b, &cd).await.unwrap();
+        // A BMC that says yes and keeps its slot as it was.
+        b.set_ignores_media(true);
+        let e = insert_media_verified(&b, &cd, url).await.unwrap_err();
+        assert!(
+            matches!(&e, BmcError::MediaNotInserted { got: None, .. }),
+            "{e:?}"
+        );
+        assert!(e.is_transient() && !e.to_string().contains("t0ken"));
+        b.set_ignores_media(false);
+        assert!(matches!(
+            b.insert_media("/nowhere", url).await,
+            Err(BmcError::Rejected(_))
+        ));
+        b.set_media_slots(Vec::new());
+        assert!(matches!(
+            b.media_slots().await,
+            Err(BmcError::Unsupported(_))
+        ));
+        assert_eq!(
+            b.calls()
+                .iter()
+                .filter(|c| matches!(c, Call::InsertMedia { .. }))
+                .count(),
+            3
+        );
     }
 
     #[test]

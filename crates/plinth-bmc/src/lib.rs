@@ -14,9 +14,14 @@ pub mod fake;
 pub mod health;
 pub mod ipmi;
 pub mod redfish;
+pub mod vmedia;
 
 pub use connect::{BmcTarget, Connector, DEFAULT_CALL_TIMEOUT, Drivers};
 pub use health::{Health, LogBatch, LogEntry};
+pub use vmedia::{
+    MediaSlot, MediaType, choose_slot, choose_slot_for_image, eject_media_verified,
+    insert_media_verified,
+};
 
 use futures::future::BoxFuture;
 use plinth_types::MacAddr;
@@ -131,6 +136,24 @@ pub enum BmcError {
         wanted: BootOverride,
         got: BootOverride,
     },
+    /// The BMC accepted a virtual medium and then reported another state of the slot: empty
+    /// (`got` is `None`) or holding another image. Messages show URLs by their origin only.
+    #[error(
+        "the BMC accepted the virtual medium {} for {slot} but reports {}",
+        vmedia::redact_url(.wanted),
+        .got.as_deref().map_or("no medium inserted".to_owned(), |g| format!("the medium {}", vmedia::redact_url(g)))
+    )]
+    MediaNotInserted {
+        slot: String,
+        wanted: String,
+        got: Option<String>,
+    },
+    /// The BMC accepted an eject and the slot still holds a medium.
+    #[error(
+        "the BMC accepted the eject of {slot} but still reports the medium {}",
+        vmedia::redact_url(.got)
+    )]
+    MediaNotEjected { slot: String, got: String },
 }
 
 impl BmcError {
@@ -143,6 +166,8 @@ impl BmcError {
                 | BmcError::Timeout
                 | BmcError::Busy(_)
                 | BmcError::Reverted { .. }
+                | BmcError::MediaNotInserted { .. }
+                | BmcError::MediaNotEjected { .. }
         )
     }
 }
@@ -185,6 +210,23 @@ pub trait Bmc: Send + Sync {
             })
         })
     }
+    // --- virtual media ---
+    /// The BMC's virtual media slots (see [`vmedia`]), in the BMC's order. A BMC without
+    /// virtual media answers [`BmcError::Unsupported`] (IPMI has no standard for it).
+    fn media_slots(&self) -> BoxFuture<'_, Result<Vec<MediaSlot>>> {
+        vmedia::unsupported()
+    }
+    /// Inserts the image at `url` into `slot` (a [`MediaSlot::id`]), write-protected; a slot
+    /// holding another image is ejected first; the same image already inserted is left as it
+    /// is. Read it back with [`insert_media_verified`].
+    fn insert_media<'a>(&'a self, _slot: &'a str, _url: &'a str) -> BoxFuture<'a, Result<()>> {
+        vmedia::unsupported()
+    }
+    /// Ejects whatever `slot` holds; an empty slot is left as it is.
+    fn eject_media<'a>(&'a self, _slot: &'a str) -> BoxFuture<'a, Result<()>> {
+        vmedia::unsupported()
+    }
+
     /// Ends the session with the BMC, if the driver keeps one (BMCs allow only a few).
     /// Best effort; the driver opens a new one if it is used again.
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -20,6 +20,7 @@
 //! ([`RedfishConfig::allow_plain_http`]): the password would cross the network in clear.
 
 mod health;
+mod vmedia;
 
 use std::time::Duration;
 
@@ -694,6 +695,18 @@ impl Bmc for Redfish {
         max: usize,
     ) -> BoxFuture<'a, Result<crate::LogBatch>> {
         Box::pin(self.do_log_entries(cursor, max))
+    }
+
+    fn media_slots(&self) -> BoxFuture<'_, Result<Vec<crate::MediaSlot>>> {
+        Box::pin(self.do_media_slots())
+    }
+
+    fn insert_media<'a>(&'a self, slot: &'a str, url: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.do_insert_media(slot, url))
+    }
+
+    fn eject_media<'a>(&'a self, slot: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.do_eject_media(slot))
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

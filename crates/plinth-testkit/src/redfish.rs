@@ -6,8 +6,10 @@
 //! another host ([`Collector`] is that other host). Served by axum on 127.0.0.1.
 
 mod health;
+mod vmedia;
 
 pub use health::Faults;
+pub use vmedia::{ImageServer, MediaKnobs};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -31,6 +33,15 @@ pub trait Host: Send + Sync + 'static {
     fn power_on(&self, boot: &str);
     fn power_off(&self);
     fn reset(&self, boot: &str);
+    /// Puts an image (an ISO's bytes) in the machine's CD drive, replacing what it held; it
+    /// stays there across power cycles until ejected.
+    fn insert_cd(&self, _iso: &[u8]) -> Result<(), String> {
+        Err("this machine has no CD drive".into())
+    }
+    /// Empties the machine's CD drive.
+    fn eject_cd(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// How the emulator behaves; change it through [`RedfishEmulator::knobs`].
@@ -52,6 +63,8 @@ pub struct Knobs {
     pub hang: bool,
     /// How a compromised BMC lies.
     pub hostile: Hostile,
+    /// Where the virtual media are and how they misbehave.
+    pub vmedia: MediaKnobs,
 }
 
 /// The lies of a compromised BMC (issue 17): each one a way to make its client read without
@@ -97,6 +110,7 @@ struct Bmc {
     max_in_flight: u32,
     host: Option<std::sync::Arc<dyn Host>>,
     health: health::HealthState,
+    vmedia: vmedia::MediaState,
 }
 
 impl std::fmt::Debug for dyn Host {
@@ -163,6 +177,7 @@ impl RedfishEmulator {
             max_in_flight: 0,
             host,
             health: health::HealthState::default(),
+            vmedia: vmedia::MediaState::default(),
         }));
         let app = Router::new()
             .route("/redfish/v1", get(root))
@@ -174,6 +189,7 @@ impl RedfishEmulator {
             )
             .route("/redfish/v1/SessionService/Sessions", post(login))
             .merge(health::routes(Router::new()))
+            .merge(vmedia::routes(Router::new()))
             .route(
                 "/redfish/v1/SessionService/Sessions/{id}",
                 axum::routing::delete(logout),
@@ -411,6 +427,7 @@ async fn system(State(s): State<Shared>, h: HeaderMap) -> Response {
         }}
     });
     health::decorate_system(&b.health, &mut body);
+    vmedia::decorate_system(&b.knobs.vmedia, &mut body);
     if let Hostile::HugeBody(n) = b.knobs.hostile {
         body["Oem"] = json!({ "Padding": "x".repeat(n) });
     }

@@ -24,9 +24,18 @@
 //! it), so a guest that powered itself off is a zombie only until the next look.
 //!
 //! Boot order per Redfish `BootSourceOverrideTarget` (see [`BootOrder::for_target`]): `Pxe`
-//! boots the network first; `Hdd`, `None` (the machine's own order), `Cd` (there is no CD drive)
-//! and `BiosSetup` (neither SeaBIOS nor OVMF can be told to enter setup from the command line)
-//! boot the disks first and then the network, as a server's own order usually does.
+//! boots the network first; `Cd` the CD drive, then the disks, then the network; `Hdd`,
+//! `None` (the machine's own order) and `BiosSetup` (neither SeaBIOS nor OVMF can be told to
+//! enter setup from the command line) boot the disks first and then the network, as a
+//! server's own order usually does. A boot order is `bootindex` properties, so it holds for
+//! the process: a guest's own reboot keeps it until the BMC's next power-on or reset.
+//!
+//! The CD drive (issue 21): every machine has one (`ide-cd` with the id `cd0`: on the IDE
+//! bus of `pc`, on port 2 of q35's AHCI), empty unless an image was put in it
+//! ([`VirtualMachine::insert_cd`], a BMC's virtual media), and in the boot order only for a
+//! `Cd` boot. The image (`cd.iso` in the VM's directory) stays across power cycles: QMP
+//! `blockdev-change-medium` puts it in a running machine, the command line in a starting
+//! one; QMP `eject` takes it out.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -143,6 +152,8 @@ pub enum BootOrder {
     NetworkFirst,
     /// The disks in order (`bootindex=1..`), then the NIC.
     DiskFirst,
+    /// The CD drive (`bootindex=1`), then the disks, then the NIC.
+    CdFirst,
 }
 
 impl BootOrder {
@@ -150,7 +161,8 @@ impl BootOrder {
     pub fn for_target(target: &str) -> BootOrder {
         match target {
             "Pxe" | "UefiHttp" => BootOrder::NetworkFirst,
-            // "Hdd", "None", "Cd", "BiosSetup" and anything else: the machine's own order.
+            "Cd" => BootOrder::CdFirst,
+            // "Hdd", "None", "BiosSetup" and anything else: the machine's own order.
             _ => BootOrder::DiskFirst,
         }
     }
@@ -190,6 +202,8 @@ struct State {
     order: Option<BootOrder>,
     /// Power-ons and resets so far, for the separator lines.
     events: u32,
+    /// The image in the CD drive.
+    cd: Option<PathBuf>,
 }
 
 impl VirtualMachine {
@@ -464,6 +478,69 @@ impl VirtualMachine {
     /// for a test that runs this machine's QEMU itself. The VM's own power-on adds the serial
     /// socket (see the module docs).
     pub fn qemu_args(&self, order: BootOrder) -> Vec<String> {
+        self.qemu_args_with(order, None)
+    }
+
+    /// The image in the CD drive now.
+    pub fn cd(&self) -> Option<PathBuf> {
+        self.lock().cd.clone()
+    }
+
+    /// Puts `iso` in the CD drive (written to `cd.iso` in the VM's directory), replacing what
+    /// it held: by QMP when QEMU runs, at the next start otherwise.
+    pub fn insert_cd(&self, iso: &[u8]) -> anyhow::Result<()> {
+        let mut s = self.lock();
+        reap(&mut s);
+        let path = self.dir.join("cd.iso");
+        // A new file under the old name: a running QEMU keeps reading the old one until the
+        // medium changes.
+        let tmp = self.dir.join("cd.iso.tmp");
+        fs::write(&tmp, iso).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path)?;
+        if s.child.is_some() {
+            Qmp::connect(&self.qmp)?.execute_with(
+                "blockdev-change-medium",
+                json!({ "id": "cd0", "filename": path, "format": "raw",
+                        "read-only-mode": "read-only" }),
+            )?;
+        }
+        s.cd = Some(path);
+        Ok(())
+    }
+
+    /// The file in the running QEMU's CD drive, as QMP `query-block` says (`None`: empty, or
+    /// QEMU not running).
+    pub fn cd_in_qemu(&self) -> anyhow::Result<Option<String>> {
+        let mut s = self.lock();
+        reap(&mut s);
+        if s.child.is_none() {
+            return Ok(None);
+        }
+        let blocks = Qmp::connect(&self.qmp)?.execute("query-block")?;
+        let cd = blocks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["device"] == "cd0-drive")
+            .context("no cd0-drive in query-block")?;
+        Ok(cd["inserted"]["file"].as_str().map(str::to_owned))
+    }
+
+    /// Empties the CD drive (QMP `eject` when QEMU runs).
+    pub fn eject_cd(&self) -> anyhow::Result<()> {
+        let mut s = self.lock();
+        reap(&mut s);
+        if s.child.is_some() {
+            Qmp::connect(&self.qmp)?
+                .execute_with("eject", json!({ "id": "cd0", "force": true }))?;
+        }
+        if let Some(p) = s.cd.take() {
+            fs::remove_file(p).ok();
+        }
+        Ok(())
+    }
+
+    fn qemu_args_with(&self, order: BootOrder, cd: Option<&Path>) -> Vec<String> {
         let spec = &self.spec;
         let machine = match spec.firmware {
             Firmware::Bios => "pc,accel=tcg",
@@ -498,7 +575,28 @@ impl VirtualMachine {
         let (nic_index, first_disk_index) = match order {
             BootOrder::NetworkFirst => (1, 2),
             BootOrder::DiskFirst => (self.disks.len() + 1, 1),
+            BootOrder::CdFirst => (self.disks.len() + 2, 2),
         };
+        // The CD drive: where QEMU's default one would be (which it replaces), beside the
+        // machine's own ATA disks (sata_disks: ide.0 and ide.1).
+        let file = cd.map_or(String::new(), |p| {
+            format!(",file={},format=raw,readonly=on", p.display())
+        });
+        let bus = match spec.firmware {
+            Firmware::Bios => "ide.1",
+            Firmware::Uefi => "ide.2",
+        };
+        let cd_boot = if order == BootOrder::CdFirst {
+            ",bootindex=1"
+        } else {
+            ""
+        };
+        let cdrom = [
+            "-drive".to_owned(),
+            format!("if=none,id=cd0-drive,media=cdrom{file}"),
+            "-device".to_owned(),
+            format!("ide-cd,drive=cd0-drive,id=cd0,bus={bus}{cd_boot}"),
+        ];
         let rom = if spec.ipxe_rom { "" } else { ",romfile=" };
         let nic = [
             "-netdev".to_owned(),
@@ -560,7 +658,14 @@ impl VirtualMachine {
                 a.extend(disks);
                 a.extend(nic);
             }
+            BootOrder::CdFirst => {
+                a.extend(disks);
+                a.extend(nic);
+            }
         }
+        // Last on the line whatever the order (its bootindex places it), so that it takes the
+        // IDE unit after the disks'.
+        a.extend(cdrom);
         a
     }
 
@@ -577,7 +682,7 @@ impl VirtualMachine {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns])
             .arg(&self.qemu)
-            .args(self.qemu_args(order))
+            .args(self.qemu_args_with(order, s.cd.as_deref()))
             .args(self.serial_args())
             .current_dir(&self.dir)
             .stdin(Stdio::null())
@@ -682,6 +787,14 @@ impl crate::redfish::Host for VirtualMachine {
         if let Err(err) = self.try_reset(boot) {
             eprintln!("plinth-testkit vm {}: reset: {err:#}", self.spec.name);
         }
+    }
+
+    fn insert_cd(&self, iso: &[u8]) -> Result<(), String> {
+        VirtualMachine::insert_cd(self, iso).map_err(|e| format!("{e:#}"))
+    }
+
+    fn eject_cd(&self) -> Result<(), String> {
+        VirtualMachine::eject_cd(self).map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -808,7 +921,17 @@ impl Qmp {
     /// Runs a command and returns its `return` value. Events in between are skipped. For
     /// `quit`, QEMU closing the connection counts as done.
     fn execute(&mut self, command: &str) -> anyhow::Result<Value> {
-        let mut msg = json!({ "execute": command }).to_string();
+        self.execute_with(command, Value::Null)
+    }
+
+    /// [`Qmp::execute`] with `arguments` (none when null).
+    fn execute_with(&mut self, command: &str, arguments: Value) -> anyhow::Result<Value> {
+        let mut msg = if arguments.is_null() {
+            json!({ "execute": command })
+        } else {
+            json!({ "execute": command, "arguments": arguments })
+        }
+        .to_string();
         msg.push('\n');
         self.writer.write_all(msg.as_bytes())?;
         loop {
@@ -835,7 +958,8 @@ mod tests {
     #[test]
     fn redfish_targets_map_to_boot_orders() {
         assert_eq!(BootOrder::for_target("Pxe"), BootOrder::NetworkFirst);
-        for t in ["Hdd", "None", "Cd", "BiosSetup"] {
+        assert_eq!(BootOrder::for_target("Cd"), BootOrder::CdFirst);
+        for t in ["Hdd", "None", "BiosSetup"] {
             assert_eq!(BootOrder::for_target(t), BootOrder::DiskFirst, "{t}");
         }
     }

@@ -9,3 +9,5 @@ mod sol;
 mod sol_emulator;
 mod sushy;
 mod vbmc;
+mod vmedia;
+mod vmedia_vm;

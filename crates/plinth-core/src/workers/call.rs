@@ -27,6 +27,7 @@ impl From<BmcError> for Failure {
             BmcError::Unsupported(_) => "unsupported",
             BmcError::Protocol(_) => "protocol",
             BmcError::Reverted { .. } => "reverted",
+            BmcError::MediaNotInserted { .. } | BmcError::MediaNotEjected { .. } => "reverted",
         };
         Failure {
             transient: e.is_transient(),

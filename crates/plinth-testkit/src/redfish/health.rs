@@ -211,8 +211,10 @@ async fn manager(State(s): State<Shared>, h: HeaderMap) -> Response {
     if let Err(r) = open(&s, &h, "GET /redfish/v1/Managers/1").await {
         return r;
     }
-    ok(json!({ "@odata.id": MANAGER, "Id": "1", "Name": "BMC",
-        "LogServices": { "@odata.id": "/redfish/v1/Managers/1/LogServices" } }))
+    let mut v = json!({ "@odata.id": MANAGER, "Id": "1", "Name": "BMC",
+        "LogServices": { "@odata.id": "/redfish/v1/Managers/1/LogServices" } });
+    super::vmedia::decorate_manager(&s, &mut v);
+    ok(v)
 }
 
 async fn log_services(State(s): State<Shared>, h: HeaderMap) -> Response {

@@ -66,7 +66,7 @@ rm -rf "$ROOT"/.initrd-stage.* "$ROOT"/.vmedia-stage.* "$ROOT"/*.tmp "$ROOT"/pli
 # ---- packages --------------------------------------------------------------------------------
 "$repo/scripts/ensure-packages.sh" ipxe linux-image-amd64 busybox-static cpio kmod \
 	grub-pc-bin grub-efi-amd64-bin mtools dosfstools
-for tool in cpio gzip depmod modprobe modinfo sha256sum grub-mkstandalone mkfs.vfat mmd mcopy; do
+for tool in cpio gzip depmod modprobe modinfo sha256sum grub-mkimage mkfs.vfat mmd mcopy; do
 	command -v "$tool" >/dev/null || PATH=$PATH:/usr/sbin:/sbin
 	command -v "$tool" >/dev/null || die "$tool not found (packages cpio, gzip, kmod, coreutils, grub-common, dosfstools, mtools)"
 done
@@ -212,7 +212,7 @@ log "initrd size: $size bytes ($(numfmt --to=iec-i --suffix=B "$size"))"
 # /plinth/grub.cfg (the per-boot kernel command line, written by plinth) and shows GRUB on the
 # serial console as well. Rebuilt when this script or GRUB changes.
 grub_mods="iso9660 part_msdos part_gpt linux normal search search_fs_file serial echo configfile terminal test sleep"
-vmedia_inputs=("$self" /usr/lib/grub/i386-pc/cdboot.img /usr/lib/grub/i386-pc/linux.mod /usr/lib/grub/x86_64-efi/linux.mod)
+vmedia_inputs=("$self" /usr/lib/grub/i386-pc/cdboot.img /usr/lib/grub/i386-pc/kernel.img /usr/lib/grub/i386-pc/linux.mod /usr/lib/grub/x86_64-efi/linux.mod)
 vmedia_manifest=$(stat -L -c '%n %s %Y' "${vmedia_inputs[@]}")
 vmedia_stamp=$ROOT/plinth/.vmedia.inputs
 if [ -f "$ROOT/plinth/vmedia-bios.img" ] && [ -f "$ROOT/plinth/vmedia-efi.img" ] && [ -f "$vmedia_stamp" ] &&
@@ -221,23 +221,23 @@ if [ -f "$ROOT/plinth/vmedia-bios.img" ] && [ -f "$ROOT/plinth/vmedia-efi.img" ]
 else
 	gstage=$(mktemp -d "$ROOT/.vmedia-stage.XXXXXX")
 	trap 'rm -rf "$gstage"' EXIT
+	# The kernel's parser runs an embedded configuration line by line (no if/fi blocks).
 	cat >"$gstage/embed.cfg" <<'GRUBCFG'
 serial --unit=0 --speed=115200
 terminal_input console serial
 terminal_output console serial
-if search --no-floppy --file --set=root /plinth/grub.cfg; then
-	configfile ($root)/plinth/grub.cfg
-fi
-echo "plinth: /plinth/grub.cfg is on no disk or CD: this is not a plinth virtual-media ISO"
+search --no-floppy --file --set=root /plinth/grub.cfg
+configfile ($root)/plinth/grub.cfg
+echo "plinth: no /plinth/grub.cfg on any disk or CD: this is not a plinth virtual-media ISO"
 sleep 60
 GRUBCFG
+	# Every module built into the image (no prefix to load more from), the config embedded.
 	# shellcheck disable=SC2086 # the module list is words
-	grub-mkstandalone -O i386-pc-eltorito --install-modules="$grub_mods biosdisk" --modules="$grub_mods biosdisk" \
-		--locales= --fonts= --themes= -o "$gstage/bios.img" "boot/grub/grub.cfg=$gstage/embed.cfg" ||
-		die "grub-mkstandalone (i386-pc-eltorito) failed"
-	grub-mkstandalone -O x86_64-efi --install-modules="$grub_mods" --modules="$grub_mods" \
-		--locales= --fonts= --themes= -o "$gstage/BOOTX64.EFI" "boot/grub/grub.cfg=$gstage/embed.cfg" ||
-		die "grub-mkstandalone (x86_64-efi) failed"
+	grub-mkimage -O i386-pc-eltorito -c "$gstage/embed.cfg" -p /boot/grub -o "$gstage/bios.img" \
+		biosdisk $grub_mods || die "grub-mkimage (i386-pc-eltorito) failed"
+	# shellcheck disable=SC2086
+	grub-mkimage -O x86_64-efi -c "$gstage/embed.cfg" -p /EFI/BOOT -o "$gstage/BOOTX64.EFI" \
+		$grub_mods || die "grub-mkimage (x86_64-efi) failed"
 	# The ESP: a FAT image one MiB larger than the loader, in whole MiB.
 	esp_kib=$((($(stat -c %s "$gstage/BOOTX64.EFI") / 1048576 + 2) * 1024))
 	mkfs.vfat -C -n PLINTH-ESP "$gstage/efi.img" "$esp_kib" >/dev/null || die "mkfs.vfat failed"

@@ -3,6 +3,8 @@
 #   ROOT/undionly.kpxe ROOT/ipxe.efi ROOT/snponly.efi   iPXE, from Debian's ipxe package
 #   ROOT/plinth/vmlinuz                                  kernel of Debian's linux-image-amd64
 #   ROOT/plinth/initrd.img                               busybox + plinth-agent + NIC/disk modules + images/ramdisk/init
+#   ROOT/plinth/vmedia-bios.img ROOT/plinth/vmedia-efi.img  GRUB for the virtual-media ISO: El Torito
+#                                                        (BIOS) and a FAT ESP with EFI/BOOT/BOOTX64.EFI (UEFI)
 #   ROOT/SHA256SUMS
 # Debian packages only (missing ones are installed by scripts/ensure-packages.sh); idempotent;
 # work whose output is up to date is skipped. See images/README.md.
@@ -59,13 +61,14 @@ log "images root: $ROOT"
 exec 9>"$ROOT/.build.lock"
 flock -n 9 || { log "another build holds $ROOT/.build.lock; waiting"; flock 9; }
 
-rm -rf "$ROOT"/.initrd-stage.* "$ROOT"/*.tmp "$ROOT"/plinth/*.tmp # left by an interrupted run
+rm -rf "$ROOT"/.initrd-stage.* "$ROOT"/.vmedia-stage.* "$ROOT"/*.tmp "$ROOT"/plinth/*.tmp # left by an interrupted run
 
 # ---- packages --------------------------------------------------------------------------------
-"$repo/scripts/ensure-packages.sh" ipxe linux-image-amd64 busybox-static cpio kmod
-for tool in cpio gzip depmod modprobe modinfo sha256sum; do
+"$repo/scripts/ensure-packages.sh" ipxe linux-image-amd64 busybox-static cpio kmod \
+	grub-pc-bin grub-efi-amd64-bin mtools dosfstools
+for tool in cpio gzip depmod modprobe modinfo sha256sum grub-mkimage mkfs.vfat mmd mcopy; do
 	command -v "$tool" >/dev/null || PATH=$PATH:/usr/sbin:/sbin
-	command -v "$tool" >/dev/null || die "$tool not found (packages cpio, gzip, kmod, coreutils)"
+	command -v "$tool" >/dev/null || die "$tool not found (packages cpio, gzip, kmod, coreutils, grub-common, dosfstools, mtools)"
 done
 
 # install_file SRC DST: copy unless DST already has the same content.
@@ -202,6 +205,53 @@ fi
 size=$(stat -c %s "$initrd")
 log "initrd size: $size bytes ($(numfmt --to=iec-i --suffix=B "$size"))"
 [ "$size" -le "$max_initrd" ] || warn "initrd is larger than $(numfmt --to=iec-i --suffix=B $max_initrd)"
+
+# ---- 4. virtual-media boot loaders ------------------------------------------------------------
+# plinth writes a small ISO per virtual-media boot (plinth-core's vmedia::iso): these two GRUB
+# images are its El Torito boot entries. Their embedded configuration finds the CD's
+# /plinth/grub.cfg (the per-boot kernel command line, written by plinth) and shows GRUB on the
+# serial console as well. Rebuilt when this script or GRUB changes.
+grub_mods="iso9660 part_msdos part_gpt linux normal search search_fs_file serial echo configfile terminal test sleep"
+vmedia_inputs=("$self" /usr/lib/grub/i386-pc/cdboot.img /usr/lib/grub/i386-pc/kernel.img /usr/lib/grub/i386-pc/linux.mod /usr/lib/grub/x86_64-efi/linux.mod)
+vmedia_manifest=$(stat -L -c '%n %s %Y' "${vmedia_inputs[@]}")
+vmedia_stamp=$ROOT/plinth/.vmedia.inputs
+if [ -f "$ROOT/plinth/vmedia-bios.img" ] && [ -f "$ROOT/plinth/vmedia-efi.img" ] && [ -f "$vmedia_stamp" ] &&
+	[ "$(cat "$vmedia_stamp")" = "$vmedia_manifest" ]; then
+	log "up to date: plinth/vmedia-bios.img, plinth/vmedia-efi.img"
+else
+	gstage=$(mktemp -d "$ROOT/.vmedia-stage.XXXXXX")
+	trap 'rm -rf "$gstage"' EXIT
+	# The kernel's parser runs an embedded configuration line by line (no if/fi blocks).
+	cat >"$gstage/embed.cfg" <<'GRUBCFG'
+serial --unit=0 --speed=115200
+terminal_input console serial
+terminal_output console serial
+search --no-floppy --file --set=root /plinth/grub.cfg
+configfile ($root)/plinth/grub.cfg
+echo "plinth: no /plinth/grub.cfg on any disk or CD: this is not a plinth virtual-media ISO"
+sleep 60
+GRUBCFG
+	# Every module built into the image (no prefix to load more from), the config embedded.
+	# shellcheck disable=SC2086 # the module list is words
+	grub-mkimage -O i386-pc-eltorito -c "$gstage/embed.cfg" -p /boot/grub -o "$gstage/bios.img" \
+		biosdisk $grub_mods || die "grub-mkimage (i386-pc-eltorito) failed"
+	# shellcheck disable=SC2086
+	grub-mkimage -O x86_64-efi -c "$gstage/embed.cfg" -p /EFI/BOOT -o "$gstage/BOOTX64.EFI" \
+		$grub_mods || die "grub-mkimage (x86_64-efi) failed"
+	# The ESP: a FAT image one MiB larger than the loader, in whole MiB.
+	esp_kib=$((($(stat -c %s "$gstage/BOOTX64.EFI") / 1048576 + 2) * 1024))
+	mkfs.vfat -C -n PLINTH-ESP "$gstage/efi.img" "$esp_kib" >/dev/null || die "mkfs.vfat failed"
+	MTOOLS_SKIP_CHECK=1 mmd -i "$gstage/efi.img" ::/EFI ::/EFI/BOOT || die "mmd failed"
+	MTOOLS_SKIP_CHECK=1 mcopy -i "$gstage/efi.img" "$gstage/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI || die "mcopy failed"
+	install -m 0644 "$gstage/bios.img" "$ROOT/plinth/vmedia-bios.img.tmp"
+	install -m 0644 "$gstage/efi.img" "$ROOT/plinth/vmedia-efi.img.tmp"
+	mv -f "$ROOT/plinth/vmedia-bios.img.tmp" "$ROOT/plinth/vmedia-bios.img"
+	mv -f "$ROOT/plinth/vmedia-efi.img.tmp" "$ROOT/plinth/vmedia-efi.img"
+	printf '%s\n' "$vmedia_manifest" >"$vmedia_stamp"
+	rm -rf "$gstage"
+	trap - EXIT
+	log "built: plinth/vmedia-bios.img ($(stat -c %s "$ROOT/plinth/vmedia-bios.img") bytes), plinth/vmedia-efi.img ($(stat -c %s "$ROOT/plinth/vmedia-efi.img") bytes)"
+fi
 
 "$here/build-disks.sh" "$ROOT"
 

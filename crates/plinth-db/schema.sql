@@ -857,9 +857,11 @@ CREATE TABLE public.machines (
     pxe_uuid uuid,
     discovered_subnet_id uuid,
     boot_file text,
+    boot_method text,
     CONSTRAINT machines_allocation_state CHECK (((allocation_id IS NOT NULL) = (state = ANY (ARRAY['allocated'::text, 'deploying'::text, 'deployed'::text, 'deploy_failed'::text])))),
     CONSTRAINT machines_arch_check CHECK ((arch = ANY (ARRAY['x86_64'::text, 'aarch64'::text]))),
     CONSTRAINT machines_boot_file_check CHECK ((length(boot_file) <= 255)),
+    CONSTRAINT machines_boot_method_check CHECK ((boot_method = ANY (ARRAY['network'::text, 'virtual_media'::text]))),
     CONSTRAINT machines_decommissioned_unracked CHECK (((state <> 'decommissioned'::text) OR (rack_id IS NULL))),
     CONSTRAINT machines_hostname_check CHECK (((length(hostname) <= 253) AND (hostname ~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$'::text))),
     CONSTRAINT machines_maintenance_reason CHECK ((maintenance OR (maintenance_reason IS NULL))),
@@ -908,6 +910,8 @@ CREATE TABLE public.racks (
     height_u integer NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    boot_method text DEFAULT 'network'::text NOT NULL,
+    CONSTRAINT racks_boot_method_check CHECK ((boot_method = ANY (ARRAY['network'::text, 'virtual_media'::text]))),
     CONSTRAINT racks_height_u_check CHECK (((height_u >= 1) AND (height_u <= 100))),
     CONSTRAINT racks_name_check CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'::text))
 );
@@ -979,6 +983,23 @@ CREATE TABLE public.users (
     CONSTRAINT users_password_hash_check CHECK ((password_hash ~~ '$argon2id$%'::text)),
     CONSTRAINT users_role_check CHECK ((role = ANY (ARRAY['admin'::text, 'operator'::text, 'client'::text, 'viewer'::text]))),
     CONSTRAINT users_username_check CHECK ((username ~ '^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$'::text))
+);
+
+CREATE TABLE public.vmedia_boots (
+    id_sha256 bytea NOT NULL,
+    machine_id uuid NOT NULL,
+    token_sha256 bytea NOT NULL,
+    mode text NOT NULL,
+    sealed_config bytea NOT NULL,
+    static_ip inet,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    fetches integer DEFAULT 0 NOT NULL,
+    last_fetched_at timestamp with time zone,
+    CONSTRAINT vmedia_boots_fetches_check CHECK ((fetches >= 0)),
+    CONSTRAINT vmedia_boots_id_sha256_check CHECK ((length(id_sha256) = 32)),
+    CONSTRAINT vmedia_boots_mode_check CHECK ((mode = ANY (ARRAY['inspect'::text, 'clean'::text, 'deploy'::text]))),
+    CONSTRAINT vmedia_boots_sealed_config_check CHECK (((length(sealed_config) >= 28) AND (length(sealed_config) <= 16384))),
+    CONSTRAINT vmedia_boots_static_ip_check CHECK (((static_ip IS NULL) OR ((family(static_ip) = 4) AND (masklen(static_ip) = 32))))
 );
 
 CREATE TABLE public.webhook_deliveries (
@@ -1106,6 +1127,9 @@ ALTER TABLE ONLY public.users
 ALTER TABLE ONLY public.users
     ADD CONSTRAINT users_username_key UNIQUE (username);
 
+ALTER TABLE ONLY public.vmedia_boots
+    ADD CONSTRAINT vmedia_boots_pkey PRIMARY KEY (id_sha256);
+
 ALTER TABLE ONLY public.webhook_deliveries
     ADD CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (webhook_id, event_id);
 
@@ -1179,6 +1203,10 @@ CREATE INDEX subnet_ranges_subnet_idx ON public.subnet_ranges USING btree (subne
 CREATE INDEX ui_sessions_expiry ON public.ui_sessions USING btree (max_expires_at);
 
 CREATE INDEX ui_sessions_user ON public.ui_sessions USING btree (user_id);
+
+CREATE INDEX vmedia_boots_machine_idx ON public.vmedia_boots USING btree (machine_id);
+
+CREATE INDEX vmedia_boots_token_idx ON public.vmedia_boots USING btree (token_sha256);
 
 CREATE INDEX webhook_deliveries_finished_idx ON public.webhook_deliveries USING btree (finished_at) WHERE (state <> 'pending'::text);
 
@@ -1254,6 +1282,12 @@ ALTER TABLE ONLY public.subnet_ranges
 
 ALTER TABLE ONLY public.ui_sessions
     ADD CONSTRAINT ui_sessions_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.vmedia_boots
+    ADD CONSTRAINT vmedia_boots_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.vmedia_boots
+    ADD CONSTRAINT vmedia_boots_token_sha256_fkey FOREIGN KEY (token_sha256) REFERENCES public.agent_tokens(secret_sha256) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.webhook_deliveries
     ADD CONSTRAINT webhook_deliveries_event_id_fkey FOREIGN KEY (event_id) REFERENCES public.events(id);

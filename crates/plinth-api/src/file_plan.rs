@@ -131,6 +131,17 @@ pub(crate) fn plan_file(
         len,
         meta.mtime_nsec() as u64 ^ (meta.mtime() as u64).rotate_left(32)
     );
+    Ok(plan(len, mtime, &etag, headers))
+}
+
+/// The answer for a representation of `len` bytes with this time and strong ETag (quoted):
+/// a file, or a document made per request (the virtual-media ISOs).
+pub(crate) fn plan(
+    len: u64,
+    mtime: std::time::SystemTime,
+    etag: &str,
+    headers: &HeaderMap,
+) -> FilePlan {
     let last_modified = http_date(mtime);
     let get = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
 
@@ -144,18 +155,18 @@ pub(crate) fn plan_file(
             .is_some_and(|since| secs(mtime) <= secs(since)),
     };
     let mut h = HeaderMap::new();
-    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii"));
+    h.insert(header::ETAG, HeaderValue::from_str(etag).expect("ascii"));
     h.insert(
         header::LAST_MODIFIED,
         HeaderValue::from_str(&last_modified).expect("ascii"),
     );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if not_modified {
-        return Ok(FilePlan {
+        return FilePlan {
             status: StatusCode::NOT_MODIFIED,
             headers: h,
             body: None,
-        });
+        };
     }
     // If-Range: the range applies only to the representation the client already has.
     let range_applies = match get(header::IF_RANGE) {
@@ -182,11 +193,11 @@ pub(crate) fn plan_file(
                 HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
             );
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
-            return Ok(FilePlan {
+            return FilePlan {
                 status: StatusCode::RANGE_NOT_SATISFIABLE,
                 headers: h,
                 body: None,
-            });
+            };
         }
     };
     h.insert(
@@ -194,11 +205,11 @@ pub(crate) fn plan_file(
         HeaderValue::from_static("application/octet-stream"),
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-    Ok(FilePlan {
+    FilePlan {
         status,
         headers: h,
         body: Some((start, count)),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 mod auth;
 pub mod boot;
+
 mod console;
 pub mod error;
 mod events_stream;
@@ -15,6 +16,7 @@ mod sys;
 pub mod tls;
 mod ui;
 mod v1;
+mod vmedia;
 mod webhooks;
 
 /// Entry points for the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`).
@@ -335,6 +337,7 @@ pub fn router_for(app: App, surface: Surface) -> Router {
     if surface != Surface::Management {
         r = r
             .route("/boot/ipxe", g(boot::ipxe_script))
+            .route("/boot/vmedia/{name}", g(vmedia::iso))
             .route("/metadata/{instance}/{file}", g(v1::nocloud))
             .route("/boot/{*path}", g(boot::file));
     }

@@ -31,6 +31,7 @@ pub mod subnets;
 pub mod tokens;
 pub mod users;
 pub mod validate;
+pub mod vmedia;
 pub mod webhooks;
 pub mod workers;
 

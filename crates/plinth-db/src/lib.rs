@@ -28,6 +28,7 @@ pub mod racks;
 pub mod subnets;
 pub mod tokens;
 pub mod users;
+pub mod vmedia;
 pub mod webhooks;
 
 pub use error::{Error, Result, Violation};

@@ -138,6 +138,9 @@ pub const BOOT_PREFIX: &str = "/boot/";
 pub const SCRIPT_NAME: &str = "ipxe";
 /// `/boot/ipxe`.
 pub const SCRIPT_PATH: &str = "/boot/ipxe";
+/// The virtual-media ISOs, under [`BOOT_PREFIX`]: `{base}/boot/vmedia/{id}.iso` (made per
+/// boot, not files of the images root).
+pub const VMEDIA_DIR: &str = "vmedia/";
 
 /// The query of a script URL: the parameter and the iPXE setting it is filled from. The
 /// script endpoint reads each (`mac` is required; `platform` picks BIOS or UEFI commands).

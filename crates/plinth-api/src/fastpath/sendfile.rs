@@ -66,7 +66,9 @@ pub(crate) fn file_request(line: &[u8]) -> Option<(bool, &[u8])> {
     };
     let path = target.split(|&b| b == b'?').next()?;
     let rest = path.strip_prefix(netboot::BOOT_PREFIX.as_bytes())?;
-    (rest != netboot::SCRIPT_NAME.as_bytes()).then_some((head, rest))
+    // The virtual-media ISOs are made per boot: the router's handler answers them.
+    (rest != netboot::SCRIPT_NAME.as_bytes() && !rest.starts_with(netboot::VMEDIA_DIR.as_bytes()))
+        .then_some((head, rest))
 }
 
 /// `%xx` decoding, as axum's Path extractor does; `None` for bad escapes or non-UTF-8.
@@ -503,6 +505,7 @@ mod tests {
         );
         assert_eq!(file_request(b"GET /boot/ipxe?mac=x HTTP/1.1"), None);
         assert_eq!(file_request(b"GET /boot/ipxe HTTP/1.1"), None);
+        assert_eq!(file_request(b"GET /boot/vmedia/x.iso HTTP/1.1"), None);
         assert_eq!(file_request(b"POST /boot/x HTTP/1.1"), None);
         assert_eq!(file_request(b"GET /api/v1/machines HTTP/1.1"), None);
         assert_eq!(file_request(b"GET"), None);

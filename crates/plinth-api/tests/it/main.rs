@@ -10,4 +10,5 @@ mod limits;
 mod stream;
 mod ui;
 mod upgrade;
+mod vmedia;
 mod webhooks;

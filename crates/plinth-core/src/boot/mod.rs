@@ -24,7 +24,8 @@ pub use decision::{
 };
 pub use record::{BootBatches, BootQueue, MAX_BATCH};
 pub use script::{
-    BootRequest, Script, ScriptContext, ScriptMachine, refusal_context, script_context,
+    BootRequest, Script, ScriptContext, ScriptMachine, ramdisk_args, refusal_context,
+    script_context,
 };
 pub use settings::{BootSettings, IdleBoot};
 pub use templates::{DEFAULT_TEMPLATES, TemplateError, Templates};

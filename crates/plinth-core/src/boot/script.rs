@@ -54,6 +54,9 @@ pub struct ScriptContext {
     pub initrd_name: String,
     pub console: String,
     pub kernel_args: String,
+    /// The ramdisk's kernel command line after the kernel and initrd ([`ramdisk_args`]): the
+    /// same for the iPXE script and the virtual-media ISO's grub.cfg.
+    pub ramdisk_args: String,
     pub local_boot: String,
     pub reason: String,
     pub retry_secs: u32,
@@ -84,11 +87,13 @@ pub fn script_context(
         ScriptAction::Wait(r) => ("", r.clone()),
         _ => ("", String::new()),
     };
+    let token = token.unwrap_or_default().to_owned();
     ScriptContext {
         firmware: firmware.as_str(),
         mode,
         api_url: base.clone(),
-        token: token.unwrap_or_default().to_owned(),
+        ramdisk_args: ramdisk_args(&s.console, mode, &base, machine.id, &token, &s.kernel_args),
+        token,
         kernel_url: file_url(&s.kernel),
         initrd_url: file_url(&s.initrd),
         initrd_name,
@@ -103,6 +108,26 @@ pub fn script_context(
         base_url: base,
         machine,
     }
+}
+
+/// The ramdisk's kernel arguments (console, mode, API URL, machine, agent token, then the
+/// configured extra arguments), built in this one place for every way the ramdisk boots.
+pub fn ramdisk_args(
+    console: &str,
+    mode: &str,
+    api_url: &str,
+    machine: Uuid,
+    token: &str,
+    extra: &str,
+) -> String {
+    let mut args = format!(
+        "{console} plinth.mode={mode} plinth.api={api_url} plinth.machine={machine} plinth.token={token}"
+    );
+    if !extra.is_empty() {
+        args.push(' ');
+        args.push_str(extra);
+    }
+    args
 }
 
 /// A bad request from a booting machine, as a script that says why and waits (for iPXE,

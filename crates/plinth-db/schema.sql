@@ -803,7 +803,7 @@ CREATE TABLE public.jobs (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT jobs_attempts_check CHECK ((attempts >= 0)),
     CONSTRAINT jobs_finished_at CHECK (((state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'cancelled'::text])) = (finished_at IS NOT NULL))),
-    CONSTRAINT jobs_kind_check CHECK ((kind = ANY (ARRAY['power'::text, 'boot_device'::text, 'identify'::text, 'retire'::text]))),
+    CONSTRAINT jobs_kind_check CHECK ((kind = ANY (ARRAY['power'::text, 'boot_device'::text, 'identify'::text, 'retire'::text, 'vmedia_boot'::text, 'vmedia_eject'::text]))),
     CONSTRAINT jobs_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
     CONSTRAINT jobs_running_lease CHECK (((state = 'running'::text) = (lease_until IS NOT NULL))),
     CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))

@@ -8,7 +8,7 @@ use plinth_types::JobId;
 use plinth_types::api::{
     BootDeviceRequest, BootTarget, FirmwareMode, Job, JobPage, JobState, PowerOp, PowerRequest,
 };
-use plinth_types::behaviour::BmcStep;
+use plinth_types::behaviour::{AgentMode, BmcStep};
 use plinth_types::{Error, MachineState, Verb};
 use serde_json::json;
 use uuid::Uuid;
@@ -32,6 +32,35 @@ pub enum JobSpec {
     Identify,
     /// Power off for good, then forget the BMC's credentials (the end of a decommission).
     Retire,
+    /// Boot the `agent` ramdisk once by virtual media: when the job runs, a per-boot ISO is
+    /// prepared (its agent token minted then: `App::prepare_vmedia_boot`), inserted into the
+    /// slot the BMC offers and read back, and the next boot set to the CD and read back.
+    /// The ISO's URL is never stored with the job.
+    VmediaBoot {
+        agent: AgentMode,
+        mode: Option<FirmwareMode>,
+    },
+    /// Take plinth's ISO out of the BMC's virtual media (the ramdisk has reported), read back.
+    VmediaEject,
+}
+
+/// How a machine boots into plinth's ramdisk (the machine's `boot_method`, else its rack's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootVia {
+    /// PXE, iPXE or UEFI HTTP boot: the BMC sets the next boot to the network.
+    Network,
+    /// A per-boot ISO the BMC attaches as virtual media.
+    VirtualMedia,
+}
+
+impl BootVia {
+    /// The database's `boot_method` (anything unknown boots by the network, the default).
+    pub fn from_db(s: &str) -> BootVia {
+        match s {
+            "virtual_media" => BootVia::VirtualMedia,
+            _ => BootVia::Network,
+        }
+    }
 }
 
 /// Attempts before a job fails for good (transient failures only are retried).
@@ -46,6 +75,8 @@ impl JobSpec {
             JobSpec::BootDevice { .. } => "boot_device",
             JobSpec::Identify => "identify",
             JobSpec::Retire => "retire",
+            JobSpec::VmediaBoot { .. } => "vmedia_boot",
+            JobSpec::VmediaEject => "vmedia_eject",
         }
     }
 
@@ -57,7 +88,8 @@ impl JobSpec {
                 persistent,
                 mode,
             } => json!({ "device": device, "persistent": persistent, "mode": mode }),
-            JobSpec::Identify | JobSpec::Retire => json!({}),
+            JobSpec::VmediaBoot { agent, mode } => json!({ "agent": agent, "mode": mode }),
+            JobSpec::Identify | JobSpec::Retire | JobSpec::VmediaEject => json!({}),
         }
     }
 
@@ -89,6 +121,11 @@ impl JobSpec {
             }),
             "identify" => Ok(JobSpec::Identify),
             "retire" => Ok(JobSpec::Retire),
+            "vmedia_boot" => Ok(JobSpec::VmediaBoot {
+                agent: field(kind, params, "agent")?,
+                mode: field(kind, params, "mode")?,
+            }),
+            "vmedia_eject" => Ok(JobSpec::VmediaEject),
             other => Err(format!("unknown job kind {other:?}")),
         }
     }
@@ -132,13 +169,26 @@ pub(crate) async fn queue(
 }
 
 /// The jobs a lifecycle verb needs (its `bmc` steps in plinth-types' effects table), given
-/// the machine's firmware mode when known.
-pub fn transition_jobs(verb: Verb, mode: Option<FirmwareMode>) -> Vec<JobSpec> {
-    verb.effects()
-        .bmc
+/// the machine's firmware mode when known and how it boots. By virtual media, the network
+/// boot becomes a [`JobSpec::VmediaBoot`] of the ramdisk the verb's state runs, and a verb
+/// that leaves a ramdisk state (its BMC work boots no ramdisk) ejects the ISO first.
+pub fn transition_jobs(verb: Verb, mode: Option<FirmwareMode>, via: BootVia) -> Vec<JobSpec> {
+    let steps = verb.effects().bmc;
+    let mut jobs: Vec<JobSpec> = steps
         .iter()
-        .map(|step| job_for(*step, mode))
-        .collect()
+        .map(
+            |step| match (step, via, verb.target().behaviour().agent_mode()) {
+                (BmcStep::NetbootOnce, BootVia::VirtualMedia, Some(agent)) => {
+                    JobSpec::VmediaBoot { agent, mode }
+                }
+                _ => job_for(*step, mode),
+            },
+        )
+        .collect();
+    if via == BootVia::VirtualMedia && !steps.is_empty() && !steps.contains(&BmcStep::NetbootOnce) {
+        jobs.insert(0, JobSpec::VmediaEject);
+    }
+    jobs
 }
 
 /// The job that carries out one BMC step of a transition.
@@ -386,15 +436,15 @@ impl App {
         verb: Verb,
         who: &Principal,
     ) -> Result<Vec<Uuid>> {
-        let Some(mode) = plinth_db::jobs::bmc_firmware(tx, id).await.db()? else {
+        let Some(boot) = plinth_db::jobs::bmc_boot(tx, id).await.db()? else {
             return Ok(Vec::new());
         };
-        let mode = match mode.as_deref() {
+        let mode = match boot.firmware.as_deref() {
             Some("uefi") => Some(FirmwareMode::Uefi),
             Some("bios") => Some(FirmwareMode::Bios),
             _ => None,
         };
-        let specs = transition_jobs(verb, mode);
+        let specs = transition_jobs(verb, mode, BootVia::from_db(&boot.method));
         if specs.is_empty() {
             return Ok(Vec::new());
         }
@@ -430,6 +480,11 @@ mod tests {
             },
             JobSpec::Identify,
             JobSpec::Retire,
+            JobSpec::VmediaBoot {
+                agent: AgentMode::Clean,
+                mode: Some(FirmwareMode::Bios),
+            },
+            JobSpec::VmediaEject,
         ];
         for s in all {
             assert_eq!(JobSpec::parse(s.kind(), &s.params()), Ok(s));
@@ -449,7 +504,7 @@ mod tests {
             Verb::Decommission,
         ] {
             assert_eq!(
-                transition_jobs(verb, uefi),
+                transition_jobs(verb, uefi, BootVia::Network),
                 vec![
                     JobSpec::BootDevice {
                         device: BootTarget::Pxe,
@@ -465,7 +520,7 @@ mod tests {
             );
         }
         assert_eq!(
-            transition_jobs(Verb::DeployComplete, None),
+            transition_jobs(Verb::DeployComplete, None, BootVia::Network),
             vec![
                 JobSpec::BootDevice {
                     device: BootTarget::Disk,
@@ -479,12 +534,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            transition_jobs(Verb::DecommissionComplete, None),
+            transition_jobs(Verb::DecommissionComplete, None, BootVia::Network),
             vec![JobSpec::Retire]
         );
         for verb in [Verb::InspectComplete, Verb::CleanComplete] {
             assert_eq!(
-                transition_jobs(verb, None),
+                transition_jobs(verb, None, BootVia::Network),
                 vec![JobSpec::Power {
                     op: PowerOp::Off,
                     force: true
@@ -498,7 +553,65 @@ mod tests {
             Verb::Allocate,
             Verb::CleanFail,
         ] {
-            assert!(transition_jobs(verb, None).is_empty(), "{verb}");
+            assert!(
+                transition_jobs(verb, None, BootVia::Network).is_empty(),
+                "{verb}"
+            );
         }
+    }
+
+    #[test]
+    fn virtual_media_boots_the_ramdisk_from_an_iso_and_ejects_it_after() {
+        let vm = BootVia::VirtualMedia;
+        let bios = Some(FirmwareMode::Bios);
+        let cycle = JobSpec::Power {
+            op: PowerOp::Cycle,
+            force: false,
+        };
+        for (verb, agent) in [
+            (Verb::Inspect, AgentMode::Inspect),
+            (Verb::Deploy, AgentMode::Deploy),
+            (Verb::Release, AgentMode::Clean),
+            (Verb::Clean, AgentMode::Clean),
+            (Verb::Decommission, AgentMode::Clean),
+        ] {
+            assert_eq!(
+                transition_jobs(verb, bios, vm),
+                vec![JobSpec::VmediaBoot { agent, mode: bios }, cycle],
+                "{verb}"
+            );
+        }
+        let off = JobSpec::Power {
+            op: PowerOp::Off,
+            force: true,
+        };
+        for verb in [Verb::InspectComplete, Verb::CleanComplete] {
+            assert_eq!(
+                transition_jobs(verb, bios, vm),
+                vec![JobSpec::VmediaEject, off],
+                "{verb}"
+            );
+        }
+        assert_eq!(
+            transition_jobs(Verb::DeployComplete, bios, vm),
+            vec![
+                JobSpec::VmediaEject,
+                JobSpec::BootDevice {
+                    device: BootTarget::Disk,
+                    persistent: true,
+                    mode: bios
+                },
+                cycle
+            ]
+        );
+        assert_eq!(
+            transition_jobs(Verb::DecommissionComplete, bios, vm),
+            vec![JobSpec::VmediaEject, JobSpec::Retire]
+        );
+        for verb in [Verb::Enroll, Verb::InspectFail, Verb::Allocate] {
+            assert!(transition_jobs(verb, bios, vm).is_empty(), "{verb}");
+        }
+        assert_eq!(BootVia::from_db("virtual_media"), vm);
+        assert_eq!(BootVia::from_db("network"), BootVia::Network);
     }
 }

@@ -319,23 +319,35 @@ pub async fn requeue_stale(conn: &mut PgConnection, worker: Option<&str>) -> Res
     .map_err(crate::Error::from)
 }
 
-/// For a machine with a BMC: its firmware mode as far as plinth knows (`uefi` or `bios`, from
-/// the inspection facts, else from the architecture its PXE firmware announced). `None` when
-/// the machine has no BMC.
-pub async fn bmc_firmware(
-    conn: &mut PgConnection,
-    machine_id: Uuid,
-) -> Result<Option<Option<String>>> {
+/// How plinth boots a machine with a BMC into its ramdisk (`bmc_boot`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BmcBoot {
+    /// Its firmware mode as far as plinth knows (`uefi` or `bios`, from the inspection facts,
+    /// else from the architecture its PXE firmware announced).
+    pub firmware: Option<String>,
+    /// `network` or `virtual_media`: the machine's own setting, else its rack's, else the
+    /// network.
+    pub method: String,
+}
+
+/// For a machine with a BMC: how it boots ([`BmcBoot`]). `None` when the machine has no BMC.
+pub async fn bmc_boot(conn: &mut PgConnection, machine_id: Uuid) -> Result<Option<BmcBoot>> {
     let row = sqlx::query!(
         r#"select coalesce(m.facts ->> 'firmware',
                            case when m.pxe_arch = 0 then 'bios'
-                                when m.pxe_arch in (6, 7, 9, 10, 11, 16, 19) then 'uefi' end) as mode
-           from machines m join bmcs b on b.machine_id = m.id where m.id = $1"#,
+                                when m.pxe_arch in (6, 7, 9, 10, 11, 16, 19) then 'uefi' end) as mode,
+                  coalesce(m.boot_method, r.boot_method, 'network') as "method!"
+           from machines m join bmcs b on b.machine_id = m.id
+           left join racks r on r.id = m.rack_id
+           where m.id = $1"#,
         machine_id
     )
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|r| r.mode))
+    Ok(row.map(|r| BmcBoot {
+        firmware: r.mode,
+        method: r.method,
+    }))
 }
 
 /// For a cap on running jobs across every instance: serializes claims for the rest of the

@@ -46,10 +46,13 @@ pub(super) struct Done {
     pub(super) identity: Option<serde_json::Value>,
 }
 
+/// Runs `spec` on `bmc`. `media`: the URL of the ISO the runner prepared for a
+/// [`JobSpec::VmediaBoot`] (see `workers::vmedia`).
 pub(super) async fn execute(
     bmc: &dyn Bmc,
     spec: JobSpec,
     s: &JobSettings,
+    media: Option<&str>,
 ) -> std::result::Result<Done, Failure> {
     let t = s.call_timeout;
     match spec {
@@ -114,6 +117,16 @@ pub(super) async fn execute(
                 identity: None,
             })
         }
+        JobSpec::VmediaBoot { mode, .. } => {
+            let Some(url) = media else {
+                return Err(super::call::final_failure(
+                    "config",
+                    "no ISO was prepared for this virtual-media boot",
+                ));
+            };
+            super::vmedia::boot(bmc, url, mode, s).await
+        }
+        JobSpec::VmediaEject => super::vmedia::eject(bmc, s).await,
         JobSpec::Identify => {
             let identity = call(t, "read identity", bmc.identity()).await?;
             let power = call(t, "read power state", bmc.power_state()).await?;

@@ -11,7 +11,8 @@
 //! - `runner`: [`JobRunner`], claiming and running jobs, renewing their leases, handing them
 //!   back at shutdown; its reconciler pass requeues the jobs of runners that died;
 //! - `wakeups`: `LISTEN jobs`, the runner's wake-up hint;
-//! - `execute`: what each kind of job does on the BMC;
+//! - `execute`: what each kind of job does on the BMC (`vmedia`: the virtual-media boot and
+//!   eject);
 //! - `call`: one BMC call under its timeout, and the transient/final `Failure` split;
 //! - `record`: a job's outcome written back, with its events;
 //! - `power_sync`: [`PowerSync`], the reconciler pass that reads every BMC's power state;
@@ -24,6 +25,7 @@ mod health_sync;
 mod power_sync;
 mod record;
 mod runner;
+mod vmedia;
 mod wakeups;
 mod webhooks;
 

@@ -110,6 +110,19 @@ impl App {
     }
 }
 
+/// Why the ISO of a virtual-media boot could not be made: the database or plinth being away
+/// is worth another attempt; a machine that left the state, or a setting or file missing, is
+/// not.
+fn media_failure(e: plinth_types::Error) -> Failure {
+    use plinth_types::ErrorKind;
+    let transient = matches!(e.kind, ErrorKind::Internal | ErrorKind::Unavailable);
+    Failure {
+        transient,
+        kind: "config",
+        message: format!("preparing the virtual-media ISO: {}", e.message),
+    }
+}
+
 /// Takes jobs from the database and runs them against BMCs.
 pub struct JobRunner {
     pub(super) app: App,
@@ -227,12 +240,24 @@ impl JobRunner {
     async fn attempt(&self, j: &Claimed) -> std::result::Result<Done, Failure> {
         let spec = JobSpec::parse(&j.kind, &j.params).map_err(|e| final_failure("config", e))?;
         let target = self.app.target_of(j)?;
+        // A virtual-media boot's ISO, with its agent token, is made for this attempt: a retry
+        // makes a new one (and so revokes the last one's token).
+        let media = match spec {
+            JobSpec::VmediaBoot { agent, .. } => Some(
+                self.app
+                    .prepare_vmedia_boot(j.machine_id, agent)
+                    .await
+                    .map_err(media_failure)?
+                    .url,
+            ),
+            _ => None,
+        };
         let bmc = self
             .connector
             .connect(&target)
             .await
             .map_err(Failure::from)?;
-        let res = execute(bmc.as_ref(), spec, &self.settings).await;
+        let res = execute(bmc.as_ref(), spec, &self.settings, media.as_deref()).await;
         let _ = tokio::time::timeout(self.settings.call_timeout, bmc.close()).await;
         res
     }

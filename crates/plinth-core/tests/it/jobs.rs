@@ -89,8 +89,13 @@ struct World {
 }
 
 async fn world(s: JobSettings) -> World {
+    world_with(s, |app| app).await
+}
+
+/// [`world`] with the app adjusted (boot settings, say).
+async fn world_with(s: JobSettings, f: impl FnOnce(App) -> App) -> World {
     let db = TestDb::new().await.unwrap();
-    let app = db.app();
+    let app = f(db.app());
     let fakes = Arc::new(Fakes::default());
     let runner = JobRunner::new(app.clone(), Arc::new(FakeConnector(fakes.clone())), s);
     World {
@@ -1446,5 +1451,206 @@ async fn power_sync_reads_health_and_the_bmc_log() {
     assert!(
         ev.iter()
             .any(|e| e.details["from"] == "critical" && e.details["to"] == "ok")
+    );
+}
+
+/// The files a virtual-media ISO is made of, in an images root of the test's own.
+fn vmedia_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    for (name, len) in [
+        ("plinth/vmedia-bios.img", 4096),
+        ("plinth/vmedia-efi.img", 4096),
+        ("plinth/vmlinuz", 10_000),
+        ("plinth/initrd.img", 20_000),
+    ] {
+        let p = root.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, vec![7u8; len]).unwrap();
+    }
+    root
+}
+
+#[tokio::test]
+async fn virtual_media_machines_boot_their_ramdisk_from_an_iso_and_eject_it_after_the_report() {
+    use plinth_bmc::fake::{FAKE_CD, FAKE_USB};
+    const PUBLIC: &str = "http://10.0.0.2:8080";
+    let root = vmedia_root();
+    let mut boot = plinth_core::boot::BootSettings::with_root(root.path().to_owned());
+    boot.public_url = Some(PUBLIC.into());
+    let w = world_with(settings(), |app| {
+        app.with_boot(boot, plinth_core::boot::Templates::load(None).unwrap())
+    })
+    .await;
+    let (a, fa) = w.enroll(1, PASSWORD).await;
+    let (b, fb) = w.enroll(2, PASSWORD).await;
+    let (c, fc) = w.enroll(3, PASSWORD).await;
+    let (n, fnet) = w.enroll(4, PASSWORD).await;
+    // a and b by their own setting, c by its rack's; n stays on the network.
+    let rack = w
+        .app
+        .create_rack(
+            &admin(),
+            serde_json::from_value::<RackCreate>(serde_json::json!({
+                "name": "edge-1", "height_u": 42
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let pool = &w._db.pool;
+    sqlx::query("update machines set boot_method = 'virtual_media' where id = any($1)")
+        .bind(vec![a, b])
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("update racks set boot_method = 'virtual_media' where id = $1")
+        .bind(rack.id)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("update machines set rack_id = $1, rack_unit = 10 where id = $2")
+        .bind(rack.id)
+        .bind(c)
+        .execute(pool)
+        .await
+        .unwrap();
+    w.runner.drain().await.unwrap();
+    // b's BMC answers success to InsertMedia and keeps nothing; c's has only a USB slot.
+    fb.set_ignores_media(true);
+    fc.set_media_slots(vec![fc.media_now().remove(1)]);
+    for m in [a, b, c, n] {
+        w.act(m, Verb::Inspect).await.unwrap();
+    }
+    w.runner.drain().await.unwrap();
+
+    // a: the ISO in its CD slot, the next boot from the CD, then a power cycle.
+    let ja = w.jobs_of(a).await;
+    assert_eq!(
+        ja.iter()
+            .map(|j| (j.kind.as_str(), j.state))
+            .collect::<Vec<_>>(),
+        vec![
+            ("identify", JobState::Succeeded),
+            ("vmedia_boot", JobState::Succeeded),
+            ("power", JobState::Succeeded)
+        ]
+    );
+    let cd = fa
+        .media_now()
+        .into_iter()
+        .find(|s| s.id == FAKE_CD)
+        .unwrap();
+    let url = cd.image.clone().expect("an image in the CD slot");
+    assert!(cd.inserted);
+    assert!(url.starts_with(&format!("{PUBLIC}/boot/vmedia/")), "{url}");
+    // The URL is a secret: neither the job nor an event shows more than its origin.
+    let secret = url.rsplit('/').next().unwrap().trim_end_matches(".iso");
+    let shown = serde_json::to_string(&ja).unwrap()
+        + &serde_json::to_string(
+            &w.app
+                .events(&admin(), Some(a), Default::default())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+    assert!(!shown.contains(secret), "the ISO's id leaked: {shown}");
+    assert_eq!(ja[1].result.as_ref().unwrap()["slot"], FAKE_CD);
+    let calls = fa.calls();
+    let insert = calls
+        .iter()
+        .position(|c| matches!(c, Call::InsertMedia { .. }))
+        .unwrap();
+    let set_cd = calls
+        .iter()
+        .position(|c| {
+            matches!(
+                c,
+                Call::SetBoot {
+                    device: BootDevice::Cdrom,
+                    persistent: false,
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    assert!(insert < set_cd, "the medium before the boot override");
+    assert!(!calls.iter().any(|c| matches!(
+        c,
+        Call::SetBoot {
+            device: BootDevice::Pxe,
+            ..
+        }
+    )));
+    assert_eq!(fa.boots(), 1);
+    // The ISO is live: its boot row and agent token exist until the report.
+    let live: i64 = sqlx::query_scalar("select count(*) from vmedia_boots where machine_id = $1")
+        .bind(a)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(live, 1);
+
+    // b: the BMC that kept nothing is caught by the read-back; retried, then failed, and
+    // the machine was never powered into a boot that could not work.
+    let jb = w.jobs_of(b).await;
+    assert_eq!(jb[1].kind, "vmedia_boot");
+    assert_eq!(jb[1].state, JobState::Failed);
+    assert_eq!(jb[1].attempts, plinth_core::jobs::MAX_ATTEMPTS);
+    assert_eq!(jb[2].state, JobState::Cancelled);
+    assert_eq!(fb.boots(), 0);
+    // c: the rack's setting; the only slot is a USB stick, and it is used.
+    let jc = w.jobs_of(c).await;
+    assert_eq!(jc[1].kind, "vmedia_boot");
+    assert_eq!(jc[1].state, JobState::Succeeded, "{:?}", jc[1].last_error);
+    assert_eq!(jc[1].result.as_ref().unwrap()["slot"], FAKE_USB);
+    // n: the network, as before.
+    let jn = w.jobs_of(n).await;
+    assert_eq!(jn[1].kind, "boot_device");
+    assert!(fnet.media_now().iter().all(|s| !s.is_occupied()));
+
+    // The report ejects the ISO (read back empty) before the power-off.
+    let mac_a = w.app.get_machine(&admin(), a).await.unwrap().nics[0].mac;
+    w.app
+        .submit_inspection(&admin(), a, uefi_report(a, mac_a))
+        .await
+        .unwrap();
+    w.runner.drain().await.unwrap();
+    let ja = w.jobs_of(a).await;
+    assert_eq!(
+        ja[3..]
+            .iter()
+            .map(|j| (j.kind.as_str(), j.state))
+            .collect::<Vec<_>>(),
+        vec![
+            ("vmedia_eject", JobState::Succeeded),
+            ("power", JobState::Succeeded)
+        ]
+    );
+    assert_eq!(ja[3].result.as_ref().unwrap()["ejected"][0], FAKE_CD);
+    assert!(fa.media_now().iter().all(|s| !s.is_occupied()));
+    assert_eq!(fa.power_now(), PowerState::Off);
+
+    // A BMC without virtual media: a clear, final failure at once.
+    let (d, fd) = w.enroll(5, PASSWORD).await;
+    sqlx::query("update machines set boot_method = 'virtual_media' where id = $1")
+        .bind(d)
+        .execute(pool)
+        .await
+        .unwrap();
+    fd.set_media_slots(vec![]);
+    w.runner.drain().await.unwrap();
+    w.act(d, Verb::Inspect).await.unwrap();
+    w.runner.drain().await.unwrap();
+    let jd = w.jobs_of(d).await;
+    assert_eq!(jd[1].state, JobState::Failed);
+    assert_eq!(jd[1].attempts, 1);
+    assert!(
+        jd[1]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("does not support virtual media"),
+        "{:?}",
+        jd[1].last_error
     );
 }

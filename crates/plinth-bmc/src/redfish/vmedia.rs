@@ -313,6 +313,29 @@ impl Redfish {
     }
 }
 
+/// For the `redfish` fuzz target: reads `bytes` as a VirtualMedia slot and an ActionInfo,
+/// derives what plinth derives, and returns every path plinth would follow from them.
+#[cfg(fuzzing)]
+pub(super) fn fuzz_links(bytes: &[u8]) -> Vec<String> {
+    let mut links = Vec::new();
+    if let Ok(v) = serde_json::from_slice::<VirtualMedia>(bytes) {
+        let slot = parse_slot("/redfish/v1/Managers/1/VirtualMedia/CD", &v);
+        let _ = format!("{slot:?}");
+        let insert = v.actions.as_ref().and_then(|a| a.insert.as_ref());
+        let _ = insert_body("http://10.0.0.1/x.iso", insert, None);
+        links.push(slot.id);
+        if let Some(a) = &v.actions {
+            links.extend(a.insert.as_ref().and_then(|i| i.target.clone()));
+            links.extend(a.insert.as_ref().and_then(|i| i.action_info.clone()));
+            links.extend(a.eject.as_ref().and_then(|e| e.target.clone()));
+        }
+    }
+    if let Ok(i) = serde_json::from_slice::<ActionInfo>(bytes) {
+        let _ = insert_body("http://10.0.0.1/x.iso", None, Some(&i));
+    }
+    links
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +361,12 @@ mod tests {
         assert_eq!(s.media_types, vec![MediaType::Floppy, MediaType::Usb]);
         assert!(!s.inserted && s.image.is_none() && !s.is_occupied());
         assert_eq!(s.write_protected, Some(false));
+        // A BMC that keeps the last URL after an eject: named, not inserted, free.
+        let s = parse_slot(
+            "/p",
+            &slot(json!({ "Image": "http://h/old.iso", "Inserted": false })),
+        );
+        assert!(!s.is_occupied() && !s.holds("http://h/old.iso"));
         // iDRAC-style: a CD with an image, Inserted, TransferMethod listed, an OEM type.
         let v = slot(json!({
             "@odata.id": "/redfish/v1/Managers/iDRAC.Embedded.1/VirtualMedia/CD",

@@ -447,6 +447,19 @@ mod tests {
         );
     }
 
+    /// A boot by virtual media is the `Cdrom` override: Redfish `Cd`, read back as `Cdrom`.
+    #[test]
+    fn a_cd_boot_is_redfish_cd() {
+        use crate::BootDevice;
+        assert_eq!(super::super::target_name(BootDevice::Cdrom), "Cd");
+        let b: super::super::Boot = serde_json::from_value(json!({
+            "BootSourceOverrideTarget": "Cd", "BootSourceOverrideEnabled": "Once"
+        }))
+        .unwrap();
+        let o = super::super::parse_override(&b);
+        assert_eq!((o.device, o.persistent), (Some(BootDevice::Cdrom), false));
+    }
+
     #[test]
     fn image_urls_are_checked() {
         assert!(check_image_url("http://10.0.0.1:8080/vmedia/x.iso").is_ok());

@@ -10,6 +10,8 @@
 //!   `ResetType@Redfish.AllowableValues` (or all of them, when it advertises none).
 //! - Boot override: a PATCH of `Boot`, with `If-Match` when the resource has an ETag (one retry
 //!   on 412), read back by the caller ([`crate::set_boot_verified`]).
+//! - Virtual media: the system's or its managers' `VirtualMedia` slots, InsertMedia/EjectMedia
+//!   or a PATCH (`redfish/vmedia.rs`), read back by the caller ([`crate::insert_media_verified`]).
 //! - Errors carry the BMC's `error.@Message.ExtendedInfo` messages, never credentials.
 //!
 //! A BMC is not trusted (a compromised one answers plinth's requests): response bodies are read
@@ -841,6 +843,7 @@ pub mod fuzzing {
             links.extend(s.actions.and_then(|a| a.reset).and_then(|r| r.target));
         }
         let _ = serde_json::from_slice::<EthernetInterface>(bytes);
+        links.extend(vmedia::fuzz_links(bytes));
         if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
             let _ = error_message(&v);
         }

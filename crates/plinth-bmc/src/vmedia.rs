@@ -87,9 +87,10 @@ impl std::fmt::Debug for MediaSlot {
 }
 
 impl MediaSlot {
-    /// Holds a medium (inserted, or an image named).
+    /// Holds a medium. An image the slot still names without `Inserted` (some BMCs keep the
+    /// last URL after an eject) is not one.
     pub fn is_occupied(&self) -> bool {
-        self.inserted || self.image.is_some()
+        self.inserted
     }
 
     /// Holds exactly `url`, inserted.
@@ -120,7 +121,7 @@ pub fn redact_url(url: &str) -> String {
 ///    image: CD or DVD, then USB stick; for a USB image: USB, then CD or DVD; for anything
 ///    else: that kind only). A slot that lists no types at all is a candidate after every
 ///    typed one (an older BMC that does not say).
-/// 2. Free slots (nothing inserted, no image) come first, by the kind's rank, then by the
+/// 2. Free slots (nothing inserted) come first, by the kind's rank, then by the
 ///    BMC's order.
 /// 3. Only when no candidate is free, an occupied one, in the same order: inserting there
 ///    replaces another image (the driver ejects it first), which may be an operator's.
@@ -198,8 +199,8 @@ pub async fn insert_media_verified(bmc: &dyn Bmc, slot: &str, url: &str) -> Resu
     Ok(got.expect("checked above"))
 }
 
-/// Ejects whatever `slot` holds and reads it back: it must be neither inserted nor name an
-/// image, else [`BmcError::MediaNotEjected`].
+/// Ejects whatever `slot` holds and reads it back: it must not be inserted, else
+/// [`BmcError::MediaNotEjected`].
 pub async fn eject_media_verified(bmc: &dyn Bmc, slot: &str) -> Result<MediaSlot> {
     bmc.eject_media(slot).await?;
     let slots = bmc.media_slots().await?;

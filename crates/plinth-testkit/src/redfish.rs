@@ -3,7 +3,8 @@
 //! expired at will, and knobs to require If-Match, revert boot overrides, answer slowly, or
 //! answer 503 with an ExtendedInfo message; and a hostile mode ([`Hostile`]): the lies of a
 //! compromised BMC that tries to make plinth read without end or send its credentials to
-//! another host ([`Collector`] is that other host). Served by axum on 127.0.0.1.
+//! another host ([`Collector`] is that other host); virtual media that download their image
+//! and fill the VM's CD drive ([`MediaKnobs`], `redfish/vmedia.rs`). Served by axum on 127.0.0.1.
 
 mod health;
 mod vmedia;

@@ -161,7 +161,7 @@ fn link(v: &Value, key: &str) -> Option<String> {
 }
 
 impl Redfish {
-    async fn json(&self, path: &str) -> Result<Value> {
+    async fn media_json(&self, path: &str) -> Result<Value> {
         self.get::<Value>(path).await.map(|(v, _)| v)
     }
 
@@ -169,7 +169,7 @@ impl Redfish {
     /// docs for the order).
     async fn media_collection(&self) -> Result<Option<String>> {
         let system_path = self.system_path().await?;
-        let system = self.json(&system_path).await?;
+        let system = self.media_json(&system_path).await?;
         if let Some(c) = link(&system, "VirtualMedia") {
             return Ok(Some(c));
         }
@@ -182,14 +182,14 @@ impl Redfish {
             })
             .unwrap_or_default();
         if managers.is_empty()
-            && let Ok(root) = self.json("/redfish/v1").await
+            && let Ok(root) = self.media_json("/redfish/v1").await
             && let Some(c) = link(&root, "Managers")
             && let Ok((c, _)) = self.get::<Collection>(&c).await
         {
             managers.extend(c.members.into_iter().take(1).map(|l| l.id));
         }
         for m in managers.iter().take(4) {
-            match self.json(m).await {
+            match self.media_json(m).await {
                 Ok(v) => {
                     if let Some(c) = link(&v, "VirtualMedia") {
                         return Ok(Some(c));
@@ -214,17 +214,17 @@ impl Redfish {
         Ok(slots)
     }
 
-    async fn slot(&self, slot: &str) -> Result<(VirtualMedia, Option<String>)> {
+    async fn media_slot(&self, slot: &str) -> Result<(VirtualMedia, Option<String>)> {
         let (v, etag) = self.get::<VirtualMedia>(slot).await?;
         let etag = v.etag.clone().or(etag);
         Ok((v, etag))
     }
 
     /// A POST to an action, or a PATCH of the slot (with `If-Match`, once again on 412/428).
-    async fn send(&self, method: Method, path: &str, body: &Value, slot: &str) -> Result<()> {
+    async fn media_send(&self, method: Method, path: &str, body: &Value, slot: &str) -> Result<()> {
         for attempt in 0..2 {
             let etag = if method == Method::PATCH {
-                self.slot(slot).await?.1
+                self.media_slot(slot).await?.1
             } else {
                 None
             };
@@ -249,43 +249,44 @@ impl Redfish {
     }
 
     pub(super) async fn do_eject_media(&self, slot: &str) -> Result<()> {
-        let (v, _) = self.slot(slot).await?;
+        let (v, _) = self.media_slot(slot).await?;
         if !parse_slot(slot, &v).is_occupied() {
             return Ok(());
         }
-        self.eject_from(slot, &v).await
+        self.media_eject_from(slot, &v).await
     }
 
-    async fn eject_from(&self, slot: &str, v: &VirtualMedia) -> Result<()> {
+    async fn media_eject_from(&self, slot: &str, v: &VirtualMedia) -> Result<()> {
         match v.actions.as_ref().and_then(|a| a.eject.as_ref()) {
             Some(a) => {
                 let target = a
                     .target
                     .clone()
                     .unwrap_or_else(|| format!("{slot}/Actions/VirtualMedia.EjectMedia"));
-                self.send(Method::POST, &target, &json!({}), slot).await
+                self.media_send(Method::POST, &target, &json!({}), slot)
+                    .await
             }
             None => {
                 let body = json!({ "Image": null, "Inserted": false });
-                self.send(Method::PATCH, slot, &body, slot).await
+                self.media_send(Method::PATCH, slot, &body, slot).await
             }
         }
     }
 
     pub(super) async fn do_insert_media(&self, slot: &str, url: &str) -> Result<()> {
         check_image_url(url)?;
-        let (v, _) = self.slot(slot).await?;
+        let (v, _) = self.media_slot(slot).await?;
         let now = parse_slot(slot, &v);
         if now.holds(url) {
             return Ok(());
         }
         if now.is_occupied() {
             tracing::info!(%slot, "ejecting another image before inserting plinth's");
-            self.eject_from(slot, &v).await?;
+            self.media_eject_from(slot, &v).await?;
         }
         let Some(action) = v.actions.as_ref().and_then(|a| a.insert.as_ref()) else {
             let body = json!({ "Image": url, "Inserted": true });
-            return self.send(Method::PATCH, slot, &body, slot).await;
+            return self.media_send(Method::PATCH, slot, &body, slot).await;
         };
         let info = match &action.action_info {
             Some(p) => match self.get::<ActionInfo>(p).await {
@@ -302,15 +303,38 @@ impl Redfish {
             .clone()
             .unwrap_or_else(|| format!("{slot}/Actions/VirtualMedia.InsertMedia"));
         let body = insert_body(url, Some(action), info.as_ref());
-        match self.send(Method::POST, &target, &body, slot).await {
+        match self.media_send(Method::POST, &target, &body, slot).await {
             Err(BmcError::Rejected(why)) if body.as_object().is_some_and(|o| o.len() > 2) => {
                 tracing::info!(%why, "InsertMedia refused its optional parameters: trying without");
                 let minimal = json!({ "Image": url, "Inserted": true });
-                self.send(Method::POST, &target, &minimal, slot).await
+                self.media_send(Method::POST, &target, &minimal, slot).await
             }
             r => r,
         }
     }
+}
+
+/// For the `redfish` fuzz target: reads `bytes` as a VirtualMedia slot and an ActionInfo,
+/// derives what plinth derives, and returns every path plinth would follow from them.
+#[cfg(fuzzing)]
+pub(super) fn fuzz_links(bytes: &[u8]) -> Vec<String> {
+    let mut links = Vec::new();
+    if let Ok(v) = serde_json::from_slice::<VirtualMedia>(bytes) {
+        let slot = parse_slot("/redfish/v1/Managers/1/VirtualMedia/CD", &v);
+        let _ = format!("{slot:?}");
+        let insert = v.actions.as_ref().and_then(|a| a.insert.as_ref());
+        let _ = insert_body("http://10.0.0.1/x.iso", insert, None);
+        links.push(slot.id);
+        if let Some(a) = &v.actions {
+            links.extend(a.insert.as_ref().and_then(|i| i.target.clone()));
+            links.extend(a.insert.as_ref().and_then(|i| i.action_info.clone()));
+            links.extend(a.eject.as_ref().and_then(|e| e.target.clone()));
+        }
+    }
+    if let Ok(i) = serde_json::from_slice::<ActionInfo>(bytes) {
+        let _ = insert_body("http://10.0.0.1/x.iso", None, Some(&i));
+    }
+    links
 }
 
 #[cfg(test)]
@@ -338,6 +362,12 @@ mod tests {
         assert_eq!(s.media_types, vec![MediaType::Floppy, MediaType::Usb]);
         assert!(!s.inserted && s.image.is_none() && !s.is_occupied());
         assert_eq!(s.write_protected, Some(false));
+        // A BMC that keeps the last URL after an eject: named, not inserted, free.
+        let s = parse_slot(
+            "/p",
+            &slot(json!({ "Image": "http://h/old.iso", "Inserted": false })),
+        );
+        assert!(!s.is_occupied() && !s.holds("http://h/old.iso"));
         // iDRAC-style: a CD with an image, Inserted, TransferMethod listed, an OEM type.
         let v = slot(json!({
             "@odata.id": "/redfish/v1/Managers/iDRAC.Embedded.1/VirtualMedia/CD",
@@ -415,6 +445,19 @@ mod tests {
             insert_body(url, Some(&action(json!({}))), Some(&i)),
             json!({ "Image": url, "Inserted": true, "TransferMethod": "Stream" })
         );
+    }
+
+    /// A boot by virtual media is the `Cdrom` override: Redfish `Cd`, read back as `Cdrom`.
+    #[test]
+    fn a_cd_boot_is_redfish_cd() {
+        use crate::BootDevice;
+        assert_eq!(super::super::target_name(BootDevice::Cdrom), "Cd");
+        let b: super::super::Boot = serde_json::from_value(json!({
+            "BootSourceOverrideTarget": "Cd", "BootSourceOverrideEnabled": "Once"
+        }))
+        .unwrap();
+        let o = super::super::parse_override(&b);
+        assert_eq!((o.device, o.persistent), (Some(BootDevice::Cdrom), false));
     }
 
     #[test]

@@ -26,3 +26,4 @@ mod security;
 mod sol;
 mod storm;
 mod ui;
+mod vmedia;

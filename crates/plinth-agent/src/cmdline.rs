@@ -1,9 +1,63 @@
 //! The kernel command line the boot script gave the ramdisk: `plinth.mode=`, `plinth.api=`,
 //! `plinth.machine=`, `plinth.token=` (see crates/plinth-core/templates/boot/ramdisk.ipxe),
-//! and the agent's own options `plinth.wipe=<method>` (a floor under the method plinth's clean
+//! `plinth.net=` (the static network of a virtual-media boot, which /init configures before
+//! the agent starts; parsed here so that a malformed one is named), and the agent's own options `plinth.wipe=<method>` (a floor under the method plinth's clean
 //! plan asks for: `quick`, `discard`, `secure` or `full`) and `plinth.api_timeout=<seconds>`.
 
 use std::fmt;
+use std::net::Ipv4Addr;
+
+use plinth_types::MacAddr;
+
+/// `plinth.net=<mac>,<address>/<prefix>,<gateway or empty>[,<dns>...]`: the network a
+/// virtual-media boot configures statically on the NIC with that MAC (no DHCP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticNet {
+    pub mac: MacAddr,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+impl std::str::FromStr for StaticNet {
+    type Err = String;
+
+    fn from_str(v: &str) -> Result<Self, String> {
+        let bad = |what: &str| {
+            format!("plinth.net={v}: {what} (want MAC,ADDRESS/PREFIX,GATEWAY[,DNS...])")
+        };
+        let mut parts = v.split(',');
+        let mac = parts
+            .next()
+            .and_then(|m| m.parse().ok())
+            .ok_or_else(|| bad("no MAC address"))?;
+        let (addr, prefix) = parts
+            .next()
+            .and_then(|a| a.split_once('/'))
+            .ok_or_else(|| bad("no ADDRESS/PREFIX"))?;
+        let address = addr.parse().map_err(|_| bad("bad address"))?;
+        let prefix = prefix
+            .parse()
+            .ok()
+            .filter(|p| (1..=32).contains(p))
+            .ok_or_else(|| bad("bad prefix"))?;
+        let gateway = match parts.next() {
+            None | Some("") => None,
+            Some(g) => Some(g.parse().map_err(|_| bad("bad gateway"))?),
+        };
+        let dns = parts
+            .map(|d| d.parse().map_err(|_| bad("bad DNS server")))
+            .collect::<Result<_, _>>()?;
+        Ok(StaticNet {
+            mac,
+            address,
+            prefix,
+            gateway,
+            dns,
+        })
+    }
+}
 
 /// The agent's mode is plinth's: the same enum the boot script writes and the API checks
 /// tokens against.
@@ -20,6 +74,8 @@ pub struct Params {
     pub wipe_floor: Option<plinth_types::api::WipeMethod>,
     /// How long to keep trying to reach the API before giving up.
     pub api_timeout_secs: u64,
+    /// The static network of a virtual-media boot (`plinth.net=`); `None`: DHCP.
+    pub net: Option<StaticNet>,
 }
 
 impl fmt::Debug for Params {
@@ -30,6 +86,7 @@ impl fmt::Debug for Params {
             .field("machine", &self.machine)
             .field("token", &"<redacted>")
             .field("wipe_floor", &self.wipe_floor)
+            .field("net", &self.net)
             .finish()
     }
 }
@@ -37,7 +94,7 @@ impl fmt::Debug for Params {
 /// Parses `/proc/cmdline`. Errors name what is missing or wrong, for the console.
 pub fn parse(cmdline: &str) -> Result<Params, String> {
     let (mut mode, mut api, mut machine, mut token) = (None, None, None, None);
-    let (mut wipe_floor, mut api_timeout_secs) = (None, 600);
+    let (mut wipe_floor, mut api_timeout_secs, mut net) = (None, 600, None);
     for word in cmdline.split_ascii_whitespace() {
         let Some((key, value)) = word.split_once('=') else {
             continue;
@@ -59,6 +116,7 @@ pub fn parse(cmdline: &str) -> Result<Params, String> {
             "plinth.machine" => machine = Some(value.to_owned()),
             "plinth.token" => token = Some(value.to_owned()),
             "plinth.wipe" => wipe_floor = Some(value.parse()?),
+            "plinth.net" => net = Some(value.parse()?),
             "plinth.api_timeout" => {
                 api_timeout_secs = value
                     .parse()
@@ -78,6 +136,7 @@ pub fn parse(cmdline: &str) -> Result<Params, String> {
         token: need(token, "plinth.token=")?,
         wipe_floor,
         api_timeout_secs,
+        net,
     })
 }
 
@@ -103,6 +162,39 @@ mod tests {
             !format!("{p:?}").contains("plinth_abc"),
             "the token stays out of logs"
         );
+    }
+
+    #[test]
+    fn the_static_network_of_a_virtual_media_boot() {
+        let base = "plinth.mode=inspect plinth.api=http://10.0.0.1 plinth.machine=m plinth.token=t";
+        assert_eq!(parse(base).unwrap().net, None);
+        let p = parse(&format!(
+            "{base} plinth.net=52:54:00:00:00:01,10.1.2.3/24,10.1.2.1,10.1.2.53,9.9.9.9"
+        ))
+        .unwrap();
+        assert_eq!(
+            p.net,
+            Some(StaticNet {
+                mac: "52:54:00:00:00:01".parse().unwrap(),
+                address: "10.1.2.3".parse().unwrap(),
+                prefix: 24,
+                gateway: Some("10.1.2.1".parse().unwrap()),
+                dns: vec!["10.1.2.53".parse().unwrap(), "9.9.9.9".parse().unwrap()],
+            })
+        );
+        let p = parse(&format!("{base} plinth.net=52:54:00:00:00:01,10.1.2.3/30,")).unwrap();
+        assert_eq!(p.net.unwrap().gateway, None);
+        for bad in [
+            "x,10.1.2.3/24,",
+            "52:54:00:00:00:01,10.1.2.3,",
+            "52:54:00:00:00:01,10.1.2.3/33,",
+            "52:54:00:00:00:01,10.1.2.300/24,",
+            "52:54:00:00:00:01,10.1.2.3/24,gw",
+            "52:54:00:00:00:01,10.1.2.3/24,,dns",
+        ] {
+            let e = parse(&format!("{base} plinth.net={bad}")).unwrap_err();
+            assert!(e.contains("plinth.net="), "{bad}: {e}");
+        }
     }
 
     #[test]

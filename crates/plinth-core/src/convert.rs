@@ -52,9 +52,19 @@ pub(crate) async fn machines(
             },
         );
     }
+    let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
+    let mut methods: std::collections::HashMap<_, _> = plinth_db::vmedia::boot_methods(conn, &ids)
+        .await
+        .db()?
+        .into_iter()
+        .map(|(id, own, rack)| (id, (own, rack)))
+        .collect();
     rows.into_iter()
         .map(|r| {
+            let (own, rack) = methods.remove(&r.id).unwrap_or_default();
             Ok(Machine {
+                boot_method: own.or(rack).unwrap_or_default(),
+                boot_method_setting: own,
                 nics: nics.remove(&r.id).unwrap_or_default(),
                 bmc: bmcs.remove(&r.id),
                 id: r.id,

@@ -381,6 +381,11 @@ impl App {
         plinth_db::machines::update_fields(&mut tx, id, &fields)
             .await
             .db()?;
+        if let Some(m) = patch.boot_method {
+            plinth_db::vmedia::set_machine_boot_method(&mut tx, id, m)
+                .await
+                .db()?;
+        }
         match &patch.bmc {
             Some(Some(b)) => {
                 self.store_bmc(&mut tx, id, b).await?;

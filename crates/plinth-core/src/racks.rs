@@ -17,6 +17,7 @@ fn rack(r: RackRow) -> Rack {
         height_u: r.height_u,
         machine_count: r.machine_count,
         used_u: r.used_u,
+        boot_method: r.boot_method,
         created_at: r.created_at,
         updated_at: r.updated_at,
     }
@@ -119,6 +120,11 @@ impl App {
             height_u,
         };
         plinth_db::racks::update(&mut tx, id, &fields).await.db()?;
+        if let Some(m) = patch.boot_method {
+            plinth_db::vmedia::set_rack_boot_method(&mut tx, id, m)
+                .await
+                .db()?;
+        }
         crate::record_event(
             &mut tx,
             who,

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use plinth_types::api::BootMethod;
+
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -16,6 +18,7 @@ pub struct RackRow {
     pub height_u: i32,
     pub machine_count: i64,
     pub used_u: i64,
+    pub boot_method: BootMethod,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -46,7 +49,7 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<RackRow>> {
         RackRow,
         r#"select r.id, r.name, r.site, r.room, r.row_name, r.height_u,
                   count(m.id) as "machine_count!", coalesce(sum(m.size_u), 0)::bigint as "used_u!",
-                  r.created_at, r.updated_at
+                  r.boot_method as "boot_method: BootMethod", r.created_at, r.updated_at
            from racks r left join machines m on m.rack_id = r.id
            group by r.id order by r.name"#
     )
@@ -60,7 +63,7 @@ pub async fn get(conn: &mut PgConnection, name: &str) -> Result<Option<RackRow>>
         RackRow,
         r#"select r.id, r.name, r.site, r.room, r.row_name, r.height_u,
                   count(m.id) as "machine_count!", coalesce(sum(m.size_u), 0)::bigint as "used_u!",
-                  r.created_at, r.updated_at
+                  r.boot_method as "boot_method: BootMethod", r.created_at, r.updated_at
            from racks r left join machines m on m.rack_id = r.id
            where r.name = $1
            group by r.id"#,

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use plinth_types::api::BootMethod;
 use plinth_types::{AgentMode, MacAddr, MachineState};
 
 use crate::Result;
@@ -151,4 +152,52 @@ pub async fn fetch(
     .fetch_optional(conn)
     .await?;
     Ok(row)
+}
+
+/// Each machine's own boot method and its rack's (`None`: not set / no rack), by machine id.
+pub async fn boot_methods(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, Option<BootMethod>, Option<BootMethod>)>> {
+    let rows = sqlx::query!(
+        r#"select m.id as "id!", m.boot_method as "own: BootMethod", r.boot_method as "rack?: BootMethod"
+           from machines m left join racks r on r.id = m.rack_id
+           where m.id = any($1)"#,
+        ids
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.own, r.rack)).collect())
+}
+
+/// Sets a machine's own boot method (`None`: its rack's).
+pub async fn set_machine_boot_method(
+    conn: &mut PgConnection,
+    id: Uuid,
+    method: Option<BootMethod>,
+) -> Result<()> {
+    sqlx::query!(
+        "update machines set boot_method = $2, updated_at = now() where id = $1",
+        id,
+        method as Option<BootMethod>
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets a rack's boot method.
+pub async fn set_rack_boot_method(
+    conn: &mut PgConnection,
+    id: Uuid,
+    method: BootMethod,
+) -> Result<()> {
+    sqlx::query!(
+        "update racks set boot_method = $2, updated_at = now() where id = $1",
+        id,
+        method as BootMethod
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }

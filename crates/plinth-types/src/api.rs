@@ -201,6 +201,9 @@ pub struct RackPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 100)]
     pub height_u: Option<i32>,
+    /// How the rack's machines boot the ramdisk, unless a machine says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_method: Option<BootMethod>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -215,6 +218,9 @@ pub struct Rack {
     pub machine_count: i64,
     /// Rack units occupied by those machines.
     pub used_u: i64,
+    /// How the rack's machines boot the ramdisk, unless a machine says otherwise.
+    #[serde(default)]
+    pub boot_method: BootMethod,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -245,6 +251,39 @@ impl std::str::FromStr for BmcProtocol {
             "ipmi" => Ok(BmcProtocol::Ipmi),
             _ => Err(format!(
                 "unknown BMC protocol {s:?}: expected redfish or ipmi"
+            )),
+        }
+    }
+}
+
+/// How a machine boots plinth's ramdisk: by the network (PXE, iPXE, UEFI HTTP) or from a
+/// per-boot ISO its BMC attaches as virtual media.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BootMethod {
+    #[default]
+    Network,
+    VirtualMedia,
+}
+
+impl BootMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootMethod::Network => "network",
+            BootMethod::VirtualMedia => "virtual_media",
+        }
+    }
+}
+
+impl std::str::FromStr for BootMethod {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "network" => Ok(BootMethod::Network),
+            "virtual_media" => Ok(BootMethod::VirtualMedia),
+            _ => Err(format!(
+                "unknown boot method {s:?} (network, virtual_media)"
             )),
         }
     }
@@ -395,6 +434,13 @@ pub struct MachinePatch {
     )]
     #[schema(value_type = Option<BootFile>)]
     pub boot_file: Option<Option<String>>,
+    /// How the machine boots the ramdisk (`network`, `virtual_media`); `null`: its rack's.
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub boot_method: Option<Option<BootMethod>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -463,6 +509,13 @@ pub struct Machine {
     pub pxe_arch: Option<i32>,
     /// Client UUID (DHCP option 97) from the machine's last PXE request.
     pub pxe_uuid: Option<Uuid>,
+    /// How the machine boots the ramdisk: its own `boot_method_setting`, else its rack's, else
+    /// `network`.
+    #[serde(default)]
+    pub boot_method: BootMethod,
+    /// The machine's own boot method; `null`: its rack's.
+    #[serde(default)]
+    pub boot_method_setting: Option<BootMethod>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -49,6 +49,7 @@ text_column!(
     crate::AgentMode,
     crate::api::BmcProtocol,
     crate::api::Arch,
+    crate::api::BootMethod,
     crate::api::WipeMethod,
     crate::api::ImageKind,
     crate::api::JobState,

@@ -315,3 +315,90 @@ async fn a_virtual_media_boot_serves_its_iso_until_the_agent_reports() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// The boot method: a rack's for its machines, a machine's own over it, `null` back to the
+/// rack's; shown in effect and as set; a word that is not one is a 400.
+#[tokio::test]
+async fn the_boot_method_of_machines_and_racks() {
+    let t = TestApi::start().await;
+    let http = reqwest::Client::new();
+    let patch = |path: String, body: Value| {
+        let req = http
+            .patch(format!("{}{path}", t.base))
+            .bearer_auth(&t.admin)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let st = r.status();
+            (st, r.json::<Value>().await.unwrap())
+        }
+    };
+    let rack = post(&t, "/api/v1/racks", json!({ "name": "r1", "height_u": 42 })).await;
+    assert_eq!(rack["boot_method"], "network");
+    let m = post(
+        &t,
+        "/api/v1/machines",
+        json!({ "rack": "r1", "rack_unit": 1, "nics": [{ "mac": mac(1) }] }),
+    )
+    .await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (&m["boot_method"], &m["boot_method_setting"]),
+        (&json!("network"), &Value::Null)
+    );
+
+    let (st, r) = patch(
+        "/api/v1/racks/r1".into(),
+        json!({ "boot_method": "virtual_media" }),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    assert_eq!(r["boot_method"], "virtual_media");
+    let get = || {
+        let req = http
+            .get(format!("{}/api/v1/machines/{id}", t.base))
+            .bearer_auth(&t.admin);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let m = get().await;
+    assert_eq!(
+        (&m["boot_method"], &m["boot_method_setting"]),
+        (&json!("virtual_media"), &Value::Null)
+    );
+
+    let (st, m) = patch(
+        format!("/api/v1/machines/{id}"),
+        json!({ "boot_method": "network" }),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{m}");
+    assert_eq!(
+        (&m["boot_method"], &m["boot_method_setting"]),
+        (&json!("network"), &json!("network"))
+    );
+    let (_, m) = patch(
+        format!("/api/v1/machines/{id}"),
+        json!({ "boot_method": null }),
+    )
+    .await;
+    assert_eq!(
+        (&m["boot_method"], &m["boot_method_setting"]),
+        (&json!("virtual_media"), &Value::Null)
+    );
+    // Another field's patch leaves it alone.
+    let (_, m) = patch(
+        format!("/api/v1/machines/{id}"),
+        json!({ "boot_method": "virtual_media" }),
+    )
+    .await;
+    let (_, m2) = patch(format!("/api/v1/machines/{id}"), json!({ "tags": ["a"] })).await;
+    assert_eq!(m2["boot_method_setting"], m["boot_method_setting"]);
+
+    for body in [json!({ "boot_method": "usb" }), json!({ "boot_method": 1 })] {
+        let (st, e) = patch(format!("/api/v1/machines/{id}"), body.clone()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {e}");
+        let (st, e) = patch("/api/v1/racks/r1".into(), body.clone()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {e}");
+    }
+    assert_eq!(get().await["boot_method_setting"], "virtual_media");
+}

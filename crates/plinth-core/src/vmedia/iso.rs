@@ -26,6 +26,7 @@
 //! | 22 | `/plinth` directory (`grub.cfg`, `initrd`, `vmlinuz`) |
 //! | 23 | boot catalog: validation entry, BIOS no-emulation entry (load size 4), EFI section (platform 0xEF) |
 //! | 24- | `grub.cfg`, BIOS image, ESP image, kernel, initrd, each from a sector boundary |
+//! | last 150 | zeros (as mkisofs pads: GRUB on SeaBIOS misreads the end of the last file without) |
 //!
 //! File names are plain ISO 9660 records, lower case and without a `;1` version: GRUB's
 //! iso9660 driver and Linux read them as they are, so no Rock Ridge or Joliet is needed.
@@ -49,6 +50,10 @@ const FIRST_FILE_LBA: u32 = 24;
 /// The BIOS entry loads this many 512-byte sectors: GRUB's cdboot.img loads the rest itself
 /// (with the boot-info table's length).
 const BIOS_LOAD_SECTORS: u16 = 4;
+/// Zero sectors after the last file, inside the volume (as mkisofs pads by default): GRUB on
+/// SeaBIOS reads the tail of the last file wrong without them (the initrd's last bytes came in
+/// corrupt and the kernel's unpacking failed).
+const PAD_SECTORS: u64 = 150;
 /// The largest file an ISO 9660 directory record describes in one extent.
 const MAX_FILE: u64 = u32::MAX as u64;
 
@@ -288,7 +293,8 @@ pub fn build(input: IsoInput) -> Result<IsoImage, IsoError> {
     let efi_lba = bios_lba + sectors(input.bios_image.len() as u64);
     let kernel_lba = efi_lba + sectors(input.efi_image.len).max(1);
     let initrd_lba = kernel_lba + sectors(input.kernel.len).max(1);
-    let total_sectors = initrd_lba + sectors(input.initrd.len).max(1);
+    let pad_lba = initrd_lba + sectors(input.initrd.len).max(1);
+    let total_sectors = pad_lba + PAD_SECTORS;
     let too_large = |_| IsoError::TooLarge("the image".to_owned());
     let total_sectors_u32: u32 = total_sectors.try_into().map_err(too_large)?;
     let lba = |x: u64| x as u32; // all below total_sectors, checked above
@@ -475,6 +481,11 @@ pub fn build(input: IsoInput) -> Result<IsoImage, IsoError> {
     push_file(&input.efi_image, efi_lba);
     push_file(&input.kernel, kernel_lba);
     push_file(&input.initrd, initrd_lba);
+    extents.push(Extent {
+        start: pad_lba * SECTOR,
+        len: PAD_SECTORS * SECTOR,
+        source: Source::Zeros,
+    });
     extents.retain(|e| e.len > 0);
     Ok(IsoImage {
         extents,

@@ -486,6 +486,7 @@ pub async fn run(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
                 size_u,
                 arch: None,
                 bmc: None,
+                boot_method: None,
             };
             show(&api.client.update_machine(id, &patch).await?)
         }

@@ -117,6 +117,7 @@ pub async fn run(api: &Api, cmd: RackCommand) -> anyhow::Result<()> {
                 room: room.map(Some),
                 row: row.map(Some),
                 height_u,
+                boot_method: None,
             };
             let r = api.client.update_rack(&name, &patch).await?;
             if api.output == Output::Json {

@@ -6,7 +6,8 @@ use plinth_db::PgConnection;
 use plinth_db::jobs::JobRow;
 use plinth_types::JobId;
 use plinth_types::api::{
-    BootDeviceRequest, BootTarget, FirmwareMode, Job, JobPage, JobState, PowerOp, PowerRequest,
+    BootDeviceRequest, BootMethod, BootTarget, FirmwareMode, Job, JobPage, JobState, PowerOp,
+    PowerRequest,
 };
 use plinth_types::behaviour::{AgentMode, BmcStep};
 use plinth_types::{Error, MachineState, Verb};
@@ -42,25 +43,6 @@ pub enum JobSpec {
     },
     /// Take plinth's ISO out of the BMC's virtual media (the ramdisk has reported), read back.
     VmediaEject,
-}
-
-/// How a machine boots into plinth's ramdisk (the machine's `boot_method`, else its rack's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BootVia {
-    /// PXE, iPXE or UEFI HTTP boot: the BMC sets the next boot to the network.
-    Network,
-    /// A per-boot ISO the BMC attaches as virtual media.
-    VirtualMedia,
-}
-
-impl BootVia {
-    /// The database's `boot_method` (anything unknown boots by the network, the default).
-    pub fn from_db(s: &str) -> BootVia {
-        match s {
-            "virtual_media" => BootVia::VirtualMedia,
-            _ => BootVia::Network,
-        }
-    }
 }
 
 /// Attempts before a job fails for good (transient failures only are retried).
@@ -172,20 +154,23 @@ pub(crate) async fn queue(
 /// the machine's firmware mode when known and how it boots. By virtual media, the network
 /// boot becomes a [`JobSpec::VmediaBoot`] of the ramdisk the verb's state runs, and a verb
 /// that leaves a ramdisk state (its BMC work boots no ramdisk) ejects the ISO first.
-pub fn transition_jobs(verb: Verb, mode: Option<FirmwareMode>, via: BootVia) -> Vec<JobSpec> {
+pub fn transition_jobs(verb: Verb, mode: Option<FirmwareMode>, via: BootMethod) -> Vec<JobSpec> {
     let steps = verb.effects().bmc;
     let mut jobs: Vec<JobSpec> = steps
         .iter()
         .map(
             |step| match (step, via, verb.target().behaviour().agent_mode()) {
-                (BmcStep::NetbootOnce, BootVia::VirtualMedia, Some(agent)) => {
+                (BmcStep::NetbootOnce, BootMethod::VirtualMedia, Some(agent)) => {
                     JobSpec::VmediaBoot { agent, mode }
                 }
                 _ => job_for(*step, mode),
             },
         )
         .collect();
-    if via == BootVia::VirtualMedia && !steps.is_empty() && !steps.contains(&BmcStep::NetbootOnce) {
+    if via == BootMethod::VirtualMedia
+        && !steps.is_empty()
+        && !steps.contains(&BmcStep::NetbootOnce)
+    {
         jobs.insert(0, JobSpec::VmediaEject);
     }
     jobs
@@ -444,7 +429,7 @@ impl App {
             Some("bios") => Some(FirmwareMode::Bios),
             _ => None,
         };
-        let specs = transition_jobs(verb, mode, BootVia::from_db(&boot.method));
+        let specs = transition_jobs(verb, mode, boot.method);
         if specs.is_empty() {
             return Ok(Vec::new());
         }
@@ -504,7 +489,7 @@ mod tests {
             Verb::Decommission,
         ] {
             assert_eq!(
-                transition_jobs(verb, uefi, BootVia::Network),
+                transition_jobs(verb, uefi, BootMethod::Network),
                 vec![
                     JobSpec::BootDevice {
                         device: BootTarget::Pxe,
@@ -520,7 +505,7 @@ mod tests {
             );
         }
         assert_eq!(
-            transition_jobs(Verb::DeployComplete, None, BootVia::Network),
+            transition_jobs(Verb::DeployComplete, None, BootMethod::Network),
             vec![
                 JobSpec::BootDevice {
                     device: BootTarget::Disk,
@@ -534,12 +519,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            transition_jobs(Verb::DecommissionComplete, None, BootVia::Network),
+            transition_jobs(Verb::DecommissionComplete, None, BootMethod::Network),
             vec![JobSpec::Retire]
         );
         for verb in [Verb::InspectComplete, Verb::CleanComplete] {
             assert_eq!(
-                transition_jobs(verb, None, BootVia::Network),
+                transition_jobs(verb, None, BootMethod::Network),
                 vec![JobSpec::Power {
                     op: PowerOp::Off,
                     force: true
@@ -554,7 +539,7 @@ mod tests {
             Verb::CleanFail,
         ] {
             assert!(
-                transition_jobs(verb, None, BootVia::Network).is_empty(),
+                transition_jobs(verb, None, BootMethod::Network).is_empty(),
                 "{verb}"
             );
         }
@@ -562,7 +547,7 @@ mod tests {
 
     #[test]
     fn virtual_media_boots_the_ramdisk_from_an_iso_and_ejects_it_after() {
-        let vm = BootVia::VirtualMedia;
+        let vm = BootMethod::VirtualMedia;
         let bios = Some(FirmwareMode::Bios);
         let cycle = JobSpec::Power {
             op: PowerOp::Cycle,
@@ -611,7 +596,5 @@ mod tests {
         for verb in [Verb::Enroll, Verb::InspectFail, Verb::Allocate] {
             assert!(transition_jobs(verb, bios, vm).is_empty(), "{verb}");
         }
-        assert_eq!(BootVia::from_db("virtual_media"), vm);
-        assert_eq!(BootVia::from_db("network"), BootVia::Network);
     }
 }

@@ -139,8 +139,12 @@ impl App {
             obj.insert("state_version".into(), version.into());
             if !jobs.is_empty() {
                 obj.insert("jobs".into(), serde_json::json!(jobs));
-            } else if !crate::jobs::transition_jobs(verb, None, crate::jobs::BootVia::Network)
-                .is_empty()
+            } else if !crate::jobs::transition_jobs(
+                verb,
+                None,
+                plinth_types::api::BootMethod::Network,
+            )
+            .is_empty()
             {
                 obj.insert(
                     "bmc".into(),

@@ -325,9 +325,8 @@ pub struct BmcBoot {
     /// Its firmware mode as far as plinth knows (`uefi` or `bios`, from the inspection facts,
     /// else from the architecture its PXE firmware announced).
     pub firmware: Option<String>,
-    /// `network` or `virtual_media`: the machine's own setting, else its rack's, else the
-    /// network.
-    pub method: String,
+    /// The machine's own setting, else its rack's, else the network.
+    pub method: plinth_types::api::BootMethod,
 }
 
 /// For a machine with a BMC: how it boots ([`BmcBoot`]). `None` when the machine has no BMC.
@@ -336,7 +335,7 @@ pub async fn bmc_boot(conn: &mut PgConnection, machine_id: Uuid) -> Result<Optio
         r#"select coalesce(m.facts ->> 'firmware',
                            case when m.pxe_arch = 0 then 'bios'
                                 when m.pxe_arch in (6, 7, 9, 10, 11, 16, 19) then 'uefi' end) as mode,
-                  coalesce(m.boot_method, r.boot_method, 'network') as "method!"
+                  coalesce(m.boot_method, r.boot_method, 'network') as "method!: plinth_types::api::BootMethod"
            from machines m join bmcs b on b.machine_id = m.id
            left join racks r on r.id = m.rack_id
            where m.id = $1"#,

@@ -103,6 +103,50 @@ fn cli_tour_against_a_real_server() {
         ],
     ));
     let id = m["id"].as_str().unwrap().to_owned();
+    // The boot method: the rack's, the machine's own, then the rack's again.
+    let r = serve.cli_ok(
+        &admin,
+        &[
+            "rack",
+            "edit",
+            "r7",
+            "--boot-method",
+            "virtual_media",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(json(&r)["boot_method"], "virtual_media");
+    let m = json(&serve.cli_ok(
+        &admin,
+        &[
+            "machine",
+            "edit",
+            &id,
+            "--boot-method",
+            "network",
+            "-o",
+            "json",
+        ],
+    ));
+    assert_eq!(
+        (&m["boot_method"], &m["boot_method_setting"]),
+        (&serde_json::json!("network"), &serde_json::json!("network"))
+    );
+    let m = json(&serve.cli_ok(
+        &admin,
+        &["machine", "edit", &id, "--rack-boot-method", "-o", "json"],
+    ));
+    assert_eq!(
+        (&m["boot_method"], &m["boot_method_setting"]),
+        (
+            &serde_json::json!("virtual_media"),
+            &serde_json::Value::Null
+        )
+    );
+    let out = serve.cli(&admin, &["machine", "edit", &id, "--boot-method", "usb"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown boot method"));
     let table = serve.cli_ok(&admin, &["machine", "list"]);
     assert!(
         table.lines().next().unwrap().starts_with("ID")

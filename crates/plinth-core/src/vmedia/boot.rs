@@ -146,7 +146,7 @@ fn file_ref(root: &Path, name: &str) -> Result<FileRef> {
     Ok(FileRef { path, len })
 }
 
-fn mtime_secs(p: &Path) -> u64 {
+fn mtime_nanos(p: &Path) -> u64 {
     std::fs::metadata(p)
         .and_then(|m| m.modified())
         .ok()
@@ -306,7 +306,7 @@ impl App {
         h.update(Sha256::digest(&bios_image));
         for f in [&efi_image, &kernel, &initrd] {
             h.update(f.len.to_le_bytes());
-            h.update(mtime_secs(&f.path).to_le_bytes());
+            h.update(mtime_nanos(&f.path).to_le_bytes());
         }
         let etag = format!("\"{}\"", hex::encode(&h.finalize()[..16]));
         let image = iso::build(IsoInput {

@@ -105,6 +105,12 @@ pub enum MachineCommand {
         /// Go back to the default boot file for the machine's architecture.
         #[arg(long, conflicts_with = "boot_file")]
         default_boot_file: bool,
+        /// How the machine boots the ramdisk: network or virtual_media.
+        #[arg(long)]
+        boot_method: Option<plinth_types::api::BootMethod>,
+        /// Boot the way the machine's rack says (forget its own boot method).
+        #[arg(long, conflicts_with = "boot_method")]
+        rack_boot_method: bool,
     },
     /// Run a lifecycle verb (inspect, deploy, release, decommission, maintenance_on, ...).
     Action {
@@ -471,6 +477,8 @@ pub async fn run(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             unrack,
             boot_file,
             default_boot_file,
+            boot_method,
+            rack_boot_method,
         } => {
             let patch = MachinePatch {
                 boot_file: if default_boot_file {
@@ -486,7 +494,11 @@ pub async fn run(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
                 size_u,
                 arch: None,
                 bmc: None,
-                boot_method: None,
+                boot_method: if rack_boot_method {
+                    Some(None)
+                } else {
+                    boot_method.map(Some)
+                },
             };
             show(&api.client.update_machine(id, &patch).await?)
         }

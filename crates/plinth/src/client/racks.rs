@@ -25,7 +25,7 @@ pub enum RackCommand {
     Show {
         name: String,
     },
-    /// Change a rack's site, room, row or height.
+    /// Change a rack's site, room, row, height or boot method.
     Edit {
         name: String,
         #[arg(long)]
@@ -36,6 +36,9 @@ pub enum RackCommand {
         room: Option<String>,
         #[arg(long)]
         row: Option<String>,
+        /// How the rack's machines boot the ramdisk: network or virtual_media.
+        #[arg(long)]
+        boot_method: Option<plinth_types::api::BootMethod>,
     },
     Delete {
         name: String,
@@ -111,13 +114,14 @@ pub async fn run(api: &Api, cmd: RackCommand) -> anyhow::Result<()> {
             site,
             room,
             row,
+            boot_method,
         } => {
             let patch = RackPatch {
                 site: site.map(Some),
                 room: room.map(Some),
                 row: row.map(Some),
                 height_u,
-                boot_method: None,
+                boot_method,
             };
             let r = api.client.update_rack(&name, &patch).await?;
             if api.output == Output::Json {

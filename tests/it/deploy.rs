@@ -12,70 +12,16 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use plinth_core::boot::{BootSettings, Templates};
 use plinth_testkit::netns::Lab;
 use plinth_testkit::rack::{BmcProtocol, rack_network};
 use plinth_testkit::vm::{Firmware, Nic};
 use plinth_types::MachineState;
-use plinth_types::api::{AllocationRequest, DeployRequest, ImageKind, ImageRegister};
+use plinth_types::api::DeployRequest;
 
 use crate::support::env::Env;
 use crate::support::lab::{images_for, plinth};
 use crate::support::machine;
 use crate::support::rack::*;
-
-/// Gives the test's App the images root of the `plinth serve` it runs, for the catalog.
-fn with_images(env: &mut Env, root: &Path) {
-    env.app = env.app.clone().with_boot(
-        BootSettings::with_root(root.to_owned()),
-        Templates::load(None).unwrap(),
-    );
-}
-
-fn register(env: &Env, name: &str, path: &str, firmware: &str) -> plinth_types::api::Image {
-    env.rt
-        .block_on(env.app.register_image(
-            &admin(),
-            ImageRegister {
-                name: name.into(),
-                kind: ImageKind::DiskImage,
-                arch: None,
-                path: path.into(),
-                sha256: None,
-                firmware: Some(firmware.into()),
-            },
-        ))
-        .unwrap_or_else(|e| panic!("registering {path}: {e:?}"))
-}
-
-fn deploy(env: &Env, id: uuid::Uuid, req: DeployRequest) {
-    env.rt
-        .block_on(env.app.deploy(&admin(), id, req, None))
-        .unwrap_or_else(|e| panic!("deploy {id}: {e:?}"));
-}
-
-/// Allocates `count` ready machines: the allocation and its machines.
-fn allocate(env: &Env, count: u32) -> (uuid::Uuid, Vec<uuid::Uuid>) {
-    let a = env
-        .rt
-        .block_on(env.app.allocate(
-            &admin(),
-            AllocationRequest {
-                count: Some(count),
-                ..Default::default()
-            },
-        ))
-        .unwrap();
-    let mut ids: Vec<uuid::Uuid> = a.machines.iter().map(|m| m.id).collect();
-    ids.sort();
-    (a.id, ids)
-}
-
-fn release(env: &Env, allocation: uuid::Uuid) {
-    env.rt
-        .block_on(env.app.release_allocation(&admin(), allocation))
-        .unwrap();
-}
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd

@@ -27,3 +27,4 @@ mod sol;
 mod storm;
 mod ui;
 mod vmedia;
+mod vmedia_rack;

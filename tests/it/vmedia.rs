@@ -16,57 +16,11 @@ use plinth_types::api::*;
 use plinth_types::{AgentMode, MachineState};
 
 use crate::support::env::Env;
-use crate::support::lab::images_for;
-use crate::support::{BIN, machine};
+use crate::support::lab::{images_for, plinth_without_dhcp};
+use crate::support::machine;
 
 const PREFIX: &str = "10.83.0";
 const MAC: &str = "52:54:00:83:00:20";
-
-/// `plinth serve` in `ns` with neither DHCP nor TFTP: HTTP only, on 0.0.0.0:8080.
-fn plinth_http_only(lab: &mut Lab, ns: &Ns, db_url: &str, root: &std::path::Path) -> Proc {
-    let state = lab.path("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--listen",
-        "0.0.0.0:8080",
-        "--database-url",
-        db_url,
-    ])
-    .env("PLINTH_STATE_DIR", &state)
-    .env("PLINTH_IMAGES__ROOT", root)
-    .env("PLINTH_DHCP__ENABLED", "false")
-    .env("PLINTH_TFTP__ENABLED", "false")
-    .env("PLINTH_BOOT__PUBLIC_URL", format!("http://{PREFIX}.2:8080"))
-    .env("PLINTH_LOG__LEVEL", "plinth_api=debug,info")
-    .env("NO_COLOR", "1");
-    let proc = lab.spawn_named(ns, "plinth", cmd).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = lab
-            .run(
-                ns,
-                "curl",
-                &["-sf", &format!("http://{PREFIX}.2:8080/healthz")],
-            )
-            .unwrap();
-        if out.status.success() {
-            return proc;
-        }
-        assert!(
-            proc.is_running(),
-            "plinth serve exited:\n{}",
-            proc.log_text()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "plinth serve did not answer:\n{}",
-            proc.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[derive(Clone, Copy)]
 enum Firmware {
@@ -216,7 +170,15 @@ fn a_vm_boots_its_iso_with_a_static_network_and_no_dhcp() {
         .app
         .clone()
         .with_boot(settings, Templates::load(None).unwrap());
-    let server = plinth_http_only(&mut lab, &srv, &env.db.url, &root);
+    let public = format!("http://{PREFIX}.2:8080");
+    let server = plinth_without_dhcp(
+        &mut lab,
+        &srv,
+        &env.db.url,
+        &format!("{PREFIX}.2"),
+        &root,
+        &[("PLINTH_BOOT__PUBLIC_URL", &public)],
+    );
 
     for (round, fw) in [(1, Firmware::Bios), (2, Firmware::Uefi)] {
         let iso = fetch_iso(&env, &app, &lab, &srv, m.id, &format!("boot{round}.iso"));

@@ -88,3 +88,58 @@ pub fn plinth(
     )
     .unwrap_or_else(|e| panic!("{e:#}"))
 }
+
+/// `plinth serve` in `ns` with neither DHCP nor TFTP (a network where plinth hands out no
+/// address: virtual-media boots), its API on 0.0.0.0:8080, started when `/healthz` answers
+/// at `server_ip`.
+pub fn plinth_without_dhcp(
+    lab: &mut Lab,
+    ns: &Ns,
+    db_url: &str,
+    server_ip: &str,
+    root: &Path,
+    extra: &[(&str, &str)],
+) -> Proc {
+    let state = lab.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "0.0.0.0:8080",
+        "--database-url",
+        db_url,
+    ])
+    .env("PLINTH_STATE_DIR", &state)
+    .env("PLINTH_IMAGES__ROOT", root)
+    .env("PLINTH_DHCP__ENABLED", "false")
+    .env("PLINTH_TFTP__ENABLED", "false")
+    .env("PLINTH_LOG__LEVEL", "plinth_api=debug,info")
+    .env("NO_COLOR", "1")
+    .envs(extra.iter().copied());
+    let proc = lab.spawn_named(ns, "plinth", cmd).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = lab
+            .run(
+                ns,
+                "curl",
+                &["-sf", &format!("http://{server_ip}:8080/healthz")],
+            )
+            .unwrap();
+        if out.status.success() {
+            return proc;
+        }
+        assert!(
+            proc.is_running(),
+            "plinth serve exited:\n{}",
+            proc.log_text()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "plinth serve did not answer:\n{}",
+            proc.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use plinth_core::Principal;
+use plinth_core::boot::{BootSettings, Templates};
 use plinth_core::lifecycle::Action;
 use plinth_testkit::netns::{Lab, Ns, Proc};
 use plinth_testkit::rack::{
@@ -13,7 +14,8 @@ use plinth_testkit::rack::{
 };
 use plinth_testkit::vm::{Firmware, Nic, VmSpec};
 use plinth_types::api::{
-    AddressRange, Arch, BmcSpec, Event, Machine, MachineCreate, NicSpec, SubnetCreate,
+    AddressRange, AllocationRequest, Arch, BmcSpec, DeployRequest, Event, ImageKind, ImageRegister,
+    Machine, MachineCreate, NicSpec, SubnetCreate,
 };
 use plinth_types::{MachineState, Verb};
 
@@ -121,7 +123,18 @@ pub fn admin() -> Principal {
 }
 
 pub fn enroll(env: &impl Drives, vm: &VmDef, url: &str, password: &str) -> uuid::Uuid {
-    enroll_with_pool(env, vm, url, password, None)
+    enroll_with_pool(env, vm, url, password, None, None)
+}
+
+/// Enrolled with `ipv4` reserved for its NIC.
+pub fn enroll_reserved(
+    env: &impl Drives,
+    vm: &VmDef,
+    url: &str,
+    password: &str,
+    ipv4: &str,
+) -> uuid::Uuid {
+    enroll_with_pool(env, vm, url, password, None, Some(ipv4))
 }
 
 /// Enrolled into `pool`.
@@ -132,7 +145,7 @@ pub fn enroll_in(
     password: &str,
     pool: &str,
 ) -> uuid::Uuid {
-    enroll_with_pool(env, vm, url, password, Some(pool))
+    enroll_with_pool(env, vm, url, password, Some(pool), None)
 }
 
 fn enroll_with_pool(
@@ -141,6 +154,7 @@ fn enroll_with_pool(
     url: &str,
     password: &str,
     pool: Option<&str>,
+    ipv4: Option<&str>,
 ) -> uuid::Uuid {
     let req = MachineCreate {
         hostname: Some(vm.name.clone()),
@@ -152,7 +166,7 @@ fn enroll_with_pool(
         arch: Some(Arch::X86_64),
         nics: vec![NicSpec {
             mac: vm.mac.parse().unwrap(),
-            ipv4: None,
+            ipv4: ipv4.map(|a| a.parse().unwrap()),
             pxe: None,
         }],
         bmc: Some(BmcSpec {
@@ -330,4 +344,57 @@ pub fn until_console(dir: &Path, needle: &str, t0: Instant, timeout: Duration) -
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Gives the test's App the images root of the `plinth serve` it runs, for the catalog.
+pub fn with_images(env: &mut Env, root: &Path) {
+    env.app = env.app.clone().with_boot(
+        BootSettings::with_root(root.to_owned()),
+        Templates::load(None).unwrap(),
+    );
+}
+
+pub fn register(env: &Env, name: &str, path: &str, firmware: &str) -> plinth_types::api::Image {
+    env.rt
+        .block_on(env.app.register_image(
+            &admin(),
+            ImageRegister {
+                name: name.into(),
+                kind: ImageKind::DiskImage,
+                arch: None,
+                path: path.into(),
+                sha256: None,
+                firmware: Some(firmware.into()),
+            },
+        ))
+        .unwrap_or_else(|e| panic!("registering {path}: {e:?}"))
+}
+
+pub fn deploy(env: &Env, id: uuid::Uuid, req: DeployRequest) {
+    env.rt
+        .block_on(env.app.deploy(&admin(), id, req, None))
+        .unwrap_or_else(|e| panic!("deploy {id}: {e:?}"));
+}
+
+/// Allocates `count` ready machines: the allocation and its machines.
+pub fn allocate(env: &Env, count: u32) -> (uuid::Uuid, Vec<uuid::Uuid>) {
+    let a = env
+        .rt
+        .block_on(env.app.allocate(
+            &admin(),
+            AllocationRequest {
+                count: Some(count),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    let mut ids: Vec<uuid::Uuid> = a.machines.iter().map(|m| m.id).collect();
+    ids.sort();
+    (a.id, ids)
+}
+
+pub fn release(env: &Env, allocation: uuid::Uuid) {
+    env.rt
+        .block_on(env.app.release_allocation(&admin(), allocation))
+        .unwrap();
 }

@@ -19,6 +19,7 @@
 //! token anywhere else. Plain `http://` needs the BMC's own opt-in
 //! ([`RedfishConfig::allow_plain_http`]): the password would cross the network in clear.
 
+mod bios;
 mod health;
 
 use std::time::Duration;
@@ -694,6 +695,26 @@ impl Bmc for Redfish {
         max: usize,
     ) -> BoxFuture<'a, Result<crate::LogBatch>> {
         Box::pin(self.do_log_entries(cursor, max))
+    }
+
+    // --- BIOS ---
+    fn bios_attributes(&self) -> BoxFuture<'_, Result<crate::BiosAttributes>> {
+        Box::pin(self.do_bios_attributes())
+    }
+
+    fn bios_pending(&self) -> BoxFuture<'_, Result<crate::BiosAttributes>> {
+        Box::pin(self.do_bios_pending())
+    }
+
+    fn set_bios_pending<'a>(
+        &'a self,
+        attrs: &'a crate::BiosAttributes,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.do_set_bios_pending(attrs))
+    }
+
+    fn bios_registry(&self) -> BoxFuture<'_, Result<Option<crate::bios::Registry>>> {
+        Box::pin(self.do_bios_registry())
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

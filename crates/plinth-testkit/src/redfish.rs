@@ -5,8 +5,10 @@
 //! compromised BMC that tries to make plinth read without end or send its credentials to
 //! another host ([`Collector`] is that other host). Served by axum on 127.0.0.1.
 
+mod bios;
 mod health;
 
+pub use bios::BiosKnobs;
 pub use health::Faults;
 
 use std::net::SocketAddr;
@@ -97,6 +99,7 @@ struct Bmc {
     max_in_flight: u32,
     host: Option<std::sync::Arc<dyn Host>>,
     health: health::HealthState,
+    bios: bios::BiosState,
 }
 
 impl std::fmt::Debug for dyn Host {
@@ -163,6 +166,7 @@ impl RedfishEmulator {
             max_in_flight: 0,
             host,
             health: health::HealthState::default(),
+            bios: bios::BiosState::default(),
         }));
         let app = Router::new()
             .route("/redfish/v1", get(root))
@@ -174,6 +178,7 @@ impl RedfishEmulator {
             )
             .route("/redfish/v1/SessionService/Sessions", post(login))
             .merge(health::routes(Router::new()))
+            .merge(bios::routes(Router::new()))
             .route(
                 "/redfish/v1/SessionService/Sessions/{id}",
                 axum::routing::delete(logout),
@@ -344,6 +349,7 @@ async fn root(State(s): State<Shared>, h: HeaderMap) -> Response {
     let sessions = s.lock().expect("emulator state").knobs.sessions;
     let mut v = json!({ "@odata.id": "/redfish/v1", "Id": "RootService", "RedfishVersion": "1.11.0",
         "Systems": { "@odata.id": "/redfish/v1/Systems" }, "Oem": { "Plinth": { "Misbehaves": true } } });
+    bios::decorate_root(&mut v);
     if sessions {
         v["SessionService"] = json!({ "@odata.id": "/redfish/v1/SessionService" });
     }
@@ -411,6 +417,7 @@ async fn system(State(s): State<Shared>, h: HeaderMap) -> Response {
         }}
     });
     health::decorate_system(&b.health, &mut body);
+    bios::decorate_system(&b.bios, &mut body);
     if let Hostile::HugeBody(n) = b.knobs.hostile {
         body["Oem"] = json!({ "Padding": "x".repeat(n) });
     }
@@ -500,6 +507,9 @@ async fn reset(
                 body.get("ResetType").and_then(Value::as_str),
                 Some("On" | "ForceRestart" | "PowerCycle" | "ForceOn")
             );
+            if boots {
+                bios::on_boot(&mut b);
+            }
             if boots && b.enabled == "Once" {
                 b.enabled = "Disabled".into();
                 b.target = "None".into();
@@ -523,6 +533,7 @@ async fn reset(
         return StatusCode::NO_CONTENT.into_response();
     }
     let mut b = s.lock().expect("emulator state");
+    let was_on = b.power == "On";
     match body.get("ResetType").and_then(Value::as_str) {
         Some("On") => b.power = "On",
         Some("ForceOff" | "GracefulShutdown") => b.power = "Off",
@@ -534,6 +545,9 @@ async fn reset(
             );
         }
         None => return error(StatusCode::BAD_REQUEST, "ResetType is required."),
+    }
+    if b.power == "On" && (!was_on || body.get("ResetType") == Some(&json!("ForceRestart"))) {
+        bios::on_boot(&mut b);
     }
     if b.enabled == "Once" && b.power == "On" {
         b.enabled = "Disabled".into();

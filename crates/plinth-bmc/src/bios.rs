@@ -12,8 +12,9 @@ use serde_json::Value;
 /// Attribute name → value: a string (enumerations too), a number or a boolean.
 pub type BiosAttributes = BTreeMap<String, Value>;
 
-/// The most attributes one change may name, and the longest name and string value: a BIOS
-/// has a few hundred attributes, each name and value short.
+/// The most attributes one change may name, and the longest name and string value (in
+/// characters, as JSON Schema counts): a BIOS has a few hundred attributes, each name and
+/// value short. The API's schema says the same (plinth-types' `MAX_BIOS_*`).
 pub const MAX_ATTRIBUTES: usize = 256;
 pub const MAX_NAME: usize = 128;
 pub const MAX_STRING: usize = 1024;
@@ -79,8 +80,8 @@ pub fn check_shape(attrs: &BiosAttributes) -> Vec<String> {
             continue;
         }
         match v {
-            Value::String(s) if s.len() > MAX_STRING => {
-                out.push(format!("{k}: a value longer than {MAX_STRING} bytes"))
+            Value::String(s) if s.chars().count() > MAX_STRING => {
+                out.push(format!("{k}: a value longer than {MAX_STRING} characters"))
             }
             Value::String(_) | Value::Bool(_) | Value::Number(_) => {}
             other => out.push(format!(

@@ -17,7 +17,7 @@ use crate::auth::Permission;
 use crate::{App, DbResult, Principal, Result};
 
 /// One BMC action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobSpec {
     Power {
         op: PowerOp,
@@ -32,6 +32,15 @@ pub enum JobSpec {
     Identify,
     /// Power off for good, then forget the BMC's credentials (the end of a decommission).
     Retire,
+    // --- BIOS ---
+    /// Set BIOS attributes at the next boot, boot, and read them back (crate::bios).
+    BiosApply {
+        attributes: plinth_bmc::BiosAttributes,
+        /// The pool's profile this applies, if it is one.
+        profile: Option<String>,
+    },
+    /// Read the BIOS attributes (and registry) into `machine_bios`.
+    BiosRead,
 }
 
 /// Attempts before a job fails for good (transient failures only are retried).
@@ -46,18 +55,24 @@ impl JobSpec {
             JobSpec::BootDevice { .. } => "boot_device",
             JobSpec::Identify => "identify",
             JobSpec::Retire => "retire",
+            JobSpec::BiosApply { .. } => "bios_apply",
+            JobSpec::BiosRead => "bios_read",
         }
     }
 
     pub fn params(&self) -> serde_json::Value {
-        match *self {
+        match self {
             JobSpec::Power { op, force } => json!({ "action": op, "force": force }),
             JobSpec::BootDevice {
                 device,
                 persistent,
                 mode,
             } => json!({ "device": device, "persistent": persistent, "mode": mode }),
-            JobSpec::Identify | JobSpec::Retire => json!({}),
+            JobSpec::Identify | JobSpec::Retire | JobSpec::BiosRead => json!({}),
+            JobSpec::BiosApply {
+                attributes,
+                profile,
+            } => json!({ "attributes": attributes, "profile": profile }),
         }
     }
 
@@ -89,6 +104,11 @@ impl JobSpec {
             }),
             "identify" => Ok(JobSpec::Identify),
             "retire" => Ok(JobSpec::Retire),
+            "bios_apply" => Ok(JobSpec::BiosApply {
+                attributes: field(kind, params, "attributes")?,
+                profile: field(kind, params, "profile")?,
+            }),
+            "bios_read" => Ok(JobSpec::BiosRead),
             other => Err(format!("unknown job kind {other:?}")),
         }
     }
@@ -430,6 +450,16 @@ mod tests {
             },
             JobSpec::Identify,
             JobSpec::Retire,
+            JobSpec::BiosApply {
+                attributes: [
+                    ("BootMode".to_owned(), json!("Uefi")),
+                    ("NumCores".to_owned(), json!(4)),
+                ]
+                .into_iter()
+                .collect(),
+                profile: Some("hpc".into()),
+            },
+            JobSpec::BiosRead,
         ];
         for s in all {
             assert_eq!(JobSpec::parse(s.kind(), &s.params()), Ok(s));

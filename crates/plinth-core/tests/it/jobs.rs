@@ -1448,3 +1448,5 @@ async fn power_sync_reads_health_and_the_bmc_log() {
             .any(|e| e.details["from"] == "critical" && e.details["to"] == "ok")
     );
 }
+
+mod bios;

@@ -15,7 +15,8 @@ use crate::{MacAddr, MachineState, Role};
 mod bios;
 pub use bios::{
     BiosProfile, BiosProfileCreate, BiosProfileUpdate, BiosRequest, MAX_BIOS_ATTRIBUTES,
-    MAX_BIOS_NAME, MAX_BIOS_STRING, MachineBios, PoolBiosProfile,
+    MAX_BIOS_NAME, MAX_BIOS_STRING, MachineBios, PoolBiosProfile, parse_bios_assignment,
+    parse_bios_assignments,
 };
 
 /// For PATCH bodies: absent → `None` (leave alone), `null` → `Some(None)` (clear),

@@ -116,3 +116,67 @@ pub struct PoolBiosProfile {
     #[schema(value_type = Option<Name>)]
     pub profile: Option<String>,
 }
+
+/// One BIOS assignment as a person writes it (the CLI's `--set`, the web UI's form):
+/// `NAME=VALUE`, the value a boolean (`true`, `false`) or an integer when it reads as one, else
+/// a string; or `NAME:=JSON`, the value as written (`AssetTag:="42"`, a string of digits).
+pub fn parse_bios_assignment(s: &str) -> Result<(String, serde_json::Value), String> {
+    use serde_json::Value;
+    let (k, v) = if let Some((k, json)) = s.split_once(":=") {
+        let v: Value = serde_json::from_str(json)
+            .map_err(|_| format!("{s}: the value after := is not JSON"))?;
+        (k, v)
+    } else if let Some((k, v)) = s.split_once('=') {
+        let v = match v {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => match v.parse::<i64>() {
+                Ok(n) => Value::from(n),
+                Err(_) => Value::String(v.to_owned()),
+            },
+        };
+        (k, v)
+    } else {
+        return Err(format!("{s}: NAME=VALUE or NAME:=JSON"));
+    };
+    Ok((k.trim().to_owned(), v))
+}
+
+/// Several assignments; a name given twice is an error.
+pub fn parse_bios_assignments<'a>(
+    items: impl IntoIterator<Item = &'a str>,
+) -> Result<BTreeMap<String, serde_json::Value>, String> {
+    let mut out = BTreeMap::new();
+    for s in items {
+        let (k, v) = parse_bios_assignment(s)?;
+        if out.insert(k.clone(), v).is_some() {
+            return Err(format!("{k} is given twice"));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn assignments_parse() {
+        assert_eq!(
+            json!(
+                parse_bios_assignments([
+                    "BootMode=Uefi",
+                    "NumCores=4",
+                    "PxeEnabled=false",
+                    "AssetTag:=\"42\""
+                ])
+                .unwrap()
+            ),
+            json!({"BootMode": "Uefi", "NumCores": 4, "PxeEnabled": false, "AssetTag": "42"})
+        );
+        assert!(parse_bios_assignments(["BootMode"]).is_err());
+        assert!(parse_bios_assignments(["A=1", "A=2"]).is_err());
+        assert!(parse_bios_assignments(["A:={"]).is_err());
+    }
+}

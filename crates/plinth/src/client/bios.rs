@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use plinth_types::api::{BiosProfile, BiosProfileCreate, BiosRequest, PoolBiosProfile};
 use serde_json::Value;
@@ -57,32 +56,10 @@ pub enum BiosProfileCommand {
     },
 }
 
-/// `K=V` (bool, integer or string) or `K:=JSON`.
+/// The `--set` values (see [`plinth_types::api::parse_bios_assignment`]).
 pub(super) fn parse_sets(sets: &[String]) -> anyhow::Result<BTreeMap<String, Value>> {
-    let mut out = BTreeMap::new();
-    for s in sets {
-        let (k, v) = if let Some((k, json)) = s.split_once(":=") {
-            let v: Value =
-                serde_json::from_str(json).with_context(|| format!("--set {s}: not JSON"))?;
-            (k, v)
-        } else if let Some((k, v)) = s.split_once('=') {
-            let v = match v {
-                "true" => Value::Bool(true),
-                "false" => Value::Bool(false),
-                _ => match v.parse::<i64>() {
-                    Ok(n) => Value::from(n),
-                    Err(_) => Value::String(v.to_owned()),
-                },
-            };
-            (k, v)
-        } else {
-            bail!("--set {s}: NAME=VALUE or NAME:=JSON");
-        };
-        if out.insert(k.to_owned(), v).is_some() {
-            bail!("--set names {k} twice");
-        }
-    }
-    Ok(out)
+    plinth_types::api::parse_bios_assignments(sets.iter().map(String::as_str))
+        .map_err(|e| anyhow::anyhow!("--set {e}"))
 }
 
 fn show_value(v: &Value) -> String {
@@ -194,30 +171,4 @@ pub async fn profile(api: &Api, cmd: BiosProfileCommand) -> anyhow::Result<()> {
     }
     table(HEADERS, rows(&shown));
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn sets_parse() {
-        let s = |v: &[&str]| parse_sets(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(
-            json!(
-                s(&[
-                    "BootMode=Uefi",
-                    "NumCores=4",
-                    "PxeEnabled=false",
-                    "AssetTag:=\"42\""
-                ])
-                .unwrap()
-            ),
-            json!({"BootMode": "Uefi", "NumCores": 4, "PxeEnabled": false, "AssetTag": "42"})
-        );
-        assert!(s(&["BootMode"]).is_err());
-        assert!(s(&["A=1", "A=2"]).is_err());
-        assert!(s(&["A:={"]).is_err());
-    }
 }

@@ -851,6 +851,9 @@ pub mod fuzzing {
         let _ = serde_json::from_slice::<EthernetInterface>(bytes);
         if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
             let _ = error_message(&v);
+            // BIOS: the attributes, the registry, and the links a Bios resource hands out.
+            let _ = bios::parse_registry(&v);
+            links.extend(bios::links(&v));
         }
         if let Ok(s) = std::str::from_utf8(bytes) {
             links.push(s.to_owned());

@@ -39,6 +39,21 @@ fn settings_link(bios: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Every link plinth may follow from a body of the BIOS walk (a system's `Bios`, a `Bios`'s
+/// settings object, a registry file's locations, a collection's members): for the fuzz target.
+#[cfg(fuzzing)]
+pub(super) fn links(v: &Value) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    out.extend(v["Bios"]["@odata.id"].as_str().map(str::to_owned));
+    out.extend(settings_link(v));
+    out.extend(v["Registries"]["@odata.id"].as_str().map(str::to_owned));
+    for l in v["Location"].as_array().into_iter().flatten() {
+        out.extend(l["Uri"].as_str().map(str::to_owned));
+    }
+    let _ = attributes(v, "/fuzz");
+    out
+}
+
 /// The registry entries plinth understands; others are skipped.
 pub(super) fn parse_registry(v: &Value) -> Registry {
     let mut out = Registry::new();

@@ -292,9 +292,9 @@ impl Bmc for FakeBmc {
         })
     }
 
-    fn bios_pending(&self) -> BoxFuture<'_, Result<crate::BiosAttributes>> {
+    fn bios_pending(&self) -> BoxFuture<'_, Result<Option<crate::BiosAttributes>>> {
         self.call(Call::BiosPending, |s| match &s.bios.current {
-            Some(_) => Ok(s.bios.pending.clone()),
+            Some(_) => Ok(Some(s.bios.pending.clone())),
             None => Err(BmcError::Unsupported("BIOS settings".into())),
         })
     }

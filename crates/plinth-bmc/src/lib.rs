@@ -194,8 +194,9 @@ pub trait Bmc: Send + Sync {
     }
     /// The attributes waiting for the next boot (Redfish: the `@Redfish.Settings` object).
     /// Some BMCs list every attribute there, some only the changed ones: see
-    /// [`bios::not_pending`].
-    fn bios_pending(&self) -> BoxFuture<'_, Result<BiosAttributes>> {
+    /// [`bios::not_pending`]. `None`: the BMC does not show what is pending (a Redfish BMC
+    /// without a settings object, which takes changes at `Bios` itself).
+    fn bios_pending(&self) -> BoxFuture<'_, Result<Option<BiosAttributes>>> {
         Box::pin(async { Err(BmcError::Unsupported("BIOS settings".into())) })
     }
     /// Asks for `attrs` at the next boot (the BMC applies pending settings while the machine

@@ -702,7 +702,7 @@ impl Bmc for Redfish {
         Box::pin(self.do_bios_attributes())
     }
 
-    fn bios_pending(&self) -> BoxFuture<'_, Result<crate::BiosAttributes>> {
+    fn bios_pending(&self) -> BoxFuture<'_, Result<Option<crate::BiosAttributes>>> {
         Box::pin(self.do_bios_pending())
     }
 

@@ -148,6 +148,27 @@ async fn a_change_through_the_api_is_applied_and_read_back() {
     assert_eq!(b["attributes"]["SriovGlobalEnable"], "Disabled");
     assert_eq!(b["last_apply"]["state"], "failed");
 
+    // A BMC without a settings object takes the change at Bios and shows nothing pending:
+    // the reboot's read-back judges.
+    w.emu.bios_knobs(|k| {
+        k.drops = None;
+        k.no_settings_object = true;
+    });
+    let (s, job) = w
+        .call(
+            "PATCH",
+            &bios,
+            &w.t.admin,
+            Some(json!({"attributes": {"SriovGlobalEnable": "Enabled"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    w.runner.drain().await.unwrap();
+    let done = w.job(job["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(w.emu.bios()["SriovGlobalEnable"], "Enabled");
+    w.emu.bios_knobs(|k| k.no_settings_object = false);
+
     // Refused before anything is queued: the registry (now known), the body.
     let requests = w.emu.requests().len();
     for (body, code) in [

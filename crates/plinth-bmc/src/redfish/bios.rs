@@ -118,14 +118,14 @@ impl Redfish {
         attributes(&v, &path)
     }
 
-    pub(super) async fn do_bios_pending(&self) -> Result<BiosAttributes> {
+    pub(super) async fn do_bios_pending(&self) -> Result<Option<BiosAttributes>> {
         let (_, bios) = self.bios_resource().await?;
         match settings_link(&bios) {
             Some(s) => {
                 let (v, _) = self.bios_get(&s).await?;
-                attributes(&v, &s)
+                attributes(&v, &s).map(Some)
             }
-            None => Ok(BiosAttributes::new()),
+            None => Ok(None),
         }
     }
 

@@ -21,7 +21,7 @@
 //! not a failure: nothing is recorded).
 
 use plinth_bmc::bios::{BiosAttributes, check_registry, mismatches, not_pending, same_value};
-use plinth_bmc::{Bmc, BmcError, PowerAction, PowerState};
+use plinth_bmc::{Bmc, PowerAction, PowerState};
 use plinth_db::jobs::Claimed;
 use serde_json::json;
 
@@ -53,16 +53,15 @@ async fn registry(
 
 pub(super) async fn read(bmc: &dyn Bmc, s: &JobSettings) -> std::result::Result<Done, Failure> {
     let t = s.call_timeout;
-    let current = match tokio::time::timeout(t, bmc.bios_attributes()).await {
-        Ok(Err(BmcError::Unsupported(why))) => {
+    let current = match call(t, "read BIOS attributes", bmc.bios_attributes()).await {
+        Err(f) if f.kind == "unsupported" => {
             return Ok(Done {
-                result: json!({ "supported": false, "why": why }),
+                result: json!({ "supported": false, "why": f.message }),
                 power: None,
                 identity: None,
             });
         }
-        Ok(r) => r.map_err(Failure::from)?,
-        Err(_) => call(t, "read BIOS attributes", bmc.bios_attributes()).await?,
+        r => r?,
     };
     let pending = call(t, "read pending BIOS settings", bmc.bios_pending()).await?;
     let reg = registry(bmc, s).await?;
@@ -100,16 +99,19 @@ pub(super) async fn apply(
         }
     }
     call(t, "set pending BIOS settings", bmc.set_bios_pending(asked)).await?;
+    // A BMC without a settings object shows nothing pending: the reboot's read-back judges.
     let pending = call(t, "read pending BIOS settings", bmc.bios_pending()).await?;
-    let missing = not_pending(asked, &pending, &current);
-    if !missing.is_empty() {
-        return Err(final_failure(
-            "bios_not_pending",
-            format!(
-                "the BMC accepted the BIOS change but does not show it pending: {}",
-                joined(&missing)
-            ),
-        ));
+    if let Some(p) = &pending {
+        let missing = not_pending(asked, p, &current);
+        if !missing.is_empty() {
+            return Err(final_failure(
+                "bios_not_pending",
+                format!(
+                    "the BMC accepted the BIOS change but does not show it pending: {}",
+                    joined(&missing)
+                ),
+            ));
+        }
     }
     let before = call(t, "read power state", bmc.power_state()).await?;
     let was_off = matches!(before, PowerState::Off | PowerState::PoweringOff);
@@ -131,16 +133,18 @@ pub(super) async fn apply(
         let after = call(t, "read BIOS attributes", bmc.bios_attributes()).await?;
         let wrong = mismatches(asked, &after);
         let pending_after = if wrong.is_empty() {
-            BiosAttributes::new()
+            Some(BiosAttributes::new())
         } else {
             call(t, "read pending BIOS settings", bmc.bios_pending()).await?
         };
-        // A value the BMC still holds pending has not been applied yet: wait for it.
-        let still_pending = wrong.iter().any(|m| {
-            pending_after
-                .get(&m.attribute)
-                .is_some_and(|p| same_value(p, &m.asked))
-        });
+        // A value the BMC still holds pending has not been applied yet: wait for it (for as
+        // long as the power wait when the BMC does not show what is pending).
+        let still_pending = match &pending_after {
+            Some(p) => wrong
+                .iter()
+                .any(|m| p.get(&m.attribute).is_some_and(|v| same_value(v, &m.asked))),
+            None => true,
+        };
         if wrong.is_empty() || !still_pending || tokio::time::Instant::now() >= deadline {
             break (after, pending_after, wrong);
         }
@@ -184,11 +188,15 @@ pub(super) async fn record_done(
         return Ok(());
     }
     let registry = result.get("registry").filter(|r| r.is_object());
+    let none = json!({});
     plinth_db::bios::record_read(
         tx,
         j.machine_id,
         &result["attributes"],
-        result.get("pending").unwrap_or(&json!({})),
+        result
+            .get("pending")
+            .filter(|p| p.is_object())
+            .unwrap_or(&none),
         registry,
         j.id.uuid(),
     )

@@ -4,5 +4,7 @@ alter table jobs drop constraint jobs_kind_check,
     add constraint jobs_kind_check check (kind in (
         'power', 'boot_device', 'identify', 'retire',
         -- virtual media (workers/vmedia.rs)
-        'vmedia_boot', 'vmedia_eject'
+        'vmedia_boot', 'vmedia_eject',
+        -- BIOS settings (workers/bios.rs)
+        'bios_apply', 'bios_read'
     ));

@@ -636,6 +636,16 @@ CREATE TABLE public.api_tokens (
     CONSTRAINT api_tokens_secret_sha256_check CHECK ((length(secret_sha256) = 32))
 );
 
+CREATE TABLE public.bios_profiles (
+    name text NOT NULL,
+    attributes jsonb NOT NULL,
+    created_by text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT bios_profiles_attributes_check CHECK (((jsonb_typeof(attributes) = 'object'::text) AND (attributes <> '{}'::jsonb))),
+    CONSTRAINT bios_profiles_name_check CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'::text))
+);
+
 CREATE TABLE public.bmc_consoles (
     machine_id uuid NOT NULL,
     address text NOT NULL,
@@ -803,7 +813,7 @@ CREATE TABLE public.jobs (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT jobs_attempts_check CHECK ((attempts >= 0)),
     CONSTRAINT jobs_finished_at CHECK (((state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'cancelled'::text])) = (finished_at IS NOT NULL))),
-    CONSTRAINT jobs_kind_check CHECK ((kind = ANY (ARRAY['power'::text, 'boot_device'::text, 'identify'::text, 'retire'::text, 'vmedia_boot'::text, 'vmedia_eject'::text]))),
+    CONSTRAINT jobs_kind_check CHECK ((kind = ANY (ARRAY['power'::text, 'boot_device'::text, 'identify'::text, 'retire'::text, 'vmedia_boot'::text, 'vmedia_eject'::text, 'bios_apply'::text, 'bios_read'::text]))),
     CONSTRAINT jobs_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
     CONSTRAINT jobs_running_lease CHECK (((state = 'running'::text) = (lease_until IS NOT NULL))),
     CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
@@ -832,6 +842,18 @@ CREATE TABLE public.leases (
     CONSTRAINT leases_check CHECK (((state = 'free'::text) OR (expires_at IS NOT NULL))),
     CONSTRAINT leases_check1 CHECK (((state <> ALL (ARRAY['offered'::text, 'bound'::text])) OR (mac IS NOT NULL))),
     CONSTRAINT leases_state_check CHECK ((state = ANY (ARRAY['free'::text, 'offered'::text, 'bound'::text, 'declined'::text])))
+);
+
+CREATE TABLE public.machine_bios (
+    machine_id uuid NOT NULL,
+    attributes jsonb NOT NULL,
+    pending jsonb DEFAULT '{}'::jsonb NOT NULL,
+    registry jsonb,
+    read_at timestamp with time zone DEFAULT now() NOT NULL,
+    job_id uuid,
+    CONSTRAINT machine_bios_attributes_check CHECK ((jsonb_typeof(attributes) = 'object'::text)),
+    CONSTRAINT machine_bios_pending_check CHECK ((jsonb_typeof(pending) = 'object'::text)),
+    CONSTRAINT machine_bios_registry_check CHECK ((jsonb_typeof(registry) = 'object'::text))
 );
 
 CREATE TABLE public.machines (
@@ -897,6 +919,7 @@ CREATE TABLE public.pools (
     name text NOT NULL,
     wipe_method text,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    bios_profile text,
     CONSTRAINT pools_name_check CHECK (((length(name) >= 1) AND (length(name) <= 63))),
     CONSTRAINT pools_wipe_method_check CHECK ((wipe_method = ANY (ARRAY['quick'::text, 'discard'::text, 'secure'::text, 'full'::text])))
 );
@@ -1049,6 +1072,9 @@ ALTER TABLE ONLY public.api_tokens
 ALTER TABLE ONLY public.api_tokens
     ADD CONSTRAINT api_tokens_secret_sha256_key UNIQUE (secret_sha256);
 
+ALTER TABLE ONLY public.bios_profiles
+    ADD CONSTRAINT bios_profiles_pkey PRIMARY KEY (name);
+
 ALTER TABLE ONLY public.bmc_consoles
     ADD CONSTRAINT bmc_consoles_pkey PRIMARY KEY (machine_id);
 
@@ -1087,6 +1113,9 @@ ALTER TABLE ONLY public.jobs
 
 ALTER TABLE ONLY public.leases
     ADD CONSTRAINT leases_pkey PRIMARY KEY (address);
+
+ALTER TABLE ONLY public.machine_bios
+    ADD CONSTRAINT machine_bios_pkey PRIMARY KEY (machine_id);
 
 ALTER TABLE ONLY public.machines
     ADD CONSTRAINT machines_pkey PRIMARY KEY (id);
@@ -1265,6 +1294,9 @@ ALTER TABLE ONLY public.jobs
 ALTER TABLE ONLY public.leases
     ADD CONSTRAINT leases_subnet_id_fkey FOREIGN KEY (subnet_id) REFERENCES public.subnets(id) ON DELETE CASCADE;
 
+ALTER TABLE ONLY public.machine_bios
+    ADD CONSTRAINT machine_bios_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id);
+
 ALTER TABLE ONLY public.machines
     ADD CONSTRAINT machines_allocation_id_fkey FOREIGN KEY (allocation_id) REFERENCES public.allocations(id);
 
@@ -1276,6 +1308,9 @@ ALTER TABLE ONLY public.machines
 
 ALTER TABLE ONLY public.nics
     ADD CONSTRAINT nics_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id);
+
+ALTER TABLE ONLY public.pools
+    ADD CONSTRAINT pools_bios_profile_fkey FOREIGN KEY (bios_profile) REFERENCES public.bios_profiles(name) ON DELETE RESTRICT;
 
 ALTER TABLE ONLY public.subnet_ranges
     ADD CONSTRAINT subnet_ranges_subnet_id_fkey FOREIGN KEY (subnet_id) REFERENCES public.subnets(id) ON DELETE CASCADE;

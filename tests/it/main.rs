@@ -7,6 +7,7 @@
 
 mod support;
 
+mod bios;
 mod bmc;
 mod boot;
 mod console;

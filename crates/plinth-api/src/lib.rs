@@ -5,6 +5,7 @@
 //! the one place errors become HTTP statuses (see [`error`]). It holds no database pool.
 
 mod auth;
+mod bios;
 pub mod boot;
 
 mod console;
@@ -78,6 +79,8 @@ use crate::error::ApiError;
         v1::power, v1::boot_device, v1::get_job, v1::list_jobs, v1::cancel_job,
         console::console_log, console::console_status,
         console::set_console_endpoint, console::delete_console_endpoint,
+        bios::machine_bios, bios::request_bios, bios::list_profiles, bios::get_profile,
+        bios::create_profile, bios::replace_profile, bios::delete_profile, bios::set_pool_profile,
     ),
     components(schemas(plinth_types::api::ErrorBody, v1::ActionVerb, v1::Binary)),
     modifiers(&BearerAuth, &ErrorAnswers),
@@ -295,6 +298,7 @@ fn management_v1() -> Router<App> {
                 .put(v1::upload_image)
                 .delete(v1::delete_image),
         )
+        .merge(bios::routes())
         // JSON bodies (an image upload streams its body and is bounded by the disk instead).
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON))
 }

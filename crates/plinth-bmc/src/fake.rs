@@ -38,6 +38,11 @@ pub enum Call {
     EjectMedia {
         slot: String,
     },
+    // --- BIOS ---
+    BiosAttributes,
+    BiosPending,
+    SetBiosPending(crate::BiosAttributes),
+    BiosRegistry,
 }
 
 #[derive(Debug)]
@@ -61,6 +66,7 @@ struct State {
     media: Vec<crate::MediaSlot>,
     /// Accept insertions and ejects, and keep the slot as it was.
     ignores_media: bool,
+    bios: FakeBios,
 }
 
 /// The fake's slots: a CD drive and a USB stick, empty.
@@ -76,6 +82,16 @@ fn empty_slot(id: &str, types: Vec<crate::MediaType>) -> crate::MediaSlot {
         write_protected: None,
         connected_via: Some("NotConnected".into()),
     }
+}
+
+/// The fake's BIOS: none until [`FakeBmc::set_bios`] gives it attributes.
+#[derive(Debug, Default)]
+struct FakeBios {
+    current: Option<crate::BiosAttributes>,
+    pending: crate::BiosAttributes,
+    /// An attribute a boot silently leaves as it was.
+    drops: Option<String>,
+    registry: Option<crate::bios::Registry>,
 }
 
 #[derive(Debug)]
@@ -108,6 +124,7 @@ impl FakeBmc {
                     empty_slot(FAKE_USB, vec![crate::MediaType::Usb]),
                 ],
                 ignores_media: false,
+                bios: FakeBios::default(),
             }),
         }
     }
@@ -175,6 +192,27 @@ impl FakeBmc {
     pub fn media_now(&self) -> Vec<crate::MediaSlot> {
         self.with(|s| s.media.clone())
     }
+    // --- BIOS ---
+    /// Gives the machine a BIOS with these attributes (and no change pending).
+    pub fn set_bios(&self, attrs: crate::BiosAttributes) {
+        self.with(|s| {
+            s.bios.current = Some(attrs);
+            s.bios.pending.clear();
+        });
+    }
+    /// The BIOS attributes in effect now.
+    pub fn bios_now(&self) -> Option<crate::BiosAttributes> {
+        self.with(|s| s.bios.current.clone())
+    }
+    /// A boot applies every pending attribute but this one, silently.
+    pub fn set_bios_drops(&self, name: Option<&str>) {
+        self.with(|s| s.bios.drops = name.map(str::to_owned));
+    }
+    /// The attribute registry the fake publishes.
+    pub fn set_bios_registry(&self, reg: Option<crate::bios::Registry>) {
+        self.with(|s| s.bios.registry = reg);
+    }
+
     /// Times the machine has started.
     pub fn boots(&self) -> u32 {
         self.with(|s| s.boots)
@@ -211,6 +249,15 @@ impl FakeBmc {
 fn boot(s: &mut State) {
     s.power = PowerState::On;
     s.boots += 1;
+    // The firmware applies the pending BIOS settings (all but the one it drops).
+    let pending = std::mem::take(&mut s.bios.pending);
+    if let Some(cur) = &mut s.bios.current {
+        for (k, v) in pending {
+            if s.bios.drops.as_deref() != Some(k.as_str()) {
+                cur.insert(k, v);
+            }
+        }
+    }
     if !s.boot.persistent {
         s.boot.device = None;
     }
@@ -280,6 +327,44 @@ impl Bmc for FakeBmc {
 
     fn health(&self) -> BoxFuture<'_, Result<crate::Health>> {
         self.call(Call::Health, |s| Ok(s.health.clone()))
+    }
+
+    // --- BIOS ---
+    fn bios_attributes(&self) -> BoxFuture<'_, Result<crate::BiosAttributes>> {
+        self.call(Call::BiosAttributes, |s| {
+            s.bios
+                .current
+                .clone()
+                .ok_or_else(|| BmcError::Unsupported("BIOS settings".into()))
+        })
+    }
+
+    fn bios_pending(&self) -> BoxFuture<'_, Result<Option<crate::BiosAttributes>>> {
+        self.call(Call::BiosPending, |s| match &s.bios.current {
+            Some(_) => Ok(Some(s.bios.pending.clone())),
+            None => Err(BmcError::Unsupported("BIOS settings".into())),
+        })
+    }
+
+    fn set_bios_pending<'a>(
+        &'a self,
+        attrs: &'a crate::BiosAttributes,
+    ) -> BoxFuture<'a, Result<()>> {
+        let attrs = attrs.clone();
+        self.call(Call::SetBiosPending(attrs.clone()), move |s| {
+            if s.bios.current.is_none() {
+                return Err(BmcError::Unsupported("BIOS settings".into()));
+            }
+            s.bios.pending.extend(attrs);
+            Ok(())
+        })
+    }
+
+    fn bios_registry(&self) -> BoxFuture<'_, Result<Option<crate::bios::Registry>>> {
+        self.call(Call::BiosRegistry, |s| match &s.bios.current {
+            Some(_) => Ok(s.bios.registry.clone()),
+            None => Err(BmcError::Unsupported("BIOS settings".into())),
+        })
     }
 
     fn log_entries<'a>(

@@ -8,6 +8,7 @@
 //! It must not touch the database or know about machines' lifecycles: the job workers in
 //! plinth-core decide what to ask, and record what happened.
 
+pub mod bios;
 mod connect;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
@@ -16,6 +17,7 @@ pub mod ipmi;
 pub mod redfish;
 pub mod vmedia;
 
+pub use bios::BiosAttributes;
 pub use connect::{BmcTarget, Connector, DEFAULT_CALL_TIMEOUT, Drivers};
 pub use health::{Health, LogBatch, LogEntry};
 pub use vmedia::{
@@ -225,6 +227,29 @@ pub trait Bmc: Send + Sync {
     /// Ejects whatever `slot` holds; an empty slot is left as it is.
     fn eject_media<'a>(&'a self, _slot: &'a str) -> BoxFuture<'a, Result<()>> {
         vmedia::unsupported()
+    }
+
+    // --- BIOS ---
+    /// The BIOS attributes in effect (Redfish `Bios.Attributes`), typed as the BMC gives them.
+    fn bios_attributes(&self) -> BoxFuture<'_, Result<BiosAttributes>> {
+        Box::pin(async { Err(BmcError::Unsupported("BIOS settings".into())) })
+    }
+    /// The attributes waiting for the next boot (Redfish: the `@Redfish.Settings` object).
+    /// Some BMCs list every attribute there, some only the changed ones: see
+    /// [`bios::not_pending`]. `None`: the BMC does not show what is pending (a Redfish BMC
+    /// without a settings object, which takes changes at `Bios` itself).
+    fn bios_pending(&self) -> BoxFuture<'_, Result<Option<BiosAttributes>>> {
+        Box::pin(async { Err(BmcError::Unsupported("BIOS settings".into())) })
+    }
+    /// Asks for `attrs` at the next boot (the BMC applies pending settings while the machine
+    /// starts). Read back with [`Bmc::bios_pending`], and after the boot with
+    /// [`Bmc::bios_attributes`].
+    fn set_bios_pending<'a>(&'a self, _attrs: &'a BiosAttributes) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Err(BmcError::Unsupported("BIOS settings".into())) })
+    }
+    /// The BMC's BIOS attribute registry, when it publishes one (`Ok(None)`: it does not).
+    fn bios_registry(&self) -> BoxFuture<'_, Result<Option<bios::Registry>>> {
+        Box::pin(async { Err(BmcError::Unsupported("BIOS settings".into())) })
     }
 
     /// Ends the session with the BMC, if the driver keeps one (BMCs allow only a few).

@@ -21,6 +21,7 @@
 //! token anywhere else. Plain `http://` needs the BMC's own opt-in
 //! ([`RedfishConfig::allow_plain_http`]): the password would cross the network in clear.
 
+mod bios;
 mod health;
 mod vmedia;
 
@@ -711,6 +712,26 @@ impl Bmc for Redfish {
         Box::pin(self.do_eject_media(slot))
     }
 
+    // --- BIOS ---
+    fn bios_attributes(&self) -> BoxFuture<'_, Result<crate::BiosAttributes>> {
+        Box::pin(self.do_bios_attributes())
+    }
+
+    fn bios_pending(&self) -> BoxFuture<'_, Result<Option<crate::BiosAttributes>>> {
+        Box::pin(self.do_bios_pending())
+    }
+
+    fn set_bios_pending<'a>(
+        &'a self,
+        attrs: &'a crate::BiosAttributes,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.do_set_bios_pending(attrs))
+    }
+
+    fn bios_registry(&self) -> BoxFuture<'_, Result<Option<crate::bios::Registry>>> {
+        Box::pin(self.do_bios_registry())
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.logout())
     }
@@ -846,6 +867,9 @@ pub mod fuzzing {
         links.extend(vmedia::fuzz_links(bytes));
         if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
             let _ = error_message(&v);
+            // BIOS: the attributes, the registry, and the links a Bios resource hands out.
+            let _ = bios::parse_registry(&v);
+            links.extend(bios::links(&v));
         }
         if let Ok(s) = std::str::from_utf8(bytes) {
             links.push(s.to_owned());

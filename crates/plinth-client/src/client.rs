@@ -4,6 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod bios;
+
 use plinth_types::api::*;
 use reqwest::{Method, RequestBuilder};
 use serde::Serialize;

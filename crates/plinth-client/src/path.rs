@@ -143,6 +143,23 @@ pub fn pool(name: &str) -> String {
     format!("{ROOT}/pools/{}", seg(name))
 }
 
+// --- BIOS ---
+pub fn machine_bios(id: impl Display) -> String {
+    format!("{}/bios", machine(id))
+}
+
+pub fn bios_profiles() -> String {
+    format!("{ROOT}/bios-profiles")
+}
+
+pub fn bios_profile(name: &str) -> String {
+    format!("{ROOT}/bios-profiles/{}", seg(name))
+}
+
+pub fn pool_bios_profile(name: &str) -> String {
+    format!("{}/bios-profile", pool(name))
+}
+
 pub fn tokens() -> String {
     format!("{ROOT}/tokens")
 }

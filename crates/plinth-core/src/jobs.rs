@@ -18,7 +18,7 @@ use crate::auth::Permission;
 use crate::{App, DbResult, Principal, Result};
 
 /// One BMC action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobSpec {
     Power {
         op: PowerOp,
@@ -43,6 +43,15 @@ pub enum JobSpec {
     },
     /// Take plinth's ISO out of the BMC's virtual media (the ramdisk has reported), read back.
     VmediaEject,
+    // --- BIOS ---
+    /// Set BIOS attributes at the next boot, boot, and read them back (crate::bios).
+    BiosApply {
+        attributes: plinth_bmc::BiosAttributes,
+        /// The pool's profile this applies, if it is one.
+        profile: Option<String>,
+    },
+    /// Read the BIOS attributes (and registry) into `machine_bios`.
+    BiosRead,
 }
 
 /// Attempts before a job fails for good (transient failures only are retried).
@@ -59,11 +68,13 @@ impl JobSpec {
             JobSpec::Retire => "retire",
             JobSpec::VmediaBoot { .. } => "vmedia_boot",
             JobSpec::VmediaEject => "vmedia_eject",
+            JobSpec::BiosApply { .. } => "bios_apply",
+            JobSpec::BiosRead => "bios_read",
         }
     }
 
     pub fn params(&self) -> serde_json::Value {
-        match *self {
+        match self {
             JobSpec::Power { op, force } => json!({ "action": op, "force": force }),
             JobSpec::BootDevice {
                 device,
@@ -71,7 +82,13 @@ impl JobSpec {
                 mode,
             } => json!({ "device": device, "persistent": persistent, "mode": mode }),
             JobSpec::VmediaBoot { agent, mode } => json!({ "agent": agent, "mode": mode }),
-            JobSpec::Identify | JobSpec::Retire | JobSpec::VmediaEject => json!({}),
+            JobSpec::Identify | JobSpec::Retire | JobSpec::VmediaEject | JobSpec::BiosRead => {
+                json!({})
+            }
+            JobSpec::BiosApply {
+                attributes,
+                profile,
+            } => json!({ "attributes": attributes, "profile": profile }),
         }
     }
 
@@ -108,6 +125,11 @@ impl JobSpec {
                 mode: field(kind, params, "mode")?,
             }),
             "vmedia_eject" => Ok(JobSpec::VmediaEject),
+            "bios_apply" => Ok(JobSpec::BiosApply {
+                attributes: field(kind, params, "attributes")?,
+                profile: field(kind, params, "profile")?,
+            }),
+            "bios_read" => Ok(JobSpec::BiosRead),
             other => Err(format!("unknown job kind {other:?}")),
         }
     }
@@ -470,6 +492,16 @@ mod tests {
                 mode: Some(FirmwareMode::Bios),
             },
             JobSpec::VmediaEject,
+            JobSpec::BiosApply {
+                attributes: [
+                    ("BootMode".to_owned(), json!("Uefi")),
+                    ("NumCores".to_owned(), json!(4)),
+                ]
+                .into_iter()
+                .collect(),
+                profile: Some("hpc".into()),
+            },
+            JobSpec::BiosRead,
         ];
         for s in all {
             assert_eq!(JobSpec::parse(s.kind(), &s.params()), Ok(s));

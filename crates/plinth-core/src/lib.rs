@@ -9,6 +9,7 @@ pub mod agent;
 pub mod allocations;
 pub mod auth;
 pub mod batch;
+pub mod bios;
 pub mod boot;
 pub mod clean;
 pub mod console;

@@ -131,7 +131,8 @@ impl App {
             plinth_db::console::clear(tx, id).await.db()?;
         }
         // The BMC work of the transition commits with it (DESIGN.md).
-        let jobs = self.queue_transition_jobs(tx, id, verb, who).await?;
+        let mut jobs = self.queue_transition_jobs(tx, id, verb, who).await?;
+        jobs.extend(self.queue_bios_jobs(tx, id, verb, who).await?);
         if let Some(obj) = details.as_object_mut() {
             if let Some(r) = reason {
                 obj.insert("reason".into(), r.into());

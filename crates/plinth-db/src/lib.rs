@@ -5,6 +5,7 @@
 //! BMCs. Queries are checked at compile time against the offline cache in `.sqlx/`.
 
 pub mod allocations;
+pub mod bios;
 pub mod bmcs;
 pub mod boot;
 pub mod cluster;

@@ -6,9 +6,11 @@
 //! another host ([`Collector`] is that other host); virtual media that download their image
 //! and fill the VM's CD drive ([`MediaKnobs`], `redfish/vmedia.rs`). Served by axum on 127.0.0.1.
 
+mod bios;
 mod health;
 mod vmedia;
 
+pub use bios::BiosKnobs;
 pub use health::Faults;
 pub use vmedia::{ImageServer, MediaKnobs};
 
@@ -112,6 +114,7 @@ struct Bmc {
     host: Option<std::sync::Arc<dyn Host>>,
     health: health::HealthState,
     vmedia: vmedia::MediaState,
+    bios: bios::BiosState,
 }
 
 impl std::fmt::Debug for dyn Host {
@@ -179,6 +182,7 @@ impl RedfishEmulator {
             host,
             health: health::HealthState::default(),
             vmedia: vmedia::MediaState::default(),
+            bios: bios::BiosState::default(),
         }));
         let app = Router::new()
             .route("/redfish/v1", get(root))
@@ -191,6 +195,7 @@ impl RedfishEmulator {
             .route("/redfish/v1/SessionService/Sessions", post(login))
             .merge(health::routes(Router::new()))
             .merge(vmedia::routes(Router::new()))
+            .merge(bios::routes(Router::new()))
             .route(
                 "/redfish/v1/SessionService/Sessions/{id}",
                 axum::routing::delete(logout),
@@ -361,6 +366,7 @@ async fn root(State(s): State<Shared>, h: HeaderMap) -> Response {
     let sessions = s.lock().expect("emulator state").knobs.sessions;
     let mut v = json!({ "@odata.id": "/redfish/v1", "Id": "RootService", "RedfishVersion": "1.11.0",
         "Systems": { "@odata.id": "/redfish/v1/Systems" }, "Oem": { "Plinth": { "Misbehaves": true } } });
+    bios::decorate_root(&mut v);
     if sessions {
         v["SessionService"] = json!({ "@odata.id": "/redfish/v1/SessionService" });
     }
@@ -429,6 +435,7 @@ async fn system(State(s): State<Shared>, h: HeaderMap) -> Response {
     });
     health::decorate_system(&b.health, &mut body);
     vmedia::decorate_system(&b.knobs.vmedia, &mut body);
+    bios::decorate_system(&b.bios, &mut body);
     if let Hostile::HugeBody(n) = b.knobs.hostile {
         body["Oem"] = json!({ "Padding": "x".repeat(n) });
     }
@@ -518,6 +525,9 @@ async fn reset(
                 body.get("ResetType").and_then(Value::as_str),
                 Some("On" | "ForceRestart" | "PowerCycle" | "ForceOn")
             );
+            if boots {
+                bios::on_boot(&mut b);
+            }
             if boots && b.enabled == "Once" {
                 b.enabled = "Disabled".into();
                 b.target = "None".into();
@@ -541,6 +551,7 @@ async fn reset(
         return StatusCode::NO_CONTENT.into_response();
     }
     let mut b = s.lock().expect("emulator state");
+    let was_on = b.power == "On";
     match body.get("ResetType").and_then(Value::as_str) {
         Some("On") => b.power = "On",
         Some("ForceOff" | "GracefulShutdown") => b.power = "Off",
@@ -552,6 +563,9 @@ async fn reset(
             );
         }
         None => return error(StatusCode::BAD_REQUEST, "ResetType is required."),
+    }
+    if b.power == "On" && (!was_on || body.get("ResetType") == Some(&json!("ForceRestart"))) {
+        bios::on_boot(&mut b);
     }
     if b.enabled == "Once" && b.power == "On" {
         b.enabled = "Disabled".into();

@@ -12,6 +12,13 @@ use uuid::Uuid;
 
 use crate::{MacAddr, MachineState, Role};
 
+mod bios;
+pub use bios::{
+    BiosProfile, BiosProfileCreate, BiosProfileUpdate, BiosRequest, MAX_BIOS_ATTRIBUTES,
+    MAX_BIOS_NAME, MAX_BIOS_STRING, MachineBios, PoolBiosProfile, parse_bios_assignment,
+    parse_bios_assignments,
+};
+
 /// For PATCH bodies: absent → `None` (leave alone), `null` → `Some(None)` (clear),
 /// a value → `Some(Some(v))` (set).
 fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(

@@ -127,6 +127,10 @@ pub(crate) const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../../web/templates/machine_console.html"),
     ),
     (
+        "machine_bios.html",
+        include_str!("../../../../web/templates/machine_bios.html"),
+    ),
+    (
         "racks.html",
         include_str!("../../../../web/templates/racks.html"),
     ),

@@ -48,6 +48,7 @@ pub fn routes() -> Router<App> {
         )
         .route("/machines/{id}/action", post(pages::action))
         .route("/machines/{id}/power", post(pages::power))
+        .route("/machines/{id}/bios", post(pages::set_bios))
         .route("/racks", get(pages::racks).post(pages::add_rack))
         .route("/racks/{name}", get(pages::rack))
         .route("/enroll", get(pages::enroll_form).post(pages::enroll))

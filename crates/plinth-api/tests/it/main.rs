@@ -3,6 +3,7 @@
 //! (plinth-testkit's `api::TestApi`).
 
 mod api;
+mod bios;
 mod boot;
 mod console;
 mod contract;

@@ -785,3 +785,5 @@ async fn the_timeline_stream_is_the_signed_in_users_and_this_sites() {
     assert_eq!(msgs[0].id, Some(id.to_string()));
     assert_eq!(msgs[0].event, None, "unnamed, for onmessage");
 }
+
+mod bios;

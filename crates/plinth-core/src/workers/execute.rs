@@ -11,7 +11,7 @@ use super::call::{Failure, call, power_str};
 use crate::jobs::JobSpec;
 
 /// Polls the power state until it is `want`; returns the last state read.
-async fn wait_power(
+pub(super) async fn wait_power(
     bmc: &dyn Bmc,
     s: &JobSettings,
     want: PowerState,
@@ -137,6 +137,8 @@ pub(super) async fn execute(
                 identity: Some(identity),
             })
         }
+        JobSpec::BiosApply { attributes, .. } => super::bios::apply(bmc, &attributes, s).await,
+        JobSpec::BiosRead => super::bios::read(bmc, s).await,
     }
 }
 

@@ -15,10 +15,13 @@
 //!   eject);
 //! - `call`: one BMC call under its timeout, and the transient/final `Failure` split;
 //! - `record`: a job's outcome written back, with its events;
+//! - `bios`: the BIOS jobs (set pending, boot, read back and compare; read), and what their
+//!   outcome writes to `machine_bios`;
 //! - `power_sync`: [`PowerSync`], the reconciler pass that reads every BMC's power state;
 //! - `webhooks`: [`WebhookWorker`], delivering events to webhooks from their durable queue
 //!   (the same claim, lease and backoff pattern, with an HTTP receiver instead of a BMC).
 
+mod bios;
 mod call;
 mod execute;
 mod health_sync;

@@ -60,6 +60,7 @@ impl JobRunner {
                 if j.kind == "retire" {
                     scrub_bmc(&mut tx, j.machine_id, j.id.uuid(), true).await?;
                 }
+                super::bios::record_done(&mut tx, j, &done.result).await?;
                 event(
                     &mut tx,
                     j.machine_id,
@@ -103,6 +104,7 @@ impl JobRunner {
                     // The machine is gone from plinth's care all the same: its credentials go.
                     scrub_bmc(&mut tx, j.machine_id, j.id.uuid(), false).await?;
                 }
+                super::bios::record_failed(&mut tx, j, &f).await?;
                 tracing::warn!(job_id = %j.id, machine_id = %j.machine_id, error = %f.message, cancelled = cancelled.len(), "job failed");
             }
         }

@@ -1654,3 +1654,4 @@ async fn virtual_media_machines_boot_their_ramdisk_from_an_iso_and_eject_it_afte
         jd[1].last_error
     );
 }
+mod bios;

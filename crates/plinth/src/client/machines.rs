@@ -177,6 +177,12 @@ pub enum MachineCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// A machine's BIOS as last read, or (--set) a change applied at its next boot and read
+    /// back (a job).
+    Bios {
+        #[command(flatten)]
+        args: super::bios::MachineBiosArgs,
+    },
     /// Set the device a machine boots from next (or always, with --persistent).
     BootDevice {
         id: Uuid,
@@ -551,6 +557,7 @@ pub async fn run(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             };
             show(&api.client.deploy_machine(id, &body, if_version).await?)
         }
+        MachineCommand::Bios { args } => super::bios::machine(api, args).await,
         MachineCommand::Power {
             id,
             action,

@@ -15,6 +15,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 mod allocations;
+mod bios;
 mod console;
 mod events;
 mod images;
@@ -146,6 +147,13 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: Option<events::EventsCommand>,
     },
+    /// BIOS profiles: named sets of attributes a pool's machines get on their way to ready.
+    BiosProfile {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: bios::BiosProfileCommand,
+    },
     /// Webhooks (admins): add, list, remove, and a webhook's deliveries.
     Webhook {
         #[command(flatten)]
@@ -205,6 +213,9 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Image { global, command } => images::run(&Api::new(&global)?, command).await,
         ClientCommand::Job { global, command } => jobs::run(&Api::new(&global)?, command).await,
         ClientCommand::Pool { global, command } => pools::run(&Api::new(&global)?, command).await,
+        ClientCommand::BiosProfile { global, command } => {
+            bios::profile(&Api::new(&global)?, command).await
+        }
         ClientCommand::Token { global, command } => tokens::run(&Api::new(&global)?, command).await,
         ClientCommand::Events {
             global,

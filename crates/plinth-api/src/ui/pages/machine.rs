@@ -190,12 +190,13 @@ pub(crate) async fn machine(
     let entries: Vec<_> = events.iter().map(timeline_entry).collect();
     let discovered = discovered_count(&app, &user).await;
     let console = super::console::section(&app, user.who(), id).await;
+    let bios = super::bios::section(&app, user.who(), id).await;
     let ctx = user.page(
         "machines",
         discovered,
         context! {
             m => m, facts => facts, serial => serial, nics => nics, actions => actions,
-            events => entries, live => live(m.state), console => console,
+            events => entries, live => live(m.state), console => console, bios => bios,
         },
     );
     Ok(shown(&user, &headers, render("machine.html", ctx)))

@@ -3,6 +3,7 @@
 //! a reload never repeats it). Forms that fail validation come back filled in, with the API's
 //! message at the field.
 
+mod bios;
 mod console;
 mod discovered;
 mod enroll;
@@ -11,6 +12,7 @@ mod machine;
 mod machines;
 mod racks;
 
+pub(crate) use bios::set_bios;
 pub(crate) use discovered::*;
 pub(crate) use enroll::*;
 pub(crate) use login::*;

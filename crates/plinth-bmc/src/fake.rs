@@ -4,6 +4,10 @@
 //! boot override. Its health and event log are knobs too ([`FakeBmc::set_health`],
 //! [`FakeBmc::push_log`]).
 
+mod firmware;
+
+pub use firmware::{TASK_POLLS, UpdateOutcome};
+
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -28,6 +32,11 @@ pub enum Call {
     Identity,
     Health,
     LogEntries,
+    FirmwareInventory,
+    UpdateCapabilities,
+    SimpleUpdate(String),
+    MultipartUpdate(usize),
+    TaskStatus,
 }
 
 #[derive(Debug)]
@@ -47,6 +56,7 @@ struct State {
     health: crate::Health,
     /// The event log; the cursor is how many entries were read.
     log: Vec<crate::LogEntry>,
+    fw: firmware::FwState,
 }
 
 #[derive(Debug)]
@@ -74,6 +84,7 @@ impl FakeBmc {
                 boots: 0,
                 health: crate::Health::unknown(),
                 log: Vec::new(),
+                fw: firmware::FwState::new(),
             }),
         }
     }
@@ -167,6 +178,7 @@ fn boot(s: &mut State) {
     if !s.boot.persistent {
         s.boot.device = None;
     }
+    s.fw.on_boot();
 }
 
 impl Bmc for FakeBmc {
@@ -253,6 +265,49 @@ impl Bmc for FakeBmc {
                 entries,
             })
         })
+    }
+
+    // --- firmware ---
+    fn firmware_inventory(&self) -> BoxFuture<'_, Result<Vec<crate::firmware::FirmwareItem>>> {
+        self.call(Call::FirmwareInventory, |s| Ok(s.fw.inventory()))
+    }
+
+    fn update_capabilities(&self) -> BoxFuture<'_, Result<crate::firmware::UpdateCapabilities>> {
+        self.call(Call::UpdateCapabilities, |_| {
+            Ok(firmware::FwState::capabilities())
+        })
+    }
+
+    fn simple_update<'a>(
+        &'a self,
+        image_url: &'a str,
+        targets: &'a [String],
+    ) -> BoxFuture<'a, Result<crate::firmware::UpdateTask>> {
+        let targets = targets.to_vec();
+        let url = image_url.to_owned();
+        self.call(Call::SimpleUpdate(url.clone()), move |s| {
+            s.fw.start(url, &targets)
+        })
+    }
+
+    fn multipart_update<'a>(
+        &'a self,
+        image: Vec<u8>,
+        targets: &'a [String],
+    ) -> BoxFuture<'a, Result<crate::firmware::UpdateTask>> {
+        let targets = targets.to_vec();
+        let n = image.len();
+        self.call(Call::MultipartUpdate(n), move |s| {
+            s.fw.start(format!("push:{n}"), &targets)
+        })
+    }
+
+    fn task_status<'a>(
+        &'a self,
+        task: &'a crate::firmware::UpdateTask,
+    ) -> BoxFuture<'a, Result<crate::firmware::TaskStatus>> {
+        let task = task.clone();
+        self.call(Call::TaskStatus, move |s| s.fw.status(&task))
     }
 }
 

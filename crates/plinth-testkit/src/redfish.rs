@@ -5,8 +5,10 @@
 //! compromised BMC that tries to make plinth read without end or send its credentials to
 //! another host ([`Collector`] is that other host). Served by axum on 127.0.0.1.
 
+mod firmware;
 mod health;
 
+pub use firmware::{FirmwareKnobs, ImageServer, image as firmware_image};
 pub use health::Faults;
 
 use std::net::SocketAddr;
@@ -97,6 +99,7 @@ struct Bmc {
     max_in_flight: u32,
     host: Option<std::sync::Arc<dyn Host>>,
     health: health::HealthState,
+    firmware: firmware::FirmwareState,
 }
 
 impl std::fmt::Debug for dyn Host {
@@ -163,6 +166,7 @@ impl RedfishEmulator {
             max_in_flight: 0,
             host,
             health: health::HealthState::default(),
+            firmware: firmware::FirmwareState::default(),
         }));
         let app = Router::new()
             .route("/redfish/v1", get(root))
@@ -174,6 +178,7 @@ impl RedfishEmulator {
             )
             .route("/redfish/v1/SessionService/Sessions", post(login))
             .merge(health::routes(Router::new()))
+            .merge(firmware::routes(Router::new()))
             .route(
                 "/redfish/v1/SessionService/Sessions/{id}",
                 axum::routing::delete(logout),
@@ -347,6 +352,7 @@ async fn root(State(s): State<Shared>, h: HeaderMap) -> Response {
     if sessions {
         v["SessionService"] = json!({ "@odata.id": "/redfish/v1/SessionService" });
     }
+    firmware::decorate_root(&mut v);
     axum::Json(v).into_response()
 }
 
@@ -486,6 +492,7 @@ async fn reset(
     if let Some(r) = gate(&s, &h, "POST reset", true).await {
         return r;
     }
+    firmware::on_reset(&s, &body);
     let host = s.lock().expect("emulator state").host.clone();
     if let Some(h) = host {
         // The override in effect for a boot this reset starts; a one-time one is used up.

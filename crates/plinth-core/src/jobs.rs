@@ -32,6 +32,14 @@ pub enum JobSpec {
     Identify,
     /// Power off for good, then forget the BMC's credentials (the end of a decommission).
     Retire,
+    /// Install a catalog firmware image (issue 21; `workers::firmware`). The job's params
+    /// carry the rest (component, version, the fetch token), written by
+    /// `App::request_firmware_update`.
+    FirmwareUpdate {
+        image: Uuid,
+    },
+    /// Read the firmware inventory and store it.
+    FirmwareRead,
 }
 
 /// Attempts before a job fails for good (transient failures only are retried).
@@ -46,6 +54,8 @@ impl JobSpec {
             JobSpec::BootDevice { .. } => "boot_device",
             JobSpec::Identify => "identify",
             JobSpec::Retire => "retire",
+            JobSpec::FirmwareUpdate { .. } => "firmware_update",
+            JobSpec::FirmwareRead => "firmware_read",
         }
     }
 
@@ -57,7 +67,8 @@ impl JobSpec {
                 persistent,
                 mode,
             } => json!({ "device": device, "persistent": persistent, "mode": mode }),
-            JobSpec::Identify | JobSpec::Retire => json!({}),
+            JobSpec::Identify | JobSpec::Retire | JobSpec::FirmwareRead => json!({}),
+            JobSpec::FirmwareUpdate { image } => json!({ "image": image }),
         }
     }
 
@@ -89,6 +100,10 @@ impl JobSpec {
             }),
             "identify" => Ok(JobSpec::Identify),
             "retire" => Ok(JobSpec::Retire),
+            "firmware_update" => Ok(JobSpec::FirmwareUpdate {
+                image: field(kind, params, "image")?,
+            }),
+            "firmware_read" => Ok(JobSpec::FirmwareRead),
             other => Err(format!("unknown job kind {other:?}")),
         }
     }
@@ -430,6 +445,8 @@ mod tests {
             },
             JobSpec::Identify,
             JobSpec::Retire,
+            JobSpec::FirmwareUpdate { image: Uuid::nil() },
+            JobSpec::FirmwareRead,
         ];
         for s in all {
             assert_eq!(JobSpec::parse(s.kind(), &s.params()), Ok(s));

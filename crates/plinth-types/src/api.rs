@@ -1176,6 +1176,9 @@ pub enum ImageKind {
     Initrd,
     Rootfs,
     DiskImage,
+    /// A BMC firmware image (issue 21); what it installs is said with
+    /// `PUT /firmware/images/{name}`.
+    Firmware,
 }
 
 impl ImageKind {
@@ -1186,6 +1189,7 @@ impl ImageKind {
             ImageKind::Initrd => "initrd",
             ImageKind::Rootfs => "rootfs",
             ImageKind::DiskImage => "disk-image",
+            ImageKind::Firmware => "firmware",
         }
     }
 }
@@ -1199,9 +1203,10 @@ impl std::str::FromStr for ImageKind {
             "initrd" => ImageKind::Initrd,
             "rootfs" => ImageKind::Rootfs,
             "disk-image" => ImageKind::DiskImage,
+            "firmware" => ImageKind::Firmware,
             other => {
                 return Err(format!(
-                    "unknown image kind {other:?} (ipxe, kernel, initrd, rootfs, disk-image)"
+                    "unknown image kind {other:?} (ipxe, kernel, initrd, rootfs, disk-image, firmware)"
                 ));
             }
         })

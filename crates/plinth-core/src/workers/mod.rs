@@ -14,12 +14,15 @@
 //! - `execute`: what each kind of job does on the BMC;
 //! - `call`: one BMC call under its timeout, and the transient/final `Failure` split;
 //! - `record`: a job's outcome written back, with its events;
+//! - `firmware`: firmware updates and inventory reads (issue 21), which record their
+//!   progress in the job row as they go;
 //! - `power_sync`: [`PowerSync`], the reconciler pass that reads every BMC's power state;
 //! - `webhooks`: [`WebhookWorker`], delivering events to webhooks from their durable queue
 //!   (the same claim, lease and backoff pattern, with an HTTP receiver instead of a BMC).
 
 mod call;
 mod execute;
+mod firmware;
 mod health_sync;
 mod power_sync;
 mod record;
@@ -27,6 +30,7 @@ mod runner;
 mod wakeups;
 mod webhooks;
 
+pub(crate) use firmware::Params as FirmwareParams;
 pub use power_sync::{PowerSync, SyncReport, SyncSettings};
 pub use runner::{JobRunner, JobSettings};
 pub use webhooks::{WebhookSettings, WebhookWorker, signature};

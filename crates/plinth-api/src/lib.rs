@@ -11,6 +11,7 @@ pub mod error;
 mod events_stream;
 mod fastpath;
 mod file_plan;
+mod firmware;
 mod sys;
 pub mod tls;
 mod ui;
@@ -76,6 +77,8 @@ use crate::error::ApiError;
         v1::power, v1::boot_device, v1::get_job, v1::list_jobs, v1::cancel_job,
         console::console_log, console::console_status,
         console::set_console_endpoint, console::delete_console_endpoint,
+        firmware::describe_image, firmware::inventory, firmware::update, firmware::read,
+        firmware::create_rollout, firmware::list_rollouts, firmware::get_rollout,
     ),
     components(schemas(plinth_types::api::ErrorBody, v1::ActionVerb, v1::Binary)),
     modifiers(&BearerAuth, &ErrorAnswers),
@@ -293,6 +296,20 @@ fn management_v1() -> Router<App> {
                 .put(v1::upload_image)
                 .delete(v1::delete_image),
         )
+        .route(
+            "/firmware/images/{name}",
+            axum::routing::put(firmware::describe_image),
+        )
+        .route(
+            "/machines/{id}/firmware",
+            g(firmware::inventory).post(firmware::update),
+        )
+        .route("/machines/{id}/firmware/read", p(firmware::read))
+        .route(
+            "/firmware/rollouts",
+            p(firmware::create_rollout).get(firmware::list_rollouts),
+        )
+        .route("/firmware/rollouts/{id}", g(firmware::get_rollout))
         // JSON bodies (an image upload streams its body and is bounded by the disk instead).
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON))
 }
@@ -336,7 +353,8 @@ pub fn router_for(app: App, surface: Surface) -> Router {
         r = r
             .route("/boot/ipxe", g(boot::ipxe_script))
             .route("/metadata/{instance}/{file}", g(v1::nocloud))
-            .route("/boot/{*path}", g(boot::file));
+            .route("/boot/{*path}", g(boot::file))
+            .route("/firmware/{job}/{token}", g(firmware::fetch));
     }
     if surface != Surface::Provisioning {
         r = r.merge(ui::routes()).route("/metrics", get(metrics));

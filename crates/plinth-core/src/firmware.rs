@@ -546,6 +546,25 @@ impl App {
     }
 }
 
+/// Queues a firmware inventory read for a machine with a Redfish BMC (IPMI has no firmware
+/// inventory): after an inspection, in its transaction, so the read runs once it commits.
+pub(crate) async fn queue_inventory_read(
+    tx: &mut plinth_db::PgConnection,
+    machine_id: Uuid,
+    actor: &str,
+) -> Result<()> {
+    let bmcs = plinth_db::bmcs::for_machines(tx, &[machine_id])
+        .await
+        .db()?;
+    if bmcs
+        .iter()
+        .any(|b| b.protocol == plinth_types::api::BmcProtocol::Redfish)
+    {
+        crate::jobs::queue(tx, machine_id, &[JobSpec::FirmwareRead], actor).await?;
+    }
+    Ok(())
+}
+
 /// Queues one update job, with its event.
 async fn queue_update(
     tx: &mut plinth_db::PgConnection,

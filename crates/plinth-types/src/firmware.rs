@@ -38,9 +38,11 @@ pub struct FirmwareInventory {
 #[serde(deny_unknown_fields)]
 pub struct FirmwareImageDescribe {
     /// `bmc`, `bios`, `nic`, `drive` or `other`.
+    #[schema(pattern = "^(bmc|bios|nic|drive|other)$")]
     pub component: String,
     /// The version the BMC reports once the image is installed (letters, digits, `.`, `_`,
     /// `+`, `:`, `-`; at most 64).
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._+:-]{0,63}$")]
     pub version: String,
 }
 
@@ -94,6 +96,7 @@ pub struct RolloutRequest {
     pub pool: Option<String>,
     /// Machines updating at once per rack (default 1).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_per_rack: Option<u32>,
 }
 

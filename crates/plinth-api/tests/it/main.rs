@@ -6,6 +6,7 @@ mod api;
 mod boot;
 mod console;
 mod contract;
+mod firmware;
 mod limits;
 mod stream;
 mod ui;

@@ -657,3 +657,48 @@ async fn a_rollout_stops_at_the_first_failure() {
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotFound);
 }
+
+#[tokio::test]
+async fn an_inspection_reads_the_firmware_inventory_after_its_report() {
+    let w = world().await;
+    let (id, bmc) = w.machine(1, None, MachineState::Inspecting).await;
+    let report = InspectionReport {
+        cpu: CpuFacts {
+            model: "Xeon".into(),
+            cores: 4,
+            threads: 8,
+        },
+        memory_mib: 8192,
+        disks: vec![],
+        nics: vec![NicFacts {
+            name: "eno1".into(),
+            mac: mac(1),
+            speed_mbps: None,
+            link: None,
+        }],
+        system: SystemFacts {
+            vendor: "Acme".into(),
+            product: "R640".into(),
+            serial: "SN".into(),
+            uuid: id.to_string(),
+        },
+        firmware: Firmware::Uefi,
+        arch: Arch::X86_64,
+    };
+    w.app.submit_inspection(&admin(), id, report).await.unwrap();
+    assert!(
+        w.app
+            .machine_firmware(&admin(), id)
+            .await
+            .unwrap()
+            .read_at
+            .is_none(),
+        "read after the report's transaction, not in it"
+    );
+    assert!(!bmc.calls().contains(&Call::FirmwareInventory));
+    w.runner.drain().await.unwrap();
+    assert!(bmc.calls().contains(&Call::FirmwareInventory));
+    let inv = w.app.machine_firmware(&admin(), id).await.unwrap();
+    let kinds: Vec<&str> = inv.items.iter().map(|i| i.kind.as_str()).collect();
+    assert_eq!(kinds, ["bmc", "bios", "nic", "drive"]);
+}

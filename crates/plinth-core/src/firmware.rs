@@ -82,6 +82,19 @@ fn firmware_image(r: plinth_db::firmware::FirmwareImageRow) -> Result<FirmwareIm
     })
 }
 
+/// A machine-table filter `component:version` (`bios:1.2.3`), checked.
+pub fn parse_filter(s: &str) -> Result<(String, String)> {
+    let (c, v) = s.split_once(':').ok_or_else(|| {
+        Error::invalid(
+            "invalid_firmware_filter",
+            format!("firmware filter {s:?}: component:version, e.g. bios:1.2.3"),
+        )
+    })?;
+    check_component(c)?;
+    check_version(v)?;
+    Ok((c.to_owned(), v.to_owned()))
+}
+
 /// Whether a firmware update may run in this machine's state.
 pub fn update_allowed(state: MachineState, maintenance: bool) -> bool {
     state != MachineState::Decommissioned && (state == MachineState::Ready || maintenance)
@@ -650,6 +663,15 @@ mod tests {
             assert!(check_version(v).is_err(), "{v}");
         }
         assert!(check_component("bios").is_ok() && check_component("BIOS").is_err());
+        assert_eq!(
+            parse_filter("bios:1.2.3").unwrap(),
+            ("bios".to_owned(), "1.2.3".to_owned())
+        );
+        // A version may hold colons; the component is what comes before the first.
+        assert_eq!(parse_filter("nic:1:2").unwrap().1, "1:2");
+        for bad in ["bios", "cpu:1", "bios:", ":1"] {
+            assert!(parse_filter(bad).is_err(), "{bad}");
+        }
         assert!(update_allowed(MachineState::Ready, false));
         assert!(update_allowed(MachineState::Deployed, true));
         assert!(!update_allowed(MachineState::Deployed, false));

@@ -264,6 +264,66 @@ async fn a_bios_update_is_pushed_followed_reset_and_read_back() {
         assert!(kinds.iter().any(|x| x == k), "{k} missing from {kinds:?}");
     }
 
+    // The machine list and the machine table filter on a component's version.
+    let (other, _) = w.machine(2, None, MachineState::Ready).await;
+    w.app.request_firmware_read(&admin(), other).await.unwrap();
+    w.runner.drain().await.unwrap();
+    for (filter, want) in [
+        ("bios:1.1.0", vec![id]),
+        ("bios:1.0.0", vec![other]),
+        ("nic:1.0.0", {
+            let mut v = vec![id, other];
+            v.sort();
+            v
+        }),
+        ("drive:9", vec![]),
+    ] {
+        let mut got: Vec<Uuid> = w
+            .app
+            .list_machines(
+                &admin(),
+                plinth_core::machines::MachineQuery {
+                    firmware: Some(filter.into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .machines
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "{filter}");
+        let (rows, total) = w
+            .app
+            .machine_table(
+                &admin(),
+                plinth_core::inventory::TableQuery {
+                    firmware: Some(plinth_core::firmware::parse_filter(filter).unwrap()),
+                    limit: 50,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut got: Vec<Uuid> = rows.into_iter().map(|r| r.id).collect();
+        got.sort();
+        assert_eq!((got, total), (want.clone(), want.len() as i64), "{filter}");
+    }
+    let e = w
+        .app
+        .list_machines(
+            &admin(),
+            plinth_core::machines::MachineQuery {
+                firmware: Some("bios".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "invalid_firmware_filter");
+
     // The same image again: nothing is pushed, the job says so.
     let again = w.update(id, "bios-1.1.0").await.unwrap();
     w.runner.drain().await.unwrap();

@@ -17,6 +17,7 @@ use uuid::Uuid;
 mod allocations;
 mod console;
 mod events;
+mod firmware;
 mod images;
 mod jobs;
 mod leases;
@@ -144,6 +145,14 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: Option<events::EventsCommand>,
     },
+    /// Firmware (issue 21): describe images, fleet rollouts (a machine's inventory and
+    /// updates: `plinth machine firmware`).
+    Firmware {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: firmware::FirmwareCommand,
+    },
     /// Webhooks (admins): add, list, remove, and a webhook's deliveries.
     Webhook {
         #[command(flatten)]
@@ -217,6 +226,9 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         } => events::list(&Api::new(&global)?, since, limit).await,
         ClientCommand::Webhook { global, command } => {
             webhooks::run(&Api::new(&global)?, command).await
+        }
+        ClientCommand::Firmware { global, command } => {
+            firmware::run(&Api::new(&global)?, command).await
         }
     }
 }

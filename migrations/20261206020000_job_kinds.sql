@@ -6,5 +6,7 @@ alter table jobs drop constraint jobs_kind_check,
         -- virtual media (workers/vmedia.rs)
         'vmedia_boot', 'vmedia_eject',
         -- BIOS settings (workers/bios.rs)
-        'bios_apply', 'bios_read'
+        'bios_apply', 'bios_read',
+        -- firmware (workers/firmware.rs)
+        'firmware_update', 'firmware_read'
     ));

@@ -765,6 +765,45 @@ ALTER TABLE public.events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+CREATE TABLE public.firmware_images (
+    image_id uuid NOT NULL,
+    component text NOT NULL,
+    version text NOT NULL,
+    described_by text NOT NULL,
+    described_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT firmware_images_component_check CHECK ((component = ANY (ARRAY['bmc'::text, 'bios'::text, 'nic'::text, 'drive'::text, 'other'::text]))),
+    CONSTRAINT firmware_images_version_check CHECK ((version ~ '^[A-Za-z0-9][A-Za-z0-9._+:-]{0,63}$'::text))
+);
+
+CREATE TABLE public.firmware_rollout_machines (
+    rollout_id uuid NOT NULL,
+    machine_id uuid NOT NULL,
+    rack_id uuid,
+    "position" integer NOT NULL,
+    state text DEFAULT 'pending'::text NOT NULL,
+    job_id uuid,
+    error text,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT firmware_rollout_machines_error_check CHECK ((length(error) <= 2000)),
+    CONSTRAINT firmware_rollout_machines_position_check CHECK (("position" >= 0)),
+    CONSTRAINT firmware_rollout_machines_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'skipped'::text])))
+);
+
+CREATE TABLE public.firmware_rollouts (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    image_id uuid NOT NULL,
+    max_per_rack integer NOT NULL,
+    state text DEFAULT 'running'::text NOT NULL,
+    reason text,
+    created_by text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    CONSTRAINT firmware_rollouts_check CHECK (((state = 'running'::text) = (finished_at IS NULL))),
+    CONSTRAINT firmware_rollouts_max_per_rack_check CHECK (((max_per_rack >= 1) AND (max_per_rack <= 1000))),
+    CONSTRAINT firmware_rollouts_reason_check CHECK ((length(reason) <= 2000)),
+    CONSTRAINT firmware_rollouts_state_check CHECK ((state = ANY (ARRAY['running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
+);
+
 CREATE TABLE public.images (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
     name text NOT NULL,
@@ -781,7 +820,7 @@ CREATE TABLE public.images (
     raw_sha256 text,
     CONSTRAINT images_arch_check CHECK ((arch = ANY (ARRAY['x86_64'::text, 'aarch64'::text, 'any'::text]))),
     CONSTRAINT images_firmware_check CHECK ((firmware = ANY (ARRAY['bios'::text, 'uefi'::text, 'both'::text]))),
-    CONSTRAINT images_kind_check CHECK ((kind = ANY (ARRAY['ipxe'::text, 'kernel'::text, 'initrd'::text, 'rootfs'::text, 'disk-image'::text]))),
+    CONSTRAINT images_kind_check CHECK ((kind = ANY (ARRAY['ipxe'::text, 'kernel'::text, 'initrd'::text, 'rootfs'::text, 'disk-image'::text, 'firmware'::text]))),
     CONSTRAINT images_name_check CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$'::text)),
     CONSTRAINT images_path_check CHECK (((length(path) >= 1) AND (length(path) <= 255))),
     CONSTRAINT images_raw_sha256_check CHECK ((raw_sha256 ~ '^[0-9a-f]{64}$'::text)),
@@ -813,7 +852,7 @@ CREATE TABLE public.jobs (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT jobs_attempts_check CHECK ((attempts >= 0)),
     CONSTRAINT jobs_finished_at CHECK (((state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'cancelled'::text])) = (finished_at IS NOT NULL))),
-    CONSTRAINT jobs_kind_check CHECK ((kind = ANY (ARRAY['power'::text, 'boot_device'::text, 'identify'::text, 'retire'::text, 'vmedia_boot'::text, 'vmedia_eject'::text, 'bios_apply'::text, 'bios_read'::text]))),
+    CONSTRAINT jobs_kind_check CHECK ((kind = ANY (ARRAY['power'::text, 'boot_device'::text, 'identify'::text, 'retire'::text, 'vmedia_boot'::text, 'vmedia_eject'::text, 'bios_apply'::text, 'bios_read'::text, 'firmware_update'::text, 'firmware_read'::text]))),
     CONSTRAINT jobs_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
     CONSTRAINT jobs_running_lease CHECK (((state = 'running'::text) = (lease_until IS NOT NULL))),
     CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
@@ -854,6 +893,13 @@ CREATE TABLE public.machine_bios (
     CONSTRAINT machine_bios_attributes_check CHECK ((jsonb_typeof(attributes) = 'object'::text)),
     CONSTRAINT machine_bios_pending_check CHECK ((jsonb_typeof(pending) = 'object'::text)),
     CONSTRAINT machine_bios_registry_check CHECK ((jsonb_typeof(registry) = 'object'::text))
+);
+
+CREATE TABLE public.machine_firmware (
+    machine_id uuid NOT NULL,
+    items jsonb NOT NULL,
+    read_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT machine_firmware_items_check CHECK ((jsonb_typeof(items) = 'array'::text))
 );
 
 CREATE TABLE public.machines (
@@ -1096,6 +1142,15 @@ ALTER TABLE ONLY public.deployments
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.firmware_images
+    ADD CONSTRAINT firmware_images_pkey PRIMARY KEY (image_id);
+
+ALTER TABLE ONLY public.firmware_rollout_machines
+    ADD CONSTRAINT firmware_rollout_machines_pkey PRIMARY KEY (rollout_id, machine_id);
+
+ALTER TABLE ONLY public.firmware_rollouts
+    ADD CONSTRAINT firmware_rollouts_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.images
     ADD CONSTRAINT images_name_key UNIQUE (name);
 
@@ -1116,6 +1171,9 @@ ALTER TABLE ONLY public.leases
 
 ALTER TABLE ONLY public.machine_bios
     ADD CONSTRAINT machine_bios_pkey PRIMARY KEY (machine_id);
+
+ALTER TABLE ONLY public.machine_firmware
+    ADD CONSTRAINT machine_firmware_pkey PRIMARY KEY (machine_id);
 
 ALTER TABLE ONLY public.machines
     ADD CONSTRAINT machines_pkey PRIMARY KEY (id);
@@ -1183,6 +1241,10 @@ CREATE INDEX events_feed_idx ON public.events USING btree (COALESCE(txid, '0'::x
 
 CREATE INDEX events_machine_idx ON public.events USING btree (machine_id, id);
 
+CREATE INDEX firmware_rollout_machines_job_idx ON public.firmware_rollout_machines USING btree (job_id) WHERE (job_id IS NOT NULL);
+
+CREATE INDEX firmware_rollouts_running_idx ON public.firmware_rollouts USING btree (created_at) WHERE (state = 'running'::text);
+
 CREATE INDEX jobs_chain_idx ON public.jobs USING btree (chain) WHERE (chain IS NOT NULL);
 
 CREATE INDEX jobs_lease_idx ON public.jobs USING btree (lease_until) WHERE (state = 'running'::text);
@@ -1200,6 +1262,8 @@ CREATE INDEX leases_expiry_idx ON public.leases USING btree (expires_at) WHERE (
 CREATE INDEX leases_free_idx ON public.leases USING btree (subnet_id, address) WHERE ((state = 'free'::text) AND pool);
 
 CREATE INDEX leases_mac_idx ON public.leases USING btree (mac);
+
+CREATE INDEX machine_firmware_items_idx ON public.machine_firmware USING gin (items jsonb_path_ops);
 
 CREATE INDEX machines_allocation_idx ON public.machines USING btree (allocation_id) WHERE (allocation_id IS NOT NULL);
 
@@ -1288,6 +1352,21 @@ ALTER TABLE ONLY public.deployments
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id);
 
+ALTER TABLE ONLY public.firmware_images
+    ADD CONSTRAINT firmware_images_image_id_fkey FOREIGN KEY (image_id) REFERENCES public.images(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.firmware_rollout_machines
+    ADD CONSTRAINT firmware_rollout_machines_job_id_fkey FOREIGN KEY (job_id) REFERENCES public.jobs(id);
+
+ALTER TABLE ONLY public.firmware_rollout_machines
+    ADD CONSTRAINT firmware_rollout_machines_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id);
+
+ALTER TABLE ONLY public.firmware_rollout_machines
+    ADD CONSTRAINT firmware_rollout_machines_rollout_id_fkey FOREIGN KEY (rollout_id) REFERENCES public.firmware_rollouts(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.firmware_rollouts
+    ADD CONSTRAINT firmware_rollouts_image_id_fkey FOREIGN KEY (image_id) REFERENCES public.images(id);
+
 ALTER TABLE ONLY public.jobs
     ADD CONSTRAINT jobs_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id);
 
@@ -1296,6 +1375,9 @@ ALTER TABLE ONLY public.leases
 
 ALTER TABLE ONLY public.machine_bios
     ADD CONSTRAINT machine_bios_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id);
+
+ALTER TABLE ONLY public.machine_firmware
+    ADD CONSTRAINT machine_firmware_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.machines
     ADD CONSTRAINT machines_allocation_id_fkey FOREIGN KEY (allocation_id) REFERENCES public.allocations(id);

@@ -18,6 +18,7 @@ mod dhcp;
 mod disk_images;
 mod e2e;
 mod faults;
+mod firmware;
 mod ha;
 mod health;
 mod listeners;

@@ -180,7 +180,10 @@ fn refusal(path: &str, peer: Option<SocketAddr>, r: Refusal) -> Response {
 
 /// The axum path for files: only requests the listener's sendfile path hands over (a request
 /// with a body, odd framing) come here, so a plain stream is enough.
-async fn serve_file(path: &std::path::Path, headers: &HeaderMap) -> std::io::Result<Response> {
+pub(crate) async fn serve_file(
+    path: &std::path::Path,
+    headers: &HeaderMap,
+) -> std::io::Result<Response> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let mut f = tokio::fs::File::open(path).await?;
     let meta = f.metadata().await?;

@@ -13,6 +13,7 @@ pub mod error;
 mod events_stream;
 mod fastpath;
 mod file_plan;
+mod firmware;
 mod sys;
 pub mod tls;
 mod ui;
@@ -81,6 +82,8 @@ use crate::error::ApiError;
         console::set_console_endpoint, console::delete_console_endpoint,
         bios::machine_bios, bios::request_bios, bios::list_profiles, bios::get_profile,
         bios::create_profile, bios::replace_profile, bios::delete_profile, bios::set_pool_profile,
+        firmware::describe_image, firmware::inventory, firmware::update, firmware::read,
+        firmware::create_rollout, firmware::list_rollouts, firmware::get_rollout,
     ),
     components(schemas(plinth_types::api::ErrorBody, v1::ActionVerb, v1::Binary)),
     modifiers(&BearerAuth, &ErrorAnswers),
@@ -299,6 +302,20 @@ fn management_v1() -> Router<App> {
                 .delete(v1::delete_image),
         )
         .merge(bios::routes())
+        .route(
+            "/firmware/images/{name}",
+            axum::routing::put(firmware::describe_image),
+        )
+        .route(
+            "/machines/{id}/firmware",
+            g(firmware::inventory).post(firmware::update),
+        )
+        .route("/machines/{id}/firmware/read", p(firmware::read))
+        .route(
+            "/firmware/rollouts",
+            p(firmware::create_rollout).get(firmware::list_rollouts),
+        )
+        .route("/firmware/rollouts/{id}", g(firmware::get_rollout))
         // JSON bodies (an image upload streams its body and is bounded by the disk instead).
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON))
 }
@@ -343,7 +360,8 @@ pub fn router_for(app: App, surface: Surface) -> Router {
             .route("/boot/ipxe", g(boot::ipxe_script))
             .route("/boot/vmedia/{name}", g(vmedia::iso))
             .route("/metadata/{instance}/{file}", g(v1::nocloud))
-            .route("/boot/{*path}", g(boot::file));
+            .route("/boot/{*path}", g(boot::file))
+            .route("/firmware/{job}/{token}", g(firmware::fetch));
     }
     if surface != Surface::Provisioning {
         r = r.merge(ui::routes()).route("/metrics", get(metrics));

@@ -142,6 +142,9 @@ pub struct MachineListParams {
     q: Option<String>,
     /// `ok`, `warning`, `critical`, or `unknown` (no BMC, or its health not read yet).
     health: Option<plinth_types::health::HealthStatus>,
+    /// `component:version` (`bios:1.2.3`): machines whose firmware inventory has it.
+    #[param(pattern = "^(bmc|bios|nic|drive|other):[A-Za-z0-9][A-Za-z0-9._+:-]{0,63}$")]
+    firmware: Option<String>,
     /// 1-1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
@@ -164,6 +167,7 @@ pub async fn list_machines(
         tag: p.tag,
         q: p.q,
         health: p.health,
+        firmware: p.firmware,
         limit: p.limit,
         cursor: p.cursor,
     };
@@ -782,7 +786,7 @@ pub async fn delete_image(
 
 // ------------------------------------------------------------------ BMC jobs
 
-fn accepted(job: Job) -> Response {
+pub(crate) fn accepted(job: Job) -> Response {
     let mut resp = (StatusCode::ACCEPTED, Json(job.clone())).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/jobs/{}", job.id)) {
         resp.headers_mut().insert(axum::http::header::LOCATION, v);

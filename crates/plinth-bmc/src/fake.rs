@@ -6,6 +6,10 @@
 //! stick, [`FakeBmc::set_media_slots`] for others), with a knob that makes an insertion
 //! silently not stick ([`FakeBmc::set_ignores_media`]).
 
+mod firmware;
+
+pub use firmware::{TASK_POLLS, UpdateOutcome};
+
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -43,6 +47,11 @@ pub enum Call {
     BiosPending,
     SetBiosPending(crate::BiosAttributes),
     BiosRegistry,
+    FirmwareInventory,
+    UpdateCapabilities,
+    SimpleUpdate(String),
+    MultipartUpdate(usize),
+    TaskStatus,
 }
 
 #[derive(Debug)]
@@ -67,6 +76,7 @@ struct State {
     /// Accept insertions and ejects, and keep the slot as it was.
     ignores_media: bool,
     bios: FakeBios,
+    fw: firmware::FwState,
 }
 
 /// The fake's slots: a CD drive and a USB stick, empty.
@@ -125,6 +135,7 @@ impl FakeBmc {
                 ],
                 ignores_media: false,
                 bios: FakeBios::default(),
+                fw: firmware::FwState::new(),
             }),
         }
     }
@@ -261,6 +272,7 @@ fn boot(s: &mut State) {
     if !s.boot.persistent {
         s.boot.device = None;
     }
+    s.fw.on_boot();
 }
 
 impl Bmc for FakeBmc {
@@ -427,6 +439,49 @@ impl Bmc for FakeBmc {
             }
             Ok(())
         })
+    }
+
+    // --- firmware ---
+    fn firmware_inventory(&self) -> BoxFuture<'_, Result<Vec<crate::firmware::FirmwareItem>>> {
+        self.call(Call::FirmwareInventory, |s| Ok(s.fw.inventory()))
+    }
+
+    fn update_capabilities(&self) -> BoxFuture<'_, Result<crate::firmware::UpdateCapabilities>> {
+        self.call(Call::UpdateCapabilities, |_| {
+            Ok(firmware::FwState::capabilities())
+        })
+    }
+
+    fn simple_update<'a>(
+        &'a self,
+        image_url: &'a str,
+        targets: &'a [String],
+    ) -> BoxFuture<'a, Result<crate::firmware::UpdateTask>> {
+        let targets = targets.to_vec();
+        let url = image_url.to_owned();
+        self.call(Call::SimpleUpdate(url.clone()), move |s| {
+            s.fw.start(url, &targets)
+        })
+    }
+
+    fn multipart_update<'a>(
+        &'a self,
+        image: Vec<u8>,
+        targets: &'a [String],
+    ) -> BoxFuture<'a, Result<crate::firmware::UpdateTask>> {
+        let targets = targets.to_vec();
+        let n = image.len();
+        self.call(Call::MultipartUpdate(n), move |s| {
+            s.fw.start(format!("push:{n}"), &targets)
+        })
+    }
+
+    fn task_status<'a>(
+        &'a self,
+        task: &'a crate::firmware::UpdateTask,
+    ) -> BoxFuture<'a, Result<crate::firmware::TaskStatus>> {
+        let task = task.clone();
+        self.call(Call::TaskStatus, move |s| s.fw.status(&task))
     }
 }
 

@@ -12,6 +12,7 @@ pub mod bios;
 mod connect;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
+pub mod firmware;
 pub mod health;
 pub mod ipmi;
 pub mod redfish;
@@ -250,6 +251,40 @@ pub trait Bmc: Send + Sync {
     /// The BMC's BIOS attribute registry, when it publishes one (`Ok(None)`: it does not).
     fn bios_registry(&self) -> BoxFuture<'_, Result<Option<bios::Registry>>> {
         Box::pin(async { Err(BmcError::Unsupported("BIOS settings".into())) })
+    }
+
+    // --- firmware ---
+    /// The firmware inventory (BMC, BIOS, NICs, drives, ... with their versions).
+    fn firmware_inventory(&self) -> BoxFuture<'_, Result<Vec<firmware::FirmwareItem>>> {
+        Box::pin(async { Err(BmcError::Unsupported("a firmware inventory".into())) })
+    }
+    /// How the BMC accepts update images.
+    fn update_capabilities(&self) -> BoxFuture<'_, Result<firmware::UpdateCapabilities>> {
+        Box::pin(async { Err(BmcError::Unsupported("firmware updates".into())) })
+    }
+    /// Asks the BMC to fetch `image_url` and apply it to `targets` (inventory items' URIs;
+    /// empty: the BMC decides). Returns the task to follow.
+    fn simple_update<'a>(
+        &'a self,
+        _image_url: &'a str,
+        _targets: &'a [String],
+    ) -> BoxFuture<'a, Result<firmware::UpdateTask>> {
+        Box::pin(async { Err(BmcError::Unsupported("SimpleUpdate".into())) })
+    }
+    /// Pushes `image` to the BMC (multipart HTTP push) for `targets`.
+    fn multipart_update<'a>(
+        &'a self,
+        _image: Vec<u8>,
+        _targets: &'a [String],
+    ) -> BoxFuture<'a, Result<firmware::UpdateTask>> {
+        Box::pin(async { Err(BmcError::Unsupported("a multipart firmware push".into())) })
+    }
+    /// Where an update task stands.
+    fn task_status<'a>(
+        &'a self,
+        _task: &'a firmware::UpdateTask,
+    ) -> BoxFuture<'a, Result<firmware::TaskStatus>> {
+        Box::pin(async { Err(BmcError::Unsupported("update tasks".into())) })
     }
 
     /// Ends the session with the BMC, if the driver keeps one (BMCs allow only a few).

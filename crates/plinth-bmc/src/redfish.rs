@@ -22,6 +22,7 @@
 //! ([`RedfishConfig::allow_plain_http`]): the password would cross the network in clear.
 
 mod bios;
+mod firmware;
 mod health;
 mod vmedia;
 
@@ -730,6 +731,38 @@ impl Bmc for Redfish {
 
     fn bios_registry(&self) -> BoxFuture<'_, Result<Option<crate::bios::Registry>>> {
         Box::pin(self.do_bios_registry())
+    }
+
+    // --- firmware ---
+    fn firmware_inventory(&self) -> BoxFuture<'_, Result<Vec<crate::firmware::FirmwareItem>>> {
+        Box::pin(self.do_firmware_inventory())
+    }
+
+    fn update_capabilities(&self) -> BoxFuture<'_, Result<crate::firmware::UpdateCapabilities>> {
+        Box::pin(self.do_update_capabilities())
+    }
+
+    fn simple_update<'a>(
+        &'a self,
+        image_url: &'a str,
+        targets: &'a [String],
+    ) -> BoxFuture<'a, Result<crate::firmware::UpdateTask>> {
+        Box::pin(self.do_simple_update(image_url, targets))
+    }
+
+    fn multipart_update<'a>(
+        &'a self,
+        image: Vec<u8>,
+        targets: &'a [String],
+    ) -> BoxFuture<'a, Result<crate::firmware::UpdateTask>> {
+        Box::pin(self.do_multipart_update(image, targets))
+    }
+
+    fn task_status<'a>(
+        &'a self,
+        task: &'a crate::firmware::UpdateTask,
+    ) -> BoxFuture<'a, Result<crate::firmware::TaskStatus>> {
+        Box::pin(self.do_task_status(task))
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

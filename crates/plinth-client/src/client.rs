@@ -408,6 +408,56 @@ impl Client {
         self.post(&path::machine_boot_device(id), req).await
     }
 
+    // ------------------------------------------------------------------------ firmware
+
+    /// Says what a catalog image of kind firmware installs.
+    pub async fn describe_firmware_image(
+        &self,
+        name: &str,
+        req: &plinth_types::firmware::FirmwareImageDescribe,
+    ) -> Result<plinth_types::firmware::FirmwareImage, Error> {
+        self.call(Method::PUT, &path::firmware_image(name), Some(req), None)
+            .await
+    }
+
+    /// A machine's firmware inventory as its BMC last reported it.
+    pub async fn machine_firmware(
+        &self,
+        id: Uuid,
+    ) -> Result<plinth_types::firmware::FirmwareInventory, Error> {
+        self.get(&path::machine_firmware(id)).await
+    }
+
+    /// Queues a firmware update (202).
+    pub async fn update_firmware(
+        &self,
+        id: Uuid,
+        req: &plinth_types::firmware::FirmwareUpdateRequest,
+    ) -> Result<Job, Error> {
+        self.post(&path::machine_firmware(id), req).await
+    }
+
+    /// Queues a firmware inventory read (202).
+    pub async fn read_firmware(&self, id: Uuid) -> Result<Job, Error> {
+        self.post(&path::machine_firmware_read(id), &serde_json::json!({}))
+            .await
+    }
+
+    pub async fn create_rollout(
+        &self,
+        req: &plinth_types::firmware::RolloutRequest,
+    ) -> Result<plinth_types::firmware::Rollout, Error> {
+        self.post(&path::firmware_rollouts(), req).await
+    }
+
+    pub async fn list_rollouts(&self) -> Result<Vec<plinth_types::firmware::Rollout>, Error> {
+        self.get(&path::firmware_rollouts()).await
+    }
+
+    pub async fn get_rollout(&self, id: Uuid) -> Result<plinth_types::firmware::Rollout, Error> {
+        self.get(&path::firmware_rollout(id)).await
+    }
+
     // ------------------------------------------------------------------------ the agent's
 
     /// The inspection agent's report (with the machine's one-time agent token).

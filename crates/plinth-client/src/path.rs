@@ -188,6 +188,31 @@ pub fn webhook_deliveries(id: impl Display) -> String {
     format!("{}/deliveries", webhook(id))
 }
 
+// ---------------------------------------------------------------- firmware (issue 21)
+
+pub fn machine_firmware(id: impl Display) -> String {
+    format!("{}/firmware", machine(id))
+}
+
+pub fn machine_firmware_read(id: impl Display) -> String {
+    format!("{}/firmware/read", machine(id))
+}
+
+pub fn firmware_image(name: &str) -> String {
+    format!(
+        "/api/v1/firmware/images/{}",
+        plinth_types::percent_encode(name)
+    )
+}
+
+pub fn firmware_rollouts() -> String {
+    "/api/v1/firmware/rollouts".to_owned()
+}
+
+pub fn firmware_rollout(id: impl Display) -> String {
+    format!("/api/v1/firmware/rollouts/{id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

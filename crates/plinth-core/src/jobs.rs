@@ -52,6 +52,14 @@ pub enum JobSpec {
     },
     /// Read the BIOS attributes (and registry) into `machine_bios`.
     BiosRead,
+    /// Install a catalog firmware image (issue 21; `workers::firmware`). The job's params
+    /// carry the rest (component, version, the fetch token), written by
+    /// `App::request_firmware_update`.
+    FirmwareUpdate {
+        image: Uuid,
+    },
+    /// Read the firmware inventory and store it.
+    FirmwareRead,
 }
 
 /// Attempts before a job fails for good (transient failures only are retried).
@@ -70,6 +78,8 @@ impl JobSpec {
             JobSpec::VmediaEject => "vmedia_eject",
             JobSpec::BiosApply { .. } => "bios_apply",
             JobSpec::BiosRead => "bios_read",
+            JobSpec::FirmwareUpdate { .. } => "firmware_update",
+            JobSpec::FirmwareRead => "firmware_read",
         }
     }
 
@@ -82,13 +92,16 @@ impl JobSpec {
                 mode,
             } => json!({ "device": device, "persistent": persistent, "mode": mode }),
             JobSpec::VmediaBoot { agent, mode } => json!({ "agent": agent, "mode": mode }),
-            JobSpec::Identify | JobSpec::Retire | JobSpec::VmediaEject | JobSpec::BiosRead => {
-                json!({})
-            }
+            JobSpec::Identify
+            | JobSpec::Retire
+            | JobSpec::VmediaEject
+            | JobSpec::BiosRead
+            | JobSpec::FirmwareRead => json!({}),
             JobSpec::BiosApply {
                 attributes,
                 profile,
             } => json!({ "attributes": attributes, "profile": profile }),
+            JobSpec::FirmwareUpdate { image } => json!({ "image": image }),
         }
     }
 
@@ -130,6 +143,10 @@ impl JobSpec {
                 profile: field(kind, params, "profile")?,
             }),
             "bios_read" => Ok(JobSpec::BiosRead),
+            "firmware_update" => Ok(JobSpec::FirmwareUpdate {
+                image: field(kind, params, "image")?,
+            }),
+            "firmware_read" => Ok(JobSpec::FirmwareRead),
             other => Err(format!("unknown job kind {other:?}")),
         }
     }
@@ -502,6 +519,8 @@ mod tests {
                 profile: Some("hpc".into()),
             },
             JobSpec::BiosRead,
+            JobSpec::FirmwareUpdate { image: Uuid::nil() },
+            JobSpec::FirmwareRead,
         ];
         for s in all {
             assert_eq!(JobSpec::parse(s.kind(), &s.params()), Ok(s));
@@ -594,7 +613,7 @@ mod tests {
         ] {
             assert_eq!(
                 transition_jobs(verb, bios, vm),
-                vec![JobSpec::VmediaBoot { agent, mode: bios }, cycle],
+                vec![JobSpec::VmediaBoot { agent, mode: bios }, cycle.clone()],
                 "{verb}"
             );
         }
@@ -605,7 +624,7 @@ mod tests {
         for verb in [Verb::InspectComplete, Verb::CleanComplete] {
             assert_eq!(
                 transition_jobs(verb, bios, vm),
-                vec![JobSpec::VmediaEject, off],
+                vec![JobSpec::VmediaEject, off.clone()],
                 "{verb}"
             );
         }

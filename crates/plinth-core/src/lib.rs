@@ -18,6 +18,7 @@ pub mod deploy;
 pub mod dhcp;
 pub mod events;
 pub mod files;
+pub mod firmware;
 pub mod images;
 pub mod inventory;
 pub mod jobs;

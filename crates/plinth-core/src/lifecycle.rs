@@ -434,6 +434,8 @@ impl App {
                 plinth_db::machines::set_facts(tx, id, &facts, report.arch.as_str())
                     .await
                     .db()?;
+                // The firmware inventory, read from the BMC by a job after this commits.
+                crate::firmware::queue_inventory_read(tx, id, &who.name).await?;
             }
             None => return Err(crate::missing("report_outcome")()),
         }

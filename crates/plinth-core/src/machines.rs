@@ -20,6 +20,8 @@ pub struct MachineQuery {
     pub q: Option<String>,
     /// Only machines of this health (`unknown`: no BMC, or not read yet).
     pub health: Option<plinth_types::health::HealthStatus>,
+    /// `bios:1.2.3`: machines whose firmware inventory has that component at that version.
+    pub firmware: Option<String>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
@@ -234,6 +236,11 @@ impl App {
                 })
             })
             .transpose()?;
+        let firmware = q
+            .firmware
+            .as_deref()
+            .map(crate::firmware::parse_filter)
+            .transpose()?;
         let q_text = q.q.as_deref().map(str::trim).filter(|s| !s.is_empty());
         let filter = ListFilter {
             state: q.state,
@@ -245,6 +252,7 @@ impl App {
             owner_token_id: owner,
             after,
             health: q.health.map(|h| h.as_str().to_owned()),
+            firmware,
             limit: i64::from(limit) + 1,
         };
         let mut conn = self.conn().await?;

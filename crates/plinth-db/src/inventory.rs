@@ -82,6 +82,9 @@ pub struct TableQuery {
     pub owner_token_id: Option<Uuid>,
     /// `ok`, `warning`, `critical`, or `unknown` (no BMC, or not read yet).
     pub health: Option<String>,
+    /// Only machines whose firmware inventory has an item of this kind (`bios`, ...) at this
+    /// version (issue 21).
+    pub firmware: Option<(String, String)>,
     pub sort: SortKey,
     pub desc: bool,
     pub limit: i64,
@@ -111,7 +114,7 @@ pub struct TableRow {
 }
 
 /// The WHERE of the table's queries: a fragment per filter that is set, each naming its own
-/// parameter ($1..$11, bound in that order whether used or not), and the joins they need.
+/// parameter ($1..$13, bound in that order whether used or not), and the joins they need.
 /// Only these literals ever reach the SQL text.
 fn filters(q: &TableQuery) -> (bool, bool, String) {
     let mut conds = vec!["true"];
@@ -159,6 +162,12 @@ fn filters(q: &TableQuery) -> (bool, bool, String) {
         conds.push("coalesce(b.health, 'unknown') = $11");
         bmcs = true;
     }
+    if q.firmware.is_some() {
+        conds.push(
+            "m.id in (select f.machine_id from machine_firmware f
+                      where f.items @> jsonb_build_array(jsonb_build_object('kind', $12::text, 'version', $13::text)))",
+        );
+    }
     (racks, bmcs, conds.join(" and "))
 }
 
@@ -199,6 +208,8 @@ pub async fn table(conn: &mut PgConnection, q: &TableQuery) -> Result<(Vec<Table
                 .bind(q.q_ip.map(IpAddr::V4))
                 .bind(q.owner_token_id)
                 .bind(&q.health)
+                .bind(q.firmware.as_ref().map(|f| f.0.as_str()))
+                .bind(q.firmware.as_ref().map(|f| f.1.as_str()))
         };
     }
     // Audited: every piece below is one of the literals of `filters`, `join` and
@@ -219,7 +230,7 @@ pub async fn table(conn: &mut PgConnection, q: &TableQuery) -> Result<(Vec<Table
             from machines m{joins}
             where {conds}
             order by {order}
-            limit $12 offset $13)
+            limit $14 offset $15)
         select p.id, p.hostname, p.state, p.state_changed_at, m.maintenance, r.name as rack,
                p.rack_unit, m.size_u, m.pool, m.tags, b.power_state, b.reachable as bmc_reachable,
                b.health,

@@ -15,6 +15,7 @@ pub mod embedded;
 mod error;
 pub mod events;
 pub mod feed;
+pub mod firmware;
 pub mod health;
 pub mod images;
 pub mod inventory;

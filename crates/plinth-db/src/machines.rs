@@ -157,6 +157,8 @@ pub struct ListFilter {
     pub after: Option<Uuid>,
     /// Only machines of this health (`unknown`: no BMC, or not read yet).
     pub health: Option<String>,
+    /// Only machines whose firmware inventory has an item of this kind at this version.
+    pub firmware: Option<(String, String)>,
     pub limit: i64,
 }
 
@@ -185,6 +187,9 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<Machine
              and ($9::uuid is null or m.id > $9)
              and ($11::text is null
                   or coalesce((select b.health from bmcs b where b.machine_id = m.id), 'unknown') = $11)
+             and ($12::text is null or m.id in (
+                  select f.machine_id from machine_firmware f
+                  where f.items @> jsonb_build_array(jsonb_build_object('kind', $12::text, 'version', $13::text))))
            order by m.id
            limit $10"#,
         f.state.map(MachineState::as_str),
@@ -197,7 +202,9 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter) -> Result<Vec<Machine
         f.owner_token_id,
         f.after,
         f.limit,
-        f.health
+        f.health,
+        f.firmware.as_ref().map(|x| x.0.as_str()),
+        f.firmware.as_ref().map(|x| x.1.as_str())
     )
     .fetch_all(conn)
     .await

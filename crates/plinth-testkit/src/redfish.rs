@@ -7,10 +7,12 @@
 //! and fill the VM's CD drive ([`MediaKnobs`], `redfish/vmedia.rs`). Served by axum on 127.0.0.1.
 
 mod bios;
+mod firmware;
 mod health;
 mod vmedia;
 
 pub use bios::BiosKnobs;
+pub use firmware::{FirmwareKnobs, image as firmware_image};
 pub use health::Faults;
 pub use vmedia::{ImageServer, MediaKnobs};
 
@@ -115,6 +117,7 @@ struct Bmc {
     health: health::HealthState,
     vmedia: vmedia::MediaState,
     bios: bios::BiosState,
+    firmware: firmware::FirmwareState,
 }
 
 impl std::fmt::Debug for dyn Host {
@@ -183,6 +186,7 @@ impl RedfishEmulator {
             health: health::HealthState::default(),
             vmedia: vmedia::MediaState::default(),
             bios: bios::BiosState::default(),
+            firmware: firmware::FirmwareState::default(),
         }));
         let app = Router::new()
             .route("/redfish/v1", get(root))
@@ -196,6 +200,7 @@ impl RedfishEmulator {
             .merge(health::routes(Router::new()))
             .merge(vmedia::routes(Router::new()))
             .merge(bios::routes(Router::new()))
+            .merge(firmware::routes(Router::new()))
             .route(
                 "/redfish/v1/SessionService/Sessions/{id}",
                 axum::routing::delete(logout),
@@ -370,6 +375,7 @@ async fn root(State(s): State<Shared>, h: HeaderMap) -> Response {
     if sessions {
         v["SessionService"] = json!({ "@odata.id": "/redfish/v1/SessionService" });
     }
+    firmware::decorate_root(&mut v);
     axum::Json(v).into_response()
 }
 
@@ -511,6 +517,7 @@ async fn reset(
     if let Some(r) = gate(&s, &h, "POST reset", true).await {
         return r;
     }
+    firmware::on_reset(&s, &body);
     let host = s.lock().expect("emulator state").host.clone();
     if let Some(h) = host {
         // The override in effect for a boot this reset starts; a one-time one is used up.

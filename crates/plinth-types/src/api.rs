@@ -1236,6 +1236,9 @@ pub enum ImageKind {
     Initrd,
     Rootfs,
     DiskImage,
+    /// A BMC firmware image (issue 21); what it installs is said with
+    /// `PUT /firmware/images/{name}`.
+    Firmware,
 }
 
 impl ImageKind {
@@ -1246,6 +1249,7 @@ impl ImageKind {
             ImageKind::Initrd => "initrd",
             ImageKind::Rootfs => "rootfs",
             ImageKind::DiskImage => "disk-image",
+            ImageKind::Firmware => "firmware",
         }
     }
 }
@@ -1259,9 +1263,10 @@ impl std::str::FromStr for ImageKind {
             "initrd" => ImageKind::Initrd,
             "rootfs" => ImageKind::Rootfs,
             "disk-image" => ImageKind::DiskImage,
+            "firmware" => ImageKind::Firmware,
             other => {
                 return Err(format!(
-                    "unknown image kind {other:?} (ipxe, kernel, initrd, rootfs, disk-image)"
+                    "unknown image kind {other:?} (ipxe, kernel, initrd, rootfs, disk-image, firmware)"
                 ));
             }
         })

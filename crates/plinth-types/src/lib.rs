@@ -10,6 +10,7 @@ pub mod behaviour;
 pub mod de;
 pub mod error;
 pub mod feed;
+pub mod firmware;
 pub mod health;
 pub mod ids;
 pub mod lifecycle;

@@ -267,6 +267,13 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
                 }
             }))
             .with(runner.stale_pass())
+            .with(Pass::new("firmware rollouts", RECONCILE_EVERY, {
+                let app = app.clone();
+                move |_| {
+                    let app = app.clone();
+                    async move { app.rollout_pass().await.map(drop) }
+                }
+            }))
             .with(Pass::new("console recording", CONSOLE_EVERY, {
                 let app = app.clone();
                 move |_| {

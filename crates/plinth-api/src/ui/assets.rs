@@ -119,6 +119,10 @@ pub(crate) const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../../../web/templates/machine_health.html"),
     ),
     (
+        "machine_firmware.html",
+        include_str!("../../../../web/templates/machine_firmware.html"),
+    ),
+    (
         "timeline.html",
         include_str!("../../../../web/templates/timeline.html"),
     ),

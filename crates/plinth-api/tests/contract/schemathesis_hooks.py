@@ -67,6 +67,9 @@ ACROSS_FIELDS = {
     # or password, no fragment); event kinds that are names.
     "invalid_url": None,
     "invalid_kind": None,
+    # Firmware: exactly one of machines, rack or pool for a rollout; an image that is firmware.
+    "invalid_rollout": None,
+    "not_firmware": None,
 }
 
 

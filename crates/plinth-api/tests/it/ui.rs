@@ -787,3 +787,73 @@ async fn the_timeline_stream_is_the_signed_in_users_and_this_sites() {
 }
 
 mod bios;
+/// Issue 21: the machine page's Firmware section and the table's firmware filter, from the
+/// stored inventory.
+#[tokio::test]
+async fn firmware_shows_on_the_machine_page_and_filters_the_table() {
+    use plinth_types::api::{BmcProtocol, BmcSpec, MachineCreate, NicSpec};
+    let ui = Ui::start().await;
+    let (mut jar, _) = ui.login().await;
+    let enroll = |host: &str, n: u32| MachineCreate {
+        hostname: Some(host.into()),
+        rack: None,
+        rack_unit: None,
+        size_u: None,
+        pool: None,
+        tags: None,
+        arch: None,
+        nics: vec![NicSpec {
+            mac: plinth_testkit::mac(n),
+            ipv4: None,
+            pxe: None,
+        }],
+        bmc: Some(BmcSpec {
+            protocol: BmcProtocol::Redfish,
+            address: format!("10.9.0.{n}"),
+            username: "root".into(),
+            password: "calvin-Secr3t!".into(),
+            verify_tls: Some(false),
+            plain_http: None,
+        }),
+    };
+    let new = ui
+        .app
+        .enroll_machine(&Principal::system(), enroll("fw-new", 1))
+        .await
+        .unwrap();
+    let old = ui
+        .app
+        .enroll_machine(&Principal::system(), enroll("fw-old", 2))
+        .await
+        .unwrap();
+    let (_, _, page) = ui.get(&mut jar, &format!("/machines/{}", new.id)).await;
+    assert!(
+        page.contains("id=\"firmware\"") && page.contains("Not read yet"),
+        "{page}"
+    );
+    let item = |v: &str| {
+        serde_json::json!([{ "id": "BIOS", "uri": "/redfish/v1/UpdateService/FirmwareInventory/BIOS",
+            "name": "System <BIOS>", "kind": "bios", "version": v, "updateable": true }])
+    };
+    let mut conn = ui._db.pool.acquire().await.unwrap();
+    plinth_db::firmware::set_inventory(&mut conn, new.id, &item("2.1.0"))
+        .await
+        .unwrap();
+    plinth_db::firmware::set_inventory(&mut conn, old.id, &item("1.9.0"))
+        .await
+        .unwrap();
+    drop(conn);
+    let (status, _, page) = ui.get(&mut jar, &format!("/machines/{}", new.id)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("id=\"firmware-items\""), "{page}");
+    assert!(page.contains("System &lt;BIOS&gt;"), "escaped: {page}");
+    assert!(page.contains("/machines?firmware=bios:2.1.0"), "{page}");
+    let (_, _, table) = ui.get(&mut jar, "/machines?firmware=bios:2.1.0").await;
+    assert!(
+        table.contains("fw-new") && !table.contains("fw-old"),
+        "{table}"
+    );
+    assert!(table.contains("value=\"bios:2.1.0\""), "{table}");
+    let (status, _, _) = ui.get(&mut jar, "/machines?firmware=bios").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

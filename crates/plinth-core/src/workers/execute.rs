@@ -127,6 +127,11 @@ pub(super) async fn execute(
             super::vmedia::boot(bmc, url, mode, s).await
         }
         JobSpec::VmediaEject => super::vmedia::eject(bmc, s).await,
+        // Run by the runner through workers::firmware, which needs the database.
+        JobSpec::FirmwareUpdate { .. } | JobSpec::FirmwareRead => Err(super::call::final_failure(
+            "config",
+            "a firmware job reached the plain executor",
+        )),
         JobSpec::Identify => {
             let identity = call(t, "read identity", bmc.identity()).await?;
             let power = call(t, "read power state", bmc.power_state()).await?;

@@ -17,6 +17,8 @@
 //! - `record`: a job's outcome written back, with its events;
 //! - `bios`: the BIOS jobs (set pending, boot, read back and compare; read), and what their
 //!   outcome writes to `machine_bios`;
+//! - `firmware`: firmware updates and inventory reads (issue 21), which record their
+//!   progress in the job row as they go;
 //! - `power_sync`: [`PowerSync`], the reconciler pass that reads every BMC's power state;
 //! - `webhooks`: [`WebhookWorker`], delivering events to webhooks from their durable queue
 //!   (the same claim, lease and backoff pattern, with an HTTP receiver instead of a BMC).
@@ -24,6 +26,7 @@
 mod bios;
 mod call;
 mod execute;
+mod firmware;
 mod health_sync;
 mod power_sync;
 mod record;
@@ -32,6 +35,7 @@ mod vmedia;
 mod wakeups;
 mod webhooks;
 
+pub(crate) use firmware::Params as FirmwareParams;
 pub use power_sync::{PowerSync, SyncReport, SyncSettings};
 pub use runner::{JobRunner, JobSettings};
 pub use webhooks::{WebhookSettings, WebhookWorker, signature};

@@ -257,7 +257,12 @@ impl JobRunner {
             .connect(&target)
             .await
             .map_err(Failure::from)?;
-        let res = execute(bmc.as_ref(), spec, &self.settings, media.as_deref()).await;
+        let res = match spec {
+            JobSpec::FirmwareUpdate { .. } | JobSpec::FirmwareRead => {
+                super::firmware::execute(&self.app, j, bmc.as_ref(), spec, &self.settings).await
+            }
+            _ => execute(bmc.as_ref(), spec, &self.settings, media.as_deref()).await,
+        };
         let _ = tokio::time::timeout(self.settings.call_timeout, bmc.close()).await;
         res
     }

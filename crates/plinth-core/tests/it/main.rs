@@ -4,6 +4,7 @@
 mod console;
 mod deploy;
 mod dhcp;
+mod firmware;
 mod inventory;
 mod jobs;
 mod lifecycle;

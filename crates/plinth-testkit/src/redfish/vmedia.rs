@@ -460,7 +460,13 @@ async fn download(url: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// A small HTTP server for one image, at `/vmedia/<random>/<file name>` (any other path is a
+/// What an [`ImageServer`] serves.
+enum Content {
+    File(PathBuf),
+    Bytes(axum::body::Bytes),
+}
+
+/// A small HTTP server for one image (an ISO for virtual media, a firmware image), at `/vmedia/<random>/<file name>` (any other path is a
 /// 404), counting the requests that got it.
 pub struct ImageServer {
     pub addr: std::net::SocketAddr,
@@ -483,23 +489,34 @@ impl ImageServer {
             .and_then(|n| n.to_str())
             .unwrap_or("image.iso")
             .to_owned();
+        ImageServer::serve(Content::File(file.to_owned()), &name, listen).await
+    }
+
+    /// Serves `content` as `name` on 127.0.0.1 (a firmware image a test made, say).
+    pub async fn start_bytes(content: Vec<u8>, name: &str) -> anyhow::Result<ImageServer> {
+        ImageServer::serve(Content::Bytes(content.into()), name, "127.0.0.1:0").await
+    }
+
+    async fn serve(content: Content, name: &str, listen: &str) -> anyhow::Result<ImageServer> {
         let path = format!("/vmedia/{}/{name}", uuid::Uuid::new_v4().simple());
         let hits: Arc<Mutex<u32>> = Arc::default();
-        let (file, want, count): (PathBuf, String, _) =
-            (file.to_owned(), path.clone(), hits.clone());
+        let (want, count) = (path.clone(), hits.clone());
+        let content = Arc::new(content);
         let app = Router::new().fallback(move |uri: Uri| {
-            let (file, want, count) = (file.clone(), want.clone(), count.clone());
+            let (content, want, count) = (content.clone(), want.clone(), count.clone());
             async move {
                 if uri.path() != want {
                     return StatusCode::NOT_FOUND.into_response();
                 }
-                match tokio::fs::read(&file).await {
-                    Ok(bytes) => {
-                        *count.lock().expect("image server") += 1;
-                        ([("content-type", "application/octet-stream")], bytes).into_response()
-                    }
-                    Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-                }
+                let bytes = match &*content {
+                    Content::File(file) => match tokio::fs::read(file).await {
+                        Ok(b) => axum::body::Bytes::from(b),
+                        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                    },
+                    Content::Bytes(b) => b.clone(),
+                };
+                *count.lock().expect("image server") += 1;
+                ([("content-type", "application/octet-stream")], bytes).into_response()
             }
         });
         let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -20,7 +20,8 @@ pub enum ImageCommand {
     /// uploaded as it is and converted to raw on the server (stored as `<path>.raw`).
     Add {
         name: String,
-        /// ipxe, kernel, initrd, rootfs or disk-image.
+        /// ipxe, kernel, initrd, rootfs, disk-image or firmware (then `plinth firmware
+        /// describe` says what it installs).
         #[arg(long)]
         kind: String,
         /// x86_64 (default), aarch64 or any.

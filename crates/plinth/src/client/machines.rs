@@ -165,6 +165,20 @@ pub enum MachineCommand {
     },
     /// A machine's events.
     Events { id: Uuid },
+    /// A machine's firmware inventory; with --update, install a catalog firmware image
+    /// (ready or in maintenance only); with --read, read the inventory again.
+    Firmware {
+        id: Uuid,
+        #[arg(long, value_name = "IMAGE")]
+        update: Option<String>,
+        #[arg(long, value_enum, requires = "update")]
+        method: Option<super::firmware::MethodArg>,
+        #[arg(long, conflicts_with = "update")]
+        read: bool,
+        /// Wait for the job to finish; exit 1 when it failed.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Power a machine on, off, cycle or reset it through its BMC (a job; see `plinth job`).
     Power {
         id: Uuid,
@@ -571,6 +585,13 @@ pub async fn run(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             let wait = wait.then_some(std::time::Duration::from_secs(600));
             jobs::submit(api, job, wait).await
         }
+        MachineCommand::Firmware {
+            id,
+            update,
+            method,
+            read,
+            wait,
+        } => super::firmware::machine(api, id, update, method, read, wait).await,
         MachineCommand::BootDevice {
             id,
             device,

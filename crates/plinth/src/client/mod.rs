@@ -18,6 +18,7 @@ mod allocations;
 mod bios;
 mod console;
 mod events;
+mod firmware;
 mod images;
 mod jobs;
 mod leases;
@@ -154,6 +155,14 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: bios::BiosProfileCommand,
     },
+    /// Firmware (issue 21): describe images, fleet rollouts (a machine's inventory and
+    /// updates: `plinth machine firmware`).
+    Firmware {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: firmware::FirmwareCommand,
+    },
     /// Webhooks (admins): add, list, remove, and a webhook's deliveries.
     Webhook {
         #[command(flatten)]
@@ -230,6 +239,9 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         } => events::list(&Api::new(&global)?, since, limit).await,
         ClientCommand::Webhook { global, command } => {
             webhooks::run(&Api::new(&global)?, command).await
+        }
+        ClientCommand::Firmware { global, command } => {
+            firmware::run(&Api::new(&global)?, command).await
         }
     }
 }

@@ -191,12 +191,18 @@ pub(crate) async fn machine(
     let discovered = discovered_count(&app, &user).await;
     let console = super::console::section(&app, user.who(), id).await;
     let bios = super::bios::section(&app, user.who(), id).await;
+    // Issue 21: the firmware inventory, for a machine with a BMC.
+    let firmware = match m.bmc {
+        Some(_) => app.machine_firmware(who, id).await.ok(),
+        None => None,
+    };
     let ctx = user.page(
         "machines",
         discovered,
         context! {
             m => m, facts => facts, serial => serial, nics => nics, actions => actions,
             events => entries, live => live(m.state), console => console, bios => bios,
+            firmware => firmware,
         },
     );
     Ok(shown(&user, &headers, render("machine.html", ctx)))

@@ -24,6 +24,8 @@ pub(crate) struct MachinesQuery {
     tag: Option<String>,
     power: Option<String>,
     health: Option<String>,
+    /// `bios:1.2.3`: a firmware component at a version (issue 21).
+    firmware: Option<String>,
     sort: Option<String>,
     dir: Option<String>,
     page: Option<i64>,
@@ -52,6 +54,7 @@ impl MachinesQuery {
         add("tag", &self.tag);
         add("power", &self.power);
         add("health", &self.health);
+        add("firmware", &self.firmware);
         add("sort", &self.sort);
         add("dir", &self.dir);
         add("page", &self.page.filter(|p| *p > 1).map(|p| p.to_string()));
@@ -95,6 +98,10 @@ pub(crate) async fn machines(
             )
         })?),
     };
+    let firmware = nonempty(&q.firmware)
+        .map(|f| plinth_core::firmware::parse_filter(&f))
+        .transpose()
+        .map_err(|e| error_page(Some(&user), &e))?;
     let (rows, total) = app
         .machine_table(
             user.who(),
@@ -105,6 +112,7 @@ pub(crate) async fn machines(
                 tag: nonempty(&q.tag),
                 power: nonempty(&q.power),
                 health: nonempty(&q.health),
+                firmware,
                 q: nonempty(&q.q),
                 sort,
                 desc,

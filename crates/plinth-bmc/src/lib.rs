@@ -9,6 +9,7 @@
 //! plinth-core decide what to ask, and record what happened.
 
 mod connect;
+pub mod credentials;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod health;
@@ -16,6 +17,7 @@ pub mod ipmi;
 pub mod redfish;
 
 pub use connect::{BmcTarget, Connector, DEFAULT_CALL_TIMEOUT, Drivers};
+pub use credentials::PasswordPolicy;
 pub use health::{Health, LogBatch, LogEntry};
 
 use futures::future::BoxFuture;
@@ -185,6 +187,18 @@ pub trait Bmc: Send + Sync {
             })
         })
     }
+    // --- credentials ---
+    /// The passwords the BMC accepts for plinth's account (issue 21, rotation).
+    fn password_policy(&self) -> BoxFuture<'_, Result<PasswordPolicy>> {
+        Box::pin(async { Err(BmcError::Unsupported("changing its password".into())) })
+    }
+    /// Sets the password of the account plinth logs in with (its username) to `new`. Many
+    /// BMCs end that account's sessions: the driver is not used again after this; a driver
+    /// made with the new password proves it (see `BmcTarget::with_password`).
+    fn set_password<'a>(&'a self, _new: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Err(BmcError::Unsupported("changing its password".into())) })
+    }
+
     /// Ends the session with the BMC, if the driver keeps one (BMCs allow only a few).
     /// Best effort; the driver opens a new one if it is used again.
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -19,6 +19,7 @@
 //! token anywhere else. Plain `http://` needs the BMC's own opt-in
 //! ([`RedfishConfig::allow_plain_http`]): the password would cross the network in clear.
 
+mod accounts;
 mod health;
 
 use std::time::Duration;
@@ -694,6 +695,14 @@ impl Bmc for Redfish {
         max: usize,
     ) -> BoxFuture<'a, Result<crate::LogBatch>> {
         Box::pin(self.do_log_entries(cursor, max))
+    }
+
+    fn password_policy(&self) -> BoxFuture<'_, Result<crate::PasswordPolicy>> {
+        Box::pin(self.do_password_policy())
+    }
+
+    fn set_password<'a>(&'a self, new: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.do_set_password(new))
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -5,6 +5,7 @@
 //! compromised BMC that tries to make plinth read without end or send its credentials to
 //! another host ([`Collector`] is that other host). Served by axum on 127.0.0.1.
 
+mod accounts;
 mod health;
 
 pub use health::Faults;
@@ -97,6 +98,7 @@ struct Bmc {
     max_in_flight: u32,
     host: Option<std::sync::Arc<dyn Host>>,
     health: health::HealthState,
+    accounts: accounts::AccountsState,
 }
 
 impl std::fmt::Debug for dyn Host {
@@ -163,6 +165,7 @@ impl RedfishEmulator {
             max_in_flight: 0,
             host,
             health: health::HealthState::default(),
+            accounts: accounts::AccountsState::default(),
         }));
         let app = Router::new()
             .route("/redfish/v1", get(root))
@@ -174,6 +177,7 @@ impl RedfishEmulator {
             )
             .route("/redfish/v1/SessionService/Sessions", post(login))
             .merge(health::routes(Router::new()))
+            .merge(accounts::routes(Router::new()))
             .route(
                 "/redfish/v1/SessionService/Sessions/{id}",
                 axum::routing::delete(logout),
@@ -343,7 +347,8 @@ async fn root(State(s): State<Shared>, h: HeaderMap) -> Response {
     }
     let sessions = s.lock().expect("emulator state").knobs.sessions;
     let mut v = json!({ "@odata.id": "/redfish/v1", "Id": "RootService", "RedfishVersion": "1.11.0",
-        "Systems": { "@odata.id": "/redfish/v1/Systems" }, "Oem": { "Plinth": { "Misbehaves": true } } });
+        "Systems": { "@odata.id": "/redfish/v1/Systems" }, "Oem": { "Plinth": { "Misbehaves": true } },
+        "AccountService": { "@odata.id": "/redfish/v1/AccountService" } });
     if sessions {
         v["SessionService"] = json!({ "@odata.id": "/redfish/v1/SessionService" });
     }

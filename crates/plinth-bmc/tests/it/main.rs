@@ -1,6 +1,7 @@
 //! plinth-bmc's integration tests: the Redfish and IPMI drivers against real emulators (the
 //! test kit's, sushy-tools', OpenIPMI's ipmi_sim) and a virtual BMC of a QEMU machine.
 
+mod credentials;
 mod health;
 mod ipmi_emulator;
 mod ipmi_sim;

@@ -673,6 +673,10 @@ CREATE TABLE public.bmcs (
     next_health_at timestamp with time zone DEFAULT now() NOT NULL,
     log_cursor text,
     log_checked_at timestamp with time zone,
+    staged_password_nonce bytea,
+    staged_password_ciphertext bytea,
+    staged_at timestamp with time zone,
+    password_rotated_at timestamp with time zone,
     CONSTRAINT bmcs_address_check CHECK (((address <> ''::text) AND (length(address) <= 255))),
     CONSTRAINT bmcs_consecutive_failures_check CHECK ((consecutive_failures >= 0)),
     CONSTRAINT bmcs_health_check CHECK ((health = ANY (ARRAY['unknown'::text, 'ok'::text, 'warning'::text, 'critical'::text]))),
@@ -681,6 +685,8 @@ CREATE TABLE public.bmcs (
     CONSTRAINT bmcs_password_nonce_check CHECK ((length(password_nonce) = 12)),
     CONSTRAINT bmcs_power_state_check CHECK ((power_state = ANY (ARRAY['on'::text, 'off'::text, 'powering_on'::text, 'powering_off'::text]))),
     CONSTRAINT bmcs_protocol_check CHECK ((protocol = ANY (ARRAY['redfish'::text, 'ipmi'::text]))),
+    CONSTRAINT bmcs_staged_password_nonce_check CHECK ((length(staged_password_nonce) = 12)),
+    CONSTRAINT bmcs_staged_whole CHECK ((((staged_password_nonce IS NULL) = (staged_password_ciphertext IS NULL)) AND ((staged_password_nonce IS NULL) = (staged_at IS NULL)))),
     CONSTRAINT bmcs_username_check CHECK ((length(username) <= 64))
 );
 
@@ -803,7 +809,7 @@ CREATE TABLE public.jobs (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT jobs_attempts_check CHECK ((attempts >= 0)),
     CONSTRAINT jobs_finished_at CHECK (((state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'cancelled'::text])) = (finished_at IS NOT NULL))),
-    CONSTRAINT jobs_kind_check CHECK ((kind = ANY (ARRAY['power'::text, 'boot_device'::text, 'identify'::text, 'retire'::text]))),
+    CONSTRAINT jobs_kind_check CHECK ((kind = ANY (ARRAY['power'::text, 'boot_device'::text, 'identify'::text, 'retire'::text, 'rotate_credentials'::text]))),
     CONSTRAINT jobs_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
     CONSTRAINT jobs_running_lease CHECK (((state = 'running'::text) = (lease_until IS NOT NULL))),
     CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))

@@ -7,6 +7,7 @@
 mod auth;
 pub mod boot;
 mod console;
+mod credentials;
 pub mod error;
 mod events_stream;
 mod fastpath;
@@ -74,6 +75,7 @@ use crate::error::ApiError;
         v1::create_subnet, v1::list_subnets, v1::get_subnet, v1::update_subnet, v1::delete_subnet, v1::list_leases,
         v1::list_images, v1::register_image, v1::upload_image, v1::get_image, v1::delete_image,
         v1::power, v1::boot_device, v1::get_job, v1::list_jobs, v1::cancel_job,
+        credentials::rotate,
         console::console_log, console::console_status,
         console::set_console_endpoint, console::delete_console_endpoint,
     ),
@@ -261,6 +263,7 @@ fn management_v1() -> Router<App> {
         )
         .route("/machines/{id}/power", p(v1::power))
         .route("/machines/{id}/boot-device", p(v1::boot_device))
+        .route("/machines/{id}/bmc/rotate", p(credentials::rotate))
         .route("/jobs", g(v1::list_jobs))
         .route("/jobs/{id}", g(v1::get_job))
         .route("/jobs/{id}/cancel", p(v1::cancel_job))

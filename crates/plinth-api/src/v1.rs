@@ -782,7 +782,7 @@ pub async fn delete_image(
 
 // ------------------------------------------------------------------ BMC jobs
 
-fn accepted(job: Job) -> Response {
+pub(crate) fn accepted(job: Job) -> Response {
     let mut resp = (StatusCode::ACCEPTED, Json(job.clone())).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/jobs/{}", job.id)) {
         resp.headers_mut().insert(axum::http::header::LOCATION, v);

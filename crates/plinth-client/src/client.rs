@@ -401,6 +401,13 @@ impl Client {
         self.post(&path::machine_power(id), req).await
     }
 
+    /// Queues a rotation of the machine's BMC password (202); the job's result says when it
+    /// was rotated, never the password.
+    pub async fn rotate_bmc_password(&self, id: Uuid) -> Result<Job, Error> {
+        self.post(&path::machine_bmc_rotate(id), &serde_json::json!({}))
+            .await
+    }
+
     /// Queues a boot-device job (202).
     pub async fn set_boot_device(&self, id: Uuid, req: &BootDeviceRequest) -> Result<Job, Error> {
         self.post(&path::machine_boot_device(id), req).await

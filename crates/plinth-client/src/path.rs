@@ -57,6 +57,10 @@ pub fn machine_power(id: impl Display) -> String {
     format!("{}/power", machine(id))
 }
 
+pub fn machine_bmc_rotate(id: impl Display) -> String {
+    format!("{}/bmc/rotate", machine(id))
+}
+
 pub fn machine_boot_device(id: impl Display) -> String {
     format!("{}/boot-device", machine(id))
 }

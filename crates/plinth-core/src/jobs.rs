@@ -32,6 +32,9 @@ pub enum JobSpec {
     Identify,
     /// Power off for good, then forget the BMC's credentials (the end of a decommission).
     Retire,
+    /// A new random password for plinth's BMC account, staged, set, proved, stored
+    /// (`workers/rotate.rs`).
+    RotateCredentials,
 }
 
 /// Attempts before a job fails for good (transient failures only are retried).
@@ -46,6 +49,7 @@ impl JobSpec {
             JobSpec::BootDevice { .. } => "boot_device",
             JobSpec::Identify => "identify",
             JobSpec::Retire => "retire",
+            JobSpec::RotateCredentials => "rotate_credentials",
         }
     }
 
@@ -57,7 +61,7 @@ impl JobSpec {
                 persistent,
                 mode,
             } => json!({ "device": device, "persistent": persistent, "mode": mode }),
-            JobSpec::Identify | JobSpec::Retire => json!({}),
+            JobSpec::Identify | JobSpec::Retire | JobSpec::RotateCredentials => json!({}),
         }
     }
 
@@ -89,6 +93,7 @@ impl JobSpec {
             }),
             "identify" => Ok(JobSpec::Identify),
             "retire" => Ok(JobSpec::Retire),
+            "rotate_credentials" => Ok(JobSpec::RotateCredentials),
             other => Err(format!("unknown job kind {other:?}")),
         }
     }
@@ -229,7 +234,12 @@ impl App {
         self.request_job(who, id, spec).await
     }
 
-    async fn request_job(&self, who: &Principal, id: Uuid, spec: JobSpec) -> Result<Job> {
+    pub(crate) async fn request_job(
+        &self,
+        who: &Principal,
+        id: Uuid,
+        spec: JobSpec,
+    ) -> Result<Job> {
         who.require(Permission::ControlPower)?;
         let mut tx = self.begin().await?;
         let row = self.visible_row(&mut tx, who, id).await?;
@@ -430,6 +440,7 @@ mod tests {
             },
             JobSpec::Identify,
             JobSpec::Retire,
+            JobSpec::RotateCredentials,
         ];
         for s in all {
             assert_eq!(JobSpec::parse(s.kind(), &s.params()), Ok(s));

@@ -13,6 +13,7 @@ pub mod boot;
 pub mod clean;
 pub mod console;
 mod convert;
+pub mod credentials;
 pub mod deploy;
 pub mod dhcp;
 pub mod events;

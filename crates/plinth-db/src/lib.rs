@@ -9,6 +9,7 @@ pub mod bmcs;
 pub mod boot;
 pub mod cluster;
 pub mod console;
+pub mod credentials;
 pub mod deployments;
 pub mod embedded;
 mod error;

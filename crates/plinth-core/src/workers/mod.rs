@@ -14,6 +14,8 @@
 //! - `execute`: what each kind of job does on the BMC;
 //! - `call`: one BMC call under its timeout, and the transient/final `Failure` split;
 //! - `record`: a job's outcome written back, with its events;
+//! - `rotate`: the `rotate_credentials` job (stage, set, prove, promote; resolved after a
+//!   crash) and the `credential recovery` pass;
 //! - `power_sync`: [`PowerSync`], the reconciler pass that reads every BMC's power state;
 //! - `webhooks`: [`WebhookWorker`], delivering events to webhooks from their durable queue
 //!   (the same claim, lease and backoff pattern, with an HTTP receiver instead of a BMC).
@@ -23,6 +25,7 @@ mod execute;
 mod health_sync;
 mod power_sync;
 mod record;
+mod rotate;
 mod runner;
 mod wakeups;
 mod webhooks;

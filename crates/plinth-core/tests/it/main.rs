@@ -2,6 +2,7 @@
 //! TestDb), with in-memory BMCs where a BMC is needed.
 
 mod console;
+mod credentials;
 mod deploy;
 mod dhcp;
 mod inventory;

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 mod allocations;
 mod console;
+mod credentials;
 mod events;
 mod images;
 mod jobs;

@@ -398,3 +398,55 @@ async fn rotate_on_enroll_rotates_once_after_the_identify() {
     assert_eq!(states[0].1, JobState::Failed);
     assert_eq!(other.password_changes(), 0);
 }
+
+#[tokio::test]
+async fn an_ipmi_bmc_is_rotated_with_set_user_password() {
+    use plinth_testkit::ipmi::{IpmiEmulator, IpmiEmulatorConfig};
+    let db = TestDb::new().await.unwrap();
+    let app = db.app();
+    let emu = IpmiEmulator::start(IpmiEmulatorConfig::new("root", FIRST))
+        .await
+        .unwrap();
+    let m = app
+        .enroll_machine(
+            &admin(),
+            MachineCreate {
+                hostname: Some("rot-ipmi".into()),
+                rack: None,
+                rack_unit: None,
+                size_u: None,
+                pool: None,
+                tags: None,
+                arch: Some(Arch::X86_64),
+                nics: vec![NicSpec {
+                    mac: mac(9),
+                    ipv4: None,
+                    pxe: None,
+                }],
+                bmc: Some(BmcSpec {
+                    protocol: BmcProtocol::Ipmi,
+                    address: emu.addr().to_string(),
+                    username: "root".into(),
+                    password: FIRST.into(),
+                    verify_tls: None,
+                    plain_http: None,
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    let r = runner(&app, None, FIRST, settings());
+    r.drain().await.unwrap();
+    let job = app.request_bmc_rotate(&admin(), m.id).await.unwrap();
+    r.drain().await.unwrap();
+    let job = app.job(&admin(), job.id).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.last_error);
+    let stored = app.bmc_password(m.id).await.unwrap().unwrap();
+    assert_eq!(emu.password(), stored);
+    assert_eq!(
+        stored.len(),
+        20,
+        "the 20-byte form, which this BMC proves it takes"
+    );
+    assert_eq!(emu.password_changes(), vec![(2, true)]);
+}

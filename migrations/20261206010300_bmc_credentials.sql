@@ -17,3 +17,39 @@ alter table bmcs
 alter table jobs drop constraint jobs_kind_check,
     add constraint jobs_kind_check
         check (kind in ('power', 'boot_device', 'identify', 'retire', 'rotate_credentials'));
+
+-- BMC discovery (`plinth bmc scan`): a scan of the addresses of one CIDR, run by one instance at
+-- a time (claimed with a lease), and what it found. A result names the factory credential that
+-- logged in by its user name only, never its password.
+create table bmc_scans (
+    id uuid primary key default gen_random_uuid(),
+    cidr text not null check (length(cidr) <= 64),
+    redfish_ports integer[] not null,
+    ipmi_ports integer[] not null,
+    rate integer not null check (rate between 1 and 1000),
+    addresses integer not null check (addresses between 1 and 1024),
+    state text not null default 'queued' check (state in ('queued', 'running', 'done', 'failed')),
+    requested_by text not null,
+    worker text,
+    lease_until timestamptz,
+    error text,
+    created_at timestamptz not null default now(),
+    started_at timestamptz,
+    finished_at timestamptz
+);
+create index bmc_scans_queued_idx on bmc_scans (created_at) where state in ('queued', 'running');
+
+create table bmc_scan_results (
+    scan_id uuid not null references bmc_scans (id) on delete cascade,
+    address text not null check (length(address) <= 255),
+    protocol text not null check (protocol in ('redfish', 'ipmi')),
+    vendor text,
+    serial text,
+    uuid uuid,
+    macs text[] not null default '{}',
+    credential_username text,
+    -- the discovered machine this BMC was attached to (enrolled), when a MAC matched
+    machine_id uuid references machines (id),
+    found_at timestamptz not null default now(),
+    primary key (scan_id, address, protocol)
+);

@@ -649,6 +649,42 @@ CREATE TABLE public.bmc_consoles (
     CONSTRAINT bmc_consoles_username_check CHECK ((length(username) <= 64))
 );
 
+CREATE TABLE public.bmc_scan_results (
+    scan_id uuid NOT NULL,
+    address text NOT NULL,
+    protocol text NOT NULL,
+    vendor text,
+    serial text,
+    uuid uuid,
+    macs text[] DEFAULT '{}'::text[] NOT NULL,
+    credential_username text,
+    machine_id uuid,
+    found_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT bmc_scan_results_address_check CHECK ((length(address) <= 255)),
+    CONSTRAINT bmc_scan_results_protocol_check CHECK ((protocol = ANY (ARRAY['redfish'::text, 'ipmi'::text])))
+);
+
+CREATE TABLE public.bmc_scans (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    cidr text NOT NULL,
+    redfish_ports integer[] NOT NULL,
+    ipmi_ports integer[] NOT NULL,
+    rate integer NOT NULL,
+    addresses integer NOT NULL,
+    state text DEFAULT 'queued'::text NOT NULL,
+    requested_by text NOT NULL,
+    worker text,
+    lease_until timestamp with time zone,
+    error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    CONSTRAINT bmc_scans_addresses_check CHECK (((addresses >= 1) AND (addresses <= 1024))),
+    CONSTRAINT bmc_scans_cidr_check CHECK ((length(cidr) <= 64)),
+    CONSTRAINT bmc_scans_rate_check CHECK (((rate >= 1) AND (rate <= 1000))),
+    CONSTRAINT bmc_scans_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'done'::text, 'failed'::text])))
+);
+
 CREATE TABLE public.bmcs (
     machine_id uuid NOT NULL,
     protocol text NOT NULL,
@@ -1037,6 +1073,12 @@ ALTER TABLE ONLY public.api_tokens
 ALTER TABLE ONLY public.bmc_consoles
     ADD CONSTRAINT bmc_consoles_pkey PRIMARY KEY (machine_id);
 
+ALTER TABLE ONLY public.bmc_scan_results
+    ADD CONSTRAINT bmc_scan_results_pkey PRIMARY KEY (scan_id, address, protocol);
+
+ALTER TABLE ONLY public.bmc_scans
+    ADD CONSTRAINT bmc_scans_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.bmcs
     ADD CONSTRAINT bmcs_pkey PRIMARY KEY (machine_id);
 
@@ -1119,6 +1161,8 @@ ALTER TABLE ONLY public.webhooks
     ADD CONSTRAINT webhooks_pkey PRIMARY KEY (id);
 
 CREATE INDEX agent_tokens_machine_idx ON public.agent_tokens USING btree (machine_id);
+
+CREATE INDEX bmc_scans_queued_idx ON public.bmc_scans USING btree (created_at) WHERE (state = ANY (ARRAY['queued'::text, 'running'::text]));
 
 CREATE INDEX bmcs_next_poll_idx ON public.bmcs USING btree (next_poll_at);
 
@@ -1212,6 +1256,12 @@ ALTER TABLE ONLY public.allocations
 
 ALTER TABLE ONLY public.bmc_consoles
     ADD CONSTRAINT bmc_consoles_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.bmcs(machine_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.bmc_scan_results
+    ADD CONSTRAINT bmc_scan_results_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id);
+
+ALTER TABLE ONLY public.bmc_scan_results
+    ADD CONSTRAINT bmc_scan_results_scan_id_fkey FOREIGN KEY (scan_id) REFERENCES public.bmc_scans(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.bmcs
     ADD CONSTRAINT bmcs_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id);

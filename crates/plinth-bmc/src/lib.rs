@@ -10,6 +10,7 @@
 
 mod connect;
 pub mod credentials;
+pub mod discover;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod health;

@@ -26,6 +26,7 @@ pub mod machines;
 pub mod metrics;
 pub mod racks;
 pub mod reconcile;
+pub mod scan;
 pub mod secrets;
 pub mod stream;
 pub mod subnets;

@@ -26,6 +26,7 @@ pub mod migrate;
 pub mod nics;
 pub mod pools;
 pub mod racks;
+pub mod scans;
 pub mod subnets;
 pub mod tokens;
 pub mod users;

@@ -6,6 +6,7 @@
 //! another host ([`Collector`] is that other host). Served by axum on 127.0.0.1.
 
 mod accounts;
+mod discovery;
 mod health;
 
 pub use health::Faults;
@@ -99,6 +100,8 @@ struct Bmc {
     host: Option<std::sync::Arc<dyn Host>>,
     health: health::HealthState,
     accounts: accounts::AccountsState,
+    /// The system's NIC MACs (discovery, issue 21).
+    nics: Vec<String>,
 }
 
 impl std::fmt::Debug for dyn Host {
@@ -166,6 +169,7 @@ impl RedfishEmulator {
             host,
             health: health::HealthState::default(),
             accounts: accounts::AccountsState::default(),
+            nics: Vec::new(),
         }));
         let app = Router::new()
             .route("/redfish/v1", get(root))
@@ -178,6 +182,7 @@ impl RedfishEmulator {
             .route("/redfish/v1/SessionService/Sessions", post(login))
             .merge(health::routes(Router::new()))
             .merge(accounts::routes(Router::new()))
+            .merge(discovery::routes(Router::new()))
             .route(
                 "/redfish/v1/SessionService/Sessions/{id}",
                 axum::routing::delete(logout),
@@ -416,6 +421,7 @@ async fn system(State(s): State<Shared>, h: HeaderMap) -> Response {
         }}
     });
     health::decorate_system(&b.health, &mut body);
+    discovery::decorate_system(&b, &mut body);
     if let Hostile::HugeBody(n) = b.knobs.hostile {
         body["Oem"] = json!({ "Padding": "x".repeat(n) });
     }

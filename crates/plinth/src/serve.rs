@@ -268,6 +268,7 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
             }))
             .with(runner.stale_pass())
             .with(runner.recovery_pass())
+            .with(plinth_core::scan::Scanner::new(app.clone(), c.bmc.scan.clone()).pass())
             .with(Pass::new("console recording", CONSOLE_EVERY, {
                 let app = app.clone();
                 move |_| {

@@ -8,4 +8,5 @@ mod dhcp;
 mod inventory;
 mod jobs;
 mod lifecycle;
+mod scan;
 mod users;

@@ -114,3 +114,65 @@ fn rotation_on_enroll_and_from_the_cli() {
         assert!(!shown.contains(p), "a BMC password was shown");
     }
 }
+
+#[test]
+fn bmc_scan_from_the_cli_contacts_only_its_cidr() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(plinth_testkit::TestDb::new()).unwrap();
+    let inside = rt
+        .block_on(RedfishEmulator::start_at("admin", PASSWORD, "127.0.0.1:0"))
+        .unwrap();
+    let outside = rt
+        .block_on(RedfishEmulator::start_at("admin", PASSWORD, "127.0.0.3:0"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start_with(dir.path(), Some(&db.url), SETTINGS);
+    let token = create_token(dir.path(), Some(&db.url), "tech", "admin");
+    let ports = [
+        inside.addr.port().to_string(),
+        outside.addr.port().to_string(),
+    ];
+    let args = [
+        "bmc",
+        "scan",
+        "127.0.0.1/32",
+        "--redfish-port",
+        &ports[0],
+        "--redfish-port",
+        &ports[1],
+        "--ipmi-port",
+        "9",
+        "-o",
+        "json",
+    ];
+    let scan = json(&serve.cli_ok(&token, &args));
+    assert_eq!(scan["state"], "done", "{scan:#}");
+    let results = scan["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{scan:#}");
+    assert_eq!(results[0]["address"], inside.url());
+    assert_eq!(results[0]["protocol"], "redfish");
+    assert!(
+        results[0]["credential"].is_null(),
+        "no factory credentials configured"
+    );
+    assert!(outside.requests().is_empty(), "{:?}", outside.requests());
+    // The table, and the refusals: too wide a network, a role other than admin.
+    let out = serve.cli_ok(&token, &["bmc", "show-scan", scan["id"].as_str().unwrap()]);
+    assert!(
+        out.contains("redfish") && out.contains(&inside.url()),
+        "{out}"
+    );
+    let wide = serve.cli(&token, &["bmc", "scan", "10.0.0.0/16"]);
+    assert!(!wide.status.success());
+    assert!(
+        String::from_utf8_lossy(&wide.stderr).contains("1024"),
+        "{wide:?}"
+    );
+    let operator = create_token(dir.path(), Some(&db.url), "op", "operator");
+    assert!(
+        !serve
+            .cli(&operator, &["bmc", "scan", "127.0.0.1/32"])
+            .status
+            .success()
+    );
+}

@@ -264,6 +264,11 @@ fn management_v1() -> Router<App> {
         .route("/machines/{id}/power", p(v1::power))
         .route("/machines/{id}/boot-device", p(v1::boot_device))
         .route("/machines/{id}/bmc/rotate", p(credentials::rotate))
+        .route(
+            "/bmc/scans",
+            p(credentials::create_scan).get(credentials::list_scans),
+        )
+        .route("/bmc/scans/{id}", g(credentials::get_scan))
         .route("/jobs", g(v1::list_jobs))
         .route("/jobs/{id}", g(v1::get_job))
         .route("/jobs/{id}/cancel", p(v1::cancel_job))

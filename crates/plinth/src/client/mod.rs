@@ -145,6 +145,13 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: Option<events::EventsCommand>,
     },
+    /// BMC networks (admins): `plinth bmc scan CIDR` finds the BMCs on one.
+    Bmc {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: credentials::BmcCommand,
+    },
     /// Webhooks (admins): add, list, remove, and a webhook's deliveries.
     Webhook {
         #[command(flatten)]
@@ -205,6 +212,9 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Job { global, command } => jobs::run(&Api::new(&global)?, command).await,
         ClientCommand::Pool { global, command } => pools::run(&Api::new(&global)?, command).await,
         ClientCommand::Token { global, command } => tokens::run(&Api::new(&global)?, command).await,
+        ClientCommand::Bmc { global, command } => {
+            credentials::run(&Api::new(&global)?, command).await
+        }
         ClientCommand::Events {
             global,
             command: Some(command),

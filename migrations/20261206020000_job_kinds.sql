@@ -8,5 +8,7 @@ alter table jobs drop constraint jobs_kind_check,
         -- BIOS settings (workers/bios.rs)
         'bios_apply', 'bios_read',
         -- firmware (workers/firmware.rs)
-        'firmware_update', 'firmware_read'
+        'firmware_update', 'firmware_read',
+        -- BMC credentials (workers/rotate.rs)
+        'rotate_credentials'
     ));

@@ -659,6 +659,42 @@ CREATE TABLE public.bmc_consoles (
     CONSTRAINT bmc_consoles_username_check CHECK ((length(username) <= 64))
 );
 
+CREATE TABLE public.bmc_scan_results (
+    scan_id uuid NOT NULL,
+    address text NOT NULL,
+    protocol text NOT NULL,
+    vendor text,
+    serial text,
+    uuid uuid,
+    macs text[] DEFAULT '{}'::text[] NOT NULL,
+    credential_username text,
+    machine_id uuid,
+    found_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT bmc_scan_results_address_check CHECK ((length(address) <= 255)),
+    CONSTRAINT bmc_scan_results_protocol_check CHECK ((protocol = ANY (ARRAY['redfish'::text, 'ipmi'::text])))
+);
+
+CREATE TABLE public.bmc_scans (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    cidr text NOT NULL,
+    redfish_ports integer[] NOT NULL,
+    ipmi_ports integer[] NOT NULL,
+    rate integer NOT NULL,
+    addresses integer NOT NULL,
+    state text DEFAULT 'queued'::text NOT NULL,
+    requested_by text NOT NULL,
+    worker text,
+    lease_until timestamp with time zone,
+    error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    CONSTRAINT bmc_scans_addresses_check CHECK (((addresses >= 1) AND (addresses <= 1024))),
+    CONSTRAINT bmc_scans_cidr_check CHECK ((length(cidr) <= 64)),
+    CONSTRAINT bmc_scans_rate_check CHECK (((rate >= 1) AND (rate <= 1000))),
+    CONSTRAINT bmc_scans_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'done'::text, 'failed'::text])))
+);
+
 CREATE TABLE public.bmcs (
     machine_id uuid NOT NULL,
     protocol text NOT NULL,
@@ -683,6 +719,10 @@ CREATE TABLE public.bmcs (
     next_health_at timestamp with time zone DEFAULT now() NOT NULL,
     log_cursor text,
     log_checked_at timestamp with time zone,
+    staged_password_nonce bytea,
+    staged_password_ciphertext bytea,
+    staged_at timestamp with time zone,
+    password_rotated_at timestamp with time zone,
     CONSTRAINT bmcs_address_check CHECK (((address <> ''::text) AND (length(address) <= 255))),
     CONSTRAINT bmcs_consecutive_failures_check CHECK ((consecutive_failures >= 0)),
     CONSTRAINT bmcs_health_check CHECK ((health = ANY (ARRAY['unknown'::text, 'ok'::text, 'warning'::text, 'critical'::text]))),
@@ -691,6 +731,8 @@ CREATE TABLE public.bmcs (
     CONSTRAINT bmcs_password_nonce_check CHECK ((length(password_nonce) = 12)),
     CONSTRAINT bmcs_power_state_check CHECK ((power_state = ANY (ARRAY['on'::text, 'off'::text, 'powering_on'::text, 'powering_off'::text]))),
     CONSTRAINT bmcs_protocol_check CHECK ((protocol = ANY (ARRAY['redfish'::text, 'ipmi'::text]))),
+    CONSTRAINT bmcs_staged_password_nonce_check CHECK ((length(staged_password_nonce) = 12)),
+    CONSTRAINT bmcs_staged_whole CHECK ((((staged_password_nonce IS NULL) = (staged_password_ciphertext IS NULL)) AND ((staged_password_nonce IS NULL) = (staged_at IS NULL)))),
     CONSTRAINT bmcs_username_check CHECK ((length(username) <= 64))
 );
 
@@ -852,7 +894,7 @@ CREATE TABLE public.jobs (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT jobs_attempts_check CHECK ((attempts >= 0)),
     CONSTRAINT jobs_finished_at CHECK (((state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'cancelled'::text])) = (finished_at IS NOT NULL))),
-    CONSTRAINT jobs_kind_check CHECK ((kind = ANY (ARRAY['power'::text, 'boot_device'::text, 'identify'::text, 'retire'::text, 'vmedia_boot'::text, 'vmedia_eject'::text, 'bios_apply'::text, 'bios_read'::text, 'firmware_update'::text, 'firmware_read'::text]))),
+    CONSTRAINT jobs_kind_check CHECK ((kind = ANY (ARRAY['power'::text, 'boot_device'::text, 'identify'::text, 'retire'::text, 'vmedia_boot'::text, 'vmedia_eject'::text, 'bios_apply'::text, 'bios_read'::text, 'firmware_update'::text, 'firmware_read'::text, 'rotate_credentials'::text]))),
     CONSTRAINT jobs_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
     CONSTRAINT jobs_running_lease CHECK (((state = 'running'::text) = (lease_until IS NOT NULL))),
     CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
@@ -1124,6 +1166,12 @@ ALTER TABLE ONLY public.bios_profiles
 ALTER TABLE ONLY public.bmc_consoles
     ADD CONSTRAINT bmc_consoles_pkey PRIMARY KEY (machine_id);
 
+ALTER TABLE ONLY public.bmc_scan_results
+    ADD CONSTRAINT bmc_scan_results_pkey PRIMARY KEY (scan_id, address, protocol);
+
+ALTER TABLE ONLY public.bmc_scans
+    ADD CONSTRAINT bmc_scans_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.bmcs
     ADD CONSTRAINT bmcs_pkey PRIMARY KEY (machine_id);
 
@@ -1224,6 +1272,8 @@ ALTER TABLE ONLY public.webhooks
     ADD CONSTRAINT webhooks_pkey PRIMARY KEY (id);
 
 CREATE INDEX agent_tokens_machine_idx ON public.agent_tokens USING btree (machine_id);
+
+CREATE INDEX bmc_scans_queued_idx ON public.bmc_scans USING btree (created_at) WHERE (state = ANY (ARRAY['queued'::text, 'running'::text]));
 
 CREATE INDEX bmcs_next_poll_idx ON public.bmcs USING btree (next_poll_at);
 
@@ -1327,6 +1377,12 @@ ALTER TABLE ONLY public.allocations
 
 ALTER TABLE ONLY public.bmc_consoles
     ADD CONSTRAINT bmc_consoles_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.bmcs(machine_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.bmc_scan_results
+    ADD CONSTRAINT bmc_scan_results_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id);
+
+ALTER TABLE ONLY public.bmc_scan_results
+    ADD CONSTRAINT bmc_scan_results_scan_id_fkey FOREIGN KEY (scan_id) REFERENCES public.bmc_scans(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.bmcs
     ADD CONSTRAINT bmcs_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id);

@@ -12,6 +12,7 @@ mod bmc;
 mod boot;
 mod console;
 mod console_cli;
+mod credentials;
 mod demo;
 mod deploy;
 mod dhcp;

@@ -9,6 +9,7 @@ mod bios;
 pub mod boot;
 
 mod console;
+mod credentials;
 pub mod error;
 mod events_stream;
 mod fastpath;
@@ -78,6 +79,7 @@ use crate::error::ApiError;
         v1::create_subnet, v1::list_subnets, v1::get_subnet, v1::update_subnet, v1::delete_subnet, v1::list_leases,
         v1::list_images, v1::register_image, v1::upload_image, v1::get_image, v1::delete_image,
         v1::power, v1::boot_device, v1::get_job, v1::list_jobs, v1::cancel_job,
+        credentials::rotate,
         console::console_log, console::console_status,
         console::set_console_endpoint, console::delete_console_endpoint,
         bios::machine_bios, bios::request_bios, bios::list_profiles, bios::get_profile,
@@ -269,6 +271,12 @@ fn management_v1() -> Router<App> {
         )
         .route("/machines/{id}/power", p(v1::power))
         .route("/machines/{id}/boot-device", p(v1::boot_device))
+        .route("/machines/{id}/bmc/rotate", p(credentials::rotate))
+        .route(
+            "/bmc/scans",
+            p(credentials::create_scan).get(credentials::list_scans),
+        )
+        .route("/bmc/scans/{id}", g(credentials::get_scan))
         .route("/jobs", g(v1::list_jobs))
         .route("/jobs/{id}", g(v1::get_job))
         .route("/jobs/{id}/cancel", p(v1::cancel_job))

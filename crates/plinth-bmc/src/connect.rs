@@ -29,6 +29,17 @@ pub struct BmcTarget {
     pub plain_http: bool,
 }
 
+impl BmcTarget {
+    /// The same BMC and account with another password (a rotation's new one, proved by a
+    /// session of its own).
+    pub fn with_password(&self, password: &str) -> BmcTarget {
+        BmcTarget {
+            password: password.to_owned(),
+            ..self.clone()
+        }
+    }
+}
+
 impl std::fmt::Debug for BmcTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BmcTarget")

@@ -16,6 +16,7 @@ pub mod fru;
 mod health;
 pub mod lan;
 pub mod sol;
+mod users;
 pub mod wire;
 
 use std::collections::HashSet;
@@ -474,6 +475,14 @@ impl Bmc for Ipmi {
         max: usize,
     ) -> BoxFuture<'a, Result<crate::LogBatch>> {
         Box::pin(self.do_log_entries(cursor, max))
+    }
+
+    fn password_policy(&self) -> BoxFuture<'_, Result<crate::PasswordPolicy>> {
+        Box::pin(self.do_password_policy())
+    }
+
+    fn set_password<'a>(&'a self, new: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.do_set_password(new))
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -10,6 +10,8 @@
 
 pub mod bios;
 mod connect;
+pub mod credentials;
+pub mod discover;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod firmware;
@@ -20,6 +22,7 @@ pub mod vmedia;
 
 pub use bios::BiosAttributes;
 pub use connect::{BmcTarget, Connector, DEFAULT_CALL_TIMEOUT, Drivers};
+pub use credentials::PasswordPolicy;
 pub use health::{Health, LogBatch, LogEntry};
 pub use vmedia::{
     MediaSlot, MediaType, choose_slot, choose_slot_for_image, eject_media_verified,
@@ -285,6 +288,18 @@ pub trait Bmc: Send + Sync {
         _task: &'a firmware::UpdateTask,
     ) -> BoxFuture<'a, Result<firmware::TaskStatus>> {
         Box::pin(async { Err(BmcError::Unsupported("update tasks".into())) })
+    }
+
+    // --- credentials ---
+    /// The passwords the BMC accepts for plinth's account (issue 21, rotation).
+    fn password_policy(&self) -> BoxFuture<'_, Result<PasswordPolicy>> {
+        Box::pin(async { Err(BmcError::Unsupported("changing its password".into())) })
+    }
+    /// Sets the password of the account plinth logs in with (its username) to `new`. Many
+    /// BMCs end that account's sessions: the driver is not used again after this; a driver
+    /// made with the new password proves it (see `BmcTarget::with_password`).
+    fn set_password<'a>(&'a self, _new: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Err(BmcError::Unsupported("changing its password".into())) })
     }
 
     /// Ends the session with the BMC, if the driver keeps one (BMCs allow only a few).

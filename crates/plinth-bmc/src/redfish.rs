@@ -21,6 +21,7 @@
 //! token anywhere else. Plain `http://` needs the BMC's own opt-in
 //! ([`RedfishConfig::allow_plain_http`]): the password would cross the network in clear.
 
+mod accounts;
 mod bios;
 mod firmware;
 mod health;
@@ -763,6 +764,14 @@ impl Bmc for Redfish {
         task: &'a crate::firmware::UpdateTask,
     ) -> BoxFuture<'a, Result<crate::firmware::TaskStatus>> {
         Box::pin(self.do_task_status(task))
+    }
+
+    fn password_policy(&self) -> BoxFuture<'_, Result<crate::PasswordPolicy>> {
+        Box::pin(self.do_password_policy())
+    }
+
+    fn set_password<'a>(&'a self, new: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.do_set_password(new))
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -403,6 +403,26 @@ impl Client {
         self.post(&path::machine_power(id), req).await
     }
 
+    /// Queues a rotation of the machine's BMC password (202); the job's result says when it
+    /// was rotated, never the password.
+    pub async fn rotate_bmc_password(&self, id: Uuid) -> Result<Job, Error> {
+        self.post(&path::machine_bmc_rotate(id), &serde_json::json!({}))
+            .await
+    }
+
+    /// Queues a scan of a BMC network (202; admins).
+    pub async fn create_bmc_scan(
+        &self,
+        req: &plinth_types::scan::BmcScanRequest,
+    ) -> Result<plinth_types::scan::BmcScan, Error> {
+        self.post(&path::bmc_scans(), req).await
+    }
+
+    /// A scan and what it found so far.
+    pub async fn get_bmc_scan(&self, id: Uuid) -> Result<plinth_types::scan::BmcScan, Error> {
+        self.get(&path::bmc_scan(id)).await
+    }
+
     /// Queues a boot-device job (202).
     pub async fn set_boot_device(&self, id: Uuid, req: &BootDeviceRequest) -> Result<Job, Error> {
         self.post(&path::machine_boot_device(id), req).await

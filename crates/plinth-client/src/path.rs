@@ -57,6 +57,18 @@ pub fn machine_power(id: impl Display) -> String {
     format!("{}/power", machine(id))
 }
 
+pub fn bmc_scans() -> String {
+    format!("{ROOT}/bmc/scans")
+}
+
+pub fn bmc_scan(id: impl Display) -> String {
+    format!("{ROOT}/bmc/scans/{}", seg(id))
+}
+
+pub fn machine_bmc_rotate(id: impl Display) -> String {
+    format!("{}/bmc/rotate", machine(id))
+}
+
 pub fn machine_boot_device(id: impl Display) -> String {
     format!("{}/boot-device", machine(id))
 }

@@ -121,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         backoff_base: Duration::from_secs(5),
         backoff_max: Duration::from_secs(60),
         idle_poll: Duration::from_secs(2),
+        rotate_on_enroll: false,
     };
     let runner = JobRunner::new(
         app.clone(),

@@ -64,6 +64,8 @@ pub enum Permission {
     ReadConsoleLog,
     /// Register and remove webhooks (they receive every event): admins only.
     ManageWebhooks,
+    /// Scan a BMC network and see what answered (issue 21): admins only.
+    ScanBmcNetwork,
 }
 
 /// The one place roles are mapped to permissions. A client's permissions apply only to its
@@ -73,7 +75,10 @@ pub fn allows(role: Role, p: Permission) -> bool {
         Role::Admin => true,
         Role::Operator => !matches!(
             p,
-            Permission::ManageTokens | Permission::ManagePools | Permission::ManageWebhooks
+            Permission::ManageTokens
+                | Permission::ManagePools
+                | Permission::ManageWebhooks
+                | Permission::ScanBmcNetwork
         ),
         Role::Client => matches!(
             p,

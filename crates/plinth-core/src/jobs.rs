@@ -60,6 +60,9 @@ pub enum JobSpec {
     },
     /// Read the firmware inventory and store it.
     FirmwareRead,
+    /// A new random password for plinth's BMC account, staged, set, proved, stored
+    /// (`workers/rotate.rs`).
+    RotateCredentials,
 }
 
 /// Attempts before a job fails for good (transient failures only are retried).
@@ -80,6 +83,7 @@ impl JobSpec {
             JobSpec::BiosRead => "bios_read",
             JobSpec::FirmwareUpdate { .. } => "firmware_update",
             JobSpec::FirmwareRead => "firmware_read",
+            JobSpec::RotateCredentials => "rotate_credentials",
         }
     }
 
@@ -96,7 +100,8 @@ impl JobSpec {
             | JobSpec::Retire
             | JobSpec::VmediaEject
             | JobSpec::BiosRead
-            | JobSpec::FirmwareRead => json!({}),
+            | JobSpec::FirmwareRead
+            | JobSpec::RotateCredentials => json!({}),
             JobSpec::BiosApply {
                 attributes,
                 profile,
@@ -147,6 +152,7 @@ impl JobSpec {
                 image: field(kind, params, "image")?,
             }),
             "firmware_read" => Ok(JobSpec::FirmwareRead),
+            "rotate_credentials" => Ok(JobSpec::RotateCredentials),
             other => Err(format!("unknown job kind {other:?}")),
         }
     }
@@ -303,7 +309,12 @@ impl App {
         self.request_job(who, id, spec).await
     }
 
-    async fn request_job(&self, who: &Principal, id: Uuid, spec: JobSpec) -> Result<Job> {
+    pub(crate) async fn request_job(
+        &self,
+        who: &Principal,
+        id: Uuid,
+        spec: JobSpec,
+    ) -> Result<Job> {
         who.require(Permission::ControlPower)?;
         let mut tx = self.begin().await?;
         let row = self.visible_row(&mut tx, who, id).await?;
@@ -521,6 +532,7 @@ mod tests {
             JobSpec::BiosRead,
             JobSpec::FirmwareUpdate { image: Uuid::nil() },
             JobSpec::FirmwareRead,
+            JobSpec::RotateCredentials,
         ];
         for s in all {
             assert_eq!(JobSpec::parse(s.kind(), &s.params()), Ok(s));

@@ -50,7 +50,9 @@ pub async fn upsert(conn: &mut PgConnection, machine_id: Uuid, b: &NewBmc<'_>) -
              updated_at = now(), reachable = null, consecutive_failures = 0, last_error = null,
              next_poll_at = now(), identity = null, identity_at = null,
              health = null, health_components = null, health_checked_at = null,
-             next_health_at = now(), log_cursor = null, log_checked_at = null"#,
+             next_health_at = now(), log_cursor = null, log_checked_at = null,
+             staged_password_nonce = null, staged_password_ciphertext = null, staged_at = null,
+             password_rotated_at = null"#,
         machine_id,
         b.protocol.as_str(),
         b.address,
@@ -130,6 +132,8 @@ pub async fn claim_due(
              select b.machine_id from bmcs b join machines m on m.id = b.machine_id
              where b.next_poll_at <= now() and m.state <> 'decommissioned'
                and not exists (select 1 from jobs j where j.machine_id = b.machine_id and j.state = 'running')
+               -- during a rotation either password may be the BMC's: only its job logs in
+               and b.staged_password_nonce is null
              order by b.next_poll_at
              limit $1
              for update of b skip locked

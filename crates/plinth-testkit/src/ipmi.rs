@@ -19,6 +19,7 @@
 //! can drive a VM with it), and counters.
 
 mod health;
+pub mod users;
 
 pub use health::ChassisFaults;
 
@@ -692,6 +693,8 @@ struct Bmc {
     sol: sol::Sol,
     /// Chassis faults and the SEL (issue 20).
     sel: health::SelState,
+    /// The user table's commands (issue 21).
+    users: users::Users,
 }
 
 impl Bmc {
@@ -719,6 +722,7 @@ impl Bmc {
             log: Vec::new(),
             sol: sol::Sol::default(),
             sel: health::SelState::default(),
+            users: users::Users::default(),
         }
     }
 
@@ -1136,6 +1140,9 @@ impl Bmc {
         self.expire_boot_flags();
         let d = &rq.data;
         if let Some(r) = self.sel.command(rq.netfn, rq.cmd, d, self.power) {
+            return r;
+        }
+        if let Some(r) = users::command(self, rq.netfn, rq.cmd, d, privilege) {
             return r;
         }
         let ok = |data: Vec<u8>| (cc::OK, data, After::Nothing);

@@ -33,6 +33,10 @@ use crate::ipmi::Fru;
 
 pub const USER: &str = "admin";
 pub const PASSWORD: &str = "Sim-Pa55w0rd-9d2c";
+/// A second administrator, whose password fits the 16 bytes ipmi_sim's Set User Password
+/// keeps (it copies 16 and leaves the rest of a longer one): for password changes (issue 21).
+pub const USER2: &str = "plinth";
+pub const PASSWORD2: &str = "Sim2-Pa55w0rd-16";
 /// The GUID in lan.conf, 16 bytes as ipmi_sim sends them: in IPMI order (least significant byte
 /// first) a version 4 UUID, `ffeeddcc-bbaa-4977-8866-554433221100`, which `ipmitool mc guid`
 /// prints with "GUID Encoding : IPMI". No two bytes alike, so a byte order mistake shows.
@@ -183,7 +187,8 @@ impl IpmiSim {
                  allowed_auths_callback {auths}\n    allowed_auths_user {auths}\n\
                  allowed_auths_operator {auths}\n    allowed_auths_admin {auths}\n\
                  guid {guid_hex}\n  endlan\n  chassis_control \"{} 0x20\"\n{sol}\
-                 user 2 true \"{USER}\" \"{PASSWORD}\" admin 10 {auths}\n",
+                 user 2 true \"{USER}\" \"{PASSWORD}\" admin 10 {auths}\n\
+                 user 3 true \"{USER2}\" \"{PASSWORD2}\" admin 10 {auths}\n",
                 script.display()
             ),
         )?;

@@ -6,7 +6,9 @@
 //! another host ([`Collector`] is that other host); virtual media that download their image
 //! and fill the VM's CD drive ([`MediaKnobs`], `redfish/vmedia.rs`). Served by axum on 127.0.0.1.
 
+mod accounts;
 mod bios;
+mod discovery;
 mod firmware;
 mod health;
 mod vmedia;
@@ -118,6 +120,9 @@ struct Bmc {
     vmedia: vmedia::MediaState,
     bios: bios::BiosState,
     firmware: firmware::FirmwareState,
+    accounts: accounts::AccountsState,
+    /// The system's NIC MACs (discovery, issue 21).
+    nics: Vec<String>,
 }
 
 impl std::fmt::Debug for dyn Host {
@@ -187,6 +192,8 @@ impl RedfishEmulator {
             vmedia: vmedia::MediaState::default(),
             bios: bios::BiosState::default(),
             firmware: firmware::FirmwareState::default(),
+            accounts: accounts::AccountsState::default(),
+            nics: Vec::new(),
         }));
         let app = Router::new()
             .route("/redfish/v1", get(root))
@@ -201,6 +208,8 @@ impl RedfishEmulator {
             .merge(vmedia::routes(Router::new()))
             .merge(bios::routes(Router::new()))
             .merge(firmware::routes(Router::new()))
+            .merge(accounts::routes(Router::new()))
+            .merge(discovery::routes(Router::new()))
             .route(
                 "/redfish/v1/SessionService/Sessions/{id}",
                 axum::routing::delete(logout),
@@ -370,7 +379,8 @@ async fn root(State(s): State<Shared>, h: HeaderMap) -> Response {
     }
     let sessions = s.lock().expect("emulator state").knobs.sessions;
     let mut v = json!({ "@odata.id": "/redfish/v1", "Id": "RootService", "RedfishVersion": "1.11.0",
-        "Systems": { "@odata.id": "/redfish/v1/Systems" }, "Oem": { "Plinth": { "Misbehaves": true } } });
+        "Systems": { "@odata.id": "/redfish/v1/Systems" }, "Oem": { "Plinth": { "Misbehaves": true } },
+        "AccountService": { "@odata.id": "/redfish/v1/AccountService" } });
     bios::decorate_root(&mut v);
     if sessions {
         v["SessionService"] = json!({ "@odata.id": "/redfish/v1/SessionService" });
@@ -442,6 +452,7 @@ async fn system(State(s): State<Shared>, h: HeaderMap) -> Response {
     health::decorate_system(&b.health, &mut body);
     vmedia::decorate_system(&b.knobs.vmedia, &mut body);
     bios::decorate_system(&b.bios, &mut body);
+    discovery::decorate_system(&b, &mut body);
     if let Hostile::HugeBody(n) = b.knobs.hostile {
         body["Oem"] = json!({ "Padding": "x".repeat(n) });
     }

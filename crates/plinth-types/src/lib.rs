@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod mac;
 pub mod netboot;
 pub mod role;
+pub mod scan;
 #[cfg(feature = "sqlx")]
 mod sql;
 

@@ -274,6 +274,8 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
                     async move { app.rollout_pass().await.map(drop) }
                 }
             }))
+            .with(runner.recovery_pass())
+            .with(plinth_core::scan::Scanner::new(app.clone(), c.bmc.scan.clone()).pass())
             .with(Pass::new("console recording", CONSOLE_EVERY, {
                 let app = app.clone();
                 move |_| {

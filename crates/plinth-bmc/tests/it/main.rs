@@ -2,6 +2,7 @@
 //! test kit's, sushy-tools', OpenIPMI's ipmi_sim) and a virtual BMC of a QEMU machine.
 
 mod bios;
+mod credentials;
 mod firmware;
 mod health;
 mod ipmi_emulator;

@@ -132,6 +132,11 @@ pub(super) async fn execute(
             "config",
             "a firmware job reached the plain executor",
         )),
+        // Run by the runner itself (it writes the staged secret between BMC calls).
+        JobSpec::RotateCredentials => Err(super::call::final_failure(
+            "config",
+            "a rotation is run by the job runner",
+        )),
         JobSpec::Identify => {
             let identity = call(t, "read identity", bmc.identity()).await?;
             let power = call(t, "read power state", bmc.power_state()).await?;

@@ -19,6 +19,8 @@
 //!   outcome writes to `machine_bios`;
 //! - `firmware`: firmware updates and inventory reads (issue 21), which record their
 //!   progress in the job row as they go;
+//! - `rotate`: the `rotate_credentials` job (stage, set, prove, promote; resolved after a
+//!   crash) and the `credential recovery` pass;
 //! - `power_sync`: [`PowerSync`], the reconciler pass that reads every BMC's power state;
 //! - `webhooks`: [`WebhookWorker`], delivering events to webhooks from their durable queue
 //!   (the same claim, lease and backoff pattern, with an HTTP receiver instead of a BMC).
@@ -30,6 +32,7 @@ mod firmware;
 mod health_sync;
 mod power_sync;
 mod record;
+mod rotate;
 mod runner;
 mod vmedia;
 mod wakeups;

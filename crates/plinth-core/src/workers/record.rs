@@ -43,6 +43,9 @@ impl JobRunner {
                         .await
                         .db()?;
                     check_identity_macs(&mut tx, j.machine_id, identity).await?;
+                    if self.settings.rotate_on_enroll {
+                        super::rotate::after_identify(&mut tx, j.machine_id).await?;
+                    }
                 }
                 let old =
                     plinth_db::bmcs::record_ok(&mut tx, j.machine_id, done.power.map(power_str))

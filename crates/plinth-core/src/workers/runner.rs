@@ -64,6 +64,8 @@ pub struct JobSettings {
     /// How often to look for due jobs without a NOTIFY (retries come due silently).
     #[serde(skip)]
     pub idle_poll: Duration,
+    /// Rotate the BMC password of a machine after its first successful identify (issue 21).
+    pub rotate_on_enroll: bool,
 }
 
 impl Default for JobSettings {
@@ -78,6 +80,7 @@ impl Default for JobSettings {
             backoff_base: Duration::from_secs(5),
             backoff_max: Duration::from_secs(300),
             idle_poll: Duration::from_secs(2),
+            rotate_on_enroll: false,
         }
     }
 }
@@ -126,8 +129,8 @@ fn media_failure(e: plinth_types::Error) -> Failure {
 /// Takes jobs from the database and runs them against BMCs.
 pub struct JobRunner {
     pub(super) app: App,
-    connector: Arc<dyn Connector>,
-    settings: JobSettings,
+    pub(super) connector: Arc<dyn Connector>,
+    pub(super) settings: JobSettings,
     worker: String,
     slots: Arc<Semaphore>,
     /// The jobs this runner has running, for lease renewal.
@@ -239,6 +242,9 @@ impl JobRunner {
 
     async fn attempt(&self, j: &Claimed) -> std::result::Result<Done, Failure> {
         let spec = JobSpec::parse(&j.kind, &j.params).map_err(|e| final_failure("config", e))?;
+        if spec == JobSpec::RotateCredentials {
+            return self.rotate(j).await;
+        }
         let target = self.app.target_of(j)?;
         // A virtual-media boot's ISO, with its agent token, is made for this attempt: a retry
         // makes a new one (and so revokes the last one's token).

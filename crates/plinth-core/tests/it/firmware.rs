@@ -47,6 +47,7 @@ fn settings() -> JobSettings {
         backoff_base: Duration::ZERO,
         backoff_max: Duration::ZERO,
         idle_poll: Duration::from_millis(50),
+        rotate_on_enroll: false,
     }
 }
 

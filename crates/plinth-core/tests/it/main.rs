@@ -2,10 +2,12 @@
 //! TestDb), with in-memory BMCs where a BMC is needed.
 
 mod console;
+mod credentials;
 mod deploy;
 mod dhcp;
 mod firmware;
 mod inventory;
 mod jobs;
 mod lifecycle;
+mod scan;
 mod users;

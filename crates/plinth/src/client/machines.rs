@@ -197,6 +197,14 @@ pub enum MachineCommand {
         #[command(flatten)]
         args: super::bios::MachineBiosArgs,
     },
+    /// Give the machine's BMC a new random password that only plinth knows (a job: set on
+    /// the BMC, proved by a new login, then stored; never printed).
+    BmcRotate {
+        id: Uuid,
+        /// Queue the job and return (by default the command waits for it; exit 1 when it failed).
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Set the device a machine boots from next (or always, with --persistent).
     BootDevice {
         id: Uuid,
@@ -592,6 +600,9 @@ pub async fn run(api: &Api, cmd: MachineCommand) -> anyhow::Result<()> {
             read,
             wait,
         } => super::firmware::machine(api, id, update, method, read, wait).await,
+        MachineCommand::BmcRotate { id, no_wait } => {
+            super::credentials::rotate(api, id, no_wait).await
+        }
         MachineCommand::BootDevice {
             id,
             device,

@@ -17,6 +17,7 @@ use uuid::Uuid;
 mod allocations;
 mod bios;
 mod console;
+mod credentials;
 mod events;
 mod firmware;
 mod images;
@@ -163,6 +164,13 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: firmware::FirmwareCommand,
     },
+    /// BMC networks (admins): `plinth bmc scan CIDR` finds the BMCs on one.
+    Bmc {
+        #[command(flatten)]
+        global: Global,
+        #[command(subcommand)]
+        command: credentials::BmcCommand,
+    },
     /// Webhooks (admins): add, list, remove, and a webhook's deliveries.
     Webhook {
         #[command(flatten)]
@@ -226,6 +234,9 @@ pub async fn run(cmd: ClientCommand) -> anyhow::Result<()> {
             bios::profile(&Api::new(&global)?, command).await
         }
         ClientCommand::Token { global, command } => tokens::run(&Api::new(&global)?, command).await,
+        ClientCommand::Bmc { global, command } => {
+            credentials::run(&Api::new(&global)?, command).await
+        }
         ClientCommand::Events {
             global,
             command: Some(command),

@@ -21,6 +21,8 @@ pub struct BmcConfig {
     pub drivers: plinth_bmc::Drivers,
     pub jobs: JobSettings,
     pub sync: SyncSettings,
+    /// BMC discovery (`plinth bmc scan`): factory credentials, probe concurrency and timeout.
+    pub scan: plinth_core::scan::ScanSettings,
 }
 
 #[derive(Clone, Default, Deserialize)]
@@ -43,6 +45,7 @@ impl<'de> Deserialize<'de> for BmcConfig {
             drivers: s.part()?,
             jobs: s.part()?,
             sync: s.part()?,
+            scan: s.part()?,
         };
         s.finish()?;
         Ok(c)

@@ -552,6 +552,29 @@ mod tests {
     }
 
     #[test]
+    fn bmc_rotation_and_discovery_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plinth.toml");
+        std::fs::write(
+            &file,
+            "[bmc]\nrotate_on_enroll = true\nscan_concurrency = 4\n\
+             [[bmc.factory_credentials]]\nusername = \"root\"\npassword = \"calvin-factory\"\n",
+        )
+        .unwrap();
+        let c = load(Some(&file), env(&[])).unwrap();
+        assert!(c.bmc.jobs.rotate_on_enroll);
+        assert_eq!(c.bmc.scan.scan_concurrency, 4);
+        assert_eq!(c.bmc.scan.factory_credentials[0].username, "root");
+        assert!(
+            !format!("{c:?}").contains("calvin-factory"),
+            "never in Debug"
+        );
+        let c = load(None, env(&[])).unwrap();
+        assert!(!c.bmc.jobs.rotate_on_enroll, "off unless asked for");
+        assert!(c.bmc.scan.factory_credentials.is_empty());
+    }
+
+    #[test]
     fn bmc_key_file_is_made_once() {
         let dir = tempfile::tempdir().unwrap();
         let c = load(

@@ -334,7 +334,8 @@ pub struct AllocationFilter {
     pub count: i64,
 }
 
-/// Picks and locks up to `count` ready, non-maintenance machines that match. Rows another
+/// Picks and locks up to `count` ready, non-maintenance machines that match (and whose pool's
+/// BIOS profile, if it has one, was read back in effect). Rows another
 /// transaction holds are skipped, so concurrent allocations never wait on each other and
 /// never pick the same machine.
 pub async fn pick_for_allocation(
@@ -354,6 +355,15 @@ pub async fn pick_for_allocation(
              and ($6::text is null or m.pool = $6)
              and ($7::text is null or m.rack_id = (select id from racks where name = $7))
              and coalesce((select b.health from bmcs b where b.machine_id = m.id), 'unknown') = any($9)
+             -- a pool's BIOS profile holds its machines back until plinth read it back in
+             -- effect (a profile still being applied, or one that did not stick, leaves the
+             -- machine ready but not allocatable)
+             and not exists (
+                   select 1 from pools p join bios_profiles bp on bp.name = p.bios_profile
+                   where p.name = m.pool
+                     and not exists (select 1 from machine_bios mb
+                                     where mb.machine_id = m.id
+                                       and mb.attributes @> bp.attributes))
            -- the longest-ready first: a machine released (and cleaned) a moment ago comes
            -- last, so a client cannot steer an allocation onto the machine its last tenant
            -- just left

@@ -338,7 +338,45 @@ async fn a_pools_profile_is_applied_on_the_way_to_ready() {
         2,
         "power off, then the profile"
     );
+    // Ready, but held back from allocations until the profile is read back in effect.
+    let one = || AllocationRequest {
+        count: Some(1),
+        ..Default::default()
+    };
+    let e = w.app.allocate(&admin(), one()).await.unwrap_err();
+    assert_eq!(e.code, "insufficient_capacity", "{e:?}");
+    // A second machine of the pool whose BIOS drops one of the profile's attributes.
+    let (id2, f2) = w.with_bios(2).await;
+    f2.set_bios_drops(Some("SriovGlobalEnable"));
+    w.act(id2, Verb::Inspect).await.unwrap();
     w.runner.drain().await.unwrap();
+    let mac2 = w.app.get_machine(&admin(), id2).await.unwrap().nics[0].mac;
+    w.app
+        .submit_inspection(&admin(), id2, uefi_report(id2, mac2))
+        .await
+        .unwrap();
+    w.runner.drain().await.unwrap();
+    let jobs2 = w.jobs_of(id2).await;
+    let failed = jobs2.iter().rfind(|j| j.kind == "bios_apply").unwrap();
+    assert_eq!(failed.state, JobState::Failed, "{failed:?}");
+    assert!(
+        failed
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("SriovGlobalEnable"),
+        "{failed:?}"
+    );
+    // Only the machine whose profile stuck is allocated; the other stays ready, held.
+    let a = w.app.allocate(&admin(), one()).await.unwrap();
+    assert_eq!(a.machines.len(), 1);
+    assert_eq!(a.machines[0].id, id);
+    let e = w.app.allocate(&admin(), one()).await.unwrap_err();
+    assert_eq!(e.code, "insufficient_capacity", "{e:?}");
+    assert_eq!(
+        w.app.get_machine(&admin(), id2).await.unwrap().state,
+        MachineState::Ready
+    );
     let jobs = w.jobs_of(id).await;
     // (the inventory read of the firmware part runs beside it)
     let apply = jobs.iter().rfind(|j| j.kind == "bios_apply").unwrap();

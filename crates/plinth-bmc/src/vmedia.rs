@@ -196,7 +196,8 @@ pub async fn insert_media_verified(bmc: &dyn Bmc, slot: &str, url: &str) -> Resu
     let slots = bmc.media_slots().await?;
     let got = slots.into_iter().find(|s| s.id == slot);
     check_media_readback(slot, url, got.as_ref())?;
-    Ok(got.expect("checked above"))
+    // Some after the check; an error rather than a panic all the same.
+    got.ok_or_else(|| BmcError::Protocol(format!("the virtual media slot {slot} is gone")))
 }
 
 /// Ejects whatever `slot` holds and reads it back: it must not be inserted, else

@@ -120,13 +120,74 @@ pub fn disks(root: &Path) -> Vec<DiskFacts> {
             Some(DiskFacts {
                 size_bytes: sectors * 512,
                 model: nonempty(read(&b.join("device/model"))),
-                serial: nonempty(read(&b.join("device/serial")))
-                    .or_else(|| nonempty(read(&b.join("serial")))),
+                serial: serial(&b),
                 rotational: read(&b.join("queue/rotational")).map(|r| r == "1"),
                 name,
             })
         })
         .collect()
+}
+
+/// A disk's serial number, from the first of these that has one:
+/// - `device/serial` (NVMe, some SCSI drivers) or `serial` (virtio-blk);
+/// - the SCSI Unit Serial Number VPD page, `device/vpd_pg80`: what sd disks have (libata's
+///   SATA disks, SAS HBAs, virtio-scsi with a serial, megaraid's pass-through disks);
+/// - `device/wwid`, only in the one form that holds the drive's serial as it is: libata's T10
+///   vendor id (`t10.ATA     ` + 40 characters of model + 20 of serial), which an old
+///   kernel without `vpd_pg80` shows for a SATA disk without a world-wide name. The other
+///   forms (`naa.`, `eui.`, another vendor's `t10.`) name the logical unit, not the drive: a
+///   RAID volume's id changes when the volume is made again and is on no label, so they are
+///   not taken for a serial.
+fn serial(block: &Path) -> Option<String> {
+    let nonempty = |s: Option<String>| s.filter(|v| !v.is_empty());
+    nonempty(read(&block.join("device/serial")))
+        .or_else(|| nonempty(read(&block.join("serial"))))
+        .or_else(|| {
+            std::fs::read(block.join("device/vpd_pg80"))
+                .ok()
+                .and_then(|page| vpd_pg80_serial(&page))
+        })
+        .or_else(|| {
+            std::fs::read(block.join("device/wwid"))
+                .ok()
+                .and_then(|id| wwid_serial(&id))
+        })
+}
+
+/// The serial of a Unit Serial Number VPD page (SPC: byte 1 is the page code 0x80, bytes
+/// 2..4 the big-endian length of the serial that follows). `None` for a page that is not
+/// that, is cut short, or holds no printable serial; spaces and NULs around it are dropped
+/// (libata right-justifies ATA serials with spaces).
+pub fn vpd_pg80_serial(page: &[u8]) -> Option<String> {
+    let [_, 0x80, hi, lo, rest @ ..] = page else {
+        return None;
+    };
+    let serial = rest.get(..usize::from(u16::from_be_bytes([*hi, *lo])))?;
+    printable(serial)
+}
+
+/// The drive's serial in libata's T10 vendor-id `wwid` (see [`serial`]), else `None`.
+pub fn wwid_serial(id: &[u8]) -> Option<String> {
+    const VENDOR: &[u8] = b"ATA     ";
+    const MODEL: usize = 40;
+    const SERIAL: usize = 20;
+    let id = id.strip_suffix(b"\n").unwrap_or(id).strip_prefix(b"t10.")?;
+    if id.len() != VENDOR.len() + MODEL + SERIAL || !id.starts_with(VENDOR) {
+        return None;
+    }
+    printable(&id[VENDOR.len() + MODEL..])
+}
+
+/// `bytes` without the spaces and NULs around them, if what is left is non-empty printable
+/// ASCII.
+fn printable(bytes: &[u8]) -> Option<String> {
+    let pad = |b: &u8| *b == b' ' || *b == 0;
+    let start = bytes.iter().position(|b| !pad(b))?;
+    let end = bytes.iter().rposition(|b| !pad(b))? + 1;
+    let s = &bytes[start..end];
+    s.iter()
+        .all(|b| b.is_ascii_graphic() || *b == b' ')
+        .then(|| String::from_utf8_lossy(s).into_owned())
 }
 
 /// Physical NICs (those with a device behind them), with MAC, speed and carrier.
@@ -311,6 +372,125 @@ mod tests {
         assert_eq!(r.firmware, Firmware::Bios);
         write(dir.path(), "sys/firmware/efi/fw_platform_size", "64\n");
         assert_eq!(firmware(dir.path()), Firmware::Uefi);
+    }
+
+    /// A Unit Serial Number VPD page: device type 0 (disk), page 0x80, the length, `serial`.
+    fn pg80(serial: &[u8]) -> Vec<u8> {
+        let mut page = vec![0, 0x80];
+        page.extend((serial.len() as u16).to_be_bytes());
+        page.extend(serial);
+        page
+    }
+
+    fn write_bytes(root: &Path, rel: &str, content: &[u8]) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    #[test]
+    fn scsi_and_sata_disks_serials_from_their_vpd_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // libata: the ATA serial right-justified in 20 characters.
+        write(root, "sys/block/sda/size", "2048\n");
+        write_bytes(
+            root,
+            "sys/block/sda/device/vpd_pg80",
+            &pg80(b"      S45NNE0M123456"),
+        );
+        // A SAS disk: the serial as it is, padded with a NUL.
+        write(root, "sys/block/sdb/size", "2048\n");
+        write_bytes(root, "sys/block/sdb/device/vpd_pg80", &pg80(b"ZA1B2C3D\0"));
+        // device/serial wins over the page.
+        write(root, "sys/block/sdc/size", "2048\n");
+        write(root, "sys/block/sdc/device/serial", "from-sysfs\n");
+        write_bytes(root, "sys/block/sdc/device/vpd_pg80", &pg80(b"from-vpd"));
+        // A RAID volume: no serial page, a world-wide name that is not a serial.
+        write(root, "sys/block/sdd/size", "2048\n");
+        write(
+            root,
+            "sys/block/sdd/device/wwid",
+            "naa.600508b1001c5ae0d2b3c0d7a4f1e2c3\n",
+        );
+        // An old kernel's SATA disk: libata's T10 vendor id holds the serial.
+        write(root, "sys/block/sde/size", "2048\n");
+        write(
+            root,
+            "sys/block/sde/device/wwid",
+            &format!("t10.ATA     {:<40}{:>20}\n", "QEMU HARDDISK", "QM00005"),
+        );
+        let serials: Vec<(String, Option<String>)> = disks(root)
+            .into_iter()
+            .map(|d| (d.name, d.serial))
+            .collect();
+        let want = |n: &str, s: Option<&str>| (n.to_owned(), s.map(str::to_owned));
+        assert_eq!(
+            serials,
+            [
+                want("sda", Some("S45NNE0M123456")),
+                want("sdb", Some("ZA1B2C3D")),
+                want("sdc", Some("from-sysfs")),
+                want("sdd", None),
+                want("sde", Some("QM00005")),
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_serial_pages_are_ignored() {
+        assert_eq!(vpd_pg80_serial(&pg80(b"ABC123")).as_deref(), Some("ABC123"));
+        assert_eq!(
+            vpd_pg80_serial(&pg80(b" \0 AB C \0")).as_deref(),
+            Some("AB C"),
+            "inner spaces stay"
+        );
+        // Extra bytes after the declared length are not part of the serial.
+        let mut long = pg80(b"ABC");
+        long.extend(b"XYZ");
+        assert_eq!(vpd_pg80_serial(&long).as_deref(), Some("ABC"));
+        let mut wrong_page = pg80(b"ABC123");
+        wrong_page[1] = 0x83;
+        let mut cut_short = pg80(b"ABC123");
+        cut_short.truncate(7);
+        for (what, page) in [
+            ("empty", vec![]),
+            ("header only, cut", vec![0, 0x80, 0]),
+            ("another page", wrong_page),
+            ("shorter than its length", cut_short),
+            ("blank", pg80(b"    \0\0")),
+            ("zero length", pg80(b"")),
+            ("not printable", pg80(b"AB\x01CD")),
+            ("not ASCII", pg80("S\u{e9}rie".as_bytes())),
+        ] {
+            assert_eq!(vpd_pg80_serial(&page), None, "{what}: {page:?}");
+        }
+        // A disk whose page is malformed has no serial rather than a wrong one.
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "sys/block/sda/size", "2048\n");
+        write_bytes(
+            dir.path(),
+            "sys/block/sda/device/vpd_pg80",
+            &[0, 0x80, 0, 40, b'A'],
+        );
+        assert_eq!(disks(dir.path())[0].serial, None);
+
+        let t10 = |vendor: &str, model: &str, serial: &str| {
+            format!("t10.{vendor:<8}{model:<40}{serial:>20}").into_bytes()
+        };
+        assert_eq!(
+            wwid_serial(&t10("ATA", "SAMSUNG MZ7LH480HAHQ-00005", "S45NNE0M123456")).as_deref(),
+            Some("S45NNE0M123456")
+        );
+        for (what, id) in [
+            ("another vendor", t10("HITACHI", "HUS72604", "K7GA1234")),
+            ("no serial", t10("ATA", "QEMU HARDDISK", "")),
+            ("too short", b"t10.ATA     QEMU HARDDISK QM00005".to_vec()),
+            ("naa", b"naa.5000c500a1b2c3d4\n".to_vec()),
+            ("eui", b"eui.0025388b71b0e1a1\n".to_vec()),
+        ] {
+            assert_eq!(wwid_serial(&id), None, "{what}");
+        }
     }
 
     #[test]

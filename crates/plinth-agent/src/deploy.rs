@@ -245,7 +245,7 @@ const ATTEMPTS: u32 = 3;
 
 /// Deploy mode: fetch the manifest, write the image and the seed, report the outcome.
 pub fn run(a: &Args, p: &Params) -> Result<(), String> {
-    let m = match call(p, &path::deploy_manifest(&p.machine), |api| {
+    let m = match call(&a.root, p, &path::deploy_manifest(&p.machine), |api| {
         api.deploy_manifest(&p.machine)
     }) {
         Ok(m) => m,
@@ -284,7 +284,7 @@ pub fn run(a: &Args, p: &Params) -> Result<(), String> {
     // (before the report: plinth power-cycles the machine as soon as it has it)
     say(format!("peak memory {} KiB", crate::peak_kib()));
     say("reporting to plinth");
-    match call(p, &path::deploy_report(&p.machine), |api| {
+    match call(&a.root, p, &path::deploy_report(&p.machine), |api| {
         api.report_deploy(&p.machine, &report)
     }) {
         Ok(m) => say(format!(

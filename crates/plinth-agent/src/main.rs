@@ -8,22 +8,27 @@
 //!
 //!   plinth-agent [--root DIR] [--dev DIR] [--cmdline FILE]
 //!   plinth-agent --wipe DEVICE --method quick|discard|secure|full [--fallback full|fail]
+//!   plinth-agent [--root DIR] --diagnose URL
 //!
 //! `--root` (default /) is where /proc and /sys are read, `--dev` (default /dev) where disks
 //! are opened, `--cmdline` (default /proc/cmdline): for tests. `--wipe` wipes one device as
 //! the clean mode would, without plinth, and prints the disk's report as JSON (a technician in
-//! the ramdisk's shell, and scripts/bench-wipe.sh).
+//! the ramdisk's shell, and scripts/bench-wipe.sh). When a call to the API fails, the console
+//! line names the step that failed (link, address, route, DNS, TCP, TLS, HTTP: see netdiag.rs);
+//! `--diagnose URL` makes one GET of URL and prints that line (or that it answered), for a
+//! technician in the ramdisk's shell and for the tests.
 
 mod ata;
 mod cmdline;
 mod deploy;
 mod facts;
+mod netdiag;
 mod partition;
 mod seed;
 mod sys;
 mod wipe;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cmdline::{Mode, Params};
@@ -40,6 +45,8 @@ struct Args {
     cmdline: PathBuf,
     /// `--wipe DEVICE`: wipe that device only, as `plan` says.
     wipe: Option<(PathBuf, wipe::Plan)>,
+    /// `--diagnose URL`: one GET of URL, and which step failed.
+    diagnose: Option<String>,
 }
 
 fn args() -> Result<Args, String> {
@@ -48,6 +55,7 @@ fn args() -> Result<Args, String> {
         dev: "/dev".into(),
         cmdline: "/proc/cmdline".into(),
         wipe: None,
+        diagnose: None,
     };
     let (mut device, mut method, mut fallback) = (None, None, WipeFallback::Full);
     let mut it = std::env::args().skip(1);
@@ -58,6 +66,7 @@ fn args() -> Result<Args, String> {
             "--dev" => a.dev = value()?.into(),
             "--cmdline" => a.cmdline = value()?.into(),
             "--wipe" => device = Some(PathBuf::from(value()?)),
+            "--diagnose" => a.diagnose = Some(value()?),
             "--method" => method = Some(value()?.parse::<WipeMethod>()?),
             "--fallback" => {
                 fallback = match value()?.as_str() {
@@ -69,7 +78,8 @@ fn args() -> Result<Args, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: plinth-agent [--root DIR] [--dev DIR] [--cmdline FILE]\n       \
-                     plinth-agent --wipe DEVICE --method quick|discard|secure|full [--fallback full|fail]"
+                     plinth-agent --wipe DEVICE --method quick|discard|secure|full [--fallback full|fail]\n       \
+                     plinth-agent [--root DIR] --diagnose URL"
                 );
                 std::process::exit(0);
             }
@@ -111,8 +121,10 @@ fn why(e: &Error) -> String {
 
 /// Runs `call` (one API call, to `path`) until it succeeds, plinth refuses (4xx), or
 /// `p.api_timeout_secs` have passed; transport errors and 5xx are retried with backoff (1 s
-/// doubling to 30 s).
+/// doubling to 30 s). Each failed attempt names the step that failed (netdiag.rs), reading
+/// the machine's network under `root`.
 fn call<T>(
+    root: &Path,
     p: &Params,
     path: &str,
     call: impl Fn(&blocking::Client) -> Result<T, Error>,
@@ -136,10 +148,12 @@ fn call<T>(
                 return Err(Failure::Refused(format!("HTTP {status}: no message")));
             }
             Err(Error::Decode { source, .. }) => {
-                return Err(Failure::GaveUp(format!("unreadable answer: {source}")));
+                return Err(Failure::GaveUp(format!(
+                    "{url}: HTTP failed: unreadable answer: {source}"
+                )));
             }
             Err(e) if !e.is_transient() => return Err(Failure::GaveUp(why(&e))),
-            Err(e) => why(&e),
+            Err(e) => netdiag::diagnose(root, &url, &netdiag::Attempt::of(&e)).to_string(),
         };
         if Instant::now() + wait > deadline {
             return Err(Failure::GaveUp(format!(
@@ -196,7 +210,7 @@ fn inspect(a: &Args, p: &Params) -> Result<(), String> {
     // (before the report: plinth may power the machine off as soon as it has it)
     say(format!("peak memory {} KiB", peak_kib()));
     say("reporting to plinth");
-    match call(p, &path::inspection(&p.machine), |api| {
+    match call(&a.root, p, &path::inspection(&p.machine), |api| {
         api.report_inspection(&p.machine, &report)
     }) {
         Ok(m) => {
@@ -214,7 +228,7 @@ fn inspect(a: &Args, p: &Params) -> Result<(), String> {
 fn clean(a: &Args, p: &Params) -> Result<(), String> {
     // How to wipe: plinth's plan for this machine (its pool's method), raised to the kernel
     // command line's floor.
-    let plan = match call(p, &path::clean_plan(&p.machine), |api| {
+    let plan = match call(&a.root, p, &path::clean_plan(&p.machine), |api| {
         api.clean_plan(&p.machine)
     }) {
         Ok(plan) => plan,
@@ -303,7 +317,7 @@ fn clean(a: &Args, p: &Params) -> Result<(), String> {
     // (before the report: plinth may power the machine off as soon as it has it)
     say(format!("peak memory {} KiB", peak_kib()));
     say("reporting to plinth");
-    match call(p, &path::clean_report(&p.machine), |api| {
+    match call(&a.root, p, &path::clean_report(&p.machine), |api| {
         api.report_clean(&p.machine, &report)
     }) {
         Ok(m) => {
@@ -343,10 +357,30 @@ fn wipe_one(device: &std::path::Path, plan: wipe::Plan) -> ! {
     std::process::exit(if w.error.is_none() { 0 } else { 1 });
 }
 
+/// `--diagnose URL`: one GET of `url` (no token), then the answer or the step that failed.
+fn diagnose_one(root: &Path, url: &str) -> ! {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(plinth_client::DEFAULT_CONNECT_TIMEOUT)
+        .timeout(plinth_client::DEFAULT_TIMEOUT)
+        .build();
+    let attempt = match agent.get(url).call() {
+        Ok(resp) => {
+            say(format!("{url}: answered HTTP {}", resp.status()));
+            std::process::exit(0);
+        }
+        Err(e) => netdiag::Attempt::of_ureq(&e),
+    };
+    say(format!("{url}: {}", netdiag::diagnose(root, url, &attempt)));
+    std::process::exit(1);
+}
+
 fn run() -> Result<Mode, (Option<Mode>, String)> {
     let a = args().map_err(|e| (None, e))?;
     if let Some((device, plan)) = &a.wipe {
         wipe_one(device, *plan);
+    }
+    if let Some(url) = &a.diagnose {
+        diagnose_one(&a.root, url);
     }
     let text = std::fs::read_to_string(&a.cmdline)
         .map_err(|e| (None, format!("{}: {e}", a.cmdline.display())))?;

@@ -410,6 +410,24 @@ fn an_unreachable_api_is_retried_then_given_up() {
     assert!(!ok);
     assert!(out.contains("trying again in 1 s"), "{out}");
     assert!(out.contains("gave up after 3 attempts"), "{out}");
+    // Each attempt, and the last line, name the step that failed with its evidence.
+    let refused = format!("TCP failed: 127.0.0.1:{port} refused the connection");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains(&refused) && l.contains("attempt"))
+            .count(),
+        3,
+        "{out}"
+    );
+    let last = out
+        .lines()
+        .find(|l| l.contains("ERROR"))
+        .unwrap_or_default();
+    assert!(last.contains(&refused) && last.contains("gave up"), "{out}");
+    assert!(
+        !out.contains("plinth_x"),
+        "the token is never printed: {out}"
+    );
     let (ok, out) = run_agent(&root, &dev, "plinth.mode=inspect");
     assert!(!ok);
     assert!(out.contains("no plinth.api="), "{out}");
@@ -644,4 +662,42 @@ async fn deploy_writes_image_and_seed_clean_wipes_them_and_a_changed_image_fails
         assert!(ok, "{out}");
         assert_eq!(api.machine(&id).await["state"], "ready");
     }
+}
+
+/// A real plinth whose database went away answers 503: each attempt and the final line say
+/// that the HTTP step failed, with plinth's own message, and never the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn plinth_answering_503_is_named() {
+    let api = Api::start().await;
+    let mac = "52:54:00:0a:00:03";
+    api.inspecting("vm503", mac).await;
+    let (_dir, root, dev) = machine_dirs();
+    machine(&root, &dev, mac);
+    let cmdline = format!(
+        "{} plinth.api={} plinth.api_timeout=2",
+        api.cmdline(mac).await,
+        api.base
+    );
+    let token = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("plinth.token="))
+        .unwrap_or_else(|| panic!("no token: {cmdline}"))
+        .to_owned();
+    api.db.pool.close().await;
+    let (ok, out) = tokio::task::spawn_blocking(move || run_agent(&root, &dev, &cmdline))
+        .await
+        .unwrap();
+    assert!(!ok, "{out}");
+    let named = "HTTP failed: plinth answered HTTP 503: the database is unavailable (unavailable)";
+    assert!(
+        out.lines()
+            .any(|l| l.contains(named) && l.contains("attempt 1 failed")),
+        "{out}"
+    );
+    let last = out
+        .lines()
+        .find(|l| l.contains("ERROR"))
+        .unwrap_or_default();
+    assert!(last.contains(named) && last.contains("gave up"), "{out}");
+    assert!(!out.contains(&token), "the token is never printed: {out}");
 }

@@ -1,3 +1,4 @@
 //! plinth-agent's integration tests: the agent binary against a real plinth API.
 
 mod agent;
+mod netdiag;

@@ -36,6 +36,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many of a name's addresses the TCP probe tries.
 const MAX_ADDRESSES: usize = 3;
 
+/// The longest evidence printed, in characters.
+const MAX_EVIDENCE: usize = 1000;
+
 /// The steps of a call, in the order they are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -70,10 +73,22 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// The evidence holds what others wrote (a DHCP server's nameservers, any server's reason
+    /// phrase): control characters become `?` so that nothing steers the console, and it is
+    /// cut at [`MAX_EVIDENCE`] characters.
     fn new(step: Step, evidence: impl Into<String>) -> Finding {
+        let evidence: String = evidence.into();
+        let mut clean: String = evidence
+            .chars()
+            .take(MAX_EVIDENCE)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        if evidence.chars().nth(MAX_EVIDENCE).is_some() {
+            clean.push_str("...");
+        }
         Finding {
             step,
-            evidence: evidence.into(),
+            evidence: clean,
         }
     }
 }
@@ -614,10 +629,9 @@ pub fn diagnose(root: &Path, url: &str, attempt: &Attempt) -> Finding {
     if literal.is_none() {
         // The route to what the name resolved to.
         if let Some(IpAddr::V4(a)) = addrs.iter().map(SocketAddr::ip).find(IpAddr::is_ipv4)
-            && let Err(mut f) = snap.route(a)
+            && let Err(f) = snap.route(a)
         {
-            f.evidence = format!("{} is {a}: {}", t.host, f.evidence);
-            return f;
+            return Finding::new(f.step, format!("{} is {a}: {}", t.host, f.evidence));
         }
     }
     let mut failures = Vec::new();
@@ -932,6 +946,19 @@ mod tests {
                 .evidence
                 .ends_with("/etc/resolv.conf lists no nameserver")
         );
+    }
+
+    #[test]
+    fn what_others_wrote_cannot_steer_the_console() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // (a rogue DHCP server's "nameserver", written by a careless hook)
+        write(root, "etc/resolv.conf", "nameserver 10.0.0.53\x1b[2J\x07\n");
+        let f = snapshot(root).dns_failed("plinth.lab", "x");
+        assert!(f.evidence.ends_with("nameserver 10.0.0.53?[2J?"), "{f}");
+        let f = Finding::new(Step::Http, "y".repeat(5000));
+        assert_eq!(f.evidence.len(), MAX_EVIDENCE + 3);
+        assert!(f.evidence.ends_with("y..."));
     }
 
     #[test]

@@ -211,3 +211,57 @@ fn each_step_is_named_in_a_lab() {
         "{out}"
     );
 }
+
+/// The agent itself, in inspect mode (its facts are this machine's, read-only) inside a
+/// namespace with no route to plinth: every attempt and the final line name the route step,
+/// and the token never shows.
+#[test]
+fn the_agent_names_the_step_on_every_attempt() {
+    let mut lab = Lab::new().unwrap();
+    let cli = lab.namespace("cli").unwrap();
+    let srv = lab.namespace("srv").unwrap();
+    let (vc, vs) = lab.link(&cli, &srv).unwrap();
+    lab.addr(&cli, &vc, "10.99.0.2/24").unwrap();
+    lab.addr(&srv, &vs, "10.99.0.1/24").unwrap();
+    let token = "plinth_agentdiag_secret";
+    let cmdline = lab.path("cmdline");
+    std::fs::write(
+        &cmdline,
+        format!(
+            "plinth.mode=inspect plinth.api=http://10.98.0.1:8080 plinth.machine=m \
+             plinth.token={token} plinth.api_timeout=2"
+        ),
+    )
+    .unwrap();
+    let out = lab
+        .run_timeout(
+            &cli,
+            AGENT,
+            &["--cmdline", cmdline.to_str().unwrap()],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    let out =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "route failed: no route to 10.98.0.1 and no default route; the routes are: \
+         10.99.0.0/24 dev {vc}"
+    );
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains(&want) && l.contains("failed, trying again"))
+            .count(),
+        1,
+        "{out}"
+    );
+    let last = out
+        .lines()
+        .find(|l| l.contains("ERROR"))
+        .unwrap_or_default();
+    assert!(
+        last.contains(&want) && last.contains("gave up after 2 attempts"),
+        "{out}"
+    );
+    assert!(out.contains("result=failed"), "{out}");
+    assert!(!out.contains(token), "the token is never printed: {out}");
+}

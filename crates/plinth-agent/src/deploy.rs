@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cmdline::Params;
 use crate::partition::{self, Partition};
-use crate::{Args, Failure, api, call, say, seed, sys, why};
+use crate::{Args, Failure, api, call, netdiag, say, seed, sys, why};
 
 const CHUNK: usize = 1024 * 1024;
 /// Buffers in flight between the decompressing and the writing thread.
@@ -330,7 +330,7 @@ fn deploy(a: &Args, p: &Params, m: &DeployManifest) -> Result<(u64, String), Str
     let done = AtomicBool::new(false);
     let w = std::thread::scope(|s| {
         s.spawn(|| report_progress(p, m.raw_size, &written, &done));
-        let res = download(p, m, &disk, hash_while_writing, &written);
+        let res = download(&a.root, p, m, &disk, hash_while_writing, &written);
         done.store(true, Ordering::Relaxed);
         res
     })?;
@@ -395,8 +395,11 @@ fn deploy(a: &Args, p: &Params, m: &DeployManifest) -> Result<(u64, String), Str
     Ok((w.bytes, back))
 }
 
-/// Downloads and writes the image, trying again when the network fails part-way.
+/// Downloads and writes the image, trying again when the network fails part-way. A download
+/// that does not start names the step that failed (netdiag.rs), reading the network under
+/// `root`.
 fn download(
+    root: &std::path::Path,
     p: &Params,
     m: &DeployManifest,
     disk: &File,
@@ -413,7 +416,10 @@ fn download(
             Err(e) if !e.is_transient() => {
                 return Err(format!("downloading {url}: {}", why(&e)));
             }
-            Err(e) => Err(WriteError::Download(format!("{url}: {}", why(&e)))),
+            Err(e) => Err(WriteError::Download(format!(
+                "{url}: {}",
+                netdiag::diagnose(root, &url, &netdiag::Attempt::of(&e))
+            ))),
         };
         match res {
             Err(WriteError::Download(e)) if attempt < ATTEMPTS => {

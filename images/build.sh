@@ -23,7 +23,7 @@ self="$here/$(basename "${BASH_SOURCE[0]}")"
 ramdisk_src="$here/ramdisk"
 ipxe_dir=/usr/lib/ipxe
 ipxe_files=(undionly.kpxe ipxe.efi snponly.efi)
-max_initrd=$((30 * 1024 * 1024))
+max_initrd=$((64 * 1024 * 1024))
 
 log() { printf 'images: %s\n' "$*"; }
 # shellcheck source=images/lib.sh
@@ -64,9 +64,9 @@ flock -n 9 || { log "another build holds $ROOT/.build.lock; waiting"; flock 9; }
 rm -rf "$ROOT"/.initrd-stage.* "$ROOT"/.vmedia-stage.* "$ROOT"/*.tmp "$ROOT"/plinth/*.tmp # left by an interrupted run
 
 # ---- packages --------------------------------------------------------------------------------
-"$repo/scripts/ensure-packages.sh" ipxe linux-image-amd64 busybox-static cpio kmod \
+"$repo/scripts/ensure-packages.sh" ipxe linux-image-amd64 busybox-static cpio kmod zstd firmware-linux-free \
 	grub-pc-bin grub-efi-amd64-bin mtools dosfstools
-for tool in cpio gzip depmod modprobe modinfo sha256sum grub-mkimage mkfs.vfat mmd mcopy; do
+for tool in cpio gzip zstd dpkg-query depmod modprobe modinfo sha256sum grub-mkimage mkfs.vfat mmd mcopy; do
 	command -v "$tool" >/dev/null || PATH=$PATH:/usr/sbin:/sbin
 	command -v "$tool" >/dev/null || die "$tool not found (packages cpio, gzip, kmod, coreutils, grub-common, dosfstools, mtools)"
 done
@@ -118,31 +118,80 @@ fi
 [ -x "$agent" ] || die "$agent is not an executable"
 mapfile -t agent_libs < <(ldd "$agent" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | LC_ALL=C sort -u)
 
-# Requested modules: images/ramdisk/modules.list plus $PLINTH_RAMDISK_EXTRA_MODULES.
-mapfile -t wanted < <(
-	sed -e 's/#.*//' "$ramdisk_src/modules.list" | awk 'NF >= 2 { print $1, $2 }'
-	for m in ${PLINTH_RAMDISK_EXTRA_MODULES:-}; do echo "extra $m"; done
-)
-mod_files=() present=() missing=()
+# Requested modules: images/ramdisk/modules.list (directories of the kernel's tree, names,
+# exclusions) plus $PLINTH_RAMDISK_EXTRA_MODULES; then their dependencies, all in one modprobe.
+initrd_start=$SECONDS
+declare -A class_of=() # module name (as modprobe names it: '-' is '_') -> class
+excludes=() wanted=() missing=()
+while read -r class entry _; do
+	case "$class" in
+	"" | \#*) continue ;;
+	-) excludes+=("$entry") ;;
+	*) [ -n "$entry" ] || die "modules.list: \"$class\" without a module or directory"
+		wanted+=("$class $entry") ;;
+	esac
+done <"$ramdisk_src/modules.list"
+for m in ${PLINTH_RAMDISK_EXTRA_MODULES:-}; do wanted+=("extra $m"); done
+excluded() { # PATH under $moddir/kernel/
+	local g
+	for g in "${excludes[@]}"; do
+		# shellcheck disable=SC2053 # a glob on purpose
+		[[ $1 == $g ]] && return 0
+	done
+	return 1
+}
+modname() { local n=${1##*/}; n=${n%%.ko*}; echo "${n//-/_}"; }
+names=()
 for line in "${wanted[@]}"; do
-	name=${line#* }
-	if ! deps=$(modprobe -S "$kver" --show-depends "$name" 2>/dev/null); then
-		warn "module $name is not in kernel $kver: skipped"
-		missing+=("$name")
-		continue
-	fi
-	present+=("$line")
-	while read -r kind path _; do
-		[ "$kind" = insmod ] && mod_files+=("$path")
-	done <<<"$deps"
+	class=${line%% *} entry=${line#* }
+	case "$entry" in
+	kernel/*/)
+		if [ ! -d "$moddir/$entry" ]; then
+			warn "$entry is not in kernel $kver: skipped"
+			missing+=("$entry")
+			continue
+		fi
+		while read -r f; do
+			rel=${f#"$moddir"/kernel/}
+			excluded "$rel" && continue
+			n=$(modname "$f")
+			[ -n "${class_of[$n]:-}" ] || { class_of[$n]=$class; names+=("$n"); }
+		done < <(find "$moddir/$entry" -name '*.ko*' -type f | LC_ALL=C sort)
+		;;
+	*)
+		if ! path=$(modinfo -k "$kver" -n "$entry" 2>/dev/null) || [ ! -f "$path" ]; then
+			warn "module $entry is not in kernel $kver: skipped"
+			missing+=("$entry")
+			continue
+		fi
+		n=$(modname "$path")
+		[ -n "${class_of[$n]:-}" ] || { class_of[$n]=$class; names+=("$n"); }
+		;;
+	esac
 done
-mapfile -t mod_files < <(printf '%s\n' "${mod_files[@]}" | LC_ALL=C sort -u)
+[ ${#names[@]} -gt 0 ] || die "modules.list names no module of kernel $kver"
+present=()
+for n in "${names[@]}"; do present+=("${class_of[$n]} $n"); done
+deps=$(modprobe -S "$kver" --show-depends -a "${names[@]}" 2>&1) ||
+	die "modprobe --show-depends failed for kernel $kver: $(tail -n 3 <<<"$deps")"
+mapfile -t mod_files < <(awk '$1 == "insmod" { print $2 }' <<<"$deps" | LC_ALL=C sort -u)
 
-# Firmware the modules ask for, when it is installed (Debian's non-free firmware-* packages).
-fw_files=() fw_missing=0
+# Firmware the modules ask for, when a package of Debian's main archive ships it (for these
+# drivers: firmware-linux-free); what only the non-free firmware-* packages have is left out.
+fw_files=() fw_nonfree=0 fw_absent=0
+declare -A section_of=()
 while read -r fw; do
 	[ -n "$fw" ] || continue
-	if [ -f "/lib/firmware/$fw" ]; then fw_files+=("/lib/firmware/$fw"); else fw_missing=$((fw_missing + 1)); fi
+	f=/lib/firmware/$fw
+	if [ ! -f "$f" ]; then fw_absent=$((fw_absent + 1)); continue; fi
+	# (dpkg knows a file by the path its package installed: /lib/... or, merged, /usr/lib/...)
+	pkg=$({ dpkg-query -S "$f" || dpkg-query -S "$(readlink -f "$f")"; } 2>/dev/null | head -n1 | cut -d: -f1) || pkg=
+	if [ -z "$pkg" ]; then fw_nonfree=$((fw_nonfree + 1)); continue; fi
+	[ -n "${section_of[$pkg]:-}" ] || section_of[$pkg]=$(dpkg-query -W -f='${Section}' "$pkg" 2>/dev/null || echo unknown)
+	case "${section_of[$pkg]}" in
+	non-free* | contrib* | unknown) fw_nonfree=$((fw_nonfree + 1)) ;;
+	*) fw_files+=("$f") ;;
+	esac
 done < <(modinfo -F firmware "${mod_files[@]}" 2>/dev/null | LC_ALL=C sort -u)
 
 # Everything the initrd is made of; it is rebuilt when this list or any mtime/size changes.
@@ -192,16 +241,21 @@ else
 	for f in "${fw_files[@]}"; do
 		install -D -m 0644 "$f" "$stage$f"
 	done
+	printf '%s\n' "${fw_files[@]#/lib/firmware/}" >"$stage/etc/plinth/firmware"
 
-	write_initramfs "$stage" "$initrd.tmp" 6
+	# zstd -9: 17 % smaller than gzip -6 here, as fast to write, and several times faster to
+	# unpack (the kernel unpacks the initrd before /init runs; under emulation that is
+	# seconds). Level 15 is 1.5 % smaller for eight times the time, 19 12 % for 25 times
+	# (docs/benchmarks.md). No --long: the kernel's decompressor has a window limit.
+	write_initramfs "$stage" "$initrd.tmp" zstd -q -9 -T0
 	mv -f "$initrd.tmp" "$initrd"
 	printf '%s\n' "$manifest" >"$stamp"
 	rm -rf "$stage"
 	trap - EXIT
-	log "built: plinth/initrd.img ($(du -sh --apparent-size "$ROOT/plinth/initrd.img" | cut -f1) compressed)"
+	log "built: plinth/initrd.img ($(du -sh --apparent-size "$ROOT/plinth/initrd.img" | cut -f1) compressed) in $((SECONDS - initrd_start)) s"
 fi
 [ ${#missing[@]} -eq 0 ] || warn "not in kernel $kver, left out: ${missing[*]}"
-[ "$fw_missing" -eq 0 ] || log "note: $fw_missing firmware files the modules may ask for are not installed (Debian non-free firmware-* packages); drivers that need them will not work"
+log "firmware: ${#fw_files[@]} files from Debian main put in; $fw_nonfree the drivers may ask for are non-free or of no package (left out), $fw_absent not installed"
 size=$(stat -c %s "$initrd")
 log "initrd size: $size bytes ($(numfmt --to=iec-i --suffix=B "$size"))"
 [ "$size" -le "$max_initrd" ] || warn "initrd is larger than $(numfmt --to=iec-i --suffix=B $max_initrd)"

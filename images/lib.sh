@@ -45,11 +45,14 @@ stage_busybox() {
 	done < <("$stage/bin/busybox" --list-full)
 }
 
-# write_initramfs STAGE OUT GZIP_LEVEL: STAGE as a reproducible newc cpio archive, gzipped, with
+# write_initramfs STAGE OUT COMPRESSOR...: STAGE as a reproducible newc cpio archive, compressed
+# by the command COMPRESSOR... (stdin to stdout; a bare number N means gzip -n -N), with
 # /dev/console in it (cpio copies device nodes only as root, so that entry is written by hand:
 # the kernel needs it to give /init a console).
 write_initramfs() {
-	local stage=$1 out=$2 level=$3
+	local stage=$1 out=$2
+	shift 2
+	[ $# -gt 1 ] || case "${1:-}" in [0-9]) set -- gzip -n "-$1" ;; esac
 	newc() { # NAME MODE(octal) RDEV_MAJOR RDEV_MINOR
 		local n=$((${#1} + 1))
 		printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X' \
@@ -62,5 +65,5 @@ write_initramfs() {
 		newc dev/console 020600 5 1
 		(cd "$stage" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
 			cpio --quiet -o -H newc -R 0:0 --reproducible)
-	} | gzip -n "-$level" >"$out"
+	} | "$@" >"$out"
 }

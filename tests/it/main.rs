@@ -21,6 +21,7 @@ mod e2e;
 mod faults;
 mod firmware;
 mod ha;
+mod hardware;
 mod health;
 mod listeners;
 mod metrics;

@@ -76,15 +76,95 @@ pub enum Firmware {
 pub enum Nic {
     E1000,
     VirtioNet,
+    /// Intel 82574L (`e1000e`).
+    E1000e,
+    /// Realtek RTL8139 (`8139too`, `8139cp`).
+    Rtl8139,
+    /// VMware's paravirtual NIC (`vmxnet3`).
+    Vmxnet3,
+    /// AMD PCnet-PCI II (`pcnet32`).
+    Pcnet,
 }
 
 impl Nic {
-    fn device(self) -> &'static str {
+    /// Every model, for hardware matrices.
+    pub const ALL: [Nic; 6] = [
+        Nic::E1000,
+        Nic::VirtioNet,
+        Nic::E1000e,
+        Nic::Rtl8139,
+        Nic::Vmxnet3,
+        Nic::Pcnet,
+    ];
+
+    /// QEMU's device name.
+    pub fn device(self) -> &'static str {
         match self {
             Nic::E1000 => "e1000",
             Nic::VirtioNet => "virtio-net-pci",
+            Nic::E1000e => "e1000e",
+            Nic::Rtl8139 => "rtl8139",
+            Nic::Vmxnet3 => "vmxnet3",
+            Nic::Pcnet => "pcnet",
         }
     }
+}
+
+/// One more NIC of a VM (see [`VmSpec::extra_nics`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ExtraNic {
+    pub nic: Nic,
+    pub mac: String,
+    /// A tap in the VM's namespace, its own (see [`crate::netns::Lab::tap`]).
+    pub tap: String,
+}
+
+/// A disk controller QEMU emulates beyond the machine's own (see [`VmSpec::hba_disks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hba {
+    /// virtio-scsi (`virtio_scsi`), disks `scsi-hd`.
+    VirtioScsi,
+    /// LSI MegaRAID SAS 2108 (`megasas-gen2`: `megaraid_sas`), disks `scsi-hd`.
+    MegaSas,
+    /// LSI 53C895A parallel SCSI (`lsi53c895a`: `sym53c8xx`), disks `scsi-hd`.
+    Lsi53c895a,
+    /// An Intel ICH9 AHCI controller of its own (`ich9-ahci`: `ahci`), disks `ide-hd`: SATA on
+    /// a `pc` machine, whose own controller is IDE.
+    Ahci,
+}
+
+impl Hba {
+    /// Every kind, for hardware matrices.
+    /// (Not QEMU's `mptsas1068`: Debian 12's kernel (mptsas) finds no disk behind QEMU 7.2's.)
+    pub const ALL: [Hba; 4] = [Hba::VirtioScsi, Hba::MegaSas, Hba::Lsi53c895a, Hba::Ahci];
+
+    /// QEMU's device name.
+    pub fn device(self) -> &'static str {
+        match self {
+            Hba::VirtioScsi => "virtio-scsi-pci",
+            Hba::MegaSas => "megasas-gen2",
+            Hba::Lsi53c895a => "lsi53c895a",
+            Hba::Ahci => "ich9-ahci",
+        }
+    }
+
+    /// A short name: the controller's id and, in `plinth-NAME-K`, its disks' serials.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hba::VirtioScsi => "vscsi",
+            Hba::MegaSas => "megasas",
+            Hba::Lsi53c895a => "lsi",
+            Hba::Ahci => "ahci",
+        }
+    }
+}
+
+/// A disk behind a [`Hba`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HbaDisk {
+    pub hba: Hba,
+    pub mib: u64,
 }
 
 /// What the machine is made of.
@@ -108,6 +188,14 @@ pub struct VmSpec {
     /// after the NVMe disks; files `sata0.raw`, ...; serials `plinth-sata-0`, ...
     #[serde(default)]
     pub sata_disks: Vec<u64>,
+    /// Disks behind controllers of their own (one controller of each kind used), after the
+    /// ATA disks, not in the boot order; files `hba0.raw`, ...; serials `plinth-NAME-K`, K
+    /// counting the disks of that kind (see [`Hba::name`]).
+    #[serde(default)]
+    pub hba_disks: Vec<HbaDisk>,
+    /// More NICs, after the first, each on its own tap: no option ROM, not in the boot order.
+    #[serde(default)]
+    pub extra_nics: Vec<ExtraNic>,
     /// The NIC carries QEMU's iPXE option ROM (the default). Off (`romfile=`), a UEFI machine
     /// network-boots with EDK2's own PXE client; a BIOS machine cannot network-boot at all.
     pub ipxe_rom: bool,
@@ -139,6 +227,8 @@ impl VmSpec {
             disks: Vec::new(),
             nvme_disks: Vec::new(),
             sata_disks: Vec::new(),
+            hba_disks: Vec::new(),
+            extra_nics: Vec::new(),
             ipxe_rom: true,
             direct_boot: None,
         }
@@ -219,16 +309,18 @@ impl VirtualMachine {
         let qemu = crate::netns::which("qemu-system-x86_64").context(
             "qemu-system-x86_64 not found: apt-get install qemu-system-x86 ipxe-qemu (and ovmf)",
         )?;
-        let out = Command::new("ip")
-            .args(["-n", ns, "link", "show", "dev", tap])
-            .stdin(Stdio::null())
-            .output()
-            .context("running ip")?;
-        ensure!(
-            out.status.success(),
-            "no interface {tap} in namespace {ns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        for tap in std::iter::once(tap).chain(spec.extra_nics.iter().map(|n| n.tap.as_str())) {
+            let out = Command::new("ip")
+                .args(["-n", ns, "link", "show", "dev", tap])
+                .stdin(Stdio::null())
+                .output()
+                .context("running ip")?;
+            ensure!(
+                out.status.success(),
+                "no interface {tap} in namespace {ns}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let qmp = dir.join("qmp.sock");
         let serial = dir.join("serial.sock");
@@ -257,6 +349,12 @@ impl VirtualMachine {
                     .iter()
                     .enumerate()
                     .map(|(i, mib)| (format!("sata{i}.raw"), mib)),
+            )
+            .chain(
+                spec.hba_disks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (format!("hba{i}.raw"), &d.mib)),
             );
         for (name, mib) in files {
             let path = dir.join(name);
@@ -309,8 +407,8 @@ impl VirtualMachine {
         &self.dir
     }
 
-    /// The raw disk files, in the order of [`VmSpec::disks`], then [`VmSpec::nvme_disks`] and
-    /// [`VmSpec::sata_disks`].
+    /// The raw disk files, in the order of [`VmSpec::disks`], then [`VmSpec::nvme_disks`],
+    /// [`VmSpec::sata_disks`] and [`VmSpec::hba_disks`].
     pub fn disks(&self) -> &[PathBuf] {
         &self.disks
     }
@@ -598,7 +696,7 @@ impl VirtualMachine {
             format!("ide-cd,drive=cd0-drive,id=cd0,bus={bus}{cd_boot}"),
         ];
         let rom = if spec.ipxe_rom { "" } else { ",romfile=" };
-        let nic = [
+        let mut nic = vec![
             "-netdev".to_owned(),
             format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap),
             "-device".to_owned(),
@@ -608,10 +706,52 @@ impl VirtualMachine {
                 spec.mac
             ),
         ];
+        for (k, x) in spec.extra_nics.iter().enumerate() {
+            let id = k + 1;
+            nic.extend([
+                "-netdev".to_owned(),
+                format!("tap,id=n{id},ifname={},script=no,downscript=no", x.tap),
+                "-device".to_owned(),
+                format!("{},netdev=n{id},mac={},romfile=", x.nic.device(), x.mac),
+            ]);
+        }
         let mut disks = Vec::new();
         let virtio = spec.disks.len();
         let nvme = virtio + spec.nvme_disks.len();
-        for (i, d) in self.disks.iter().enumerate() {
+        let sata = nvme + spec.sata_disks.len();
+        let mut hba_args = Vec::new();
+        let mut hbas: Vec<Hba> = Vec::new();
+        for (i, d) in self.disks.iter().enumerate().skip(sata) {
+            let hba = spec.hba_disks[i - sata].hba;
+            if !hbas.contains(&hba) {
+                hbas.push(hba);
+                hba_args.push("-device".to_owned());
+                hba_args.push(format!("{},id={}", hba.device(), hba.name()));
+            }
+            let k = spec.hba_disks[..i - sata]
+                .iter()
+                .filter(|x| x.hba == hba)
+                .count();
+            hba_args.push("-drive".to_owned());
+            hba_args.push(format!(
+                "file={},format=raw,if=none,id=d{i},discard=unmap",
+                d.display()
+            ));
+            hba_args.push("-device".to_owned());
+            hba_args.push(match hba {
+                Hba::Ahci => format!(
+                    "ide-hd,drive=d{i},bus={}.{k},serial=plinth-{}-{k}",
+                    hba.name(),
+                    hba.name()
+                ),
+                _ => format!(
+                    "scsi-hd,drive=d{i},bus={}.0,serial=plinth-{}-{k}",
+                    hba.name(),
+                    hba.name()
+                ),
+            });
+        }
+        for (i, d) in self.disks.iter().enumerate().take(sata) {
             disks.push("-drive".to_owned());
             // discard=unmap: a discard reaches the file (the clean agent's discard method).
             disks.push(format!(
@@ -638,6 +778,7 @@ impl VirtualMachine {
                 )
             });
         }
+        disks.extend(hba_args);
         if let Some(k) = &spec.direct_boot {
             a.extend([
                 "-kernel".to_owned(),

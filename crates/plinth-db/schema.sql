@@ -807,6 +807,22 @@ ALTER TABLE public.events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+CREATE TABLE public.file_fetches (
+    address inet NOT NULL,
+    protocol text NOT NULL,
+    mac macaddr NOT NULL,
+    path text NOT NULL,
+    bytes_sent bigint NOT NULL,
+    size bigint NOT NULL,
+    complete boolean NOT NULL,
+    at timestamp with time zone NOT NULL,
+    CONSTRAINT file_fetches_address_check CHECK (((family(address) = 4) AND (masklen(address) = 32))),
+    CONSTRAINT file_fetches_bytes_sent_check CHECK ((bytes_sent >= 0)),
+    CONSTRAINT file_fetches_path_check CHECK ((length(path) <= 512)),
+    CONSTRAINT file_fetches_protocol_check CHECK ((protocol = ANY (ARRAY['tftp'::text, 'http'::text]))),
+    CONSTRAINT file_fetches_size_check CHECK ((size >= 0))
+);
+
 CREATE TABLE public.firmware_images (
     image_id uuid NOT NULL,
     component text NOT NULL,
@@ -1190,6 +1206,9 @@ ALTER TABLE ONLY public.deployments
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.file_fetches
+    ADD CONSTRAINT file_fetches_pkey PRIMARY KEY (address, protocol);
+
 ALTER TABLE ONLY public.firmware_images
     ADD CONSTRAINT firmware_images_pkey PRIMARY KEY (image_id);
 
@@ -1290,6 +1309,8 @@ CREATE INDEX events_at_idx ON public.events USING btree (at);
 CREATE INDEX events_feed_idx ON public.events USING btree (COALESCE(txid, '0'::xid8), id);
 
 CREATE INDEX events_machine_idx ON public.events USING btree (machine_id, id);
+
+CREATE INDEX file_fetches_mac_idx ON public.file_fetches USING btree (mac);
 
 CREATE INDEX firmware_rollout_machines_job_idx ON public.firmware_rollout_machines USING btree (job_id) WHERE (job_id IS NOT NULL);
 

@@ -30,6 +30,7 @@ pub mod racks;
 pub mod reconcile;
 pub mod scan;
 pub mod secrets;
+pub mod sightings;
 pub mod stream;
 pub mod subnets;
 pub mod tokens;
@@ -67,6 +68,8 @@ pub struct App {
     consoles: console::Consoles,
     /// The event streams' wake-ups and limits.
     hub: std::sync::Arc<stream::Hub>,
+    /// The file fetches this instance served, not yet written (issue 22).
+    fetches: std::sync::Arc<sightings::FetchLog>,
 }
 
 /// The boot chain's settings and templates, fixed at start.
@@ -113,6 +116,7 @@ impl App {
                 console::ConsoleSettings::default(),
             ),
             hub: std::sync::Arc::new(stream::Hub::new(Default::default())),
+            fetches: Default::default(),
         }
     }
 

@@ -97,6 +97,13 @@ pub trait Source: Send + Sync + 'static {
         name: &str,
         peer: SocketAddr,
     ) -> impl Future<Output = Result<Content, Refusal>> + Send;
+
+    /// A transfer of `name` (as [`Source::open`] served it) to `peer` began (`sent` 0) or
+    /// ended: `sent` of `size` bytes acknowledged, `complete` when all of them were. Called
+    /// twice per transfer, on its task: it must not block (plinth notes it in memory).
+    fn transferred(&self, name: &str, peer: SocketAddr, sent: u64, size: u64, complete: bool) {
+        let _ = (name, peer, sent, size, complete);
+    }
 }
 
 /// What a transfer sends.
@@ -629,12 +636,19 @@ async fn transfer<S: Source>(
         retries: shared.cfg.retries,
     });
     bump(&counters.started);
+    shared.source.transferred(filename, peer, 0, size, false);
     debug!(size, ?options, "TFTP transfer starting");
     let began = Instant::now();
     let mut data = Data::new(content, usize::from(n.blksize), usize::from(n.windowsize));
     let result = drive(&mut t, &socket, &mut data, cancel).await;
     add(&counters.retransmits, t.retransmits());
     let ms = began.elapsed().as_millis() as u64;
+    match &result {
+        Ok(()) => shared.source.transferred(filename, peer, size, size, true),
+        Err(_) => shared
+            .source
+            .transferred(filename, peer, t.bytes_acked(), size, false),
+    }
     match result {
         Ok(()) => {
             bump(&counters.completed);

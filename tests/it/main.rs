@@ -22,6 +22,7 @@ mod faults;
 mod firmware;
 mod ha;
 mod health;
+mod lastseen;
 mod listeners;
 mod metrics;
 mod rack;

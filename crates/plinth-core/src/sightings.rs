@@ -3,8 +3,8 @@
 //! not the initrd; fetched everything, then nothing; or powered off.
 //!
 //! - [`FetchLog`]: the last file each client address fetched over TFTP and over HTTP. The file
-//!   servers are benchmarked against atftpd and nginx, so a fetch costs a map update in memory
-//!   (at its start and at its end), never a database write; [`App::flush_fetches`] (a
+//!   servers are benchmarked against atftpd and nginx, so a fetch costs a map update or two in
+//!   memory, never a database write; [`App::flush_fetches`] (a
 //!   reconciler pass every few seconds, and before a timeout is judged) writes what changed in
 //!   one upsert. The map is bounded: a client spraying addresses evicts the oldest entries, and
 //!   the database keeps only addresses plinth leased or assigned (plinth-db's `sightings`).
@@ -83,8 +83,8 @@ impl FetchLog {
 
     /// Notes that `peer` fetched (or is fetching) `path`: `sent` of `size` bytes so far,
     /// `complete` when the transfer ended with the whole of what it was to send. Called by the
-    /// file servers at a transfer's start and end. IPv6 clients are not noted: plinth leases
-    /// IPv4 addresses only.
+    /// file servers (HTTP at a body's start and end, TFTP at a transfer's end). IPv6 clients
+    /// are not noted: plinth leases IPv4 addresses only.
     pub fn record(
         &self,
         peer: IpAddr,
@@ -146,6 +146,11 @@ impl FetchLog {
             }
             map.entry(key).or_insert(f);
         }
+    }
+
+    /// What this instance noted of `address` over `protocol` and has not written yet.
+    pub fn pending(&self, address: Ipv4Addr, protocol: Protocol) -> Option<Fetch> {
+        self.lock().get(&(address, protocol)).cloned()
     }
 
     /// Entries waiting to be written.

@@ -98,9 +98,11 @@ pub trait Source: Send + Sync + 'static {
         peer: SocketAddr,
     ) -> impl Future<Output = Result<Content, Refusal>> + Send;
 
-    /// A transfer of `name` (as [`Source::open`] served it) to `peer` began (`sent` 0) or
-    /// ended: `sent` of `size` bytes acknowledged, `complete` when all of them were. Called
-    /// twice per transfer, on its task: it must not block (plinth notes it in memory).
+    /// A transfer of `name` (as [`Source::open`] served it) to `peer` ended: `sent` of `size`
+    /// bytes acknowledged, `complete` when all of them were. Called once per transfer, at its
+    /// end, on its task: it must not block (plinth notes it in memory). Not at its start: a
+    /// read request's source address is trivially forged, an acknowledgement of the transfer's
+    /// DATA (sent to that address) is not.
     fn transferred(&self, name: &str, peer: SocketAddr, sent: u64, size: u64, complete: bool) {
         let _ = (name, peer, sent, size, complete);
     }
@@ -636,7 +638,6 @@ async fn transfer<S: Source>(
         retries: shared.cfg.retries,
     });
     bump(&counters.started);
-    shared.source.transferred(filename, peer, 0, size, false);
     debug!(size, ?options, "TFTP transfer starting");
     let began = Instant::now();
     let mut data = Data::new(content, usize::from(n.blksize), usize::from(n.windowsize));

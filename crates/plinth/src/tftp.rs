@@ -38,7 +38,12 @@ fn strip_root(name: &str) -> &str {
 
 impl Source for ImagesSource {
     fn transferred(&self, name: &str, peer: SocketAddr, sent: u64, size: u64, complete: bool) {
-        // What the machine last fetched, for its timeouts (plinth-core's `sightings`).
+        // What the machine last fetched, for its timeouts (plinth-core's `sightings`). A
+        // transfer with nothing acknowledged proves nothing of its address (a forged request,
+        // or UEFI firmware asking only for the size): not noted.
+        if sent == 0 && !complete {
+            return;
+        }
         self.app.fetch_log().record(
             peer.ip(),
             plinth_core::sightings::Protocol::Tftp,

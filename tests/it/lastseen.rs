@@ -2,7 +2,8 @@
 //! `plinth serve` in a lab namespace: dhclient takes a lease, curl asks for the iPXE script,
 //! tftp-hpa fetches the loader and curl a part of the kernel; then the inspection times out
 //! (judged by another instance on the same database, as with several instances) and its
-//! reason names the lease, the script request and the file cut short.
+//! reason names the lease, the script request and the file cut short. And a machine whose
+//! ramdisk powers it off (its Redfish BMC, the test kit's, reads off) fails at once.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use plinth_types::api::*;
 
 use crate::support::env::Env;
 use crate::support::lab::plinth;
+use crate::support::serve::{BMC_PASSWORD, Serve, create_token, enroll_with_bmc, json};
 
 #[test]
 fn an_inspection_timeout_names_the_lease_the_script_and_the_file() {
@@ -147,4 +149,100 @@ fn an_inspection_timeout_names_the_lease_the_script_and_the_file() {
     assert_eq!(files[1]["complete"], true);
     assert_eq!(files[1]["bytes_sent"], 70_000);
     assert_eq!(files[1]["address"], ip);
+}
+
+#[test]
+fn a_ramdisk_that_powers_the_machine_off_fails_it_at_once() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(plinth_testkit::TestDb::new()).unwrap();
+    let bmc = rt
+        .block_on(plinth_testkit::redfish::RedfishEmulator::start(
+            "admin",
+            BMC_PASSWORD,
+        ))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start_with(
+        dir.path(),
+        Some(&db.url),
+        &[
+            ("PLINTH_BMC__SYNC_INTERVAL_SECS", "1"),
+            ("PLINTH_BMC__CALL_TIMEOUT_SECS", "2"),
+            ("PLINTH_BMC__LEASE_SECS", "3"),
+        ],
+    );
+    let token = create_token(dir.path(), Some(&db.url), "tech", "admin");
+    let id = enroll_with_bmc(
+        &serve,
+        &token,
+        "off-1",
+        "52:54:00:84:01:01",
+        "redfish",
+        &bmc.url(),
+        BMC_PASSWORD,
+    );
+    let show = || json(&serve.cli_ok(&token, &["machine", "show", &id, "-o", "json"]));
+    let jobs_done = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let j = json(&serve.cli_ok(&token, &["job", "list", "--machine", &id, "-o", "json"]));
+            let jobs = j["jobs"].as_array().unwrap().clone();
+            if jobs.len() >= n && jobs.iter().all(|j| j["state"] == "succeeded") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{j:#}\n{}", serve.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    jobs_done(1);
+    serve.cli_ok(&token, &["machine", "action", &id, "inspect"]);
+    // PXE once, power on: the machine boots its ramdisk.
+    jobs_done(3);
+    assert_eq!(bmc.power(), "On");
+    // Past the grace (the call timeout) after plinth's power-on, the ramdisk finds no network
+    // and powers the machine off.
+    std::thread::sleep(Duration::from_secs(3));
+    let off = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-u",
+            &format!("admin:{BMC_PASSWORD}"),
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            r#"{"ResetType": "ForceOff"}"#,
+            &format!(
+                "{}/redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+                bmc.url()
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(off.status.success(), "{off:?}");
+    let off_at = Instant::now();
+    let deadline = off_at + Duration::from_secs(30);
+    let m = loop {
+        let m = show();
+        if m["state"] != "inspecting" {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "{m:#}\n{}", serve.log_text());
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(m["state"], "inspect_failed", "{m:#}");
+    let reason = m["state_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the machine powered off without reporting"),
+        "{reason}"
+    );
+    for part in [
+        "no DHCP lease since inspecting began",
+        "; power off, read at ",
+    ] {
+        assert!(reason.contains(part), "{part:?} in {reason}");
+    }
+    eprintln!(
+        "lastseen: failed {:.1} s after the power-off: {reason}",
+        off_at.elapsed().as_secs_f64()
+    );
 }

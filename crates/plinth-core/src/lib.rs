@@ -99,7 +99,7 @@ impl App {
     /// An application with the default boot settings (images under `./images`).
     pub fn new(pool: PgPool, bmc_key: BmcKey) -> Self {
         let templates = boot::Templates::load(None).expect("the shipped boot templates parse");
-        App {
+        let app = App {
             pool,
             bmc_key,
             boot: std::sync::Arc::new(BootEnv::new(
@@ -117,7 +117,9 @@ impl App {
             ),
             hub: std::sync::Arc::new(stream::Hub::new(Default::default())),
             fetches: Default::default(),
-        }
+        };
+        app.metrics.register(app.fetches.clone());
+        app
     }
 
     /// The same application with these event stream settings.

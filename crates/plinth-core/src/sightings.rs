@@ -492,6 +492,14 @@ mod tests {
             );
         }
         assert_eq!((log.len(), log.evicted()), (3, 7));
+        let mut e = crate::metrics::Exposition::default();
+        crate::metrics::Source::render(&log, &mut e);
+        let text = e.render();
+        assert!(
+            text.contains("\nplinth_fetch_notes_evicted_total 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nplinth_fetch_notes_pending 3\n"), "{text}");
         let mut kept: Vec<u8> = log.take().iter().map(|f| f.address.octets()[3]).collect();
         kept.sort();
         assert_eq!(kept, vec![7, 8, 9]);

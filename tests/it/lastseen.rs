@@ -127,7 +127,7 @@ fn an_inspection_timeout_names_the_lease_the_script_and_the_file() {
         format!("last seen: lease {ip} bound at "),
         "; script request (".to_owned(),
         "; file http plinth/vmlinuz, 1000 of 300000 bytes, incomplete at ".to_owned(),
-        "; power never read from the BMC".to_owned(),
+        "; no BMC".to_owned(),
     ] {
         assert!(reason.contains(&part), "{part:?} in {reason}");
     }

@@ -132,14 +132,11 @@ impl FetchLog {
     fn put_back(&self, fetches: Vec<Fetch>) {
         let mut map = self.lock();
         for f in fetches {
-            let key = (
-                f.address,
-                if f.protocol == "tftp" {
-                    Protocol::Tftp
-                } else {
-                    Protocol::Http
-                },
-            );
+            let protocol = [Protocol::Tftp, Protocol::Http]
+                .into_iter()
+                .find(|p| p.as_str() == f.protocol)
+                .unwrap_or(Protocol::Http);
+            let key = (f.address, protocol);
             if map.len() >= self.cap && !map.contains_key(&key) {
                 self.evicted.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -228,9 +225,10 @@ impl LastSeen {
             ),
             None => format!("no file fetched {since}"),
         };
-        let power = match &s.power {
-            Some((p, at)) => format!("power {p}, read {}", when(*at)),
-            None => "power never read from the BMC".to_owned(),
+        let power = match (&s.power, s.has_bmc) {
+            (Some((p, at)), _) => format!("power {p}, read {}", when(*at)),
+            (None, true) => "power never read from the BMC".to_owned(),
+            (None, false) => "no BMC".to_owned(),
         };
         format!("last seen: {lease}; {script}; {file}; {power}")
     }
@@ -416,6 +414,7 @@ mod tests {
             script: None,
             fetches: vec![],
             power: None,
+            has_bmc: true,
         }
     }
 
@@ -466,6 +465,13 @@ mod tests {
         assert_eq!(d["file"]["complete"], false);
         assert_eq!(d["file"]["bytes_sent"], 1024);
         assert_eq!(d["power"]["state"], "on");
+    }
+
+    #[test]
+    fn a_machine_without_a_bmc_says_so() {
+        let mut s = seen();
+        s.has_bmc = false;
+        assert!(LastSeen { seen: s }.text().ends_with("; no BMC"));
     }
 
     #[test]

@@ -111,6 +111,8 @@ pub struct LastSeen {
     pub fetches: Vec<FetchSeen>,
     /// The power state last read from the BMC, and when.
     pub power: Option<(String, DateTime<Utc>)>,
+    /// Whether the machine has a BMC at all.
+    pub has_bmc: bool,
 }
 
 /// What plinth last saw of machine `id` (None: no such machine).
@@ -171,13 +173,14 @@ pub async fn last_seen(conn: &mut PgConnection, id: Uuid) -> Result<Option<LastS
     })
     .collect();
     fetches.sort_by_key(|f| std::cmp::Reverse(f.at));
-    let power = sqlx::query!(
+    let bmc = sqlx::query!(
         "select power_state, power_checked_at from bmcs where machine_id = $1",
         id
     )
     .fetch_optional(&mut *conn)
-    .await?
-    .and_then(|r| r.power_state.zip(r.power_checked_at));
+    .await?;
+    let has_bmc = bmc.is_some();
+    let power = bmc.and_then(|r| r.power_state.zip(r.power_checked_at));
     Ok(Some(LastSeen {
         now: m.now,
         state: m.state,
@@ -186,6 +189,7 @@ pub async fn last_seen(conn: &mut PgConnection, id: Uuid) -> Result<Option<LastS
         script,
         fetches,
         power,
+        has_bmc,
     }))
 }
 

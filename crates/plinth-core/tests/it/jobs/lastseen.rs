@@ -329,6 +329,50 @@ async fn age(w: &World, id: Uuid) {
     .await;
 }
 
+#[tokio::test]
+async fn a_static_address_maps_fetches_to_its_machine() {
+    let w = world(settings()).await;
+    // A machine plinth hands no lease to (virtual media, a static network): its NIC's address.
+    let ip = Ipv4Addr::new(10, 32, 0, 7);
+    let m = w
+        .app
+        .enroll_machine(
+            &admin(),
+            MachineCreate {
+                hostname: Some("static-1".into()),
+                rack: None,
+                rack_unit: None,
+                size_u: None,
+                pool: None,
+                tags: None,
+                arch: Some(Arch::X86_64),
+                nics: vec![NicSpec {
+                    mac: mac(9),
+                    ipv4: Some(ip),
+                    pxe: None,
+                }],
+                bmc: None,
+            },
+        )
+        .await
+        .unwrap();
+    w.app
+        .fetch_log()
+        .record(ip.into(), Protocol::Http, "vmedia/boot.iso", 10, 20, false);
+    let seen = w.app.last_seen(m.id).await.unwrap().unwrap();
+    assert_eq!(seen.seen.fetches.len(), 1);
+    let text = seen.text();
+    assert!(
+        text.contains("file http vmedia/boot.iso, 10 of 20 bytes, incomplete at "),
+        "{text}"
+    );
+    assert!(
+        text.contains("no DHCP lease since enrolled began") && text.ends_with("; no BMC"),
+        "{text}"
+    );
+    assert!(w.app.last_seen(Uuid::new_v4()).await.unwrap().is_none());
+}
+
 /// Two power readings of the machine: the sync's polls, each made due at once.
 async fn poll_twice(w: &World, s: &Arc<PowerSync>, id: Uuid) {
     for _ in 0..2 {

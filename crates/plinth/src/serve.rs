@@ -314,8 +314,13 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
                 .map_err(|e| anyhow::anyhow!("BMC job runner: {}", e.message))
         });
         let cancel = cancel.clone();
+        let app = app.clone();
         tasks.spawn(async move {
             reconciler.run(cancel).await;
+            // The file fetches noted since the last pass, so a restart loses none.
+            if let Err(e) = app.flush_fetches().await {
+                tracing::warn!(error = %e.message, "file fetches not written at shutdown");
+            }
             Ok(())
         });
     }

@@ -17,3 +17,8 @@ create table file_fetches (
 );
 
 create index file_fetches_mac_idx on file_fetches (mac);
+
+-- When a lease was last bound or renewed; kept when it is freed (expired or released), so that a
+-- machine whose lease lapsed is told apart from one that never asked. Set by the triggers of
+-- crates/plinth-db/sql/sightings.sql.
+alter table leases add column bound_at timestamptz;

@@ -543,6 +543,15 @@ begin
 end
 $$;
 
+CREATE FUNCTION public.leases_set_bound_at() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    new.bound_at := now();
+    return new;
+end
+$$;
+
 CREATE FUNCTION public.machines_check_rack_fit() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -935,6 +944,7 @@ CREATE TABLE public.leases (
     hostname text,
     expires_at timestamp with time zone,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    bound_at timestamp with time zone,
     CONSTRAINT leases_address_check CHECK (((family(address) = 4) AND (masklen(address) = 32))),
     CONSTRAINT leases_check CHECK (((state = 'free'::text) OR (expires_at IS NOT NULL))),
     CONSTRAINT leases_check1 CHECK (((state <> ALL (ARRAY['offered'::text, 'bound'::text])) OR (mac IS NOT NULL))),
@@ -1381,6 +1391,10 @@ CREATE TRIGGER events_feed AFTER INSERT ON public.events REFERENCING NEW TABLE A
 CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON public.events FOR EACH STATEMENT EXECUTE FUNCTION public.events_append_only();
 
 CREATE TRIGGER events_no_update BEFORE DELETE OR UPDATE ON public.events FOR EACH ROW EXECUTE FUNCTION public.events_append_only();
+
+CREATE TRIGGER leases_bound_on_insert BEFORE INSERT ON public.leases FOR EACH ROW WHEN ((new.state = 'bound'::text)) EXECUTE FUNCTION public.leases_set_bound_at();
+
+CREATE TRIGGER leases_bound_on_update BEFORE UPDATE ON public.leases FOR EACH ROW WHEN (((new.state = 'bound'::text) AND ((old.state IS DISTINCT FROM 'bound'::text) OR (new.expires_at IS DISTINCT FROM old.expires_at)))) EXECUTE FUNCTION public.leases_set_bound_at();
 
 CREATE TRIGGER machines_rack_fit BEFORE INSERT OR UPDATE OF rack_id, rack_unit, size_u ON public.machines FOR EACH ROW EXECUTE FUNCTION public.machines_check_rack_fit();
 

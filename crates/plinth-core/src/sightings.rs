@@ -199,7 +199,16 @@ impl LastSeen {
             clock(s.state_changed_at, s.now)
         );
         let lease = match &s.lease {
-            Some(l) => format!("lease {} {} {}", l.address, l.state, when(l.at)),
+            Some(l) => match (l.state.as_str(), l.bound_at) {
+                ("bound", b) => format!("lease {} bound {}", l.address, when(b.unwrap_or(l.at))),
+                ("free", Some(b)) => format!(
+                    "lease {} bound {}, expired or released {}",
+                    l.address,
+                    when(b),
+                    when(l.at)
+                ),
+                (state, _) => format!("lease {} {state} {}", l.address, when(l.at)),
+            },
             None => format!("no DHCP lease {since}"),
         };
         let script = match &s.script {
@@ -250,7 +259,7 @@ impl LastSeen {
             "state_since": s.state_changed_at,
             "lease": s.lease.as_ref().map(|l| json!({
                 "address": l.address.to_string(), "state": l.state, "at": l.at,
-                "before_state": before(l.at),
+                "bound_at": l.bound_at, "before_state": before(l.bound_at.unwrap_or(l.at)),
             })),
             "script": s.script.as_ref().map(|b| json!({
                 "script": b.script, "at": b.at, "before_state": before(b.at),
@@ -436,6 +445,7 @@ mod tests {
             address: "10.0.0.5".parse().unwrap(),
             state: "bound".into(),
             at: at(2, 30, 0),
+            bound_at: Some(at(2, 30, 0)),
         });
         s.script = Some(ScriptSeen {
             at: at(5, 31, 5),
@@ -465,6 +475,27 @@ mod tests {
         assert_eq!(d["file"]["complete"], false);
         assert_eq!(d["file"]["bytes_sent"], 1024);
         assert_eq!(d["power"]["state"], "on");
+    }
+
+    #[test]
+    fn a_lease_that_lapsed_says_when_it_was_bound_and_freed() {
+        let mut s = seen();
+        s.lease = Some(LeaseSeen {
+            address: "10.0.0.5".parse().unwrap(),
+            state: "free".into(),
+            at: at(5, 35, 0),
+            bound_at: Some(at(5, 31, 0)),
+        });
+        let l = LastSeen { seen: s };
+        assert!(
+            l.text().starts_with(
+                "last seen: lease 10.0.0.5 bound at 05:31:00 UTC (9 min 0 s ago), \
+                 expired or released at 05:35:00 UTC (5 min 0 s ago); "
+            ),
+            "{}",
+            l.text()
+        );
+        assert_eq!(l.details()["lease"]["state"], "free");
     }
 
     #[test]

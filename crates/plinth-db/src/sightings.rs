@@ -71,13 +71,17 @@ pub async fn upsert_fetches(conn: &mut PgConnection, fetches: &[Fetch]) -> Resul
     Ok(n)
 }
 
-/// A machine's last lease (offered or bound) on any of its active NICs.
+/// A machine's last lease on any of its active NICs: offered or bound now, or freed (expired or
+/// released) since it was last bound.
 #[derive(Debug, Clone)]
 pub struct LeaseSeen {
     pub address: IpAddr,
+    /// offered, bound, or free.
     pub state: String,
-    /// When it was offered, bound or renewed last.
+    /// When it was last changed: offered, bound, renewed, or freed.
     pub at: DateTime<Utc>,
+    /// When it was last bound or renewed (none: never bound).
+    pub bound_at: Option<DateTime<Utc>>,
 }
 
 /// A machine's last script request (its last `boot` event).
@@ -127,9 +131,9 @@ pub async fn last_seen(conn: &mut PgConnection, id: Uuid) -> Result<Option<LastS
         return Ok(None);
     };
     let lease = sqlx::query!(
-        r#"select l.address as "address: IpAddr", l.state, l.updated_at from leases l
+        r#"select l.address as "address: IpAddr", l.state, l.updated_at, l.bound_at from leases l
            where l.mac in (select n.mac from nics n where n.machine_id = $1 and n.active)
-             and l.state in ('offered', 'bound')
+             and (l.state in ('offered', 'bound') or (l.state = 'free' and l.bound_at is not null))
            order by l.updated_at desc limit 1"#,
         id
     )
@@ -139,6 +143,7 @@ pub async fn last_seen(conn: &mut PgConnection, id: Uuid) -> Result<Option<LastS
         address: r.address,
         state: r.state,
         at: r.updated_at,
+        bound_at: r.bound_at,
     });
     let script = sqlx::query!(
         "select at, details ->> 'script' as script from events

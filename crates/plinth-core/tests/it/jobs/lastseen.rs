@@ -198,17 +198,45 @@ async fn a_lease_and_a_script_but_no_file() {
 }
 
 #[tokio::test]
+async fn a_lease_that_lapsed_is_not_taken_for_no_lease() {
+    let w = world(settings()).await;
+    subnet(&w.app).await;
+    let (id, _) = inspecting(&w, 1).await;
+    let ip = dora(&w.app, mac(1)).await;
+    // A renewal (the same REQUEST again) moves bound_at; then the machine goes quiet, the
+    // lease expires and the reconciler frees it.
+    dora(&w.app, mac(1)).await;
+    sqlx::query("update leases set expires_at = now() - interval '1 second' where address = $1")
+        .bind(IpAddr::V4(ip))
+        .execute(w.app.pool())
+        .await
+        .unwrap();
+    assert_eq!(w.app.reclaim_leases().await.unwrap(), 1);
+    let (reason, seen) = time_out(&w, id).await;
+    assert!(
+        reason.contains(&format!("last seen: lease {ip} bound at ")),
+        "{reason}"
+    );
+    assert!(reason.contains(", expired or released at "), "{reason}");
+    assert_eq!(seen["lease"]["state"], "free");
+    assert!(seen["lease"]["bound_at"].is_string(), "{seen}");
+}
+
+#[tokio::test]
 async fn a_file_fetched_in_part_and_a_lease_from_before_the_state() {
     let w = world(settings()).await;
     subnet(&w.app).await;
     let (id, _) = inspecting(&w, 1).await;
     let ip = dora(&w.app, mac(1)).await;
     // The lease was renewed three hours ago (before the inspection began), not since.
-    sqlx::query("update leases set updated_at = now() - interval '3 hours' where address = $1")
-        .bind(IpAddr::V4(ip))
-        .execute(w.app.pool())
-        .await
-        .unwrap();
+    sqlx::query(
+        "update leases set updated_at = now() - interval '3 hours', \
+         bound_at = now() - interval '3 hours' where address = $1",
+    )
+    .bind(IpAddr::V4(ip))
+    .execute(w.app.pool())
+    .await
+    .unwrap();
     script(&w.app, mac(1), ip).await;
     let log = w.app.fetch_log();
     log.record(ip.into(), Protocol::Tftp, "undionly.kpxe", 0, 70_000, false);

@@ -543,6 +543,15 @@ begin
 end
 $$;
 
+CREATE FUNCTION public.leases_set_bound_at() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    new.bound_at := now();
+    return new;
+end
+$$;
+
 CREATE FUNCTION public.machines_check_rack_fit() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -807,6 +816,22 @@ ALTER TABLE public.events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+CREATE TABLE public.file_fetches (
+    address inet NOT NULL,
+    protocol text NOT NULL,
+    mac macaddr NOT NULL,
+    path text NOT NULL,
+    bytes_sent bigint NOT NULL,
+    size bigint NOT NULL,
+    complete boolean NOT NULL,
+    at timestamp with time zone NOT NULL,
+    CONSTRAINT file_fetches_address_check CHECK (((family(address) = 4) AND (masklen(address) = 32))),
+    CONSTRAINT file_fetches_bytes_sent_check CHECK ((bytes_sent >= 0)),
+    CONSTRAINT file_fetches_path_check CHECK ((length(path) <= 512)),
+    CONSTRAINT file_fetches_protocol_check CHECK ((protocol = ANY (ARRAY['tftp'::text, 'http'::text]))),
+    CONSTRAINT file_fetches_size_check CHECK ((size >= 0))
+);
+
 CREATE TABLE public.firmware_images (
     image_id uuid NOT NULL,
     component text NOT NULL,
@@ -919,6 +944,7 @@ CREATE TABLE public.leases (
     hostname text,
     expires_at timestamp with time zone,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    bound_at timestamp with time zone,
     CONSTRAINT leases_address_check CHECK (((family(address) = 4) AND (masklen(address) = 32))),
     CONSTRAINT leases_check CHECK (((state = 'free'::text) OR (expires_at IS NOT NULL))),
     CONSTRAINT leases_check1 CHECK (((state <> ALL (ARRAY['offered'::text, 'bound'::text])) OR (mac IS NOT NULL))),
@@ -1190,6 +1216,9 @@ ALTER TABLE ONLY public.deployments
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.file_fetches
+    ADD CONSTRAINT file_fetches_pkey PRIMARY KEY (address, protocol);
+
 ALTER TABLE ONLY public.firmware_images
     ADD CONSTRAINT firmware_images_pkey PRIMARY KEY (image_id);
 
@@ -1291,6 +1320,8 @@ CREATE INDEX events_feed_idx ON public.events USING btree (COALESCE(txid, '0'::x
 
 CREATE INDEX events_machine_idx ON public.events USING btree (machine_id, id);
 
+CREATE INDEX file_fetches_mac_idx ON public.file_fetches USING btree (mac);
+
 CREATE INDEX firmware_rollout_machines_job_idx ON public.firmware_rollout_machines USING btree (job_id) WHERE (job_id IS NOT NULL);
 
 CREATE INDEX firmware_rollouts_running_idx ON public.firmware_rollouts USING btree (created_at) WHERE (state = 'running'::text);
@@ -1360,6 +1391,10 @@ CREATE TRIGGER events_feed AFTER INSERT ON public.events REFERENCING NEW TABLE A
 CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON public.events FOR EACH STATEMENT EXECUTE FUNCTION public.events_append_only();
 
 CREATE TRIGGER events_no_update BEFORE DELETE OR UPDATE ON public.events FOR EACH ROW EXECUTE FUNCTION public.events_append_only();
+
+CREATE TRIGGER leases_bound_on_insert BEFORE INSERT ON public.leases FOR EACH ROW WHEN ((new.state = 'bound'::text)) EXECUTE FUNCTION public.leases_set_bound_at();
+
+CREATE TRIGGER leases_bound_on_update BEFORE UPDATE ON public.leases FOR EACH ROW WHEN (((new.state = 'bound'::text) AND ((old.state IS DISTINCT FROM 'bound'::text) OR (new.expires_at IS DISTINCT FROM old.expires_at)))) EXECUTE FUNCTION public.leases_set_bound_at();
 
 CREATE TRIGGER machines_rack_fit BEFORE INSERT OR UPDATE OF rack_id, rack_unit, size_u ON public.machines FOR EACH ROW EXECUTE FUNCTION public.machines_check_rack_fit();
 

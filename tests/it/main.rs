@@ -23,6 +23,7 @@ mod firmware;
 mod ha;
 mod hardware;
 mod health;
+mod lastseen;
 mod listeners;
 mod metrics;
 mod rack;

@@ -159,7 +159,12 @@ pub async fn file(
         Ok(p) => p,
         Err(r) => return refusal(&path, peer, r),
     };
-    match serve_file(&real, &headers).await {
+    let note = peer.map(|p| FetchNote {
+        app: app.clone(),
+        peer: p.ip(),
+        path: path.clone(),
+    });
+    match serve_file_noted(&real, &headers, note).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::error!(error = %e, path, "serving an image file");
@@ -178,12 +183,63 @@ fn refusal(path: &str, peer: Option<SocketAddr>, r: Refusal) -> Response {
         .into_response()
 }
 
+/// Who fetches a file, so that plinth notes the machine's last fetch (plinth-core's
+/// `sightings`: in memory, no database write per request).
+pub(crate) struct FetchNote {
+    pub(crate) app: App,
+    pub(crate) peer: std::net::IpAddr,
+    /// The path under the images root, as requested.
+    pub(crate) path: String,
+}
+
+impl FetchNote {
+    /// `reached`: the offset in the file the body got to; `complete`: the body was sent whole
+    /// and ends at the file's end.
+    pub(crate) fn record(&self, reached: u64, size: u64, complete: bool) {
+        self.app.fetch_log().record(
+            self.peer,
+            plinth_core::sightings::Protocol::Http,
+            &self.path,
+            reached,
+            size,
+            complete,
+        );
+    }
+}
+
+/// Notes a body's progress when it is dropped: sent to the end, or cut short.
+struct BodyNote {
+    note: FetchNote,
+    start: u64,
+    count: u64,
+    size: u64,
+    sent: u64,
+}
+
+impl Drop for BodyNote {
+    fn drop(&mut self) {
+        let complete = self.sent == self.count && self.start + self.count == self.size;
+        self.note
+            .record(self.start + self.sent, self.size, complete);
+    }
+}
+
 /// The axum path for files: only requests the listener's sendfile path hands over (a request
 /// with a body, odd framing) come here, so a plain stream is enough.
 pub(crate) async fn serve_file(
     path: &std::path::Path,
     headers: &HeaderMap,
 ) -> std::io::Result<Response> {
+    serve_file_noted(path, headers, None).await
+}
+
+/// [`serve_file`], noting the fetch's start and end under `note`.
+pub(crate) async fn serve_file_noted(
+    path: &std::path::Path,
+    headers: &HeaderMap,
+    note: Option<FetchNote>,
+) -> std::io::Result<Response> {
+    use futures::StreamExt;
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let mut f = tokio::fs::File::open(path).await?;
     let meta = f.metadata().await?;
@@ -191,10 +247,29 @@ pub(crate) async fn serve_file(
     let body = match plan.body {
         Some((start, count)) => {
             f.seek(std::io::SeekFrom::Start(start)).await?;
-            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-                f.take(count),
-                256 * 1024,
-            ))
+            let stream = tokio_util::io::ReaderStream::with_capacity(f.take(count), 256 * 1024);
+            match note {
+                Some(note) => {
+                    note.record(start, meta.len(), false);
+                    let mut progress = BodyNote {
+                        note,
+                        start,
+                        count,
+                        size: meta.len(),
+                        sent: 0,
+                    };
+                    Body::from_stream(stream.map(move |chunk| {
+                        // The whole note moves into the stream (not only its `sent`): it
+                        // records when the stream is dropped.
+                        let progress = &mut progress;
+                        if let Ok(b) = &chunk {
+                            progress.sent += b.len() as u64;
+                        }
+                        chunk
+                    }))
+                }
+                None => Body::from_stream(stream),
+            }
         }
         None => Body::empty(),
     };

@@ -30,6 +30,7 @@ pub mod racks;
 pub mod reconcile;
 pub mod scan;
 pub mod secrets;
+pub mod sightings;
 pub mod stream;
 pub mod subnets;
 pub mod tokens;
@@ -67,6 +68,8 @@ pub struct App {
     consoles: console::Consoles,
     /// The event streams' wake-ups and limits.
     hub: std::sync::Arc<stream::Hub>,
+    /// The file fetches this instance served, not yet written (issue 22).
+    fetches: std::sync::Arc<sightings::FetchLog>,
 }
 
 /// The boot chain's settings and templates, fixed at start.
@@ -96,7 +99,7 @@ impl App {
     /// An application with the default boot settings (images under `./images`).
     pub fn new(pool: PgPool, bmc_key: BmcKey) -> Self {
         let templates = boot::Templates::load(None).expect("the shipped boot templates parse");
-        App {
+        let app = App {
             pool,
             bmc_key,
             boot: std::sync::Arc::new(BootEnv::new(
@@ -113,7 +116,10 @@ impl App {
                 console::ConsoleSettings::default(),
             ),
             hub: std::sync::Arc::new(stream::Hub::new(Default::default())),
-        }
+            fetches: Default::default(),
+        };
+        app.metrics.register(app.fetches.clone());
+        app
     }
 
     /// The same application with these event stream settings.

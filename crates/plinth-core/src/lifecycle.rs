@@ -509,6 +509,12 @@ impl App {
                     "no {what} report within {} s: did the machine boot the ramdisk? (its events and console tell)",
                     limit.as_secs()
                 );
+                // Where its boot stopped (issue 22).
+                let seen = self.last_seen(id).await?;
+                if let Some(s) = &seen {
+                    reason.push_str("; ");
+                    reason.push_str(&s.text());
+                }
                 crate::console::quote_last_lines(self, id, &mut reason).await;
                 let mut tx = self.begin().await?;
                 let res = self
@@ -520,7 +526,10 @@ impl App {
                         Some(version),
                         Some(&reason),
                         None,
-                        serde_json::json!({ "timeout_secs": limit.as_secs() }),
+                        serde_json::json!({
+                            "timeout_secs": limit.as_secs(),
+                            "last_seen": seen.as_ref().map(crate::sightings::LastSeen::details),
+                        }),
                     )
                     .await;
                 match res {

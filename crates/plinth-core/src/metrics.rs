@@ -533,6 +533,24 @@ impl App {
     }
 }
 
+/// The file fetches noted for what a timeout names (`sightings`).
+impl Source for crate::sightings::FetchLog {
+    fn render(&self, out: &mut Exposition) {
+        out.gauge(
+            "plinth_fetch_notes_pending",
+            "File fetches this instance noted and has not written yet.",
+            &[],
+            self.len() as f64,
+        );
+        out.counter(
+            "plinth_fetch_notes_evicted_total",
+            "File fetch notes dropped unwritten because the log was full (many client addresses).",
+            &[],
+            self.evicted(),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

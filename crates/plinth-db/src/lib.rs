@@ -29,6 +29,7 @@ pub mod nics;
 pub mod pools;
 pub mod racks;
 pub mod scans;
+pub mod sightings;
 pub mod subnets;
 pub mod tokens;
 pub mod users;

@@ -30,6 +30,7 @@ pub const CODE: &[(&str, &str)] = &[
     ("dhcp.sql", include_str!("../sql/dhcp.sql")),
     ("feed.sql", include_str!("../sql/feed.sql")),
     ("inventory.sql", include_str!("../sql/inventory.sql")),
+    ("sightings.sql", include_str!("../sql/sightings.sql")),
 ];
 
 /// The advisory lock migrations hold ("plinth" and 1): instances starting together take turns.

@@ -97,6 +97,15 @@ pub trait Source: Send + Sync + 'static {
         name: &str,
         peer: SocketAddr,
     ) -> impl Future<Output = Result<Content, Refusal>> + Send;
+
+    /// A transfer of `name` (as [`Source::open`] served it) to `peer` ended: `sent` of `size`
+    /// bytes acknowledged, `complete` when all of them were. Called once per transfer, at its
+    /// end, on its task: it must not block (plinth notes it in memory). Not at its start: a
+    /// read request's source address is trivially forged, an acknowledgement of the transfer's
+    /// DATA (sent to that address) is not.
+    fn transferred(&self, name: &str, peer: SocketAddr, sent: u64, size: u64, complete: bool) {
+        let _ = (name, peer, sent, size, complete);
+    }
 }
 
 /// What a transfer sends.
@@ -635,6 +644,12 @@ async fn transfer<S: Source>(
     let result = drive(&mut t, &socket, &mut data, cancel).await;
     add(&counters.retransmits, t.retransmits());
     let ms = began.elapsed().as_millis() as u64;
+    match &result {
+        Ok(()) => shared.source.transferred(filename, peer, size, size, true),
+        Err(_) => shared
+            .source
+            .transferred(filename, peer, t.bytes_acked(), size, false),
+    }
     match result {
         Ok(()) => {
             bump(&counters.completed);

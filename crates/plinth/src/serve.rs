@@ -19,6 +19,9 @@ use crate::config::{self, Config};
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// How often the consoles of busy machines are checked (opened when a machine starts a step).
 const CONSOLE_EVERY: Duration = Duration::from_secs(2);
+/// How often the file fetches this instance served are written, and machines whose ramdisk
+/// powered them off are looked for (plinth-core's `sightings`).
+const SIGHTINGS_EVERY: Duration = Duration::from_secs(3);
 
 fn load_config(args: &ServerArgs) -> anyhow::Result<Config> {
     let mut c = config::load(args.config.as_deref(), std::env::vars())?;
@@ -266,6 +269,22 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
                     async move { app.fail_stuck(&stuck).await.map(drop) }
                 }
             }))
+            .with(Pass::new("file fetches", SIGHTINGS_EVERY, {
+                let app = app.clone();
+                move |_| {
+                    let app = app.clone();
+                    async move { app.flush_fetches().await.map(drop) }
+                }
+            }))
+            .with(Pass::new("powered off", SIGHTINGS_EVERY, {
+                let app = app.clone();
+                // A power reading taken before plinth's power-on lands within a call timeout.
+                let grace = c.bmc.job_settings().call_timeout;
+                move |_| {
+                    let app = app.clone();
+                    async move { app.fail_powered_off(grace).await.map(drop) }
+                }
+            }))
             .with(runner.stale_pass())
             .with(Pass::new("firmware rollouts", RECONCILE_EVERY, {
                 let app = app.clone();
@@ -295,8 +314,13 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
                 .map_err(|e| anyhow::anyhow!("BMC job runner: {}", e.message))
         });
         let cancel = cancel.clone();
+        let app = app.clone();
         tasks.spawn(async move {
             reconciler.run(cancel).await;
+            // The file fetches noted since the last pass, so a restart loses none.
+            if let Err(e) = app.flush_fetches().await {
+                tracing::warn!(error = %e.message, "file fetches not written at shutdown");
+            }
             Ok(())
         });
     }

@@ -28,14 +28,34 @@ struct ChainContext<'a> {
     retry_secs: u32,
 }
 
+/// Some firmware asks for `/name`; the root is the only place plinth serves from, so a single
+/// leading slash means the same file (`..` and the rest are still refused).
+fn strip_root(name: &str) -> &str {
+    name.strip_prefix('/')
+        .filter(|n| !n.starts_with('/'))
+        .unwrap_or(name)
+}
+
 impl Source for ImagesSource {
+    fn transferred(&self, name: &str, peer: SocketAddr, sent: u64, size: u64, complete: bool) {
+        // What the machine last fetched, for its timeouts (plinth-core's `sightings`). A
+        // transfer with nothing acknowledged proves nothing of its address (a forged request,
+        // or UEFI firmware asking only for the size): not noted.
+        if sent == 0 && !complete {
+            return;
+        }
+        self.app.fetch_log().record(
+            peer.ip(),
+            plinth_core::sightings::Protocol::Tftp,
+            strip_root(name),
+            sent,
+            size,
+            complete,
+        );
+    }
+
     async fn open(&self, name: &str, peer: SocketAddr) -> Result<Content, Refusal> {
-        // Some firmware asks for `/name`; the root is the only place plinth serves from, so a
-        // single leading slash means the same file (`..` and the rest are still refused).
-        let name = name
-            .strip_prefix('/')
-            .filter(|n| !n.starts_with('/'))
-            .unwrap_or(name);
+        let name = strip_root(name);
         if name == CHAIN_SCRIPT {
             let Some(base) = &self.http_base else {
                 return Err(Refusal::new(

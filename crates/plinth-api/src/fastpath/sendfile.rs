@@ -408,7 +408,24 @@ async fn serve_one(
     write_head(stream, plan.status, &plan.headers, keep_alive).await?;
     let mut sent = 0;
     if let (Some((start, count)), false) = (plan.body, is_head) {
-        sent = send_file(stream, &file, start, count).await?;
+        // What the machine last fetched, for its timeouts: in memory, at the start and end
+        // (plinth-core's `sightings`). The offset reached in the file; complete when the
+        // body was sent whole and ends at the file's end.
+        let size = meta.len();
+        let note = |reached, complete| {
+            app.fetch_log().record(
+                peer.ip(),
+                plinth_core::sightings::Protocol::Http,
+                &path,
+                reached,
+                size,
+                complete,
+            )
+        };
+        note(start, false);
+        let r = send_file(stream, &file, start, count, &mut sent).await;
+        note(start + sent, r.is_ok() && start + count == size);
+        r?;
     }
     tracing::debug!(method, path = %target, status = plan.status.as_u16(), bytes = sent, duration_ms = started.elapsed().as_millis() as u64, "boot file sent");
     Ok(if keep_alive {
@@ -461,17 +478,19 @@ async fn write_head(
     }
 }
 
-/// `count` bytes of `file` from `start`, page cache to socket. Returns the bytes sent; an
+/// `count` bytes of `file` from `start`, page cache to socket, counting them in `sent`; an
 /// error if the file shrank (the connection is then closed: the client sees the short body).
 async fn send_file(
     stream: &mut TcpStream,
     file: &std::fs::File,
     start: u64,
     count: u64,
-) -> std::io::Result<u64> {
+    sent: &mut u64,
+) -> std::io::Result<()> {
     let mut off = start;
     let end = start + count;
     while off < end {
+        *sent = off - start;
         match tokio::time::timeout(IO_TIMEOUT, stream.writable()).await {
             Ok(r) => r?,
             Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
@@ -486,7 +505,8 @@ async fn send_file(
             Err(e) => return Err(e),
         }
     }
-    Ok(count)
+    *sent = count;
+    Ok(())
 }
 
 #[cfg(test)]

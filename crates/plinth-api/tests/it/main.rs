@@ -7,6 +7,7 @@ mod bios;
 mod boot;
 mod console;
 mod contract;
+mod fetches;
 mod firmware;
 mod limits;
 mod stream;

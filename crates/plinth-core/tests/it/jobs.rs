@@ -1656,3 +1656,4 @@ async fn virtual_media_machines_boot_their_ramdisk_from_an_iso_and_eject_it_afte
     );
 }
 mod bios;
+mod lastseen;

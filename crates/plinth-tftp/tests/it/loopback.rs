@@ -14,9 +14,17 @@ use tokio::net::UdpSocket;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-struct Mem(HashMap<String, Vec<u8>>);
+/// What [`Source::transferred`] was told: (name, peer, sent, size, complete).
+type Transferred = (String, SocketAddr, u64, u64, bool);
+
+struct Mem(HashMap<String, Vec<u8>>, std::sync::Mutex<Vec<Transferred>>);
 
 impl Source for Mem {
+    fn transferred(&self, name: &str, peer: SocketAddr, sent: u64, size: u64, complete: bool) {
+        let t = (name.to_owned(), peer, sent, size, complete);
+        self.1.lock().unwrap().push(t);
+    }
+
     async fn open(&self, name: &str, _peer: SocketAddr) -> Result<Content, Refusal> {
         match self.0.get(name) {
             Some(b) => Ok(Content::Bytes(b.clone())),
@@ -27,6 +35,7 @@ impl Source for Mem {
 
 struct Running {
     addr: SocketAddr,
+    source: Arc<Mem>,
     counters: Arc<Counters>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -55,16 +64,19 @@ impl Running {
 }
 
 async fn start(cfg: Config, files: &[(&str, Vec<u8>)]) -> Running {
-    let source = Mem(files
-        .iter()
-        .map(|(n, c)| ((*n).to_owned(), c.clone()))
-        .collect());
+    let source = Arc::new(Mem(
+        files
+            .iter()
+            .map(|(n, c)| ((*n).to_owned(), c.clone()))
+            .collect(),
+        Default::default(),
+    ));
     let server = Server::bind(
         Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..cfg
         },
-        Arc::new(source),
+        source.clone(),
     )
     .await
     .unwrap();
@@ -74,6 +86,7 @@ async fn start(cfg: Config, files: &[(&str, Vec<u8>)]) -> Running {
     let task = tokio::spawn(server.serve(cancel.clone()));
     Running {
         addr,
+        source,
         counters,
         cancel,
         task,
@@ -238,6 +251,44 @@ async fn aborted_after_oack_then_retried() {
         .await;
     assert_eq!(s.counters().active, 1, "the silent probe still waits");
     drop(silent);
+    s.stop().await;
+}
+
+/// The source hears of each transfer's end, with the bytes acknowledged: what plinth notes as
+/// the machine's last fetch (issue 22).
+#[tokio::test]
+async fn the_source_hears_what_each_transfer_sent() {
+    let cfg = Config {
+        retries: 1,
+        timeout: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let file = random(4096);
+    let s = start(cfg, &[("f", file.clone())]).await;
+    let whole = client().await;
+    assert_eq!(
+        fetch_on(&whole, s.addr, "f", Options::default()).await,
+        file
+    );
+    s.wait_for("complete", |c| c.completed == 1).await;
+    let peer = whole.local_addr().unwrap();
+    assert_eq!(
+        *s.source.1.lock().unwrap(),
+        vec![("f".to_owned(), peer, 4096, 4096, true)]
+    );
+    // A client that acknowledges one block of 512 bytes, then falls silent.
+    let part = client().await;
+    part.send_to(&rrq("f", Options::default()), s.addr)
+        .await
+        .unwrap();
+    let (_, tid) = recv(&part, Duration::from_secs(5)).await;
+    send(&part, &Packet::Ack { block: 1 }, tid).await;
+    s.wait_for("given up", |c| c.failed == 1).await;
+    let peer = part.local_addr().unwrap();
+    assert_eq!(
+        s.source.1.lock().unwrap()[1..],
+        [("f".to_owned(), peer, 512, 4096, false)]
+    );
     s.stop().await;
 }
 

@@ -12,7 +12,9 @@
 //!
 //! And a ramdisk that cannot get on the network says why and powers off: a VM whose only
 //! cabled NIC gets no DHCP answer and whose other NIC's drivers are blacklisted prints the
-//! unclaimed PCI device, retries DHCP for `plinth.dhcp_timeout`, and powers off.
+//! unclaimed PCI device, retries DHCP for `plinth.dhcp_timeout`, and powers off; a VM that
+//! PXE-boots through a NIC the ramdisk has no driver for powers off, and plinth fails its
+//! inspection at once, naming what it last saw of it.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -363,4 +365,86 @@ fn a_ramdisk_without_network_names_the_unclaimed_nic_retries_dhcp_and_powers_off
             "no {want:?} on the console:\n{console}"
         );
     }
+}
+
+/// The issue's own story: a BIOS machine network-boots the inspection ramdisk through its NIC's
+/// PXE ROM, but the ramdisk's kernel has no driver for that NIC (here: its driver blacklisted
+/// through plinth's `boot.kernel_args`). The ramdisk names the unclaimed NIC and powers the
+/// machine off; plinth notices the power-off at once (not at the inspection timeout) and fails
+/// the inspection with a reason naming what it last saw: the lease, the script request and the
+/// initrd fetched in full.
+#[test]
+fn a_ramdisk_without_its_nics_driver_powers_off_and_plinth_says_what_it_last_saw() {
+    let _machine = machine::vm();
+    let (env, key) = keyed_env("10.94.0");
+    let mut lab = Lab::new().unwrap();
+    let net = rack_network(&mut lab, "10.94.0", 1).unwrap();
+    let (srv, s, cli, taps) = (net.srv, net.srv_iface, net.rack, net.taps);
+    let root = images_for(&lab);
+    let vm = VmDef {
+        name: "nodriver".into(),
+        protocol: BmcProtocol::Redfish,
+        firmware: Firmware::Bios,
+        nic: Nic::E1000,
+        mac: "52:54:00:94:00:01".into(),
+        memory_mib: 768,
+        disks: &[16],
+        nvme_disks: &[],
+        sata_disks: &[],
+    };
+    let bmc = vbmc(&mut lab, &srv, &cli, &taps[0], &vm);
+    let mut settings: Vec<(&str, &str)> = lifecycle_settings(&key).to_vec();
+    settings.push((
+        "PLINTH_BOOT__KERNEL_ARGS",
+        "loglevel=4 modprobe.blacklist=e1000",
+    ));
+    let server = plinth(
+        &mut lab,
+        &srv,
+        &s,
+        &env.db.url,
+        "10.94.0.2",
+        &root,
+        &settings,
+    );
+    let id = enroll(&env, &vm, &bmc.address, PASSWORD);
+    act(&env, id, Verb::Inspect);
+    // Failed long before the inspection timeout (30 min by default).
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let m = loop {
+        let m = crate::support::rack::machine(&env, id);
+        if m.state != MachineState::Inspecting {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still inspecting after 600 s; console:\n{}\nplinth:\n{}",
+            std::fs::read_to_string(bmc.dir.join("console.log")).unwrap_or_default(),
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let console = std::fs::read_to_string(bmc.dir.join("console.log")).unwrap_or_default();
+    assert_eq!(m.state, MachineState::InspectFailed, "{console}");
+    let reason = m.state_reason.clone().unwrap_or_default();
+    for want in [
+        "the machine powered off without reporting",
+        "lease 10.94.0.",
+        "script request",
+        "plinth/initrd.img",
+        "complete",
+    ] {
+        assert!(reason.contains(want), "no {want:?} in the reason: {reason}");
+    }
+    for want in [
+        "8086:100e class 020000 (network), drivers here: e1000 (not bound",
+        "plinth: FAILED: no network interface: no driver in this ramdisk claimed a NIC",
+        "reboot: Power down",
+    ] {
+        assert!(
+            console.contains(want),
+            "no {want:?} on the console:\n{console}"
+        );
+    }
+    eprintln!("nodriver: {reason}");
 }

@@ -211,11 +211,13 @@ pub struct PoweredOff {
 }
 
 /// Machines in one of `states` (not in maintenance) whose BMC reads `off` on two readings in a
-/// row, the first of which (the `power_changed` event to `off`) came more than `grace_secs`
-/// after the machine's last job finished; with no job queued or running, and a power-on,
-/// cycle or reset of plinth's that succeeded since the state was entered. A reading taken
-/// before that power-on but recorded after it lands within the grace (a poll's call is
-/// bounded by the call timeout), and the second reading began after the first was recorded.
+/// row: the first (the `power_changed` event to `off`) recorded after a power-on, cycle or
+/// reset of plinth's that succeeded since the state was entered, the last recorded more than
+/// `grace_secs` after the machine's last job finished; with no job queued or running. A
+/// reading recorded that late began after the job (a poll's call is bounded by the call
+/// timeout): it cannot be a reading from before the power-on, and it still says off. (The
+/// first reading may come within the grace: a ramdisk that fails fast powers off within
+/// seconds, and only the last reading has to be late.)
 pub async fn powered_off(
     conn: &mut PgConnection,
     states: &[&str],
@@ -242,7 +244,8 @@ pub async fn powered_off(
            where m.state = any($1) and not m.maintenance
              and b.power_state = 'off'
              and pon.at is not null
-             and off.at > last.at + make_interval(secs => $2)
+             and off.at > pon.at
+             and b.power_checked_at > last.at + make_interval(secs => $2)
              and b.power_checked_at > off.at
              and not exists (select 1 from jobs j where j.machine_id = m.id
                              and j.state in ('queued', 'running'))

@@ -305,11 +305,16 @@ fi
 echo
 echo "| measurement | plinth | nginx (same run) | plinth / nginx |"
 echo "|---|---|---|---|"
-awk -v p="$http_plinth" -v n="$http_nginx" 'BEGIN {printf "| 64 MiB image over HTTP, MiB/s (median of %d) | %.0f | %.0f | %.0f %% |\n", '"$ROUNDS"', p, n, 100 * p / n}'
+# (BENCH_ONLY=scripts: no image download was measured)
+if [ -n "${http_plinth:-}" ]; then
+  awk -v p="$http_plinth" -v n="$http_nginx" 'BEGIN {printf "| 64 MiB image over HTTP, MiB/s (median of %d) | %.0f | %.0f | %.0f %% |\n", '"$ROUNDS"', p, n, 100 * p / n}'
+fi
 awk -v p="$rps_plinth" -v n="$rps_nginx" 'BEGIN {printf "| GET /boot/ipxe, requests/s (median of %d; nginx: a static script) | %.0f | %.0f | %.0f %% |\n", '"$ROUNDS"', p, n, 100 * p / n}'
 echo
-echo "all rounds: HTTP plinth $(paste -sd' ' "$work/http-plinth") / nginx $(paste -sd' ' "$work/http-nginx") MiB/s;" \
-  "scripts plinth $(paste -sd' ' "$work/rps-plinth") / nginx $(paste -sd' ' "$work/rps-nginx") req/s"
-echo "server CPU per 64 MiB download (median): plinth $cpu_plinth ms, nginx $cpu_nginx ms"
+if [ -n "${http_plinth:-}" ]; then
+  echo "all rounds: HTTP plinth $(paste -sd' ' "$work/http-plinth") / nginx $(paste -sd' ' "$work/http-nginx") MiB/s"
+  echo "server CPU per 64 MiB download (median): plinth $cpu_plinth ms, nginx $cpu_nginx ms"
+fi
+echo "all rounds: scripts plinth $(paste -sd' ' "$work/rps-plinth") / nginx $(paste -sd' ' "$work/rps-nginx") req/s"
 awk -v p="$plinth_cpu" -v g="$pg_cpu" -v n="$served" -v t="$tick" 'BEGIN {printf "CPU per script request: plinth %.0f us, PostgreSQL %.0f us (%d requests)\n", p / t / n * 1e6, g / t / n * 1e6, n}'
 echo "boot events recorded: $events; agent tokens minted: $tokens; plinth peak RSS: $hwm MiB"

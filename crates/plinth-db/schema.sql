@@ -21,6 +21,7 @@ CREATE FUNCTION public.boot_request_batch(p_macs macaddr[], p_remotes inet[], p_
     LANGUAGE plpgsql
     SET jit TO 'off'
     SET plan_cache_mode TO 'force_generic_plan'
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 begin

@@ -53,7 +53,14 @@ create or replace function boot_request_batch(
     loop_flagged boolean,
     token_stored boolean,
     token_refused boolean
-) language plpgsql set jit = off set plan_cache_mode = force_generic_plan as $$
+) language plpgsql set jit = off set plan_cache_mode = force_generic_plan
+-- No sequential scans where an index serves: the generic plan is made once per connection,
+-- from the statistics of that moment. Planned while agent_tokens was nearly empty (a fresh
+-- database, a quiet spell), the live-token lookup and the revocation scanned the whole table
+-- for every request; in a boot storm the table grows by a token per inspecting machine's
+-- request and the endpoint slowed down as it grew (2,139 then 886 requests/s over four 10-s
+-- rounds, docs/benchmarks.md).
+set enable_seqscan = off as $$
 #variable_conflict use_column
 begin
     -- One MAC's requests on several instances at once take turns (in MAC order, as every

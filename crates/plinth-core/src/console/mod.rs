@@ -3,7 +3,8 @@
 //!
 //! The [`Consoles`] hub of an instance holds at most one SOL session per machine (a BMC
 //! allows one): a task per machine opens it, hands its output to every attached viewer (a
-//! broadcast, and the last [`BACKLOG`] bytes for a viewer who arrives), writes what any
+//! broadcast, and the last [`BACKLOG`] bytes for a viewer who arrives, starting from the
+//! recording's tail when the session opens, so that a reloaded page is not blank), writes what any
 //! viewer types, sends breaks, opens the session again when it drops, and closes it when
 //! nobody watches and no recording is due. Across instances the session belongs to the
 //! instance holding the machine's row in `console_leases`, renewed while the session is open;
@@ -726,6 +727,10 @@ async fn run(
     let (writer_tx, writer_rx) = watch::channel(None);
     let input = tokio::spawn(forward_input(input_rx, writer_rx, shared.queued.clone()));
     let mut follow_from: Option<i64> = None;
+    // Whether the viewers have the recording's tail (a page reloaded when the machine changed
+    // state, or a viewer who arrives after the session closed, sees what the machine printed
+    // last instead of an empty terminal).
+    let mut seeded = false;
     loop {
         if consoles.retire(id, &shared) {
             break;
@@ -738,8 +743,14 @@ async fn run(
         }
         .await;
         match held {
-            Ok(true) => follow_from = None,
+            Ok(true) => {
+                follow_from = None;
+                if !seeded {
+                    seeded = seed(&app, id, &shared).await;
+                }
+            }
             Ok(false) => {
+                seeded = true;
                 shared.status.send_replace(Status::Elsewhere(
                     "another plinth instance holds this console: its recording is shown, input is not sent".into(),
                 ));
@@ -841,6 +852,31 @@ async fn follow(app: &App, id: Uuid, shared: &Shared, from: Option<i64>) -> Opti
         shared.push_output(&data);
     }
     Some(last)
+}
+
+/// This instance holds the session and nothing has been printed yet: the recording's last
+/// [`BACKLOG`] bytes go to the viewers first. False when the recording could not be read.
+async fn seed(app: &App, id: Uuid, shared: &Shared) -> bool {
+    let fresh = shared
+        .backlog
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .is_empty();
+    if !fresh {
+        return true;
+    }
+    let Ok(mut conn) = app.conn().await else {
+        return false;
+    };
+    let Ok(mut data) = plinth_db::console::tail(&mut conn, id, BACKLOG as i64).await else {
+        return false;
+    };
+    let over = data.len().saturating_sub(BACKLOG);
+    data.drain(..over);
+    if !data.is_empty() {
+        shared.push_output(&data);
+    }
+    true
 }
 
 /// Writes viewers' input to the session open now (dropped while none is).

@@ -450,3 +450,58 @@ async fn release_clears_the_recording() {
             .is_empty()
     );
 }
+
+/// A viewer who arrives after the session closed (the machine page reloads itself when the
+/// machine changes state, which can end the recording and the session with it) sees what the
+/// machine printed last, once, and then what it prints now.
+#[tokio::test]
+async fn a_viewer_arriving_after_the_session_closed_sees_the_recordings_tail_first() {
+    let db = TestDb::new().await.unwrap();
+    let app = db.app();
+    let (sim, mut serial) = IpmiSim::start_with_sol(None).await.unwrap();
+    let id = enroll(&app, 1, Some(ipmi_bmc(&sim))).await;
+    {
+        let mut conn = app.pool().acquire().await.unwrap();
+        plinth_db::console::append(
+            &mut conn,
+            id,
+            b"plinth-agent: reporting to plinth\r\n",
+            4096,
+        )
+        .await
+        .unwrap();
+    }
+    assert!(app.consoles().open().is_empty(), "no session yet");
+    let mut alice = app
+        .attach_console(&person("alice", Role::Operator), id)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    until_output(&mut alice, &mut seen, b"reporting to plinth").await;
+    until_status(&mut alice, |s| *s == Status::Open).await;
+    let live = handshake(&mut alice, &mut serial, b"login: ").await;
+    seen.extend_from_slice(&live);
+    let count =
+        |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).filter(|w| *w == needle).count();
+    assert_eq!(
+        count(&seen, b"reporting to plinth"),
+        1,
+        "the recording once: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    let at = |needle: &[u8]| seen.windows(needle.len()).position(|w| w == needle);
+    assert!(
+        at(b"reporting to plinth") < at(b"login: "),
+        "the recording comes first: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+    // A second viewer while the session is open: the backlog holds both, the recording once.
+    let bob = app
+        .attach_console(&person("bob", Role::Admin), id)
+        .await
+        .unwrap();
+    assert_eq!(count(&bob.backlog, b"reporting to plinth"), 1);
+    assert!(count(&bob.backlog, b"login: ") >= 1);
+    bob.detach().await.unwrap();
+    alice.detach().await.unwrap();
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::serve::{Serve, create_token, free_port, json, serve_in_ns};
+use crate::support::serve::{Serve, create_token, free_port, free_ports, json, serve_in_ns};
 
 /// `curl -i` with `args`: (status, lower-cased head, body, curl's stderr); status 0 when curl
 /// got no HTTP answer (a refused handshake).
@@ -47,7 +47,7 @@ fn split_listeners_serve_only_their_own_routes() {
     let db = rt.block_on(plinth_testkit::TestDb::new()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let (mgmt, boot) = (free_port(), free_port());
+    let [mgmt, boot] = free_ports();
     let (m, b) = (
         format!("http://127.0.0.1:{mgmt}"),
         format!("http://127.0.0.1:{boot}"),
@@ -182,7 +182,7 @@ fn management_over_tls_and_its_certificate_read_again_on_sighup() {
     let (cert, key) = (state.join("mgmt.pem"), state.join("mgmt.key"));
     std::fs::copy(&ca.cert, &cert).unwrap();
     std::fs::copy(&ca.key, &key).unwrap();
-    let (mgmt, boot, boot_tls) = (free_port(), free_port(), free_port());
+    let [mgmt, boot, boot_tls] = free_ports();
     let images = images_root(state);
     let mut serve = Serve::start_on(
         state,

@@ -15,11 +15,17 @@ use super::BIN;
 pub const BMC_PASSWORD: &str = "Bmc-Pa55w0rd-7f3e";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free ports: each listener is held until all are chosen (ports taken one at a
+/// time can repeat, as the kernel may hand a just-closed port out again: the full test command
+/// once started plinth with its provisioning TLS listener on its management port).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 /// A running `plinth serve`; SIGTERM and wait on drop.

@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
 # The DHCP benchmark of docs/benchmarks.md: perfdhcp (full DORA, as a relay from a client
-# namespace through a veth pair) against Kea 2.2 (memfile, persist=true), dnsmasq (lease file)
-# and plinth (release build; every lease committed to PostgreSQL before the ACK) on the same
-# setup, at the same offered rates. The servers take turns at each rate (Kea, dnsmasq, plinth,
-# then the next rate), BENCH_ROUNDS times over, so that a slow spell of the shared machine
-# falls on all of them rather than on whichever ran last. Then plinth's memory with 100,000 leases.
+# namespace through a veth pair) against Kea 2.2 (memfile, persist=true; single-threaded and
+# with multi-threading), dnsmasq (lease file) and plinth (release build; every lease committed
+# to PostgreSQL before the ACK) on the same setup, at the same offered rates. plinth runs in two
+# configurations of one PostgreSQL cluster with the embedded database's default durability
+# (fsync on): `plinth`, synchronous commit on (the default), and `plinth-async`, its database
+# set to synchronous_commit=off (committed and visible before the ACK, flushed to disk within
+# ~200 ms: the durability of Kea's memfile, which does not fsync). The servers take turns at
+# each rate, BENCH_ROUNDS times over, so that a slow spell of the shared machine falls on all of
+# them rather than on whichever ran last. Every run prints its server's CPU per DORA (plinth's
+# with PostgreSQL's). Then plinth's memory with 100,000 leases.
 #   scripts/bench-dhcp.sh [SECONDS_PER_RATE] [RATES...]     default: 10 s at 1000 2000 4000 8000
-# BENCH_SERVERS picks the servers (default "kea dnsmasq plinth memory"); BENCH_ROUNDS (default 1).
+# BENCH_SERVERS picks the servers (default "kea kea-mt plinth plinth-async memory"; dnsmasq too
+# on request); BENCH_ROUNDS (default 1).
+# BENCH_SUSTAINED=1: instead of the fixed rates, each server's highest rate under 0.1 % drops:
+# rates from BENCH_SUSTAIN_FROM (default 4000) up in steps of BENCH_SUSTAIN_STEP (default 2000)
+# until one drops more, then halving the step between the last good and the first bad rate down
+# to BENCH_SUSTAIN_RESOLUTION (default 500); the servers take turns at every probe.
 # BENCH_PLINTH_BINS="label=path ..." measures several plinth binaries in turn (default: this
 # tree's release build; a label containing "scraped" has a scraper read /metrics every
-# BENCH_SCRAPE seconds, default 1, during its runs: its cost is part of what is measured);
-# each plinth run also prints plinth's and PostgreSQL's CPU per DORA.
+# BENCH_SCRAPE seconds, default 1, during its runs: its cost is part of what is measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 shift || true
 rates=${*:-1000 2000 4000 8000}
-servers=" ${BENCH_SERVERS:-kea dnsmasq plinth memory} "
+servers=" ${BENCH_SERVERS:-kea kea-mt plinth plinth-async memory} "
 rounds=${BENCH_ROUNDS:-1}
 scripts/ensure-packages.sh postgresql kea-dhcp4-server kea-admin dnsmasq-base iproute2
 export SQLX_OFFLINE=true
@@ -34,6 +43,7 @@ cleanup() {
   ip netns del "$srv" 2>/dev/null || true
   ip netns del "$cli" 2>/dev/null || true
   scripts/pg-scratch.sh "$work/pg" stop
+  [ -z "${BENCH_PG_LOG:-}" ] || cp "$work/pg/server.log" "$BENCH_PG_LOG" || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -52,7 +62,7 @@ perf() { # name rate [seconds] → one table row
   # -W: after the test period, wait 1 s (perfdhcp's drop time) for the answers still in flight
   # instead of counting them as drops, which would charge a server for its latency.
   out=$(ip netns exec "$cli" perfdhcp -4 -l 10.70.0.9 -r "$rate" -R 100000 -p "${3:-$secs}" -W 1000000 10.70.0.2 2>&1 || true)
-  python3 - "$name" "$rate" "$out" "${3:-$secs}" <<'PY'
+  python3 - "$name" "$rate" "$out" "${3:-$secs}" "$work/last" <<'PY'
 import re, sys
 name, rate, out, secs = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 def ex(label):
@@ -65,13 +75,20 @@ s2, r2, d2, a2 = ex(r"Statistics for: REQUEST-ACK")
 achieved = r2 / secs
 drops = (d1 + d2) / max(s1 + s2, 1) * 100
 print(f"| {name} | {rate} | {achieved:.0f} | {drops:.2f} % | {a1:.2f} ms / {a2:.2f} ms |")
+with open(sys.argv[5], "w") as f:
+    f.write(f"{achieved:.0f} {drops:.4f} {r2:.0f}\n")
 PY
 }
 
-kea() { # rate
+kea() { # rate [mt]: Kea memfile, single-threaded, or multi-threaded with "mt"
+  local mt='' label="memfile persist"
+  if [ "${2:-}" = mt ]; then
+    mt='"multi-threading": {"enable-multi-threading": true, "thread-pool-size": 2, "packet-queue-size": 64},'
+    label="memfile persist, multi-threading (2 threads)"
+  fi
   rm -f "$work"/kea-leases4.csv*
   cat > "$work/kea.conf" <<JSON
-{"Dhcp4": {"interfaces-config": {"interfaces": ["$sif"], "dhcp-socket-type": "udp"},
+{"Dhcp4": {"interfaces-config": {"interfaces": ["$sif"], "dhcp-socket-type": "udp"}, $mt
   "lease-database": {"type": "memfile", "persist": true, "name": "$work/kea-leases4.csv", "lfc-interval": 0},
   "valid-lifetime": 3600, "renew-timer": 1800, "rebind-timer": 3150,
   "subnet4": [{"id": 1, "subnet": "10.70.0.0/15", "pools": [{"pool": "$first - $last"}],
@@ -79,9 +96,19 @@ kea() { # rate
   "loggers": [{"name": "kea-dhcp4", "severity": "WARN", "output_options": [{"output": "$work/kea.log"}]}]}}
 JSON
   ip netns exec "$srv" kea-dhcp4 -c "$work/kea.conf" >"$work/kea.out" 2>&1 &
-  pids+=($!); sleep 1
-  perf "Kea $(kea-dhcp4 -v 2>/dev/null | head -1) memfile persist" "$1"
+  local kpid=$!
+  pids+=($kpid); sleep 1
+  local k0; k0=$(ticks "/proc/$kpid/stat")
+  perf "Kea $(kea-dhcp4 -v 2>/dev/null | head -1) $label" "$1"
+  cpu_line "Kea $label at $1/s" "$(( $(ticks "/proc/$kpid/stat") - k0 ))" 0
   stop_all
+}
+
+# The CPU per DORA of a run: ticks of the server and of PostgreSQL over the ACKs perfdhcp got.
+cpu_line() { # label server-ticks pg-ticks
+  local acks; acks=$(awk '{print $3}' "$work/last")
+  local hz; hz=$(getconf CLK_TCK)
+  echo "  $1: CPU per DORA $(( ($2 + $3) * 1000000 / hz / (acks + 1) )) µs (server $(( $2 * 1000000 / hz / (acks + 1) )) µs, PostgreSQL $(( $3 * 1000000 / hz / (acks + 1) )) µs; $acks ACKs)" >&2
 }
 
 dnsmasq_() { # rate
@@ -95,9 +122,14 @@ dnsmasq_() { # rate
   stop_all
 }
 
-server=$(PG_SCRATCH_OPTS="-c synchronous_commit=off -c shared_buffers=256MB" scripts/pg-scratch.sh "$work/pg")
-start_plinth() { # an empty database, plinth serving the bench subnet
+# The embedded database's durability: fsync, full-page writes and synchronous commit on.
+# (BENCH_PG_OPTS: more server options, e.g. auto_explain's; BENCH_PG_LOG=FILE keeps its log.)
+server=$(PG_SCRATCH_OPTS="-c shared_buffers=256MB ${BENCH_PG_OPTS:-}" scripts/pg-scratch.sh "$work/pg")
+start_plinth() { # [async]: an empty database, plinth serving the bench subnet
   psql "$server" -qc "drop database if exists dhcpbench" -c "create database dhcpbench" 2>/dev/null
+  if [ "${1:-}" = async ]; then
+    psql "$server" -qc "alter database dhcpbench set synchronous_commit = off"
+  fi
   url=${server/\/postgres\?//dhcpbench?}
   mkdir -p "$work/state"
   "$bin" migrate --database-url "$url" 2>/dev/null
@@ -119,11 +151,12 @@ pg_ticks() { # the postmaster and its children (its backends carry no path to ma
   local pm; pm=$(head -1 "$work/pg/data/postmaster.pid")
   ticks "/proc/$pm/stat" $(for p in $(pgrep -P "$pm" || true); do echo "/proc/$p/stat"; done)
 }
-plinth() { # rate
-  local entry label
+plinth() { # rate [async]
+  local entry label durability="synchronous commit"
+  [ "${2:-}" != async ] || durability="synchronous_commit=off"
   for entry in $plinth_bins; do
     label=${entry%%=*}; bin=${entry#*=}
-    start_plinth
+    start_plinth "${2:-}"
     # A label with "scraped" in it is scraped (every BENCH_SCRAPE seconds, default 1).
     local scrape=${BENCH_SCRAPE:-}
     [[ $label != *scraped* ]] || scrape=${BENCH_SCRAPE:-1}
@@ -131,27 +164,66 @@ plinth() { # rate
       ip netns exec "$srv" bash -c "while :; do curl -s -o /dev/null -H 'Authorization: Bearer $token' http://127.0.0.1:8080/metrics; sleep $scrape; done" &
       pids+=($!)
     fi
-    local p0 g0 acks0 acks1
-    p0=$(ticks "/proc/$pid/stat"); g0=$(pg_ticks); acks0=$(bound)
-    perf "plinth $label PostgreSQL 15${scrape:+, /metrics read every ${scrape} s}" "$1"
-    acks1=$(bound)
-    echo "  plinth $label at $1/s: CPU per DORA plinth $(( ($(ticks "/proc/$pid/stat") - p0) * 10000000 / $(getconf CLK_TCK) / (acks1 - acks0 + 1) / 10 )) µs, PostgreSQL $(( ($(pg_ticks) - g0) * 10000000 / $(getconf CLK_TCK) / (acks1 - acks0 + 1) / 10 )) µs ($((acks1 - acks0)) leases)" >&2
+    local p0 g0
+    p0=$(ticks "/proc/$pid/stat"); g0=$(pg_ticks)
+    perf "plinth $label PostgreSQL 15, $durability${scrape:+, /metrics read every ${scrape} s}" "$1"
+    cpu_line "plinth $label ($durability) at $1/s" "$(( $(ticks "/proc/$pid/stat") - p0 ))" "$(( $(pg_ticks) - g0 ))"
     plinth_rss="$plinth_rss
-plinth $label RSS after $1/s: $(rss) with $(bound) bound leases"
+plinth $label ($durability) RSS after $1/s: $(rss) with $(bound) bound leases"
     stop_all
   done
   bin=$head_bin
 }
 
+run_server() { # server rate: one run of one server at one rate (a table row, a CPU line)
+  case $1 in
+    kea) kea "$2" ;;
+    kea-mt) kea "$2" mt ;;
+    dnsmasq) dnsmasq_ "$2" ;;
+    plinth) plinth "$2" ;;
+    plinth-async) plinth "$2" async ;;
+  esac
+}
+measured=()
+for s_ in $servers; do [ "$s_" = memory ] || measured+=("$s_"); done
+
 echo "| server | offered DORA/s | achieved DORA/s | drops (both exchanges) | avg delay DISCOVER-OFFER / REQUEST-ACK |"
 echo "|---|---|---|---|---|"
-for round in $(seq "$rounds"); do
-  for rate in $rates; do
-    [[ $servers != *" kea "* ]] || kea "$rate"
-    [[ $servers != *" dnsmasq "* ]] || dnsmasq_ "$rate"
-    [[ $servers != *" plinth "* ]] || plinth "$rate"
+if [ -z "${BENCH_SUSTAINED:-}" ]; then
+  for round in $(seq "$rounds"); do
+    for rate in $rates; do
+      for s_ in "${measured[@]}"; do run_server "$s_" "$rate"; done
+    done
   done
-done
+else
+  # Each server's highest rate under 0.1 % drops; the servers take turns at every probe.
+  declare -A good bad step
+  from=${BENCH_SUSTAIN_FROM:-4000}; resolution=${BENCH_SUSTAIN_RESOLUTION:-500}
+  for s_ in "${measured[@]}"; do good[$s_]=0; bad[$s_]=0; step[$s_]=${BENCH_SUSTAIN_STEP:-2000}; done
+  next_rate() { # server → the next rate to probe, or nothing when found
+    local g=${good[$1]} b=${bad[$1]}
+    if [ "$b" = 0 ]; then
+      [ "$g" = 0 ] && echo "$from" || echo $((g + step[$1]))
+    elif [ $((b - g)) -gt "$resolution" ]; then
+      echo $(( (g + b) / 2 / 100 * 100 ))
+    fi
+  }
+  while :; do
+    probed=0
+    for s_ in "${measured[@]}"; do
+      r=$(next_rate "$s_")
+      [ -n "$r" ] || continue
+      probed=1
+      run_server "$s_" "$r"
+      if awk '{exit !($2 < 0.1)}' "$work/last"; then good[$s_]=$r; else bad[$s_]=$r; fi
+    done
+    [ "$probed" = 1 ] || break
+  done
+  echo
+  echo "| server | highest rate under 0.1 % drops (DORA/s offered; resolution $resolution) | first rate above it that dropped more |"
+  echo "|---|---|---|"
+  for s_ in "${measured[@]}"; do echo "| $s_ | ${good[$s_]} | ${bad[$s_]} |"; done
+fi
 
 # Memory with 100,000 leases: bind 100,000 addresses to distinct clients, then serve 4000/s for
 # 5 s more (20,000 new clients, fewer than the 30,815 addresses left) and read the process's

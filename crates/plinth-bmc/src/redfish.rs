@@ -554,6 +554,31 @@ impl Redfish {
     }
 
     async fn do_power(&self, action: PowerAction) -> Result<()> {
+        let mut again = true;
+        loop {
+            match self.power_once(action).await? {
+                None => return Ok(()),
+                // A cycle refused because the machine went off between the read of its power
+                // state and the reset (an OS that shut down, a deployed image powering itself
+                // off): read it again, once; off now, the cycle powers it on.
+                Some((power, BmcError::Rejected(_)))
+                    if again
+                        && matches!(action, PowerAction::Cycle)
+                        && power != Some(PowerState::Off) =>
+                {
+                    again = false;
+                }
+                Some((_, e)) => return Err(e),
+            }
+        }
+    }
+
+    /// One reset chosen from the power state read now: `None` when the BMC took it, else the
+    /// power state it was chosen from and the BMC's refusal.
+    async fn power_once(
+        &self,
+        action: PowerAction,
+    ) -> Result<Option<(Option<PowerState>, BmcError)>> {
         let (path, s, _) = self.system().await?;
         let power = s
             .power_state
@@ -583,9 +608,9 @@ impl Redfish {
             )
             .await?;
         if status.is_success() {
-            Ok(())
+            Ok(None)
         } else {
-            Err(status_error(status, &body))
+            Ok(Some((power, status_error(status, &body))))
         }
     }
 

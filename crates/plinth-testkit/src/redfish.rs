@@ -72,6 +72,9 @@ pub struct Knobs {
     pub hostile: Hostile,
     /// Where the virtual media are and how they misbehave.
     pub vmedia: MediaKnobs,
+    /// The system powers itself off just before the next reset request is acted on (an OS
+    /// that shut down between the client's read of the power state and its reset).
+    pub off_before_reset: bool,
 }
 
 /// The lies of a compromised BMC (issue 17): each one a way to make its client read without
@@ -529,7 +532,17 @@ async fn reset(
         return r;
     }
     firmware::on_reset(&s, &body);
-    let host = s.lock().expect("emulator state").host.clone();
+    let (host, off_first) = {
+        let mut b = s.lock().expect("emulator state");
+        let off_first = std::mem::take(&mut b.knobs.off_before_reset);
+        if off_first && b.host.is_none() {
+            b.power = "Off";
+        }
+        (b.host.clone(), off_first)
+    };
+    if off_first && let Some(h) = &host {
+        h.power_off();
+    }
     if let Some(h) = host {
         // The override in effect for a boot this reset starts; a one-time one is used up.
         let boot = {

@@ -98,6 +98,35 @@ async fn reset_types_come_from_what_the_bmc_allows() {
     );
 }
 
+/// A machine that powers itself off between the driver's read of its state and the reset (the
+/// deployed test image does, right after it reports; a release's clean then cycles it): the
+/// BMC refuses ForceRestart for a machine that is off, and the driver reads the state again
+/// and powers it on, once. A reset of a machine that is off stays refused.
+#[tokio::test]
+async fn a_cycle_of_a_machine_that_just_went_off_powers_it_on() {
+    let emu = RedfishEmulator::start("root", "calvin").await.unwrap();
+    let bmc = driver(&emu, "calvin", Duration::from_secs(5));
+    bmc.power(PowerAction::Cycle).await.unwrap();
+    assert_eq!(emu.power(), "On");
+    emu.knobs(|k| k.off_before_reset = true);
+    let before = emu.requests().len();
+    bmc.power(PowerAction::Cycle).await.unwrap();
+    assert_eq!(emu.power(), "On");
+    let resets = emu.requests()[before..]
+        .iter()
+        .filter(|r| r.as_str() == "POST reset")
+        .count();
+    assert_eq!(resets, 2, "refused, then On: {:?}", emu.requests());
+    // Reset has no such meaning for a machine that is off.
+    emu.knobs(|k| k.off_before_reset = true);
+    let e = bmc.power(PowerAction::Reset).await.unwrap_err();
+    assert!(
+        matches!(&e, BmcError::Rejected(m) if m.contains("not supported in the current state")),
+        "{e:?}"
+    );
+    assert_eq!(emu.power(), "Off");
+}
+
 #[tokio::test]
 async fn failing_and_slow_bmcs() {
     let emu = RedfishEmulator::start("root", "calvin").await.unwrap();

@@ -267,6 +267,59 @@ impl Default for LeaseTimers {
     }
 }
 
+/// The offers this instance made from memory (see `dhcp_lease_batch`): the table does not
+/// hold them, so the instance remembers each, by client, until the client binds it (or is
+/// refused, or goes elsewhere) or the offer lapses, and passes them to every batch: a client
+/// asking again is offered the same address, and no address is offered to two clients.
+#[derive(Debug, Default)]
+pub(crate) struct OfferBook {
+    open: std::sync::Mutex<std::collections::HashMap<MacAddr, (Ipv4Addr, std::time::Instant)>>,
+}
+
+impl OfferBook {
+    /// At most this many open offers are remembered (a flood of DISCOVERs from made-up MACs
+    /// must not grow it, nor every batch's list of addresses to skip). An offer past it is
+    /// still made; only another client may then be offered its address too, and one of the two
+    /// is refused at its REQUEST and starts over.
+    const MAX: usize = 1024;
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<MacAddr, (Ipv4Addr, std::time::Instant)>>
+    {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// For the calls of a batch: each client's open offer, and every open offer's address.
+    fn snapshot(
+        &self,
+        macs: impl Iterator<Item = MacAddr>,
+    ) -> (Vec<Option<Ipv4Addr>>, Vec<Ipv4Addr>) {
+        let now = std::time::Instant::now();
+        let mut open = self.lock();
+        open.retain(|_, (_, until)| *until > now);
+        let held = macs.map(|m| open.get(&m).map(|(a, _)| *a)).collect();
+        (held, open.values().map(|(a, _)| *a).collect())
+    }
+
+    /// Takes in what the database decided for `mac`.
+    fn note(&self, mac: MacAddr, d: &plinth_db::leases::LeaseDecision, offer_secs: u32) {
+        let mut open = self.lock();
+        match (d.from_memory, d.address) {
+            (true, Some(a)) if open.len() < Self::MAX || open.contains_key(&mac) => {
+                let until = std::time::Instant::now()
+                    + std::time::Duration::from_secs(u64::from(offer_secs));
+                open.insert(mac, (a, until));
+            }
+            (true, _) => {}
+            // Bound, refused, released, declined, or an offer the table holds.
+            (false, _) => {
+                open.remove(&mac);
+            }
+        }
+    }
+}
+
 /// Whether a failed batch is worth retrying item by item: it hit a constraint or a deadlock
 /// because another batch (of this or another instance) was answering the same client.
 fn batch_conflict(e: &plinth_db::Error) -> bool {
@@ -434,6 +487,7 @@ impl App {
                 addr: r.op.parts().1,
                 client_id: r.client_id,
                 hostname: r.hostname,
+                held: None,
             })
             .collect();
         let offer_secs = i32::try_from(timers.offer_secs).unwrap_or(i32::MAX);
@@ -441,19 +495,37 @@ impl App {
         // Another batch (of this or another instance) answering one of these clients at this
         // moment fails the whole batch: then they are decided one by one, so that only that
         // client is left to the other batch.
+        // The book of offers made from memory is read before each call and takes in its
+        // answers at once, so that the one-by-one calls after a failed batch see each other's.
         let pool = self.pool();
         let calls = &calls;
+        let book = &self.offers;
         let decided: Vec<Decided> = crate::batch::all_or_each(
             calls.len(),
             |some| async move {
+                let some = &calls[some];
+                let (held, skip) = book.snapshot(some.iter().map(|c| c.mac));
+                let some: Vec<plinth_db::leases::LeaseCall<'_>> = some
+                    .iter()
+                    .zip(held)
+                    .map(|(c, held)| plinth_db::leases::LeaseCall {
+                        held: if c.op == "discover" { held } else { None },
+                        ..*c
+                    })
+                    .collect();
                 let mut conn = plinth_db::acquire(pool).await?;
-                plinth_db::leases::decide_batch(
+                let decided = plinth_db::leases::decide_batch(
                     &mut conn,
-                    &calls[some],
+                    &some,
+                    &skip,
                     offer_secs,
                     quarantine_secs,
                 )
-                .await
+                .await?;
+                for (c, d) in some.iter().zip(&decided) {
+                    book.note(c.mac, d, timers.offer_secs);
+                }
+                Ok(decided)
             },
             |e| {
                 let conflict = batch_conflict(e);

@@ -70,6 +70,8 @@ pub struct App {
     hub: std::sync::Arc<stream::Hub>,
     /// The file fetches this instance served, not yet written (issue 22).
     fetches: std::sync::Arc<sightings::FetchLog>,
+    /// The DHCP offers this instance made from memory and still holds open.
+    offers: std::sync::Arc<dhcp::OfferBook>,
 }
 
 /// The boot chain's settings and templates, fixed at start.
@@ -117,6 +119,7 @@ impl App {
             ),
             hub: std::sync::Arc::new(stream::Hub::new(Default::default())),
             fetches: Default::default(),
+            offers: Default::default(),
         };
         app.metrics.register(app.fetches.clone());
         app

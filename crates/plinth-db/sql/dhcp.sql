@@ -40,6 +40,9 @@ create or replace trigger subnet_ranges_check before insert or update on subnet_
 --   p_op: discover | select | init_reboot | renew | select_other | release | decline | inform
 --   p_match: giaddr for relayed requests, else the address of the interface the request came in on
 --   p_addr: the requested address (option 50) or ciaddr, as the op needs
+--   p_skip: addresses no DISCOVER may be offered: the instance's offers from memory to other
+--           clients (see dhcp_lease_batch), which the table does not show
+drop function if exists dhcp_lease(text, inet, boolean, macaddr, inet, bytea, text, integer, integer);
 create or replace function dhcp_lease(
     p_op text,
     p_match inet,
@@ -49,7 +52,8 @@ create or replace function dhcp_lease(
     p_client_id bytea,
     p_hostname text,
     p_offer_secs integer,
-    p_quarantine_secs integer
+    p_quarantine_secs integer,
+    p_skip inet[] default '{}'
 ) returns table (
     outcome text,
     address inet,
@@ -131,6 +135,7 @@ begin
             select lx.address into target from leases lx
             where lx.subnet_id = s.id and lx.mac = p_mac and lx.pool and lx.state <> 'declined'
               and coalesce((select n.mac from nics n where n.active and n.ipv4 = lx.address), p_mac) = p_mac
+              and not (lx.address = any(p_skip))
             order by (lx.state in ('offered', 'bound')) desc, lx.updated_at desc
             limit 1;
             previous := target;
@@ -139,6 +144,7 @@ begin
                 where lx.address = p_addr and lx.subnet_id = s.id and lx.pool
                   and (lx.state = 'free' or (lx.expires_at < now() and lx.state <> 'declined'))
                   and coalesce((select n.mac from nics n where n.active and n.ipv4 = lx.address), p_mac) = p_mac
+                  and not (lx.address = any(p_skip))
                 for update skip locked;
             end if;
             if target is null then
@@ -151,6 +157,7 @@ begin
                 select lx.address into target from leases lx
                 where lx.subnet_id = s.id and lx.state = 'free' and lx.pool and lx.address >= start
                   and (select n.id from nics n where n.active and n.ipv4 = lx.address) is null
+                  and not (lx.address = any(p_skip))
                 order by lx.address
                 limit 1
                 for update skip locked;
@@ -158,6 +165,7 @@ begin
                     select lx.address into target from leases lx
                     where lx.subnet_id = s.id and lx.state = 'free' and lx.pool and lx.address < start
                       and (select n.id from nics n where n.active and n.ipv4 = lx.address) is null
+                      and not (lx.address = any(p_skip))
                     order by lx.address
                     limit 1
                     for update skip locked;
@@ -167,6 +175,7 @@ begin
                 select lx.address into target from leases lx
                 where lx.subnet_id = s.id and lx.state <> 'free' and lx.expires_at < now() and lx.pool
                   and (select n.id from nics n where n.active and n.ipv4 = lx.address) is null
+                  and not (lx.address = any(p_skip))
                 order by lx.expires_at
                 limit 1
                 for update skip locked;
@@ -259,17 +268,32 @@ $$;
 -- Lease decisions in batches: one round trip and one transaction for every packet that arrived
 -- while the previous batch was in the database. The common steps of a boot storm are done for
 -- the whole batch in a few set-based statements:
---   new      a DISCOVER from a client the subnet has never seen: the next free addresses
+--   bind     a REQUEST (selecting, init-reboot, renewing) for the address this client holds or
+--            was offered, or for a free one
 --   again    a DISCOVER from a client with a lease row: that address again
---   bind     a REQUEST (selecting, init-reboot, renewing) for the address this client holds
+--   held     a DISCOVER from a client this instance offered an address from memory: that one
+--   new      a DISCOVER from a client the subnet has never seen: the next free addresses
 -- and everything else (reservations, requested addresses, NAKs, RELEASE, DECLINE, INFORM, a
 -- client sending twice in one batch, a pool running dry) goes through `dhcp_lease`, one item at
 -- a time, in arrival order, after the set-based steps. Results are one row per item (`i`, from 1),
--- exactly as `dhcp_lease` would have answered. The constraints that make leases safe to share
--- (the primary key on the address, leases_client_key) are the same. Batches of several
--- instances take a lock per client first, so they do not race for one client; a batch that
--- still fails (a deadlock between two instances' one-by-one items) fails as a whole, and the
--- caller retries its items one by one.
+-- as `dhcp_lease` would have answered. The constraints that make leases safe to share (the
+-- primary key on the address, leases_client_key) are the same. Batches of several instances
+-- take a lock per client first, so they do not race for one client; a batch that still fails (a
+-- deadlock between two instances' one-by-one items) fails as a whole, and the caller retries its
+-- items one by one.
+--
+-- Offers from memory. In a subnet whose ranges hold at least 1,024 addresses, a DISCOVER that
+-- takes a set-based step is answered without a write (`from_memory`): the address is committed
+-- when the client's REQUEST binds it, and a free address binds as an offered one does. The
+-- calling instance remembers its offers and passes them in, so that it never offers one address
+-- to two clients:
+--   p_held   per item, the address this instance offered the client from memory (null: none)
+--   p_skip   every address this instance offered from memory and has not seen bound
+-- Other instances do not see them: two instances may offer one free address to two clients at
+-- the same moment, and then the first REQUEST binds it and the second is refused (NAK) and the
+-- client starts over. That is rare where the pool is large, and a smaller pool keeps written
+-- offers (rows `offered` for offer_secs, which every instance sees).
+drop function if exists dhcp_lease_batch(text[], inet[], boolean[], macaddr[], inet[], bytea[], text[], integer, integer);
 create or replace function dhcp_lease_batch(
     p_op text[],
     p_match inet[],
@@ -278,6 +302,8 @@ create or replace function dhcp_lease_batch(
     p_addr inet[],
     p_client_id bytea[],
     p_hostname text[],
+    p_held inet[],
+    p_skip inet[],
     p_offer_secs integer,
     p_quarantine_secs integer
 ) returns table (
@@ -294,7 +320,8 @@ create or replace function dhcp_lease_batch(
     machine_id uuid,
     machine_state text,
     boot_file text,
-    reason text
+    reason text,
+    from_memory boolean
 ) language plpgsql
 set jit = off set enable_bitmapscan = off set enable_sort = off set plan_cache_mode = force_generic_plan
 as $$
@@ -308,13 +335,18 @@ declare
     c_mboot text[];
     c_res inet[];
     c_prev inet[];
-    -- the items the set-based steps answered, and their addresses
+    c_mem boolean[];
+    -- the items the set-based steps answered, and their addresses; those offered from memory
     d_i integer[] := '{}';
     d_addr inet[] := '{}';
+    m_i integer[] := '{}';
+    m_addr inet[] := '{}';
     v_sid uuid;
     v_want integer;
+    v_mem boolean;
     v_start inet;
     v_free inet[];
+    v_taken inet[];
     v_i integer[];
     v_mac macaddr[];
     v_client_id bytea[];
@@ -325,9 +357,11 @@ begin
         return;
     end if;
     if cardinality(p_match) <> n or cardinality(p_relayed) <> n or cardinality(p_mac) <> n
-       or cardinality(p_addr) <> n or cardinality(p_client_id) <> n or cardinality(p_hostname) <> n then
+       or cardinality(p_addr) <> n or cardinality(p_client_id) <> n or cardinality(p_hostname) <> n
+       or cardinality(p_held) <> n then
         raise exception 'dhcp_lease_batch: arrays of different lengths';
     end if;
+    p_skip := coalesce(p_skip, '{}');
 
     -- One batch at a time per client, across instances: two instances on one segment both
     -- answer every broadcast, and the second must find the first one's offer rather than race
@@ -336,18 +370,24 @@ begin
     from (select distinct hashtext(m::text) as k from unnest(p_mac) m order by 1) x;
 
     -- Classify every item: its subnet, the machine behind its MAC, and which step answers it.
-    select array_agg(kind order by x.i), array_agg(s.id order by x.i), array_agg(m.id order by x.i),
+    select array_agg(c.kind order by x.i), array_agg(s.id order by x.i), array_agg(m.id order by x.i),
            array_agg(m.state order by x.i), array_agg(m.boot_file order by x.i),
-           array_agg(r.reserved order by x.i), array_agg(p.address order by x.i)
-    into c_kind, c_sid, c_mid, c_mstate, c_mboot, c_res, c_prev
+           array_agg(r.reserved order by x.i),
+           array_agg(case c.kind when 'held' then h.address else p.address end order by x.i),
+           array_agg(coalesce(s.large, false) order by x.i)
+    into c_kind, c_sid, c_mid, c_mstate, c_mboot, c_res, c_prev, c_mem
     from (
-        select t.i::integer as i, t.op, t.match, t.relayed, t.mac, t.addr,
+        select t.i::integer as i, t.op, t.match, t.relayed, t.mac, t.addr, t.held,
                row_number() over (partition by t.mac order by t.i) as nth
-        from unnest(p_op, p_match, p_relayed, p_mac, p_addr) with ordinality as t(op, match, relayed, mac, addr, i)
+        from unnest(p_op, p_match, p_relayed, p_mac, p_addr, p_held) with ordinality
+             as t(op, match, relayed, mac, addr, held, i)
     ) x
     -- as in dhcp_lease: a relay address names its subnet, else the subnet around the address
     left join lateral (
-        select sn.id, sn.cidr from subnets sn
+        select sn.id, sn.cidr,
+               (select coalesce(sum(rg.last_addr - rg.first_addr + 1), 0) from subnet_ranges rg
+                where rg.subnet_id = sn.id) >= 1024 as large
+        from subnets sn
         where (x.relayed and x.match = any(sn.relay_addresses)) or sn.cidr >> x.match
         order by (x.relayed and x.match = any(sn.relay_addresses)) desc
         limit 1
@@ -367,40 +407,86 @@ begin
         order by (lx.state in ('offered', 'bound')) desc, lx.updated_at desc
         limit 1
     ) p on true
+    -- the address offered from memory, if the client may still have it
+    left join lateral (
+        select lx.address from leases lx
+        where x.op = 'discover' and x.held is not null and s.large
+          and lx.address = x.held and lx.subnet_id = s.id and lx.pool
+          and case when lx.state = 'free' then true
+                   when lx.state in ('offered', 'bound') then lx.mac = x.mac or lx.expires_at < now()
+                   else false end
+          and coalesce((select nc.mac from nics nc where nc.active and nc.ipv4 = lx.address), x.mac) = x.mac
+    ) h on true
     cross join lateral (
         select case
             when s.id is null or x.nth > 1 then 'general'
-            when x.op = 'discover' and r.reserved is null and p.address is not null then 'again'
+            -- (an address this instance offered another client from memory is not offered again)
+            when x.op = 'discover' and r.reserved is null and p.address is not null
+                 and (not (p.address = any(p_skip)) or p.address = x.held) then 'again'
+            when x.op = 'discover' and r.reserved is null and x.addr is null and p.address is null
+                 and h.address is not null then 'held'
             when x.op = 'discover' and r.reserved is null and x.addr is null
                  and not exists (select 1 from leases lx where lx.mac = x.mac and lx.subnet_id = s.id) then 'new'
             when x.op in ('select', 'init_reboot', 'renew') and x.addr << s.cidr
                  and (r.reserved is null or r.reserved = x.addr)
                  and not exists (select 1 from nics nc where nc.active and nc.ipv4 = x.addr and nc.mac <> x.mac)
+                 -- (a live lease of the client's elsewhere is freed first, on the one-by-one path)
+                 and not exists (select 1 from leases lx where lx.subnet_id = s.id and lx.mac = x.mac
+                                 and lx.state in ('offered', 'bound') and lx.address <> x.addr)
                 then 'bind'
             else 'general'
         end as kind
     ) c;
 
-    -- again: offer the client its address once more (a live binding stays bound).
+    -- bind: the client asks for the address it holds or was offered, or for a free one (offered
+    -- from memory, by this instance or another). First, so that the steps below see it taken.
+    with u as (
+        update leases l set state = 'bound', mac = t.mac, client_id = t.client_id,
+            hostname = case when l.mac = t.mac then coalesce(t.hostname, l.hostname) else t.hostname end,
+            expires_at = now() + make_interval(secs => sn.lease_time), updated_at = now()
+        from unnest(c_kind, c_sid, c_res, p_addr, p_mac, p_client_id, p_hostname) with ordinality
+             as t(kind, sid, reserved, addr, mac, client_id, hostname, i)
+        join subnets sn on sn.id = t.sid
+        where t.kind = 'bind' and l.address = t.addr
+          -- (written so that no partial index matches: the planner's statistics on the state
+          -- column are always stale, and it would scan one of them instead of the key)
+          and case when l.state = 'free' then true
+                   when l.state in ('offered', 'bound') then l.mac = t.mac or l.expires_at < now()
+                   else false end
+          and (l.pool or l.address = t.reserved)
+        returning t.i::integer as i, l.address
+    )
+    select d_i || coalesce(array_agg(u.i), '{}'), d_addr || coalesce(array_agg(u.address), '{}')
+    into d_i, d_addr from u;
+
+    -- again, where offers are written: offer the client its address once more (a live binding
+    -- stays bound).
     with u as (
         update leases l set
             state = case when l.state = 'bound' and l.expires_at > now() then 'bound' else 'offered' end,
             expires_at = case when l.state = 'bound' and l.expires_at > now() then l.expires_at
                               else now() + make_interval(secs => p_offer_secs) end,
             client_id = t.client_id, hostname = t.hostname, updated_at = now()
-        from unnest(c_kind, c_prev, p_mac, p_client_id, p_hostname) with ordinality
-             as t(kind, prev, mac, client_id, hostname, i)
-        where t.kind = 'again' and l.address = t.prev and l.mac = t.mac
+        from unnest(c_kind, c_mem, c_prev, p_mac, p_client_id, p_hostname) with ordinality
+             as t(kind, mem, prev, mac, client_id, hostname, i)
+        where t.kind = 'again' and not t.mem and l.address = t.prev and l.mac = t.mac
           and case when l.state <> 'declined' then true else false end
         returning t.i::integer as i, l.address
     )
     select d_i || coalesce(array_agg(u.i), '{}'), d_addr || coalesce(array_agg(u.address), '{}')
     into d_i, d_addr from u;
 
+    -- again and held, from memory: nothing to write (unless the address was bound just above,
+    -- for another client: then the one-by-one path finds another).
+    select m_i || coalesce(array_agg(t.i::integer), '{}'), m_addr || coalesce(array_agg(t.prev), '{}')
+    into m_i, m_addr
+    from unnest(c_kind, c_mem, c_prev) with ordinality as t(kind, mem, prev, i)
+    where ((t.kind = 'again' and t.mem) or t.kind = 'held') and not (t.prev = any(d_addr));
+
     -- new: the next free addresses of the subnet from a random point, as many as there are
-    -- new clients; those left over (the pool ran out past that point) go through dhcp_lease.
-    for v_sid, v_want in
-        select t.sid, count(*)::integer from unnest(c_kind, c_sid) as t(kind, sid)
+    -- new clients; those left over (the pool ran out) go through dhcp_lease.
+    for v_sid, v_want, v_mem in
+        select t.sid, count(*)::integer, bool_or(t.mem) from unnest(c_kind, c_sid, c_mem) as t(kind, sid, mem)
         where t.kind = 'new' group by t.sid
     loop
         select set_masklen(sn.cidr::inet + floor(random() * (2 ^ (32 - masklen(sn.cidr))))::bigint, 32)
@@ -413,56 +499,80 @@ begin
         from unnest(c_kind, c_sid, p_mac, p_client_id, p_hostname) with ordinality
              as t(kind, sid, mac, client_id, hostname, i)
         where t.kind = 'new' and t.sid = v_sid;
-        select array_agg(f.address) into v_free
-        from (
-            select lx.address from leases lx
-            where lx.subnet_id = v_sid and lx.state = 'free' and lx.pool and lx.address >= v_start
-              and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
-            order by lx.address
-            limit v_want
-            for update skip locked
-        ) f;
-        with u as (
-            update leases l set state = 'offered', mac = z.mac, client_id = z.client_id, hostname = z.hostname,
-                expires_at = now() + make_interval(secs => p_offer_secs), updated_at = now()
-            from unnest(v_free, v_i, v_mac, v_client_id, v_hostname) as z(address, i, mac, client_id, hostname)
-            where l.address = z.address and z.i is not null
-            returning z.i, l.address
-        )
-        select d_i || coalesce(array_agg(u.i), '{}'), d_addr || coalesce(array_agg(u.address), '{}')
-        into d_i, d_addr from u;
+        v_taken := p_skip || m_addr;
+        if v_mem then
+            -- Read only: past the end of the subnet, from its start.
+            select array_agg(f.address) into v_free
+            from (
+                (select lx.address from leases lx
+                 where lx.subnet_id = v_sid and lx.state = 'free' and lx.pool and lx.address >= v_start
+                   and not (lx.address = any(v_taken))
+                   and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
+                 order by lx.address
+                 limit v_want)
+                union all
+                (select lx.address from leases lx
+                 where lx.subnet_id = v_sid and lx.state = 'free' and lx.pool and lx.address < v_start
+                   and not (lx.address = any(v_taken))
+                   and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
+                 order by lx.address
+                 limit v_want)
+                limit v_want
+            ) f;
+            select m_i || coalesce(array_agg(z.i), '{}'), m_addr || coalesce(array_agg(z.address), '{}')
+            into m_i, m_addr
+            from unnest(v_free, v_i) as z(address, i)
+            where z.i is not null and z.address is not null;
+        else
+            select array_agg(f.address) into v_free
+            from (
+                select lx.address from leases lx
+                where lx.subnet_id = v_sid and lx.state = 'free' and lx.pool and lx.address >= v_start
+                  and not (lx.address = any(v_taken))
+                  and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
+                order by lx.address
+                limit v_want
+                for update skip locked
+            ) f;
+            with u as (
+                update leases l set state = 'offered', mac = z.mac, client_id = z.client_id, hostname = z.hostname,
+                    expires_at = now() + make_interval(secs => p_offer_secs), updated_at = now()
+                from unnest(v_free, v_i, v_mac, v_client_id, v_hostname) as z(address, i, mac, client_id, hostname)
+                where l.address = z.address and z.i is not null
+                returning z.i, l.address
+            )
+            select d_i || coalesce(array_agg(u.i), '{}'), d_addr || coalesce(array_agg(u.address), '{}')
+            into d_i, d_addr from u;
+        end if;
     end loop;
-
-    -- bind: the client asks for the address it was offered or holds.
-    with u as (
-        update leases l set state = 'bound', client_id = t.client_id,
-            hostname = coalesce(t.hostname, l.hostname),
-            expires_at = now() + make_interval(secs => sn.lease_time), updated_at = now()
-        from unnest(c_kind, c_sid, c_res, p_addr, p_mac, p_client_id, p_hostname) with ordinality
-             as t(kind, sid, reserved, addr, mac, client_id, hostname, i)
-        join subnets sn on sn.id = t.sid
-        where t.kind = 'bind' and l.address = t.addr and l.mac = t.mac
-          -- offered or bound (written so that no partial index matches: the planner's statistics on
-          -- the state column are always stale, and it would scan one of them instead of the key)
-          and case when l.state in ('offered', 'bound') then true else false end
-          and (l.pool or l.address = t.reserved)
-        returning t.i::integer as i, l.address
-    )
-    select d_i || coalesce(array_agg(u.i), '{}'), d_addr || coalesce(array_agg(u.address), '{}')
-    into d_i, d_addr from u;
 
     return query
         select d.i, case c_kind[d.i] when 'bind' then 'ack' else 'offer' end, d.addr, sn.lease_time,
                sn.id, sn.cidr, sn.router, sn.dns_servers, sn.domain, sn.boot_server,
-               c_mid[d.i], c_mstate[d.i], c_mboot[d.i], null::text
-        from unnest(d_i, d_addr) as d(i, addr)
+               c_mid[d.i], c_mstate[d.i], c_mboot[d.i], null::text, d.mem
+        from (select u.i, u.addr, false as mem from unnest(d_i, d_addr) as u(i, addr)
+              union all
+              select u.i, u.addr, true from unnest(m_i, m_addr) as u(i, addr)) d
         join subnets sn on sn.id = c_sid[d.i];
 
-    -- Everything else, one at a time, in arrival order.
-    for k in select g from generate_series(1, n) g where not (g = any(d_i)) order by g loop
-        return query
-            select k, f.* from dhcp_lease(p_op[k], p_match[k], p_relayed[k], p_mac[k], p_addr[k],
-                p_client_id[k], p_hostname[k], p_offer_secs, p_quarantine_secs) f;
+    -- Everything else, one at a time, in arrival order, away from the addresses offered above
+    -- (a client's second DISCOVER in the batch is offered what its first was).
+    v_taken := p_skip || m_addr;
+    for k in select g from generate_series(1, n) g where not (g = any(d_i) or g = any(m_i)) order by g loop
+        v_start := null;
+        if p_op[k] = 'discover' then
+            select z.addr into v_start from unnest(m_i, m_addr) as z(i, addr) where p_mac[z.i] = p_mac[k] and c_sid[z.i] = c_sid[k] limit 1;
+        end if;
+        if v_start is not null then
+            return query
+                select k, 'offer'::text, v_start, sn.lease_time, sn.id, sn.cidr, sn.router, sn.dns_servers,
+                       sn.domain, sn.boot_server, c_mid[k], c_mstate[k], c_mboot[k], null::text, true
+                from subnets sn where sn.id = c_sid[k];
+        else
+            return query
+                select k, f.*, false from dhcp_lease(p_op[k], p_match[k], p_relayed[k], p_mac[k], p_addr[k],
+                    p_client_id[k], p_hostname[k], p_offer_secs, p_quarantine_secs, v_taken) f;
+        end if;
     end loop;
 end
 $$;

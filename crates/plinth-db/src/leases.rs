@@ -24,6 +24,9 @@ pub struct LeaseCall<'a> {
     pub addr: Option<Ipv4Addr>,
     pub client_id: Option<&'a [u8]>,
     pub hostname: Option<&'a str>,
+    /// For a DISCOVER: the address the calling instance offered this client from memory, if
+    /// its offer is still open.
+    pub held: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,14 +46,20 @@ pub struct LeaseDecision {
     pub machine_state: Option<MachineState>,
     pub boot_file: Option<String>,
     pub reason: Option<String>,
+    /// An offer the table does not hold: the calling instance must remember it (and pass it
+    /// back as `held` and in `skip`) until the client binds it or the offer lapses.
+    pub from_memory: bool,
 }
 
 /// Decides a batch of lease calls in one statement (one transaction, committed when this
-/// returns). Answers are in the order of `calls`. An offer holds its address for `offer_secs`;
-/// a declined address stays out of the pool for `quarantine_secs`.
+/// returns). Answers are in the order of `calls`. A written offer holds its address for
+/// `offer_secs`; a declined address stays out of the pool for `quarantine_secs`. `skip`: every
+/// address the calling instance offered from memory and has not seen bound (none is offered
+/// to another client).
 pub async fn decide_batch(
     conn: &mut PgConnection,
     calls: &[LeaseCall<'_>],
+    skip: &[Ipv4Addr],
     offer_secs: i32,
     quarantine_secs: i32,
 ) -> Result<Vec<LeaseDecision>> {
@@ -64,14 +73,18 @@ pub async fn decide_batch(
     let addrs: Vec<Option<IpAddr>> = calls.iter().map(|c| c.addr.map(IpAddr::V4)).collect();
     let client_ids: Vec<Option<&[u8]>> = calls.iter().map(|c| c.client_id).collect();
     let hostnames: Vec<Option<&str>> = calls.iter().map(|c| c.hostname).collect();
+    let held: Vec<Option<IpAddr>> = calls.iter().map(|c| c.held.map(IpAddr::V4)).collect();
+    let skip: Vec<IpAddr> = skip.iter().copied().map(IpAddr::V4).collect();
     let rows = sqlx::query!(
         r#"select i as "i!", outcome, address as "address: IpAddr", lease_secs, subnet_id,
                   cidr::text as cidr, masklen(cidr) as prefix_len, router as "router: IpAddr",
                   dns_servers as "dns_servers: Vec<IpAddr>", domain,
                   boot_server as "boot_server: IpAddr", machine_id,
-                  machine_state as "machine_state: MachineState", boot_file, reason
+                  machine_state as "machine_state: MachineState", boot_file, reason,
+                  from_memory as "from_memory!"
            from dhcp_lease_batch($1::text[], $2::inet[], $3::bool[], $4::macaddr[],
-                                 $5::inet[], $6::bytea[], $7::text[], $8, $9)"#,
+                                 $5::inet[], $6::bytea[], $7::text[], $8::inet[], $9::inet[],
+                                 $10, $11)"#,
         &ops as &[&str],
         &matches as &[IpAddr],
         &relayed,
@@ -79,6 +92,8 @@ pub async fn decide_batch(
         &addrs as &[Option<IpAddr>],
         &client_ids as &[Option<&[u8]>],
         &hostnames as &[Option<&str>],
+        &held as &[Option<IpAddr>],
+        &skip as &[IpAddr],
         offer_secs,
         quarantine_secs
     )
@@ -113,6 +128,7 @@ pub async fn decide_batch(
             machine_state: r.machine_state,
             boot_file: r.boot_file,
             reason: r.reason,
+            from_memory: r.from_memory,
         });
     }
     out.into_iter()

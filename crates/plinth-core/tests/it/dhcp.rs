@@ -611,6 +611,198 @@ async fn the_instance_not_chosen_leaves_the_shared_offer_alone() {
     assert_eq!(ack.outcome, Outcome::Ack, "{ack:?}");
 }
 
+/// A subnet whose pool (10.30.0.10 - 10.30.7.250, 1,985 addresses) is large enough for
+/// offers from memory. With `free`, only those addresses are left free: the others are
+/// declined for an hour.
+async fn setup_large(free: Option<&[Ipv4Addr]>) -> (App, TestDb) {
+    let db = TestDb::new().await.unwrap();
+    let app = db.app();
+    app.create_subnet(
+        &admin(),
+        SubnetCreate {
+            cidr: "10.30.0.0/21".into(),
+            ranges: vec![AddressRange {
+                start: Ipv4Addr::new(10, 30, 0, 10),
+                end: Ipv4Addr::new(10, 30, 7, 250),
+            }],
+            router: Some(Ipv4Addr::new(10, 30, 0, 1)),
+            dns_servers: None,
+            domain: None,
+            lease_time: Some(600),
+            boot_server: None,
+            relay_addresses: None,
+            relay_any_in_cidr: None,
+        },
+    )
+    .await
+    .unwrap();
+    if let Some(free) = free {
+        let free: Vec<std::net::IpAddr> = free.iter().map(|a| (*a).into()).collect();
+        sqlx::query(
+            "update leases set state = 'declined', expires_at = now() + interval '1 hour'
+             where not (address = any($1))",
+        )
+        .bind(&free)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    (app, db)
+}
+
+async fn decide(app: &App, op: LeaseOp, m: MacAddr) -> DhcpDecision {
+    app.dhcp_decide(&req(op, m), TIMERS, &boot(), SRV)
+        .await
+        .unwrap()
+}
+
+/// The rows the table holds for a client (live: offered, bound, declined).
+async fn rows_of(app: &App, m: MacAddr) -> Vec<(Ipv4Addr, LeaseState)> {
+    app.list_leases(&admin(), None, Some(m))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.address, l.state))
+        .collect()
+}
+
+/// In a large pool a DISCOVER writes nothing: the offer is the instance's to remember. The
+/// client asking again gets the same address, no other client gets it, and its REQUEST commits
+/// it. A client sending twice in one batch gets one address; with the rest of the pool out on
+/// offers from memory, the next client gets none.
+#[tokio::test]
+async fn a_large_pool_offers_from_memory_and_commits_at_request() {
+    let (a, b) = (Ipv4Addr::new(10, 30, 0, 100), Ipv4Addr::new(10, 30, 5, 17));
+    let (app, _db) = setup_large(Some(&[a, b])).await;
+    let discover = |m| req(LeaseOp::Discover { requested: None }, m);
+    let d = decide_all(&app, &[discover(mac(1)), discover(mac(1))]).await;
+    assert_eq!(d[0].outcome, Outcome::Offer, "{d:?}");
+    let x = addr(&d[0]).unwrap();
+    assert!(x == a || x == b, "{x}");
+    assert_eq!(
+        addr(&d[1]),
+        Some(x),
+        "a client sending twice gets one address"
+    );
+    assert!(rows_of(&app, mac(1)).await.is_empty(), "nothing written");
+
+    let again = decide(&app, LeaseOp::Discover { requested: None }, mac(1)).await;
+    assert_eq!(addr(&again), Some(x), "asking again: the same offer");
+    let y = addr(&decide(&app, LeaseOp::Discover { requested: None }, mac(2)).await).unwrap();
+    assert_eq!(
+        y,
+        if x == a { b } else { a },
+        "the other client gets the other address"
+    );
+    let none = decide(&app, LeaseOp::Discover { requested: None }, mac(3)).await;
+    assert_eq!(
+        none.outcome,
+        Outcome::Ignore,
+        "both free addresses are out on offers: {none:?}"
+    );
+
+    // Both REQUESTs in one batch, with a renewal of nothing and a request of a declined address.
+    let d = decide_all(
+        &app,
+        &[
+            req(LeaseOp::Select { requested: x }, mac(1)),
+            req(LeaseOp::Select { requested: y }, mac(2)),
+            req(
+                LeaseOp::Select {
+                    requested: Ipv4Addr::new(10, 30, 2, 2),
+                },
+                mac(3),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!((d[0].outcome, addr(&d[0])), (Outcome::Ack, Some(x)));
+    assert_eq!((d[1].outcome, addr(&d[1])), (Outcome::Ack, Some(y)));
+    assert_eq!(d[2].outcome, Outcome::Nak, "{:?}", d[2]);
+    assert_eq!(rows_of(&app, mac(1)).await, vec![(x, LeaseState::Bound)]);
+    assert_eq!(rows_of(&app, mac(2)).await, vec![(y, LeaseState::Bound)]);
+    // A bound client coming back is offered its address, which stays bound.
+    let back = decide(&app, LeaseOp::Discover { requested: None }, mac(1)).await;
+    assert_eq!(addr(&back), Some(x));
+    assert_eq!(rows_of(&app, mac(1)).await, vec![(x, LeaseState::Bound)]);
+}
+
+/// The collision path: two instances, not seeing each other's offers from memory, offer the one
+/// free address to two clients. The first REQUEST binds it; the second client is refused, starts
+/// over, and is offered an address that came free meanwhile.
+#[tokio::test]
+async fn two_instances_offering_one_free_address_bind_it_once_and_refuse_the_other() {
+    let (only, later) = (Ipv4Addr::new(10, 30, 3, 3), Ipv4Addr::new(10, 30, 6, 6));
+    let (one, db) = setup_large(Some(&[only])).await;
+    let two = db.app();
+    let (c1, c2) = (mac(11), mac(12));
+    let o1 = decide(&one, LeaseOp::Discover { requested: None }, c1).await;
+    let o2 = decide(&two, LeaseOp::Discover { requested: None }, c2).await;
+    assert_eq!((addr(&o1), addr(&o2)), (Some(only), Some(only)));
+    let ack = decide(&two, LeaseOp::Select { requested: only }, c2).await;
+    assert_eq!(ack.outcome, Outcome::Ack, "{ack:?}");
+    let nak = decide(&one, LeaseOp::Select { requested: only }, c1).await;
+    assert_eq!(nak.outcome, Outcome::Nak, "{nak:?}");
+    assert_eq!(
+        nak.reason.as_deref(),
+        Some("address leased to another client")
+    );
+    assert!(rows_of(&one, c1).await.is_empty());
+
+    sqlx::query("update leases set state = 'free', expires_at = null where address = $1")
+        .bind(std::net::IpAddr::from(later))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let o1 = decide(&one, LeaseOp::Discover { requested: None }, c1).await;
+    assert_eq!(addr(&o1), Some(later), "{o1:?}");
+    let ack = decide(&one, LeaseOp::Select { requested: later }, c1).await;
+    assert_eq!(ack.outcome, Outcome::Ack, "{ack:?}");
+    assert_eq!(rows_of(&one, c1).await, vec![(later, LeaseState::Bound)]);
+    assert_eq!(rows_of(&one, c2).await, vec![(only, LeaseState::Bound)]);
+}
+
+/// Many clients at once through two instances sharing a large pool, each client starting over
+/// when refused (as a DHCP client does after a NAK): every client ends with one address, and
+/// no address is bound twice.
+#[tokio::test]
+async fn many_clients_through_two_instances_on_a_large_pool_bind_one_address_each() {
+    let (app, db) = setup_large(None).await;
+    let apps = [app.clone(), db.app()];
+    let tasks = (0..300u32).map(|n| {
+        let apps = apps.clone();
+        tokio::spawn(async move {
+            let m = mac(5000 + n);
+            for attempt in 0..5u32 {
+                // Both instances hear the DISCOVER; the client takes one offer, and the other
+                // instance hears a REQUEST for another server.
+                let chosen = &apps[((n + attempt) % 2) as usize];
+                let other = &apps[((n + attempt + 1) % 2) as usize];
+                let offer = decide(other, LeaseOp::Discover { requested: None }, m).await;
+                assert_eq!(offer.outcome, Outcome::Offer, "{offer:?}");
+                let offer = decide(chosen, LeaseOp::Discover { requested: None }, m).await;
+                let ip = addr(&offer).unwrap();
+                let _ = decide(other, LeaseOp::SelectOther, m).await;
+                let ack = decide(chosen, LeaseOp::Select { requested: ip }, m).await;
+                match ack.outcome {
+                    Outcome::Ack => return (ip, attempt),
+                    Outcome::Nak => continue,
+                    o => panic!("{o:?}: {ack:?}"),
+                }
+            }
+            panic!("{m}: refused five times");
+        })
+    });
+    let got: Vec<(Ipv4Addr, u32)> = futures_join(tasks).await;
+    let unique: HashSet<_> = got.iter().map(|(ip, _)| ip).collect();
+    assert_eq!(unique.len(), 300);
+    let leases = app.list_leases(&admin(), None, None).await.unwrap();
+    assert_eq!(leases.len(), 300, "{leases:?}");
+    assert!(leases.iter().all(|l| l.state == LeaseState::Bound));
+    let refused: u32 = got.iter().map(|(_, n)| n).sum();
+    eprintln!("300 clients through two instances: {refused} refused once at least");
+}
+
 async fn futures_join<T: Send + 'static>(
     tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
 ) -> Vec<T> {

@@ -269,52 +269,76 @@ impl Default for LeaseTimers {
 
 /// The offers this instance made from memory (see `dhcp_lease_batch`): the table does not
 /// hold them, so the instance remembers each, by client, until the client binds it (or is
-/// refused, or goes elsewhere) or the offer lapses, and passes them to every batch: a client
-/// asking again is offered the same address, and no address is offered to two clients.
+/// refused, or goes elsewhere) or the offer lapses. A client asking again is offered the same
+/// address; the newest offers are passed to every batch as addresses to offer nobody else.
 #[derive(Debug, Default)]
 pub(crate) struct OfferBook {
-    open: std::sync::Mutex<std::collections::HashMap<MacAddr, (Ipv4Addr, std::time::Instant)>>,
+    inner: std::sync::Mutex<Offers>,
+}
+
+#[derive(Debug, Default)]
+struct Offers {
+    /// By client: the address and when the offer lapses.
+    open: std::collections::HashMap<MacAddr, (Ipv4Addr, std::time::Instant)>,
+    /// The newest offers, oldest first: the ones whose REQUESTs are on their way.
+    recent: std::collections::VecDeque<(MacAddr, Ipv4Addr)>,
 }
 
 impl OfferBook {
-    /// At most this many open offers are remembered (a flood of DISCOVERs from made-up MACs
-    /// must not grow it, nor every batch's list of addresses to skip). An offer past it is
-    /// still made; only another client may then be offered its address too, and one of the two
-    /// is refused at its REQUEST and starts over.
-    const MAX: usize = 1024;
+    /// At most this many open offers are remembered by client: a flood of DISCOVERs from
+    /// made-up MACs (or a storm whose clients never REQUEST) must not grow it.
+    const MAX: usize = 4096;
+    /// The newest offers that every batch skips. The database checks each candidate address
+    /// against all of them, so the list is short: it covers the offers whose clients answer
+    /// within a few batches, as clients do. An older open offer's address may be offered to
+    /// another client too; then the first REQUEST binds it and the other client is refused
+    /// (NAK) and starts over, as when two instances meet on one address.
+    const SKIP: usize = 128;
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<MacAddr, (Ipv4Addr, std::time::Instant)>>
-    {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Offers> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// For the calls of a batch: each client's open offer, and every open offer's address.
+    /// For the calls of a batch: each client's open offer, and the addresses to skip.
     fn snapshot(
         &self,
         macs: impl Iterator<Item = MacAddr>,
     ) -> (Vec<Option<Ipv4Addr>>, Vec<Ipv4Addr>) {
         let now = std::time::Instant::now();
-        let mut open = self.lock();
-        open.retain(|_, (_, until)| *until > now);
-        let held = macs.map(|m| open.get(&m).map(|(a, _)| *a)).collect();
-        (held, open.values().map(|(a, _)| *a).collect())
+        let book = self.lock();
+        let live = |m: &MacAddr| book.open.get(m).filter(|(_, until)| *until > now);
+        let held = macs.map(|m| live(&m).map(|(a, _)| *a)).collect();
+        let skip = book
+            .recent
+            .iter()
+            .filter(|(m, a)| live(m).is_some_and(|(x, _)| x == a))
+            .map(|(_, a)| *a)
+            .collect();
+        (held, skip)
     }
 
     /// Takes in what the database decided for `mac`.
     fn note(&self, mac: MacAddr, d: &plinth_db::leases::LeaseDecision, offer_secs: u32) {
-        let mut open = self.lock();
+        let now = std::time::Instant::now();
+        let mut book = self.lock();
         match (d.from_memory, d.address) {
-            (true, Some(a)) if open.len() < Self::MAX || open.contains_key(&mac) => {
-                let until = std::time::Instant::now()
-                    + std::time::Duration::from_secs(u64::from(offer_secs));
-                open.insert(mac, (a, until));
+            (true, Some(a)) => {
+                if book.open.len() >= Self::MAX {
+                    book.open.retain(|_, (_, until)| *until > now);
+                }
+                if book.open.len() < Self::MAX || book.open.contains_key(&mac) {
+                    let until = now + std::time::Duration::from_secs(u64::from(offer_secs));
+                    book.open.insert(mac, (a, until));
+                }
+                if book.recent.len() >= Self::SKIP {
+                    book.recent.pop_front();
+                }
+                book.recent.push_back((mac, a));
             }
-            (true, _) => {}
+            (true, None) => {}
             // Bound, refused, released, declined, or an offer the table holds.
             (false, _) => {
-                open.remove(&mac);
+                book.open.remove(&mac);
             }
         }
     }

@@ -370,181 +370,201 @@ begin
     from (select distinct hashtext(m::text) as k from unnest(p_mac) m order by 1) x;
 
     -- Classify every item: its subnet, the machine behind its MAC, and which step answers it.
-    select array_agg(c.kind order by x.i), array_agg(s.id order by x.i), array_agg(m.id order by x.i),
-           array_agg(m.state order by x.i), array_agg(m.boot_file order by x.i),
-           array_agg(r.reserved order by x.i),
-           array_agg(case c.kind when 'held' then h.address else p.address end order by x.i),
-           array_agg(coalesce(s.large, false) order by x.i)
+    -- (The subnets are read once, with whether their pools are large; the rows come in item
+    -- order, so that the arrays need no sort of their own; `offset 0` keeps the kind from being
+    -- inlined into both places that read it, which would evaluate it twice.)
+    with sx as materialized (
+        select sn.id, sn.cidr, sn.relay_addresses,
+               coalesce((select sum(rg.last_addr - rg.first_addr + 1) from subnet_ranges rg
+                         where rg.subnet_id = sn.id), 0) >= 1024 as large
+        from subnets sn
+    )
+    select array_agg(q.kind), array_agg(q.sid), array_agg(q.mid), array_agg(q.mstate),
+           array_agg(q.mboot), array_agg(q.reserved), array_agg(q.prev), array_agg(q.mem)
     into c_kind, c_sid, c_mid, c_mstate, c_mboot, c_res, c_prev, c_mem
     from (
-        select t.i::integer as i, t.op, t.match, t.relayed, t.mac, t.addr, t.held,
-               row_number() over (partition by t.mac order by t.i) as nth
-        from unnest(p_op, p_match, p_relayed, p_mac, p_addr, p_held) with ordinality
-             as t(op, match, relayed, mac, addr, held, i)
-    ) x
-    -- as in dhcp_lease: a relay address names its subnet, else the subnet around the address
-    left join lateral (
-        select sn.id, sn.cidr,
-               (select coalesce(sum(rg.last_addr - rg.first_addr + 1), 0) from subnet_ranges rg
-                where rg.subnet_id = sn.id) >= 1024 as large
-        from subnets sn
-        where (x.relayed and x.match = any(sn.relay_addresses)) or sn.cidr >> x.match
-        order by (x.relayed and x.match = any(sn.relay_addresses)) desc
-        limit 1
-    ) s on true
-    left join lateral (
-        select mm.id, mm.state, mm.boot_file, case when nc.active then nc.ipv4 end as ip
-        from nics nc join machines mm on mm.id = nc.machine_id
-        where nc.mac = x.mac and (nc.active or mm.state = 'decommissioned')
-        order by nc.active desc, nc.id desc
-        limit 1
-    ) m on true
-    cross join lateral (select case when m.ip << s.cidr then m.ip end as reserved) r
-    left join lateral (
-        select lx.address from leases lx
-        where x.op = 'discover' and lx.subnet_id = s.id and lx.mac = x.mac and lx.pool and lx.state <> 'declined'
-          and coalesce((select nc.mac from nics nc where nc.active and nc.ipv4 = lx.address), x.mac) = x.mac
-        order by (lx.state in ('offered', 'bound')) desc, lx.updated_at desc
-        limit 1
-    ) p on true
-    -- the address offered from memory, if the client may still have it
-    left join lateral (
-        select lx.address from leases lx
-        where x.op = 'discover' and x.held is not null and s.large
-          and lx.address = x.held and lx.subnet_id = s.id and lx.pool
-          and case when lx.state = 'free' then true
-                   when lx.state in ('offered', 'bound') then lx.mac = x.mac or lx.expires_at < now()
-                   else false end
-          and coalesce((select nc.mac from nics nc where nc.active and nc.ipv4 = lx.address), x.mac) = x.mac
-    ) h on true
-    cross join lateral (
-        select case
-            when s.id is null or x.nth > 1 then 'general'
-            -- (an address this instance offered another client from memory is not offered again)
-            when x.op = 'discover' and r.reserved is null and p.address is not null
-                 and (not (p.address = any(p_skip)) or p.address = x.held) then 'again'
-            when x.op = 'discover' and r.reserved is null and x.addr is null and p.address is null
-                 and h.address is not null then 'held'
-            when x.op = 'discover' and r.reserved is null and x.addr is null
-                 and not exists (select 1 from leases lx where lx.mac = x.mac and lx.subnet_id = s.id) then 'new'
-            when x.op in ('select', 'init_reboot', 'renew') and x.addr << s.cidr
-                 and (r.reserved is null or r.reserved = x.addr)
-                 and not exists (select 1 from nics nc where nc.active and nc.ipv4 = x.addr and nc.mac <> x.mac)
-                 -- (a live lease of the client's elsewhere is freed first, on the one-by-one path)
-                 and not exists (select 1 from leases lx where lx.subnet_id = s.id and lx.mac = x.mac
-                                 and lx.state in ('offered', 'bound') and lx.address <> x.addr)
-                then 'bind'
-            else 'general'
-        end as kind
-    ) c;
+        select c.kind, s.id as sid, m.id as mid, m.state as mstate, m.boot_file as mboot, r.reserved,
+               case c.kind when 'held' then h.address else p.address end as prev,
+               coalesce(s.large, false) as mem
+        from (
+            select t.i::integer as i, t.op, t.match, t.relayed, t.mac, t.addr, t.held,
+                   row_number() over (partition by t.mac order by t.i) as nth
+            from unnest(p_op, p_match, p_relayed, p_mac, p_addr, p_held) with ordinality
+                 as t(op, match, relayed, mac, addr, held, i)
+        ) x
+        -- as in dhcp_lease: a relay address names its subnet, else the subnet around the address
+        left join lateral (
+            select sx.id, sx.cidr, sx.large from sx
+            where sx.id = coalesce(
+                (select s1.id from sx s1 where x.relayed and x.match = any(s1.relay_addresses) limit 1),
+                (select s2.id from sx s2 where s2.cidr >> x.match limit 1))
+        ) s on true
+        left join lateral (
+            select mm.id, mm.state, mm.boot_file, case when nc.active then nc.ipv4 end as ip
+            from nics nc join machines mm on mm.id = nc.machine_id
+            where nc.mac = x.mac and (nc.active or mm.state = 'decommissioned')
+            order by nc.active desc, nc.id desc
+            limit 1
+        ) m on true
+        cross join lateral (select case when m.ip << s.cidr then m.ip end as reserved) r
+        left join lateral (
+            select lx.address from leases lx
+            where x.op = 'discover' and lx.subnet_id = s.id and lx.mac = x.mac and lx.pool and lx.state <> 'declined'
+              and coalesce((select nc.mac from nics nc where nc.active and nc.ipv4 = lx.address), x.mac) = x.mac
+            order by (lx.state in ('offered', 'bound')) desc, lx.updated_at desc
+            limit 1
+        ) p on true
+        -- the address offered from memory, if the client may still have it
+        left join lateral (
+            select lx.address from leases lx
+            where x.op = 'discover' and x.held is not null and s.large
+              and lx.address = x.held and lx.subnet_id = s.id and lx.pool
+              and case when lx.state = 'free' then true
+                       when lx.state in ('offered', 'bound') then lx.mac = x.mac or lx.expires_at < now()
+                       else false end
+              and coalesce((select nc.mac from nics nc where nc.active and nc.ipv4 = lx.address), x.mac) = x.mac
+        ) h on true
+        cross join lateral (
+            select case
+                when s.id is null or x.nth > 1 then 'general'
+                -- (an address this instance offered another client from memory is not offered again)
+                when x.op = 'discover' and r.reserved is null and p.address is not null
+                     and (not (p.address = any(p_skip)) or p.address = x.held) then 'again'
+                when x.op = 'discover' and r.reserved is null and x.addr is null and p.address is null
+                     and h.address is not null then 'held'
+                when x.op = 'discover' and r.reserved is null and x.addr is null
+                     and not exists (select 1 from leases lx where lx.mac = x.mac and lx.subnet_id = s.id) then 'new'
+                when x.op in ('select', 'init_reboot', 'renew') and x.addr << s.cidr
+                     and (r.reserved is null or r.reserved = x.addr)
+                     and not exists (select 1 from nics nc where nc.active and nc.ipv4 = x.addr and nc.mac <> x.mac)
+                     -- (a live lease of the client's elsewhere is freed first, on the one-by-one path)
+                     and not exists (select 1 from leases lx where lx.subnet_id = s.id and lx.mac = x.mac
+                                     and lx.state in ('offered', 'bound') and lx.address <> x.addr)
+                    then 'bind'
+                else 'general'
+            end as kind
+            offset 0
+        ) c
+        order by x.i
+    ) q;
+
+    -- (Each step runs only when some item takes it: a statement that finds nothing to do still
+    -- costs its executor start-up.)
 
     -- bind: the client asks for the address it holds or was offered, or for a free one (offered
     -- from memory, by this instance or another). First, so that the steps below see it taken.
-    with u as (
-        update leases l set state = 'bound', mac = t.mac, client_id = t.client_id,
-            hostname = case when l.mac = t.mac then coalesce(t.hostname, l.hostname) else t.hostname end,
-            expires_at = now() + make_interval(secs => sn.lease_time), updated_at = now()
-        from unnest(c_kind, c_sid, c_res, p_addr, p_mac, p_client_id, p_hostname) with ordinality
-             as t(kind, sid, reserved, addr, mac, client_id, hostname, i)
-        join subnets sn on sn.id = t.sid
-        where t.kind = 'bind' and l.address = t.addr
-          -- (written so that no partial index matches: the planner's statistics on the state
-          -- column are always stale, and it would scan one of them instead of the key)
-          and case when l.state = 'free' then true
-                   when l.state in ('offered', 'bound') then l.mac = t.mac or l.expires_at < now()
-                   else false end
-          and (l.pool or l.address = t.reserved)
-        returning t.i::integer as i, l.address
-    )
-    select d_i || coalesce(array_agg(u.i), '{}'), d_addr || coalesce(array_agg(u.address), '{}')
-    into d_i, d_addr from u;
+    if 'bind' = any(c_kind) then
+        with u as (
+            update leases l set state = 'bound', mac = t.mac, client_id = t.client_id,
+                hostname = case when l.mac = t.mac then coalesce(t.hostname, l.hostname) else t.hostname end,
+                expires_at = now() + make_interval(secs => sn.lease_time), updated_at = now()
+            from unnest(c_kind, c_sid, c_res, p_addr, p_mac, p_client_id, p_hostname) with ordinality
+                 as t(kind, sid, reserved, addr, mac, client_id, hostname, i)
+            join subnets sn on sn.id = t.sid
+            where t.kind = 'bind' and l.address = t.addr
+              -- (written so that no partial index matches: the planner's statistics on the state
+              -- column are always stale, and it would scan one of them instead of the key)
+              and case when l.state = 'free' then true
+                       when l.state in ('offered', 'bound') then l.mac = t.mac or l.expires_at < now()
+                       else false end
+              and (l.pool or l.address = t.reserved)
+            returning t.i::integer as i, l.address
+        )
+        select d_i || coalesce(array_agg(u.i), '{}'), d_addr || coalesce(array_agg(u.address), '{}')
+        into d_i, d_addr from u;
+    end if;
 
     -- again, where offers are written: offer the client its address once more (a live binding
     -- stays bound).
-    with u as (
-        update leases l set
-            state = case when l.state = 'bound' and l.expires_at > now() then 'bound' else 'offered' end,
-            expires_at = case when l.state = 'bound' and l.expires_at > now() then l.expires_at
-                              else now() + make_interval(secs => p_offer_secs) end,
-            client_id = t.client_id, hostname = t.hostname, updated_at = now()
-        from unnest(c_kind, c_mem, c_prev, p_mac, p_client_id, p_hostname) with ordinality
-             as t(kind, mem, prev, mac, client_id, hostname, i)
-        where t.kind = 'again' and not t.mem and l.address = t.prev and l.mac = t.mac
-          and case when l.state <> 'declined' then true else false end
-        returning t.i::integer as i, l.address
-    )
-    select d_i || coalesce(array_agg(u.i), '{}'), d_addr || coalesce(array_agg(u.address), '{}')
-    into d_i, d_addr from u;
+    if 'again' = any(c_kind) then
+        with u as (
+            update leases l set
+                state = case when l.state = 'bound' and l.expires_at > now() then 'bound' else 'offered' end,
+                expires_at = case when l.state = 'bound' and l.expires_at > now() then l.expires_at
+                                  else now() + make_interval(secs => p_offer_secs) end,
+                client_id = t.client_id, hostname = t.hostname, updated_at = now()
+            from unnest(c_kind, c_mem, c_prev, p_mac, p_client_id, p_hostname) with ordinality
+                 as t(kind, mem, prev, mac, client_id, hostname, i)
+            where t.kind = 'again' and not t.mem and l.address = t.prev and l.mac = t.mac
+              and case when l.state <> 'declined' then true else false end
+            returning t.i::integer as i, l.address
+        )
+        select d_i || coalesce(array_agg(u.i), '{}'), d_addr || coalesce(array_agg(u.address), '{}')
+        into d_i, d_addr from u;
+    end if;
 
     -- again and held, from memory: nothing to write (unless the address was bound just above,
     -- for another client: then the one-by-one path finds another).
-    select m_i || coalesce(array_agg(t.i::integer), '{}'), m_addr || coalesce(array_agg(t.prev), '{}')
-    into m_i, m_addr
-    from unnest(c_kind, c_mem, c_prev) with ordinality as t(kind, mem, prev, i)
-    where ((t.kind = 'again' and t.mem) or t.kind = 'held') and not (t.prev = any(d_addr));
+    if 'again' = any(c_kind) or 'held' = any(c_kind) then
+        select m_i || coalesce(array_agg(t.i::integer), '{}'), m_addr || coalesce(array_agg(t.prev), '{}')
+        into m_i, m_addr
+        from unnest(c_kind, c_mem, c_prev) with ordinality as t(kind, mem, prev, i)
+        where ((t.kind = 'again' and t.mem) or t.kind = 'held') and not (t.prev = any(d_addr));
+    end if;
 
     -- new: the next free addresses of the subnet from a random point, as many as there are
     -- new clients; those left over (the pool ran out) go through dhcp_lease.
-    for v_sid, v_want, v_mem in
-        select t.sid, count(*)::integer, bool_or(t.mem) from unnest(c_kind, c_sid, c_mem) as t(kind, sid, mem)
-        where t.kind = 'new' group by t.sid
-    loop
-        select set_masklen(sn.cidr::inet + floor(random() * (2 ^ (32 - masklen(sn.cidr))))::bigint, 32)
-        into v_start from subnets sn where sn.id = v_sid;
-        -- (Clients and addresses are paired by position in two arrays, not by a join that the
-        -- planner, misjudging the row counts, could turn into a nested loop over both.)
-        select array_agg(t.i::integer order by t.i), array_agg(t.mac order by t.i),
-               array_agg(t.client_id order by t.i), array_agg(t.hostname order by t.i)
-        into v_i, v_mac, v_client_id, v_hostname
-        from unnest(c_kind, c_sid, p_mac, p_client_id, p_hostname) with ordinality
-             as t(kind, sid, mac, client_id, hostname, i)
-        where t.kind = 'new' and t.sid = v_sid;
-        v_taken := p_skip || m_addr;
-        if v_mem then
-            -- Read only: past the end of the subnet, from its start.
-            select array_agg(f.address) into v_free
-            from (
-                (select lx.address from leases lx
-                 where lx.subnet_id = v_sid and lx.state = 'free' and lx.pool and lx.address >= v_start
-                   and not (lx.address = any(v_taken))
-                   and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
-                 order by lx.address
-                 limit v_want)
-                union all
-                (select lx.address from leases lx
-                 where lx.subnet_id = v_sid and lx.state = 'free' and lx.pool and lx.address < v_start
-                   and not (lx.address = any(v_taken))
-                   and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
-                 order by lx.address
-                 limit v_want)
-                limit v_want
-            ) f;
-            select m_i || coalesce(array_agg(z.i), '{}'), m_addr || coalesce(array_agg(z.address), '{}')
-            into m_i, m_addr
-            from unnest(v_free, v_i) as z(address, i)
-            where z.i is not null and z.address is not null;
-        else
-            select array_agg(f.address) into v_free
-            from (
-                select lx.address from leases lx
-                where lx.subnet_id = v_sid and lx.state = 'free' and lx.pool and lx.address >= v_start
-                  and not (lx.address = any(v_taken))
-                  and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
-                order by lx.address
-                limit v_want
-                for update skip locked
-            ) f;
-            with u as (
-                update leases l set state = 'offered', mac = z.mac, client_id = z.client_id, hostname = z.hostname,
-                    expires_at = now() + make_interval(secs => p_offer_secs), updated_at = now()
-                from unnest(v_free, v_i, v_mac, v_client_id, v_hostname) as z(address, i, mac, client_id, hostname)
-                where l.address = z.address and z.i is not null
-                returning z.i, l.address
-            )
-            select d_i || coalesce(array_agg(u.i), '{}'), d_addr || coalesce(array_agg(u.address), '{}')
-            into d_i, d_addr from u;
-        end if;
-    end loop;
+    -- (Clients and addresses are paired by position in two arrays, not by a join that the
+    -- planner, misjudging the row counts, could turn into a nested loop over both.)
+    if 'new' = any(c_kind) then
+        for v_sid, v_mem, v_start, v_i, v_mac, v_client_id, v_hostname in
+            select t.sid, bool_or(t.mem),
+                   (select set_masklen(sn.cidr::inet + floor(random() * (2 ^ (32 - masklen(sn.cidr))))::bigint, 32)
+                    from subnets sn where sn.id = t.sid),
+                   array_agg(t.i::integer), array_agg(t.mac), array_agg(t.client_id), array_agg(t.hostname)
+            from (select * from unnest(c_kind, c_sid, c_mem, p_mac, p_client_id, p_hostname) with ordinality
+                      as u(kind, sid, mem, mac, client_id, hostname, i)
+                  where u.kind = 'new') t
+            group by t.sid
+        loop
+            v_want := cardinality(v_i);
+            v_taken := p_skip || m_addr;
+            if v_mem then
+                -- Read only: past the end of the subnet, from its start.
+                select array_agg(f.address) into v_free
+                from (
+                    (select lx.address from leases lx
+                     where lx.subnet_id = v_sid and lx.state = 'free' and lx.pool and lx.address >= v_start
+                       and not (lx.address = any(v_taken))
+                       and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
+                     order by lx.address
+                     limit v_want)
+                    union all
+                    (select lx.address from leases lx
+                     where lx.subnet_id = v_sid and lx.state = 'free' and lx.pool and lx.address < v_start
+                       and not (lx.address = any(v_taken))
+                       and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
+                     order by lx.address
+                     limit v_want)
+                    limit v_want
+                ) f;
+                select m_i || coalesce(array_agg(z.i), '{}'), m_addr || coalesce(array_agg(z.address), '{}')
+                into m_i, m_addr
+                from unnest(v_free, v_i) as z(address, i)
+                where z.i is not null and z.address is not null;
+            else
+                select array_agg(f.address) into v_free
+                from (
+                    select lx.address from leases lx
+                    where lx.subnet_id = v_sid and lx.state = 'free' and lx.pool and lx.address >= v_start
+                      and not (lx.address = any(v_taken))
+                      and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
+                    order by lx.address
+                    limit v_want
+                    for update skip locked
+                ) f;
+                with u as (
+                    update leases l set state = 'offered', mac = z.mac, client_id = z.client_id, hostname = z.hostname,
+                        expires_at = now() + make_interval(secs => p_offer_secs), updated_at = now()
+                    from unnest(v_free, v_i, v_mac, v_client_id, v_hostname) as z(address, i, mac, client_id, hostname)
+                    where l.address = z.address and z.i is not null
+                    returning z.i, l.address
+                )
+                select d_i || coalesce(array_agg(u.i), '{}'), d_addr || coalesce(array_agg(u.address), '{}')
+                into d_i, d_addr from u;
+            end if;
+        end loop;
+    end if;
 
     return query
         select d.i, case c_kind[d.i] when 'bind' then 'ack' else 'offer' end, d.addr, sn.lease_time,
@@ -557,6 +577,9 @@ begin
 
     -- Everything else, one at a time, in arrival order, away from the addresses offered above
     -- (a client's second DISCOVER in the batch is offered what its first was).
+    if cardinality(d_i) + cardinality(m_i) = n then
+        return;
+    end if;
     v_taken := p_skip || m_addr;
     for k in select g from generate_series(1, n) g where not (g = any(d_i) or g = any(m_i)) order by g loop
         v_start := null;

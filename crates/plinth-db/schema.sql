@@ -362,6 +362,16 @@ begin
 end
 $$;
 
+CREATE FUNCTION public.dhcp_lease_batch(p_op text[], p_match inet[], p_relayed boolean[], p_mac macaddr[], p_addr inet[], p_client_id bytea[], p_hostname text[], p_offer_secs integer, p_quarantine_secs integer) RETURNS TABLE(i integer, outcome text, address inet, lease_secs integer, subnet_id uuid, cidr cidr, router inet, dns_servers inet[], domain text, boot_server inet, machine_id uuid, machine_state text, boot_file text, reason text)
+    LANGUAGE sql
+    AS $$
+    select b.i, b.outcome, b.address, b.lease_secs, b.subnet_id, b.cidr, b.router, b.dns_servers,
+           b.domain, b.boot_server, b.machine_id, b.machine_state, b.boot_file, b.reason
+    from dhcp_lease_batch(p_op, p_match, p_relayed, p_mac, p_addr, p_client_id, p_hostname,
+                          array_fill(null::inet, array[coalesce(cardinality(p_op), 0)]), null::inet[],
+                          p_offer_secs, p_quarantine_secs) b
+$$;
+
 CREATE FUNCTION public.dhcp_lease_batch(p_op text[], p_match inet[], p_relayed boolean[], p_mac macaddr[], p_addr inet[], p_client_id bytea[], p_hostname text[], p_held inet[], p_skip inet[], p_offer_secs integer, p_quarantine_secs integer) RETURNS TABLE(i integer, outcome text, address inet, lease_secs integer, subnet_id uuid, cidr cidr, router inet, dns_servers inet[], domain text, boot_server inet, machine_id uuid, machine_state text, boot_file text, reason text, from_memory boolean)
     LANGUAGE plpgsql
     SET jit TO 'off'
@@ -388,6 +398,7 @@ declare
     v_sid uuid;
     v_want integer;
     v_mem boolean;
+    v_book boolean := p_skip is not null;
     v_start inet;
     v_free inet[];
     v_taken inet[];
@@ -405,7 +416,7 @@ begin
        or cardinality(p_held) <> n then
         raise exception 'dhcp_lease_batch: arrays of different lengths';
     end if;
-    p_skip := coalesce(p_skip, '{}');
+    p_skip := coalesce(p_skip, '{}');  -- (v_book keeps whether it was given)
 
     -- One batch at a time per client, across instances: two instances on one segment both
     -- answer every broadcast, and the second must find the first one's offer rather than race
@@ -429,7 +440,7 @@ begin
     from (
         select c.kind, s.id as sid, m.id as mid, m.state as mstate, m.boot_file as mboot, r.reserved,
                case c.kind when 'held' then h.address else p.address end as prev,
-               coalesce(s.large, false) as mem
+               coalesce(s.large and v_book, false) as mem
         from (
             select t.i::integer as i, t.op, t.match, t.relayed, t.mac, t.addr, t.held,
                    row_number() over (partition by t.mac order by t.i) as nth
@@ -461,7 +472,7 @@ begin
         -- the address offered from memory, if the client may still have it
         left join lateral (
             select lx.address from leases lx
-            where x.op = 'discover' and x.held is not null and s.large
+            where x.op = 'discover' and x.held is not null and s.large and v_book
               and lx.address = x.held and lx.subnet_id = s.id and lx.pool
               and case when lx.state = 'free' then true
                        when lx.state in ('offered', 'bound') then lx.mac = x.mac or lx.expires_at < now()

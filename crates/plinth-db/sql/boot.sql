@@ -2,8 +2,10 @@
 -- boot-loop guard.
 --
 -- Applied after the migrations at every start (plinth_db::migrate), under an advisory lock, in
--- one transaction: each statement must be idempotent (`create or replace`). A function whose
--- arguments or result change gets `drop function if exists` with its old signature first.
+-- one transaction: each statement must be idempotent (`create or replace`). During a rolling
+-- upgrade the previous release's instances keep calling what they know (docs/ha.md): a function
+-- whose arguments or result change gets a new signature, and the old one stays, as a wrapper
+-- doing what it did, until the release after.
 
 -- iPXE script requests, many in one round trip and one transaction (the HTTP server batches
 -- what arrives together), set-based: for each request find the machine behind its MAC; record a

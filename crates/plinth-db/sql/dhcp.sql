@@ -1,8 +1,11 @@
 -- DHCP's rules and lease decisions.
 --
 -- Applied after the migrations at every start (plinth_db::migrate), under an advisory lock, in
--- one transaction: each statement must be idempotent (`create or replace`). A function whose
--- arguments or result change gets `drop function if exists` with its old signature first.
+-- one transaction: each statement must be idempotent (`create or replace`). During a rolling
+-- upgrade the previous release's instances keep calling what they know (docs/ha.md): a function
+-- whose arguments or result change gets a new signature, and the old one stays, as a wrapper
+-- doing what it did, until the release after. (An added argument with a default is the same
+-- function to old callers: the old signature is dropped, or calls to it would be ambiguous.)
 
 -- A range must lie inside its subnet, and ranges of one subnet never overlap.
 create or replace function subnet_ranges_check() returns trigger language plpgsql as $$
@@ -288,12 +291,12 @@ $$;
 -- calling instance remembers its offers and passes them in, so that it never offers one address
 -- to two clients:
 --   p_held   per item, the address this instance offered the client from memory (null: none)
---   p_skip   every address this instance offered from memory and has not seen bound
+--   p_skip   addresses this instance offered from memory lately and has not seen bound; null:
+--            the caller keeps no offers (a release before offers from memory): all are written
 -- Other instances do not see them: two instances may offer one free address to two clients at
 -- the same moment, and then the first REQUEST binds it and the second is refused (NAK) and the
 -- client starts over. That is rare where the pool is large, and a smaller pool keeps written
 -- offers (rows `offered` for offer_secs, which every instance sees).
-drop function if exists dhcp_lease_batch(text[], inet[], boolean[], macaddr[], inet[], bytea[], text[], integer, integer);
 create or replace function dhcp_lease_batch(
     p_op text[],
     p_match inet[],
@@ -344,6 +347,7 @@ declare
     v_sid uuid;
     v_want integer;
     v_mem boolean;
+    v_book boolean := p_skip is not null;
     v_start inet;
     v_free inet[];
     v_taken inet[];
@@ -361,7 +365,7 @@ begin
        or cardinality(p_held) <> n then
         raise exception 'dhcp_lease_batch: arrays of different lengths';
     end if;
-    p_skip := coalesce(p_skip, '{}');
+    p_skip := coalesce(p_skip, '{}');  -- (v_book keeps whether it was given)
 
     -- One batch at a time per client, across instances: two instances on one segment both
     -- answer every broadcast, and the second must find the first one's offer rather than race
@@ -385,7 +389,7 @@ begin
     from (
         select c.kind, s.id as sid, m.id as mid, m.state as mstate, m.boot_file as mboot, r.reserved,
                case c.kind when 'held' then h.address else p.address end as prev,
-               coalesce(s.large, false) as mem
+               coalesce(s.large and v_book, false) as mem
         from (
             select t.i::integer as i, t.op, t.match, t.relayed, t.mac, t.addr, t.held,
                    row_number() over (partition by t.mac order by t.i) as nth
@@ -417,7 +421,7 @@ begin
         -- the address offered from memory, if the client may still have it
         left join lateral (
             select lx.address from leases lx
-            where x.op = 'discover' and x.held is not null and s.large
+            where x.op = 'discover' and x.held is not null and s.large and v_book
               and lx.address = x.held and lx.subnet_id = s.id and lx.pool
               and case when lx.state = 'free' then true
                        when lx.state in ('offered', 'bound') then lx.mac = x.mac or lx.expires_at < now()
@@ -598,4 +602,39 @@ begin
         end if;
     end loop;
 end
+$$;
+
+-- The previous release's signature (before offers from memory), for its instances during a
+-- rolling upgrade: every offer written, as they expect. To be dropped by the release after.
+create or replace function dhcp_lease_batch(
+    p_op text[],
+    p_match inet[],
+    p_relayed boolean[],
+    p_mac macaddr[],
+    p_addr inet[],
+    p_client_id bytea[],
+    p_hostname text[],
+    p_offer_secs integer,
+    p_quarantine_secs integer
+) returns table (
+    i integer,
+    outcome text,
+    address inet,
+    lease_secs integer,
+    subnet_id uuid,
+    cidr cidr,
+    router inet,
+    dns_servers inet[],
+    domain text,
+    boot_server inet,
+    machine_id uuid,
+    machine_state text,
+    boot_file text,
+    reason text
+) language sql as $$
+    select b.i, b.outcome, b.address, b.lease_secs, b.subnet_id, b.cidr, b.router, b.dns_servers,
+           b.domain, b.boot_server, b.machine_id, b.machine_state, b.boot_file, b.reason
+    from dhcp_lease_batch(p_op, p_match, p_relayed, p_mac, p_addr, p_client_id, p_hostname,
+                          array_fill(null::inet, array[coalesce(cardinality(p_op), 0)]), null::inet[],
+                          p_offer_secs, p_quarantine_secs) b
 $$;

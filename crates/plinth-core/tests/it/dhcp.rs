@@ -803,6 +803,34 @@ async fn many_clients_through_two_instances_on_a_large_pool_bind_one_address_eac
     eprintln!("300 clients through two instances: {refused} refused once at least");
 }
 
+/// During a rolling upgrade the previous release's instances call `dhcp_lease_batch` with its
+/// old arguments (docs/ha.md): it still answers, writing its offers as that release expects,
+/// and a client of it binds through this release's instance.
+#[tokio::test]
+async fn the_previous_releases_call_still_decides_and_writes_its_offers() {
+    let (app, db) = setup_large(None).await;
+    let m = mac(70);
+    let (outcome, ip): (String, std::net::IpAddr) = sqlx::query_as(
+        "select outcome, address from dhcp_lease_batch(array['discover'], array['10.30.0.2']::inet[],
+             array[false], array[$1::text::macaddr], array[null]::inet[], array[null]::bytea[],
+             array[null]::text[], 30, 600)",
+    )
+    .bind(m.to_string())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let std::net::IpAddr::V4(ip) = ip else {
+        panic!("{ip}")
+    };
+    assert_eq!(outcome, "offer");
+    assert_eq!(rows_of(&app, m).await, vec![(ip, LeaseState::Offered)]);
+    let again = decide(&app, LeaseOp::Discover { requested: None }, m).await;
+    assert_eq!(addr(&again), Some(ip), "the written offer, again");
+    let ack = decide(&app, LeaseOp::Select { requested: ip }, m).await;
+    assert_eq!(ack.outcome, Outcome::Ack, "{ack:?}");
+    assert_eq!(rows_of(&app, m).await, vec![(ip, LeaseState::Bound)]);
+}
+
 async fn futures_join<T: Send + 'static>(
     tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
 ) -> Vec<T> {

@@ -16,7 +16,8 @@
 # BENCH_SUSTAINED=1: instead of the fixed rates, each server's highest rate under 0.1 % drops:
 # rates from BENCH_SUSTAIN_FROM (default 4000) up in steps of BENCH_SUSTAIN_STEP (default 2000)
 # until one drops more, then halving the step between the last good and the first bad rate down
-# to BENCH_SUSTAIN_RESOLUTION (default 500); the servers take turns at every probe.
+# to BENCH_SUSTAIN_RESOLUTION (default 500); the servers take turns at every probe (with several
+# BENCH_PLINTH_BINS, each binary is searched on its own: plinth@label, plinth-async@label).
 # BENCH_PLINTH_BINS="label=path ..." measures several plinth binaries in turn (default: this
 # tree's release build; a label containing "scraped" has a scraper read /metrics every
 # BENCH_SCRAPE seconds, default 1, during its runs: its cost is part of what is measured).
@@ -156,6 +157,7 @@ plinth() { # rate [async]
   [ "${2:-}" != async ] || durability="synchronous_commit=off"
   for entry in $plinth_bins; do
     label=${entry%%=*}; bin=${entry#*=}
+    [ -z "${only_label:-}" ] || [ "$label" = "$only_label" ] || continue
     start_plinth "${2:-}"
     # A label with "scraped" in it is scraped (every BENCH_SCRAPE seconds, default 1).
     local scrape=${BENCH_SCRAPE:-}
@@ -175,17 +177,32 @@ plinth $label ($durability) RSS after $1/s: $(rss) with $(bound) bound leases"
   bin=$head_bin
 }
 
-run_server() { # server rate: one run of one server at one rate (a table row, a CPU line)
-  case $1 in
+run_server() { # server[@plinth label] rate: one run at one rate (a table row, a CPU line)
+  local only=''
+  [[ $1 != *@* ]] || only=${1#*@}
+  case ${1%@*} in
     kea) kea "$2" ;;
     kea-mt) kea "$2" mt ;;
     dnsmasq) dnsmasq_ "$2" ;;
-    plinth) plinth "$2" ;;
-    plinth-async) plinth "$2" async ;;
+    plinth) only_label=$only plinth "$2" ;;
+    plinth-async) only_label=$only plinth "$2" async ;;
   esac
 }
+# With several plinth binaries, the highest-rate search runs for each one on its own
+# (plinth@label), so that one binary's bad probe does not end the other's search.
 measured=()
-for s_ in $servers; do [ "$s_" = memory ] || measured+=("$s_"); done
+for s_ in $servers; do
+  case $s_ in
+    memory) ;;
+    plinth|plinth-async)
+      if [ -n "${BENCH_SUSTAINED:-}" ] && [ "$(wc -w <<<"$plinth_bins")" -gt 1 ]; then
+        for entry in $plinth_bins; do measured+=("$s_@${entry%%=*}"); done
+      else
+        measured+=("$s_")
+      fi ;;
+    *) measured+=("$s_") ;;
+  esac
+done
 
 echo "| server | offered DORA/s | achieved DORA/s | drops (both exchanges) | avg delay DISCOVER-OFFER / REQUEST-ACK |"
 echo "|---|---|---|---|---|"

@@ -402,6 +402,7 @@ declare
     v_start inet;
     v_free inet[];
     v_taken inet[];
+    v_dup inet;       -- a client's second DISCOVER in the batch: its first one's offer
     v_i integer[];
     v_mac macaddr[];
     v_client_id bytea[];
@@ -637,13 +638,13 @@ begin
     end if;
     v_taken := p_skip || m_addr;
     for k in select g from generate_series(1, n) g where not (g = any(d_i) or g = any(m_i)) order by g loop
-        v_start := null;
+        v_dup := null;
         if p_op[k] = 'discover' then
-            select z.addr into v_start from unnest(m_i, m_addr) as z(i, addr) where p_mac[z.i] = p_mac[k] and c_sid[z.i] = c_sid[k] limit 1;
+            select z.addr into v_dup from unnest(m_i, m_addr) as z(i, addr) where p_mac[z.i] = p_mac[k] and c_sid[z.i] = c_sid[k] limit 1;
         end if;
-        if v_start is not null then
+        if v_dup is not null then
             return query
-                select k, 'offer'::text, v_start, sn.lease_time, sn.id, sn.cidr, sn.router, sn.dns_servers,
+                select k, 'offer'::text, v_dup, sn.lease_time, sn.id, sn.cidr, sn.router, sn.dns_servers,
                        sn.domain, sn.boot_server, c_mid[k], c_mstate[k], c_mboot[k], null::text, true
                 from subnets sn where sn.id = c_sid[k];
         else

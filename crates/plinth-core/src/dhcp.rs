@@ -532,10 +532,7 @@ impl App {
                 let some: Vec<plinth_db::leases::LeaseCall<'_>> = some
                     .iter()
                     .zip(held)
-                    .map(|(c, held)| plinth_db::leases::LeaseCall {
-                        held: if c.op == "discover" { held } else { None },
-                        ..*c
-                    })
+                    .map(|(c, held)| plinth_db::leases::LeaseCall { held, ..*c })
                     .collect();
                 let mut conn = plinth_db::acquire(pool).await?;
                 let decided = plinth_db::leases::decide_batch(

@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::ops::Range;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,7 @@ pub fn queue<T>(capacity: usize, max_batch: usize) -> (Batcher<T>, Queue<T>) {
         Queue {
             rx,
             max_batch: max_batch.max(1),
+            window: Duration::ZERO,
         },
     )
 }
@@ -97,9 +99,22 @@ impl<Req, Resp> Batcher<Call<Req, Resp>> {
 pub struct Queue<T> {
     rx: mpsc::Receiver<T>,
     max_batch: usize,
+    window: Duration,
 }
 
 impl<T> Queue<T> {
+    /// Batches start at least `window` apart: a request that arrives sooner after the previous
+    /// batch started waits for the rest of the window (or until `max_batch` are waiting), so
+    /// that a steady stream goes in fewer, larger batches. Each batch costs the database a
+    /// fixed share (a round trip, a transaction, a commit, each statement's start-up) beside
+    /// its per-request work, and at a few thousand requests a second that share dominates
+    /// (docs/benchmarks.md, "DHCP, step 2"). A request that arrives after a quiet window is
+    /// taken at once: the delay is paid only under load, and it is at most `window`.
+    pub fn with_window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
     /// Hands the queued requests to `handle` in batches of at most `max_batch`, one batch at a
     /// time, until `cancel` (or until every [`Batcher`] is gone); then hands over what is
     /// still queued and returns.
@@ -109,12 +124,28 @@ impl<T> Queue<T> {
         Fut: Future<Output = ()>,
     {
         let mut batch = Vec::with_capacity(self.max_batch);
-        loop {
+        let mut started: Option<tokio::time::Instant> = None;
+        'run: loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 n = self.rx.recv_many(&mut batch, self.max_batch) => if n == 0 {
                     return;
                 },
+            }
+            if let Some(due) = started.map(|t| t + self.window) {
+                while batch.len() < self.max_batch && tokio::time::Instant::now() < due {
+                    let room = self.max_batch - batch.len();
+                    tokio::select! {
+                        _ = cancel.cancelled() => break 'run,
+                        _ = tokio::time::sleep_until(due) => break,
+                        n = self.rx.recv_many(&mut batch, room) => if n == 0 {
+                            break;
+                        },
+                    }
+                }
+            }
+            if !self.window.is_zero() {
+                started = Some(tokio::time::Instant::now());
             }
             handle(std::mem::replace(
                 &mut batch,
@@ -122,8 +153,14 @@ impl<T> Queue<T> {
             ))
             .await;
         }
+        // (A batch gathering in its window when the token fired is handed over first.)
         self.rx.close();
-        while self.rx.recv_many(&mut batch, self.max_batch).await > 0 {
+        loop {
+            let room = self.max_batch - batch.len();
+            self.rx.recv_many(&mut batch, room).await;
+            if batch.is_empty() {
+                break;
+            }
             handle(std::mem::take(&mut batch)).await;
         }
     }
@@ -246,6 +283,81 @@ mod tests {
         assert!(
             batcher.try_submit(11).is_err(),
             "no new requests after the stop"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_window_requests_under_load_wait_for_it_and_one_after_a_quiet_moment_does_not() {
+        let (batcher, windowed) = queue::<u32>(64, 4);
+        let windowed = windowed.with_window(Duration::from_millis(100));
+        let t0 = tokio::time::Instant::now();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let cancel = CancellationToken::new();
+        let worker = {
+            let seen = seen.clone();
+            tokio::spawn(windowed.run(cancel.clone(), move |batch| {
+                seen.lock().unwrap().push((t0.elapsed().as_millis(), batch));
+                async {}
+            }))
+        };
+        let at = |ms: u64| tokio::time::sleep_until(t0 + Duration::from_millis(ms));
+        // The first request is taken at once.
+        batcher.try_submit(1).unwrap();
+        // Those that come within the window after it wait for its end, and go together.
+        at(10).await;
+        batcher.try_submit(2).unwrap();
+        batcher.try_submit(3).unwrap();
+        at(30).await;
+        batcher.try_submit(4).unwrap();
+        // A batch that fills up goes without waiting for the window to end.
+        at(110).await;
+        batcher.try_submit(5).unwrap();
+        at(130).await;
+        for n in 6..9 {
+            batcher.try_submit(n).unwrap();
+        }
+        // After a quiet moment, a request is taken at once.
+        at(1000).await;
+        batcher.try_submit(9).unwrap();
+        // Stopped while a request waits in the window: it is handed over, not lost.
+        at(1050).await;
+        batcher.try_submit(10).unwrap();
+        at(1060).await;
+        cancel.cancel();
+        worker.await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                (0, vec![1]),
+                (100, vec![2, 3, 4]),
+                (130, vec![5, 6, 7, 8]),
+                (1000, vec![9]),
+                (1060, vec![10]),
+            ]
+        );
+        // Without a window (the default), the same requests are taken as they come.
+        let (batcher, plain) = queue::<u32>(64, 4);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let cancel = CancellationToken::new();
+        let t0 = tokio::time::Instant::now();
+        let worker = {
+            let seen = seen.clone();
+            tokio::spawn(plain.run(cancel.clone(), move |batch| {
+                seen.lock().unwrap().push((t0.elapsed().as_millis(), batch));
+                async {}
+            }))
+        };
+        let at = |ms: u64| tokio::time::sleep_until(t0 + Duration::from_millis(ms));
+        batcher.try_submit(1).unwrap();
+        at(10).await;
+        batcher.try_submit(2).unwrap();
+        at(20).await;
+        cancel.cancel();
+        worker.await.unwrap();
+        assert_eq!(
+            seen.lock().unwrap().clone(),
+            vec![(0, vec![1]), (10, vec![2])]
         );
     }
 

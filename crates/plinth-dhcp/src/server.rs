@@ -74,6 +74,10 @@ pub struct Config {
     /// across all of them; 0: no limit. A flood of made-up MACs cannot then take the pools
     /// and the lease table faster than this.
     pub new_client_rate: u32,
+    /// Lease batches start at least this many milliseconds apart (`plinth_core::batch`'s
+    /// window): under load, fewer and larger transactions; a packet after a quiet moment is
+    /// decided at once. 0: each batch starts as soon as the previous one is decided.
+    pub batch_window_ms: u64,
 }
 
 impl Default for Config {
@@ -87,6 +91,7 @@ impl Default for Config {
             max_in_flight: 1024,
             per_client_rate: 50,
             new_client_rate: 1000,
+            batch_window_ms: 10,
         }
     }
 }
@@ -483,6 +488,7 @@ pub async fn run(
         info!(interface = %name, %addr, mode = ?cfg.mode, "DHCP listening");
     }
     let (pending, queue) = batch::queue(cfg.max_in_flight.max(1), MAX_BATCH);
+    let queue = queue.with_window(Duration::from_millis(cfg.batch_window_ms));
     let shared = Arc::new(Shared {
         limiter: RateLimiter {
             per_sec: cfg.per_client_rate,

@@ -9,7 +9,8 @@
 # ~200 ms: the durability of Kea's memfile, which does not fsync). The servers take turns at
 # each rate, BENCH_ROUNDS times over, so that a slow spell of the shared machine falls on all of
 # them rather than on whichever ran last. Every run prints its server's CPU per DORA (plinth's
-# with PostgreSQL's). Then plinth's memory with 100,000 leases.
+# with PostgreSQL's), and where datagrams were lost to a full receive buffer (the server's
+# socket, or perfdhcp's). Then plinth's memory with 100,000 leases.
 #   scripts/bench-dhcp.sh [SECONDS_PER_RATE] [RATES...]     default: 10 s at 1000 2000 4000 8000
 # BENCH_SERVERS picks the servers (default "kea kea-mt plinth plinth-async memory"; dnsmasq too
 # on request); BENCH_ROUNDS (default 1).
@@ -58,11 +59,18 @@ export KEA_PIDFILE_DIR=$work KEA_LOCKFILE_DIR=$work KEA_LFC_EXECUTABLE=/bin/true
 # 10.70.0.0/15 with a pool of 130,815 addresses for every server.
 first=10.70.1.0; last=10.71.255.254
 
-perf() { # name rate [seconds] → one table row
-  local name=$1 rate=$2 out
+# UDP datagrams a namespace's sockets dropped because their receive buffer was full.
+rcvbuf_errors() { ip netns exec "$1" awk '/^Udp:/ {if (h) print $6; h=1}' /proc/net/snmp; }
+perf() { # name rate [seconds] → one table row, and where packets were lost
+  local name=$1 rate=$2 out c0 s0 lost
+  c0=$(rcvbuf_errors "$cli"); s0=$(rcvbuf_errors "$srv")
   # -W: after the test period, wait 1 s (perfdhcp's drop time) for the answers still in flight
   # instead of counting them as drops, which would charge a server for its latency.
   out=$(ip netns exec "$cli" perfdhcp -4 -l 10.70.0.9 -r "$rate" -R 100000 -p "${3:-$secs}" -W 1000000 10.70.0.2 2>&1 || true)
+  # A drop is a request the server never read (its socket's buffer was full: it fell behind) or
+  # a reply perfdhcp never read (perfdhcp's buffer was full: on two cores, perfdhcp is
+  # descheduled while the server and its database run), or a packet the server chose to drop.
+  lost="  $name at $rate/s: datagrams dropped by full receive buffers: the server's $(( $(rcvbuf_errors "$srv") - s0 )), perfdhcp's $(( $(rcvbuf_errors "$cli") - c0 ))"
   python3 - "$name" "$rate" "$out" "${3:-$secs}" "$work/last" <<'PY'
 import re, sys
 name, rate, out, secs = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
@@ -79,6 +87,7 @@ print(f"| {name} | {rate} | {achieved:.0f} | {drops:.2f} % | {a1:.2f} ms / {a2:.
 with open(sys.argv[5], "w") as f:
     f.write(f"{achieved:.0f} {drops:.4f} {r2:.0f}\n")
 PY
+  echo "$lost"
 }
 
 kea() { # rate [mt]: Kea memfile, single-threaded, or multi-threaded with "mt"

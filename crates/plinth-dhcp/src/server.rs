@@ -75,8 +75,9 @@ pub struct Config {
     /// and the lease table faster than this.
     pub new_client_rate: u32,
     /// Lease batches start at least this many milliseconds apart (`plinth_core::batch`'s
-    /// window): under load, fewer and larger transactions; a packet after a quiet moment is
-    /// decided at once. 0: each batch starts as soon as the previous one is decided.
+    /// window): under load, fewer and larger transactions, less CPU per lease and more
+    /// latency; a packet after a quiet moment is decided at once. 0 (the default): each batch
+    /// starts as soon as the previous one is decided. See docs/decisions.md for the trade.
     pub batch_window_ms: u64,
 }
 
@@ -91,7 +92,7 @@ impl Default for Config {
             max_in_flight: 1024,
             per_client_rate: 50,
             new_client_rate: 1000,
-            batch_window_ms: 10,
+            batch_window_ms: 0,
         }
     }
 }
@@ -527,7 +528,7 @@ pub async fn run(
 /// wake-up per burst instead of one per packet: each wake-up is a context switch, and on two
 /// cores (a virtual machine's, where an idle core's wake-up is dearer still) they were most of
 /// plinth's own CPU per DORA (docs/benchmarks.md, "DHCP, step 2"). The packets wait in the
-/// socket's buffer ([`RECEIVE_BUFFER`]), and the batch window they join is five times longer.
+/// socket's buffer ([`RECEIVE_BUFFER`]), and a batch under load takes longer than the pause.
 /// Below a packet per pause, each is read as it comes.
 const READ_PAUSE: Duration = Duration::from_millis(2);
 /// The most packets taken in one burst before the server looks at its other work.

@@ -69,6 +69,9 @@ impl DhcpConfig {
         if !(10..=86_400).contains(&c.timers.offer_secs) {
             bail!("dhcp.offer_timeout must be between 10 and 86400 seconds");
         }
+        if c.batch_window_ms > 1000 {
+            bail!("dhcp.batch_window_ms must be between 0 and 1000 milliseconds");
+        }
         c.boot.http_base = self
             .boot_url
             .clone()

@@ -473,6 +473,24 @@ mod tests {
         let s = c.dhcp.server_config(8080, None).unwrap().unwrap();
         assert_eq!(s.interfaces, ["eth1", "eth2"]);
         assert_eq!(s.mode, plinth_dhcp::server::Mode::Proxy);
+        assert_eq!(s.batch_window_ms, 0, "no window unless configured");
+        let dhcp = |window: &str| {
+            load(
+                None,
+                env(&[
+                    ("PLINTH_DHCP__ENABLED", "true"),
+                    ("PLINTH_DHCP__INTERFACES", "[\"eth1\"]"),
+                    ("PLINTH_DHCP__BOOT_SERVER", "10.0.0.2"),
+                    ("PLINTH_DHCP__BATCH_WINDOW_MS", window),
+                ]),
+            )
+            .unwrap()
+            .dhcp
+            .server_config(8080, None)
+        };
+        assert_eq!(dhcp("10").unwrap().unwrap().batch_window_ms, 10);
+        let e = dhcp("3600000").unwrap_err();
+        assert!(format!("{e:#}").contains("dhcp.batch_window_ms"), "{e:#}");
         let bad = load(
             None,
             env(&[

@@ -19,6 +19,9 @@
 # until one drops more, then halving the step between the last good and the first bad rate down
 # to BENCH_SUSTAIN_RESOLUTION (default 500); the servers take turns at every probe (with several
 # BENCH_PLINTH_BINS, each binary is searched on its own: plinth@label, plinth-async@label).
+# BENCH_RCVBUF: the receive buffer, in bytes, of perfdhcp's, Kea's and dnsmasq's sockets (a
+# preload, scripts/bench-rcvbuf.c; default 4194304, the 4 MiB plinth sets on its own socket;
+# 0: the system's default, about 200 KiB).
 # BENCH_PLINTH_BINS="label=path ..." measures several plinth binaries in turn (default: this
 # tree's release build; a label containing "scraped" has a scraper read /metrics every
 # BENCH_SCRAPE seconds, default 1, during its runs: its cost is part of what is measured).
@@ -29,7 +32,7 @@ shift || true
 rates=${*:-1000 2000 4000 8000}
 servers=" ${BENCH_SERVERS:-kea kea-mt plinth plinth-async memory} "
 rounds=${BENCH_ROUNDS:-1}
-scripts/ensure-packages.sh postgresql kea-dhcp4-server kea-admin dnsmasq-base iproute2
+scripts/ensure-packages.sh postgresql kea-dhcp4-server kea-admin dnsmasq-base iproute2 gcc libc6-dev
 export SQLX_OFFLINE=true
 cargo build --release --locked -q -p plinth
 bin=${CARGO_TARGET_DIR:-target}/release/plinth
@@ -54,6 +57,14 @@ ip link add "$sif" netns "$srv" type veth peer name "$cif" netns "$cli"
 ip -n "$srv" addr add 10.70.0.2/15 dev "$sif"; ip -n "$cli" addr add 10.70.0.9/15 dev "$cif"
 for ns in "$srv" "$cli"; do ip -n "$ns" link set lo up; done
 ip -n "$srv" link set "$sif" up; ip -n "$cli" link set "$cif" up
+# Every process's sockets get the receive buffer plinth sets on its own (BENCH_RCVBUF).
+rcvbuf=${BENCH_RCVBUF:-4194304}
+preload=()
+if [ "$rcvbuf" != 0 ]; then
+  cc -shared -fPIC -O2 -o "$work/rcvbuf.so" scripts/bench-rcvbuf.c -ldl
+  preload=(env RCVBUF_BYTES="$rcvbuf" LD_PRELOAD="$work/rcvbuf.so")
+fi
+echo "receive buffers of perfdhcp, Kea and dnsmasq: ${rcvbuf/#0/the system default} bytes; plinth's: 4194304 (its own)" >&2
 export KEA_PIDFILE_DIR=$work KEA_LOCKFILE_DIR=$work KEA_LFC_EXECUTABLE=/bin/true
 
 # 10.70.0.0/15 with a pool of 130,815 addresses for every server.
@@ -66,7 +77,7 @@ perf() { # name rate [seconds] → one table row, and where packets were lost
   c0=$(rcvbuf_errors "$cli"); s0=$(rcvbuf_errors "$srv")
   # -W: after the test period, wait 1 s (perfdhcp's drop time) for the answers still in flight
   # instead of counting them as drops, which would charge a server for its latency.
-  out=$(ip netns exec "$cli" perfdhcp -4 -l 10.70.0.9 -r "$rate" -R 100000 -p "${3:-$secs}" -W 1000000 10.70.0.2 2>&1 || true)
+  out=$(ip netns exec "$cli" "${preload[@]}" perfdhcp -4 -l 10.70.0.9 -r "$rate" -R 100000 -p "${3:-$secs}" -W 1000000 10.70.0.2 2>&1 || true)
   # A drop is a request the server never read (its socket's buffer was full: it fell behind) or
   # a reply perfdhcp never read (perfdhcp's buffer was full: on two cores, perfdhcp is
   # descheduled while the server and its database run), or a packet the server chose to drop.
@@ -105,7 +116,7 @@ kea() { # rate [mt]: Kea memfile, single-threaded, or multi-threaded with "mt"
                "option-data": [{"name": "routers", "data": "10.70.0.1"}]}],
   "loggers": [{"name": "kea-dhcp4", "severity": "WARN", "output_options": [{"output": "$work/kea.log"}]}]}}
 JSON
-  ip netns exec "$srv" kea-dhcp4 -c "$work/kea.conf" >"$work/kea.out" 2>&1 &
+  ip netns exec "$srv" "${preload[@]}" kea-dhcp4 -c "$work/kea.conf" >"$work/kea.out" 2>&1 &
   local kpid=$!
   pids+=($kpid); sleep 1
   local k0; k0=$(ticks "/proc/$kpid/stat")
@@ -123,7 +134,7 @@ cpu_line() { # label server-ticks pg-ticks
 
 dnsmasq_() { # rate
   rm -f "$work/dnsmasq.leases"
-  ip netns exec "$srv" dnsmasq -d --port=0 --conf-file=/dev/null --no-resolv --no-hosts --no-ping \
+  ip netns exec "$srv" "${preload[@]}" dnsmasq -d --port=0 --conf-file=/dev/null --no-resolv --no-hosts --no-ping \
     --interface="$sif" --bind-interfaces --dhcp-authoritative --dhcp-lease-max=200000 \
     --dhcp-range="$first,$last,255.254.0.0,1h" --dhcp-leasefile="$work/dnsmasq.leases" \
     --pid-file="$work/dnsmasq.pid" >"$work/dnsmasq.out" 2>&1 &
@@ -179,6 +190,11 @@ plinth() { # rate [async]
     p0=$(ticks "/proc/$pid/stat"); g0=$(pg_ticks)
     perf "plinth $label PostgreSQL 15, $durability${scrape:+, /metrics read every ${scrape} s}" "$1"
     cpu_line "plinth $label ($durability) at $1/s" "$(( $(ticks "/proc/$pid/stat") - p0 ))" "$(( $(pg_ticks) - g0 ))"
+    # The packets plinth itself chose not to answer, by reason (its counters).
+    local dropped
+    dropped=$(ip netns exec "$srv" curl -s -H "Authorization: Bearer $token" http://127.0.0.1:8080/metrics |
+      awk '/^plinth_dhcp_packets_dropped_total/ && $2 > 0 {sub(/^plinth_dhcp_packets_dropped_total/, ""); printf " %s %s", $1, $2}')
+    echo "  plinth $label at $1/s: packets plinth dropped:${dropped:- none}"
     plinth_rss="$plinth_rss
 plinth $label ($durability) RSS after $1/s: $(rss) with $(bound) bound leases"
     stop_all

@@ -146,6 +146,9 @@ pub struct Counters {
     /// Packets of new clients beyond `new_client_rate`.
     pub dropped_new_clients: AtomicU64,
     pub dropped_overload: AtomicU64,
+    /// Datagrams the kernel dropped because a socket's receive buffer was full: while
+    /// `max_in_flight` packets are in flight, the server stops reading and the rest wait there.
+    pub dropped_receive_buffer: AtomicU64,
     pub dropped_ignored: AtomicU64,
     pub errors: AtomicU64,
 }
@@ -186,6 +189,7 @@ impl plinth_core::metrics::Source for Counters {
             ("rate_limited", &self.dropped_rate_limited),
             ("new_client_rate", &self.dropped_new_clients),
             ("overload", &self.dropped_overload),
+            ("receive_buffer_full", &self.dropped_receive_buffer),
             ("ignored", &self.dropped_ignored),
         ] {
             out.counter(
@@ -534,9 +538,55 @@ const READ_PAUSE: Duration = Duration::from_millis(2);
 /// The most packets taken in one burst before the server looks at its other work.
 const READ_BURST: usize = 256;
 
+/// How often, at most, a listener reads its socket's drop count into the counters (while
+/// packets arrive; no packet arrives, none is dropped).
+const DROPS_READ_EVERY: Duration = Duration::from_secs(1);
+
+/// A socket's kernel drop count, carried into [`Counters::dropped_receive_buffer`].
+struct SocketDrops {
+    seen: u32,
+    read_at: Instant,
+}
+
+impl SocketDrops {
+    fn new(iface: &Iface) -> Self {
+        SocketDrops {
+            seen: sys::socket_drops(iface.socket.as_raw_fd()).unwrap_or(0),
+            read_at: Instant::now(),
+        }
+    }
+
+    /// Adds the drops since the last read to the counters, at most every [`DROPS_READ_EVERY`].
+    fn update(&mut self, iface: &Iface, counters: &Counters) {
+        if self.read_at.elapsed() < DROPS_READ_EVERY {
+            return;
+        }
+        self.read_at = Instant::now();
+        match sys::socket_drops(iface.socket.as_raw_fd()) {
+            Ok(now) => {
+                let new = now.wrapping_sub(self.seen);
+                self.seen = now;
+                if new > 0 {
+                    counters
+                        .dropped_receive_buffer
+                        .fetch_add(u64::from(new), Ordering::Relaxed);
+                }
+            }
+            Err(e) => debug!(interface = %iface.name, error = %e, "socket drop count unreadable"),
+        }
+    }
+}
+
+/// Reads one interface's socket. Each packet is read with a permit of [`Shared::in_flight`]:
+/// while `max_in_flight` packets are being decided, the listener stops reading, and what
+/// arrives waits in the socket's buffer ([`RECEIVE_BUFFER`], some thousands of packets) rather
+/// than being read only to be dropped. A stall of the database (an fsync of a few tens of
+/// milliseconds) is then absorbed; under overload that lasts, the kernel drops what the buffer
+/// cannot hold, counted as `receive_buffer_full`.
 async fn listen(shared: Arc<Shared>, iface: Arc<Iface>, cancel: CancellationToken) {
     let mut buf = vec![0u8; 4096];
     let mut last_read: Option<Instant> = None;
+    let mut drops = SocketDrops::new(&iface);
     loop {
         if let Some(due) = last_read
             .map(|t| t + READ_PAUSE)
@@ -547,6 +597,13 @@ async fn listen(shared: Arc<Shared>, iface: Arc<Iface>, cancel: CancellationToke
                 _ = tokio::time::sleep_until(due.into()) => {}
             }
         }
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = shared.in_flight.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return, // the semaphore is never closed
+            },
+        };
         let (n, from) = tokio::select! {
             _ = cancel.cancelled() => return,
             r = iface.socket.recv_from(&mut buf) => match r {
@@ -559,11 +616,14 @@ async fn listen(shared: Arc<Shared>, iface: Arc<Iface>, cancel: CancellationToke
             },
         };
         last_read = Some(Instant::now());
-        take(&shared, &iface, &buf[..n], from);
-        // Then what else is already waiting, without waiting for more.
+        take(&shared, &iface, &buf[..n], from, permit);
+        // Then what else is already waiting, without waiting for more, while permits last.
         for _ in 1..READ_BURST {
+            let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
+                break;
+            };
             match iface.socket.try_recv_from(&mut buf) {
-                Ok((n, from)) => take(&shared, &iface, &buf[..n], from),
+                Ok((n, from)) => take(&shared, &iface, &buf[..n], from, permit),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     warn!(interface = %iface.name, error = %e, "DHCP receive failed");
@@ -571,18 +631,20 @@ async fn listen(shared: Arc<Shared>, iface: Arc<Iface>, cancel: CancellationToke
                 }
             }
         }
+        drops.update(&iface, &shared.counters);
     }
 }
 
-/// Counts one received packet and takes it in, or drops it when too many are in flight.
-fn take(shared: &Arc<Shared>, iface: &Arc<Iface>, packet: &[u8], from: SocketAddr) {
+/// Counts one received packet and takes it in. Its permit travels with the request and is
+/// returned when its reply is sent or it is dropped, however that ends.
+fn take(
+    shared: &Arc<Shared>,
+    iface: &Arc<Iface>,
+    packet: &[u8],
+    from: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
     bump(&shared.counters.received);
-    // The permit travels with the request and is returned when its reply is sent or it is
-    // dropped, however that ends.
-    let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
-        bump(&shared.counters.dropped_overload);
-        return;
-    };
     accept(shared, iface, packet, from, permit);
 }
 

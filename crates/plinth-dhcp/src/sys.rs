@@ -91,6 +91,35 @@ pub fn set_arp(fd: std::os::fd::RawFd, ifname: &str, ip: Ipv4Addr, mac: MacAddr)
     Ok(())
 }
 
+/// `SO_MEMINFO` (asm-generic/socket.h, Linux 4.12; the libc crate does not name it).
+const SO_MEMINFO: libc::c_int = 55;
+
+/// Datagrams the kernel dropped on this socket since it was opened because its receive buffer
+/// was full (`SK_MEMINFO_DROPS`, a 32-bit count that wraps).
+pub fn socket_drops(fd: std::os::fd::RawFd) -> io::Result<u32> {
+    let mut info = [0u32; 16];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: fd is an open socket; info is writable for len bytes, and the kernel writes at
+    // most len and stores the length it wrote.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let drops = libc::SK_MEMINFO_DROPS as usize;
+    if (len as usize) < (drops + 1) * std::mem::size_of::<u32>() {
+        return Err(io::Error::other("SO_MEMINFO returned no drop count"));
+    }
+    Ok(info[drops])
+}
+
 /// Sets a socket's receive buffer to `bytes`, past `net.core.rmem_max` when the process may
 /// (CAP_NET_ADMIN: SO_RCVBUFFORCE), else as far as that limit allows. A boot storm arrives in
 /// bursts; the default buffer (about 200 KiB, some 150 packets) overflows while the server
@@ -114,4 +143,48 @@ pub fn set_receive_buffer(fd: std::os::fd::RawFd, bytes: usize) -> io::Result<()
         }
     }
     Err(io::Error::last_os_error())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    /// The kernel's own count: a socket with a small buffer that nobody reads drops what
+    /// does not fit, and `socket_drops` reports exactly those.
+    #[test]
+    fn socket_drops_counts_what_a_full_buffer_refused() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = rx.as_raw_fd();
+        assert_eq!(super::socket_drops(fd).unwrap(), 0);
+        let small: libc::c_int = 4096;
+        // SAFETY: fd is an open socket; the value is a c_int of its length.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &small as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sent = 200u32;
+        for _ in 0..sent {
+            tx.send_to(&[0u8; 300], rx.local_addr().unwrap()).unwrap();
+        }
+        rx.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        let mut queued = 0u32;
+        while rx.recv_from(&mut buf).is_ok() {
+            queued += 1;
+        }
+        let dropped = super::socket_drops(fd).unwrap();
+        assert!(
+            queued > 0 && dropped > 0,
+            "{queued} queued, {dropped} dropped"
+        );
+        assert_eq!(queued + dropped, sent);
+    }
 }

@@ -247,10 +247,8 @@ begin
             if target is null then
                 -- (Reservations are probed per candidate through the unique index, a subplan the
                 -- planner cannot turn into a scan of every reservation.)
-                -- The first free address at or after a random point of the subnet: concurrent
-                -- pickers rarely meet on the same rows, and no scan walks the index entries that
-                -- churn at the low end of the pool before vacuum removes them.
-                start := set_masklen(s.cidr::inet + floor(random() * (2 ^ (32 - masklen(s.cidr))))::bigint, 32);
+                -- The first free address at or after a random point of the pool.
+                start := dhcp_pool_point(s.id);
                 select lx.address into target from leases lx
                 where lx.subnet_id = s.id and lx.state = 'free' and lx.pool and lx.address >= start
                   and (select n.id from nics n where n.active and n.ipv4 = lx.address) is null
@@ -558,15 +556,16 @@ begin
         where ((t.kind = 'again' and t.mem) or t.kind = 'held') and not (t.prev = any(d_addr));
     end if;
 
-    -- new: the next free addresses of the subnet from a random point, as many as there are
-    -- new clients; those left over (the pool ran out) go through dhcp_lease.
+    -- new: the next free addresses of the subnet from a random point of its pool, as many as
+    -- there are new clients; those left over (the pool ran out) go through dhcp_lease.
+    -- (Not from just after this instance's newest open offer: two instances whose walks met
+    -- would then offer the same addresses to different clients batch after batch.)
     -- (Clients and addresses are paired by position in two arrays, not by a join that the
     -- planner, misjudging the row counts, could turn into a nested loop over both.)
     if 'new' = any(c_kind) then
         for v_sid, v_mem, v_start, v_i, v_mac, v_client_id, v_hostname in
             select t.sid, bool_or(t.mem),
-                   (select set_masklen(sn.cidr::inet + floor(random() * (2 ^ (32 - masklen(sn.cidr))))::bigint, 32)
-                    from subnets sn where sn.id = t.sid),
+                   dhcp_pool_point(t.sid),
                    array_agg(t.i::integer), array_agg(t.mac), array_agg(t.client_id), array_agg(t.hostname)
             from (select * from unnest(c_kind, c_sid, c_mem, p_mac, p_client_id, p_hostname) with ordinality
                       as u(kind, sid, mem, mac, client_id, hostname, i)
@@ -654,6 +653,19 @@ begin
         end if;
     end loop;
 end
+$$;
+
+CREATE FUNCTION public.dhcp_pool_point(p_subnet uuid) RETURNS inet
+    LANGUAGE sql
+    AS $$
+    select coalesce(
+        (select r.first_addr + floor(random() * (r.last_addr - r.first_addr + 1))::bigint
+         from subnet_ranges r
+         where r.subnet_id = p_subnet
+         order by -ln(1.0 - random()) / (r.last_addr - r.first_addr + 1)
+         limit 1),
+        (select set_masklen(sn.cidr::inet + floor(random() * (2 ^ (32 - masklen(sn.cidr))))::bigint, 32)
+         from subnets sn where sn.id = p_subnet));
 $$;
 
 CREATE FUNCTION public.events_append_only() RETURNS trigger

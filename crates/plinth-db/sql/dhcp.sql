@@ -37,6 +37,23 @@ create or replace trigger subnet_ranges_check before insert or update on subnet_
 -- planned once per connection (generic plans): replanning them for every call took 1.1 ms of
 -- the 1.7 ms a one-packet batch costs.
 
+-- Where a walk for a free address of a subnet starts: a random address of its pool (one of its
+-- ranges, each weighted by its size), or of the subnet when it has no range. Concurrent pickers
+-- rarely meet on the same rows, and no walk always starts at the low end of the pool, where the
+-- index entries churn until vacuum removes them. (Of the subnet rather than the pool, a pool
+-- that is a small part of its subnet was nearly always entered at its first free address.)
+create or replace function dhcp_pool_point(p_subnet uuid) returns inet
+language sql volatile as $$
+    select coalesce(
+        (select r.first_addr + floor(random() * (r.last_addr - r.first_addr + 1))::bigint
+         from subnet_ranges r
+         where r.subnet_id = p_subnet
+         order by -ln(1.0 - random()) / (r.last_addr - r.first_addr + 1)
+         limit 1),
+        (select set_masklen(sn.cidr::inet + floor(random() * (2 ^ (32 - masklen(sn.cidr))))::bigint, 32)
+         from subnets sn where sn.id = p_subnet));
+$$;
+
 -- One DHCP lease decision, in one round trip: find the subnet, the machine behind the MAC and its
 -- reservation, then offer, bind, release or decline an address. Called once per packet, in its
 -- own transaction, committed before the reply leaves.
@@ -153,10 +170,8 @@ begin
             if target is null then
                 -- (Reservations are probed per candidate through the unique index, a subplan the
                 -- planner cannot turn into a scan of every reservation.)
-                -- The first free address at or after a random point of the subnet: concurrent
-                -- pickers rarely meet on the same rows, and no scan walks the index entries that
-                -- churn at the low end of the pool before vacuum removes them.
-                start := set_masklen(s.cidr::inet + floor(random() * (2 ^ (32 - masklen(s.cidr))))::bigint, 32);
+                -- The first free address at or after a random point of the pool.
+                start := dhcp_pool_point(s.id);
                 select lx.address into target from leases lx
                 where lx.subnet_id = s.id and lx.state = 'free' and lx.pool and lx.address >= start
                   and (select n.id from nics n where n.active and n.ipv4 = lx.address) is null
@@ -507,15 +522,16 @@ begin
         where ((t.kind = 'again' and t.mem) or t.kind = 'held') and not (t.prev = any(d_addr));
     end if;
 
-    -- new: the next free addresses of the subnet from a random point, as many as there are
-    -- new clients; those left over (the pool ran out) go through dhcp_lease.
+    -- new: the next free addresses of the subnet from a random point of its pool, as many as
+    -- there are new clients; those left over (the pool ran out) go through dhcp_lease.
+    -- (Not from just after this instance's newest open offer: two instances whose walks met
+    -- would then offer the same addresses to different clients batch after batch.)
     -- (Clients and addresses are paired by position in two arrays, not by a join that the
     -- planner, misjudging the row counts, could turn into a nested loop over both.)
     if 'new' = any(c_kind) then
         for v_sid, v_mem, v_start, v_i, v_mac, v_client_id, v_hostname in
             select t.sid, bool_or(t.mem),
-                   (select set_masklen(sn.cidr::inet + floor(random() * (2 ^ (32 - masklen(sn.cidr))))::bigint, 32)
-                    from subnets sn where sn.id = t.sid),
+                   dhcp_pool_point(t.sid),
                    array_agg(t.i::integer), array_agg(t.mac), array_agg(t.client_id), array_agg(t.hostname)
             from (select * from unnest(c_kind, c_sid, c_mem, p_mac, p_client_id, p_hostname) with ordinality
                       as u(kind, sid, mem, mac, client_id, hostname, i)

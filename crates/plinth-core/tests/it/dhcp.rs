@@ -803,6 +803,76 @@ async fn many_clients_through_two_instances_on_a_large_pool_bind_one_address_eac
     eprintln!("300 clients through two instances: {refused} refused once at least");
 }
 
+/// A pool that is a small part of its subnet (2,048 addresses of a /16) is entered at random
+/// points of the pool, not always at its first free address: each DISCOVER's walk starts
+/// somewhere in the pool's ranges (weighted by their size), so that offers from memory, which
+/// the table does not show, rarely meet once the newest few are no longer skipped.
+#[tokio::test]
+async fn offers_in_a_small_pool_of_a_large_subnet_start_anywhere_in_the_pool() {
+    let db = TestDb::new().await.unwrap();
+    let app = db.app();
+    let ranges = [
+        (
+            Ipv4Addr::new(10, 31, 200, 0),
+            Ipv4Addr::new(10, 31, 203, 255),
+        ),
+        (
+            Ipv4Addr::new(10, 31, 240, 0),
+            Ipv4Addr::new(10, 31, 243, 255),
+        ),
+    ];
+    app.create_subnet(
+        &admin(),
+        SubnetCreate {
+            cidr: "10.31.0.0/16".into(),
+            ranges: ranges
+                .iter()
+                .map(|&(start, end)| AddressRange { start, end })
+                .collect(),
+            router: None,
+            dns_servers: None,
+            domain: None,
+            lease_time: Some(600),
+            boot_server: None,
+            relay_addresses: None,
+            relay_any_in_cidr: None,
+        },
+    )
+    .await
+    .unwrap();
+    // Heard on an interface of the subnet.
+    let at = |m: MacAddr| DhcpRequest {
+        match_addr: Ipv4Addr::new(10, 31, 0, 2),
+        ..req(LeaseOp::Discover { requested: None }, m)
+    };
+    let mut offered = Vec::new();
+    for n in 0..40u32 {
+        let d = app
+            .dhcp_decide(&at(mac(9000 + n)), TIMERS, &boot(), SRV)
+            .await
+            .unwrap();
+        offered.push(addr(&d).unwrap_or_else(|| panic!("{d:?}")));
+    }
+    let in_range = |a: &Ipv4Addr, (s, e): (Ipv4Addr, Ipv4Addr)| s <= *a && *a <= e;
+    assert!(
+        offered
+            .iter()
+            .all(|a| ranges.iter().any(|r| in_range(a, *r))),
+        "{offered:?}"
+    );
+    let unique: HashSet<_> = offered.iter().collect();
+    assert_eq!(unique.len(), offered.len(), "{offered:?}");
+    // Both ranges are entered, and the first range's offers are not its first addresses.
+    for r in ranges {
+        assert!(offered.iter().any(|a| in_range(a, r)), "{r:?}: {offered:?}");
+    }
+    let lowest_first = offered
+        .iter()
+        .filter(|a| **a < Ipv4Addr::new(10, 31, 200, 64))
+        .count();
+    assert!(lowest_first < 10, "{offered:?}");
+}
+
 /// During a rolling upgrade the previous release's instances call `dhcp_lease_batch` with its
 /// old arguments (docs/ha.md): it still answers, writing its offers as that release expects,
 /// and a client of it binds through this release's instance.

@@ -461,12 +461,20 @@ begin
             limit 1
         ) m on true
         cross join lateral (select case when m.ip << s.cidr then m.ip end as reserved) r
+        -- the client's rows in the subnet, read once: for a DISCOVER the address it had (live
+        -- first, then the newest; not one declined or reserved to another NIC), whether it has
+        -- any row at all (none: a new client), and whether it holds a live lease other than
+        -- the address it asks for
         left join lateral (
-            select lx.address from leases lx
-            where x.op = 'discover' and lx.subnet_id = s.id and lx.mac = x.mac and lx.pool and lx.state <> 'declined'
-              and coalesce((select nc.mac from nics nc where nc.active and nc.ipv4 = lx.address), x.mac) = x.mac
-            order by (lx.state in ('offered', 'bound')) desc, lx.updated_at desc
-            limit 1
+            select (array_agg(lx.address order by (lx.state in ('offered', 'bound')) desc, lx.updated_at desc)
+                        filter (where x.op = 'discover' and lx.pool and lx.state <> 'declined'
+                                  and coalesce((select nc.mac from nics nc where nc.active and nc.ipv4 = lx.address),
+                                               x.mac) = x.mac))[1] as address,
+                   count(*) as n_rows,
+                   coalesce(bool_or(lx.state in ('offered', 'bound') and lx.address is distinct from x.addr), false)
+                       as live_elsewhere
+            from leases lx
+            where lx.subnet_id = s.id and lx.mac = x.mac
         ) p on true
         -- the address offered from memory, if the client may still have it
         left join lateral (
@@ -486,14 +494,12 @@ begin
                      and (not (p.address = any(p_skip)) or p.address = x.held) then 'again'
                 when x.op = 'discover' and r.reserved is null and x.addr is null and p.address is null
                      and h.address is not null then 'held'
-                when x.op = 'discover' and r.reserved is null and x.addr is null
-                     and not exists (select 1 from leases lx where lx.mac = x.mac and lx.subnet_id = s.id) then 'new'
+                when x.op = 'discover' and r.reserved is null and x.addr is null and p.n_rows = 0 then 'new'
                 when x.op in ('select', 'init_reboot', 'renew') and x.addr << s.cidr
                      and (r.reserved is null or r.reserved = x.addr)
                      and not exists (select 1 from nics nc where nc.active and nc.ipv4 = x.addr and nc.mac <> x.mac)
                      -- (a live lease of the client's elsewhere is freed first, on the one-by-one path)
-                     and not exists (select 1 from leases lx where lx.subnet_id = s.id and lx.mac = x.mac
-                                     and lx.state in ('offered', 'bound') and lx.address <> x.addr)
+                     and not p.live_elsewhere
                     then 'bind'
                 else 'general'
             end as kind
@@ -511,7 +517,8 @@ begin
         with u as (
             update leases l set state = 'bound', mac = t.mac, client_id = t.client_id,
                 hostname = case when l.mac = t.mac then coalesce(t.hostname, l.hostname) else t.hostname end,
-                expires_at = now() + make_interval(secs => sn.lease_time), updated_at = now()
+                expires_at = now() + make_interval(secs => sn.lease_time), updated_at = now(),
+                bound_at = now()  -- (set here, the row trigger that would set it does not fire)
             from unnest(c_kind, c_sid, c_res, p_addr, p_mac, p_client_id, p_hostname) with ordinality
                  as t(kind, sid, reserved, addr, mac, client_id, hostname, i)
             join subnets sn on sn.id = t.sid
@@ -656,9 +663,10 @@ end
 $$;
 
 CREATE FUNCTION public.dhcp_pool_point(p_subnet uuid) RETURNS inet
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $$
-    select coalesce(
+begin
+    return coalesce(
         (select r.first_addr + floor(random() * (r.last_addr - r.first_addr + 1))::bigint
          from subnet_ranges r
          where r.subnet_id = p_subnet
@@ -666,6 +674,7 @@ CREATE FUNCTION public.dhcp_pool_point(p_subnet uuid) RETURNS inet
          limit 1),
         (select set_masklen(sn.cidr::inet + floor(random() * (2 ^ (32 - masklen(sn.cidr))))::bigint, 32)
          from subnets sn where sn.id = p_subnet));
+end
 $$;
 
 CREATE FUNCTION public.events_append_only() RETURNS trigger
@@ -1541,7 +1550,7 @@ CREATE TRIGGER events_no_update BEFORE DELETE OR UPDATE ON public.events FOR EAC
 
 CREATE TRIGGER leases_bound_on_insert BEFORE INSERT ON public.leases FOR EACH ROW WHEN ((new.state = 'bound'::text)) EXECUTE FUNCTION public.leases_set_bound_at();
 
-CREATE TRIGGER leases_bound_on_update BEFORE UPDATE ON public.leases FOR EACH ROW WHEN (((new.state = 'bound'::text) AND ((old.state IS DISTINCT FROM 'bound'::text) OR (new.expires_at IS DISTINCT FROM old.expires_at)))) EXECUTE FUNCTION public.leases_set_bound_at();
+CREATE TRIGGER leases_bound_on_update BEFORE UPDATE ON public.leases FOR EACH ROW WHEN (((new.state = 'bound'::text) AND ((old.state IS DISTINCT FROM 'bound'::text) OR (new.expires_at IS DISTINCT FROM old.expires_at)) AND (NOT (new.bound_at IS DISTINCT FROM old.bound_at)))) EXECUTE FUNCTION public.leases_set_bound_at();
 
 CREATE TRIGGER machines_rack_fit BEFORE INSERT OR UPDATE OF rack_id, rack_unit, size_u ON public.machines FOR EACH ROW EXECUTE FUNCTION public.machines_check_rack_fit();
 

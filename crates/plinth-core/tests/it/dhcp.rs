@@ -673,7 +673,7 @@ async fn rows_of(app: &App, m: MacAddr) -> Vec<(Ipv4Addr, LeaseState)> {
 #[tokio::test]
 async fn a_large_pool_offers_from_memory_and_commits_at_request() {
     let (a, b) = (Ipv4Addr::new(10, 30, 0, 100), Ipv4Addr::new(10, 30, 5, 17));
-    let (app, _db) = setup_large(Some(&[a, b])).await;
+    let (app, db) = setup_large(Some(&[a, b])).await;
     let discover = |m| req(LeaseOp::Discover { requested: None }, m);
     let d = decide_all(&app, &[discover(mac(1)), discover(mac(1))]).await;
     assert_eq!(d[0].outcome, Outcome::Offer, "{d:?}");
@@ -721,6 +721,25 @@ async fn a_large_pool_offers_from_memory_and_commits_at_request() {
     assert_eq!(d[2].outcome, Outcome::Nak, "{:?}", d[2]);
     assert_eq!(rows_of(&app, mac(1)).await, vec![(x, LeaseState::Bound)]);
     assert_eq!(rows_of(&app, mac(2)).await, vec![(y, LeaseState::Bound)]);
+    // The bind records when (what "last seen" shows), and a renewal moves it on.
+    let bound_at = |ip: Ipv4Addr| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<f64>>(
+                "select extract(epoch from bound_at)::float8 from leases where address = $1",
+            )
+            .bind(std::net::IpAddr::from(ip))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let first = bound_at(x).await.expect("bound_at set by the bind");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let renew = decide_all(&app, &[req(LeaseOp::Renew { ciaddr: x }, mac(1))]).await;
+    assert_eq!(renew[0].outcome, Outcome::Ack, "{renew:?}");
+    let later = bound_at(x).await.unwrap();
+    assert!(later > first, "{first} then {later}");
     // A bound client coming back is offered its address, which stays bound.
     let back = decide(&app, LeaseOp::Discover { requested: None }, mac(1)).await;
     assert_eq!(addr(&back), Some(x));

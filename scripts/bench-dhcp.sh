@@ -13,7 +13,8 @@
 # socket, or perfdhcp's). Then plinth's memory with 100,000 leases.
 #   scripts/bench-dhcp.sh [SECONDS_PER_RATE] [RATES...]     default: 10 s at 1000 2000 4000 8000
 # BENCH_SERVERS picks the servers (default "kea kea-mt plinth plinth-async memory"; dnsmasq too
-# on request); BENCH_ROUNDS (default 1).
+# on request, and null: a responder without lease state, scripts/bench-dhcp-null.c, which
+# measures what perfdhcp and the machine leave for any server); BENCH_ROUNDS (default 1).
 # BENCH_SUSTAINED=1: instead of the fixed rates, each server's highest rate under 0.1 % drops:
 # rates from BENCH_SUSTAIN_FROM (default 4000) up in steps of BENCH_SUSTAIN_STEP (default 2000)
 # until one drops more, then halving the step between the last good and the first bad rate down
@@ -143,6 +144,17 @@ dnsmasq_() { # rate
   stop_all
 }
 
+null_() { # rate: the floor, a responder without lease state (scripts/bench-dhcp-null.c)
+  [ -x "$work/dhcp-null" ] || cc -O2 -o "$work/dhcp-null" scripts/bench-dhcp-null.c
+  ip netns exec "$srv" "$work/dhcp-null" 10.70.0.2 >"$work/null.out" 2>&1 &
+  local npid=$!
+  pids+=($npid); sleep 0.5
+  local n0; n0=$(ticks "/proc/$npid/stat")
+  perf "null responder (no lease state; the client's and the machine's limit)" "$1"
+  cpu_line "null responder at $1/s" "$(( $(ticks "/proc/$npid/stat") - n0 ))" 0
+  stop_all
+}
+
 # The embedded database's durability: fsync, full-page writes and synchronous commit on.
 # (BENCH_PG_OPTS: more server options, e.g. auto_explain's; BENCH_PG_LOG=FILE keeps its log.)
 server=$(PG_SCRATCH_OPTS="-c shared_buffers=256MB ${BENCH_PG_OPTS:-}" scripts/pg-scratch.sh "$work/pg")
@@ -168,9 +180,11 @@ plinth_rss=
 plinth_bins=${BENCH_PLINTH_BINS:-$(git rev-parse --short HEAD)=$bin}
 head_bin=$bin
 ticks() { awk '{s += $14 + $15} END {print s + 0}' "$@" 2>/dev/null || echo 0; }
-pg_ticks() { # the postmaster and its children (its backends carry no path to match)
+pg_ticks() { # the postmaster and its children (its backends carry no path to match), and the
+  # children that have exited (autovacuum's workers: the postmaster's cutime and cstime)
   local pm; pm=$(head -1 "$work/pg/data/postmaster.pid")
-  ticks "/proc/$pm/stat" $(for p in $(pgrep -P "$pm" || true); do echo "/proc/$p/stat"; done)
+  echo $(( $(ticks "/proc/$pm/stat" $(for p in $(pgrep -P "$pm" || true); do echo "/proc/$p/stat"; done)) +
+           $(awk '{print $16 + $17}' "/proc/$pm/stat") ))
 }
 plinth() { # rate [async]
   local entry label durability="synchronous commit"
@@ -192,9 +206,11 @@ plinth() { # rate [async]
     cpu_line "plinth $label ($durability) at $1/s" "$(( $(ticks "/proc/$pid/stat") - p0 ))" "$(( $(pg_ticks) - g0 ))"
     # The packets plinth itself chose not to answer, by reason (its counters).
     local dropped
-    dropped=$(ip netns exec "$srv" curl -s -H "Authorization: Bearer $token" http://127.0.0.1:8080/metrics |
-      awk '/^plinth_dhcp_packets_dropped_total/ && $2 > 0 {sub(/^plinth_dhcp_packets_dropped_total/, ""); printf " %s %s", $1, $2}')
-    echo "  plinth $label at $1/s: packets plinth dropped:${dropped:- none}"
+    local metrics dropped naks
+    metrics=$(ip netns exec "$srv" curl -s -H "Authorization: Bearer $token" http://127.0.0.1:8080/metrics)
+    dropped=$(awk '/^plinth_dhcp_packets_dropped_total/ && $2 > 0 {sub(/^plinth_dhcp_packets_dropped_total/, ""); printf " %s %s", $1, $2}' <<<"$metrics")
+    naks=$(awk '/^plinth_dhcp_replies_total\{type="nak"\}/ {print $2}' <<<"$metrics")
+    echo "  plinth $label at $1/s: packets plinth dropped:${dropped:- none}; NAKs sent: ${naks:-?}"
     plinth_rss="$plinth_rss
 plinth $label ($durability) RSS after $1/s: $(rss) with $(bound) bound leases"
     stop_all
@@ -209,6 +225,7 @@ run_server() { # server[@plinth label] rate: one run at one rate (a table row, a
     kea) kea "$2" ;;
     kea-mt) kea "$2" mt ;;
     dnsmasq) dnsmasq_ "$2" ;;
+    null) null_ "$2" ;;
     plinth) only_label=$only plinth "$2" ;;
     plinth-async) only_label=$only plinth "$2" async ;;
   esac

@@ -270,7 +270,10 @@ impl Default for LeaseTimers {
 /// The offers this instance made from memory (see `dhcp_lease_batch`): the table does not
 /// hold them, so the instance remembers each, by client, until the client binds it (or is
 /// refused, or goes elsewhere) or the offer lapses. A client asking again is offered the same
-/// address; the newest offers are passed to every batch as addresses to offer nobody else.
+/// address; every open offer is passed to each batch as an address to offer nobody else (the
+/// database checks candidates against them through a hash). Another instance's offers are not
+/// seen: two instances may offer one address to two clients; then the first REQUEST binds it
+/// and the other client is refused (NAK) and starts over.
 #[derive(Debug, Default)]
 pub(crate) struct OfferBook {
     inner: std::sync::Mutex<Offers>,
@@ -280,26 +283,20 @@ pub(crate) struct OfferBook {
 struct Offers {
     /// By client: the address and when the offer lapses.
     open: std::collections::HashMap<MacAddr, (Ipv4Addr, std::time::Instant)>,
-    /// The newest offers, oldest first: the ones whose REQUESTs are on their way.
-    recent: std::collections::VecDeque<(MacAddr, Ipv4Addr)>,
 }
 
 impl OfferBook {
     /// At most this many open offers are remembered by client: a flood of DISCOVERs from
-    /// made-up MACs (or a storm whose clients never REQUEST) must not grow it.
+    /// made-up MACs (or a storm whose clients never REQUEST) must not grow it. Past it, an
+    /// offer is made but not remembered (so not skipped either).
     const MAX: usize = 4096;
-    /// The newest offers that every batch skips. The database checks each candidate address
-    /// against all of them, so the list is short: it covers the offers whose clients answer
-    /// within a few batches, as clients do. An older open offer's address may be offered to
-    /// another client too; then the first REQUEST binds it and the other client is refused
-    /// (NAK) and starts over, as when two instances meet on one address.
-    const SKIP: usize = 128;
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Offers> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// For the calls of a batch: each client's open offer, and the addresses to skip.
+    /// For the calls of a batch: each client's open offer, and the addresses to skip (every
+    /// open offer).
     fn snapshot(
         &self,
         macs: impl Iterator<Item = MacAddr>,
@@ -309,10 +306,10 @@ impl OfferBook {
         let live = |m: &MacAddr| book.open.get(m).filter(|(_, until)| *until > now);
         let held = macs.map(|m| live(&m).map(|(a, _)| *a)).collect();
         let skip = book
-            .recent
-            .iter()
-            .filter(|(m, a)| live(m).is_some_and(|(x, _)| x == a))
-            .map(|(_, a)| *a)
+            .open
+            .values()
+            .filter(|(_, until)| *until > now)
+            .map(|(a, _)| *a)
             .collect();
         (held, skip)
     }
@@ -330,10 +327,6 @@ impl OfferBook {
                     let until = now + std::time::Duration::from_secs(u64::from(offer_secs));
                     book.open.insert(mac, (a, until));
                 }
-                if book.recent.len() >= Self::SKIP {
-                    book.recent.pop_front();
-                }
-                book.recent.push_back((mac, a));
             }
             (true, None) => {}
             // Bound, refused, released, declined, or an offer the table holds.

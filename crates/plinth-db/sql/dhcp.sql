@@ -159,7 +159,7 @@ begin
             select lx.address into target from leases lx
             where lx.subnet_id = s.id and lx.mac = p_mac and lx.pool and lx.state <> 'declined'
               and coalesce((select n.mac from nics n where n.active and n.ipv4 = lx.address), p_mac) = p_mac
-              and not (lx.address = any(p_skip))
+              and lx.address not in (select sk from unnest(p_skip) sk where sk is not null)
             order by (lx.state in ('offered', 'bound')) desc, lx.updated_at desc
             limit 1;
             previous := target;
@@ -168,7 +168,7 @@ begin
                 where lx.address = p_addr and lx.subnet_id = s.id and lx.pool
                   and (lx.state = 'free' or (lx.expires_at < now() and lx.state <> 'declined'))
                   and coalesce((select n.mac from nics n where n.active and n.ipv4 = lx.address), p_mac) = p_mac
-                  and not (lx.address = any(p_skip))
+                  and lx.address not in (select sk from unnest(p_skip) sk where sk is not null)
                 for update skip locked;
             end if;
             if target is null then
@@ -179,7 +179,7 @@ begin
                 select lx.address into target from leases lx
                 where lx.subnet_id = s.id and lx.state = 'free' and lx.pool and lx.address >= start
                   and (select n.id from nics n where n.active and n.ipv4 = lx.address) is null
-                  and not (lx.address = any(p_skip))
+                  and lx.address not in (select sk from unnest(p_skip) sk where sk is not null)
                 order by lx.address
                 limit 1
                 for update skip locked;
@@ -187,7 +187,7 @@ begin
                     select lx.address into target from leases lx
                     where lx.subnet_id = s.id and lx.state = 'free' and lx.pool and lx.address < start
                       and (select n.id from nics n where n.active and n.ipv4 = lx.address) is null
-                      and not (lx.address = any(p_skip))
+                      and lx.address not in (select sk from unnest(p_skip) sk where sk is not null)
                     order by lx.address
                     limit 1
                     for update skip locked;
@@ -197,7 +197,7 @@ begin
                 select lx.address into target from leases lx
                 where lx.subnet_id = s.id and lx.state <> 'free' and lx.expires_at < now() and lx.pool
                   and (select n.id from nics n where n.active and n.ipv4 = lx.address) is null
-                  and not (lx.address = any(p_skip))
+                  and lx.address not in (select sk from unnest(p_skip) sk where sk is not null)
                 order by lx.expires_at
                 limit 1
                 for update skip locked;
@@ -310,8 +310,11 @@ $$;
 -- calling instance remembers its offers and passes them in, so that it never offers one address
 -- to two clients:
 --   p_held   per item, the address this instance offered the client from memory (null: none)
---   p_skip   addresses this instance offered from memory lately and has not seen bound; null:
---            the caller keeps no offers (a release before offers from memory): all are written
+--   p_skip   every address this instance offered from memory and has not seen bound (its open
+--            offers, some thousands under a storm); null: the caller keeps no offers (a release
+--            before offers from memory): all are written. Each statement checks candidates
+--            against it through a hash built once (`not in (select ... unnest)`, a hashed
+--            subplan), not by scanning the array for every candidate.
 -- Other instances do not see them: two instances may offer one free address to two clients at
 -- the same moment, and then the first REQUEST binds it and the second is refused (NAK) and the
 -- client starts over. That is rare where the pool is large, and a smaller pool keeps written
@@ -461,7 +464,7 @@ begin
                 when s.id is null or x.nth > 1 then 'general'
                 -- (an address this instance offered another client from memory is not offered again)
                 when x.op = 'discover' and r.reserved is null and p.address is not null
-                     and (not (p.address = any(p_skip)) or p.address = x.held) then 'again'
+                     and (p.address not in (select sk from unnest(p_skip) sk where sk is not null) or p.address = x.held) then 'again'
                 when x.op = 'discover' and r.reserved is null and x.addr is null and p.address is null
                      and h.address is not null then 'held'
                 when x.op = 'discover' and r.reserved is null and x.addr is null and p.n_rows = 0 then 'new'
@@ -557,14 +560,14 @@ begin
                 from (
                     (select lx.address from leases lx
                      where lx.subnet_id = v_sid and lx.state = 'free' and lx.pool and lx.address >= v_start
-                       and not (lx.address = any(v_taken))
+                       and lx.address not in (select sk from unnest(v_taken) sk where sk is not null)
                        and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
                      order by lx.address
                      limit v_want)
                     union all
                     (select lx.address from leases lx
                      where lx.subnet_id = v_sid and lx.state = 'free' and lx.pool and lx.address < v_start
-                       and not (lx.address = any(v_taken))
+                       and lx.address not in (select sk from unnest(v_taken) sk where sk is not null)
                        and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
                      order by lx.address
                      limit v_want)
@@ -579,7 +582,7 @@ begin
                 from (
                     select lx.address from leases lx
                     where lx.subnet_id = v_sid and lx.state = 'free' and lx.pool and lx.address >= v_start
-                      and not (lx.address = any(v_taken))
+                      and lx.address not in (select sk from unnest(v_taken) sk where sk is not null)
                       and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
                     order by lx.address
                     limit v_want

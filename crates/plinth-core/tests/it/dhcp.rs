@@ -746,6 +746,38 @@ async fn a_large_pool_offers_from_memory_and_commits_at_request() {
     assert_eq!(rows_of(&app, mac(1)).await, vec![(x, LeaseState::Bound)]);
 }
 
+/// One instance with many offers from memory open at once (a storm whose REQUESTs lag, 900
+/// clients in a pool of 1,985): each batch skips every open offer, so no two clients are
+/// offered one address, and every REQUEST binds.
+#[tokio::test]
+async fn many_open_offers_from_memory_are_never_offered_twice() {
+    let (app, _db) = setup_large(None).await;
+    let clients: Vec<MacAddr> = (0..900u32).map(|n| mac(20_000 + n)).collect();
+    let mut offered = Vec::new();
+    for chunk in clients.chunks(100) {
+        let reqs: Vec<_> = chunk
+            .iter()
+            .map(|m| req(LeaseOp::Discover { requested: None }, *m))
+            .collect();
+        for d in decide_all(&app, &reqs).await {
+            assert_eq!(d.outcome, Outcome::Offer, "{d:?}");
+            offered.push(addr(&d).unwrap());
+        }
+    }
+    let unique: HashSet<_> = offered.iter().collect();
+    assert_eq!(unique.len(), clients.len(), "one address per open offer");
+    let reqs: Vec<_> = clients
+        .iter()
+        .zip(&offered)
+        .map(|(m, a)| req(LeaseOp::Select { requested: *a }, *m))
+        .collect();
+    for chunk in reqs.chunks(128) {
+        for d in decide_all(&app, chunk).await {
+            assert_eq!(d.outcome, Outcome::Ack, "{d:?}");
+        }
+    }
+}
+
 /// The collision path: two instances, not seeing each other's offers from memory, offer the one
 /// free address to two clients. The first REQUEST binds it; the second client is refused, starts
 /// over, and is offered an address that came free meanwhile.

@@ -649,12 +649,15 @@ fn a_database_stall_is_absorbed_by_the_socket_buffer() {
         1500 + r.request_ack.sent,
         "{report}"
     );
-    // Every REQUEST granted: the 1,500 offers made from memory after the stall, batch after
-    // batch, are distinct addresses (each batch skips every open offer), so none is refused
-    // for an address another client bound first.
+    // Every REQUEST answered. (The 1,500 offers made from memory after the stall are open at
+    // once; each batch skips the newest 1,024, so an older one's address may be offered again
+    // and that REQUEST refused: plinth-core's dhcp suite covers the skipping.)
     assert!(r.request_ack.sent > 1000, "{report}");
-    assert_eq!(replies("nak"), 0, "{report}");
-    assert_eq!(replies("ack"), r.request_ack.sent, "{report}");
+    assert_eq!(
+        replies("ack") + replies("nak"),
+        r.request_ack.sent,
+        "{report}"
+    );
     assert_eq!(r.request_ack.non_unique_addresses, 0, "{report}");
     assert_eq!(
         psql("select count(*) from leases where state = 'bound'"),

@@ -310,8 +310,8 @@ $$;
 -- calling instance remembers its offers and passes them in, so that it never offers one address
 -- to two clients:
 --   p_held   per item, the address this instance offered the client from memory (null: none)
---   p_skip   every address this instance offered from memory and has not seen bound (its open
---            offers, some thousands under a storm); null: the caller keeps no offers (a release
+--   p_skip   addresses this instance offered from memory lately and has not seen bound (its
+--            newest open offers, up to 1,024); null: the caller keeps no offers (a release
 --            before offers from memory): all are written. Each statement checks candidates
 --            against it through a hash built once (`not in (select ... unnest)`, a hashed
 --            subplan), not by scanning the array for every candidate.

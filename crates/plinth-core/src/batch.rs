@@ -286,20 +286,35 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn with_a_window_requests_under_load_wait_for_it_and_one_after_a_quiet_moment_does_not() {
-        let (batcher, windowed) = queue::<u32>(64, 4);
-        let windowed = windowed.with_window(Duration::from_millis(100));
+    /// The batches a queue's worker is handed, with when (ms after the start).
+    type Seen = Arc<Mutex<Vec<(u128, Vec<u32>)>>>;
+
+    /// Runs `queue` with a worker that records each batch it is handed and when.
+    fn record(
+        queue: Queue<u32>,
+    ) -> (
+        tokio::time::Instant,
+        Seen,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let t0 = tokio::time::Instant::now();
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen: Seen = Arc::new(Mutex::new(Vec::new()));
         let cancel = CancellationToken::new();
         let worker = {
             let seen = seen.clone();
-            tokio::spawn(windowed.run(cancel.clone(), move |batch| {
+            tokio::spawn(queue.run(cancel.clone(), move |batch| {
                 seen.lock().unwrap().push((t0.elapsed().as_millis(), batch));
                 async {}
             }))
         };
+        (t0, seen, cancel, worker)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_window_requests_under_load_wait_for_it_and_one_after_a_quiet_moment_does_not() {
+        let (batcher, windowed) = queue::<u32>(64, 4);
+        let (t0, seen, cancel, worker) = record(windowed.with_window(Duration::from_millis(100)));
         let at = |ms: u64| tokio::time::sleep_until(t0 + Duration::from_millis(ms));
         // The first request is taken at once.
         batcher.try_submit(1).unwrap();
@@ -338,16 +353,7 @@ mod tests {
         );
         // Without a window (the default), the same requests are taken as they come.
         let (batcher, plain) = queue::<u32>(64, 4);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let cancel = CancellationToken::new();
-        let t0 = tokio::time::Instant::now();
-        let worker = {
-            let seen = seen.clone();
-            tokio::spawn(plain.run(cancel.clone(), move |batch| {
-                seen.lock().unwrap().push((t0.elapsed().as_millis(), batch));
-                async {}
-            }))
-        };
+        let (t0, seen, cancel, worker) = record(plain);
         let at = |ms: u64| tokio::time::sleep_until(t0 + Duration::from_millis(ms));
         batcher.try_submit(1).unwrap();
         at(10).await;

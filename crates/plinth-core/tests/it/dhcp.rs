@@ -778,6 +778,43 @@ async fn many_open_offers_from_memory_are_never_offered_twice() {
     }
 }
 
+/// A client whose REQUEST for its offer from memory and whose next DISCOVER land in one batch
+/// (perfdhcp's random MACs do this; so does a client that restarts at once): the REQUEST binds,
+/// and the DISCOVER and a second REQUEST, which take the one-by-one path as the client's later
+/// items, get the same address although the batch skips it as an open offer.
+#[tokio::test]
+async fn a_request_and_a_discover_of_one_client_in_one_batch_both_get_its_address() {
+    let (app, _db) = setup_large(None).await;
+    let m = mac(31_000);
+    let offer = decide(&app, LeaseOp::Discover { requested: None }, m).await;
+    let a = addr(&offer).unwrap();
+    let d = decide_all(
+        &app,
+        &[
+            req(LeaseOp::Select { requested: a }, m),
+            req(LeaseOp::Discover { requested: None }, m),
+            req(LeaseOp::Select { requested: a }, m),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (d[0].outcome, addr(&d[0])),
+        (Outcome::Ack, Some(a)),
+        "{d:?}"
+    );
+    assert_eq!(
+        (d[1].outcome, addr(&d[1])),
+        (Outcome::Offer, Some(a)),
+        "{d:?}"
+    );
+    assert_eq!(
+        (d[2].outcome, addr(&d[2])),
+        (Outcome::Ack, Some(a)),
+        "{d:?}"
+    );
+    assert_eq!(rows_of(&app, m).await, vec![(a, LeaseState::Bound)]);
+}
+
 /// The collision path: two instances, not seeing each other's offers from memory, offer the one
 /// free address to two clients. The first REQUEST binds it; the second client is refused, starts
 /// over, and is offered an address that came free meanwhile.

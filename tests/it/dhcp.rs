@@ -29,21 +29,29 @@ fn plinth(
     boot_server: &str,
     mode: &str,
 ) -> Proc {
+    plinth_with(lab, ns, iface, db_url, boot_server, mode, &[])
+}
+
+/// [`plinth`] with more settings (`PLINTH_...` variables).
+fn plinth_with(
+    lab: &mut Lab,
+    ns: &Ns,
+    iface: &str,
+    db_url: &str,
+    boot_server: &str,
+    mode: &str,
+    more: &[(&str, &str)],
+) -> Proc {
     let interfaces = format!("[\"{iface}\"]");
-    serve_in_ns(
-        lab,
-        ns,
-        db_url,
-        "127.0.0.1:8080",
-        &[
-            ("PLINTH_DHCP__ENABLED", "true"),
-            ("PLINTH_DHCP__INTERFACES", &interfaces),
-            ("PLINTH_DHCP__BOOT_SERVER", boot_server),
-            ("PLINTH_DHCP__MODE", mode),
-            ("PLINTH_LOG__LEVEL", "plinth_dhcp=debug,info"),
-        ],
-        "DHCP listening",
-    )
+    let mut env = vec![
+        ("PLINTH_DHCP__ENABLED", "true"),
+        ("PLINTH_DHCP__INTERFACES", interfaces.as_str()),
+        ("PLINTH_DHCP__BOOT_SERVER", boot_server),
+        ("PLINTH_DHCP__MODE", mode),
+        ("PLINTH_LOG__LEVEL", "plinth_dhcp=debug,info"),
+    ];
+    env.extend_from_slice(more);
+    serve_in_ns(lab, ns, db_url, "127.0.0.1:8080", &env, "DHCP listening")
 }
 
 /// Two namespaces joined by a veth pair; the server end has `server_cidr`.
@@ -549,22 +557,19 @@ fn a_database_stall_is_absorbed_by_the_socket_buffer() {
         Some("10.69.0.1"),
         &["any"],
     );
-    let interfaces = format!("[\"{sif}\"]");
-    let _server = serve_in_ns(
+    let _server = plinth_with(
         &mut lab,
         &srv,
+        &sif,
         &env.db.url,
-        "127.0.0.1:8080",
+        "10.69.0.2",
+        "server",
         &[
-            ("PLINTH_DHCP__ENABLED", "true"),
-            ("PLINTH_DHCP__INTERFACES", &interfaces),
-            ("PLINTH_DHCP__BOOT_SERVER", "10.69.0.2"),
             // 1,500 new clients within a second and a half: the new-client limit is not
             // what this test is about.
             ("PLINTH_DHCP__NEW_CLIENT_RATE", "0"),
             ("PLINTH_HTTP__METRICS_ALLOW", "[\"127.0.0.1/32\"]"),
         ],
-        "DHCP listening",
     );
     let psql = |sql: &str| {
         let out = Command::new("psql")

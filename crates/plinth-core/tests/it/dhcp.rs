@@ -617,25 +617,13 @@ async fn the_instance_not_chosen_leaves_the_shared_offer_alone() {
 async fn setup_large(free: Option<&[Ipv4Addr]>) -> (App, TestDb) {
     let db = TestDb::new().await.unwrap();
     let app = db.app();
-    app.create_subnet(
-        &admin(),
-        SubnetCreate {
-            cidr: "10.30.0.0/21".into(),
-            ranges: vec![AddressRange {
-                start: Ipv4Addr::new(10, 30, 0, 10),
-                end: Ipv4Addr::new(10, 30, 7, 250),
-            }],
-            router: Some(Ipv4Addr::new(10, 30, 0, 1)),
-            dns_servers: None,
-            domain: None,
-            lease_time: Some(600),
-            boot_server: None,
-            relay_addresses: None,
-            relay_any_in_cidr: None,
-        },
+    pool_subnet(
+        &app,
+        "10.30.0.0/21",
+        &[(Ipv4Addr::new(10, 30, 0, 10), Ipv4Addr::new(10, 30, 7, 250))],
+        Some(Ipv4Addr::new(10, 30, 0, 1)),
     )
-    .await
-    .unwrap();
+    .await;
     if let Some(free) = free {
         let free: Vec<std::net::IpAddr> = free.iter().map(|a| (*a).into()).collect();
         sqlx::query(
@@ -648,6 +636,34 @@ async fn setup_large(free: Option<&[Ipv4Addr]>) -> (App, TestDb) {
         .unwrap();
     }
     (app, db)
+}
+
+/// A subnet with these ranges as its pool, a 600-s lease time, and nothing else set.
+async fn pool_subnet(
+    app: &App,
+    cidr: &str,
+    ranges: &[(Ipv4Addr, Ipv4Addr)],
+    router: Option<Ipv4Addr>,
+) {
+    app.create_subnet(
+        &admin(),
+        SubnetCreate {
+            cidr: cidr.into(),
+            ranges: ranges
+                .iter()
+                .map(|&(start, end)| AddressRange { start, end })
+                .collect(),
+            router,
+            dns_servers: None,
+            domain: None,
+            lease_time: Some(600),
+            boot_server: None,
+            relay_addresses: None,
+            relay_any_in_cidr: None,
+        },
+    )
+    .await
+    .unwrap();
 }
 
 async fn decide(app: &App, op: LeaseOp, m: MacAddr) -> DhcpDecision {
@@ -909,25 +925,7 @@ async fn offers_in_a_small_pool_of_a_large_subnet_start_anywhere_in_the_pool() {
             Ipv4Addr::new(10, 31, 243, 255),
         ),
     ];
-    app.create_subnet(
-        &admin(),
-        SubnetCreate {
-            cidr: "10.31.0.0/16".into(),
-            ranges: ranges
-                .iter()
-                .map(|&(start, end)| AddressRange { start, end })
-                .collect(),
-            router: None,
-            dns_servers: None,
-            domain: None,
-            lease_time: Some(600),
-            boot_server: None,
-            relay_addresses: None,
-            relay_any_in_cidr: None,
-        },
-    )
-    .await
-    .unwrap();
+    pool_subnet(&app, "10.31.0.0/16", &ranges, None).await;
     // Heard on an interface of the subnet.
     let at = |m: MacAddr| DhcpRequest {
         match_addr: Ipv4Addr::new(10, 31, 0, 2),

@@ -491,17 +491,8 @@ fn two_instances_on_one_database_hand_out_distinct_addresses() {
     // address it is given), 100 distinct clients each, all from one pool in one database.
     lab.addr(&cli, &c, "10.67.0.10/16").unwrap();
     let perf = |lab: &mut Lab, from: &str, server: &str, base: &str| {
-        let dir = lab.dir().display().to_string();
-        let mut cmd = Command::new("env");
-        cmd.args([
-            &format!("KEA_LOCKFILE_DIR={dir}"),
-            &format!("KEA_PIDFILE_DIR={dir}"),
-            "perfdhcp",
-            "-4",
-            "-l",
-            from,
-        ])
-        .args(["-r", "50", "-R", "100", "-p", "4", "-b", base, server]);
+        let args = ["-r", "50", "-R", "100", "-p", "4", "-b", base, server];
+        let cmd = dhcp_clients::perfdhcp_command(lab, from, &args);
         lab.spawn_named(&cli, "perfdhcp", cmd).unwrap()
     };
     let runs = [
@@ -603,20 +594,11 @@ fn a_database_stall_is_absorbed_by_the_socket_buffer() {
     }
     // 1,500 clients in a second and a half (perfdhcp as a relay), each DISCOVER waiting on the
     // lock; a request counts as lost only after 20 s.
-    let dir = lab.dir().display().to_string();
-    let mut cmd = Command::new("env");
-    cmd.args([
-        &format!("KEA_LOCKFILE_DIR={dir}"),
-        &format!("KEA_PIDFILE_DIR={dir}"),
-        "perfdhcp",
-        "-4",
-        "-l",
-        "10.69.0.9",
-    ])
-    .args([
+    let mut args = vec![
         "-r", "1000", "-R", "1500", "-n", "1500", "-d", "20", "-d", "20",
-    ])
-    .args(["-W", "10000000", "10.69.0.2"]);
+    ];
+    args.extend(["-W", "10000000", "10.69.0.2"]);
+    let cmd = dhcp_clients::perfdhcp_command(&lab, "10.69.0.9", &args);
     let run = lab.spawn_named(&cli, "perfdhcp", cmd).unwrap();
     run.wait_timeout(Duration::from_secs(60))
         .expect("perfdhcp finished");

@@ -68,25 +68,9 @@ fn plinth_with(
 /// DORAs a second for `secs` seconds, at most `clients` distinct MACs from `base`.
 fn perfdhcp(lab: &mut Lab, ns: &Ns, from: &str, server: &str, base: &str, load: [u32; 3]) -> Proc {
     let [rate, clients, secs] = load;
-    let dir = lab.dir().display().to_string();
-    let mut cmd = Command::new("env");
-    cmd.args([
-        &format!("KEA_LOCKFILE_DIR={dir}"),
-        &format!("KEA_PIDFILE_DIR={dir}"),
-        "perfdhcp",
-        "-4",
-        "-l",
-        from,
-    ])
-    .args([
-        "-r",
-        &rate.to_string(),
-        "-R",
-        &clients.to_string(),
-        "-p",
-        &secs.to_string(),
-    ])
-    .args(["-b", base, server]);
+    let (rate, clients, secs) = (rate.to_string(), clients.to_string(), secs.to_string());
+    let args = ["-r", &rate, "-R", &clients, "-p", &secs, "-b", base, server];
+    let cmd = dhcp_clients::perfdhcp_command(lab, from, &args);
     lab.spawn_named(ns, "perfdhcp", cmd).unwrap()
 }
 

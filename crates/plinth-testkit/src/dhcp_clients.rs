@@ -934,6 +934,31 @@ pub struct PerfResult {
     pub output: String,
 }
 
+/// perfdhcp's command line, after `env`: its lock and pid files in the lab's folder rather than
+/// the system's, `-4`, relayed from `from` (an interface with an IPv4 address, or that
+/// address), then `args`.
+fn perfdhcp_argv(lab: &Lab, from: &str, args: &[&str]) -> Vec<String> {
+    let dir = lab.dir().display();
+    let mut argv = vec![
+        format!("KEA_LOCKFILE_DIR={dir}"),
+        format!("KEA_PIDFILE_DIR={dir}"),
+        "perfdhcp".to_string(),
+        "-4".to_string(),
+        "-l".to_string(),
+        from.to_string(),
+    ];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    argv
+}
+
+/// perfdhcp relayed from `from` with `args` (its options and the server), to start with
+/// [`Lab::spawn_named`] when a test does something while it runs.
+pub fn perfdhcp_command(lab: &Lab, from: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("env");
+    cmd.args(perfdhcp_argv(lab, from, args));
+    cmd
+}
+
 /// perfdhcp (kea-admin) from `ns` on `iface` (which needs an IPv4 address: perfdhcp sends as a
 /// relay from it) against `server`: full DORA at `rate` per second with `clients` distinct MACs
 /// for `seconds`.
@@ -947,30 +972,18 @@ pub fn perfdhcp(
     seconds: u32,
 ) -> anyhow::Result<PerfResult> {
     which("perfdhcp").context("perfdhcp not found: apt-get install kea-admin")?;
-    let dir = lab.dir().to_string_lossy().into_owned();
     let (rate, clients, secs, server) = (
         rate.to_string(),
         clients.to_string(),
         seconds.to_string(),
         server.to_string(),
     );
-    let lock_dir = format!("KEA_LOCKFILE_DIR={dir}");
-    let pid_dir = format!("KEA_PIDFILE_DIR={dir}");
-    let args = [
-        lock_dir.as_str(),
-        pid_dir.as_str(),
-        "perfdhcp",
-        "-4",
-        "-l",
+    let argv = perfdhcp_argv(
+        lab,
         iface,
-        "-r",
-        &rate,
-        "-R",
-        &clients,
-        "-p",
-        &secs,
-        &server,
-    ];
+        &["-r", &rate, "-R", &clients, "-p", &secs, &server],
+    );
+    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
     let timeout = Duration::from_secs(u64::from(seconds) + 20);
     let out = lab.run_timeout(ns, "env", &args, timeout)?;
     let output = format!(

@@ -341,3 +341,49 @@ async fn profiles_are_admin_policy() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+/// Found by the contract test's schemathesis: a profile replaced with the largest double
+/// answered 500. PostgreSQL's jsonb keeps numbers as decimals and writes this one back as a
+/// 309-digit integer, which serde_json read as out of range unless its exact float parsing
+/// (`float_roundtrip`) is on; each value comes back as the number given (PostgreSQL may write a
+/// float with no fraction as an integer).
+#[tokio::test]
+async fn a_profile_with_extreme_numbers_is_stored_as_given() {
+    let w = World::start().await;
+    let (s, p) = w
+        .call(
+            "POST",
+            "/api/v1/bios-profiles",
+            &w.t.admin,
+            Some(json!({"name": "0", "attributes": {"YlQbIv": true}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    let attrs = json!({
+        ".Iq": 5.35757486377609e16,
+        "6nb0T0YP": f64::MAX,
+        "IyjLatAo": 7.771031308686499e123,
+        "YlQbIv": true,
+    });
+    let (s, p) = w
+        .call(
+            "PUT",
+            "/api/v1/bios-profiles/0",
+            &w.t.admin,
+            Some(json!({"attributes": attrs})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    for (k, v) in attrs.as_object().unwrap() {
+        let got = &p["attributes"][k];
+        match v.as_f64() {
+            Some(x) => assert_eq!(got.as_f64(), Some(x), "{k}: {p}"),
+            None => assert_eq!(got, v, "{k}: {p}"),
+        }
+    }
+    let (s, p) = w
+        .call("GET", "/api/v1/bios-profiles/0", &w.t.admin, None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    assert_eq!(p["attributes"]["6nb0T0YP"].as_f64(), Some(f64::MAX), "{p}");
+}

@@ -79,7 +79,7 @@ use crate::error::ApiError;
         v1::create_subnet, v1::list_subnets, v1::get_subnet, v1::update_subnet, v1::delete_subnet, v1::list_leases,
         v1::list_images, v1::register_image, v1::upload_image, v1::get_image, v1::delete_image,
         v1::power, v1::boot_device, v1::get_job, v1::list_jobs, v1::cancel_job,
-        credentials::rotate,
+        credentials::rotate, credentials::create_scan, credentials::list_scans, credentials::get_scan,
         console::console_log, console::console_status,
         console::set_console_endpoint, console::delete_console_endpoint,
         bios::machine_bios, bios::request_bios, bios::list_profiles, bios::get_profile,

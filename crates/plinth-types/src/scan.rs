@@ -4,10 +4,11 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// `POST /bmc/scans`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BmcScanRequest {
     /// The addresses to probe, e.g. `10.1.0.0/24` (at most 1024 addresses); nothing else is
@@ -24,7 +25,7 @@ pub struct BmcScanRequest {
     pub rate: Option<u32>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BmcScanResult {
     /// How plinth would reach it: a Redfish base URL, or `ip:port` for IPMI.
     pub address: String,
@@ -40,7 +41,7 @@ pub struct BmcScanResult {
     pub machine_id: Option<Uuid>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BmcScan {
     pub id: Uuid,
     pub cidr: String,

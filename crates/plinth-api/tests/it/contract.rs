@@ -211,9 +211,12 @@ async fn the_served_document_validates() {
     let _ = &live.root;
 }
 
-/// The one operation schemathesis leaves out: the event stream never ends (tests/it/stream.rs
-/// checks it); its document entry is still validated.
+/// What schemathesis leaves out (their document entries are still validated): the event
+/// stream never ends (tests/it/stream.rs checks it); a BMC scan contacts the network its request
+/// names, and the tests send traffic only to their own namespaces (tests/it/credentials.rs
+/// scans one).
 const NEVER_ENDS: &str = "/api/v1/events/stream";
+const SCANS_A_NETWORK: &str = "create_scan";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing_the_document_does_not_say() {
@@ -240,6 +243,7 @@ async fn schemathesis_finds_nothing_the_document_does_not_say() {
             // every string.
             .args(["--generation-allow-x00", "false"])
             .args(["--exclude-path", NEVER_ENDS])
+            .args(["--exclude-operation-id", SCANS_A_NETWORK])
             .args(["--report", "junit", "--report-dir"])
             .arg(dir.path().join("report"))
             .args(["--no-color", "--output-truncate", "false"]),
@@ -253,8 +257,9 @@ async fn schemathesis_finds_nothing_the_document_does_not_say() {
         .unwrap()
         .iter()
         .filter(|(path, _)| *path != NEVER_ENDS)
-        .map(|(_, item)| item.as_object().unwrap().len())
-        .sum();
+        .flat_map(|(_, item)| item.as_object().unwrap().values())
+        .filter(|op| op["operationId"] != SCANS_A_NETWORK)
+        .count();
     assert!(
         out.contains(&format!("Tested: {operations}\n")),
         "all {operations} operations tested:\n{out}"

@@ -607,15 +607,39 @@ fn a_database_stall_is_absorbed_by_the_socket_buffer() {
         "the stall's transaction ended"
     );
     let r = dhcp_clients::parse_perfdhcp(&run.log_text()).unwrap();
-    let out = lab
-        .run(&srv, "curl", &["-sS", "http://127.0.0.1:8080/metrics"])
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&out.stdout).into_owned();
-    let count = |series: &str| -> u64 {
+    // perfdhcp is done once its last OFFER or ACK arrives or times out; the server may still be
+    // working through what waits in its socket (about a thousand REQUESTs when the test suite
+    // loads the machine). Its counters are read once it has read every packet perfdhcp sent and
+    // answered each, or after a minute (the assertions below then say what is missing).
+    let series = |metrics: &str, name: &str| -> Option<u64> {
         metrics
             .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{series} in:\n{metrics}"))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let sent = 1500 + r.request_ack.sent;
+    let settled = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let out = lab
+            .run(&srv, "curl", &["-sS", "http://127.0.0.1:8080/metrics"])
+            .unwrap();
+        let metrics = String::from_utf8_lossy(&out.stdout).into_owned();
+        let received = series(&metrics, "plinth_dhcp_packets_received_total");
+        let answered: u64 = ["offer", "ack", "nak"]
+            .iter()
+            .filter_map(|t| {
+                series(
+                    &metrics,
+                    &format!("plinth_dhcp_replies_total{{type=\"{t}\"}}"),
+                )
+            })
+            .sum();
+        if (received == Some(sent) && answered == sent) || Instant::now() > settled {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let count = |name: &str| -> u64 {
+        series(&metrics, name).unwrap_or_else(|| panic!("{name} in:\n{metrics}"))
     };
     let dropped = |reason: &str| {
         count(&format!(
@@ -630,16 +654,14 @@ fn a_database_stall_is_absorbed_by_the_socket_buffer() {
     // miss some of the burst of answers once the lock goes: that is the client's.)
     assert_eq!(dropped("overload"), 0, "{report}");
     assert_eq!(dropped("receive_buffer_full"), 0, "{report}");
-    // Every DISCOVER offered once the database is back. (In one run of thirty, fewer than
-    // 1,500 OFFERs were counted, with nothing dropped; the cause was not found, so a few are
-    // allowed.)
-    assert!(
-        replies("offer") >= 1490,
-        "every DISCOVER answered: {report}"
-    );
+    // Every DISCOVER offered once the database is back. (While the counters were read as soon
+    // as perfdhcp ended, one run in thirty counted fewer than 1,500 OFFERs with nothing dropped;
+    // a run of the whole suite then showed why: 1,499 OFFERs and 346 of 1,379 ACKs, the server
+    // still deciding the rest.)
+    assert_eq!(replies("offer"), 1500, "every DISCOVER answered: {report}");
     assert_eq!(
         count("plinth_dhcp_packets_received_total"),
-        1500 + r.request_ack.sent,
+        sent,
         "{report}"
     );
     // Every REQUEST answered. (The 1,500 offers made from memory after the stall are open at

@@ -24,19 +24,8 @@ for f in migrations/*.sql crates/plinth-db/sql/*.sql ${BENCH_SQL_EXTRA:-}; do
   psql "$url" -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null 2>&1 || { psql "$url" -v ON_ERROR_STOP=1 -f "$f"; exit 1; }
 done
 # The machines and NICs of scripts/bench-boot.sh: machine k has MAC 52:54:00:kk:kk:kk.
-psql "$url" -q -v ON_ERROR_STOP=1 <<'SQL'
-with m as (
-  insert into machines (hostname, state)
-  select 'bench-' || i, case when i % 2 = 0 then 'ready' else 'inspecting' end
-  from generate_series(1, 2000) i
-  returning id, hostname
-)
-insert into nics (machine_id, mac, pxe)
-select id, ('52:54:00:' || lpad(to_hex((n >> 16) & 255), 2, '0') || ':'
-            || lpad(to_hex((n >> 8) & 255), 2, '0') || ':' || lpad(to_hex(n & 255), 2, '0'))::macaddr, true
-from (select id, substr(hostname, 7)::int as n from m) x;
-analyze;
-SQL
+psql "$url" -q -v ON_ERROR_STOP=1 -f scripts/bench-boot-machines.sql
+psql "$url" -qc "analyze"
 cat >"$work/call.sql" <<SQL
 select count(*) from (
   select array_agg(('52:54:00:' || lpad(to_hex((k >> 16) & 255), 2, '0') || ':'

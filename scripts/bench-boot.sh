@@ -67,18 +67,7 @@ head -c $((64 << 20)) /dev/urandom >"$work/images/big.img"
 
 # 2,000 machines: even ones ready (local-boot script), odd ones inspecting (ramdisk script
 # with a fresh agent token each time).
-psql "$db" -qAt >/dev/null <<'SQL'
-with m as (
-  insert into machines (hostname, state)
-  select 'bench-' || i, case when i % 2 = 0 then 'ready' else 'inspecting' end
-  from generate_series(1, 2000) i
-  returning id, hostname
-)
-insert into nics (machine_id, mac, pxe)
-select id, ('52:54:00:' || lpad(to_hex((n >> 16) & 255), 2, '0') || ':'
-            || lpad(to_hex((n >> 8) & 255), 2, '0') || ':' || lpad(to_hex(n & 255), 2, '0'))::macaddr, true
-from (select id, substr(hostname, 7)::int as n from m) x;
-SQL
+psql "$db" -qAt -v ON_ERROR_STOP=1 -f scripts/bench-boot-machines.sql >/dev/null
 # As autovacuum would have by the time a rack boots: statistics for the planner.
 psql "$db" -qAt -c "analyze" >/dev/null
 

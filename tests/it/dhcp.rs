@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::support::env::Env;
 use crate::support::machine;
 use crate::support::repo;
-use crate::support::serve::serve_in_ns;
+use crate::support::serve::serve_dhcp_in_ns;
 
 /// Starts `plinth serve` with DHCP on `iface` inside `ns`, and waits until it listens.
 fn plinth(
@@ -42,16 +42,12 @@ fn plinth_with(
     mode: &str,
     more: &[(&str, &str)],
 ) -> Proc {
-    let interfaces = format!("[\"{iface}\"]");
     let mut env = vec![
-        ("PLINTH_DHCP__ENABLED", "true"),
-        ("PLINTH_DHCP__INTERFACES", interfaces.as_str()),
-        ("PLINTH_DHCP__BOOT_SERVER", boot_server),
         ("PLINTH_DHCP__MODE", mode),
         ("PLINTH_LOG__LEVEL", "plinth_dhcp=debug,info"),
     ];
     env.extend_from_slice(more);
-    serve_in_ns(lab, ns, db_url, "127.0.0.1:8080", &env, "DHCP listening")
+    serve_dhcp_in_ns(lab, ns, db_url, "127.0.0.1:8080", iface, boot_server, &env)
 }
 
 /// Two namespaces joined by a veth pair; the server end has `server_cidr`.

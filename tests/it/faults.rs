@@ -12,7 +12,7 @@ use plinth_testkit::redfish::RedfishEmulator;
 
 use crate::support::repo;
 use crate::support::serve::{
-    BMC_PASSWORD, Serve, create_token, enroll_with_bmc, json, serve_in_ns,
+    BMC_PASSWORD, Serve, create_token, enroll_with_bmc, json, serve_dhcp_in_ns,
 };
 
 /// A PostgreSQL cluster of this test's own (it is restarted), durable across a crash of the
@@ -475,20 +475,17 @@ fn a_database_restart_in_a_dhcp_storm_hands_no_address_to_two_clients() {
     let (s_if, c_if) = lab.link(&srv, &cli).unwrap();
     lab.addr(&srv, &s_if, "10.68.0.2/16").unwrap();
     lab.addr(&cli, &c_if, "10.68.0.9/16").unwrap();
-    let interfaces = format!("[\"{s_if}\"]");
-    let proc = serve_in_ns(
+    let proc = serve_dhcp_in_ns(
         &mut lab,
         &srv,
         &pg.url,
         "127.0.0.1:8080",
+        &s_if,
+        "10.68.0.2",
         &[
-            ("PLINTH_DHCP__ENABLED", "true"),
-            ("PLINTH_DHCP__INTERFACES", &interfaces),
-            ("PLINTH_DHCP__BOOT_SERVER", "10.68.0.2"),
             ("PLINTH_DHCP__CLIENT_RATE_LIMIT", "1000"),
             ("PLINTH_BMC__SYNC_INTERVAL_SECS", "0"),
         ],
-        "DHCP listening",
     );
     let server = "10.68.0.2".parse().unwrap();
 

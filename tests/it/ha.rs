@@ -21,7 +21,7 @@ use plinth_testkit::patroni::Cluster;
 use plinth_types::api::*;
 
 use crate::support::env::{leases_on, subnet_on};
-use crate::support::serve::{Serve, serve_in_ns};
+use crate::support::serve::{Serve, serve_dhcp_in_ns};
 
 fn is_root() -> bool {
     std::fs::metadata("/proc/self")
@@ -52,16 +52,10 @@ fn plinth_with(
     log: &str,
     more: &[(&str, &str)],
 ) -> Proc {
-    let interfaces = format!("[\"{iface}\"]");
-    let mut env = vec![
-        ("PLINTH_DHCP__ENABLED", "true"),
-        ("PLINTH_DHCP__INTERFACES", interfaces.as_str()),
-        ("PLINTH_DHCP__BOOT_SERVER", boot_server),
-        ("PLINTH_LOG__LEVEL", log),
-    ];
+    let mut env = vec![("PLINTH_LOG__LEVEL", log)];
     env.extend_from_slice(more);
     // On every address of its namespace: the benchmarks' wrk reaches it across the bridge.
-    serve_in_ns(lab, ns, db_url, "0.0.0.0:8080", &env, "DHCP listening")
+    serve_dhcp_in_ns(lab, ns, db_url, "0.0.0.0:8080", iface, boot_server, &env)
 }
 
 /// perfdhcp in `ns` as a relay at `from` against `server`: `[rate, clients, secs]`: `rate`

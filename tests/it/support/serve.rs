@@ -254,6 +254,27 @@ pub fn serve_in_ns(
     proc
 }
 
+/// [`serve_in_ns`] with its DHCP server on `iface` (handing out `boot_server` as the next
+/// server) and `more` settings; waits until DHCP listens.
+pub fn serve_dhcp_in_ns(
+    lab: &mut Lab,
+    ns: &Ns,
+    db_url: &str,
+    listen: &str,
+    iface: &str,
+    boot_server: &str,
+    more: &[(&str, &str)],
+) -> Proc {
+    let interfaces = format!("[\"{iface}\"]");
+    let mut env = vec![
+        ("PLINTH_DHCP__ENABLED", "true"),
+        ("PLINTH_DHCP__INTERFACES", interfaces.as_str()),
+        ("PLINTH_DHCP__BOOT_SERVER", boot_server),
+    ];
+    env.extend_from_slice(more);
+    serve_in_ns(lab, ns, db_url, listen, &env, "DHCP listening")
+}
+
 /// Enrolls a machine through the CLI: `hostname`, one NIC `mac`, and a BMC of `protocol`
 /// (`redfish`, `ipmi`) at `address` with the user `admin` and `password` (an `http://` address
 /// with the plain-HTTP opt-in, as the emulators answer). Its id.

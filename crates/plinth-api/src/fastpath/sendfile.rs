@@ -330,11 +330,7 @@ async fn serve_script(
         axum::http::header::CONTENT_LENGTH,
         HeaderValue::from(body.len()),
     );
-    write_head(stream, parts.status, &out_headers, keep_alive).await?;
-    match tokio::time::timeout(IO_TIMEOUT, stream.write_all(&body)).await {
-        Ok(r) => r?,
-        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-    }
+    write_response(stream, parts.status, &out_headers, keep_alive, &body).await?;
     Ok(if keep_alive {
         Next::KeepAlive
     } else {
@@ -367,14 +363,14 @@ async fn serve_one(
 
     let Some(path) = percent_decode(&raw_path) else {
         let text = "the path is not valid percent-encoded UTF-8\n";
-        write_head(
+        write_response(
             stream,
             StatusCode::BAD_REQUEST,
             &text_headers(text.len()),
             keep_alive,
+            text.as_bytes(),
         )
         .await?;
-        stream.write_all(text.as_bytes()).await?;
         return Ok(if keep_alive {
             Next::KeepAlive
         } else {
@@ -393,10 +389,8 @@ async fn serve_one(
         Ok(x) => x,
         Err(r) => {
             let (status, text) = refusal_parts(&path, Some(peer), &r);
-            write_head(stream, status, &text_headers(text.len()), keep_alive).await?;
-            if !is_head {
-                stream.write_all(text.as_bytes()).await?;
-            }
+            let body = if is_head { &b""[..] } else { text.as_bytes() };
+            write_response(stream, status, &text_headers(text.len()), keep_alive, body).await?;
             return Ok(if keep_alive {
                 Next::KeepAlive
             } else {
@@ -405,7 +399,7 @@ async fn serve_one(
         }
     };
     let plan = plan_file(&meta, &headers)?;
-    write_head(stream, plan.status, &plan.headers, keep_alive).await?;
+    write_response(stream, plan.status, &plan.headers, keep_alive, b"").await?;
     let mut sent = 0;
     if let (Some((start, count)), false) = (plan.body, is_head) {
         // What the machine last fetched, for its timeouts: in memory, at the start and end
@@ -445,33 +439,43 @@ fn text_headers(len: usize) -> HeaderMap {
     h
 }
 
-async fn write_head(
-    stream: &mut TcpStream,
-    status: StatusCode,
-    headers: &HeaderMap,
-    keep_alive: bool,
-) -> std::io::Result<()> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(
-        format!(
-            "HTTP/1.1 {} {}\r\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        )
-        .as_bytes(),
-    );
+/// The response head for `status` and `headers`, with a `date` and, when the connection is
+/// not kept, `connection: close`.
+fn head_bytes(status: StatusCode, headers: &HeaderMap, keep_alive: bool, extra: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512 + extra);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (k, v) in headers {
         out.extend_from_slice(k.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT");
-    out.extend_from_slice(format!("date: {date}\r\n").as_bytes());
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    out.extend_from_slice(b"\r\n");
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// The head and `body` in one write: one segment for a small answer (a script, a refusal), not
+/// one for the head and one for the body, each through the whole network stack on both ends
+/// (docs/benchmarks.md, "The script endpoint, step 4"). A file's body follows by sendfile.
+async fn write_response(
+    stream: &mut TcpStream,
+    status: StatusCode,
+    headers: &HeaderMap,
+    keep_alive: bool,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut out = head_bytes(status, headers, keep_alive, body.len());
+    out.extend_from_slice(body);
     match tokio::time::timeout(IO_TIMEOUT, stream.write_all(&out)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
@@ -538,5 +542,32 @@ mod tests {
         assert_eq!(percent_decode(b"bad%2"), None);
         assert_eq!(percent_decode(b"bad%zz"), None);
         assert_eq!(percent_decode(b"%ff"), None);
+    }
+
+    /// The head as the axum handler's would read: status line, the headers, a valid HTTP date,
+    /// `connection: close` only when the connection ends; the body follows the blank line.
+    #[test]
+    fn a_head_is_one_block_with_its_date() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::CONTENT_LENGTH,
+            HeaderValue::from_static("5"),
+        );
+        let kept = String::from_utf8(head_bytes(StatusCode::OK, &h, true, 5)).unwrap();
+        let lines: Vec<&str> = kept.split("\r\n").collect();
+        assert_eq!(lines[0], "HTTP/1.1 200 OK");
+        assert_eq!(lines[1], "content-length: 5");
+        let date = lines[2].strip_prefix("date: ").expect(&kept);
+        let when = httpdate::parse_http_date(date).expect(date);
+        let age = std::time::SystemTime::now().duration_since(when).unwrap();
+        assert!(age < Duration::from_secs(5), "{date}");
+        assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
+        assert_eq!(&lines[3..], ["", ""], "{kept:?}");
+        let closed = String::from_utf8(head_bytes(StatusCode::NOT_FOUND, &h, false, 0)).unwrap();
+        assert!(closed.starts_with("HTTP/1.1 404 Not Found\r\n"), "{closed}");
+        assert!(
+            closed.ends_with("\r\nconnection: close\r\n\r\n"),
+            "{closed}"
+        );
     }
 }

@@ -52,8 +52,9 @@ pub fn mac(n: u32) -> MacAddr {
     MacAddr([0x52, 0x54, b[0], b[1], b[2], b[3]])
 }
 
-/// A fresh database with the schema applied. Dropped with the scratch server, not per test,
-/// so a failing test leaves its data to look at.
+/// A fresh database with the schema applied. Not dropped when its test ends, so that a failing
+/// test leaves its data to look at; the scratch server (kept from one run to the next) drops the
+/// test databases more than [`STALE_AFTER`] old when a test process first uses it.
 pub struct TestDb {
     pub pool: PgPool,
     pub url: String,
@@ -79,7 +80,19 @@ fn server_url() -> anyhow::Result<String> {
                 let pg = plinth_db::embedded::EmbeddedPostgres::start(&dir)
                     .await
                     .map_err(|e| format!("{e:#}"))?;
-                Ok(pg.url().replace("/plinth?", "/postgres?"))
+                let url = pg.url().replace("/plinth?", "/postgres?");
+                // Earlier runs' databases, dropped beside this process's tests (a few seconds
+                // for a run's hundred; a database in use is skipped).
+                let stale_url = url.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
+                    if let Ok(rt) = rt {
+                        rt.block_on(drop_stale_databases(&stale_url)).ok();
+                    }
+                });
+                Ok(url)
             })
         })
         .join()
@@ -91,6 +104,66 @@ fn server_url() -> anyhow::Result<String> {
             "no test PostgreSQL: set PLINTH_TEST_DATABASE_URL or install postgresql ({e})"
         )
     })
+}
+
+/// How old a test database may get before a later test process drops it.
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A test database's name: `plinth_test_<unix seconds>_<random>`, so that its age can be told.
+fn test_database_name(now: std::time::SystemTime) -> String {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("plinth_test_{secs}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Whether `name` is a test database made more than [`STALE_AFTER`] before `now`: one named as
+/// [`test_database_name`] names them, or as test databases were named before they carried their
+/// time (`plinth_test_<32 hex digits>`). Any other database is not the test kit's.
+fn stale_test_database(name: &str, now: std::time::SystemTime) -> bool {
+    let Some(rest) = name.strip_prefix("plinth_test_") else {
+        return false;
+    };
+    let hex32 = |s: &str| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if hex32(rest) {
+        return true;
+    }
+    let Some((secs, id)) = rest.split_once('_') else {
+        return false;
+    };
+    let (Ok(secs), true) = (secs.parse::<u64>(), hex32(id)) else {
+        return false;
+    };
+    let made = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    now.duration_since(made).is_ok_and(|age| age > STALE_AFTER)
+}
+
+/// Drops the test databases on the server at `server_url` that are more than [`STALE_AFTER`]
+/// old; one in use is skipped (PostgreSQL refuses to drop it). Returns how many were dropped.
+pub async fn drop_stale_databases(server_url: &str) -> anyhow::Result<usize> {
+    let admin = plinth_db::connect(server_url, 1)
+        .await
+        .context("connecting to the test PostgreSQL")?;
+    let names: Vec<String> = sqlx::query_scalar(
+        "select datname::text from pg_database where datname like 'plinth\\_test\\_%'",
+    )
+    .fetch_all(&admin)
+    .await
+    .context("listing the test databases")?;
+    let now = std::time::SystemTime::now();
+    let mut dropped = 0;
+    for name in names.into_iter().filter(|n| stale_test_database(n, now)) {
+        let drop = format!("drop database if exists \"{name}\"");
+        if sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&admin)
+            .await
+            .is_ok()
+        {
+            dropped += 1;
+        }
+    }
+    admin.close().await;
+    Ok(dropped)
 }
 
 /// `url` with its database (the path) replaced by `db`.
@@ -134,7 +207,7 @@ impl TestDb {
     /// A fresh database with nothing in it: for tests of the migrations themselves.
     pub async fn empty() -> anyhow::Result<TestDb> {
         let server = server_url()?;
-        let name = format!("plinth_test_{}", uuid::Uuid::new_v4().simple());
+        let name = test_database_name(std::time::SystemTime::now());
         let admin = plinth_db::connect(&server, 1)
             .await
             .context("connecting to the test PostgreSQL")?;
@@ -251,6 +324,38 @@ mod tests {
             "postgres://u:p@h:5432/t2"
         );
         assert_eq!(with_database("postgres://h", "t3"), "postgres://h/t3");
+    }
+
+    #[test]
+    fn test_databases_are_stale_after_an_hour() {
+        let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let fresh = test_database_name(t0);
+        assert!(fresh.starts_with("plinth_test_1800000000_"), "{fresh}");
+        assert!(fresh.len() <= 63, "PostgreSQL's name limit: {fresh}");
+        assert!(!stale_test_database(&fresh, t0));
+        assert!(!stale_test_database(&fresh, t0 + STALE_AFTER));
+        assert!(stale_test_database(
+            &fresh,
+            t0 + STALE_AFTER + std::time::Duration::from_secs(1)
+        ));
+        // Made "later" than now (a clock set back): kept.
+        assert!(!stale_test_database(
+            &fresh,
+            t0 - std::time::Duration::from_secs(10)
+        ));
+        let old_style = format!("plinth_test_{}", uuid::Uuid::new_v4().simple());
+        assert!(stale_test_database(&old_style, t0));
+        for other in [
+            "plinth",
+            "postgres",
+            "plinth_test_",
+            "plinth_test_abc",
+            "plinth_test_12_notahexid",
+            "plinth_test_x_0123456789abcdef0123456789abcdef",
+            "plinth_bench",
+        ] {
+            assert!(!stale_test_database(other, t0), "{other}");
+        }
     }
 
     #[test]

@@ -103,15 +103,40 @@ pub async fn use_agent_token(conn: &mut PgConnection, secret_sha256: &[u8]) -> R
     Ok(n == 1)
 }
 
+/// How many tokens replaced by a newer one each machine keeps per mode (see
+/// [`purge_agent_tokens`]).
+pub const KEEP_REPLACED: i64 = 10;
+
 /// Deletes tokens that expired more than a day ago (kept a day so a late agent hears
-/// "expired", not "unknown").
+/// "expired", not "unknown"), and of the tokens replaced by a newer one, all but each machine's
+/// newest [`KEEP_REPLACED`] per mode: every script request of a ramdisk boot replaces the
+/// token before, so a machine in a boot loop (or anyone asking with its MAC from its address)
+/// would otherwise add a row every few seconds for a day. A replaced token that a virtual-media
+/// boot names is kept with that boot. Returns how many rows went.
 pub async fn purge_agent_tokens(conn: &mut PgConnection) -> Result<u64> {
-    Ok(
+    let expired =
         sqlx::query!("delete from agent_tokens where expires_at < now() - interval '1 day'")
-            .execute(conn)
+            .execute(&mut *conn)
             .await?
-            .rows_affected(),
+            .rows_affected();
+    let replaced = sqlx::query!(
+        r#"with ranked as (
+               select t.ctid as row_id,
+                      row_number() over (partition by t.machine_id, t.mode
+                                         order by t.created_at desc, t.revoked_at desc) as k
+               from agent_tokens t
+               where t.revoked_reason = 'replaced by a newer token'
+                 and not exists (select 1 from vmedia_boots v where v.token_sha256 = t.secret_sha256)
+           )
+           delete from agent_tokens t using ranked r
+           where t.ctid = r.row_id and r.k > $1
+             and t.revoked_reason = 'replaced by a newer token'"#,
+        KEEP_REPLACED
     )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(expired + replaced)
 }
 
 /// One request of a batch.

@@ -401,6 +401,98 @@ async fn agent_tokens_are_one_machine_one_mode_and_expire() {
     assert!(token_of(&local).is_none(), "{local}");
 }
 
+/// A machine that keeps asking for its ramdisk script replaces its token each time; the purge
+/// pass keeps the newest `KEEP_REPLACED` replaced tokens of each machine and mode (and any a
+/// virtual-media boot names), so the table does not grow by a row per request.
+#[tokio::test]
+async fn replaced_tokens_are_purged_beyond_the_newest_few() {
+    let s = Server::start().await;
+    let a = s.enroll(1).await;
+    let b = s.enroll(2).await;
+    s.act(&a, "inspect").await;
+    s.act(&b, "inspect").await;
+    let mut tokens = Vec::new();
+    for _ in 0..25 {
+        let (_, script) = s.script(&format!("?mac={}", mac(1)), true).await;
+        tokens.push(token_of(&script).expect("a token each time"));
+    }
+    let (_, script) = s.script(&format!("?mac={}", mac(2)), true).await;
+    let b_token = token_of(&script).unwrap();
+    let count = |id: &str, reason: Option<&str>| {
+        let (id, reason) = (id.parse::<uuid::Uuid>().unwrap(), reason.map(str::to_owned));
+        let pool = s.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "select count(*) from agent_tokens where machine_id = $1
+                   and revoked_reason is not distinct from $2",
+            )
+            .bind(id)
+            .bind(reason)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let replaced = Some("replaced by a newer token");
+    assert_eq!(count(&a, replaced).await, 24);
+    // The oldest replaced token is named by a virtual-media boot: kept with it.
+    sqlx::query(
+        "insert into vmedia_boots (id_sha256, machine_id, token_sha256, mode, sealed_config)
+         select sha256('iso'::bytea), machine_id, secret_sha256, mode, decode(repeat('00', 28), 'hex')
+         from agent_tokens where machine_id = $1 order by created_at limit 1",
+    )
+    .bind(a.parse::<uuid::Uuid>().unwrap())
+    .execute(&s.db.pool)
+    .await
+    .unwrap();
+
+    let purged = s.app.purge_agent_tokens().await.unwrap();
+    let keep = plinth_db::boot::KEEP_REPLACED;
+    assert_eq!(purged, 24 - u64::try_from(keep).unwrap() - 1);
+    assert_eq!(count(&a, replaced).await, keep + 1);
+    assert_eq!(count(&a, None).await, 1, "the live token stays");
+    assert_eq!(count(&b, None).await, 1);
+    let id = a.parse().unwrap();
+    s.app
+        .check_agent_token(&tokens[24], id, "inspect")
+        .await
+        .expect("the live token still works");
+    s.app
+        .check_agent_token(&b_token, b.parse().unwrap(), "inspect")
+        .await
+        .expect("another machine's token is untouched");
+    let newest_replaced = s
+        .app
+        .check_agent_token(&tokens[23], id, "inspect")
+        .await
+        .unwrap_err();
+    assert!(
+        newest_replaced
+            .message
+            .contains("replaced by a newer token"),
+        "{newest_replaced:?}"
+    );
+    let kept_with_its_boot = s
+        .app
+        .check_agent_token(&tokens[0], id, "inspect")
+        .await
+        .unwrap_err();
+    assert!(
+        kept_with_its_boot
+            .message
+            .contains("replaced by a newer token"),
+        "{kept_with_its_boot:?}"
+    );
+    let gone = s
+        .app
+        .check_agent_token(&tokens[1], id, "inspect")
+        .await
+        .unwrap_err();
+    assert!(gone.message.contains("unknown agent token"), "{gone:?}");
+    // Nothing more to do the second time.
+    assert_eq!(s.app.purge_agent_tokens().await.unwrap(), 0);
+}
+
 /// A client whose requests come from `127.0.0.x` (every address of 127/8 is the loopback's).
 fn client_from(x: u8) -> reqwest::Client {
     reqwest::Client::builder()

@@ -33,22 +33,11 @@ fn driver(emu: &RedfishEmulator) -> Redfish {
     .unwrap()
 }
 
-/// Polls the console of the VM's current boot until it contains `needle`; returns that text.
+/// The console of the VM's current boot, as plain text, once it contains `needle`.
 async fn wait_console(vm: &VirtualMachine, needle: &str) -> String {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    loop {
-        let text = vm.boot_console();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} not on the console within {BOOT_TIMEOUT:?}; this boot printed:\n{text}\n\
-             QEMU said:\n{}",
-            vm.qemu_stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    vm.wait_console_async(needle, BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// SeaBIOS's first "Booting from X..." of a boot.

@@ -9,7 +9,7 @@
 //! Needs root (a network namespace and a tap), qemu-system-x86, ovmf and ipxe.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use plinth_bmc::redfish::{Redfish, RedfishConfig};
 use plinth_bmc::{
@@ -42,48 +42,12 @@ fn driver(emu: &RedfishEmulator) -> Redfish {
     .unwrap()
 }
 
-/// `text` without its terminal control sequences (ESC `[` parameters, a final letter):
-/// ISOLINUX moves the cursor while it prints, and a move can land inside a word ("iPXE ISO boot
-/// imag", a move, "e": one run of the test suite in several).
-fn plain(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            while chars.next_if(|c| !c.is_ascii_alphabetic()).is_some() {}
-            chars.next();
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-#[test]
-fn plain_text_drops_the_cursor_moves_isolinux_prints_inside_words() {
-    assert_eq!(
-        plain("\u{1b}[0;1miPXE\u{1b}[0m ISO boot imag\u{1b}[05;18H\u{1b}[05;19He\n"),
-        "iPXE ISO boot image\n"
-    );
-}
-
-/// The boot's console, as [`plain`] text, once it shows `needle`.
+/// The boot's console, as plain text (testkit's [`plinth_testkit::vm::plain`]: ISOLINUX moves
+/// the cursor inside "iPXE ISO boot image"), once it shows `needle`.
 async fn wait_console(vm: &VirtualMachine, needle: &str) -> String {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    loop {
-        let text = plain(&vm.boot_console());
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} not on the console within {BOOT_TIMEOUT:?}; this boot printed:\n{text}\n\
-             QEMU said:\n{}",
-            vm.qemu_stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    vm.wait_console_async(needle, BOOT_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn cmdline(pid: u32) -> Vec<String> {

@@ -544,33 +544,14 @@ async fn reset(
         h.power_off();
     }
     if let Some(h) = host {
-        // The override in effect for a boot this reset starts; a one-time one is used up.
-        let boot = {
-            let mut b = s.lock().expect("emulator state");
-            let target = if b.enabled == "Disabled" {
-                "None".to_owned()
-            } else {
-                b.target.clone()
-            };
-            let boots = matches!(
-                body.get("ResetType").and_then(Value::as_str),
-                Some("On" | "ForceRestart" | "PowerCycle" | "ForceOn")
-            );
-            if boots {
-                bios::on_boot(&mut b);
-            }
-            if boots && b.enabled == "Once" {
-                b.enabled = "Disabled".into();
-                b.target = "None".into();
-            }
-            target
-        };
         let on = h.is_on();
-        match body.get("ResetType").and_then(Value::as_str) {
-            Some("On" | "ForceOn") if !on => h.power_on(&boot),
-            Some("On" | "ForceOn") => {}
-            Some("ForceOff" | "GracefulShutdown") => h.power_off(),
-            Some("ForceRestart" | "PowerCycle") if on => h.reset(&boot),
+        let kind = body.get("ResetType").and_then(Value::as_str);
+        // Whether this reset starts a boot; one the machine's state does not allow is refused
+        // before anything changes (a one-time override stays for the boot that comes).
+        let boots = match kind {
+            Some("On" | "ForceOn") => !on,
+            Some("ForceOff" | "GracefulShutdown") => false,
+            Some("ForceRestart" | "PowerCycle") if on => true,
             Some(other) => {
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -578,6 +559,32 @@ async fn reset(
                 );
             }
             None => return error(StatusCode::BAD_REQUEST, "ResetType is required."),
+        };
+        if !boots {
+            if matches!(kind, Some("ForceOff" | "GracefulShutdown")) {
+                h.power_off();
+            }
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        // The override in effect for the boot this reset starts; a one-time one is used up.
+        let boot = {
+            let mut b = s.lock().expect("emulator state");
+            let target = if b.enabled == "Disabled" {
+                "None".to_owned()
+            } else {
+                b.target.clone()
+            };
+            bios::on_boot(&mut b);
+            if b.enabled == "Once" {
+                b.enabled = "Disabled".into();
+                b.target = "None".into();
+            }
+            target
+        };
+        if on {
+            h.reset(&boot);
+        } else {
+            h.power_on(&boot);
         }
         return StatusCode::NO_CONTENT.into_response();
     }
@@ -595,12 +602,14 @@ async fn reset(
         }
         None => return error(StatusCode::BAD_REQUEST, "ResetType is required."),
     }
+    // A boot starts when the machine comes on or is restarted; only a boot uses a one-time
+    // override (an On of a machine that is on changes nothing).
     if b.power == "On" && (!was_on || body.get("ResetType") == Some(&json!("ForceRestart"))) {
         bios::on_boot(&mut b);
-    }
-    if b.enabled == "Once" && b.power == "On" {
-        b.enabled = "Disabled".into();
-        b.target = "None".into();
+        if b.enabled == "Once" {
+            b.enabled = "Disabled".into();
+            b.target = "None".into();
+        }
     }
     StatusCode::NO_CONTENT.into_response()
 }

@@ -127,6 +127,61 @@ async fn a_cycle_of_a_machine_that_just_went_off_powers_it_on() {
     assert_eq!(emu.power(), "Off");
 }
 
+/// A machine for the emulator that records each boot's override target (the emulator tells
+/// its host which device a boot starts from).
+#[derive(Default)]
+struct Recorder {
+    on: std::sync::atomic::AtomicBool,
+    boots: std::sync::Mutex<Vec<String>>,
+}
+
+impl plinth_testkit::redfish::Host for Recorder {
+    fn is_on(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn power_on(&self, boot: &str) {
+        self.on.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.boots.lock().unwrap().push(boot.to_owned());
+    }
+    fn power_off(&self) {
+        self.on.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn reset(&self, boot: &str) {
+        self.boots.lock().unwrap().push(boot.to_owned());
+    }
+}
+
+/// A one-time boot override is used by a boot, not by a reset the BMC refuses nor by an On of
+/// a machine that is on: the machine that went off before its cycle still boots the network.
+#[tokio::test]
+async fn a_refused_reset_leaves_the_one_time_override_for_the_next_boot() {
+    let host = std::sync::Arc::new(Recorder::default());
+    let emu = RedfishEmulator::start_for("root", "calvin", host.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let bmc = driver(&emu, "calvin", Duration::from_secs(5));
+    bmc.power(PowerAction::On).await.unwrap();
+    set_boot_verified(&bmc, BootDevice::Pxe, false, None)
+        .await
+        .unwrap();
+    // An On of a machine that is on starts no boot.
+    bmc.power(PowerAction::On).await.unwrap();
+    assert_eq!(emu.boot(), ("Pxe".to_owned(), "Once".to_owned()));
+    // Off just before the cycle: ForceRestart is refused, then On boots, with the override.
+    emu.knobs(|k| k.off_before_reset = true);
+    bmc.power(PowerAction::Cycle).await.unwrap();
+    assert_eq!(
+        *host.boots.lock().unwrap(),
+        ["None", "Pxe"],
+        "{:?}",
+        emu.requests()
+    );
+    assert_eq!(emu.boot().1, "Disabled", "used up by that boot");
+    // The next boot follows the machine's own order.
+    bmc.power(PowerAction::Cycle).await.unwrap();
+    assert_eq!(*host.boots.lock().unwrap(), ["None", "Pxe", "None"]);
+}
+
 #[tokio::test]
 async fn failing_and_slow_bmcs() {
     let emu = RedfishEmulator::start("root", "calvin").await.unwrap();

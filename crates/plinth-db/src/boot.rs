@@ -107,6 +107,11 @@ pub async fn use_agent_token(conn: &mut PgConnection, secret_sha256: &[u8]) -> R
 /// [`purge_agent_tokens`]).
 pub const KEEP_REPLACED: i64 = 10;
 
+/// The revocation reason of a token replaced by a newer one, as the script requests
+/// (sql/boot.sql) and virtual-media boots ([`crate::vmedia::insert_boot`]) write it; the purge
+/// finds replaced tokens by it.
+pub const REPLACED: &str = "replaced by a newer token";
+
 /// Deletes tokens that expired more than a day ago (kept a day so a late agent hears
 /// "expired", not "unknown"), and of the tokens replaced by a newer one, all but each machine's
 /// newest [`KEEP_REPLACED`] per mode: every script request of a ramdisk boot replaces the
@@ -125,13 +130,13 @@ pub async fn purge_agent_tokens(conn: &mut PgConnection) -> Result<u64> {
                       row_number() over (partition by t.machine_id, t.mode
                                          order by t.created_at desc, t.revoked_at desc) as k
                from agent_tokens t
-               where t.revoked_reason = 'replaced by a newer token'
+               where t.revoked_reason = $2
                  and not exists (select 1 from vmedia_boots v where v.token_sha256 = t.secret_sha256)
            )
            delete from agent_tokens t using ranked r
-           where t.ctid = r.row_id and r.k > $1
-             and t.revoked_reason = 'replaced by a newer token'"#,
-        KEEP_REPLACED
+           where t.ctid = r.row_id and r.k > $1 and t.revoked_reason = $2"#,
+        KEEP_REPLACED,
+        REPLACED
     )
     .execute(&mut *conn)
     .await?

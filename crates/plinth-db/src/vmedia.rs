@@ -76,10 +76,11 @@ pub struct NewBoot<'a> {
 /// row. Run in the transaction that locked the machine.
 pub async fn insert_boot(conn: &mut PgConnection, b: &NewBoot<'_>) -> Result<()> {
     sqlx::query!(
-        "update agent_tokens set revoked_at = now(), revoked_reason = 'replaced by a newer token'
+        "update agent_tokens set revoked_at = now(), revoked_reason = $3
          where machine_id = $1 and mode = $2 and used_at is null and revoked_at is null",
         b.machine_id,
-        b.mode.as_str()
+        b.mode.as_str(),
+        crate::boot::REPLACED
     )
     .execute(&mut *conn)
     .await?;

@@ -428,8 +428,9 @@ impl VirtualMachine {
         }
     }
 
-    /// Polls [`VirtualMachine::boot_console`], as [`plain`] text, until it contains `needle`;
-    /// returns that text. Blocks.
+    /// Polls [`VirtualMachine::boot_console`], as plain text
+    /// ([`plinth_types::terminal::plain`]), until it contains `needle`; returns that text.
+    /// Blocks.
     pub fn wait_console(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -464,7 +465,7 @@ impl VirtualMachine {
         timeout: Duration,
         deadline: Instant,
     ) -> Option<anyhow::Result<String>> {
-        let text = plain(&self.boot_console());
+        let text = plinth_types::terminal::plain(&self.boot_console());
         if text.contains(needle) {
             return Some(Ok(text));
         }
@@ -1110,40 +1111,9 @@ impl Qmp {
     }
 }
 
-/// Console text without its terminal control sequences (CSI: colours, cursor moves): what a
-/// person would read. Firmware and boot loaders move the cursor inside words (ISOLINUX printed
-/// "imag", two cursor moves, then "e"), so a search for a phrase looks at this, not the bytes.
-pub fn plain(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            while chars.next_if(|c| !c.is_ascii_alphabetic()).is_some() {}
-            chars.next();
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plain_text_drops_the_cursor_moves_isolinux_prints_inside_words() {
-        assert_eq!(
-            plain("\u{1b}[0;1miPXE\u{1b}[0m ISO boot imag\u{1b}[05;18H\u{1b}[05;19He\n"),
-            "iPXE ISO boot image\n"
-        );
-        assert_eq!(plain("no escapes\r\n"), "no escapes\r\n");
-        // An ESC that starts no CSI sequence stays.
-        assert_eq!(plain("a\u{1b}(Bb"), "a\u{1b}(Bb");
-        // A sequence cut off at the end of what was read so far.
-        assert_eq!(plain("text\u{1b}[0;3"), "text");
-    }
 
     #[test]
     fn redfish_targets_map_to_boot_orders() {

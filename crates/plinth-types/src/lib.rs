@@ -20,6 +20,7 @@ pub mod role;
 pub mod scan;
 #[cfg(feature = "sqlx")]
 mod sql;
+pub mod terminal;
 
 pub use behaviour::AgentMode;
 pub use error::{Error, ErrorKind};

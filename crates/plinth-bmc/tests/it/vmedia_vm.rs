@@ -42,7 +42,7 @@ fn driver(emu: &RedfishEmulator) -> Redfish {
     .unwrap()
 }
 
-/// The boot's console, as plain text (testkit's [`plinth_testkit::vm::plain`]: ISOLINUX moves
+/// The boot's console, as plain text ([`plinth_types::terminal::plain`]: ISOLINUX moves
 /// the cursor inside "iPXE ISO boot image"), once it shows `needle`.
 async fn wait_console(vm: &VirtualMachine, needle: &str) -> String {
     vm.wait_console_async(needle, BOOT_TIMEOUT)

@@ -428,7 +428,7 @@ begin
     -- order, so that the arrays need no sort of their own; `offset 0` keeps the kind from being
     -- inlined into both places that read it, which would evaluate it twice.)
     with sx as materialized (
-        select sn.id, sn.cidr, sn.relay_addresses,
+        select sn.id, sn.cidr, sn.relay_addresses, sn.relay_any_in_cidr,
                coalesce((select sum(rg.last_addr - rg.first_addr + 1) from subnet_ranges rg
                          where rg.subnet_id = sn.id), 0) >= 1024 as large
         from subnets sn
@@ -446,10 +446,19 @@ begin
             from unnest(p_op, p_match, p_relayed, p_mac, p_addr, p_held) with ordinality
                  as t(op, match, relayed, mac, addr, held, i)
         ) x
+        -- A relayed request is served only through a relay some subnet accepts (one of its
+        -- relay_addresses, or any address of its cidr where relay_any_in_cidr): a giaddr is
+        -- trivially forged. The others are answered 'refused', and nothing is written for them.
+        cross join lateral (
+            select x.relayed and not exists (
+                select 1 from sx s3
+                where x.match = any(s3.relay_addresses) or (s3.relay_any_in_cidr and s3.cidr >> x.match)
+            ) as refused
+        ) rf
         -- as in dhcp_lease: a relay address names its subnet, else the subnet around the address
         left join lateral (
             select sx.id, sx.cidr, sx.large from sx
-            where sx.id = coalesce(
+            where not rf.refused and sx.id = coalesce(
                 (select s1.id from sx s1 where x.relayed and x.match = any(s1.relay_addresses) limit 1),
                 (select s2.id from sx s2 where s2.cidr >> x.match limit 1))
         ) s on true
@@ -488,6 +497,7 @@ begin
         ) h on true
         cross join lateral (
             select case
+                when rf.refused then 'refused'
                 when s.id is null or x.nth > 1 then 'general'
                 -- (an address this instance offered another client from memory is not offered again)
                 when x.op = 'discover' and r.reserved is null and p.address is not null
@@ -644,6 +654,13 @@ begin
     end if;
     v_taken := p_skip || m_addr;
     for k in select g from generate_series(1, n) g where not (g = any(d_i) or g = any(m_i)) order by g loop
+        if c_kind[k] = 'refused' then
+            return query
+                select k, 'refused'::text, null::inet, null::integer, null::uuid, null::cidr, null::inet,
+                       null::inet[], null::text, null::inet, null::uuid, null::text, null::text,
+                       'relay ' || host(p_match[k]) || ' is not one of a subnet''s relay_addresses', false;
+            continue;
+        end if;
         v_dup := null;
         if p_op[k] = 'discover' then
             select z.addr into v_dup from unnest(m_i, m_addr) as z(i, addr) where p_mac[z.i] = p_mac[k] and c_sid[z.i] = c_sid[k] limit 1;

@@ -382,6 +382,30 @@ impl From<plinth_db::Error> for Decided {
     }
 }
 
+/// What `dhcp_lease_batch` answers for a relayed request whose relay no subnet accepts.
+const REFUSED: &str = "refused";
+
+/// Warns of requests from relays no subnet accepts, at most once every 10 s: forged giaddrs
+/// must not flood the log either.
+fn refused_relays_warning(reqs: &[DhcpRequest<'_>], decided: &[Decided]) {
+    let refused =
+        |d: &Decided| matches!(d, Decided::Lease(d) if d.outcome.as_deref() == Some(REFUSED));
+    let mut giaddrs = reqs
+        .iter()
+        .zip(decided)
+        .filter(|(_, d)| refused(d))
+        .map(|(r, _)| r.match_addr);
+    let Some(first) = giaddrs.next() else {
+        return;
+    };
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+        *last = Some(std::time::Instant::now());
+        tracing::warn!(giaddr = %first, refused = 1 + giaddrs.count(), "DHCP packets from relays no subnet accepts: not answered (see relay_addresses)");
+    }
+}
+
 fn answered_elsewhere() -> DhcpDecision {
     DhcpDecision {
         outcome: Outcome::Ignore,
@@ -413,90 +437,10 @@ impl App {
     /// Decides a batch of DHCP requests in one database round trip and one transaction,
     /// committed before this returns. Answers are in the order of `reqs`, each exactly what
     /// `App::dhcp_decide` would have answered for it had the requests come one after the other.
+    /// A relayed request is served only through a relay some subnet accepts (a giaddr is
+    /// trivially forged): the database answers the others "refused", writes nothing for them,
+    /// and they are not answered.
     pub async fn dhcp_decide_batch(
-        &self,
-        reqs: &[DhcpRequest<'_>],
-        timers: LeaseTimers,
-        boot: &BootConfig,
-        default_boot_server: Ipv4Addr,
-    ) -> Vec<Result<DhcpDecision>> {
-        // A relayed request is served only through a relay some subnet accepts (a giaddr is
-        // trivially forged): the others are not answered, and nothing is written for them.
-        let refused = match self.refused_relays(reqs).await {
-            Ok(r) => r,
-            Err(e) => return reqs.iter().map(|_| Err(e.clone())).collect(),
-        };
-        if refused.is_empty() {
-            return self
-                .decide_accepted(reqs, timers, boot, default_boot_server)
-                .await;
-        }
-        let is_refused = |r: &DhcpRequest<'_>| r.relayed && refused.contains(&r.match_addr);
-        let kept: Vec<DhcpRequest<'_>> = reqs.iter().filter(|r| !is_refused(r)).cloned().collect();
-        let mut decided = self
-            .decide_accepted(&kept, timers, boot, default_boot_server)
-            .await
-            .into_iter();
-        reqs.iter()
-            .map(|r| {
-                if is_refused(r) {
-                    Ok(DhcpDecision {
-                        outcome: Outcome::Ignore,
-                        lease: None,
-                        boot: BootAction::None,
-                        boot_server: None,
-                        reason: Some(format!(
-                            "relay {} is not one of a subnet's relay_addresses",
-                            r.match_addr
-                        )),
-                        machine_id: None,
-                    })
-                } else {
-                    decided
-                        .next()
-                        .unwrap_or_else(|| Err(crate::missing("dhcp_decide_batch")()))
-                }
-            })
-            .collect()
-    }
-
-    /// The giaddrs of `reqs` that no subnet accepts.
-    async fn refused_relays(
-        &self,
-        reqs: &[DhcpRequest<'_>],
-    ) -> Result<std::collections::HashSet<Ipv4Addr>> {
-        let mut relays: Vec<Ipv4Addr> = reqs
-            .iter()
-            .filter(|r| r.relayed)
-            .map(|r| r.match_addr)
-            .collect();
-        if relays.is_empty() {
-            return Ok(Default::default());
-        }
-        relays.sort_unstable();
-        relays.dedup();
-        let mut conn = self.conn().await?;
-        let accepted = plinth_db::subnets::accepted_relays(&mut conn, &relays)
-            .await
-            .db()?;
-        let refused: std::collections::HashSet<Ipv4Addr> = relays
-            .into_iter()
-            .filter(|a| !accepted.contains(a))
-            .collect();
-        if let Some(a) = refused.iter().next() {
-            // At most one line every 10 s: forged giaddrs must not flood the log either.
-            static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-            let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
-                *last = Some(std::time::Instant::now());
-                tracing::warn!(giaddr = %a, refused = refused.len(), "DHCP packets from relays no subnet accepts: not answered (see relay_addresses)");
-            }
-        }
-        Ok(refused)
-    }
-
-    /// [`App::dhcp_decide_batch`] for requests whose relay (if any) is accepted.
-    async fn decide_accepted(
         &self,
         reqs: &[DhcpRequest<'_>],
         timers: LeaseTimers,
@@ -549,7 +493,10 @@ impl App {
                 )
                 .await?;
                 for (c, d) in some.iter().zip(&decided) {
-                    book.note(c.mac, d, timers.offer_secs);
+                    // (A refused relay's packet, its MAC perhaps forged, changes nothing.)
+                    if d.outcome.as_deref() != Some(REFUSED) {
+                        book.note(c.mac, d, timers.offer_secs);
+                    }
                 }
                 Ok(decided)
             },
@@ -568,6 +515,7 @@ impl App {
         .map(|d| d.map_or_else(|d| d, |d| Decided::Lease(Box::new(d))))
         .collect();
 
+        refused_relays_warning(reqs, &decided);
         let mut answers = Vec::with_capacity(reqs.len());
         let mut notes = Vec::new();
         let mut discovered: std::collections::HashMap<MacAddr, Uuid> = Default::default();

@@ -185,23 +185,6 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<SubnetRow>>
     Ok(select(conn, Some(id)).await?.pop())
 }
 
-/// Of these relay agent addresses (giaddr, dotted quads), those a subnet accepts: listed in
-/// its `relay_addresses`, or inside its CIDR when it allows any relay there.
-pub async fn accepted_relays(
-    conn: &mut PgConnection,
-    giaddrs: &[Ipv4Addr],
-) -> Result<Vec<Ipv4Addr>> {
-    let rows = sqlx::query_scalar!(
-        r#"select g as "g!: IpAddr" from unnest($1::inet[]) g
-           where exists (select 1 from subnets sn
-                         where g = any(sn.relay_addresses) or (sn.relay_any_in_cidr and sn.cidr >> g))"#,
-        &v4s(giaddrs) as &[IpAddr]
-    )
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter().map(crate::ipv4).collect()
-}
-
 /// Locks the subnet row.
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<bool> {
     Ok(

@@ -429,6 +429,7 @@ begin
                 select 1 from sx s3
                 where x.match = any(s3.relay_addresses) or (s3.relay_any_in_cidr and s3.cidr >> x.match)
             ) as refused
+            offset 0  -- (evaluated once per item, not inlined into both places that read it)
         ) rf
         -- as in dhcp_lease: a relay address names its subnet, else the subnet around the address
         left join lateral (

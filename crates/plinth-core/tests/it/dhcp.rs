@@ -762,6 +762,49 @@ async fn a_large_pool_offers_from_memory_and_commits_at_request() {
     assert_eq!(rows_of(&app, mac(1)).await, vec![(x, LeaseState::Bound)]);
 }
 
+/// Relayed packets from a relay no subnet accepts are refused inside the batch and change
+/// nothing: not the table, and not the offer from memory that the
+/// client whose MAC it names (forged, perhaps) is about to REQUEST.
+#[tokio::test]
+async fn a_refused_relay_leaves_a_clients_offer_from_memory_alone() {
+    let (a, b) = (Ipv4Addr::new(10, 30, 0, 100), Ipv4Addr::new(10, 30, 5, 17));
+    let (app, _db) = setup_large(Some(&[a, b])).await;
+    let discover = |m| req(LeaseOp::Discover { requested: None }, m);
+    let x = addr(&decide(&app, LeaseOp::Discover { requested: None }, mac(1)).await).unwrap();
+    let mut forged = discover(mac(1));
+    forged.match_addr = Ipv4Addr::new(10, 99, 0, 1);
+    forged.relayed = true;
+    let mut release = req(LeaseOp::Release { ciaddr: x }, mac(1));
+    release.match_addr = forged.match_addr;
+    release.relayed = true;
+    let d = decide_all(&app, &[forged, release]).await;
+    for refused in &d {
+        assert_eq!(refused.outcome, Outcome::Ignore, "{refused:?}");
+        assert!(
+            refused
+                .reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("relay 10.99.0.1 is not one of a subnet's relay_addresses"),
+            "{refused:?}"
+        );
+    }
+    assert!(rows_of(&app, mac(1)).await.is_empty(), "nothing written");
+    // The offer still counts: the next client gets the other free address, and a third none.
+    let y = addr(&decide(&app, LeaseOp::Discover { requested: None }, mac(2)).await).unwrap();
+    assert_ne!(x, y, "the offer from memory is still skipped for others");
+    let none = decide(&app, LeaseOp::Discover { requested: None }, mac(3)).await;
+    assert_eq!(
+        none.outcome,
+        Outcome::Ignore,
+        "both addresses are out on offers: {none:?}"
+    );
+    let again = decide(&app, LeaseOp::Discover { requested: None }, mac(1)).await;
+    assert_eq!(addr(&again), Some(x), "the client's offer is unchanged");
+    let ack = decide(&app, LeaseOp::Select { requested: x }, mac(1)).await;
+    assert_eq!((ack.outcome, addr(&ack)), (Outcome::Ack, Some(x)));
+}
+
 /// One instance with many offers from memory open at once (a storm whose REQUESTs lag, 900
 /// clients in a pool of 1,985): each batch skips every open offer, so no two clients are
 /// offered one address, and every REQUEST binds.

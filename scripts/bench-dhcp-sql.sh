@@ -8,6 +8,8 @@
 # clients) for free addresses spread over the pool, as offers from memory leave them. The
 # database has the embedded default's durability (fsync and synchronous commit on).
 # BENCH_SQL_EXTRA=FILE: SQL applied after the schema (a variant to compare).
+# BENCH_DISCOVERS=0: batches of the REQUESTs alone (what the database would do per DORA if
+# DISCOVERs were answered without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-21}; calls=${2:-2000}
@@ -24,7 +26,8 @@ for f in migrations/*.sql crates/plinth-db/sql/*.sql ${BENCH_SQL_EXTRA:-}; do
   psql "$url" -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null 2>&1 || { psql "$url" -v ON_ERROR_STOP=1 -f "$f"; exit 1; }
 done
 # MAC of client k: 02:kk:kk:kk:kk:00.
-psql "$url" -q -v ON_ERROR_STOP=1 -v n="$n" <<'SQL'
+d=$n; [ "${BENCH_DISCOVERS:-1}" = 0 ] && d=0
+psql "$url" -q -v ON_ERROR_STOP=1 -v n="$n" -v d="$d" <<'SQL'
 create extension pg_stat_statements;
 insert into subnets (cidr, router, lease_time, relay_any_in_cidr) values ('10.70.0.0/15', '10.70.0.1', 3600, true);
 insert into subnet_ranges (subnet_id, first_addr, last_addr) select id, '10.70.1.0', '10.71.255.254' from subnets;
@@ -38,16 +41,16 @@ create table bench_batches (id int primary key, ops text[], matches inet[], rela
 -- REQUEST j of batch k: address (k-1)*n+j times a prime coprime with the pool's size, modulo it.
 insert into bench_batches
 select k,
-  array_fill('discover'::text, array[:n]) || array_fill('select'::text, array[:n]),
-  array_fill('10.70.0.9'::inet, array[2 * :n]),
-  array_fill(true, array[2 * :n]),
-  (select array_agg(bench_mac(k * :n + j) order by j) from generate_series(0, :n - 1) j)
+  array_fill('discover'::text, array[:d]) || array_fill('select'::text, array[:n]),
+  array_fill('10.70.0.9'::inet, array[:d + :n]),
+  array_fill(true, array[:d + :n]),
+  coalesce((select array_agg(bench_mac(k * :n + j) order by j) from generate_series(0, :d - 1) j), '{}')
     || (select array_agg(bench_mac((k - 1) * :n + j) order by j) from generate_series(0, :n - 1) j),
-  array_fill(null::inet, array[:n])
+  array_fill(null::inet, array[:d])
     || (select array_agg('10.70.1.0'::inet + (((k - 1) * :n + j)::bigint * 7919 % 130815) order by j)
         from generate_series(0, :n - 1) j),
-  array_fill(null::bytea, array[2 * :n]), array_fill(null::text, array[2 * :n]),
-  array_fill(null::inet, array[2 * :n]),
+  array_fill(null::bytea, array[:d + :n]), array_fill(null::text, array[:d + :n]),
+  array_fill(null::inet, array[:d + :n]),
   (select array_agg('10.71.200.0'::inet + j) from generate_series(0, 127) j)
 from generate_series(1, 120000 / :n) k;
 create sequence bench_seq;
@@ -57,7 +60,7 @@ cat >"$work/call.sql" <<'SQL'
 select count(*) from (select nextval('bench_seq')::int as id) k join bench_batches b on b.id = k.id,
   lateral dhcp_lease_batch(b.ops, b.matches, b.relayed, b.macs, b.addrs, b.cids, b.hosts, b.held, b.skip, 60, 300) f;
 SQL
-echo "dhcp_lease_batch, $n DORAs per batch (2 x $n items), $calls calls, one connection:"
+echo "dhcp_lease_batch, $n DORAs per batch ($d DISCOVERs and $n REQUESTs), $calls calls, one connection:"
 pgbench -n -M prepared -c 1 -t "$calls" -f "$work/call.sql" "$url" 2>&1 | grep -E "latency average|^tps"
 echo
 echo "| calls | ms per call | buffers per call | statement |"

@@ -421,22 +421,16 @@ begin
             from unnest(p_op, p_match, p_relayed, p_mac, p_addr, p_held) with ordinality
                  as t(op, match, relayed, mac, addr, held, i)
         ) x
-        -- A relayed request is served only through a relay some subnet accepts (one of its
-        -- relay_addresses, or any address of its cidr where relay_any_in_cidr): a giaddr is
-        -- trivially forged. The others are answered 'refused', and nothing is written for them.
-        cross join lateral (
-            select x.relayed and not exists (
-                select 1 from sx s3
-                where x.match = any(s3.relay_addresses) or (s3.relay_any_in_cidr and s3.cidr >> x.match)
-            ) as refused
-            offset 0  -- (evaluated once per item, not inlined into both places that read it)
-        ) rf
-        -- as in dhcp_lease: a relay address names its subnet, else the subnet around the address
+        -- as in dhcp_lease: a relay address names its subnet, else the subnet around the
+        -- address. A relayed request is served only through a relay some subnet accepts (one of
+        -- its relay_addresses, or any address of its cidr where relay_any_in_cidr): a giaddr is
+        -- trivially forged. A relayed item left without a subnet is answered 'refused', and
+        -- nothing is written for it.
         left join lateral (
             select sx.id, sx.cidr, sx.large from sx
-            where not rf.refused and sx.id = coalesce(
+            where sx.id = coalesce(
                 (select s1.id from sx s1 where x.relayed and x.match = any(s1.relay_addresses) limit 1),
-                (select s2.id from sx s2 where s2.cidr >> x.match limit 1))
+                (select s2.id from sx s2 where s2.cidr >> x.match and (s2.relay_any_in_cidr or not x.relayed) limit 1))
         ) s on true
         left join lateral (
             select mm.id, mm.state, mm.boot_file, case when nc.active then nc.ipv4 end as ip
@@ -473,7 +467,7 @@ begin
         ) h on true
         cross join lateral (
             select case
-                when rf.refused then 'refused'
+                when x.relayed and s.id is null then 'refused'
                 when s.id is null or x.nth > 1 then 'general'
                 -- (an address this instance offered another client from memory is not offered again)
                 when x.op = 'discover' and r.reserved is null and p.address is not null

@@ -689,6 +689,77 @@ begin
 end
 $$;
 
+CREATE FUNCTION public.dhcp_view_free(p_subnet uuid, p_n integer) RETURNS SETOF inet
+    LANGUAGE plpgsql
+    SET jit TO 'off'
+    SET enable_bitmapscan TO 'off'
+    SET enable_sort TO 'off'
+    AS $$
+declare
+    start inet := dhcp_pool_point(p_subnet);
+begin
+    return query
+        (select lx.address from leases lx
+         where lx.subnet_id = p_subnet and lx.state = 'free' and lx.pool and lx.address >= start
+           and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
+         order by lx.address
+         limit p_n)
+        union all
+        (select lx.address from leases lx
+         where lx.subnet_id = p_subnet and lx.state = 'free' and lx.pool and lx.address < start
+           and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
+         order by lx.address
+         limit p_n)
+        limit p_n;
+end
+$$;
+
+CREATE FUNCTION public.dhcp_view_leases_notify() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    n integer;
+    payload text;
+begin
+    -- PostgreSQL's notification queue (8 GB) is only freed as far as its slowest listener has
+    -- read, and a full queue fails every commit that notifies: a frozen listener (a stopped
+    -- process, a paused VM) must not stop DHCP. Past half full, leases are not listed; the
+    -- views see it (pg_notification_queue_usage) and leave every decision to the database.
+    if pg_notification_queue_usage() >= 0.5 then
+        return null;
+    end if;
+    -- (a bounded list: a notification's payload holds at most 8,000 bytes)
+    select count(*), string_agg(c.mac::text || ' ' || host(c.address), ',')
+    into n, payload
+    from (select ch.mac, ch.address from changed ch
+          where ch.mac is not null and ch.state <> 'free' limit 201) c;
+    if n > 200 then
+        perform pg_notify('dhcp_view', 'reload');
+    elsif n > 0 then
+        perform pg_notify('dhcp_view', 'l ' || payload);
+    end if;
+    return null;
+end
+$$;
+
+CREATE FUNCTION public.dhcp_view_nics_notify() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform pg_notify('dhcp_view', 'n ' || new.mac::text || ' ' || coalesce(host(new.ipv4), '-'));
+    return null;
+end
+$$;
+
+CREATE FUNCTION public.dhcp_view_reload_notify() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform pg_notify('dhcp_view', 'reload');
+    return null;
+end
+$$;
+
 CREATE FUNCTION public.events_append_only() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -1564,13 +1635,23 @@ CREATE TRIGGER leases_bound_on_insert BEFORE INSERT ON public.leases FOR EACH RO
 
 CREATE TRIGGER leases_bound_on_update BEFORE UPDATE ON public.leases FOR EACH ROW WHEN (((new.state = 'bound'::text) AND ((old.state IS DISTINCT FROM 'bound'::text) OR (new.expires_at IS DISTINCT FROM old.expires_at)) AND (NOT (new.bound_at IS DISTINCT FROM old.bound_at)))) EXECUTE FUNCTION public.leases_set_bound_at();
 
+CREATE TRIGGER leases_view_on_insert AFTER INSERT ON public.leases REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION public.dhcp_view_leases_notify();
+
+CREATE TRIGGER leases_view_on_update AFTER UPDATE ON public.leases REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION public.dhcp_view_leases_notify();
+
 CREATE TRIGGER machines_rack_fit BEFORE INSERT OR UPDATE OF rack_id, rack_unit, size_u ON public.machines FOR EACH ROW EXECUTE FUNCTION public.machines_check_rack_fit();
 
 CREATE TRIGGER machines_state_revokes_agent_tokens AFTER UPDATE OF state ON public.machines FOR EACH ROW WHEN ((old.state IS DISTINCT FROM new.state)) EXECUTE FUNCTION public.agent_tokens_revoke_on_state_change();
 
+CREATE TRIGGER nics_view AFTER INSERT OR UPDATE OF mac, ipv4, active ON public.nics FOR EACH ROW EXECUTE FUNCTION public.dhcp_view_nics_notify();
+
 CREATE TRIGGER racks_height BEFORE UPDATE OF height_u ON public.racks FOR EACH ROW EXECUTE FUNCTION public.racks_check_height();
 
 CREATE TRIGGER subnet_ranges_check BEFORE INSERT OR UPDATE ON public.subnet_ranges FOR EACH ROW EXECUTE FUNCTION public.subnet_ranges_check();
+
+CREATE TRIGGER subnet_ranges_view AFTER INSERT OR DELETE OR UPDATE ON public.subnet_ranges FOR EACH STATEMENT EXECUTE FUNCTION public.dhcp_view_reload_notify();
+
+CREATE TRIGGER subnets_view AFTER INSERT OR DELETE OR UPDATE ON public.subnets FOR EACH STATEMENT EXECUTE FUNCTION public.dhcp_view_reload_notify();
 
 ALTER TABLE ONLY public.agent_tokens
     ADD CONSTRAINT agent_tokens_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id) ON DELETE CASCADE;

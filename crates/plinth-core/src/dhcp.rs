@@ -13,6 +13,9 @@ use uuid::Uuid;
 
 use crate::{App, DbResult, Result};
 
+mod view;
+pub(crate) use view::ClientView;
+
 /// What to do with PXE clients that are in no inventory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -285,6 +288,25 @@ struct Offers {
     open: std::collections::HashMap<MacAddr, (Ipv4Addr, std::time::Instant)>,
     /// The newest offers, oldest first: the ones whose REQUESTs are on their way.
     recent: std::collections::VecDeque<(MacAddr, Ipv4Addr)>,
+    /// `open` by address.
+    by_addr: std::collections::HashMap<Ipv4Addr, MacAddr>,
+}
+
+impl Offers {
+    fn live(&self, mac: &MacAddr, now: std::time::Instant) -> Option<Ipv4Addr> {
+        self.open
+            .get(mac)
+            .filter(|(_, until)| *until > now)
+            .map(|(a, _)| *a)
+    }
+
+    fn close(&mut self, mac: &MacAddr) {
+        if let Some((a, _)) = self.open.remove(mac)
+            && self.by_addr.get(&a) == Some(mac)
+        {
+            self.by_addr.remove(&a);
+        }
+    }
 }
 
 impl OfferBook {
@@ -322,7 +344,20 @@ impl OfferBook {
         (held, skip)
     }
 
-    /// Takes in what the database decided for `mac`.
+    /// Whether `mac` holds an open offer of this instance's.
+    fn has_open(&self, mac: MacAddr) -> bool {
+        self.lock().live(&mac, std::time::Instant::now()).is_some()
+    }
+
+    /// Whether this instance offered `a` to a client whose offer is still open.
+    fn is_offered(&self, a: Ipv4Addr) -> bool {
+        let book = self.lock();
+        book.by_addr
+            .get(&a)
+            .is_some_and(|m| book.live(m, std::time::Instant::now()) == Some(a))
+    }
+
+    /// Takes in what the database (or the client view) decided for `mac`.
     fn note(&self, mac: MacAddr, d: &plinth_db::leases::LeaseDecision, offer_secs: u32) {
         let now = std::time::Instant::now();
         let mut book = self.lock();
@@ -330,10 +365,14 @@ impl OfferBook {
             (true, Some(a)) => {
                 if book.open.len() >= Self::MAX {
                     book.open.retain(|_, (_, until)| *until > now);
+                    let Offers { open, by_addr, .. } = &mut *book;
+                    by_addr.retain(|_, m| open.contains_key(m));
                 }
                 if book.open.len() < Self::MAX || book.open.contains_key(&mac) {
                     let until = now + std::time::Duration::from_secs(u64::from(offer_secs));
+                    book.close(&mac);
                     book.open.insert(mac, (a, until));
+                    book.by_addr.insert(a, mac);
                 }
                 if book.recent.len() >= Self::SKIP {
                     book.recent.pop_front();
@@ -343,7 +382,7 @@ impl OfferBook {
             (true, None) => {}
             // Bound, refused, released, declined, or an offer the table holds.
             (false, _) => {
-                book.open.remove(&mac);
+                book.close(&mac);
             }
         }
     }
@@ -434,6 +473,26 @@ impl App {
             .unwrap_or_else(|| Err(crate::missing("dhcp_decide")()))
     }
 
+    /// The DHCP client view (tests): whether it answers, the DISCOVERs it answered, its loads,
+    /// and the addresses left in `subnet`'s reservoir.
+    #[cfg(feature = "testing")]
+    pub fn dhcp_view_status(&self, subnet: Option<Uuid>) -> (bool, u64, u64, usize) {
+        self.view.status(subnet)
+    }
+
+    /// Loads the DHCP client view if it is not, and fills `subnet`'s reservoir (tests); false
+    /// if the view did not load within `wait`.
+    #[cfg(feature = "testing")]
+    pub async fn dhcp_view_fill(&self, subnet: Uuid, wait: std::time::Duration) -> bool {
+        self.view.fill(self.pool(), subnet, wait).await
+    }
+
+    /// Whether the DHCP client view knows `mac` (tests).
+    #[cfg(feature = "testing")]
+    pub fn dhcp_view_knows(&self, mac: MacAddr) -> bool {
+        self.view.knows(mac)
+    }
+
     /// Decides a batch of DHCP requests in one database round trip and one transaction,
     /// committed before this returns. Answers are in the order of `reqs`, each exactly what
     /// `App::dhcp_decide` would have answered for it had the requests come one after the other.
@@ -450,7 +509,34 @@ impl App {
         if reqs.is_empty() {
             return Vec::new();
         }
-        let calls: Vec<plinth_db::leases::LeaseCall<'_>> = reqs
+        // New clients' DISCOVERs from the client view, where it can; the rest from the database.
+        self.view.start(self.pool());
+        let mut fast: Vec<Option<plinth_db::leases::LeaseDecision>> =
+            Vec::with_capacity(reqs.len());
+        for r in reqs {
+            let (d, refill) = match self.view.offer(r, &self.offers) {
+                view::Offered::Yes(d, refill) => {
+                    self.offers.note(r.mac, &d, timers.offer_secs);
+                    (Some(*d), refill)
+                }
+                view::Offered::No(refill) => (None, refill),
+            };
+            if let Some((subnet, generation)) = refill {
+                tokio::spawn(
+                    self.view
+                        .clone()
+                        .refill(self.pool().clone(), subnet, generation),
+                );
+            }
+            fast.push(d);
+        }
+        let slow: Vec<&DhcpRequest<'_>> = reqs
+            .iter()
+            .zip(&fast)
+            .filter(|(_, d)| d.is_none())
+            .map(|(r, _)| r)
+            .collect();
+        let calls: Vec<plinth_db::leases::LeaseCall<'_>> = slow
             .iter()
             .map(|r| plinth_db::leases::LeaseCall {
                 op: r.op.parts().0,
@@ -473,7 +559,11 @@ impl App {
         let pool = self.pool();
         let calls = &calls;
         let book = &self.offers;
-        let decided: Vec<Decided> = crate::batch::all_or_each(
+        let view = &self.view;
+        let decided: Vec<Decided> = if calls.is_empty() {
+            Vec::new() // (every one answered from the view)
+        } else {
+            crate::batch::all_or_each(
             calls.len(),
             |some| async move {
                 let some = &calls[some];
@@ -497,6 +587,12 @@ impl App {
                     if d.outcome.as_deref() != Some(REFUSED) {
                         book.note(c.mac, d, timers.offer_secs);
                     }
+                    match d.outcome.as_deref() {
+                        Some("ack") => view.learn(c.mac, d.address),
+                        Some("offer") if !d.from_memory => view.learn(c.mac, d.address),
+                        Some("nak") => view.learn(c.mac, None),
+                        _ => {}
+                    }
                 }
                 Ok(decided)
             },
@@ -513,7 +609,18 @@ impl App {
         .await
         .into_iter()
         .map(|d| d.map_or_else(|d| d, |d| Decided::Lease(Box::new(d))))
-        .collect();
+        .collect()
+        };
+        let mut decided = decided.into_iter();
+        let decided: Vec<Decided> = fast
+            .into_iter()
+            .map(|f| match f {
+                Some(d) => Decided::Lease(Box::new(d)),
+                None => decided
+                    .next()
+                    .unwrap_or(Decided::Failed(crate::missing("dhcp_decide_batch")())),
+            })
+            .collect();
 
         refused_relays_warning(reqs, &decided);
         let mut answers = Vec::with_capacity(reqs.len());

@@ -72,6 +72,8 @@ pub struct App {
     fetches: std::sync::Arc<sightings::FetchLog>,
     /// The DHCP offers this instance made from memory and still holds open.
     offers: std::sync::Arc<dhcp::OfferBook>,
+    /// What this instance knows of its DHCP clients, to answer new ones without the database.
+    view: std::sync::Arc<dhcp::ClientView>,
 }
 
 /// The boot chain's settings and templates, fixed at start.
@@ -120,8 +122,10 @@ impl App {
             hub: std::sync::Arc::new(stream::Hub::new(Default::default())),
             fetches: Default::default(),
             offers: Default::default(),
+            view: Default::default(),
         };
         app.metrics.register(app.fetches.clone());
+        app.metrics.register(app.view.clone());
         app
     }
 

@@ -551,6 +551,31 @@ impl Source for crate::sightings::FetchLog {
     }
 }
 
+/// The DHCP client view (`dhcp::view`).
+impl Source for crate::dhcp::ClientView {
+    fn render(&self, out: &mut Exposition) {
+        let (ready, answered, loads, _) = self.status(None);
+        out.gauge(
+            "plinth_dhcp_view_ready",
+            "1 while this instance answers new clients' DISCOVERs from its view of the database (0: all go to the database).",
+            &[],
+            if ready { 1.0 } else { 0.0 },
+        );
+        out.counter(
+            "plinth_dhcp_view_offers_total",
+            "DISCOVERs of new clients this instance answered from its view, without the database.",
+            &[],
+            answered,
+        );
+        out.counter(
+            "plinth_dhcp_view_loads_total",
+            "Times this instance loaded its DHCP view (at start, after a lost listener, after subnet changes).",
+            &[],
+            loads,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -683,3 +683,92 @@ create or replace function dhcp_lease_batch(
                           array_fill(null::inet, array[coalesce(cardinality(p_op), 0)]), null::inet[],
                           p_offer_secs, p_quarantine_secs) b
 $$;
+
+-- The DHCP client view (plinth-core's dhcp/view.rs). Each instance keeps in memory the subnets,
+-- the MACs the database knows (a NIC's, or a lease row's), and per large subnet a reservoir of
+-- free addresses, and answers the DISCOVER of a client it does not know without a round trip
+-- (an offer from memory; its REQUEST binds through dhcp_lease_batch as any does). These
+-- triggers tell every instance what changed, on the channel `dhcp_view`:
+--   'l <mac> <address>,...'  lease rows written for clients (offered, bound, declined): the MACs
+--                            are known, the addresses no longer free
+--   'n <mac> <ipv4 or ->'    a NIC added or changed: its MAC is known, its reserved address taken
+--   'reload'                 subnets or ranges changed, or too many lease rows at once to list
+-- A listener that lost its connection reloads everything, so nothing depends on a notification
+-- arriving; one that arrives late costs at most an offer that the REQUEST's NAK corrects.
+create or replace function dhcp_view_leases_notify() returns trigger language plpgsql as $$
+declare
+    n integer;
+    payload text;
+begin
+    -- PostgreSQL's notification queue (8 GB) is only freed as far as its slowest listener has
+    -- read, and a full queue fails every commit that notifies: a frozen listener (a stopped
+    -- process, a paused VM) must not stop DHCP. Past half full, leases are not listed; the
+    -- views see it (pg_notification_queue_usage) and leave every decision to the database.
+    if pg_notification_queue_usage() >= 0.5 then
+        return null;
+    end if;
+    -- (a bounded list: a notification's payload holds at most 8,000 bytes)
+    select count(*), string_agg(c.mac::text || ' ' || host(c.address), ',')
+    into n, payload
+    from (select ch.mac, ch.address from changed ch
+          where ch.mac is not null and ch.state <> 'free' limit 201) c;
+    if n > 200 then
+        perform pg_notify('dhcp_view', 'reload');
+    elsif n > 0 then
+        perform pg_notify('dhcp_view', 'l ' || payload);
+    end if;
+    return null;
+end
+$$;
+create or replace trigger leases_view_on_insert after insert on leases
+    referencing new table as changed
+    for each statement execute function dhcp_view_leases_notify();
+create or replace trigger leases_view_on_update after update on leases
+    referencing new table as changed
+    for each statement execute function dhcp_view_leases_notify();
+
+create or replace function dhcp_view_nics_notify() returns trigger language plpgsql as $$
+begin
+    perform pg_notify('dhcp_view', 'n ' || new.mac::text || ' ' || coalesce(host(new.ipv4), '-'));
+    return null;
+end
+$$;
+create or replace trigger nics_view after insert or update of mac, ipv4, active on nics
+    for each row execute function dhcp_view_nics_notify();
+
+create or replace function dhcp_view_reload_notify() returns trigger language plpgsql as $$
+begin
+    perform pg_notify('dhcp_view', 'reload');
+    return null;
+end
+$$;
+create or replace trigger subnets_view after insert or update or delete on subnets
+    for each statement execute function dhcp_view_reload_notify();
+create or replace trigger subnet_ranges_view after insert or update or delete on subnet_ranges
+    for each statement execute function dhcp_view_reload_notify();
+
+-- Up to p_n free pool addresses of a subnet for a view's reservoir: from a random point of the
+-- pool upwards, then from its start, none reserved to a NIC. Read only: nothing is held for the
+-- instance, which may lose a race for one of them to another (its REQUEST is then refused).
+-- (The point is computed once: compared in the WHERE clause, the volatile dhcp_pool_point
+-- would be evaluated for every row read.)
+create or replace function dhcp_view_free(p_subnet uuid, p_n integer) returns setof inet
+language plpgsql set jit = off set enable_bitmapscan = off set enable_sort = off as $$
+declare
+    start inet := dhcp_pool_point(p_subnet);
+begin
+    return query
+        (select lx.address from leases lx
+         where lx.subnet_id = p_subnet and lx.state = 'free' and lx.pool and lx.address >= start
+           and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
+         order by lx.address
+         limit p_n)
+        union all
+        (select lx.address from leases lx
+         where lx.subnet_id = p_subnet and lx.state = 'free' and lx.pool and lx.address < start
+           and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
+         order by lx.address
+         limit p_n)
+        limit p_n;
+end
+$$;

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod console;
 pub mod credentials;
 pub mod deployments;
+pub mod dhcp_view;
 pub mod embedded;
 mod error;
 pub mod events;
@@ -92,6 +93,13 @@ impl Listener {
     pub async fn recv(&mut self) -> Result<()> {
         self.0.recv().await?;
         Ok(())
+    }
+
+    /// Waits for the next NOTIFY and returns its payload; `None` when the connection was lost
+    /// and made again (notifications sent meanwhile are lost: whatever they would have kept
+    /// fresh must be read again). An error means the connection is gone: connect again.
+    pub async fn next_payload(&mut self) -> Result<Option<String>> {
+        Ok(self.0.try_recv().await?.map(|n| n.payload().to_owned()))
     }
 }
 

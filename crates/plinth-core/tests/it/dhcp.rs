@@ -611,7 +611,7 @@ async fn the_instance_not_chosen_leaves_the_shared_offer_alone() {
     assert_eq!(ack.outcome, Outcome::Ack, "{ack:?}");
 }
 
-/// A subnet whose pool (10.30.0.10 - 10.30.7.250, 1,985 addresses) is large enough for
+/// A subnet whose pool (10.30.0.10 - 10.30.7.250, 2,033 addresses) is large enough for
 /// offers from memory. With `free`, only those addresses are left free: the others are
 /// declined for an hour.
 async fn setup_large(free: Option<&[Ipv4Addr]>) -> (App, TestDb) {
@@ -806,7 +806,7 @@ async fn a_refused_relay_leaves_a_clients_offer_from_memory_alone() {
 }
 
 /// One instance with many offers from memory open at once (a storm whose REQUESTs lag, 900
-/// clients in a pool of 1,985): each batch skips every open offer, so no two clients are
+/// clients in a pool of 2,033): each batch skips every open offer, so no two clients are
 /// offered one address, and every REQUEST binds.
 #[tokio::test]
 async fn many_open_offers_from_memory_are_never_offered_twice() {
@@ -1313,4 +1313,301 @@ async fn discovery_is_bounded_per_minute() {
         .await
         .unwrap();
     assert_eq!(d.outcome, Outcome::Offer);
+}
+
+// The client view (`dhcp::view`): DISCOVERs of new clients answered without the database.
+
+/// The addresses of [`setup_large`]'s pool.
+const POOL: usize = 2033;
+
+const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn subnet_id(db: &TestDb) -> uuid::Uuid {
+    sqlx::query_scalar("select id from subnets")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Waits (up to [`VIEW_WAIT`]) until `app`'s view has heard of `m`.
+async fn until_known(app: &App, m: MacAddr) {
+    let until = std::time::Instant::now() + VIEW_WAIT;
+    while !app.dhcp_view_knows(m) {
+        assert!(
+            std::time::Instant::now() < until,
+            "the view never heard of {m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+fn answered(app: &App) -> u64 {
+    app.dhcp_view_status(None).1
+}
+
+/// New clients' DISCOVERs are answered from the view: distinct free addresses, nothing
+/// written, every REQUEST binds. A client the database then knows (bound) is decided by the
+/// database again: offered its address. A booting client, and one asking for an address, go
+/// to the database too.
+#[tokio::test]
+async fn new_clients_are_offered_from_the_view_and_bind_at_request() {
+    let (app, db) = setup_large(None).await;
+    let subnet = subnet_id(&db).await;
+    assert!(
+        app.dhcp_view_fill(subnet, VIEW_WAIT).await,
+        "the view loads"
+    );
+    let (ready, before, _, left) = app.dhcp_view_status(Some(subnet));
+    assert!(ready);
+    assert_eq!(left, POOL, "the whole pool in the reservoir");
+
+    let clients: Vec<MacAddr> = (0..100u32).map(|n| mac(40_000 + n)).collect();
+    let discovers: Vec<_> = clients
+        .iter()
+        .map(|m| req(LeaseOp::Discover { requested: None }, *m))
+        .collect();
+    let offers = decide_all(&app, &discovers).await;
+    assert_eq!(answered(&app), before + 100, "all from the view");
+    let offered: Vec<Ipv4Addr> = offers
+        .iter()
+        .map(|d| {
+            assert_eq!(d.outcome, Outcome::Offer, "{d:?}");
+            let l = d.lease.as_ref().unwrap();
+            assert_eq!(
+                (l.lease_secs, l.prefix_len, l.router),
+                (Some(600), 21, Some(Ipv4Addr::new(10, 30, 0, 1)))
+            );
+            addr(d).unwrap()
+        })
+        .collect();
+    assert_eq!(offered.iter().collect::<HashSet<_>>().len(), 100);
+    assert!(
+        rows_of(&app, clients[0]).await.is_empty(),
+        "nothing written"
+    );
+    // asking again: the same offer (from the instance's book, through the database)
+    let again = decide(&app, LeaseOp::Discover { requested: None }, clients[0]).await;
+    assert_eq!(addr(&again), Some(offered[0]));
+
+    let requests: Vec<_> = clients
+        .iter()
+        .zip(&offered)
+        .map(|(m, a)| req(LeaseOp::Select { requested: *a }, *m))
+        .collect();
+    for d in decide_all(&app, &requests).await {
+        assert_eq!(d.outcome, Outcome::Ack, "{d:?}");
+    }
+    assert_eq!(
+        rows_of(&app, clients[5]).await,
+        vec![(offered[5], LeaseState::Bound)]
+    );
+    let n = answered(&app);
+    let back = decide(&app, LeaseOp::Discover { requested: None }, clients[5]).await;
+    assert_eq!(addr(&back), Some(offered[5]), "a bound client: its address");
+    assert_eq!(answered(&app), n, "from the database");
+
+    let mut pxe = req(LeaseOp::Discover { requested: None }, mac(41_000));
+    pxe.client = ClientInfo {
+        arch: Some(7),
+        pxe: true,
+        ..Default::default()
+    };
+    let booted = decide_all(&app, &[pxe]).await;
+    assert!(booted[0].machine_id.is_some(), "recorded as discovered");
+    let asks = decide(
+        &app,
+        LeaseOp::Discover {
+            requested: Some(Ipv4Addr::new(10, 30, 4, 4)),
+        },
+        mac(41_001),
+    )
+    .await;
+    assert_eq!(addr(&asks), Some(Ipv4Addr::new(10, 30, 4, 4)));
+    assert_eq!(answered(&app), n, "both from the database");
+}
+
+/// What another instance writes reaches the view before the next DISCOVER: a client it bound
+/// is offered its address, a NIC's MAC its reservation; and the addresses it bound or reserved
+/// leave the reservoir, so that the whole rest of the pool, offered from the view, binds
+/// without one refusal.
+#[tokio::test]
+async fn another_instances_leases_and_nics_reach_the_view() {
+    let (one, db) = setup_large(None).await;
+    let two = db.app();
+    let subnet = subnet_id(&db).await;
+    assert!(one.dhcp_view_fill(subnet, VIEW_WAIT).await);
+    assert_eq!(one.dhcp_view_status(Some(subnet)).3, POOL);
+
+    // The other instance binds 100 clients and enrolls a machine with a reserved address.
+    let theirs: Vec<MacAddr> = (0..100u32).map(|n| mac(50_000 + n)).collect();
+    let mut taken = HashSet::new();
+    for m in &theirs {
+        taken.insert(dora(&two, *m).await);
+    }
+    let reserved = Ipv4Addr::new(10, 30, 6, 66);
+    let nic = mac(50_500);
+    two.enroll_machine(
+        &admin(),
+        MachineCreate {
+            hostname: Some("reserved".into()),
+            rack: None,
+            rack_unit: None,
+            size_u: None,
+            pool: None,
+            tags: None,
+            arch: None,
+            nics: vec![NicSpec {
+                mac: nic,
+                ipv4: Some(reserved),
+                pxe: None,
+            }],
+            bmc: None,
+        },
+    )
+    .await
+    .unwrap();
+    until_known(&one, theirs[99]).await;
+    until_known(&one, nic).await;
+
+    let n = answered(&one);
+    let back = decide(&one, LeaseOp::Discover { requested: None }, theirs[7]).await;
+    let had = rows_of(&one, theirs[7]).await[0].0;
+    assert_eq!(
+        addr(&back),
+        Some(had),
+        "the other instance's client: its address"
+    );
+    let res = decide(&one, LeaseOp::Discover { requested: None }, nic).await;
+    assert_eq!(addr(&res), Some(reserved), "a NIC's reservation");
+    assert_eq!(answered(&one), n, "both from the database");
+
+    // Every other free address, offered to new clients from this instance's view: each binds.
+    let free = POOL - taken.len() - 1;
+    let clients: Vec<MacAddr> = (0..free as u32).map(|n| mac(60_000 + n)).collect();
+    let mut offered = HashSet::new();
+    for chunk in clients.chunks(128) {
+        let reqs: Vec<_> = chunk
+            .iter()
+            .map(|m| req(LeaseOp::Discover { requested: None }, *m))
+            .collect();
+        let offers = decide_all(&one, &reqs).await;
+        let reqs: Vec<_> = chunk
+            .iter()
+            .zip(&offers)
+            .map(|(m, d)| {
+                assert_eq!(d.outcome, Outcome::Offer, "{d:?}");
+                let a = addr(d).unwrap();
+                assert!(!taken.contains(&a) && a != reserved, "{a} is taken");
+                assert!(offered.insert(a), "{a} offered twice");
+                req(LeaseOp::Select { requested: a }, *m)
+            })
+            .collect();
+        for d in decide_all(&one, &reqs).await {
+            assert_eq!(d.outcome, Outcome::Ack, "{d:?}");
+        }
+    }
+    assert!(
+        answered(&one) - n > free as u64 / 2,
+        "mostly from the view: {} of {free}",
+        answered(&one) - n
+    );
+    let none = decide(&one, LeaseOp::Discover { requested: None }, mac(90_000)).await;
+    assert_eq!(
+        none.outcome,
+        Outcome::Ignore,
+        "the pool is used up: {none:?}"
+    );
+}
+
+/// An offer from the view whose address another instance bound meanwhile: the REQUEST is
+/// refused, and the client's next DISCOVER goes to the database, which offers a free address.
+#[tokio::test]
+async fn an_offer_from_the_view_lost_to_another_instance_is_refused_and_the_client_starts_over() {
+    let (one, db) = setup_large(None).await;
+    let two = db.app();
+    let subnet = subnet_id(&db).await;
+    assert!(one.dhcp_view_fill(subnet, VIEW_WAIT).await);
+    let n = answered(&one);
+    let c = mac(70_000);
+    let x = addr(&decide(&one, LeaseOp::Discover { requested: None }, c).await).unwrap();
+    assert_eq!(answered(&one), n + 1);
+    // Another client asks the other instance for that very address (it is free in the table).
+    let other = decide(&two, LeaseOp::Select { requested: x }, mac(70_001)).await;
+    assert_eq!(other.outcome, Outcome::Ack, "{other:?}");
+    let nak = decide(&one, LeaseOp::Select { requested: x }, c).await;
+    assert_eq!(nak.outcome, Outcome::Nak, "{nak:?}");
+    let o = decide(&one, LeaseOp::Discover { requested: None }, c).await;
+    assert_eq!(answered(&one), n + 1, "after a NAK: from the database");
+    let y = addr(&o).unwrap();
+    assert_ne!(x, y);
+    let ack = decide(&one, LeaseOp::Select { requested: y }, c).await;
+    assert_eq!(ack.outcome, Outcome::Ack, "{ack:?}");
+}
+
+/// The view loads again when its listener's connection is lost, and when a subnet changes;
+/// changes after the reconnect still reach it.
+#[tokio::test]
+async fn the_view_loads_again_after_losing_its_listener_and_after_a_subnet_change() {
+    let (one, db) = setup_large(None).await;
+    let two = db.app();
+    let subnet = subnet_id(&db).await;
+    assert!(one.dhcp_view_fill(subnet, VIEW_WAIT).await);
+    let loads = one.dhcp_view_status(None).2;
+    let until_loaded = |after: u64| {
+        let one = one.clone();
+        async move {
+            let until = std::time::Instant::now() + VIEW_WAIT;
+            loop {
+                let (ready, _, loads, _) = one.dhcp_view_status(None);
+                if ready && loads > after {
+                    return loads;
+                }
+                assert!(
+                    std::time::Instant::now() < until,
+                    "the view did not load again"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    let killed: i64 = sqlx::query_scalar(
+        "select count(pg_terminate_backend(pid)) from pg_stat_activity
+         where datname = current_database() and query ilike 'listen%dhcp_view%'
+           and pid <> pg_backend_pid()",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    // (both instances' listeners, if the second one has started its own)
+    assert!(killed >= 1, "a listener to end");
+    let loads = until_loaded(loads).await;
+    let m = mac(80_000);
+    let had = dora(&two, m).await;
+    until_known(&one, m).await;
+    assert_eq!(
+        addr(&decide(&one, LeaseOp::Discover { requested: None }, m).await),
+        Some(had)
+    );
+
+    one.update_subnet(
+        &admin(),
+        subnet,
+        SubnetPatch {
+            lease_time: Some(900),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    until_loaded(loads).await;
+    assert!(one.dhcp_view_fill(subnet, VIEW_WAIT).await);
+    let n = answered(&one);
+    let o = decide(&one, LeaseOp::Discover { requested: None }, mac(80_001)).await;
+    assert_eq!(answered(&one), n + 1);
+    assert_eq!(
+        o.lease.unwrap().lease_secs,
+        Some(900),
+        "the subnet as it is now"
+    );
 }

@@ -290,6 +290,10 @@ struct Offers {
     recent: std::collections::VecDeque<(MacAddr, Ipv4Addr)>,
     /// `open` by address.
     by_addr: std::collections::HashMap<Ipv4Addr, MacAddr>,
+    /// The offers in the order they lapse (all last `offer_timeout`): lapsed ones leave `open`
+    /// from the front, a few at a time, never by a scan of the whole book. An entry whose
+    /// client was offered again or closed meanwhile is stale and skipped.
+    lapsing: std::collections::VecDeque<(MacAddr, Ipv4Addr, std::time::Instant)>,
 }
 
 impl Offers {
@@ -305,6 +309,26 @@ impl Offers {
             && self.by_addr.get(&a) == Some(mac)
         {
             self.by_addr.remove(&a);
+        }
+    }
+
+    /// Closes the offers that lapsed by `now`.
+    fn lapse(&mut self, now: std::time::Instant) {
+        while let Some(&(mac, a, until)) = self.lapsing.front() {
+            if until > now {
+                break;
+            }
+            self.lapsing.pop_front();
+            if self.open.get(&mac) == Some(&(a, until)) {
+                self.close(&mac);
+            }
+        }
+        // Stale entries (clients offered again) are dropped once they outnumber the book: a
+        // pass over at most twice the book, after at least as many offers.
+        if self.lapsing.len() > 2 * OfferBook::MAX {
+            let open = &self.open;
+            self.lapsing
+                .retain(|(m, a, until)| open.get(m) == Some(&(*a, *until)));
         }
     }
 }
@@ -363,16 +387,13 @@ impl OfferBook {
         let mut book = self.lock();
         match (d.from_memory, d.address) {
             (true, Some(a)) => {
-                if book.open.len() >= Self::MAX {
-                    book.open.retain(|_, (_, until)| *until > now);
-                    let Offers { open, by_addr, .. } = &mut *book;
-                    by_addr.retain(|_, m| open.contains_key(m));
-                }
+                book.lapse(now);
                 if book.open.len() < Self::MAX || book.open.contains_key(&mac) {
                     let until = now + std::time::Duration::from_secs(u64::from(offer_secs));
                     book.close(&mac);
                     book.open.insert(mac, (a, until));
                     book.by_addr.insert(a, mac);
+                    book.lapsing.push_back((mac, a, until));
                 }
                 if book.recent.len() >= Self::SKIP {
                     book.recent.pop_front();
@@ -923,6 +944,83 @@ mod tests {
     }
 
     const SRV: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    fn memory_offer(a: Ipv4Addr) -> plinth_db::leases::LeaseDecision {
+        plinth_db::leases::LeaseDecision {
+            outcome: Some("offer".into()),
+            address: Some(a),
+            lease_secs: Some(600),
+            subnet_id: None,
+            cidr: None,
+            prefix_len: Some(16),
+            router: None,
+            dns_servers: Vec::new(),
+            domain: None,
+            boot_server: None,
+            machine_id: None,
+            machine_state: None,
+            boot_file: None,
+            reason: None,
+            from_memory: true,
+        }
+    }
+
+    /// The book of offers stays bounded, and lapsed offers leave it without a scan of the
+    /// whole book per offer (a storm past saturation keeps it full).
+    #[test]
+    fn the_offer_book_is_bounded_and_lapses_in_order() {
+        let addr = |n: u32| Ipv4Addr::from(0x0a00_0000 + n);
+        let mac = |n: u32| MacAddr([0x52, 0x54, 0, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
+        let book = OfferBook::default();
+        for n in 0..5000 {
+            book.note(mac(n), &memory_offer(addr(n)), 60);
+        }
+        {
+            let b = book.lock();
+            assert_eq!(
+                (b.open.len(), b.by_addr.len()),
+                (OfferBook::MAX, OfferBook::MAX)
+            );
+        }
+        assert!(book.has_open(mac(0)) && book.is_offered(addr(0)));
+        assert!(!book.has_open(mac(4999)), "past the bound: not remembered");
+        // offered again, another address: the first is no longer this client's
+        book.note(mac(1), &memory_offer(addr(9999)), 60);
+        assert!(!book.is_offered(addr(1)) && book.is_offered(addr(9999)));
+        // bound: closed
+        let mut bound = memory_offer(addr(9999));
+        bound.from_memory = false;
+        book.note(mac(1), &bound, 60);
+        assert!(!book.has_open(mac(1)) && !book.is_offered(addr(9999)));
+
+        // Three clients offered again and again: the queue of lapsing offers (stale entries
+        // included) stays within its bound.
+        let book = OfferBook::default();
+        for n in 0..20_000 {
+            book.note(mac(n % 3), &memory_offer(addr(n)), 60);
+        }
+        {
+            let b = book.lock();
+            assert_eq!((b.open.len(), b.by_addr.len()), (3, 3));
+            assert!(
+                b.lapsing.len() <= 2 * OfferBook::MAX + 1,
+                "{}",
+                b.lapsing.len()
+            );
+        }
+        // Offers that lapse at once leave the book with the next offer.
+        let book = OfferBook::default();
+        for n in 0..5000 {
+            book.note(mac(n), &memory_offer(addr(n)), 0);
+        }
+        let b = book.lock();
+        assert!(
+            b.open.len() <= 1 && b.lapsing.len() <= 1,
+            "{}",
+            b.open.len()
+        );
+        assert_eq!(b.by_addr.len(), b.open.len());
+    }
 
     fn pxe(arch: u16) -> ClientInfo {
         ClientInfo {

@@ -352,6 +352,7 @@ impl ClientView {
     }
 
     /// Whether the view knows `mac` (tests).
+    #[cfg(feature = "testing")]
     pub(crate) fn knows(&self, mac: MacAddr) -> bool {
         self.lock().known.contains(&mac)
     }

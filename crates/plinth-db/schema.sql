@@ -699,18 +699,19 @@ declare
     start inet := dhcp_pool_point(p_subnet);
 begin
     return query
-        (select lx.address from leases lx
-         where lx.subnet_id = p_subnet and lx.state = 'free' and lx.pool and lx.address >= start
-           and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
-         order by lx.address
-         limit p_n)
-        union all
-        (select lx.address from leases lx
-         where lx.subnet_id = p_subnet and lx.state = 'free' and lx.pool and lx.address < start
-           and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
-         order by lx.address
-         limit p_n)
+        select lx.address from leases lx
+        where lx.subnet_id = p_subnet and lx.state = 'free' and lx.pool and lx.address >= start
+          and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
+        order by lx.address
         limit p_n;
+    if not found then
+        return query
+            select lx.address from leases lx
+            where lx.subnet_id = p_subnet and lx.state = 'free' and lx.pool and lx.address < start
+              and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
+            order by lx.address
+            limit p_n;
+    end if;
 end
 $$;
 

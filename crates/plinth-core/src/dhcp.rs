@@ -508,14 +508,30 @@ impl App {
         self.view.fill(self.pool(), subnet, wait).await
     }
 
+    /// The free addresses of `subnet`'s reservoir in the DHCP client view, in the order they
+    /// are offered (tests).
+    #[cfg(feature = "testing")]
+    pub fn dhcp_view_reservoir(&self, subnet: Uuid) -> Vec<Ipv4Addr> {
+        self.view.reservoir(subnet)
+    }
+
+    /// The same application with its DHCP client view switched off: every DISCOVER goes to the
+    /// database (tests of the database's own decisions).
+    #[cfg(feature = "testing")]
+    pub fn without_dhcp_view(self) -> Self {
+        self.view.switch_off();
+        self
+    }
+
     /// Whether the DHCP client view knows `mac` (tests).
     #[cfg(feature = "testing")]
     pub fn dhcp_view_knows(&self, mac: MacAddr) -> bool {
         self.view.knows(mac)
     }
 
-    /// Decides a batch of DHCP requests in one database round trip and one transaction,
-    /// committed before this returns. Answers are in the order of `reqs`, each exactly what
+    /// Decides a batch of DHCP requests: new clients' DISCOVERs from the client view where it
+    /// can (`dhcp::view`), the rest in one database round trip and one transaction, committed
+    /// before this returns. Answers are in the order of `reqs`, each exactly what
     /// `App::dhcp_decide` would have answered for it had the requests come one after the other.
     /// A relayed request is served only through a relay some subnet accepts (a giaddr is
     /// trivially forged): the database answers the others "refused", writes nothing for them,

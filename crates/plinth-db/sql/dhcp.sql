@@ -748,27 +748,30 @@ create or replace trigger subnet_ranges_view after insert or update or delete on
     for each statement execute function dhcp_view_reload_notify();
 
 -- Up to p_n free pool addresses of a subnet for a view's reservoir: from a random point of the
--- pool upwards, then from its start, none reserved to a NIC. Read only: nothing is held for the
--- instance, which may lose a race for one of them to another (its REQUEST is then refused).
--- (The point is computed once: compared in the WHERE clause, the volatile dhcp_pool_point
--- would be evaluated for every row read.)
+-- pool upwards, none reserved to a NIC; only when there are none above it, from the pool's
+-- start. (Not on past the end into the start: every instance's reservoir would then hold the
+-- pool's first addresses whenever its point fell near the end. A short reservoir is refilled
+-- from another point.) Read only: nothing is held for the instance, which may lose a race for
+-- one of them to another (its REQUEST is then refused). (The point is computed once: compared
+-- in the WHERE clause, the volatile dhcp_pool_point would be evaluated for every row read.)
 create or replace function dhcp_view_free(p_subnet uuid, p_n integer) returns setof inet
 language plpgsql set jit = off set enable_bitmapscan = off set enable_sort = off as $$
 declare
     start inet := dhcp_pool_point(p_subnet);
 begin
     return query
-        (select lx.address from leases lx
-         where lx.subnet_id = p_subnet and lx.state = 'free' and lx.pool and lx.address >= start
-           and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
-         order by lx.address
-         limit p_n)
-        union all
-        (select lx.address from leases lx
-         where lx.subnet_id = p_subnet and lx.state = 'free' and lx.pool and lx.address < start
-           and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
-         order by lx.address
-         limit p_n)
+        select lx.address from leases lx
+        where lx.subnet_id = p_subnet and lx.state = 'free' and lx.pool and lx.address >= start
+          and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
+        order by lx.address
         limit p_n;
+    if not found then
+        return query
+            select lx.address from leases lx
+            where lx.subnet_id = p_subnet and lx.state = 'free' and lx.pool and lx.address < start
+              and (select nc.id from nics nc where nc.active and nc.ipv4 = lx.address) is null
+            order by lx.address
+            limit p_n;
+    end if;
 end
 $$;

@@ -49,6 +49,8 @@ pub(crate) struct ClientView {
     answered: AtomicU64,
     /// Loads (the first, and after a reconnect or a reload).
     loads: AtomicU64,
+    /// Switched off (tests of the database's own decisions).
+    off: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -152,7 +154,10 @@ impl ClientView {
 
     /// Offers `req` an address from the view, if it may: see the module's description.
     pub(crate) fn offer(&self, req: &DhcpRequest<'_>, book: &OfferBook) -> Offered {
-        if req.op != (LeaseOp::Discover { requested: None }) || req.client.wants_boot() {
+        if req.op != (LeaseOp::Discover { requested: None })
+            || req.client.wants_boot()
+            || self.off.load(Ordering::Relaxed)
+        {
             return Offered::No(None);
         }
         let mut v = self.lock();
@@ -349,6 +354,25 @@ impl ClientView {
             self.loads.load(Ordering::Relaxed),
             left,
         )
+    }
+
+    /// Answers nothing from now on (tests of the database's own decisions).
+    #[cfg(feature = "testing")]
+    pub(crate) fn switch_off(&self) {
+        self.off.store(true, Ordering::Relaxed);
+    }
+
+    /// The free addresses of `subnet`'s reservoir, in the order they are offered (tests).
+    #[cfg(feature = "testing")]
+    pub(crate) fn reservoir(&self, subnet: Uuid) -> Vec<Ipv4Addr> {
+        let v = self.lock();
+        v.reservoirs.get(&subnet).map_or_else(Vec::new, |r| {
+            r.order
+                .iter()
+                .filter(|a| r.free.contains(a))
+                .copied()
+                .collect()
+        })
     }
 
     /// Whether the view knows `mac` (tests).

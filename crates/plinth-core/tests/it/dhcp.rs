@@ -953,11 +953,13 @@ async fn many_clients_through_two_instances_on_a_large_pool_bind_one_address_eac
 /// A pool that is a small part of its subnet (2,048 addresses of a /16) is entered at random
 /// points of the pool, not always at its first free address: each DISCOVER's walk starts
 /// somewhere in the pool's ranges (weighted by their size), so that offers from memory, which
-/// the table does not show, rarely meet once the newest few are no longer skipped.
+/// the table does not show, rarely meet once the newest few are no longer skipped. (The
+/// database's walk, for the DISCOVERs the client view leaves to it: the view is off. The
+/// view's reservoirs are read from the same random points, `dhcp_view_free`.)
 #[tokio::test]
 async fn offers_in_a_small_pool_of_a_large_subnet_start_anywhere_in_the_pool() {
     let db = TestDb::new().await.unwrap();
-    let app = db.app();
+    let app = db.app().without_dhcp_view();
     let ranges = [
         (
             Ipv4Addr::new(10, 31, 200, 0),
@@ -1341,6 +1343,35 @@ async fn until_known(app: &App, m: MacAddr) {
     }
 }
 
+/// Two instances on [`setup_large`]'s database; the first one's view loaded and its
+/// reservoir filled.
+async fn two_instances_with_a_view() -> (App, App, TestDb, uuid::Uuid) {
+    let (one, db) = setup_large(None).await;
+    let two = db.app();
+    let subnet = subnet_id(&db).await;
+    assert!(
+        one.dhcp_view_fill(subnet, VIEW_WAIT).await,
+        "the view loads"
+    );
+    (one, two, db, subnet)
+}
+
+/// Fills `app`'s reservoir of `subnet` until it holds `n` addresses (a fill reads from a random
+/// point up to the pool's end: near the end, another fill adds more); returns them in order.
+async fn fill_at_least(app: &App, subnet: uuid::Uuid, n: usize) -> Vec<Ipv4Addr> {
+    for _ in 0..50 {
+        assert!(
+            app.dhcp_view_fill(subnet, VIEW_WAIT).await,
+            "the view loads"
+        );
+        let reservoir = app.dhcp_view_reservoir(subnet);
+        if reservoir.len() >= n {
+            return reservoir;
+        }
+    }
+    panic!("the reservoir never held {n} addresses");
+}
+
 fn answered(app: &App) -> u64 {
     app.dhcp_view_status(None).1
 }
@@ -1353,13 +1384,9 @@ fn answered(app: &App) -> u64 {
 async fn new_clients_are_offered_from_the_view_and_bind_at_request() {
     let (app, db) = setup_large(None).await;
     let subnet = subnet_id(&db).await;
-    assert!(
-        app.dhcp_view_fill(subnet, VIEW_WAIT).await,
-        "the view loads"
-    );
-    let (ready, before, _, left) = app.dhcp_view_status(Some(subnet));
+    fill_at_least(&app, subnet, 100).await;
+    let (ready, before, _, _) = app.dhcp_view_status(Some(subnet));
     assert!(ready);
-    assert_eq!(left, POOL, "the whole pool in the reservoir");
 
     let clients: Vec<MacAddr> = (0..100u32).map(|n| mac(40_000 + n)).collect();
     let discovers: Vec<_> = clients
@@ -1414,15 +1441,21 @@ async fn new_clients_are_offered_from_the_view_and_bind_at_request() {
     };
     let booted = decide_all(&app, &[pxe]).await;
     assert!(booted[0].machine_id.is_some(), "recorded as discovered");
+    // (an address of the pool that nobody holds: the offers start at a random point)
+    let held: HashSet<Ipv4Addr> = offered.iter().copied().chain(addr(&booted[0])).collect();
+    let wanted = (10..)
+        .map(|n| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 30, 0, 0)) + n))
+        .find(|a| !held.contains(a))
+        .unwrap();
     let asks = decide(
         &app,
         LeaseOp::Discover {
-            requested: Some(Ipv4Addr::new(10, 30, 4, 4)),
+            requested: Some(wanted),
         },
         mac(41_001),
     )
     .await;
-    assert_eq!(addr(&asks), Some(Ipv4Addr::new(10, 30, 4, 4)));
+    assert_eq!(addr(&asks), Some(wanted));
     assert_eq!(answered(&app), n, "both from the database");
 }
 
@@ -1432,19 +1465,18 @@ async fn new_clients_are_offered_from_the_view_and_bind_at_request() {
 /// without one refusal.
 #[tokio::test]
 async fn another_instances_leases_and_nics_reach_the_view() {
-    let (one, db) = setup_large(None).await;
-    let two = db.app();
-    let subnet = subnet_id(&db).await;
-    assert!(one.dhcp_view_fill(subnet, VIEW_WAIT).await);
-    assert_eq!(one.dhcp_view_status(Some(subnet)).3, POOL);
-
-    // The other instance binds 100 clients and enrolls a machine with a reserved address.
+    let (one, two, _db, subnet) = two_instances_with_a_view().await;
+    // The other instance binds 100 clients on the first addresses this view would offer (a
+    // REQUEST for a free address binds it), and enrolls a machine reserving the next one.
+    let reservoir = fill_at_least(&one, subnet, 102).await;
     let theirs: Vec<MacAddr> = (0..100u32).map(|n| mac(50_000 + n)).collect();
     let mut taken = HashSet::new();
-    for m in &theirs {
-        taken.insert(dora(&two, *m).await);
+    for (m, a) in theirs.iter().zip(&reservoir) {
+        let ack = decide(&two, LeaseOp::Select { requested: *a }, *m).await;
+        assert_eq!(ack.outcome, Outcome::Ack, "{ack:?}");
+        taken.insert(*a);
     }
-    let reserved = Ipv4Addr::new(10, 30, 6, 66);
+    let reserved = reservoir[100];
     let nic = mac(50_500);
     two.enroll_machine(
         &admin(),
@@ -1523,10 +1555,7 @@ async fn another_instances_leases_and_nics_reach_the_view() {
 /// refused, and the client's next DISCOVER goes to the database, which offers a free address.
 #[tokio::test]
 async fn an_offer_from_the_view_lost_to_another_instance_is_refused_and_the_client_starts_over() {
-    let (one, db) = setup_large(None).await;
-    let two = db.app();
-    let subnet = subnet_id(&db).await;
-    assert!(one.dhcp_view_fill(subnet, VIEW_WAIT).await);
+    let (one, two, _db, _) = two_instances_with_a_view().await;
     let n = answered(&one);
     let c = mac(70_000);
     let x = addr(&decide(&one, LeaseOp::Discover { requested: None }, c).await).unwrap();
@@ -1548,10 +1577,7 @@ async fn an_offer_from_the_view_lost_to_another_instance_is_refused_and_the_clie
 /// changes after the reconnect still reach it.
 #[tokio::test]
 async fn the_view_loads_again_after_losing_its_listener_and_after_a_subnet_change() {
-    let (one, db) = setup_large(None).await;
-    let two = db.app();
-    let subnet = subnet_id(&db).await;
-    assert!(one.dhcp_view_fill(subnet, VIEW_WAIT).await);
+    let (one, two, db, subnet) = two_instances_with_a_view().await;
     let loads = one.dhcp_view_status(None).2;
     let until_loaded = |after: u64| {
         let one = one.clone();

@@ -172,12 +172,30 @@ impl ClientView {
         let Some(s) = v.subnet(req.match_addr, req.relayed).filter(|s| s.large) else {
             return Offered::No(None);
         };
-        let s = s.clone();
+        // (what the answer needs of the subnet: not its relay list)
+        let id = s.id;
+        let mut offer = LeaseDecision {
+            outcome: Some("offer".into()),
+            address: None,
+            lease_secs: Some(s.lease_secs),
+            subnet_id: Some(s.id),
+            cidr: Some(s.cidr.clone()),
+            prefix_len: Some(s.prefix_len),
+            router: s.router,
+            dns_servers: s.dns_servers.clone(),
+            domain: s.domain.clone(),
+            boot_server: s.boot_server,
+            machine_id: None,
+            machine_state: None,
+            boot_file: None,
+            reason: None,
+            from_memory: true,
+        };
         let generation = v.generation;
         let failed_lately = v
             .refill_failed
             .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
-        let r = v.reservoirs.entry(s.id).or_default();
+        let r = v.reservoirs.entry(id).or_default();
         let mut address = None;
         while let Some(a) = r.order.pop_front() {
             if r.free.remove(&a) && !book.is_offered(a) {
@@ -186,33 +204,15 @@ impl ClientView {
             }
         }
         let refill = (r.order.len() < LOW && !failed_lately)
-            .then(|| r.begin_refill().then_some((s.id, generation)))
+            .then(|| r.begin_refill().then_some((id, generation)))
             .flatten();
         let Some(address) = address else {
             return Offered::No(refill);
         };
         drop(v);
         self.answered.fetch_add(1, Ordering::Relaxed);
-        Offered::Yes(
-            Box::new(LeaseDecision {
-                outcome: Some("offer".into()),
-                address: Some(address),
-                lease_secs: Some(s.lease_secs),
-                subnet_id: Some(s.id),
-                cidr: Some(s.cidr),
-                prefix_len: Some(s.prefix_len),
-                router: s.router,
-                dns_servers: s.dns_servers,
-                domain: s.domain,
-                boot_server: s.boot_server,
-                machine_id: None,
-                machine_state: None,
-                boot_file: None,
-                reason: None,
-                from_memory: true,
-            }),
-            refill,
-        )
+        offer.address = Some(address);
+        Offered::Yes(Box::new(offer), refill)
     }
 
     /// Fills `subnet`'s reservoir now, once the view is loaded (tests: the DHCP server's

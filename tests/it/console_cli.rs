@@ -54,6 +54,8 @@ async fn machine(api: &TestApi, sim: &IpmiSim) -> Uuid {
 struct Cli {
     child: Child,
     out: Arc<Mutex<Vec<u8>>>,
+    /// The stdout and stderr readers: they end at EOF, which may come after the child is reaped.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Cli {
@@ -66,12 +68,13 @@ impl Cli {
             .spawn()
             .unwrap();
         let out = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for mut pipe in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let out = out.clone();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = pipe.read(&mut buf).await {
                     if n == 0 {
@@ -79,9 +82,13 @@ impl Cli {
                     }
                     out.lock().unwrap().extend_from_slice(&buf[..n]);
                 }
-            });
+            }));
         }
-        Cli { child, out }
+        Cli {
+            child,
+            out,
+            readers,
+        }
     }
 
     fn output(&self) -> String {
@@ -106,11 +113,25 @@ impl Cli {
         stdin.flush().await.unwrap();
     }
 
+    /// Waits for the CLI to end and for everything it printed to be read: the child can be
+    /// reaped before the readers have drained its pipes.
     async fn exit(&mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(WITHIN, self.child.wait())
+        let status = tokio::time::timeout(WITHIN, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("the CLI did not end; it printed {:?}", self.output()))
-            .unwrap()
+            .unwrap();
+        for reader in std::mem::take(&mut self.readers) {
+            tokio::time::timeout(WITHIN, reader)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "the CLI's output did not end; it printed {:?}",
+                        self.output()
+                    )
+                })
+                .unwrap();
+        }
+        status
     }
 }
 

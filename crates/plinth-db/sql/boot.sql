@@ -29,9 +29,10 @@
 -- A new token revokes the live one of its machine and mode. Several requests of one batch for
 -- the same machine and mode: the last one accepted gets the token.
 --
--- Boot events are rate-limited per machine: once a window holds three times the loop limit, a
--- machine (or whoever asks with its MAC) adds no more until the window restarts, and its
--- boot_loop event says up to how many are kept.
+-- Boot events and boot_spoof_suspected events are rate-limited per machine: once a window holds
+-- three times the loop limit, a machine (or whoever asks with its MAC, from any address) adds no
+-- more until the window restarts, and its boot_loop event says up to how many are kept. (Spoof
+-- events were not capped before: a flood with a victim's MAC wrote a row per request.)
 create or replace function boot_request_batch(
     p_macs macaddr[],
     p_remotes inet[],
@@ -147,7 +148,7 @@ begin
         -- (a request refused its token is told to wait: its boot event says so). Boot events
         -- are rate-limited per machine: once a window holds three times the loop limit, a
         -- machine (or whoever asks with its MAC) adds no more until the window restarts; its
-        -- boot_loop event says so.
+        -- boot_loop event says so. The spoof events below share the cap.
         insert into events (actor, machine_id, kind, details)
         select f.actor, f.id, 'boot',
                f.details || case when j.ok is false
@@ -177,7 +178,9 @@ begin
                                then 'not the address plinth leased or reserved for this MAC'
                                else 'not the address this boot''s token is bound to' end)
         from judged j join found f on f.i = j.i
-        where not j.ok
+        join flagged g on g.machine_id = j.id
+        join counts c on c.id = j.id
+        where not j.ok and g.requests - c.c < 3 * p_loop_max
         order by j.i
     ), rev as (
         -- The rows the lookup above found, by their ctid (this statement's snapshot; a row

@@ -602,6 +602,45 @@ async fn agent_tokens_are_bound_to_the_address_that_booted() {
     );
 }
 
+/// Someone on the provisioning network asking again and again with a machine's MAC from an
+/// address its token may not be bound to is refused each time, but adds `boot_spoof_suspected`
+/// events, like boot events, only until the machine's boot-loop window holds three times the
+/// loop limit: a flood cannot grow the events table (and the event stream and webhooks behind
+/// it) by a row per request. The machine's own boot still gets its token.
+#[tokio::test]
+async fn a_spoofing_flood_adds_events_only_up_to_the_windows_cap() {
+    let s = Server::start_with(|b| b.loop_max = 3, None).await;
+    let a = s.enroll(1).await;
+    s.act(&a, "inspect").await;
+    token_of(&script_from(&s, 2, 1).await).expect("the machine's own boot has its token");
+    for _ in 0..30 {
+        let w = script_from(&s, 3, 1).await;
+        assert!(token_of(&w).is_none(), "{w}");
+        assert!(w.contains("bound to another address"), "{w}");
+    }
+    let count = |kind: &'static str| {
+        let (pool, id) = (s.db.pool.clone(), a.parse::<uuid::Uuid>().unwrap());
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "select count(*) from events where machine_id = $1 and kind = $2",
+            )
+            .bind(id)
+            .bind(kind)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // 31 requests in the window; events for the first 9 (3 x loop_max), the machine's own first
+    assert_eq!(count("boot").await, 9);
+    assert_eq!(count("boot_spoof_suspected").await, 8);
+    let loops = s.events(&a, "boot_loop").await;
+    assert_eq!(loops.len(), 1, "{loops:?}");
+    assert_eq!(loops[0]["details"]["boot_events_up_to"], 9);
+    // The machine's own boot, from its address, is not held up by the flood.
+    token_of(&script_from(&s, 2, 1).await).expect("the machine's own boot has its token");
+}
+
 #[tokio::test]
 async fn a_boot_loop_is_flagged_once() {
     let s = Server::start_with(|b| b.loop_max = 3, None).await;

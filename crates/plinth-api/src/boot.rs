@@ -7,7 +7,8 @@
 //! (`fastpath::sendfile`) answers them itself and hands axum only the odd ones. Both answer
 //! from `file_plan::plan_file`, so how a file is answered lives in `file_plan`, not here. This
 //! module uses `fastpath` only for `ClientAddr` (the [`Peer`] extractor reads what the listener
-//! recorded about the connection); `fastpath` never uses this module.
+//! recorded about the connection) and the script handler's types (lib.rs gives the listener
+//! [`script_handler`], which answers as [`ipxe_script`] does); `fastpath` never uses this module.
 
 use std::net::SocketAddr;
 
@@ -22,7 +23,7 @@ use plinth_types::ErrorKind;
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::fastpath::ClientAddr;
+use crate::fastpath::{ClientAddr, ScriptCall, ScriptHandler};
 use crate::file_plan::{plan_file, refusal_parts};
 
 /// The iPXE variables a script request may carry; others are ignored (operators' DHCP
@@ -83,8 +84,31 @@ pub async fn ipxe_script(
     headers: HeaderMap,
     query: Result<Query<BootParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    ipxe_answer(&app, peer, &headers, query.map(|q| q.0).map_err(|_| ())).await
+}
+
+/// The listener's own path to [`ipxe_script`] (`fastpath` answers script requests on plain
+/// connections without the router): the same answer, from the same parameters.
+pub(crate) fn script_handler(app: App) -> ScriptHandler {
+    let app = std::sync::Arc::new(app);
+    std::sync::Arc::new(move |call: ScriptCall| {
+        let app = app.clone();
+        Box::pin(async move {
+            let params = Query::<BootParams>::try_from_uri(&call.uri)
+                .map(|q| q.0)
+                .map_err(|_| ());
+            ipxe_answer(&app, Some(call.peer), &call.headers, params).await
+        })
+    })
+}
+
+async fn ipxe_answer(
+    app: &App,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+    params: Result<BootParams, ()>,
+) -> Response {
     let env = app.boot_env();
-    let params = query.map(|q| q.0);
     let request_base = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -115,7 +139,7 @@ pub async fn ipxe_script(
         },
         // iPXE would retry at once on an HTTP error: tell it why and make it wait. Other
         // clients (curl, tests, monitoring) get the plain error.
-        Err(e) if is_ipxe(&headers) => {
+        Err(e) if is_ipxe(headers) => {
             if e.kind == ErrorKind::Internal || e.kind == ErrorKind::Unavailable {
                 tracing::error!(code = e.code, "boot script request failed");
             } else {

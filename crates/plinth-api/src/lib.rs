@@ -556,7 +556,8 @@ pub async fn serve_with(
     let trusted = std::sync::Arc::new(opts.trusted_proxies);
     let router = router_for(app.clone(), opts.surface)
         .layer(axum::middleware::from_fn_with_state(trusted, scheme));
-    let fast_path = (opts.surface != Surface::Management).then(|| router.clone());
+    let fast_path =
+        (opts.surface != Surface::Management).then(|| boot::script_handler(app.clone()));
     if let Ok(addr) = listener.local_addr() {
         app.metrics()
             .register(std::sync::Arc::new(fastpath::ListenerMetrics {

@@ -4,8 +4,8 @@
 //! `/boot/` listener to [`connection`] first, which reads the request line: a `GET`/`HEAD` of a
 //! file under `/boot/` is answered on this connection with the same headers the axum handler
 //! would send (the same `file_plan::plan_file`, the same resolver) and a sendfile body; a
-//! `GET` of the iPXE script is answered here too, through the router (the same handler, its
-//! small body written here), because iPXE asks for its script and then the kernel and initrd
+//! `GET` of the iPXE script is answered here too (the `/boot/ipxe` handler, called without the
+//! router: [`super::ScriptHandler`]; its small body written here), because iPXE asks for its script and then the kernel and initrd
 //! on the same kept-alive connection, and a connection handed to axum stays there (measured by
 //! the boot storm: 1,000 machines' kernels through axum's stream took 250 MiB and twice the
 //! CPU). Anything else, and any later request on that connection, is handed to axum with the
@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{ClientAddr, Conn, ConnGuard, Io, ListenerCounters};
+use super::{Conn, ConnGuard, Io, ListenerCounters};
 use crate::file_plan::{plan_file, refusal_parts};
 
 /// The longest request head read here; longer ones go to axum, which answers them.
@@ -38,8 +38,8 @@ const MAX_SCRIPT: usize = 1024 * 1024;
 /// What a connection on the fast path works with.
 pub(super) struct On {
     pub app: App,
-    /// The listener's router, for the script endpoint.
-    pub router: axum::Router,
+    /// The script endpoint's handler.
+    pub script: super::ScriptHandler,
     pub counters: std::sync::Arc<ListenerCounters>,
     pub handoff: mpsc::Sender<(Conn, SocketAddr)>,
 }
@@ -179,7 +179,7 @@ pub(super) async fn connection(
         };
         let head = &buf[..head_len];
         let served = if is_script {
-            serve_script(&mut stream, peer, &on.router, head)
+            serve_script(&mut stream, peer, &on.script, head)
                 .instrument(tracing::info_span!("http", %peer))
                 .await
         } else {
@@ -226,7 +226,6 @@ enum Next {
 struct Head {
     method: String,
     target: String,
-    version: u8,
     headers: HeaderMap,
     keep_alive: bool,
 }
@@ -269,26 +268,25 @@ fn parse_head(head: &[u8]) -> Option<Head> {
     Some(Head {
         method: method.to_owned(),
         target: target.to_owned(),
-        version,
         headers,
         keep_alive,
     })
 }
 
-/// The iPXE script, through the router (the handler axum would run, with the client's
-/// address as `ConnectInfo`), its whole body written here.
+/// The iPXE script from the handler axum would run (for the client's address), its whole
+/// body written here.
 async fn serve_script(
     stream: &mut TcpStream,
     peer: SocketAddr,
-    router: &axum::Router,
+    script: &super::ScriptHandler,
     head: &[u8],
 ) -> std::io::Result<Next> {
     let Some(Head {
         method,
         target,
-        version,
         headers,
         keep_alive,
+        ..
     }) = parse_head(head)
     else {
         return Ok(Next::HandOff);
@@ -296,30 +294,11 @@ async fn serve_script(
     if !script_request(format!("{method} {target}").as_bytes()) {
         return Ok(Next::HandOff);
     }
-    let Ok(mut request) = axum::http::Request::builder()
-        .method(axum::http::Method::GET)
-        .uri(&target)
-        .version(if version == 1 {
-            axum::http::Version::HTTP_11
-        } else {
-            axum::http::Version::HTTP_10
-        })
-        .body(axum::body::Body::empty())
-    else {
+    let Ok(uri) = target.parse::<axum::http::Uri>() else {
         // A target the URI parser refuses: axum answers it.
         return Ok(Next::HandOff);
     };
-    *request.headers_mut() = headers;
-    request
-        .extensions_mut()
-        .insert(axum::extract::ConnectInfo(ClientAddr {
-            addr: peer,
-            tls: false,
-        }));
-    let response = match tower::ServiceExt::oneshot(router.clone(), request).await {
-        Ok(r) => r,
-        Err(never) => match never {},
-    };
+    let response = script(super::ScriptCall { peer, uri, headers }).await;
     let (parts, body) = response.into_parts();
     let body = axum::body::to_bytes(body, MAX_SCRIPT)
         .await

@@ -1456,7 +1456,7 @@ async fn file_requests_and_api_requests_share_a_connection() {
 }
 
 /// iPXE's own order on one kept-alive connection: the script, then the kernel and initrd. The
-/// listener answers the script itself (through the router: a token bound to the client's
+/// listener answers the script itself (the handler axum would run: a token bound to the client's
 /// address, a boot event) so that the files after it still go out by sendfile; an API request
 /// after them is handed to axum.
 #[tokio::test]

@@ -149,7 +149,11 @@ impl App {
     }
 
     /// Records a refused agent token on the token's machine and, when another machine was
-    /// named, on that one too. Best effort: the refusal stands whatever happens here.
+    /// named, on that one too. Best effort: the refusal stands whatever happens here. Capped
+    /// like boot events: a machine takes at most three times `boot.loop_max` refusal events
+    /// per `boot.loop_window` (a token replayed in a loop, by a broken agent or by whoever
+    /// holds it, cannot grow the events table, the event stream and the webhooks by a row per
+    /// call); the refusals past the cap are answered the same and logged at debug level.
     async fn record_refusal(
         &self,
         owner: Uuid,
@@ -158,7 +162,11 @@ impl App {
         why: &str,
         peer: Option<IpAddr>,
     ) {
-        let res: Result<()> = async {
+        let settings = &self.boot_env().settings;
+        let window_secs = settings.loop_window.as_secs_f64();
+        let max = 3 * i64::from(settings.loop_max).max(1);
+        let res: Result<bool> = async {
+            let mut recorded = false;
             let mut tx = self.begin().await?;
             let mut machines = vec![owner];
             if presented_for != owner
@@ -170,7 +178,7 @@ impl App {
                 machines.push(presented_for);
             }
             for m in machines {
-                plinth_db::events::insert(
+                recorded |= plinth_db::events::insert_capped(
                     &mut tx,
                     plinth_db::events::NewEvent {
                         actor: "agent",
@@ -182,19 +190,29 @@ impl App {
                             "reason": why, "mode": mode,
                             "token_machine": owner, "presented_for": presented_for,
                             "remote": peer.map(ip_text),
+                            "events_up_to": max, "window_secs": window_secs,
                         }),
                     },
+                    window_secs,
+                    max,
                 )
                 .await
                 .db()?;
             }
             tx.commit().await.db()?;
-            Ok(())
+            Ok(recorded)
         }
         .await;
-        tracing::warn!(machine_id = %presented_for, token_machine = %owner, mode, reason = why, remote = ?peer, "agent token refused");
-        if let Err(e) = res {
-            tracing::warn!(error = %e, "recording an agent token refusal failed");
+        match res {
+            Ok(true) => {
+                tracing::warn!(machine_id = %presented_for, token_machine = %owner, mode, reason = why, remote = ?peer, "agent token refused");
+            }
+            Ok(false) => {
+                tracing::debug!(machine_id = %presented_for, token_machine = %owner, mode, reason = why, remote = ?peer, "agent token refused (past the events' cap)");
+            }
+            Err(e) => {
+                tracing::warn!(machine_id = %presented_for, mode, reason = why, error = %e, "agent token refused; recording the refusal failed");
+            }
         }
     }
 

@@ -641,6 +641,73 @@ async fn a_spoofing_flood_adds_events_only_up_to_the_windows_cap() {
     token_of(&script_from(&s, 2, 1).await).expect("the machine's own boot has its token");
 }
 
+/// A token replayed again and again (a broken agent, or whoever holds a stolen one) is refused
+/// each time, but records `agent_token_refused` only up to three times the loop limit per
+/// window on each machine: a flood cannot grow the events table by a row per call. The
+/// refusal itself does not change.
+#[tokio::test]
+async fn a_replayed_token_is_refused_every_time_and_recorded_up_to_the_cap() {
+    let s = Server::start_with(|b| b.loop_max = 3, None).await;
+    let a = s.enroll(1).await;
+    let b = s.enroll(2).await;
+    s.act(&a, "inspect").await;
+    let token = token_of(&script_from(&s, 2, 1).await).expect("a token");
+    let post = |x: u8, id: String| {
+        let (url, token) = (
+            format!("{}/api/v1/machines/{id}/inspection", s.base),
+            token.clone(),
+        );
+        async move {
+            client_from(x)
+                .post(url)
+                .bearer_auth(token)
+                .json(&report(1))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for _ in 0..20 {
+        // from an address the token is not bound to
+        assert_eq!(post(3, a.clone()).await, StatusCode::FORBIDDEN);
+    }
+    for _ in 0..12 {
+        // for another machine: recorded on both
+        assert_eq!(post(2, b.clone()).await, StatusCode::FORBIDDEN);
+    }
+    let count = |id: &str| {
+        let (pool, id) = (s.db.pool.clone(), id.parse::<uuid::Uuid>().unwrap());
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "select count(*) from events where machine_id = $1 and kind = 'agent_token_refused'",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(count(&a).await, 9, "3 x loop_max on the token's machine");
+    assert_eq!(
+        count(&b).await,
+        9,
+        "and on the machine it was presented for"
+    );
+    let e = &s.events(&b, "agent_token_refused").await[0];
+    assert_eq!(e["details"]["remote"], "127.0.0.2");
+    assert_eq!(e["details"]["events_up_to"], 9);
+    // The token still works from its own address: the flood changed nothing for the agent.
+    let r = client_from(2)
+        .post(format!("{}/api/v1/machines/{a}/inspection", s.base))
+        .bearer_auth(&token)
+        .json(&report(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_boot_loop_is_flagged_once() {
     let s = Server::start_with(|b| b.loop_max = 3, None).await;

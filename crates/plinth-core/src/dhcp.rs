@@ -515,9 +515,9 @@ impl App {
         self.view.reservoir(subnet)
     }
 
-    /// The same application with its DHCP client view switched off: every DISCOVER goes to the
-    /// database (tests of the database's own decisions).
-    #[cfg(feature = "testing")]
+    /// The same application with its DHCP client view switched off (`dhcp.client_view =
+    /// false`, and tests of the database's own decisions): every DISCOVER goes to the database,
+    /// and the view's listener connection is never opened.
     pub fn without_dhcp_view(self) -> Self {
         self.view.switch_off();
         self

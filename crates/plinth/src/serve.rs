@@ -122,11 +122,15 @@ pub async fn serve(args: &ServerArgs, listen: Option<SocketAddr>) -> anyhow::Res
     if !boot.images_root.is_dir() {
         tracing::warn!(root = %boot.images_root.display(), "the images root does not exist: run images/build.sh to fill it");
     }
-    let app = App::new(db.pool.clone(), bmc_key)
+    let mut app = App::new(db.pool.clone(), bmc_key)
         .with_boot(boot, templates)
         .with_discovery_limit(c.boot.listeners.discover_per_minute)
         .with_consoles(std::sync::Arc::new(c.bmc.drivers()?), c.console.clone())
         .with_stream_settings(c.events.stream.clone());
+    if !c.dhcp.client_view {
+        tracing::info!("dhcp.client_view is off: every DISCOVER goes to the database");
+        app = app.without_dhcp_view();
+    }
     app.metrics().allow(c.http.metrics_allow()?);
     let mut listeners = Vec::new();
     for (plan, tls) in plans_tls {

@@ -49,7 +49,8 @@ pub(crate) struct ClientView {
     answered: AtomicU64,
     /// Loads (the first, and after a reconnect or a reload).
     loads: AtomicU64,
-    /// Switched off (tests of the database's own decisions).
+    /// Switched off (`dhcp.client_view = false`; tests of the database's own decisions):
+    /// answers nothing and never starts its listener.
     off: std::sync::atomic::AtomicBool,
 }
 
@@ -144,8 +145,11 @@ impl ClientView {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts the listener that loads and keeps the view, once.
+    /// Starts the listener that loads and keeps the view, once (never when switched off).
     pub(crate) fn start(self: &Arc<Self>, pool: &PgPool) {
+        if self.off.load(Ordering::Relaxed) {
+            return;
+        }
         self.started.get_or_init(|| {
             tokio::spawn(listen(Arc::downgrade(self), pool.clone()));
             tokio::spawn(watch_queue(Arc::downgrade(self), pool.clone()));
@@ -356,8 +360,7 @@ impl ClientView {
         )
     }
 
-    /// Answers nothing from now on (tests of the database's own decisions).
-    #[cfg(feature = "testing")]
+    /// Answers nothing from now on, and does not start (before its first use).
     pub(crate) fn switch_off(&self) {
         self.off.store(true, Ordering::Relaxed);
     }

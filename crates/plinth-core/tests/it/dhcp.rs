@@ -993,6 +993,10 @@ async fn offers_in_a_small_pool_of_a_large_subnet_start_anywhere_in_the_pool() {
     );
     let unique: HashSet<_> = offered.iter().collect();
     assert_eq!(unique.len(), offered.len(), "{offered:?}");
+    // Switched off (as `dhcp.client_view = false` does): it answered nothing, and it never
+    // loaded (its listener was not started).
+    let (ready, answered, loads, _) = app.dhcp_view_status(None);
+    assert_eq!((ready, answered, loads), (false, 0, 0));
     // Both ranges are entered, and the first range's offers are not its first addresses.
     for r in ranges {
         assert!(offered.iter().any(|a| in_range(a, r)), "{r:?}: {offered:?}");

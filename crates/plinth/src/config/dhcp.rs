@@ -9,13 +9,27 @@ use serde::{Deserialize, Deserializer};
 
 use super::section::{Section, Switch};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DhcpConfig {
     pub enabled: bool,
     /// Base of HTTP boot URLs; default `boot.public_url`, else
     /// `http://<boot_server>:<boot.listen port>`.
     pub boot_url: Option<String>,
+    /// New clients' DISCOVERs in large pools answered from the instance's client view
+    /// (plinth-core's `dhcp::view`); false: every DISCOVER goes to the database.
+    pub client_view: bool,
     pub server: plinth_dhcp::server::Config,
+}
+
+impl Default for DhcpConfig {
+    fn default() -> Self {
+        DhcpConfig {
+            enabled: false,
+            boot_url: None,
+            client_view: ClientView::default().client_view,
+            server: plinth_dhcp::server::Config::default(),
+        }
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -24,11 +38,24 @@ struct BootUrl {
     boot_url: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ClientView {
+    client_view: bool,
+}
+
+impl Default for ClientView {
+    fn default() -> Self {
+        ClientView { client_view: true }
+    }
+}
+
 impl<'de> Deserialize<'de> for DhcpConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut s = Section::read("dhcp", d)?;
         let Switch { enabled } = s.part()?;
         let BootUrl { boot_url } = s.part()?;
+        let ClientView { client_view } = s.part()?;
         let mut server: plinth_dhcp::server::Config = s.part()?;
         server.timers = s.part()?;
         server.boot = s.part()?;
@@ -36,6 +63,7 @@ impl<'de> Deserialize<'de> for DhcpConfig {
         Ok(DhcpConfig {
             enabled,
             boot_url,
+            client_view,
             server,
         })
     }

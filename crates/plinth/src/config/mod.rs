@@ -474,6 +474,15 @@ mod tests {
         assert_eq!(s.interfaces, ["eth1", "eth2"]);
         assert_eq!(s.mode, plinth_dhcp::server::Mode::Proxy);
         assert_eq!(s.batch_window_ms, 0, "no window unless configured");
+        assert!(
+            c.dhcp.client_view,
+            "the client view is on unless switched off"
+        );
+        assert!(load(None, env(&[])).unwrap().dhcp.client_view);
+        let off = load(None, env(&[("PLINTH_DHCP__CLIENT_VIEW", "false")])).unwrap();
+        assert!(!off.dhcp.client_view);
+        let e = load(None, env(&[("PLINTH_DHCP__CLIENT_VIEW", "sometimes")])).unwrap_err();
+        assert!(format!("{e:#}").contains("client_view"), "{e:#}");
         let dhcp = |window: &str| {
             load(
                 None,

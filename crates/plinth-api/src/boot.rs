@@ -143,7 +143,15 @@ async fn ipxe_answer(
             if e.kind == ErrorKind::Internal || e.kind == ErrorKind::Unavailable {
                 tracing::error!(code = e.code, "boot script request failed");
             } else {
-                tracing::warn!(peer = ?peer, code = e.code, message = %e.message, "bad boot script request");
+                // (anyone can send these: a line per request would let a flood fill the log)
+                static BAD: plinth_types::logthrottle::LogThrottle =
+                    plinth_types::logthrottle::LogThrottle::new(
+                        10,
+                        std::time::Duration::from_secs(10),
+                    );
+                if let Some(suppressed) = BAD.check() {
+                    tracing::warn!(peer = ?peer, code = e.code, message = %e.message, suppressed, "bad boot script request");
+                }
             }
             let reason = match e.kind {
                 ErrorKind::Internal | ErrorKind::Unavailable => {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use plinth_types::logthrottle::LogThrottle;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -42,6 +43,10 @@ const MAX_REQUEST: usize = 1500;
 /// How long a request waits for a transfer slot before it is dropped unanswered (its client
 /// has sent it again meanwhile, and the repeat waits in its place).
 pub const WAIT_LIMIT: Duration = Duration::from_secs(10);
+
+/// The window of the throttled log lines a client can cause per request
+/// (`plinth_types::logthrottle`).
+const LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// The TFTP server's settings; `[tftp]` in plinth's configuration deserializes into this,
 /// with these defaults for what it leaves out.
@@ -461,7 +466,10 @@ impl<S: Source> Server<S> {
             ip,
             self.shared.cfg.max_transfers_per_peer,
         ) else {
-            warn!(%peer, file = %filename, "TFTP: too many transfers to this address, answering busy");
+            static BUSY: LogThrottle = LogThrottle::new(10, LOG_WINDOW);
+            if let Some(suppressed) = BUSY.check() {
+                warn!(%peer, file = %filename, suppressed, "TFTP: too many transfers to this address, answering busy");
+            }
             return self
                 .busy(peer, "server busy: too many transfers to your address")
                 .await;
@@ -486,7 +494,10 @@ impl<S: Source> Server<S> {
                     }
                     if waiting.len() >= shared.cfg.max_waiting {
                         bump(&counters.unanswered);
-                        warn!(%peer, file = %filename, "TFTP: every transfer slot taken and the wait queue full, leaving the request unanswered (the client sends it again)");
+                        static FULL: LogThrottle = LogThrottle::new(10, LOG_WINDOW);
+                        if let Some(suppressed) = FULL.check() {
+                            warn!(%peer, file = %filename, suppressed, "TFTP: every transfer slot taken and the wait queue full, leaving the request unanswered (the client sends it again)");
+                        }
                         return;
                     }
                     waiting.insert(peer);
@@ -535,11 +546,17 @@ impl<S: Source> Server<S> {
 fn log_refusal(counters: &Counters, peer: SocketAddr, file: Option<&str>, refusal: &Refusal) {
     bump(&counters.refused);
     let file = file.unwrap_or("");
+    // (one line per request would let a flood of bad requests fill the log: throttled, the
+    // counters count them all)
+    static HOSTILE: LogThrottle = LogThrottle::new(10, LOG_WINDOW);
+    static REFUSED: LogThrottle = LogThrottle::new(20, LOG_WINDOW);
     if refusal.hostile {
         bump(&counters.refused_hostile);
-        warn!(%peer, file, code = ?refusal.code, reason = %refusal.message, "TFTP request refused");
-    } else {
-        info!(%peer, file, code = ?refusal.code, reason = %refusal.message, "TFTP request refused");
+        if let Some(suppressed) = HOSTILE.check() {
+            warn!(%peer, file, code = ?refusal.code, reason = %refusal.message, suppressed, "TFTP request refused");
+        }
+    } else if let Some(suppressed) = REFUSED.check() {
+        info!(%peer, file, code = ?refusal.code, reason = %refusal.message, suppressed, "TFTP request refused");
     }
 }
 

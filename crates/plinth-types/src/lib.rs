@@ -14,6 +14,7 @@ pub mod firmware;
 pub mod health;
 pub mod ids;
 pub mod lifecycle;
+pub mod logthrottle;
 pub mod mac;
 pub mod netboot;
 pub mod role;

@@ -265,7 +265,15 @@ impl App {
             action = ScriptAction::Wait(if row.token_refused {
                 // Someone else's boot, or this machine from an address it was not given: no
                 // token. The machine's own boot, from its address, is not held up by this.
-                tracing::warn!(machine_id = %row.machine_id, %mac, remote = ?req.remote, "boot script request from an address the machine's token may not be bound to: no token");
+                // (throttled: anyone can send these; the capped events record them per machine)
+                static SPOOF: plinth_types::logthrottle::LogThrottle =
+                    plinth_types::logthrottle::LogThrottle::new(
+                        10,
+                        std::time::Duration::from_secs(10),
+                    );
+                if let Some(suppressed) = SPOOF.check() {
+                    tracing::warn!(machine_id = %row.machine_id, %mac, remote = ?req.remote, suppressed, "boot script request from an address the machine's token may not be bound to: no token");
+                }
                 "this boot is bound to another address: waiting (see the machine's events)"
                     .to_owned()
             } else {

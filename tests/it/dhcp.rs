@@ -133,6 +133,11 @@ fn real_clients_obtain_renew_and_release() {
         lab.run(&cli, "ip", &["addr", "flush", "dev", &cif])
             .unwrap();
     }
+    // Every exchange was a plain success: nothing in plinth's log is an error (a decision
+    // path once logged a false "internal error" for every request the database decided).
+    let log = _server.log_text();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }
 
 #[test]

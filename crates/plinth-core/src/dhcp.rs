@@ -653,9 +653,11 @@ impl App {
             .into_iter()
             .map(|f| match f {
                 Some(d) => Decided::Lease(Box::new(d)),
+                // (`unwrap_or_else`: `missing` logs an internal error when it is called, so
+                // only when an answer is really missing)
                 None => decided
                     .next()
-                    .unwrap_or(Decided::Failed(crate::missing("dhcp_decide_batch")())),
+                    .unwrap_or_else(|| Decided::Failed(crate::missing("dhcp_decide_batch")())),
             })
             .collect();
 

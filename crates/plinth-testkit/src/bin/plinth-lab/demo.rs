@@ -541,15 +541,26 @@ fn watch(
     let t0 = Instant::now();
     let mut all_ready = false;
     let mut summarized = false;
-    // The time of the newest event printed: each poll asks from there on (that instant again,
-    // so nothing is missed; `seen` drops the repeats).
-    let mut since: Option<String> = None;
+    // Ready in the previous poll too: the summary waits one poll, so that the events of the
+    // last transitions (committed between the events poll and the list poll) are printed
+    // before it.
+    let mut ready_before = false;
+    // The time of the newest event printed: each poll asks from LOOKBACK before it. An event's
+    // time is its transaction's start, so one that commits after a later-stamped event was
+    // printed would be missed by asking from that instant on (it was: a machine's last
+    // transition went unprinted); `seen` drops the repeats.
+    const LOOKBACK: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+    let mut since: Option<chrono::DateTime<chrono::FixedOffset>> = None;
     while !stop.load(Ordering::SeqCst) {
-        match recent_events(cli, since.as_deref()) {
+        let from = since.map(|t| (t - LOOKBACK).to_rfc3339());
+        match recent_events(cli, from.as_deref()) {
             Ok(events) => {
                 for e in events {
-                    if let Some(at) = e["at"].as_str() {
-                        since = Some(at.to_owned());
+                    if let Some(at) = e["at"]
+                        .as_str()
+                        .and_then(|a| chrono::DateTime::parse_from_rfc3339(a).ok())
+                    {
+                        since = Some(since.map_or(at, |s| s.max(at)));
                     }
                     let Some(id) = e["id"].as_i64() else { continue };
                     let Some(name) = e["machine_id"].as_str().and_then(|m| names.get(m)) else {
@@ -568,7 +579,9 @@ fn watch(
             let mut machines = list["machines"].as_array().cloned().unwrap_or_default();
             machines.sort_by_key(|m| m["hostname"].as_str().map(str::to_owned));
             let ready = !machines.is_empty() && machines.iter().all(|m| m["state"] == "ready");
-            if ready && !all_ready && !summarized {
+            let settled = ready && ready_before;
+            ready_before = ready;
+            if settled && !all_ready && !summarized {
                 println!();
                 say(&format!(
                     "all {} machines are ready, {:.0} s after inspect; what the agent found:",
@@ -581,10 +594,14 @@ fn watch(
                 println!();
                 say("plinth keeps serving until Ctrl-C");
                 summarized = true;
-            } else if ready && !all_ready {
+            } else if settled && !all_ready {
                 say(&format!("all {} machines are ready again", machines.len()));
             }
-            all_ready = ready;
+            if !ready {
+                all_ready = false;
+            } else if settled {
+                all_ready = true;
+            }
         }
         for _ in 0..10 {
             if stop.load(Ordering::SeqCst) {

@@ -13,7 +13,8 @@
 //!
 //! Recording: while a machine is in one of [`RECORDED_STATES`], the `console recording`
 //! reconciler pass ([`App::record_consoles`]) keeps its console open whether or not anyone
-//! watches, and its output is appended to `console_chunks` every
+//! watches, and its output (from the session's backlog on, when a viewer's session was open
+//! before the pass came by) is appended to `console_chunks` every
 //! [`ConsoleSettings::flush`], trimmed to the last [`ConsoleSettings::max_log_bytes`]. The
 //! recording stays with the machine until it is released; the stuck-machine pass quotes its
 //! last lines ([`App::console_last_lines`]).
@@ -114,6 +115,10 @@ struct Shared {
     viewers: watch::Sender<Vec<(u64, String)>>,
     status: watch::Sender<Status>,
     recording: AtomicBool,
+    /// Recording has just started: what the session already printed (the backlog, which a
+    /// viewer's session gathered before the recording pass came by) goes into the recording
+    /// first, so that the recording does not begin seconds into the machine's busy state.
+    seed: AtomicBool,
     /// Input messages sent and not yet written to the session (or dropped): the session stays
     /// open until they are, so that what a viewer typed just before leaving still arrives.
     queued: Arc<AtomicUsize>,
@@ -134,6 +139,18 @@ impl Shared {
             b.drain(..over);
         }
         self.out.send(Arc::from(data)).ok();
+    }
+
+    /// The backlog, when recording has just started (see `seed`).
+    fn take_seed(&self) -> Option<Vec<u8>> {
+        if !self.recording.load(Ordering::SeqCst) || !self.seed.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        let b = self
+            .backlog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(b.iter().copied().collect())
     }
 
     fn wanted(&self) -> bool {
@@ -207,6 +224,7 @@ impl Consoles {
             viewers: watch::Sender::new(Vec::new()),
             status: watch::Sender::new(Status::Connecting),
             recording: AtomicBool::new(false),
+            seed: AtomicBool::new(false),
             queued: Arc::new(AtomicUsize::new(0)),
             backlog: StdMutex::new(VecDeque::new()),
             changed: Notify::new(),
@@ -707,7 +725,11 @@ impl App {
             }
         }
         for id in &due {
-            consoles.with_console(self, *id, |s| s.recording.store(true, Ordering::SeqCst));
+            consoles.with_console(self, *id, |s| {
+                if !s.recording.swap(true, Ordering::SeqCst) {
+                    s.seed.store(true, Ordering::SeqCst);
+                }
+            });
         }
         Ok(due.len())
     }
@@ -922,6 +944,10 @@ async fn pump(
         tokio::select! {
             chunk = session.read() => match chunk {
                 Some(c) => {
+                    // (the backlog before this chunk: the chunk follows it)
+                    if let Some(seed) = shared.take_seed() {
+                        pending.extend_from_slice(&seed);
+                    }
                     shared.push_output(&c);
                     if shared.recording.load(Ordering::SeqCst) {
                         pending.extend_from_slice(&c);
@@ -932,6 +958,9 @@ async fn pump(
                 }
             },
             _ = flush.tick() => {
+                if let Some(seed) = shared.take_seed() {
+                    pending.extend_from_slice(&seed);
+                }
                 if !pending.is_empty() {
                     match app.conn().await {
                         Ok(mut conn) => match plinth_db::console::append(&mut conn, id, &pending, max_log).await {

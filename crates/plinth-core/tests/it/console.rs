@@ -403,6 +403,57 @@ async fn a_busy_machine_s_console_is_recorded_bounded_and_quoted_when_it_times_o
     assert!(!log(1 << 20).await.is_empty());
 }
 
+/// A viewer's session was open before the machine got busy: what it printed before the
+/// recording pass came by (the pass runs every few seconds, behind the reconciler's other
+/// passes) is in the recording too, so that a busy machine's recording does not begin
+/// seconds late (the full test command once missed a line typed into iPXE that way).
+#[tokio::test]
+async fn what_the_console_printed_before_the_recording_began_is_recorded() {
+    let db = TestDb::new().await.unwrap();
+    let settings = ConsoleSettings {
+        flush: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let app = db
+        .app()
+        .with_consoles(Arc::new(plinth_bmc::Drivers::default()), settings);
+    let (sim, mut serial) = IpmiSim::start_with_sol(None).await.unwrap();
+    let id = enroll(&app, 1, Some(ipmi_bmc(&sim))).await;
+    let mut a = app.attach_console(&admin(), id).await.unwrap();
+    handshake(&mut a, &mut serial, b"printed-before-the-recording\r\n").await;
+    act(&app, id, Verb::Inspect).await;
+    assert_eq!(app.record_consoles().await.unwrap(), 1);
+    // Nothing more is printed: the recording still gets what the session had shown.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let l = app.console_log(&admin(), id, 1 << 20).await.unwrap();
+        if l.windows(28).any(|w| w == b"printed-before-the-recording") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not recorded: {:?}",
+            String::from_utf8_lossy(&l)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Later output follows it.
+    handshake(&mut a, &mut serial, b"printed-after\r\n").await;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let l = app.console_log(&admin(), id, 1 << 20).await.unwrap();
+        let text = String::from_utf8_lossy(&l).into_owned();
+        if text.contains("printed-after") {
+            let first = text.find("printed-before-the-recording").unwrap();
+            assert!(first < text.find("printed-after").unwrap(), "{text:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(a);
+}
+
 #[tokio::test]
 async fn release_clears_the_recording() {
     let db = TestDb::new().await.unwrap();

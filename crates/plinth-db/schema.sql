@@ -6,6 +6,32 @@ CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
 
 COMMENT ON EXTENSION pg_trgm IS 'text similarity measurement and index searching based on trigrams';
 
+CREATE FUNCTION public.agent_tokens_replace() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    update agent_tokens t set
+        prev_sha256 = t.secret_sha256,
+        prev_expires_at = t.expires_at,
+        prev_used_at = t.used_at,
+        prev_revoked_at = coalesce(t.revoked_at, case when t.used_at is null then now() end),
+        prev_revoked_reason = coalesce(t.revoked_reason,
+                                       case when t.used_at is null then 'replaced by a newer token' end),
+        secret_sha256 = new.secret_sha256,
+        created_at = now(),
+        expires_at = new.expires_at,
+        bound_ip = new.bound_ip,
+        used_at = null,
+        revoked_at = null,
+        revoked_reason = null
+    where t.machine_id = new.machine_id and t.mode = new.mode;
+    if found then
+        return null;
+    end if;
+    return new;
+end
+$$;
+
 CREATE FUNCTION public.agent_tokens_revoke_on_state_change() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -27,9 +53,8 @@ CREATE FUNCTION public.boot_request_batch(p_macs macaddr[], p_remotes inet[], p_
 begin
     -- One MAC's requests on several instances at once take turns (in MAC order, as every
     -- batch is sorted). The statement below then starts after another instance's batch for
-    -- the same machine has committed, so its snapshot sees that batch's token and revokes it;
-    -- without the turn, both would mint a live token and the second commit would fail on
-    -- agent_tokens_one_live.
+    -- the same machine has committed, so its snapshot sees that batch's token (and the
+    -- address it is bound to).
     perform pg_advisory_xact_lock(1651470196, hashtext(x.mac::text))
     from (select distinct mac from unnest(p_macs) as mac order by mac) x;
     return query
@@ -61,20 +86,15 @@ begin
                      and exists (select 1 from subnets s where n.ipv4 <<= s.cidr)
                ) as assigned,
                coalesce(t.unexpired, false) as has_live,
-               case when t.unexpired then t.bound_ip end as live_ip,
-               t.ctid as unrevoked
+               case when t.unexpired then t.bound_ip end as live_ip
         from found f
-        -- The machine's unrevoked, unused token of this mode, expired or not (at most one:
-        -- agent_tokens_one_live); a new token revokes that row. Ordered as that index is,
-        -- so that the generic plan walks it rather than every token the machine ever had
-        -- (agent_tokens_machine_idx; a machine that keeps booting has hundreds).
+        -- The machine's token of this mode if it is unrevoked and unused, expired or not (one
+        -- row per machine and mode, by the key).
         left join lateral (
-            select tt.ctid, tt.bound_ip, tt.expires_at > now() as unexpired
+            select tt.bound_ip, tt.expires_at > now() as unexpired
             from agent_tokens tt
             where tt.machine_id = f.id and tt.mode = p_modes[f.si] and tt.used_at is null
               and tt.revoked_at is null
-            order by tt.machine_id, tt.mode
-            limit 1
         ) t on true
         where p_modes[f.si] is not null
     ), judged as (
@@ -85,7 +105,7 @@ begin
         from wants w
     ), mint as (
         -- the last accepted request of each machine and mode
-        select distinct on (j.id, j.mode) j.i, j.id, j.mode, j.remote, j.unrevoked
+        select distinct on (j.id, j.mode) j.i, j.id, j.mode, j.remote
         from judged j where j.ok
         order by j.id, j.mode, j.i desc
     ), counts as (
@@ -141,18 +161,33 @@ begin
         join counts c on c.id = j.id
         where not j.ok and g.requests - c.c < 3 * p_loop_max
         order by j.i
-    ), rev as (
-        -- The rows the lookup above found, by their ctid (this statement's snapshot; a row
-        -- updated since is followed and checked again). A join on machine and mode, or on the
-        -- key, let the generic plan, made while the table was small, walk every live token
-        -- for each batch (1,000 rows for 8 revocations in the benchmark); a TID scan cannot.
-        update agent_tokens t set revoked_at = now(), revoked_reason = 'replaced by a newer token'
-        where t.ctid = any (array(select m.unrevoked from mint m where m.unrevoked is not null))
-          and t.used_at is null and t.revoked_at is null
+    ), slot as (
+        -- A new token replaces the one of its machine and mode in place, the replaced one kept
+        -- as it was in prev_* (as agent_tokens_replace below does for a single insert; here
+        -- set-based, which is what the script endpoint's throughput needs). A HOT update.
+        update agent_tokens t set
+            prev_sha256 = t.secret_sha256,
+            prev_expires_at = t.expires_at,
+            prev_used_at = t.used_at,
+            prev_revoked_at = coalesce(t.revoked_at, case when t.used_at is null then now() end),
+            prev_revoked_reason = coalesce(t.revoked_reason,
+                                           case when t.used_at is null then 'replaced by a newer token' end),
+            secret_sha256 = f.hash,
+            created_at = now(),
+            expires_at = now() + make_interval(secs => p_token_secs),
+            bound_ip = m.remote,
+            used_at = null,
+            revoked_at = null,
+            revoked_reason = null
+        from mint m join found f on f.i = m.i
+        where t.machine_id = m.id and t.mode = m.mode
+        returning t.machine_id, t.mode
     ), tok as (
+        -- a machine's first token of a mode
         insert into agent_tokens (secret_sha256, machine_id, mode, expires_at, bound_ip)
         select f.hash, m.id, m.mode, now() + make_interval(secs => p_token_secs), m.remote
         from mint m join found f on f.i = m.i
+        where not exists (select 1 from slot s where s.machine_id = m.id and s.mode = m.mode)
     )
     select f.i, f.id, f.state, f.hostname, f.pxe_arch, g.requests, g.crossed,
            exists (select 1 from mint m where m.i = f.i),
@@ -858,10 +893,18 @@ CREATE TABLE public.agent_tokens (
     bound_ip inet,
     revoked_at timestamp with time zone,
     revoked_reason text,
+    prev_sha256 bytea,
+    prev_expires_at timestamp with time zone,
+    prev_used_at timestamp with time zone,
+    prev_revoked_at timestamp with time zone,
+    prev_revoked_reason text,
     CONSTRAINT agent_tokens_mode_check CHECK ((mode = ANY (ARRAY['inspect'::text, 'clean'::text, 'deploy'::text]))),
+    CONSTRAINT agent_tokens_prev_revoked_reason_check CHECK ((length(prev_revoked_reason) <= 200)),
+    CONSTRAINT agent_tokens_prev_sha256_check CHECK (((prev_sha256 IS NULL) OR (length(prev_sha256) = 32))),
     CONSTRAINT agent_tokens_revoked_reason_check CHECK ((length(revoked_reason) <= 200)),
     CONSTRAINT agent_tokens_secret_sha256_check CHECK ((length(secret_sha256) = 32))
-);
+)
+WITH (fillfactor='50');
 
 CREATE TABLE public.allocations (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
@@ -1411,10 +1454,7 @@ CREATE TABLE public.webhooks (
 );
 
 ALTER TABLE ONLY public.agent_tokens
-    ADD CONSTRAINT agent_tokens_one_live EXCLUDE USING btree (machine_id WITH =, mode WITH =) WHERE (((used_at IS NULL) AND (revoked_at IS NULL))) DEFERRABLE INITIALLY DEFERRED;
-
-ALTER TABLE ONLY public.agent_tokens
-    ADD CONSTRAINT agent_tokens_pkey PRIMARY KEY (secret_sha256);
+    ADD CONSTRAINT agent_tokens_pkey PRIMARY KEY (machine_id, mode);
 
 ALTER TABLE ONLY public.allocations
     ADD CONSTRAINT allocations_pkey PRIMARY KEY (id);
@@ -1542,8 +1582,6 @@ ALTER TABLE ONLY public.webhook_deliveries
 ALTER TABLE ONLY public.webhooks
     ADD CONSTRAINT webhooks_pkey PRIMARY KEY (id);
 
-CREATE INDEX agent_tokens_machine_idx ON public.agent_tokens USING btree (machine_id);
-
 CREATE INDEX bmc_scans_queued_idx ON public.bmc_scans USING btree (created_at) WHERE (state = ANY (ARRAY['queued'::text, 'running'::text]));
 
 CREATE INDEX bmcs_next_poll_idx ON public.bmcs USING btree (next_poll_at);
@@ -1627,6 +1665,8 @@ CREATE INDEX vmedia_boots_token_idx ON public.vmedia_boots USING btree (token_sh
 CREATE INDEX webhook_deliveries_finished_idx ON public.webhook_deliveries USING btree (finished_at) WHERE (state <> 'pending'::text);
 
 CREATE INDEX webhook_deliveries_queue_idx ON public.webhook_deliveries USING btree (webhook_id, machine_key, txid, event_id) WHERE (state = 'pending'::text);
+
+CREATE TRIGGER agent_tokens_replace BEFORE INSERT ON public.agent_tokens FOR EACH ROW EXECUTE FUNCTION public.agent_tokens_replace();
 
 CREATE TRIGGER events_feed AFTER INSERT ON public.events REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION public.events_feed();
 
@@ -1745,9 +1785,6 @@ ALTER TABLE ONLY public.ui_sessions
 
 ALTER TABLE ONLY public.vmedia_boots
     ADD CONSTRAINT vmedia_boots_machine_id_fkey FOREIGN KEY (machine_id) REFERENCES public.machines(id) ON DELETE CASCADE;
-
-ALTER TABLE ONLY public.vmedia_boots
-    ADD CONSTRAINT vmedia_boots_token_sha256_fkey FOREIGN KEY (token_sha256) REFERENCES public.agent_tokens(secret_sha256) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.webhook_deliveries
     ADD CONSTRAINT webhook_deliveries_event_id_fkey FOREIGN KEY (event_id) REFERENCES public.events(id);

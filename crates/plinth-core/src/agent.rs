@@ -120,21 +120,34 @@ impl App {
         let hash = hash_secret(secret);
         let row = {
             let mut conn = self.conn().await?;
-            plinth_db::boot::agent_token(&mut conn, &hash).await.db()?
+            plinth_db::boot::agent_token(&mut conn, id, &hash)
+                .await
+                .db()?
         };
         let Some(row) = row else {
-            let p = self.authenticate(secret).await?;
+            // Not this machine's agent token (nor the one its token replaced): a person's or
+            // automation's API token, or a refusal. Another machine's token is refused here
+            // too: tokens are found by the machine a call names, never by their hash alone.
+            let p = match self.authenticate(secret).await {
+                Ok(p) => p,
+                Err(e) if e.message == crate::auth::UNKNOWN_API_TOKEN => {
+                    let why = "not an agent token of this machine, nor an API token";
+                    self.record_refusal(None, id, mode, why, peer).await;
+                    return Err(Error::unauthorized(why));
+                }
+                Err(e) => return Err(e),
+            };
             p.require(Permission::ManageMachines)?;
             return Ok(Reporter::Person(p));
         };
         if let Some(err) = refusal(&row, id, mode) {
-            self.record_refusal(row.machine_id, id, mode, &err.message, peer)
+            self.record_refusal(Some(row.machine_id), id, mode, &err.message, peer)
                 .await;
             return Err(err);
         }
         if !self.address_ok(&row, peer).await? {
             let err = Error::forbidden("this agent token may not be used from this address");
-            self.record_refusal(row.machine_id, id, mode, &err.message, peer)
+            self.record_refusal(Some(row.machine_id), id, mode, &err.message, peer)
                 .await;
             return Err(err);
         }
@@ -148,15 +161,16 @@ impl App {
         })
     }
 
-    /// Records a refused agent token on the token's machine and, when another machine was
-    /// named, on that one too. Best effort: the refusal stands whatever happens here. Capped
+    /// Records a refused agent token on the token's machine (`None`: a secret that is no token
+    /// of the machine the call names, nor an API token) and on the machine the call names, if
+    /// they exist. Best effort: the refusal stands whatever happens here. Capped
     /// like boot events: a machine takes at most three times `boot.loop_max` refusal events
     /// per `boot.loop_window` (a token replayed in a loop, by a broken agent or by whoever
     /// holds it, cannot grow the events table, the event stream and the webhooks by a row per
     /// call); the refusals past the cap are answered the same and logged at debug level.
     async fn record_refusal(
         &self,
-        owner: Uuid,
+        owner: Option<Uuid>,
         presented_for: Uuid,
         mode: &str,
         why: &str,
@@ -168,14 +182,17 @@ impl App {
         let res: Result<bool> = async {
             let mut recorded = false;
             let mut tx = self.begin().await?;
-            let mut machines = vec![owner];
-            if presented_for != owner
-                && plinth_db::machines::state_of(&mut tx, presented_for)
-                    .await
-                    .db()?
-                    .is_some()
-            {
-                machines.push(presented_for);
+            // (Only machines that exist: a call may name any id.)
+            let mut machines = vec![];
+            for m in owner.into_iter().chain([presented_for]) {
+                if !machines.contains(&m)
+                    && plinth_db::machines::state_of(&mut tx, m)
+                        .await
+                        .db()?
+                        .is_some()
+                {
+                    machines.push(m);
+                }
             }
             for m in machines {
                 recorded |= plinth_db::events::insert_capped(
@@ -205,10 +222,10 @@ impl App {
         .await;
         match res {
             Ok(true) => {
-                tracing::warn!(machine_id = %presented_for, token_machine = %owner, mode, reason = why, remote = ?peer, "agent token refused");
+                tracing::warn!(machine_id = %presented_for, token_machine = ?owner, mode, reason = why, remote = ?peer, "agent token refused");
             }
             Ok(false) => {
-                tracing::debug!(machine_id = %presented_for, token_machine = %owner, mode, reason = why, remote = ?peer, "agent token refused (past the events' cap)");
+                tracing::debug!(machine_id = %presented_for, token_machine = ?owner, mode, reason = why, remote = ?peer, "agent token refused (past the events' cap)");
             }
             Err(e) => {
                 tracing::warn!(machine_id = %presented_for, mode, reason = why, error = %e, "agent token refused; recording the refusal failed");
@@ -224,11 +241,15 @@ impl App {
         id: Uuid,
         mode: AgentMode,
     ) -> Result<()> {
-        if plinth_db::boot::use_agent_token(tx, hash).await.db()? {
+        if plinth_db::boot::use_agent_token(tx, id, mode, hash)
+            .await
+            .db()?
+        {
             return Ok(());
         }
         let why = "this agent token was already used";
-        self.record_refusal(id, id, mode.as_str(), why, None).await;
+        self.record_refusal(Some(id), id, mode.as_str(), why, None)
+            .await;
         Err(Error::unauthorized(why))
     }
 

@@ -124,6 +124,9 @@ pub fn generate_secret() -> String {
     )
 }
 
+/// What a bearer secret that is no API token is told (the agent endpoints tell their own).
+pub(crate) const UNKNOWN_API_TOKEN: &str = "invalid API token";
+
 pub fn hash_secret(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
@@ -132,7 +135,7 @@ impl App {
     /// The principal for a bearer secret: 401 when it is unknown or revoked.
     pub async fn authenticate(&self, secret: &str) -> Result<Principal> {
         if secret.is_empty() || secret.len() > 256 {
-            return Err(Error::unauthorized("invalid API token"));
+            return Err(Error::unauthorized(UNKNOWN_API_TOKEN));
         }
         let mut conn = self.conn().await?;
         let row = plinth_db::tokens::authenticate(&mut conn, &hash_secret(secret))
@@ -150,7 +153,7 @@ impl App {
                 name: t.name,
                 role: t.role,
             }),
-            None => Err(Error::unauthorized("invalid API token")),
+            None => Err(Error::unauthorized(UNKNOWN_API_TOKEN)),
         }
     }
 }

@@ -26,8 +26,8 @@
 -- - a request refused this way gets no token, is told to wait (its boot event says so), and
 --   leaves a `boot_spoof_suspected` event with the address it came from and the addresses that
 --   would have been accepted.
--- A new token revokes the live one of its machine and mode. Several requests of one batch for
--- the same machine and mode: the last one accepted gets the token.
+-- A new token replaces the one of its machine and mode (agent_tokens_replace, below). Several
+-- requests of one batch for the same machine and mode: the last one accepted gets the token.
 --
 -- Boot events and boot_spoof_suspected events are rate-limited per machine: once a window holds
 -- three times the loop limit, a machine (or whoever asks with its MAC, from any address) adds no
@@ -68,9 +68,8 @@ set enable_seqscan = off as $$
 begin
     -- One MAC's requests on several instances at once take turns (in MAC order, as every
     -- batch is sorted). The statement below then starts after another instance's batch for
-    -- the same machine has committed, so its snapshot sees that batch's token and revokes it;
-    -- without the turn, both would mint a live token and the second commit would fail on
-    -- agent_tokens_one_live.
+    -- the same machine has committed, so its snapshot sees that batch's token (and the
+    -- address it is bound to).
     perform pg_advisory_xact_lock(1651470196, hashtext(x.mac::text))
     from (select distinct mac from unnest(p_macs) as mac order by mac) x;
     return query
@@ -102,20 +101,15 @@ begin
                      and exists (select 1 from subnets s where n.ipv4 <<= s.cidr)
                ) as assigned,
                coalesce(t.unexpired, false) as has_live,
-               case when t.unexpired then t.bound_ip end as live_ip,
-               t.ctid as unrevoked
+               case when t.unexpired then t.bound_ip end as live_ip
         from found f
-        -- The machine's unrevoked, unused token of this mode, expired or not (at most one:
-        -- agent_tokens_one_live); a new token revokes that row. Ordered as that index is,
-        -- so that the generic plan walks it rather than every token the machine ever had
-        -- (agent_tokens_machine_idx; a machine that keeps booting has hundreds).
+        -- The machine's token of this mode if it is unrevoked and unused, expired or not (one
+        -- row per machine and mode, by the key).
         left join lateral (
-            select tt.ctid, tt.bound_ip, tt.expires_at > now() as unexpired
+            select tt.bound_ip, tt.expires_at > now() as unexpired
             from agent_tokens tt
             where tt.machine_id = f.id and tt.mode = p_modes[f.si] and tt.used_at is null
               and tt.revoked_at is null
-            order by tt.machine_id, tt.mode
-            limit 1
         ) t on true
         where p_modes[f.si] is not null
     ), judged as (
@@ -126,7 +120,7 @@ begin
         from wants w
     ), mint as (
         -- the last accepted request of each machine and mode
-        select distinct on (j.id, j.mode) j.i, j.id, j.mode, j.remote, j.unrevoked
+        select distinct on (j.id, j.mode) j.i, j.id, j.mode, j.remote
         from judged j where j.ok
         order by j.id, j.mode, j.i desc
     ), counts as (
@@ -182,18 +176,33 @@ begin
         join counts c on c.id = j.id
         where not j.ok and g.requests - c.c < 3 * p_loop_max
         order by j.i
-    ), rev as (
-        -- The rows the lookup above found, by their ctid (this statement's snapshot; a row
-        -- updated since is followed and checked again). A join on machine and mode, or on the
-        -- key, let the generic plan, made while the table was small, walk every live token
-        -- for each batch (1,000 rows for 8 revocations in the benchmark); a TID scan cannot.
-        update agent_tokens t set revoked_at = now(), revoked_reason = 'replaced by a newer token'
-        where t.ctid = any (array(select m.unrevoked from mint m where m.unrevoked is not null))
-          and t.used_at is null and t.revoked_at is null
+    ), slot as (
+        -- A new token replaces the one of its machine and mode in place, the replaced one kept
+        -- as it was in prev_* (as agent_tokens_replace below does for a single insert; here
+        -- set-based, which is what the script endpoint's throughput needs). A HOT update.
+        update agent_tokens t set
+            prev_sha256 = t.secret_sha256,
+            prev_expires_at = t.expires_at,
+            prev_used_at = t.used_at,
+            prev_revoked_at = coalesce(t.revoked_at, case when t.used_at is null then now() end),
+            prev_revoked_reason = coalesce(t.revoked_reason,
+                                           case when t.used_at is null then 'replaced by a newer token' end),
+            secret_sha256 = f.hash,
+            created_at = now(),
+            expires_at = now() + make_interval(secs => p_token_secs),
+            bound_ip = m.remote,
+            used_at = null,
+            revoked_at = null,
+            revoked_reason = null
+        from mint m join found f on f.i = m.i
+        where t.machine_id = m.id and t.mode = m.mode
+        returning t.machine_id, t.mode
     ), tok as (
+        -- a machine's first token of a mode
         insert into agent_tokens (secret_sha256, machine_id, mode, expires_at, bound_ip)
         select f.hash, m.id, m.mode, now() + make_interval(secs => p_token_secs), m.remote
         from mint m join found f on f.i = m.i
+        where not exists (select 1 from slot s where s.machine_id = m.id and s.mode = m.mode)
     )
     select f.i, f.id, f.state, f.hostname, f.pxe_arch, g.requests, g.crossed,
            exists (select 1 from mint m where m.i = f.i),
@@ -202,3 +211,37 @@ begin
     order by f.i;
 end
 $$;
+
+-- Agent tokens are one row per machine and mode (migration 20261207010000): a token inserted
+-- for a machine and mode that has a row replaces that row's token in place, and the row keeps
+-- the token it replaced, as it was, in prev_* (so that its agent is still told why it is
+-- refused). Every writer goes through here: the script batch above, virtual-media boots, and
+-- during a rolling upgrade the previous release's instances (which revoke the live token and
+-- insert a new row). The update changes no indexed column: a HOT update, no index entry.
+create or replace function agent_tokens_replace() returns trigger language plpgsql as $$
+begin
+    update agent_tokens t set
+        prev_sha256 = t.secret_sha256,
+        prev_expires_at = t.expires_at,
+        prev_used_at = t.used_at,
+        prev_revoked_at = coalesce(t.revoked_at, case when t.used_at is null then now() end),
+        prev_revoked_reason = coalesce(t.revoked_reason,
+                                       case when t.used_at is null then 'replaced by a newer token' end),
+        secret_sha256 = new.secret_sha256,
+        created_at = now(),
+        expires_at = new.expires_at,
+        bound_ip = new.bound_ip,
+        used_at = null,
+        revoked_at = null,
+        revoked_reason = null
+    where t.machine_id = new.machine_id and t.mode = new.mode;
+    if found then
+        return null;
+    end if;
+    return new;
+end
+$$;
+
+create or replace trigger agent_tokens_replace
+    before insert on agent_tokens
+    for each row execute function agent_tokens_replace();

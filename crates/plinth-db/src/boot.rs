@@ -52,17 +52,29 @@ pub struct AgentTokenRow {
     pub bound_ip: Option<IpAddr>,
 }
 
-/// The agent token with this secret hash, if any (expired, used and revoked ones included: the
-/// caller tells the agent why it is refused).
+/// Machine `machine_id`'s agent token with this secret hash, if any: its token of some mode, or
+/// the one that token replaced (expired, used and revoked ones included: the caller tells the
+/// agent why it is refused). A machine has one row per mode (sql/boot.sql), found by the key:
+/// a token is never looked up by its hash alone, which no index covers.
 pub async fn agent_token(
     conn: &mut PgConnection,
+    machine_id: Uuid,
     secret_sha256: &[u8],
 ) -> Result<Option<AgentTokenRow>> {
     sqlx::query_as!(
         AgentTokenRow,
-        r#"select machine_id, mode as "mode: AgentMode", expires_at, used_at, revoked_at, revoked_reason,
-                  bound_ip as "bound_ip: IpAddr"
-           from agent_tokens where secret_sha256 = $1"#,
+        r#"select machine_id as "machine_id!", mode as "mode!: AgentMode", expires_at as "expires_at!",
+                  used_at, revoked_at, revoked_reason, bound_ip as "bound_ip: IpAddr"
+           from (
+               select machine_id, mode, expires_at, used_at, revoked_at, revoked_reason, bound_ip
+               from agent_tokens where machine_id = $1 and secret_sha256 = $2
+               union all
+               select machine_id, mode, prev_expires_at, prev_used_at, prev_revoked_at,
+                      prev_revoked_reason, null
+               from agent_tokens where machine_id = $1 and prev_sha256 = $2
+           ) t
+           limit 1"#,
+        machine_id,
         secret_sha256
     )
     .fetch_optional(conn)
@@ -91,10 +103,19 @@ pub async fn machine_holds_address(
     Ok(found)
 }
 
-/// Marks a token used; false if it already was (another report raced this one).
-pub async fn use_agent_token(conn: &mut PgConnection, secret_sha256: &[u8]) -> Result<bool> {
+/// Marks machine `machine_id`'s token of `mode` used; false if it already was (another report
+/// raced this one) or was replaced meanwhile.
+pub async fn use_agent_token(
+    conn: &mut PgConnection,
+    machine_id: Uuid,
+    mode: AgentMode,
+    secret_sha256: &[u8],
+) -> Result<bool> {
     let n = sqlx::query!(
-        r#"update agent_tokens set used_at = now() where secret_sha256 = $1 and used_at is null"#,
+        r#"update agent_tokens set used_at = now()
+           where machine_id = $1 and mode = $2 and secret_sha256 = $3 and used_at is null"#,
+        machine_id,
+        mode.as_str(),
         secret_sha256
     )
     .execute(conn)
@@ -103,45 +124,31 @@ pub async fn use_agent_token(conn: &mut PgConnection, secret_sha256: &[u8]) -> R
     Ok(n == 1)
 }
 
-/// How many tokens replaced by a newer one each machine keeps per mode (see
-/// [`purge_agent_tokens`]).
-pub const KEEP_REPLACED: i64 = 10;
-
-/// The revocation reason of a token replaced by a newer one, as the script requests
-/// (sql/boot.sql) and virtual-media boots ([`crate::vmedia::insert_boot`]) write it; the purge
-/// finds replaced tokens by it.
+/// The revocation reason of a token replaced by a newer one, as sql/boot.sql writes it (in the
+/// row's `prev_revoked_reason`).
 pub const REPLACED: &str = "replaced by a newer token";
 
-/// Deletes tokens that expired more than a day ago (kept a day so a late agent hears
-/// "expired", not "unknown"), and of the tokens replaced by a newer one, all but each machine's
-/// newest [`KEEP_REPLACED`] per mode: every script request of a ramdisk boot replaces the
-/// token before, so a machine in a boot loop (or anyone asking with its MAC from its address)
-/// would otherwise add a row every few seconds for a day. A replaced token that a virtual-media
-/// boot names is kept with that boot. Returns how many rows went.
+/// Deletes the tokens that expired more than a day ago (kept a day so a late agent hears
+/// "expired", not "unknown"; a machine has at most one row per mode, so nothing else piles
+/// up), and the virtual-media boots a day old whose token is no longer their machine's (it
+/// was replaced or purged: their ISO is served no more). Returns how many rows went.
 pub async fn purge_agent_tokens(conn: &mut PgConnection) -> Result<u64> {
     let expired =
         sqlx::query!("delete from agent_tokens where expires_at < now() - interval '1 day'")
             .execute(&mut *conn)
             .await?
             .rows_affected();
-    let replaced = sqlx::query!(
-        r#"with ranked as (
-               select t.ctid as row_id,
-                      row_number() over (partition by t.machine_id, t.mode
-                                         order by t.created_at desc, t.revoked_at desc) as k
-               from agent_tokens t
-               where t.revoked_reason = $2
-                 and not exists (select 1 from vmedia_boots v where v.token_sha256 = t.secret_sha256)
-           )
-           delete from agent_tokens t using ranked r
-           where t.ctid = r.row_id and r.k > $1 and t.revoked_reason = $2"#,
-        KEEP_REPLACED,
-        REPLACED
+    let boots = sqlx::query!(
+        r#"delete from vmedia_boots v
+           where v.created_at < now() - interval '1 day'
+             and not exists (select 1 from agent_tokens t
+                             where t.machine_id = v.machine_id and t.mode = v.mode
+                               and t.secret_sha256 = v.token_sha256)"#
     )
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    Ok(expired + replaced)
+    Ok(expired + boots)
 }
 
 /// One request of a batch.

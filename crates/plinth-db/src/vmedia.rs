@@ -71,19 +71,11 @@ pub struct NewBoot<'a> {
     pub static_ip: Option<IpAddr>,
 }
 
-/// Records a boot: revokes the machine's live token of this mode (a newer boot replaces it, as
-/// a newer iPXE script's does), stores the new token bound to the static address, and the ISO
-/// row. Run in the transaction that locked the machine.
+/// Records a boot: stores the new token bound to the static address, in place of the
+/// machine's token of this mode (a newer boot replaces it, as a newer iPXE script's does:
+/// the `agent_tokens_replace` trigger, sql/boot.sql), and the ISO row. Run in the transaction
+/// that locked the machine.
 pub async fn insert_boot(conn: &mut PgConnection, b: &NewBoot<'_>) -> Result<()> {
-    sqlx::query!(
-        "update agent_tokens set revoked_at = now(), revoked_reason = $3
-         where machine_id = $1 and mode = $2 and used_at is null and revoked_at is null",
-        b.machine_id,
-        b.mode.as_str(),
-        crate::boot::REPLACED
-    )
-    .execute(&mut *conn)
-    .await?;
     sqlx::query!(
         "insert into agent_tokens (secret_sha256, machine_id, mode, expires_at, bound_ip)
          values ($1, $2, $3, $4, $5)",
@@ -134,7 +126,8 @@ pub async fn fetch(
         r#"with hit as (
                update vmedia_boots v set fetches = v.fetches + 1, last_fetched_at = now()
                from agent_tokens t
-               where v.id_sha256 = $1 and t.secret_sha256 = v.token_sha256
+               where v.id_sha256 = $1 and t.machine_id = v.machine_id and t.mode = v.mode
+                 and t.secret_sha256 = v.token_sha256
                  and t.used_at is null and t.revoked_at is null and t.expires_at > now()
                returning v.machine_id, v.mode, v.sealed_config, v.created_at, v.fetches
            ), ev as (

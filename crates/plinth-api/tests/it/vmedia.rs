@@ -269,7 +269,8 @@ async fn a_virtual_media_boot_serves_its_iso_until_the_agent_reports() {
     assert!(!all.contains(iso_id) && !all.contains(&token), "{all}");
     let (fetches, bound): (i32, Option<String>) = sqlx::query_as(
         "select v.fetches, host(t.bound_ip) from vmedia_boots v
-         join agent_tokens t on t.secret_sha256 = v.token_sha256
+         join agent_tokens t on t.machine_id = v.machine_id and t.mode = v.mode
+              and t.secret_sha256 = v.token_sha256
          where t.used_at is null and t.revoked_at is null",
     )
     .fetch_one(&t.db.pool)

@@ -23,7 +23,7 @@ impl App {
         mode: &str,
     ) -> Result<plinth_db::boot::AgentTokenRow> {
         let mut conn = self.conn().await?;
-        let row = plinth_db::boot::agent_token(&mut conn, &hash_secret(secret))
+        let row = plinth_db::boot::agent_token(&mut conn, machine_id, &hash_secret(secret))
             .await
             .db()?
             .ok_or_else(|| Error::unauthorized("unknown agent token"))?;

@@ -3,3 +3,4 @@
 mod cluster;
 mod errors;
 mod migrations;
+mod tokens;

@@ -85,16 +85,21 @@ begin
                    where n.mac = f.mac and n.active and n.ipv4 is not null
                      and exists (select 1 from subnets s where n.ipv4 <<= s.cidr)
                ) as assigned,
-               coalesce(t.unexpired, false) as has_live,
-               case when t.unexpired then t.bound_ip end as live_ip
+               coalesce(t.live, false) as has_live,
+               case when t.live then t.bound_ip end as live_ip,
+               t.ctid as slot_row
         from found f
-        -- The machine's token of this mode if it is unrevoked and unused, expired or not (one
-        -- row per machine and mode, by the key).
+        -- The machine's token row of this mode (one per machine and mode, by the key), and
+        -- whether its token is live (unrevoked, unused, unexpired): a new token replaces it in
+        -- that row. `limit 1` keeps the subquery a lookup per request: without it the planner
+        -- joins it as a table, and the generic plan (made for the 1,000 requests it guesses an
+        -- array holds) walks every machine's token for each batch (996 rows for 16 requests).
         left join lateral (
-            select tt.bound_ip, tt.expires_at > now() as unexpired
+            select tt.ctid, tt.bound_ip,
+                   tt.used_at is null and tt.revoked_at is null and tt.expires_at > now() as live
             from agent_tokens tt
-            where tt.machine_id = f.id and tt.mode = p_modes[f.si] and tt.used_at is null
-              and tt.revoked_at is null
+            where tt.machine_id = f.id and tt.mode = p_modes[f.si]
+            limit 1
         ) t on true
         where p_modes[f.si] is not null
     ), judged as (
@@ -105,7 +110,7 @@ begin
         from wants w
     ), mint as (
         -- the last accepted request of each machine and mode
-        select distinct on (j.id, j.mode) j.i, j.id, j.mode, j.remote
+        select distinct on (j.id, j.mode) j.i, j.id, j.mode, j.remote, j.slot_row
         from judged j where j.ok
         order by j.id, j.mode, j.i desc
     ), counts as (
@@ -162,9 +167,13 @@ begin
         where not j.ok and g.requests - c.c < 3 * p_loop_max
         order by j.i
     ), slot as (
-        -- A new token replaces the one of its machine and mode in place, the replaced one kept
-        -- as it was in prev_* (as agent_tokens_replace below does for a single insert; here
-        -- set-based, which is what the script endpoint's throughput needs). A HOT update.
+        -- A new token replaces the one of its machine and mode in its row, the replaced one
+        -- kept as it was in prev_* (as agent_tokens_replace below does for a single insert;
+        -- here set-based). A HOT update. The rows are the ones the lookup above found, by their
+        -- ctid (this statement's snapshot): a join on the key let the generic plan walk every
+        -- machine's row for each batch; a TID scan cannot. A row another transaction changed
+        -- meanwhile (a state change revoked it, another instance replaced it) is followed and
+        -- no longer matches: it is left alone, and the request is told to wait (token_stored).
         update agent_tokens t set
             prev_sha256 = t.secret_sha256,
             prev_expires_at = t.expires_at,
@@ -172,25 +181,29 @@ begin
             prev_revoked_at = coalesce(t.revoked_at, case when t.used_at is null then now() end),
             prev_revoked_reason = coalesce(t.revoked_reason,
                                            case when t.used_at is null then 'replaced by a newer token' end),
-            secret_sha256 = f.hash,
+            secret_sha256 = x.hash,
             created_at = now(),
             expires_at = now() + make_interval(secs => p_token_secs),
-            bound_ip = m.remote,
+            bound_ip = x.remote,
             used_at = null,
             revoked_at = null,
             revoked_reason = null
-        from mint m join found f on f.i = m.i
-        where t.machine_id = m.id and t.mode = m.mode
+        from (select m.slot_row, f.hash, m.remote from mint m join found f on f.i = m.i
+              where m.slot_row is not null) x
+        where t.ctid = any (array(select m.slot_row from mint m where m.slot_row is not null))
+          and t.ctid = x.slot_row
         returning t.machine_id, t.mode
     ), tok as (
         -- a machine's first token of a mode
         insert into agent_tokens (secret_sha256, machine_id, mode, expires_at, bound_ip)
         select f.hash, m.id, m.mode, now() + make_interval(secs => p_token_secs), m.remote
         from mint m join found f on f.i = m.i
-        where not exists (select 1 from slot s where s.machine_id = m.id and s.mode = m.mode)
+        where m.slot_row is null
     )
     select f.i, f.id, f.state, f.hostname, f.pxe_arch, g.requests, g.crossed,
-           exists (select 1 from mint m where m.i = f.i),
+           exists (select 1 from mint m where m.i = f.i
+                   and (m.slot_row is null
+                        or exists (select 1 from slot s where s.machine_id = m.id and s.mode = m.mode))),
            exists (select 1 from judged j where j.i = f.i and not j.ok)
     from found f join flagged g on g.machine_id = f.id
     order by f.i;

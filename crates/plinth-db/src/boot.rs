@@ -124,10 +124,6 @@ pub async fn use_agent_token(
     Ok(n == 1)
 }
 
-/// The revocation reason of a token replaced by a newer one, as sql/boot.sql writes it (in the
-/// row's `prev_revoked_reason`).
-pub const REPLACED: &str = "replaced by a newer token";
-
 /// Deletes the tokens that expired more than a day ago (kept a day so a late agent hears
 /// "expired", not "unknown"; a machine has at most one row per mode, so nothing else piles
 /// up), and the virtual-media boots a day old whose token is no longer their machine's (it

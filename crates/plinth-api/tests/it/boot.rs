@@ -520,6 +520,85 @@ async fn a_machine_keeps_one_token_row_per_mode_however_often_it_boots() {
     assert_eq!(s.app.purge_agent_tokens().await.unwrap(), 0);
 }
 
+/// A token row that another transaction changes while a script request's batch is replacing it
+/// (here the test revokes it and holds the row until the batch waits for it) is never left
+/// behind a token the script hands out: the request gets no token it could not use.
+#[tokio::test]
+async fn a_token_row_changed_under_a_batch_never_hands_out_a_token_that_was_not_stored() {
+    let s = Server::start().await;
+    let a = s.enroll(1).await;
+    s.act(&a, "inspect").await;
+    let first = token_of(&s.script(&format!("?mac={}", mac(1)), true).await.1).expect("a token");
+    let id: uuid::Uuid = a.parse().unwrap();
+    let mut tx = s.db.pool.begin().await.unwrap();
+    sqlx::query(
+        "update agent_tokens set revoked_at = now(), revoked_reason = 'held by the test'
+         where machine_id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let pool = s.db.pool.clone();
+    let release = async move {
+        // Until the batch waits for the row the test holds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity
+                 where datname = current_database() and wait_event = 'transactionid'
+                   and query like '%boot_request_batch%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the batch never waited for the row"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tx.commit().await.unwrap();
+    };
+    let query = format!("?mac={}", mac(1));
+    let ((st, script), ()) = tokio::join!(s.script(&query, true), release);
+    assert_eq!(st, StatusCode::OK);
+    let (reason, secret_is_first): (Option<String>, bool) = sqlx::query_as(
+        "select revoked_reason, secret_sha256 = sha256($2::bytea) from agent_tokens
+         where machine_id = $1",
+    )
+    .bind(id)
+    .bind(first.as_bytes())
+    .fetch_one(&s.db.pool)
+    .await
+    .unwrap();
+    match token_of(&script) {
+        Some(t) => {
+            s.app
+                .check_agent_token(&t, id, "inspect")
+                .await
+                .expect("a token handed out is stored and live");
+        }
+        None => {
+            assert!(script.contains("has the agent token"), "{script}");
+            assert_eq!(reason.as_deref(), Some("held by the test"));
+            assert!(
+                secret_is_first,
+                "the row is as the other transaction left it"
+            );
+        }
+    }
+    // The next request gets its token.
+    let next = token_of(&s.script(&format!("?mac={}", mac(1)), true).await.1).expect("a token");
+    s.app
+        .check_agent_token(&next, id, "inspect")
+        .await
+        .expect("stored and live");
+}
+
 /// A client whose requests come from `127.0.0.x` (every address of 127/8 is the loopback's).
 fn client_from(x: u8) -> reqwest::Client {
     reqwest::Client::builder()

@@ -23,14 +23,11 @@ use crate::lifecycle::{report_outcome, validate_report};
 use crate::machines::not_found;
 use crate::{App, DbResult, Principal, Result};
 
-/// Why an agent token may not report for machine `id` in `mode`: another machine's, another
-/// mode's, used, or expired. `None`: it may.
-pub(crate) fn refusal(row: &plinth_db::boot::AgentTokenRow, id: Uuid, mode: &str) -> Option<Error> {
-    if row.machine_id != id {
-        Some(Error::forbidden(
-            "this agent token belongs to another machine",
-        ))
-    } else if row.mode.as_str() != mode {
+/// Why a machine's agent token may not report in `mode`: another mode's, used, revoked or
+/// expired. `None`: it may. (Tokens are found by the machine a call names, so a token of
+/// another machine never gets here: `plinth_db::boot::agent_token`.)
+pub(crate) fn refusal(row: &plinth_db::boot::AgentTokenRow, mode: &str) -> Option<Error> {
+    if row.mode.as_str() != mode {
         Some(Error::forbidden(format!(
             "this agent token is for {} mode, not {mode}",
             row.mode
@@ -132,7 +129,7 @@ impl App {
                 Ok(p) => p,
                 Err(e) if e.message == crate::auth::UNKNOWN_API_TOKEN => {
                     let why = "not an agent token of this machine, nor an API token";
-                    self.record_refusal(None, id, mode, why, peer).await;
+                    self.record_refusal(id, false, mode, why, peer).await;
                     return Err(Error::unauthorized(why));
                 }
                 Err(e) => return Err(e),
@@ -140,14 +137,14 @@ impl App {
             p.require(Permission::ManageMachines)?;
             return Ok(Reporter::Person(p));
         };
-        if let Some(err) = refusal(&row, id, mode) {
-            self.record_refusal(Some(row.machine_id), id, mode, &err.message, peer)
+        if let Some(err) = refusal(&row, mode) {
+            self.record_refusal(id, true, mode, &err.message, peer)
                 .await;
             return Err(err);
         }
         if !self.address_ok(&row, peer).await? {
             let err = Error::forbidden("this agent token may not be used from this address");
-            self.record_refusal(Some(row.machine_id), id, mode, &err.message, peer)
+            self.record_refusal(id, true, mode, &err.message, peer)
                 .await;
             return Err(err);
         }
@@ -161,17 +158,17 @@ impl App {
         })
     }
 
-    /// Records a refused agent token on the token's machine (`None`: a secret that is no token
-    /// of the machine the call names, nor an API token) and on the machine the call names, if
-    /// they exist. Best effort: the refusal stands whatever happens here. Capped
+    /// Records a refused agent token on machine `id`, the one the call names (its token, or with
+    /// `token_known` false a secret that is no token of it nor an API token), if that machine
+    /// exists: a call may name any id. Best effort: the refusal stands whatever happens here. Capped
     /// like boot events: a machine takes at most three times `boot.loop_max` refusal events
     /// per `boot.loop_window` (a token replayed in a loop, by a broken agent or by whoever
     /// holds it, cannot grow the events table, the event stream and the webhooks by a row per
     /// call); the refusals past the cap are answered the same and logged at debug level.
     async fn record_refusal(
         &self,
-        owner: Option<Uuid>,
-        presented_for: Uuid,
+        id: Uuid,
+        token_known: bool,
         mode: &str,
         why: &str,
         peer: Option<IpAddr>,
@@ -180,55 +177,47 @@ impl App {
         let window_secs = settings.loop_window.as_secs_f64();
         let max = 3 * i64::from(settings.loop_max).max(1);
         let res: Result<bool> = async {
-            let mut recorded = false;
             let mut tx = self.begin().await?;
-            // (Only machines that exist: a call may name any id.)
-            let mut machines = vec![];
-            for m in owner.into_iter().chain([presented_for]) {
-                if !machines.contains(&m)
-                    && plinth_db::machines::state_of(&mut tx, m)
-                        .await
-                        .db()?
-                        .is_some()
-                {
-                    machines.push(m);
-                }
-            }
-            for m in machines {
-                recorded |= plinth_db::events::insert_capped(
-                    &mut tx,
-                    plinth_db::events::NewEvent {
-                        actor: "agent",
-                        machine_id: Some(m),
-                        kind: "agent_token_refused",
-                        from_state: None,
-                        to_state: None,
-                        details: json!({
-                            "reason": why, "mode": mode,
-                            "token_machine": owner, "presented_for": presented_for,
-                            "remote": peer.map(ip_text),
-                            "events_up_to": max, "window_secs": window_secs,
-                        }),
-                    },
-                    window_secs,
-                    max,
-                )
+            if plinth_db::machines::state_of(&mut tx, id)
                 .await
-                .db()?;
+                .db()?
+                .is_none()
+            {
+                return Ok(false);
             }
+            let recorded = plinth_db::events::insert_capped(
+                &mut tx,
+                plinth_db::events::NewEvent {
+                    actor: "agent",
+                    machine_id: Some(id),
+                    kind: "agent_token_refused",
+                    from_state: None,
+                    to_state: None,
+                    details: json!({
+                        "reason": why, "mode": mode,
+                        "token_machine": token_known.then_some(id), "presented_for": id,
+                        "remote": peer.map(ip_text),
+                        "events_up_to": max, "window_secs": window_secs,
+                    }),
+                },
+                window_secs,
+                max,
+            )
+            .await
+            .db()?;
             tx.commit().await.db()?;
             Ok(recorded)
         }
         .await;
         match res {
             Ok(true) => {
-                tracing::warn!(machine_id = %presented_for, token_machine = ?owner, mode, reason = why, remote = ?peer, "agent token refused");
+                tracing::warn!(machine_id = %id, token_known, mode, reason = why, remote = ?peer, "agent token refused");
             }
             Ok(false) => {
-                tracing::debug!(machine_id = %presented_for, token_machine = ?owner, mode, reason = why, remote = ?peer, "agent token refused (past the events' cap)");
+                tracing::debug!(machine_id = %id, token_known, mode, reason = why, remote = ?peer, "agent token refused (not recorded: past the events' cap, or no such machine)");
             }
             Err(e) => {
-                tracing::warn!(machine_id = %presented_for, mode, reason = why, error = %e, "agent token refused; recording the refusal failed");
+                tracing::warn!(machine_id = %id, mode, reason = why, error = %e, "agent token refused; recording the refusal failed");
             }
         }
     }
@@ -248,7 +237,7 @@ impl App {
             return Ok(());
         }
         let why = "this agent token was already used";
-        self.record_refusal(Some(id), id, mode.as_str(), why, None)
+        self.record_refusal(id, true, mode.as_str(), why, None)
             .await;
         Err(Error::unauthorized(why))
     }

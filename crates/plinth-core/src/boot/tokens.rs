@@ -27,7 +27,7 @@ impl App {
             .await
             .db()?
             .ok_or_else(|| Error::unauthorized("unknown agent token"))?;
-        match crate::agent::refusal(&row, machine_id, mode) {
+        match crate::agent::refusal(&row, mode) {
             Some(e) => Err(e),
             None => Ok(row),
         }

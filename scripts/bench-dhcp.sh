@@ -15,7 +15,8 @@
 # BENCH_SERVERS picks the servers (default "kea kea-mt plinth plinth-async memory"; dnsmasq too
 # on request, and null: a responder without lease state, scripts/bench-dhcp-null.c, which
 # measures what perfdhcp and the machine leave for any server); BENCH_ROUNDS (default 1).
-# BENCH_SUSTAINED=1: instead of the fixed rates, each server's highest rate under 0.1 % drops:
+# BENCH_SUSTAINED=1: instead of the fixed rates, each server's highest rate under 0.1 % drops
+# with at least 99 % of it achieved (perfdhcp, starved of CPU, sends less than offered):
 # rates from BENCH_SUSTAIN_FROM (default 4000) up in steps of BENCH_SUSTAIN_STEP (default 2000)
 # until one drops more, then halving the step between the last good and the first bad rate down
 # to BENCH_SUSTAIN_RESOLUTION (default 500); the servers take turns at every probe (with several
@@ -274,12 +275,14 @@ else
       [ -n "$r" ] || continue
       probed=1
       run_server "$s_" "$r"
-      if awk '{exit !($2 < 0.1)}' "$work/last"; then good[$s_]=$r; else bad[$s_]=$r; fi
+      # Sustained: under 0.1 % drops, and perfdhcp sent what was offered (a server whose
+      # database takes perfdhcp's share of the cores slows the sender down, without drops).
+      if awk -v r="$r" '{exit !($2 < 0.1 && $1 >= 0.99 * r)}' "$work/last"; then good[$s_]=$r; else bad[$s_]=$r; fi
     done
     [ "$probed" = 1 ] || break
   done
   echo
-  echo "| server | highest rate under 0.1 % drops (DORA/s offered; resolution $resolution) | first rate above it that dropped more |"
+  echo "| server | highest rate under 0.1 % drops, 99 % achieved (DORA/s offered; resolution $resolution) | first rate above it that did not |"
   echo "|---|---|---|"
   for s_ in "${measured[@]}"; do echo "| $s_ | ${good[$s_]} | ${bad[$s_]} |"; done
 fi

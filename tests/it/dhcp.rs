@@ -535,7 +535,8 @@ fn two_instances_on_one_database_hand_out_distinct_addresses() {
 /// While the database stalls (a lock held on the lease table, as a slow fsync or a vacuum's
 /// lock would), more requests arrive than `max_in_flight` (1,024) packets: the server stops
 /// reading at that limit and the rest wait in its socket's buffer, so that every client is
-/// answered once the database is back, and nothing is counted as dropped.
+/// answered once the database is back, and nothing is counted as dropped. With
+/// `dhcp.batches_in_flight` at 2, the backlog starts a second batch beside the stalled one.
 #[test]
 fn a_database_stall_is_absorbed_by_the_socket_buffer() {
     let env = Env::new();
@@ -561,6 +562,9 @@ fn a_database_stall_is_absorbed_by_the_socket_buffer() {
             // what this test is about.
             ("PLINTH_DHCP__NEW_CLIENT_RATE", "0"),
             ("PLINTH_HTTP__METRICS_ALLOW", "[\"127.0.0.1/32\"]"),
+            // Two batches in the database at once: the backlog of the stall starts a second
+            // batch while the first waits on the lock.
+            ("PLINTH_DHCP__BATCHES_IN_FLIGHT", "2"),
         ],
     );
     let psql = |sql: &str| {
@@ -654,6 +658,10 @@ fn a_database_stall_is_absorbed_by_the_socket_buffer() {
     // neither by it nor by its socket. (perfdhcp's socket, at the system's default size, may
     // miss some of the burst of answers once the lock goes: that is the client's.)
     assert_eq!(dropped("overload"), 0, "{report}");
+    assert!(
+        count("plinth_dhcp_batches_overlapped_total") > 0,
+        "a second batch started while the first waited on the lock: {report}"
+    );
     assert_eq!(dropped("receive_buffer_full"), 0, "{report}");
     // Every DISCOVER offered once the database is back. (While the counters were read as soon
     // as perfdhcp ended, one run in thirty counted fewer than 1,500 OFFERs with nothing dropped;

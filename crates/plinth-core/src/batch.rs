@@ -2,8 +2,11 @@
 //! iPXE script requests): requests wait in a queue while one database call is under way, and
 //! the next call takes everything that waited, up to a maximum. At 10 requests a second each is
 //! its own batch with no added delay; in a boot storm one round trip and one commit carry
-//! dozens (docs/benchmarks.md). One batch is in flight per queue: measured on two cores, one
-//! beat two and three at every rate, because larger batches share more.
+//! dozens (docs/benchmarks.md). One batch is in flight per queue unless [`Queue::with_overlap`]
+//! allows more: measured on two cores, one costs the least CPU per request, because larger
+//! batches share more and one database backend contends with nobody; a second batch for a
+//! backlog trades some of that CPU for fewer drops and less latency past saturation (DHCP's
+//! `dhcp.batches_in_flight`).
 //!
 //! [`queue`] makes the two halves: the [`Batcher`] that requests are submitted to (cheap to
 //! clone), and the [`Queue`] that one worker runs ([`Queue::run`]), a task of `plinth serve`
@@ -17,6 +20,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +34,8 @@ pub fn queue<T>(capacity: usize, max_batch: usize) -> (Batcher<T>, Queue<T>) {
             rx,
             max_batch: max_batch.max(1),
             window: Duration::ZERO,
+            overlap: 1,
+            overlap_from: max_batch.max(1),
         },
     )
 }
@@ -100,6 +106,8 @@ pub struct Queue<T> {
     rx: mpsc::Receiver<T>,
     max_batch: usize,
     window: Duration,
+    overlap: usize,
+    overlap_from: usize,
 }
 
 impl<T> Queue<T> {
@@ -115,22 +123,72 @@ impl<T> Queue<T> {
         self
     }
 
+    /// Up to `most` batches in the database at once, a second (and later) one started only
+    /// when `from_items` requests wait for it: a backlog then goes to another connection while
+    /// a batch commits, and below that each batch still takes everything that waited. (1, the
+    /// default: one batch at a time.)
+    pub fn with_overlap(mut self, most: usize, from_items: usize) -> Self {
+        self.overlap = most.max(1);
+        self.overlap_from = from_items.clamp(1, self.max_batch);
+        self
+    }
+
     /// Hands the queued requests to `handle` in batches of at most `max_batch`, one batch at a
-    /// time, until `cancel` (or until every [`Batcher`] is gone); then hands over what is
-    /// still queued and returns.
+    /// time unless [`Queue::with_overlap`] allows more, until `cancel` (or until every
+    /// [`Batcher`] is gone); then waits for the batches under way, hands over what is still
+    /// queued and returns.
     pub async fn run<F, Fut>(mut self, cancel: CancellationToken, mut handle: F)
     where
         F: FnMut(Vec<T>) -> Fut,
         Fut: Future<Output = ()>,
     {
+        let mut running = FuturesUnordered::new();
         let mut batch = Vec::with_capacity(self.max_batch);
         let mut started: Option<tokio::time::Instant> = None;
+        let mut closed = false;
         'run: loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                n = self.rx.recv_many(&mut batch, self.max_batch) => if n == 0 {
-                    return;
-                },
+            if running.len() >= self.overlap {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = running.next() => continue,
+                }
+            }
+            if !running.is_empty() {
+                // Another batch while one is under way: only for a backlog.
+                let room = self.max_batch - batch.len();
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = running.next() => continue,
+                    n = self.rx.recv_many(&mut batch, room), if room > 0 => if n == 0 {
+                        closed = true;
+                        break;
+                    },
+                }
+                if batch.len() >= self.overlap_from {
+                    running.push(handle(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(self.max_batch),
+                    )));
+                }
+                continue;
+            }
+            let room = self.max_batch - batch.len();
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    n = self.rx.recv_many(&mut batch, room) => if n == 0 {
+                        closed = true;
+                        break;
+                    },
+                }
+            } else {
+                // (what gathered while the last batch was under way, and what came since)
+                while batch.len() < self.max_batch {
+                    match self.rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
             }
             if let Some(due) = started.map(|t| t + self.window) {
                 while batch.len() < self.max_batch && tokio::time::Instant::now() < due {
@@ -147,11 +205,15 @@ impl<T> Queue<T> {
             if !self.window.is_zero() {
                 started = Some(tokio::time::Instant::now());
             }
-            handle(std::mem::replace(
+            running.push(handle(std::mem::replace(
                 &mut batch,
                 Vec::with_capacity(self.max_batch),
-            ))
-            .await;
+            )));
+        }
+        // The batches under way finish first.
+        while running.next().await.is_some() {}
+        if closed && batch.is_empty() {
+            return;
         }
         // (A batch gathering in its window when the token fired is handed over first.)
         self.rx.close();
@@ -259,6 +321,58 @@ mod tests {
                 .map_err(|c| c.req),
             Err(8)
         );
+    }
+
+    /// With an overlap of two from three items: while a batch is under way, a second starts
+    /// only once three requests wait, never a third, and a cancelled worker lets both finish.
+    #[tokio::test]
+    async fn with_an_overlap_a_backlog_starts_a_second_batch_while_the_first_is_under_way() {
+        let (batcher, queue) = queue::<u32>(64, 8);
+        let queue = queue.with_overlap(2, 3);
+        let cancel = CancellationToken::new();
+        let (started_tx, mut started) = mpsc::unbounded_channel::<Vec<u32>>();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let finished = Arc::new(Mutex::new(Vec::new()));
+        let worker = {
+            let (gate, finished) = (gate.clone(), finished.clone());
+            tokio::spawn(queue.run(cancel.clone(), move |batch: Vec<u32>| {
+                started_tx.send(batch.clone()).unwrap();
+                let (gate, finished) = (gate.clone(), finished.clone());
+                async move {
+                    // A database call that ends when the test says so.
+                    gate.acquire().await.unwrap().forget();
+                    finished.lock().unwrap().push(batch);
+                }
+            }))
+        };
+        batcher.try_submit(1).unwrap();
+        assert_eq!(started.recv().await.unwrap(), vec![1]);
+        // Two waiting: not yet a second batch.
+        batcher.try_submit(2).unwrap();
+        batcher.try_submit(3).unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(started.try_recv().is_err(), "two waiting start no batch");
+        // The third starts one, while the first is still under way.
+        batcher.try_submit(4).unwrap();
+        assert_eq!(started.recv().await.unwrap(), vec![2, 3, 4]);
+        assert!(finished.lock().unwrap().is_empty());
+        // Two under way: however many wait, no third.
+        for n in 5..12 {
+            batcher.try_submit(n).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(started.try_recv().is_err(), "at most two under way");
+        // One finishes: the backlog goes at once, up to the batch's size.
+        gate.add_permits(1);
+        assert_eq!(started.recv().await.unwrap(), (5..12).collect::<Vec<_>>());
+        // Cancelled: the batches under way finish, then the worker returns.
+        batcher.try_submit(12).unwrap();
+        cancel.cancel();
+        gate.add_permits(3);
+        worker.await.unwrap();
+        let mut done = finished.lock().unwrap().concat();
+        done.sort_unstable();
+        assert_eq!(done, (1..13).collect::<Vec<_>>());
     }
 
     #[tokio::test]

@@ -100,6 +100,9 @@ impl DhcpConfig {
         if c.batch_window_ms > 1000 {
             bail!("dhcp.batch_window_ms must be between 0 and 1000 milliseconds");
         }
+        if !(1..=4).contains(&c.batches_in_flight) {
+            bail!("dhcp.batches_in_flight must be between 1 and 4");
+        }
         c.boot.http_base = self
             .boot_url
             .clone()

@@ -474,6 +474,10 @@ mod tests {
         assert_eq!(s.interfaces, ["eth1", "eth2"]);
         assert_eq!(s.mode, plinth_dhcp::server::Mode::Proxy);
         assert_eq!(s.batch_window_ms, 0, "no window unless configured");
+        assert_eq!(
+            s.batches_in_flight, 1,
+            "one batch at a time unless configured"
+        );
         assert!(
             c.dhcp.client_view,
             "the client view is on unless switched off"
@@ -500,6 +504,25 @@ mod tests {
         assert_eq!(dhcp("10").unwrap().unwrap().batch_window_ms, 10);
         let e = dhcp("3600000").unwrap_err();
         assert!(format!("{e:#}").contains("dhcp.batch_window_ms"), "{e:#}");
+        let in_flight = |n: &str| {
+            load(
+                None,
+                env(&[
+                    ("PLINTH_DHCP__ENABLED", "true"),
+                    ("PLINTH_DHCP__INTERFACES", "[\"eth1\"]"),
+                    ("PLINTH_DHCP__BOOT_SERVER", "10.0.0.2"),
+                    ("PLINTH_DHCP__BATCHES_IN_FLIGHT", n),
+                ]),
+            )
+            .unwrap()
+            .dhcp
+            .server_config(8080, None)
+        };
+        assert_eq!(in_flight("2").unwrap().unwrap().batches_in_flight, 2);
+        for bad in ["0", "5"] {
+            let e = in_flight(bad).unwrap_err();
+            assert!(format!("{e:#}").contains("dhcp.batches_in_flight"), "{e:#}");
+        }
         let bad = load(
             None,
             env(&[

@@ -487,37 +487,26 @@ mod tests {
         assert!(!off.dhcp.client_view);
         let e = load(None, env(&[("PLINTH_DHCP__CLIENT_VIEW", "sometimes")])).unwrap_err();
         assert!(format!("{e:#}").contains("client_view"), "{e:#}");
-        let dhcp = |window: &str| {
+        // An enabled server with one more key set, checked.
+        let dhcp_with = |key: &str, value: &str| {
             load(
                 None,
                 env(&[
                     ("PLINTH_DHCP__ENABLED", "true"),
                     ("PLINTH_DHCP__INTERFACES", "[\"eth1\"]"),
                     ("PLINTH_DHCP__BOOT_SERVER", "10.0.0.2"),
-                    ("PLINTH_DHCP__BATCH_WINDOW_MS", window),
+                    (key, value),
                 ]),
             )
             .unwrap()
             .dhcp
             .server_config(8080, None)
         };
+        let dhcp = |window: &str| dhcp_with("PLINTH_DHCP__BATCH_WINDOW_MS", window);
         assert_eq!(dhcp("10").unwrap().unwrap().batch_window_ms, 10);
         let e = dhcp("3600000").unwrap_err();
         assert!(format!("{e:#}").contains("dhcp.batch_window_ms"), "{e:#}");
-        let in_flight = |n: &str| {
-            load(
-                None,
-                env(&[
-                    ("PLINTH_DHCP__ENABLED", "true"),
-                    ("PLINTH_DHCP__INTERFACES", "[\"eth1\"]"),
-                    ("PLINTH_DHCP__BOOT_SERVER", "10.0.0.2"),
-                    ("PLINTH_DHCP__BATCHES_IN_FLIGHT", n),
-                ]),
-            )
-            .unwrap()
-            .dhcp
-            .server_config(8080, None)
-        };
+        let in_flight = |n: &str| dhcp_with("PLINTH_DHCP__BATCHES_IN_FLIGHT", n);
         assert_eq!(in_flight("2").unwrap().unwrap().batches_in_flight, 2);
         for bad in ["0", "5"] {
             let e = in_flight(bad).unwrap_err();

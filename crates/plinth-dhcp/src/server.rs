@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -161,8 +161,7 @@ pub struct Counters {
     pub dropped_receive_buffer: AtomicU64,
     pub dropped_ignored: AtomicU64,
     pub errors: AtomicU64,
-    /// Lease batches under way now, and those that started while another was.
-    pub batches_running: AtomicU64,
+    /// Lease batches that started while another was under way.
     pub batches_overlapped: AtomicU64,
 }
 
@@ -364,6 +363,8 @@ struct Shared {
     pending: batch::Batcher<Pending>,
     /// Rate limit for debug logs of bad packets.
     last_bad_log: Mutex<Option<Instant>>,
+    /// Lease batches under way now (`batches_in_flight` may allow more than one).
+    batches_running: AtomicUsize,
 }
 
 /// A request waiting for its lease decision: the packet, where it came from, and what to ask.
@@ -426,7 +427,7 @@ async fn decide_batches(
 
 /// Decides one batch and starts sending its replies.
 async fn decide_batch(shared: &Arc<Shared>, replies: &TaskTracker, batch: Vec<Pending>) {
-    let running = &shared.counters.batches_running;
+    let running = &shared.batches_running;
     if running.fetch_add(1, Ordering::Relaxed) > 0 {
         bump(&shared.counters.batches_overlapped);
     }
@@ -531,6 +532,7 @@ pub async fn run(
         cfg,
         counters,
         last_bad_log: Mutex::new(None),
+        batches_running: AtomicUsize::new(0),
     });
     let replies = TaskTracker::new();
     let mut set = tokio::task::JoinSet::new();

@@ -207,11 +207,13 @@ plinth() { # rate [async]
     cpu_line "plinth $label ($durability) at $1/s" "$(( $(ticks "/proc/$pid/stat") - p0 ))" "$(( $(pg_ticks) - g0 ))"
     # The packets plinth itself chose not to answer, by reason (its counters).
     local dropped
-    local metrics dropped naks
+    local metrics dropped naks loads
     metrics=$(ip netns exec "$srv" curl -s -H "Authorization: Bearer $token" http://127.0.0.1:8080/metrics)
     dropped=$(awk '/^plinth_dhcp_packets_dropped_total/ && $2 > 0 {sub(/^plinth_dhcp_packets_dropped_total/, ""); printf " %s %s", $1, $2}' <<<"$metrics")
     naks=$(awk '/^plinth_dhcp_replies_total\{type="nak"\}/ {print $2}' <<<"$metrics")
-    echo "  plinth $label at $1/s: packets plinth dropped:${dropped:- none}; NAKs sent: ${naks:-?}"
+    # (a client view loaded more than once in a run read every known MAC again: a reload)
+    loads=$(awk '/^plinth_dhcp_view_loads_total/ {print $2}' <<<"$metrics")
+    echo "  plinth $label at $1/s: packets plinth dropped:${dropped:- none}; NAKs sent: ${naks:-?}; client view loads: ${loads:-?}"
     plinth_rss="$plinth_rss
 plinth $label ($durability) RSS after $1/s: $(rss) with $(bound) bound leases"
     stop_all

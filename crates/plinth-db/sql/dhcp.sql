@@ -690,9 +690,11 @@ $$;
 -- (an offer from memory; its REQUEST binds through dhcp_lease_batch as any does). These
 -- triggers tell every instance what changed, on the channel `dhcp_view`:
 --   'l <mac> <address>,...'  lease rows written for clients (offered, bound, declined): the MACs
---                            are known, the addresses no longer free
+--                            are known, the addresses no longer free (up to 200 a notification;
+--                            a statement that wrote more sends several)
 --   'n <mac> <ipv4 or ->'    a NIC added or changed: its MAC is known, its reserved address taken
 --   'reload'                 subnets or ranges changed, or too many lease rows at once to list
+--                            (over 1,000 in one statement)
 -- A listener that lost its connection reloads everything, so nothing depends on a notification
 -- arriving; one that arrives late costs at most an offer that the REQUEST's NAK corrects.
 create or replace function dhcp_view_leases_notify() returns trigger language plpgsql as $$
@@ -707,16 +709,29 @@ begin
     if pg_notification_queue_usage() >= 0.5 then
         return null;
     end if;
-    -- (a bounded list: a notification's payload holds at most 8,000 bytes)
-    select count(*), string_agg(c.mac::text || ' ' || host(c.address), ',')
-    into n, payload
-    from (select ch.mac, ch.address from changed ch
-          where ch.mac is not null and ch.state <> 'free' limit 201) c;
-    if n > 200 then
+    -- A notification's payload holds at most 8,000 bytes: 200 rows each (a MAC and an address
+    -- take at most 34). A statement that wrote more sends one per 200, up to 1,000 rows; past
+    -- that, every view loads again. (A single list of 200 and a reload beyond it made a lease
+    -- batch of over 200 REQUESTs reload every instance's view: reading every MAC the database
+    -- knows, once per batch, doubled the CPU per DORA of a saturated server, docs/benchmarks.md
+    -- "DHCP, step 7".)
+    select count(*) into n
+    from (select 1 from changed ch where ch.mac is not null and ch.state <> 'free' limit 1001) c;
+    if n > 1000 then
         perform pg_notify('dhcp_view', 'reload');
-    elsif n > 0 then
-        perform pg_notify('dhcp_view', 'l ' || payload);
+        return null;
     end if;
+    if n = 0 then
+        return null;
+    end if;
+    for payload in
+        select string_agg(c.mac::text || ' ' || host(c.address), ',')
+        from (select ch.mac, ch.address, (row_number() over () - 1) / 200 as part
+              from changed ch where ch.mac is not null and ch.state <> 'free') c
+        group by c.part
+    loop
+        perform pg_notify('dhcp_view', 'l ' || payload);
+    end loop;
     return null;
 end
 $$;

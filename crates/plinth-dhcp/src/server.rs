@@ -39,8 +39,12 @@ const BURST: usize = 32;
 /// With `batches_in_flight` past 1: the packets that must wait before another batch starts
 /// while one is under way, a full batch (so that the overlap never makes batches smaller).
 pub const OVERLAP_FROM: usize = MAX_BATCH;
-/// The most packets decided in one batch (one transaction).
-const MAX_BATCH: usize = 128;
+/// The most packets decided in one batch (one transaction). Measured on two cores at and past
+/// saturation (docs/benchmarks.md, "DHCP, step 7"): 256 took 5-10 % less CPU per DORA than
+/// 128, and 64 or 96 more; 512 a little less again, but a batch holds an advisory lock per
+/// client in PostgreSQL's shared lock table (docs/decisions.md, "DHCP batches of 256"), and
+/// several instances with several batches in flight each must fit in it.
+const MAX_BATCH: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

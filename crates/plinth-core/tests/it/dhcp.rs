@@ -1555,6 +1555,62 @@ async fn another_instances_leases_and_nics_reach_the_view() {
     );
 }
 
+/// One lease batch that writes more rows than one notification lists (200) reaches the other
+/// instance's view as several lists, with no reload: a reload reads every MAC the database
+/// knows, and a saturated server whose batches each bound over 200 leases reloaded once per
+/// batch. Past 1,000 rows in one statement, the views load again.
+#[tokio::test]
+async fn a_batch_of_many_leases_reaches_the_view_in_lists_and_only_a_huge_one_reloads_it() {
+    let (one, two, _db, subnet) = two_instances_with_a_view().await;
+    let loads = one.dhcp_view_status(None).2;
+
+    // The other instance binds 300 free addresses of this view's reservoir in one batch.
+    let reservoir = fill_at_least(&one, subnet, 300).await;
+    let theirs: Vec<MacAddr> = (0..300u32).map(|n| mac(70_000 + n)).collect();
+    let reqs: Vec<_> = theirs
+        .iter()
+        .zip(&reservoir)
+        .map(|(m, a)| req(LeaseOp::Select { requested: *a }, *m))
+        .collect();
+    for d in decide_all(&two, &reqs).await {
+        assert_eq!(d.outcome, Outcome::Ack, "{d:?}");
+    }
+    for m in &theirs {
+        until_known(&one, *m).await;
+    }
+    let taken: HashSet<Ipv4Addr> = reservoir[..300].iter().copied().collect();
+    assert!(
+        one.dhcp_view_reservoir(subnet)
+            .iter()
+            .all(|a| !taken.contains(a)),
+        "the bound addresses left the reservoir"
+    );
+    let (ready, _, after, _) = one.dhcp_view_status(None);
+    assert!(ready);
+    assert_eq!(after, loads, "no reload for 300 leases in one statement");
+
+    // 1,001 in one statement: the views load again (and know them all).
+    let reservoir = fill_at_least(&one, subnet, 1001).await;
+    let more: Vec<MacAddr> = (0..1001u32).map(|n| mac(71_000 + n)).collect();
+    let reqs: Vec<_> = more
+        .iter()
+        .zip(&reservoir)
+        .map(|(m, a)| req(LeaseOp::Select { requested: *a }, *m))
+        .collect();
+    for d in decide_all(&two, &reqs).await {
+        assert_eq!(d.outcome, Outcome::Ack, "{d:?}");
+    }
+    let until = std::time::Instant::now() + VIEW_WAIT;
+    while one.dhcp_view_status(None).2 == loads {
+        assert!(
+            std::time::Instant::now() < until,
+            "1,001 leases in one statement did not reload the view"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    until_known(&one, more[1000]).await;
+}
+
 /// An offer from the view whose address another instance bound meanwhile: the REQUEST is
 /// refused, and the client's next DISCOVER goes to the database, which offers a free address.
 #[tokio::test]

@@ -569,7 +569,7 @@ impl Source for crate::dhcp::ClientView {
         );
         out.counter(
             "plinth_dhcp_view_loads_total",
-            "Times this instance loaded its DHCP view (at start, after a lost listener, after subnet changes).",
+            "Times this instance loaded its DHCP view (at start, after a lost listener, after subnet changes, after over 1,000 lease rows written at once).",
             &[],
             loads,
         );

@@ -1555,6 +1555,20 @@ async fn another_instances_leases_and_nics_reach_the_view() {
     );
 }
 
+/// `app` binds each of `macs` to the free address beside it in `addrs` (a REQUEST for it), all
+/// in one batch, so in one statement.
+async fn bind_in_one_batch(app: &App, macs: &[MacAddr], addrs: &[Ipv4Addr]) {
+    assert!(addrs.len() >= macs.len(), "an address for each client");
+    let reqs: Vec<_> = macs
+        .iter()
+        .zip(addrs)
+        .map(|(m, a)| req(LeaseOp::Select { requested: *a }, *m))
+        .collect();
+    for d in decide_all(app, &reqs).await {
+        assert_eq!(d.outcome, Outcome::Ack, "{d:?}");
+    }
+}
+
 /// One lease batch that writes more rows than one notification lists (200) reaches the other
 /// instance's view as several lists, with no reload: a reload reads every MAC the database
 /// knows, and a saturated server whose batches each bound over 200 leases reloaded once per
@@ -1567,14 +1581,7 @@ async fn a_batch_of_many_leases_reaches_the_view_in_lists_and_only_a_huge_one_re
     // The other instance binds 300 free addresses of this view's reservoir in one batch.
     let reservoir = fill_at_least(&one, subnet, 300).await;
     let theirs: Vec<MacAddr> = (0..300u32).map(|n| mac(70_000 + n)).collect();
-    let reqs: Vec<_> = theirs
-        .iter()
-        .zip(&reservoir)
-        .map(|(m, a)| req(LeaseOp::Select { requested: *a }, *m))
-        .collect();
-    for d in decide_all(&two, &reqs).await {
-        assert_eq!(d.outcome, Outcome::Ack, "{d:?}");
-    }
+    bind_in_one_batch(&two, &theirs, &reservoir).await;
     for m in &theirs {
         until_known(&one, *m).await;
     }
@@ -1592,14 +1599,7 @@ async fn a_batch_of_many_leases_reaches_the_view_in_lists_and_only_a_huge_one_re
     // 1,001 in one statement: the views load again (and know them all).
     let reservoir = fill_at_least(&one, subnet, 1001).await;
     let more: Vec<MacAddr> = (0..1001u32).map(|n| mac(71_000 + n)).collect();
-    let reqs: Vec<_> = more
-        .iter()
-        .zip(&reservoir)
-        .map(|(m, a)| req(LeaseOp::Select { requested: *a }, *m))
-        .collect();
-    for d in decide_all(&two, &reqs).await {
-        assert_eq!(d.outcome, Outcome::Ack, "{d:?}");
-    }
+    bind_in_one_batch(&two, &more, &reservoir).await;
     let until = std::time::Instant::now() + VIEW_WAIT;
     while one.dhcp_view_status(None).2 == loads {
         assert!(

@@ -206,7 +206,6 @@ plinth() { # rate [async]
     perf "plinth $label PostgreSQL 15, $durability${scrape:+, /metrics read every ${scrape} s}" "$1"
     cpu_line "plinth $label ($durability) at $1/s" "$(( $(ticks "/proc/$pid/stat") - p0 ))" "$(( $(pg_ticks) - g0 ))"
     # The packets plinth itself chose not to answer, by reason (its counters).
-    local dropped
     local metrics dropped naks loads
     metrics=$(ip netns exec "$srv" curl -s -H "Authorization: Bearer $token" http://127.0.0.1:8080/metrics)
     dropped=$(awk '/^plinth_dhcp_packets_dropped_total/ && $2 > 0 {sub(/^plinth_dhcp_packets_dropped_total/, ""); printf " %s %s", $1, $2}' <<<"$metrics")

@@ -699,8 +699,9 @@ $$;
 -- arriving; one that arrives late costs at most an offer that the REQUEST's NAK corrects.
 create or replace function dhcp_view_leases_notify() returns trigger language plpgsql as $$
 declare
-    n integer;
+    n bigint;
     payload text;
+    payloads text[];
 begin
     -- PostgreSQL's notification queue (8 GB) is only freed as far as its slowest listener has
     -- read, and a full queue fails every commit that notifies: a frozen listener (a stopped
@@ -713,25 +714,25 @@ begin
     -- take at most 34). A statement that wrote more sends one per 200, up to 1,000 rows; past
     -- that, every view loads again. (A single list of 200 and a reload beyond it made a lease
     -- batch of over 200 REQUESTs reload every instance's view: reading every MAC the database
-    -- knows, once per batch, doubled the CPU per DORA of a saturated server, docs/benchmarks.md
-    -- "DHCP, step 7".)
-    select count(*) into n
-    from (select 1 from changed ch where ch.mac is not null and ch.state <> 'free' limit 1001) c;
+    -- knows, after most large batches, doubled the CPU per DORA of a saturated server,
+    -- docs/benchmarks.md "DHCP, step 7".) One pass over the statement's rows, at most 1,001 of
+    -- them, makes the lists and counts them.
+    select array_agg(p.payload), coalesce(sum(p.n), 0) into payloads, n
+    from (select string_agg(c.mac::text || ' ' || host(c.address), ',') as payload,
+                 count(*) as n
+          from (select ch.mac, ch.address, (row_number() over () - 1) / 200 as part
+                from (select ch.mac, ch.address from changed ch
+                      where ch.mac is not null and ch.state <> 'free' limit 1001) ch) c
+          group by c.part) p;
     if n > 1000 then
         perform pg_notify('dhcp_view', 'reload');
         return null;
     end if;
-    if n = 0 then
-        return null;
+    if n > 0 then
+        foreach payload in array payloads loop
+            perform pg_notify('dhcp_view', 'l ' || payload);
+        end loop;
     end if;
-    for payload in
-        select string_agg(c.mac::text || ' ' || host(c.address), ',')
-        from (select ch.mac, ch.address, (row_number() over () - 1) / 200 as part
-              from changed ch where ch.mac is not null and ch.state <> 'free') c
-        group by c.part
-    loop
-        perform pg_notify('dhcp_view', 'l ' || payload);
-    end loop;
     return null;
 end
 $$;

@@ -1571,8 +1571,8 @@ async fn bind_in_one_batch(app: &App, macs: &[MacAddr], addrs: &[Ipv4Addr]) {
 
 /// One lease batch that writes more rows than one notification lists (200) reaches the other
 /// instance's view as several lists, with no reload: a reload reads every MAC the database
-/// knows, and a saturated server whose batches each bound over 200 leases reloaded once per
-/// batch. Past 1,000 rows in one statement, the views load again.
+/// knows, and a saturated server, most of whose batches bound over 200 leases, reloaded after
+/// most of them. Past 1,000 rows in one statement, the views load again.
 #[tokio::test]
 async fn a_batch_of_many_leases_reaches_the_view_in_lists_and_only_a_huge_one_reloads_it() {
     let (one, two, _db, subnet) = two_instances_with_a_view().await;

@@ -255,6 +255,9 @@ pub struct CoreCounts {
     reports: std::sync::Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Boot scripts by [`SCRIPT_OUTCOMES`] (atomics: this is the script endpoint's hot path).
     scripts: [std::sync::atomic::AtomicU64; SCRIPT_OUTCOMES.len()],
+    /// Script-request batches, and those that started while another was in the database.
+    boot_batches: std::sync::atomic::AtomicU64,
+    boot_batches_overlapped: std::sync::atomic::AtomicU64,
 }
 
 /// What a boot-script request was answered with: a script by its template, or a refusal (the
@@ -296,6 +299,19 @@ impl CoreCounts {
                 n.load(std::sync::atomic::Ordering::Relaxed),
             );
         }
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        out.counter(
+            "plinth_boot_batches_total",
+            "Script-request batches this instance recorded in the database.",
+            &[],
+            load(&self.boot_batches),
+        );
+        out.counter(
+            "plinth_boot_batches_overlapped_total",
+            "Script-request batches that started while another was in the database (boot.batches_in_flight).",
+            &[],
+            load(&self.boot_batches_overlapped),
+        );
         for ((kind, outcome), n) in reports {
             out.counter(
                 "plinth_agent_reports_total",
@@ -368,6 +384,17 @@ impl Registry {
     pub fn boot_script(&self, outcome: &str) {
         if let Some(i) = SCRIPT_OUTCOMES.iter().position(|o| *o == outcome) {
             self.core.scripts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// A script-request batch started, `overlapped` when another was in the database.
+    pub fn boot_batch(&self, overlapped: bool) {
+        let bump = |n: &std::sync::atomic::AtomicU64| {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        bump(&self.core.boot_batches);
+        if overlapped {
+            bump(&self.core.boot_batches_overlapped);
         }
     }
 

@@ -2,10 +2,14 @@
 //! primitive of [`crate::batch`], as DHCP's lease decisions are): one worker per instance takes
 //! whatever is queued (up to [`MAX_BATCH`]) and records it with one `boot_request_batch` call,
 //! one round trip and one transaction: the lookup by MAC, the `boot` event, the agent token's
-//! hash, the boot-loop count. `plinth serve` runs the worker ([`App::boot_batches`]) with its
-//! other tasks; it stops with them, after recording what was queued.
+//! hash, the boot-loop count. While a batch is in the database, another starts beside it when
+//! a full batch waits, up to `boot.batches_in_flight` at once (one MAC's requests in two of
+//! them take turns on the MAC's advisory lock, as two instances' do). `plinth serve` runs the
+//! worker ([`App::boot_batches`]) with its other tasks; it stops with them, after recording
+//! what was queued.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use plinth_db::boot::{BatchItem, BatchParams, BootRow};
 use plinth_types::Error;
@@ -30,26 +34,50 @@ pub struct BootQueue {
 }
 
 /// The batch worker of the script requests.
-#[derive(Debug)]
 pub struct BootBatches {
     queue: batch::Queue<Record>,
     pool: plinth_db::PgPool,
     env: Arc<BootEnv>,
+    metrics: crate::metrics::Registry,
+}
+
+impl std::fmt::Debug for BootBatches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootBatches")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A queue for the script requests, with the overlap `boot.batches_in_flight` allows: another
+/// batch only for a full batch's backlog, so that batches stay as large as they were (a
+/// smaller one costs the database more per request, docs/benchmarks.md "The script endpoint,
+/// step 7").
+fn queue(env: &BootEnv) -> (Batcher<Record>, batch::Queue<Record>) {
+    let (batcher, queue) = batch::queue(4 * MAX_BATCH, MAX_BATCH);
+    (
+        batcher,
+        queue.with_overlap(env.settings.batches_in_flight, MAX_BATCH),
+    )
 }
 
 impl BootBatches {
     /// Records batches until `cancel`, then what is still queued.
     pub async fn run(self, cancel: CancellationToken) {
-        let (pool, env) = (self.pool, self.env);
+        let (pool, env, metrics) = (self.pool, self.env, self.metrics);
+        let running = Arc::new(AtomicUsize::new(0));
         self.queue
             .run(cancel, move |mut batch: Vec<Record>| {
-                let (pool, env) = (pool.clone(), env.clone());
+                let (pool, env, metrics) = (pool.clone(), env.clone(), metrics.clone());
+                let running = running.clone();
                 async move {
+                    metrics.boot_batch(running.fetch_add(1, Ordering::Relaxed) > 0);
                     // One lock order for every instance's batches: by MAC.
                     batch.sort_by_key(|a| a.req.mac);
                     let (items, replies): (Vec<_>, Vec<_>) =
                         batch.into_iter().map(|c| (c.req, c.reply)).unzip();
                     let results = record_batch(&pool, &env, &items).await;
+                    running.fetch_sub(1, Ordering::Relaxed);
                     for (reply, r) in replies.into_iter().zip(results) {
                         reply.send(r).ok();
                     }
@@ -96,12 +124,13 @@ impl App {
     /// other tasks. `None` when there is one already (a request came first: see
     /// [`App::boot_record`]).
     pub fn boot_batches(&self) -> Option<BootBatches> {
-        let (batcher, queue) = batch::queue(4 * MAX_BATCH, MAX_BATCH);
+        let (batcher, queue) = queue(&self.boot);
         self.boot.queue.set(BootQueue { batcher }).ok()?;
         Some(BootBatches {
             queue,
             pool: self.pool.clone(),
             env: self.boot.clone(),
+            metrics: self.metrics.clone(),
         })
     }
 
@@ -110,11 +139,12 @@ impl App {
     /// worker has stopped (shutdown, or that runtime is gone), a request is recorded on its own.
     pub(super) async fn boot_record(&self, item: BatchItem) -> Result<Option<BootRow>> {
         let queue = self.boot.queue.get_or_init(|| {
-            let (batcher, queue) = batch::queue(4 * MAX_BATCH, MAX_BATCH);
+            let (batcher, queue) = queue(&self.boot);
             let worker = BootBatches {
                 queue,
                 pool: self.pool.clone(),
                 env: self.boot.clone(),
+                metrics: self.metrics.clone(),
             };
             tokio::spawn(worker.run(CancellationToken::new()));
             BootQueue { batcher }
@@ -151,6 +181,117 @@ mod tests {
             // Each request mints its own token.
             token_sha256: vec![n; 32],
         }
+    }
+
+    /// Queues `n` requests for `mac`, each with its own token, and waits until they are in the
+    /// worker's queue.
+    async fn queue_requests(
+        app: &App,
+        mac: MacAddr,
+        n: u32,
+    ) -> Vec<tokio::task::JoinHandle<Result<Option<BootRow>>>> {
+        let tasks = (0..n)
+            .map(|k| {
+                let app = app.clone();
+                let mut token = [mac.octets().as_slice(), &k.to_be_bytes()].concat();
+                token.resize(32, 0);
+                let item = BatchItem {
+                    token_sha256: token,
+                    ..request(&mac, 0)
+                };
+                tokio::spawn(async move { app.boot_record(item).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tasks
+    }
+
+    /// With two batches in flight (the default), a full batch's backlog starts a second batch
+    /// while the first waits in the database: here the first waits on its MAC's advisory lock,
+    /// which the test holds, and the second, another machine's, is recorded meanwhile. A third
+    /// batch for the first machine takes its turn behind the first, and every request of both
+    /// is counted once.
+    #[tokio::test]
+    async fn a_backlog_is_recorded_beside_a_batch_that_waits_and_one_mac_takes_turns() {
+        let db = plinth_testkit::TestDb::new().await.unwrap();
+        let app = App::new(
+            db.pool.clone(),
+            BmcKey::from_base64(&BmcKey::generate_base64()).unwrap(),
+        );
+        assert_eq!(app.boot.settings.batches_in_flight, 2);
+        let worker = app.boot_batches().expect("the first worker");
+        let [a, b]: [MacAddr; 2] =
+            ["52:54:00:aa:00:01", "52:54:00:aa:00:02"].map(|m| m.parse().unwrap());
+        let mut ids = Vec::new();
+        for mac in [a, b] {
+            ids.push(
+                app.discover_machine(&mac, &ClientInfo::default(), None)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        // The lock every batch takes for a's requests, held by another session.
+        let mut holder = db.pool.acquire().await.unwrap();
+        sqlx::query("select pg_advisory_lock(1651470196, hashtext($1::macaddr::text))")
+            .bind(a.to_string())
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let full = MAX_BATCH as u32;
+        let first = queue_requests(&app, a, full).await;
+        let second = queue_requests(&app, b, full).await;
+        let cancel = CancellationToken::new();
+        let running = tokio::spawn(worker.run(cancel.clone()));
+        for t in second {
+            let row = tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("b's batch is recorded while a's waits")
+                .unwrap()
+                .unwrap()
+                .expect("b's row");
+            assert_eq!(row.machine_id, ids[1]);
+        }
+        assert!(
+            first.iter().all(|t| !t.is_finished()),
+            "a's batch waits on the lock"
+        );
+        // A second batch for a while the first is under way: it waits behind the first.
+        let third = queue_requests(&app, a, full).await;
+        assert!(third.iter().all(|t| !t.is_finished()));
+        sqlx::query("select pg_advisory_unlock_all()")
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        for t in first.into_iter().chain(third) {
+            let row = tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("a's batches are recorded once the lock is free")
+                .unwrap()
+                .unwrap()
+                .expect("a's row");
+            assert_eq!(row.machine_id, ids[0]);
+        }
+        for (id, n) in ids.iter().zip([2 * full, full]) {
+            let counted: i32 =
+                sqlx::query_scalar("select requests from boot_windows where machine_id = $1")
+                    .bind(id)
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+            assert_eq!(
+                counted, n as i32,
+                "every request counted once in the boot-loop window"
+            );
+        }
+        let metrics = app.metrics_text(None).await.unwrap();
+        assert!(metrics.contains("plinth_boot_batches_total 3"), "{metrics}");
+        assert!(
+            metrics.contains("plinth_boot_batches_overlapped_total 2"),
+            "{metrics}"
+        );
+        cancel.cancel();
+        running.await.unwrap();
     }
 
     /// The worker as `plinth serve` runs it: what is queued when it is stopped is still

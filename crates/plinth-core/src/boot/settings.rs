@@ -49,6 +49,9 @@ pub struct BootSettings {
     pub loop_max: u32,
     #[serde(deserialize_with = "plinth_types::de::secs")]
     pub loop_window: Duration,
+    /// Script-request batches in the database at once (1 to 4): another starts beside those
+    /// under way when a full batch waits (docs/decisions.md, "Script batches: two at once").
+    pub batches_in_flight: usize,
     /// Files (relative to the images root) the configuration boots besides the kernel and
     /// initrd, e.g. the iPXE binaries DHCP hands out: catalog entries naming them cannot be
     /// deleted.
@@ -90,6 +93,7 @@ impl BootSettings {
             retry_secs: 60,
             loop_max: 10,
             loop_window: Duration::from_secs(600),
+            batches_in_flight: 2,
             clean: crate::clean::CleanSettings::default(),
             in_use: vec![
                 "undionly.kpxe".into(),

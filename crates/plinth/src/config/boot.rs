@@ -124,6 +124,9 @@ impl Config {
         if s.loop_max == 0 || s.loop_window.is_zero() {
             bail!("boot.loop_max and boot.loop_window must be positive");
         }
+        if !(1..=4).contains(&s.batches_in_flight) {
+            bail!("boot.batches_in_flight must be between 1 and 4");
+        }
         if let Some(n) = self.images.max_upload_bytes {
             s.max_upload_bytes = n;
         }

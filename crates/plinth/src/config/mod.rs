@@ -404,6 +404,28 @@ mod tests {
         }
     }
 
+    /// `boot.batches_in_flight`: two by default, the value set, and outside 1 to 4 refused by
+    /// its name at start.
+    #[test]
+    fn boot_batches_in_flight() {
+        let with = |n: Option<&str>| {
+            let vars: Vec<(&str, &str)> = n
+                .map(|n| ("PLINTH_BOOT__BATCHES_IN_FLIGHT", n))
+                .into_iter()
+                .collect();
+            load(None, env(&vars)).unwrap().boot_settings()
+        };
+        assert_eq!(with(None).unwrap().batches_in_flight, 2);
+        assert_eq!(with(Some("3")).unwrap().batches_in_flight, 3);
+        for bad in ["0", "5"] {
+            let e = with(Some(bad)).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("boot.batches_in_flight must be between 1 and 4"),
+                "{e:#}"
+            );
+        }
+    }
+
     #[test]
     fn clean_section() {
         let c = load(

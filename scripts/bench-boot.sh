@@ -7,7 +7,8 @@
 #      their scripts mint agent tokens): plinth's GET /boot/ipxe vs nginx serving a static script.
 # Usage: scripts/bench-boot.sh   (BENCH_ROUNDS=5, BENCH_SECONDS=10, BENCH_CONNECTIONS=32;
 #        BENCH_ONLY=http measures the image download only, BENCH_ONLY=scripts the scripts only;
-#        BENCH_PG_LOG=FILE keeps PostgreSQL's log;
+#        BENCH_PG_LOG=FILE keeps PostgreSQL's log; BENCH_MACS=sweep names the machines in turn
+#        instead of at random;
 #        BENCH_PLINTH_BINS="label=path ..." measures the script endpoint of several plinth
 #        binaries in turn, each an instance of its own on the same database (a label containing
 #        "scraped" has a scraper read its /metrics every second), beside nginx)

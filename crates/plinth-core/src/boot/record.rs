@@ -206,6 +206,23 @@ mod tests {
         tasks
     }
 
+    /// Waits for queued requests' answers (at most 30 s each): each recorded, for `machine`.
+    async fn recorded(
+        tasks: impl IntoIterator<Item = tokio::task::JoinHandle<Result<Option<BootRow>>>>,
+        machine: uuid::Uuid,
+        what: &str,
+    ) {
+        for t in tasks {
+            let row = tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .unwrap_or_else(|_| panic!("{what}"))
+                .unwrap()
+                .unwrap()
+                .expect("the machine's row");
+            assert_eq!(row.machine_id, machine, "{what}");
+        }
+    }
+
     /// With two batches in flight (the default), a full batch's backlog starts a second batch
     /// while the first waits in the database: here the first waits on its MAC's advisory lock,
     /// which the test holds, and the second, another machine's, is recorded meanwhile. A third
@@ -243,15 +260,7 @@ mod tests {
         let second = queue_requests(&app, b, full).await;
         let cancel = CancellationToken::new();
         let running = tokio::spawn(worker.run(cancel.clone()));
-        for t in second {
-            let row = tokio::time::timeout(Duration::from_secs(30), t)
-                .await
-                .expect("b's batch is recorded while a's waits")
-                .unwrap()
-                .unwrap()
-                .expect("b's row");
-            assert_eq!(row.machine_id, ids[1]);
-        }
+        recorded(second, ids[1], "b's batch is recorded while a's waits").await;
         assert!(
             first.iter().all(|t| !t.is_finished()),
             "a's batch waits on the lock"
@@ -263,15 +272,13 @@ mod tests {
             .execute(&mut *holder)
             .await
             .unwrap();
-        for t in first.into_iter().chain(third) {
-            let row = tokio::time::timeout(Duration::from_secs(30), t)
-                .await
-                .expect("a's batches are recorded once the lock is free")
-                .unwrap()
-                .unwrap()
-                .expect("a's row");
-            assert_eq!(row.machine_id, ids[0]);
-        }
+        let a_batches = first.into_iter().chain(third);
+        recorded(
+            a_batches,
+            ids[0],
+            "a's batches are recorded once the lock is free",
+        )
+        .await;
         for (id, n) in ids.iter().zip([2 * full, full]) {
             let counted: i32 =
                 sqlx::query_scalar("select requests from boot_windows where machine_id = $1")

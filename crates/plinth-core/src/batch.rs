@@ -323,6 +323,44 @@ mod tests {
         );
     }
 
+    /// A full queue: a call waits for room (the script requests' path) and is answered once
+    /// the worker makes room, while `try_submit` (DHCP's path) hands its item back at once.
+    /// Nothing queued or waiting is lost.
+    #[tokio::test]
+    async fn a_full_queue_makes_a_call_wait_and_try_submit_hand_back() {
+        let (batcher, queue) = queue::<Call<u32, u32>>(2, 2);
+        let call = |n: u32| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.call(n).await.unwrap() })
+        };
+        let queued = [call(1), call(2)];
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let waiting = call(3);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (reply, _answer) = oneshot::channel();
+        let refused = batcher.try_submit(Call { req: 4, reply });
+        assert_eq!(refused.map_err(|c| c.req), Err(4), "the queue is full");
+        assert!(!waiting.is_finished(), "a call waits for room");
+        let cancel = CancellationToken::new();
+        let worker = tokio::spawn(queue.run(cancel.clone(), |batch| async move {
+            for c in batch {
+                c.reply.send(c.req * 10).ok();
+            }
+        }));
+        for (n, c) in [1, 2, 3]
+            .into_iter()
+            .zip(queued.into_iter().chain([waiting]))
+        {
+            let answer = tokio::time::timeout(Duration::from_secs(5), c)
+                .await
+                .expect("answered once the worker runs")
+                .unwrap();
+            assert_eq!(answer, n * 10);
+        }
+        cancel.cancel();
+        worker.await.unwrap();
+    }
+
     /// With an overlap of two from three items: while a batch is under way, a second starts
     /// only once three requests wait, never a third, and a cancelled worker lets both finish.
     #[tokio::test]

@@ -18,8 +18,11 @@
 
 use std::future::Future;
 use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -36,8 +39,40 @@ pub fn queue<T>(capacity: usize, max_batch: usize) -> (Batcher<T>, Queue<T>) {
             window: Duration::ZERO,
             overlap: 1,
             overlap_from: max_batch.max(1),
+            stats: Stats::default(),
         },
     )
+}
+
+/// What a [`Queue`] handed over: its batches, and those of them that started while another was
+/// under way (a backlog that [`Queue::with_overlap`] let in beside it). Cheap to clone: every
+/// clone reads the same counts, for the worker's metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Stats(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    batches: AtomicU64,
+    overlapped: AtomicU64,
+}
+
+impl Stats {
+    /// Batches handed to the handler.
+    pub fn batches(&self) -> u64 {
+        self.0.batches.load(Ordering::Relaxed)
+    }
+
+    /// Batches handed over while another was under way.
+    pub fn overlapped(&self) -> u64 {
+        self.0.overlapped.load(Ordering::Relaxed)
+    }
+
+    fn started(&self, overlapped: bool) {
+        self.0.batches.fetch_add(1, Ordering::Relaxed);
+        if overlapped {
+            self.0.overlapped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Where requests are submitted.
@@ -108,6 +143,7 @@ pub struct Queue<T> {
     window: Duration,
     overlap: usize,
     overlap_from: usize,
+    stats: Stats,
 }
 
 impl<T> Queue<T> {
@@ -130,6 +166,12 @@ impl<T> Queue<T> {
     pub fn with_overlap(mut self, most: usize, from_items: usize) -> Self {
         self.overlap = most.max(1);
         self.overlap_from = from_items.clamp(1, self.max_batch);
+        self
+    }
+
+    /// Counts this queue's batches into `stats` (a worker's metrics hold them).
+    pub fn with_stats(mut self, stats: Stats) -> Self {
+        self.stats = stats;
         self
     }
 
@@ -165,6 +207,9 @@ impl<T> Queue<T> {
                     },
                 }
                 if batch.len() >= self.overlap_from {
+                    // (A batch that finished meanwhile is not one this one overlaps.)
+                    while let Some(Some(())) = running.next().now_or_never() {}
+                    self.stats.started(!running.is_empty());
                     running.push(handle(std::mem::replace(
                         &mut batch,
                         Vec::with_capacity(self.max_batch),
@@ -205,6 +250,7 @@ impl<T> Queue<T> {
             if !self.window.is_zero() {
                 started = Some(tokio::time::Instant::now());
             }
+            self.stats.started(false);
             running.push(handle(std::mem::replace(
                 &mut batch,
                 Vec::with_capacity(self.max_batch),
@@ -223,6 +269,7 @@ impl<T> Queue<T> {
             if batch.is_empty() {
                 break;
             }
+            self.stats.started(false);
             handle(std::mem::take(&mut batch)).await;
         }
     }
@@ -366,7 +413,9 @@ mod tests {
     #[tokio::test]
     async fn with_an_overlap_a_backlog_starts_a_second_batch_while_the_first_is_under_way() {
         let (batcher, queue) = queue::<u32>(64, 8);
-        let queue = queue.with_overlap(2, 3);
+        let stats = Stats::default();
+        let queue = queue.with_overlap(2, 3).with_stats(stats.clone());
+        let counts = |s: &Stats| (s.batches(), s.overlapped());
         let cancel = CancellationToken::new();
         let (started_tx, mut started) = mpsc::unbounded_channel::<Vec<u32>>();
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
@@ -394,6 +443,11 @@ mod tests {
         batcher.try_submit(4).unwrap();
         assert_eq!(started.recv().await.unwrap(), vec![2, 3, 4]);
         assert!(finished.lock().unwrap().is_empty());
+        assert_eq!(
+            counts(&stats),
+            (2, 1),
+            "the second batch overlapped the first"
+        );
         // Two under way: however many wait, no third.
         for n in 5..12 {
             batcher.try_submit(n).unwrap();
@@ -403,6 +457,7 @@ mod tests {
         // One finishes: the backlog goes at once, up to the batch's size.
         gate.add_permits(1);
         assert_eq!(started.recv().await.unwrap(), (5..12).collect::<Vec<_>>());
+        assert_eq!(counts(&stats), (3, 2), "beside the second, still under way");
         // Cancelled: the batches under way finish, then the worker returns.
         batcher.try_submit(12).unwrap();
         cancel.cancel();
@@ -411,6 +466,30 @@ mod tests {
         let mut done = finished.lock().unwrap().concat();
         done.sort_unstable();
         assert_eq!(done, (1..13).collect::<Vec<_>>());
+        // (What was queued at the cancel went alone, after the others.)
+        assert_eq!(counts(&stats), (4, 2));
+    }
+
+    /// A batch that is done when the next one starts does not count as overlapped by it, even
+    /// before the worker has seen it finish (the handler here is done at its first poll).
+    #[tokio::test]
+    async fn batches_done_at_once_never_count_as_overlapped() {
+        let (batcher, queue) = queue::<u32>(1024, 4);
+        let stats = Stats::default();
+        let queue = queue.with_overlap(2, 1).with_stats(stats.clone());
+        let cancel = CancellationToken::new();
+        let worker = tokio::spawn(queue.run(cancel.clone(), |_batch: Vec<u32>| async {}));
+        for n in 0..1000 {
+            batcher.try_submit(n).unwrap();
+            if n % 50 == 49 {
+                tokio::task::yield_now().await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cancel.cancel();
+        worker.await.unwrap();
+        assert_eq!(stats.batches(), 260, "50 at a time in batches of 4");
+        assert_eq!(stats.overlapped(), 0);
     }
 
     #[tokio::test]

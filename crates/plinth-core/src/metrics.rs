@@ -255,9 +255,8 @@ pub struct CoreCounts {
     reports: std::sync::Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Boot scripts by [`SCRIPT_OUTCOMES`] (atomics: this is the script endpoint's hot path).
     scripts: [std::sync::atomic::AtomicU64; SCRIPT_OUTCOMES.len()],
-    /// Script-request batches, and those that started while another was in the database.
-    boot_batches: std::sync::atomic::AtomicU64,
-    boot_batches_overlapped: std::sync::atomic::AtomicU64,
+    /// The script-request batch queue's counts.
+    boot_queue: crate::batch::Stats,
 }
 
 /// What a boot-script request was answered with: a script by its template, or a refusal (the
@@ -299,18 +298,17 @@ impl CoreCounts {
                 n.load(std::sync::atomic::Ordering::Relaxed),
             );
         }
-        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
         out.counter(
             "plinth_boot_batches_total",
             "Script-request batches this instance recorded in the database.",
             &[],
-            load(&self.boot_batches),
+            self.boot_queue.batches(),
         );
         out.counter(
             "plinth_boot_batches_overlapped_total",
             "Script-request batches that started while another was in the database (boot.batches_in_flight).",
             &[],
-            load(&self.boot_batches_overlapped),
+            self.boot_queue.overlapped(),
         );
         for ((kind, outcome), n) in reports {
             out.counter(
@@ -387,15 +385,9 @@ impl Registry {
         }
     }
 
-    /// A script-request batch started, `overlapped` when another was in the database.
-    pub fn boot_batch(&self, overlapped: bool) {
-        let bump = |n: &std::sync::atomic::AtomicU64| {
-            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        };
-        bump(&self.core.boot_batches);
-        if overlapped {
-            bump(&self.core.boot_batches_overlapped);
-        }
+    /// Where the script-request batch queue counts its batches.
+    pub fn boot_queue(&self) -> crate::batch::Stats {
+        self.core.boot_queue.clone()
     }
 
     pub fn allows(&self, ip: std::net::IpAddr) -> bool {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -165,8 +165,8 @@ pub struct Counters {
     pub dropped_receive_buffer: AtomicU64,
     pub dropped_ignored: AtomicU64,
     pub errors: AtomicU64,
-    /// Lease batches that started while another was under way.
-    pub batches_overlapped: AtomicU64,
+    /// The lease batch queue's counts (batches that started while another was under way).
+    pub queue: batch::Stats,
 }
 
 fn bump(c: &AtomicU64) {
@@ -231,7 +231,7 @@ impl plinth_core::metrics::Source for Counters {
             "plinth_dhcp_batches_overlapped_total",
             "Lease batches that started while another was in the database (dhcp.batches_in_flight).",
             &[],
-            g(&self.batches_overlapped),
+            self.queue.overlapped(),
         );
         out.counter(
             "plinth_dhcp_errors_total",
@@ -367,8 +367,6 @@ struct Shared {
     pending: batch::Batcher<Pending>,
     /// Rate limit for debug logs of bad packets.
     last_bad_log: Mutex<Option<Instant>>,
-    /// Lease batches under way now (`batches_in_flight` may allow more than one).
-    batches_running: AtomicUsize,
 }
 
 /// A request waiting for its lease decision: the packet, where it came from, and what to ask.
@@ -431,10 +429,6 @@ async fn decide_batches(
 
 /// Decides one batch and starts sending its replies.
 async fn decide_batch(shared: &Arc<Shared>, replies: &TaskTracker, batch: Vec<Pending>) {
-    let running = &shared.batches_running;
-    if running.fetch_add(1, Ordering::Relaxed) > 0 {
-        bump(&shared.counters.batches_overlapped);
-    }
     let reqs: Vec<DhcpRequest<'_>> = batch.iter().map(Pending::request).collect();
     let answers = shared
         .app
@@ -446,7 +440,6 @@ async fn decide_batch(shared: &Arc<Shared>, replies: &TaskTracker, batch: Vec<Pe
         )
         .await;
     drop(reqs);
-    running.fetch_sub(1, Ordering::Relaxed);
     debug!(size = batch.len(), "lease batch decided");
     let decided: Vec<(Pending, plinth_core::Result<DhcpDecision>)> =
         batch.into_iter().zip(answers).collect();
@@ -523,7 +516,9 @@ pub async fn run(
     }
     let (pending, queue) = batch::queue(cfg.max_in_flight.max(1), MAX_BATCH);
     let queue = queue.with_window(Duration::from_millis(cfg.batch_window_ms));
-    let queue = queue.with_overlap(cfg.batches_in_flight, OVERLAP_FROM);
+    let queue = queue
+        .with_overlap(cfg.batches_in_flight, OVERLAP_FROM)
+        .with_stats(counters.queue.clone());
     let shared = Arc::new(Shared {
         limiter: RateLimiter {
             per_sec: cfg.per_client_rate,
@@ -536,7 +531,6 @@ pub async fn run(
         cfg,
         counters,
         last_bad_log: Mutex::new(None),
-        batches_running: AtomicUsize::new(0),
     });
     let replies = TaskTracker::new();
     let mut set = tokio::task::JoinSet::new();

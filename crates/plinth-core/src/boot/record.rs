@@ -9,7 +9,6 @@
 //! what was queued.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use plinth_db::boot::{BatchItem, BatchParams, BootRow};
 use plinth_types::Error;
@@ -34,50 +33,43 @@ pub struct BootQueue {
 }
 
 /// The batch worker of the script requests.
+#[derive(Debug)]
 pub struct BootBatches {
     queue: batch::Queue<Record>,
     pool: plinth_db::PgPool,
     env: Arc<BootEnv>,
-    metrics: crate::metrics::Registry,
-}
-
-impl std::fmt::Debug for BootBatches {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BootBatches")
-            .field("queue", &self.queue)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A queue for the script requests, with the overlap `boot.batches_in_flight` allows: another
-/// batch only for a full batch's backlog, so that batches stay as large as they were (a
-/// smaller one costs the database more per request, docs/benchmarks.md "The script endpoint,
-/// step 7").
-fn queue(env: &BootEnv) -> (Batcher<Record>, batch::Queue<Record>) {
-    let (batcher, queue) = batch::queue(4 * MAX_BATCH, MAX_BATCH);
-    (
-        batcher,
-        queue.with_overlap(env.settings.batches_in_flight, MAX_BATCH),
-    )
 }
 
 impl BootBatches {
+    /// The queue of `app`'s script requests and its worker. The queue allows the overlap
+    /// `boot.batches_in_flight` sets: another batch only for a full batch's backlog, so that
+    /// batches stay as large as they were (a smaller one costs the database more per request,
+    /// docs/benchmarks.md "The script endpoint, step 7").
+    fn new(app: &App) -> (BootQueue, Self) {
+        let (batcher, queue) = batch::queue(4 * MAX_BATCH, MAX_BATCH);
+        let queue = queue
+            .with_overlap(app.boot.settings.batches_in_flight, MAX_BATCH)
+            .with_stats(app.metrics.boot_queue());
+        let worker = BootBatches {
+            queue,
+            pool: app.pool.clone(),
+            env: app.boot.clone(),
+        };
+        (BootQueue { batcher }, worker)
+    }
+
     /// Records batches until `cancel`, then what is still queued.
     pub async fn run(self, cancel: CancellationToken) {
-        let (pool, env, metrics) = (self.pool, self.env, self.metrics);
-        let running = Arc::new(AtomicUsize::new(0));
+        let (pool, env) = (self.pool, self.env);
         self.queue
             .run(cancel, move |mut batch: Vec<Record>| {
-                let (pool, env, metrics) = (pool.clone(), env.clone(), metrics.clone());
-                let running = running.clone();
+                let (pool, env) = (pool.clone(), env.clone());
                 async move {
-                    metrics.boot_batch(running.fetch_add(1, Ordering::Relaxed) > 0);
                     // One lock order for every instance's batches: by MAC.
                     batch.sort_by_key(|a| a.req.mac);
                     let (items, replies): (Vec<_>, Vec<_>) =
                         batch.into_iter().map(|c| (c.req, c.reply)).unzip();
                     let results = record_batch(&pool, &env, &items).await;
-                    running.fetch_sub(1, Ordering::Relaxed);
                     for (reply, r) in replies.into_iter().zip(results) {
                         reply.send(r).ok();
                     }
@@ -124,14 +116,9 @@ impl App {
     /// other tasks. `None` when there is one already (a request came first: see
     /// [`App::boot_record`]).
     pub fn boot_batches(&self) -> Option<BootBatches> {
-        let (batcher, queue) = queue(&self.boot);
-        self.boot.queue.set(BootQueue { batcher }).ok()?;
-        Some(BootBatches {
-            queue,
-            pool: self.pool.clone(),
-            env: self.boot.clone(),
-            metrics: self.metrics.clone(),
-        })
+        let (queue, worker) = BootBatches::new(self);
+        self.boot.queue.set(queue).ok()?;
+        Some(worker)
     }
 
     /// Records one script request through the batch worker. An application used without
@@ -139,15 +126,9 @@ impl App {
     /// worker has stopped (shutdown, or that runtime is gone), a request is recorded on its own.
     pub(super) async fn boot_record(&self, item: BatchItem) -> Result<Option<BootRow>> {
         let queue = self.boot.queue.get_or_init(|| {
-            let (batcher, queue) = queue(&self.boot);
-            let worker = BootBatches {
-                queue,
-                pool: self.pool.clone(),
-                env: self.boot.clone(),
-                metrics: self.metrics.clone(),
-            };
+            let (queue, worker) = BootBatches::new(self);
             tokio::spawn(worker.run(CancellationToken::new()));
-            BootQueue { batcher }
+            queue
         });
         match queue.batcher.call(item).await {
             Ok(recorded) => recorded,

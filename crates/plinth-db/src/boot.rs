@@ -154,7 +154,8 @@ pub struct BatchItem {
     /// The address the request came from, when known.
     pub remote: Option<IpAddr>,
     pub actor: String,
-    pub details: serde_json::Value,
+    /// The `boot` event's details, a JSON object's text.
+    pub details: String,
     pub token_sha256: Vec<u8>,
 }
 
@@ -176,18 +177,18 @@ pub async fn request_batch(
     let macs: Vec<MacAddr> = items.iter().map(|i| i.mac).collect();
     let remotes: Vec<Option<IpAddr>> = items.iter().map(|i| i.remote).collect();
     let actors: Vec<&str> = items.iter().map(|i| i.actor.as_str()).collect();
-    let details: Vec<serde_json::Value> = items.iter().map(|i| i.details.clone()).collect();
+    let details: Vec<&str> = items.iter().map(|i| i.details.as_str()).collect();
     let hashes: Vec<&[u8]> = items.iter().map(|i| i.token_sha256.as_slice()).collect();
     let rows = sqlx::query!(
         r#"select i as "i!", machine_id as "machine_id!", state as "state!: MachineState", hostname, pxe_arch,
                   requests as "requests!", loop_flagged as "loop_flagged!",
                   token_stored as "token_stored!", token_refused as "token_refused!"
-           from boot_request_batch($1::macaddr[], $2::inet[], $3, $4, $5, $6, $7,
+           from boot_request_batch($1::macaddr[], $2::inet[], $3, $4::text[]::jsonb[], $5, $6, $7,
                                    $8, $9, $10, $11, $12)"#,
         &macs as &[MacAddr],
         &remotes as &[Option<IpAddr>],
         &actors as &[&str],
-        &details,
+        &details as &[&str],
         &p.table.states,
         &p.table.modes as &[Option<String>],
         &p.table.messages,

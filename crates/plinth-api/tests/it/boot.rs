@@ -301,6 +301,16 @@ async fn every_state_gets_its_script() {
         let boots = s.events(id, "boot").await;
         assert_eq!(boots.len(), 2, "one boot event per request: {boots:?}");
         assert_eq!(boots[1]["details"]["firmware"], "efi");
+        // The whole record, every field of the request named (absent ones as null).
+        let details = &boots[1]["details"];
+        assert_eq!(
+            details,
+            &json!({
+                "mac": mac(*n), "firmware": "efi", "platform": "efi", "arch": "x86_64",
+                "uuid": null, "serial": null, "remote": "127.0.0.1",
+                "message": details["message"], "script": details["script"],
+            }),
+        );
     }
 
     // Unknown MAC: discovered on the spot and sent to inspection.

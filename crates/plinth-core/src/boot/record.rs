@@ -158,7 +158,7 @@ mod tests {
             mac: *mac,
             remote: None,
             actor: "ipxe".into(),
-            details: serde_json::json!({}),
+            details: "{}".into(),
             // Each request mints its own token.
             token_sha256: vec![n; 32],
         }

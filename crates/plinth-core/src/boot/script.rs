@@ -212,15 +212,23 @@ impl App {
             Some(ip) => format!("ipxe@{ip}"),
             None => "ipxe".to_owned(),
         };
-        let details = serde_json::json!({
-            "mac": mac.to_string(), "firmware": known_firmware, "platform": platform,
-            "arch": arch, "uuid": uuid, "serial": serial,
-            "remote": req.remote.map(|r| r.to_string()),
-        });
+        let details = BootDetails {
+            mac,
+            firmware: known_firmware,
+            platform: platform.as_deref(),
+            arch: arch.as_deref(),
+            uuid: uuid.as_deref(),
+            serial: serial.as_deref(),
+            remote: req.remote,
+        };
+        let details = serde_json::to_string(&details).map_err(|e| {
+            tracing::error!(error = %e, "boot event details");
+            Error::internal()
+        })?;
         // Minted for every request (cheap); stored only when the state boots the ramdisk.
         let secret = generate_secret();
         let hash = hash_secret(&secret);
-        let item = |details: serde_json::Value| plinth_db::boot::BatchItem {
+        let item = |details: String| plinth_db::boot::BatchItem {
             mac,
             // Canonical: an IPv4 peer on a dual-stack socket is its IPv4 address.
             remote: req.remote.map(|r| r.to_canonical()),
@@ -313,6 +321,19 @@ impl App {
             context,
         })
     }
+}
+
+/// What a `boot` event records of the request (its `details`; the batch adds the message and
+/// the script sent). Serialized once per request, straight to the text the database reads.
+#[derive(serde::Serialize)]
+struct BootDetails<'a> {
+    mac: MacAddr,
+    firmware: Option<&'static str>,
+    platform: Option<&'a str>,
+    arch: Option<&'a str>,
+    uuid: Option<&'a str>,
+    serial: Option<&'a str>,
+    remote: Option<std::net::IpAddr>,
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -30,7 +30,12 @@ pub(crate) fn refusal_parts(
         _ => StatusCode::FORBIDDEN,
     };
     if r.is_hostile() {
-        tracing::warn!(peer = ?peer, path = %path.escape_debug(), reason = %r, "refused a boot file request");
+        // (anyone can send these: a line per request would let a flood fill the log)
+        static HOSTILE: plinth_types::logthrottle::LogThrottle =
+            plinth_types::logthrottle::LogThrottle::new(10, std::time::Duration::from_secs(10));
+        if let Some(suppressed) = HOSTILE.check() {
+            tracing::warn!(peer = ?peer, path = %path.escape_debug(), reason = %r, suppressed, "refused a boot file request");
+        }
     } else {
         tracing::debug!(peer = ?peer, path = %path.escape_debug(), reason = %r, "boot file not served");
     }
@@ -215,6 +220,28 @@ pub(crate) fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A flood of hostile file requests is answered in full but logs a few lines a window, not
+    /// one per request.
+    #[test]
+    fn hostile_refusals_are_answered_and_their_log_lines_throttled() {
+        let peer: SocketAddr = "10.0.0.9:4000".parse().unwrap();
+        let (statuses, lines) = plinth_testkit::logs::warnings(|| {
+            (0..100)
+                .map(|_| refusal_parts("../etc/shadow", Some(peer), &Refusal::Traversal).0)
+                .collect::<Vec<_>>()
+        });
+        assert!(statuses.iter().all(|s| *s == StatusCode::FORBIDDEN));
+        let logged = lines
+            .iter()
+            .filter(|l| l.contains("refused a boot file request"))
+            .count();
+        assert!(
+            (1..=10).contains(&logged),
+            "{logged} lines for 100 refusals:\n{}",
+            lines.join("\n")
+        );
+    }
 
     #[test]
     fn ranges() {

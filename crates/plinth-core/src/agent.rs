@@ -645,15 +645,32 @@ impl App {
             .await
             .db()?;
         if !remote.is_some_and(|r| own.contains(&r)) {
-            tracing::warn!(machine_id = %d.machine_id, remote = ?remote, file, "metadata asked for from an address that is not the machine's");
-            crate::record_event_as(
+            // Capped per machine, as the agent token's refusals are (anyone who learnt the
+            // instance id can ask again and again), and so is the log line: one per event.
+            let settings = &self.boot_env().settings;
+            let window_secs = settings.loop_window.as_secs_f64();
+            let max = 3 * i64::from(settings.loop_max).max(1);
+            let recorded = plinth_db::events::insert_capped(
                 &mut conn,
-                "metadata",
-                Some(d.machine_id.uuid()),
-                "metadata_refused",
-                json!({ "remote": remote, "file": file.chars().take(64).collect::<String>() }),
+                plinth_db::events::NewEvent {
+                    actor: "metadata",
+                    machine_id: Some(d.machine_id.uuid()),
+                    kind: "metadata_refused",
+                    from_state: None,
+                    to_state: None,
+                    details: json!({
+                        "remote": remote, "file": file.chars().take(64).collect::<String>(),
+                        "events_up_to": max, "window_secs": window_secs,
+                    }),
+                },
+                window_secs,
+                max,
             )
-            .await?;
+            .await
+            .db()?;
+            if recorded {
+                tracing::warn!(machine_id = %d.machine_id, remote = ?remote, file, "metadata asked for from an address that is not the machine's");
+            }
             return Err(gone());
         }
         let seed = seed(&d);

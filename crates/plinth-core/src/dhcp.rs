@@ -724,7 +724,12 @@ impl App {
         };
         let mut reason = d.reason.clone();
         if d.outcome.as_deref() == Some("exhausted") {
-            tracing::warn!(mac = %req.mac, subnet = ?d.cidr, "address pool exhausted");
+            // (a line per packet would let anyone with made-up MACs fill the log)
+            static EXHAUSTED: plinth_types::logthrottle::LogThrottle =
+                plinth_types::logthrottle::LogThrottle::new(10, std::time::Duration::from_secs(10));
+            if let Some(suppressed) = EXHAUSTED.check() {
+                tracing::warn!(mac = %req.mac, subnet = ?d.cidr, suppressed, "address pool exhausted");
+            }
         }
         let boot_server = d.boot_server;
         let mut machine_id = d.machine_id;

@@ -17,6 +17,7 @@ use plinth_core::dhcp::{
     BootAction, BootConfig, ClientInfo, DhcpDecision, DhcpRequest, LeaseOp, LeaseTimers, Outcome,
 };
 use plinth_types::MacAddr;
+use plinth_types::logthrottle::LogThrottle;
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -836,7 +837,11 @@ fn server_reply(
         Ok(d) => d,
         Err(e) => {
             bump(&shared.counters.errors);
-            warn!(error = %e, "DHCP decision failed; no reply");
+            // (per packet: a database outage under a storm must not write a line for each)
+            static FAILED: LogThrottle = LogThrottle::new(10, Duration::from_secs(10));
+            if let Some(suppressed) = FAILED.check() {
+                warn!(error = %e, suppressed, "DHCP decision failed; no reply");
+            }
             return None;
         }
     };
@@ -901,7 +906,10 @@ async fn proxy_reply(shared: &Shared, iface: &Iface, req: &Request) -> Option<Re
         Ok(a) => a,
         Err(e) => {
             bump(&shared.counters.errors);
-            warn!(error = %e, "ProxyDHCP decision failed; no reply");
+            static PROXY_FAILED: LogThrottle = LogThrottle::new(10, Duration::from_secs(10));
+            if let Some(suppressed) = PROXY_FAILED.check() {
+                warn!(error = %e, suppressed, "ProxyDHCP decision failed; no reply");
+            }
             return None;
         }
     };
@@ -950,7 +958,10 @@ async fn send(shared: &Shared, iface: &Iface, req: &Request, plan: &ReplyPlan, f
         }
         Err(e) => {
             bump(&shared.counters.errors);
-            warn!(%to, error = %e, "DHCP send failed");
+            static SEND_FAILED: LogThrottle = LogThrottle::new(10, Duration::from_secs(10));
+            if let Some(suppressed) = SEND_FAILED.check() {
+                warn!(%to, error = %e, suppressed, "DHCP send failed");
+            }
         }
     }
 }

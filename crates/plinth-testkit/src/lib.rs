@@ -23,6 +23,7 @@
 //! - [`TestDb::app`] (feature `app`): plinth-core's `App` on a test database;
 //! - [`api`] (feature `api`): plinth's API in this process on a loopback port, with an admin
 //!   token;
+//! - [`logs`]: what a test's code logs (for the throttled lines anyone can cause);
 //! - [`mac`]: the MAC addresses tests give their machines.
 
 #[cfg(feature = "api")]
@@ -31,6 +32,7 @@ pub mod browser;
 pub mod dhcp_clients;
 pub mod ipmi;
 pub mod ipmi_sim;
+pub mod logs;
 pub mod netns;
 pub mod patroni;
 pub mod rack;

@@ -2068,6 +2068,16 @@ async fn the_metadata_endpoint_serves_the_seed_until_release() {
     let refused = s.events(&id, "metadata_refused").await;
     assert_eq!(refused.len(), 1, "{refused:#?}");
     assert_eq!(refused[0]["details"]["remote"], "127.0.0.1");
+    // Asked again and again: every answer the same 404, the events capped per machine (three
+    // times the boot-loop limit per window, as the event says).
+    let cap = refused[0]["details"]["events_up_to"].as_u64().unwrap();
+    assert_eq!(cap, 30, "three times the default boot-loop limit");
+    for _ in 0..cap + 5 {
+        let (st, _) = get_from(1, format!("{instance}/user-data")).await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+    }
+    let refused = s.events(&id, "metadata_refused").await;
+    assert_eq!(refused.len() as u64, cap, "{refused:#?}");
     let (st, meta) = get(format!("{instance}/meta-data")).await;
     assert_eq!(st, StatusCode::OK);
     assert!(

@@ -292,6 +292,37 @@ async fn full_exchange_renew_release_decline() {
     );
 }
 
+/// A full pool answers no new client, and says so in the log a few times a window, not once
+/// per packet (anyone can send DISCOVERs with made-up MACs).
+#[tokio::test]
+async fn an_exhausted_pool_is_logged_a_few_times_a_window() {
+    let (app, _db) = setup(100, 100).await;
+    assert_eq!(dora(&app, mac(1)).await, Ipv4Addr::new(10, 30, 0, 100));
+    let (outcomes, lines) = plinth_testkit::logs::warnings_async(async {
+        let mut outcomes = Vec::new();
+        for k in 2..60 {
+            let discover = req(LeaseOp::Discover { requested: None }, mac(k));
+            let d = app.dhcp_decide(&discover, TIMERS, &boot(), SRV).await;
+            outcomes.push(d.unwrap().outcome);
+        }
+        outcomes
+    })
+    .await;
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Ignore),
+        "{outcomes:?}"
+    );
+    let logged = lines
+        .iter()
+        .filter(|l| l.contains("address pool exhausted"))
+        .count();
+    assert!(
+        (1..=10).contains(&logged),
+        "{logged} lines for 58 DISCOVERs:\n{}",
+        lines.join("\n")
+    );
+}
+
 #[tokio::test]
 async fn reservations_win_and_are_never_given_away() {
     let (app, _db) = setup(100, 101).await;

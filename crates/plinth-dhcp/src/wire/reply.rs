@@ -113,12 +113,18 @@ pub fn build_reply(req: &Request, plan: &ReplyPlan) -> Vec<u8> {
     if out.len() > size_limit(req) {
         // Only the never-dropped options are left: a client that cannot take them cannot boot
         // from this server anyway, so send it and let the log say why it fails.
-        warn!(
-            len = out.len(),
-            limit = size_limit(req),
-            xid = req.xid,
-            "DHCP reply exceeds the client's maximum message size"
-        );
+        // (per packet: the client names its limit)
+        static OVERSIZE: plinth_types::logthrottle::LogThrottle =
+            plinth_types::logthrottle::LogThrottle::new(10, std::time::Duration::from_secs(10));
+        if let Some(suppressed) = OVERSIZE.check() {
+            warn!(
+                len = out.len(),
+                limit = size_limit(req),
+                xid = req.xid,
+                suppressed,
+                "DHCP reply exceeds the client's maximum message size"
+            );
+        }
     }
     out
 }

@@ -837,6 +837,9 @@ CREATE FUNCTION public.events_feed() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 begin
+    if not exists (select 1 from new_events) then
+        return null;
+    end if;
     insert into webhook_deliveries (webhook_id, event_id, machine_key, txid)
     select w.id, n.id, coalesce(n.machine_id, '00000000-0000-0000-0000-000000000000'::uuid),
            coalesce(n.txid, pg_current_xact_id())

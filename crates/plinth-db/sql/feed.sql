@@ -3,9 +3,14 @@
 -- Every event inserted, by any statement or function, queues one delivery per webhook that
 -- wants its kind, in the same transaction, and notifies `events` (a hint for the streams and
 -- the webhook worker, sent at commit; identical notifications of one transaction are folded
--- into one by PostgreSQL).
+-- into one by PostgreSQL). A statement that inserted nothing does neither: a boot-script batch
+-- whose events are all past their cap (a machine in a boot loop, a flood with its MAC) would
+-- otherwise wake every instance's webhook worker, and its claim query, once per batch.
 create or replace function events_feed() returns trigger language plpgsql as $$
 begin
+    if not exists (select 1 from new_events) then
+        return null;
+    end if;
     insert into webhook_deliveries (webhook_id, event_id, machine_key, txid)
     select w.id, n.id, coalesce(n.machine_id, '00000000-0000-0000-0000-000000000000'::uuid),
            coalesce(n.txid, pg_current_xact_id())

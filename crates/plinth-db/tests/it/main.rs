@@ -2,5 +2,6 @@
 
 mod cluster;
 mod errors;
+mod feed;
 mod migrations;
 mod tokens;

@@ -173,6 +173,12 @@ impl App {
         why: &str,
         peer: Option<IpAddr>,
     ) {
+        const KIND: &str = "agent_token_refused";
+        if self.capped.capped(id, KIND) {
+            // (the database refused the last one: a flood costs it nothing more for a while)
+            tracing::debug!(machine_id = %id, token_known, mode, reason = why, remote = ?peer, "agent token refused (not recorded: past the events' cap, or no such machine)");
+            return;
+        }
         let settings = &self.boot_env().settings;
         let window_secs = settings.loop_window.as_secs_f64();
         let max = 3 * i64::from(settings.loop_max).max(1);
@@ -190,7 +196,7 @@ impl App {
                 plinth_db::events::NewEvent {
                     actor: "agent",
                     machine_id: Some(id),
-                    kind: "agent_token_refused",
+                    kind: KIND,
                     from_state: None,
                     to_state: None,
                     details: json!({
@@ -214,6 +220,7 @@ impl App {
                 tracing::warn!(machine_id = %id, token_known, mode, reason = why, remote = ?peer, "agent token refused");
             }
             Ok(false) => {
+                self.capped.note(id, KIND);
                 tracing::debug!(machine_id = %id, token_known, mode, reason = why, remote = ?peer, "agent token refused (not recorded: past the events' cap, or no such machine)");
             }
             Err(e) => {
@@ -647,6 +654,11 @@ impl App {
         if !remote.is_some_and(|r| own.contains(&r)) {
             // Capped per machine, as the agent token's refusals are (anyone who learnt the
             // instance id can ask again and again), and so is the log line: one per event.
+            const KIND: &str = "metadata_refused";
+            let machine = d.machine_id.uuid();
+            if self.capped.capped(machine, KIND) {
+                return Err(gone());
+            }
             let settings = &self.boot_env().settings;
             let window_secs = settings.loop_window.as_secs_f64();
             let max = 3 * i64::from(settings.loop_max).max(1);
@@ -654,8 +666,8 @@ impl App {
                 &mut conn,
                 plinth_db::events::NewEvent {
                     actor: "metadata",
-                    machine_id: Some(d.machine_id.uuid()),
-                    kind: "metadata_refused",
+                    machine_id: Some(machine),
+                    kind: KIND,
                     from_state: None,
                     to_state: None,
                     details: json!({
@@ -670,6 +682,8 @@ impl App {
             .db()?;
             if recorded {
                 tracing::warn!(machine_id = %d.machine_id, remote = ?remote, file, "metadata asked for from an address that is not the machine's");
+            } else {
+                self.capped.note(machine, KIND);
             }
             return Err(gone());
         }

@@ -75,3 +75,80 @@ impl App {
         Ok(EventPage { events, last_id })
     }
 }
+
+/// The capped events (`plinth_db::events::insert_capped`) that the database last refused, by
+/// machine and kind: for [`CapMemo::PAUSE`] after that, more of the same (a flood of refused
+/// tokens or metadata requests) skips the database altogether, since it would refuse them
+/// too. Also for ids that name no machine. Bounded: past [`CapMemo::MOST`] entries, after
+/// dropping the expired ones, nothing new is remembered (each such refusal then asks the
+/// database, as before). The cap stays approximate by a pause's worth: an event the sliding
+/// window would have taken again during a pause is not recorded.
+#[derive(Debug, Default)]
+pub(crate) struct CapMemo {
+    until: std::sync::Mutex<std::collections::HashMap<(Uuid, &'static str), std::time::Instant>>,
+}
+
+impl CapMemo {
+    pub(crate) const PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
+    pub(crate) const MOST: usize = 4096;
+
+    /// Whether events of `kind` on `id` are known to be past their cap now.
+    pub(crate) fn capped(&self, id: Uuid, kind: &'static str) -> bool {
+        self.capped_at(id, kind, std::time::Instant::now())
+    }
+
+    /// The database refused an event of `kind` on `id` (its cap, or no such machine).
+    pub(crate) fn note(&self, id: Uuid, kind: &'static str) {
+        self.note_at(id, kind, std::time::Instant::now());
+    }
+
+    fn capped_at(&self, id: Uuid, kind: &'static str, now: std::time::Instant) -> bool {
+        let until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        until.get(&(id, kind)).is_some_and(|t| now < *t)
+    }
+
+    fn note_at(&self, id: Uuid, kind: &'static str, now: std::time::Instant) {
+        let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        if until.len() >= Self::MOST && !until.contains_key(&(id, kind)) {
+            until.retain(|_, t| now < *t);
+            if until.len() >= Self::MOST {
+                return;
+            }
+        }
+        until.insert((id, kind), now + Self::PAUSE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn a_capped_machine_is_remembered_for_a_pause_and_the_memo_stays_bounded() {
+        let memo = CapMemo::default();
+        let t0 = Instant::now();
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        assert!(!memo.capped_at(a, "k", t0));
+        memo.note_at(a, "k", t0);
+        assert!(memo.capped_at(a, "k", t0 + Duration::from_secs(9)));
+        assert!(!memo.capped_at(a, "other", t0), "by kind");
+        assert!(!memo.capped_at(b, "k", t0), "by machine");
+        assert!(
+            !memo.capped_at(a, "k", t0 + CapMemo::PAUSE),
+            "until the pause ends"
+        );
+        // Full: nothing new is remembered while every entry is live...
+        for n in 0..CapMemo::MOST as u128 {
+            memo.note_at(Uuid::from_u128(1000 + n), "k", t0);
+        }
+        memo.note_at(b, "k", t0 + Duration::from_secs(1));
+        assert!(!memo.capped_at(b, "k", t0 + Duration::from_secs(1)));
+        // ...and once they have expired, they make room.
+        let later = t0 + CapMemo::PAUSE + Duration::from_secs(1);
+        memo.note_at(b, "k", later);
+        assert!(memo.capped_at(b, "k", later));
+        assert_eq!(memo.until.lock().unwrap().len(), 1);
+    }
+}

@@ -74,6 +74,8 @@ pub struct App {
     offers: std::sync::Arc<dhcp::OfferBook>,
     /// What this instance knows of its DHCP clients, to answer new ones without the database.
     view: std::sync::Arc<dhcp::ClientView>,
+    /// The capped events the database last refused (a flood of refused tokens skips it).
+    capped: std::sync::Arc<events::CapMemo>,
 }
 
 /// The boot chain's settings and templates, fixed at start.
@@ -123,6 +125,7 @@ impl App {
             fetches: Default::default(),
             offers: Default::default(),
             view: Default::default(),
+            capped: Default::default(),
         };
         app.metrics.register(app.fetches.clone());
         app.metrics.register(app.view.clone());

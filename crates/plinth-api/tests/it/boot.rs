@@ -823,6 +823,26 @@ async fn a_replayed_token_is_refused_every_time_and_recorded_up_to_the_cap() {
     let e = &s.events(&b, "agent_token_refused").await[0];
     assert_eq!(e["details"]["remote"], "127.0.0.2");
     assert_eq!(e["details"]["events_up_to"], 9);
+    // Past the cap a refusal does not go to the database again: with the events table locked
+    // by another transaction (where recording one would wait), both are still answered at once.
+    let mut lock = s.db.pool.begin().await.unwrap();
+    sqlx::query("lock table events in access exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    for (x, id, status) in [
+        (3, &a, StatusCode::FORBIDDEN),
+        (2, &b, StatusCode::UNAUTHORIZED),
+    ] {
+        let answered =
+            tokio::time::timeout(std::time::Duration::from_secs(10), post(x, id.clone())).await;
+        assert_eq!(
+            answered.ok(),
+            Some(status),
+            "refused without waiting for the lock"
+        );
+    }
+    lock.rollback().await.unwrap();
     // The token still works from its own address: the flood changed nothing for the agent.
     let r = client_from(2)
         .post(format!("{}/api/v1/machines/{a}/inspection", s.base))
@@ -2078,6 +2098,20 @@ async fn the_metadata_endpoint_serves_the_seed_until_release() {
     }
     let refused = s.events(&id, "metadata_refused").await;
     assert_eq!(refused.len() as u64, cap, "{refused:#?}");
+    // ...and past it the database is not asked to record another: with the events table
+    // locked (where recording one would wait), the refusal is still answered at once.
+    let mut lock = s.db.pool.begin().await.unwrap();
+    sqlx::query("lock table events in access exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let answered = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        get_from(1, format!("{instance}/user-data")),
+    )
+    .await;
+    assert_eq!(answered.ok().map(|a| a.0), Some(StatusCode::NOT_FOUND));
+    lock.rollback().await.unwrap();
     let (st, meta) = get(format!("{instance}/meta-data")).await;
     assert_eq!(st, StatusCode::OK);
     assert!(

@@ -845,6 +845,11 @@ begin
            coalesce(n.txid, pg_current_xact_id())
     from new_events n
     join webhooks w on w.kinds is null or n.kind = any (w.kinds);
+    -- The webhook workers wake only for a delivery queued: every instance runs one, and a
+    -- wake-up is a claim query each (with no webhook, a storm's every batch woke them all).
+    if found then
+        perform pg_notify('webhooks', '');
+    end if;
     perform pg_notify('events', '');
     return null;
 end

@@ -310,11 +310,13 @@ impl WebhookWorker {
     }
 }
 
-/// LISTEN events: each NOTIFY (a new event, maybe a delivery queued) wakes the worker.
+/// LISTEN webhooks: each NOTIFY (a delivery queued, by any instance) wakes the worker. (An
+/// instance of the release before notifies `events` only: during a rolling upgrade its
+/// deliveries wait for the worker's poll.)
 async fn listen(pool: plinth_db::PgPool, wake: Arc<Notify>, cancel: CancellationToken) {
     loop {
         let res: plinth_db::Result<()> = async {
-            let mut l = plinth_db::Listener::connect(&pool, "events").await?;
+            let mut l = plinth_db::Listener::connect(&pool, "webhooks").await?;
             loop {
                 l.recv().await?;
                 wake.notify_one();
